@@ -1,0 +1,180 @@
+"""Hash extraction throughput on 1280x960 JPEGs of real photos: the batched path against ImageHash.
+
+    python benchmarks/bench_hash_extraction.py [--n 200] [--repeat 3] [--out results/hash_extraction.md]
+
+Builds n JPEGs (quality 90) from scikit-image's sample photographs, each resized and cropped to 1280x960 with
+its own crop offset, flip and brightness, in a temporary folder. Then, in the same run and interleaved round
+by round (the machine is shared and noisy: compare ratios, not absolute figures):
+
+- ImageHash phash per image on one core, as users call it: imagehash.phash(Image.open(path));
+- JPEG decoding alone at 1/8 scale (PIL draft), one core: the floor of any per-image pipeline;
+- HashExtractor(backend="fast") for phash, ahash, dhash and whash_haar, on 1 worker and on all cores,
+  each a full extract() call (process start-up included).
+
+Each figure is the best of `repeat` rounds. Prints a table of img/s and the ratio to ImageHash phash, the
+agreement of the fast codes with ImageHash's, and writes it all to --out with the CPU model and the command.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from simbench.features import fasthash  # noqa: E402
+from simbench.features.hashes import HashExtractor  # noqa: E402
+from simbench.types import unpack_bits  # noqa: E402
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field", "immunohistochemistry",
+          "camera", "moon", "coins", "brick", "grass", "gravel", "cat")
+FAST = ("phash", "ahash", "dhash", "whash_haar")
+
+
+def make_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """n distinct 1280x960 JPEGs (quality 90) cut from scikit-image's photos."""
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    bases = []
+    for name in PHOTOS:
+        try:
+            bases.append(Image.fromarray(getattr(skimage.data, name)()).convert("RGB"))
+        except Exception:  # a photo that needs a download: skip it
+            continue
+    paths = []
+    for i in range(n):
+        im = bases[i % len(bases)]
+        # scale to cover 1280x960 with some margin, then crop at a random offset
+        w, h = im.size
+        s = max(1280 / w, 960 / h) * rng.uniform(1.0, 1.3)
+        im = im.resize((max(1280, round(w * s)), max(960, round(h * s))), Image.Resampling.LANCZOS)
+        x = int(rng.integers(0, im.size[0] - 1280 + 1))
+        y = int(rng.integers(0, im.size[1] - 960 + 1))
+        im = im.crop((x, y, x + 1280, y + 960))
+        if rng.random() < 0.5:
+            im = ImageOps.mirror(im)
+        im = ImageEnhance.Brightness(im).enhance(rng.uniform(0.8, 1.2))
+        path = folder / f"photo_{i:04d}.jpg"
+        im.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def imagehash_phash(paths):
+    import imagehash
+
+    return [imagehash.phash(Image.open(p)) for p in paths]
+
+
+def draft_decode(paths):
+    for p in paths:
+        with Image.open(p) as im:
+            im.draft("RGB", (im.size[0] // 8, im.size[1] // 8))
+            im.load()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200, help="number of 1280x960 JPEGs")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds; each figure is the best round")
+    ap.add_argument("--out", default=str(ROOT / "results" / "hash_extraction.md"))
+    ap.add_argument("--no-agreement", action="store_true", help="skip the ImageHash agreement figures")
+    args = ap.parse_args(argv)
+    cores = fasthash.available_cores()
+
+    with tempfile.TemporaryDirectory(prefix="simbench_hashbench_") as tmp:
+        paths = make_photos(Path(tmp), args.n)
+        # warm the page cache and imports once
+        imagehash_phash(paths[:2])
+        HashExtractor("phash", workers=1).extract(paths[:2])
+
+        cases = [("ImageHash phash, per image (1 core)", lambda: imagehash_phash(paths)),
+                 ("JPEG decode only, PIL draft 1/8 (1 core)", lambda: draft_decode(paths))]
+        fast_codes = {}
+        for alg in FAST:
+            for workers, label in ((1, "1 worker"), (0, f"all cores ({cores})")):
+                def run(alg=alg, workers=workers):
+                    fast_codes[alg] = HashExtractor(alg, workers=workers).extract(paths)
+                cases.append((f"simbench fast {alg}, {label}", run))
+        cases.append((f"simbench phash compat=True, all cores ({cores})",
+                      lambda: HashExtractor("phash", compat=True, workers=0).extract(paths)))
+
+        best = {label: float("inf") for label, _ in cases}
+        for _ in range(args.repeat):
+            for label, fn in cases:
+                t0 = time.perf_counter()
+                fn()
+                best[label] = min(best[label], time.perf_counter() - t0)
+
+        agreement = {}
+        if not args.no_agreement:
+            for alg in FAST:
+                ref = HashExtractor(alg, backend="imagehash", workers=0).extract(paths).features
+                fast = fast_codes[alg].features
+                hd = (unpack_bits(ref.words, ref.bits) != unpack_bits(fast.words, fast.bits)).sum(1)
+                agreement[alg] = (hd.mean(), float(np.median(hd)), float(np.percentile(hd, 95)), int(hd.max()),
+                                  ref.bits)
+
+    base = args.n / best[cases[0][0]]
+    lines = [f"| work | img/s | vs ImageHash phash |", "|---|---:|---:|"]
+    for label, _ in cases:
+        rate = args.n / best[label]
+        lines.append(f"| {label} | {rate:.0f} | {rate / base:.2f}x |")
+    table = "\n".join(lines)
+    agree_lines = []
+    if agreement:
+        agree_lines = ["| algorithm | bits | mean Hamming | median | 95th pct | max |", "|---|---:|---:|---:|---:|---:|"]
+        for alg, (mean, med, p95, mx, bits) in agreement.items():
+            agree_lines.append(f"| {alg} | {bits} | {mean:.2f} | {med:.0f} | {p95:.0f} | {mx} |")
+    command = "python benchmarks/bench_hash_extraction.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    import imagehash
+    import PIL
+
+    report = [
+        "# Hash extraction throughput",
+        "",
+        f"{args.n} JPEGs of 1280x960 (quality 90) cut from scikit-image photos; best of {args.repeat} interleaved "
+        "rounds; every simbench figure is a whole `HashExtractor.extract()` call, worker start-up included.",
+        "",
+        f"- CPU: {cpu_model()}, {cores} cores available",
+        f"- Python {platform.python_version()}, Pillow {PIL.__version__}, ImageHash {imagehash.__version__}, "
+        f"numpy {np.__version__}",
+        f"- command: `{command.strip()}`",
+        "",
+        table,
+        "",
+    ]
+    if agree_lines:
+        report += ["Agreement of the fast codes (compat=False) with ImageHash on the same photos, in bits:", "",
+                   *agree_lines, "",
+                   "compat=True reproduces ImageHash bit for bit (tests/test_hashes.py).", ""]
+    text = "\n".join(report)
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+from simbench.cli import main
+
+main()

@@ -1,0 +1,237 @@
+"""Robust image decoding: every failure becomes an UnreadableImage with a reason a user can read.
+
+Follows Pillow's own safety switches (https://pillow.readthedocs.io/en/stable/reference/Image.html):
+decompression-bomb limits checked on the header before any pixel is allocated, truncated files refused
+(ImageFile.LOAD_TRUNCATED_IMAGES stays False), and only plain raster formats opened (no EPS, which would
+start Ghostscript).
+"""
+from __future__ import annotations
+
+import os
+import stat
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile
+
+#: Refuse images whose decoded size exceeds this many pixels (decompression bombs).
+MAX_PIXELS = 200_000_000
+
+#: Pillow formats we open; anything else (EPS, PDF, FITS...) is "not an image" to us. JPEG includes MPO
+#: (multi-picture camera JPEGs); formats this Pillow build lacks (AVIF, say) are left out.
+Image.init()
+FORMATS = tuple(f for f in ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "AVIF", "PPM", "TGA", "ICO",
+                            "JPEG2000", "PCX", "PSD", "QOI", "SGI") if f in Image.OPEN)
+
+# Pillow warns above MAX_IMAGE_PIXELS and raises above twice that, while reading the header. Align its
+# limit with ours so that real bombs are refused at open; our own check below covers the band in between.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Truncated files must raise, not decode to grey; say so once here in case anything flipped it.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_ORIENTATION = 0x0112
+# EXIF orientation tag -> the transpose that shows the image upright (EXIF 2.3, tag 274).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+class UnreadableImage(Exception):
+    """The file is not a usable image; str(exc) says why."""
+
+
+def open_image(path: str | Path, *, draft: tuple[int, int] | None = None, mode: str = "RGB") -> Image.Image:
+    """Decode `path` into a PIL image of `mode` ("RGB" or "L"), EXIF orientation applied.
+
+    draft: for JPEG, let the decoder scale down by 1/2, 1/4 or 1/8 while keeping at least this
+    (width, height) of the upright image (much faster than decoding in full and resizing).
+    Animated images give their first frame. Raises UnreadableImage on any failure.
+    """
+    with _reasons(path):
+        with Image.open(path, formats=FORMATS) as im:
+            if draft is not None and im.format in ("JPEG", "MPO"):
+                if _orientation(im) in (5, 6, 7, 8):
+                    draft = (draft[1], draft[0])  # draft is asked for upright; the decoder sees it stored
+                im.draft(mode, draft)
+            _refuse_bomb(im.size)
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+            im.load()
+            im = _apply_orientation(im)
+            return _to_mode(im, mode)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) as open_image would return it, from the header only (no pixels decoded).
+
+    EXIF orientations 5-8 swap width and height. Raises UnreadableImage like open_image.
+    """
+    with _reasons(path):
+        with Image.open(path, formats=FORMATS) as im:
+            w, h = im.size
+            # Pillow's PNG getexif() decodes the whole image when no eXIf chunk came before the pixels;
+            # such late chunks are rare, so a header read takes "no EXIF" for them.
+            header_only = im.format == "PNG" and "exif" not in im.info
+            if not header_only and _orientation(im) in (5, 6, 7, 8):
+                w, h = h, w
+            return w, h
+
+
+@contextmanager
+def _reasons(path: str | Path):
+    """Check the path, then turn every exception from Pillow into UnreadableImage with a plain reason."""
+    _check_file(path)
+    try:
+        yield
+    except UnreadableImage:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise UnreadableImage(f"decompression bomb refused ({exc})") from None
+    except FileNotFoundError:
+        raise UnreadableImage("file not found") from None
+    except IsADirectoryError:
+        raise UnreadableImage("is a directory") from None
+    except PermissionError:
+        raise UnreadableImage("permission denied") from None
+    except Image.UnidentifiedImageError:
+        known = _magic_format(path)
+        if known:  # the signature says image, but Pillow could not parse the header
+            raise UnreadableImage(f"corrupt image (damaged {known} header)") from None
+        raise UnreadableImage(f"not an image ({_sniff(path)})") from None
+    except MemoryError:
+        raise UnreadableImage("out of memory while decoding") from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError) as exc:
+        # Pillow's plugins raise many kinds of errors on bad data; all of them mean a damaged file.
+        text = str(exc) or type(exc).__name__
+        kind = "truncated image" if "truncated" in text else "corrupt image"
+        raise UnreadableImage(f"{kind} ({text})") from None
+
+
+def _check_file(path: str | Path) -> None:
+    """Reasons that need no decoding: missing, a directory, not a regular file, empty."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UnreadableImage("file not found") from None
+    except PermissionError:
+        raise UnreadableImage("permission denied") from None
+    except OSError as exc:
+        raise UnreadableImage(f"cannot stat file ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UnreadableImage("is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise UnreadableImage("not a regular file")
+    if st.st_size == 0:
+        raise UnreadableImage("empty file")
+
+
+# File signatures of the formats we open (first bytes), for telling "damaged" from "not an image".
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+          (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _magic_format(path: str | Path) -> str | None:
+    """The format whose signature the file starts with, if any."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+
+
+def _sniff(path: str | Path) -> str:
+    """Say what a file that Pillow did not recognise looks like (for the reason text)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError:
+        return "unrecognised format"
+    if head.startswith(b"%PDF"):
+        return "a PDF document"
+    if head.startswith(b"%!PS") or head.startswith(b"\xc5\xd0\xd3\xc6"):
+        return "a PostScript/EPS file, not opened for safety"
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return "a text file"
+        except UnicodeDecodeError as exc:
+            if exc.start >= len(head) - 3:  # a multi-byte character cut by the 1 KiB window
+                return "a text file"
+    return "unrecognised format"
+
+
+def _refuse_bomb(size: tuple[int, int]) -> None:
+    """Refuse, before any pixel is allocated, an image whose decoded size is above MAX_PIXELS."""
+    w, h = size
+    if w * h > MAX_PIXELS:
+        raise UnreadableImage(f"decompression bomb refused ({w}x{h} = {w * h} pixels > limit {MAX_PIXELS})")
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1..8), 1 when absent or unreadable."""
+    try:
+        value = int(im.getexif().get(_ORIENTATION, 1))
+    except Exception:  # a damaged EXIF block must not make a good image unreadable
+        return 1
+    return value if value in _TRANSPOSE else 1
+
+
+def _apply_orientation(im: Image.Image) -> Image.Image:
+    """Show the image upright as the camera meant it; no copy when it already is (the usual case)."""
+    method = _TRANSPOSE.get(_orientation(im))
+    return im if method is None else im.transpose(method)
+
+
+def _to_mode(im: Image.Image, mode: str) -> Image.Image:
+    """Convert any PIL mode (CMYK, 16-bit, float, palette, alpha, 1-bit...) to RGB or L.
+
+    Transparent areas are composited on white, as a page would show them.
+    """
+    if im.mode == mode and "transparency" not in im.info:
+        return im
+    if im.mode.startswith("I;16") or im.mode == "I":
+        im = _integer_to_l(im)
+    elif im.mode == "F":
+        im = _float_to_l(im)
+    if "transparency" in im.info or im.mode in ("P", "PA"):
+        im = im.convert("RGBA")  # applies palette / tRNS transparency as alpha
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        im = _composite_on_white(im)
+    try:
+        return im.convert(mode)
+    except ValueError:
+        raise UnreadableImage(f"unsupported colour mode {im.mode}") from None
+
+
+def _integer_to_l(im: Image.Image) -> Image.Image:
+    """16/32-bit integer grey to 8 bits: 16-bit data keeps its top byte, small values stay as they are."""
+    a = np.asarray(im).astype(np.int64)
+    hi = int(a.max()) if a.size else 0
+    if im.mode.startswith("I;16") or 255 < hi <= 65535:
+        a = a >> 8
+    elif hi > 65535:
+        a = a * 255 // hi
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
+
+
+def _float_to_l(im: Image.Image) -> Image.Image:
+    """Float grey to 8 bits by stretching its own range (floats carry no fixed scale)."""
+    a = np.nan_to_num(np.asarray(im, dtype=np.float64))
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 1.0)
+    return Image.fromarray(((a - lo) * (255.0 / max(hi - lo, 1e-12))).astype(np.uint8), "L")
+
+
+def _composite_on_white(im: Image.Image) -> Image.Image:
+    """Alpha-composite on an opaque white background."""
+    im = im.convert("RGBA")
+    background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, im)

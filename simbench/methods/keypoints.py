@@ -1,0 +1,349 @@
+"""Keypoint descriptors matched as bags between images (the yearbook method), optionally verified.
+
+Steps, for all images at once:
+1. descriptor pairs: binary descriptors -> uint64 words -> matcher.self_join(words, distance_threshold)
+   (Hamming distance <= threshold, inclusive); float descriptors (SIFT) -> brute-force L2 with Lowe's
+   ratio test per image pair (Lowe 2004, section 7.1);
+2. pairs of descriptors of the same image are dropped (their owners are equal);
+3. per image pair (a, b): m_a = DISTINCT features of a with at least one match in b, m_b likewise, so a
+   descriptor that matches many others counts once; n_a, n_b = features of each image;
+4. bag score from those counts (see `bag_score`), in [0, 1];
+5. optional geometric verification: a similarity or homography fitted with RANSAC (Fischler & Bolles
+   1981) to one-to-one best matches; the score becomes the same formula with inliers as matches.
+
+All aggregation is vectorised (np.unique over integer keys), so it scales to tens of millions of
+descriptor pairs; only the RANSAC fits loop in Python, one per verified image pair.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from simbench.features.base import Extractor
+from simbench.methods.base import Method
+from simbench.types import KeypointSets, Pairs, ScoredPairs, bytes_to_words
+
+SCORES = ("min", "max", "mean", "union", "query")
+TRANSFORMS = ("similarity", "homography")
+
+#: A fitted transform that shrinks or grows by more than this (linear factor) is degenerate, not a copy.
+MAX_SCALE_CHANGE = 16.0
+
+
+class KeypointMethod(Method):
+    """Bag-of-descriptors similarity between images, with optional RANSAC verification.
+
+    distance_threshold: Hamming radius (inclusive) under which two binary descriptors match. Ignored for
+        float descriptors (SIFT), which match by Lowe's ratio test instead (`ratio`).
+    score_threshold: pairs scoring at or above it are duplicates (`threshold`, as every Method has).
+    score: how matched features become a score, see `bag_score` ("min" suits crops: a crop's features
+        are mostly found in the full picture, but not the other way round).
+    ratio: Lowe's ratio for float descriptors: nearest < ratio * second nearest (in the other image).
+    verify: fit a geometric transform per candidate pair and score by its inliers (see `verify_pairs`).
+    ransac_threshold: RANSAC reprojection threshold in pixels at the detector's working scale
+        (long side `extractor.max_size`), so that it means the same for small and large originals.
+    min_inliers: verified pairs with fewer inliers score 0 (they are not returned).
+    transform: "similarity" (rotation, uniform scale, translation: cv2.estimateAffinePartial2D) or
+        "homography" (cv2.findHomography; also perspective, e.g. photographed prints).
+    max_pairs_verified: verify at most this many candidate pairs, best bag score first.
+    verify_min_score: candidate pairs for verification need at least this bag score (a low pre-threshold)
+        and at least min_inliers matched features.
+    """
+
+    def __init__(self, extractor: Extractor, matcher, distance_threshold: int = 31,
+                 score_threshold: float = 0.05, score: str = "min", ratio: float = 0.8,
+                 verify: bool = False, ransac_threshold: float = 8.0, min_inliers: int = 8,
+                 transform: str = "similarity", max_pairs_verified: int = 100_000,
+                 verify_min_score: float = 0.01):
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        if transform not in TRANSFORMS:
+            raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+        self.extractor = extractor
+        self.matcher = matcher
+        self.distance_threshold = int(distance_threshold)
+        self.threshold = float(score_threshold)
+        self.score = score
+        self.ratio = float(ratio)
+        self.verify = bool(verify)
+        self.ransac_threshold = float(ransac_threshold)
+        self.min_inliers = int(min_inliers)
+        self.transform = transform
+        self.max_pairs_verified = int(max_pairs_verified)
+        self.verify_min_score = float(verify_min_score)
+
+    def params(self) -> dict:
+        return {"distance_threshold": self.distance_threshold, "score_threshold": self.threshold,
+                "score": self.score, "ratio": self.ratio, "verify": self.verify,
+                "ransac_threshold": self.ransac_threshold, "min_inliers": self.min_inliers,
+                "transform": self.transform, "max_pairs_verified": self.max_pairs_verified,
+                "verify_min_score": self.verify_min_score}
+
+    def score_pairs(self, features: KeypointSets) -> ScoredPairs:
+        """Image pairs a < b (feature rows) with at least one matched feature, scored in [0, 1]."""
+        pairs, comparisons = self.descriptor_pairs(features)
+        owners = features.owners
+        matches = between_images(pairs, owners)
+        counts = bag_counts(matches, owners, np.diff(features.offsets))
+        bag = bag_score(counts["matched_a"], counts["matched_b"], counts["n_a"], counts["n_b"], self.score)
+        extra = {"comparisons": comparisons, "descriptor_pairs": len(matches["ra"]), **counts}
+        if not self.verify:
+            return ScoredPairs(counts["a"], counts["b"], bag, extra=extra)
+        return self._verified(features, matches, counts, bag, extra)
+
+    def descriptor_pairs(self, features: KeypointSets) -> tuple[Pairs, int]:
+        """Matching descriptor rows (a < b) over all images, and how many descriptor pairs were compared."""
+        m = len(features.descriptors)
+        if not features.binary:
+            return ratio_test_pairs(features, self.ratio)
+        if m < 2:
+            return Pairs.empty(), 0
+        words = bytes_to_words(features.descriptors)
+        return self.matcher.self_join(words, self.distance_threshold), m * (m - 1) // 2
+
+    def _verified(self, features, matches, counts, bag, extra) -> ScoredPairs:
+        """Replace bag scores by verified scores; keep only pairs with >= min_inliers inliers."""
+        n_pairs = len(counts["a"])
+        # Best bag scores first; a pair needs min_inliers matched features to ever pass.
+        eligible = (bag >= self.verify_min_score) & (np.minimum(counts["matched_a"], counts["matched_b"])
+                                                     >= self.min_inliers)
+        order = np.flatnonzero(eligible)
+        order = order[np.argsort(-bag[order], kind="stable")][: self.max_pairs_verified]
+        inliers, flipped = verify_pairs(features, matches, counts["a"][order], counts["b"][order],
+                                        self.transform, self.ransac_threshold,
+                                        getattr(self.extractor, "max_size", None))
+        keep = inliers >= self.min_inliers
+        sel = order[keep]
+        inl = inliers[keep]
+        # Inliers are one-to-one correspondences: they stand for both m_a and m_b in the same formula.
+        score = bag_score(inl, inl, counts["n_a"][sel], counts["n_b"][sel], self.score)
+        out = {k: (v[sel] if isinstance(v, np.ndarray) and len(v) == n_pairs else v) for k, v in extra.items()}
+        out.update(bag_score=bag[sel], inliers=inl, flipped=flipped[keep], verified=len(order))
+        return ScoredPairs(counts["a"][sel], counts["b"][sel], score, extra=out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Descriptor pairs -> image pairs (vectorised)
+
+
+def between_images(pairs: Pairs, owners: np.ndarray) -> dict:
+    """Descriptor pairs whose two rows belong to different images, oriented so that image ia < ib.
+
+    Returns arrays ra, rb (descriptor rows), dist, ia, ib (owner images).
+    """
+    ra, rb = np.asarray(pairs.a, np.int64), np.asarray(pairs.b, np.int64)
+    ia, ib = owners[ra], owners[rb]
+    keep = ia != ib  # a descriptor matching another of its own image says nothing about image pairs
+    ra, rb, ia, ib, dist = ra[keep], rb[keep], ia[keep], ib[keep], np.asarray(pairs.dist)[keep]
+    swap = ia > ib
+    ra, rb = np.where(swap, rb, ra), np.where(swap, ra, rb)
+    ia, ib = np.where(swap, ib, ia), np.where(swap, ia, ib)
+    return {"ra": ra, "rb": rb, "dist": dist, "ia": ia, "ib": ib}
+
+
+def bag_counts(matches: dict, owners: np.ndarray, n_features: np.ndarray) -> dict:
+    """Per image pair (a < b): descriptor pairs, distinct matched features of each side, feature counts.
+
+    m_a counts the distinct rows of a that appear in at least one pair with b: the keys (row of a, b)
+    are made unique first, so one descriptor matching many in b counts once (and likewise for b).
+    """
+    ra, rb, ia, ib = matches["ra"], matches["rb"], matches["ia"], matches["ib"]
+    n = np.int64(max(len(n_features), 1))
+    # Every key below is an int64: rows * n + image < 2^63 for any realistic M and N.
+    keys, n_matches = np.unique(ia * n + ib, return_counts=True)
+    # Distinct (feature of a, image b): the pair key follows from the feature's owner.
+    fa = np.unique(ra * n + ib)
+    fb = np.unique(rb * n + ia)
+    pair_a = owners[fa // n] * n + fa % n
+    pair_b = (fb % n) * n + owners[fb // n]
+    matched_a = _count_into(keys, pair_a)
+    matched_b = _count_into(keys, pair_b)
+    a, b = keys // n, keys % n
+    nf = np.asarray(n_features, np.int64)
+    return {"a": a, "b": b, "n_matches": n_matches.astype(np.int64), "matched_a": matched_a,
+            "matched_b": matched_b, "n_a": nf[a], "n_b": nf[b]}
+
+
+def _count_into(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """How often each (sorted, unique) key occurs in values; every value is one of the keys."""
+    uniq, counts = np.unique(values, return_counts=True)
+    out = np.zeros(len(keys), np.int64)
+    out[np.searchsorted(keys, uniq)] = counts
+    return out
+
+
+def bag_score(matched_a, matched_b, n_a, n_b, score: str) -> np.ndarray:
+    """Score in [0, 1] from matched features (m_a, m_b) and feature counts (n_a, n_b) of an image pair.
+
+    m = min(m_a, m_b) is the number of matched features: it bounds any one-to-one matching between the
+    two sides, so many-to-one matches cannot inflate it. Variants:
+    - "min":   m / min(n_a, n_b)              the smaller image's share found in the other (crops)
+    - "max":   m / max(n_a, n_b)              both images mostly covered (near-identical copies)
+    - "mean":  (m_a + m_b) / (n_a + n_b)      share of all features that matched, each side counted
+    - "union": m / (n_a + n_b - m)            Jaccard index of the two feature sets, m as intersection
+    - "query": max(m_a / n_a, m_b / n_b)      the better containment of either image in the other
+    """
+    ma, mb = np.asarray(matched_a, np.float64), np.asarray(matched_b, np.float64)
+    na, nb = np.asarray(n_a, np.float64), np.asarray(n_b, np.float64)
+    m = np.minimum(ma, mb)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if score == "min":
+            s = m / np.minimum(na, nb)
+        elif score == "max":
+            s = m / np.maximum(na, nb)
+        elif score == "mean":
+            s = (ma + mb) / (na + nb)
+        elif score == "union":
+            s = m / (na + nb - m)
+        elif score == "query":
+            s = np.maximum(ma / na, mb / nb)
+        else:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    return np.clip(np.nan_to_num(s, nan=0.0, posinf=0.0), 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Float descriptors (SIFT): Lowe's ratio test
+
+
+def ratio_test_pairs(features: KeypointSets, ratio: float) -> tuple[Pairs, int]:
+    """Descriptor pairs passing Lowe's ratio test (Lowe 2004, section 7.1), both directions, per image pair.
+
+    For images i < j: each feature of i keeps its nearest feature in j when nearest < ratio * second
+    nearest (L2), and each feature of j likewise in i. A plain loop of cv2.BFMatcher calls over all image
+    pairs: O(N^2) calls, a baseline for small sets. Returns global rows (a < b) with float32 L2 distances.
+    """
+    bf = cv2.BFMatcher(cv2.NORM_L2)
+    desc = np.ascontiguousarray(features.descriptors, dtype=np.float32)
+    off = features.offsets
+    parts, comparisons = [], 0
+    nonempty = [i for i in range(len(features)) if off[i + 1] > off[i]]
+    for x, i in enumerate(nonempty):
+        for j in nonempty[x + 1:]:
+            di, dj = desc[off[i]:off[i + 1]], desc[off[j]:off[j + 1]]
+            comparisons += 2 * len(di) * len(dj)
+            qi, tj, d = _ratio_matches(bf, di, dj, ratio)
+            parts.append(Pairs(qi + off[i], tj + off[j], d))
+            qj, ti, d = _ratio_matches(bf, dj, di, ratio)
+            parts.append(Pairs(ti + off[i], qj + off[j], d))
+    pairs = Pairs.concat(parts, dist_dtype=np.float32)
+    if len(pairs):
+        # The two directions often find the same pair: keep it once.
+        _, first = np.unique(np.stack([pairs.a, pairs.b]), axis=1, return_index=True)
+        pairs = Pairs(pairs.a[first], pairs.b[first], pairs.dist[first])
+    return pairs, comparisons
+
+
+def _ratio_matches(bf, query: np.ndarray, train: np.ndarray, ratio: float):
+    """(query rows, train rows, distances) of matches passing the ratio test; needs 2 train rows."""
+    if len(train) < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    knn = bf.knnMatch(query, train, k=2)
+    good = [m for m, n in (p for p in knn if len(p) == 2) if m.distance < ratio * n.distance]
+    q = np.array([m.queryIdx for m in good], dtype=np.int64)
+    t = np.array([m.trainIdx for m in good], dtype=np.int64)
+    d = np.array([m.distance for m in good], dtype=np.float32)
+    return q, t, d
+
+
+# ---------------------------------------------------------------------------------------------------
+# Geometric verification (RANSAC)
+
+
+def verify_pairs(features: KeypointSets, matches: dict, a: np.ndarray, b: np.ndarray, transform: str,
+                 ransac_threshold: float, max_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """RANSAC inliers (Fischler & Bolles 1981) of each image pair (a[k], b[k]); and whether a flip won.
+
+    Correspondences: for each feature of a its best match in b, then for each feature of b only its
+    best such match (one-to-one, so inliers never exceed min(n_a, n_b)). Matches between a plain and a
+    mirrored row (KeypointExtractor(mirror=True)) are fitted separately from the rest, with b's x negated:
+    the geometry of a flip is a reflection, which a similarity cannot express. The pair's inliers are
+    the larger of the two fits.
+    """
+    n_images = np.int64(len(features))
+    wanted = a.astype(np.int64) * n_images + b
+    key = matches["ia"] * n_images + matches["ib"]
+    sel = np.flatnonzero(np.isin(key, wanted))
+    corr = one_to_one(matches, sel, key, _mirror_flags(features))
+    points = _working_scale_points(features, max_size)
+    inliers = np.zeros((len(wanted), 2), np.int64)
+    slot = np.searchsorted(np.sort(wanted), corr["key"])
+    where = np.argsort(wanted)[slot]  # index k of each correspondence's pair in (a, b)
+    starts = np.flatnonzero(np.r_[True, corr["group"][1:] != corr["group"][:-1]])
+    ends = np.r_[starts[1:], len(corr["group"])]
+    for s, e in zip(starts, ends):
+        src = points[corr["ra"][s:e]]
+        dst = points[corr["rb"][s:e]].copy()
+        parity = int(corr["group"][s] & 1)
+        if parity:
+            dst[:, 0] = -dst[:, 0]  # a reflection becomes a proper similarity
+        inliers[where[s], parity] = count_inliers(src, dst, transform, ransac_threshold)
+    return inliers.max(axis=1), inliers[:, 1] > inliers[:, 0]
+
+
+def one_to_one(matches: dict, sel: np.ndarray, key: np.ndarray, mirrored: np.ndarray | None) -> dict:
+    """Best match per (pair, parity, feature of a), then best per (pair, parity, feature of b).
+
+    Sorted by group = pair key * 2 + parity (1 when exactly one of the two rows is mirrored).
+    Ties in distance go to the lower row, so the result is deterministic.
+    """
+    ra, rb, dist, k = matches["ra"][sel], matches["rb"][sel], matches["dist"][sel], key[sel]
+    parity = (mirrored[ra] != mirrored[rb]).astype(np.int64) if mirrored is not None else 0
+    group = k * 2 + parity
+    keep = _best_per(group, ra, dist, rb)
+    ra, rb, dist, group = ra[keep], rb[keep], dist[keep], group[keep]
+    keep = _best_per(group, rb, dist, ra)
+    ra, rb, group = ra[keep], rb[keep], group[keep]
+    order = np.argsort(group, kind="stable")
+    return {"ra": ra[order], "rb": rb[order], "key": group[order] // 2, "group": group[order]}
+
+
+def _best_per(group: np.ndarray, rows: np.ndarray, dist: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Indices of the smallest-distance entry per (group, row); ties to the lower `other` row."""
+    order = np.lexsort((other, dist, rows, group))
+    g, r = group[order], rows[order]
+    first = np.r_[True, (g[1:] != g[:-1]) | (r[1:] != r[:-1])]
+    return order[first]
+
+
+def _mirror_flags(features) -> np.ndarray | None:
+    flags = getattr(features, "mirrored", None)
+    return None if flags is None else np.asarray(flags, dtype=bool)
+
+
+def _working_scale_points(features: KeypointSets, max_size: int | None) -> np.ndarray:
+    """Keypoints in pixels of the detector's working scale (long side <= max_size), float32 (M, 2)."""
+    points = np.asarray(features.points, np.float32)
+    if max_size is None or len(features) == 0:
+        return points
+    long_side = np.asarray(features.image_sizes, np.float64).max(axis=1)
+    scale = np.minimum(1.0, max_size / np.maximum(long_side, 1.0))
+    return (points * scale[features.owners][:, None]).astype(np.float32)
+
+
+def count_inliers(src: np.ndarray, dst: np.ndarray, transform: str, threshold: float) -> int:
+    """Inliers of a RANSAC fit of src -> dst; 0 when too few points or the fit is degenerate."""
+    if transform == "similarity":
+        if len(src) < 2:
+            return 0
+        model, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
+                                                  ransacReprojThreshold=threshold, maxIters=2000,
+                                                  confidence=0.995, refineIters=10)
+        linear = None if model is None else model[:, :2]
+    else:
+        if len(src) < 4:
+            return 0
+        model, mask = cv2.findHomography(src, dst, cv2.RANSAC, threshold, maxIters=2000, confidence=0.995)
+        linear = None if model is None or abs(model[2, 2]) < 1e-12 else model[:2, :2] / model[2, 2]
+    if linear is None or mask is None or not plausible(linear):
+        return 0
+    return int(mask.sum())
+
+
+def plausible(linear: np.ndarray) -> bool:
+    """An orientation-preserving map that neither collapses nor explodes the picture.
+
+    All points mapped onto a few pixels (scale near 0) fit any cluster of matches: not a copy.
+    """
+    det = float(np.linalg.det(linear))
+    return 1.0 / MAX_SCALE_CHANGE ** 2 <= det <= MAX_SCALE_CHANGE ** 2

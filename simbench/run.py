@@ -1,0 +1,185 @@
+"""The Hydra runner: `python -m simbench [overrides]` (add -m for sweeps).
+
+One run: dataset -> extractor -> features (cached) -> matcher -> scored pairs -> metrics -> result.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from simbench import cache, environment
+from simbench.data.dataset import Dataset
+from simbench.evaluate import evaluate
+from simbench.features.base import Extracted, Extractor
+from simbench.types import ScoredPairs
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+log = logging.getLogger("simbench")
+
+
+def extract_cached(extractor: Extractor, dataset: Dataset, cfg: DictConfig) -> tuple[Extracted, float, bool]:
+    """Features of the dataset's images, from the cache when the same images and parameters were seen.
+
+    Returns (extracted, extraction seconds as measured when they were extracted, whether cached).
+    """
+    key = cache.feature_key(extractor.name, extractor.params(), dataset.paths)
+    path = Path(cfg.cache_dir) / "features" / f"{key}.pkl"
+    if cfg.cache_features:
+        hit = cache.load(path)
+        if hit is not None:
+            return hit["extracted"], hit["extract_s"], True
+    start = time.perf_counter()
+    extracted = extractor.extract(dataset.paths, progress=cfg.progress)
+    extract_s = time.perf_counter() - start
+    if cfg.cache_features:
+        cache.save(path, {"extracted": extracted, "extract_s": extract_s})
+    return extracted, extract_s, False
+
+
+def to_dataset_indices(pairs: ScoredPairs, rows: np.ndarray) -> ScoredPairs:
+    """Feature-row pairs -> dataset image pairs with a < b."""
+    a, b = rows[pairs.a], rows[pairs.b]
+    return ScoredPairs(np.minimum(a, b), np.maximum(a, b), pairs.score, pairs.extra)
+
+
+def json_safe(value):
+    """Strict JSON: NaN/inf become null, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def run_experiment(cfg: DictConfig, out_dir: Path) -> dict:
+    """Run one configuration and write result.json (and pairs.npz) into out_dir. Returns the result."""
+    t_start = time.perf_counter()
+    dataset: Dataset = instantiate(cfg.dataset).load(progress=cfg.progress)
+    method = instantiate(cfg.method)
+    extracted, extract_s, cached = extract_cached(method.extractor, dataset, cfg)
+
+    t_match = time.perf_counter()
+    scored = method.score_pairs(extracted.features)
+    match_s = time.perf_counter() - t_match
+    pairs = to_dataset_indices(scored, extracted.rows)
+
+    metrics = evaluate(pairs, dataset.truth, dataset.labels, method.threshold)
+    n_images = len(extracted.rows)
+    comparisons = float(scored.extra.get("comparisons", n_images * (n_images - 1) / 2))
+    skipped = [s.__dict__ for s in (*dataset.skipped, *extracted.skipped)]
+    result = {
+        "name": cfg.get("name") or type(method).__name__,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "dataset": {"name": dataset.name, "n_images": len(dataset), "n_true_pairs": dataset.n_true_pairs},
+        "metrics": metrics,
+        "timing": {
+            "extract_s": extract_s,
+            "extract_cached": cached,
+            "match_s": match_s,
+            "total_s": time.perf_counter() - t_start,
+            "images_per_s": n_images / extract_s if extract_s > 0 else None,
+            "comparisons_per_s": comparisons / match_s if match_s > 0 else None,
+            "comparisons": comparisons,
+        },
+        "memory": {"peak_rss_mb": environment.peak_rss_mb(), "peak_gpu_mb": environment.peak_gpu_mb()},
+        "env": {
+            "device": method.device,
+            "fallback": method.fallback,
+            "cpu": environment.cpu_model(),
+            "gpu": environment.gpu_name(),
+            "versions": environment.versions(),
+            "git": environment.git_commit(),
+        },
+        "skipped": skipped,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = json_safe(result)
+    cache.atomic_write_bytes(out_dir / "result.json", json.dumps(result, indent=2, allow_nan=False).encode())
+    if cfg.get("save_pairs", True):
+        with open(out_dir / "pairs.npz", "wb") as f:
+            np.savez_compressed(f, a=pairs.a, b=pairs.b, score=pairs.score,
+                                truth=dataset.truth if dataset.truth is not None else np.empty((0, 2), np.int64),
+                                labels=np.array(dataset.labels, dtype=str))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+COLUMNS = [("name", "run"), ("uap", "µAP"), ("recall_at_p90", "R@P90"), ("precision", "P"), ("recall", "R"),
+           ("f1", "F1"), ("images_per_s", "img/s"), ("comparisons_per_s", "cmp/s"), ("device", "device")]
+
+
+def table_row(result: dict) -> dict:
+    m = result.get("metrics") or {}
+    row = {"name": result["name"], **{k: m.get(k) for k in ("uap", "recall_at_p90", "precision", "recall", "f1")}}
+    row["images_per_s"] = result["timing"]["images_per_s"]
+    row["comparisons_per_s"] = result["timing"]["comparisons_per_s"]
+    row["device"] = result["env"]["device"] + (" (fallback)" if result["env"]["fallback"] else "")
+    return row
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value != value:  # nan
+            return "nan"
+        return f"{value:.3g}" if value >= 1000 else f"{value:.3f}"
+    return str(value)
+
+
+def format_table(results: list[dict]) -> str:
+    rows = [table_row(r) for r in results]
+    cells = [[h for _, h in COLUMNS]] + [[_fmt(r[k]) for k, _ in COLUMNS] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(COLUMNS))) for c in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_transforms(result: dict) -> str:
+    per = (result.get("metrics") or {}).get("per_transform_recall") or {}
+    if not per:
+        return ""
+    return "recall per transform: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items()))
+
+
+class SummaryTable(Callback):
+    """After a sweep, print one table of every job's result.json."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        results = []
+        for path in sorted(sweep_dir.glob("*/result.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+            results.append(json.loads(path.read_text()))
+        if len(results) > 1:
+            print(f"\n{len(results)} runs in {sweep_dir}\n{format_table(results)}")
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    result = run_experiment(cfg, out_dir)
+    d = result["dataset"]
+    print(f"\n{result['name']}: {d['n_images']} images of {d['name']}, {d['n_true_pairs']} true pairs, "
+          f"{len(result['skipped'])} skipped -> {out_dir}/result.json")
+    print(format_table([result]))
+    if result["metrics"]:
+        print(format_transforms(result))
+    if result["env"]["fallback"]:
+        print("note: the requested device was not available; this ran on the CPU (env.fallback = true)")

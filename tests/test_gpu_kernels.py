@@ -1,0 +1,401 @@
+"""The CUDA kernels of kernels/hamming.cu and GpuMatcher, checked against the NumPy oracle.
+
+Without a GPU (development machines, CI) three things still prove the kernels:
+1. NVRTC (through CuPy's own bindings, no driver needed) compiles every instantiation for compute_80 and
+   compute_90, and ptxas (when present) finds no register spills in the range kernels;
+2. the same .cu, compiled by g++ with tests/cuda_emu/cuda_emu.h, runs on the CPU under the most
+   adversarial legal thread schedule, driven by GpuMatcher's real host code, and must equal the oracle:
+   tails, database chunks, launch blocks, radius boundaries, overflow retries, top-k ties;
+3. the harness itself catches a missing __syncthreads and a divergent one (mutated copies of the kernel).
+Tests marked `gpu` run the real kernels when a CUDA device exists and are skipped otherwise.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simbench.match import gpu
+from simbench.match.gpu import GpuMatcher
+from simbench.match.oracle import OracleMatcher
+from simbench.types import Pairs
+
+from cuda_emu.emulator import EmulatedDevice
+
+HAS_GPU, GPU_WHY = gpu.cuda_device_status()
+needs_gpu = pytest.mark.skipif(not HAS_GPU, reason=f"no CUDA device ({GPU_WHY})")
+ORACLE = OracleMatcher()
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def random_codes(rng, n, width, alphabet=None):
+    """n random codes of `width` words; with `alphabet`, drawn from that many distinct codes (many ties)."""
+    if alphabet is None:
+        return rng.integers(0, np.iinfo(np.uint64).max, (n, width), dtype=np.uint64, endpoint=True)
+    pool = rng.integers(0, np.iinfo(np.uint64).max, (alphabet, width), dtype=np.uint64, endpoint=True)
+    return pool[rng.integers(0, alphabet, n)]
+
+
+def flip_bits(rng, code, count):
+    """A copy of one code with exactly `count` distinct bits flipped (Hamming distance `count`)."""
+    out = code.copy()
+    for bit in rng.choice(64 * len(code), size=count, replace=False):
+        out[bit // 64] ^= np.uint64(1) << np.uint64(bit % 64)
+    return out
+
+
+def planted(rng, nq, nd, width, radius):
+    """Queries and database where many pairs sit exactly at radius - 1, radius and radius + 1."""
+    db = random_codes(rng, nd, width)
+    q = random_codes(rng, nq, width)
+    targets = rng.choice(nd, size=nq, replace=False) if nq <= nd else rng.integers(0, nd, nq)
+    for i in range(0, nq, 2):  # every other query is a near copy of some database row
+        q[i] = flip_bits(rng, db[targets[i]], max(0, radius + (i // 2) % 3 - 1))
+    return q, db
+
+
+def assert_pairs_equal(got: Pairs, want: Pairs):
+    assert len(got) == len(want), f"{len(got)} pairs, oracle {len(want)}"
+    assert np.array_equal(got.a, want.a) and np.array_equal(got.b, want.b)
+    assert np.array_equal(got.dist, want.dist)
+    assert got.a.dtype == np.int64 and got.b.dtype == np.int64 and got.dist.dtype == np.int32
+
+
+def assert_topk_equal(got, want):
+    assert np.array_equal(got[0], want[0]), "top-k rows differ from the oracle"
+    assert np.array_equal(got[1], want[1]), "top-k distances differ from the oracle"
+    assert got[0].dtype == np.int64 and got[1].dtype == np.int32
+
+
+# --------------------------------------------------------------------------------------- 1. NVRTC
+
+
+def nvrtc_compile(source: str, names, arch: str):
+    from cupy_backends.cuda.libs import nvrtc
+
+    try:
+        nvrtc.getVersion()
+    except Exception as exc:  # the library, not the kernel, is missing: say how to get it
+        pytest.fail(f"libnvrtc cannot be loaded ({exc}); install it with `pip install nvidia-cuda-nvrtc`")
+    prog = nvrtc.createProgram(source, "hamming.cu", [], [])
+    try:
+        for name in names:
+            nvrtc.addNameExpression(prog, name)
+        try:
+            nvrtc.compileProgram(prog, [f"--gpu-architecture={arch}", "-std=c++17"])
+        except nvrtc.NVRTCError as exc:
+            pytest.fail(f"NVRTC failed for {arch}: {exc}\n{nvrtc.getProgramLog(prog)}")
+        ptx = nvrtc.getPTX(prog)
+        ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
+        lowered = {name: nvrtc.getLoweredName(prog, name) for name in names}
+        return ptx, lowered, nvrtc.getProgramLog(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+@pytest.fixture(scope="module", params=["compute_80", "compute_90"])
+def ptx(request):
+    text, lowered, log = nvrtc_compile(gpu.kernel_source(), gpu.NAME_EXPRESSIONS, request.param)
+    return request.param, text, lowered, log
+
+
+def test_nvrtc_compiles_every_instantiation(ptx):
+    arch, text, lowered, log = ptx
+    assert f".target sm_{arch.split('_')[1]}" in text
+    assert "warning" not in log.lower(), log
+    for name in gpu.NAME_EXPRESSIONS:
+        assert re.search(rf"\.entry {re.escape(lowered[name])}\s*\(", text), f"{name} missing from the {arch} PTX"
+    # The hot loop uses the 64-bit popcount and shared-memory tiles, and no distance matrix is stored.
+    assert "popc.b64" in text and ".shared" in text
+
+
+def test_ptxas_finds_no_register_spills_in_range_kernels(ptx, tmp_path):
+    arch, text, lowered, _ = ptx
+    ptxas = shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas"
+    if arch != "compute_90" or not Path(ptxas).exists():
+        pytest.skip("ptxas is checked once, for sm_90, where it is installed")
+    (tmp_path / "k.ptx").write_text(text)
+    out = subprocess.run([ptxas, "-arch=sm_90", "-v", str(tmp_path / "k.ptx"), "-o", str(tmp_path / "k.cubin")],
+                         capture_output=True, text=True, check=True).stderr
+    # ptxas -v prints, per entry: "Compiling entry function 'NAME'", then "... N bytes spill stores ...".
+    info = dict(re.findall(r"Compiling entry function '(\w+)'.*?\n(.*?bytes spill loads)", out, re.S))
+    for w in gpu.WORDS:
+        line = info[lowered[gpu.range_kernel(w)]]
+        assert "0 bytes spill stores, 0 bytes spill loads" in line, f"{gpu.range_kernel(w)}: {line}"
+
+
+# ------------------------------------------------------------------------------- 2. CPU emulation
+
+
+@pytest.fixture(scope="module")
+def emu():
+    return EmulatedDevice(target_blocks=4)
+
+
+# Sizes chosen to leave tails everywhere: 256-row tiles, 128 threads x QPT queries per block, launch blocks.
+CASES = [  # (width, queries, database rows)
+    (1, 600, 1300),
+    (2, 400, 900),
+    (3, 300, 700),   # padded to 4 words
+    (4, 300, 700),
+    (8, 300, 650),
+    (16, 130, 550),
+]
+
+
+@pytest.mark.parametrize("width,nq,nd", CASES)
+@pytest.mark.parametrize("target_blocks", [1, 9])  # one chunk of many tiles, or many one-tile chunks
+def test_emulated_range_search_equals_oracle(emu, width, nq, nd, target_blocks):
+    rng = np.random.default_rng(width * 100 + target_blocks)
+    radius = 7 * width
+    q, db = planted(rng, nq, nd, width, radius)
+    emu.target_blocks = target_blocks
+    matcher = GpuMatcher(device=emu, query_block=257, db_block=450, capacity=64)
+    want = ORACLE.range_search(q, db, radius)
+    assert len(want) >= nq // 3  # the planted pairs are there
+    assert_pairs_equal(matcher.range_search(q, db, radius), want)
+    assert matcher.device == "cpu" and matcher.fallback is False
+
+
+@pytest.mark.parametrize("width", [1, 4, 8])
+def test_emulated_radius_boundaries_are_inclusive(emu, width):
+    """Database rows at every distance 0..64W from the query: radius r keeps exactly distances <= r."""
+    rng = np.random.default_rng(width)
+    bits = 64 * width
+    query = random_codes(rng, 1, width)
+    db = np.stack([flip_bits(rng, query[0], d) for d in range(bits + 1)])
+    db = db[rng.permutation(len(db))]
+    dist = ORACLE.range_search(query, db, bits).dist
+    matcher = GpuMatcher(device=emu, capacity=8)
+    for radius in [-1, 0, 1, bits // 2, bits - 1, bits]:
+        got = matcher.range_search(query, db, radius)
+        assert len(got) == radius + 1 if radius >= 0 else len(got) == 0
+        assert_pairs_equal(got, ORACLE.range_search(query, db, radius))
+        assert set(got.dist.tolist()) == set(range(radius + 1))
+    assert sorted(dist.tolist()) == list(range(bits + 1))
+
+
+@pytest.mark.parametrize("capacity", [1, 100, 1 << 16])
+def test_emulated_overflow_retries_and_stays_exact(emu, capacity):
+    """A radius near the mean distance gives thousands of pairs: a small buffer must overflow and re-run."""
+    rng = np.random.default_rng(capacity)
+    q, db = random_codes(rng, 300, 1), random_codes(rng, 800, 1)
+    radius = 28
+    emu.target_blocks = 4
+    want = ORACLE.range_search(q, db, radius)
+    matcher = GpuMatcher(device=emu, capacity=capacity, db_block=500)
+    assert_pairs_equal(matcher.range_search(q, db, radius), want)
+    launches = matcher.stats["launches"]
+    if capacity < len(want) // 2:  # each of the 2 launches overflows at first
+        assert matcher.stats["retries"] >= 1 and launches == 2 + matcher.stats["retries"]
+    else:
+        assert matcher.stats["retries"] == 0 and launches == 2
+
+
+def test_emulated_kernel_counts_past_capacity_and_writes_nothing_there(emu):
+    """The kernel's own contract: counter = all matches; slots >= capacity untouched; the rest exact."""
+    rng = np.random.default_rng(5)
+    width = 4
+    q, db = random_codes(rng, 200, width), random_codes(rng, 300, width)
+    radius = 120
+    want = ORACLE.range_search(q, db, radius)
+    capacity = len(want) // 3
+    counter = np.zeros(1, np.uint64)
+    out = [np.full(len(want) + 50, -7, np.int32) for _ in range(3)]
+    args = (q, np.int32(len(q)), db, np.int32(len(db)), np.int32(256), np.int32(radius), np.int32(0), np.int64(0),
+            counter, np.uint64(capacity), *out)
+    emu.kernel(gpu.range_kernel(width))((1, 2), (128,), args)
+    assert int(counter[0]) == len(want)
+    assert all((o[capacity:] == -7).all() for o in out)
+    got = {(a, b, d) for a, b, d in zip(*(o[:capacity] for o in out))}
+    assert len(got) == capacity and got <= set(zip(want.a.tolist(), want.b.tolist(), want.dist.tolist()))
+
+
+@pytest.mark.parametrize("width,n", [(1, 900), (4, 520), (8, 400)])
+def test_emulated_self_join_equals_oracle(emu, width, n):
+    rng = np.random.default_rng(width + 7)
+    codes = random_codes(rng, n, width, alphabet=n // 3)  # many exact duplicates: distance-0 pairs
+    codes[::5] = codes[::5] ^ np.uint64(3)
+    radius = 2
+    emu.target_blocks = 6
+    matcher = GpuMatcher(device=emu, query_block=200, db_block=330, capacity=50)
+    want = ORACLE.self_join(codes, radius)
+    got = matcher.self_join(codes, radius)
+    assert_pairs_equal(got, want)
+    assert (got.a < got.b).all()
+
+
+@pytest.mark.parametrize("width,nq,nd", [(1, 300, 700), (2, 150, 600), (4, 200, 530), (8, 140, 450)])
+@pytest.mark.parametrize("k", [1, 5, 16, 17, 64, 100])  # crosses the 16 / 64 / 256 candidate lists
+def test_emulated_topk_equals_oracle_with_ties(emu, width, nq, nd, k):
+    rng = np.random.default_rng(width * 1000 + k)
+    db = random_codes(rng, nd, width, alphabet=40)  # 40 distinct codes: ties at every distance
+    q = random_codes(rng, nq, width, alphabet=60)
+    emu.target_blocks = 5
+    matcher = GpuMatcher(device=emu, query_block=129, db_block=260)
+    assert_topk_equal(matcher.topk(q, db, k), ORACLE.topk(q, db, k))
+
+
+def test_emulated_topk_with_fewer_rows_than_k(emu):
+    rng = np.random.default_rng(3)
+    q, db = random_codes(rng, 20, 2), random_codes(rng, 7, 2)
+    got = GpuMatcher(device=emu).topk(q, db, 12)
+    assert_topk_equal(got, ORACLE.topk(q, db, 12))
+    assert (got[0][:, 7:] == -1).all() and (got[1][:, 7:] == np.iinfo(np.int32).max).all()
+
+
+def test_emulated_empty_inputs_and_wide_codes(emu, caplog):
+    rng = np.random.default_rng(4)
+    matcher = GpuMatcher(device=emu)
+    none = np.zeros((0, 4), np.uint64)
+    assert len(matcher.range_search(none, random_codes(rng, 5, 4), 10)) == 0
+    idx, dist = matcher.topk(random_codes(rng, 3, 4), none, 2)
+    assert (idx == -1).all() and idx.shape == (3, 2)
+    with pytest.raises(ValueError):
+        matcher.range_search(random_codes(rng, 3, 2), random_codes(rng, 3, 4), 1)
+    # Codes wider than the widest kernel (17 words) run on the CPU, and say so.
+    pytest.importorskip("simbench.match.exact")
+    wide_q, wide_db = random_codes(rng, 20, 17), random_codes(rng, 30, 17)
+    with caplog.at_level(logging.WARNING, logger="simbench.match.gpu"):
+        got = matcher.range_search(wide_q, wide_db, 540)
+    assert_pairs_equal(got, ORACLE.range_search(wide_q, wide_db, 540))
+    assert "widest kernel" in caplog.text
+
+
+@pytest.mark.parametrize("mode,seed", [(1, 0), (2, 11)])
+def test_emulated_results_do_not_depend_on_the_thread_schedule(emu, mode, seed):
+    rng = np.random.default_rng(9)
+    q, db = planted(rng, 300, 600, 2, 9)
+    emu.target_blocks = 3
+    try:
+        emu.set_schedule(mode, seed)
+        got = GpuMatcher(device=emu, capacity=10).range_search(q, db, 9)
+        top = GpuMatcher(device=emu).topk(q, db, 7)
+    finally:
+        emu.set_schedule(0)
+    assert_pairs_equal(got, ORACLE.range_search(q, db, 9))
+    assert_topk_equal(top, ORACLE.topk(q, db, 7))
+
+
+def test_emulated_launch_checks_argument_types(emu):
+    q = np.zeros((4, 1), np.uint64)
+    counter = np.zeros(1, np.uint64)
+    out = np.zeros(4, np.int32)
+    good = [q, np.int32(4), q, np.int32(4), np.int32(256), np.int32(0), np.int32(0), np.int64(0), counter,
+            np.uint64(4), out, out, out]
+    emu.kernel(gpu.range_kernel(1))((1, 1), (128,), good)
+    assert int(counter[0]) == 16  # 4 x 4 zero codes, all at distance 0; 4 of them written
+    bad = list(good)
+    bad[5] = 0  # a Python int: its size on the GPU would be a guess
+    with pytest.raises(TypeError, match="NumPy int32 scalar"):
+        emu.kernel(gpu.range_kernel(1))((1, 1), (128,), bad)
+    bad = list(good)
+    bad[10] = out.astype(np.int64)
+    with pytest.raises(TypeError, match="int32 array"):
+        emu.kernel(gpu.range_kernel(1))((1, 1), (128,), bad)
+    with pytest.raises(RuntimeError, match="invalid launch configuration"):
+        emu.kernel(gpu.range_kernel(1))((1, 70000), (128,), good)
+
+
+# ----------------------------------------------------- 3. the harness catches barrier bugs (mutants)
+
+
+def mutant(tmp_path, old, new):
+    source = gpu.kernel_source()
+    assert old in source
+    path = tmp_path / "hamming.cu"
+    path.write_text(source.replace(old, new, 1))
+    return EmulatedDevice(target_blocks=1, source=path, names=[gpu.range_kernel(1)])
+
+
+def test_harness_catches_a_missing_syncthreads(tmp_path):
+    """Without the barrier after the compare loop, a thread reloads the tile while others still read it."""
+    old = "        __syncthreads();  // the next tile overwrites shared memory"
+    dev = mutant(tmp_path, old, "")
+    rng = np.random.default_rng(1)
+    q, db = planted(rng, 200, 1000, 1, 5)
+    got = GpuMatcher(device=dev).range_search(q, db, 5)
+    want = ORACLE.range_search(q, db, 5)
+    assert len(got) != len(want) or not np.array_equal(got.b, want.b)
+
+
+def test_harness_catches_a_divergent_syncthreads(tmp_path):
+    """A thread that returns while the others wait at __syncthreads is an error, not a hang."""
+    old = "    if (d_begin >= d_end) return;"
+    dev = mutant(tmp_path, old, "    if (d_begin >= d_end || threadIdx.x == 5) return;")
+    rng = np.random.default_rng(2)
+    with pytest.raises(RuntimeError, match="__syncthreads reached by only 127 of 128 threads"):
+        GpuMatcher(device=dev).range_search(random_codes(rng, 10, 1), random_codes(rng, 10, 1), 3)
+
+
+# ------------------------------------------------------------------ matcher: fallback and strictness
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(gpu, "cuda_device_status", lambda: (False, "cupy.cuda.runtime.getDeviceCount() == 0"))
+
+
+def test_fallback_runs_the_cpu_kernel_and_says_so(no_gpu, caplog):
+    pytest.importorskip("simbench.match.exact")
+    with caplog.at_level(logging.WARNING, logger="simbench.match.gpu"):
+        matcher = GpuMatcher()
+    assert matcher.device == "cpu" and matcher.fallback is True and matcher.name == "gpu"
+    assert "no CUDA device" in caplog.text and "ExactMatcher" in caplog.text
+    rng = np.random.default_rng(0)
+    q, db = planted(rng, 60, 200, 4, 20)
+    assert_pairs_equal(matcher.range_search(q, db, 20).sorted(), ORACLE.range_search(q, db, 20))
+    assert_pairs_equal(matcher.self_join(db, 100).sorted(), ORACLE.self_join(db, 100))
+    assert_topk_equal(matcher.topk(q, db, 5), ORACLE.topk(q, db, 5))
+
+
+def test_strict_device_without_gpu_is_a_clear_error(no_gpu):
+    with pytest.raises(RuntimeError, match=r"strict_device=True.*no.*getDeviceCount\(\) == 0"):
+        GpuMatcher(strict_device=True)
+
+
+@pytest.mark.skipif(HAS_GPU, reason="this machine has a CUDA device")
+def test_this_machine_reports_no_device():
+    ok, why = gpu.cuda_device_status()
+    assert not ok and why
+    assert GpuMatcher().fallback is True
+
+
+# ------------------------------------------------------------------------------ on a real GPU only
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("width,nq,nd", [(1, 3000, 70001), (4, 1500, 30001), (8, 1200, 20011), (3, 500, 9000)])
+def test_gpu_range_search_equals_oracle(width, nq, nd):
+    rng = np.random.default_rng(width)
+    q, db = planted(rng, nq, nd, width, 6 * width)
+    matcher = GpuMatcher(strict_device=True, query_block=1000, db_block=25000, capacity=16)
+    assert matcher.device == "cuda:0" and matcher.fallback is False
+    want = ORACLE.range_search(q, db, 6 * width) if nq * nd * width < 5e7 else None
+    got = matcher.range_search(q, db, 6 * width)
+    if want is None:  # too big for the oracle: the exact CPU kernel, itself tested against the oracle
+        from simbench.match.exact import ExactMatcher
+
+        want = ExactMatcher().range_search(q, db, 6 * width).sorted()
+    assert_pairs_equal(got, want)
+    assert matcher.stats["retries"] >= 1  # capacity 16 always overflows here
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_self_join_and_topk_equal_oracle():
+    rng = np.random.default_rng(1)
+    codes = random_codes(rng, 3000, 8, alphabet=900)
+    matcher = GpuMatcher(strict_device=True, query_block=1100, db_block=1700, capacity=100)
+    assert_pairs_equal(matcher.self_join(codes, 3), ORACLE.self_join(codes, 3))
+    q = random_codes(rng, 500, 8, alphabet=50)
+    for k in (1, 10, 64, 200):
+        assert_topk_equal(matcher.topk(q, codes, k), ORACLE.topk(q, codes, k))
