@@ -17,6 +17,7 @@ agreement of the fast codes with ImageHash's, and writes it all to --out with th
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -82,6 +83,19 @@ def draft_decode(paths):
             im.load()
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the worker processes)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _loadavg() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "n/a"
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -118,12 +132,16 @@ def main(argv=None) -> int:
         cases.append((f"simbench phash compat=True, all cores ({cores})",
                       lambda: HashExtractor("phash", compat=True, workers=0).extract(paths)))
 
+        load_before = _loadavg()
         best = {label: float("inf") for label, _ in cases}
+        best_cpu = {label: float("inf") for label, _ in cases}
         for _ in range(args.repeat):
             for label, fn in cases:
-                t0 = time.perf_counter()
+                c0, t0 = _cpu_seconds(), time.perf_counter()
                 fn()
                 best[label] = min(best[label], time.perf_counter() - t0)
+                best_cpu[label] = min(best_cpu[label], _cpu_seconds() - c0)
+        load_after = _loadavg()
 
         agreement = {}
         if not args.no_agreement:
@@ -135,14 +153,15 @@ def main(argv=None) -> int:
                                   ref.bits)
 
     base = args.n / best[cases[0][0]]
-    lines = [f"| work | img/s | vs ImageHash phash |", "|---|---:|---:|"]
+    lines = ["| work | img/s | vs ImageHash phash | CPU ms / img |", "|---|---:|---:|---:|"]
     for label, _ in cases:
         rate = args.n / best[label]
-        lines.append(f"| {label} | {rate:.0f} | {rate / base:.2f}x |")
+        lines.append(f"| {label} | {rate:.0f} | {rate / base:.2f}x | {1e3 * best_cpu[label] / args.n:.2f} |")
     table = "\n".join(lines)
     agree_lines = []
     if agreement:
-        agree_lines = ["| algorithm | bits | mean Hamming | median | 95th pct | max |", "|---|---:|---:|---:|---:|---:|"]
+        agree_lines = ["| algorithm | bits | mean Hamming | median | 95th pct | max |",
+                       "|---|---:|---:|---:|---:|---:|"]
         for alg, (mean, med, p95, mx, bits) in agreement.items():
             agree_lines.append(f"| {alg} | {bits} | {mean:.2f} | {med:.0f} | {p95:.0f} | {mx} |")
     command = "python benchmarks/bench_hash_extraction.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -159,6 +178,9 @@ def main(argv=None) -> int:
         f"- Python {platform.python_version()}, Pillow {PIL.__version__}, ImageHash {imagehash.__version__}, "
         f"numpy {np.__version__}",
         f"- command: `{command.strip()}`",
+        f"- load average (1 min) before / after: {load_before} / {load_after} (other jobs share the machine)",
+        "",
+        "img/s: wall clock, best round; CPU ms / img: this process and its workers together, best round.",
         "",
         table,
         "",

@@ -350,13 +350,27 @@ def fit_whitening(vectors: np.ndarray, dim: int | None = None) -> Whitening:
         raise ValueError(f"PCA whitening needs at least 2 images to learn from, got {n}")
     keep = min(d, n - 1) if dim is None else min(int(dim), d, n - 1)
     mean = x.mean(axis=0)
-    cov = np.cov(x - mean, rowvar=False)
-    values, vectors_ = np.linalg.eigh(cov)  # ascending
-    order = np.argsort(values)[::-1][:keep]
+    values, components = principal_components(x - mean)
+    values, components = values[:keep], components[:, :keep]
     # A floor against division by (numerically) zero variance; whitening is meant to boost weak components.
-    values = np.maximum(values[order], 1e-12 * max(values.max(), 1e-30))
-    projection = vectors_[:, order] / np.sqrt(values)
+    values = np.maximum(values, 1e-12 * max(values.max(), 1e-30))
+    projection = components / np.sqrt(values)
     return Whitening(mean.astype(np.float32), projection.astype(np.float32))
+
+
+def principal_components(centred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Covariance eigenvalues (descending) and eigenvectors as columns (D, K) of centred rows (N, D).
+
+    Fewer rows than dimensions (a small dataset): the SVD of the rows, O(N^2 D); otherwise the D x D
+    covariance and its eigen-decomposition, O(N D^2).
+    """
+    n, d = centred.shape
+    if n < d:
+        _, s, vt = np.linalg.svd(centred, full_matrices=False)
+        return s**2 / (n - 1), vt.T
+    values, vectors = np.linalg.eigh(centred.T @ centred / (n - 1))
+    order = np.argsort(values)[::-1]
+    return values[order], vectors[:, order]
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
@@ -481,9 +495,10 @@ class CnnExtractor(Extractor):
     # -- extraction --------------------------------------------------------------------------------------
 
     def extract(self, paths: Sequence[Path], progress: bool = False) -> Extracted:
+        background = self._background_paths() if self.whitening not in (None, "dataset") else None
         rows, vectors, skipped = self.embed(paths, progress)
         if self.whitening is not None and len(vectors):
-            vectors = self._whitener(vectors, progress).apply(vectors)
+            vectors = self._whitener(vectors, background, progress).apply(vectors)
         return Extracted(Embeddings(vectors), rows, skipped)
 
     def embed(self, paths: Sequence[Path], progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[Skipped]]:
@@ -523,12 +538,11 @@ class CnnExtractor(Extractor):
 
     # -- whitening ---------------------------------------------------------------------------------------
 
-    def _whitener(self, vectors: np.ndarray, progress: bool) -> Whitening:
+    def _whitener(self, vectors: np.ndarray, background_paths: list[Path] | None, progress: bool) -> Whitening:
         """PCA whitening learnt on the dataset's own vectors or on the background folder's."""
-        if self.whitening == "dataset":
+        if background_paths is None:
             return fit_whitening(vectors, self.whiten_dim)
-        paths = self._background_paths()
-        _, background, _ = self.embed(paths, progress)
+        _, background, _ = self.embed(background_paths, progress)
         if len(background) < 2:
             raise ValueError(f"whitening folder {self.whitening} holds {len(background)} readable images; "
                              f"PCA whitening needs at least 2")

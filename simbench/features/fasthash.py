@@ -5,7 +5,7 @@ full JPEG decode, LANCZOS resize from full size, then a small transform. Here th
 in three cheap stages:
 
 1. decode small: JPEG draft decoding lets libjpeg scale by 1/2, 1/4 or 1/8 while decoding (at 1/8 only the
-   DC coefficient of each 8x8 block is inverse-transformed), keeping at least `min_decode_size` pixels a side;
+   DC coefficient of each 8x8 block is inverse-transformed), keeping at least 8 * hash_size pixels a side;
 2. resize the small image to the hash's working size (PIL LANCZOS, as ImageHash, but from the small image);
 3. transform the whole batch at once: the DCT low-frequency block and the wavelet low band are matrix
    products (D8 @ X @ D8.T), the thresholds are vectorised over the batch.
@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -242,7 +243,7 @@ class HashSpec:
     highfreq_factor: int = 4
     binbits: int = 3
     compat: bool = False
-    min_decode_size: int = 64
+    min_decode_size: int | None = None
     image_scale: int | None = None
     remove_max_haar_ll: bool = True
     work_size: int | None = None
@@ -271,6 +272,19 @@ class HashSpec:
         if a == "dhash_vertical":
             return h, h + 1
         return h, h
+
+    def decode_side(self) -> int:
+        """Fast path: JPEGs are draft-decoded keeping at least this many pixels a side.
+
+        Default: 8 * hash_size (64 for 64-bit hashes: 1/8 scale for photos of 512 pixels and more), and at
+        least the wavelet working size; measured to keep codes within a bit or two of ImageHash's.
+        """
+        if self.algorithm == "colorhash":
+            return self.min_decode_size or 64
+        side = self.min_decode_size or 8 * self.hash_size
+        if self.algorithm.startswith("whash") and not self.min_decode_size:
+            side = max(side, self.whash_work(1 << 30))
+        return max(side, *self.thumb_size())
 
     def whash_scale(self, min_side: int) -> int:
         return self.image_scale or natural_scale(min_side, self.hash_size)
@@ -309,7 +323,7 @@ def _thumbnail(path, spec: HashSpec) -> tuple[np.ndarray | Image.Image, int]:
     if spec.algorithm == "colorhash":
         if spec.compat:
             return open_image(path), 0
-        d = spec.min_decode_size
+        d = spec.decode_side()
         return open_image(path, draft=(d, d), mode="RGB"), 0
     is_whash = spec.algorithm.startswith("whash")
     if spec.compat:
@@ -321,8 +335,8 @@ def _thumbnail(path, spec: HashSpec) -> tuple[np.ndarray | Image.Image, int]:
             scale, size = 0, spec.thumb_size()
         return np.asarray(im.convert("L").resize(size, LANCZOS)), scale
     tw, th = spec.thumb_size()
-    d = spec.min_decode_size
-    im = open_image(path, draft=(max(d, tw), max(d, th)), mode="L")
+    d = spec.decode_side()
+    im = open_image(path, draft=(d, d), mode="L")
     scale = 0
     if is_whash:
         scale = spec.whash_scale(min(_original_size(path, im.size)))
@@ -366,18 +380,25 @@ def hash_batch(spec: HashSpec, items: Sequence[tuple[int, str]]) -> BatchResult:
     for row, path in items:
         try:
             thumb, scale = _thumbnail(path, spec)
+            if spec.algorithm == "colorhash":
+                bits_of[row] = colorhash_bits(thumb, spec.binbits)
+                continue
         except UnreadableImage as exc:
             skipped.append((row, str(exc)))
             continue
-        if spec.algorithm == "colorhash":
-            bits_of[row] = colorhash_bits(thumb, spec.binbits)
+        except Exception as exc:  # whatever else a decoder may throw: skip the image, never raise
+            skipped.append((row, _failure(exc)))
             continue
         # group same-shaped thumbnails (whash: same image scale) for one vectorised call
         thumbs.setdefault((thumb.shape, scale), []).append((row, thumb))
-    for (_, scale), group in thumbs.items():
-        bits = _hash_stack(spec, np.stack([t for _, t in group]), scale)
-        for (row, _), b in zip(group, bits):
-            bits_of[row] = b
+    for (shape, scale), group in thumbs.items():
+        # at most ~4M pixels a call (compat whash thumbnails are up to 512 x 512 float64)
+        step = max(1, (1 << 22) // int(np.prod(shape)))
+        for i in range(0, len(group), step):
+            part = group[i:i + step]
+            bits = _hash_stack(spec, np.stack([t for _, t in part]), scale)
+            for (row, _), b in zip(part, bits):
+                bits_of[row] = b
     return _pack(spec.bits, bits_of, skipped, spec.algorithm)
 
 
@@ -388,12 +409,16 @@ def reference_batch(spec: HashSpec, items: Sequence[tuple[int, str]]) -> BatchRe
     skipped: list[tuple[int, str]] = []
     for row, path in items:
         try:
-            image = open_image(path)
+            bits_of[row] = np.asarray(fn(open_image(path)).hash).ravel()
         except UnreadableImage as exc:
             skipped.append((row, str(exc)))
-            continue
-        bits_of[row] = np.asarray(fn(image).hash).ravel()
+        except Exception as exc:
+            skipped.append((row, _failure(exc)))
     return _pack(spec.bits, bits_of, skipped, spec.algorithm)
+
+
+def _failure(exc: Exception) -> str:
+    return f"cannot hash this image ({type(exc).__name__}: {exc})"
 
 
 def reference_function(spec: HashSpec) -> Callable[[Image.Image], object]:
@@ -574,10 +599,11 @@ def crop_resistant_batch(spec: CropResistantSpec, items: Sequence[tuple[int, str
                 d = max(spec.min_decode_size, spec.segmentation_image_size)
                 image = open_image(path, draft=(d, d), mode="L")
                 original = _original_size(path, image.size)
+            done.append((row, crop_resistant_hash(image, spec, original)))
         except UnreadableImage as exc:
             skipped.append((row, str(exc)))
-            continue
-        done.append((row, crop_resistant_hash(image, spec, original)))
+        except Exception as exc:
+            skipped.append((row, _failure(exc)))
     return done, skipped
 
 
@@ -590,12 +616,15 @@ def reference_crop_resistant(spec: CropResistantSpec, items: Sequence[tuple[int,
     for row, path in items:
         try:
             image = open_image(path)
+            multi = imagehash.crop_resistant_hash(
+                image, functools.partial(imagehash.dhash, hash_size=spec.hash_size), spec.limit_segments,
+                spec.segment_threshold, spec.min_segment_size, spec.segmentation_image_size)
         except UnreadableImage as exc:
             skipped.append((row, str(exc)))
             continue
-        multi = imagehash.crop_resistant_hash(
-            image, functools.partial(imagehash.dhash, hash_size=spec.hash_size), spec.limit_segments,
-            spec.segment_threshold, spec.min_segment_size, spec.segmentation_image_size)
+        except Exception as exc:  # e.g. ImageHash's flood fill running out of valleys
+            skipped.append((row, _failure(exc)))
+            continue
         bits = np.array([np.asarray(s.hash).ravel() for s in multi.segment_hashes], dtype=bool)
         k = len(bits)
         done.append((row, SegmentHashes(bits, np.zeros((k, 2), np.float32), np.zeros(k, np.float32),
@@ -632,12 +661,25 @@ def _init_worker() -> None:
         threadpool_limits(1)
     except ImportError:
         pass
-    try:
-        import cv2
-
+    cv2 = sys.modules.get("cv2")  # only if loaded: importing it costs each worker a fifth of a second
+    if cv2 is not None:
         cv2.setNumThreads(1)
-    except ImportError:
-        pass
+
+
+def prepare(spec) -> None:
+    """Import what the kernels of spec need and build their fixed matrices, in the parent process, so that
+    forked workers start with them."""
+    if isinstance(spec, HashSpec):
+        if spec.algorithm.startswith("whash"):
+            import pywt  # noqa: F401
+        if spec.compat and spec.algorithm.startswith("phash"):
+            import scipy.fftpack  # noqa: F401
+        if spec.algorithm == "phash" and not spec.compat:
+            dct_matrix(spec.thumb_size()[0], spec.hash_size)
+        if spec.algorithm == "phash_simple" and not spec.compat:
+            dct_matrix(spec.thumb_size()[0], spec.hash_size + 1)
+    else:
+        from scipy import ndimage  # noqa: F401
 
 
 def _call(job):
@@ -652,6 +694,7 @@ def map_batches(fn: Callable, spec, batches: Sequence[Sequence[tuple[int, str]]]
     Processes are forked (cheap to start, nothing to re-import) where the platform allows it.
     """
     jobs = [(fn, spec, list(batch)) for batch in batches]
+    prepare(spec)
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             yield _call(job)

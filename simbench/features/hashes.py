@@ -41,8 +41,9 @@ FAST_VERSION = 1
 
 def _versions(backend: str) -> dict:
     import PIL
+    from PIL import features
 
-    out = {"pillow": PIL.__version__}
+    out = {"pillow": PIL.__version__, "libjpeg": features.version("libjpeg_turbo") or features.version("jpg")}
     if backend == "imagehash":
         import imagehash
 
@@ -70,7 +71,8 @@ class HashExtractor(Extractor):
     workers: processes (0 = all cores); batch_size: images per batch (an upper bound).
     highfreq_factor: phash/phash_simple thumbnail = hash_size * highfreq_factor. binbits: colorhash.
     image_scale, remove_max_haar_ll: whash, as ImageHash (image_scale None: a power of two per image).
-    min_decode_size: fast path, JPEGs are decoded at 1/2, 1/4 or 1/8 scale keeping at least this side.
+    min_decode_size: fast path, JPEGs are decoded at 1/2, 1/4 or 1/8 scale keeping at least this many pixels
+        a side (None: 8 * hash_size, and the wavelet working size for whash; 64 for colorhash).
     work_size: fast whash, thumbnail side fed to the wavelet low band operator (None: 8 * hash_size for
         haar, 16 * hash_size for db4).
     """
@@ -79,8 +81,8 @@ class HashExtractor(Extractor):
 
     def __init__(self, algorithm: str, hash_size: int = 8, backend: str = "fast", compat: bool = False,
                  workers: int = 0, batch_size: int = 64, highfreq_factor: int = 4, binbits: int = 3,
-                 image_scale: int | None = None, remove_max_haar_ll: bool = True, min_decode_size: int = 64,
-                 work_size: int | None = None):
+                 image_scale: int | None = None, remove_max_haar_ll: bool = True,
+                 min_decode_size: int | None = None, work_size: int | None = None):
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown hash algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
         if backend not in BACKENDS:
@@ -106,7 +108,7 @@ class HashExtractor(Extractor):
         self.binbits = int(binbits)
         self.image_scale = image_scale
         self.remove_max_haar_ll = bool(remove_max_haar_ll)
-        self.min_decode_size = int(min_decode_size)
+        self.min_decode_size = None if min_decode_size is None else int(min_decode_size)
         self.work_size = work_size
         self.spec = fasthash.HashSpec(algorithm, self.hash_size, self.highfreq_factor, self.binbits, self.compat,
                                       self.min_decode_size, image_scale, self.remove_max_haar_ll, work_size)
@@ -139,7 +141,7 @@ class HashExtractor(Extractor):
             p["compat"] = self.compat
             if not self.compat:
                 p["fast_version"] = FAST_VERSION
-                p["min_decode_size"] = self.min_decode_size
+                p["decode_side"] = self.spec.decode_side()
                 if self.algorithm.startswith("whash"):
                     p["work_size"] = self.work_size
         p["versions"] = _versions(backend)

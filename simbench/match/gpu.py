@@ -156,7 +156,7 @@ class GpuMatcher(BinaryMatcher):
         self._dev = device
         self._cpu = None
         if device is not None:
-            self.device, self.fallback = getattr(device, "label", "cpu"), False
+            self.device, self.fallback, self.gpu_name = getattr(device, "label", "cpu"), False, None
             return
         ok, why = cuda_device_status()
         if ok:

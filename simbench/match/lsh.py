@@ -35,12 +35,16 @@ one row id (int32) and one key (uint16 for 16-bit pieces) per database row; data
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from math import comb
 
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from simbench.match.base import BinaryMatcher, as_words
 from simbench.match.popcount import popcount64
@@ -53,6 +57,24 @@ DENSE_BITS = 16
 SCAN_FRACTION = 0.25
 #: Refuse layouts whose multi-probe enumerates more keys than this per piece (use more pieces instead).
 MAX_PROBES = 1 << 16
+#: Below these sizes a step runs on the calling thread alone: waking numba's pool for a parallel region
+#: costs 10 us on an idle machine but milliseconds on a busy one, more than such a small step itself.
+PARALLEL_ROWS = 32768
+PARALLEL_QUERIES = 2048
+
+
+@contextmanager
+def _serial_below(size: int, threshold: int):
+    """Run the enclosed numba calls on one thread when size < threshold."""
+    if size >= threshold:
+        yield
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -107,14 +129,15 @@ def probes_per_piece(width: int, sub_radius: int) -> int:
 def choose_layout(bits: int, radius: int, pieces: int) -> Layout:
     """Pieces for an exact search at `radius` (Norouzi et al. 2012, sections 3-4).
 
-    pieces == 0: m = radius + 1 (at most `bits`), so every pair within radius shares a piece exactly; if
-    even uniform bits would make each query visit over SCAN_FRACTION of the rows, scan instead.
+    pieces == 0: m = radius + 1 (at most `bits`, at least bits / 64 so that a key fits a uint64), so every
+    pair within radius shares a piece exactly; if even uniform bits would make each query visit over
+    SCAN_FRACTION of the rows, scan instead.
     pieces > 0: used as given, with multi-probe radius floor(radius / m) inside each piece.
     """
     if pieces < 0:
         raise ValueError(f"pieces must be >= 0 (0 = radius + 1), got {pieces}")
     if pieces == 0:
-        m = max(1, min(radius + 1, bits))
+        m = max(1, min(radius + 1, bits), -(-bits // 64))
         layout = Layout(bits, piece_widths(bits, m), radius // m)
         probes = probes_per_piece(int(layout.widths.min()), layout.sub_radius)
         if m * probes / 2.0 ** int(layout.widths.min()) > SCAN_FRACTION:
@@ -153,7 +176,7 @@ def random_permutation(bits: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(bits).astype(np.int64)
 
 
-def calibrated_permutation(codes: np.ndarray, layout: Layout, sample: int = 8192, seed: int = 0) -> np.ndarray:
+def calibrated_permutation(codes: np.ndarray, layout: Layout, sample: int = 4096, seed: int = 0) -> np.ndarray:
     """A bit order fitted to the data: pieces whose buckets are as small as possible.
 
     The expected number of candidates of a query drawn like the data is N * sum_p P_p, P_p being the
@@ -164,31 +187,51 @@ def calibrated_permutation(codes: np.ndarray, layout: Layout, sample: int = 8192
     """
     if layout.scan or layout.pieces == 1 or len(codes) == 0:
         return identity_permutation(layout.bits)
-    rows = _calibration_sample(codes, layout.bits, sample, seed)
-    log_p, interaction = _bit_statistics(rows)
+    columns, n = _calibration_sample(codes, layout.bits, sample, seed)
+    with _serial_below(n, PARALLEL_ROWS):
+        log_p, interaction = _bit_statistics(columns, n)
     members, log_pp = _greedy_assign(log_p, interaction, layout.widths)
     members, _ = _swap_refine(members, log_pp, log_p, interaction, layout.widths, 8)
     return np.concatenate([np.sort(members[p, : layout.widths[p]]) for p in range(layout.pieces)])
 
 
-def _calibration_sample(codes: np.ndarray, bits: int, sample: int, seed: int) -> np.ndarray:
-    """Up to `sample` random rows of the database as 0/1 float32 (n, bits): BLAS does the statistics."""
+def _calibration_sample(codes: np.ndarray, bits: int, sample: int, seed: int) -> tuple[np.ndarray, int]:
+    """Up to `sample` random rows, transposed into one bitset per code bit: (bits, ceil(n / 64)) uint64."""
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(len(codes), size=min(sample, len(codes)), replace=False))
     as_bytes = np.ascontiguousarray(codes[take]).view(np.uint8)
-    return np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :bits].astype(np.float32)
+    columns = np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :bits].T  # (bits, n) 0/1
+    n_words = (len(take) + 63) // 64
+    padded = np.zeros((bits, n_words * 64), dtype=np.uint8)
+    padded[:, : len(take)] = columns
+    packed = np.packbits(padded, axis=1, bitorder="little")
+    return np.ascontiguousarray(packed).view("<u8").astype(np.uint64), len(take)
 
 
-def _bit_statistics(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@njit(parallel=True, cache=True)
+def _cooccurrence(columns):
+    """both[i, j] = rows where bits i and j are both set: popcount of the AND of their bitsets."""
+    bits, n_words = columns.shape
+    both = np.zeros((bits, bits), np.int64)
+    for i in prange(bits):
+        for j in range(i + 1):
+            count = np.int64(0)
+            for w in range(n_words):
+                count += np.int64(popcount64(columns[i, w] & columns[j, w]))
+            both[i, j] = count
+            both[j, i] = count
+    return both
+
+
+def _bit_statistics(columns: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """log p_j and the pairwise interactions I_ij = log P_ij - log p_i - log p_j.
 
     p_j: probability that two random rows agree on bit j (m^2 + (1-m)^2, m the bit mean; 1/2 is best);
     P_ij: that they agree on bits i and j (sum of squared frequencies of the four patterns 00..11).
     I_ij > 0 for correlated bits: putting them in one piece makes its buckets larger.
     """
-    n = max(len(rows), 1)
-    mean = rows.mean(axis=0, dtype=np.float64)
-    f11 = (rows.T @ rows).astype(np.float64) / n  # joint frequency of (1, 1)
+    f11 = _cooccurrence(columns) / max(n, 1)  # joint frequency of (1, 1); its diagonal is the bit mean
+    mean = np.diag(f11).copy()
     f10 = mean[:, None] - f11
     f01 = mean[None, :] - f11
     f00 = 1.0 - mean[:, None] - mean[None, :] + f11
@@ -229,8 +272,15 @@ def _greedy_assign(log_p, interaction, widths):
 
 @njit(cache=True)
 def _swap_refine(members, log_pp, log_p, interaction, widths, rounds):
-    """Local search: swap two bits of two pieces whenever that lowers sum_p exp(L_p); stop when stable."""
-    m = len(widths)
+    """Local search: swap two bits of two pieces whenever that lowers sum_p exp(L_p); stop when stable.
+
+    link[i, p] = sum of interactions of bit i with the bits of piece p, so a swap is priced in O(1).
+    """
+    m, bits = len(widths), len(log_p)
+    link = np.zeros((bits, m))
+    for p in range(m):
+        for k in range(widths[p]):
+            link[:, p] += interaction[:, members[p, k]]
     for _ in range(rounds):
         swaps = 0
         for p in range(m):
@@ -238,20 +288,19 @@ def _swap_refine(members, log_pp, log_p, interaction, widths, rounds):
                 for a in range(widths[p]):
                     for b in range(widths[q]):
                         i, j = members[p, a], members[q, b]
-                        dp = log_p[j] - log_p[i]  # piece p loses i, gains j
-                        dq = log_p[i] - log_p[j]
-                        for k in range(widths[p]):
-                            if k != a:
-                                dp += interaction[j, members[p, k]] - interaction[i, members[p, k]]
-                        for k in range(widths[q]):
-                            if k != b:
-                                dq += interaction[i, members[q, k]] - interaction[j, members[q, k]]
-                        before = np.exp(log_pp[p]) + np.exp(log_pp[q])
-                        after = np.exp(log_pp[p] + dp) + np.exp(log_pp[q] + dq)
-                        if after < before * (1.0 - 1e-9):
+                        # piece p loses i and gains j; q the reverse (interaction[i, i] = 0)
+                        dp = log_p[j] - log_p[i] + link[j, p] - interaction[j, i] - link[i, p]
+                        dq = log_p[i] - log_p[j] + link[i, q] - interaction[i, j] - link[j, q]
+                        # sum_p exp(L_p) falls iff exp(L_p)(e^dp - 1) + exp(L_q)(e^dq - 1) < 0
+                        if dp >= 0.0 and dq >= 0.0:
+                            continue  # cheap reject: neither piece improves
+                        gain = np.exp(log_pp[p]) * np.expm1(dp) + np.exp(log_pp[q]) * np.expm1(dq)
+                        if gain < -1e-12 * (np.exp(log_pp[p]) + np.exp(log_pp[q])):
                             members[p, a], members[q, b] = j, i
                             log_pp[p] += dp
                             log_pp[q] += dq
+                            link[:, p] += interaction[:, j] - interaction[:, i]
+                            link[:, q] += interaction[:, i] - interaction[:, j]
                             swaps += 1
         if swaps == 0:
             break
@@ -281,21 +330,35 @@ def key_dtype(layout: Layout):
 
 @njit(parallel=True, cache=True)
 def _piece_keys(codes, perm, starts, widths, out):
-    """out[i, p] = the bits perm[starts[p] : starts[p] + widths[p]] of codes[i], as an integer."""
+    """out[p, i] = the bits perm[starts[p] : starts[p] + widths[p]] of codes[i], as an integer.
+
+    Rows go 256 at a time, transposed to (W, 256) words, so the loop over rows has unit stride and
+    vectorises: one shift-and-mask per bit for 8 rows at once.
+    """
+    n, n_words = codes.shape
     one = np.uint64(1)
-    for i in prange(codes.shape[0]):
+    for block in prange((n + 255) // 256):
+        i0 = block * 256
+        count = min(n, i0 + 256) - i0
+        columns = np.empty((n_words, 256), np.uint64)
+        for i in range(count):
+            for w in range(n_words):
+                columns[w, i] = codes[i0 + i, w]
+        key = np.empty(256, np.uint64)
         for p in range(len(widths)):
-            key = np.uint64(0)
+            key[:count] = 0
             for k in range(widths[p]):
                 bit = perm[starts[p] + k]
-                value = (codes[i, bit >> 6] >> np.uint64(bit & 63)) & one
-                key |= value << np.uint64(k)
-            out[i, p] = key
+                row, shift, to = columns[bit >> 6], np.uint64(bit & 63), np.uint64(k)
+                for i in range(count):
+                    key[i] |= ((row[i] >> shift) & one) << to
+            for i in range(count):
+                out[p, i0 + i] = key[i]
 
 
 def piece_keys(codes: np.ndarray, perm: np.ndarray, layout: Layout) -> np.ndarray:
-    """Piece keys of every row, (N, m) in key_dtype(layout)."""
-    out = np.empty((len(codes), layout.pieces), dtype=key_dtype(layout))
+    """Piece keys of every row, (m, N) in key_dtype(layout): one contiguous row per piece."""
+    out = np.empty((layout.pieces, len(codes)), dtype=key_dtype(layout))
     if len(codes):
         _piece_keys(codes, perm, layout.starts, layout.widths, out)
     return out
@@ -304,18 +367,18 @@ def piece_keys(codes: np.ndarray, perm: np.ndarray, layout: Layout) -> np.ndarra
 @njit(parallel=True, cache=True)
 def _counting_sort(keys, widths, ids, offsets):
     """Per piece p: ids[p] = rows in ascending key order (stable), offsets[p, k] = first row of bucket k."""
-    n = keys.shape[0]
+    n = keys.shape[1]
     for p in prange(len(widths)):
         size = 1 << widths[p]
         for i in range(n):
-            offsets[p, np.int64(keys[i, p]) + 1] += 1
+            offsets[p, np.int64(keys[p, i]) + 1] += 1
         for k in range(size):
             offsets[p, k + 1] += offsets[p, k]
         for k in range(size + 1, offsets.shape[1]):
             offsets[p, k] = n  # unused tail of narrower pieces
         fill = offsets[p, :size].copy()
         for i in range(n):
-            k = np.int64(keys[i, p])
+            k = np.int64(keys[p, i])
             ids[p, fill[k]] = i
             fill[k] += 1
 
@@ -357,7 +420,7 @@ class Tables:
 def build_tables(codes: np.ndarray, perm: np.ndarray, layout: Layout, offset: int = 0) -> Tables:
     """Tables for one database block: keys, then a counting sort (dense) or argsort + unique (sparse)."""
     keys = piece_keys(codes, perm, layout)
-    n, m = keys.shape
+    m, n = keys.shape
     id_type = np.int32 if n <= INT32_MAX else np.int64
     ids = np.empty((m, n), dtype=id_type)
     empty64 = np.zeros(1, np.int64)
@@ -371,16 +434,16 @@ def build_tables(codes: np.ndarray, perm: np.ndarray, layout: Layout, offset: in
 def _sparse_tables(codes, keys, ids, offset) -> Tables:
     """Sorted unique keys per piece with [begin, end) bucket bounds: for pieces above DENSE_BITS bits."""
     ukeys, ubegin, uend, uptr = [], [], [], [0]
-    for p in range(keys.shape[1]):
-        order = np.argsort(keys[:, p], kind="stable")
+    for p in range(keys.shape[0]):
+        order = np.argsort(keys[p], kind="stable")
         ids[p] = order
-        values, begin, counts = np.unique(keys[order, p], return_index=True, return_counts=True)
+        values, begin, counts = np.unique(keys[p, order], return_index=True, return_counts=True)
         ukeys.append(values)
         ubegin.append(begin)
         uend.append(begin + counts)
         uptr.append(uptr[-1] + len(values))
     return Tables(
-        codes, keys, ids, np.zeros((keys.shape[1], 1), np.int64),
+        codes, keys, ids, np.zeros((keys.shape[0], 1), np.int64),
         np.concatenate(ukeys).astype(keys.dtype), np.concatenate(ubegin).astype(np.int64),
         np.concatenate(uend).astype(np.int64), np.asarray(uptr, dtype=np.int64), offset,
     )
@@ -410,6 +473,37 @@ def _masks_with_bits(width: int, flips: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------------------
 
 
+@intrinsic
+def _prefetch(typingctx, arr, i, j):
+    """Ask the CPU to start loading arr[i, j] (llvm.prefetch: read, keep in all cache levels).
+
+    The search is bound by cache misses on rows picked at random by the buckets; issuing the loads a few
+    candidates ahead overlaps them, as faiss's and hnswlib's search loops do with _mm_prefetch.
+    """
+    if not (isinstance(arr, types.Array) and arr.ndim == 2):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        index = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], signature.args[1:])]
+        pointer = cgutils.get_item_pointer(context, builder, aryty, ary, index)
+        byte_ptr, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(pointer, byte_ptr), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, i, j), codegen
+
+
+#: Candidates gathered before they are verified; verification prefetches LOOKAHEAD rows ahead.
+CANDIDATES = 2048
+LOOKAHEAD = 8
+#: Bucket ranges gathered (and their first ids prefetched) before their ids are copied.
+RANGES = 256
+
+
 @njit(inline="always")
 def _bucket(p, key, dense, ukeys, ubegin, uend, uptr):
     """[lo, hi) positions in ids[p] of the rows whose piece p equals key."""
@@ -425,57 +519,123 @@ def _bucket(p, key, dense, ukeys, ubegin, uend, uptr):
 
 
 @njit(inline="always")
-def _first_piece(qkeys, dbkeys, d, p, sub):
-    """True when p is the first piece in which query and row d differ by <= sub bits (report once)."""
+def _first_piece(qkeys, q, dbkeys, d, p, sub):
+    """True when p is the first piece in which query q and row d differ by <= sub bits (report once)."""
     for e in range(p):
-        if popcount64(np.uint64(qkeys[e]) ^ np.uint64(dbkeys[d, e])) <= sub:
+        if popcount64(np.uint64(qkeys[e, q]) ^ np.uint64(dbkeys[e, d])) <= sub:
             return False
     return True
 
 
 @njit(nogil=True, cache=True)
-def _one_query(q, qcodes, qkeys, qrow, codes, dbkeys, dboffset, ids, dense, ukeys, ubegin, uend, uptr,
-               masks, mptr, radius, sub, upper, out_b, out_d, start, cap):
-    """All rows within radius of query q; writes the first `cap` at out_*[start:], returns how many."""
-    n_words = qcodes.shape[1]
-    found = 0
-    for p in range(ids.shape[0]):
-        base = np.uint64(qkeys[q, p])
-        for t in range(mptr[p], mptr[p + 1]):
-            lo, hi = _bucket(p, base ^ masks[t], dense, ukeys, ubegin, uend, uptr)
-            for s in range(lo, hi):
-                d = np.int64(ids[p, s])
-                if upper and d + dboffset <= qrow:
-                    continue  # self-join: each unordered pair once, a < b
-                dist = np.int64(0)
-                for w in range(n_words):
-                    dist += np.int64(popcount64(qcodes[q, w] ^ codes[d, w]))
-                if dist > radius or not _first_piece(qkeys[q], dbkeys, d, p, sub):
-                    continue
-                if found < cap:
-                    out_b[start + found] = d + dboffset
-                    out_d[start + found] = dist
-                found += 1
+def _verify(q, qcodes, qkeys, table, cand, piece, n, radius, sub, out_b, out_d, start, cap, found):
+    """Full XOR-popcount of the n gathered candidates; keep those within radius, once each."""
+    codes, dbkeys, dboffset = table[0], table[1], table[8]
+    for t in range(n):
+        if t + LOOKAHEAD < n:
+            _prefetch(codes, cand[t + LOOKAHEAD], 0)
+        d = cand[t]
+        dist = np.int64(0)
+        for w in range(qcodes.shape[1]):
+            dist += np.int64(popcount64(qcodes[q, w] ^ codes[d, w]))
+        if dist > radius or not _first_piece(qkeys, q, dbkeys, d, piece[t], sub):
+            continue
+        if found < cap:
+            out_b[start + found] = d + dboffset
+            out_d[start + found] = dist
+        found += 1
     return found
 
 
-@njit(parallel=True, cache=True)
-def _search_block(qcodes, qkeys, q0, codes, dbkeys, dboffset, ids, dense, ukeys, ubegin, uend, uptr,
-                  masks, mptr, radius, sub, upper, cap, out_b, out_d, counts):
-    """Pass 1: every query writes up to `cap` hits into its own slot; counts[q] = its true number."""
-    for q in prange(qcodes.shape[0]):
-        counts[q] = _one_query(q, qcodes, qkeys, q0 + q, codes, dbkeys, dboffset, ids, dense, ukeys, ubegin,
-                               uend, uptr, masks, mptr, radius, sub, upper, out_b, out_d, q * cap, cap)
+@njit(nogil=True, cache=True)
+def _drain(q, qrow, qcodes, qkeys, table, scratch, n_ranges, n, radius, sub, upper, out_b, out_d, start, cap,
+           found):
+    """Copy the ids of the gathered bucket ranges into the candidate buffer, verifying whenever it is full."""
+    ids, dboffset = table[2], table[8]
+    rlo, rhi, rpiece, cand, piece = scratch
+    for r in range(n_ranges):
+        p = rpiece[r]
+        for s in range(rlo[r], rhi[r]):
+            d = np.int64(ids[p, s])
+            if upper and d + dboffset <= qrow:
+                continue  # self-join: each unordered pair once, a < b
+            cand[n] = d
+            piece[n] = p
+            n += 1
+            if n == len(cand):
+                found = _verify(q, qcodes, qkeys, table, cand, piece, n, radius, sub, out_b, out_d, start, cap,
+                                found)
+                n = 0
+    return n, found
+
+
+@njit(nogil=True, cache=True)
+def _one_query(q, qrow, qcodes, qkeys, table, probes, scratch, radius, sub, upper, out_b, out_d, start, cap):
+    """All rows within radius of query q; writes the first `cap` at out_*[start:], returns how many.
+
+    Three stages, each issuing independent loads so that their cache misses overlap: bucket ranges of
+    every piece (and probe), the ids in those buckets, then the codes of the candidates.
+    """
+    ids, dense, ukeys, ubegin, uend, uptr = table[2], table[3], table[4], table[5], table[6], table[7]
+    masks, mptr = probes
+    rlo, rhi, rpiece = scratch[0], scratch[1], scratch[2]
+    found, n, n_ranges = 0, 0, 0
+    for p in range(ids.shape[0]):
+        base = np.uint64(qkeys[p, q])
+        for t in range(mptr[p], mptr[p + 1]):
+            lo, hi = _bucket(p, base ^ masks[t], dense, ukeys, ubegin, uend, uptr)
+            if hi <= lo:
+                continue
+            _prefetch(ids, p, lo)
+            rlo[n_ranges], rhi[n_ranges], rpiece[n_ranges] = lo, hi, p
+            n_ranges += 1
+            if n_ranges == len(rlo):
+                n, found = _drain(q, qrow, qcodes, qkeys, table, scratch, n_ranges, n, radius, sub, upper,
+                                  out_b, out_d, start, cap, found)
+                n_ranges = 0
+    n, found = _drain(q, qrow, qcodes, qkeys, table, scratch, n_ranges, n, radius, sub, upper, out_b, out_d,
+                      start, cap, found)
+    return _verify(q, qcodes, qkeys, table, scratch[3], scratch[4], n, radius, sub, out_b, out_d, start, cap,
+                   found)
+
+
+@njit(nogil=True, cache=True)
+def _new_scratch():
+    """Per-thread buffers: bucket ranges (lo, hi, piece) and candidates (row, piece)."""
+    return (np.empty(RANGES, np.int64), np.empty(RANGES, np.int64), np.empty(RANGES, np.int64),
+            np.empty(CANDIDATES, np.int64), np.empty(CANDIDATES, np.int64))
+
+
+@njit(nogil=True, cache=True)
+def _prefetch_tables(q, qkeys, dense):
+    """Start loading the dense-table entries of query q before they are needed."""
+    if dense.shape[1] > 1 and q < qkeys.shape[1]:
+        for p in range(qkeys.shape[0]):
+            _prefetch(dense, p, np.int64(qkeys[p, q]))
 
 
 @njit(parallel=True, cache=True)
-def _search_rows(rows, starts, qcodes, qkeys, q0, codes, dbkeys, dboffset, ids, dense, ukeys, ubegin, uend,
-                 uptr, masks, mptr, radius, sub, upper, out_b, out_d):
+def _search_block(qcodes, qkeys, q0, table, probes, radius, sub, upper, cap, out_b, out_d, counts):
+    """Pass 1: every query writes up to `cap` hits into its own slot; counts[q] = its true number.
+
+    Queries go in chunks of 64 per task: one set of scratch buffers per chunk, not per query.
+    """
+    nq = qcodes.shape[0]
+    for c in prange((nq + 63) // 64):
+        scratch = _new_scratch()
+        for q in range(c * 64, min(nq, c * 64 + 64)):
+            _prefetch_tables(q + 1, qkeys, table[3])
+            counts[q] = _one_query(q, q0 + q, qcodes, qkeys, table, probes, scratch, radius, sub, upper,
+                                   out_b, out_d, q * cap, cap)
+
+
+@njit(parallel=True, cache=True)
+def _search_rows(rows, starts, qcodes, qkeys, q0, table, probes, radius, sub, upper, out_b, out_d):
     """Pass 2, only for queries that overflowed their slot: rerun with room for all their hits."""
     for t in prange(len(rows)):
         q = rows[t]
-        _one_query(q, qcodes, qkeys, q0 + q, codes, dbkeys, dboffset, ids, dense, ukeys, ubegin, uend, uptr,
-                   masks, mptr, radius, sub, upper, out_b, out_d, starts[t], starts[t + 1] - starts[t])
+        _one_query(q, q0 + q, qcodes, qkeys, table, probes, _new_scratch(), radius, sub, upper, out_b, out_d,
+                   starts[t], starts[t + 1] - starts[t])
 
 
 @njit(parallel=True, cache=True)
@@ -498,6 +658,16 @@ def _compact(counts, cap, slot_b, slot_d, big_start, big_b, big_d, q0, out_a, ou
             out_a[o + t] = q0 + q
             out_b[o + t] = b[order[t]]
             out_d[o + t] = d[order[t]]
+
+
+@njit(parallel=True, cache=True)
+def _count_candidates(qkeys, dense, ukeys, ubegin, uend, uptr, masks, mptr, out):
+    """out[q] += sum over pieces and probes of the size of query q's bucket."""
+    for q in prange(qkeys.shape[1]):
+        for p in range(qkeys.shape[0]):
+            for t in range(mptr[p], mptr[p + 1]):
+                lo, hi = _bucket(p, np.uint64(qkeys[p, q]) ^ masks[t], dense, ukeys, ubegin, uend, uptr)
+                out[q] += hi - lo
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -543,38 +713,51 @@ def _topk_scan(queries, codes, k, max_dist, out_i, out_d):
 
 @dataclass
 class MultiIndex:
-    """A built multi-index over one database: layout, permutation and per-block tables."""
+    """A built multi-index over one block of database rows (global row ids start at tables.offset)."""
 
     layout: Layout
     perm: np.ndarray
-    blocks: list[Tables]
+    tables: Tables
     radius: int
-    n_rows: int
     query_block: int = 16384
     slot: int = 32
     timings: dict = field(default_factory=dict)
 
     @property
+    def n_rows(self) -> int:
+        return len(self.tables.codes)
+
+    @property
     def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.blocks)
+        """Bytes held by the tables (ids, keys, offsets); the codes themselves are the caller's."""
+        return self.tables.nbytes
 
     def expected_candidates(self) -> float:
         """Mean candidates per query drawn from the database: sum_p sum_b size_b^2 / N (sub_radius 0).
 
-        It counts a query against itself once per piece; a uniform random code of w-bit pieces gives
+        It counts a query against itself once per piece; uniform random codes with w-bit pieces give
         about m * (1 + N / 2**w).
         """
         if self.n_rows == 0:
             return 0.0
-        total = 0.0
-        for t in self.blocks:
-            for p in range(self.layout.pieces):
-                sizes = t.bucket_sizes(p).astype(np.float64)
-                total += float((sizes**2).sum())
+        total = sum(float((self.tables.bucket_sizes(p).astype(np.float64) ** 2).sum())
+                    for p in range(self.layout.pieces))
         return total / self.n_rows
 
+    def candidates(self, queries: np.ndarray) -> np.ndarray:
+        """Rows each query verifies (bucket sizes summed over pieces and probes; before a < b or dedup)."""
+        t = self.tables
+        qkeys = piece_keys(as_words(queries), self.perm, self.layout)
+        masks, mptr = probe_masks(self.layout)
+        out = np.zeros(qkeys.shape[1], np.int64)
+        _count_candidates(qkeys, t.dense, t.ukeys, t.ubegin, t.uend, t.uptr, masks, mptr, out)
+        return out
+
     def range_search(self, queries: np.ndarray, radius: int | None = None, upper: bool = False) -> Pairs:
-        """Pairs (query, row) within radius, canonical order; upper=True keeps a < b (self-join)."""
+        """Pairs (query row, global database row) within radius, canonical order; upper keeps a < b.
+
+        Queries go `query_block` at a time: the working memory is that many query keys and hit slots.
+        """
         radius = self.radius if radius is None else int(radius)
         queries = as_words(queries)
         if queries.shape[1] * 64 != self.layout.bits:
@@ -583,25 +766,25 @@ class MultiIndex:
             raise ValueError(f"index built for radius <= {self.layout.capacity}, asked for {radius}")
         if radius < 0 or len(queries) == 0 or self.n_rows == 0:
             return Pairs.empty()
-        masks, mptr = probe_masks(self.layout)
+        if upper:  # queries at or after the last row have no partner b > a here
+            queries = queries[: self.tables.offset + self.n_rows - 1]
+        probes = probe_masks(self.layout)
         parts = []
         for q0 in range(0, len(queries), self.query_block):
             block = np.ascontiguousarray(queries[q0 : q0 + self.query_block])
-            qkeys = piece_keys(block, self.perm, self.layout)
-            found = [self._search_tables(t, block, qkeys, q0, masks, mptr, radius, upper) for t in self.blocks]
-            parts.append(_merge_blocks(found))
+            with _serial_below(len(block), PARALLEL_QUERIES):
+                parts.append(self._search_queries(block, q0, probes, radius, upper))
         return Pairs.concat(parts)
 
-    def _search_tables(self, t, block, qkeys, q0, masks, mptr, radius, upper) -> Pairs:
-        """One query block against one database block: slot pass, overflow pass, compaction."""
-        if upper and t.offset + len(t.codes) - 1 <= q0:
-            return Pairs.empty()  # every row of this database block precedes every query: no a < b
-        nq, cap = len(block), self.slot
+    def _search_queries(self, block, q0, probes, radius, upper) -> Pairs:
+        """One query block: slot pass, overflow pass for queries with more than `slot` hits, compaction."""
+        t, nq, cap = self.tables, len(block), self.slot
+        qkeys = piece_keys(block, self.perm, self.layout)
         slot_b = np.empty(nq * cap, np.int64)
         slot_d = np.empty(nq * cap, np.int32)
         counts = np.zeros(nq, np.int64)
-        args = (t.codes, t.keys, t.offset, t.ids, t.dense, t.ukeys, t.ubegin, t.uend, t.uptr, masks, mptr,
-                radius, self.layout.sub_radius, upper)
+        table = (t.codes, t.keys, t.ids, t.dense, t.ukeys, t.ubegin, t.uend, t.uptr, t.offset)
+        args = (table, probes, radius, self.layout.sub_radius, upper)
         _search_block(block, qkeys, q0, *args, cap, slot_b, slot_d, counts)
         big_start, big_b, big_d = _overflow(block, qkeys, q0, args, counts, cap)
         total = int(counts.sum())
@@ -636,18 +819,20 @@ class MultiIndexHashMatcher(BinaryMatcher):
     """Exact Hamming range search by multi-index hashing (Norouzi, Punjani, Fleet, CVPR 2012).
 
     pieces: 0 = radius + 1 pieces (pigeonhole: every pair within radius shares a piece exactly); a fixed
-        number below radius + 1 multi-probes every key within floor(radius / pieces) bits (no error).
+        number below radius + 1 multi-probes every key within floor(radius / pieces) bits (still exact).
     permutation: "calibrated" (fitted to the database, see calibrated_permutation), "random" or "identity".
     seed: for the random permutation and the calibration sample.
-    query_block: queries searched at a time (bounds working memory).
-    database_block: rows indexed at a time (bounds index memory: about N * m * 6 bytes for 16-bit pieces).
+    query_block: queries searched at a time (bounds the working memory).
+    database_block: rows indexed at a time; range_search and self_join build, search and free one block
+        after the other, so the index never holds more than this many rows (m * 6 bytes per row for
+        16-bit pieces, plus 512 KiB of offsets per piece).
     threads: numba threads for the call (0 = all cores).
     """
 
     name = "lsh"
 
     def __init__(self, pieces: int = 0, permutation: str = "calibrated", seed: int = 0,
-                 query_block: int = 16384, database_block: int = 1 << 22, threads: int = 0):
+                 query_block: int = 16384, database_block: int = 1 << 21, threads: int = 0):
         if permutation not in ("calibrated", "random", "identity"):
             raise ValueError(f"permutation must be 'calibrated', 'random' or 'identity', got {permutation!r}")
         self.pieces = int(pieces)
@@ -656,7 +841,6 @@ class MultiIndexHashMatcher(BinaryMatcher):
         self.query_block = max(1, int(query_block))
         self.database_block = max(1, int(database_block))
         self.threads = int(threads)
-        self.last_index: MultiIndex | None = None
 
     def _with_threads(self, fn, *args, **kwargs):
         """Run fn with the configured numba thread count, restoring the caller's afterwards."""
@@ -668,30 +852,43 @@ class MultiIndexHashMatcher(BinaryMatcher):
         finally:
             numba.set_num_threads(before)
 
-    def index(self, database, radius: int) -> MultiIndex:
-        """Build the multi-index of `database` for searches up to `radius` (calibration included)."""
-        return self._with_threads(self._build, as_words(database), int(radius))
+    def plan(self, database, radius: int) -> tuple[Layout, np.ndarray]:
+        """Layout and permutation for `radius`, the permutation fitted on (a sample of) `database`."""
+        codes = as_words(database)
+        layout = choose_layout(codes.shape[1] * 64, max(int(radius), 0), self.pieces)
+        return layout, self._with_threads(make_permutation, self.permutation, codes, layout, self.seed)
 
-    def _build(self, codes: np.ndarray, radius: int) -> MultiIndex:
-        layout = choose_layout(codes.shape[1] * 64, max(radius, 0), self.pieces)
+    def index(self, database, radius: int, plan=None, offset: int = 0) -> MultiIndex:
+        """The multi-index of all of `database` (one block) for searches up to `radius`, to reuse."""
+        codes = as_words(database)
         started = time.perf_counter()
-        perm = make_permutation(self.permutation, codes, layout, self.seed)
-        calibrated = time.perf_counter()
-        blocks = [build_tables(codes[s : s + self.database_block], perm, layout, s)
-                  for s in range(0, len(codes), self.database_block)]
-        built = time.perf_counter()
-        timings = {"permutation_s": calibrated - started, "tables_s": built - calibrated}
-        return MultiIndex(layout, perm, blocks, radius, len(codes), self.query_block, timings=timings)
+        layout, perm = self.plan(codes, radius) if plan is None else plan
+        planned = time.perf_counter()
+        with _serial_below(len(codes), PARALLEL_ROWS):
+            tables = self._with_threads(build_tables, codes, perm, layout, offset)
+        timings = {"permutation_s": planned - started, "tables_s": time.perf_counter() - planned}
+        return MultiIndex(layout, perm, tables, int(radius), self.query_block, timings=timings)
 
     def range_search(self, queries, database, radius):
-        index = self.index(database, radius)
-        self.last_index = index
-        return self._with_threads(index.range_search, queries, int(radius))
+        return self._blocked(as_words(queries), as_words(database), int(radius), upper=False)
 
     def self_join(self, codes, radius):
-        index = self.index(codes, radius)
-        self.last_index = index
-        return self._with_threads(index.range_search, codes, int(radius), upper=True)
+        words = as_words(codes)
+        return self._blocked(words, words, int(radius), upper=True)
+
+    def _blocked(self, queries, codes, radius, upper) -> Pairs:
+        """Index `database_block` rows at a time, search every query against it, free it, merge."""
+        if queries.shape[1] != codes.shape[1]:
+            raise ValueError(f"queries have {queries.shape[1]} words per code, the database {codes.shape[1]}")
+        if radius < 0 or len(queries) == 0 or len(codes) == 0:
+            return Pairs.empty()
+        plan = self.plan(codes, radius)
+        found = []
+        for start in range(0, len(codes), self.database_block):
+            index = self.index(codes[start : start + self.database_block], radius, plan, offset=start)
+            found.append(self._with_threads(index.range_search, queries, radius, upper))
+            del index  # the next block's tables replace this one's
+        return _merge_blocks(found)
 
     def topk(self, queries, database, k):
         """Exact brute force (ties by lower index): k-NN needs no radius, so no pigeonhole to exploit."""

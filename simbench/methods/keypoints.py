@@ -206,26 +206,32 @@ def bag_score(matched_a, matched_b, n_a, n_b, score: str) -> np.ndarray:
 # Float descriptors (SIFT): Lowe's ratio test
 
 
-def ratio_test_pairs(features: KeypointSets, ratio: float) -> tuple[Pairs, int]:
+def ratio_test_pairs(features: KeypointSets, ratio: float, block: int = 1 << 22) -> tuple[Pairs, int]:
     """Descriptor pairs passing Lowe's ratio test (Lowe 2004, section 7.1), both directions, per image pair.
 
-    For images i < j: each feature of i keeps its nearest feature in j when nearest < ratio * second
-    nearest (L2), and each feature of j likewise in i. A plain loop of cv2.BFMatcher calls over all image
-    pairs: O(N^2) calls, a baseline for small sets. Returns global rows (a < b) with float32 L2 distances.
+    For images i < j: each feature of i keeps its nearest feature of j (L2) when nearest < ratio * second
+    nearest, and each feature of j likewise its nearest in i; what cv2.BFMatcher(NORM_L2).knnMatch(k=2)
+    gives per image pair, computed as one matrix product per image i against all later images (padded
+    to a common row count), both directions read off the same distances. Brute force: O(M^2) work.
+    Images need 2 features to be matched against (as knnMatch needs 2 neighbours for the test).
+    Returns global rows (a < b) with float32 L2 distances, and the number of distances computed.
     """
-    bf = cv2.BFMatcher(cv2.NORM_L2)
-    desc = np.ascontiguousarray(features.descriptors, dtype=np.float32)
-    off = features.offsets
+    off = np.asarray(features.offsets, np.int64)
+    counts = np.diff(off)
+    desc = np.asarray(features.descriptors, np.float32)
+    padded, valid = _padded_by_image(desc, off)
+    norms = np.einsum("nkd,nkd->nk", padded, padded)
     parts, comparisons = [], 0
-    nonempty = [i for i in range(len(features)) if off[i + 1] > off[i]]
-    for x, i in enumerate(nonempty):
-        for j in nonempty[x + 1:]:
-            di, dj = desc[off[i]:off[i + 1]], desc[off[j]:off[j + 1]]
-            comparisons += 2 * len(di) * len(dj)
-            qi, tj, d = _ratio_matches(bf, di, dj, ratio)
-            parts.append(Pairs(qi + off[i], tj + off[j], d))
-            qj, ti, d = _ratio_matches(bf, dj, di, ratio)
-            parts.append(Pairs(ti + off[i], qj + off[j], d))
+    for i in np.flatnonzero(counts):
+        q = desc[off[i]:off[i + 1]]
+        later = np.arange(i + 1, len(counts))
+        later = later[counts[later] > 0]
+        step = max(1, block // max(1, len(q) * padded.shape[1]))  # bound the (n_i, c, K) block
+        for c0 in range(0, len(later), step):
+            chunk = later[c0:c0 + step]
+            d2 = _squared_distances(q, padded[chunk], norms[chunk], valid[chunk])
+            comparisons += 2 * len(q) * int(counts[chunk].sum())
+            parts.extend(_ratio_both_ways(d2, ratio, off[i], off[chunk]))
     pairs = Pairs.concat(parts, dist_dtype=np.float32)
     if len(pairs):
         # The two directions often find the same pair: keep it once.
@@ -234,16 +240,48 @@ def ratio_test_pairs(features: KeypointSets, ratio: float) -> tuple[Pairs, int]:
     return pairs, comparisons
 
 
-def _ratio_matches(bf, query: np.ndarray, train: np.ndarray, ratio: float):
-    """(query rows, train rows, distances) of matches passing the ratio test; needs 2 train rows."""
-    if len(train) < 2:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-    knn = bf.knnMatch(query, train, k=2)
-    good = [m for m, n in (p for p in knn if len(p) == 2) if m.distance < ratio * n.distance]
-    q = np.array([m.queryIdx for m in good], dtype=np.int64)
-    t = np.array([m.trainIdx for m in good], dtype=np.int64)
-    d = np.array([m.distance for m in good], dtype=np.float32)
-    return q, t, d
+def _padded_by_image(desc: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Descriptors as (N, K, D) with K = the largest image's row count, and a (N, K) mask of real rows."""
+    counts = np.diff(off)
+    k = max(2, int(counts.max(initial=0)))
+    padded = np.zeros((len(counts), k, desc.shape[1]), np.float32)
+    valid = np.arange(k)[None, :] < counts[:, None]
+    padded[valid] = desc
+    return padded, valid
+
+
+def _squared_distances(q, targets, target_norms, target_valid) -> np.ndarray:
+    """(n_q, c, K) squared L2 distances, +inf at padding rows: |q|^2 + |t|^2 - 2 q.t by one BLAS product."""
+    c, k, d = targets.shape
+    dots = (q @ targets.reshape(c * k, d).T).reshape(len(q), c, k)
+    d2 = np.einsum("qd,qd->q", q, q)[:, None, None] + target_norms[None] - 2.0 * dots
+    np.maximum(d2, 0.0, out=d2)  # rounding can make identical vectors slightly negative
+    d2[:, ~target_valid] = np.inf
+    return d2
+
+
+def _ratio_both_ways(d2: np.ndarray, ratio: float, q_start: int, t_starts: np.ndarray) -> list[Pairs]:
+    """Ratio-test matches query -> each target image (along K) and each target row -> query (along n_q)."""
+    out = []
+    # Query image i -> target image j: nearest two over j's rows.
+    best, ok = _nearest_passing(d2, axis=2, ratio=ratio)  # (n_q, c)
+    qi, ci = np.nonzero(ok)
+    out.append(Pairs(q_start + qi, t_starts[ci] + best[qi, ci], np.sqrt(d2[qi, ci, best[qi, ci]])))
+    if d2.shape[0] >= 2:
+        # Target row -> query image: nearest two over i's rows (padding rows are inf columns: skipped).
+        best, ok = _nearest_passing(d2, axis=0, ratio=ratio)  # (c, K)
+        ci, ki = np.nonzero(ok & np.isfinite(d2[0]))
+        out.append(Pairs(q_start + best[ci, ki], t_starts[ci] + ki, np.sqrt(d2[best[ci, ki], ci, ki])))
+    return [Pairs(p.a, p.b, p.dist.astype(np.float32)) for p in out]
+
+
+def _nearest_passing(d2: np.ndarray, axis: int, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the nearest along `axis`, and whether nearest < ratio * second nearest (distances)."""
+    two = np.partition(d2, 1, axis=axis)
+    first, second = np.take(two, 0, axis=axis), np.take(two, 1, axis=axis)
+    # Squared distances: d1 < r * d2  <=>  d1^2 < r^2 * d2^2. A missing second neighbour (inf) fails.
+    ok = np.isfinite(second) & (first < ratio * ratio * second)
+    return np.argmin(d2, axis=axis), ok
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -267,6 +305,8 @@ def verify_pairs(features: KeypointSets, matches: dict, a: np.ndarray, b: np.nda
     corr = one_to_one(matches, sel, key, _mirror_flags(features))
     points = _working_scale_points(features, max_size)
     inliers = np.zeros((len(wanted), 2), np.int64)
+    if len(corr["group"]) == 0:
+        return inliers.max(axis=1), inliers[:, 1] > inliers[:, 0]
     slot = np.searchsorted(np.sort(wanted), corr["key"])
     where = np.argsort(wanted)[slot]  # index k of each correspondence's pair in (a, b)
     starts = np.flatnonzero(np.r_[True, corr["group"][1:] != corr["group"][:-1]])
@@ -301,6 +341,8 @@ def one_to_one(matches: dict, sel: np.ndarray, key: np.ndarray, mirrored: np.nda
 def _best_per(group: np.ndarray, rows: np.ndarray, dist: np.ndarray, other: np.ndarray) -> np.ndarray:
     """Indices of the smallest-distance entry per (group, row); ties to the lower `other` row."""
     order = np.lexsort((other, dist, rows, group))
+    if len(order) == 0:
+        return order
     g, r = group[order], rows[order]
     first = np.r_[True, (g[1:] != g[:-1]) | (r[1:] != r[:-1])]
     return order[first]

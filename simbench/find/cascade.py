@@ -1,0 +1,366 @@
+"""The find methods: stages of evidence, each calibrated to an estimated precision, fused, then linked.
+
+The default ("cascade", chosen by the measurements in results/find.md):
+
+1. identical: images with the same pixel data (same file bytes, or the same embedded PDF image drawn
+   twice) pair up at score 1: certain, and free;
+2. keypoints: BRISK descriptors of the image and of its mirror image (so flips match), candidate pairs
+   from multi-index hashing of the descriptors (cheap: only images sharing close descriptors are ever
+   looked at), then each candidate verified by a RANSAC similarity fit (Fischler & Bolles 1981); the
+   yearbook method, exact about crops, rotations and scale;
+3. cnn: EfficientNet-Lite0 embeddings by cosine, for what keypoints cannot see (heavy blur, tiny
+   thumbnails, flat pictures with few corners);
+4. each stage's raw score -> estimated precision, by a monotone table fitted on the synthetic set
+   (`calibration.json`, made by `python benchmarks/bench_find.py calibrate`), so that one threshold
+   means the same whatever stage found the pair; the pair's score is the best stage's;
+5. linking: a pair not seen directly but joined through others (A~B, B~C) gets the product of the
+   scores along the strongest chain (the path in the maximum spanning tree of the pairs), method
+   "linked". Groups are these chains, so this only scores pairs the groups already claim.
+
+Alternatives (`--method`): keypoints, cnn, hash (identical + that one stage).
+Every parameter can be overridden with key=value (OmegaConf dot-list), e.g.
+`keypoints.extractor.max_features=1000 threshold=0.8 link=false`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from simbench.features.base import Extractor
+from simbench.methods.base import Method
+from simbench.types import ScoredPairs
+
+log = logging.getLogger("simbench")
+
+CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
+IDENTICAL = "identical"
+LINKED = "linked"
+
+#: Which stages each --method runs (the identical stage always runs).
+METHODS = {
+    "cascade": ("keypoints", "cnn"),
+    "keypoints": ("keypoints",),
+    "cnn": ("cnn",),
+    "hash": ("hash",),
+}
+
+#: Every setting of `simbench find`, with its default; override any with key=value.
+DEFAULTS = {
+    "method": "cascade",
+    # Calibrated score (estimated precision) at and above which a pair is a duplicate: groups.json and
+    # the report's starting threshold.
+    "threshold": 0.5,
+    # Pairs scoring below this are not written (pairs.csv, report slider minimum).
+    "min_score": 0.1,
+    # Score pairs joined through others (product along the strongest chain); groups bigger than
+    # max_linked_group get no such pairs (their direct pairs are still there).
+    "link": True,
+    "max_linked_group": 200,
+    # Processes for reading files (0 = one per core); extractors have their own `workers`.
+    "workers": 0,
+    "pdf": {"min_side_px": 32, "min_side_pt": 24.0, "min_render_side": 512, "max_render_side": 1024,
+            "jpeg_quality": 92, "thumb_side": 160},
+    "keypoints": {
+        "extractor": {"_target_": "simbench.features.keypoints.KeypointExtractor", "detector": "brisk",
+                      "max_features": 500, "max_size": 640, "threshold": 30, "mirror": True, "workers": 0},
+        "method": {"_target_": "simbench.methods.keypoints.KeypointMethod", "distance_threshold": 31,
+                   "score": "min", "verify": True, "ransac_threshold": 8.0, "min_inliers": 8,
+                   "transform": "similarity", "max_pairs_verified": 200_000, "verify_min_score": 0.01},
+        "matcher": {"_target_": "simbench.match.lsh.MultiIndexHashMatcher", "pieces": 0,
+                    "permutation": "calibrated", "seed": 0},
+        # Which raw value is calibrated: the method's score, or a per-pair field of its `extra`.
+        "signal": "inliers",
+    },
+    "cnn": {
+        "extractor": {"_target_": "simbench.features.cnn.CnnExtractor", "backbone": "efficientnet_lite0",
+                      "weights": "imagenet", "batch_size": 32, "workers": 1, "device": "cpu",
+                      "augment": None, "image_size": 224},
+        "method": {"_target_": "simbench.methods.cnn.CnnMethod", "min_similarity": 0.8, "threshold": 0.9},
+        "matcher": {"_target_": "simbench.match.exact.ExactMatcher", "threads": 0},
+        "signal": "score",
+    },
+    "hash": {
+        "extractor": {"_target_": "simbench.features.hashes.HashExtractor", "algorithm": "phash",
+                      "hash_size": 8, "backend": "fast", "workers": 0},
+        "method": {"_target_": "simbench.methods.hashes.HashMethod", "max_distance": 0.3, "threshold": 0.85},
+        "matcher": {"_target_": "simbench.match.exact.ExactMatcher", "threads": 0},
+        "signal": "score",
+    },
+}
+
+
+def make_config(method: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """DEFAULTS with `key=value` overrides applied (and --method, which wins over method=...)."""
+    cfg = OmegaConf.create(DEFAULTS)
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ValueError(f"overrides must be key=value, got {bad}")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    if method:
+        cfg.method = method
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------
+# Calibration
+
+
+@dataclass
+class Calibration:
+    """raw score -> estimated precision: piecewise linear through (raw, precision) knots, both increasing.
+
+    Below the first knot the precision of the first knot's bin is kept, above the last one the last.
+    """
+
+    raw: np.ndarray
+    precision: np.ndarray
+    signal: str = "score"
+    note: str = ""
+
+    def __call__(self, raw) -> np.ndarray:
+        return np.interp(np.asarray(raw, np.float64), self.raw, self.precision)
+
+
+def load_calibrations(path: Path = CALIBRATION_FILE) -> dict[str, Calibration]:
+    """Calibration tables by extractor name ("keypoints-brisk", ...); {} when the file is absent."""
+    try:
+        table = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+    return {name: Calibration(np.asarray(t["raw"], np.float64), np.asarray(t["precision"], np.float64),
+                              t.get("signal", "score"), t.get("note", ""))
+            for name, t in table.items() if not name.startswith("_")}
+
+
+def fit_calibration(raw: np.ndarray, is_true: np.ndarray, n_bins: int = 12, signal: str = "score") -> Calibration:
+    """Monotone raw -> precision table from labelled pairs (pool-adjacent-violators over quantile bins).
+
+    Each bin's precision is Laplace-smoothed ((tp + 1) / (n + 2)), so a few hundred pairs never claim
+    certainty; knots sit at the bins' median raw values, made strictly increasing.
+    """
+    raw = np.asarray(raw, np.float64)
+    y = np.asarray(is_true, bool)
+    order = np.argsort(raw, kind="stable")
+    raw, y = raw[order], y[order]
+    edges = np.unique(np.quantile(np.arange(len(raw)), np.linspace(0, 1, n_bins + 1)).astype(int))
+    bins = [(s, e) for s, e in zip(edges[:-1], edges[1:]) if e > s]
+    bins[-1] = (bins[-1][0], len(raw))
+    tp = np.array([y[s:e].sum() for s, e in bins], np.float64)
+    n = np.array([e - s for s, e in bins], np.float64)
+    centres = np.array([np.median(raw[s:e]) for s, e in bins])
+    precision = _pava((tp + 1) / (n + 2), n)
+    centres = np.maximum.accumulate(centres + np.arange(len(centres)) * 1e-9)
+    return Calibration(centres, precision, signal)
+
+
+def _pava(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Pool-adjacent-violators: the closest non-decreasing sequence (weighted least squares)."""
+    blocks = [[float(v), float(w), 1] for v, w in zip(values, weights)]
+    out: list = []
+    for b in blocks:
+        out.append(b)
+        while len(out) > 1 and out[-2][0] > out[-1][0]:
+            v2, w2, c2 = out.pop()
+            v1, w1, c1 = out.pop()
+            out.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, c1 + c2])
+    return np.concatenate([[v] * c for v, _, c in out])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stages
+
+
+@dataclass
+class Stage:
+    """One kind of evidence: an extractor (features kept in the index), a method scoring pairs of its
+    features, and the calibration of its raw signal."""
+
+    name: str
+    extractor: Extractor
+    method: Method
+    signal: str = "score"
+    calibration: Calibration | None = None
+
+    @property
+    def section(self) -> str:
+        """The index section of its features."""
+        return self.extractor.name
+
+    def raw_signal(self, pairs: ScoredPairs) -> np.ndarray:
+        if self.signal == "score":
+            return np.asarray(pairs.score, np.float64)
+        return np.asarray(pairs.extra[self.signal], np.float64)
+
+    def calibrated(self, pairs: ScoredPairs) -> np.ndarray:
+        raw = self.raw_signal(pairs)
+        return raw if self.calibration is None else self.calibration(raw)
+
+
+def build_stages(cfg: DictConfig, calibrations: dict[str, Calibration] | None = None) -> list[Stage]:
+    """The stages of cfg.method, instantiated (Hydra `_target_`s), each with its calibration table."""
+    from hydra.utils import instantiate
+
+    calibrations = load_calibrations() if calibrations is None else calibrations
+    stages = []
+    for name in METHODS[cfg.method]:
+        part = cfg[name]
+        extractor = instantiate(part.extractor)
+        method = instantiate(part.method, extractor=extractor, matcher=instantiate(part.matcher))
+        signal = str(part.get("signal", "score"))
+        calibration = calibrations.get(extractor.name)
+        if calibration is not None and calibration.signal != signal:
+            calibration = None
+        if calibration is None:
+            log.warning("no calibration for %s (signal %s): its scores are used raw", extractor.name, signal)
+        stages.append(Stage(name, extractor, method, signal, calibration))
+    return stages
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fusion
+
+
+@dataclass
+class FusedPairs:
+    """Pairs of items (a < b) with the fused score, the stage that gave it, and every stage's score.
+
+    per_stage: stage name -> calibrated score per pair (0 where that stage did not find the pair).
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    score: np.ndarray
+    method: np.ndarray  # str per pair
+    per_stage: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def as_scored(self) -> ScoredPairs:
+        return ScoredPairs(self.a, self.b, self.score)
+
+
+def identical_pairs(digests: Sequence[str], max_clique: int = 100) -> ScoredPairs:
+    """Pairs of items with the same pixel data, score 1. A larger set of copies is joined as a star
+    (first copy with each other), which linking completes."""
+    by_digest: dict[str, list[int]] = {}
+    for k, d in enumerate(digests):
+        by_digest.setdefault(d, []).append(k)
+    a, b = [], []
+    for members in by_digest.values():
+        if len(members) < 2:
+            continue
+        if len(members) <= max_clique:
+            for x in range(len(members)):
+                a += [members[x]] * (len(members) - x - 1)
+                b += members[x + 1:]
+        else:
+            a += [members[0]] * (len(members) - 1)
+            b += members[1:]
+    return ScoredPairs(np.array(a, np.int64), np.array(b, np.int64), np.ones(len(a)))
+
+
+def fuse(n_items: int, evidence: dict[str, ScoredPairs]) -> FusedPairs:
+    """One row per pair found by any stage: score = the best calibrated score, method = that stage.
+
+    evidence: stage name -> pairs in item indices with calibrated scores (in [0, 1]).
+    """
+    names = list(evidence)
+    keys = [_keys(p.a, p.b, n_items) for p in evidence.values()]
+    all_keys = np.unique(np.concatenate(keys)) if keys else np.empty(0, np.int64)
+    table = np.zeros((len(names), len(all_keys)))
+    for s, (key, pairs) in enumerate(zip(keys, evidence.values())):
+        np.maximum.at(table[s], np.searchsorted(all_keys, key), np.asarray(pairs.score, np.float64))
+    best = table.argmax(axis=0) if len(names) else np.zeros(0, np.int64)
+    score = table.max(axis=0) if len(names) else np.zeros(0)
+    a, b = all_keys // n_items, all_keys % n_items
+    method = np.array(names, dtype=object)[best] if len(names) else np.empty(0, object)
+    return FusedPairs(a, b, score, method, {name: table[s] for s, name in enumerate(names)})
+
+
+def _keys(a, b, n: int) -> np.ndarray:
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    return np.minimum(a, b) * np.int64(n) + np.maximum(a, b)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Linking
+
+
+def link(pairs: FusedPairs, n_items: int, floor: float, max_group: int) -> FusedPairs:
+    """Add the pairs joined through others, scored by the product along the maximum-spanning-tree path.
+
+    Kruskal's algorithm over the pairs, best first (only those scoring >= floor): when two groups merge
+    through the pair (x, y) of score s, each cross pair (i, j) gets P(i, x) * s * P(y, j), P being the
+    product of scores along the tree inside a group (P(i, i) = 1). A pair found directly keeps the better
+    of its own score and the linked one. Groups past max_group members stop producing linked pairs.
+    """
+    order = np.argsort(-pairs.score, kind="stable")
+    order = order[pairs.score[order] >= floor]
+    parent = np.arange(n_items)
+    members: dict[int, np.ndarray] = {}
+    paths: dict[int, np.ndarray | None] = {}  # root -> products along the tree, or None when too big
+    new_a, new_b, new_s = [], [], []
+    for k in order:
+        x, y = int(pairs.a[k]), int(pairs.b[k])
+        rx, ry = _root(parent, x), _root(parent, y)
+        if rx == ry:
+            continue
+        mx, my = members.get(rx, np.array([x])), members.get(ry, np.array([y]))
+        px, py = paths.get(rx, np.ones((1, 1))), paths.get(ry, np.ones((1, 1)))
+        merged = np.concatenate([mx, my])
+        if px is None or py is None or len(merged) > max_group:
+            block = None
+        else:
+            ix, iy = int(np.flatnonzero(mx == x)[0]), int(np.flatnonzero(my == y)[0])
+            cross = float(pairs.score[k]) * np.outer(px[:, ix], py[iy, :])
+            new_a.append(np.repeat(mx, len(my)))
+            new_b.append(np.tile(my, len(mx)))
+            new_s.append(cross.ravel())
+            block = np.block([[px, cross], [cross.T, py]])
+        parent[ry] = rx
+        members[rx], paths[rx] = merged, block
+        members.pop(ry, None)
+        paths.pop(ry, None)
+    if not new_a:
+        return pairs
+    linked = ScoredPairs(np.concatenate(new_a), np.concatenate(new_b), np.concatenate(new_s))
+    return _merge_linked(pairs, linked, n_items)
+
+
+def _root(parent: np.ndarray, x: int) -> int:
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]  # path halving
+        x = parent[x]
+    return x
+
+
+def _merge_linked(pairs: FusedPairs, linked: ScoredPairs, n_items: int) -> FusedPairs:
+    """Direct pairs, plus linked pairs that are new or score better than directly."""
+    direct = _keys(pairs.a, pairs.b, n_items)
+    lk = _keys(linked.a, linked.b, n_items)
+    pos = np.searchsorted(direct, lk)  # fuse() returns pairs sorted by key
+    pos_c = np.minimum(pos, max(len(direct) - 1, 0))
+    found = (len(direct) > 0) & (direct[pos_c] == lk) if len(direct) else np.zeros(len(lk), bool)
+    score, method = pairs.score.copy(), pairs.method.copy()
+    better = found & (linked.score > score[pos_c])
+    score[pos_c[better]] = linked.score[better]
+    method[pos_c[better]] = LINKED
+    new = ~found
+    keys = np.concatenate([direct, lk[new]])
+    order = np.argsort(keys, kind="stable")
+    per_stage = {name: np.concatenate([v, np.zeros(int(new.sum()))])[order] for name, v in pairs.per_stage.items()}
+    return FusedPairs(np.concatenate([pairs.a, np.minimum(linked.a, linked.b)[new]])[order],
+                      np.concatenate([pairs.b, np.maximum(linked.a, linked.b)[new]])[order],
+                      np.concatenate([score, linked.score[new]])[order],
+                      np.concatenate([method, np.full(int(new.sum()), LINKED, dtype=object)])[order],
+                      per_stage)

@@ -1,0 +1,183 @@
+"""Collect the images to compare from folders (recursive), image files and PDF files, with provenance.
+
+Steps:
+1. `list_sources`: the image and PDF files under the given paths (folders walked recursively by
+   simbench.data.folder.list_images); everything else is listed as skipped with a reason;
+2. `FeatureStore.content_hash`: each file's SHA-256, the key of its records in the index;
+3. `read_sources`: for each file not already in the index, its images: an image file is decoded once
+   (unreadable ones are skipped with the decoder's reason) and thumbnailed; a PDF gives one image per
+   placement, rendered into the work folder by simbench.find.pdf. Files are read by a pool of processes;
+4. `to_items`: the records of every file, new or from the index, as one list of Items in input order.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from simbench.data.folder import IMAGE_EXTENSIONS, list_images
+from simbench.data.images import UnreadableImage, open_image
+from simbench.find.items import Item, thumbnail_jpeg
+from simbench.find.pdf import PdfOptions, extract_pdf
+from simbench.types import Skipped
+
+PDF_EXTENSION = ".pdf"
+#: What a folder walk picks up: images and PDFs.
+EXTENSIONS = frozenset({"." + e for e in IMAGE_EXTENSIONS} | {PDF_EXTENSION})
+#: Image files are read in chunks of this many per task (PDFs one per task).
+IMAGES_PER_TASK = 32
+#: Below this many tasks a process pool costs more (interpreter start-up) than it saves.
+MIN_TASKS_FOR_POOL = 4
+
+
+@dataclass
+class SourceRecord:
+    """What one source file gave, independent of where the file lies (what the index keeps).
+
+    images: one dict per image: id (unique in the file), suffix (appended to the file's path for
+        display: "" or "#page=3&image=2"), page, bbox, digest, thumb.
+    skipped: (suffix, reason) of what could not be used.
+    files: id -> the file features are extracted from (this run only; not meaningful in the index).
+    """
+
+    kind: str
+    images: list[dict] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def for_index(self) -> "SourceRecord":
+        return SourceRecord(self.kind, self.images, self.skipped, {})
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. Listing
+
+
+def list_sources(inputs: Sequence[str | Path], progress: bool = False) -> tuple[list[Path], list[Skipped]]:
+    """Image and PDF files under the inputs (folders recursively), each file once, in input order."""
+    files, skipped, seen = [], [], set()
+    for given in inputs:
+        path = Path(given).expanduser()
+        if path.is_dir():
+            found, lost = list_images(path, EXTENSIONS, progress)
+            skipped += lost
+        elif path.is_file():
+            found = [path] if path.suffix.lower() in EXTENSIONS else []
+            if not found:
+                skipped.append(Skipped(str(path), "not an image or PDF (by its extension)"))
+        else:
+            found = []
+            skipped.append(Skipped(str(path), "not found"))
+        for f in found:
+            real = os.path.realpath(f)
+            if real not in seen:  # the same file given twice (or linked) is compared once
+                seen.add(real)
+                files.append(f)
+    return files, skipped
+
+
+def is_pdf(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == PDF_EXTENSION
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. Reading files into records
+
+
+def read_sources(files: Sequence[Path], digests: Sequence[str], work_dir: Path, options: PdfOptions,
+                 workers: int = 0, progress: bool = False) -> list[SourceRecord]:
+    """One SourceRecord per file, in order; PDF renderings go to work_dir/<digest>/."""
+    tasks = _tasks(files, digests, work_dir, options)
+    n_workers = min(workers if workers > 0 else (os.cpu_count() or 1), len(tasks))
+    bar = tqdm(total=len(files), desc="reading files", unit="file", disable=not progress or None)
+    records: list = [None] * len(files)
+    if n_workers <= 1 or len(tasks) < MIN_TASKS_FOR_POOL:
+        results = map(_read_task, tasks)
+    else:
+        # spawn, not fork: forked children can inherit locked thread pools (OpenCV, MuPDF).
+        pool = ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"))
+        results = pool.map(_read_task, tasks)
+    try:
+        for result in results:
+            for k, record in result:
+                records[k] = record
+            bar.update(len(result))
+    finally:
+        if n_workers > 1 and len(tasks) >= MIN_TASKS_FOR_POOL:
+            pool.shutdown(cancel_futures=True)
+        bar.close()
+    return records
+
+
+def _tasks(files, digests, work_dir: Path, options: PdfOptions) -> list[tuple]:
+    """(kind, [(position, path, digest)], work_dir, options): one PDF, or a chunk of image files."""
+    tasks, images = [], []
+    for k, (path, digest) in enumerate(zip(files, digests)):
+        if is_pdf(path):
+            tasks.append(("pdf", [(k, str(path), digest)], str(work_dir / digest[:32]), options))
+        else:
+            images.append((k, str(path), digest))
+    for s in range(0, len(images), IMAGES_PER_TASK):
+        tasks.append(("image", images[s:s + IMAGES_PER_TASK], None, options))
+    return tasks
+
+
+def _read_task(task) -> list[tuple[int, SourceRecord]]:
+    """Worker entry point: [(position, record)] of the task's files."""
+    kind, entries, work_dir, options = task
+    if kind == "pdf":
+        k, path, _ = entries[0]
+        return [(k, read_pdf(path, work_dir, options))]
+    return [(k, read_image(path, digest, options)) for k, path, digest in entries]
+
+
+def read_image(path: str, digest: str, options: PdfOptions) -> SourceRecord:
+    """An image file: decoded once to check it and make its thumbnail (JPEG drafts keep this cheap)."""
+    side = options.thumb_side
+    try:
+        image = open_image(path, draft=(2 * side, 2 * side))
+    except UnreadableImage as exc:
+        return SourceRecord("image", skipped=[("", str(exc))])
+    record = {"id": "0", "suffix": "", "page": None, "bbox": None, "digest": "file:" + digest,
+              "thumb": thumbnail_jpeg(image, side)}
+    return SourceRecord("image", images=[record], files={"0": path})
+
+
+def read_pdf(path: str, work_dir: str, options: PdfOptions) -> SourceRecord:
+    """A PDF: one image per visible, large-enough placement (see simbench.find.pdf)."""
+    placements, skipped = extract_pdf(path, work_dir, options)
+    record = SourceRecord("pdf")
+    for p in placements:
+        pid = f"{p.page}-{p.number}"
+        record.images.append({"id": pid, "suffix": f"#page={p.page}&image={p.number}", "page": p.page,
+                              "bbox": p.bbox, "digest": p.digest, "thumb": p.thumb})
+        record.files[pid] = p.image_path
+    record.skipped = [(_suffix(s.path, path), s.reason) for s in skipped]
+    return record
+
+
+def _suffix(display: str, path: str) -> str:
+    return display[len(path):] if display.startswith(path) else display
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. Records -> Items
+
+
+def to_items(files: Sequence[Path], digests: Sequence[str],
+             records: Sequence[SourceRecord]) -> tuple[list[Item], list[Skipped]]:
+    """Items and skipped entries of every file, displayed under the file's current path."""
+    items, skipped = [], []
+    for path, digest, record in zip(files, digests, records):
+        source = str(path)
+        for image in record.images:
+            items.append(Item(path=record.files.get(image["id"]), display=source + image["suffix"],
+                              source=source, page=image["page"], bbox=image["bbox"], digest=image["digest"],
+                              thumb=image["thumb"], key=f"{digest}:{image['id']}"))
+        skipped += [Skipped(source + suffix, reason) for suffix, reason in record.skipped]
+    return items, skipped
