@@ -182,9 +182,9 @@ def _labels(groups: list[list[Run]]) -> list[str]:
         # method.extractor / method.matcher repeat the hash/backbone/matcher groups: show those instead
         plain = [k for k in differ if not k.startswith(("method.extractor.", "method.matcher."))]
         differ = plain or differ
-        for i, f in zip(idx, flats):
-            labels[i] = f"{name} [" + ", ".join(f"{k.split('.', 1)[-1] if k.startswith('env.') else k}="
-                                                  f"{f.get(k)}" for k in differ) + "]"
+        for n, (i, f) in enumerate(zip(idx, flats)):
+            shown = ", ".join(f"{k.split('.', 1)[-1] if k.startswith('env.') else k}={f.get(k)}" for k in differ)
+            labels[i] = f"{name} [{shown or n + 1}]"
     return labels
 
 
@@ -355,14 +355,24 @@ def _cell(row: dict, key: str, kind: str, latex: bool) -> str:
     return text
 
 
-def _best(rows: Sequence[dict], columns) -> dict[str, float]:
-    """The best (highest) value of each BEST column, when there is a contest (>= 2 values)."""
+def _shown(row: dict, key: str, kind: str) -> str:
+    """The value as a table shows it, without interval: equal when they look equal (ties share bold)."""
+    v = row.get(key)
+    return fmt_rate(v) if kind == "rate" else f"{v:.3f}"
+
+
+def _best(rows: Sequence[dict], columns) -> dict[str, str]:
+    """The best (highest) value of each BEST column as shown, when there is a contest (>= 2 values)."""
     out = {}
-    for key, *_ in columns:
-        vals = [r.get(key) for r in rows if not _missing(r.get(key))]
-        if key in BEST and len(vals) >= 2:
-            out[key] = max(vals)
+    for key, _, _, kind in columns:
+        have = [r for r in rows if not _missing(r.get(key))]
+        if key in BEST and len(have) >= 2:
+            out[key] = _shown(max(have, key=lambda r: r[key]), key, kind)
     return out
+
+
+def _is_best(row: dict, key: str, kind: str, best: dict) -> bool:
+    return key in best and not _missing(row.get(key)) and _shown(row, key, kind) == best[key]
 
 
 def _present(rows, columns):
@@ -379,7 +389,7 @@ def markdown_table(rows: Sequence[dict], columns) -> str:
         cells = []
         for key, _, _, kind in columns:
             text = _cell(r, key, kind, latex=False)
-            cells.append(f"**{text}**" if key in best and r.get(key) == best[key] else text)
+            cells.append(f"**{text}**" if _is_best(r, key, kind, best) else text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -395,7 +405,7 @@ def latex_table(rows: Sequence[dict], columns, caption: str = "", label: str = "
         cells = []
         for key, _, _, kind in columns:
             text = _cell(r, key, kind, latex=True)
-            cells.append(rf"\textbf{{{text}}}" if key in best and r.get(key) == best[key] else text)
+            cells.append(rf"\textbf{{{text}}}" if _is_best(r, key, kind, best) else text)
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     if caption:
@@ -425,13 +435,15 @@ def write_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
 # ----------------------------------------------------------------------------------------------- plots
 
 
-def pareto_front(x: Sequence[float], y: Sequence[float]) -> list[int]:
+def pareto_front(x: Sequence[float], y: Sequence[float], x_decimals: int = 4) -> list[int]:
     """Indices of the points no other point beats on both x and y (higher is better), by increasing x.
 
     As ann-benchmarks' create_pointset: sweep from the highest x down, keeping a point when its y
-    exceeds every y seen so far.
+    exceeds every y seen so far. x equal to `x_decimals` decimals is a tie (exact matchers give the same
+    accuracy up to the last bits of a float sum), won by the higher y.
     """
-    pts = [(xi, yi, i) for i, (xi, yi) in enumerate(zip(x, y)) if not (_missing(xi) or _missing(yi))]
+    pts = [(round(xi, x_decimals), yi, i) for i, (xi, yi) in enumerate(zip(x, y))
+           if not (_missing(xi) or _missing(yi))]
     pts.sort(key=lambda p: (-p[0], -p[1]))
     front, best_y = [], -math.inf
     for xi, yi, i in pts:
@@ -529,9 +541,18 @@ def plot_accuracy_vs_throughput(rows: Sequence[dict], out: Path, formats: Sequen
     front = pareto_front([r["uap"] for r in pts], [r[rate] for r in pts])
     ax.plot([pts[i]["uap"] for i in front], [pts[i][rate] for i in front], color="black", linestyle="--",
             linewidth=0.9, label="Pareto front")
-    for i in front:
-        ax.annotate(pts[i]["configuration"], (pts[i]["uap"], pts[i][rate]), fontsize=6,
-                    xytext=(3, 3), textcoords="offset points")
+    xs = [r["uap"] for r in pts]
+    right = min(xs) + 0.7 * (max(xs) - min(xs))  # labels of points near the right edge go to their left
+    on_front = set(front)
+    for i, r in enumerate(pts):
+        if i not in on_front and len(pts) > 40:  # too many to read: name the front only
+            continue
+        left = r["uap"] > right
+        # front labels under their point (the front's line runs above and between them)
+        ax.annotate(r["configuration"], (r["uap"], r[rate]), fontsize=6 if i in on_front else 5,
+                    color="black" if i in on_front else "0.45",
+                    xytext=(-3 if left else 3, -4 if i in on_front else 3), textcoords="offset points",
+                    ha="right" if left else "left", va="top" if i in on_front else "bottom")
     ax.set_yscale("log")
     ax.set(xlabel="micro-AP (higher is better)",
            ylabel={"images_per_s": "images/s (extraction)",
@@ -696,10 +717,13 @@ except ImportError:  # hydra is a dependency; this only keeps `simbench report` 
 class ReportCallback(Callback):
     """Hydra callback: after a sweep, write the report of its runs (experiment presets turn it on).
 
-    out: report directory, relative to where simbench was started; n_boot, seed, formats as the CLI.
+    out: report directory, relative to where simbench was started; None: results/<experiment preset>
+    (the preset's name is only known once the sweep runs, hence not an interpolation in the config).
+    n_boot, seed, formats: as the CLI.
     """
 
-    def __init__(self, out: str, n_boot: int = 200, seed: int = 0, formats: Sequence[str] = ("png", "svg")):
+    def __init__(self, out: str | None = None, n_boot: int = 200, seed: int = 0,
+                 formats: Sequence[str] = ("png", "svg")):
         self.out = out
         self.n_boot = int(n_boot)
         self.seed = int(seed)
@@ -707,11 +731,15 @@ class ReportCallback(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = str(config.hydra.sweep.dir)
+        out = self.out
+        if out is None:
+            preset = config.hydra.runtime.choices.get("experiment") or Path(sweep_dir).name
+            out = str(Path("results") / str(preset))
         overrides = list(config.hydra.overrides.task) if "overrides" in config.hydra else []
         command = " ".join(["python -m simbench", *overrides])
-        written = report([sweep_dir], self.out, n_boot=self.n_boot, seed=self.seed, formats=self.formats,
+        written = report([sweep_dir], out, n_boot=self.n_boot, seed=self.seed, formats=self.formats,
                          command=command)
-        print(f"\nreport: {sum(len(v) for v in written.values())} files in {self.out}")
+        print(f"\nreport: {sum(len(v) for v in written.values())} files in {out}")
 
 
 if __name__ == "__main__":

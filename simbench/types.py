@@ -39,7 +39,8 @@ class KeypointSets:
 
     descriptors: (M, D) uint8 for binary descriptors (D bytes) or float32 (SIFT);
     points (M, 2) x, y in pixels of the original image; sizes, angles, responses (M,) float32;
-    image_sizes (N, 2) width, height of the original images.
+    image_sizes (N, 2) width, height of the original images; mirrored (M,) bool or None: True for rows
+    found in the horizontally mirrored image (x mapped back to the original, angle reflected).
     """
 
     descriptors: np.ndarray
@@ -50,6 +51,7 @@ class KeypointSets:
     responses: np.ndarray
     image_sizes: np.ndarray
     binary: bool = True
+    mirrored: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

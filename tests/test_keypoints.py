@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simbench.features.keypoints import DESCRIPTOR_SHAPE, KeypointExtractor, MirroredKeypointSets
+from simbench.features.keypoints import DESCRIPTOR_SHAPE, KeypointExtractor
 from simbench.match.oracle import OracleMatcher
 from simbench.methods.keypoints import SCORES, KeypointMethod, bag_score
 from simbench.types import KeypointSets, Pairs
@@ -25,8 +25,8 @@ THRESHOLD = {"akaze": 1e-4}
 
 class _ChunkedMatcher(OracleMatcher):
     """Brute force with np.bitwise_count over blocks of queries: the oracle's rule at the size of real
-    photos (thousands of descriptors). Remembers its last self-join, so that a test scoring the same
-    features twice (bag, then verified) matches them once."""
+    photos (thousands of descriptors), for when ExactMatcher is not there. Remembers its last self-join,
+    so that a test scoring the same features twice (bag, then verified) matches them once."""
 
     def __init__(self):
         self._last = None
@@ -113,7 +113,12 @@ def photo_set(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def matcher():
-    return _ChunkedMatcher()
+    """simbench's exact CPU matcher; the brute-force stand-in only where match/exact.py is missing."""
+    try:
+        from simbench.match.exact import ExactMatcher
+    except ImportError:
+        return _ChunkedMatcher()
+    return ExactMatcher()
 
 
 def _separation(scored, group, kind) -> tuple[dict, float]:
@@ -248,7 +253,11 @@ def _random_keypoint_sets(seed: int, n_images: int = 7, nbytes: int = 8) -> Keyp
     offsets = np.concatenate([[0], np.cumsum(counts)])
     m = int(offsets[-1])
     desc = rng.integers(0, 256, (m, nbytes), dtype=np.uint8)
-    flips = lambda row: row ^ (rng.random(nbytes * 8) < 0.05).reshape(nbytes, 8).dot(1 << np.arange(8)).astype(np.uint8)
+
+    def flips(row):  # a near copy: each bit flipped with probability 5%
+        mask = np.packbits(rng.random(nbytes * 8) < 0.05, bitorder="little")
+        return row ^ mask
+
     for _ in range(m // 2):
         i, j = rng.integers(0, m, 2)
         desc[j] = flips(desc[i])
@@ -283,10 +292,10 @@ def _oracle_scores(features: KeypointSets, radius: int, score: str) -> dict:
 
 
 @pytest.mark.parametrize("score", SCORES)
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_bag_scores_match_a_python_oracle(score, seed):
-    features = _random_keypoint_sets(seed)
-    radius = 12
+@pytest.mark.parametrize("seed,nbytes,radius", [(0, 8, 12), (1, 8, 12), (2, 61, 70)])
+def test_bag_scores_match_a_python_oracle(score, seed, nbytes, radius):
+    """8-byte codes (like the crop-resistant hash's segments) and 61-byte AKAZE-sized ones (padded)."""
+    features = _random_keypoint_sets(seed, nbytes=nbytes)
     scored = KeypointMethod(None, OracleMatcher(), distance_threshold=radius, score=score).score_pairs(features)
     expected = _oracle_scores(features, radius, score)
     got = {(int(a), int(b)): s for a, b, s in zip(scored.a, scored.b, scored.score)}
@@ -408,16 +417,22 @@ def test_zero_keypoint_image_is_kept_with_zero_rows(tmp_path, matcher):
     _photo("camera").save(photo)
     copy = tmp_path / "copy.png"
     _photo("camera").transpose(Image.Transpose.ROTATE_90).save(copy)
+    tiny = tmp_path / "tiny.png"  # too small for any descriptor (BRISK's pyramid would fail on it)
+    Image.new("L", (5, 3), 0).save(tiny)
+    sliver = tmp_path / "sliver.png"  # 2000 x 3: 640 x 1 at working scale
+    Image.fromarray((np.random.default_rng(0).random((3, 2000)) * 255).astype(np.uint8)).save(sliver)
     for detector in DETECTORS:
-        ex = KeypointExtractor(detector, max_features=100, workers=1).extract([flat, photo, copy])
+        ex = KeypointExtractor(detector, max_features=100, mirror=True, workers=1).extract(
+            [flat, photo, copy, tiny, sliver])
         f = ex.features
-        assert list(ex.rows) == [0, 1, 2] and not ex.skipped
-        assert f.offsets[1] == 0 and f.offsets[2] > 0
+        assert list(ex.rows) == [0, 1, 2, 3, 4] and not ex.skipped
+        assert f.offsets[1] == 0 and f.offsets[2] > 0 and f.offsets[3] == f.offsets[5]
+        assert f.image_sizes[3:].tolist() == [[5, 3], [2000, 3]]
         assert f.descriptors.shape[1] == DESCRIPTOR_SHAPE[detector][0]
         assert list(f.image_sizes[0]) == [300, 200]
         scored = KeypointMethod(None, matcher, ratio=0.7).score_pairs(f)
         assert (1, 2) in set(zip(scored.a.tolist(), scored.b.tolist()))
-        assert 0 not in scored.a
+        assert not {0, 3, 4} & set(scored.a.tolist() + scored.b.tolist())
 
 
 def test_unreadable_files_are_skipped_with_a_reason(tmp_path):
@@ -434,23 +449,29 @@ def test_unreadable_files_are_skipped_with_a_reason(tmp_path):
 
 @pytest.mark.parametrize("detector", ["brisk", "orb", "sift"])
 def test_keypoints_are_in_original_image_pixels(tmp_path, detector):
-    """Detecting on a 2x upscaled copy (run at the same working size) gives the same points, doubled."""
+    """A 4x upscaled JPEG (decoded at 1/4 scale, so the detector sees the same picture) gives the same
+    points, times four, in its own pixels."""
     small = _photo("astronaut")
-    big = small.resize((small.width * 2, small.height * 2), Image.Resampling.LANCZOS)
+    big = small.resize((small.width * 4, small.height * 4), Image.Resampling.LANCZOS)
     small.save(tmp_path / "small.png")
-    big.save(tmp_path / "big.png")
+    big.save(tmp_path / "big.jpg", quality=95)
     ex = KeypointExtractor(detector, max_features=200, max_size=LONG_SIDE, workers=1)
-    f = ex.extract([tmp_path / "small.png", tmp_path / "big.png"]).features
+    f = ex.extract([tmp_path / "small.png", tmp_path / "big.jpg"]).features
     assert f.image_sizes.tolist() == [list(small.size), list(big.size)]
     p_small = f.points[f.offsets[0]:f.offsets[1]]
     p_big = f.points[f.offsets[1]:f.offsets[2]]
     assert np.all((p_big >= -0.5) & (p_big <= np.array(big.size) - 0.5))
-    # Each point of the big image, halved (pixel centres at integers: (x + 0.5) / 2 - 0.5),
-    # lies on a point of the small one.
-    halved = (p_big + 0.5) / 2 - 0.5
-    nearest = np.min(np.linalg.norm(halved[:, None] - p_small[None], axis=2), axis=1)
+    assert p_big.max() > 2 * LONG_SIDE  # really in the big image's pixels
+    # Back to the small image (pixel centres at integers: x_small = (x_big + 0.5) / 4 - 0.5).
+    quartered = (p_big + 0.5) / 4 - 0.5
+    dist = np.linalg.norm(quartered[:, None] - p_small[None], axis=2)
+    nearest = dist.min(axis=1)
     assert np.median(nearest) < 0.5
     assert np.mean(nearest < 1.5) > 0.8
+    # Keypoint sizes scale too.
+    same = nearest < 0.5
+    ratio = f.sizes[f.offsets[1]:f.offsets[2]][same] / f.sizes[dist.argmin(axis=1)[same]]
+    assert np.median(ratio) == pytest.approx(4, rel=0.05)
 
 
 def test_mirror_rows_are_the_flipped_image_mapped_back(tmp_path):
@@ -459,7 +480,7 @@ def test_mirror_rows_are_the_flipped_image_mapped_back(tmp_path):
     img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "flipped.png")
     ex = KeypointExtractor("orb", max_features=150, mirror=True, workers=1)
     f = ex.extract([tmp_path / "a.png", tmp_path / "flipped.png"]).features
-    assert isinstance(f, MirroredKeypointSets) and len(f.mirrored) == len(f.descriptors)
+    assert f.mirrored is not None and len(f.mirrored) == len(f.descriptors)
     rows_a = np.arange(f.offsets[0], f.offsets[1])
     rows_f = np.arange(f.offsets[1], f.offsets[2])
     mirrored_a = rows_a[f.mirrored[rows_a]]

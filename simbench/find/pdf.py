@@ -73,24 +73,59 @@ class Placement:
 def extract_pdf(path: str | Path, work_dir: str | Path, options: PdfOptions) -> tuple[list[Placement], list[Skipped]]:
     """Render every large-enough image placement of a PDF into work_dir. Never raises for bad input:
     broken, encrypted or image-less documents and unreadable pages come back as Skipped with a reason."""
+    n_pages, reason = page_count(path)
+    if reason:
+        return [], [Skipped(str(path), reason)]
+    part = extract_pages(path, work_dir, options, 0, n_pages)
+    return part.placements, finish_skipped(str(path), [part], options)
+
+
+@dataclass
+class PagesResult:
+    """What a range of pages gave: placements, skipped entries, and how many tiny images were skipped."""
+
+    placements: list[Placement]
+    skipped: list[Skipped]
+    tiny: int
+
+
+def page_count(path: str | Path) -> tuple[int, str | None]:
+    """(number of pages, None), or (0, why the document cannot be used)."""
+    doc, reason = open_pdf(str(path))
+    if doc is None:
+        return 0, reason
+    with doc:
+        return doc.page_count, None
+
+
+def extract_pages(path: str | Path, work_dir: str | Path, options: PdfOptions, start: int, stop: int) -> PagesResult:
+    """Placements of pages start..stop-1 (0-based), rendered into work_dir (files named by page)."""
     import pymupdf
 
     pymupdf.TOOLS.mupdf_display_errors(False)  # MuPDF's own messages would interleave with progress bars
     path = str(path)
     doc, reason = open_pdf(path)
-    if doc is None:
-        return [], [Skipped(path, reason)]
-    placements, skipped, tiny = [], [], 0
+    if doc is None:  # it opened when the pages were counted; say so if it no longer does
+        return PagesResult([], [Skipped(path, reason)], 0)
+    result = PagesResult([], [], 0)
     with doc:
         os.makedirs(work_dir, exist_ok=True)
-        for index in range(doc.page_count):
+        for index in range(start, min(stop, doc.page_count)):
             found, lost, n_tiny = page_placements(doc, index, path, work_dir, options)
-            placements += found
-            skipped += lost
-            tiny += n_tiny
-    if not placements and not skipped:
+            result.placements += found
+            result.skipped += lost
+            result.tiny += n_tiny
+    return result
+
+
+def finish_skipped(path: str, parts: list[PagesResult], options: PdfOptions) -> list[Skipped]:
+    """The skipped entries of all page ranges, plus one for the file when it had nothing to compare."""
+    skipped = [s for part in parts for s in part.skipped]
+    tiny = sum(part.tiny for part in parts)
+    if not any(part.placements for part in parts) and len(skipped) == tiny:
+        # Nothing to compare in this file: say so once for the file, on top of the tiny ones.
         skipped.append(Skipped(path, no_images_reason(tiny, options)))
-    return placements, skipped
+    return skipped
 
 
 def open_pdf(path: str):
@@ -112,9 +147,13 @@ def open_pdf(path: str):
 
 def no_images_reason(tiny: int, options: PdfOptions) -> str:
     if tiny:
-        return (f"no images large enough to compare ({tiny} smaller than {options.min_side_px} px "
-                f"or {options.min_side_pt:g} pt skipped)")
+        return f"no images large enough to compare (only {tiny} tiny ones)"
     return "no images in this PDF"
+
+
+def tiny_reason(info: dict, box, options: PdfOptions) -> str:
+    return (f"tiny image ({info['width']}x{info['height']} px placed at {box.width:.0f}x{box.height:.0f} pt; "
+            f"limits {options.min_side_px} px, {options.min_side_pt:g} pt)")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -140,6 +179,7 @@ def page_placements(doc, index: int, path: str, work_dir, options: PdfOptions):
             continue
         if is_tiny(info, box, options):
             tiny += 1
+            skipped.append(Skipped(display, tiny_reason(info, box, options)))
             continue
         try:
             placements.append(render_placement(doc, page, info, box, page_no, number, work_dir, options))

@@ -23,14 +23,15 @@ from tqdm import tqdm
 from simbench.data.folder import IMAGE_EXTENSIONS, list_images
 from simbench.data.images import UnreadableImage, open_image
 from simbench.find.items import Item, thumbnail_jpeg
-from simbench.find.pdf import PdfOptions, extract_pdf
+from simbench.find.pdf import PagesResult, PdfOptions, extract_pages, finish_skipped, page_count
 from simbench.types import Skipped
 
 PDF_EXTENSION = ".pdf"
 #: What a folder walk picks up: images and PDFs.
 EXTENSIONS = frozenset({"." + e for e in IMAGE_EXTENSIONS} | {PDF_EXTENSION})
-#: Image files are read in chunks of this many per task (PDFs one per task).
+#: Image files are read in chunks of this many per task, PDFs in ranges of this many pages per task.
 IMAGES_PER_TASK = 32
+PAGES_PER_TASK = 16
 #: Below this many tasks a process pool costs more (interpreter start-up) than it saves.
 MIN_TASKS_FOR_POOL = 4
 
@@ -91,48 +92,65 @@ def is_pdf(path: str | Path) -> bool:
 
 def read_sources(files: Sequence[Path], digests: Sequence[str], work_dir: Path, options: PdfOptions,
                  workers: int = 0, progress: bool = False) -> list[SourceRecord]:
-    """One SourceRecord per file, in order; PDF renderings go to work_dir/<digest>/."""
-    tasks = _tasks(files, digests, work_dir, options)
-    n_workers = min(workers if workers > 0 else (os.cpu_count() or 1), len(tasks))
-    bar = tqdm(total=len(files), desc="reading files", unit="file", disable=not progress or None)
+    """One SourceRecord per file, in order; PDF renderings go to work_dir/<position of the file>/."""
     records: list = [None] * len(files)
-    if n_workers <= 1 or len(tasks) < MIN_TASKS_FOR_POOL:
-        results = map(_read_task, tasks)
-    else:
-        # spawn, not fork: forked children can inherit locked thread pools (OpenCV, MuPDF).
-        pool = ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"))
-        results = pool.map(_read_task, tasks)
+    pdf_parts: dict[int, list] = {}
+    tasks = _tasks(files, digests, work_dir, options, records, pdf_parts)
+    n_workers = min(workers if workers > 0 else (os.cpu_count() or 1), len(tasks))
+    use_pool = n_workers > 1 and len(tasks) >= MIN_TASKS_FOR_POOL
+    bar = tqdm(total=len(tasks), desc="reading files", unit="task", disable=not progress or None)
+    # spawn, not fork: forked children can inherit locked thread pools (OpenCV, MuPDF).
+    pool = ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) if use_pool else None
     try:
-        for result in results:
-            for k, record in result:
-                records[k] = record
-            bar.update(len(result))
+        for task, result in zip(tasks, pool.map(_read_task, tasks) if pool else map(_read_task, tasks)):
+            if task[0] == "pdf":
+                pdf_parts[task[1][0][0]][task[4]] = result
+            else:
+                for k, record in result:
+                    records[k] = record
+            bar.update()
     finally:
-        if n_workers > 1 and len(tasks) >= MIN_TASKS_FOR_POOL:
+        if pool:
             pool.shutdown(cancel_futures=True)
         bar.close()
+    for k, parts in pdf_parts.items():
+        records[k] = pdf_record(str(files[k]), parts, options)
     return records
 
 
-def _tasks(files, digests, work_dir: Path, options: PdfOptions) -> list[tuple]:
-    """(kind, [(position, path, digest)], work_dir, options): one PDF, or a chunk of image files."""
+def _tasks(files, digests, work_dir: Path, options: PdfOptions, records: list, pdf_parts: dict) -> list[tuple]:
+    """Units of work: (kind, [(position, path, digest)], work_dir, options, part).
+
+    A PDF becomes one task per PAGES_PER_TASK pages (so one long yearbook keeps every core busy); one that
+    cannot be opened gets its record at once. Image files go in chunks of IMAGES_PER_TASK.
+    """
     tasks, images = [], []
     for k, (path, digest) in enumerate(zip(files, digests)):
-        if is_pdf(path):
-            tasks.append(("pdf", [(k, str(path), digest)], str(work_dir / digest[:32]), options))
-        else:
+        if not is_pdf(path):
             images.append((k, str(path), digest))
+            continue
+        n_pages, reason = page_count(path)
+        if reason:
+            records[k] = SourceRecord("pdf", skipped=[("", reason)])
+            continue
+        starts = range(0, n_pages, PAGES_PER_TASK)
+        pdf_parts[k] = [None] * len(starts)
+        for part, start in enumerate(starts):
+            # One folder per file (not per content: two copies of a PDF are read side by side).
+            tasks.append(("pdf", [(k, str(path), digest)], str(work_dir / f"{k:06d}"), options, part,
+                          start, start + PAGES_PER_TASK))
     for s in range(0, len(images), IMAGES_PER_TASK):
-        tasks.append(("image", images[s:s + IMAGES_PER_TASK], None, options))
+        tasks.append(("image", images[s:s + IMAGES_PER_TASK], None, options, 0))
     return tasks
 
 
-def _read_task(task) -> list[tuple[int, SourceRecord]]:
-    """Worker entry point: [(position, record)] of the task's files."""
-    kind, entries, work_dir, options = task
+def _read_task(task):
+    """Worker entry point: a PagesResult for a PDF page range, [(position, record)] for image files."""
+    kind, entries, work_dir, options = task[:4]
     if kind == "pdf":
-        k, path, _ = entries[0]
-        return [(k, read_pdf(path, work_dir, options))]
+        _, path, _ = entries[0]
+        start, stop = task[5], task[6]
+        return extract_pages(path, work_dir, options, start, stop)
     return [(k, read_image(path, digest, options)) for k, path, digest in entries]
 
 
@@ -148,16 +166,16 @@ def read_image(path: str, digest: str, options: PdfOptions) -> SourceRecord:
     return SourceRecord("image", images=[record], files={"0": path})
 
 
-def read_pdf(path: str, work_dir: str, options: PdfOptions) -> SourceRecord:
-    """A PDF: one image per visible, large-enough placement (see simbench.find.pdf)."""
-    placements, skipped = extract_pdf(path, work_dir, options)
+def pdf_record(path: str, parts: list[PagesResult], options: PdfOptions) -> SourceRecord:
+    """A PDF's record from its page ranges: one image per visible, large-enough placement."""
     record = SourceRecord("pdf")
-    for p in placements:
-        pid = f"{p.page}-{p.number}"
-        record.images.append({"id": pid, "suffix": f"#page={p.page}&image={p.number}", "page": p.page,
-                              "bbox": p.bbox, "digest": p.digest, "thumb": p.thumb})
-        record.files[pid] = p.image_path
-    record.skipped = [(_suffix(s.path, path), s.reason) for s in skipped]
+    for part in parts:
+        for p in part.placements:
+            pid = f"{p.page}-{p.number}"
+            record.images.append({"id": pid, "suffix": f"#page={p.page}&image={p.number}", "page": p.page,
+                                  "bbox": p.bbox, "digest": p.digest, "thumb": p.thumb})
+            record.files[pid] = p.image_path
+    record.skipped = [(_suffix(s.path, path), s.reason) for s in finish_skipped(path, parts, options)]
     return record
 
 

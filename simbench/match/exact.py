@@ -38,7 +38,9 @@ INT32_MAX = np.iinfo(np.int32).max
 # One routine per code size, like faiss's HammingComputer8/16/32/64: the query words are loaded once into
 # scalars (registers), the loop over j has unit stride in every word row of dbT, and LLVM vectorises it.
 # Distances stay 64-bit and the tile reports its minimum rather than a count: a narrowing store and a
-# compare would compete with VPOPCNTQ for the same execution port (port 5 on Intel).
+# compare would compete with VPOPCNTQ for the same execution port (port 5 on Intel). The loops count from
+# 0 over slices that start at j0: with an index numba cannot prove non-negative it adds a negative-index
+# fix-up, and LLVM then loads through gathers, several times slower.
 # ---------------------------------------------------------------------------------------------------------
 
 _NO_DIST = np.uint64(1 << 62)  # larger than any distance

@@ -1,0 +1,268 @@
+"""`simbench find` from start to end: sources -> features (index) -> stages -> fused pairs -> outputs.
+
+Steps, one function each:
+1. `list_and_hash`: the image and PDF files, with their content hashes;
+2. `read_new_sources`: files whose images and features are not all in the index are read (PDF
+   placements rendered into a work folder), and their features extracted, stage by stage, into the index;
+3. `load_features`: every item's features from the index, joined per stage;
+4. `score`: each stage's pairs, calibrated; the identical-data pairs; fused; linked;
+5. `write_outputs`: pairs.csv, groups.json, skipped.csv, report.html, and a summary line.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from simbench.find import cascade, outputs, report
+from simbench.find.cascade import FusedPairs, Stage
+from simbench.find.index import FeatureStore, join_features, params_key, split_features
+from simbench.find.items import Item
+from simbench.find.pdf import PdfOptions
+from simbench.find.sources import SourceRecord, is_pdf, list_sources, read_sources, to_items
+from simbench.types import ScoredPairs, Skipped
+
+log = logging.getLogger("simbench")
+
+SOURCES = "sources"
+
+
+@dataclass
+class FindResult:
+    """What a run found (also what the summary line reports)."""
+
+    items: list[Item]
+    pairs: FusedPairs
+    groups: list[dict]
+    skipped: list[Skipped]
+    n_files: int
+    n_pdfs: int
+    n_new_files: int
+    timing: dict = field(default_factory=dict)
+
+    def summary(self, out_dir: Path | None = None, threshold: float | None = None) -> str:
+        where = f" -> {out_dir}" if out_dir else ""
+        at = f" at threshold {threshold:g}" if threshold is not None else ""
+        return (f"{self.n_files} files read ({self.n_pdfs} PDFs, {self.n_files - self.n_pdfs} image files; "
+                f"{self.n_new_files} new to the index), {len(self.items)} images found, {len(self.skipped)} "
+                f"skipped, {len(self.pairs)} pairs, {len(self.groups)} duplicate groups{at}{where}")
+
+
+def find(inputs: Sequence[str | Path], out_dir: str | Path, cfg: DictConfig | None = None,
+         index: str | Path | None = None, progress: bool = True) -> FindResult:
+    """Run `simbench find` and write DIR/pairs.csv, groups.json, skipped.csv, report.html."""
+    cfg = cfg if cfg is not None else cascade.make_config()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    stages = cascade.build_stages(cfg)
+    collected = collect(inputs, stages, cfg, index, out_dir, progress)
+    t = time.perf_counter()
+    pairs = score(collected.items, stages, collected.features, cfg, progress)
+    groups = outputs.duplicate_groups(pairs, len(collected.items), float(cfg.threshold))
+    timing = {**collected.timing, "match_s": time.perf_counter() - t, "total_s": time.perf_counter() - t0}
+    result = FindResult(collected.items, pairs, groups, collected.skipped, collected.n_files, collected.n_pdfs,
+                        collected.n_new, timing)
+    write_outputs(out_dir, result, cfg, stages)
+    return result
+
+
+@dataclass
+class Collected:
+    """Every image of the inputs with the features of every stage (see load_features)."""
+
+    items: list[Item]
+    skipped: list[Skipped]
+    features: dict
+    n_files: int
+    n_pdfs: int
+    n_new: int
+    timing: dict
+
+
+def collect(inputs, stages: list[Stage], cfg: DictConfig, index, work_parent: Path, progress: bool) -> Collected:
+    """Steps 1-3: list and hash the files, read and extract what the index lacks, load all features."""
+    t0 = time.perf_counter()
+    store = FeatureStore(index)
+    options = PdfOptions(**OmegaConf.to_container(cfg.pdf))
+    files, digests, skipped = list_and_hash(inputs, store, progress)
+    work = Path(tempfile.mkdtemp(prefix=".work-", dir=work_parent))
+    try:
+        records, n_new = read_new_sources(files, digests, stages, store, options, work, int(cfg.workers), progress)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # renderings are not needed once features are stored
+    store.save_hashes()
+    items, lost = to_items(files, digests, records)
+    features = {stage.name: load_features(stage, items, digests_of(items), store) for stage in stages}
+    skipped += lost + unusable(items, features)
+    timing = {"read_extract_s": time.perf_counter() - t0}
+    return Collected(items, skipped, features, len(files), sum(map(is_pdf, files)), n_new, timing)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1-2. Sources and features
+
+
+def list_and_hash(inputs, store: FeatureStore, progress: bool) -> tuple[list[Path], list[str], list[Skipped]]:
+    """Files to read with their SHA-256 (unreadable files are skipped here)."""
+    listed, skipped = list_sources(inputs, progress)
+    files, digests = [], []
+    for path in tqdm(listed, desc="hashing files", unit="file", disable=not progress or None):
+        try:
+            digests.append(store.content_hash(path))
+            files.append(path)
+        except OSError as exc:
+            skipped.append(Skipped(str(path), f"cannot read file ({exc.strerror or exc})"))
+    return files, digests, skipped
+
+
+def sources_key(options: PdfOptions) -> str:
+    return params_key({"sources": vars(options)})
+
+
+def feature_key(stage: Stage) -> str:
+    return params_key({"extractor": stage.extractor.name, "params": stage.extractor.params()})
+
+
+def read_new_sources(files, digests, stages: list[Stage], store: FeatureStore, options: PdfOptions,
+                     work: Path, workers: int, progress: bool) -> tuple[list[SourceRecord], int]:
+    """Every file's SourceRecord: from the index when it holds the file's images and all their features,
+    else read now (and its features extracted and stored). Returns (records, number read now)."""
+    skey = sources_key(options)
+    complete = [store.has(SOURCES, skey, d) and all(store.has(s.section, feature_key(s), d) for s in stages)
+                for d in digests]
+    todo = [k for k, done in enumerate(complete) if not done]
+    fresh = read_sources([files[k] for k in todo], [digests[k] for k in todo], work, options, workers, progress)
+    for stage in stages:
+        extract_into_store(stage, fresh, [digests[k] for k in todo], store, progress)
+    for k, record in zip(todo, fresh):
+        store.put(SOURCES, skey, digests[k], record.for_index())
+    records = []
+    fresh_by_position = dict(zip(todo, fresh))
+    for k, digest in enumerate(digests):
+        records.append(fresh_by_position.get(k) or store.get(SOURCES, skey, digest) or SourceRecord("missing"))
+    return records, len(todo)
+
+
+def extract_into_store(stage: Stage, records: list[SourceRecord], digests: list[str], store: FeatureStore,
+                       progress: bool) -> None:
+    """Extract one stage's features of every image of the new records; one index record per file.
+
+    A file's record is a list aligned with its images: a dict of feature arrays, or a reason string
+    when the extractor could not use the image.
+    """
+    paths, owner = [], []
+    for r, record in enumerate(records):
+        for image in record.images:
+            paths.append(Path(record.files[image["id"]]))
+            owner.append(r)
+    if paths:
+        if progress:
+            print(f"{stage.name}: extracting features of {len(paths)} new images", flush=True)
+        extracted = stage.extractor.extract(paths, progress=progress)
+        per_image = split_features(extracted.features, extracted.rows, len(paths))
+        reasons = {s.path: s.reason for s in extracted.skipped}
+        per_image = [f if f is not None else reasons.get(str(p), "no features") for f, p in zip(per_image, paths)]
+    else:
+        per_image = []
+    cursor = 0
+    for record, digest in zip(records, digests):
+        n = len(record.images)
+        store.put(stage.section, feature_key(stage), digest, per_image[cursor:cursor + n])
+        cursor += n
+
+
+def digests_of(items: list[Item]) -> list[str]:
+    return [item.key.split(":", 1)[0] for item in items]
+
+
+def load_features(stage: Stage, items: list[Item], source_digests: list[str], store: FeatureStore):
+    """(features of every item that has some, their item indices, {item: reason} for the others)."""
+    fkey = feature_key(stage)
+    per_source: dict[str, list] = {}
+    records, reasons = [], {}
+    for k, (item, digest, local) in enumerate(zip(items, source_digests, local_positions(items))):
+        if digest not in per_source:
+            per_source[digest] = store.get(stage.section, fkey, digest) or []
+        entries = per_source[digest]
+        entry = entries[local] if local < len(entries) else "features missing from the index"
+        if isinstance(entry, str):
+            reasons[k] = entry
+            entry = None
+        records.append(entry)
+    features, rows = join_features(records, stage.extractor.kind)
+    return features, rows, reasons
+
+
+def local_positions(items: list[Item]) -> list[int]:
+    """Each item's position among the images of its own source file (a file's items are contiguous)."""
+    out, previous, count = [], None, 0
+    for item in items:
+        count = count + 1 if item.source == previous else 0
+        previous = item.source
+        out.append(count)
+    return out
+
+
+def unusable(items: list[Item], features: dict) -> list[Skipped]:
+    """Items that no stage could extract features from (listed in skipped.csv; they match nothing)."""
+    if not features:
+        return []
+    failed = set.intersection(*(set(reasons) for _, _, reasons in features.values()))
+    out = []
+    for k in sorted(failed):
+        why = "; ".join(f"{name}: {features[name][2][k]}" for name in features)
+        out.append(Skipped(items[k].display, f"no features ({why})"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. Scoring
+
+
+def score(items: list[Item], stages: list[Stage], features: dict, cfg: DictConfig, progress: bool) -> FusedPairs:
+    """Identical-data pairs, each stage's calibrated pairs, fused, optionally linked, >= min_score."""
+    n = len(items)
+    evidence = {cascade.IDENTICAL: cascade.identical_pairs([item.digest for item in items])}
+    for stage in stages:
+        found = stage_pairs(stage, features[stage.name], progress)
+        evidence[stage.name] = ScoredPairs(found.a, found.b, stage.calibrated(found))
+    fused = cascade.fuse(n, evidence)
+    if cfg.link:
+        fused = cascade.link(fused, n, float(cfg.min_score), int(cfg.max_linked_group))
+    keep = np.flatnonzero(fused.score >= float(cfg.min_score))
+    return FusedPairs(fused.a[keep], fused.b[keep], fused.score[keep], fused.method[keep],
+                      {k: v[keep] for k, v in fused.per_stage.items()})
+
+
+def stage_pairs(stage: Stage, stage_features, progress: bool = False) -> ScoredPairs:
+    """One stage's raw pairs (scores and extras as its method gives them), in item indices."""
+    feats, rows, _ = stage_features
+    if len(rows) < 2:
+        return ScoredPairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0),
+                           {stage.signal: np.empty(0)} if stage.signal != "score" else {})
+    if progress:
+        print(f"{stage.name}: matching {len(rows)} images", flush=True)
+    found = stage.method.score_pairs(feats)
+    a, b = rows[found.a], rows[found.b]
+    return ScoredPairs(np.minimum(a, b), np.maximum(a, b), found.score, found.extra)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5. Outputs
+
+
+def write_outputs(out_dir: Path, result: FindResult, cfg: DictConfig, stages: list[Stage]) -> None:
+    outputs.write_pairs_csv(out_dir / "pairs.csv", result.pairs, result.items)
+    outputs.write_groups_json(out_dir / "groups.json", result.groups, result.pairs, result.items,
+                              float(cfg.threshold), str(cfg.method))
+    outputs.write_skipped_csv(out_dir / "skipped.csv", result.skipped)
+    report.write_report(out_dir / "report.html", result, cfg, stages)

@@ -1,0 +1,158 @@
+"""report.html in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright.
+
+Skipped, with the reason, when Chromium or the playwright package is missing; CI installs both:
+    apt-get install -y chromium && pip install playwright      (never `playwright install`: no downloads)
+The page must work from file:// with the network off: every request it makes is checked.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
+                                     "(pip install playwright)")
+if not Path(CHROMIUM).exists():
+    pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield instance
+        instance.close()
+
+
+def open_report(browser, path: Path):
+    """A page showing the report, recording every request and every console error."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    requests, errors = [], []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(path.as_uri())
+    page.wait_for_selector("#status:not(:empty)")
+    return page, requests, errors
+
+
+def group_count(page) -> int:
+    return int(page.inner_text("#status").split()[0])
+
+
+def wait_for_change(page, before: str) -> None:
+    """Wait until the view was regrouped (the status line changes on every regrouping that matters)."""
+    page.wait_for_function("before => document.querySelector('#status').textContent !== before", arg=before)
+
+
+def test_report_slider_and_method_filter(browser, tmp_path, photos):
+    """A real `simbench find` run; moving the threshold slider and the method filter changes the groups."""
+    from simbench.cli import find_main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("astronaut", "rocket", "coffee", "cat", "camera"):
+        img = photos[name]
+        h, w = img.shape[:2]
+        Image.fromarray(img).save(folder / f"{name}.jpg", quality=90)
+        Image.fromarray(img[h // 8: h * 7 // 8, w // 6: w * 5 // 6]).save(folder / f"{name}-crop.jpg", quality=80)
+        Image.fromarray(np.ascontiguousarray(np.rot90(img[: h * 3 // 4]))).save(folder / f"{name}-turned.jpg")
+    out = tmp_path / "out"
+    assert find_main([str(folder), "--out", str(out), "--method", "keypoints", "-q"]) == 0
+    page, requests, errors = open_report(browser, out / "report.html")
+    start = group_count(page)
+    assert start >= 4 and page.locator(".group").count() == start
+    assert page.locator(".group img").first.evaluate("img => img.complete && img.naturalWidth > 0")
+
+    slider = page.locator("#threshold")
+    slider.focus()
+    page.keyboard.press("End")  # drag to 1.00: only certain pairs remain
+    page.wait_for_function(f"document.querySelector('#threshold-value').textContent === '1.00'")
+    at_top = group_count(page)
+    page.keyboard.press("Home")  # all the way down: every pair written joins groups
+    page.wait_for_function("document.querySelector('#threshold-value').textContent !== '1.00'")
+    at_bottom = group_count(page)
+    assert at_top < start <= at_bottom or at_top < at_bottom, (at_top, start, at_bottom)
+    assert page.locator(".group").count() == at_bottom
+
+    # Group cards are sorted by their best score.
+    scores = [float(s) for s in page.locator(".group").evaluate_all("gs => gs.map(g => g.dataset.score)")]
+    assert scores == sorted(scores, reverse=True)
+
+    options = page.locator("#method option").evaluate_all("os => os.map(o => o.value)")
+    assert options[0] == "all" and "keypoints" in options
+    page.select_option("#method", "keypoints")
+    page.wait_for_function("document.querySelector('#method').value === 'keypoints'")
+    assert group_count(page) <= at_bottom
+    page.select_option("#method", "all")
+    slider.fill("0.5")
+    page.wait_for_function("document.querySelector('#threshold-value').textContent === '0.50'")
+
+    shot = tmp_path / "report.png"
+    page.screenshot(path=str(shot), full_page=False)
+    assert shot.stat().st_size > 20_000
+    assert not errors, errors
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests
+
+
+def test_report_with_500_groups_renders_lazily(browser, tmp_path):
+    """500 groups: only the first page of groups is built, more as the reader scrolls; the slider stays quick."""
+    from omegaconf import OmegaConf
+
+    from simbench.find.cascade import FusedPairs
+    from simbench.find.items import Item, thumbnail_jpeg
+    from simbench.find.pipeline import FindResult
+    from simbench.find.report import GROUPS_PER_PAGE, write_report
+    from simbench.types import Skipped
+
+    rng = np.random.default_rng(0)
+    items, a, b, score, group = [], [], [], [], []
+    for g in range(500):
+        colour = tuple(int(c) for c in rng.integers(40, 220, 3))
+        thumb = thumbnail_jpeg(Image.new("RGB", (160, 120), colour))
+        first = len(items)
+        for k in range(int(rng.integers(2, 4))):
+            items.append(Item(None, f"/book/yearbook-{g % 3}.pdf#page={g // 3 + 1}&image={k + 1}",
+                              f"/book/yearbook-{g % 3}.pdf", g // 3 + 1, "50.00 60.00 250.00 300.00", str(g), thumb, ""))
+            if k:
+                a.append(first)
+                b.append(len(items) - 1)
+                score.append(float(rng.uniform(0.3, 1.0)))
+                group.append(g)
+    n = len(a)
+
+    def groups_at(t: float) -> int:
+        return len({g for g, s in zip(group, score) if s >= t})
+
+    methods = np.array(["keypoints"] * n, dtype=object)
+    pairs = FusedPairs(np.array(a), np.array(b), np.array(score), methods,
+                       {"identical": np.zeros(n), "keypoints": np.array(score), "cnn": np.zeros(n)})
+    result = FindResult(items, pairs, [], [Skipped("/book/broken.pdf", "not a readable PDF (damaged)")], 4, 3, 4)
+    cfg = OmegaConf.create({"method": "cascade", "threshold": 0.5, "min_score": 0.1})
+    stages = [type("S", (), {"name": "keypoints"})(), type("S", (), {"name": "cnn"})()]
+    write_report(tmp_path / "report.html", result, cfg, stages)
+
+    page, requests, errors = open_report(browser, tmp_path / "report.html")
+    total = group_count(page)
+    assert total == groups_at(0.5) > 300
+    assert page.locator(".group").count() == GROUPS_PER_PAGE  # lazily: one page of groups so far
+    page.mouse.wheel(0, 200_000)
+    page.wait_for_function(f"document.querySelectorAll('.group').length > {GROUPS_PER_PAGE}")
+    page.locator("#threshold").fill("0.9")
+    page.wait_for_function("document.querySelector('#threshold-value').textContent === '0.90'")
+    assert group_count(page) == groups_at(0.9)
+    before = page.inner_text("#status")
+    page.fill("#search", "yearbook-1")
+    wait_for_change(page, before)
+    assert 0 < group_count(page) < groups_at(0.9)
+    page.screenshot(path=str(tmp_path / "report-500.png"))
+    assert "1 skipped" in page.inner_text("#skipped-section")
+    assert not errors, errors
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests
