@@ -19,9 +19,26 @@ def main() -> None:
         sys.exit(report_main(args[1:]))
     if args and args[0] == "run":
         del sys.argv[1]
+    sys.argv[1:] = implied_method(sys.argv[1:])
     from simbench.run import main as run_main
 
     run_main()
+
+
+#: Choosing a component of one method's group on the command line selects that method.
+METHOD_OF_GROUP = {"backbone": "cnn", "detector": "keypoints"}
+
+
+def implied_method(overrides: list[str]) -> list[str]:
+    """`backbone=resnet50` alone means `method=cnn backbone=resnet50` (and detector=... keypoints),
+    unless a method is named explicitly or two groups would imply different methods."""
+    if any(o.split("=", 1)[0].lstrip("+~") == "method" for o in overrides):
+        return overrides
+    implied = {METHOD_OF_GROUP[o.split("=", 1)[0]] for o in overrides
+               if "=" in o and o.split("=", 1)[0] in METHOD_OF_GROUP}
+    if len(implied) != 1:
+        return overrides
+    return [*overrides, f"method={implied.pop()}"]
 
 
 FIND_EPILOG = """\

@@ -45,11 +45,29 @@ def git_commit() -> str:
         return "unknown"
 
 
+def reset_peak_rss() -> None:
+    """Start a new peak-memory measurement for this process (Linux: clear VmHWM), so that runs of a
+    sequential sweep in one process each report their own peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process and of its finished children (workers), in MiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024.0  # Linux reports KiB
+    """Peak resident memory of this process since reset_peak_rss (VmHWM), in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def peak_rss_children_mb() -> float:
+    """Largest peak of any finished child process (extraction workers) over this process's life, MiB."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
 
 
 def gpu_name() -> str | None:

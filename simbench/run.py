@@ -45,6 +45,14 @@ def extract_cached(extractor: Extractor, dataset: Dataset, cfg: DictConfig) -> t
     return extracted, extract_s, False
 
 
+def warm_up(method, features) -> None:
+    """Compile the matcher's kernels (numba JIT, CUDA) on a tiny input first, so match_s times the search
+    and not the one-off compilation."""
+    warm = getattr(method.matcher, "warm_up", None)
+    if warm is not None:
+        warm(features)
+
+
 def to_dataset_indices(pairs: ScoredPairs, rows: np.ndarray) -> ScoredPairs:
     """Feature-row pairs -> dataset image pairs with a < b."""
     a, b = rows[pairs.a], rows[pairs.b]
@@ -69,10 +77,12 @@ def json_safe(value):
 def run_experiment(cfg: DictConfig, out_dir: Path) -> dict:
     """Run one configuration and write result.json (and pairs.npz) into out_dir. Returns the result."""
     t_start = time.perf_counter()
+    environment.reset_peak_rss()
     dataset: Dataset = instantiate(cfg.dataset).load(progress=cfg.progress)
     method = instantiate(cfg.method)
     extracted, extract_s, cached = extract_cached(method.extractor, dataset, cfg)
 
+    warm_up(method, extracted.features)
     t_match = time.perf_counter()
     scored = method.score_pairs(extracted.features)
     match_s = time.perf_counter() - t_match
@@ -96,7 +106,8 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> dict:
             "comparisons_per_s": comparisons / match_s if match_s > 0 else None,
             "comparisons": comparisons,
         },
-        "memory": {"peak_rss_mb": environment.peak_rss_mb(), "peak_gpu_mb": environment.peak_gpu_mb()},
+        "memory": {"peak_rss_mb": environment.peak_rss_mb(), "peak_gpu_mb": environment.peak_gpu_mb(),
+                   "peak_rss_workers_mb": environment.peak_rss_children_mb()},
         "env": {
             "device": method.device,
             "fallback": method.fallback,

@@ -30,12 +30,29 @@ class BinaryMatcher(ABC):
         keep = pairs.a < pairs.b
         return Pairs(pairs.a[keep], pairs.b[keep], pairs.dist[keep])
 
+    def warm_up(self, features) -> None:
+        """Run once on two codes of the features' width, so one-off compilation is not timed."""
+        words = _words_of(features)
+        if words is not None:
+            self.self_join(np.zeros((2, words.shape[1]), np.uint64), 0)
+
     @abstractmethod
     def topk(self, queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest database rows per query: (indices (Q, k) int64, distances (Q, k) int32).
 
         Ties are broken by the lower database index; with fewer than k rows, the rest is -1 / max int.
         """
+
+
+def _words_of(features) -> np.ndarray | None:
+    """The uint64 codes a binary matcher will search for these features (hash codes or descriptors)."""
+    from simbench.types import bytes_to_words
+
+    if hasattr(features, "words"):
+        return features.words
+    if getattr(features, "binary", False) and len(getattr(features, "descriptors", ())):
+        return bytes_to_words(features.descriptors[:2])
+    return None
 
 
 def as_words(codes) -> np.ndarray:
