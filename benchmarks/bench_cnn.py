@@ -298,7 +298,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", nargs="+", default=["workers", "throughput", "accuracy", "lsh"])
     p.add_argument("--backbones", nargs="+", default=ALL_BACKBONES)
-    p.add_argument("--workers-backbones", nargs="+", default=["efficientnet_lite0", "resnet50"])
+    p.add_argument("--workers-backbones", nargs="+", default=["efficientnet_lite0", "mobilenet_v3_small"])
     p.add_argument("--rounds", type=int, default=3, help="pipeline rounds, each between two bare rounds")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=1, help="decode workers for the per-backbone tables")

@@ -363,17 +363,18 @@ def test_workers_finish_under_a_sigterm_catching_parent(photos, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(
         "import signal, sys\n"
-        "signal.signal(signal.SIGTERM, lambda *a: None)\n"
         "from simbench.features import fasthash\n"
         "from simbench.features.hashes import HashExtractor\n"
-        f"paths = {[str(p) for p in photos[:6]]!r}\n"
-        "got = HashExtractor('dhash', workers=2, batch_size=1).extract(paths)\n"
-        "assert len(got.rows) == 6\n"
-        "ext = HashExtractor('dhash', workers=2, batch_size=1)\n"
-        "gen = fasthash.iter_batches(fasthash.hash_batch, ext.spec, paths, 1, 2)\n"
-        "next(gen)\n"
-        "gen.close()\n"
-        "print('ok')\n")
+        "if __name__ == '__main__':\n"
+        "    signal.signal(signal.SIGTERM, lambda *a: None)\n"
+        f"    paths = {[str(p) for p in photos[:6]]!r}\n"
+        "    got = HashExtractor('dhash', workers=2, batch_size=1).extract(paths)\n"
+        "    assert len(got.rows) == 6\n"
+        "    ext = HashExtractor('dhash', workers=2, batch_size=1)\n"
+        "    gen = fasthash.iter_batches(fasthash.hash_batch, ext.spec, paths, 1, 2)\n"
+        "    next(gen)\n"
+        "    gen.close()\n"
+        "    print('ok')\n")
     import os
     from pathlib import Path
 

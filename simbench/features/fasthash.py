@@ -697,7 +697,7 @@ def map_batches(fn: Callable, spec, batches: Sequence[Sequence[tuple[int, str]]]
                 ) -> Iterator:
     """Yield fn(spec, batch) for every batch, in order; over `workers` processes when workers > 1.
 
-    Processes are forked (cheap to start, nothing to re-import) where the platform allows it. When all
+    Workers come from a fork server that has this module preloaded (cheap to start, thread-safe). When all
     batches are done the pool is closed and joined (no signals); it is terminated only when the caller
     stops early or fails.
     """
@@ -709,8 +709,12 @@ def map_batches(fn: Callable, spec, batches: Sequence[Sequence[tuple[int, str]]]
         return
     import multiprocessing as mp
 
+    # Not "fork": the parent may hold threads (numba, OpenMP in faiss/torch, OpenCV) whose locks a forked
+    # child inherits mid-use, and then hangs. A fork server is a clean process that forks the workers.
     methods = mp.get_all_start_methods()
-    ctx = mp.get_context("fork" if "fork" in methods else None)
+    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if ctx.get_start_method() == "forkserver":
+        ctx.set_forkserver_preload([__name__])
     pool = ctx.Pool(min(workers, len(jobs)), initializer=_init_worker)
     try:
         yield from pool.imap(_call, jobs)

@@ -56,8 +56,9 @@ DEFAULTS = {
     # Calibrated score (estimated precision) at and above which a pair is a duplicate: groups.json and
     # the report's starting threshold. 0.95 measured precision 1.0 on both benchmark sets (results/find.md).
     "threshold": 0.95,
-    # Pairs scoring below this are not written (pairs.csv, report slider minimum).
-    "min_score": 0.1,
+    # Pairs scoring below this are not written (pairs.csv, report slider minimum), and do not link:
+    # pairs less likely true than false would mostly chain unrelated groups together.
+    "min_score": 0.5,
     # Score pairs joined through others (product along the strongest chain); groups bigger than
     # max_linked_group get no such pairs (their direct pairs are still there).
     "link": True,

@@ -108,8 +108,8 @@ TEMPLATE = r"""<!DOCTYPE html>
   figure .frame { width: 172px; height: 172px; display: flex; align-items: center; justify-content: center;
                   background: #f0f1f3; border-radius: 6px; border: 1px solid var(--line); overflow: hidden; }
   figure img { max-width: 160px; max-height: 160px; display: block; }
-  figcaption { font-size: 12px; color: var(--muted); margin-top: 4px; word-break: break-all; line-height: 1.3; }
-  figcaption b { color: var(--ink); font-weight: 600; }
+  figcaption { font-size: 12px; color: var(--muted); margin-top: 4px; line-height: 1.3; }
+  figcaption b { display: block; color: var(--ink); font-weight: 600; word-break: break-all; }
   details.pairs { margin-top: 8px; font-size: 12.5px; }
   details.pairs summary { cursor: pointer; color: var(--accent); }
   table { border-collapse: collapse; width: 100%; }
@@ -198,7 +198,7 @@ function computeGroups() {
 function caption(item) {
   const name = item.s.split(/[\\/]/).pop();
   const parts = [el("b", { text: name })];
-  if (item.p !== null) parts.push(document.createTextNode(` · page ${item.p} · image ${item.d.split("image=").pop()}`));
+  if (item.p !== null) parts.push(document.createTextNode(`page ${item.p} · image ${item.d.split("image=").pop()}`));
   return parts;
 }
 
@@ -207,7 +207,7 @@ function renderGroup(g, rank) {
   const methods = [...new Set(g.pairs.map(([p]) => METHODS[p[3]]))];
   const head = el("div", { class: "group-head" },
     el("span", { class: "rank", text: `#${rank}` }),
-    el("span", { class: "badge", style: `background:${colour(g.best)}`, text: g.best.toFixed(2) }),
+    el("span", { class: "badge", style: `background:${colour(g.best)}`, text: g.best.toFixed(3) }),
     el("span", { class: "meta", text: `${members.length} images · ${plural(g.pairs.length, "pair")}` }),
     ...methods.map((m) => el("span", { class: "tag", text: m })));
   const thumbs = el("div", { class: "thumbs" });
