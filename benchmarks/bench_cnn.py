@@ -1,7 +1,7 @@
 """CNN embedding benchmarks (issue 4): throughput per backbone, pipeline vs bare forward, accuracy on the
 synthetic set, and random-hyperplane LSH vs exact cosine on 100k embeddings. Prints Markdown tables.
 
-    python benchmarks/bench_cnn.py                       # everything (about 10 minutes on 2 quiet cores)
+    python benchmarks/bench_cnn.py                       # everything (~10 min on 2 quiet cores, 30 busy)
     python benchmarks/bench_cnn.py --write results/cnn.md
     python benchmarks/bench_cnn.py --sections throughput --backbones efficientnet_lite0 resnet50
 

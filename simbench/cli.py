@@ -34,8 +34,8 @@ def implied_method(overrides: list[str]) -> list[str]:
     unless a method is named explicitly or two groups would imply different methods."""
     if any(o.split("=", 1)[0].lstrip("+~") == "method" for o in overrides):
         return overrides
-    implied = {METHOD_OF_GROUP[o.split("=", 1)[0]] for o in overrides
-               if "=" in o and o.split("=", 1)[0] in METHOD_OF_GROUP}
+    keys = [o.split("=", 1)[0].lstrip("+") for o in overrides if "=" in o]
+    implied = {METHOD_OF_GROUP[k] for k in keys if k in METHOD_OF_GROUP}
     if len(implied) != 1:
         return overrides
     return [*overrides, f"method={implied.pop()}"]

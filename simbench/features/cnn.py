@@ -26,7 +26,6 @@ Steps, one small function each:
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence

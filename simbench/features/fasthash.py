@@ -695,11 +695,12 @@ def _call(job):
 
 def map_batches(fn: Callable, spec, batches: Sequence[Sequence[tuple[int, str]]], workers: int
                 ) -> Iterator:
-    """Yield fn(spec, batch) for every batch, in order; over `workers` processes when workers > 1.
+    """Yield fn(spec, batch) for every batch, in order; over `workers` threads when workers > 1.
 
-    Workers come from a fork server that has this module preloaded (cheap to start, thread-safe). When all
-    batches are done the pool is closed and joined (no signals); it is terminated only when the caller
-    stops early or fails.
+    Threads, not processes: JPEG decoding and resizing in Pillow, and NumPy's array work, release the GIL,
+    so threads use the cores without starting interpreters; and unlike forked processes they cannot
+    inherit a lock held by another thread (numba, OpenMP, OpenCV), nor hang inside job runners (joblib,
+    submitit) that handle signals or processes their own way.
     """
     jobs = [(fn, spec, list(batch)) for batch in batches]
     prepare(spec)
@@ -707,23 +708,16 @@ def map_batches(fn: Callable, spec, batches: Sequence[Sequence[tuple[int, str]]]
         for job in jobs:
             yield _call(job)
         return
-    import multiprocessing as mp
+    from concurrent.futures import ThreadPoolExecutor
 
-    # Not "fork": the parent may hold threads (numba, OpenMP in faiss/torch, OpenCV) whose locks a forked
-    # child inherits mid-use, and then hangs. A fork server is a clean process that forks the workers.
-    methods = mp.get_all_start_methods()
-    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-    if ctx.get_start_method() == "forkserver":
-        ctx.set_forkserver_preload([__name__])
-    pool = ctx.Pool(min(workers, len(jobs)), initializer=_init_worker)
-    try:
-        yield from pool.imap(_call, jobs)
-        pool.close()
-    except BaseException:  # an error, or the caller closed the generator early
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+    with ThreadPoolExecutor(min(workers, len(jobs)), thread_name_prefix="simbench-hash") as pool:
+        futures = [pool.submit(_call, job) for job in jobs]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:
+            for future in futures:  # the caller stopped early or failed: drop what has not started
+                future.cancel()
 
 
 def split_batches(n: int, batch_size: int, workers: int) -> list[range]:
