@@ -234,13 +234,9 @@ def main(argv=None):
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
+    from simbench.environment import cpu_model as model
+
+    return model()
 
 
 # ------------------------------------------------------------------------------------------- table

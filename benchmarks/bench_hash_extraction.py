@@ -123,13 +123,9 @@ def _loadavg() -> str:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from simbench.environment import cpu_model as model
+
+    return model()
 
 
 def main(argv=None) -> int:

@@ -88,14 +88,22 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> dict:
     match_s = time.perf_counter() - t_match
     pairs = to_dataset_indices(scored, extracted.rows)
 
-    metrics = evaluate(pairs, dataset.truth, dataset.labels, method.threshold)
+    # True pairs with an unreadable image cannot be found by any method: they are reported in `skipped`
+    # and left out of the metrics (dataset.n_true_pairs_evaluated says how many remain).
+    truth = dataset.truth
+    if truth is not None:
+        readable = np.zeros(len(dataset), bool)
+        readable[extracted.rows] = True
+        truth = truth[readable[truth[:, 0]] & readable[truth[:, 1]]]
+    metrics = evaluate(pairs, truth, dataset.labels, method.threshold)
     n_images = len(extracted.rows)
     comparisons = float(scored.extra.get("comparisons", n_images * (n_images - 1) / 2))
     skipped = [s.__dict__ for s in (*dataset.skipped, *extracted.skipped)]
     result = {
         "name": cfg.get("name") or type(method).__name__,
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "dataset": {"name": dataset.name, "n_images": len(dataset), "n_true_pairs": dataset.n_true_pairs},
+        "dataset": {"name": dataset.name, "n_images": len(dataset), "n_true_pairs": dataset.n_true_pairs,
+                    "n_true_pairs_evaluated": None if truth is None else len(truth)},
         "metrics": metrics,
         "timing": {
             "extract_s": extract_s,
@@ -124,7 +132,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> dict:
     if cfg.get("save_pairs", True):
         with open(out_dir / "pairs.npz", "wb") as f:
             np.savez_compressed(f, a=pairs.a, b=pairs.b, score=pairs.score,
-                                truth=dataset.truth if dataset.truth is not None else np.empty((0, 2), np.int64),
+                                truth=truth if truth is not None else np.empty((0, 2), np.int64),
                                 labels=np.array(dataset.labels, dtype=str))
     return result
 

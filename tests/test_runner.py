@@ -99,5 +99,8 @@ def test_bad_files_in_a_folder_are_skipped_with_reasons(tmp_path, photos):
     reasons = {Path(s["path"]).name: s["reason"] for s in result["skipped"]}
     assert set(reasons) == {"empty.jpg", "notes.txt", "broken.png"}
     assert all(reasons.values())
-    assert result["dataset"]["n_true_pairs"] == 1
+    # g2 lists c.jpg, empty.jpg and broken.png as one group: 1 + 3 true pairs, of which only g1's has two
+    # readable images; the others cannot be found by any method and are left out of the metrics.
+    assert result["dataset"]["n_true_pairs"] == 4
+    assert result["dataset"]["n_true_pairs_evaluated"] == 1
     assert result["metrics"]["recall"] == 1.0
