@@ -67,6 +67,8 @@ DEFAULTS = {
     "workers": 0,
     "pdf": {"min_side_px": 32, "min_side_pt": 24.0, "min_render_side": 512, "max_render_side": 1024,
             "jpeg_quality": 92, "thumb_side": 160},
+    # AGAST threshold 8 (OpenCV's default is 30): low-contrast photos (retina, moon, cells) need it to give
+    # corners at all; 500 per image caps the rest. mirror: flipped copies match. See results/find.md.
     "keypoints": {
         "extractor": {"_target_": "simbench.features.keypoints.KeypointExtractor", "detector": "brisk",
                       "max_features": 500, "max_size": 640, "threshold": 8, "mirror": True, "workers": 0},
