@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("torchvision")
+import torch
+import torchvision  # noqa: F401
 
 from simbench.features.cnn import (  # noqa: E402
     BACKBONES,
@@ -188,7 +188,7 @@ def test_choose_pieces_prunes_at_high_thresholds_only():
 
 
 def test_lsh_is_a_subset_of_exact_with_high_recall():
-    lsh_mod = pytest.importorskip("simbench.match.lsh")
+    import simbench.match.lsh as lsh_mod
     x = clustered(2000, 64, 400, 0.2, seed=4)
     truth = brute_pairs(x, 0.95)
     lsh = HyperplaneLshMatcher(lsh_mod.MultiIndexHashMatcher(), bits=256, target_recall=0.95, max_visit=1.0)
@@ -219,13 +219,13 @@ def test_lsh_topk_reranks_by_cosine():
 
 def test_cosine_matcher_for_maps_every_binary_matcher_name():
     assert isinstance(cosine_matcher_for(ExactMatcher()), ExactCosineMatcher)
-    lsh_mod = pytest.importorskip("simbench.match.lsh")
+    import simbench.match.lsh as lsh_mod
     binary = lsh_mod.MultiIndexHashMatcher()
     m = cosine_matcher_for(binary, lsh_bits=128, lsh_recall=0.9)
     assert isinstance(m, HyperplaneLshMatcher) and m.index is binary and (m.bits, m.target_recall) == (128, 0.9)
-    gpu = pytest.importorskip("simbench.match.gpu")
+    import simbench.match.gpu as gpu
     assert isinstance(cosine_matcher_for(gpu.GpuMatcher()), TorchCudaCosineMatcher)
-    faiss_peer = pytest.importorskip("simbench.match.faiss_peer")
+    import simbench.match.faiss_peer as faiss_peer
     assert isinstance(cosine_matcher_for(faiss_peer.FaissMatcher()), FaissCosineMatcher)
     already = ExactCosineMatcher()
     assert cosine_matcher_for(already) is already
@@ -425,7 +425,6 @@ def test_cnn_method_config_with_every_matcher(matcher, expected, tmp_path):
 
     from simbench.methods.cnn import CnnMethod
 
-    pytest.importorskip(f"simbench.match.{ {'lsh': 'lsh', 'gpu': 'gpu', 'faiss': 'faiss_peer'}.get(matcher, 'exact') }")
     cfg = _compose(["method=cnn", "backbone=resnet50", f"matcher={matcher}", f"cache_dir={tmp_path}"])
     method = instantiate(cfg.method)
     assert isinstance(method, CnnMethod) and isinstance(method.matcher, expected)
@@ -435,7 +434,6 @@ def test_cnn_method_config_with_every_matcher(matcher, expected, tmp_path):
 @pytest.mark.slow
 def test_end_to_end_run_on_the_synthetic_set(tmp_path):
     """The runner with method=cnn on a small synthetic set: result.json names the run and its device."""
-    pytest.importorskip("simbench.data.synthetic")
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pymupdf = pytest.importorskip("pymupdf")
+import pymupdf
 
 from simbench.cli import find_main  # noqa: E402
 from simbench.find import cascade, outputs  # noqa: E402

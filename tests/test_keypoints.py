@@ -12,7 +12,7 @@ from simbench.match.oracle import OracleMatcher
 from simbench.methods.keypoints import SCORES, KeypointMethod, bag_score
 from simbench.types import KeypointSets, Pairs
 
-skdata = pytest.importorskip("skimage.data")
+import skimage.data as skdata
 
 DETECTORS = ["brisk", "orb", "akaze", "sift"]
 SOURCES = ["astronaut", "camera", "coffee", "rocket"]  # skimage's chelsea and cat are one photo: not both
@@ -397,7 +397,7 @@ def test_sift_ratio_path_agrees_with_bf_matcher_on_photos(photo_set):
 
 def test_exact_matcher_gives_the_oracle_scores():
     """The method on simbench's own matcher: same pairs and scores as on the NumPy oracle."""
-    exact = pytest.importorskip("simbench.match.exact")
+    import simbench.match.exact as exact
     features = _random_keypoint_sets(5, n_images=9)
     for score in SCORES:
         want = KeypointMethod(None, OracleMatcher(), distance_threshold=12, score=score).score_pairs(features)

@@ -55,6 +55,16 @@ def _words_of(features) -> np.ndarray | None:
     return None
 
 
+#: Top-k distance of a slot with no database row (fewer than k rows).
+NO_DISTANCE = np.iinfo(np.int32).max
+
+
+def unfilled_topk(n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k output before the search: every slot empty (index -1, distance NO_DISTANCE)."""
+    k = max(int(k), 0)
+    return np.full((n_queries, k), -1, np.int64), np.full((n_queries, k), NO_DISTANCE, np.int32)
+
+
 def as_words(codes) -> np.ndarray:
     """Accept BinaryCodes or a uint64 array; return a C-contiguous uint64 (N, W) array."""
     words = getattr(codes, "words", codes)

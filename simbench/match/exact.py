@@ -26,11 +26,10 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from simbench.match.base import BinaryMatcher, as_words
+from simbench.match.base import BinaryMatcher, as_words, unfilled_topk
 from simbench.match.popcount import popcount64
 from simbench.types import Pairs
 
-INT32_MAX = np.iinfo(np.int32).max
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -349,8 +348,7 @@ class ExactMatcher(BinaryMatcher):
     def topk(self, queries, database, k):
         q, db = _same_width(queries, database)
         k = int(k)
-        idx = np.full((len(q), max(k, 0)), -1, np.int64)
-        dist = np.full((len(q), max(k, 0)), INT32_MAX, np.int32)
+        idx, dist = unfilled_topk(len(q), k)
         if k <= 0 or len(q) == 0 or len(db) == 0:
             return idx, dist
         kk = min(k, len(db))

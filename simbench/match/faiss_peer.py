@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simbench.match.base import BinaryMatcher, as_words
+from simbench.match.base import BinaryMatcher, as_words, unfilled_topk
 from simbench.types import Pairs
 
 INT32_MAX = np.iinfo(np.int32).max
@@ -49,8 +49,7 @@ class FaissMatcher(BinaryMatcher):
     def topk(self, queries, database, k):
         q, db = _as_bytes(queries, database)
         k = int(k)
-        idx = np.full((len(q), max(k, 0)), -1, np.int64)
-        dist = np.full((len(q), max(k, 0)), INT32_MAX, np.int32)
+        idx, dist = unfilled_topk(len(q), k)
         if k <= 0 or len(q) == 0 or len(db) == 0:
             return idx, dist
         # faiss's heap breaks ties by the lower id, like the oracle; rows beyond the database are -1.

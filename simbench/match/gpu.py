@@ -31,12 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from simbench.match.base import BinaryMatcher, as_words
+from simbench.match.base import BinaryMatcher, as_words, unfilled_topk
 from simbench.types import Pairs
 
 log = logging.getLogger(__name__)
 
-INT32_MAX = np.iinfo(np.int32).max
 
 #: The CUDA source: kernels/ at the repository root (SIMBENCH_KERNELS overrides the folder).
 KERNEL_DIR = Path(os.environ.get("SIMBENCH_KERNELS", Path(__file__).resolve().parents[2] / "kernels"))
@@ -284,8 +283,7 @@ class GpuMatcher(BinaryMatcher):
         if k > TOPK_KMAX[-1] or q.shape[1] > WORDS[-1]:
             return self._cpu_matcher(f"top-k with k={k} or {q.shape[1]} words is beyond the GPU kernels "
                                      f"(k <= {TOPK_KMAX[-1]}, W <= {WORDS[-1]})").topk(q, db, k)
-        idx = np.full((len(q), max(k, 0)), -1, np.int64)
-        dist = np.full((len(q), max(k, 0)), INT32_MAX, np.int32)
+        idx, dist = unfilled_topk(len(q), k)
         if k <= 0 or len(q) == 0 or len(db) == 0:
             return idx, dist
         width = next(w for w in WORDS if w >= q.shape[1])

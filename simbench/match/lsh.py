@@ -50,7 +50,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from simbench.match.base import BinaryMatcher, as_words
+from simbench.match.base import BinaryMatcher, as_words, unfilled_topk
 from simbench.match.popcount import popcount64
 from simbench.types import Pairs
 
@@ -926,8 +926,7 @@ class MultiIndexHashMatcher(BinaryMatcher):
         """Exact brute force (ties by lower index): k-NN needs no radius, so no pigeonhole to exploit."""
         q, db = as_words(queries), as_words(database)
         k = int(k)
-        idx = np.full((len(q), k), -1, np.int64)
-        dist = np.full((len(q), k), INT32_MAX, np.int32)
+        idx, dist = unfilled_topk(len(q), k)
         if k > 0 and len(q) and len(db):
             self._with_threads(_topk_scan, q, db, k, db.shape[1] * 64, idx, dist)
         return idx, dist

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simbench.match.base import BinaryMatcher, as_words
+from simbench.match.base import BinaryMatcher, as_words, unfilled_topk
 from simbench.types import Pairs
 
 
@@ -26,8 +26,7 @@ class OracleMatcher(BinaryMatcher):
     def topk(self, queries, database, k):
         dist = hamming_matrix(queries, database)
         q, n = dist.shape
-        idx = np.full((q, k), -1, np.int64)
-        out = np.full((q, k), np.iinfo(np.int32).max, np.int32)
+        idx, out = unfilled_topk(q, k)
         order = np.argsort(dist, axis=1, kind="stable")[:, :k]  # stable: ties by lower index
         idx[:, : order.shape[1]] = order
         out[:, : order.shape[1]] = np.take_along_axis(dist, order, axis=1)
