@@ -345,7 +345,10 @@ def evaluate(pairs: ScoredPairs, truth, labels=None, threshold: float | None = N
     """All metrics of a run, the `metrics` object of result.json; None when there is no ground truth.
 
     Keys: uap, recall_at_p90, threshold_at_p90 (ISC2021, see module docstring), precision, recall, f1
-    at `threshold` (score >= threshold; None means threshold_at_p90), threshold, per_transform_recall.
+    at `threshold` (score >= threshold; None means threshold_at_p90), threshold, per_transform_recall
+    (at `threshold`), per_transform_recall_at_p90 (at threshold_at_p90: the same precision for every
+    method, so that methods whose own thresholds sit at different precisions compare fairly; all 0.0
+    when precision 0.9 is never reached).
     Duplicated predictions are collapsed first (max score). threshold_at_p90 is nan when precision
     0.9 is never reached (json.dumps writes it as NaN; a strict JSON writer must map it to null).
     """
@@ -369,6 +372,7 @@ def evaluate(pairs: ScoredPairs, truth, labels=None, threshold: float | None = N
         "f1": at["f1"],
         "threshold": threshold,
         "per_transform_recall": per_transform_recall(pairs, t, labels, threshold),
+        "per_transform_recall_at_p90": per_transform_recall(pairs, t, labels, t90),
     }
 
 

@@ -7,8 +7,10 @@ everything shown here is computed from them afterwards:
   precision 0.9 with 95% bootstrap intervals (duplicate groups resampled, from pairs.npz), precision,
   recall, F1 at the method's threshold, images/s, comparisons/s, device, peak memory;
 * a CPU-versus-GPU table when the same configuration ran on both;
+* recall per transform kind, at each method's threshold and at its precision-0.9 operating point (the same
+  precision for every method): Markdown tables and CSV;
 * plots: precision-recall curves, accuracy against throughput with the Pareto front, recall per
-  transform as a heat map (PNG and SVG).
+  transform as heat maps (PNG and SVG).
 
 Runs whose configuration (and machine) is identical are one row: metrics from the newest run, timings
 the median over all of them (machines are noisy), peak memory the maximum.
@@ -228,6 +230,7 @@ def summarise(runs: Sequence[Run], n_boot: int = 200, seed: int = 0) -> list[dic
         }
         row.update(_bootstrap(newest, n_boot, seed))
         row["per_transform_recall"] = dict(metrics.get("per_transform_recall") or {})
+        row["per_transform_recall_at_p90"] = dict(metrics.get("per_transform_recall_at_p90") or {})
         row["_neutral"] = _device_neutral(newest)
         row["_pairs"] = str(newest.pairs_path) if newest.pairs_path.exists() else None
         rows.append(row)
@@ -563,21 +566,55 @@ def plot_accuracy_vs_throughput(rows: Sequence[dict], out: Path, formats: Sequen
     return _save(fig, out, f"accuracy_vs_{rate}", formats)
 
 
-def transform_matrix(rows: Sequence[dict]) -> tuple[list[str], list[str], np.ndarray]:
+#: Per-transform recall as result.json has it: at each method's threshold, and at its precision-0.9 point.
+TRANSFORM_RECALLS = {
+    "per_transform_recall": ("transform_recall", "at each method's threshold"),
+    "per_transform_recall_at_p90": ("transform_recall_at_p90",
+                                    "at precision 0.9 (each method's threshold_at_p90)"),
+}
+
+
+def transform_matrix(rows: Sequence[dict], key: str = "per_transform_recall"
+                     ) -> tuple[list[str], list[str], np.ndarray]:
     """(configurations, transforms, recall matrix with nan where a transform is absent)."""
-    chosen = [r for r in rows if r["per_transform_recall"]]
-    transforms = sorted({t for r in chosen for t in r["per_transform_recall"]})
+    chosen = [r for r in rows if r.get(key)]
+    transforms = sorted({t for r in chosen for t in r[key]})
     m = np.full((len(chosen), len(transforms)), np.nan)
     for i, r in enumerate(chosen):
         for j, t in enumerate(transforms):
-            v = r["per_transform_recall"].get(t)
+            v = r[key].get(t)
             m[i, j] = np.nan if v is None else v
     return [r["configuration"] for r in chosen], transforms, m
 
 
-def plot_transform_heatmap(rows: Sequence[dict], out: Path, formats: Sequence[str]) -> list[Path]:
+def transform_markdown(rows: Sequence[dict]) -> str:
+    """Markdown tables of recall per transform (one per operating point), with micro-AP and R@P90 in front
+    and, at the method's threshold, the precision there (recall alone says little where precision is low)."""
+    by_name = {r["configuration"]: r for r in rows}
+    parts = []
+    for key, (_, title) in TRANSFORM_RECALLS.items():
+        names, transforms, m = transform_matrix(rows, key)
+        if not names:
+            continue
+        at_threshold = key == "per_transform_recall"
+        head = ["configuration", "µAP", "R@P90"] + (["P"] if at_threshold else []) + transforms
+        lines = [f"Recall of (reference, copy) pairs per transform, {title}:", "",
+                 "| " + " | ".join(head) + " |", "|:--|" + "--:|" * (len(head) - 1)]
+        for name, line in zip(names, m):
+            r = by_name[name]
+            front = [_cell(r, "uap", "metric", False), _cell(r, "recall_at_p90", "metric", False)]
+            if at_threshold:
+                front.append(_cell(r, "precision", "metric", False))
+            cells = ["-" if np.isnan(v) else f"{v:.2f}" for v in line]
+            lines.append("| " + " | ".join([name.replace("|", "\\|"), *front, *cells]) + " |")
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def plot_transform_heatmap(rows: Sequence[dict], out: Path, formats: Sequence[str],
+                           key: str = "per_transform_recall") -> list[Path]:
     """Recall of (reference, copy) pairs per transform kind (rows: configurations) at each threshold."""
-    names, transforms, m = transform_matrix(rows)
+    names, transforms, m = transform_matrix(rows, key)
     if not names:
         return []
     fig = _figure(max(5.0, 1.0 + 0.55 * len(transforms) + 0.06 * max(map(len, names))),
@@ -593,8 +630,9 @@ def plot_transform_heatmap(rows: Sequence[dict], out: Path, formats: Sequence[st
                     ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
                             color="black" if m[i, j] > 0.6 else "white")
     fig.colorbar(im, ax=ax, label="recall")
-    ax.set_title("Recall per transform")
-    return _save(fig, out, "transform_recall", formats)
+    stem, title = TRANSFORM_RECALLS[key]
+    ax.set_title(f"Recall per transform, {title}", fontsize=9)
+    return _save(fig, out, stem, formats)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -623,14 +661,19 @@ def report(paths: Sequence[str | Path], out: str | Path, n_boot: int = 200, seed
     write_csv(out / "summary.csv", rows, CSV_FIELDS)
     written["tables"] += [out / "summary.md", out / "summary.tex", out / "summary.csv"]
 
-    names, transforms, m = transform_matrix(rows)
-    if names:
-        with open(out / "transform_recall.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["configuration", *transforms])
-            for name, line in zip(names, m):
-                w.writerow([name, *["" if np.isnan(v) else v for v in line]])
-        written["tables"].append(out / "transform_recall.csv")
+    for key, (stem, _) in TRANSFORM_RECALLS.items():
+        names, transforms, m = transform_matrix(rows, key)
+        if names:
+            with open(out / f"{stem}.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["configuration", *transforms])
+                for name, line in zip(names, m):
+                    w.writerow([name, *["" if np.isnan(v) else v for v in line]])
+            written["tables"].append(out / f"{stem}.csv")
+    transform_md = transform_markdown(rows)
+    if transform_md:
+        (out / "transform_recall.md").write_text(transform_md)
+        written["tables"].append(out / "transform_recall.md")
 
     pairs = cpu_gpu_rows(rows)
     for stale in ("cpu_vs_gpu.md", "cpu_vs_gpu.tex", "cpu_vs_gpu.csv"):
@@ -646,7 +689,8 @@ def report(paths: Sequence[str | Path], out: str | Path, n_boot: int = 200, seed
     written["plots"] += plot_pr_curves(rows, out, formats)
     for rate in ("images_per_s", "comparisons_per_s"):
         written["plots"] += plot_accuracy_vs_throughput(rows, out, formats, rate)
-    written["plots"] += plot_transform_heatmap(rows, out, formats)
+    for key in TRANSFORM_RECALLS:
+        written["plots"] += plot_transform_heatmap(rows, out, formats, key)
 
     _write_index(out, rows, pairs, written, paths, n_boot, seed, command)
     written["tables"].append(out / "README.md")
@@ -672,6 +716,9 @@ def _write_index(out: Path, rows, pairs, written, paths, n_boot, seed, command) 
               "## All configurations", "", markdown_table(rows, SUMMARY_COLUMNS)]
     if pairs:
         lines += ["## CPU against GPU", "", markdown_table(pairs, CPU_GPU_COLUMNS)]
+    transform_md = transform_markdown(rows)
+    if transform_md:
+        lines += ["## Recall per transform", "", transform_md]
     pngs = [p for p in written["plots"] if p.suffix == ".png"]
     if pngs:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]

@@ -114,6 +114,8 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> dict:
             "comparisons_per_s": comparisons / match_s if match_s > 0 else None,
             "comparisons": comparisons,
         },
+        # Scalars the method reports about its own work (descriptor pairs, pairs verified, stage seconds).
+        "method_stats": {k: v for k, v in scored.extra.items() if np.ndim(v) == 0},
         "memory": {"peak_rss_mb": environment.peak_rss_mb(), "peak_gpu_mb": environment.peak_gpu_mb(),
                    "peak_rss_workers_mb": environment.peak_rss_children_mb()},
         "env": {

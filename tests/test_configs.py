@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from simbench.run import CONFIG_DIR
 
-GROUPS = ["hash", "matcher", "dataset", "method"]
+GROUPS = ["hash", "detector", "matcher", "dataset", "method"]
 
 
 def config_files():

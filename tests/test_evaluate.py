@@ -266,12 +266,17 @@ def test_evaluate_keys_and_values():
     m = evaluate(pairs, truth, labels, threshold=0.75)
     assert set(m) == {
         "uap", "recall_at_p90", "threshold_at_p90", "precision", "recall", "f1", "threshold",
-        "per_transform_recall",
+        "per_transform_recall", "per_transform_recall_at_p90",
     }
     assert m["uap"] == pytest.approx((1 + 2 / 3) / 2)
     assert (m["recall_at_p90"], m["threshold_at_p90"]) == (0.5, 0.9)
     assert (m["precision"], m["recall"], m["threshold"]) == (0.5, 0.5, 0.75)
     assert m["per_transform_recall"] == {"crop": 0.0, "rotate": 1.0}
+    assert m["per_transform_recall_at_p90"] == {"crop": 0.0, "rotate": 1.0}  # threshold 0.9
+    # precision 0.9 never reached: nothing is called at that operating point
+    never = evaluate(sp([(1, 4, 0.9), (0, 1, 0.8)]), truth, labels, threshold=0.5)
+    assert never["per_transform_recall"] == {"crop": 0.0, "rotate": 1.0}
+    assert never["per_transform_recall_at_p90"] == {"crop": 0.0, "rotate": 0.0}
     # default threshold: the one at precision 0.9
     assert evaluate(pairs, truth, labels)["threshold"] == 0.9
     assert evaluate(pairs, None, labels, 0.5) is None

@@ -194,10 +194,36 @@ def test_real_brisk_queries_differ_from_database(brisk_words):
 def test_real_brisk_blocks_change_nothing(brisk_words, brisk_truth):
     """Database and query blocks (odd sizes, so blocks split matches) return the same pairs."""
     matcher = MultiIndexHashMatcher(database_block=337, query_block=101)
-    assert_same(matcher.self_join(brisk_words, 31), brisk_truth)
+    assert_same(matcher._blocked(brisk_words, brisk_words, 31, upper=True), brisk_truth)
     queries = brisk_words[::5]
     whole = MultiIndexHashMatcher().range_search(queries, brisk_words, 31)  # = oracle, tested above
     assert_same(matcher.range_search(queries, brisk_words, 31), whole)
+
+
+def test_self_join_by_buckets_equals_search_by_queries(brisk_words, brisk_truth):
+    """self_join walks buckets (radius + 1 pieces of 16 bits); searching every row as a query (the
+    path range_search takes, and self_join with multi-probe layouts) finds the same pairs."""
+    matcher = MultiIndexHashMatcher(threads=2)
+    got = matcher.self_join(brisk_words, 31)
+    assert matcher.last_compared > len(got)  # the bucket path ran, and verified more than it kept
+    assert_same(got, brisk_truth)
+    assert_same(matcher._blocked(brisk_words, brisk_words, 31, upper=True), brisk_truth)
+
+
+@pytest.mark.parametrize("permutation", PERMUTATIONS)
+def test_self_join_by_buckets_with_one_huge_bucket(permutation):
+    """Hundreds of near-copies of one code share most pieces: each pair must come out once, with every
+    pair inside and at the radius boundary, as the oracle says."""
+    rng = np.random.default_rng(11)
+    base = rng.integers(0, 2**64, size=(300, 8), dtype=np.uint64)
+    crowd = [flip(base[0], rng.choice(512, size=int(rng.integers(0, 20)), replace=False)) for _ in range(250)]
+    crowd += [flip(base[1], rng.choice(512, size=d, replace=False)) for d in (30, 31, 32, 33)]
+    db = np.concatenate([base, np.array(crowd)])[rng.permutation(554)]
+    matcher = MultiIndexHashMatcher(permutation=permutation, threads=1)
+    want = oracle_self_join(db, 31)
+    assert len(want) > 250 * 249 // 2 * 0.9
+    assert_same(matcher.self_join(db, 31), want)
+    assert matcher.last_compared > 0
 
 
 def test_tiny_hit_slots_overflow_path(brisk_words, brisk_truth):

@@ -109,8 +109,10 @@ def test_report_writes_every_table_and_plot(sweep, tmp_path):
     out = tmp_path / "report"
     written = report.report([root], out, n_boot=100)
     names = {p.name for v in written.values() for p in v}
-    assert {"summary.md", "summary.tex", "summary.csv", "transform_recall.csv", "README.md"} <= names
-    for stem in ("pr_curves", "accuracy_vs_images_per_s", "accuracy_vs_comparisons_per_s", "transform_recall"):
+    assert {"summary.md", "summary.tex", "summary.csv", "transform_recall.csv", "transform_recall_at_p90.csv",
+            "transform_recall.md", "README.md"} <= names
+    for stem in ("pr_curves", "accuracy_vs_images_per_s", "accuracy_vs_comparisons_per_s", "transform_recall",
+                 "transform_recall_at_p90"):
         assert {f"{stem}.png", f"{stem}.svg"} <= names
     assert "cpu_vs_gpu.md" not in names  # no GPU run, no such table
     for p in (q for v in written.values() for q in v):
@@ -210,6 +212,22 @@ def test_transform_heatmap_data_and_runs_without_pairs(tmp_path):
     assert rows["hash-ahash-exact"]["uap_lo"] == ""  # no pairs.npz: metrics without intervals
     svg = (tmp_path / "r" / "pr_curves.svg").read_text()
     assert "hash-phash-exact" in svg and "hash-ahash-exact" not in svg  # a curve needs the stored pairs
+
+
+def test_transform_recall_at_the_method_threshold_and_at_precision_0_9(tmp_path):
+    # A threshold far below the scores of false pairs: everything is called, so recall per transform at
+    # that threshold is 1 everywhere, while at precision 0.9 the missed transform shows.
+    write_run(tmp_path / "0", "hash-ahash-exact", noise=0.01, hash_="ahash", miss="hflip", threshold=0.1)
+    report.report([tmp_path], tmp_path / "r", n_boot=0, formats=["svg"])
+    at_threshold = read_csv(tmp_path / "r" / "transform_recall.csv")[0]
+    at_p90 = read_csv(tmp_path / "r" / "transform_recall_at_p90.csv")[0]
+    assert float(at_threshold["hflip"]) == 1.0 and float(at_threshold["crop"]) == 1.0
+    assert float(at_p90["hflip"]) == 0.0 and float(at_p90["crop"]) == 1.0
+    md = (tmp_path / "r" / "transform_recall.md").read_text()
+    assert "at precision 0.9" in md and "at each method's threshold" in md
+    assert "| configuration | µAP | R@P90 | P | crop | hflip | rotate90 |" in md
+    assert "## Recall per transform" in (tmp_path / "r" / "README.md").read_text()
+    assert (tmp_path / "r" / "transform_recall_at_p90.svg").exists()
 
 
 def test_pareto_front_as_ann_benchmarks():

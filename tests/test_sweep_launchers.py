@@ -68,8 +68,10 @@ def test_presets_select_their_runs():
     assert matchers == {"hash_phash", "cnn_efficientnet_lite0"} | {
         f"match_{f}_{m}" for f in ("phash", "cnn_efficientnet_lite0") for m in ("faiss", "lsh", "gpu")}
     assert run_names(sweep_jobs(["+experiment=backbones"])) == {r for r in RUNS if r.startswith("cnn_")}
+    # keypoints against the main hashes; SIFT's all-pairs ratio test is left to the paper preset
     assert run_names(sweep_jobs(["+experiment=keypoints"])) == {
-        "kp_brisk", "kp_orb", "kp_akaze", "kp_sift", "kp_brisk_verified", "kp_brisk_mirror"}
+        "kp_brisk", "kp_orb", "kp_akaze", "kp_brisk_verified", "kp_brisk_no_mirror", "kp_brisk_opencv"} | {
+        f"hash_{h}" for h in ("ahash", "phash", "dhash", "whash_haar", "colorhash", "crop_resistant")}
     # the paper preset runs every configuration, once
     paper = sweep_jobs(["+experiment=paper"])
     assert run_names(paper) == set(RUNS) and len(paper) == len(RUNS)

@@ -97,23 +97,8 @@ class SyntheticDataset:
         """The dataset, built on first use and read from the cache afterwards."""
         root = self.root
         if not root.is_dir():
-            self._build_atomically(root, progress)
+            build_atomically(root, self._build, progress)
         return read_built(root)
-
-    def _build_atomically(self, root: Path, progress: bool) -> None:
-        """Build into a temporary sibling folder, then rename it into place (another builder may win)."""
-        root.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_builds(root)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-{os.getpid()}-", dir=root.parent))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is meant to be shared
-        try:
-            self._build(tmp, progress)
-            os.replace(tmp, root)
-        except OSError:
-            if not root.is_dir():  # a real failure, not a concurrent builder that finished first
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def _build(self, out: Path, progress: bool) -> None:
         """Write images, labels.csv, truth.csv and params.json into `out`."""
@@ -133,8 +118,8 @@ class SyntheticDataset:
             rows.append((self._write_distractor(out, j, tile), DISTRACTOR))
             bar.update()
         bar.close()
-        _write_csv(out / "labels.csv", ("path", "label"), rows)
-        _write_csv(out / "truth.csv", ("a", "b"), truth)
+        write_csv(out / "labels.csv", ("path", "label"), rows)
+        write_csv(out / "truth.csv", ("a", "b"), truth)
         (out / "params.json").write_text(json.dumps(self.params(), indent=2, sort_keys=True) + "\n")
 
     def _write_group(self, out: Path, i: int, tile: np.ndarray) -> list[tuple[str, str]]:
@@ -157,13 +142,30 @@ class SyntheticDataset:
         return save_jpeg(image, out, f"images/d{j:03d}.jpg")
 
 
-def read_built(root: Path) -> Dataset:
-    """A built synthetic dataset from its labels.csv and truth.csv (no image is opened)."""
+def build_atomically(root: Path, build, progress: bool) -> None:
+    """build(folder, progress) into a temporary sibling folder, then rename it to root (another builder
+    may win the race: then its folder stays)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-{os.getpid()}-", dir=root.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is meant to be shared
+    try:
+        build(tmp, progress)
+        os.replace(tmp, root)
+    except OSError:
+        if not root.is_dir():  # a real failure, not a concurrent builder that finished first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_built(root: Path, name: str = "synthetic") -> Dataset:
+    """A built dataset from its labels.csv and truth.csv (no image is opened)."""
     with open(root / "labels.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     paths = [root / row["path"] for row in rows]
     truth = read_pairs_csv(root / "truth.csv", root, paths)
-    return Dataset(name="synthetic", root=root, paths=paths, truth=truth, labels=[row["label"] for row in rows])
+    return Dataset(name=name, root=root, paths=paths, truth=truth, labels=[row["label"] for row in rows])
 
 
 def load_photo(name: str) -> np.ndarray:
@@ -270,7 +272,7 @@ def _thumbnail(tile: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
-def _write_csv(path: Path, header: tuple[str, str], rows: list[tuple[str, str]]) -> None:
+def write_csv(path: Path, header: tuple[str, str], rows: list[tuple[str, str]]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
