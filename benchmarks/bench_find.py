@@ -5,6 +5,7 @@
     python benchmarks/bench_find.py yearbook [METHOD...]   recall / precision on the yearbook PDFs
     python benchmarks/bench_find.py throughput [METHOD...] images/s end to end, 2,000-image folder
     python benchmarks/bench_find.py all                    all of the above, in that order
+    python benchmarks/bench_find.py collection [METHOD...] the 10,000-image generated collection: time and accuracy
 
 Options: --work DIR (datasets, indexes and outputs; default ~/.cache/simbench/bench_find), --quiet,
 and key=value overrides passed to every method (as on the `simbench find` command line).
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simbench.data.collection import CollectionDataset
 from simbench.data.synthetic import SyntheticDataset, default_cache_dir
 from simbench.evaluate import evaluate, label_pairs
 from simbench.find import cascade
@@ -140,20 +142,47 @@ def throughput(methods, work: Path, overrides: list[str], progress: bool) -> lis
     ds = SyntheticDataset(n_references=150, n_distractors=50, seed=EVALUATION_SEED).load(progress=progress)
     rows = []
     for method in methods:
-        cfg = cascade.make_config(method, overrides)
-        index = work / f"index-throughput-{method}"
-        shutil.rmtree(index, ignore_errors=True)  # nothing cached: the first run over a collection
+        cfg, result, seconds = fresh_find(method, ds, work, "throughput", overrides, progress)
         start = time.perf_counter()
-        result = find([ds.root / "images"], work / f"out-throughput-{method}", cfg, index=index, progress=progress)
-        seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        find([ds.root / "images"], work / f"out-throughput-{method}", cfg, index=index, progress=progress)
+        find([ds.root / "images"], work / f"out-throughput-{method}", cfg, index=work / f"index-throughput-{method}",
+             progress=progress)
         again = time.perf_counter() - start
         rows.append({"method": method, "images": len(result.items), "seconds": seconds,
                      "images_per_s": len(result.items) / seconds, "rerun_seconds": again,
                      "cpus": len(os.sched_getaffinity(0)), "timing": result.timing})
         print(_row_text(rows[-1]), flush=True)
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# A 10,000-image collection end to end (simbench.data.collection: distinct pictures, 10% copies)
+
+
+def collection(methods, work: Path, overrides: list[str], progress: bool, n_images: int = 10_000) -> list[dict]:
+    ds = CollectionDataset(n_images=n_images).load(progress=progress)
+    rows = []
+    for method in methods:
+        cfg, result, seconds = fresh_find(method, ds, work, "collection", overrides, progress)
+        a, b = _dataset_rows(result.items, ds, result.pairs)
+        m = evaluate(ScoredPairs(a, b, result.pairs.score), ds.truth, ds.labels, float(cfg.threshold))
+        rows.append({"method": method, "images": len(result.items), "true_pairs": ds.n_true_pairs,
+                     "seconds": seconds, "images_per_s": len(result.items) / seconds, "uap": m["uap"],
+                     "recall_at_p90": m["recall_at_p90"], "precision": m["precision"], "recall": m["recall"],
+                     "threshold": float(cfg.threshold), "timing": result.timing,
+                     "per_transform": m["per_transform_recall"]})
+        print(_row_text(rows[-1]), flush=True)
+    return rows
+
+
+def fresh_find(method: str, ds, work: Path, name: str, overrides: list[str], progress: bool):
+    """`find` over the dataset's images with an emptied index (the first run over a collection): the
+    config, the result and the seconds it took. Index and outputs: work/index-<name>-<method>, out-..."""
+    cfg = cascade.make_config(method, overrides)
+    index = work / f"index-{name}-{method}"
+    shutil.rmtree(index, ignore_errors=True)
+    start = time.perf_counter()
+    result = find([ds.root / "images"], work / f"out-{name}-{method}", cfg, index=index, progress=progress)
+    return cfg, result, time.perf_counter() - start
 
 
 def _row_text(row: dict) -> str:
@@ -163,7 +192,7 @@ def _row_text(row: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("calibrate", "synthetic", "yearbook", "throughput", "all"))
+    parser.add_argument("what", choices=("calibrate", "synthetic", "yearbook", "throughput", "all", "collection"))
     parser.add_argument("args", nargs="*", help="methods (hash, cnn, keypoints, cascade) and key=value overrides")
     parser.add_argument("--work", default=str(default_cache_dir() / "bench_find"))
     parser.add_argument("--quiet", action="store_true")
@@ -182,6 +211,8 @@ def main(argv=None) -> None:
     for name, fn in (("synthetic", synthetic), ("yearbook", yearbook), ("throughput", throughput)):
         if args.what in (name, "all"):
             out[name] = fn(methods, work, overrides, progress)
+    if args.what == "collection":
+        out["collection"] = collection(methods, work, overrides, progress)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
 

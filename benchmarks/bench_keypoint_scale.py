@@ -100,7 +100,7 @@ def main(argv=None) -> None:
           f"{m['precision']:.3f} / {m['recall']:.3f}")
     if args.join_check:
         c = join_check(args.join_check, ds, result["config"])
-        print(f"\n| images | descriptors | pairs | bucket self-join (s) | per-query search (s) | ratio | identical |")
+        print("\n| images | descriptors | pairs | bucket self-join (s) | per-query search (s) | ratio | identical |")
         print("|---|---|---|---|---|---|---|")
         print(f"| {c['images']:,} | {c['descriptors']:,} | {c['pairs']:,} | {c['buckets_s']:.1f} | "
               f"{c['queries_s']:.1f} | {c['queries_s'] / c['buckets_s']:.1f}x | {c['identical']} |")

@@ -22,6 +22,7 @@ import csv
 import json
 import logging
 import math
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -777,13 +778,18 @@ class ReportCallback(Callback):
         self.formats = list(formats)
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        from omegaconf import OmegaConf
+
         sweep_dir = str(config.hydra.sweep.dir)
         out = self.out
         if out is None:
             preset = config.hydra.runtime.choices.get("experiment") or Path(sweep_dir).name
             out = str(Path("results") / str(preset))
-        overrides = list(config.hydra.overrides.task) if "overrides" in config.hydra else []
-        command = " ".join(["python -m simbench", *overrides])
+        # As typed: unresolved (an override may hold an interpolation such as ${hydra:runtime.choices.x},
+        # which cannot resolve once the sweep is over) and quoted for a shell.
+        overrides = (OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+                     if "overrides" in config.hydra else [])
+        command = " ".join(["python -m simbench", *(shlex.quote(str(o)) for o in overrides)])
         written = report([sweep_dir], out, n_boot=self.n_boot, seed=self.seed, formats=self.formats,
                          command=command)
         print(f"\nreport: {sum(len(v) for v in written.values())} files in {out}")

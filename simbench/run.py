@@ -83,6 +83,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> dict:
     extracted, extract_s, cached = extract_cached(method.extractor, dataset, cfg)
 
     warm_up(method, extracted.features)
+    method.matcher.progress = bool(cfg.progress)
     t_match = time.perf_counter()
     scored = method.score_pairs(extracted.features)
     match_s = time.perf_counter() - t_match

@@ -280,3 +280,21 @@ def test_folder_reads_the_synthetic_layout(built):
     remap = np.array([index[p] for p in built.paths])
     assert np.array_equal(np.unique(np.sort(remap[built.truth], axis=1), axis=0), ds.truth)
     assert sorted(Path(s.path).name for s in ds.skipped) == ["labels.csv", "params.json"]
+
+
+def test_atomic_writes_keep_the_usual_permissions(tmp_path):
+    """Reports and pairs.csv are written through a private temporary file: the result must still be
+    readable by others, as a plain open() would make it under the umask."""
+    import os
+    import stat
+
+    from simbench.cache import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "report.html", b"<html></html>")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.html").read_bytes() == b"<html></html>"
+    assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == 0o644
+    assert not list(tmp_path.glob(".report.html.*"))  # no temporary file left behind

@@ -172,3 +172,15 @@ def test_the_slurm_preset_submits_its_cluster_settings(tmp_path):
                  "#SBATCH --gpus-per-node=2", "#SBATCH --cpus-per-task=8", "#SBATCH --job-name=simbench",
                  "#SBATCH --array=0-1%", "module load cuda", "submitit.core._submit"):
         assert line in script, line
+
+
+def test_a_preset_reports_its_sweep_with_the_command_as_typed(tmp_path):
+    """The report callback writes the tables and a README whose command can be pasted back into a shell,
+    even when an override holds an interpolation (it cannot be resolved once the sweep is over)."""
+    out = tmp_path / "report"
+    name = "name=tiny-${hydra:runtime.choices.hash}"
+    _simbench(["+experiment=hash_families", "+experiment/runs=hash_ahash", name, "hash.workers=1", *TINY,
+               f"hydra.sweep.dir={tmp_path}/sweep", f"hydra.callbacks.report.out={out}"], cwd=tmp_path)
+    readme = (out / "README.md").read_text()
+    assert "'name=tiny-${hydra:runtime.choices.hash}'" in readme
+    assert "| tiny-ahash |" in (out / "summary.md").read_text()

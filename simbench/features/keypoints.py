@@ -76,9 +76,10 @@ class KeypointExtractor(Extractor):
         keeps (nearly) the same strongest keypoints for a fraction of the cost: at BRISK threshold 8 a
         textured 512 px picture has ~7,000 corners and detection costs ~6x what it does at 30, where
         500 are already found. Low-contrast pictures still go down to `threshold`.
-    mirror: also detect in the horizontally mirrored image, appended after the plain rows of the same
-        image (up to max_features more; flag in `KeypointSets.mirrored`), so that mirrored copies
-        match. Doubles the rows, and the descriptor pairs about fourfold.
+    mirror: also describe the horizontally mirrored image, at the image's own keypoints reflected (no
+        second detection), appended after the plain rows of the same image (flag in
+        `KeypointSets.mirrored`), so that mirrored copies match. Doubles the rows, and the descriptor
+        pairs about fourfold.
     workers: processes; 0 = one per core, 1 = in this process.
     """
 
@@ -302,8 +303,8 @@ def find_keypoints(detectors: list, gray: np.ndarray, max_features: int) -> list
 
 def reflect(keypoints: list, width: int) -> list:
     """The keypoints of the horizontally mirrored image: x -> width - 1 - x, orientation a -> 180 - a."""
-    return [cv2.KeyPoint(width - 1 - k.pt[0], k.pt[1], k.size, float(_reflect_angle(k.angle)), k.response, k.octave,
-                         k.class_id) for k in keypoints]
+    return [cv2.KeyPoint(width - 1 - k.pt[0], k.pt[1], k.size, float(_reflect_angle(k.angle)), k.response,
+                         k.octave, k.class_id) for k in keypoints]
 
 
 def _reflect_angle(angle):

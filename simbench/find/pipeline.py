@@ -251,6 +251,7 @@ def stage_pairs(stage: Stage, stage_features, progress: bool = False) -> ScoredP
                            {stage.signal: np.empty(0)} if stage.signal != "score" else {})
     if progress:
         print(f"{stage.name}: matching {len(rows)} images", flush=True)
+    stage.method.matcher.progress = progress
     found = stage.method.score_pairs(feats)
     a, b = rows[found.a], rows[found.b]
     return ScoredPairs(np.minimum(a, b), np.maximum(a, b), found.score, found.extra)

@@ -19,6 +19,8 @@ class BinaryMatcher(ABC):
     #: Where the work ran ("cpu" or "cuda:0") and whether it fell back from what was asked for.
     device: str = "cpu"
     fallback: bool = False
+    #: Show a progress bar on long calls (the runner and `simbench find` set it from their progress option).
+    progress: bool = False
 
     @abstractmethod
     def range_search(self, queries: np.ndarray, database: np.ndarray, radius: int) -> Pairs:
@@ -32,7 +34,7 @@ class BinaryMatcher(ABC):
 
     def warm_up(self, features) -> None:
         """Run once on two codes of the features' width, so one-off compilation is not timed."""
-        words = _words_of(features)
+        words = words_of(features)
         if words is not None:
             self.self_join(np.zeros((2, words.shape[1]), np.uint64), 0)
 
@@ -44,7 +46,7 @@ class BinaryMatcher(ABC):
         """
 
 
-def _words_of(features) -> np.ndarray | None:
+def words_of(features) -> np.ndarray | None:
     """The uint64 codes a binary matcher will search for these features (hash codes or descriptors)."""
     from simbench.types import bytes_to_words
 

@@ -52,7 +52,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from tqdm import tqdm
 
-from simbench.match.base import BinaryMatcher, as_words, unfilled_topk
+from simbench.match.base import BinaryMatcher, as_words, unfilled_topk, words_of
 from simbench.match.popcount import popcount64
 from simbench.types import Pairs
 
@@ -757,6 +757,7 @@ def _join_piece(codes, bits, earlier, radius, n_keys):
     # are then W passes of unit-stride loops that the compiler vectorises (vpopcntq on AVX-512 machines).
     columns = np.empty((n_words, largest), np.uint64)
     dist = np.empty(largest, np.uint64)
+    limit = np.uint64(radius)  # unsigned like the distances (a mixed comparison would go through float)
     cap = 1024
     out_a, out_b, out_d = np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int32)
     found, compared = 0, 0
@@ -776,7 +777,7 @@ def _join_piece(codes, bits, earlier, radius, n_keys):
                 _add_popcounts(columns[w, i], columns[w, i + 1 : size], later)
             for t in range(len(later)):
                 j = i + 1 + t
-                if later[t] > radius or _shares_earlier(columns, i, j, earlier):
+                if later[t] > limit or _shares_earlier(columns, i, j, earlier):
                     continue
                 if found == cap:
                     cap *= 2
@@ -1010,6 +1011,7 @@ class MultiIndexHashMatcher(BinaryMatcher):
         16-bit pieces, 8 * W more if the codes need a 64-byte aligned copy, 256 KiB of offsets per piece).
     threads: numba threads for the call (0 = all cores).
     progress: a progress bar over the pieces of a self-join that takes more than a few seconds.
+        (The runner and `simbench find` set it from their own progress option.)
 
     self_join walks the buckets of each piece (bucket_self_join) when radius + 1 pieces of <= 16 bits
     answer the radius; it then holds one piece's keys and order per thread (16 bytes per row), not the
@@ -1020,7 +1022,7 @@ class MultiIndexHashMatcher(BinaryMatcher):
 
     def __init__(self, pieces: int = 0, permutation: str = "calibrated", seed: int = 0,
                  query_block: int = 32768, database_block: int = 1 << 21, threads: int = 0,
-                 progress: bool = True):
+                 progress: bool = False):
         if permutation not in ("calibrated", "random", "identity"):
             raise ValueError(f"permutation must be 'calibrated', 'random' or 'identity', got {permutation!r}")
         self.pieces = int(pieces)
@@ -1041,6 +1043,18 @@ class MultiIndexHashMatcher(BinaryMatcher):
             return fn(*args, **kwargs)
         finally:
             numba.set_num_threads(before)
+
+    def warm_up(self, features) -> None:
+        """Compile both paths for both key types before anything is timed: the bucket self-join and the
+        per-query search (range_search, multi-probe and scan layouts), with 64-bit piece keys (radius 0)
+        and dense 16-bit ones (radius = bits / 16 - 1)."""
+        words = words_of(features)
+        if words is None:
+            return
+        zeros = np.zeros((2, words.shape[1]), np.uint64)
+        for radius in (0, words.shape[1] * 64 // DENSE_BITS - 1):
+            self.self_join(zeros, radius)
+            self._blocked(zeros, zeros, radius, upper=True)
 
     def plan(self, database, radius: int) -> tuple[Layout, np.ndarray]:
         """Layout and permutation for `radius`, the permutation fitted on (a sample of) `database`."""
