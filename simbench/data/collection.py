@@ -100,7 +100,9 @@ class CollectionDataset:
     def _build(self, out: Path, progress: bool) -> None:
         (out / "images").mkdir()
         jobs = self.plan()
-        args = [(str(out), path, self.seed, source, kind, self.long_side) for path, source, kind in jobs]
+        n_originals = sum(kind is None for _, _, kind in jobs)  # copies follow them, numbered from 0
+        args = [(str(out), path, self.seed, source, kind, job - n_originals, self.long_side)
+                for job, (path, source, kind) in enumerate(jobs)]
         workers = self.workers or os.cpu_count() or 1
         with ProcessPoolExecutor(workers) as pool:
             done = pool.map(_write_image, args, chunksize=64)
@@ -125,11 +127,10 @@ class CollectionDataset:
 
 def _write_image(arg) -> str:
     """Draw original `source` (from its own seed) and save it, or a transformed copy of it."""
-    out, path, seed, source, kind, long_side = arg
+    out, path, seed, source, kind, copy, long_side = arg
     picture = Image.fromarray(scene(np.random.default_rng([seed, 1, source]), long_side), "RGB")
-    if kind is not None:
-        k = int(path.split("/c")[1][:5])
-        picture = TRANSFORMS[kind](picture, np.random.default_rng([seed, 2, k]))
+    if kind is not None:  # the transform's randomness is seeded by the copy's number: every copy differs
+        picture = TRANSFORMS[kind](picture, np.random.default_rng([seed, 2, copy]))
     return save_jpeg(picture, Path(out), path)
 
 
