@@ -24,6 +24,7 @@ import copy
 import logging
 import math
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -245,6 +246,14 @@ class HyperplaneLshMatcher(EmbeddingMatcher):
         self.exact = exact or ExactCosineMatcher()
         self.last_stats: dict = {}
         self._planes: np.ndarray | None = None
+
+    def warm_up(self, features) -> None:
+        """Compile the signature index's kernels on two signatures and import scipy.stats (for the radius,
+        most of a second), so that match time is search time."""
+        self.radius(0.9)
+        warm = getattr(self.index, "warm_up", None)
+        if warm is not None:
+            warm(SimpleNamespace(words=np.zeros((2, self.bits // 64), np.uint64)))
 
     def planes(self, dim: int) -> np.ndarray:
         """(dim, bits) Gaussian hyperplane normals, fixed by the seed: the same for queries and database."""
