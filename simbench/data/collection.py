@@ -17,7 +17,6 @@ labels.csv, truth.csv, params.json), in worker processes, atomically like the sy
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -30,8 +29,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from simbench.data.dataset import Dataset
-from simbench.data.synthetic import (DISTRACTOR, REFERENCE, build_atomically, default_cache_dir, read_built,
-                                     save_jpeg, write_csv)
+from simbench.data.synthetic import (DISTRACTOR, REFERENCE, build_atomically, built_root, default_cache_dir,
+                                     read_built, save_jpeg, write_csv)
 from simbench.data.transforms import TRANSFORMS
 
 #: Bump when the build changes, so old caches are not reused.
@@ -76,8 +75,8 @@ class CollectionDataset:
 
     @property
     def root(self) -> Path:
-        key = hashlib.sha1(json.dumps(self.params(), sort_keys=True).encode()).hexdigest()[:10]
-        return self.cache_dir / f"collection-{key}"
+        """cache_dir/collection-<short hash of params>."""
+        return built_root(self.cache_dir, "collection", self.params())
 
     def load(self, progress: bool = True) -> Dataset:
         """The collection, built on first use and read from the cache afterwards."""

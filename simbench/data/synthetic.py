@@ -90,8 +90,7 @@ class SyntheticDataset:
     @property
     def root(self) -> Path:
         """cache_dir/synthetic-<short hash of params>."""
-        key = hashlib.sha1(json.dumps(self.params(), sort_keys=True).encode()).hexdigest()[:10]
-        return self.cache_dir / f"synthetic-{key}"
+        return built_root(self.cache_dir, "synthetic", self.params())
 
     def load(self, progress: bool = True) -> Dataset:
         """The dataset, built on first use and read from the cache afterwards."""
@@ -140,6 +139,12 @@ class SyntheticDataset:
         if self.transforms:
             image = TRANSFORMS[self.transforms[int(rng.integers(len(self.transforms)))]](image, rng)
         return save_jpeg(image, out, f"images/d{j:03d}.jpg")
+
+
+def built_root(cache_dir: Path, kind: str, params: dict) -> Path:
+    """cache_dir/<kind>-<short hash of params>: where a generated dataset with these parameters lives."""
+    key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+    return cache_dir / f"{kind}-{key}"
 
 
 def build_atomically(root: Path, build, progress: bool) -> None:

@@ -47,9 +47,12 @@ class BinaryMatcher(ABC):
 
 
 def words_of(features) -> np.ndarray | None:
-    """The uint64 codes a binary matcher will search for these features (hash codes or descriptors)."""
+    """The uint64 codes a binary matcher will search for these features (hash codes or descriptors, or
+    the codes themselves)."""
     from simbench.types import bytes_to_words
 
+    if isinstance(features, np.ndarray) and features.dtype == np.uint64:
+        return features
     if hasattr(features, "words"):
         return features.words
     if getattr(features, "binary", False) and len(getattr(features, "descriptors", ())):

@@ -24,7 +24,6 @@ import copy
 import logging
 import math
 import time
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -253,7 +252,7 @@ class HyperplaneLshMatcher(EmbeddingMatcher):
         self.radius(0.9)
         warm = getattr(self.index, "warm_up", None)
         if warm is not None:
-            warm(SimpleNamespace(words=np.zeros((2, self.bits // 64), np.uint64)))
+            warm(np.zeros((2, self.bits // 64), np.uint64))  # two signatures
 
     def planes(self, dim: int) -> np.ndarray:
         """(dim, bits) Gaussian hyperplane normals, fixed by the seed: the same for queries and database."""

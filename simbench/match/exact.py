@@ -31,7 +31,6 @@ from simbench.match.popcount import popcount64
 from simbench.types import Pairs
 
 
-
 # ---------------------------------------------------------------------------------------------------------
 # Distance tiles: buf[j - j0] = popcount(q[i] ^ db[j]) for j in [j0, j1); returns the smallest of them.
 # One routine per code size, like faiss's HammingComputer8/16/32/64: the query words are loaded once into

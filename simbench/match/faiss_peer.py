@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from simbench.match.base import BinaryMatcher, as_words, unfilled_topk
+from simbench.match.base import NO_DISTANCE, BinaryMatcher, as_words, unfilled_topk
 from simbench.types import Pairs
-
-INT32_MAX = np.iinfo(np.int32).max
 
 
 def _faiss():
@@ -56,7 +54,7 @@ class FaissMatcher(BinaryMatcher):
         found_d, found_i = self._call(lambda index: index.search(q, min(k, len(db))), db)
         idx[:, : found_i.shape[1]] = found_i
         dist[:, : found_d.shape[1]] = found_d
-        dist[idx < 0] = INT32_MAX
+        dist[idx < 0] = NO_DISTANCE
         return idx, dist
 
     def _call(self, fn, db):

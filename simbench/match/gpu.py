@@ -36,7 +36,6 @@ from simbench.types import Pairs
 
 log = logging.getLogger(__name__)
 
-
 #: The CUDA source: kernels/ at the repository root (SIMBENCH_KERNELS overrides the folder).
 KERNEL_DIR = Path(os.environ.get("SIMBENCH_KERNELS", Path(__file__).resolve().parents[2] / "kernels"))
 KERNEL_FILE = KERNEL_DIR / "hamming.cu"

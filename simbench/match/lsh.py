@@ -116,6 +116,12 @@ class Layout:
         return self.pieces * (self.sub_radius + 1) - 1
 
     @property
+    def joins_by_buckets(self) -> bool:
+        """Every pair within the radius shares a piece exactly, and pieces are dense (<= 16 bits): what
+        bucket_self_join needs."""
+        return not self.scan and self.sub_radius == 0 and int(self.widths.max()) <= DENSE_BITS
+
+    @property
     def scan(self) -> bool:
         """One piece of zero bits: its one bucket holds every row (brute force through the same loop)."""
         return self.pieces == 1 and int(self.widths[0]) == 0
@@ -830,7 +836,7 @@ def bucket_self_join(codes: np.ndarray, radius: int, layout: Layout, perm: np.nd
     """All pairs a < b within radius, by joining each piece's buckets (needs sub_radius 0, <= 16-bit
     pieces). Pieces run on `threads` threads (the kernel releases the GIL). Returns the pairs in canonical
     order and the number of pairs compared."""
-    if layout.scan or layout.sub_radius or int(layout.widths.max()) > DENSE_BITS:
+    if not layout.joins_by_buckets:
         raise ValueError("bucket_self_join needs radius + 1 pieces of at most 16 bits")
     masks = piece_masks(perm, layout, codes.shape[1])
     starts = layout.starts
@@ -1082,7 +1088,7 @@ class MultiIndexHashMatcher(BinaryMatcher):
         if radius < 0 or len(words) < 2:
             return Pairs.empty()
         layout, perm = self.plan(words, radius)
-        if layout.scan or layout.sub_radius or int(layout.widths.max()) > DENSE_BITS:
+        if not layout.joins_by_buckets:
             return self._blocked(words, words, radius, upper=True, plan=(layout, perm))
         threads = self.threads if self.threads > 0 else numba.config.NUMBA_NUM_THREADS
         pairs, self.last_compared = bucket_self_join(words, radius, layout, perm, threads, self.progress)

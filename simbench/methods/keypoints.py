@@ -356,7 +356,7 @@ def verify_pairs(features: KeypointSets, matches: dict, a: np.ndarray, b: np.nda
         return inliers.max(axis=1), inliers[:, 1] > inliers[:, 0]
     slot = np.searchsorted(np.sort(wanted), corr["key"])
     where = np.argsort(wanted)[slot]  # index k of each correspondence's pair in (a, b)
-    starts = np.flatnonzero(np.r_[True, corr["group"][1:] != corr["group"][:-1]])
+    starts = np.flatnonzero(_run_starts(corr["group"]))
     ends = np.r_[starts[1:], len(corr["group"])]
     for s, e in zip(starts, ends):
         src = points[corr["ra"][s:e]]
