@@ -1,9 +1,23 @@
-"""CNN embedding benchmarks (issue 4): throughput per backbone, pipeline vs bare forward, accuracy on the
-synthetic set, and random-hyperplane LSH vs exact cosine on 100k embeddings. Prints Markdown tables.
+"""CNN embedding benchmarks (issue 4): torch eager vs the ONNX Runtime fast path, throughput per backbone,
+pipeline vs bare forward, accuracy on the synthetic set, and random-hyperplane LSH vs exact cosine on 100k
+embeddings. Prints Markdown tables.
 
-    python benchmarks/bench_cnn.py                       # everything (~10 min on 2 quiet cores, 30 busy)
+    python benchmarks/bench_cnn.py                       # everything (~15 min on 2 quiet cores, 45 busy)
     python benchmarks/bench_cnn.py --write results/cnn.md
+    python benchmarks/bench_cnn.py --sections runtime    # torch eager vs onnx, 200 real photos (~3 min)
+    python benchmarks/bench_cnn.py --sections runtime --runtime-variants torch onnx onnx:batch_size=16
     python benchmarks/bench_cnn.py --sections throughput --backbones efficientnet_lite0 resnet50
+
+Runtime comparison (section "runtime"): whole CnnExtractor.extract calls (decode in the DataLoader worker,
+forward, normalisation) on ~200 different real photographs (JPEG, 1024 px long side, cut from the Plasma
+wallpapers in /usr/share/wallpapers when installed and from scikit-image's photographs), EfficientNet-Lite0
+with its ImageNet weights, find's default settings (batch 32, 1 decode worker) unless a variant says
+otherwise. Variants run interleaved (A, B, A, B, ...), each round timing every variant once after a
+warm-up, and each variant's speed is divided by torch eager's in the same round (the machine is shared:
+ratios from adjacent measurements hold, absolute img/s do not). Embeddings are compared with torch
+eager's (today's, bit-identical to earlier simbench versions) image by image: worst and median cosine.
+The other sections use CnnExtractor's default runtime (onnx since the runtime option; the tables of those
+sections in results/cnn.md dated before it are torch eager).
 
 Method (the machines are shared and noisy, so every figure is a ratio measured side by side):
 - bare forward: the model alone on a fixed float tensor batch (batch_size x 3 x 224 x 224), as many
@@ -64,6 +78,42 @@ def make_jpegs(folder: Path, n: int, size=(1280, 960)) -> list[Path]:
         im = src.crop((box[0], box[1], box[0] + int(s * w), box[1] + int(s * h))).resize(size, Image.BICUBIC)
         path = folder / f"img{i:04d}.jpg"
         im.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def photo_jpegs(folder: Path, n: int, long_side: int = 1024, seed: int = 0) -> list[Path]:
+    """n different JPEGs of real photographs, long side `long_side`: random crops (50-100 % of the largest
+    crop of that aspect) at 4:3, 3:2, 16:9 or 3:4, quality 85-95, of the Plasma/Lomiri wallpapers in
+    /usr/share/wallpapers (one picture per wallpaper, when installed) and scikit-image's colour photographs."""
+    import skimage.data
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sources = []
+    for d in sorted(Path("/usr/share/wallpapers").glob("*/contents/images")):
+        files = [f for f in d.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png")]
+        if files:
+            im = Image.open(max(files, key=lambda f: f.stat().st_size)).convert("RGB")
+            im.thumbnail((2048, 2048), Image.Resampling.LANCZOS)  # enough pixels for any crop below
+            sources.append(im)
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
+                 "retina", "camera"):
+        a = getattr(skimage.data, name)()
+        sources.append(Image.fromarray(np.ascontiguousarray(np.stack([a] * 3, -1) if a.ndim == 2 else a[..., :3])))
+    paths = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        w, h = src.size
+        aw, ah = [(4, 3), (3, 2), (16, 9), (3, 4)][rng.integers(4)]
+        fit = min(w / aw, h / ah) * rng.uniform(0.5, 1.0)
+        cw, ch = int(aw * fit), int(ah * fit)
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        scale = long_side / max(cw, ch)
+        im = src.crop((x0, y0, x0 + cw, y0 + ch)).resize((round(cw * scale), round(ch * scale)),
+                                                         Image.Resampling.LANCZOS)
+        path = folder / f"photo{i:04d}.jpg"
+        im.save(path, quality=int(rng.integers(85, 96)))
         paths.append(path)
     return paths
 
@@ -187,6 +237,90 @@ def _row(r: dict) -> str:
             f"start-up {r['startup']:.2f} s")
 
 
+# --------------------------------------------------------------------------- runtime: torch vs onnx
+
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """"onnx" or "onnx:batch_size=16,workers=0" -> (label, CnnExtractor keyword arguments). The runtime
+    is the part before the colon; find's defaults (batch 32, 1 decode worker) unless overridden."""
+    runtime, _, rest = spec.partition(":")
+    kwargs = {"runtime": runtime, "batch_size": 32, "workers": 1}
+    for item in filter(None, rest.split(",")):
+        key, value = item.split("=", 1)
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                pass
+        else:
+            value = {"true": True, "false": False, "none": None}.get(value.lower(), value)
+        kwargs[key] = value
+    return spec, kwargs
+
+
+def runtime_table(paths: list[Path], specs: list[str], rounds: int, backbone: str = "efficientnet_lite0"):
+    """Interleaved whole-extraction throughput of each variant and its embeddings' cosine to torch eager.
+
+    Each round times extract(paths) once per variant, in the order given; a variant's ratio in a round is
+    its img/s over the torch-eager variant's img/s in that same round (the first variant must be
+    "torch"). "first use" = building the model: for onnx, exporting it into an empty cache (made once per
+    machine and setting; later runs load the file in a fraction of a second).
+    """
+    from simbench.features.cnn import CnnExtractor
+
+    variants = [parse_variant(s) for s in specs]
+    if variants[0][1]["runtime"] != "torch" or len(variants[0][1]) != 3:
+        raise ValueError("the first runtime variant must be plain `torch` (the reference)")
+    extractors, first_use = {}, {}
+    saved = os.environ.get("SIMBENCH_CACHE")
+    with tempfile.TemporaryDirectory(prefix="bench_cnn_cache_") as cache:
+        os.environ["SIMBENCH_CACHE"] = cache  # an empty cache: first use times a fresh export
+        for label, kwargs in variants:
+            ext = CnnExtractor(backbone, weights=weights_for(backbone), **kwargs)
+            start = time.perf_counter()
+            ext.model()
+            first_use[label] = time.perf_counter() - start
+            ext.extract(paths[: kwargs["batch_size"]])  # warm-up: oneDNN / ORT pick their kernels
+            extractors[label] = ext
+    if saved is None:
+        os.environ.pop("SIMBENCH_CACHE", None)
+    else:
+        os.environ["SIMBENCH_CACHE"] = saved
+    speeds = {label: [] for label, _ in variants}
+    vectors = {}
+    for r in range(rounds):
+        for label, _ in variants:
+            start = time.perf_counter()
+            out = extractors[label].extract(paths)
+            speeds[label].append(len(out.rows) / (time.perf_counter() - start))
+            vectors[label] = out.features.vectors
+            print(f"  round {r + 1}: {label:<40} {speeds[label][-1]:6.1f} img/s  (load {os.getloadavg()[0]:.1f})",
+                  flush=True)
+    ref_label = variants[0][0]
+    lines = ["| variant | ran as | batch | decode workers | img/s, median (range) | / torch eager, median (range) "
+             "| 1 - cosine to torch eager: worst, median | max abs difference | first use s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
+    for label, kwargs in variants:
+        ext = extractors[label]
+        ratios = [a / b for a, b in zip(speeds[label], speeds[ref_label])]
+        a, b = vectors[label].astype(np.float64), vectors[ref_label].astype(np.float64)
+        cos = np.einsum("ij,ij->i", a, b) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        ran = ext.runtime + (f" (fallback: {ext.runtime_fallback})" if ext.runtime_fallback else "")
+        cos = np.minimum(cos, 1.0)  # 1 - cos >= 0: rounding can put the float64 cosine a hair above 1
+        rows.append({"variant": label, "runtime": ext.runtime, "speed": float(np.median(speeds[label])),
+                     "ratio": float(np.median(ratios)), "worst_cos": float(cos.min()),
+                     "median_cos": float(np.median(cos))})
+        lines.append(f"| {label} | {ran} | {ext.batch_size} | {ext.workers} | {np.median(speeds[label]):.1f} "
+                     f"({min(speeds[label]):.1f}-{max(speeds[label]):.1f}) | {np.median(ratios):.2f}x "
+                     f"({min(ratios):.2f}-{max(ratios):.2f}) | {1 - cos.min():.1e}, {1 - np.median(cos):.1e} | "
+                     f"{np.abs(a - b).max():.1e} | {first_use[label]:.1f} |")
+    note = (f"\n{len(paths)} JPEGs, {backbone} ({weights_for(backbone)} weights), {rounds} interleaved rounds; "
+            f"every run embeds all {len(paths)} images.")
+    return "\n".join(lines) + note, rows
+
+
 # ------------------------------------------------------------------------------------------- accuracy
 
 
@@ -296,7 +430,11 @@ def lsh_table(n: int, d: int, queries: int, thresholds: list[float], bits: int) 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sections", nargs="+", default=["workers", "throughput", "accuracy", "lsh"])
+    p.add_argument("--sections", nargs="+", default=["runtime", "workers", "throughput", "accuracy", "lsh"])
+    p.add_argument("--runtime-images", type=int, default=200, help="photos for the runtime comparison")
+    p.add_argument("--runtime-rounds", type=int, default=3)
+    p.add_argument("--runtime-variants", nargs="+", default=["torch", "onnx"],
+                   help="runtime[:key=value,...] (CnnExtractor arguments); the first must be torch")
     p.add_argument("--backbones", nargs="+", default=ALL_BACKBONES)
     p.add_argument("--workers-backbones", nargs="+", default=["efficientnet_lite0", "mobilenet_v3_small"])
     p.add_argument("--rounds", type=int, default=3, help="pipeline rounds, each between two bare rounds")
@@ -320,10 +458,21 @@ def main() -> None:
         IMAGES[name] = max(2, round(IMAGES[name] * args.scale / args.batch)) * args.batch
     started = time.perf_counter()
     load_before = os.getloadavg()
+    try:
+        import onnxruntime
+
+        ort_version = f"onnxruntime {onnxruntime.__version__}"
+    except ImportError:
+        ort_version = "no onnxruntime"
     out = [f"CPU: {cpu_model()} ({os.cpu_count()} cores visible), torch {torch.__version__} with "
-           f"{torch.get_num_threads()} threads, Python {platform.python_version()}; "
-           f"load average at start {load_before[0]:.1f}"]
+           f"{torch.get_num_threads()} threads, {ort_version}, Python {platform.python_version()}; "
+           f"{time.strftime('%Y-%m-%d')}; load average at start {load_before[0]:.1f}"]
     with tempfile.TemporaryDirectory() as tmp:
+        if "runtime" in args.sections:
+            print("## runtime: torch eager vs onnx", flush=True)
+            photos = photo_jpegs(Path(tmp), args.runtime_images)
+            table, _ = runtime_table(photos, args.runtime_variants, args.runtime_rounds)
+            out += ["", f"### Torch eager vs ONNX Runtime, whole extraction ({args.threads} threads)", "", table]
         need = max(IMAGES.get(b, 32) for b in [*args.backbones, *args.workers_backbones])
         paths = make_jpegs(Path(tmp), need) if {"workers", "throughput"} & set(args.sections) else []
         if "workers" in args.sections:

@@ -94,9 +94,24 @@ def photo_files(tmp_path_factory, photos) -> dict[str, Path]:
 
 
 def tiny(backbone: str = "resnet18", **kw) -> CnnExtractor:
-    """A random-weight extractor on 64x64 inputs, decoding in this process (fast, deterministic)."""
-    kw = {"weights": "none", "image_size": 64, "workers": 0, "batch_size": 4, **kw}
+    """A random-weight extractor on 64x64 inputs, decoding in this process (fast, deterministic); torch
+    eager unless a test asks for runtime="onnx"."""
+    kw = {"weights": "none", "image_size": 64, "workers": 0, "batch_size": 4, "runtime": "torch", **kw}
     return CnnExtractor(backbone, **kw)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def onnx_cache(tmp_path_factory):
+    """ONNX exports go to a throw-away simbench cache, not the user's."""
+    import os
+
+    before = os.environ.get("SIMBENCH_CACHE")
+    os.environ["SIMBENCH_CACHE"] = str(tmp_path_factory.mktemp("simbench_cache"))
+    yield Path(os.environ["SIMBENCH_CACHE"])
+    if before is None:
+        os.environ.pop("SIMBENCH_CACHE", None)
+    else:
+        os.environ["SIMBENCH_CACHE"] = before
 
 
 # ------------------------------------------------------------------------------------ exact / peers
@@ -450,3 +465,270 @@ def test_end_to_end_run_on_the_synthetic_set(tmp_path):
     assert result["env"]["device"] == "cpu" and result["env"]["fallback"] is False
     assert result["config"]["backbone"]["weights"] == "imagenet"
     assert result["metrics"]["uap"] > 0.3
+
+
+# ------------------------------------------------------------------------------- runtimes (ONNX Runtime)
+
+
+def test_onnx_runtime_equals_torch_on_real_photos(photo_files):
+    """The default fast path (ONNX Runtime) against torch eager, pretrained EfficientNet-Lite0, real photos."""
+    names = ["astronaut", "coffee", "cat", "rocket", "horse", "coffee_copy", "cat_mirror"]
+    paths = [photo_files[n] for n in names]
+    fast = CnnExtractor("efficientnet_lite0", workers=0, batch_size=4)
+    assert fast.runtime == "onnx" and fast.runtime_fallback is None and fast.params()["runtime"] == "onnx"
+    slow = CnnExtractor("efficientnet_lite0", workers=0, batch_size=4, runtime="torch")
+    a, b = fast.extract(paths).features.vectors, slow.extract(paths).features.vectors
+    assert np.einsum("ij,ij->i", a, b).min() >= 0.9999  # results/cnn.md states the measured worst case
+    assert fast.params() != slow.params()  # a different feature-cache entry
+
+
+@pytest.mark.parametrize("pooling", ["gem", "rmac"])
+def test_onnx_runtime_equals_torch_for_every_pooling(pooling, photo_files):
+    paths = [photo_files[n] for n in ("astronaut", "coffee", "cat")]
+    a = tiny(runtime="onnx", pooling=pooling).extract(paths).features.vectors
+    b = tiny(pooling=pooling).extract(paths).features.vectors
+    assert np.einsum("ij,ij->i", a, b).min() >= 0.9999
+
+
+def test_onnx_export_is_cached_reused_and_written_atomically(photo_files, tmp_path, monkeypatch):
+    import os
+
+    import simbench.cache
+    import simbench.features.cnn as cnn
+
+    monkeypatch.setenv("SIMBENCH_CACHE", str(tmp_path / "cache"))
+    replaced = []
+    real_replace = os.replace
+
+    def spy_replace(src, dst):
+        replaced.append((Path(src), Path(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(simbench.cache.os, "replace", spy_replace)
+    first = tiny(runtime="onnx")
+    v1 = first.extract([photo_files["cat"]]).features.vectors
+    files = list((tmp_path / "cache" / "onnx").iterdir())
+    assert len(files) == 1 and files[0].name.startswith("resnet18-avg-64-") and files[0].suffix == ".onnx"
+    # Written as a temporary file in the same folder, then renamed over the final name.
+    assert [dst for _, dst in replaced] == files and replaced[0][0].parent == files[0].parent
+    assert replaced[0][0].name.endswith(".tmp")
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again instead of re-using the cached file")
+
+    monkeypatch.setattr(cnn, "export_onnx", no_export)
+    second = tiny(runtime="onnx")
+    v2 = second.extract([photo_files["cat"]]).features.vectors
+    assert second.runtime == "onnx"
+    np.testing.assert_array_equal(v1, v2)
+    # Another pooling or input size is another network: another file.
+    monkeypatch.undo()
+    monkeypatch.setenv("SIMBENCH_CACHE", str(tmp_path / "cache"))
+    tiny(runtime="onnx", pooling="gem").model()
+    assert len(list((tmp_path / "cache" / "onnx").iterdir())) == 2
+
+
+def test_onnx_cache_that_cannot_be_written_still_runs(photo_files, tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("SIMBENCH_CACHE", str(blocker))
+    ext = tiny(runtime="onnx")
+    with caplog.at_level("WARNING", logger="simbench"):
+        v = ext.extract([photo_files["cat"]]).features.vectors
+    assert ext.runtime == "onnx" and v.shape == (1, 512)
+    assert "made again next time" in caplog.text
+
+
+def test_missing_onnxruntime_falls_back_to_torch_and_says_so(photo_files, monkeypatch, caplog):
+    import sys
+
+    from simbench.methods.cnn import CnnMethod
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    with caplog.at_level("WARNING", logger="simbench"):
+        ext = tiny(runtime="onnx")
+    assert ext.runtime == "torch" and ext.params()["runtime"] == "torch"
+    assert "onnxruntime" in ext.runtime_fallback and "onnxruntime" in caplog.text
+    v = ext.extract([photo_files["cat"], photo_files["coffee"]]).features.vectors
+    np.testing.assert_array_equal(v, tiny().extract([photo_files["cat"], photo_files["coffee"]]).features.vectors)
+    scored = CnnMethod(ext, ExactMatcher(), min_similarity=-1.0).score_pairs(Embeddings(v))
+    assert scored.extra["extract_runtime"] == "torch"
+
+
+def test_failed_export_falls_back_to_torch_and_says_so(photo_files, tmp_path, monkeypatch, caplog):
+    import simbench.features.cnn as cnn
+
+    monkeypatch.setenv("SIMBENCH_CACHE", str(tmp_path))  # no export cached there yet
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(cnn, "export_onnx", broken)
+    ext = tiny(runtime="onnx", pooling="rmac")
+    with caplog.at_level("WARNING", logger="simbench"):
+        v = ext.extract([photo_files["cat"]]).features.vectors
+    assert ext.runtime == "torch" and ext.params()["runtime"] == "torch"
+    assert "unsupported operator" in ext.runtime_fallback and "unsupported operator" in caplog.text
+    np.testing.assert_array_equal(v, tiny(pooling="rmac").extract([photo_files["cat"]]).features.vectors)
+
+
+def test_onnx_runtime_on_cuda_runs_torch():
+    import simbench.features.cnn as cnn
+
+    assert cnn.resolve_runtime("onnx", "cuda:0")[0] == "torch"
+    assert cnn.resolve_runtime("torch", "cpu") == ("torch", None)
+    with pytest.raises(ValueError, match="runtime"):
+        tiny(runtime="tensorrt")
+
+
+# ---------------------------------------------------------------------------------------------- pooling
+
+
+def test_gem_equals_the_numpy_formula():
+    from simbench.features.cnn import gem, pool_maps
+
+    rng = np.random.default_rng(0)
+    maps = rng.standard_normal((3, 5, 7, 6)).astype(np.float32)  # negatives are clamped to eps
+    for p in (1.0, 3.0, 4.5):
+        expected = (np.maximum(maps, 1e-6).astype(np.float64) ** p).mean(axis=(2, 3)) ** (1 / p)
+        np.testing.assert_allclose(gem(torch.from_numpy(maps), p).numpy(), expected, rtol=1e-4, atol=1e-7)
+    positive = np.abs(maps)
+    np.testing.assert_allclose(gem(torch.from_numpy(positive), 1.0).numpy(), positive.mean(axis=(2, 3)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(pool_maps(torch.from_numpy(positive), "avg").numpy(), positive.mean(axis=(2, 3)),
+                               rtol=1e-6)
+
+
+def test_rmac_regions_and_pooling_follow_tolias_et_al():
+    from simbench.features.cnn import rmac, rmac_regions
+
+    # Square 7x7 map (224 px input): 1 + 4 + 9 regions of sides 7, 4, 3 spread edge to edge.
+    regions = rmac_regions(7, 7)
+    assert [r for r in regions if r[2] == 7] == [(0, 0, 7)]
+    assert sorted(r for r in regions if r[2] == 4) == [(0, 0, 4), (0, 3, 4), (3, 0, 4), (3, 3, 4)]
+    assert sorted({r[0] for r in regions if r[2] == 3}) == [0, 2, 4] and len(regions) == 14
+    # Landscape map: extra regions along the long side, all inside the map.
+    wide = rmac_regions(6, 10)
+    assert all(t + s <= 6 and left + s <= 10 for t, left, s in wide) and len(wide) > 14
+    # R-MAC = sum of L2-normalised regional max-pools.
+    rng = np.random.default_rng(1)
+    maps = np.abs(rng.standard_normal((2, 4, 7, 7))).astype(np.float32)
+    expected = np.zeros((2, 4))
+    for t, left, s in regions:
+        v = maps[:, :, t : t + s, left : left + s].max(axis=(2, 3))
+        expected += v / (np.linalg.norm(v, axis=1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(rmac(torch.from_numpy(maps)).numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3_small", "efficientnet_lite0"])
+def test_gem_extractor_pools_the_last_feature_map(backbone, photo_files):
+    from simbench.features.cnn import build_backbone, feature_maps, load_views
+
+    ext = tiny(backbone, pooling="gem", gem_p=2.0)
+    assert ext.params()["pooling"] == "gem" and ext.params()["gem_p"] == 2.0
+    assert tiny(backbone).params()["gem_p"] is None
+    v = ext.extract([photo_files["rocket"]]).features.vectors[0]
+    # The same image through the backbone's feature maps, pooled with numpy.
+    net = feature_maps(build_backbone(backbone, None, 64), backbone).eval()
+    x = torch.from_numpy(load_views(photo_files["rocket"], ext.prep)).permute(0, 3, 1, 2).float()
+    mean, std = torch.tensor(ext.prep.mean).view(1, 3, 1, 1), torch.tensor(ext.prep.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        maps = net((x - mean) / std).numpy().astype(np.float64)
+    g = (np.maximum(maps, 1e-6) ** 2).mean(axis=(2, 3))[0] ** 0.5
+    np.testing.assert_allclose(v, g / np.linalg.norm(g), atol=1e-5)
+    with pytest.raises(ValueError, match="pooling"):
+        tiny(pooling="max")
+
+
+# ------------------------------------------------------------------- ranking: neighbours, normalisation
+
+
+def _others_sorted(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force: every row's other rows by decreasing cosine (indices, cosines)."""
+    s = (x.astype(np.float64) @ x.T.astype(np.float64))
+    np.fill_diagonal(s, -np.inf)
+    order = np.argsort(-s, axis=1, kind="stable")[:, : len(x) - 1]
+    return order, np.take_along_axis(s, order, axis=1)
+
+
+def test_neighbours_mode_equals_brute_force_topk():
+    from simbench.methods.cnn import CnnMethod
+
+    x = clustered(120, 16, 30, 0.4, seed=7)
+    k = 4
+    order, _ = _others_sorted(x)
+    expected = {(min(i, int(j)), max(i, int(j))) for i in range(len(x)) for j in order[i, :k]}
+    scored = CnnMethod(tiny(), ExactMatcher(), min_similarity=None, neighbours=k).score_pairs(Embeddings(x))
+    got = list(zip(scored.a.tolist(), scored.b.tolist()))
+    assert len(got) == len(set(got)) and set(got) == expected  # each unordered pair once
+    assert np.all(scored.a < scored.b)
+    cos = np.einsum("ij,ij->i", x[scored.a], x[scored.b])
+    np.testing.assert_allclose(scored.extra["cosine"], cos, atol=1e-5)
+    np.testing.assert_allclose(scored.score, np.clip(cos, 0, 1), atol=1e-5)
+    # With the range search as well: the union of both candidate sets.
+    both = CnnMethod(tiny(), ExactMatcher(), min_similarity=0.6, neighbours=k).score_pairs(Embeddings(x))
+    assert as_set(both) == expected | brute_pairs(x, 0.6)
+    assert CnnMethod(tiny(), ExactMatcher(), min_similarity=0.6).params()["neighbours"] == 0
+    with pytest.raises(ValueError, match="neighbours"):
+        CnnMethod(tiny(), ExactMatcher(), min_similarity=None)
+
+
+@pytest.mark.parametrize("n,k,beta", [(80, 5, 1.0), (60, 3, 0.5), (4, 10, 1.0)])
+def test_score_normalisation_equals_a_numpy_oracle(n, k, beta):
+    """margin = cos - beta (b_i + b_j) / 2, b_i = cosine to the k-th nearest other row (the farthest when
+    there are fewer than k others); score = (margin + 1 + beta) / (2 + 2 beta)."""
+    from simbench.methods.cnn import CnnMethod
+
+    rng = np.random.default_rng(n)
+    x = unit(rng.standard_normal((n, 12)) + 0.3)
+    _, sims = _others_sorted(x)
+    b = sims[:, min(k, n - 1) - 1]
+    method = CnnMethod(tiny(), ExactMatcher(), min_similarity=-1.0, normalise_k=k, beta=beta)
+    scored = method.score_pairs(Embeddings(x))
+    assert len(scored) == n * (n - 1) // 2  # min_similarity -1: every pair
+    cos = (x.astype(np.float64) @ x.T.astype(np.float64))[scored.a, scored.b]
+    margin = cos - beta * (b[scored.a] + b[scored.b]) / 2
+    np.testing.assert_allclose(scored.extra["cosine"], cos, atol=1e-5)
+    np.testing.assert_allclose(scored.extra["margin"], margin, atol=1e-5)
+    np.testing.assert_allclose(scored.score, (margin + 1 + beta) / (2 + 2 * beta), atol=1e-5)
+    # Ranked: strictly inside [0, 1], in the order of the margins, no plateau of clipped scores (equal
+    # scores only where margins are equal, e.g. mutual k-th neighbours, whose margin is 0).
+    assert np.all((scored.score > 0) & (scored.score < 1))
+    assert len(np.unique(scored.score)) == len(np.unique(scored.extra["margin"]))
+    assert np.all(np.diff(scored.score[np.argsort(scored.extra["margin"])]) >= 0)
+    assert method.params()["normalise_k"] == k and method.params()["beta"] == beta
+
+
+def test_normalisation_with_neighbours_and_duplicates():
+    """Exact duplicates (equal vectors) do not confuse the self-exclusion; neighbours and normalisation
+    share one top-k search."""
+    from simbench.methods.cnn import CnnMethod
+
+    base = clustered(40, 8, 10, 0.3, seed=9)
+    x = np.concatenate([base, base[:3], base[:3]])  # rows 0-2 appear three times each
+    k = 2
+    order, sims = _others_sorted(x)
+    b = sims[:, k - 1]
+    scored = CnnMethod(tiny(), ExactMatcher(), min_similarity=None, neighbours=3, normalise_k=k,
+                       ).score_pairs(Embeddings(x))
+    assert np.all(scored.a < scored.b) and len(set(zip(scored.a.tolist(), scored.b.tolist()))) == len(scored)
+    np.testing.assert_allclose(b[:3], 1.0, atol=1e-5)  # the 2nd nearest other of row 0 is its other copy
+    margin = scored.extra["cosine"] - (b[scored.a] + b[scored.b]) / 2
+    np.testing.assert_allclose(scored.extra["margin"], margin, atol=1e-5)
+
+
+def test_cnn_method_config_exposes_ranking_options(tmp_path):
+    from hydra.utils import instantiate
+
+    from simbench.methods.cnn import CnnMethod
+
+    cfg = _compose(["method=cnn", "backbone=efficientnet_lite0", "matcher=exact", f"cache_dir={tmp_path}",
+                    "method.neighbours=10", "method.normalise_k=5", "method.beta=0.5",
+                    "backbone.pooling=gem", "backbone.runtime=torch"])
+    method = instantiate(cfg.method)
+    assert isinstance(method, CnnMethod)
+    assert (method.neighbours, method.normalise_k, method.beta) == (10, 5, 0.5)
+    assert (method.extractor.pooling, method.extractor.runtime) == ("gem", "torch")
+    default = instantiate(_compose(["method=cnn", "backbone=resnet18", f"cache_dir={tmp_path}"]).method)
+    assert (default.neighbours, default.normalise_k) == (0, 0)
+    assert (default.extractor.pooling, default.extractor.requested_runtime) == ("avg", "onnx")

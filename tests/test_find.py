@@ -228,27 +228,6 @@ def test_help_is_clear(capsys):
 # Calibration, fusion, linking, groups
 
 
-def test_calibration_is_monotone_and_never_certain():
-    rng = np.random.default_rng(0)
-    raw = rng.uniform(0, 1, 4000)
-    is_true = rng.uniform(0, 1, 4000) < raw ** 2
-    fit = cascade.fit_calibration(raw, is_true)
-    grid = np.linspace(0, 1, 101)
-    values = fit(grid)
-    assert np.all(np.diff(values) >= 0) and values.max() < 1.0
-    assert values[90] == pytest.approx(0.81, abs=0.12)  # close to the true precision raw ** 2
-
-
-def test_shipped_calibration_covers_the_default_stages():
-    tables = cascade.load_calibrations()
-    cfg = cascade.make_config()
-    for stage in ("keypoints", "cnn"):
-        part = cfg[stage]
-        name = f"{'keypoints-' + part.extractor.detector if stage == 'keypoints' else 'cnn-' + part.extractor.backbone}"
-        assert name in tables and tables[name].signal == part.signal
-        assert np.all(np.diff(tables[name].precision) >= 0)
-
-
 def test_fuse_keeps_the_best_stage_and_link_scores_chains():
     from simbench.types import ScoredPairs
 

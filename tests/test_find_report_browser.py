@@ -67,7 +67,9 @@ def test_report_slider_and_method_filter(browser, tmp_path, photos):
         Image.fromarray(img[h // 8: h * 7 // 8, w // 6: w * 5 // 6]).save(folder / f"{name}-crop.jpg", quality=80)
         Image.fromarray(np.ascontiguousarray(np.rot90(img[: h * 3 // 4]))).save(folder / f"{name}-turned.jpg")
     out = tmp_path / "out"
-    assert find_main([str(folder), "--out", str(out), "--method", "keypoints", "-q"]) == 0
+    # Threshold 0.8: keypoint evidence alone is calibrated below 0.95 on the tuning collections, whose
+    # shared screenshot frames keep even strong keypoint pairs from certainty (results/find.md).
+    assert find_main([str(folder), "--out", str(out), "--method", "keypoints", "-t", "0.8", "-q"]) == 0
     page, requests, errors = open_report(browser, out / "report.html")
     start = group_count(page)
     assert start >= 4 and page.locator(".group").count() == start

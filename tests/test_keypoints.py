@@ -145,16 +145,22 @@ def test_copies_score_clearly_higher_than_unrelated_photos(photo_set, matcher, d
                                   threshold=THRESHOLD.get(detector))
     extracted = extractor.extract(paths)
     assert not extracted.skipped and len(extracted.features) == len(paths)
-    for verify in (False, True):
-        method = KeypointMethod(extractor, matcher, score="min", verify=verify, ratio=0.7)
+    settings = {"bag": {}, "verified": {"verify": True, "burstiness": 0.0, "coverage": False},
+                "shared-content": {"verify": True}}
+    for label, options in settings.items():
+        method = KeypointMethod(extractor, matcher, score="min", ratio=0.7, **options)
         scored = method.score_pairs(extracted.features)
         assert np.all(scored.a < scored.b) and np.all((scored.score >= 0) & (scored.score <= 1))
         true, false = _separation(scored, group, kind)
-        print(f"\n{detector} verify={verify}: max unrelated {false:.3f}, min copy "
+        print(f"\n{detector} {label}: max unrelated {false:.3f}, min copy "
               + " ".join(f"{k}={v:.3f}" for k, v in true.items()))
         # Every copy kind beats every unrelated pair, by a margin.
-        assert min(true.values()) > 1.5 * false + 0.01, (true, false)
-        if verify:
+        assert min(true.values()) > 1.5 * false, (true, false)
+        if label != "shared-content":
+            # Burstiness and coverage scale verified scores down, here most: each photo has six copies, so
+            # every descriptor of a copy matches up to six other images (tests/test_shared_content.py).
+            assert min(true.values()) > 1.5 * false + 0.01, (true, false)
+        if options.get("verify"):
             assert false == 0.0  # unrelated photos never survive RANSAC here
 
 
@@ -560,3 +566,19 @@ def test_adaptive_threshold_keeps_the_strongest_keypoints(photo_set, tmp_path):
     overlap = [len(a & b) / max(1, len(b)) for a, b in zip(ladder, single)]
     assert min(overlap[:-1]) > 0.85, overlap
     assert 0 < len(single[-1]) < 300 and ladder[-1] == single[-1]
+
+
+def test_spread_keypoints_keep_copies_apart_from_unrelated_photos(photo_set, matcher):
+    """BRISK with spread="grid" (tests/test_keypoint_spread.py): every copy kind still verifies against its
+    original, and unrelated photos still never do. (Weaker corners come in, so scores are lower.)"""
+    paths, group, kind = photo_set
+    extractor = KeypointExtractor("brisk", max_features=200, max_size=LONG_SIDE, threshold=8, mirror=True,
+                                  spread="grid", workers=1)
+    extracted = extractor.extract(paths)
+    assert not extracted.skipped and np.all(np.diff(extracted.features.offsets) <= 400)  # plain + mirror rows
+    for label, options in {"verified": {"burstiness": 0.0, "coverage": False}, "shared-content": {}}.items():
+        method = KeypointMethod(extractor, matcher, score="min", verify=True, **options)
+        true, false = _separation(method.score_pairs(extracted.features), group, kind)
+        print(f"\nbrisk spread {label}: max unrelated {false:.3f}, min copy "
+              + " ".join(f"{k}={v:.3f}" for k, v in true.items()))
+        assert false == 0.0 and min(true.values()) > (0.01 if label == "verified" else 0.0), true

@@ -24,8 +24,8 @@ Image.init()
 FORMATS = tuple(f for f in ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "AVIF", "PPM", "TGA", "ICO",
                             "JPEG2000", "PCX", "PSD", "QOI", "SGI") if f in Image.OPEN)
 
-# Pillow warns above MAX_IMAGE_PIXELS and raises above twice that, while reading the header. Align its
-# limit with ours so that real bombs are refused at open; our own check below covers the band in between.
+# Pillow warns above MAX_IMAGE_PIXELS and (before Pillow 13) raises above twice that, while reading the
+# header. Align its limit with ours; our own check (_refuse_bomb) on every header read refuses the rest.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # Truncated files must raise, not decode to grey; say so once here in case anything flipped it.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -75,6 +75,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     with _reasons(path):
         with Image.open(path, formats=FORMATS) as im:
             w, h = im.size
+            _refuse_bomb((w, h))  # Pillow 13 no longer raises on the header alone
             # Pillow's PNG getexif() decodes the whole image when no eXIf chunk came before the pixels;
             # such late chunks are rare, so a header read takes "no EXIF" for them.
             header_only = im.format == "PNG" and "exif" not in im.info

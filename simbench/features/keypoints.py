@@ -11,6 +11,10 @@ Detectors, each as OpenCV implements the paper:
 
 Every image is decoded in grey, scaled so that its long side is at most `max_size` (the detector's working
 scale), and its keypoints are mapped back to pixel coordinates of the original image.
+
+Which max_features keypoints are kept: the strongest by detector response, or (spread="grid") an even share
+per cell of a grid over the picture (see `spread_over_grid`), so that a high-contrast overlay (a screenshot
+frame's text, a caption, stripes, a logo) cannot take the whole budget from the picture around or inside it.
 """
 from __future__ import annotations
 
@@ -42,6 +46,29 @@ MIN_SIDE = 16
 #: 2: threshold ladder; mirror rows from the reflected keypoints instead of a second detection.
 VERSION = 2
 
+#: Ways to choose max_features keypoints spread over the picture (KeypointExtractor's `spread`; None = the
+#: strongest by response).
+SPREADS = ("grid",)
+
+#: spread="grid": square cells along the image's long side at working scale (8: 80 px cells at 640 px,
+#: 8 x 6 = 48 cells on a 4:3 picture, about 10 keypoints each of 500). 6 and 12 did no better on the
+#: development set's tuning split.
+SPREAD_CELLS = 8
+
+#: spread: the threshold ladder goes on down while the kept keypoints would fill less than this share of
+#: max_features with at most an even share per cell (`even_fill`), as well as while too few are found: a
+#: photo inside a text-heavy frame gets its own, weaker corners from a lower threshold. 0.75 on the tuning
+#: split: micro-AP 0.646 against 0.622 with the plain ladder (0.6: 0.625; 0.9: 0.648 at 1.2x the cost).
+SPREAD_MIN_FILL = 0.75
+
+#: ...unless the last step raised that share by less than this: what stays empty is flat (the white of line
+#: art, sky), and a lower threshold would only cost time there (line art: 97 ms per image instead of 131).
+SPREAD_MIN_GAIN = 0.05
+
+#: spread: ORB and SIFT cap what they detect (nfeatures); they detect this many times max_features, for
+#: the spreading to choose from. (BRISK and AKAZE return every corner above the threshold.)
+SPREAD_CANDIDATES = 20
+
 #: Below this many images a process pool costs more than it saves (interpreter start-up).
 MIN_IMAGES_FOR_POOL = 16
 
@@ -56,10 +83,12 @@ class _Config:
     threshold: float | None
     mirror: bool
     adaptive: bool = True
+    spread: str | None = None
 
 
 class KeypointExtractor(Extractor):
-    """Keypoints and descriptors of each image: the strongest `max_features` by detector response.
+    """Keypoints and descriptors of each image: `max_features` of them, the strongest by detector
+    response, or (spread) the strongest of each part of the picture.
 
     extract(paths) -> Extracted(KeypointSets): descriptors (M, bytes) uint8 for binary detectors,
     (M, 128) float32 for SIFT; points in pixels of the original image (after EXIF rotation), sizes
@@ -75,7 +104,18 @@ class KeypointExtractor(Extractor):
         A keypoint's response does not depend on the threshold it was found at, so a detailed picture
         keeps (nearly) the same strongest keypoints for a fraction of the cost: at BRISK threshold 8 a
         textured 512 px picture has ~7,000 corners and detection costs ~6x what it does at 30, where
-        500 are already found. Low-contrast pictures still go down to `threshold`.
+        500 are already found. Low-contrast pictures still go down to `threshold`. With spread, the
+        ladder also goes on down while the keypoints crowd into part of the picture (SPREAD_MIN_FILL,
+        SPREAD_MIN_GAIN).
+    spread: None = keep the strongest max_features by response. "grid" = keep them spread over the
+        picture: a grid of square cells (SPREAD_CELLS along the long side at working scale), the
+        strongest keypoint of every cell first, then the second of every cell, and so on (an even share
+        per cell; what flat cells cannot use goes to the others), see `spread_over_grid`. Against
+        overlays that take the budget: the 500 strongest BRISK corners of a photo in an app-screenshot
+        frame are nearly all the frame's text, so the copy loses its photo and different photos in
+        the same frame match through it. Pictures with at most max_features keypoints keep them all,
+        as without. Costs detection time, as the ladder goes lower: 1.4x the extraction time on the
+        development set's tuning photos and line art, 2x on textured 1024 px wallpapers.
     mirror: also describe the horizontally mirrored image, at the image's own keypoints reflected (no
         second detection), appended after the plain rows of the same image (flag in
         `KeypointSets.mirrored`), so that mirrored copies match. Doubles the rows, and the descriptor
@@ -87,9 +127,11 @@ class KeypointExtractor(Extractor):
 
     def __init__(self, detector: str = "brisk", max_features: int = 500, max_size: int = 640,
                  threshold: float | None = None, mirror: bool = False, adaptive: bool = True,
-                 workers: int = 0):
+                 spread: str | None = None, workers: int = 0):
         if detector not in DESCRIPTOR_SHAPE:
             raise ValueError(f"unknown detector {detector!r}; choose one of {sorted(DESCRIPTOR_SHAPE)}")
+        if spread is not None and spread not in SPREADS:
+            raise ValueError(f"unknown spread {spread!r}; choose None or one of {list(SPREADS)}")
         if max_features < 1 or max_size < 16:
             raise ValueError("max_features must be >= 1 and max_size >= 16")
         self.detector = detector
@@ -98,6 +140,7 @@ class KeypointExtractor(Extractor):
         self.threshold = threshold
         self.mirror = bool(mirror)
         self.adaptive = bool(adaptive)
+        self.spread = spread
         self.workers = int(workers)
 
     @property
@@ -105,9 +148,14 @@ class KeypointExtractor(Extractor):
         return DESCRIPTOR_SHAPE[self.detector][1]
 
     def params(self) -> dict:
-        return {"detector": self.detector, "max_features": self.max_features, "max_size": self.max_size,
-                "threshold": self.threshold, "mirror": self.mirror, "adaptive": self.adaptive,
-                "version": VERSION}
+        """The settings that change the features. `spread` only when set: without it the features are
+        as before, so caches, indexes and calibration tables keyed on these settings stay valid."""
+        params = {"detector": self.detector, "max_features": self.max_features, "max_size": self.max_size,
+                  "threshold": self.threshold, "mirror": self.mirror, "adaptive": self.adaptive,
+                  "version": VERSION}
+        if self.spread is not None:
+            params["spread"] = self.spread
+        return params
 
     @property
     def name(self) -> str:
@@ -115,7 +163,7 @@ class KeypointExtractor(Extractor):
 
     def extract(self, paths: Sequence[Path], progress: bool = False) -> Extracted:
         config = _Config(self.detector, self.max_features, self.max_size, self.threshold, self.mirror,
-                         self.adaptive)
+                         self.adaptive, self.spread)
         results = _map_images(paths, config, self.workers, progress)
         return _collect(paths, results, config)
 
@@ -206,14 +254,15 @@ def _collect(paths: Sequence[Path], results: list, config: _Config) -> Extracted
 def extract_image(path: str | Path, config: _Config) -> dict:
     """Keypoints of one image file in original pixel coordinates (raises UnreadableImage)."""
     gray, original_size = decode_gray(path, config.max_size)
-    detectors = [make_detector(config.detector, config.max_features, t) for t in threshold_ladder(config)]
+    candidates = config.max_features * (SPREAD_CANDIDATES if config.spread else 1)  # ORB and SIFT cap theirs
+    detectors = [make_detector(config.detector, candidates, t) for t in threshold_ladder(config)]
     scale = (original_size[0] / gray.shape[1], original_size[1] / gray.shape[0])
-    keypoints = find_keypoints(detectors, gray, config.max_features)
+    keypoints = find_keypoints(detectors, gray, config.max_features, config.spread)
     parts = [describe(detectors[0], gray, keypoints, mirrored=False)]
     if config.mirror:
         # Features of the mirror image, so a flipped copy's features match these rows. Its keypoints are
         # this image's reflected (what a detector finds on a flip, up to its own repeatability), which
-        # saves a second detection: most of the extraction's cost.
+        # saves a second detection: most of the extraction's cost. (Spread or not: the same selection.)
         parts.append(describe(detectors[0], np.ascontiguousarray(gray[:, ::-1]),
                               reflect(keypoints, gray.shape[1]), mirrored=True))
     out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
@@ -286,19 +335,100 @@ def _contrib(name: str):
     return factory
 
 
-def find_keypoints(detectors: list, gray: np.ndarray, max_features: int) -> list:
-    """The strongest max_features keypoints by response.
+def find_keypoints(detectors: list, gray: np.ndarray, max_features: int, spread: str | None = None) -> list:
+    """max_features keypoints: the strongest by response, or (spread="grid") spread over the picture.
 
-    detectors: tried in turn (a threshold ladder, most selective first) until one finds max_features.
+    detectors: tried in turn (a threshold ladder, most selective first) until one finds max_features;
+        with spread, also until they fill at least SPREAD_MIN_FILL of max_features evenly (`even_fill`),
+        or a step raised that share by less than SPREAD_MIN_GAIN.
     """
     keypoints = []
     # A sliver has no room for a descriptor's sampling pattern, and BRISK's pyramid fails on it.
     if min(gray.shape) >= MIN_SIDE:
+        filled = -1.0
         for detector in detectors:
             keypoints = detector.detect(gray, None)
-            if len(keypoints) >= max_features:
+            if len(keypoints) < max_features:
+                continue  # too few: lower the threshold (or, at the last step, keep them all)
+            if spread is None:
                 break
-    return sorted(keypoints, key=lambda k: -k.response)[:max_features]
+            # Enough keypoints, but crowded into part of the picture (a frame's text, a caption)? Lower
+            # the threshold while that brings the rest of the picture corners of its own.
+            was, filled = filled, even_fill(_points(keypoints), gray.shape, max_features)
+            if filled >= SPREAD_MIN_FILL or filled - was < SPREAD_MIN_GAIN:
+                break
+    if spread is None or len(keypoints) <= max_features:
+        return sorted(keypoints, key=lambda k: -k.response)[:max_features]
+    return spread_over_grid(keypoints, gray.shape, max_features)
+
+
+def spread_over_grid(keypoints: list, shape: tuple[int, int], max_features: int) -> list:
+    """max_features keypoints taken round-robin over the cells of a grid, strongest first in each cell.
+
+    Grid bucketing, as ORB-SLAM extracts its corners (Mur-Artal, Montiel & Tardos 2015, ORB-SLAM: a
+    versatile and accurate monocular SLAM system: each pyramid level divided into a grid, corners taken in
+    every cell), for the reason Brown, Szeliski & Winder give for adaptive non-maximal suppression (2005,
+    Multi-image matching using multi-scale oriented patches: keypoints spread over the image match better
+    than the strongest alone, which crowd where the contrast is highest).
+
+    Steps, by plain sorting: rank every keypoint within its cell by response; keep all of rank 0 (the best
+    of every cell), then all of rank 1, and so on, each round ordered by response, until max_features. So
+    every cell gets the same share, up to what it has, and the budget that flat cells cannot use goes
+    evenly to the others (water-filling). A budget smaller than the cells is one round, by response: the
+    strongest cells' best. Deterministic: ties go to the detector's order. Returned strongest first, as
+    without spreading.
+
+    Why not ANMS itself (keep the keypoints farthest from any 10% stronger one): measured on the tuning
+    split with BRISK as `simbench find` runs it, it did no better (micro-AP 0.603 against the grid's 0.622,
+    both with the plain ladder) and cost far more: AGAST scores tie a lot, so many keypoints have no
+    stronger one among their nearest neighbours and the k-d tree search widens (line art: 259 ms per image
+    against 70). And the ladder needs the cells anyway (`even_fill`).
+    """
+    n = len(keypoints)
+    response = np.array([k.response for k in keypoints], np.float64)
+    cell = grid_cells(_points(keypoints), shape)
+    index = np.arange(n)
+    # Rank within the cell: sort by (cell, response descending), count from each cell's first entry.
+    by_cell = np.lexsort((index, -response, cell))
+    sorted_cells = cell[by_cell]
+    first = np.flatnonzero(np.r_[True, sorted_cells[1:] != sorted_cells[:-1]])
+    starts = np.repeat(first, np.diff(np.r_[first, n]))
+    rank = np.empty(n, np.int64)
+    rank[by_cell] = index - starts
+    # Round-robin: by rank, then by response; keep the first max_features, strongest first.
+    keep = np.lexsort((index, -response, rank))[:max_features]
+    keep = keep[np.lexsort((keep, -response[keep]))]
+    return [keypoints[i] for i in keep.tolist()]
+
+
+def grid_cells(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Cell index of each point (x, y) in a grid of square cells, SPREAD_CELLS along the long side of an
+    image of shape (h, w); the last row or column of a non-square image may be partial."""
+    nx, ny, size = _grid(shape)
+    cx = np.clip((points[:, 0] / size).astype(np.int64), 0, nx - 1)
+    cy = np.clip((points[:, 1] / size).astype(np.int64), 0, ny - 1)
+    return cy * nx + cx
+
+
+def even_fill(points: np.ndarray, shape: tuple[int, int], max_features: int) -> float:
+    """How much of max_features the points fill with at most an even share per grid cell, in [0, 1]:
+    sum over cells of min(points in the cell, ceil(max_features / cells)) / max_features."""
+    nx, ny, _ = _grid(shape)
+    share = -(-max_features // (nx * ny))
+    counts = np.bincount(grid_cells(points, shape), minlength=nx * ny)
+    return min(1.0, float(np.minimum(counts, share).sum()) / max_features)
+
+
+def _grid(shape: tuple[int, int]) -> tuple[int, int, float]:
+    """(cells along x, cells along y, cell side in pixels) for an image of shape (h, w)."""
+    h, w = shape
+    size = max(h, w) / SPREAD_CELLS
+    return max(1, int(np.ceil(w / size - 1e-9))), max(1, int(np.ceil(h / size - 1e-9))), size
+
+
+def _points(keypoints: list) -> np.ndarray:
+    """(n, 2) float32 coordinates of OpenCV keypoints."""
+    return cv2.KeyPoint_convert(keypoints).reshape(-1, 2) if keypoints else np.empty((0, 2), np.float32)
 
 
 def reflect(keypoints: list, width: int) -> list:

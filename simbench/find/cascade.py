@@ -23,22 +23,21 @@ Every parameter can be overridden with key=value (OmegaConf dot-list), e.g.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from simbench.features.base import Extractor
+from simbench.find.calibration import (Calibration, load_calibrations, settings_key, signal_settings,
+                                       uncalibrated_score)
 from simbench.methods.base import Method
 from simbench.types import ScoredPairs
 
 log = logging.getLogger("simbench")
 
-CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 IDENTICAL = "identical"
 LINKED = "linked"
 
@@ -53,6 +52,10 @@ METHODS = {
 #: Every setting of `simbench find`, with its default; override any with key=value.
 DEFAULTS = {
     "method": "cascade",
+    # A calibration file of your own (`simbench calibrate`), used before the shipped tables.
+    "calibration": None,
+    # How the stages' calibrated scores combine for a pair found by several: max or noisy_or.
+    "fusion": "noisy_or",
     # Calibrated score (estimated precision) at and above which a pair is a duplicate: groups.json and
     # the report's starting threshold. 0.95 measured precision 1.0 on both benchmark sets (results/find.md).
     "threshold": 0.95,
@@ -63,6 +66,8 @@ DEFAULTS = {
     # max_linked_group get no such pairs (their direct pairs are still there).
     "link": True,
     "max_linked_group": 200,
+    # Only pairs scoring at least this link groups (a chain is never stronger than its weakest pair).
+    "link_min_score": 0.5,
     # Processes for reading files (0 = one per core); extractors have their own `workers`.
     "workers": 0,
     "pdf": {"min_side_px": 32, "min_side_pt": 24.0, "min_render_side": 512, "max_render_side": 1024,
@@ -71,20 +76,24 @@ DEFAULTS = {
     # corners at all; 500 per image caps the rest. mirror: flipped copies match. See results/find.md.
     "keypoints": {
         "extractor": {"_target_": "simbench.features.keypoints.KeypointExtractor", "detector": "brisk",
-                      "max_features": 500, "max_size": 640, "threshold": 8, "mirror": True, "workers": 0},
+                      "max_features": 500, "max_size": 640, "threshold": 8, "mirror": True, "spread": "grid",
+                      "workers": 0},
         "method": {"_target_": "simbench.methods.keypoints.KeypointMethod", "distance_threshold": 31,
                    "score": "min", "verify": True, "ransac_threshold": 8.0, "min_inliers": 5,
-                   "transform": "similarity", "max_pairs_verified": 200_000, "verify_min_score": 0.01},
+                   "transform": "similarity", "max_pairs_verified": 200_000, "verify_min_score": 0.01,
+                   "burstiness": 0.5, "coverage": True, "min_coverage": 0.02},
         "matcher": {"_target_": "simbench.match.lsh.MultiIndexHashMatcher", "pieces": 0,
                     "permutation": "calibrated", "seed": 0},
-        # Which raw value is calibrated: the method's score, or a per-pair field of its `extra`.
-        "signal": "inliers",
+        # Which raw value is calibrated: the method's score, or a per-pair field of its `extra`
+        # (evidence: burstiness-weighted inliers times how much of the pictures they cover).
+        "signal": "evidence",
     },
     "cnn": {
         "extractor": {"_target_": "simbench.features.cnn.CnnExtractor", "backbone": "efficientnet_lite0",
                       "weights": "imagenet", "batch_size": 32, "workers": 1, "device": "cpu",
-                      "augment": None, "image_size": 224},
-        "method": {"_target_": "simbench.methods.cnn.CnnMethod", "min_similarity": 0.8, "threshold": 0.9},
+                      "augment": None, "image_size": 224, "runtime": "onnx", "pooling": "gem"},
+        "method": {"_target_": "simbench.methods.cnn.CnnMethod", "min_similarity": None, "neighbours": 20,
+                   "normalise_k": 10, "beta": 1.0, "threshold": 0.9},
         "matcher": {"_target_": "simbench.match.exact.ExactMatcher", "threads": 0},
         "signal": "score",
     },
@@ -114,89 +123,13 @@ def make_config(method: str | None = None, overrides: Sequence[str] = ()) -> Dic
 
 
 # ---------------------------------------------------------------------------------------------------
-# Calibration
-
-
-@dataclass
-class Calibration:
-    """raw score -> estimated precision: piecewise linear through (raw, precision) knots, both increasing.
-
-    Below the first knot the precision of the first knot's bin is kept, above the last one the last.
-    """
-
-    raw: np.ndarray
-    precision: np.ndarray
-    signal: str = "score"
-    note: str = ""
-
-    def __call__(self, raw) -> np.ndarray:
-        return np.interp(np.asarray(raw, np.float64), self.raw, self.precision)
-
-
-def load_calibrations(path: Path = CALIBRATION_FILE) -> dict[str, Calibration]:
-    """Calibration tables by extractor name ("keypoints-brisk", ...); {} when the file is absent."""
-    try:
-        table = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return {}
-    return {name: Calibration(np.asarray(t["raw"], np.float64), np.asarray(t["precision"], np.float64),
-                              t.get("signal", "score"), t.get("note", ""))
-            for name, t in table.items() if not name.startswith("_")}
-
-
-def fit_calibration(raw: np.ndarray, is_true: np.ndarray, signal: str = "score", max_knots: int = 48,
-                    min_block: int = 10) -> Calibration:
-    """Monotone raw -> precision table from labelled pairs: isotonic regression (pool-adjacent-violators)
-    of is_true on raw, blocks of at least `min_block` pairs, each block's precision Laplace-smoothed
-    ((tp + 1) / (n + 2), so a few hundred pairs never claim certainty), knots at the blocks' median raw
-    values (at most max_knots of them)."""
-    raw = np.asarray(raw, np.float64)
-    y = np.asarray(is_true, np.float64)
-    order = np.argsort(raw, kind="stable")
-    raw, y = raw[order], y[order]
-    # Start from runs of min_block pairs (equal raw values never split), then pool violators.
-    starts = [0]
-    for k in range(1, len(raw)):
-        if k - starts[-1] >= min_block and raw[k] != raw[k - 1]:
-            starts.append(k)
-    bounds = list(zip(starts, starts[1:] + [len(raw)]))
-    tp = np.array([y[s:e].sum() for s, e in bounds])
-    n = np.array([e - s for s, e in bounds], np.float64)
-    blocks = _pava_blocks(tp, n)
-    centres, precision = [], []
-    for first, last in blocks:
-        s, e = bounds[first][0], bounds[last][1]
-        centres.append(float(np.median(raw[s:e])))
-        precision.append((float(y[s:e].sum()) + 1.0) / (e - s + 2.0))
-    centres, precision = np.array(centres), np.maximum.accumulate(np.array(precision))
-    if len(centres) > max_knots:
-        keep = np.unique(np.linspace(0, len(centres) - 1, max_knots).round().astype(int))
-        centres, precision = centres[keep], precision[keep]
-    centres = np.maximum.accumulate(centres + np.arange(len(centres)) * 1e-9)
-    return Calibration(centres, precision, signal)
-
-
-def _pava_blocks(tp: np.ndarray, n: np.ndarray) -> list[tuple[int, int]]:
-    """Pool-adjacent-violators over bins (tp, n): runs of bins [first, last] with non-decreasing means."""
-    out: list = []  # [mean, weight, first, last]
-    for k, (t, w) in enumerate(zip(tp, n)):
-        out.append([t / w, w, k, k])
-        # >= also pools equal means: fewer, larger blocks (steadier smoothed precisions).
-        while len(out) > 1 and out[-2][0] >= out[-1][0]:
-            m2, w2, _, l2 = out.pop()
-            m1, w1, f1, _ = out.pop()
-            out.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, f1, l2])
-    return [(f, l) for _, _, f, l in out]
-
-
-# ---------------------------------------------------------------------------------------------------
 # Stages
 
 
 @dataclass
 class Stage:
     """One kind of evidence: an extractor (features kept in the index), a method scoring pairs of its
-    features, and the calibration of its raw signal."""
+    features, and the calibration of its raw signal (None: no table matches its settings)."""
 
     name: str
     extractor: Extractor
@@ -209,26 +142,25 @@ class Stage:
         """The index section of its features."""
         return self.extractor.name
 
+    @property
+    def settings(self) -> dict:
+        return signal_settings(self.name, self.extractor, self.method, self.signal)
+
+    @property
+    def is_calibrated(self) -> bool:
+        return self.calibration is not None
+
     def raw_signal(self, pairs: ScoredPairs) -> np.ndarray:
         if self.signal == "score":
             return np.asarray(pairs.score, np.float64)
         return np.asarray(pairs.extra[self.signal], np.float64)
 
-    def calibrated(self, pairs: ScoredPairs) -> np.ndarray:
-        """Estimated precision per pair. Without a table: scores clipped to [0, 1], counts n as n / (n + 10)
-        (a rough stand-in that keeps fusion and linking working; the warning says scores are raw)."""
-        raw = self.raw_signal(pairs)
+    def calibrated(self, raw: np.ndarray) -> np.ndarray:
+        """Estimated precision per raw signal value; without a table a monotone stand-in (the outputs
+        then say "uncalibrated")."""
         if self.calibration is not None:
             return self.calibration(raw)
-        if self.signal == "score":
-            return np.clip(raw, 0.0, 1.0)
-        return raw / (raw + 10.0)
-
-
-def calibration_key(extractor: Extractor) -> str:
-    """The calibration table's name: the extractor's name, with the hash algorithm for hash extractors."""
-    algorithm = getattr(extractor, "algorithm", None)
-    return f"{extractor.name}-{algorithm}" if algorithm and str(algorithm) not in extractor.name else extractor.name
+        return uncalibrated_score(raw, self.signal)
 
 
 def unavailable(extractor: Extractor) -> str | None:
@@ -248,11 +180,16 @@ def unavailable(extractor: Extractor) -> str | None:
     return None
 
 
-def build_stages(cfg: DictConfig, calibrations: dict[str, Calibration] | None = None) -> list[Stage]:
-    """The stages of cfg.method, instantiated (Hydra `_target_`s), each with its calibration table."""
+def build_stages(cfg: DictConfig, calibrations: dict[str, Calibration] | None = None,
+                 quiet: bool = False) -> list[Stage]:
+    """The stages of cfg.method, instantiated (Hydra `_target_`s), each with the calibration table whose
+    settings it matches (tables from `calibrations`, else the shipped ones, else cfg.calibration's file)."""
     from hydra.utils import instantiate
 
-    calibrations = load_calibrations() if calibrations is None else calibrations
+    if calibrations is None:
+        calibrations = load_calibrations()
+        if cfg.get("calibration"):
+            calibrations.update(load_calibrations(str(cfg.calibration)))
     stages = []
     for name in METHODS[cfg.method]:
         part = cfg[name]
@@ -265,14 +202,12 @@ def build_stages(cfg: DictConfig, calibrations: dict[str, Calibration] | None = 
         if missing:
             raise RuntimeError(f"{name} cannot run: {missing}")
         method = instantiate(part.method, extractor=extractor, matcher=instantiate(part.matcher))
-        signal = str(part.get("signal", "score"))
-        calibration = calibrations.get(calibration_key(extractor))
-        if calibration is not None and calibration.signal != signal:
-            calibration = None
-        if calibration is None:
-            log.warning("no calibration for %s (signal %s): its scores are not calibrated",
-                        calibration_key(extractor), signal)
-        stages.append(Stage(name, extractor, method, signal, calibration))
+        stage = Stage(name, extractor, method, str(part.get("signal", "score")))
+        stage.calibration = calibrations.get(settings_key(stage.settings))
+        if stage.calibration is None and not quiet:
+            log.warning("%s: no calibration table for these settings, so its scores are uncalibrated "
+                        "(ranked, but not estimates of precision; `simbench calibrate` fits one)", name)
+        stages.append(stage)
     return stages
 
 
@@ -285,6 +220,8 @@ class FusedPairs:
     """Pairs of items (a < b) with the fused score, the stage that gave it, and every stage's score.
 
     per_stage: stage name -> calibrated score per pair (0 where that stage did not find the pair).
+    calibrated: whether the pair's score is an estimate of precision (False when the stage that gave it,
+        or for a linked pair any stage, has no calibration table for its settings); None = all are.
     """
 
     a: np.ndarray
@@ -292,6 +229,12 @@ class FusedPairs:
     score: np.ndarray
     method: np.ndarray  # str per pair
     per_stage: dict[str, np.ndarray] = field(default_factory=dict)
+    calibrated: np.ndarray | None = None
+
+    def subset(self, rows: np.ndarray) -> "FusedPairs":
+        return FusedPairs(self.a[rows], self.b[rows], self.score[rows], self.method[rows],
+                          {k: v[rows] for k, v in self.per_stage.items()},
+                          None if self.calibrated is None else self.calibrated[rows])
 
     def __len__(self) -> int:
         return len(self.a)
@@ -320,11 +263,18 @@ def identical_pairs(digests: Sequence[str], max_clique: int = 100) -> ScoredPair
     return ScoredPairs(np.array(a, np.int64), np.array(b, np.int64), np.ones(len(a)))
 
 
-def fuse(n_items: int, evidence: dict[str, ScoredPairs]) -> FusedPairs:
-    """One row per pair found by any stage: score = the best calibrated score, method = that stage.
+FUSIONS = ("max", "noisy_or")
+
+
+def fuse(n_items: int, evidence: dict[str, ScoredPairs], rule: str = "max") -> FusedPairs:
+    """One row per pair found by any stage, method = the stage with the best calibrated score, and
+    score = that best score ("max"), or 1 - prod(1 - p_stage) ("noisy_or": agreeing stages add up, as
+    independent pieces of evidence would; a pair seen by one stage keeps that stage's score).
 
     evidence: stage name -> pairs in item indices with calibrated scores (in [0, 1]).
     """
+    if rule not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {rule!r}")
     names = list(evidence)
     keys = [_keys(p.a, p.b, n_items) for p in evidence.values()]
     all_keys = np.unique(np.concatenate(keys)) if keys else np.empty(0, np.int64)
@@ -333,6 +283,8 @@ def fuse(n_items: int, evidence: dict[str, ScoredPairs]) -> FusedPairs:
         np.maximum.at(table[s], np.searchsorted(all_keys, key), np.asarray(pairs.score, np.float64))
     best = table.argmax(axis=0) if len(names) else np.zeros(0, np.int64)
     score = table.max(axis=0) if len(names) else np.zeros(0)
+    if rule == "noisy_or" and len(names):
+        score = np.maximum(score, 1.0 - np.prod(1.0 - table, axis=0))  # max: rounding never lowers it
     a, b = all_keys // n_items, all_keys % n_items
     method = np.array(names, dtype=object)[best] if len(names) else np.empty(0, object)
     return FusedPairs(a, b, score, method, {name: table[s] for s, name in enumerate(names)})

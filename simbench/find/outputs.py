@@ -2,7 +2,10 @@
 
 pairs.csv (DESIGN.md): a,b,score, then a_source,a_page,a_bbox,b_source,b_page,b_bbox (empty for images
 that are files of their own), then method (the stage whose evidence gave the score: identical,
-keypoints, cnn, hash or linked). Best score first. Every file is written atomically.
+keypoints, cnn, hash or linked), then calibrated ("yes", or "no" when no calibration table covers the
+settings that gave the score: ranked, but not an estimate of precision). Best score first.
+evidence.npz: every stage's pairs with their raw signals (what `simbench calibrate` fits tables on).
+Every file is written atomically.
 """
 from __future__ import annotations
 
@@ -17,9 +20,10 @@ import numpy as np
 from simbench.cache import atomic_write_bytes
 from simbench.find.cascade import FusedPairs
 from simbench.find.items import Item
-from simbench.types import Skipped
+from simbench.types import ScoredPairs, Skipped
 
-PAIR_COLUMNS = ("a", "b", "score", "a_source", "a_page", "a_bbox", "b_source", "b_page", "b_bbox", "method")
+PAIR_COLUMNS = ("a", "b", "score", "a_source", "a_page", "a_bbox", "b_source", "b_page", "b_bbox", "method",
+                "calibrated")
 
 
 def write_pairs_csv(path: Path, pairs: FusedPairs, items: Sequence[Item]) -> None:
@@ -27,11 +31,36 @@ def write_pairs_csv(path: Path, pairs: FusedPairs, items: Sequence[Item]) -> Non
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(PAIR_COLUMNS)
+    calibrated = pairs.calibrated if pairs.calibrated is not None else np.ones(len(pairs), bool)
     for k in score_order(pairs):
         a, b = items[pairs.a[k]], items[pairs.b[k]]
         writer.writerow([a.display, b.display, f"{pairs.score[k]:.6f}", *_provenance(a), *_provenance(b),
-                         pairs.method[k]])
+                         pairs.method[k], "yes" if calibrated[k] else "no"])
     atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def write_evidence(path: Path, raw: dict[str, ScoredPairs], items: Sequence[Item], settings: dict) -> None:
+    """evidence.npz: per stage `<stage>.a`, `<stage>.b` (item positions), `<stage>.raw` (raw signal);
+    `items` (display paths) and `settings` (JSON: stage -> the settings its calibration is keyed by).
+    Plain arrays only, so reading it never runs code (np.load(..., allow_pickle=False))."""
+    arrays = {"items": np.array([item.display for item in items], dtype=str),
+              "settings": np.array(json.dumps(settings, sort_keys=True, default=str))}
+    for name, found in raw.items():
+        arrays[f"{name}.a"] = np.asarray(found.a, np.int64)
+        arrays[f"{name}.b"] = np.asarray(found.b, np.int64)
+        arrays[f"{name}.raw"] = np.asarray(found.score, np.float64)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_evidence(path: Path) -> tuple[list[str], dict[str, ScoredPairs], dict]:
+    """(item display paths, stage -> raw pairs, stage -> settings) from an evidence.npz."""
+    with np.load(path, allow_pickle=False) as z:
+        items = [str(x) for x in z["items"]]
+        settings = json.loads(str(z["settings"]))
+        raw = {name: ScoredPairs(z[f"{name}.a"], z[f"{name}.b"], z[f"{name}.raw"]) for name in settings}
+    return items, raw, settings
 
 
 def _provenance(item: Item) -> list:
@@ -108,7 +137,8 @@ def write_groups_json(path: Path, groups: list[dict], pairs: FusedPairs, items: 
         members = [{"path": items[m].display, "source": items[m].source, "page": items[m].page,
                     "bbox": items[m].bbox} for m in g["members"]]
         group_pairs = [{"a": position[int(pairs.a[k])], "b": position[int(pairs.b[k])],
-                        "score": round(float(pairs.score[k]), 6), "method": str(pairs.method[k])}
+                        "score": round(float(pairs.score[k]), 6), "method": str(pairs.method[k]),
+                        "calibrated": bool(pairs.calibrated is None or pairs.calibrated[k])}
                        for k in g["pairs"]]
         out.append({"id": gid, "size": len(members), "best_score": round(g["best"], 6), "members": members,
                     "pairs": group_pairs})

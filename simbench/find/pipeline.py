@@ -47,6 +47,7 @@ class FindResult:
     n_pdfs: int
     n_new_files: int
     timing: dict = field(default_factory=dict)
+    raw: dict[str, ScoredPairs] = field(default_factory=dict)  # stage -> pairs with raw signals
 
     def summary(self, out_dir: Path | None = None, threshold: float | None = None) -> str:
         where = f" -> {out_dir}" if out_dir else ""
@@ -66,11 +67,12 @@ def find(inputs: Sequence[str | Path], out_dir: str | Path, cfg: DictConfig | No
     stages = cascade.build_stages(cfg)
     collected = collect(inputs, stages, cfg, index, out_dir, progress)
     t = time.perf_counter()
-    pairs = score(collected.items, stages, collected.features, cfg, progress)
+    raw = raw_evidence(stages, collected.features, progress)
+    pairs = score(collected.items, stages, raw, cfg)
     groups = outputs.duplicate_groups(pairs, len(collected.items), float(cfg.threshold))
     timing = {**collected.timing, "match_s": time.perf_counter() - t, "total_s": time.perf_counter() - t0}
     result = FindResult(collected.items, pairs, groups, collected.skipped, collected.n_files, collected.n_pdfs,
-                        collected.n_new, timing)
+                        collected.n_new, timing, raw)
     write_outputs(out_dir, result, cfg, stages)
     return result
 
@@ -228,19 +230,30 @@ def unusable(items: list[Item], features: dict) -> list[Skipped]:
 # 4. Scoring
 
 
-def score(items: list[Item], stages: list[Stage], features: dict, cfg: DictConfig, progress: bool) -> FusedPairs:
+def raw_evidence(stages: list[Stage], features: dict, progress: bool) -> dict[str, ScoredPairs]:
+    """Each stage's pairs in item indices with its raw signal as the score (what calibration maps)."""
+    out = {}
+    for stage in stages:
+        found = stage_pairs(stage, features[stage.name], progress)
+        out[stage.name] = ScoredPairs(found.a, found.b, stage.raw_signal(found))
+    return out
+
+
+def score(items: list[Item], stages: list[Stage], raw: dict[str, ScoredPairs], cfg: DictConfig) -> FusedPairs:
     """Identical-data pairs, each stage's calibrated pairs, fused, optionally linked, >= min_score."""
     n = len(items)
     evidence = {cascade.IDENTICAL: cascade.identical_pairs([item.digest for item in items])}
     for stage in stages:
-        found = stage_pairs(stage, features[stage.name], progress)
-        evidence[stage.name] = ScoredPairs(found.a, found.b, stage.calibrated(found))
-    fused = cascade.fuse(n, evidence)
+        found = raw[stage.name]
+        evidence[stage.name] = ScoredPairs(found.a, found.b, stage.calibrated(found.score))
+    fused = cascade.fuse(n, evidence, str(cfg.fusion))
     if cfg.link:
-        fused = cascade.link(fused, n, float(cfg.min_score), int(cfg.max_linked_group))
-    keep = np.flatnonzero(fused.score >= float(cfg.min_score))
-    return FusedPairs(fused.a[keep], fused.b[keep], fused.score[keep], fused.method[keep],
-                      {k: v[keep] for k, v in fused.per_stage.items()})
+        fused = cascade.link(fused, n, float(cfg.link_min_score), int(cfg.max_linked_group))
+    uncalibrated = [stage.name for stage in stages if not stage.is_calibrated]
+    fused.calibrated = ~np.isin(fused.method.astype(str), uncalibrated)
+    if uncalibrated:
+        fused.calibrated &= fused.method != cascade.LINKED
+    return fused.subset(np.flatnonzero(fused.score >= float(cfg.min_score)))
 
 
 def stage_pairs(stage: Stage, stage_features, progress: bool = False) -> ScoredPairs:
@@ -266,4 +279,19 @@ def write_outputs(out_dir: Path, result: FindResult, cfg: DictConfig, stages: li
     outputs.write_groups_json(out_dir / "groups.json", result.groups, result.pairs, result.items,
                               float(cfg.threshold), str(cfg.method))
     outputs.write_skipped_csv(out_dir / "skipped.csv", result.skipped)
+    outputs.write_evidence(out_dir / "evidence.npz", result.raw, result.items,
+                           {stage.name: stage.settings for stage in stages})
     report.write_report(out_dir / "report.html", result, cfg, stages)
+
+
+def score_against(result: FindResult, truth_csv: str | Path, out_dir: Path, threshold: float) -> dict:
+    """Metrics of a run against a truth.csv (simbench.find.truth), also written to out_dir/metrics.json."""
+    import json
+
+    from simbench.cache import atomic_write_bytes
+    from simbench.find.truth import read_truth, score_run
+
+    truth = read_truth(truth_csv, [item.display for item in result.items])
+    metrics = score_run(result.pairs.as_scored(), truth, threshold)
+    atomic_write_bytes(out_dir / "metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
+    return metrics

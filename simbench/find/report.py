@@ -38,9 +38,10 @@ def report_data(result, cfg, stages) -> dict:
     method_id = {m: k for k, m in enumerate(methods)}
     order = np.lexsort((pairs.b, pairs.a, -pairs.score))
     stage_scores = [pairs.per_stage.get(m, np.zeros(len(pairs))) for m in methods[:-1]]
+    calibrated = pairs.calibrated if pairs.calibrated is not None else np.ones(len(pairs), bool)
     rows = [[position[int(pairs.a[k])], position[int(pairs.b[k])], round(float(pairs.score[k]), 4),
              method_id.get(str(pairs.method[k]), len(methods) - 1),
-             [round(float(s[k]), 4) for s in stage_scores]] for k in order]
+             [round(float(s[k]), 4) for s in stage_scores], int(bool(calibrated[k]))] for k in order]
     return {
         "title": "simbench find: duplicate review",
         "summary": {"files": result.n_files, "pdfs": result.n_pdfs, "images": len(result.items),
@@ -49,6 +50,7 @@ def report_data(result, cfg, stages) -> dict:
         "threshold": float(cfg.threshold),
         "min_score": float(cfg.min_score),
         "methods": methods,
+        "uncalibrated": [s.name for s in stages if not getattr(s, "is_calibrated", True)],
         "items": items,
         "pairs": rows,
         "skipped": [[s.path, s.reason] for s in result.skipped],
@@ -220,7 +222,8 @@ function renderGroup(g, rank) {
   }
   const rows = g.pairs.map(([p, s]) => el("tr", {},
     el("td", { text: DATA.items[p[0]].d }), el("td", { text: DATA.items[p[1]].d }),
-    el("td", { class: "num", text: s.toFixed(3) }), el("td", { text: METHODS[p[3]] })));
+    el("td", { class: "num", text: s.toFixed(3) }),
+    el("td", { text: METHODS[p[3]] + (p[5] ? "" : " (uncalibrated)") })));
   const table = el("table", {}, el("tr", {}, el("th", { text: "a" }), el("th", { text: "b" }),
     el("th", { text: "score" }), el("th", { text: "method" })), ...rows);
   const details = el("details", { class: "pairs" }, el("summary", { text: plural(g.pairs.length, "pair") }), table);
@@ -254,7 +257,8 @@ function update() {
 
 function setup() {
   const s = DATA.summary;
-  $("stats").textContent = `${s.files} files (${s.pdfs} PDFs) · ${s.images} images · ${s.skipped} skipped · method ${DATA.method}`;
+  $("stats").textContent = `${s.files} files (${s.pdfs} PDFs) · ${s.images} images · ${s.skipped} skipped · method ${DATA.method}` +
+    (DATA.uncalibrated.length ? ` · uncalibrated: ${DATA.uncalibrated.join(", ")} (scores rank pairs but do not estimate precision)` : "");
   const slider = $("threshold");
   slider.min = Math.max(0, Math.floor(DATA.min_score * 100) / 100); slider.max = 1; slider.value = DATA.threshold;
   const select = $("method");

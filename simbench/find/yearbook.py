@@ -11,10 +11,22 @@ also carries a caption per photo and a small logo (a tiny image that find must s
 Crops always keep the photo's central 20% (its subject), so any two placements of a photo share a
 region; how much varies (from a sixth of the smaller crop up to all of it).
 
+A school's yearbook is harder than that, and the options of `build_yearbook` make it so (`SCHOOL_STYLE`
+turns them all on): the school's logo stamped into the corner of every photo and its decorative frame
+burned around every photo (so unrelated photos share a textured logo and frame, which must not make them
+a pair), the page frame and the logo on every page, some placements recoloured (sepia, duotone, grey, a
+strong tint) while the same photo shows elsewhere in its own colours, and some photos genuinely flat
+(soft, low-contrast, like a portrait against a plain backdrop), where the logo and frame are most of
+the detail there is. Logo, frame and recolouring are applied to the window of the photo that shows,
+upright as the reader sees it, then burned into the placed pixels, as a layout program exports them.
+
 Photos are scikit-image's sample photographs (offline), whole or cut into non-overlapping halves and
-quadrants where they are large: 20 distinct pictures of 300 to 720 pixels.
+quadrants where they are large: 20 distinct pictures of 300 to 720 pixels; or any list of photos passed
+in (`photos_from_folder` picks them from a folder of images, `reference_photos` from a dataset's
+references, e.g. one split of the development set).
 `build_yearbook` returns every placement with its page and rectangle; `true_pairs` gives the pairs of
-placements of the same photo.
+placements of the same photo (the logo and the frame are never a placement: they are part of each
+photo's pixels, or tiny, or vector graphics).
 """
 from __future__ import annotations
 
@@ -24,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
 from simbench.data.synthetic import load_photo
 
@@ -42,6 +54,8 @@ class Placement:
     photo: int
     how: str  # "crop", "rotate90" or "rotate_small", "+clip" when cropped by a clipping path
     crop: tuple[int, int, int, int] = (0, 0, 0, 0)  # the window of the photo shown, in its pixels
+    colour: str = "original"  # or the recolouring shown: one of RECOLOURINGS
+    flat: bool = False  # the photo is a low-texture one (see _flatten)
 
 
 #: Whole photographs; and large ones cut into parts (cols, rows) that share no pixel.
@@ -49,6 +63,23 @@ WHOLE = ("astronaut", "camera", "chelsea", "coffee", "coins", "rocket", "immunoh
          "clock")
 PARTS = (("motorcycle", 2, 1), ("hubble_deep_field", 2, 2), ("retina", 2, 2))
 MAX_PHOTO_SIDE = 720
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+#: The school's yearbook of the issue: shared logo and frame, 30% of the placements recoloured, a
+#: quarter of the photos flat. `build_yearbook(out_dir, **SCHOOL_STYLE)`.
+SCHOOL_STYLE = {"shared_logo": True, "shared_frame": True, "recolour": 0.3, "low_texture": 0.25}
+RECOLOURINGS = ("sepia", "duotone", "grey", "tint")
+
+# The school's look: colours (RGB), the photo frame's width and the logo's size and place on a photo.
+NAVY, GOLD, WHITE, SKY = (22, 38, 92), (214, 170, 52), (245, 242, 230), (70, 110, 170)
+FRAME_PT = 7.0  # width of the frame band around every photo, in points on the page
+LOGO_WIDTH = 0.15  # the logo's side as a fraction of the photo's width on the page
+LOGO_INSET_PT = 1.5 * FRAME_PT  # from the photo's bottom right corner, clear of the frame
+# The logo on the page itself stays an icon, under PdfOptions.min_side_px (32 px), as today's 20 px one:
+# find skips it; were it compared, every page would pair with every other through it.
+PAGE_LOGO_PX = 28
+PAGE_LOGO_RECT = (A4[0] - 62, 26, A4[0] - 30, 58)
+PLAIN_ICON_RECT = (A4[0] - 50, 15, A4[0] - 30, 35)
 
 
 def yearbook_photos() -> list[Image.Image]:
@@ -63,18 +94,99 @@ def yearbook_photos() -> list[Image.Image]:
     return photos
 
 
+def photos_from_folder(folder: str | Path, n: int | None = None, seed: int = 0,
+                       one_per_subfolder: bool = False) -> list[Image.Image]:
+    """Up to n photos (all when None) from the images under `folder`, picked by `seed` as
+    photos_from_paths does.
+
+    one_per_subfolder: each entry of `folder` is one picture, a subfolder included, of whose images the
+    smallest with a long side of at least MAX_PHOTO_SIDE (else the largest) is used. KDE's wallpapers
+    (/usr/share/wallpapers) keep one picture per folder in several sizes plus a screenshot; taken as
+    separate photos they would be duplicates that the truth calls distinct.
+    """
+    folder = Path(folder)
+    if one_per_subfolder:
+        groups = [sorted(_image_files(e)) if e.is_dir() else [e] for e in sorted(folder.iterdir())]
+        paths = [_fitting_size(g) for g in groups if any(p.suffix.lower() in IMAGE_SUFFIXES for p in g)]
+    else:
+        paths = sorted(_image_files(folder))
+    return photos_from_paths(paths, n, seed)
+
+
+def reference_photos(dataset, n: int | None = None, seed: int = 0) -> list[Image.Image]:
+    """Up to n of a dataset's reference pictures (label "reference": distinct pictures, none a copy of
+    another), e.g. one split of the development set: `reference_photos(DevSet("tune").load())`."""
+    return photos_from_paths([p for p, label in zip(dataset.paths, dataset.labels) if label == "reference"], n, seed)
+
+
+def photos_from_paths(paths, n: int | None = None, seed: int = 0) -> list[Image.Image]:
+    """Up to n photos (all when None) from image files, picked at random by `seed` (the same paths and
+    seed give the same photos in the same order), RGB, long side at most MAX_PHOTO_SIDE. Files that do
+    not open as images are passed over. The files must show distinct pictures: the truth says they are."""
+    paths = list(paths)
+    photos = []
+    for k in np.random.default_rng(seed).permutation(len(paths)):
+        if n is not None and len(photos) >= n:
+            break
+        try:
+            with Image.open(paths[k]) as image:
+                image.draft("RGB", (MAX_PHOTO_SIDE, MAX_PHOTO_SIDE))  # JPEGs: decode at a reduced scale
+                photos.append(_fit(image))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return photos
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+
+
+def _fitting_size(paths: list[Path]) -> Path:
+    """Of the images of one picture, the smallest that is large enough (reading only their headers)."""
+    sides = []
+    for p in paths:
+        try:
+            with Image.open(p) as image:
+                sides.append((max(image.size), p))
+        except (OSError, ValueError):
+            continue
+    if not sides:
+        return paths[0]
+    large = [s for s in sides if s[0] >= MAX_PHOTO_SIDE]
+    return min(large)[1] if large else max(sides)[1]
+
+
+def _fit(photo: Image.Image) -> Image.Image:
+    """An RGB copy, long side at most MAX_PHOTO_SIDE (the caller's image is left as it was)."""
+    photo = photo.convert("RGB")  # convert always copies
+    photo.thumbnail((MAX_PHOTO_SIDE, MAX_PHOTO_SIDE), Image.Resampling.LANCZOS)
+    return photo
+
+
 def build_yearbook(out_dir: str | Path, n_pdfs: int = 3, n_photos: int = 16, n_single: int = 4,
-                   seed: int = 0) -> list[Placement]:
+                   seed: int = 0, *, photos: list[Image.Image] | None = None, shared_logo: bool = False,
+                   shared_frame: bool = False, recolour: float = 0.0, low_texture: float = 0.0) -> list[Placement]:
     """Write yearbook-1.pdf ... into out_dir; return every placement of a photo.
 
-    n_photos photos are placed 2 or 3 times, n_single more once (n_photos + n_single <= 20).
+    n_photos photos are placed 2 or 3 times, n_single more once, drawn from `photos` (PIL images; by
+    default the 20 of yearbook_photos()), so n_photos + n_single <= len(photos).
+    shared_logo: the school's logo (school_logo()) stamped into the bottom right corner of every photo
+        placement, and drawn small on every page (a tiny image, skipped by find as an icon).
+    shared_frame: the school's frame burned around every photo placement, and a page frame, running
+        head and folio drawn as vector graphics on every page.
+    recolour: the fraction of placements recoloured (one of RECOLOURINGS), never the first placement of
+        a photo, so that every recoloured photo is also shown in its own colours.
+    low_texture: the fraction of photos made flat (_flatten), in every placement.
+    With all options off, the PDFs and placements are today's for a given seed: the options draw their
+    random choices from a stream of their own.
     """
     import pymupdf
 
     rng = np.random.default_rng(seed)
+    style_rng = np.random.default_rng([seed, 1])  # the options' own choices: the layout stays the seed's
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    available = yearbook_photos()
+    available = yearbook_photos() if photos is None else [_fit(p) for p in photos]
     if n_photos + n_single > len(available):
         raise ValueError(f"at most {len(available)} distinct photos, {n_photos + n_single} asked for")
     photos = [available[k] for k in rng.permutation(len(available))[: n_photos + n_single]]
@@ -82,18 +194,26 @@ def build_yearbook(out_dir: str | Path, n_pdfs: int = 3, n_photos: int = 16, n_s
     slots = [p for p, n in enumerate(uses) for _ in range(n)]
     slots = _spread(slots, rng)
     pages = _paginate(slots, rng)
+    flat = {int(k) for k in style_rng.choice(len(photos), round(low_texture * len(photos)), replace=False)}
+    photos = [_flatten(photo) if k in flat else photo for k, photo in enumerate(photos)]
+    looks = iter(_looks(pages, photos, recolour, style_rng))
+    emblem = school_logo() if shared_logo else None
+    icon = _png(emblem.resize((PAGE_LOGO_PX, PAGE_LOGO_PX), Image.Resampling.LANCZOS)) if emblem else _logo_png()
     docs = [pymupdf.open() for _ in range(n_pdfs)]
-    logo = _logo_png()
     placements = []
     for k, photos_on_page in enumerate(pages):
         d = k % n_pdfs
         doc = docs[d]
         page = doc.new_page(width=A4[0], height=A4[1])
         name = str(out_dir / f"yearbook-{d + 1}.pdf")
-        page.insert_image(pymupdf.Rect(A4[0] - 50, 15, A4[0] - 30, 35), stream=logo)  # 20 x 20 px icon
+        if shared_frame:
+            _page_frame(page, doc.page_count)
+        page.insert_image(pymupdf.Rect(PAGE_LOGO_RECT if shared_logo or shared_frame else PLAIN_ICON_RECT),
+                          stream=icon)
         for cell, p in zip(_cells(len(photos_on_page)), photos_on_page):
-            rect, how, crop = _place(page, photos[p], cell, rng)
-            placements.append(Placement(name, doc.page_count, rect, p, how, crop))
+            dress = Dress(emblem, shared_frame, next(looks))
+            rect, how, crop = _place(page, photos[p], cell, rng, dress)
+            placements.append(Placement(name, doc.page_count, rect, p, how, crop, dress.look, p in flat))
     for d, doc in enumerate(docs):
         doc.save(out_dir / f"yearbook-{d + 1}.pdf", garbage=3, deflate=True)
         doc.close()
@@ -130,6 +250,28 @@ def _paginate(slots: list[int], rng) -> list[list[int]]:
     return pages
 
 
+def _looks(pages: list[list[int]], photos: list[Image.Image], recolour: float, rng) -> list[str]:
+    """The colouring of each placement, in drawing order: round(recolour * placements) of them
+    recoloured, chosen among the second and later placements of a photo (a grey photo is not made grey:
+    it would look the same)."""
+    order = [p for page in pages for p in page]
+    seen, later = set(), []
+    for i, p in enumerate(order):
+        if p in seen:
+            later.append(i)
+        seen.add(p)
+    looks = ["original"] * len(order)
+    for i in rng.choice(later, min(len(later), round(recolour * len(order))), replace=False):
+        kinds = [k for k in RECOLOURINGS if k != "grey" or not _is_grey(photos[order[i]])]
+        looks[int(i)] = kinds[int(rng.integers(len(kinds)))]
+    return looks
+
+
+def _is_grey(photo: Image.Image) -> bool:
+    a = np.asarray(photo.resize((32, 32)), np.int16)
+    return float((a.max(axis=2) - a.min(axis=2)).mean()) < 6
+
+
 def _cells(n: int) -> list[tuple[float, float, float, float]]:
     """n cells of a 2 x 2 grid (or 1 x 2 for two photos), each leaving room for a caption."""
     w, h = A4[0] - 2 * MARGIN, A4[1] - 2 * MARGIN - 20
@@ -146,7 +288,20 @@ def _cells(n: int) -> list[tuple[float, float, float, float]]:
     return cells
 
 
-def _place(page, photo: Image.Image, cell, rng) -> tuple[tuple, str, tuple]:
+@dataclass(frozen=True)
+class Dress:
+    """What the layout adds to one placement: the logo in its corner (or None), the frame, a recolouring."""
+
+    logo: Image.Image | None = None
+    frame: bool = False
+    look: str = "original"
+
+    @property
+    def plain(self) -> bool:
+        return self.logo is None and not self.frame and self.look == "original"
+
+
+def _place(page, photo: Image.Image, cell, rng, dress: Dress = Dress()) -> tuple[tuple, str, tuple]:
     """Draw one placement of `photo` in `cell`: crop, size, rotation drawn at random.
 
     Returns (rect, how, crop)."""
@@ -167,6 +322,8 @@ def _place(page, photo: Image.Image, cell, rng) -> tuple[tuple, str, tuple]:
     w, h = cw * scale, ch * scale
     left, top = x0 + 5 + (room_w - w) * float(rng.random()), y0 + 5 + (room_h - h) * float(rng.random())
     rect = pymupdf.Rect(left, top, left + w, top + h)
+    if not dress.plain:
+        photo = _dressed(photo, crop, rotate90, w, dress)
     if by_clip or small:
         src = _source_page(photo if by_clip else photo.crop(crop))
         clip = pymupdf.Rect(crop) if by_clip else None
@@ -205,14 +362,172 @@ def _jpeg(image: Image.Image, quality: int = 88) -> bytes:
     return buffer.getvalue()
 
 
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _logo_png() -> bytes:
     """A 20 x 20 px school logo: a tiny image on every page that must be skipped."""
     a = np.zeros((20, 20, 3), np.uint8)
     a[:, :, 2] = 200
     a[5:15, 5:15] = 255
-    buffer = io.BytesIO()
-    Image.fromarray(a).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return _png(Image.fromarray(a))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The school's look: logo, frames, recolourings, flat photos
+
+
+def _dressed(photo: Image.Image, crop, rotate90: int, width_pt: float, dress: Dress) -> Image.Image:
+    """A copy of `photo` whose window `crop` is recoloured, framed and stamped with the logo, upright as
+    it shows on the page once turned by rotate90 (PyMuPDF's rotate, like PIL's, is counter-clockwise);
+    `width_pt` is the placement's width on the page, which sets the frame's and the logo's size."""
+    window = photo.crop(crop)
+    if dress.look != "original":
+        window = recoloured(window, dress.look)
+    view = window.rotate(rotate90, expand=True)
+    overlay = decoration(view.size, view.width / width_pt, dress.logo, dress.frame)
+    view.paste(overlay, (0, 0), overlay)
+    out = photo.copy()
+    out.paste(view.rotate(-rotate90, expand=True), crop[:2])
+    return out
+
+
+def decoration(size: tuple[int, int], px_per_pt: float, logo: Image.Image | None, frame: bool) -> Image.Image:
+    """The layout's overlay on a placed photo of `size` pixels (RGBA, transparent where the photo shows):
+    the frame around it and the logo in its bottom right corner, sized in page points."""
+    w, h = size
+    overlay = _frame(size, FRAME_PT * px_per_pt) if frame else Image.new("RGBA", size, (0, 0, 0, 0))
+    if logo is not None:
+        x0, y0, x1, y1 = logo_box(w / px_per_pt, h / px_per_pt)
+        side = max(8, round((x1 - x0) * px_per_pt))
+        stamp = logo.resize((side, side), Image.Resampling.LANCZOS)
+        overlay.alpha_composite(stamp, (max(0, round(x0 * px_per_pt)), max(0, round(y0 * px_per_pt))))
+    return overlay
+
+
+def logo_box(width_pt: float, height_pt: float) -> tuple[float, float, float, float]:
+    """Where the logo sits on a placed photo of that size, in points from its top left corner."""
+    side = LOGO_WIDTH * width_pt
+    x1, y1 = width_pt - LOGO_INSET_PT, height_pt - LOGO_INSET_PT
+    return (x1 - side, y1 - side, x1, y1)
+
+
+def school_logo(side: int = 256) -> Image.Image:
+    """The school's emblem (RGBA, transparent around it), the same in every build: a shield with a gold
+    chief of three roundels over a hatched field, a ring around a star, and the initials; shapes,
+    letters and texture, as a real crest has (and as keypoint detectors find plenty on)."""
+    s = 2 * side  # drawn at twice the size, then reduced: smooth edges
+
+    def at(*xy):  # fractions of the side -> pixels
+        return [(x * s, y * s) for x, y in zip(xy[::2], xy[1::2])]
+
+    shield = at(0.08, 0.04, 0.92, 0.04, 0.92, 0.55, 0.75, 0.82, 0.5, 0.97, 0.25, 0.82, 0.08, 0.55)
+    field = Image.new("RGB", (s, s), NAVY)
+    draw = ImageDraw.Draw(field)
+    for x in range(-s, s, s // 14):  # diagonal hatching: the field's texture
+        draw.line(at(x / s, 0, x / s + 1, 1), fill=SKY, width=s // 60)
+    draw.rectangle((0, 0, s, 0.25 * s), fill=GOLD)
+    for cx in (0.3, 0.5, 0.7):
+        draw.ellipse(((cx - 0.055) * s, 0.085 * s, (cx + 0.055) * s, 0.195 * s), fill=NAVY)
+    draw.ellipse((0.33 * s, 0.29 * s, 0.67 * s, 0.63 * s), fill=NAVY, outline=WHITE, width=s // 45)
+    star = []
+    for k in range(10):  # a five-pointed star: outer and inner points in turn
+        a, r = k * np.pi / 5, (0.13 if k % 2 == 0 else 0.055)
+        star.append(((0.5 + r * np.sin(a)) * s, (0.46 - r * np.cos(a)) * s))
+    draw.polygon(star, fill=GOLD)
+    font = ImageFont.load_default(size=int(0.15 * s))
+    draw.text((0.5 * s, 0.73 * s), "NHS", fill=WHITE, font=font, anchor="mm")
+    mask = Image.new("L", (s, s), 0)
+    ImageDraw.Draw(mask).polygon(shield, fill=255)
+    logo = Image.new("RGBA", (s, s), (0, 0, 0, 0))
+    logo.paste(field, (0, 0), mask)
+    ImageDraw.Draw(logo).line(shield + shield[:1], fill=GOLD, width=s // 30, joint="curve")
+    return logo.resize((side, side), Image.Resampling.LANCZOS)
+
+
+def _frame(size: tuple[int, int], band: float) -> Image.Image:
+    """The school's photo frame for a photo of `size` pixels (RGBA, transparent inside): a navy band
+    `band` pixels wide between gold rules, a row of gold diamonds and white dots along it, and a square
+    rosette on each corner."""
+    k = 2  # drawn at twice the size, then reduced
+    w, h, b = size[0] * k, size[1] * k, max(3.0, band) * k
+    frame = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(frame)
+    draw.rectangle((0, 0, w - 1, h - 1), outline=NAVY, width=round(b))
+    rule = max(1, round(0.1 * b))
+    draw.rectangle((0.12 * b, 0.12 * b, w - 0.12 * b, h - 0.12 * b), outline=GOLD, width=rule)
+    draw.rectangle((b - rule, b - rule, w - b + rule, h - b + rule), outline=GOLD, width=rule)
+
+    def diamond(x, y, r, fill):
+        draw.polygon([(x - r, y), (x, y - r), (x + r, y), (x, y + r)], fill=fill)
+
+    m, step = b / 2, 1.6 * b
+    for n, along in enumerate(np.arange(2 * b, max(w, h) - 2 * b, step / 2)):
+        fill, r = (GOLD, 0.28 * b) if n % 2 == 0 else (WHITE, 0.12 * b)
+        for x, y in ((along, m), (along, h - m), (m, along), (w - m, along)):
+            if 2 * b <= x <= w - 2 * b or 2 * b <= y <= h - 2 * b:  # along this edge, clear of its corners
+                diamond(x, y, r, fill)
+    c = 0.75 * b  # corner rosettes: gold square, navy diamond, white centre
+    for x, y in ((m, m), (w - m, m), (m, h - m), (w - m, h - m)):
+        draw.rectangle((x - c, y - c, x + c, y + c), fill=GOLD)
+        diamond(x, y, 0.7 * c, NAVY)
+        diamond(x, y, 0.25 * c, WHITE)
+    return frame.resize(size, Image.Resampling.LANCZOS)
+
+
+def _page_frame(page, number: int) -> None:
+    """The book's page design, drawn as vector graphics (no image, nothing for find to compare): a navy
+    and a gold rule around the page with a row of dots between them, diamonds on the corners, a running
+    head and the page number. It stays outside the photo cells, so no placement shows any of it."""
+    import pymupdf
+
+    navy, gold = tuple(v / 255 for v in NAVY), tuple(v / 255 for v in GOLD)
+    w, h = page.rect.width, page.rect.height
+    shape = page.new_shape()
+    shape.draw_rect(pymupdf.Rect(14, 14, w - 14, h - 14))
+    shape.finish(color=navy, width=2.4)
+    shape.draw_rect(pymupdf.Rect(21, 21, w - 21, h - 21))
+    shape.finish(color=gold, width=0.8)
+    for x in np.arange(40, w - 30, 12):
+        for y in (17.5, h - 17.5):
+            shape.draw_circle((float(x), y), 0.9)
+    shape.finish(color=gold, fill=gold, width=0)
+    for x, y in ((17.5, 17.5), (w - 17.5, 17.5), (17.5, h - 17.5), (w - 17.5, h - 17.5)):
+        shape.draw_polyline([(x - 9, y), (x, y - 9), (x + 9, y), (x, y + 9), (x - 9, y)])
+    shape.finish(color=navy, fill=gold, width=0.8, closePath=True)
+    shape.commit()
+    page.insert_text((MARGIN, 46), "Northfield High School  \u00b7  Yearbook", fontsize=11, color=navy)
+    page.insert_text((w / 2 - 5, h - 28), str(number), fontsize=9, color=navy)
+
+
+def recoloured(image: Image.Image, look: str) -> Image.Image:
+    """The image as a layout program recolours it: "sepia" (the usual sepia matrix), "duotone" (grey
+    levels mapped from deep violet to pale cyan), "grey", or "tint" (a warm cast with 50% more contrast)."""
+    a = np.asarray(image.convert("RGB"), np.float32)
+    grey = a @ np.array([0.299, 0.587, 0.114], np.float32)
+    if look == "sepia":
+        out = a @ np.array([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]], np.float32).T
+    elif look == "duotone":
+        t = grey[:, :, None] / 255.0
+        out = (1 - t) * np.array((40, 20, 90), np.float32) + t * np.array((160, 230, 255), np.float32)
+    elif look == "grey":
+        out = np.repeat(grey[:, :, None], 3, axis=2)
+    elif look == "tint":
+        out = ((a - a.mean()) * 1.5 + a.mean()) * np.array([1.2, 0.95, 0.65], np.float32)
+    else:
+        raise ValueError(f"unknown recolouring {look!r}; one of {RECOLOURINGS}")
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+
+
+def _flatten(photo: Image.Image) -> Image.Image:
+    """A genuinely flat version of a photo, like a soft-focus portrait against a plain backdrop: fine
+    detail blurred away (a Gaussian of 1.2% of the long side) and contrast lowered by a quarter, so few
+    keypoints are left but the shapes and colours still tell it from other photos."""
+    soft = photo.filter(ImageFilter.GaussianBlur(0.012 * max(photo.size)))
+    return ImageEnhance.Contrast(soft).enhance(0.75)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,51 +1,109 @@
 """CNN embeddings compared by cosine similarity (the digital-humanities team's ResNet features, generalised).
 
-Score = the cosine similarity clipped to [0, 1]: for L2-normalised pooled CNN features (post-ReLU, so
-almost never negative) the cosine itself is the natural, interpretable score, and `threshold` reads as a
-cosine (0.9 = "cosine >= 0.9"). Pairs below min_similarity are not returned (score 0 for the metrics);
-they rank last for micro-AP anyway. (cos + 1) / 2 was not chosen: it would squeeze all real scores
-into [0.5, 1] and make every threshold mean something else than the cosine users know.
+Candidate pairs, ranked for micro-AP (pairs not returned score 0):
+- range (default): every pair with cosine >= min_similarity;
+- neighbours = k: also each image's k nearest other images (the matcher's top-k, the image itself left
+  out), whatever their cosine, so every image gets ranked candidates and no fixed cut decides alone;
+  min_similarity = None leaves only these. A pair found both ways (or from both ends) is listed once.
+
+Score without normalisation (normalise_k None/0): the cosine clipped to [0, 1]. For L2-normalised pooled
+features of ReLU networks the cosine is never negative, so it is the natural, interpretable score and
+`threshold` reads as a cosine (0.9 = "cosine >= 0.9"). (cos + 1) / 2 was not chosen: it would squeeze all
+real scores into [0.5, 1] and make every threshold mean something else than the cosine users know.
+
+Score normalisation (normalise_k = k), as used in the ISC2021 descriptor track (Douze et al., "The 2021
+Image Similarity Dataset and Challenge", 2021: subtract each image's similarity to its k-th neighbour in a
+background of non-matching images; in the spirit of Jégou et al.'s "contextual dissimilarity measure",
+CVPR 2007): a pair of images that are both close to everything (plain skies, text pages, blank scans) is
+less telling than the same cosine between two distinctive images. With the collection itself
+as the background of non-matching images, b_i = the cosine of image i to its k-th nearest other image
+(the farthest available one when the collection has fewer than k others), and
+
+    margin(i, j) = cos(i, j) - beta * (b_i + b_j) / 2,
+    score(i, j)  = (margin + 1 + beta) / (2 + 2 beta),
+
+the affine map of margin's whole range [-1 - beta, 1 + beta] onto [0, 1]: strictly increasing, never
+clipped, so pairs stay ranked by margin without plateaus. (beta = 1: score = (margin + 2) / 4, so 0.5 =
+"as similar as the k-th neighbours are on average", and threshold t means margin >= 4 t - 2; choose it
+on a tuning set, or calibrate on extra["margin"].) ScoredPairs.extra holds per pair "cosine" (always)
+and "margin" (when normalised), so a calibration can use either.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from simbench.features.base import Extractor
-from simbench.match.cosine import cosine_matcher_for
+from simbench.match.cosine import as_vectors, cosine_matcher_for
 from simbench.methods.base import Method
 from simbench.types import Embeddings, ScoredPairs
 
 
 class CnnMethod(Method):
-    """All pairs with cosine >= min_similarity (candidates, ranked for micro-AP); duplicate at >= threshold.
+    """Candidate pairs by cosine range and/or k nearest neighbours, optionally score-normalised; duplicate
+    at score >= threshold.
 
     matcher: the binary matcher Hydra built from the `matcher` group (exact, lsh, gpu, faiss); its cosine
         counterpart does the search (simbench.match.cosine.cosine_matcher_for). lsh_bits, lsh_recall: the
         random-hyperplane signature length and per-pair target recall used when matcher=lsh.
+    min_similarity: range candidates have cosine >= this; None: no range search (neighbours only).
+    neighbours: k > 0 adds each image's k nearest others (None or 0: range search only).
+    normalise_k, beta: score normalisation against the k-th neighbour (None or 0: off), see the module
+        docstring.
     """
 
-    def __init__(self, extractor: Extractor, matcher, min_similarity: float = 0.5, threshold: float = 0.9,
-                 lsh_bits: int = 256, lsh_recall: float = 0.95):
+    def __init__(self, extractor: Extractor, matcher, min_similarity: float | None = 0.5, threshold: float = 0.9,
+                 lsh_bits: int = 256, lsh_recall: float = 0.95, neighbours: int | None = None,
+                 normalise_k: int | None = None, beta: float = 1.0):
         self.extractor = extractor
         self.binary_matcher = matcher
         self.matcher = cosine_matcher_for(matcher, lsh_bits=lsh_bits, lsh_recall=lsh_recall)
-        self.min_similarity = float(min_similarity)
+        self.min_similarity = None if min_similarity is None else float(min_similarity)
         self.threshold = float(threshold)
         self.lsh_bits = int(lsh_bits)
         self.lsh_recall = float(lsh_recall)
+        self.neighbours = int(neighbours or 0)
+        self.normalise_k = int(normalise_k or 0)
+        self.beta = float(beta)
+        if self.neighbours < 0 or self.normalise_k < 0:
+            raise ValueError(f"neighbours and normalise_k must be >= 0, got {neighbours}, {normalise_k}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        if self.min_similarity is None and not self.neighbours:
+            raise ValueError("min_similarity=None needs neighbours > 0: there would be no candidate pairs")
 
     def score_pairs(self, features: Embeddings) -> ScoredPairs:
-        pairs = self.matcher.self_join(features.vectors, self.min_similarity)
-        score = np.clip(pairs.dist.astype(np.float64), 0.0, 1.0)
-        n = len(features)
-        extra = {"comparisons": n * (n - 1) // 2}
+        v = as_vectors(features)
+        n = len(v)
+        parts = []
+        if self.min_similarity is not None:
+            found = self.matcher.self_join(v, self.min_similarity)
+            parts.append((found.a, found.b, found.dist))
+        others_idx = others_sim = None
+        k = max(self.neighbours, self.normalise_k)
+        if k and n > 1:
+            others_idx, others_sim = nearest_others(self.matcher, v, k)
+        if self.neighbours and others_idx is not None:
+            parts.append(neighbour_pairs(others_idx[:, : self.neighbours], others_sim[:, : self.neighbours]))
+        a, b, cos = unique_pairs(parts, n)
+
+        extra = {"comparisons": n * (n - 1) // 2, "cosine": cos.astype(np.float64),
+                 "extract_runtime": getattr(self.extractor, "runtime", "torch")}
+        if self.normalise_k:
+            background = (kth_similarity(others_idx, others_sim, self.normalise_k) if others_idx is not None
+                          else np.zeros(n))
+            margin, score = normalised_scores(cos, background[a], background[b], self.beta)
+            extra["margin"] = margin
+        else:
+            score = np.clip(cos.astype(np.float64), 0.0, 1.0)
         stats = getattr(self.matcher, "last_stats", None)
         if stats:
             extra["lsh"] = dict(stats)
-        return ScoredPairs(pairs.a, pairs.b, score, extra=extra)
+        return ScoredPairs(a, b, score, extra=extra)
 
     def params(self) -> dict:
         return {"min_similarity": self.min_similarity, "threshold": self.threshold,
+                "neighbours": self.neighbours, "normalise_k": self.normalise_k,
+                "beta": self.beta if self.normalise_k else None,
                 "matcher": self.matcher.name, "lsh_bits": self.lsh_bits, "lsh_recall": self.lsh_recall,
                 "extract_device": self.extractor.device, "extract_fallback": self.extractor.fallback,
                 "match_device": self.matcher.device, "match_fallback": self.matcher.fallback}
@@ -62,3 +120,54 @@ class CnnMethod(Method):
     def fallback(self) -> bool:
         """True when the extractor or the matcher was asked for a device it did not get."""
         return bool(getattr(self.extractor, "fallback", False) or getattr(self.matcher, "fallback", False))
+
+
+def nearest_others(matcher, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k nearest other rows, most similar first: (indices (N, k) int64, -1 where the collection
+    has fewer; cosines (N, k) float32, -inf there). The search asks for k + 1 and drops the row itself (or,
+    when k + 1 exact duplicates crowd it out, the last one: the same similarity)."""
+    idx, sim = matcher.topk(vectors, vectors, k + 1)
+    n = len(idx)
+    drop = idx == np.arange(n)[:, None]
+    drop[~drop.any(axis=1), -1] = True
+    keep = ~drop  # exactly k per row: boolean indexing keeps row-major order
+    return idx[keep].reshape(n, k), sim[keep].reshape(n, k)
+
+
+def neighbour_pairs(idx: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, cosine) for every valid (row, neighbour) entry."""
+    rows = np.broadcast_to(np.arange(len(idx))[:, None], idx.shape)
+    valid = idx >= 0
+    return rows[valid], idx[valid], sim[valid]
+
+
+def unique_pairs(parts, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenated (a, b, cosine) parts as unordered pairs a < b, each once with its best cosine, sorted
+    by (a, b)."""
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    a = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    b = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    cos = np.concatenate([p[2] for p in parts]).astype(np.float32)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    key = lo * max(n, 1) + hi
+    order = np.lexsort((-cos, key))  # by pair, its best cosine first
+    key, lo, hi, cos = key[order], lo[order], hi[order], cos[order]
+    first = np.ones(len(key), bool)
+    first[1:] = key[1:] != key[:-1]
+    return lo[first], hi[first], cos[first]
+
+
+def kth_similarity(idx: np.ndarray, sim: np.ndarray, k: int) -> np.ndarray:
+    """b_i: the cosine of row i to its k-th nearest other row, or to the farthest one it has when fewer
+    (0 for a row with none: it is in no pair anyway). float64 (N,)."""
+    count = (idx >= 0).sum(axis=1)
+    col = np.clip(np.minimum(k, count) - 1, 0, None)
+    return np.where(count > 0, sim[np.arange(len(idx)), col], 0.0).astype(np.float64)
+
+
+def normalised_scores(cos: np.ndarray, b_a: np.ndarray, b_b: np.ndarray, beta: float):
+    """(margin, score): margin = cos - beta (b_a + b_b) / 2 and its affine map onto [0, 1] (module
+    docstring). float64."""
+    margin = np.asarray(cos, np.float64) - beta * (b_a + b_b) / 2
+    return margin, (margin + 1 + beta) / (2 + 2 * beta)

@@ -1,0 +1,229 @@
+"""Calibration: each stage's raw signal -> an estimated precision, so one threshold means the same for all.
+
+A table is fitted on labelled pairs (isotonic regression of "is a true pair" on the raw signal,
+Zadrozny & Elkan 2002) and is keyed by every setting that changes the raw signal (`signal_settings`):
+a stage whose settings match no table is *uncalibrated*, and says so in pairs.csv and the report
+instead of borrowing a table that means something else.
+
+The map is strictly increasing everywhere (no plateaus): between knots it is linear through strictly
+increasing precisions, and beyond the outer knots it keeps falling towards 0 and rising towards 1,
+so two pairs get equal scores only when their raw evidence is equal.
+
+Tables ship in `calibration.json` (made by `python benchmarks/bench_find.py calibrate` on the tuning
+split of the development set); `simbench calibrate RUN_DIR truth.csv` fits a user's own.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("simbench")
+
+CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
+
+#: Settings that change how fast or where a stage runs, never its raw signal: left out of the key.
+#: (onnx and torch embeddings agree within the tolerance stated in results/cnn.md.)
+NOT_SIGNAL = frozenset({"workers", "batch_size", "device", "strict_device", "threads", "runtime",
+                        "extract_device", "extract_fallback", "match_device", "match_fallback", "matcher",
+                        "lsh_bits", "lsh_recall", "max_pairs_verified", "progress", "half", "channels_last"})
+
+#: The smallest step between knot precisions: keeps the map strictly increasing.
+STEP = 1e-6
+
+
+def signal_settings(stage_name: str, extractor, method, signal: str) -> dict:
+    """What a calibration table must match: the extractor and method settings that change the signal."""
+    def clean(params: dict) -> dict:
+        out = {}
+        for k, v in sorted(params.items()):
+            if k in NOT_SIGNAL:
+                continue
+            if k == "weights" and isinstance(v, dict):  # the same weights file on any machine
+                v = {"source": v.get("source"), "size": v.get("size")}
+            out[k] = v
+        return out
+
+    return {"stage": stage_name, "extractor": extractor.name, "extractor_params": clean(extractor.params()),
+            "method_params": clean(method.params()), "signal": signal}
+
+
+def settings_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Calibration:
+    """raw -> estimated precision through knots (raw, precision), both strictly increasing.
+
+    Below the first knot the precision falls towards 0, above the last it rises towards 1, hyperbolically
+    over `tail` raw units (slow enough never to reach 0 or 1 in floating point), so the map is strictly
+    increasing on the whole line.
+    """
+
+    raw: np.ndarray
+    precision: np.ndarray
+    signal: str = "score"
+    settings: dict = field(default_factory=dict)
+    note: str = ""
+    pairs: int = 0
+    true: int = 0
+
+    def __post_init__(self):
+        self.raw = np.asarray(self.raw, np.float64)
+        self.precision = strictly_increasing(np.clip(np.asarray(self.precision, np.float64), STEP, 1 - STEP))
+
+    @property
+    def key(self) -> str:
+        return settings_key(self.settings)
+
+    @property
+    def tail(self) -> float:
+        span = float(self.raw[-1] - self.raw[0])
+        return span if span > 0 else max(abs(float(self.raw[0])), 1.0)
+
+    def __call__(self, raw) -> np.ndarray:
+        x = np.atleast_1d(np.asarray(raw, np.float64))
+        p = np.interp(x, self.raw, self.precision)
+        low, high = x < self.raw[0], x > self.raw[-1]
+        p[low] = self.precision[0] / (1.0 + (self.raw[0] - x[low]) / self.tail)
+        p[high] = 1.0 - (1.0 - self.precision[-1]) / (1.0 + (x[high] - self.raw[-1]) / self.tail)
+        return p
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "signal": self.signal, "settings": self.settings, "note": self.note,
+                "pairs": self.pairs, "true": self.true,
+                "raw": [float(f"{v:.7g}") for v in self.raw], "precision": [round(float(v), 6) for v in self.precision]}
+
+    @classmethod
+    def from_json(cls, t: dict) -> "Calibration":
+        return cls(np.asarray(t["raw"]), np.asarray(t["precision"]), t.get("signal", "score"),
+                   t.get("settings", {}), t.get("note", ""), int(t.get("pairs", 0)), int(t.get("true", 0)))
+
+
+def strictly_increasing(p: np.ndarray) -> np.ndarray:
+    """p made strictly increasing by the smallest steps (a running maximum plus STEP)."""
+    out = np.array(p, np.float64)
+    for k in range(1, len(out)):
+        out[k] = max(out[k], out[k - 1] + STEP)
+    return out
+
+
+def load_calibrations(path: str | Path = CALIBRATION_FILE) -> dict[str, Calibration]:
+    """Tables by settings key; {} when the file is absent."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+    tables = [Calibration.from_json(t) for t in doc.get("tables", [])]
+    return {t.key: t for t in tables}
+
+
+def save_calibrations(tables: list[Calibration], path: str | Path, about: str) -> None:
+    from simbench.cache import atomic_write_bytes
+
+    doc = {"about": about, "tables": [t.to_json() for t in tables]}
+    atomic_write_bytes(Path(path), (json.dumps(doc, indent=1) + "\n").encode())
+
+
+def fit_calibration(raw: np.ndarray, is_true: np.ndarray, signal: str = "score", settings: dict | None = None,
+                    max_knots: int = 48, min_block: int = 10, note: str = "") -> Calibration:
+    """Monotone raw -> precision table from labelled pairs: isotonic regression (pool-adjacent-violators)
+    of is_true on raw, over blocks of at least `min_block` pairs, each block's precision Laplace-smoothed
+    ((tp + 1) / (n + 2), so a few hundred pairs never claim certainty) and pooled again where smoothing
+    broke the order; knots at the blocks' median raw values (at most max_knots)."""
+    raw = np.asarray(raw, np.float64)
+    y = np.asarray(is_true, np.float64)
+    if len(raw) == 0:
+        raise ValueError("no pairs to calibrate on")
+    order = np.argsort(raw, kind="stable")
+    raw, y = raw[order], y[order]
+    # Runs of min_block pairs to start from (equal raw values never split).
+    starts = [0]
+    for k in range(1, len(raw)):
+        if k - starts[-1] >= min_block and raw[k] != raw[k - 1]:
+            starts.append(k)
+    bounds = list(zip(starts, starts[1:] + [len(raw)]))
+    tp = np.array([y[s:e].sum() for s, e in bounds])
+    n = np.array([e - s for s, e in bounds], np.float64)
+    blocks = pava_blocks(tp, n)
+    # Smoothing favours big blocks; pool again wherever it reversed the order.
+    tp_b = np.array([tp[f:l + 1].sum() for f, l in blocks])
+    n_b = np.array([n[f:l + 1].sum() for f, l in blocks])
+    merged = pava_blocks(tp_b + 1.0, n_b + 2.0)
+    centres, precision = [], []
+    for first, last in merged:
+        s, e = bounds[blocks[first][0]][0], bounds[blocks[last][1]][1]
+        centres.append(float(np.median(raw[s:e])))
+        precision.append((float(y[s:e].sum()) + 1.0) / (e - s + 2.0))
+    centres, precision = np.array(centres), np.array(precision)
+    if len(centres) > max_knots:
+        keep = np.unique(np.linspace(0, len(centres) - 1, max_knots).round().astype(int))
+        centres, precision = centres[keep], precision[keep]
+    # Block medians can tie when a block is one repeated value; nudge them apart.
+    centres = centres + np.arange(len(centres)) * 1e-9
+    centres = np.maximum.accumulate(centres)
+    return Calibration(centres, precision, signal, settings or {}, note, int(len(raw)), int(y.sum()))
+
+
+def pava_blocks(tp: np.ndarray, n: np.ndarray) -> list[tuple[int, int]]:
+    """Pool-adjacent-violators over bins (tp, n): runs of bins [first, last] with increasing means."""
+    out: list = []  # [mean, tp, weight, first, last]
+    for k, (t, w) in enumerate(zip(tp, n)):
+        out.append([t / w, t, w, k, k])
+        # >= also pools equal means: fewer, larger blocks, and strictly increasing means.
+        while len(out) > 1 and out[-2][0] >= out[-1][0]:
+            _, t2, w2, _, l2 = out.pop()
+            _, t1, w1, f1, _ = out.pop()
+            out.append([(t1 + t2) / (w1 + w2), t1 + t2, w1 + w2, f1, l2])
+    return [(f, l) for *_, f, l in out]
+
+
+def uncalibrated_score(raw: np.ndarray, signal: str) -> np.ndarray:
+    """The stand-in when no table matches: strictly increasing and in [0, 1), marked "uncalibrated"
+    in every output because it estimates nothing (scores clipped; counts n as n / (n + 10))."""
+    raw = np.asarray(raw, np.float64)
+    if signal == "score":
+        return np.clip(raw, 0.0, 1.0)
+    return np.maximum(raw, 0.0) / (np.maximum(raw, 0.0) + 10.0)
+
+
+def fit_from_runs(runs: list[tuple[str | Path, str | Path]], min_pairs: int = 5) -> list[Calibration]:
+    """One table per stage from `simbench find` runs and their truth.csv files: [(run dir or its
+    pairs.csv, truth.csv)]. Stages with the same settings pool their pairs across runs."""
+    from simbench.find.outputs import read_evidence
+    from simbench.find.truth import read_truth
+    from simbench.evaluate import label_pairs
+    from simbench.types import ScoredPairs
+
+    pooled: dict[str, dict] = {}
+    for run, truth_csv in runs:
+        run = Path(run)
+        evidence = (run.parent if run.is_file() else run) / "evidence.npz"
+        if not evidence.is_file():
+            raise FileNotFoundError(f"{evidence} not found: give the --out folder of a `simbench find` run")
+        items, raw, settings = read_evidence(evidence)
+        truth = read_truth(truth_csv, items)
+        if truth.unmatched:
+            log.warning("%s: %d truth rows name images that run did not see", truth_csv, len(truth.unmatched))
+        for stage, found in raw.items():
+            entry = pooled.setdefault(settings_key(settings[stage]), {"settings": settings[stage], "raw": [], "y": []})
+            entry["raw"].append(found.score)
+            entry["y"].append(label_pairs(ScoredPairs(found.a, found.b, found.score), truth.pairs))
+    tables = []
+    for entry in pooled.values():
+        raw, y = np.concatenate(entry["raw"]), np.concatenate(entry["y"])
+        name = entry["settings"]["stage"]
+        if len(raw) < min_pairs:
+            log.warning("%s: %d labelled pairs are too few to fit a table; skipped", name, len(raw))
+            continue
+        if y.all() or not y.any():
+            log.warning("%s: all %d pairs are %s: the table cannot tell good evidence from bad; label a "
+                        "collection with both kinds", name, len(raw), "true" if y.all() else "false")
+        tables.append(fit_calibration(raw, y, entry["settings"]["signal"], entry["settings"],
+                                      note=f"fitted by simbench calibrate on {len(runs)} run(s)"))
+    return tables

@@ -1,0 +1,93 @@
+"""Ground truth for `simbench find`: a truth.csv of duplicate pairs, matched to a run's images.
+
+truth.csv has columns a,b (the two images, paths as you know them: absolute, relative to the CSV's
+folder, or relative to the working directory; PDF images as `book.pdf#page=3&image=2`) and optionally
+label (the kind of edit that made the copy, for recall per edit). Pairs not listed are not duplicates,
+ISC2021's convention. Used by `simbench find --truth` (score a run) and `simbench calibrate` (fit tables).
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from simbench.evaluate import evaluate, label_pairs
+from simbench.types import ScoredPairs
+
+
+@dataclass
+class Truth:
+    """True pairs as item positions (a < b), each with its label ("" when none), and the truth.csv rows
+    whose images are not among the run's (listed so that a typo is not silently a miss)."""
+
+    pairs: np.ndarray  # (P, 2) int64
+    labels: list[str]
+    unmatched: list[tuple[str, str]]
+
+
+def normalise(path: str, base: Path | None = None) -> str:
+    """An absolute, normalised form of a path (the part after '#' of a PDF image kept as is)."""
+    file, sep, fragment = str(path).partition("#")
+    p = Path(file).expanduser()
+    if not p.is_absolute():
+        p = (base or Path.cwd()) / p
+    return os.path.normpath(str(p)) + sep + fragment
+
+
+def read_truth(path: str | Path, displays: Sequence[str]) -> Truth:
+    """truth.csv matched to the run's images (their display paths, as pairs.csv writes them)."""
+    path = Path(path)
+    by_name = {normalise(d): k for k, d in enumerate(displays)}
+    pairs, labels, unmatched = [], [], []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"a", "b"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: needs columns a,b (found {reader.fieldnames})")
+        for row in reader:
+            ka, kb = (_position(row[c], path.parent, by_name) for c in ("a", "b"))
+            if ka is None or kb is None or ka == kb:
+                unmatched.append((row["a"], row["b"]))
+                continue
+            pairs.append((min(ka, kb), max(ka, kb)))
+            labels.append(str(row.get("label") or ""))
+    arr = np.array(pairs, np.int64).reshape(-1, 2)
+    # One label per distinct pair (the first given).
+    _, first = np.unique(arr, axis=0, return_index=True)
+    first = np.sort(first)
+    return Truth(arr[first], [labels[k] for k in first], unmatched)
+
+
+def _position(name: str, base: Path, by_name: dict[str, int]) -> int | None:
+    for candidate in (normalise(name, base), normalise(name)):
+        if candidate in by_name:
+            return by_name[candidate]
+    return None
+
+
+def score_run(pairs: ScoredPairs, truth: Truth, threshold: float) -> dict:
+    """micro-AP, recall at precision 0.9 and its threshold, precision/recall at `threshold` (ISC2021, as
+    simbench.evaluate), and recall per label at the P90 operating point and at `threshold`."""
+    m = evaluate(pairs, truth.pairs, None, threshold)
+    out = {k: m[k] for k in ("uap", "recall_at_p90", "threshold_at_p90", "precision", "recall", "f1", "threshold")}
+    out["true_pairs"] = int(len(truth.pairs))
+    out["unmatched_truth_rows"] = len(truth.unmatched)
+    out["per_label_recall_at_p90"] = per_label_recall(pairs, truth, m["threshold_at_p90"])
+    out["per_label_recall"] = per_label_recall(pairs, truth, threshold)
+    return out
+
+
+def per_label_recall(pairs: ScoredPairs, truth: Truth, threshold: float) -> dict[str, float]:
+    """Share of the true pairs of each label found with score >= threshold (nan threshold: none)."""
+    if not len(truth.pairs) or not any(truth.labels):
+        return {}
+    called = ScoredPairs(pairs.a, pairs.b, pairs.score)
+    keep = np.asarray(called.score) >= threshold if np.isfinite(threshold) else np.zeros(len(called), bool)
+    found = label_pairs(ScoredPairs(truth.pairs[:, 0], truth.pairs[:, 1], np.ones(len(truth.pairs))),
+                        np.stack([np.minimum(called.a[keep], called.b[keep]),
+                                  np.maximum(called.a[keep], called.b[keep])], axis=1))
+    labels = np.array(truth.labels, dtype=object)
+    return {str(name): float(found[labels == name].mean()) for name in sorted(set(truth.labels)) if name}

@@ -1,0 +1,152 @@
+"""Scores that rank and say what they mean: strictly monotone calibration, tables keyed by the settings
+that change the signal, "uncalibrated" marked, `simbench calibrate` and `simbench find --truth`."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from simbench.cli import find_main, main as cli_main
+from simbench.find import cascade
+from simbench.find.calibration import (Calibration, fit_calibration, load_calibrations, save_calibrations,
+                                       settings_key)
+from simbench.types import ScoredPairs
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The map
+
+
+def test_fit_is_strictly_increasing_everywhere_and_never_certain():
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0, 1, 4000)
+    is_true = rng.uniform(0, 1, 4000) < raw ** 2
+    fit = fit_calibration(raw, is_true)
+    grid = np.linspace(-1, 3, 4001)  # far beyond both ends of the data
+    values = fit(grid)
+    assert np.all(np.diff(values) > 0), "a plateau: equal scores for different evidence"
+    assert values.min() > 0 and values.max() < 1
+    assert fit(np.array([0.9]))[0] == pytest.approx(0.81, abs=0.12)  # close to the true precision raw ** 2
+
+
+def test_no_plateau_where_the_old_table_had_one():
+    """Many true pairs with large counts used to share the top knot's precision; now each count ranks."""
+    raw = np.r_[np.arange(5, 40), np.arange(40, 500, 3)].astype(float)
+    is_true = raw > 9
+    fit = fit_calibration(raw, is_true, min_block=5)
+    scores = fit(raw)
+    assert len(np.unique(scores)) == len(raw)
+    assert np.all(np.diff(scores) > 0)
+
+
+def test_equal_evidence_gets_equal_scores_and_ties_never_split():
+    fit = fit_calibration(np.repeat([1.0, 2.0, 3.0], 30), np.repeat([0, 1, 1], 30).astype(bool), min_block=10)
+    s = fit(np.array([2.0, 2.0, 3.0]))
+    assert s[0] == s[1] < s[2]
+
+
+def test_tables_round_trip_through_json(tmp_path):
+    t = Calibration(np.array([1.0, 2.0, 4.0]), np.array([0.2, 0.2, 0.9]), "inliers", {"stage": "x"})
+    save_calibrations([t], tmp_path / "c.json", "test")
+    back = load_calibrations(tmp_path / "c.json")
+    assert list(back) == [settings_key({"stage": "x"})]
+    got = back[t.key]
+    assert got.signal == "inliers" and np.all(np.diff(got.precision) > 0)  # the repeated 0.2 became a step
+    assert np.allclose(got(np.array([1.5, 3.0, 9.0])), t(np.array([1.5, 3.0, 9.0])), atol=1e-6)
+
+
+def test_linking_never_pushes_a_chain_through_a_weak_pair_over_the_threshold():
+    # Two groups of real copies (0,1,2) and (3,4), joined by one weak pair (2,3).
+    evidence = {"keypoints": ScoredPairs(np.array([0, 1, 3, 2]), np.array([1, 2, 4, 3]),
+                                         np.array([0.99, 0.98, 0.99, 0.6]))}
+    fused = cascade.fuse(5, evidence)
+    linked = cascade.link(fused, 5, floor=0.5, max_group=10)
+    scores = {(int(a), int(b)): float(s) for a, b, s in zip(linked.a, linked.b, linked.score)}
+    assert scores[(0, 2)] == pytest.approx(0.99 * 0.98)  # within a group: linked
+    cross = [s for (a, b), s in scores.items() if (a < 3) != (b < 3)]
+    assert len(cross) == 6 and max(cross) <= 0.6  # never above the weakest pair of the chain
+    assert all(s <= 0.6 for (a, b), s in scores.items() if (a, b) != (2, 3) and (a < 3) != (b < 3))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Through the command line: keyed tables, "uncalibrated", calibrate, --truth
+
+
+@pytest.fixture(scope="module")
+def small_collection(tmp_path_factory, photos):
+    """Three photos, each with a crop and a rotated copy; truth.csv of the 9 true pairs."""
+    root = tmp_path_factory.mktemp("collection")
+    folder = root / "photos"
+    folder.mkdir()
+    truth = []
+    for name in ("astronaut", "rocket", "coffee"):
+        img = Image.fromarray(photos[name])
+        w, h = img.size
+        img.save(folder / f"{name}.jpg", quality=90)
+        img.crop((w // 6, h // 6, w - w // 5, h - h // 4)).save(folder / f"{name}-crop.jpg", quality=85)
+        img.rotate(8, expand=True).save(folder / f"{name}-rot.jpg", quality=85)
+        members = [f"{name}.jpg", f"{name}-crop.jpg", f"{name}-rot.jpg"]
+        truth += [(members[0], members[1], "crop"), (members[0], members[2], "rotate"),
+                  (members[1], members[2], "")]
+    with open(folder / "truth.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("a", "b", "label"), *truth, ("astronaut.jpg", "missing.jpg", "")])
+    index = root / "index"
+    out = root / "out"
+    assert find_main([str(folder), "--out", str(out), "--method", "keypoints", "--index", str(index),
+                      "--truth", str(folder / "truth.csv"), "-q"]) == 0
+    return folder, index, out
+
+
+def test_truth_scores_a_run(small_collection, capsys):
+    folder, index, out = small_collection
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["true_pairs"] == 9 and metrics["unmatched_truth_rows"] == 1
+    assert 0.5 <= metrics["uap"] <= 1.0
+    assert set(metrics["per_label_recall_at_p90"]) == {"crop", "rotate"}
+    assert (out / "evidence.npz").is_file()
+
+
+def test_uncalibrated_settings_are_marked(small_collection, tmp_path):
+    folder, index, _ = small_collection
+    out = tmp_path / "out"
+    # A setting that changes the raw signal (and is not in any shipped table): uncalibrated, and said so.
+    assert find_main([str(folder), "--out", str(out), "--method", "keypoints", "--index", str(index), "-q",
+                      "keypoints.method.ransac_threshold=7.5"]) == 0
+    rows = read_csv(out / "pairs.csv")
+    assert rows and {r["calibrated"] for r in rows if r["method"] == "keypoints"} == {"no"}
+    assert '"uncalibrated":["keypoints"]' in (out / "report.html").read_text()  # the page says so
+
+
+def test_calibrate_fits_tables_that_find_then_uses(small_collection, tmp_path, monkeypatch, capsys):
+    folder, index, out = small_collection
+    table = tmp_path / "mine.json"
+    monkeypatch.setattr("sys.argv", ["simbench", "calibrate", str(out), str(folder / "truth.csv"), "--out", str(table)])
+    with pytest.raises(SystemExit) as done:
+        cli_main()
+    assert done.value.code == 0
+    tables = load_calibrations(table)
+    assert len(tables) == 1 and next(iter(tables.values())).settings["stage"] == "keypoints"
+    again = tmp_path / "again"
+    assert find_main([str(folder), "--out", str(again), "--method", "keypoints", "--index", str(index), "-q",
+                      "--calibration", str(table)]) == 0
+    rows = read_csv(again / "pairs.csv")
+    assert rows and all(r["calibrated"] == "yes" for r in rows)
+    scores = [float(r["score"]) for r in rows]
+    assert all(0 < s < 1 for s in scores)
+
+
+def test_calibrate_refuses_a_folder_without_evidence(tmp_path, monkeypatch, capsys):
+    (tmp_path / "truth.csv").write_text("a,b\nx.jpg,y.jpg\n")
+    monkeypatch.setattr("sys.argv", ["simbench", "calibrate", str(tmp_path), str(tmp_path / "truth.csv")])
+    with pytest.raises(SystemExit) as done:
+        cli_main()
+    assert done.value.code == 2 and "evidence.npz" in capsys.readouterr().err
