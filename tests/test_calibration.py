@@ -150,3 +150,30 @@ def test_calibrate_refuses_a_folder_without_evidence(tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit) as done:
         cli_main()
     assert done.value.code == 2 and "evidence.npz" in capsys.readouterr().err
+
+
+def test_shared_sticker_neither_pairs_nor_links_unrelated_pictures(tmp_path, photos):
+    """The default find on a folder where unrelated photos carry the same sticker (a textured badge in a
+    corner), two of them with a real crop each: the crops pair with their originals, no sticker-only pair
+    is a duplicate, and no chain through the sticker joins the two groups."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sticker = Image.fromarray(photos["brick"]).resize((120, 90))
+    names = ("astronaut", "coffee", "rocket", "cat", "horse", "camera")
+    for name in names:
+        img = Image.fromarray(photos[name]).resize((512, 384))
+        img.paste(sticker, (512 - 130, 384 - 100))
+        img.save(folder / f"{name}.jpg", quality=90)
+        if name in ("astronaut", "coffee"):
+            img.crop((40, 30, 400, 300)).save(folder / f"{name}-crop.jpg", quality=85)
+    out = tmp_path / "out"
+    assert find_main([str(folder), "--out", str(out), "-q"]) == 0
+    threshold = cascade.DEFAULTS["threshold"]
+    called = {frozenset((Path(r["a"]).stem, Path(r["b"]).stem)) for r in read_csv(out / "pairs.csv")
+              if float(r["score"]) >= threshold}
+    assert frozenset(("astronaut", "astronaut-crop")) in called
+    assert frozenset(("coffee", "coffee-crop")) in called
+    picture = lambda stem: stem.split("-")[0]  # noqa: E731
+    assert all(len({picture(s) for s in pair}) == 1 for pair in called), called
+    groups = json.loads((out / "groups.json").read_text())["groups"]
+    assert all(len({picture(Path(m["path"]).stem) for m in g["members"]}) == 1 for g in groups)
