@@ -401,8 +401,8 @@ def lsh_table(n: int, d: int, queries: int, thresholds: list[float], bits: int) 
     # A self-join computes the upper half of the N x N products: (N / queries) / 2 times this range search.
     exact_self_join_s = exact_range_s * (n / queries) / 2
 
-    lines = [f"| threshold | bits | radius | pieces | candidates | pairs found | recall vs exact | LSH s "
-             f"(hash / search / re-check) | exact s (extrapolated) | speed-up |",
+    lines = ["| threshold | bits | radius | pieces | candidates | pairs found | recall vs exact | LSH s "
+             "(hash / search / re-check) | exact s (extrapolated) | speed-up |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for t in thresholds:
         lsh = HyperplaneLshMatcher(MultiIndexHashMatcher(), bits=bits, target_recall=0.95)

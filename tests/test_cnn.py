@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import torch
-import torchvision  # noqa: F401
+import torchvision
 
 from simbench.features.cnn import (  # noqa: E402
     BACKBONES,
@@ -296,8 +296,6 @@ def test_imagenet_weights_missing_names_the_file_and_how_to_provide_it(tmp_path,
 
 
 def test_state_dict_from_a_path_is_loaded(tmp_path, photo_files):
-    import torchvision
-
     torch.manual_seed(123)
     net = torchvision.models.resnet18()
     path = tmp_path / "my-resnet18.pth"

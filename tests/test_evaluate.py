@@ -1,6 +1,5 @@
 """Tests of simbench.evaluate against hand-computed ISC2021 metrics and brute-force oracles."""
 import math
-import time
 
 import numpy as np
 import pytest

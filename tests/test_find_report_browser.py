@@ -78,7 +78,7 @@ def test_report_slider_and_method_filter(browser, tmp_path, photos):
     slider = page.locator("#threshold")
     slider.focus()
     page.keyboard.press("End")  # drag to 1.00: only certain pairs remain
-    page.wait_for_function(f"document.querySelector('#threshold-value').textContent === '1.00'")
+    page.wait_for_function("document.querySelector('#threshold-value').textContent === '1.00'")
     at_top = group_count(page)
     page.keyboard.press("Home")  # all the way down: every pair written joins groups
     page.wait_for_function("document.querySelector('#threshold-value').textContent !== '1.00'")

@@ -250,31 +250,6 @@ def test_max_pairs_verified_keeps_the_best_bag_scores(shared_texture_set, matche
 # Aggregation against a plain-Python oracle
 
 
-def _random_keypoint_sets(seed: int, n_images: int = 7, nbytes: int = 8) -> KeypointSets:
-    """Random binary descriptors, some planted near copies across images, duplicates within an image,
-    one descriptor copied into many, and an empty image."""
-    rng = np.random.default_rng(seed)
-    counts = rng.integers(3, 12, n_images)
-    counts[2] = 0
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    m = int(offsets[-1])
-    desc = rng.integers(0, 256, (m, nbytes), dtype=np.uint8)
-
-    def flips(row):  # a near copy: each bit flipped with probability 5%
-        mask = np.packbits(rng.random(nbytes * 8) < 0.05, bitorder="little")
-        return row ^ mask
-
-    for _ in range(m // 2):
-        i, j = rng.integers(0, m, 2)
-        desc[j] = flips(desc[i])
-    hub = int(rng.integers(0, m))
-    for j in rng.integers(0, m, 6):
-        desc[j] = flips(desc[hub])
-    z = np.zeros(m, np.float32)
-    return KeypointSets(desc, offsets, rng.random((m, 2)).astype(np.float32) * 100, z, z, z,
-                        np.full((n_images, 2), 100), binary=True)
-
-
 def _oracle_scores(features: KeypointSets, radius: int, score: str) -> dict:
     """Loop over every descriptor pair; collect the matched rows of each side per image pair."""
     owners = features.owners
@@ -299,9 +274,9 @@ def _oracle_scores(features: KeypointSets, radius: int, score: str) -> dict:
 
 @pytest.mark.parametrize("score", SCORES)
 @pytest.mark.parametrize("seed,nbytes,radius", [(0, 8, 12), (1, 8, 12), (2, 61, 70)])
-def test_bag_scores_match_a_python_oracle(score, seed, nbytes, radius):
+def test_bag_scores_match_a_python_oracle(score, seed, nbytes, radius, random_keypoint_sets):
     """8-byte codes (like the crop-resistant hash's segments) and 61-byte AKAZE-sized ones (padded)."""
-    features = _random_keypoint_sets(seed, nbytes=nbytes)
+    features = random_keypoint_sets(seed, nbytes=nbytes)
     scored = KeypointMethod(None, OracleMatcher(), distance_threshold=radius, score=score).score_pairs(features)
     expected = _oracle_scores(features, radius, score)
     got = {(int(a), int(b)): s for a, b, s in zip(scored.a, scored.b, scored.score)}
@@ -401,10 +376,10 @@ def test_sift_ratio_path_agrees_with_bf_matcher_on_photos(photo_set):
     assert set(zip(pairs.a.tolist(), pairs.b.tolist())) == _bf_matcher_pairs(f, 0.7)
 
 
-def test_exact_matcher_gives_the_oracle_scores():
+def test_exact_matcher_gives_the_oracle_scores(random_keypoint_sets):
     """The method on simbench's own matcher: same pairs and scores as on the NumPy oracle."""
     import simbench.match.exact as exact
-    features = _random_keypoint_sets(5, n_images=9)
+    features = random_keypoint_sets(5, n_images=9)
     for score in SCORES:
         want = KeypointMethod(None, OracleMatcher(), distance_threshold=12, score=score).score_pairs(features)
         got = KeypointMethod(None, exact.ExactMatcher(), distance_threshold=12, score=score).score_pairs(features)

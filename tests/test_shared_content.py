@@ -22,7 +22,7 @@ from simbench.match.oracle import OracleMatcher
 from simbench.methods.keypoints import (KeypointMethod, bag_score, between_images, burstiness_weights,
                                         count_inliers, covered_share, image_frequency, inlier_coverage,
                                         ransac_inliers, verify_pairs)
-from simbench.types import KeypointSets, bytes_to_words
+from simbench.types import bytes_to_words
 
 #: As `simbench find` runs the keypoint stage (simbench/find/cascade.py) and conf/method/keypoints.yaml
 #: scores it (score_threshold 0.02).
@@ -292,27 +292,10 @@ def test_params_and_validation():
 # Oracles: burstiness weights
 
 
-def _random_keypoint_sets(seed: int, n_images: int = 9, nbytes: int = 8) -> KeypointSets:
-    """Random descriptors with near copies planted across images, including one row copied into many."""
-    rng = np.random.default_rng(seed)
-    counts = rng.integers(2, 10, n_images)
-    counts[3] = 0
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    m = int(offsets[-1])
-    desc = rng.integers(0, 256, (m, nbytes), dtype=np.uint8)
-    for _ in range(m):
-        i, j = rng.integers(0, m, 2)
-        desc[j] = desc[i] ^ np.packbits(rng.random(nbytes * 8) < 0.04, bitorder="little")
-    desc[offsets[[0, 1, 2, 4, 5, 6]]] = desc[offsets[7]]  # one descriptor in seven images (a logo)
-    z = np.zeros(m, np.float32)
-    return KeypointSets(desc, offsets, rng.random((m, 2)).astype(np.float32) * 100, z, z, z,
-                        np.full((n_images, 2), 100), binary=True)
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_image_frequency_against_a_loop(seed):
+def test_image_frequency_against_a_loop(seed, random_keypoint_sets):
     """df of a row = distinct other images owning a row within the radius: every pair of rows, looped."""
-    features = _random_keypoint_sets(seed)
+    features = random_keypoint_sets(seed, n_images=9, logo_images=7)
     radius = 10
     pairs = OracleMatcher().self_join(bytes_to_words(features.descriptors), radius)
     matches = between_images(pairs, features.owners)
