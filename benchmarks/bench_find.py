@@ -32,10 +32,10 @@ import numpy as np
 
 from simbench.data.collection import CollectionDataset
 from simbench.data.synthetic import SyntheticDataset, default_cache_dir
-from simbench.evaluate import evaluate, label_pairs
+from simbench.evaluate import evaluate, label_pairs, pair_keys
 from simbench.find import cascade
-from simbench.find.calibration import CALIBRATION_FILE, fit_calibration, save_calibrations
-from simbench.find.pipeline import collect, find, stage_pairs
+from simbench.find.calibration import CALIBRATION_FILE, fit_calibration, fit_fusion, save_calibrations
+from simbench.find.pipeline import collect, find, raw_evidence, stage_pairs
 from simbench.find.yearbook import (SCHOOL_STYLE, build_yearbook, match_placement, reference_photos,
                                    score_found_pairs, true_pairs)
 from simbench.types import ScoredPairs
@@ -81,10 +81,44 @@ def calibrate(work: Path, overrides: list[str], progress: bool) -> list:
         tables.append(fit)
         print(f"{name}: {len(raw)} pairs, {int(is_true.sum())} true; {stage.signal} "
               f"{fit.raw.min():.4g}..{fit.raw.max():.4g} -> precision {fit.precision.min():.3f}..{fit.precision.max():.3f}")
+    fusion = fit_cascade_fusion(collections, tables, work, overrides, progress)
     save_calibrations(tables, CALIBRATION_FILE, "isotonic raw -> precision fits on the tuning collections (devset "
-                      "tune split, yearbooks); made by `python benchmarks/bench_find.py calibrate`")
+                      "tune split, yearbooks); made by `python benchmarks/bench_find.py calibrate`", [fusion])
     print(f"wrote {CALIBRATION_FILE}")
-    return [t.to_json() for t in tables]
+    return [t.to_json() for t in tables] + [fusion.to_json()]
+
+
+def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], progress: bool):
+    """The cascade's fusion model, fitted on every candidate pair of the tuning collections: each stage's
+    raw signal (the CNN's for every pair, found by either stage) and whether it found the pair."""
+    cfg = cascade.make_config("cascade", overrides)
+    stages = cascade.build_stages(cfg, calibrations={t.key: t for t in tables}, quiet=True)
+    names = [s.name for s in stages]
+    values, found, is_true, weight = {k: [] for k in names}, {k: [] for k in names}, [], []
+    for tag, inputs, label in collections:
+        got = collect(inputs, stages, cfg, work / f"index-calibrate-{tag}", work, progress)
+        raw = raw_evidence(stages, got.features, progress)
+        n = len(got.items)
+        union = cascade.fuse(n, {s: ScoredPairs(r.a, r.b, np.ones(len(r.a))) for s, r in raw.items()}, "max")
+        for s in stages:
+            if s.scores_any_pair:
+                v, ok = s.score_given(got.features[s.name], union.a, union.b)
+            else:
+                v, ok = np.zeros(len(union)), np.zeros(len(union), bool)
+                at = np.searchsorted(pair_keys(union.a, union.b, n), pair_keys(raw[s.name].a, raw[s.name].b, n))
+                v[at], ok[at] = raw[s.name].score, True
+            values[s.name].append(v)
+            found[s.name].append(ok)
+        is_true.append(label(got.items, union.as_scored()))
+        weight.append(np.full(len(union), 1.0 / max(len(union), 1)))  # every collection counts alike
+    fusion = fit_fusion(names, [s.calibration.key for s in stages], {s.name: s.fusion_transform for s in stages},
+                        {k: np.concatenate(v) for k, v in values.items()},
+                        {k: np.concatenate(v) for k, v in found.items()}, np.concatenate(is_true),
+                        note=f"tuning collections, each weighted alike: {', '.join(t for t, _, _ in collections)}",
+                        sample_weight=np.concatenate(weight))
+    print(f"fusion of {names}: intercept {fusion.intercept:.3f}, found weights {fusion.found_weight}, "
+          f"signal weights {fusion.weight}")
+    return fusion
 
 
 def tuning_collections(work: Path, progress: bool) -> list:

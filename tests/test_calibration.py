@@ -177,3 +177,60 @@ def test_shared_sticker_neither_pairs_nor_links_unrelated_pictures(tmp_path, pho
     assert all(len({picture(s) for s in pair}) == 1 for pair in called), called
     groups = json.loads((out / "groups.json").read_text())["groups"]
     assert all(len({picture(Path(m["path"]).stem) for m in g["members"]}) == 1 for g in groups)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fusion of the stages
+
+
+def test_fusion_fit_recovers_a_logistic_model_and_stays_monotone():
+    from simbench.find.calibration import MIN_WEIGHT, fit_fusion
+
+    rng = np.random.default_rng(0)
+    n = 20000
+    kp_found = rng.random(n) < 0.4
+    kp = np.where(kp_found, rng.exponential(30, n), 0.0)
+    cnn = rng.uniform(0.3, 0.7, n)
+    z = -12 + 2.0 * kp_found + 0.3 * kp_found * np.log1p(kp) + 20 * cnn
+    y = rng.random(n) < 1 / (1 + np.exp(-z))
+    fusion = fit_fusion(["keypoints", "cnn"], ["k1", "k2"], {"keypoints": "log1p", "cnn": "identity"},
+                        {"keypoints": kp, "cnn": cnn}, {"keypoints": kp_found, "cnn": np.ones(n, bool)}, y)
+    assert fusion.weight["cnn"] == pytest.approx(20, rel=0.15)
+    assert fusion.found_weight["keypoints"] == pytest.approx(2.0, abs=0.6)
+    assert fusion.found_weight["cnn"] == 0.0  # found everywhere: the intercept's job
+    # A signal that hurts is held at the smallest weight: more evidence never lowers the score.
+    fusion = fit_fusion(["keypoints", "cnn"], ["k1", "k2"], {"keypoints": "log1p", "cnn": "identity"},
+                        {"keypoints": kp, "cnn": cnn}, {"keypoints": kp_found, "cnn": np.ones(n, bool)},
+                        (rng.random(n) < 1 / (1 + np.exp(-(-10 + 20 * cnn - 0.5 * np.log1p(kp))))))
+    assert fusion.weight["keypoints"] == MIN_WEIGHT
+    grid = np.linspace(0, 500, 50)
+    fused = fusion({"keypoints": grid, "cnn": np.full(50, 0.5)}, {"keypoints": np.ones(50, bool), "cnn": np.ones(50, bool)})
+    assert np.all(np.diff(fused) > 0)
+
+
+def test_fusion_lets_the_cnn_doubt_a_shared_frame():
+    """Two pairs with the same keypoint evidence: the one whose pictures the CNN finds no closer than their
+    background (a shared frame) scores below the one both stages agree on; identical data stays 1."""
+    from simbench.find.calibration import Fusion
+    from simbench.find.cascade import FusedPairs, apply_fusion
+
+    class Cnn:  # a stage that scores any pair: the second pair's pictures look unrelated
+        name, signal = "cnn", "score"
+        scores_any_pair = True
+
+        def score_given(self, features, a, b):
+            return np.array([0.6, 0.45, 0.5]), np.ones(3, bool)
+
+        def calibrated(self, raw):
+            return raw
+
+    class Kp:
+        name, signal, scores_any_pair = "keypoints", "evidence", False
+
+    pairs = FusedPairs(np.array([0, 2, 4]), np.array([1, 3, 5]), np.zeros(3), np.array(["keypoints"] * 3, object),
+                       {"identical": np.array([0.0, 0.0, 1.0]), "keypoints": np.array([0.9, 0.9, 0.0])})
+    raw = {"keypoints": ScoredPairs(np.array([0, 2]), np.array([1, 3]), np.array([50.0, 50.0]))}
+    model = Fusion(["keypoints", "cnn"], ["k", "c"], -20.0, {"keypoints": 3.0, "cnn": 0.0},
+                   {"keypoints": 0.5, "cnn": 35.0}, {"keypoints": "log1p", "cnn": "identity"})
+    out = apply_fusion(pairs, 6, [Kp(), Cnn()], raw, {"cnn": None}, model)
+    assert out.score[0] > 0.9 > out.score[1] and out.score[2] == 1.0

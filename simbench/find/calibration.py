@@ -115,18 +115,27 @@ def strictly_increasing(p: np.ndarray) -> np.ndarray:
 
 def load_calibrations(path: str | Path = CALIBRATION_FILE) -> dict[str, Calibration]:
     """Tables by settings key; {} when the file is absent."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return {}
-    tables = [Calibration.from_json(t) for t in doc.get("tables", [])]
+    tables = [Calibration.from_json(t) for t in _read(path).get("tables", [])]
     return {t.key: t for t in tables}
 
 
-def save_calibrations(tables: list[Calibration], path: str | Path, about: str) -> None:
+def load_fusions(path: str | Path = CALIBRATION_FILE) -> list["Fusion"]:
+    """The fusion models of a calibration file ([] when absent)."""
+    return [Fusion.from_json(t) for t in _read(path).get("fusions", [])]
+
+
+def _read(path: str | Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def save_calibrations(tables: list[Calibration], path: str | Path, about: str,
+                      fusions: list["Fusion"] = ()) -> None:
     from simbench.cache import atomic_write_bytes
 
-    doc = {"about": about, "tables": [t.to_json() for t in tables]}
+    doc = {"about": about, "tables": [t.to_json() for t in tables], "fusions": [f.to_json() for f in fusions]}
     atomic_write_bytes(Path(path), (json.dumps(doc, indent=1) + "\n").encode())
 
 
@@ -227,3 +236,104 @@ def fit_from_runs(runs: list[tuple[str | Path, str | Path]], min_pairs: int = 5)
         tables.append(fit_calibration(raw, y, entry["settings"]["signal"], entry["settings"],
                                       note=f"fitted by simbench calibrate on {len(runs)} run(s)"))
     return tables
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fusion: the stages' calibrated scores of a pair -> one estimated precision
+
+
+#: The smallest weight of a stage's evidence in the fusion: keeps the fused score strictly increasing in it.
+MIN_WEIGHT = 0.01
+
+
+@dataclass
+class Fusion:
+    """A logistic model over the stages' raw signals of a pair (fitted on labelled pairs):
+
+        z = intercept + sum over stages s of  found_weight[s] * found_s + weight[s] * found_s * x_s
+        fused = 1 / (1 + exp(-z))
+
+    found_s: whether stage s scored the pair (a stage that scores any pair asked, like the CNN, always
+    does); x_s: its raw signal, log(1 + x) for counts (keypoint evidence). Every weight is >= 0 (the
+    signal weights >= MIN_WEIGHT), so the fused score is strictly increasing in each stage's evidence;
+    the stages can still disagree: a pair the keypoints verify but whose pictures the CNN finds no
+    closer than their background is less likely a copy than one both agree on (a shared frame or
+    template rather than the same picture). As a logistic fit it is itself a calibration (Platt 1999).
+    keys: the settings keys of the stage tables fitted with it, in stage order.
+    """
+
+    stages: list[str]
+    keys: list[str]
+    intercept: float
+    found_weight: dict[str, float]
+    weight: dict[str, float]
+    transform: dict[str, str]
+    note: str = ""
+
+    def __call__(self, raw: dict[str, np.ndarray], found: dict[str, np.ndarray]) -> np.ndarray:
+        z = np.full(len(next(iter(raw.values()))), self.intercept)
+        for s in self.stages:
+            f = found[s].astype(np.float64)
+            z += self.found_weight[s] * f + self.weight[s] * f * fusion_feature(raw[s], self.transform[s])
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def to_json(self) -> dict:
+        return {"stages": self.stages, "keys": self.keys, "intercept": self.intercept,
+                "found_weight": self.found_weight, "weight": self.weight, "transform": self.transform,
+                "note": self.note}
+
+    @classmethod
+    def from_json(cls, t: dict) -> "Fusion":
+        return cls(list(t["stages"]), list(t["keys"]), float(t["intercept"]), dict(t["found_weight"]),
+                   dict(t["weight"]), dict(t["transform"]), t.get("note", ""))
+
+
+def fusion_feature(raw: np.ndarray, transform: str) -> np.ndarray:
+    raw = np.nan_to_num(np.asarray(raw, np.float64))
+    return np.log1p(np.maximum(raw, 0.0)) if transform == "log1p" else raw
+
+
+def fit_fusion(stages: list[str], keys: list[str], transform: dict[str, str], raw: dict[str, np.ndarray],
+               found: dict[str, np.ndarray], is_true: np.ndarray, ridge: float = 1e-2, note: str = "",
+               sample_weight: np.ndarray | None = None) -> Fusion:
+    """Maximum-likelihood logistic weights with a little ridge: projected Newton steps (each weight kept at
+    its bound: >= 0, signal weights >= MIN_WEIGHT), halved until the likelihood improves. A stage that
+    found every pair (one that scores any pair) gets no found weight: it would only copy the intercept.
+    sample_weight: per pair (e.g. so that every tuning collection counts alike, however many pairs)."""
+    columns, lower, slots = [np.ones(len(is_true))], [-np.inf], []
+    for s in stages:
+        f = found[s].astype(np.float64)
+        if not f.all():
+            slots.append((s, "found", len(columns)))
+            columns.append(f)
+            lower.append(0.0)
+        slots.append((s, "signal", len(columns)))
+        columns.append(f * fusion_feature(raw[s], transform[s]))
+        lower.append(MIN_WEIGHT)
+    x, y, lower = np.stack(columns, axis=1), np.asarray(is_true, np.float64), np.array(lower)
+    sw = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, np.float64) * len(y) / np.sum(sample_weight)
+
+    def objective(w):
+        z = x @ w
+        return float(np.sum(sw * (y * z - np.logaddexp(0.0, z))) - ridge / 2 * w @ w)
+
+    w = np.where(np.isfinite(lower), lower, 0.0)
+    current = objective(w)
+    for _ in range(200):
+        q = 1.0 / (1.0 + np.exp(-(x @ w)))
+        gradient = x.T @ (sw * (y - q)) - ridge * w
+        hessian = (x * (sw * q * (1 - q))[:, None]).T @ x + ridge * np.eye(len(w))
+        step = np.linalg.solve(hessian, gradient)
+        for _ in range(30):
+            candidate = np.maximum(w + step, lower)
+            value = objective(candidate)
+            if value >= current:
+                break
+            step /= 2
+        if value < current or np.max(np.abs(candidate - w)) < 1e-10:
+            break
+        w, current = candidate, value
+    found_weight, weight = {s: 0.0 for s in stages}, {}
+    for s, kind, k in slots:
+        (found_weight if kind == "found" else weight)[s] = float(w[k])
+    return Fusion(list(stages), list(keys), float(w[0]), found_weight, weight, dict(transform), note)

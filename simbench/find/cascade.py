@@ -4,18 +4,22 @@ The default ("cascade", chosen by the measurements in results/find.md):
 
 1. identical: images with the same pixel data (same file bytes, or the same embedded PDF image drawn
    twice) pair up at score 1: certain, and free;
-2. keypoints: BRISK descriptors of the image and of its mirror image (so flips match), candidate pairs
-   from multi-index hashing of the descriptors (cheap: only images sharing close descriptors are ever
-   looked at), then each candidate verified by a RANSAC similarity fit (Fischler & Bolles 1981); the
-   yearbook method, exact about crops, rotations and scale;
-3. cnn: EfficientNet-Lite0 embeddings by cosine, for what keypoints cannot see (heavy blur, tiny
-   thumbnails, flat pictures with few corners);
-4. each stage's raw score -> estimated precision, by a monotone table fitted on the synthetic set
-   (`calibration.json`, made by `python benchmarks/bench_find.py calibrate`), so that one threshold
-   means the same whatever stage found the pair; the pair's score is the best stage's;
-5. linking: a pair not seen directly but joined through others (A~B, B~C) gets the product of the
-   scores along the strongest chain (the path in the maximum spanning tree of the pairs), method
-   "linked". Groups are these chains, so this only scores pairs the groups already claim.
+2. keypoints: BRISK descriptors of the image and of its mirror image (so flips match), spread over the
+   picture, candidate pairs from multi-index hashing of the descriptors (cheap: only images sharing close
+   descriptors are ever looked at), each candidate verified by a RANSAC similarity fit (Fischler & Bolles
+   1981); the evidence discounts content shared by many pictures (burstiness) and matches that cover
+   little of either picture (simbench.methods.keypoints);
+3. cnn: EfficientNet-Lite0 GeM embeddings, each image's nearest neighbours, scored against the
+   similarity to its 10th neighbour (ISC2021 normalisation), for what keypoints cannot see;
+4. each stage's raw signal -> estimated precision by a strictly increasing table keyed by the stage's
+   settings (simbench.find.calibration; `calibration.json`, fitted on the tuning collections by
+   `python benchmarks/bench_find.py calibrate`); a stage without a matching table is "uncalibrated";
+5. fusion: every pair found by any stage is also scored by the CNN, and a logistic model over both
+   stages' signals, fitted with the tables, gives its score (`fusion=noisy_or` or `max` combine the
+   calibrated scores instead);
+6. linking: a pair not seen directly but joined through others (A~B, B~C) gets the product of the
+   scores along the strongest chain (the path in the maximum spanning tree of the pairs scoring at
+   least link_min_score), method "linked": never more than its weakest pair.
 
 Alternatives (`--method`): keypoints, cnn, hash (identical + that one stage).
 Every parameter can be overridden with key=value (OmegaConf dot-list), e.g.
@@ -31,8 +35,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from simbench.features.base import Extractor
-from simbench.find.calibration import (Calibration, load_calibrations, settings_key, signal_settings,
-                                       uncalibrated_score)
+from simbench.find.calibration import (Calibration, Fusion, load_calibrations, load_fusions, settings_key,
+                                       signal_settings, uncalibrated_score)
 from simbench.methods.base import Method
 from simbench.types import ScoredPairs
 
@@ -54,20 +58,22 @@ DEFAULTS = {
     "method": "cascade",
     # A calibration file of your own (`simbench calibrate`), used before the shipped tables.
     "calibration": None,
-    # How the stages' calibrated scores combine for a pair found by several: max or noisy_or.
-    "fusion": "noisy_or",
+    # How the stages' calibrated scores combine: "model" (the logistic fusion fitted with the tables, every
+    # pair also scored by the CNN; noisy_or where no fitted model matches the stages), noisy_or or max.
+    "fusion": "model",
     # Calibrated score (estimated precision) at and above which a pair is a duplicate: groups.json and
     # the report's starting threshold. 0.95 measured precision 1.0 on both benchmark sets (results/find.md).
     "threshold": 0.95,
-    # Pairs scoring below this are not written (pairs.csv, report slider minimum), and do not link:
-    # pairs less likely true than false would mostly chain unrelated groups together.
-    "min_score": 0.5,
+    # Pairs scoring below this are not written (pairs.csv, report slider minimum): low, so the ranking
+    # goes on well below the threshold (micro-AP counts what is never written as missed).
+    "min_score": 0.05,
     # Score pairs joined through others (product along the strongest chain); groups bigger than
     # max_linked_group get no such pairs (their direct pairs are still there).
     "link": True,
     "max_linked_group": 200,
-    # Only pairs scoring at least this link groups (a chain is never stronger than its weakest pair).
-    "link_min_score": 0.5,
+    # Only pairs scoring at least this link groups (a chain is never stronger than its weakest pair);
+    # 0.8 chosen on the tuning split (0.5: micro-AP 0.896 / 0.528 photo / line art; 0.8: 0.909 / 0.589).
+    "link_min_score": 0.8,
     # Processes for reading files (0 = one per core); extractors have their own `workers`.
     "workers": 0,
     "pdf": {"min_side_px": 32, "min_side_pt": 24.0, "min_render_side": 512, "max_render_side": 1024,
@@ -119,6 +125,8 @@ def make_config(method: str | None = None, overrides: Sequence[str] = ()) -> Dic
         cfg.method = method
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if cfg.fusion not in FUSIONS:
+        raise ValueError(f"unknown fusion {cfg.fusion!r}; choose one of {', '.join(FUSIONS)}")
     return cfg
 
 
@@ -154,6 +162,27 @@ class Stage:
         if self.signal == "score":
             return np.asarray(pairs.score, np.float64)
         return np.asarray(pairs.extra[self.signal], np.float64)
+
+    @property
+    def scores_any_pair(self) -> bool:
+        """Whether the stage can score pairs it did not find itself (the CNN: a dot product)."""
+        return self.signal == "score" and hasattr(self.method, "score_given")
+
+    @property
+    def fusion_transform(self) -> str:
+        """How the fusion model reads the raw signal: counts on a log scale, scores as they are."""
+        return "identity" if self.signal == "score" else "log1p"
+
+    def score_given(self, stage_features, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw signal of item pairs (a, b), and which of them it could score (both have features)."""
+        feats, rows, _ = stage_features
+        position = np.full(int(max(a.max(initial=-1), b.max(initial=-1), rows.max(initial=-1))) + 1, -1)
+        position[rows] = np.arange(len(rows))
+        ok = (position[a] >= 0) & (position[b] >= 0)
+        raw = np.zeros(len(a))
+        if ok.any():
+            raw[ok] = self.method.score_given(feats, position[a[ok]], position[b[ok]])
+        return raw, ok
 
     def calibrated(self, raw: np.ndarray) -> np.ndarray:
         """Estimated precision per raw signal value; without a table a monotone stand-in (the outputs
@@ -263,7 +292,7 @@ def identical_pairs(digests: Sequence[str], max_clique: int = 100) -> ScoredPair
     return ScoredPairs(np.array(a, np.int64), np.array(b, np.int64), np.ones(len(a)))
 
 
-FUSIONS = ("max", "noisy_or")
+FUSIONS = ("max", "noisy_or", "model")
 
 
 def fuse(n_items: int, evidence: dict[str, ScoredPairs], rule: str = "max") -> FusedPairs:
@@ -273,8 +302,8 @@ def fuse(n_items: int, evidence: dict[str, ScoredPairs], rule: str = "max") -> F
 
     evidence: stage name -> pairs in item indices with calibrated scores (in [0, 1]).
     """
-    if rule not in FUSIONS:
-        raise ValueError(f"fusion must be one of {FUSIONS}, got {rule!r}")
+    if rule not in FUSIONS[:2]:
+        raise ValueError(f"fuse() combines by {FUSIONS[:2]}, got {rule!r}")
     names = list(evidence)
     keys = [_keys(p.a, p.b, n_items) for p in evidence.values()]
     all_keys = np.unique(np.concatenate(keys)) if keys else np.empty(0, np.int64)
@@ -288,6 +317,44 @@ def fuse(n_items: int, evidence: dict[str, ScoredPairs], rule: str = "max") -> F
     a, b = all_keys // n_items, all_keys % n_items
     method = np.array(names, dtype=object)[best] if len(names) else np.empty(0, object)
     return FusedPairs(a, b, score, method, {name: table[s] for s, name in enumerate(names)})
+
+
+def fusion_model(stages: list[Stage], cfg: DictConfig) -> Fusion | None:
+    """The fitted fusion for exactly these stages and calibration tables (cfg.fusion "model"), or None."""
+    if str(cfg.fusion) != "model" or len(stages) < 2 or not all(s.is_calibrated for s in stages):
+        return None
+    fusions = load_fusions()
+    if cfg.get("calibration"):
+        fusions = load_fusions(str(cfg.calibration)) + fusions
+    keys = [settings_key(s.settings) for s in stages]
+    for model in fusions:
+        if model.stages == [s.name for s in stages] and model.keys == keys:
+            return model
+    log.warning("no fitted fusion for these stages and settings: their scores combine by noisy-OR")
+    return None
+
+
+def apply_fusion(pairs: FusedPairs, n_items: int, stages: list[Stage], raw: dict[str, ScoredPairs],
+                 features: dict, model: Fusion) -> FusedPairs:
+    """Every pair rescored by the fusion model from the stages' raw signals; stages that can score any
+    pair score them all first. Identical image data stays at 1."""
+    values, found = {}, {}
+    keys = _keys(pairs.a, pairs.b, n_items)  # sorted: fuse() returns pairs in key order
+    for stage in stages:
+        if stage.scores_any_pair:
+            values[stage.name], found[stage.name] = stage.score_given(features[stage.name], pairs.a, pairs.b)
+            pairs.per_stage[stage.name] = np.where(found[stage.name], stage.calibrated(values[stage.name]), 0.0)
+        else:
+            own = raw[stage.name]
+            values[stage.name] = np.zeros(len(pairs))
+            at = np.searchsorted(keys, _keys(own.a, own.b, n_items))
+            np.maximum.at(values[stage.name], at, np.asarray(own.score, np.float64))
+            found[stage.name] = np.zeros(len(pairs), bool)
+            found[stage.name][at] = True
+    score = model(values, found) if len(pairs) else np.zeros(0)
+    identical = pairs.per_stage.get(IDENTICAL, np.zeros(len(pairs))) > 0
+    pairs.score = np.where(identical, 1.0, score)
+    return pairs
 
 
 def _keys(a, b, n: int) -> np.ndarray:

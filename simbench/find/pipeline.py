@@ -68,7 +68,7 @@ def find(inputs: Sequence[str | Path], out_dir: str | Path, cfg: DictConfig | No
     collected = collect(inputs, stages, cfg, index, out_dir, progress)
     t = time.perf_counter()
     raw = raw_evidence(stages, collected.features, progress)
-    pairs = score(collected.items, stages, raw, cfg)
+    pairs = score(collected.items, stages, raw, cfg, collected.features)
     groups = outputs.duplicate_groups(pairs, len(collected.items), float(cfg.threshold))
     timing = {**collected.timing, "match_s": time.perf_counter() - t, "total_s": time.perf_counter() - t0}
     result = FindResult(collected.items, pairs, groups, collected.skipped, collected.n_files, collected.n_pdfs,
@@ -239,14 +239,21 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool) -> dict[st
     return out
 
 
-def score(items: list[Item], stages: list[Stage], raw: dict[str, ScoredPairs], cfg: DictConfig) -> FusedPairs:
-    """Identical-data pairs, each stage's calibrated pairs, fused, optionally linked, >= min_score."""
+def score(items: list[Item], stages: list[Stage], raw: dict[str, ScoredPairs], cfg: DictConfig,
+          features: dict | None = None) -> FusedPairs:
+    """Identical-data pairs, each stage's calibrated pairs, fused, optionally linked, >= min_score.
+
+    fusion "model": the fitted Fusion for these stages (cascade.fusion_model), every pair also scored by
+    the stages that can score any pair (the CNN); without one, and for "noisy_or" or "max", that rule."""
     n = len(items)
     evidence = {cascade.IDENTICAL: cascade.identical_pairs([item.digest for item in items])}
     for stage in stages:
         found = raw[stage.name]
         evidence[stage.name] = ScoredPairs(found.a, found.b, stage.calibrated(found.score))
-    fused = cascade.fuse(n, evidence, str(cfg.fusion))
+    model = cascade.fusion_model(stages, cfg)
+    fused = cascade.fuse(n, evidence, "noisy_or" if str(cfg.fusion) == "model" else str(cfg.fusion))
+    if model is not None and features is not None:
+        fused = cascade.apply_fusion(fused, n, stages, raw, features, model)
     if cfg.link:
         fused = cascade.link(fused, n, float(cfg.link_min_score), int(cfg.max_linked_group))
     uncalibrated = [stage.name for stage in stages if not stage.is_calibrated]

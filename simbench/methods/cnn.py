@@ -100,6 +100,16 @@ class CnnMethod(Method):
             extra["lsh"] = dict(stats)
         return ScoredPairs(a, b, score, extra=extra)
 
+    def score_given(self, features: Embeddings, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The score of the given row pairs (found by another stage, say), as score_pairs would give them."""
+        v = as_vectors(features)
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        cos = pair_cosines(v, a, b)
+        if not self.normalise_k or len(v) < 2:
+            return np.clip(cos, 0.0, 1.0)
+        background = kth_similarity(*nearest_others(self.matcher, v, self.normalise_k), self.normalise_k)
+        return normalised_scores(cos, background[a], background[b], self.beta)[1]
+
     def params(self) -> dict:
         return {"min_similarity": self.min_similarity, "threshold": self.threshold,
                 "neighbours": self.neighbours, "normalise_k": self.normalise_k,
@@ -156,6 +166,14 @@ def unique_pairs(parts, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     first = np.ones(len(key), bool)
     first[1:] = key[1:] != key[:-1]
     return lo[first], hi[first], cos[first]
+
+
+def pair_cosines(vectors: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """cos(vectors[a[k]], vectors[b[k]]) for each k (L2-normalised rows), float64, in chunks."""
+    out = np.empty(len(a), np.float64)
+    for s in range(0, len(a), chunk):
+        out[s:s + chunk] = np.einsum("ij,ij->i", vectors[a[s:s + chunk]], vectors[b[s:s + chunk]])
+    return out
 
 
 def kth_similarity(idx: np.ndarray, sim: np.ndarray, k: int) -> np.ndarray:
