@@ -81,13 +81,12 @@ def score_run(pairs: ScoredPairs, truth: Truth, threshold: float) -> dict:
 
 
 def per_label_recall(pairs: ScoredPairs, truth: Truth, threshold: float) -> dict[str, float]:
-    """Share of the true pairs of each label found with score >= threshold (nan threshold: none)."""
+    """Share of the true pairs of each label found with score >= threshold (a nan threshold finds none)."""
     if not len(truth.pairs) or not any(truth.labels):
         return {}
-    called = ScoredPairs(pairs.a, pairs.b, pairs.score)
-    keep = np.asarray(called.score) >= threshold if np.isfinite(threshold) else np.zeros(len(called), bool)
-    found = label_pairs(ScoredPairs(truth.pairs[:, 0], truth.pairs[:, 1], np.ones(len(truth.pairs))),
-                        np.stack([np.minimum(called.a[keep], called.b[keep]),
-                                  np.maximum(called.a[keep], called.b[keep])], axis=1))
+    called = np.asarray(pairs.score) >= threshold
+    called_pairs = np.stack([np.asarray(pairs.a)[called], np.asarray(pairs.b)[called]], axis=1)
+    # Which true pairs are among the called ones: label_pairs with the roles swapped.
+    found = label_pairs(ScoredPairs(truth.pairs[:, 0], truth.pairs[:, 1], np.ones(len(truth.pairs))), called_pairs)
     labels = np.array(truth.labels, dtype=object)
     return {str(name): float(found[labels == name].mean()) for name in sorted(set(truth.labels)) if name}
