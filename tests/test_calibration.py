@@ -112,7 +112,15 @@ def test_truth_scores_a_run(small_collection, capsys):
     assert metrics["true_pairs"] == 9 and metrics["unmatched_truth_rows"] == 1
     assert 0.5 <= metrics["uap"] <= 1.0
     assert set(metrics["per_label_recall_at_p90"]) == {"crop", "rotate"}
-    assert (out / "evidence.npz").is_file()
+    # No plateau in what find writes: pairs with different raw evidence have different scores.
+    from simbench.find.outputs import read_evidence
+
+    items, raw, _ = read_evidence(out / "evidence.npz")
+    evidence = {frozenset((items[a], items[b])): e for a, b, e in zip(raw["keypoints"].a, raw["keypoints"].b,
+                                                                     raw["keypoints"].score)}
+    rows = [r for r in read_csv(out / "pairs.csv") if r["method"] == "keypoints"]
+    scores = {float(r["score"]): evidence[frozenset((r["a"], r["b"]))] for r in rows}
+    assert len(rows) >= 6 and len(scores) == len({evidence[frozenset((r["a"], r["b"]))] for r in rows})
 
 
 def test_uncalibrated_settings_are_marked(small_collection, tmp_path):
