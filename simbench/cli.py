@@ -206,4 +206,7 @@ def calibrate_main(argv: list[str]) -> int:
         print(f"{t.settings['stage']}: {t.pairs} pairs ({t.true} true), {len(t.raw)} knots, "
               f"{t.signal} {t.raw[0]:.4g}..{t.raw[-1]:.4g} -> precision {t.precision[0]:.3f}..{t.precision[-1]:.3f}")
     print(f"wrote {out}; use it with: simbench find ... --calibration {out}")
+    if len(tables) > 1:
+        print("note: the cascade's fusion model is fitted only by benchmarks/bench_find.py calibrate; with these "
+              "tables the cascade combines its stages by noisy-OR (fusion=noisy_or)")
     return 0
