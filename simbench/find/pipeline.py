@@ -300,5 +300,6 @@ def score_against(result: FindResult, truth_csv: str | Path, out_dir: Path, thre
 
     truth = read_truth(truth_csv, [item.display for item in result.items])
     metrics = score_run(result.pairs.as_scored(), truth, threshold)
-    atomic_write_bytes(out_dir / "metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
+    strict = {k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()}  # NaN -> null
+    atomic_write_bytes(out_dir / "metrics.json", (json.dumps(strict, indent=1) + "\n").encode())
     return metrics
