@@ -821,13 +821,19 @@ class CnnExtractor(Extractor):
         return np.concatenate(found_rows), l2_normalise(np.concatenate(found_vecs)), skipped
 
     def loader(self, paths: Sequence[Path]):
-        """Batches decoded by `workers` processes, in input order (torch's DataLoader)."""
+        """Batches decoded by `workers` processes, in input order (torch's DataLoader).
+
+        Workers start from a fork server, not by forking this process: once ONNX Runtime's or torch's
+        thread pools run here, a forked child can inherit a lock held by one of those threads and hang
+        (seen: `simbench find` run twice in one process)."""
         from torch.utils.data import DataLoader
 
         return DataLoader(ImageViews(paths, self.prep), batch_size=self.batch_size, shuffle=False,
                           num_workers=self.workers, collate_fn=collate_views,
                           pin_memory=self.device.startswith("cuda"),
-                          prefetch_factor=4 if self.workers else None)
+                          prefetch_factor=4 if self.workers else None,
+                          multiprocessing_context="forkserver" if self.workers else None,
+                          persistent_workers=False)
 
     def dim(self) -> int:
         """Embedding length (before whitening), from one forward pass of a blank image."""
