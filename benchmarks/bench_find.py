@@ -32,7 +32,7 @@ import numpy as np
 
 from simbench.data.collection import CollectionDataset
 from simbench.data.synthetic import SyntheticDataset, default_cache_dir
-from simbench.evaluate import evaluate, label_pairs, pair_keys
+from simbench.evaluate import evaluate, label_pairs
 from simbench.find import cascade
 from simbench.find.calibration import CALIBRATION_FILE, fit_calibration, fit_fusion, save_calibrations
 from simbench.find.pipeline import collect, find, raw_evidence, stage_pairs
@@ -100,15 +100,10 @@ def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], pr
         raw = raw_evidence(stages, got.features, progress)
         n = len(got.items)
         union = cascade.fuse(n, {s: ScoredPairs(r.a, r.b, np.ones(len(r.a))) for s, r in raw.items()}, "max")
-        for s in stages:
-            if s.scores_any_pair:
-                v, ok = s.score_given(got.features[s.name], union.a, union.b)
-            else:
-                v, ok = np.zeros(len(union)), np.zeros(len(union), bool)
-                at = np.searchsorted(pair_keys(union.a, union.b, n), pair_keys(raw[s.name].a, raw[s.name].b, n))
-                v[at], ok[at] = raw[s.name].score, True
-            values[s.name].append(v)
-            found[s.name].append(ok)
+        v, ok = cascade.stage_signals(union.a, union.b, n, stages, raw, got.features)
+        for name in names:
+            values[name].append(v[name])
+            found[name].append(ok[name])
         is_true.append(label(got.items, union.as_scored()))
         weight.append(np.full(len(union), 1.0 / max(len(union), 1)))  # every collection counts alike
     fusion = fit_fusion(names, [s.calibration.key for s in stages], {s.name: s.fusion_transform for s in stages},

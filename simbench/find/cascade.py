@@ -335,23 +335,34 @@ def fusion_model(stages: list[Stage], cfg: DictConfig) -> Fusion | None:
     return None
 
 
-def apply_fusion(pairs: FusedPairs, n_items: int, stages: list[Stage], raw: dict[str, ScoredPairs],
-                 features: dict, model: Fusion) -> FusedPairs:
-    """Every pair rescored by the fusion model from the stages' raw signals; stages that can score any
-    pair score them all first. Identical image data stays at 1."""
+def stage_signals(a: np.ndarray, b: np.ndarray, n_items: int, stages: list[Stage], raw: dict[str, ScoredPairs],
+                  features: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each stage's raw signal of the item pairs (a, b), sorted by pair key, and whether it scored each:
+    stages that can score any pair score them all, the others give their own pairs' signals (0 elsewhere).
+    What the fusion model reads, in `find` and when it is fitted."""
     values, found = {}, {}
-    keys = _keys(pairs.a, pairs.b, n_items)  # sorted: fuse() returns pairs in key order
+    keys = _keys(a, b, n_items)
     for stage in stages:
         if stage.scores_any_pair:
-            values[stage.name], found[stage.name] = stage.score_given(features[stage.name], pairs.a, pairs.b)
+            values[stage.name], found[stage.name] = stage.score_given(features[stage.name], a, b)
+            continue
+        own = raw[stage.name]
+        at = np.searchsorted(keys, _keys(own.a, own.b, n_items))
+        values[stage.name] = np.zeros(len(a))
+        np.maximum.at(values[stage.name], at, np.asarray(own.score, np.float64))
+        found[stage.name] = np.zeros(len(a), bool)
+        found[stage.name][at] = True
+    return values, found
+
+
+def apply_fusion(pairs: FusedPairs, n_items: int, stages: list[Stage], raw: dict[str, ScoredPairs],
+                 features: dict, model: Fusion) -> FusedPairs:
+    """Every pair (fuse()'s, in key order) rescored by the fusion model from the stages' raw signals.
+    Identical image data stays at 1."""
+    values, found = stage_signals(pairs.a, pairs.b, n_items, stages, raw, features)
+    for stage in stages:
+        if stage.scores_any_pair:
             pairs.per_stage[stage.name] = np.where(found[stage.name], stage.calibrated(values[stage.name]), 0.0)
-        else:
-            own = raw[stage.name]
-            values[stage.name] = np.zeros(len(pairs))
-            at = np.searchsorted(keys, _keys(own.a, own.b, n_items))
-            np.maximum.at(values[stage.name], at, np.asarray(own.score, np.float64))
-            found[stage.name] = np.zeros(len(pairs), bool)
-            found[stage.name][at] = True
     score = model(values, found) if len(pairs) else np.zeros(0)
     identical = pairs.per_stage.get(IDENTICAL, np.zeros(len(pairs))) > 0
     pairs.score = np.where(identical, 1.0, score)
