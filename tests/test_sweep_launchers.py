@@ -140,9 +140,7 @@ def _simbench(args, cwd: Path, env_extra=None, check=True) -> subprocess.Complet
 
 def test_a_small_sweep_through_the_submitit_local_executor(tmp_path):
     """Two jobs, each pickled by submitit and run in its own process, results gathered from files."""
-    # hash.workers=1: forked hash workers inherit submitit's SIGTERM handler, which can hang the pool's
-    # terminate(); see the note in the report on simbench.features.fasthash.
-    proc = _simbench(["-m", "hash=ahash,dhash", "hydra/launcher=cluster_local", "hash.workers=1", *TINY,
+    proc = _simbench(["-m", "hash=ahash,dhash", "hydra/launcher=cluster_local", *TINY,
                       f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
     results = [json.loads((tmp_path / "sweep" / str(i) / "result.json").read_text()) for i in (0, 1)]
     assert sorted(r["name"] for r in results) == ["hash-ahash-exact", "hash-dhash-exact"]

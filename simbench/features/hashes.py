@@ -1,7 +1,7 @@
 """Perceptual hashes as extractors: one algorithm per HashExtractor, the crop-resistant hash as keypoint sets.
 
 ImageHash (https://github.com/JohannesBuchner/imagehash) is the reference: backend="imagehash" calls it per
-image. backend="fast" runs the batched kernels of simbench.features.fasthash over worker processes; with
+image. backend="fast" runs the batched kernels of simbench.features.fasthash over threads; with
 compat=True they reproduce ImageHash bit for bit, with compat=False they decode JPEGs at reduced size and
 agree with ImageHash to within a bit or two of 64 (see tests/test_hashes.py and results/hash_extraction.md).
 
@@ -68,7 +68,7 @@ class HashExtractor(Extractor):
     backend: "fast" (batched, this package) or "imagehash" (the reference, per image).
     compat: fast path only; True reproduces ImageHash bit for bit (full decode, ImageHash's resize and
         numerics), False decodes JPEGs at reduced size (much faster, agrees to a bit or two).
-    workers: processes (0 = all cores); batch_size: images per batch (an upper bound).
+    workers: threads (0 = all cores); batch_size: images per batch (an upper bound).
     highfreq_factor: phash/phash_simple thumbnail = hash_size * highfreq_factor. binbits: colorhash.
     image_scale, remove_max_haar_ll: whash, as ImageHash (image_scale None: a power of two per image).
     min_decode_size: fast path, JPEGs are decoded at 1/2, 1/4 or 1/8 scale keeping at least this many pixels
