@@ -20,7 +20,7 @@ from simbench import cache, environment
 from simbench.data.dataset import Dataset
 from simbench.evaluate import evaluate
 from simbench.features.base import Extracted, Extractor
-from simbench.types import ScoredPairs
+from simbench.types import KeypointSets, ScoredPairs
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("simbench")
@@ -98,7 +98,12 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> dict:
         truth = truth[readable[truth[:, 0]] & readable[truth[:, 1]]]
     metrics = evaluate(pairs, truth, dataset.labels, method.threshold)
     n_images = len(extracted.rows)
-    comparisons = float(scored.extra.get("comparisons", n_images * (n_images - 1) / 2))
+    image_pairs = n_images * (n_images - 1) / 2
+    # Two units: every method compares image pairs; keypoint methods also count descriptor distances
+    # (their "comparisons"), a figure of another size that must not share a column with image pairs.
+    descriptor_comparisons = (float(scored.extra["comparisons"])
+                              if isinstance(extracted.features, KeypointSets) and "comparisons" in scored.extra
+                              else None)
     skipped = [s.__dict__ for s in (*dataset.skipped, *extracted.skipped)]
     result = {
         "name": cfg.get("name") or type(method).__name__,
@@ -112,8 +117,11 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> dict:
             "match_s": match_s,
             "total_s": time.perf_counter() - t_start,
             "images_per_s": n_images / extract_s if extract_s > 0 else None,
-            "comparisons_per_s": comparisons / match_s if match_s > 0 else None,
-            "comparisons": comparisons,
+            "image_pairs_per_s": image_pairs / match_s if match_s > 0 else None,
+            "descriptor_comparisons_per_s": (descriptor_comparisons / match_s
+                                             if descriptor_comparisons is not None and match_s > 0 else None),
+            "image_pairs": image_pairs,
+            "descriptor_comparisons": descriptor_comparisons,
         },
         # Scalars the method reports about its own work (descriptor pairs, pairs verified, stage seconds).
         "method_stats": {k: v for k, v in scored.extra.items() if np.ndim(v) == 0},
@@ -143,14 +151,16 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> dict:
 # ---------------------------------------------------------------------------------------------- tables
 
 COLUMNS = [("name", "run"), ("uap", "µAP"), ("recall_at_p90", "R@P90"), ("precision", "P"), ("recall", "R"),
-           ("f1", "F1"), ("images_per_s", "img/s"), ("comparisons_per_s", "cmp/s"), ("device", "device")]
+           ("f1", "F1"), ("images_per_s", "img/s"), ("image_pairs_per_s", "pairs/s"),
+           ("descriptor_comparisons_per_s", "desc. cmp/s"), ("device", "device")]
 
 
 def table_row(result: dict) -> dict:
     m = result.get("metrics") or {}
     row = {"name": result["name"], **{k: m.get(k) for k in ("uap", "recall_at_p90", "precision", "recall", "f1")}}
     row["images_per_s"] = result["timing"]["images_per_s"]
-    row["comparisons_per_s"] = result["timing"]["comparisons_per_s"]
+    row["image_pairs_per_s"] = result["timing"]["image_pairs_per_s"]
+    row["descriptor_comparisons_per_s"] = result["timing"]["descriptor_comparisons_per_s"]
     row["device"] = result["env"]["device"] + (" (fallback)" if result["env"]["fallback"] else "")
     return row
 

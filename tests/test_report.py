@@ -51,8 +51,9 @@ def scored_pairs(truth, n_images: int, noise: float, seed: int, miss: str | None
 
 
 def write_run(run_dir: Path, name: str, *, noise=0.1, seed=0, miss=None, device="cpu", fallback=False,
-              images_per_s=100.0, comparisons_per_s=1e6, threshold=0.6, matcher="exact", hash_="phash",
-              gpu=None, peak_gpu_mb=None, extra_config=None, save_pairs=True) -> dict:
+              images_per_s=100.0, image_pairs_per_s=1e6, descriptor_comparisons_per_s=None, threshold=0.6,
+              matcher="exact", hash_="phash", method="simbench.methods.hashes.HashMethod", gpu=None,
+              peak_gpu_mb=None, extra_config=None, save_pairs=True) -> dict:
     """A run directory as the runner writes it: result.json (the contract) and pairs.npz."""
     truth, labels = dataset()
     n = len(labels)
@@ -60,7 +61,7 @@ def write_run(run_dir: Path, name: str, *, noise=0.1, seed=0, miss=None, device=
     metrics = evaluate(pairs, truth, labels, threshold)
     config = {"dataset": {"_target_": "simbench.data.synthetic.SyntheticDataset", "n_references": 8,
                           "cache_dir": f"/somewhere/{seed}"},
-              "method": {"_target_": "simbench.methods.hashes.HashMethod", "threshold": threshold,
+              "method": {"_target_": method, "threshold": threshold,
                          "extractor": {"algorithm": hash_}, "matcher": {"_target_": matcher}},
               "hash": {"algorithm": hash_}, "matcher": {"_target_": matcher}, "name": name,
               "cache_dir": f"/somewhere/{seed}", "progress": False, **(extra_config or {})}
@@ -68,8 +69,9 @@ def write_run(run_dir: Path, name: str, *, noise=0.1, seed=0, miss=None, device=
         "name": name, "config": config,
         "dataset": {"name": "synthetic", "n_images": n, "n_true_pairs": len(truth)},
         "metrics": metrics,
-        "timing": {"extract_s": n / images_per_s, "match_s": len(pairs.a) / comparisons_per_s, "total_s": 1.0,
-                   "images_per_s": images_per_s, "comparisons_per_s": comparisons_per_s},
+        "timing": {"extract_s": n / images_per_s, "match_s": n * (n - 1) / 2 / image_pairs_per_s, "total_s": 1.0,
+                   "images_per_s": images_per_s, "image_pairs_per_s": image_pairs_per_s,
+                   "descriptor_comparisons_per_s": descriptor_comparisons_per_s},
         "memory": {"peak_rss_mb": 300.0, "peak_gpu_mb": peak_gpu_mb},
         "env": {"device": device, "fallback": fallback, "cpu": "Test CPU", "gpu": gpu, "versions": {},
                 "git": "abc"},
@@ -95,7 +97,7 @@ def sweep(tmp_path):
     results = {
         "hash-phash-exact": write_run(root / "0", "hash-phash-exact", noise=0.05, images_per_s=200.0),
         "hash-ahash-exact": write_run(root / "1", "hash-ahash-exact", noise=0.2, seed=1, hash_="ahash",
-                                      miss="rotate90", images_per_s=400.0, comparisons_per_s=2e6),
+                                      miss="rotate90", images_per_s=400.0, image_pairs_per_s=2e6),
         "hash-dhash-exact": write_run(root / "2", "hash-dhash-exact", noise=0.3, seed=2, hash_="dhash",
                                       images_per_s=50.0),
     }
@@ -111,10 +113,11 @@ def test_report_writes_every_table_and_plot(sweep, tmp_path):
     names = {p.name for v in written.values() for p in v}
     assert {"summary.md", "summary.tex", "summary.csv", "transform_recall.csv", "transform_recall_at_p90.csv",
             "transform_recall.md", "README.md"} <= names
-    for stem in ("pr_curves", "accuracy_vs_images_per_s", "accuracy_vs_comparisons_per_s", "transform_recall",
+    for stem in ("pr_curves", "accuracy_vs_images_per_s", "accuracy_vs_image_pairs_per_s", "transform_recall",
                  "transform_recall_at_p90"):
         assert {f"{stem}.png", f"{stem}.svg"} <= names
     assert "cpu_vs_gpu.md" not in names  # no GPU run, no such table
+    assert "accuracy_vs_descriptor_comparisons_per_s.png" not in names  # no keypoint run, no such axis
     for p in (q for v in written.values() for q in v):
         assert p.exists() and p.stat().st_size > 0
 
@@ -139,7 +142,7 @@ def test_markdown_and_latex_tables(sweep, tmp_path):
     root, results = sweep
     report.report([root], tmp_path / "r", n_boot=50, formats=["png"])
     md = (tmp_path / "r" / "summary.md").read_text().splitlines()
-    assert md[0].startswith("| configuration | µAP (95% CI) | R@P90 (95% CI) | P | R | F1 | img/s | cmp/s")
+    assert md[0].startswith("| configuration | µAP (95% CI) | R@P90 (95% CI) | P | R | F1 | img/s | pairs/s | device")
     assert "peak RSS MB" in md[0] and "peak GPU MB" not in md[0]  # no GPU memory anywhere: no column
     assert len(md) == 2 + len(results)
     phash = next(line for line in md if line.startswith("| hash-phash-exact"))
@@ -155,6 +158,42 @@ def test_markdown_and_latex_tables(sweep, tmp_path):
     body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
     assert len(body) == len(results) and all(line.count("&") == 9 and line.endswith(r"\\") for line in body)
     assert report.latex_escape("a_b & 5% #1") == r"a\_b \& 5\% \#1"
+
+
+KEYPOINTS = "simbench.methods.keypoints.KeypointMethod"
+
+
+def test_image_pairs_and_descriptor_comparisons_never_share_a_column_or_axis(tmp_path):
+    write_run(tmp_path / "0", "hash-phash-exact", image_pairs_per_s=3e6)
+    write_run(tmp_path / "1", "keypoints-brisk-lsh", method=KEYPOINTS, image_pairs_per_s=2e4,
+              descriptor_comparisons_per_s=5e8)
+    written = report.report([tmp_path], tmp_path / "r", n_boot=0, formats=["png"])
+    names = {p.name for p in written["plots"]}
+    assert {"accuracy_vs_image_pairs_per_s.png", "accuracy_vs_descriptor_comparisons_per_s.png"} <= names
+    rows = {r["configuration"]: r for r in read_csv(tmp_path / "r" / "summary.csv")}
+    assert float(rows["hash-phash-exact"]["image_pairs_per_s"]) == 3e6
+    assert rows["hash-phash-exact"]["descriptor_comparisons_per_s"] == ""  # not a keypoint method
+    assert float(rows["keypoints-brisk-lsh"]["image_pairs_per_s"]) == pytest.approx(2e4)
+    assert float(rows["keypoints-brisk-lsh"]["descriptor_comparisons_per_s"]) == 5e8
+    assert "| pairs/s | desc. cmp/s |" in (tmp_path / "r" / "summary.md").read_text()
+
+
+def test_old_result_files_map_comparisons_per_s_by_method(tmp_path):
+    """Before the split, timing.comparisons_per_s was descriptor distances for keypoint methods and image
+    pairs for the others."""
+    old = {"hash-phash-exact": write_run(tmp_path / "0", "hash-phash-exact"),
+           "keypoints-brisk-lsh": write_run(tmp_path / "1", "keypoints-brisk-lsh", method=KEYPOINTS)}
+    for i, (result, per_s) in enumerate(zip(old.values(), (4e6, 7e8))):
+        timing = result["timing"]
+        del timing["image_pairs_per_s"], timing["descriptor_comparisons_per_s"]
+        timing.update(comparisons_per_s=per_s, match_s=0.5)
+        (tmp_path / str(i) / "result.json").write_text(json.dumps(result))
+    rows = {r["configuration"]: r for r in report.summarise(report.load_runs([tmp_path]), n_boot=0)}
+    assert rows["hash-phash-exact"]["image_pairs_per_s"] == 4e6
+    assert rows["hash-phash-exact"]["descriptor_comparisons_per_s"] is None
+    n = old["keypoints-brisk-lsh"]["dataset"]["n_images"]
+    assert rows["keypoints-brisk-lsh"]["descriptor_comparisons_per_s"] == 7e8
+    assert rows["keypoints-brisk-lsh"]["image_pairs_per_s"] == pytest.approx(n * (n - 1) / 2 / 0.5)
 
 
 def test_runs_are_found_recursively_and_repeats_merge(tmp_path):
@@ -181,10 +220,10 @@ def test_configurations_sharing_a_name_are_told_apart(tmp_path):
 
 def test_cpu_versus_gpu_table(tmp_path):
     root = tmp_path / "m"
-    write_run(root / "0", "hash-phash-exact", comparisons_per_s=2e9)
-    write_run(root / "1", "hash-phash-faiss", matcher="faiss", comparisons_per_s=1e9)
+    write_run(root / "0", "hash-phash-exact", image_pairs_per_s=2e9)
+    write_run(root / "1", "hash-phash-faiss", matcher="faiss", image_pairs_per_s=1e9)
     write_run(root / "2", "hash-phash-gpu", matcher="gpu", device="cuda:0", gpu="NVIDIA H100",
-              comparisons_per_s=1e11, peak_gpu_mb=900.0)
+              image_pairs_per_s=1e11, peak_gpu_mb=900.0)
     write_run(root / "3", "hash-dhash-gpu", matcher="gpu", hash_="dhash", fallback=True)  # fell back: no GPU row
     write_run(root / "4", "hash-dhash-exact", hash_="dhash")  # no GPU partner
     written = report.report([root], tmp_path / "r", n_boot=0, formats=["png"])
@@ -192,7 +231,7 @@ def test_cpu_versus_gpu_table(tmp_path):
     rows = read_csv(tmp_path / "r" / "cpu_vs_gpu.csv")
     assert sorted(r["cpu_configuration"] for r in rows) == ["hash-phash-exact", "hash-phash-faiss"]
     assert all(r["gpu_configuration"] == "hash-phash-gpu" and r["gpu"] == "NVIDIA H100" for r in rows)
-    speedup = {r["cpu_configuration"]: float(r["comparisons_speedup"]) for r in rows}
+    speedup = {r["cpu_configuration"]: float(r["image_pairs_speedup"]) for r in rows}
     assert speedup == {"hash-phash-exact": pytest.approx(50.0), "hash-phash-faiss": pytest.approx(100.0)}
     md = (tmp_path / "r" / "cpu_vs_gpu.md").read_text()
     assert "50×" in md and "100×" in md

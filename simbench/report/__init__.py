@@ -5,7 +5,8 @@ everything shown here is computed from them afterwards:
 
 * tables in Markdown, LaTeX (booktabs) and CSV, one row per configuration: micro-AP and recall at
   precision 0.9 with 95% bootstrap intervals (duplicate groups resampled, from pairs.npz), precision,
-  recall, F1 at the method's threshold, images/s, comparisons/s, device, peak memory;
+  recall, F1 at the method's threshold, images/s, image pairs/s, descriptor comparisons/s (keypoint
+  methods), device, peak memory;
 * a CPU-versus-GPU table when the same configuration ran on both;
 * recall per transform kind, at each method's threshold and at its precision-0.9 operating point (the same
   precision for every method): Markdown tables and CSV;

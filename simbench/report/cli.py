@@ -12,7 +12,7 @@ import numpy as np
 
 from simbench.report.plots import plot_accuracy_vs_throughput, plot_pr_curves, plot_transform_heatmap
 from simbench.report.runs import load_runs
-from simbench.report.stats import CI_LEVEL, cpu_gpu_rows, summarise
+from simbench.report.stats import CI_LEVEL, RATES, cpu_gpu_rows, summarise
 from simbench.report.tables import (CPU_GPU_COLUMNS, CSV_FIELDS, SUMMARY_COLUMNS, TRANSFORM_RECALLS, latex_table,
                                     markdown_table, transform_markdown, transform_matrix, write_csv)
 
@@ -66,7 +66,7 @@ def report(paths: Sequence[str | Path], out: str | Path, n_boot: int = 200, seed
         written["tables"] += [out / "cpu_vs_gpu.md", out / "cpu_vs_gpu.tex", out / "cpu_vs_gpu.csv"]
 
     written["plots"] += plot_pr_curves(rows, out, formats)
-    for rate in ("images_per_s", "comparisons_per_s"):
+    for rate in RATES:
         written["plots"] += plot_accuracy_vs_throughput(rows, out, formats, rate)
     for key in TRANSFORM_RECALLS:
         written["plots"] += plot_transform_heatmap(rows, out, formats, key)
@@ -90,8 +90,9 @@ def _write_index(out: Path, rows, pairs, written, paths, n_boot, seed, command) 
               "",
               f"µAP and R@P90 (recall at precision 0.9) follow ISC2021; brackets: {CI_LEVEL:.0%} percentile "
               f"bootstrap intervals, {n_boot} resamples of duplicate groups (seed {seed}). P, R, F1 at each "
-              "method's threshold. img/s: feature extraction; cmp/s: pairs compared per second by the matcher "
-              "(medians over repeated runs of a configuration).", "",
+              "method's threshold. img/s: feature extraction; pairs/s: image pairs compared per second by the "
+              "matcher; desc. cmp/s (keypoint methods): descriptor distances computed per second by the "
+              "matcher (medians over repeated runs of a configuration).", "",
               "## All configurations", "", markdown_table(rows, SUMMARY_COLUMNS)]
     if pairs:
         lines += ["## CPU against GPU", "", markdown_table(pairs, CPU_GPU_COLUMNS)]

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from simbench.report.stats import RATES
 from simbench.report.tables import TRANSFORM_RECALLS, _missing, transform_matrix
 
 
@@ -130,9 +131,7 @@ def plot_accuracy_vs_throughput(rows: Sequence[dict], out: Path, formats: Sequen
                     xytext=(-3 if left else 3, -4 if i in on_front else 3), textcoords="offset points",
                     ha="right" if left else "left", va="top" if i in on_front else "bottom")
     ax.set_yscale("log")
-    ax.set(xlabel="micro-AP (higher is better)",
-           ylabel={"images_per_s": "images/s (extraction)",
-                   "comparisons_per_s": "comparisons/s (matching)"}.get(rate, rate) + ", log scale",
+    ax.set(xlabel="micro-AP (higher is better)", ylabel=RATES[rate][1] + ", log scale",
            title="Accuracy against throughput")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)

@@ -63,6 +63,29 @@ def _identity(flat: dict) -> dict:
             if not k.startswith("hydra.") and k.rsplit(".", 1)[-1] not in VOLATILE}
 
 
+def upgrade(result: dict) -> dict:
+    """Rename the one throughput of result.json files older than the units split, in place.
+
+    Their timing.comparisons_per_s counted descriptor distances for keypoint methods (config.method
+    `..KeypointMethod`) and image pairs for every other method. A keypoint run's image pairs/s is then
+    dataset.n_images choose 2 over timing.match_s.
+    """
+    timing = result.get("timing") or {}
+    if "comparisons_per_s" not in timing or "image_pairs_per_s" in timing:
+        return result
+    old = timing.pop("comparisons_per_s")
+    target = ((result.get("config") or {}).get("method") or {}).get("_target_") or ""
+    if target.endswith("KeypointMethod"):
+        n = (result.get("dataset") or {}).get("n_images") or 0
+        match_s = timing.get("match_s")
+        timing["image_pairs_per_s"] = n * (n - 1) / 2 / match_s if match_s else None
+        timing["descriptor_comparisons_per_s"] = old
+    else:
+        timing["image_pairs_per_s"] = old
+        timing["descriptor_comparisons_per_s"] = None
+    return result
+
+
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     """Read every result.json found under `paths` (see find_results); unreadable ones are skipped."""
     runs = []
@@ -72,6 +95,7 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
         except (OSError, ValueError) as e:
             log.warning("skipping %s: %s", path, e)
             continue
+        upgrade(result)
         flat = _identity(flatten(result.get("config") or {}))
         runs.append(Run(path.parent, result, path.stat().st_mtime, flat))
     return runs

@@ -12,7 +12,11 @@ from simbench.report.runs import Run, load_pairs
 #: Config keys that only say where a run executes: left out when pairing CPU and GPU runs.
 DEVICE_KEYS = ("device", "strict_device", "half", "channels_last")
 METRICS = ("uap", "recall_at_p90", "threshold_at_p90", "precision", "recall", "f1", "threshold")
-TIMINGS = ("images_per_s", "comparisons_per_s", "extract_s", "match_s", "total_s")
+#: Throughputs, each in its own unit (never mixed in a column or on an axis): key -> (header, axis label).
+RATES = {"images_per_s": ("img/s", "images/s (extraction)"),
+         "image_pairs_per_s": ("pairs/s", "image pairs/s (matching)"),
+         "descriptor_comparisons_per_s": ("desc. cmp/s", "descriptor comparisons/s (matching)")}
+TIMINGS = (*RATES, "extract_s", "match_s", "total_s")
 CI_LEVEL = 0.95
 
 
@@ -147,6 +151,11 @@ def _on_cpu(row: dict) -> bool:
     return row.get("device") == "cpu" and not row.get("fallback")
 
 
+def speedup_key(rate: str) -> str:
+    """images_per_s -> images_speedup."""
+    return rate.removesuffix("_per_s") + "_speedup"
+
+
 def _ratio(num, den):
     return num / den if num is not None and den else None
 
@@ -159,12 +168,9 @@ def cpu_gpu_rows(rows: Sequence[dict]) -> list[dict]:
     out = []
     for g in (r for r in rows if _on_gpu(r)):
         for c in (r for r in rows if _on_cpu(r) and r["_neutral"] == g["_neutral"]):
-            out.append({
-                "cpu_configuration": c["configuration"], "gpu_configuration": g["configuration"],
-                "cpu_images_per_s": c["images_per_s"], "gpu_images_per_s": g["images_per_s"],
-                "images_speedup": _ratio(g["images_per_s"], c["images_per_s"]),
-                "cpu_comparisons_per_s": c["comparisons_per_s"], "gpu_comparisons_per_s": g["comparisons_per_s"],
-                "comparisons_speedup": _ratio(g["comparisons_per_s"], c["comparisons_per_s"]),
-                "cpu_uap": c["uap"], "gpu_uap": g["uap"], "gpu": g["gpu"],
-            })
+            row = {"cpu_configuration": c["configuration"], "gpu_configuration": g["configuration"]}
+            for rate in RATES:
+                row.update({f"cpu_{rate}": c[rate], f"gpu_{rate}": g[rate],
+                            speedup_key(rate): _ratio(g[rate], c[rate])})
+            out.append({**row, "cpu_uap": c["uap"], "gpu_uap": g["uap"], "gpu": g["gpu"]})
     return out

@@ -8,6 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
+from simbench.report.stats import RATES, TIMINGS, speedup_key
+
 # (key, Markdown header, LaTeX header, kind)
 SUMMARY_COLUMNS = [
     ("configuration", "configuration", "Configuration", "text"),
@@ -16,24 +18,21 @@ SUMMARY_COLUMNS = [
     ("precision", "P", "P", "metric"),
     ("recall", "R", "R", "metric"),
     ("f1", "F1", "F1", "metric"),
-    ("images_per_s", "img/s", "img/s", "rate"),
-    ("comparisons_per_s", "cmp/s", "cmp/s", "rate"),
+    *((rate, head, head, "rate") for rate, (head, _) in RATES.items()),
     ("device", "device", "Device", "device"),
     ("peak_rss_mb", "peak RSS MB", "Peak RSS (MB)", "mb"),
     ("peak_gpu_mb", "peak GPU MB", "Peak GPU (MB)", "mb"),
 ]
 #: Higher is better: the best value of these columns is set in bold.
-BEST = ("uap", "recall_at_p90", "precision", "recall", "f1", "images_per_s", "comparisons_per_s")
+BEST = ("uap", "recall_at_p90", "precision", "recall", "f1", *RATES)
 
 CPU_GPU_COLUMNS = [
     ("cpu_configuration", "CPU run", "CPU run", "text"),
     ("gpu_configuration", "GPU run", "GPU run", "text"),
-    ("cpu_images_per_s", "img/s CPU", "img/s CPU", "rate"),
-    ("gpu_images_per_s", "img/s GPU", "img/s GPU", "rate"),
-    ("images_speedup", "img/s ×", r"img/s $\times$", "speedup"),
-    ("cpu_comparisons_per_s", "cmp/s CPU", "cmp/s CPU", "rate"),
-    ("gpu_comparisons_per_s", "cmp/s GPU", "cmp/s GPU", "rate"),
-    ("comparisons_speedup", "cmp/s ×", r"cmp/s $\times$", "speedup"),
+    *(column for rate, (head, _) in RATES.items() for column in (
+        (f"cpu_{rate}", f"{head} CPU", f"{head} CPU", "rate"),
+        (f"gpu_{rate}", f"{head} GPU", f"{head} GPU", "rate"),
+        (speedup_key(rate), f"{head} ×", rf"{head} $\times$", "speedup"))),
     ("cpu_uap", "µAP CPU", r"$\mu$AP CPU", "metric"),
     ("gpu_uap", "µAP GPU", r"$\mu$AP GPU", "metric"),
     ("gpu", "GPU", "GPU", "text"),
@@ -148,7 +147,7 @@ def latex_table(rows: Sequence[dict], columns, caption: str = "", label: str = "
 CSV_FIELDS = ["configuration", "name", "family", "dataset", "n_images", "n_true_pairs", "runs",
               "uap", "uap_lo", "uap_hi", "recall_at_p90", "recall_at_p90_lo", "recall_at_p90_hi",
               "threshold_at_p90", "precision", "recall", "f1", "threshold",
-              "images_per_s", "comparisons_per_s", "extract_s", "match_s", "total_s",
+              *TIMINGS,
               "device", "fallback", "peak_rss_mb", "peak_gpu_mb", "cpu", "gpu", "git", "run_dir"]
 
 
