@@ -24,7 +24,7 @@ def main() -> None:
         sys.exit(report_main(args[1:]))
     if args and args[0] == "run":
         del sys.argv[1]
-    sys.argv[1:] = implied_method(sys.argv[1:])
+    sys.argv[1:] = single_run(implied_method(sys.argv[1:]))
     from simbench.run import main as run_main
 
     run_main()
@@ -44,6 +44,17 @@ def implied_method(overrides: list[str]) -> list[str]:
     if len(implied) != 1:
         return overrides
     return [*overrides, f"method={implied.pop()}"]
+
+
+def single_run(overrides: list[str]) -> list[str]:
+    """`hash=phash` is one run, written to hydra.run.dir: method=hash (conf/method/hash.yaml) sweeps the hash
+    families only when no hash is chosen (the main job), with -m, or within an experiment preset."""
+    if any(o in ("-m", "--multirun") or o.startswith(("hydra.mode=", "+experiment")) for o in overrides):
+        return overrides
+    hashes = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "hash" and "=" in o]
+    if hashes and not any(c in hashes[-1] for c in ",()"):  # one value, not a sweep (a,b or range(...))
+        return [*overrides, "hydra.mode=RUN"]
+    return overrides
 
 
 FIND_EPILOG = """\

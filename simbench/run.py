@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from importlib import resources
 from pathlib import Path
 
 import hydra
@@ -22,7 +23,9 @@ from simbench.evaluate import evaluate
 from simbench.features.base import Extracted, Extractor
 from simbench.types import KeypointSets, ScoredPairs
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+#: The Hydra configs: conf/ of the checkout, installed as the package simbench.conf (pyproject.toml).
+CONFIG_MODULE = "simbench.conf"
+CONFIG_DIR = str(resources.files(CONFIG_MODULE))  # for initialize_config_dir (tests)
 log = logging.getLogger("simbench")
 
 
@@ -32,7 +35,7 @@ def extract_cached(extractor: Extractor, dataset: Dataset, cfg: DictConfig) -> t
     Returns (extracted, extraction seconds as measured when they were extracted, whether cached).
     """
     key = cache.feature_key(extractor.name, extractor.params(), dataset.paths)
-    path = Path(cfg.cache_dir) / "features" / f"{key}.pkl"
+    path = Path(cfg.cache_dir) / "features" / f"{key}.npz"  # simbench.cache.dumps: no pickle
     if cfg.cache_features:
         hit = cache.load(path)
         if hit is not None:
@@ -203,7 +206,7 @@ class SummaryTable(Callback):
             print(f"\n{len(results)} runs in {sweep_dir}\n{format_table(results)}")
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+@hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     result = run_experiment(cfg, out_dir)

@@ -18,13 +18,15 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger("simbench")
 
-CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
+#: The shipped tables (package data of simbench.find).
+CALIBRATION_FILE = Path(str(resources.files("simbench.find") / "calibration.json"))
 
 #: Settings that change how fast or where a stage runs, never its raw signal: left out of the key.
 #: (onnx and torch embeddings agree within the tolerance stated in results/cnn.md.)
@@ -128,6 +130,9 @@ def _read(path: str | Path) -> dict:
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
+        if Path(path) == CALIBRATION_FILE:  # never run silently uncalibrated for want of the shipped file
+            raise FileNotFoundError(f"the calibration tables that ship with simbench are missing: {path} "
+                                    "(a broken install? reinstall simbench)") from None
         return {}
 
 

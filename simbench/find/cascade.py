@@ -124,6 +124,8 @@ def make_config(method: str | None = None, overrides: Sequence[str] = ()) -> Dic
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     if method:
         cfg.method = method
+    elif not any(o.startswith("method=") for o in overrides):
+        cfg.method = runnable_default(cfg)
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     if cfg.fusion not in FUSIONS:
@@ -210,6 +212,22 @@ def unavailable(extractor: Extractor) -> str | None:
     return None
 
 
+def runnable_default(cfg: DictConfig) -> str:
+    """The default method, or keypoints (announced) when the default's CNN stage cannot run here."""
+    if "cnn" not in METHODS.get(cfg.method, ()):
+        return cfg.method
+    import importlib.util
+
+    from hydra.utils import instantiate
+
+    why = "no torch" if importlib.util.find_spec("torch") is None else unavailable(instantiate(cfg.cnn.extractor))
+    if why is None:
+        return cfg.method
+    log.warning("cnn stage unavailable (%s): using method=keypoints (pip install 'simbench[cnn]' for the "
+                "default method, %s)", why, cfg.method)
+    return "keypoints"
+
+
 def build_stages(cfg: DictConfig, calibrations: dict[str, Calibration] | None = None,
                  quiet: bool = False) -> list[Stage]:
     """The stages of cfg.method, instantiated (Hydra `_target_`s), each with the calibration table whose
@@ -225,12 +243,8 @@ def build_stages(cfg: DictConfig, calibrations: dict[str, Calibration] | None = 
         part = cfg[name]
         extractor = instantiate(part.extractor)
         missing = unavailable(extractor)
-        if missing and len(METHODS[cfg.method]) > 1:
-            # The cascade still works without this stage; a method of one stage cannot.
-            log.warning("%s stage left out: %s", name, missing)
-            continue
-        if missing:
-            raise RuntimeError(f"{name} cannot run: {missing}")
+        if missing:  # never a stage quietly dropped (a default method that cannot run: runnable_default)
+            raise RuntimeError(f"method {cfg.method}: its {name} stage cannot run: {missing}")
         method = instantiate(part.method, extractor=extractor, matcher=instantiate(part.matcher))
         stage = Stage(name, extractor, method, str(part.get("signal", "score")))
         stage.calibration = calibrations.get(settings_key(stage.settings))

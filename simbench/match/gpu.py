@@ -27,6 +27,7 @@ import os
 import re
 import time
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,9 @@ from simbench.types import Pairs
 
 log = logging.getLogger(__name__)
 
-#: The CUDA source: kernels/ at the repository root (SIMBENCH_KERNELS overrides the folder).
-KERNEL_DIR = Path(os.environ.get("SIMBENCH_KERNELS", Path(__file__).resolve().parents[2] / "kernels"))
+#: The CUDA source: kernels/ of the checkout, installed as the package simbench.kernels (SIMBENCH_KERNELS
+#: overrides the folder).
+KERNEL_DIR = Path(os.environ.get("SIMBENCH_KERNELS") or resources.files("simbench.kernels"))
 KERNEL_FILE = KERNEL_DIR / "hamming.cu"
 
 #: Code widths (uint64 words) with a compiled kernel; others are zero-padded up to the next one.

@@ -1,0 +1,1 @@
+"""Hydra configs, installed as the package simbench.conf (the runner reads them as pkg://simbench.conf)."""

@@ -1,0 +1,1 @@
+"""CUDA sources, installed as the package simbench.kernels (see README.md here)."""
