@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import faiss  # noqa: E402
 import numba  # noqa: E402
 
+from benchmarks.common import cpu_model, load_average  # noqa: E402
 from simbench.match.exact import ExactMatcher  # noqa: E402
 from simbench.match.faiss_peer import FaissMatcher  # noqa: E402
 from simbench.types import bytes_to_words, pack_bits  # noqa: E402
@@ -100,22 +101,6 @@ def _entries(topk) -> int:
     return int((topk[0] >= 0).sum())
 
 
-def cpu_model() -> str:
-    """The CPU's name, with LLVM's name for it and whether it has a vector popcount (AVX-512 VPOPCNTDQ)."""
-    import llvmlite.binding as llvm
-
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    vpopcnt = "+avx512vpopcntdq" in llvm.get_host_cpu_features().flatten()
-    return f"{name} (LLVM: {llvm.get_host_cpu_name()}, AVX-512 VPOPCNTDQ: {'yes' if vpopcnt else 'no'})"
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=100_000, help="random 64-bit codes for (a) and (c)")
@@ -133,7 +118,7 @@ def main(argv=None):
     # faiss's k-NN synchronises its OpenMP threads per small batch of queries, which a busy machine
     # punishes; its top-k is also timed on one thread, and both are shown.
     peer1 = FaissMatcher(threads=1)
-    load_before = os.getloadavg()
+    load_before = load_average()
 
     rng = np.random.default_rng(0)
     codes64 = rng.integers(0, 2**64, size=(args.n, 1), dtype=np.uint64)
@@ -184,16 +169,16 @@ def main(argv=None):
                      f"{r['exact_rate']:.2f} | {r['faiss_rate']:.2f} | {r['faiss_raw']:.2f} | "
                      f"**{r['ratio']:.2f}x** | {r['found']:,} | {'yes' if r['same'] else 'NO'} |")
     command = "python benchmarks/bench_binary_match.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    load_after = os.getloadavg()
+    load_after = load_average()
     report = "\n".join([
         "# Exact binary matching: simbench `exact` (numba) vs faiss IndexBinaryFlat",
         "",
         f"Command: `{command.strip()}`",
         "",
-        f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; {args.threads} threads each "
+        f"CPU: {cpu_model(details=True)}, {os.cpu_count()} logical CPUs; {args.threads} threads each "
         f"(numba.set_num_threads, faiss.omp_set_num_threads). Median of {args.repeats} runs, the two "
         "matchers alternating in one process. Load average before / after: "
-        f"{load_before[0]:.1f} / {load_after[0]:.1f} (a shared machine: compare the ratios, not the rates).",
+        f"{load_before:.1f} / {load_after:.1f} (a shared machine: compare the ratios, not the rates).",
         f"Versions: Python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, "
         f"faiss {faiss.__version__}.",
         "",

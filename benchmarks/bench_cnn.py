@@ -50,7 +50,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from simbench.environment import cpu_model  # noqa: E402
+from benchmarks.common import cpu_model, load_average  # noqa: E402
 
 ALL_BACKBONES = ["efficientnet_lite0", "mobilenet_v3_small", "resnet18", "resnet34", "resnet50", "resnet101",
                  "resnet152"]
@@ -295,7 +295,7 @@ def runtime_table(paths: list[Path], specs: list[str], rounds: int, backbone: st
             out = extractors[label].extract(paths)
             speeds[label].append(len(out.rows) / (time.perf_counter() - start))
             vectors[label] = out.features.vectors
-            print(f"  round {r + 1}: {label:<40} {speeds[label][-1]:6.1f} img/s  (load {os.getloadavg()[0]:.1f})",
+            print(f"  round {r + 1}: {label:<40} {speeds[label][-1]:6.1f} img/s  (load {load_average():.1f})",
                   flush=True)
     ref_label = variants[0][0]
     lines = ["| variant | ran as | batch | decode workers | img/s, median (range) | / torch eager, median (range) "
@@ -457,7 +457,7 @@ def main() -> None:
     for name in IMAGES:  # whole batches, at least two
         IMAGES[name] = max(2, round(IMAGES[name] * args.scale / args.batch)) * args.batch
     started = time.perf_counter()
-    load_before = os.getloadavg()
+    load_before = load_average()
     try:
         import onnxruntime
 
@@ -466,7 +466,7 @@ def main() -> None:
         ort_version = "no onnxruntime"
     out = [f"CPU: {cpu_model()} ({os.cpu_count()} cores visible), torch {torch.__version__} with "
            f"{torch.get_num_threads()} threads, {ort_version}, Python {platform.python_version()}; "
-           f"{time.strftime('%Y-%m-%d')}; load average at start {load_before[0]:.1f}"]
+           f"{time.strftime('%Y-%m-%d')}; load average at start {load_before:.1f}"]
     with tempfile.TemporaryDirectory() as tmp:
         if "runtime" in args.sections:
             print("## runtime: torch eager vs onnx", flush=True)
@@ -493,7 +493,7 @@ def main() -> None:
         print("## lsh", flush=True)
         out += ["", f"### Random-hyperplane LSH vs exact cosine, self-join of {args.lsh_n} embeddings", "",
                 lsh_table(args.lsh_n, args.lsh_dim, args.lsh_queries, args.lsh_thresholds, args.lsh_bits)]
-    out += ["", f"Total {time.perf_counter() - started:.0f} s; load average at end {os.getloadavg()[0]:.1f}. "
+    out += ["", f"Total {time.perf_counter() - started:.0f} s; load average at end {load_average():.1f}. "
                 f"Command: python benchmarks/bench_cnn.py {' '.join(sys.argv[1:])}"]
     text = "\n".join(out)
     print("\n" + text)

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import cpu_model, load_average, timed  # noqa: E402
 from simbench.match.gpu import GpuMatcher, cuda_device_status  # noqa: E402
 
 RADIUS = {64: 8, 256: 24, 512: 31}
@@ -64,15 +64,6 @@ def make_queries(db: np.ndarray, q: int, seed: int = 1) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- methods
-
-
-def timed(fn, repeats: int):
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def faiss_cpu_search():
@@ -191,10 +182,10 @@ def main(argv=None):
             q_cpu = int(min(n, max(64, cpu_budget // n)))
             queries = make_queries(db, q_cpu)
             exact.range_search(queries[:8], db[:1000], radius)  # compile (numba), warm caches
-            t, want = timed(lambda: exact.range_search(queries, db, radius), args.repeats)
+            t, want = timed(lambda: exact.range_search(queries, db, radius), repeats=args.repeats)
             found = len(want)
             record("exact", "cpu", bits, n, q_cpu, t, found)
-            t, found_f = timed(lambda: faiss_search(queries, db, radius), args.repeats)
+            t, found_f = timed(lambda: faiss_search(queries, db, radius), repeats=args.repeats)
             record(f"faiss ({faiss_name})", "cpu", bits, n, q_cpu, t, found_f,
                    note="" if found_f == found else f"pairs differ from exact ({found})")
             if not has_gpu:
@@ -205,22 +196,22 @@ def main(argv=None):
             same = len(check) == len(want) and np.array_equal(check.a, want.a) and np.array_equal(check.b, want.b)
             q_gpu = n  # every row is a query: the full N x N range search
             gq = make_queries(db, q_gpu)
-            t, found_g = timed(lambda: len(matcher.range_search(gq, db, radius)), args.repeats)
+            t, found_g = timed(lambda: len(matcher.range_search(gq, db, radius)), repeats=args.repeats)
             record("gpu (CuPy raw kernel)", "cuda:0", bits, n, q_gpu, t, found_g, kernel_s=matcher.stats["kernel_s"],
                    note="" if same else "MISMATCH vs exact on the CPU query set")
             q_naive = int(min(n, max(64, naive_budget // n)))
             cupy_naive_search(gq[:64], db[:1000], radius)  # warm-up
-            t, found_n = timed(lambda: cupy_naive_search(gq[:q_naive], db, radius), args.repeats)
+            t, found_n = timed(lambda: cupy_naive_search(gq[:q_naive], db, radius), repeats=args.repeats)
             record("cupy.bitwise_count (naive)", "cuda:0", bits, n, q_naive, t, found_n)
             if has_faiss_gpu:
-                t, _ = timed(lambda: faiss_gpu_knn(gq, db), args.repeats)
+                t, _ = timed(lambda: faiss_gpu_knn(gq, db), repeats=args.repeats)
                 record("faiss GPU (k-NN, k=1)", "cuda:0", bits, n, q_gpu, t, None, note="no range search on GPU")
 
     env = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "cpu": platform.processor() or cpu_model(),
         "cores": os.cpu_count(),
-        "load_average": round(os.getloadavg()[0], 1),  # other work on a shared machine skews CPU figures
+        "load_average": round(load_average(), 1),  # other work on a shared machine skews CPU figures
         "gpu": props,
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -231,12 +222,6 @@ def main(argv=None):
     out.with_suffix(".json").write_text(json.dumps({"env": env, "rows": rows, "skipped": skipped}, indent=1))
     out.write_text(render(env, rows, skipped))
     print(f"\nwrote {out} and {out.with_suffix('.json')}")
-
-
-def cpu_model() -> str:
-    from simbench.environment import cpu_model as model
-
-    return model()
 
 
 # ------------------------------------------------------------------------------------------- table

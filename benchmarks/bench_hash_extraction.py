@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from simbench.features import fasthash  # noqa: E402
+from benchmarks.common import available_cores, cpu_model, load_average  # noqa: E402
 from simbench.features.hashes import HashExtractor  # noqa: E402
 from simbench.types import unpack_bits  # noqa: E402
 
@@ -85,7 +85,7 @@ def draft_decode(paths):
 
 
 def _cpu_seconds() -> float:
-    """CPU time of this process and its finished children (the worker processes)."""
+    """CPU time of this process (all its threads) and of its finished children."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
 
@@ -115,19 +115,6 @@ def effective_cores(cores: int, n: int = 3_000_000) -> float:
     return cores * alone / together
 
 
-def _loadavg() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.1f}"
-    except OSError:
-        return "n/a"
-
-
-def cpu_model() -> str:
-    from simbench.environment import cpu_model as model
-
-    return model()
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="number of 1280x960 JPEGs")
@@ -135,7 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "results" / "hash_extraction.md"))
     ap.add_argument("--no-agreement", action="store_true", help="skip the ImageHash agreement figures")
     args = ap.parse_args(argv)
-    cores = fasthash.available_cores()
+    cores = available_cores()
 
     with tempfile.TemporaryDirectory(prefix="simbench_hashbench_") as tmp:
         paths = make_photos(Path(tmp), args.n)
@@ -154,7 +141,7 @@ def main(argv=None) -> int:
         cases.append((f"simbench phash compat=True, all cores ({cores})",
                       lambda: HashExtractor("phash", compat=True, workers=0).extract(paths)))
 
-        load_before, cores_before = _loadavg(), effective_cores(cores)
+        load_before, cores_before = f"{load_average():.1f}", effective_cores(cores)
         wall = {label: [] for label, _ in cases}
         cpu = {label: [] for label, _ in cases}
         for _ in range(args.repeat):
@@ -163,7 +150,7 @@ def main(argv=None) -> int:
                 fn()
                 wall[label].append(time.perf_counter() - t0)
                 cpu[label].append(_cpu_seconds() - c0)
-        load_after, cores_after = _loadavg(), effective_cores(cores)
+        load_after, cores_after = f"{load_average():.1f}", effective_cores(cores)
 
         agreement = {}
         if not args.no_agreement:

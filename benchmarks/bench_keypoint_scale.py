@@ -29,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from simbench.data.collection import CollectionDataset
-from simbench.environment import cpu_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import cpu_model  # noqa: E402
+from simbench.data.collection import CollectionDataset  # noqa: E402
 
 
 def run_runner(n: int, out: Path, overrides: list[str]) -> tuple[dict, float]:

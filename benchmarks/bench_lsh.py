@@ -26,7 +26,6 @@ import platform
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import cpu_model, load_average, timed  # noqa: E402
 from simbench.match.lsh import MultiIndexHashMatcher, random_permutation  # noqa: E402
 from simbench.types import Pairs, bytes_to_words  # noqa: E402
 
@@ -185,13 +185,6 @@ def permute_bytes(desc: np.ndarray, perm: np.ndarray) -> np.ndarray:
     return np.packbits(bits, axis=1, bitorder="little")
 
 
-def timed(fn):
-    """(seconds, fn())."""
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
-
-
 def run_faiss_flat(db, queries):
     """Build + search once: faiss IndexBinaryFlat (brute force), the baseline."""
     import faiss
@@ -254,17 +247,6 @@ def interleaved(contenders, repeat):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    """Model name from /proc/cpuinfo, with family/model numbers (VMs often hide the name)."""
-    info = {}
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        key, _, value = line.partition(":")
-        info.setdefault(key.strip(), value.strip())
-    if "model name" not in info:
-        return platform.processor() or "unknown"
-    return f"{info['model name']} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
-
-
 def bucket_statistics(db_words, q_words) -> str:
     """Per permutation: candidates per query (database-drawn and for the queries), biggest bucket, fit time."""
     lines = ["| permutation | candidates / query, E over the data (sum_b size^2 / N) | candidates / query, "
@@ -277,13 +259,6 @@ def bucket_statistics(db_words, q_words) -> str:
                      f"{index.candidates(q_words).mean():,.0f} | {biggest:,} | "
                      f"{index.timings['permutation_s']:.3f} |")
     return "\n".join(lines)
-
-
-def load_average() -> str:
-    try:
-        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 def table(rows, flat_total) -> str:
@@ -374,7 +349,7 @@ def main(argv=None) -> None:
     print(markdown)
     print(buckets)
     print(f"lsh calibrated: {speedup_flat:.1f}x faiss Flat, {speedup_mh:.1f}x faiss MultiHash random "
-          f"(build + search); load average {load_average()}")
+          f"(build + search); load average {load_average():.1f}")
     if speedup_flat < 10 or speedup_mh < 1:
         print("TARGET MISSED: lsh calibrated should be >= 10x Flat and >= 1x MultiHash random")
     write_report(Path(args.out), args, len(desc), len(queries), markdown, buckets, speedup_flat, speedup_mh)
@@ -397,8 +372,8 @@ native-order ones: one round, they take minutes), and keeps its fastest round.
 Data: {n_db:,} BRISK descriptors (512 bits) of {len(PHOTOS)} scikit-image sample photos and 17 edited copies of
 each (rotations, scales, crops, blur, contrast), at most {args.cap} keypoints per image; {n_q:,} queries drawn
 from them. Radius: distance <= 31 (faiss: `range_search(x, 32)`, which keeps distance < 32).
-All contenders on {THREADS} threads in one run. CPU: {cpu_model()}, {os.cpu_count()} cores seen,
-load average at the end {load_average()} (a shared machine: compare ratios, not seconds);
+All contenders on {THREADS} threads in one run. CPU: {cpu_model(details=True)}, {os.cpu_count()} cores seen,
+load average at the end {load_average():.1f} (a shared machine: compare ratios, not seconds);
 faiss {faiss.__version__}, numba {numba.__version__}, NumPy {np.__version__}, Python {platform.python_version()}.
 Every contender returned the identical pair set (asserted by the script).
 

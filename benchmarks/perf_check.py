@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine, timed  # noqa: E402
 
 FLOORS = Path(__file__).with_name("perf_floors.json")
 #: A suggested floor is this fraction of the measured ratio: room for a loaded machine, not for a regression.
@@ -184,12 +184,6 @@ class Measurement:
     extra: dict = field(default_factory=dict)
 
 
-def _timed(fn, arg) -> tuple[float, Any]:
-    start = time.perf_counter()
-    out = fn(arg)
-    return time.perf_counter() - start, out
-
-
 def measure(check: Check, repeats: int = 5, data: Any = None,
             fast: Callable | None = None, reference: Callable | None = None) -> Measurement:
     """Ratio reference/fast of `repeats` interleaved rounds, after one untimed warm-up of each side
@@ -209,7 +203,7 @@ def measure(check: Check, repeats: int = 5, data: Any = None,
         # alternate which side goes first, so a drift in machine load hits both alike
         order = ((fast, t_fast), (reference, t_ref)) if r % 2 == 0 else ((reference, t_ref), (fast, t_fast))
         for fn, times in order:
-            times.append(_timed(fn, data)[0])
+            times.append(timed(fn, data)[0])
     ratios = [ref / max(f, 1e-9) for f, ref in zip(t_fast, t_ref)]
     return Measurement(check.name, check.description, statistics.median(ratios), ratios, t_fast, t_ref)
 
@@ -228,19 +222,6 @@ def judge(m: Measurement, floors: dict[str, float]) -> Measurement:
 def run_checks(names=None, repeats: int = 5, floors: dict[str, float] | None = None) -> list[Measurement]:
     floors = load_floors() if floors is None else floors
     return [judge(measure(CHECKS[n], repeats), floors) for n in (names or list(CHECKS))]
-
-
-def machine() -> dict:
-    from simbench import environment
-
-    return {"cpu": environment.cpu_model(), "cores": environment_cores(), "python": platform.python_version(),
-            "git": environment.git_commit(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-
-
-def environment_cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def table(results: list[Measurement]) -> str:
