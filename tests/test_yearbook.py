@@ -238,3 +238,23 @@ def test_any_photos_can_be_passed_in_and_picked_from_a_folder(tmp_path, source_p
     assert len({p.photo for p in placements}) == 5
     with pytest.raises(ValueError, match="at most 7 distinct photos"):
         yb.build_yearbook(tmp_path / "too-many", n_photos=7, n_single=1, photos=per_picture)
+
+
+def test_find_sees_each_placement_as_placed_clips_inside_transparency_groups(school, plain):
+    """A page with a transparent logo is drawn inside a transparency group: the clipping paths of photos
+    cropped by `+clip` nest inside it, and find's visible box must still be the clipped rectangle."""
+    from simbench.find.pdf import page_placements
+
+    for out, placements in (school, plain):
+        (out / "render").mkdir(exist_ok=True)
+        clipped = [p for p in placements if p.how.endswith("+clip")]
+        assert clipped  # the seed places some photos through a clipping path
+        for pdf in sorted({p.pdf for p in placements}):
+            with pymupdf.open(pdf) as doc:
+                for page in doc:
+                    found, _, _ = page_placements(doc, page.number, pdf, out / "render", PdfOptions())
+                    boxes = [tuple(float(v) for v in f.bbox.split()) for f in found]
+                    mine = [p for p in placements if p.pdf == pdf and p.page == page.number + 1]
+                    assert len(boxes) == len(mine)
+                    for p in mine:
+                        assert max(yb._iou(p.rect, b) for b in boxes) > 0.9, (p.how, p.rect, boxes)  # rotated: within rect

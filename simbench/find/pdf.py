@@ -287,10 +287,9 @@ def visible_boxes(page) -> list[tuple[tuple, object]]:
     (then every placement keeps its full box).
     """
     try:
-        root = ET.fromstring("<trace>" + _trace_xml(page) + "</trace>")
+        return _walk_trace(_trace_xml(page))
     except (ET.ParseError, RuntimeError, ValueError):
         return []
-    return _walk_trace(root)
 
 
 def _trace_xml(page) -> str:
@@ -309,25 +308,32 @@ def _trace_xml(page) -> str:
     return buffer.fz_buffer_extract().decode("utf-8", errors="replace")
 
 
-def _walk_trace(root) -> list:
+def _walk_trace(xml: str) -> list:
+    """The trace's images with their clips, in drawing order. Elements nest (a transparency group holds
+    what it draws, a soft mask its content), so it is read as a stream of start and end events."""
     import pymupdf
 
     stack: list = []  # active clips (Rect or None = unbounded), innermost last
     in_mask = 0  # > 0 while drawing a soft mask's content
     out = []
-    for el in root:
+    parser = ET.XMLPullParser(events=("start", "end"))
+    parser.feed("<trace>" + xml + "</trace>")
+    parser.close()
+    for event, el in parser.read_events():
         tag = el.tag
+        if event == "end":
+            if tag in ("mask", "end_mask"):  # `mask` nests its content; older MuPDF: begin/end_mask
+                in_mask = max(0, in_mask - 1)
+                stack.append(None)  # the mask then clips like a clipping path until its pop_clip
+            continue
         if tag in ("clip_path", "clip_stroke_path"):
             stack.append(_path_bbox(el))
         elif tag == "clip_image_mask":
             stack.append(_unit_square_bbox(_matrix(el)))
         elif tag.startswith("clip_"):  # text used as a clip: not bounded here
             stack.append(None)
-        elif tag == "begin_mask":
+        elif tag in ("mask", "begin_mask"):
             in_mask += 1
-        elif tag == "end_mask":
-            in_mask = max(0, in_mask - 1)
-            stack.append(None)  # the mask then clips like a clipping path until its pop_clip
         elif tag == "pop_clip":
             if stack:
                 stack.pop()
