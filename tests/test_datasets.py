@@ -253,7 +253,7 @@ def test_folder_symlink_loop_and_followed_links(tmp_path):
     reasons = {Path(s.path).relative_to(root).as_posix(): s.reason for s in ds.skipped}
     assert reasons["a/loop"].startswith("symlink loop")
     assert reasons["b/again"].startswith("folder already listed")
-    assert reasons["dead.jpg"] == "broken symlink"
+    assert reasons["dead.jpg"] == f"broken symlink (target {tmp_path / 'nowhere.jpg'} does not exist)"
 
 
 def test_folder_extensions(tmp_path):

@@ -7,8 +7,10 @@ reports the unreadable ones.
 from __future__ import annotations
 
 import csv
+import errno
 import itertools
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -23,6 +25,8 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp", "
 
 TRUTH_FILE = "truth.csv"
 NOT_AN_IMAGE = "not an image extension"
+UNREADABLE = "permission denied (file not readable)"
+NOT_UTF8 = "name is not valid UTF-8 (rename it to compare it)"
 
 
 class FolderDataset:
@@ -69,6 +73,8 @@ def list_images(root: Path, extensions: frozenset[str], progress: bool = False,
     Walks depth-first with os.scandir, following symlinked folders; every folder's real path is
     remembered, so a link back to a visited folder (a loop, or a second way into the same folder) is
     recorded as skipped instead of walked again. Paths are kept as found (root joined with the names).
+    Odd entries are skipped with a reason, never opened: symlinks to themselves or in a loop, dangling
+    links, FIFOs, sockets, devices, unreadable files and folders, and names that are not UTF-8.
     """
     ignore = {os.path.realpath(p) for p in (ignore or set()) if p is not None}
     paths, skipped = [], []
@@ -78,13 +84,25 @@ def list_images(root: Path, extensions: frozenset[str], progress: bool = False,
     while stack:
         folder = stack.pop()
         try:
+            # os.access first: scandir succeeds for root on a mode-000 folder, access says what others see.
+            if not os.access(folder, os.R_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "permission denied")
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
             skipped.append(Skipped(str(folder), f"cannot list folder ({exc.strerror or exc})"))
             continue
         for entry in entries:
             path = folder / entry.name
-            if entry.is_dir():  # follows symlinks
+            if not is_utf8(entry.name):
+                # Such a path cannot be written to the UTF-8 outputs: skipped, shown with \x escapes.
+                skipped.append(Skipped(printable_path(path), NOT_UTF8))
+                continue
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()  # both follow symlinks
+            except OSError as exc:  # a symlink loop (ELOOP), or a target in a folder we may not search
+                skipped.append(Skipped(str(path), odd_path_reason(path, exc)))
+                continue
+            if is_dir:
                 reason = _revisit_reason(path, visited)
                 if reason:
                     skipped.append(Skipped(str(path), reason))
@@ -92,10 +110,12 @@ def list_images(root: Path, extensions: frozenset[str], progress: bool = False,
                     stack.append(path)
             elif os.path.realpath(path) in ignore:
                 continue
-            elif not entry.is_file():
-                skipped.append(Skipped(str(path), _odd_entry_reason(entry)))
+            elif not is_file:
+                skipped.append(Skipped(str(path), odd_path_reason(path)))
             elif path.suffix.lower() not in extensions:
                 skipped.append(Skipped(str(path), NOT_AN_IMAGE))
+            elif not os.access(path, os.R_OK):
+                skipped.append(Skipped(str(path), UNREADABLE))
             else:
                 paths.append(path)
                 bar.update()
@@ -115,11 +135,63 @@ def _revisit_reason(path: Path, visited: set[str]) -> str | None:
     return f"folder already listed (symlink to {real})"
 
 
-def _odd_entry_reason(entry: os.DirEntry) -> str:
-    """Why a directory entry that is neither a folder nor a regular file is skipped."""
-    if entry.is_symlink():
-        return "broken symlink"
-    return "not a regular file"
+def odd_path_reason(path: Path, error: OSError | None = None) -> str:
+    """Why a path that is neither a folder nor a regular file (or could not be stat'ed: `error`) is skipped.
+
+    Only lstat, stat and readlink are used: nothing is opened, so a FIFO cannot block the run.
+    """
+    if os.path.islink(path):
+        return _link_reason(path, error)
+    if error is not None:
+        return f"cannot stat ({error.strerror or error})"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as exc:
+        return f"cannot stat ({exc.strerror or exc})"
+    if stat.S_ISFIFO(mode):
+        return "not a regular file (a FIFO; never opened, as reading it could wait forever)"
+    kind = "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else None
+    return f"not a regular file ({kind})" if kind else "not a regular file"
+
+
+def _link_reason(path: Path, error: OSError | None) -> str:
+    """Why a symlink cannot be followed: it points to itself, goes round a loop of links, or its target
+    is missing. The chain is followed with readlink only (at most 40 links, the kernel's own limit)."""
+    start = os.path.abspath(path)
+    chain, current = [start], start
+    for _ in range(40):
+        try:
+            target = os.readlink(current)
+        except OSError:
+            break  # not a link: the end of the chain
+        current = os.path.normpath(os.path.join(os.path.dirname(current), target))
+        if current in chain:
+            if current == start and len(chain) == 1:
+                return "symlink to itself"
+            names = " -> ".join(os.path.relpath(p, os.path.dirname(start)) for p in chain + [current])
+            return f"symlink loop ({names})"
+        chain.append(current)
+    if not os.path.lexists(current):
+        return f"broken symlink (target {current} does not exist)"
+    if error is not None:
+        return f"cannot follow symlink ({error.strerror or error})"
+    return odd_path_reason(Path(current))  # a link to a FIFO, socket or device
+
+
+def is_utf8(name: str) -> bool:
+    """False for a name whose bytes are not UTF-8 (Python keeps them as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_path(path: str | Path) -> str:
+    """A path with its non-UTF-8 bytes shown as \\xNN, for messages and the UTF-8 output files."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def subfolder_groups(root: Path, paths: list[Path]) -> np.ndarray | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,9 +62,10 @@ def open_image(path: str | Path, *, draft: tuple[int, int] | None = None, mode: 
                     draft = (draft[1], draft[0])  # draft is asked for upright; the decoder sees it stored
                 im.draft(mode, draft)
             _refuse_bomb(im.size)
+            wide = _is_wide_colour(im)  # the tile says so only before load()
             ImageFile.LOAD_TRUNCATED_IMAGES = False
             im.load()
-            im = _apply_orientation(im)
+            im = _apply_orientation(im, _wide_colour_to_8bit(path, im) if wide else im)
             return _to_mode(im, mode)
 
 
@@ -186,10 +188,12 @@ def _orientation(im: Image.Image) -> int:
     return value if value in _TRANSPOSE else 1
 
 
-def _apply_orientation(im: Image.Image) -> Image.Image:
-    """Show the image upright as the camera meant it; no copy when it already is (the usual case)."""
+def _apply_orientation(im: Image.Image, pixels: Image.Image | None = None) -> Image.Image:
+    """Show `pixels` (default: im itself) upright as im's EXIF says the camera meant it; no copy when it
+    already is (the usual case)."""
+    pixels = im if pixels is None else pixels
     method = _TRANSPOSE.get(_orientation(im))
-    return im if method is None else im.transpose(method)
+    return pixels if method is None else pixels.transpose(method)
 
 
 def _to_mode(im: Image.Image, mode: str) -> Image.Image:
@@ -214,21 +218,75 @@ def _to_mode(im: Image.Image, mode: str) -> Image.Image:
 
 
 def _integer_to_l(im: Image.Image) -> Image.Image:
-    """16/32-bit integer grey to 8 bits: 16-bit data keeps its top byte, small values stay as they are."""
+    """16/32-bit integer grey to 8 bits (see _wide_to_8bit); 32-bit data holding 16-bit values is 16-bit."""
     a = np.asarray(im).astype(np.int64)
-    hi = int(a.max()) if a.size else 0
-    if im.mode.startswith("I;16") or 255 < hi <= 65535:
-        a = a >> 8
-    elif hi > 65535:
-        a = a * 255 // hi
-    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    bits = 16 if im.mode.startswith("I;16") or (lo >= 0 and hi <= 0xFFFF) else 32
+    return Image.fromarray(_wide_to_8bit(a, bits), "L")
 
 
 def _float_to_l(im: Image.Image) -> Image.Image:
-    """Float grey to 8 bits by stretching its own range (floats carry no fixed scale)."""
+    """Float grey to 8 bits. Values within [0, 1] (the usual float convention, 1 = white) are scaled as
+    16-bit data; other floats carry no fixed scale and are stretched over their own range."""
     a = np.nan_to_num(np.asarray(im, dtype=np.float64))
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 1.0)
+    if lo >= 0.0 and hi <= 1.0:
+        return Image.fromarray(_wide_to_8bit(np.rint(a * 0xFFFF).astype(np.int64), 16), "L")
     return Image.fromarray(((a - lo) * (255.0 / max(hi - lo, 1e-12))).astype(np.uint8), "L")
+
+
+def _wide_to_8bit(a: np.ndarray, bits: int) -> np.ndarray:
+    """Integer samples of a 16- or 32-bit image to uint8.
+
+    Full range (the brightest sample sets the top bit): a fixed scale, the top 8 bits, as Pillow shows
+    16-bit colour, so two exposures of a scene keep their relative brightness.
+    Narrow range (a 16-bit file holding 8- to 15-bit values, as scanners and cameras write): scaled by its
+    own maximum, so a 16-bit PNG with values below 256 is not read as black. Never brightened beyond
+    reading values below 256 as 8-bit values, so a black frame with faint noise stays black.
+    Negative values (signed 32-bit) are first shifted to start at 0.
+    """
+    a = a.astype(np.int64)
+    if not a.size:
+        return a.astype(np.uint8)
+    a = a - min(int(a.min()), 0)
+    hi = int(a.max())
+    if hi >= 1 << (bits - 1):
+        out = a >> (bits - 8)
+    else:
+        scale = max(hi, 255)
+        out = (a * 255 + scale // 2) // scale
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _is_wide_colour(im: Image.Image) -> bool:
+    """True for 16-bit-per-channel colour, which Pillow decodes to 8 bits by keeping the top byte."""
+    if im.mode not in ("RGB", "RGBA"):
+        return False
+    for tile in im.tile:
+        raw = tile.args if isinstance(tile.args, str) else (tile.args or (None,))[0]
+        if isinstance(raw, str) and ";16" in raw:
+            return True
+    return False
+
+
+def _wide_colour_to_8bit(path: str | Path, im: Image.Image) -> Image.Image:
+    """16-bit colour re-read with OpenCV (which keeps all 16 bits) and scaled like grey (_wide_to_8bit),
+    one scale for all colour channels so the colours keep their balance; alpha keeps its fixed scale.
+
+    If OpenCV cannot read it, Pillow's top-byte image is kept (correct for full-range data) with a warning.
+    """
+    import cv2
+
+    a = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    channels = len(im.mode)
+    if a is None or a.dtype != np.uint16 or a.shape != (im.height, im.width, channels):
+        warnings.warn(f"{path}: 16-bit colour read as its top 8 bits only (OpenCV could not read all 16 "
+                      "bits); a dark, narrow-range image may look black", stacklevel=3)
+        return im
+    rgb = _wide_to_8bit(a[..., 2::-1], 16)  # OpenCV gives BGR(A)
+    if channels == 4:
+        rgb = np.dstack([rgb, (a[..., 3] >> 8).astype(np.uint8)])
+    return Image.fromarray(np.ascontiguousarray(rgb), im.mode)
 
 
 def _composite_on_white(im: Image.Image) -> Image.Image:

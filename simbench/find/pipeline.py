@@ -22,7 +22,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from simbench.find import cascade, outputs, report
+from simbench.find import blank, cascade, outputs, report
 from simbench.find.cascade import FusedPairs, Stage
 from simbench.find.index import FeatureStore, join_features, params_key, split_features
 from simbench.find.items import Item
@@ -48,13 +48,15 @@ class FindResult:
     n_new_files: int
     timing: dict = field(default_factory=dict)
     raw: dict[str, ScoredPairs] = field(default_factory=dict)  # stage -> pairs with raw signals
+    n_blank: int = 0  # blank images (listed in skipped, never paired)
 
     def summary(self, out_dir: Path | None = None, threshold: float | None = None) -> str:
         where = f" -> {out_dir}" if out_dir else ""
         at = f" at threshold {threshold:g}" if threshold is not None else ""
+        blanks = f" ({self.n_blank} of them blank images, not compared)" if self.n_blank else ""
         return (f"{self.n_files} files read ({self.n_pdfs} PDFs, {self.n_files - self.n_pdfs} image files; "
                 f"{self.n_new_files} new to the index), {len(self.items)} images found, {len(self.skipped)} "
-                f"skipped, {len(self.pairs)} pairs, {len(self.groups)} duplicate groups{at}{where}")
+                f"skipped{blanks}, {len(self.pairs)} pairs, {len(self.groups)} duplicate groups{at}{where}")
 
 
 def find(inputs: Sequence[str | Path], out_dir: str | Path, cfg: DictConfig | None = None,
@@ -68,11 +70,11 @@ def find(inputs: Sequence[str | Path], out_dir: str | Path, cfg: DictConfig | No
     collected = collect(inputs, stages, cfg, index, out_dir, progress)
     t = time.perf_counter()
     raw = raw_evidence(stages, collected.features, progress)
-    pairs = score(collected.items, stages, raw, cfg, collected.features)
+    pairs = score(collected.items, stages, raw, cfg, collected.features, collected.blank)
     groups = outputs.duplicate_groups(pairs, len(collected.items), float(cfg.threshold))
     timing = {**collected.timing, "match_s": time.perf_counter() - t, "total_s": time.perf_counter() - t0}
     result = FindResult(collected.items, pairs, groups, collected.skipped, collected.n_files, collected.n_pdfs,
-                        collected.n_new, timing, raw)
+                        collected.n_new, timing, raw, len(collected.blank))
     write_outputs(out_dir, result, cfg, stages)
     return result
 
@@ -88,6 +90,7 @@ class Collected:
     n_pdfs: int
     n_new: int
     timing: dict
+    blank: dict[int, str] = field(default_factory=dict)  # item index -> reason (simbench.find.blank)
 
 
 def collect(inputs, stages: list[Stage], cfg: DictConfig, index, work_parent: Path, progress: bool) -> Collected:
@@ -103,10 +106,12 @@ def collect(inputs, stages: list[Stage], cfg: DictConfig, index, work_parent: Pa
         shutil.rmtree(work, ignore_errors=True)  # renderings are not needed once features are stored
     store.save_hashes()
     items, lost = to_items(files, digests, records)
-    features = {stage.name: load_features(stage, items, digests_of(items), store) for stage in stages}
-    skipped += lost + unusable(items, features)
+    blanks = blank.find_blanks(items)  # kept out of every stage: they would all match each other
+    features = {stage.name: load_features(stage, items, digests_of(items), store, blanks) for stage in stages}
+    skipped += lost + [Skipped(items[k].display, reason) for k, reason in blanks.items()]
+    skipped += unusable(items, features, set(blanks))
     timing = {"read_extract_s": time.perf_counter() - t0}
-    return Collected(items, skipped, features, len(files), sum(map(is_pdf, files)), n_new, timing)
+    return Collected(items, skipped, features, len(files), sum(map(is_pdf, files)), n_new, timing, blanks)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -186,8 +191,12 @@ def digests_of(items: list[Item]) -> list[str]:
     return [item.key.split(":", 1)[0] for item in items]
 
 
-def load_features(stage: Stage, items: list[Item], source_digests: list[str], store: FeatureStore):
-    """(features of every item that has some, their item indices, {item: reason} for the others)."""
+def load_features(stage: Stage, items: list[Item], source_digests: list[str], store: FeatureStore,
+                  exclude: dict[int, str] | None = None):
+    """(features of every item that has some, their item indices, {item: reason} for the others).
+
+    exclude: {item: reason} of items left out (blank images) as if they had no features."""
+    exclude = exclude or {}
     fkey = feature_key(stage)
     per_source: dict[str, list] = {}
     records, reasons = [], {}
@@ -196,6 +205,7 @@ def load_features(stage: Stage, items: list[Item], source_digests: list[str], st
             per_source[digest] = store.get(stage.section, fkey, digest) or []
         entries = per_source[digest]
         entry = entries[local] if local < len(entries) else "features missing from the index"
+        entry = exclude.get(k, entry)
         if isinstance(entry, str):
             reasons[k] = entry
             entry = None
@@ -214,11 +224,12 @@ def local_positions(items: list[Item]) -> list[int]:
     return out
 
 
-def unusable(items: list[Item], features: dict) -> list[Skipped]:
-    """Items that no stage could extract features from (listed in skipped.csv; they match nothing)."""
+def unusable(items: list[Item], features: dict, listed: set[int] = frozenset()) -> list[Skipped]:
+    """Items that no stage could extract features from (listed in skipped.csv; they match nothing),
+    except those already `listed` there for another reason."""
     if not features:
         return []
-    failed = set.intersection(*(set(reasons) for _, _, reasons in features.values()))
+    failed = set.intersection(*(set(reasons) for _, _, reasons in features.values())) - set(listed)
     out = []
     for k in sorted(failed):
         why = "; ".join(f"{name}: {features[name][2][k]}" for name in features)
@@ -240,13 +251,17 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool) -> dict[st
 
 
 def score(items: list[Item], stages: list[Stage], raw: dict[str, ScoredPairs], cfg: DictConfig,
-          features: dict | None = None) -> FusedPairs:
+          features: dict | None = None, blanks: dict[int, str] | None = None) -> FusedPairs:
     """Identical-data pairs, each stage's calibrated pairs, fused, optionally linked, >= min_score.
+
+    blanks: items never paired, not even as identical data (their features are already left out).
 
     fusion "model": the fitted Fusion for these stages (cascade.fusion_model), every pair also scored by
     the stages that can score any pair (the CNN); without one, and for "noisy_or" or "max", that rule."""
     n = len(items)
-    evidence = {cascade.IDENTICAL: cascade.identical_pairs([item.digest for item in items])}
+    blanks = blanks or {}
+    digests = [f"blank:{k}" if k in blanks else item.digest for k, item in enumerate(items)]  # unique: unpaired
+    evidence = {cascade.IDENTICAL: cascade.identical_pairs(digests)}
     for stage in stages:
         found = raw[stage.name]
         evidence[stage.name] = ScoredPairs(found.a, found.b, stage.calibrated(found.score))

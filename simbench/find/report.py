@@ -45,7 +45,8 @@ def report_data(result, cfg, stages) -> dict:
     return {
         "title": "simbench find: duplicate review",
         "summary": {"files": result.n_files, "pdfs": result.n_pdfs, "images": len(result.items),
-                    "skipped": len(result.skipped), "pairs": len(pairs), "groups": len(result.groups)},
+                    "skipped": len(result.skipped), "blank": result.n_blank, "pairs": len(pairs),
+                    "groups": len(result.groups)},
         "method": str(cfg.method),
         "threshold": float(cfg.threshold),
         "min_score": float(cfg.min_score),
@@ -257,7 +258,8 @@ function update() {
 
 function setup() {
   const s = DATA.summary;
-  $("stats").textContent = `${s.files} files (${s.pdfs} PDFs) · ${s.images} images · ${s.skipped} skipped · method ${DATA.method}` +
+  $("stats").textContent = `${s.files} files (${s.pdfs} PDFs) · ${s.images} images · ${s.skipped} skipped` +
+    (s.blank ? ` (${s.blank} blank images, not compared)` : "") + ` · method ${DATA.method}` +
     (DATA.uncalibrated.length ? ` · uncalibrated: ${DATA.uncalibrated.join(", ")} (scores rank pairs but do not estimate precision)` : "");
   const slider = $("threshold");
   slider.min = Math.max(0, Math.floor(DATA.min_score * 100) / 100); slider.max = 1; slider.value = DATA.threshold;

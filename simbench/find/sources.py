@@ -20,7 +20,8 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from simbench.data.folder import IMAGE_EXTENSIONS, list_images
+from simbench.data.folder import (IMAGE_EXTENSIONS, NOT_UTF8, UNREADABLE, is_utf8, list_images,
+                                  odd_path_reason, printable_path)
 from simbench.data.images import UnreadableImage, open_image
 from simbench.find.items import Item, thumbnail_jpeg
 from simbench.find.pdf import PagesResult, PdfOptions, extract_pages, finish_skipped, page_count
@@ -64,16 +65,21 @@ def list_sources(inputs: Sequence[str | Path], progress: bool = False) -> tuple[
     files, skipped, seen = [], [], set()
     for given in inputs:
         path = Path(given).expanduser()
-        if path.is_dir():
+        found = []
+        if not is_utf8(str(path)):
+            skipped.append(Skipped(printable_path(path), NOT_UTF8))
+        elif path.is_dir():
             found, lost = list_images(path, EXTENSIONS, progress)
             skipped += lost
         elif path.is_file():
             found = [path] if path.suffix.lower() in EXTENSIONS else []
             if not found:
                 skipped.append(Skipped(str(path), "not an image or PDF (by its extension)"))
-        else:
-            found = []
-            skipped.append(Skipped(str(path), "not found"))
+            elif not os.access(path, os.R_OK):
+                found = []
+                skipped.append(Skipped(str(path), UNREADABLE))
+        else:  # missing, a symlink loop, a dangling link, a FIFO...: said without opening it
+            skipped.append(Skipped(str(path), odd_path_reason(path)))
         for f in found:
             real = os.path.realpath(f)
             if real not in seen:  # the same file given twice (or linked) is compared once
