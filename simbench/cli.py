@@ -51,9 +51,9 @@ def single_run(overrides: list[str]) -> list[str]:
     families only when no hash is chosen (the main job), with -m, or within an experiment preset."""
     if any(o in ("-m", "--multirun") or o.startswith(("hydra.mode=", "+experiment")) for o in overrides):
         return overrides
-    hashes = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "hash" and "=" in o]
-    if hashes and not any(c in hashes[-1] for c in ",()"):  # one value, not a sweep (a,b or range(...))
-        return [*overrides, "hydra.mode=RUN"]
+    at = [k for k, o in enumerate(overrides) if "=" in o and o.split("=", 1)[0].lstrip("+") == "hash"]
+    if at and not any(c in overrides[at[-1]].split("=", 1)[1] for c in ",()"):  # not a sweep (a,b, range(..))
+        return [*overrides[:at[-1] + 1], "hydra.mode=RUN", *overrides[at[-1] + 1:]]  # next to it: argparse
     return overrides
 
 
@@ -74,14 +74,17 @@ methods:
                      image) verified by a RANSAC fit, with content shared by many pictures discounted,
                      then EfficientNet-Lite0 GeM features scored against each image's 10th neighbour; every
                      pair scored by both, fused by a logistic model fitted on our tuning set, and linked
+                     (without PyTorch, the cnn extra: keypoints is the default, and find says so)
   keypoints          identical data + verified keypoints only (no CNN, no PyTorch)
   cnn                identical data + CNN embeddings only
   hash               identical data + perceptual hash (phash) only: fastest, misses crops
 
-overrides (key=value, any setting of simbench.find.cascade.DEFAULTS), e.g.:
+settings (key=value; every one is in conf/find.yaml, composed by Hydra as the runner's config is), e.g.:
   threshold=0.9  min_score=0.2  link=false  fusion=noisy_or  pdf.min_side_px=64  pdf.min_side_pt=36
-  (a setting that changes a stage's raw signal leaves that stage uncalibrated: calibrated=no)
   keypoints.extractor.max_features=1000  cnn.extractor.device=cuda
+  detector=orb  backbone=resnet50  hash=dhash   the runner's groups: the keypoints, cnn, hash stage's extractor
+  matcher=exact                                 every stage's matcher (one stage's: matcher@cnn.matcher=lsh)
+  (a setting that changes a stage's raw signal leaves that stage uncalibrated: calibrated=no)
 
 examples:
   simbench find photos/ yearbook/*.pdf --out review/
@@ -143,12 +146,8 @@ def find_main(argv: list[str]) -> int:
     inputs, overrides = split_overrides(args.paths)
     if not inputs:
         parser.error("give at least one folder, image or PDF")
-    if args.threshold is not None:
-        overrides.append(f"threshold={args.threshold}")
-    if args.calibration is not None:
-        if not os.path.isfile(args.calibration):
-            parser.error(f"--calibration: no such file: {args.calibration}")
-        overrides.append(f"calibration={os.path.abspath(args.calibration)}")
+    if args.calibration is not None and not os.path.isfile(args.calibration):
+        parser.error(f"--calibration: no such file: {args.calibration}")
     if args.truth is not None and not os.path.isfile(args.truth):
         parser.error(f"--truth: no such file: {args.truth}")
     import logging
@@ -159,8 +158,12 @@ def find_main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         cfg = make_config(args.method, overrides)
-    except Exception as exc:  # a bad override: say which, without a traceback
+    except ValueError as exc:  # a bad override: say which, without a traceback
         parser.error(str(exc))
+    if args.threshold is not None:
+        cfg.threshold = args.threshold
+    if args.calibration is not None:
+        cfg.calibration = os.path.abspath(args.calibration)
     result = find(inputs, args.out, cfg, index=args.index, progress=not args.quiet)
     print(result.summary(args.out, float(cfg.threshold)))
     if args.truth:

@@ -17,14 +17,12 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from simbench import cache, environment
+from simbench import CONFIG_MODULE, cache, environment
 from simbench.data.dataset import Dataset
 from simbench.evaluate import evaluate
 from simbench.features.base import Extracted, Extractor
 from simbench.types import KeypointSets, ScoredPairs
 
-#: The Hydra configs: conf/ of the checkout, installed as the package simbench.conf (pyproject.toml).
-CONFIG_MODULE = "simbench.conf"
 CONFIG_DIR = str(resources.files(CONFIG_MODULE))  # for initialize_config_dir (tests)
 log = logging.getLogger("simbench")
 

@@ -176,7 +176,7 @@ def test_shared_sticker_neither_pairs_nor_links_unrelated_pictures(tmp_path, pho
             img.crop((40, 30, 400, 300)).save(folder / f"{name}-crop.jpg", quality=85)
     out = tmp_path / "out"
     assert find_main([str(folder), "--out", str(out), "-q"]) == 0
-    threshold = cascade.DEFAULTS["threshold"]
+    threshold = cascade.make_config().threshold
     called = {frozenset((Path(r["a"]).stem, Path(r["b"]).stem)) for r in read_csv(out / "pairs.csv")
               if float(r["score"]) >= threshold}
     assert frozenset(("astronaut", "astronaut-crop")) in called

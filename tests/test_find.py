@@ -52,7 +52,7 @@ def yearbook_run(tmp_path_factory):
 def test_yearbook_pairs_are_where_the_photos_were_placed(yearbook_run):
     placements, out = yearbook_run
     rows = read_csv(out / "pairs.csv")
-    result = score_found_pairs(placements, rows, cascade.DEFAULTS["threshold"])
+    result = score_found_pairs(placements, rows, cascade.make_config().threshold)
     # Every pair called a duplicate is two placements of one photo; (nearly) every such pair is found.
     assert result["false"] == 0, result
     assert result["recall"] >= 0.85, result

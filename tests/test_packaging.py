@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: What the build reads (copied, so that no stale build/ of the checkout reaches the wheel).
 BUILD_INPUTS = ["pyproject.toml", "setup.py", "README.md", "simbench", "conf", "kernels"]
 #: Package data the installed code needs.
-DATA = ["simbench/conf/config.yaml", "simbench/conf/detector/brisk.yaml",
+DATA = ["simbench/conf/config.yaml", "simbench/conf/find.yaml", "simbench/conf/detector/brisk.yaml",
         "simbench/kernels/hamming.cu", "simbench/find/calibration.json"]
 
 pytestmark = pytest.mark.slow

@@ -22,12 +22,14 @@ The default ("cascade", chosen by the measurements in results/find.md):
    least link_min_score), method "linked": never more than its weakest pair.
 
 Alternatives (`--method`): keypoints, cnn, hash (identical + that one stage).
-Every parameter can be overridden with key=value (OmegaConf dot-list), e.g.
-`keypoints.extractor.max_features=1000 threshold=0.8 link=false`.
+Every setting lives in conf/find.yaml (composed with Hydra, the runner's groups choosing each stage's
+extractor and matcher) and can be overridden with key=value, e.g.
+`keypoints.extractor.max_features=1000 threshold=0.8 link=false detector=orb`.
 """
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -53,84 +55,57 @@ METHODS = {
     "hash": ("hash",),
 }
 
-#: Every setting of `simbench find`, with its default; override any with key=value.
-DEFAULTS = {
-    "method": "cascade",
-    # A calibration file of your own (`simbench calibrate`), used before the shipped tables.
-    "calibration": None,
-    # How the stages' calibrated scores combine: "model" (the logistic fusion fitted with the tables, every
-    # pair also scored by the CNN; noisy_or where no fitted model matches the stages), noisy_or or max.
-    "fusion": "model",
-    # Calibrated score (estimated precision) at and above which a pair is a duplicate: groups.json and
-    # the report's starting threshold. 0.95 measured precision 1.0 on both benchmark sets (results/find.md).
-    "threshold": 0.95,
-    # Pairs scoring below this are not written (pairs.csv, report slider minimum): low, so the ranking
-    # goes on well below the threshold (micro-AP counts what is never written as missed; on the tuning
-    # split 0.05 lost 0.016 of it on photos and 0.044 on line art against 0.01).
-    "min_score": 0.01,
-    # Score pairs joined through others (product along the strongest chain); groups bigger than
-    # max_linked_group get no such pairs (their direct pairs are still there).
-    "link": True,
-    "max_linked_group": 200,
-    # Only pairs scoring at least this link groups (a chain is never stronger than its weakest pair);
-    # 0.8 chosen on the tuning split (0.5: micro-AP 0.896 / 0.528 photo / line art; 0.8: 0.909 / 0.589).
-    "link_min_score": 0.8,
-    # Processes for reading files (0 = one per core); extractors have their own `workers`.
-    "workers": 0,
-    "pdf": {"min_side_px": 32, "min_side_pt": 24.0, "min_render_side": 512, "max_render_side": 1024,
-            "jpeg_quality": 92, "thumb_side": 160},
-    # AGAST threshold 8 (OpenCV's default is 30): low-contrast photos (retina, moon, cells) need it to give
-    # corners at all; 500 per image caps the rest. mirror: flipped copies match. See results/find.md.
-    "keypoints": {
-        "extractor": {"_target_": "simbench.features.keypoints.KeypointExtractor", "detector": "brisk",
-                      "max_features": 500, "max_size": 640, "threshold": 8, "mirror": True, "spread": "grid",
-                      "workers": 0},
-        "method": {"_target_": "simbench.methods.keypoints.KeypointMethod", "distance_threshold": 31,
-                   "score": "min", "verify": True, "ransac_threshold": 8.0, "min_inliers": 5,
-                   "transform": "similarity", "max_pairs_verified": 200_000, "verify_min_score": 0.01,
-                   "burstiness": 0.5, "coverage": True, "min_coverage": 0.02},
-        "matcher": {"_target_": "simbench.match.lsh.MultiIndexHashMatcher", "pieces": 0,
-                    "permutation": "calibrated", "seed": 0},
-        # Which raw value is calibrated: the method's score, or a per-pair field of its `extra`
-        # (evidence: burstiness-weighted inliers times how much of the pictures they cover).
-        "signal": "evidence",
-    },
-    "cnn": {
-        "extractor": {"_target_": "simbench.features.cnn.CnnExtractor", "backbone": "efficientnet_lite0",
-                      "weights": "imagenet", "batch_size": 32, "workers": 1, "device": "cpu",
-                      "augment": None, "image_size": 224, "runtime": "onnx", "pooling": "gem"},
-        "method": {"_target_": "simbench.methods.cnn.CnnMethod", "min_similarity": None, "neighbours": 20,
-                   "normalise_k": 10, "beta": 1.0, "threshold": 0.9},
-        "matcher": {"_target_": "simbench.match.exact.ExactMatcher", "threads": 0},
-        "signal": "score",
-    },
-    "hash": {
-        "extractor": {"_target_": "simbench.features.hashes.HashExtractor", "algorithm": "phash",
-                      "hash_size": 8, "backend": "fast", "workers": 0},
-        "method": {"_target_": "simbench.methods.hashes.HashMethod", "max_distance": 0.3, "threshold": 0.85},
-        "matcher": {"_target_": "simbench.match.exact.ExactMatcher", "threads": 0},
-        "signal": "score",
-    },
-}
+#: The runner's component groups, and the stage settings each chooses in find (conf/find.yaml's defaults):
+#: detector=orb is the keypoints stage's detector, matcher=exact every stage's matcher.
+GROUP_PACKAGES = {"detector": ("keypoints.extractor",), "backbone": ("cnn.extractor",),
+                  "hash": ("hash.extractor",), "matcher": ("keypoints.matcher", "cnn.matcher", "hash.matcher")}
 
 
 def make_config(method: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
-    """DEFAULTS with `key=value` overrides applied (and --method, which wins over method=...)."""
-    cfg = OmegaConf.create(DEFAULTS)
-    if overrides:
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ValueError(f"overrides must be key=value, got {bad}")
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    if method:
-        cfg.method = method
-    elif not any(o.startswith("method=") for o in overrides):
-        cfg.method = runnable_default(cfg)
+    """The settings of `simbench find`: conf/find.yaml composed by Hydra with `key=value` overrides (and
+    --method, which wins over method=...; with neither, the default method if this install can run it)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.config_store import ConfigStore
+    from hydra.errors import HydraException
+
+    from simbench import CONFIG_MODULE
+    from simbench.find.pdf import PdfOptions
+
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"overrides must be key=value, got {bad}")
+    pairs = [o.split("=", 1) for o in overrides]
+    method = method or next((v for k, v in reversed(pairs) if k == "method"), None)  # not a Hydra group here
+    hydra_overrides = []
+    for key, value in pairs:
+        if key in GROUP_PACKAGES:  # a group of the runner: the stage settings it chooses here
+            hydra_overrides += [f"{key}@{package}={value}" for package in GROUP_PACKAGES[key]]
+        elif key != "method":
+            hydra_overrides.append(f"{key}={value}")
+    pdf = OmegaConf.structured(PdfOptions)  # find.yaml's pdf node: the dataclass's fields and defaults
+    OmegaConf.set_readonly(pdf, False)
+    ConfigStore.instance().store(name="find_pdf", node=pdf)
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            cfg = compose("find", overrides=hydra_overrides)
+    except HydraException as exc:
+        raise ValueError(setting_error(exc)) from None
+    OmegaConf.set_struct(cfg, False)  # a plain config, as callers know it
+    cfg.method = method or runnable_default(cfg)
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     if cfg.fusion not in FUSIONS:
         raise ValueError(f"unknown fusion {cfg.fusion!r}; choose one of {', '.join(FUSIONS)}")
     return cfg
+
+
+def setting_error(exc: Exception) -> str:
+    """Hydra's composition error, said in find's words."""
+    unknown = re.search(r"Could not override '([^']+)'", str(exc))
+    if unknown:
+        return f"unknown setting {unknown[1]!r} (every setting is in conf/find.yaml; see simbench find --help)"
+    said = str(exc).split("\nConfig search path")[0].strip()  # the options, not where Hydra looked
+    return f"{said} ({str(exc.__cause__).splitlines()[0]})" if exc.__cause__ else said
 
 
 # ---------------------------------------------------------------------------------------------------
