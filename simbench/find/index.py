@@ -3,15 +3,25 @@
 Keys are the SHA-256 of a file's bytes, so a later run over the same collection plus new files renders
 and extracts only the new or changed files, wherever the unchanged ones have moved. Layout:
 
-    DIR/VERSION                              format version of this layout
-    DIR/hashes.pkl                           path -> (size, mtime_ns, sha256): skips re-reading unchanged files
-    DIR/<section>/<params key>/<ab>/<sha256>.pkl   one record per source file and section
+    DIR/VERSION                                   format version of this layout
+    DIR/hashes.json                               path -> [size, mtime_ns, sha256]: unchanged files not reread
+    DIR/<section>/<params key>/<shard id>.npz     the records of one extraction batch (simbench.cache.dumps)
+    DIR/<section>/<params key>/<shard id>.json    its manifest: the digests it holds, its size and SHA-256
 
 A section is "sources" (the images found in the file, with provenance and thumbnails) or one feature
 kind ("keypoints-brisk", "cnn-efficientnet_lite0", ...); the params key hashes everything that changes
-the section's content (extractor parameters, PDF rendering options). Every write is atomic (temporary
-file, then rename: simbench.cache.atomic_write_bytes), so an interrupted run leaves whole records only.
-Records of files no longer in the collection are kept; delete DIR to start afresh.
+the section's content (extractor parameters, PDF rendering options).
+
+Nothing in the index is pickled: shards are .npz archives read with allow_pickle=False, whose object
+structure is JSON that names only allowed dataclasses, and each record is checked for the shape its
+section expects before use. Opening an index someone else made can give wrong features, never run code.
+
+Durability: a shard is written (temporary file, then rename), then its manifest the same way; the
+manifest is the commit, so a run killed at any point leaves whole shards, and loses at most the batch
+it was extracting. A shard that is missing, truncated, forged or malformed makes each of its records
+"unusable" with a reason (the pipeline logs it and reads the file again); later shards win over earlier
+ones for the same digest. Records of files no longer in the collection are kept; delete DIR to start
+afresh.
 
 Without a folder (no --index) the same store lives in memory for one run.
 """
@@ -20,8 +30,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
-import pickle
+import re
+import secrets
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,12 +44,26 @@ import numpy as np
 from simbench import cache
 from simbench.types import BinaryCodes, Embeddings, KeypointSets
 
-#: Bump when the record layout changes: older records are then ignored (re-extracted).
-VERSION = 1
+log = logging.getLogger("simbench")
+
+#: Bump when the record layout changes: an index of another version is refused with a clear message.
+#: (Version 1 held pickles; it is never read.)
+VERSION = 2
+
+#: Images per extraction batch, so per shard: what a killed run can lose, against the extractor's cost per
+#: call (the CNN starts its DataLoader worker each time, seconds) and the number of files in the index.
+BATCH_IMAGES = 512
 
 #: Per-keypoint arrays of KeypointSets (and its subclasses' extra per-keypoint flags).
 PER_KEYPOINT = ("descriptors", "points", "sizes", "angles", "responses", "mirrored")
 
+#: The KeypointSets classes a record may name (records hold the name, never the class).
+KEYPOINT_TYPES = {cls.__name__: cls for cls in (KeypointSets,)}
+
+SOURCES_KIND = "sources"
+_SHARD_FORMAT = "simbench-index-shard"
+_SHARD_ID = re.compile(r"^[0-9]{20}-[0-9a-f]{12}$")
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
 
@@ -54,13 +82,37 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def shard_groups(counts: Sequence[int], size: int = BATCH_IMAGES) -> list[list[int]]:
+    """Consecutive positions grouped so that each group holds at most `size` images (a file with more
+    images is a group of its own; files without images join the group at hand)."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for k, n in enumerate(counts):
+        if current and total + n > size:
+            groups.append(current)
+            current, total = [], 0
+        current.append(k)
+        total += n
+    if current:
+        groups.append(current)
+    return groups
+
+
 class FeatureStore:
-    """Records per (section, params key, content hash); on disk under `root`, or in memory when None."""
+    """Records per (section, params key, content hash); on disk under `root`, or in memory when None.
+
+    `kind` arguments say what a section's records must look like: "sources" (a SourceRecord), or the
+    feature kind "binary", "keypoints" or "embedding" (a list, per image, of a dict of arrays or a reason).
+    """
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root).expanduser() if root else None
         self._memory: dict[tuple[str, str, str], Any] = {}
         self._hashes: dict[str, tuple[int, int, str]] = {}
+        # (section, pkey) -> digest -> manifests holding it, newest first
+        self._manifests: dict[tuple[str, str], dict[str, list[dict]]] = {}
+        self._verdicts: dict[Path, str | None] = {}  # shard -> None (usable) or why not
         if self.root is not None:
             self._open_root()
 
@@ -69,15 +121,37 @@ class FeatureStore:
         self.root.mkdir(parents=True, exist_ok=True)
         version_file = self.root / "VERSION"
         if version_file.exists():
-            found = version_file.read_text().strip()
+            found = version_file.read_text(errors="replace").strip()
             if found != str(VERSION):
-                raise ValueError(f"{self.root} is a simbench index of version {found}, this simbench writes "
-                                 f"version {VERSION}: use another --index folder or delete this one")
+                raise ValueError(f"{self.root} is a simbench index of version {found[:20]!r}, this simbench "
+                                 f"writes version {VERSION}: use another --index folder or delete this one")
         else:
             cache.atomic_write_bytes(version_file, f"{VERSION}\n".encode())
-        self._hashes = cache.load(self.root / "hashes.pkl") or {}
+        self._hashes = self._read_hashes(self.root / "hashes.json")
 
     # -- content hashes ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _read_hashes(path: Path) -> dict[str, tuple[int, int, str]]:
+        """The saved path -> (size, mtime_ns, sha256) table; malformed entries are dropped (those files
+        are hashed again), a malformed file is ignored with a warning."""
+        try:
+            table = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring %s (files will be hashed again): %s", path, exc)
+            return {}
+        if not isinstance(table, dict):
+            log.warning("ignoring %s (files will be hashed again): not a JSON object", path)
+            return {}
+        good = {k: (v[0], v[1], v[2]) for k, v in table.items()
+                if isinstance(v, list) and len(v) == 3 and type(v[0]) is int and type(v[1]) is int
+                and isinstance(v[2], str) and _DIGEST.match(v[2])}
+        if len(good) < len(table):
+            log.warning("%s: %d malformed entries ignored (those files are hashed again)", path,
+                        len(table) - len(good))
+        return good
 
     def content_hash(self, path: str | Path) -> str:
         """SHA-256 of a file; an unchanged file (same size and modification time) is not read again."""
@@ -92,30 +166,251 @@ class FeatureStore:
 
     def save_hashes(self) -> None:
         if self.root is not None:
-            cache.save(self.root / "hashes.pkl", self._hashes)
+            # Names that are not valid UTF-8 arrive as surrogate escapes; JSON's \u escapes keep them.
+            blob = json.dumps({k: list(v) for k, v in self._hashes.items()}, ensure_ascii=True)
+            cache.atomic_write_bytes(self.root / "hashes.json", blob.encode())
 
     # -- records -----------------------------------------------------------------------------------
 
-    def _path(self, section: str, pkey: str, digest: str) -> Path:
-        return self.root / section / pkey / digest[:2] / f"{digest}.pkl"
-
-    def get(self, section: str, pkey: str, digest: str) -> Any | None:
-        """The record, or None when absent or unreadable (a damaged record counts as absent)."""
+    def check(self, section: str, pkey: str, digests: Sequence[str], kind: str) -> dict[str, str | None]:
+        """For each digest the index holds a record of: None when the record is usable, else why not.
+        Digests without any record are left out. Every shard concerned is read and checked once."""
         if self.root is None:
-            return self._memory.get((section, pkey, digest))
-        return cache.load(self._path(section, pkey, digest))
+            return {d: None for d in digests if (section, pkey, d) in self._memory}
+        out = {}
+        for digest in dict.fromkeys(digests):
+            holders = self._holders(section, pkey).get(digest)
+            if holders:
+                reasons = []
+                for manifest in holders:  # newest first; the first usable one serves
+                    reasons.append(self._verdict(section, pkey, manifest, kind))
+                    if reasons[-1] is None:
+                        break
+                out[digest] = reasons[-1] if reasons[-1] is None else reasons[0]
+        return out
 
-    def has(self, section: str, pkey: str, digest: str) -> bool:
+    def get_many(self, section: str, pkey: str, digests: Sequence[str], kind: str) -> dict[str, Any]:
+        """The usable records of these digests (each shard read once); absent or unusable ones left out."""
         if self.root is None:
-            return (section, pkey, digest) in self._memory
-        return self._path(section, pkey, digest).is_file()
+            return {d: self._memory[(section, pkey, d)] for d in digests if (section, pkey, d) in self._memory}
+        wanted: dict[str, tuple[dict, list[str]]] = {}  # shard -> (its manifest, digests to take from it)
+        for digest in dict.fromkeys(digests):
+            for manifest in self._holders(section, pkey).get(digest, []):
+                if self._verdict(section, pkey, manifest, kind) is None:
+                    wanted.setdefault(manifest["shard"], (manifest, []))[1].append(digest)
+                    break
+        out = {}
+        for shard, (manifest, names) in wanted.items():
+            records, reason = self._read_shard(section, pkey, manifest, kind)
+            if reason is not None:  # changed on disk since it was checked
+                log.warning("index shard %s became unusable: %s", self._dir(section, pkey) / shard, reason)
+                continue
+            out.update((d, records[d]) for d in names)
+        return out
+
+    def get(self, section: str, pkey: str, digest: str, kind: str) -> Any | None:
+        """The record, or None when absent or unusable."""
+        return self.get_many(section, pkey, [digest], kind).get(digest)
+
+    def has(self, section: str, pkey: str, digest: str, kind: str) -> bool:
+        return self.check(section, pkey, [digest], kind).get(digest, "absent") is None
 
     def put(self, section: str, pkey: str, digest: str, record: Any) -> None:
+        self.put_batch(section, pkey, {digest: record})
+
+    def put_batch(self, section: str, pkey: str, records: dict[str, Any]) -> None:
+        """Store the records of one batch: on disk, one shard and then its manifest, each atomically."""
         if self.root is None:
-            self._memory[(section, pkey, digest)] = record
+            self._memory.update(((section, pkey, d), r) for d, r in records.items())
+            return
+        if not records:
+            return
+        folder = self._dir(section, pkey)
+        shard_id = f"{time.time_ns():020d}-{secrets.token_hex(6)}"  # sorts by time: newer shards win
+        data = cache.dumps(records)
+        cache.atomic_write_bytes(folder / f"{shard_id}.npz", data)
+        manifest = {"format": _SHARD_FORMAT, "version": VERSION, "shard": f"{shard_id}.npz", "bytes": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(), "digests": list(records)}
+        cache.atomic_write_bytes(folder / f"{shard_id}.json", json.dumps(manifest).encode())
+        self._verdicts[folder / manifest["shard"]] = None
+        holders = self._holders(section, pkey)
+        for digest in records:
+            holders.setdefault(digest, []).insert(0, manifest)
+
+    # -- shards ------------------------------------------------------------------------------------
+
+    def _dir(self, section: str, pkey: str) -> Path:
+        return self.root / section / pkey
+
+    def _holders(self, section: str, pkey: str) -> dict[str, list[dict]]:
+        """digest -> manifests that list it, newest first (manifests read once per run)."""
+        key = (section, pkey)
+        if key not in self._manifests:
+            holders: dict[str, list[dict]] = {}
+            folder = self._dir(section, pkey)
+            paths = sorted(folder.glob("*.json"), reverse=True) if folder.is_dir() else []
+            for path in paths:
+                manifest, reason = _read_manifest(path)
+                if reason is not None:
+                    log.warning("ignoring index manifest %s (its files are read again): %s", path, reason)
+                    continue
+                for digest in manifest["digests"]:
+                    holders.setdefault(digest, []).append(manifest)
+            orphans = {p.stem for p in folder.glob("*.npz")} - {p.stem for p in paths} if folder.is_dir() else set()
+            if orphans:
+                log.info("%s: %d shards without a manifest ignored (a batch an interrupted run did not finish)",
+                         folder, len(orphans))
+            self._manifests[key] = holders
+        return self._manifests[key]
+
+    def _verdict(self, section: str, pkey: str, manifest: dict, kind: str) -> str | None:
+        path = self._dir(section, pkey) / manifest["shard"]
+        if path not in self._verdicts:
+            self._verdicts[path] = self._read_shard(section, pkey, manifest, kind)[1]
+        return self._verdicts[path]
+
+    def _read_shard(self, section: str, pkey: str, manifest: dict, kind: str) -> tuple[dict, str | None]:
+        """(records, None), or ({}, why the shard cannot be used)."""
+        path = self._dir(section, pkey) / manifest["shard"]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return {}, f"shard {path.name} cannot be read ({exc.strerror or exc})"
+        if len(data) != manifest["bytes"]:
+            return {}, f"shard {path.name} is truncated or altered ({len(data)} bytes, {manifest['bytes']} written)"
+        if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+            return {}, f"shard {path.name} does not match its manifest (SHA-256 differs)"
+        try:
+            records = cache.loads(data, record_types())
+        except cache.UnsafeEntry as exc:
+            return {}, f"shard {path.name}: {exc}"
+        if not isinstance(records, dict) or set(records) != set(manifest["digests"]):
+            return {}, f"shard {path.name} does not hold the records its manifest lists"
+        for digest, record in records.items():
+            problem = record_problem(record, kind)
+            if problem:
+                return {}, f"shard {path.name}, record {digest[:12]}: {problem}"
+        return records, None
+
+
+def _read_manifest(path: Path) -> tuple[dict, str | None]:
+    try:
+        m = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        return {}, f"unreadable ({type(exc).__name__}: {exc})"
+    if not isinstance(m, dict) or m.get("format") != _SHARD_FORMAT or m.get("version") != VERSION:
+        return {}, f"not a version {VERSION} {_SHARD_FORMAT} manifest"
+    shard = m.get("shard")
+    # The shard must be the sibling of the same id: a manifest never points elsewhere on the disk.
+    if shard != f"{path.stem}.npz" or not _SHARD_ID.match(path.stem):
+        return {}, f"names shard {str(shard)[:80]!r}, expected {path.stem}.npz"
+    if type(m.get("bytes")) is not int or not (isinstance(m.get("sha256"), str) and _DIGEST.match(m["sha256"])):
+        return {}, "size or SHA-256 missing"
+    digests = m.get("digests")
+    if not (isinstance(digests, list) and all(isinstance(d, str) and _DIGEST.match(d) for d in digests)):
+        return {}, "bad digest list"
+    return m, None
+
+
+def record_types() -> list[type]:
+    """The dataclasses index records may hold."""
+    from simbench.find.sources import SourceRecord
+
+    return [SourceRecord]
+
+
+def record_problem(record: Any, kind: str) -> str | None:
+    """Why a record read from an index cannot be used as one of `kind`, or None."""
+    if kind == SOURCES_KIND:
+        return _sources_problem(record)
+    if not isinstance(record, list):
+        return f"a {type(record).__name__}, not a list of per-image features"
+    for k, entry in enumerate(record):
+        if isinstance(entry, str):
+            continue
+        problem = _feature_problem(entry, kind) if isinstance(entry, dict) else f"a {type(entry).__name__}"
+        if problem:
+            return f"image {k}: {problem}"
+    return None
+
+
+def _sources_problem(record: Any) -> str | None:
+    from simbench.find.sources import SourceRecord
+
+    if not isinstance(record, SourceRecord):
+        return f"a {type(record).__name__}, not a SourceRecord"
+    if not (isinstance(record.kind, str) and isinstance(record.images, list) and isinstance(record.skipped, list)
+            and isinstance(record.files, dict)):
+        return "malformed SourceRecord"
+    for image in record.images:
+        if not (isinstance(image, dict) and isinstance(image.get("id"), str) and isinstance(image.get("suffix"), str)
+                and isinstance(image.get("digest"), str) and isinstance(image.get("thumb"), bytes)
+                and (image.get("page") is None or type(image.get("page")) is int)
+                and (image.get("bbox") is None or isinstance(image.get("bbox"), str))):
+            return "malformed image entry"
+    if not all(isinstance(s, tuple) and len(s) == 2 and all(isinstance(v, str) for v in s) for s in record.skipped):
+        return "malformed skipped entry"
+    return None
+
+
+#: The keys a per-image feature record of each kind may have (see _one).
+_FEATURE_KEYS = {"binary": {"words", "bits"}, "embedding": {"vector"},
+                 "keypoints": {*PER_KEYPOINT, "image_size", "_type", "binary"}}
+
+
+def _feature_problem(entry: dict, kind: str) -> str | None:
+    if kind not in _FEATURE_KEYS:
+        return f"unknown feature kind {kind!r}"
+    if not set(entry) <= _FEATURE_KEYS[kind]:
+        return f"unexpected fields {sorted(set(entry) - _FEATURE_KEYS[kind])[:5]}"
+
+    def array(name, ndim, kinds):
+        a = entry.get(name)
+        return isinstance(a, np.ndarray) and a.ndim == ndim and a.dtype.kind in kinds
+
+    if kind == "binary":
+        bits = entry.get("bits")
+        ok = (isinstance(bits, (int, np.integer)) and not isinstance(bits, bool) and bits > 0 and array("words", 1, "u")
+              and entry["words"].dtype == np.uint64 and len(entry["words"]) == (bits + 63) // 64)
+        return None if ok else "not a binary code"
+    if kind == "embedding":
+        return None if array("vector", 1, "f") else "not an embedding"
+    if kind == "keypoints":
+        if entry.get("_type") not in KEYPOINT_TYPES or not isinstance(entry.get("binary"), (bool, np.bool_)):
+            return "unknown keypoint type"
+        if not (array("descriptors", 2, "uf") and array("points", 2, "f") and entry["points"].shape[1] == 2
+                and array("image_size", 1, "iu") and len(entry["image_size"]) == 2):
+            return "malformed keypoints"
+        m = len(entry["descriptors"])
+        for name in PER_KEYPOINT:
+            if name in entry and not (isinstance(entry[name], np.ndarray) and len(entry[name]) == m):
+                return f"{name} does not have one row per keypoint"
+        if any(name not in entry for name in ("sizes", "angles", "responses")):
+            return "malformed keypoints"
+    return None
+
+
+def consistent(records: list[dict | None]) -> list[str | None]:
+    """Per record: None, or why it cannot be joined with the others (a shape or type most records do not
+    share: a record from a forged index must not break the join)."""
+    signatures = [None if r is None else _signature(r) for r in records]
+    counts = Counter(s for s in signatures if s is not None)
+    if len(counts) <= 1:
+        return [None] * len(records)
+    common = counts.most_common(1)[0][0]
+    return [None if s is None or s == common else "index record does not match the others (shape or type)"
+            for s in signatures]
+
+
+def _signature(record: dict) -> tuple:
+    out = []
+    for name, value in sorted(record.items()):
+        if isinstance(value, np.ndarray):
+            shape = value.shape[1:] if name in PER_KEYPOINT else value.shape
+            out.append((name, value.dtype.str, shape))
         else:
-            cache.atomic_write_bytes(self._path(section, pkey, digest),
-                                     pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
+            out.append((name, value))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -132,11 +427,13 @@ def split_features(features, rows: np.ndarray, n: int) -> list:
 
 def _one(features, r: int) -> dict:
     if isinstance(features, KeypointSets):
+        if type(features).__name__ not in KEYPOINT_TYPES:
+            raise TypeError(f"add {type(features).__name__} to KEYPOINT_TYPES to store it in the index")
         s, e = int(features.offsets[r]), int(features.offsets[r + 1])
         one = {name: np.array(getattr(features, name)[s:e]) for name in PER_KEYPOINT
                if getattr(features, name, None) is not None}
         one["image_size"] = np.array(features.image_sizes[r])
-        one["_type"] = type(features)
+        one["_type"] = type(features).__name__  # a name, resolved through KEYPOINT_TYPES
         one["binary"] = features.binary
         return one
     if isinstance(features, Embeddings):
@@ -164,7 +461,7 @@ def join_features(records: Sequence[dict | None], template: str):
 
 
 def _join_keypoints(present: list[dict]) -> KeypointSets:
-    cls = present[0]["_type"] if present else KeypointSets
+    cls = KEYPOINT_TYPES[present[0]["_type"]] if present else KeypointSets
     counts = [len(r["descriptors"]) for r in present]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     names = {f.name for f in dataclasses.fields(cls)}

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from simbench.find import blank, cascade, outputs, report
 from simbench.find.cascade import FusedPairs, Stage
-from simbench.find.index import FeatureStore, join_features, params_key, split_features
+from simbench.find.index import (BATCH_IMAGES, SOURCES_KIND, FeatureStore, consistent, join_features, params_key,
+                                 shard_groups, split_features)
 from simbench.find.items import Item
 from simbench.find.pdf import PdfOptions
 from simbench.find.sources import SourceRecord, is_pdf, list_sources, read_sources, to_items
@@ -99,9 +100,11 @@ def collect(inputs, stages: list[Stage], cfg: DictConfig, index, work_parent: Pa
     store = FeatureStore(index)
     options = PdfOptions(**OmegaConf.to_container(cfg.pdf))
     files, digests, skipped = list_and_hash(inputs, store, progress)
+    store.save_hashes()  # now, so that a run killed while extracting need not hash again
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=work_parent))
     try:
-        records, n_new = read_new_sources(files, digests, stages, store, options, work, int(cfg.workers), progress)
+        records, n_new = read_new_sources(files, digests, stages, store, options, work, int(cfg.workers), progress,
+                                          int(cfg.get("index_batch", BATCH_IMAGES)))
     finally:
         shutil.rmtree(work, ignore_errors=True)  # renderings are not needed once features are stored
     store.save_hashes()
@@ -140,22 +143,34 @@ def feature_key(stage: Stage) -> str:
 
 
 def read_new_sources(files, digests, stages: list[Stage], store: FeatureStore, options: PdfOptions,
-                     work: Path, workers: int, progress: bool) -> tuple[list[SourceRecord], int]:
+                     work: Path, workers: int, progress: bool,
+                     batch: int = BATCH_IMAGES) -> tuple[list[SourceRecord], int]:
     """Every file's SourceRecord: from the index when it holds the file's images and all their features,
-    else read now (and its features extracted and stored). Returns (records, number read now)."""
+    else read now (and its features extracted and stored, `batch` images at a time: one index shard per
+    stage and batch, so a killed run keeps every finished batch). Returns (records, number read now)."""
     skey = sources_key(options)
-    complete = [store.has(SOURCES, skey, d) and all(store.has(s.section, feature_key(s), d) for s in stages)
-                for d in digests]
+    sections = [(SOURCES, skey, SOURCES_KIND)] + [(s.section, feature_key(s), s.extractor.kind) for s in stages]
+    found = [store.check(section, pkey, digests, kind) for section, pkey, kind in sections]
+    complete = []
+    for k, d in enumerate(digests):
+        unusable = [f"{section}: {status[d]}" for (section, _, _), status in zip(sections, found) if status.get(d)]
+        if unusable:
+            log.warning("%s: its index record cannot be used, reading the file again (%s)", files[k],
+                        "; ".join(unusable))
+        complete.append(all(d in status and status[d] is None for status in found))
     todo = [k for k, done in enumerate(complete) if not done]
     fresh = read_sources([files[k] for k in todo], [digests[k] for k in todo], work, options, workers, progress)
-    for stage in stages:
-        extract_into_store(stage, fresh, [digests[k] for k in todo], store, progress)
-    for k, record in zip(todo, fresh):
-        store.put(SOURCES, skey, digests[k], record.for_index())
-    records = []
+    for group in shard_groups([len(record.images) for record in fresh], batch):
+        part, part_digests = [fresh[i] for i in group], [digests[todo[i]] for i in group]
+        for stage in stages:
+            extract_into_store(stage, part, part_digests, store, progress)
+        # Last: a file counts as indexed only once its sources record is there too.
+        store.put_batch(SOURCES, skey, {d: record.for_index() for d, record in zip(part_digests, part)})
     fresh_by_position = dict(zip(todo, fresh))
-    for k, digest in enumerate(digests):
-        records.append(fresh_by_position.get(k) or store.get(SOURCES, skey, digest) or SourceRecord("missing"))
+    stored = store.get_many(SOURCES, skey, [d for k, d in enumerate(digests) if k not in fresh_by_position],
+                            SOURCES_KIND)
+    records = [fresh_by_position.get(k) or stored.get(digest) or SourceRecord("missing")
+               for k, digest in enumerate(digests)]
     return records, len(todo)
 
 
@@ -180,11 +195,12 @@ def extract_into_store(stage: Stage, records: list[SourceRecord], digests: list[
         per_image = [f if f is not None else reasons.get(str(p), "no features") for f, p in zip(per_image, paths)]
     else:
         per_image = []
-    cursor = 0
+    cursor, batch = 0, {}
     for record, digest in zip(records, digests):
         n = len(record.images)
-        store.put(stage.section, feature_key(stage), digest, per_image[cursor:cursor + n])
+        batch[digest] = per_image[cursor:cursor + n]
         cursor += n
+    store.put_batch(stage.section, feature_key(stage), batch)
 
 
 def digests_of(items: list[Item]) -> list[str]:
@@ -197,19 +213,19 @@ def load_features(stage: Stage, items: list[Item], source_digests: list[str], st
 
     exclude: {item: reason} of items left out (blank images) as if they had no features."""
     exclude = exclude or {}
-    fkey = feature_key(stage)
-    per_source: dict[str, list] = {}
+    per_source = store.get_many(stage.section, feature_key(stage), source_digests, stage.extractor.kind)
     records, reasons = [], {}
     for k, (item, digest, local) in enumerate(zip(items, source_digests, local_positions(items))):
-        if digest not in per_source:
-            per_source[digest] = store.get(stage.section, fkey, digest) or []
-        entries = per_source[digest]
+        entries = per_source.get(digest, [])
         entry = entries[local] if local < len(entries) else "features missing from the index"
         entry = exclude.get(k, entry)
         if isinstance(entry, str):
             reasons[k] = entry
             entry = None
         records.append(entry)
+    for k, problem in enumerate(consistent(records)):
+        if problem:
+            reasons[k], records[k] = problem, None
     features, rows = join_features(records, stage.extractor.kind)
     return features, rows, reasons
 
