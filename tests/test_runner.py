@@ -38,13 +38,15 @@ def check_result(result: dict) -> None:
 
 
 def test_single_run_writes_the_result_contract(tmp_path):
-    proc = simbench("hash=dhash", *TINY, f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path, cache=tmp_path / "c")
-    result = json.loads((tmp_path / "sweep" / "0" / "result.json").read_text())
+    # One value per group is a single run: it writes into hydra.run.dir, not a sweep folder.
+    proc = simbench("hash=dhash", *TINY, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, cache=tmp_path / "c")
+    assert not (tmp_path / "multirun").exists()
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
     check_result(result)
     assert result["name"] == "hash-dhash-exact"
     assert result["config"]["method"]["extractor"]["algorithm"] == "dhash"
     assert "µAP" in proc.stdout and "hash-dhash-exact" in proc.stdout
-    assert (tmp_path / "sweep" / "0" / "pairs.npz").exists()
+    assert (tmp_path / "run" / "pairs.npz").exists()
 
 
 def test_sweep_runs_every_combination_and_matchers_agree(tmp_path):
@@ -67,8 +69,8 @@ def test_sweep_runs_every_combination_and_matchers_agree(tmp_path):
 
 
 def test_gpu_matcher_without_gpu_is_labelled_fallback(tmp_path):
-    simbench("hash=ahash", "matcher=gpu", *TINY, f"hydra.sweep.dir={tmp_path}/s", cwd=tmp_path, cache=tmp_path / "c")
-    result = json.loads((tmp_path / "s" / "0" / "result.json").read_text())
+    simbench("hash=ahash", "matcher=gpu", *TINY, f"hydra.run.dir={tmp_path}/r", cwd=tmp_path, cache=tmp_path / "c")
+    result = json.loads((tmp_path / "r" / "result.json").read_text())
     try:
         import cupy
 
@@ -94,8 +96,8 @@ def test_bad_files_in_a_folder_are_skipped_with_reasons(tmp_path, photos):
     (root / "g2" / "notes.txt").write_text("not an image")
     (root / "g2" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     simbench("hash=phash", "dataset=folder", f"dataset.root={root}", "progress=false",
-             f"hydra.sweep.dir={tmp_path}/s", cwd=tmp_path, cache=tmp_path / "c")
-    result = json.loads((tmp_path / "s" / "0" / "result.json").read_text())
+             f"hydra.run.dir={tmp_path}/r", cwd=tmp_path, cache=tmp_path / "c")
+    result = json.loads((tmp_path / "r" / "result.json").read_text())
     reasons = {Path(s["path"]).name: s["reason"] for s in result["skipped"]}
     assert set(reasons) == {"empty.jpg", "notes.txt", "broken.png"}
     assert all(reasons.values())
