@@ -241,7 +241,7 @@ def main(argv=None) -> int:
     parser.add_argument("--floors", type=Path, default=FLOORS, help="stored floors (JSON)")
     parser.add_argument("--json", type=Path, help="write the measurements here (for trends)")
     parser.add_argument("--suggest-floors", action="store_true",
-                        help=f"print floors at {FLOOR_FRACTION:.0%} of the measured ratios instead of judging")
+                        help=f"print floors at {FLOOR_FRACTION:.0%}% of the measured ratios instead of judging")  # %% for argparse
     args = parser.parse_args(argv)
     results = run_checks(args.only, args.repeats, load_floors(args.floors))
     print(table(results))

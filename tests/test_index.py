@@ -200,7 +200,7 @@ def hash_index(tmp_path_factory):
 
 
 def run_find(folder: Path, out: Path, index: Path):
-    cfg = cascade.make_config("hash", ["++index_batch=4"])
+    cfg = cascade.make_config("hash", ["index_batch=4"])
     return pipeline.find([folder], out, cfg, index=index, progress=False)
 
 
@@ -317,7 +317,7 @@ def test_index_of_another_version_is_refused_clearly(tmp_path):
 
 def find_command(folder: Path, out: Path, index: Path) -> list[str]:
     return [sys.executable, "-m", "simbench", "find", str(folder), "--out", str(out), "--index", str(index),
-            "--method", "keypoints", "-q", "++index_batch=3"]
+            "--method", "keypoints", "-q", "index_batch=3"]
 
 
 def indexed_digests(index: Path) -> set[str]:

@@ -104,7 +104,7 @@ def collect(inputs, stages: list[Stage], cfg: DictConfig, index, work_parent: Pa
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=work_parent))
     try:
         records, n_new = read_new_sources(files, digests, stages, store, options, work, int(cfg.workers), progress,
-                                          int(cfg.get("index_batch", BATCH_IMAGES)))
+                                          int(cfg.index_batch))
     finally:
         shutil.rmtree(work, ignore_errors=True)  # renderings are not needed once features are stored
     store.save_hashes()
