@@ -178,6 +178,20 @@ def test_image_pairs_and_descriptor_comparisons_never_share_a_column_or_axis(tmp
     assert "| pairs/s | desc. cmp/s |" in (tmp_path / "r" / "summary.md").read_text()
 
 
+def test_a_re_made_folder_drops_outputs_the_report_no_longer_writes(tmp_path):
+    write_run(tmp_path / "runs" / "0", "hash-phash-exact")
+    out = tmp_path / "r"
+    out.mkdir()
+    stale = ["accuracy_vs_comparisons_per_s.png", "accuracy_vs_comparisons_per_s.svg", "cpu_vs_gpu.md",
+             "accuracy_vs_descriptor_comparisons_per_s.png", "pr_curves.svg"]
+    for name in [*stale, "notes.md"]:
+        (out / name).write_text("old")
+    written = report.report([tmp_path / "runs"], out, n_boot=0, formats=["png"])
+    assert not any((out / name).exists() for name in stale)
+    assert (out / "notes.md").exists()  # not the report's: kept
+    assert {p.name for p in out.iterdir()} == {p.name for v in written.values() for p in v} | {"notes.md"}
+
+
 def test_old_result_files_map_comparisons_per_s_by_method(tmp_path):
     """Before the split, timing.comparisons_per_s was descriptor distances for keypoint methods and image
     pairs for the others."""

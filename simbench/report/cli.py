@@ -55,8 +55,6 @@ def report(paths: Sequence[str | Path], out: str | Path, n_boot: int = 200, seed
         written["tables"].append(out / "transform_recall.md")
 
     pairs = cpu_gpu_rows(rows)
-    for stale in ("cpu_vs_gpu.md", "cpu_vs_gpu.tex", "cpu_vs_gpu.csv"):
-        (out / stale).unlink(missing_ok=True)  # a re-run without GPU runs must not keep an old table
     if pairs:
         (out / "cpu_vs_gpu.md").write_text(markdown_table(pairs, CPU_GPU_COLUMNS))
         (out / "cpu_vs_gpu.tex").write_text(latex_table(
@@ -73,7 +71,22 @@ def report(paths: Sequence[str | Path], out: str | Path, n_boot: int = 200, seed
 
     _write_index(out, rows, pairs, written, paths, n_boot, seed, command)
     written["tables"].append(out / "README.md")
+    _remove_stale(out, written)
     return written
+
+
+#: Names of what report() writes now or wrote in earlier versions (accuracy_vs_comparisons_per_s.*).
+GENERATED = ("summary.*", "cpu_vs_gpu.*", "transform_recall*.*", "pr_curves*.*", "accuracy_vs_*.*")
+
+
+def _remove_stale(out: Path, written: dict[str, list[Path]]) -> None:
+    """Delete report outputs in `out` that this call did not write (old names, tables or plots whose runs
+    are gone, other formats), so a re-made folder holds only what its runs produce."""
+    keep = {p.name for v in written.values() for p in v}
+    for pattern in GENERATED:
+        for path in out.glob(pattern):
+            if path.is_file() and path.name not in keep:
+                path.unlink()
 
 
 def _write_index(out: Path, rows, pairs, written, paths, n_boot, seed, command) -> None:
