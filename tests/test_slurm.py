@@ -5,8 +5,9 @@ What the single-node setup needs, and why (all of it in a fresh temporary folder
 - **Root.** slurmd starts every job step through slurmstepd, which switches to the job's user; that needs
   root. The tests are skipped when not run as root (CI runs as root: it apt-installs).
 - **munge** (SLURM's ``auth/munge`` and ``cred/munge``): a 1 KiB random key (mode 0400, owner root, in a
-  0755 folder that only root can write: munged checks this), and ``munged --force`` (it refuses to run
-  as root without it) with its own socket, pid, log and seed files. slurm.conf points SLURM at that socket
+  0755 folder that only root can write: munged checks this), and ``munged --force`` with its own socket,
+  pid, log and seed files (here munged runs as root without --force too; with it, a lax permission on a
+  parent folder elsewhere is a warning instead of a refusal). slurm.conf points SLURM at that socket
   with ``AuthInfo=socket=...``, so no system munged and no /etc/munge are needed.
 - **slurm.conf** (``SLURM_CONF`` points every client command -- sinfo, srun, sbatch, and dask-jobqueue's
   sbatch/scancel -- at it; the daemons get ``-f``): ``SlurmUser=root`` and ``SlurmdUser=root``;
@@ -31,10 +32,15 @@ node idle about a second after the daemons start, ``srun hostname`` and ``sbatch
 dask-jobqueue's SLURMCluster gets its workers in about 5 s. The messages slurmd and slurmctld print about
 ``mpi/pmix`` ("can not load PMIx library") are harmless: Debian builds the pmix plugin, no MPI is used.
 
-The tests, from the bottom up: SLURM alone (srun, sbatch); dask-jobqueue's SLURMCluster with a
-distributed Client whose tasks report the SLURM job they ran in; ``simbench find DIR --out OUT --method hash
-cluster=slurm ...`` on about 12 generated images, whose pairs must equal an in-process run; and, without
-SLURM, the job script SLURMCluster generates from conf/cluster/slurm.yaml.
+The tests, from the bottom up (about 40 s in all on 2 cores, most of it the find): SLURM alone (srun,
+sbatch); dask-jobqueue's SLURMCluster with a distributed Client whose tasks report the SLURM job they ran
+in; ``simbench find DIR --out OUT --method hash cluster=slurm cluster.queue=debug ...`` on 12 generated
+images (two 1-core jobs; extraction runs only as Dask tasks there), whose pairs and scores must equal an
+in-process run, and whose workers must be new SLURM jobs that registered with the run's scheduler; a
+partition SLURM does not know is refused at start (``sbatch --test-only``) with SLURM's words. Without
+SLURM: the job script that ``cluster=slurm`` builds from conf/cluster/slurm.yaml (defaults and overrides:
+partition, account, cores, memory, walltime, extra #SBATCH lines, prologue), made with sbatch pretended
+and no job started.
 """
 from __future__ import annotations
 
