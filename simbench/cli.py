@@ -123,6 +123,13 @@ def find_parser():
                              "recall at precision 0.9, recall per label; written to DIR/metrics.json")
     parser.add_argument("--calibration", metavar="FILE", default=None,
                         help="score tables fitted by `simbench calibrate`, used before the shipped ones")
+    parser.add_argument("--cluster", default=None, choices=("none", "local", "slurm", "gpu"),
+                        help="run extraction and matching on Dask (the same as cluster=...; its settings are "
+                             "cluster.KEY=VALUE, see conf/cluster/): local = worker processes on this machine "
+                             "(chosen by itself above 20,000 files), slurm = jobs of dask-jobqueue, gpu = dask-cuda")
+    parser.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                        help="use the running Dask scheduler at ADDRESS (tcp://host:8786); its workers must see "
+                             "the input files and the --index / --out folders")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     return parser
 
@@ -144,6 +151,8 @@ def find_main(argv: list[str]) -> int:
     parser = find_parser()
     args = parser.parse_intermixed_args(argv)  # overrides may follow the options
     inputs, overrides = split_overrides(args.paths)
+    overrides += [f"cluster={args.cluster}"] * bool(args.cluster)  # after the others: the flag wins
+    overrides += [f"cluster.scheduler={args.scheduler}"] * bool(args.scheduler)
     if not inputs:
         parser.error("give at least one folder, image or PDF")
     if args.calibration is not None and not os.path.isfile(args.calibration):
@@ -164,7 +173,13 @@ def find_main(argv: list[str]) -> int:
         cfg.threshold = args.threshold
     if args.calibration is not None:
         cfg.calibration = os.path.abspath(args.calibration)
-    result = find(inputs, args.out, cfg, index=args.index, progress=not args.quiet)
+    from simbench.distributed.cluster import ClusterError
+
+    try:
+        result = find(inputs, args.out, cfg, index=args.index, progress=not args.quiet)
+    except ClusterError as exc:  # a cluster that cannot start or be reached: why, without a traceback
+        print(f"simbench find: {exc}", file=sys.stderr)
+        return 2
     print(result.summary(args.out, float(cfg.threshold)))
     if args.truth:
         from simbench.find.pipeline import score_against

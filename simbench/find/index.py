@@ -237,6 +237,10 @@ class FeatureStore:
         for digest in records:
             holders.setdefault(digest, []).insert(0, manifest)
 
+    def reload(self) -> None:
+        """Read the manifests again on next use: shards other processes (Dask workers) wrote become visible."""
+        self._manifests.clear()
+
     # -- shards ------------------------------------------------------------------------------------
 
     def _dir(self, section: str, pkey: str) -> Path:

@@ -22,6 +22,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from simbench.distributed.cluster import ClusterSession
 from simbench.find import blank, cascade, outputs, report
 from simbench.find.cascade import FusedPairs, Stage
 from simbench.find.index import (BATCH_IMAGES, SOURCES_KIND, FeatureStore, consistent, join_features, params_key,
@@ -68,9 +69,10 @@ def find(inputs: Sequence[str | Path], out_dir: str | Path, cfg: DictConfig | No
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     stages = cascade.build_stages(cfg)
-    collected = collect(inputs, stages, cfg, index, out_dir, progress)
-    t = time.perf_counter()
-    raw = raw_evidence(stages, collected.features, progress)
+    with ClusterSession(cfg.get("cluster"), progress, auto=True) as cluster:  # Dask, when chosen or large
+        collected = collect(inputs, stages, cfg, index, out_dir, progress, cluster)
+        t = time.perf_counter()
+        raw = raw_evidence(stages, collected.features, progress, cluster.client)
     pairs = score(collected.items, stages, raw, cfg, collected.features, collected.blank)
     groups = outputs.duplicate_groups(pairs, len(collected.items), float(cfg.threshold))
     timing = {**collected.timing, "match_s": time.perf_counter() - t, "total_s": time.perf_counter() - t0}
@@ -94,17 +96,24 @@ class Collected:
     blank: dict[int, str] = field(default_factory=dict)  # item index -> reason (simbench.find.blank)
 
 
-def collect(inputs, stages: list[Stage], cfg: DictConfig, index, work_parent: Path, progress: bool) -> Collected:
-    """Steps 1-3: list and hash the files, read and extract what the index lacks, load all features."""
+def collect(inputs, stages: list[Stage], cfg: DictConfig, index, work_parent: Path, progress: bool,
+            cluster: ClusterSession | None = None) -> Collected:
+    """Steps 1-3: list and hash the files, read and extract what the index lacks, load all features.
+
+    cluster: started here once the number of files is known; with a Dask client, extraction runs as its tasks."""
     t0 = time.perf_counter()
     store = FeatureStore(index)
     options = PdfOptions(**OmegaConf.to_container(cfg.pdf))
     files, digests, skipped = list_and_hash(inputs, store, progress)
+    if cluster is not None and cluster.start(len(files)) is None:
+        cluster = None
+    if cluster is not None and store.root is None:  # workers write the shards: a folder they all see
+        store = FeatureStore(cluster.scratch_dir(work_parent, ".index-"))
     store.save_hashes()  # now, so that a run killed while extracting need not hash again
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=work_parent))
     try:
         records, n_new = read_new_sources(files, digests, stages, store, options, work, int(cfg.workers), progress,
-                                          int(cfg.index_batch))
+                                          int(cfg.index_batch), cluster)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # renderings are not needed once features are stored
     store.save_hashes()
@@ -142,14 +151,23 @@ def feature_key(stage: Stage) -> str:
     return params_key({"extractor": stage.extractor.name, "params": stage.extractor.params()})
 
 
+def index_sections(stages: list[Stage], options: PdfOptions) -> list[tuple[str, str, str]]:
+    """(section, params key, kind) of each record a file needs in the index: its sources, then each stage's."""
+    return [(SOURCES, sources_key(options), SOURCES_KIND)] + [(s.section, feature_key(s), s.extractor.kind)
+                                                               for s in stages]
+
+
 def read_new_sources(files, digests, stages: list[Stage], store: FeatureStore, options: PdfOptions,
                      work: Path, workers: int, progress: bool,
-                     batch: int = BATCH_IMAGES) -> tuple[list[SourceRecord], int]:
+                     batch: int = BATCH_IMAGES, cluster=None) -> tuple[list[SourceRecord], int]:
     """Every file's SourceRecord: from the index when it holds the file's images and all their features,
     else read now (and its features extracted and stored, `batch` images at a time: one index shard per
-    stage and batch, so a killed run keeps every finished batch). Returns (records, number read now)."""
+    stage and batch, so a killed run keeps every finished batch). Returns (records, number read now).
+
+    cluster: a started simbench.distributed.cluster.ClusterSession: Dask tasks read and extract chunks of
+    files into the (on-disk) store, and every record is then read from it."""
     skey = sources_key(options)
-    sections = [(SOURCES, skey, SOURCES_KIND)] + [(s.section, feature_key(s), s.extractor.kind) for s in stages]
+    sections = index_sections(stages, options)
     found = [store.check(section, pkey, digests, kind) for section, pkey, kind in sections]
     complete = []
     for k, d in enumerate(digests):
@@ -159,19 +177,32 @@ def read_new_sources(files, digests, stages: list[Stage], store: FeatureStore, o
                         "; ".join(unusable))
         complete.append(all(d in status and status[d] is None for status in found))
     todo = [k for k, done in enumerate(complete) if not done]
-    fresh = read_sources([files[k] for k in todo], [digests[k] for k in todo], work, options, workers, progress)
+    if cluster is not None:
+        from simbench.distributed.extract import extract_on_cluster
+
+        extract_on_cluster(cluster, [files[k] for k in todo], [digests[k] for k in todo], stages, store, options,
+                           batch, progress)
+        fresh = []
+    else:
+        fresh = read_sources([files[k] for k in todo], [digests[k] for k in todo], work, options, workers,
+                             progress)
     for group in shard_groups([len(record.images) for record in fresh], batch):
-        part, part_digests = [fresh[i] for i in group], [digests[todo[i]] for i in group]
-        for stage in stages:
-            extract_into_store(stage, part, part_digests, store, progress)
-        # Last: a file counts as indexed only once its sources record is there too.
-        store.put_batch(SOURCES, skey, {d: record.for_index() for d, record in zip(part_digests, part)})
+        store_batch([fresh[i] for i in group], [digests[todo[i]] for i in group], stages, store, skey, progress)
     fresh_by_position = dict(zip(todo, fresh))
     stored = store.get_many(SOURCES, skey, [d for k, d in enumerate(digests) if k not in fresh_by_position],
                             SOURCES_KIND)
     records = [fresh_by_position.get(k) or stored.get(digest) or SourceRecord("missing")
                for k, digest in enumerate(digests)]
     return records, len(todo)
+
+
+def store_batch(records: list[SourceRecord], digests: list[str], stages: list[Stage], store: FeatureStore,
+                skey: str, progress: bool) -> None:
+    """One batch of read files into the index: each stage's features, then the files' sources records."""
+    for stage in stages:
+        extract_into_store(stage, records, digests, store, progress)
+    # Last: a file counts as indexed only once its sources record is there too.
+    store.put_batch(SOURCES, skey, {d: record.for_index() for d, record in zip(digests, records)})
 
 
 def extract_into_store(stage: Stage, records: list[SourceRecord], digests: list[str], store: FeatureStore,
@@ -257,11 +288,12 @@ def unusable(items: list[Item], features: dict, listed: set[int] = frozenset()) 
 # 4. Scoring
 
 
-def raw_evidence(stages: list[Stage], features: dict, progress: bool) -> dict[str, ScoredPairs]:
-    """Each stage's pairs in item indices with its raw signal as the score (what calibration maps)."""
+def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=None) -> dict[str, ScoredPairs]:
+    """Each stage's pairs in item indices with its raw signal as the score (what calibration maps);
+    with a Dask client, matched through simbench.distributed.match_stage."""
     out = {}
     for stage in stages:
-        found = stage_pairs(stage, features[stage.name], progress)
+        found = stage_pairs(stage, features[stage.name], progress, client)
         out[stage.name] = ScoredPairs(found.a, found.b, stage.raw_signal(found))
     return out
 
@@ -294,7 +326,7 @@ def score(items: list[Item], stages: list[Stage], raw: dict[str, ScoredPairs], c
     return fused.subset(np.flatnonzero(fused.score >= float(cfg.min_score)))
 
 
-def stage_pairs(stage: Stage, stage_features, progress: bool = False) -> ScoredPairs:
+def stage_pairs(stage: Stage, stage_features, progress: bool = False, client=None) -> ScoredPairs:
     """One stage's raw pairs (scores and extras as its method gives them), in item indices."""
     feats, rows, _ = stage_features
     if len(rows) < 2:
@@ -303,7 +335,12 @@ def stage_pairs(stage: Stage, stage_features, progress: bool = False) -> ScoredP
     if progress:
         print(f"{stage.name}: matching {len(rows)} images", flush=True)
     stage.method.matcher.progress = progress
-    found = stage.method.score_pairs(feats)
+    if client is not None:
+        from simbench.distributed import match_stage
+
+        found = match_stage(client, stage.method, feats, progress, stage.name)
+    else:
+        found = stage.method.score_pairs(feats)
     a, b = rows[found.a], rows[found.b]
     return ScoredPairs(np.minimum(a, b), np.maximum(a, b), found.score, found.extra)
 
