@@ -55,7 +55,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -77,11 +76,12 @@ def _free_port() -> int:
 def _node_line(host: str) -> str:
     """The node as slurmd measures it (`slurmd -C`), else CPUs and memory from this process's view."""
     try:
-        out = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, timeout=20, check=False).stdout
         line = next(l for l in out.splitlines() if l.startswith("NodeName="))
         fields = [f for f in line.split()[1:] if not f.startswith("UpTime")]
     except (StopIteration, OSError, subprocess.SubprocessError):
-        mem_kb = int(next(l for l in open("/proc/meminfo") if l.startswith("MemTotal")).split()[1])
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        mem_kb = int(next(l for l in meminfo if l.startswith("MemTotal")).split()[1])
         fields = [f"CPUs={os.cpu_count()}", f"RealMemory={mem_kb // 1024}"]
     return " ".join([f"NodeName={host}", "NodeAddr=127.0.0.1", *fields, "State=UNKNOWN"])
 
@@ -135,7 +135,7 @@ class Slurm:
 
     def run(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout,
-                              cwd=self.root)
+                              cwd=self.root, check=False)
 
     def logs(self) -> str:
         text = []
@@ -144,9 +144,9 @@ class Slurm:
         return "\n".join(text)
 
     def start(self, name: str, cmd: list[str]) -> None:
-        log = open(self.root / "log" / f"{name}.out", "w")
-        self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
+        with open(self.root / "log" / f"{name}.out", "w") as log:  # the child keeps its own descriptor
+            self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
 
     def job_ids(self) -> list[str]:
         out = self.run("squeue", "-h", "-o", "%i").stdout
@@ -334,7 +334,8 @@ def test_find_through_slurm_equals_the_in_process_run(slurm, tmp_path):
            "cluster.cores=1", "cluster.memory=2GiB", "cluster.walltime=00:05:00", "cluster.jobs=2",
            f"cluster.log_directory={logs}"]
     before = _last_job_id(slurm)
-    done = subprocess.run(cmd, env=slurm.env, capture_output=True, text=True, timeout=150, cwd=tmp_path)
+    done = subprocess.run(cmd, env=slurm.env, capture_output=True, text=True, timeout=150, cwd=tmp_path,
+                          check=False)
     assert done.returncode == 0, done.stdout + done.stderr + slurm.logs()
     assert _pairs(tmp_path / "slurm") == expected
     # The work ran in SLURM jobs: new jobs, each a Dask worker that joined the run's scheduler.
@@ -392,9 +393,22 @@ def _job_script(cluster_cfg, monkeypatch) -> str:
     return script
 
 
+def _yaml_default_lines() -> tuple[list[str], list[str]]:
+    """The #SBATCH lines conf/cluster/slurm.yaml's own values give (read from the file, not composed)."""
+    from dask.utils import parse_bytes
+    from dask_jobqueue.slurm import slurm_format_bytes_ceil
+    from omegaconf import OmegaConf
+
+    y = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "cluster" / "slurm.yaml")
+    lines = [f"#SBATCH --cpus-per-task={y.cores}", f"#SBATCH --mem={slurm_format_bytes_ceil(parse_bytes(y.memory))}",
+             f"#SBATCH -t {y.walltime}", *(f"#SBATCH {d}" for d in y.job_extra_directives), *y.job_script_prologue]
+    lines += [f"#SBATCH -p {y.queue}"] * (y.queue is not None) + [f"#SBATCH -A {y.account}"] * (y.account is not None)
+    absent = ["#SBATCH -p"] * (y.queue is None) + ["#SBATCH -A"] * (y.account is None)
+    return lines, absent
+
+
 @pytest.mark.parametrize("overrides, lines, absent", [
-    ([], ["#SBATCH --cpus-per-task=8", "#SBATCH --mem=32G", "#SBATCH -t 01:00:00"],
-     ["#SBATCH -p", "#SBATCH -A"]),
+    ([], None, None),
     (["cluster.queue=gpu-long", "cluster.account=proj42", "cluster.cores=4", "cluster.memory=16GiB",
       "cluster.walltime=02:30:00", 'cluster.job_extra_directives=["--qos=long","--constraint=skylake"]',
       'cluster.job_script_prologue=["source /opt/venv/bin/activate"]'],
@@ -407,13 +421,16 @@ def test_job_script_from_conf_cluster_slurm(overrides, lines, absent, monkeypatc
 
     cfg = make_config("hash", ["cluster=slurm", *overrides])
     script = _job_script(cfg.cluster, monkeypatch)
+    if lines is None:
+        lines, absent = _yaml_default_lines()
     script_lines = script.splitlines()
     for line in lines:
         assert line in script_lines, script
     for prefix in absent:
         assert not any(l.startswith(prefix + " ") for l in script_lines), script
-    # One worker process per core, one thread each, sharing the job's memory; the extra lines come before it.
+    # `processes` worker processes (null: one per core) sharing the job's cores; the extra lines come first.
     worker = next(l for l in script_lines if "distributed.cli.dask_worker" in l)
-    cores = int(cfg.cluster.cores)
-    assert f"--nthreads 1" in worker and (cores == 1 or f"--nworkers {cores}" in worker), worker
+    cores, processes = int(cfg.cluster.cores), int(cfg.cluster.processes or cfg.cluster.cores)
+    assert f"--nthreads {cores // processes}" in worker, worker
+    assert (processes == 1 and "--nworkers" not in worker) or f"--nworkers {processes}" in worker, worker
     assert all(script_lines.index(l) < script_lines.index(worker) for l in lines)
