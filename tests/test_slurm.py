@@ -203,22 +203,23 @@ def slurm():
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin"  # munged, slurmd, slurmctld live there
     # A short path: munge's socket must fit in a unix socket address (108 bytes).
     root = Path(tempfile.mkdtemp(prefix="simbench-slurm-"))
-    os.chmod(root, 0o755)
-    for sub in ("state", "spool", "log", "munge"):
-        (root / sub).mkdir()
-    key = root / "munge" / "munge.key"
-    key.write_bytes(os.urandom(1024))
-    key.chmod(0o400)
-    munge_socket = root / "munge" / "munge.sock"
-    host = socket.gethostname().split(".")[0]
     cluster = Slurm(root)
-    cluster.conf.write_text(slurm_conf(root, host, munge_socket))
-    old_conf = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(cluster.conf)  # for dask-jobqueue's sbatch/scancel in this process
+    old_env = {k: os.environ.get(k) for k in ("PATH", "SLURM_CONF")}
     try:
+        os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin"  # munged, slurmd, slurmctld live there
+        os.environ["SLURM_CONF"] = str(cluster.conf)  # for dask-jobqueue's sbatch/scancel in this process
+        cluster.env = {**os.environ}
+        os.chmod(root, 0o755)
+        for sub in ("state", "spool", "log", "munge"):
+            (root / sub).mkdir()
+        key = root / "munge" / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o400)
+        munge_socket = root / "munge" / "munge.sock"
+        host = socket.gethostname().split(".")[0]
+        cluster.conf.write_text(slurm_conf(root, host, munge_socket))
         cluster.start("munged", ["munged", "-F", "--force", f"--socket={munge_socket}", f"--key-file={key}",
                                  f"--pid-file={root / 'munge' / 'munged.pid'}",
                                  f"--seed-file={root / 'munge' / 'munged.seed'}",
@@ -241,10 +242,11 @@ def slurm():
         yield cluster
     finally:
         cluster.stop()
-        if old_conf is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = old_conf
+        for name, value in old_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -309,17 +311,7 @@ def _pairs(out: Path) -> list[tuple[str, str, str, str]]:
         return [(r["a"], r["b"], r["score"], r["method"]) for r in csv.DictReader(f)]
 
 
-def _have_cluster_code() -> bool:
-    try:
-        import simbench.distributed.cluster  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def test_find_through_slurm_equals_the_in_process_run(slurm, tmp_path):
-    if not _have_cluster_code():
-        pytest.skip("simbench.distributed.cluster (cluster=slurm for `simbench find`) is not written yet")
     from simbench.cli import find_main
 
     images = tmp_path / "images"
@@ -346,8 +338,6 @@ def test_find_through_slurm_equals_the_in_process_run(slurm, tmp_path):
 
 def test_a_job_slurm_refuses_is_an_error_with_slurms_words(slurm, tmp_path, monkeypatch):
     """A wrong partition fails at start (sbatch --test-only), not as workers that never come."""
-    if not _have_cluster_code():
-        pytest.skip("simbench.distributed.cluster (cluster=slurm) is not written yet")
     from simbench.distributed.cluster import ClusterError, settings_dict, start_cluster
     from simbench.find.cascade import make_config
 
@@ -374,8 +364,6 @@ def _last_job_id(slurm: Slurm) -> int:
 def _job_script(cluster_cfg, monkeypatch) -> str:
     """The job script simbench's cluster=slurm would submit, made where SLURM is absent: sbatch is
     pretended on PATH, its --test-only check records the script, and no job is started (scale is a no-op)."""
-    if not _have_cluster_code():
-        pytest.skip("simbench.distributed.cluster (cluster=slurm) is not written yet")
     from dask_jobqueue import SLURMCluster
 
     from simbench.distributed import cluster as cluster_module
