@@ -19,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from simbench import CONFIG_MODULE, cache, environment
 from simbench.data.dataset import Dataset
+from simbench.distributed import match_stage
+from simbench.distributed.cluster import ClusterSession
 from simbench.evaluate import evaluate
 from simbench.features.base import Extracted, Extractor
 from simbench.types import KeypointSets, ScoredPairs
@@ -27,8 +29,10 @@ CONFIG_DIR = str(resources.files(CONFIG_MODULE))  # for initialize_config_dir (t
 log = logging.getLogger("simbench")
 
 
-def extract_cached(extractor: Extractor, dataset: Dataset, cfg: DictConfig) -> tuple[Extracted, float, bool]:
-    """Features of the dataset's images, from the cache when the same images and parameters were seen.
+def extract_cached(extractor: Extractor, dataset: Dataset, cfg: DictConfig,
+                   cluster: ClusterSession | None = None) -> tuple[Extracted, float, bool]:
+    """Features of the dataset's images, from the cache when the same images and parameters were seen
+    (else extracted here, or as Dask tasks when `cluster` has a client).
 
     Returns (extracted, extraction seconds as measured when they were extracted, whether cached).
     """
@@ -39,7 +43,12 @@ def extract_cached(extractor: Extractor, dataset: Dataset, cfg: DictConfig) -> t
         if hit is not None:
             return hit["extracted"], hit["extract_s"], True
     start = time.perf_counter()
-    extracted = extractor.extract(dataset.paths, progress=cfg.progress)
+    if cluster is not None:
+        from simbench.distributed.extract import extract_paths
+
+        extracted = extract_paths(cluster, extractor, dataset.paths, bool(cfg.progress))
+    else:
+        extracted = extractor.extract(dataset.paths, progress=cfg.progress)
     extract_s = time.perf_counter() - start
     if cfg.cache_features:
         cache.save(path, {"extracted": extracted, "extract_s": extract_s})
@@ -81,13 +90,20 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> dict:
     environment.reset_peak_rss()
     dataset: Dataset = instantiate(cfg.dataset).load(progress=cfg.progress)
     method = instantiate(cfg.method)
-    extracted, extract_s, cached = extract_cached(method.extractor, dataset, cfg)
+    cluster = ClusterSession(cfg.get("cluster"), bool(cfg.progress))  # cluster=local|slurm|gpu: Dask
+    try:
+        client = cluster.start()
+        extracted, extract_s, cached = extract_cached(method.extractor, dataset, cfg,
+                                                      cluster if client is not None else None)
 
-    warm_up(method, extracted.features)
-    method.matcher.progress = bool(cfg.progress)
-    t_match = time.perf_counter()
-    scored = method.score_pairs(extracted.features)
-    match_s = time.perf_counter() - t_match
+        warm_up(method, extracted.features)
+        method.matcher.progress = bool(cfg.progress)
+        t_match = time.perf_counter()
+        scored = (method.score_pairs(extracted.features) if client is None
+                  else match_stage(client, method, extracted.features, bool(cfg.progress)))
+        match_s = time.perf_counter() - t_match
+    finally:
+        cluster.close()
     pairs = to_dataset_indices(scored, extracted.rows)
 
     # True pairs with an unreadable image cannot be found by any method: they are reported in `skipped`

@@ -1,0 +1,179 @@
+"""simbench on a Dask LocalCluster (2 worker processes): the same pairs as in-process, a killed worker
+survived, finished chunks not redone, the runner's metrics unchanged, clear errors for clusters that
+cannot start.
+
+One cluster serves the module (reached with --scheduler); the runner test starts its own (cluster=local).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import PHOTOS, photo
+from simbench.cli import find_main
+
+pytest.importorskip("distributed")
+
+FILES_PER_TASK = 4
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """36 files: 12 photographs, each also cropped (JPEG) and rotated by 90 degrees and shrunk (PNG)."""
+    root = tmp_path_factory.mktemp("images")
+    for name in PHOTOS[:12]:
+        img = Image.fromarray(photo(name))
+        w, h = img.size
+        img.save(root / f"{name}.jpg", quality=90)
+        img.crop((w // 10, h // 10, w - w // 8, h - h // 6)).save(root / f"{name}_crop.jpg", quality=85)
+        img.rotate(90, expand=True).resize((h * 2 // 3, w * 2 // 3)).save(root / f"{name}_rot.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A LocalCluster of 2 single-threaded worker processes with a small memory limit, and a Client."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="1.5GiB",
+                      dashboard_address=":0") as local, Client(local) as client:
+        yield local, client
+
+
+def run_find(images: Path, out: Path, method: str, *extra: str) -> str:
+    assert find_main([str(images), "--out", str(out), "--quiet", "--method", method, *extra]) == 0
+    return (out / "pairs.csv").read_text()
+
+
+_in_process: dict[str, str] = {}
+
+
+def in_process(images: Path, tmp_path_factory, method: str) -> str:
+    """pairs.csv of the in-process run (each method run once for the module)."""
+    if method not in _in_process:
+        _in_process[method] = run_find(images, tmp_path_factory.mktemp(f"alone-{method}"), method)
+    return _in_process[method]
+
+
+@pytest.mark.parametrize("method", ["hash", "keypoints", "cascade"])
+def test_find_on_a_cluster_gives_the_in_process_pairs(images, cluster, tmp_path_factory, tmp_path, method):
+    local, _ = cluster
+    expected = in_process(images, tmp_path_factory, method)
+    found = run_find(images, tmp_path / "out", method, "--scheduler", local.scheduler_address,
+                     f"cluster.files_per_task={FILES_PER_TASK}")
+    assert found.count("\n") > 1 and found == expected  # same pairs, scores and columns, byte for byte
+    assert not list(tmp_path.glob("out/.index-*"))  # the scratch store shared by workers is removed
+
+
+def stored_sources(index: Path) -> list[Path]:
+    return sorted(index.glob("sources/*/*.json"))
+
+
+def test_a_killed_worker_is_survived_and_stored_chunks_are_not_redone(images, cluster, tmp_path_factory,
+                                                                      tmp_path, capsys):
+    local, client = cluster
+    expected = in_process(images, tmp_path_factory, "keypoints")
+    index = tmp_path / "index"
+    n_tasks = -(-36 // 2)
+    killed = {}
+
+    def kill_one_worker_mid_run():
+        """Once some chunks are stored and most are not, SIGKILL one worker process (its nanny restarts it)."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not stored_sources(index):
+            time.sleep(0.05)
+        pids = client.run(os.getpid)
+        killed["done_before"] = len(stored_sources(index))
+        os.kill(sorted(pids.values())[0], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_one_worker_mid_run)
+    killer.start()
+    found = run_find(images, tmp_path / "out", "keypoints", "--index", str(index), "--scheduler",
+                     local.scheduler_address, "cluster.files_per_task=2")
+    killer.join()
+    assert 0 < killed["done_before"] < n_tasks  # the kill came mid-extraction
+    assert found == expected
+    client.wait_for_workers(2, timeout=60)  # the nanny's new worker, for the tests after this one
+
+    # A re-run finds every chunk stored: nothing read again, no task submitted.
+    capsys.readouterr()
+    assert run_find(images, tmp_path / "again", "keypoints", "--index", str(index), "--scheduler",
+                    local.scheduler_address, "cluster.files_per_task=2") == expected
+    assert "0 new to the index" in capsys.readouterr().out
+
+    # One chunk's sources record lost: only its files are read and extracted again.
+    manifests = stored_sources(index)
+    lost = json.loads(manifests[-1].read_text())["digests"]
+    manifests[-1].unlink()
+    assert run_find(images, tmp_path / "partly", "keypoints", "--index", str(index), "--scheduler",
+                    local.scheduler_address, "cluster.files_per_task=2") == expected
+    assert f"{len(lost)} new to the index" in capsys.readouterr().out
+
+
+def test_a_stored_chunk_is_not_extracted_again(images, tmp_path):
+    """What a retried task does first (a task killed after it stored its chunk does nothing the next time)."""
+    from simbench.distributed.extract import extract_chunk
+    from simbench.find.cascade import build_stages, make_config
+    from simbench.find.index import file_sha256
+    from simbench.find.pdf import PdfOptions
+
+    stages = build_stages(make_config("hash"), calibrations={}, quiet=True)
+    files = sorted(str(p) for p in images.glob("*.jpg"))[:3]
+    digests = [file_sha256(f) for f in files]
+    assert extract_chunk(files, digests, stages, str(tmp_path), PdfOptions()) == 3
+    assert extract_chunk(files, digests, stages, str(tmp_path), PdfOptions()) == 0
+    assert len(list(tmp_path.glob("*/*/*.json"))) == 2  # one shard of hashes, one of sources
+
+
+def test_runner_on_a_local_cluster_gives_the_same_metrics(tmp_path):
+    tiny = ["hash=phash", "dataset.n_references=3", "dataset.n_distractors=4", "progress=false",
+            "cache_features=false"]
+    env = dict(os.environ, SIMBENCH_CACHE=str(tmp_path / "cache"), HYDRA_FULL_ERROR="1")
+    results = []
+    for name, extra in (("alone", []), ("local", ["cluster=local", "cluster.n_workers=2",
+                                                  "cluster.memory_limit=1GiB", "cluster.files_per_task=8"])):
+        proc = subprocess.run([sys.executable, "-m", "simbench", *tiny, *extra, f"hydra.run.dir={tmp_path / name}"],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        results.append(json.loads((tmp_path / name / "result.json").read_text()))
+    assert "Dask LocalCluster" in proc.stdout and "2 workers" in proc.stdout
+    assert results[1]["config"]["cluster"]["kind"] == "local"
+    assert results[0]["metrics"] == results[1]["metrics"]
+    assert results[0]["skipped"] == results[1]["skipped"]
+
+
+def test_clusters_that_cannot_start_say_why(images, tmp_path, capsys, monkeypatch):
+    from simbench.distributed.cluster import ClusterError, ClusterSession
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    assert find_main([str(images), "--out", str(tmp_path / "o"), "--quiet", "--method", "hash",
+                      "--cluster", "slurm"]) == 2
+    assert "sbatch, which is not on PATH" in capsys.readouterr().err
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        with pytest.raises(ClusterError, match="needs dask-cuda"):
+            ClusterSession({"kind": "gpu"}).start()
+    with pytest.raises(ClusterError, match="unknown cluster kind"):
+        ClusterSession({"kind": "cloud"})
+
+
+def test_local_sizes_follow_the_machine():
+    from simbench.distributed.cluster import AUTO_LOCAL_FILES, ClusterSession, local_sizes
+
+    n, threads, memory = local_sizes()
+    assert n >= 1 and threads == 1 and memory > 0
+    assert local_sizes(3, 2, "2GiB") == (3, 2, "2GiB")
+    small = ClusterSession({"kind": "none"}, auto=True)
+    assert small.start(AUTO_LOCAL_FILES) is None  # in-process up to the rule's size
+    quiet = ClusterSession({"kind": "none", "auto_local": False}, auto=True)
+    assert quiet.start(AUTO_LOCAL_FILES + 1) is None
