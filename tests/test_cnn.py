@@ -363,6 +363,31 @@ def test_multicrop_and_channels_last(photo_files):
         tiny(augment="rotate")
 
 
+def test_blurred_view_averages_the_picture_and_its_blurred_copy(photo_files):
+    """Oracle: the embedding with blurred_view is the normalised mean of the network's embeddings of the
+    view and of that view blurred by PIL, each embedded on its own."""
+    from PIL import Image, ImageFilter
+
+    from simbench.features.cnn import embed_batch, load_views
+
+    path = photo_files["coffee"]
+    ext = tiny(blurred_view=2.0)
+    views = load_views(path, ext.prep)
+    assert views.shape[0] == 2 and ext.prep.n_views == 2
+    np.testing.assert_array_equal(views[1], np.asarray(Image.fromarray(views[0]).filter(ImageFilter.GaussianBlur(2.0))))
+    one = tiny().prep
+    with torch.inference_mode():
+        singles = [embed_batch(ext.model(), torch.from_numpy(views[k][None, None]), one, "cpu", False, False,
+                               False)[0] for k in range(2)]
+    expected = singles[0] + singles[1]
+    got = ext.extract([path]).features.vectors[0]
+    np.testing.assert_allclose(got, expected / np.linalg.norm(expected), atol=1e-5)
+    assert float(got @ singles[0]) < 0.99999  # the blurred view changed it
+    assert ext.params()["blurred_view"] == 2.0 and "blurred_view" not in tiny().params()  # old keys kept
+    with pytest.raises(ValueError, match="blurred_view"):
+        tiny(blurred_view=-1)
+
+
 def test_pca_whitening_decorrelates():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((500, 8)) @ rng.standard_normal((8, 8)) + 3.0

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from simbench.data.images import UnreadableImage, open_image
 from simbench.features.base import Extracted, Extractor
@@ -96,7 +96,8 @@ class MissingWeights(FileNotFoundError):
 class Preprocess:
     """What the weights expect: short side scaled to `resize`, centre `crop` x `crop`, then (x - mean) / std
     in 0..255 units. `views`: "centre" or "multicrop" (centre + four corners). decode_size: JPEG draft
-    decoding keeps the short side >= decode_size x the resize target. Picklable for workers."""
+    decoding keeps the short side >= decode_size x the resize target. blurred_view > 0: each view also
+    blurred (Gaussian, this radius in network pixels), appended after the views. Picklable for workers."""
 
     resize: int
     crop: int
@@ -105,10 +106,11 @@ class Preprocess:
     resample: int = Image.Resampling.BILINEAR
     views: str = "centre"
     decode_size: float = 1.0
+    blurred_view: float = 0.0
 
     @property
     def n_views(self) -> int:
-        return 5 if self.views == "multicrop" else 1
+        return (5 if self.views == "multicrop" else 1) * (2 if self.blurred_view > 0 else 1)
 
 
 def torchvision_weights(backbone: str):
@@ -165,7 +167,8 @@ def resolve_weights(backbone: str, weights: str) -> Path | None:
     return path
 
 
-def preprocess_for(backbone: str, image_size: int, augment: str | None, decode_size: float = 1.0):
+def preprocess_for(backbone: str, image_size: int, augment: str | None, decode_size: float = 1.0,
+                   blurred_view: float = 0.0):
     """The preprocessing the weights define, scaled to `image_size` (the crop side)."""
     if backbone == LITE0:
         resize, crop, mean, std = 256, 224, LITE_MEAN, LITE_STD
@@ -178,7 +181,8 @@ def preprocess_for(backbone: str, image_size: int, augment: str | None, decode_s
     # Keep the weights' crop fraction (e.g. 224 / 256) at other input sizes.
     resize = int(round(image_size * resize / crop))
     views = "multicrop" if augment == "multicrop" else "centre"
-    return Preprocess(resize, int(image_size), mean, std, int(resample), views, float(decode_size))
+    return Preprocess(resize, int(image_size), mean, std, int(resample), views, float(decode_size),
+                      float(blurred_view))
 
 
 def build_backbone(backbone: str, weights_file: Path | None, image_size: int, pooling: str = "avg",
@@ -368,9 +372,12 @@ def load_views(path: str | Path, prep: Preprocess) -> np.ndarray:
     boxes = [centre_box(im.size, prep.crop / prep.resize)]
     if prep.views == "multicrop":
         boxes += corner_boxes(im.size, CORNER_FRACTION)
-    out = np.empty((len(boxes), prep.crop, prep.crop, 3), np.uint8)
+    out = np.empty((prep.n_views, prep.crop, prep.crop, 3), np.uint8)
     for v, box in enumerate(boxes):
-        out[v] = np.asarray(im.resize((prep.crop, prep.crop), prep.resample, box=box))
+        view = im.resize((prep.crop, prep.crop), prep.resample, box=box)
+        out[v] = np.asarray(view)
+        if prep.blurred_view > 0:
+            out[len(boxes) + v] = np.asarray(view.filter(ImageFilter.GaussianBlur(prep.blurred_view)))
     return out
 
 
@@ -667,6 +674,10 @@ class CnnExtractor(Extractor):
         self.runtime_fallback says why it differs from the one asked for (None when it does not).
     pooling: "avg" (default; the backbone's own global average), "gem" (generalised mean with exponent
         gem_p, Radenović et al. 2018) or "rmac" (Tolias et al. 2016) of the last feature map.
+    blurred_view: 0 (off), or a Gaussian radius in network pixels: every view is embedded a second time
+        blurred, and the two averaged (test-time augmentation). The embedding then depends less on fine
+        detail that copies lose to JPEG, downscaling, scanning or blur, and that line drawings are made of
+        (`simbench find` uses 1.5, chosen on the tuning split: results/find.md). Twice the CNN's cost.
     """
 
     kind = "embedding"
@@ -675,7 +686,7 @@ class CnnExtractor(Extractor):
                  device: str = "cpu", strict_device: bool = False, half: bool = False,
                  channels_last: bool = False, whitening: str | None = None, whiten_dim: int | None = None,
                  augment: str | None = None, image_size: int = 224, decode_size: float = 1.0,
-                 runtime: str = "onnx", pooling: str = "avg", gem_p: float = 3.0):
+                 runtime: str = "onnx", pooling: str = "avg", gem_p: float = 3.0, blurred_view: float = 0.0):
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
         if augment not in AUGMENTS:
@@ -684,6 +695,8 @@ class CnnExtractor(Extractor):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if not float(gem_p) > 0:
             raise ValueError(f"gem_p must be > 0, got {gem_p}")
+        if float(blurred_view) < 0:
+            raise ValueError(f"blurred_view must be >= 0, got {blurred_view}")
         self.backbone = backbone
         self.weights = "none" if weights in (None, "None", "") else str(weights)
         self.batch_size = max(1, int(batch_size))
@@ -706,7 +719,8 @@ class CnnExtractor(Extractor):
         if not 0.0 < float(decode_size) <= 1.0:
             raise ValueError(f"decode_size must be in (0, 1], got {decode_size}")
         self.decode_size = float(decode_size)
-        self.prep = preprocess_for(backbone, self.image_size, augment, self.decode_size)
+        self.blurred_view = float(blurred_view)
+        self.prep = preprocess_for(backbone, self.image_size, augment, self.decode_size, self.blurred_view)
         self._model = None
 
     @property
@@ -720,7 +734,9 @@ class CnnExtractor(Extractor):
                 "whitening": self._whitening_identity(), "whiten_dim": self.whiten_dim,
                 "device": self.device, "half": self.half, "channels_last": self.channels_last,
                 "runtime": self.runtime, "pooling": self.pooling,
-                "gem_p": self.gem_p if self.pooling == "gem" else None}
+                "gem_p": self.gem_p if self.pooling == "gem" else None,
+                # Only when used, so that the caches and tables of before keep their keys.
+                **({"blurred_view": self.blurred_view} if self.blurred_view else {})}
 
     def _weights_identity(self):
         """"none", or the file that will be loaded with its size and time (a new file = a new cache entry)."""
