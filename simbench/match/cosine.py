@@ -120,11 +120,9 @@ class ExactCosineMatcher(EmbeddingMatcher):
         _check_dims(q, db)
         parts = []
         for q0 in range(0, len(q), self.query_block):
-            qb = q[q0 : q0 + self.query_block]
             d_start = q0 if upper else 0  # blocks left of the diagonal hold only b < a
-            for d0 in range(d_start, len(db), self.database_block):
-                sims = qb @ db[d0 : d0 + self.database_block].T
-                parts.append(_pairs_in_block(sims, q0, d0, t, upper))
+            parts += range_blocks(q[q0 : q0 + self.query_block], q0, db, 0, d_start, len(db),
+                                  self.database_block, t, upper)
         return Pairs.concat(parts, np.float32)
 
     def topk(self, queries, database, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,13 +134,37 @@ class ExactCosineMatcher(EmbeddingMatcher):
         sim = np.full((len(q), k), -np.inf, np.float32)
         for q0 in range(0, len(q), self.query_block):
             qb = q[q0 : q0 + self.query_block]
-            best = np.empty((len(qb), 0), np.int64)
-            for d0 in range(0, len(db), self.database_block):
-                sims = qb @ db[d0 : d0 + self.database_block].T
-                cols = np.arange(d0, d0 + sims.shape[1], dtype=np.int64)
-                best = merge_topk(best, sort_keys(sims, np.broadcast_to(cols, sims.shape)), k)
+            best = topk_blocks(qb, db, 0, 0, len(db), self.database_block, k)
             idx[q0 : q0 + len(qb)], sim[q0 : q0 + len(qb)] = finish_topk(best, k)
         return idx, sim
+
+
+# The two loops below are the whole of the exact matcher's arithmetic. simbench.distributed.match runs
+# them on slices of the database as tasks: `db` then holds only the global rows first, first + 1, ...
+# (the blocks' products are the same matrices as in one process, so the same floats).
+
+
+def range_blocks(qb: np.ndarray, q0: int, db: np.ndarray, first: int, d_begin: int, d_end: int, block: int,
+                 t: float, upper: bool) -> list[Pairs]:
+    """Pairs >= t of the query block qb (global rows from q0) with database rows d_begin..d_end (global),
+    `block` rows per product; db[i] is global row first + i."""
+    parts = []
+    for d0 in range(d_begin, d_end, block):
+        sims = qb @ db[d0 - first : min(d0 + block, d_end) - first].T
+        parts.append(_pairs_in_block(sims, q0, d0, t, upper))
+    return parts
+
+
+def topk_blocks(qb: np.ndarray, db: np.ndarray, first: int, d_begin: int, d_end: int, block: int,
+                k: int) -> np.ndarray:
+    """sort_keys of the k best database rows d_begin..d_end (global) per query of qb, unsorted (merge
+    with merge_topk, finish with finish_topk); `block` rows per product; db[i] is global row first + i."""
+    best = np.empty((len(qb), 0), np.int64)
+    for d0 in range(d_begin, d_end, block):
+        sims = qb @ db[d0 - first : min(d0 + block, d_end) - first].T
+        cols = np.arange(d0, d0 + sims.shape[1], dtype=np.int64)
+        best = merge_topk(best, sort_keys(sims, np.broadcast_to(cols, sims.shape)), k)
+    return best
 
 
 def _check_dims(q: np.ndarray, db: np.ndarray) -> None:

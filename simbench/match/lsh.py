@@ -283,6 +283,11 @@ def _greedy_assign(log_p, interaction, widths):
             gain = np.exp(log_pp[p] + delta) - np.exp(log_pp[p])
             if gain < best_gain:
                 best, best_gain, best_delta = p, gain, delta
+        if best < 0:  # every gain NaN (degenerate statistics, e.g. 2 rows): the first piece with room
+            best = np.argmax(count < widths)
+            best_delta = log_p[j]
+            for k in range(count[best]):
+                best_delta += interaction[j, members[best, k]]
         members[best, count[best]] = j
         count[best] += 1
         log_pp[best] += best_delta

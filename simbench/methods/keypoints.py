@@ -169,6 +169,11 @@ class KeypointMethod(Method):
         words = bytes_to_words(features.descriptors)
         return self.matcher.self_join(words, self.distance_threshold), m * (m - 1) // 2
 
+    def verify_candidates(self, features, matches, a, b, max_size) -> dict:
+        """RANSAC of the candidate pairs (a[k], b[k]) with this method's settings (`verify_pairs`); the
+        step simbench.distributed.match runs as tasks."""
+        return verify_pairs(features, matches, a, b, self.transform, self.ransac_threshold, max_size)
+
     def _verified(self, features, matches, counts, bag, extra) -> ScoredPairs:
         """Replace bag scores by verified scores (from `evidence`); keep only pairs with >= min_inliers
         inliers and, with `coverage`, a covered share >= min_coverage."""
@@ -179,8 +184,7 @@ class KeypointMethod(Method):
         order = np.flatnonzero(eligible)
         order = order[np.argsort(-bag[order], kind="stable")][: self.max_pairs_verified]
         max_size = getattr(self.extractor, "max_size", None)
-        ver = verify_pairs(features, matches, counts["a"][order], counts["b"][order],
-                           self.transform, self.ransac_threshold, max_size)
+        ver = self.verify_candidates(features, matches, counts["a"][order], counts["b"][order], max_size)
         keep = ver["inliers"] >= self.min_inliers
         sel = order[keep]
         # The kept pairs' inlier correspondences, their pairs renumbered 0..len(sel)-1.
@@ -403,12 +407,21 @@ def verify_pairs(features: KeypointSets, matches: dict, a: np.ndarray, b: np.nda
     Returns inliers (K,) and flipped (K,) (the mirrored fit won), and the winning fit's inlier
     correspondences: pair (index k, ascending), ra and rb (descriptor rows of a[k] and of b[k]).
     """
-    n_images = np.int64(len(features))
+    return verify_correspondences(_working_scale_points(features, max_size), _mirror_flags(features),
+                                  len(features), matches, a, b, transform, ransac_threshold)
+
+
+def verify_correspondences(points: np.ndarray, mirrored: np.ndarray | None, n_images: int, matches: dict,
+                           a: np.ndarray, b: np.ndarray, transform: str, ransac_threshold: float) -> dict:
+    """`verify_pairs` given the keypoints at working scale and the mirror flags of the rows instead of
+    the features, so that a batch of pairs can be verified with only its own rows (renumbered in the
+    same order: ties then break alike). Each fit depends on its pair's correspondences alone: OpenCV's
+    RANSAC seeds its own generator on every call, not from cv2's global RNG."""
+    n_images = np.int64(n_images)
     wanted = a.astype(np.int64) * n_images + b
     key = matches["ia"] * n_images + matches["ib"]
     sel = np.flatnonzero(np.isin(key, wanted))
-    corr = one_to_one(matches, sel, key, _mirror_flags(features))
-    points = _working_scale_points(features, max_size)
+    corr = one_to_one(matches, sel, key, mirrored)
     inliers = np.zeros((len(wanted), 2), np.int64)
     mask = np.zeros(len(corr["group"]), bool)
     slot = np.searchsorted(np.sort(wanted), corr["key"])
