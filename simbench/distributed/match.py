@@ -1,0 +1,449 @@
+"""Matching as Dask tasks, with exactly the results of the single-process run (issue 13, items 3 and 4).
+
+Every step reuses the in-process functions on slices of the data; only the splitting is new.
+
+- ``self_join``: the multi-index bucket self-join (simbench.match.lsh). With m = radius + 1 pieces every
+  pair within the radius has equal keys in some piece, so the m pieces join independently. Inside a piece,
+  rows are shuffled by a hash of their key into P partitions: rows with equal keys meet in one partition,
+  so each partition is a bucket join of its own (lsh._join_piece, unchanged). A pair is reported only by
+  the FIRST piece in which its keys are equal: the join checks the earlier pieces' bits of both rows, whose
+  full codes travel with their ids, so no task talks to another. Distances are full XOR-popcounts.
+- ``verify``: candidate image pairs are RANSAC-verified (methods.keypoints.verify_correspondences) in
+  batches; a batch gets only its pairs' descriptor matches and keypoints. Each pair's fit depends on its
+  own correspondences only (OpenCV's RANSAC seeds its own generator per call), so batching changes nothing.
+- ``cnn_neighbours`` / ``cosine_self_join``: the exact cosine matcher's block products (match.cosine's
+  topk_blocks / range_blocks) on row blocks as tasks, then a global top-k merge of the (similarity,
+  index) keys (ties to the lower index, as in one process) or a concatenation in block order.
+- ``score_keypoints`` / ``score_cnn``: the methods' own score_pairs with the steps above swapped in.
+
+Bounded memory: the data is scattered once, in row chunks spread over the workers (not broadcast), and a
+task receives only its chunk, its partition or its blocks. Sizes are chosen here, not by the user, from
+the smallest worker memory limit: a task may use TASK_SHARE of it divided by the worker's threads (dask
+starts spilling at 60% of the limit, and every thread may run a task at once); see ``task_budget``.
+
+Float equality: keypoint results (integer distances, RANSAC on the same float32 points) are equal bit
+for bit. Cosine similarities come from the same block products as in one process, but OpenBLAS sums a
+product differently with 1 thread, 2-3 threads and 4 or more (measured), and dask starts workers with
+OPENBLAS_NUM_THREADS=1; tasks therefore run their products with the caller's BLAS thread count
+(threadpoolctl, when installed). Pairs, neighbours and their order were equal in every test run; a few
+similarities in 10^4 still differed by 1-2 float32 ulps in some runs (cause not found: not alignment,
+not the thread switch itself in isolation), so the tests compare those to 1e-6.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import operator
+import uuid
+from contextlib import nullcontext
+
+import numpy as np
+
+from simbench.match.base import EmbeddingMatcher, as_words
+from simbench.match.cosine import (ExactCosineMatcher, as_vectors, finish_topk, merge_topk, range_blocks,
+                                   topk_blocks)
+from simbench.match.exact import ExactMatcher
+from simbench.match.lsh import MultiIndexHashMatcher, _join_piece, _key_column, piece_masks
+from simbench.methods.keypoints import (_mirror_flags, _working_scale_points, unique_values,
+                                        verify_correspondences, verify_pairs)
+from simbench.types import Pairs
+
+#: Share of the smallest worker's memory limit that one worker's running tasks may use together.
+TASK_SHARE = 0.25
+#: Share of the cluster's memory the shuffled rows of the pieces in flight may take (the rest: spilling room).
+SHUFFLE_SHARE = 0.25
+#: Fewer candidate pairs' matches than this make a verification batch not worth a task.
+MIN_BATCH_MATCHES = 4096
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sizes from the cluster
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _workers(client) -> list[dict]:
+    return list(client.scheduler_info(n_workers=-1)["workers"].values())
+
+
+def task_budget(client) -> int:
+    """Bytes one task may use: TASK_SHARE of the smallest worker memory limit over its threads (a worker
+    without a limit counts as this machine's memory)."""
+    import psutil
+
+    workers = _workers(client)
+    limit = min((w.get("memory_limit") or psutil.virtual_memory().total) for w in workers)
+    threads = max(w.get("nthreads", 1) for w in workers)
+    return max(1 << 20, int(limit * TASK_SHARE / threads))
+
+
+def _threads(client) -> int:
+    return max(1, sum(w.get("nthreads", 1) for w in _workers(client)))
+
+
+def _cluster_memory(client) -> int:
+    import psutil
+
+    return sum((w.get("memory_limit") or psutil.virtual_memory().total) for w in _workers(client))
+
+
+def _token() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. Multi-index self-join: pieces x key-hash partitions
+# ---------------------------------------------------------------------------------------------------------
+
+
+def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
+    """Partition of each piece key: Fibonacci hashing (keys < 2**16, so the product fits int64). Equal
+    keys get equal partitions; skewed (calibrated) keys still spread."""
+    return ((keys.astype(np.int64) * np.int64(2654435761)) >> np.int64(16)) % np.int64(partitions)
+
+
+def _split(chunk: np.ndarray, first: int, bits: np.ndarray, partitions: int) -> list:
+    """One row chunk's (ids, codes) per partition of one piece, ids ascending within each."""
+    part = partition_of(_key_column(chunk, bits), partitions)
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(partitions + 1))
+    return [(first + order[lo:hi], chunk[order[lo:hi]]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def _join(bits: np.ndarray, earlier: np.ndarray, radius: int, n_keys: int, *parts) -> tuple[Pairs, int]:
+    """The bucket join of one partition of one piece (its rows from every chunk, in chunk order, so ids
+    ascend and the local a < b stays a < b). Returns global pairs and pairs compared."""
+    ids = np.concatenate([p[0] for p in parts])
+    codes = np.ascontiguousarray(np.concatenate([p[1] for p in parts]))
+    a, b, d, compared = _join_piece(codes, bits, earlier, radius, n_keys)
+    return Pairs(ids[a], ids[b], d), int(compared)
+
+
+def join_sizes(client, n_rows: int, n_words: int) -> tuple[int, int, int]:
+    """(chunk rows, partitions per piece, pieces in flight) for a self-join of n_rows codes.
+
+    A split task holds its chunk twice (in and out, 8 W + 8 bytes a row with the id): chunk rows =
+    budget / (2 (8 W + 8)). A join task holds its partition's rows twice and _join_piece's keys and order
+    (16 bytes a row): partitions = rows * (2 (8 W + 8) + 16) / budget, at least 2. The shuffled rows of a
+    piece (n (8 W + 8) bytes) stay in the cluster until its joins end: as many pieces run at once as fit
+    SHUFFLE_SHARE of the cluster's memory, at most two per worker thread, at least one.
+    """
+    budget = task_budget(client)
+    row = 8 * n_words + 8
+    chunk_rows = int(min(max(n_rows, 1), max(1024, budget // (2 * row))))
+    partitions = max(2, math.ceil(n_rows * (2 * row + 16) / budget))
+    window = int(min(2 * _threads(client), max(1, _cluster_memory(client) * SHUFFLE_SHARE // max(1, n_rows * row))))
+    return chunk_rows, partitions, max(1, window)
+
+
+def self_join(client, words, radius: int, matcher: MultiIndexHashMatcher, partitions: int | None = None,
+              chunk_rows: int | None = None, stats: dict | None = None) -> Pairs:
+    """All pairs a < b within `radius` (inclusive), as MultiIndexHashMatcher.self_join gives them (same
+    pairs, distances and canonical order), by tasks: per piece, a split of every row chunk by key hash,
+    then one bucket join per partition. partitions / chunk_rows: None = from the data size and worker
+    memory (join_sizes). Layouts the bucket join does not take (multi-probe, scan) run in this process.
+    stats, when given, is filled with the sizes used and the pairs compared."""
+    words, radius = as_words(words), int(radius)
+    if radius < 0 or len(words) < 2:
+        return Pairs.empty()
+    layout, perm = matcher.plan(words, radius)  # the permutation is fitted on a sample, here
+    if not layout.joins_by_buckets:
+        return matcher.self_join(words, radius)
+    n, n_words = words.shape
+    auto_chunk, auto_parts, window = join_sizes(client, n, n_words)
+    chunk_rows, partitions = int(chunk_rows or auto_chunk), int(partitions or auto_parts)
+    starts = list(range(0, n, chunk_rows))
+    chunks = client.scatter([words[s : s + chunk_rows] for s in starts], broadcast=False, hash=False)
+    masks = piece_masks(perm, layout, n_words)
+    tok = _token()
+
+    def submit_piece(p):
+        bits = perm[layout.starts[p] : layout.starts[p] + layout.widths[p]].astype(np.int64)
+        splits = [client.submit(_split, chunk, s, bits, partitions, key=f"mih-split-{p}-{c}-{tok}")
+                  for c, (chunk, s) in enumerate(zip(chunks, starts))]
+        joins = []
+        for q in range(partitions):
+            parts = [client.submit(operator.getitem, sp, q, key=f"mih-part-{p}-{c}-{q}-{tok}")
+                     for c, sp in enumerate(splits)]
+            joins.append(client.submit(_join, bits, masks[:p], radius, 1 << int(layout.widths[p]), *parts,
+                                       key=f"mih-join-{p}-{q}-{tok}"))
+        return joins
+
+    found, compared = [], 0
+    for first in range(0, layout.pieces, window):  # a window of pieces at a time bounds the shuffle
+        futures = [f for p in range(first, min(first + window, layout.pieces)) for f in submit_piece(p)]
+        for pairs, count in client.gather(futures):
+            found.append(pairs)
+            compared += count
+        del futures
+    if stats is not None:
+        stats.update(pieces=layout.pieces, partitions=partitions, chunk_rows=chunk_rows, chunks=len(starts),
+                     window=window, compared=compared)
+    return Pairs.concat(found).sorted()
+
+
+class TaskBinaryMatcher:
+    """A binary matcher whose self_join runs as tasks (what KeypointMethod.descriptor_pairs calls).
+
+    Exact matchers (lsh, exact) give the same pairs whichever does the work, so both go to the task
+    self-join, with the lsh matcher's own settings or a default one; others (gpu, faiss) run in process.
+    """
+
+    def __init__(self, client, matcher):
+        self.client, self.matcher = client, matcher
+
+    def __getattr__(self, name):
+        return getattr(self.matcher, name)
+
+    def self_join(self, codes, radius):
+        if isinstance(self.matcher, MultiIndexHashMatcher):
+            return self_join(self.client, codes, radius, self.matcher)
+        if isinstance(self.matcher, ExactMatcher):
+            return self_join(self.client, codes, radius, MultiIndexHashMatcher())
+        return self.matcher.self_join(codes, radius)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. RANSAC verification in batches of candidate pairs
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(lo[i], hi[i])."""
+    sizes = hi - lo
+    return np.repeat(lo - np.cumsum(sizes) + sizes, sizes) + np.arange(int(sizes.sum()))
+
+
+def _batches(sizes: np.ndarray, per_batch: int) -> list[tuple[int, int]]:
+    """Consecutive ranges of pairs, a new one where a pair's first match passes a multiple of per_batch
+    (a pair is never split)."""
+    group = (np.cumsum(sizes) - sizes) // per_batch
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    return list(zip(starts.tolist(), np.r_[starts[1:], len(sizes)].tolist()))
+
+
+def _verify_batch(payload, n_images, a, b, transform, ransac_threshold):
+    points, mirrored, matches = payload
+    return verify_correspondences(points, mirrored, n_images, matches, a, b, transform, ransac_threshold)
+
+
+def verify(client, features, matches: dict, a: np.ndarray, b: np.ndarray, transform: str,
+           ransac_threshold: float, max_size: int | None, batch_matches: int | None = None) -> dict:
+    """methods.keypoints.verify_pairs as tasks, the same dict: candidate pairs (a[k], b[k]) in batches of
+    about batch_matches descriptor matches (None: a share of the task budget, at least MIN_BATCH_MATCHES,
+    and about four batches per worker thread). A batch gets its pairs' matches and the keypoints of the
+    rows they use, renumbered in row order (ties in one_to_one break alike)."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    n_images = np.int64(len(features))
+    key = matches["ia"] * n_images + matches["ib"]
+    order = np.argsort(key, kind="stable")
+    wanted = a * n_images + b
+    lo, hi = np.searchsorted(key[order], wanted, "left"), np.searchsorted(key[order], wanted, "right")
+    if len(a) == 0 or hi.sum() == lo.sum():
+        return verify_pairs(features, matches, a, b, transform, ransac_threshold, max_size)
+    if batch_matches is None:  # ~100 bytes per match in a task (arrays, points, correspondences)
+        batch_matches = min(task_budget(client) // 100,
+                            max(MIN_BATCH_MATCHES, int((hi - lo).sum()) // (4 * _threads(client)) + 1))
+    points, mirrored = _working_scale_points(features, max_size), _mirror_flags(features)
+    tok, futures, spans = _token(), [], []
+    for k0, k1 in _batches(hi - lo, max(1, int(batch_matches))):
+        sel = np.sort(order[_ranges(lo[k0:k1], hi[k0:k1])])
+        rows = unique_values(np.concatenate([matches["ra"][sel], matches["rb"][sel]]))
+        sub = {"ra": np.searchsorted(rows, matches["ra"][sel]), "rb": np.searchsorted(rows, matches["rb"][sel]),
+               "dist": matches["dist"][sel], "ia": matches["ia"][sel], "ib": matches["ib"][sel]}
+        # Scattered, not put in the task graph (the scheduler would hold it): one future for the batch.
+        [payload] = client.scatter([(points[rows], None if mirrored is None else mirrored[rows], sub)],
+                                   hash=False)
+        futures.append(client.submit(_verify_batch, payload, int(n_images), a[k0:k1], b[k0:k1], transform,
+                                     ransac_threshold, key=f"ransac-{k0}-{tok}"))
+        spans.append((k0, rows))
+    out = client.gather(futures)
+    return {"inliers": np.concatenate([r["inliers"] for r in out]),
+            "flipped": np.concatenate([r["flipped"] for r in out]),
+            "pair": np.concatenate([r["pair"] + k0 for r, (k0, _) in zip(out, spans)]),
+            "ra": np.concatenate([rows[r["ra"]] for r, (_, rows) in zip(out, spans)]),
+            "rb": np.concatenate([rows[r["rb"]] for r, (_, rows) in zip(out, spans)])}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. Exact cosine search on row blocks
+# ---------------------------------------------------------------------------------------------------------
+
+
+def blas_threads() -> int | None:
+    """This process's BLAS thread count (None without threadpoolctl): tasks use it for equal floats."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    counts = [i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"]
+    return counts[0] if counts else None
+
+
+def _blas_limit(threads):
+    """The caller's BLAS thread count for the duration of a task (workers start with one)."""
+    if threads is None:
+        return nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(threads, user_api="blas")
+
+
+def _concat(blocks: list) -> np.ndarray:
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+
+
+def _topk_task(qparts, dparts, d_first, d_begin, d_end, block, k, threads):
+    with _blas_limit(threads):
+        return topk_blocks(_concat(qparts), _concat(dparts), d_first, d_begin, d_end, block, k)
+
+
+def _range_task(qparts, q0, dparts, d_first, d_begin, d_end, block, t, upper, threads):
+    with _blas_limit(threads):
+        parts = range_blocks(_concat(qparts), q0, _concat(dparts), d_first, d_begin, d_end, block, t, upper)
+    return Pairs.concat(parts, np.float32)
+
+
+class _Blocks:
+    """Rows scattered in blocks of g rows (g divides the matcher's query and database blocks, so every
+    tile of the in-process loops is a run of whole blocks)."""
+
+    def __init__(self, client, rows: np.ndarray, g: int):
+        self.g, self.n = g, len(rows)
+        # hash=False: equal data scattered again (self-join, then top-k) must not share keys with
+        # futures being released
+        self.futures = client.scatter([rows[s : s + g] for s in range(0, len(rows), g)], broadcast=False,
+                                      hash=False)
+
+    def covering(self, begin: int, end: int):
+        """The blocks holding rows begin..end and the global index of their first row."""
+        return self.futures[begin // self.g : -(-end // self.g)], (begin // self.g) * self.g
+
+
+def _tiles(client, matcher: ExactCosineMatcher, q: np.ndarray, db: np.ndarray, same: bool):
+    """Scattered query and database blocks, and database blocks per task. A task holds its query block
+    (float32), one product and its int64 keys at a time (~32 bytes per entry), and its database rows
+    twice (the blocks and their concatenation): the rest of the task budget sets how many rows."""
+    g = math.gcd(matcher.query_block, matcher.database_block)
+    qblocks = _Blocks(client, q, g)
+    dblocks = qblocks if same else _Blocks(client, db, g)
+    qb, block, dim = matcher.query_block, matcher.database_block, max(1, q.shape[1])
+    fixed = 8 * qb * dim + 32 * qb * block
+    return qblocks, dblocks, max(1, (task_budget(client) - fixed) // (8 * block * dim))
+
+
+def cnn_neighbours(client, embeddings, k: int, matcher: ExactCosineMatcher | None = None,
+                   database=None) -> tuple[np.ndarray, np.ndarray]:
+    """ExactCosineMatcher.topk(embeddings, database or embeddings, k) as tasks, equal to it (indices and
+    similarities; ties to the lower index): each task takes one query block and a run of database blocks
+    and returns its k best keys per query; the keys of all runs merge into the global top-k."""
+    matcher = matcher or ExactCosineMatcher()
+    q = as_vectors(embeddings)
+    db = q if database is None else as_vectors(database)
+    k = int(k)
+    idx, sim = np.full((len(q), k), -1, np.int64), np.full((len(q), k), -np.inf, np.float32)
+    if k <= 0 or not len(q) or not len(db):
+        return idx, sim
+    qblocks, dblocks, per_task = _tiles(client, matcher, q, db, database is None)
+    qb, block, threads, tok = matcher.query_block, matcher.database_block, blas_threads(), _token()
+    tasks = []
+    for q0 in range(0, len(q), qb):
+        qparts, _ = qblocks.covering(q0, min(q0 + qb, len(q)))
+        runs = [client.submit(_topk_task, qparts, *_run(dblocks, d0, min(d0 + per_task * block, len(db))),
+                              block, k, threads, key=f"cos-topk-{q0}-{d0}-{tok}")
+                for d0 in range(0, len(db), per_task * block)]
+        tasks.append((q0, runs))
+    for q0, runs in tasks:
+        best = np.empty((min(qb, len(q) - q0), 0), np.int64)
+        for keys in client.gather(runs):
+            best = merge_topk(best, keys, k)
+        idx[q0 : q0 + len(best)], sim[q0 : q0 + len(best)] = finish_topk(best, k)
+    return idx, sim
+
+
+def _run(blocks: _Blocks, begin: int, end: int):
+    """Arguments for a task over database rows begin..end: its blocks, their first row, begin, end."""
+    parts, first = blocks.covering(begin, end)
+    return parts, first, begin, end
+
+
+def cosine_self_join(client, embeddings, min_similarity: float,
+                     matcher: ExactCosineMatcher | None = None) -> Pairs:
+    """ExactCosineMatcher.self_join as tasks, equal to it (same pairs, float32 similarities and order):
+    each task takes one query block and a run of the database blocks on and right of its diagonal."""
+    matcher = matcher or ExactCosineMatcher()
+    v = as_vectors(embeddings)
+    if not len(v):
+        return Pairs.empty(np.float32)
+    qblocks, _, per_task = _tiles(client, matcher, v, v, True)
+    qb, block, threads, tok = matcher.query_block, matcher.database_block, blas_threads(), _token()
+    futures = []
+    for q0 in range(0, len(v), qb):
+        qparts, _ = qblocks.covering(q0, min(q0 + qb, len(v)))
+        for d0 in range(q0, len(v), per_task * block):  # blocks start at the diagonal, as in one process
+            futures.append(client.submit(_range_task, qparts, q0,
+                                         *_run(qblocks, d0, min(d0 + per_task * block, len(v))),
+                                         block, float(min_similarity), True, threads,
+                                         key=f"cos-range-{q0}-{d0}-{tok}"))
+    return Pairs.concat(client.gather(futures), np.float32)
+
+
+class TaskCosineMatcher(EmbeddingMatcher):
+    """The exact cosine matcher with its self-join and top-k as tasks (what CnnMethod.score_pairs calls)."""
+
+    name = "exact"
+
+    def __init__(self, client, matcher: ExactCosineMatcher):
+        self.client, self.matcher = client, matcher
+
+    def range_search(self, queries, database, min_similarity):
+        return self.matcher.range_search(queries, database, min_similarity)  # not used by CnnMethod
+
+    def self_join(self, vectors, min_similarity):
+        return cosine_self_join(self.client, vectors, min_similarity, self.matcher)
+
+    def topk(self, queries, database, k):
+        same = queries is database
+        return cnn_neighbours(self.client, queries, k, self.matcher, None if same else database)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. Whole methods (what the dispatch hook calls)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def score_keypoints(client, method, features):
+    """method.score_pairs(features) with the descriptor self-join and the RANSAC verification as tasks:
+    the same ScoredPairs (pairs, scores, extra; only the *_s timings differ). The bag counts and the
+    shared-content evidence run here, on the descriptor pairs."""
+    local = copy.copy(method)
+    local.matcher = TaskBinaryMatcher(client, method.matcher)
+
+    def verify_candidates(features, matches, a, b, max_size):  # shadows KeypointMethod.verify_candidates
+        return verify(client, features, matches, a, b, method.transform, method.ransac_threshold, max_size)
+
+    local.verify_candidates = verify_candidates
+    return local.score_pairs(features)
+
+
+def score_cnn(client, method, features):
+    """method.score_pairs(features) with the exact cosine self-join and k-NN as tasks: the same
+    ScoredPairs. Other cosine matchers (lsh: approximate; gpu; faiss) run in this process."""
+    if type(method.matcher) is not ExactCosineMatcher:
+        return method.score_pairs(features)
+    local = copy.copy(method)
+    local.matcher = TaskCosineMatcher(client, method.matcher)
+    return local.score_pairs(features)
+
+
+def score_pairs(client, method, features, progress: bool = False):
+    """The entry simbench.distributed.match_stage calls: method.score_pairs(features) with its matching as
+    tasks where this module has them (keypoints, CNN), else in this process (hashes: one self-join of
+    small codes). progress: dask's own progress bar is the cluster module's; unused here."""
+    from simbench.methods.cnn import CnnMethod
+    from simbench.methods.keypoints import KeypointMethod
+
+    if isinstance(method, KeypointMethod):
+        return score_keypoints(client, method, features)
+    if isinstance(method, CnnMethod):
+        return score_cnn(client, method, features)
+    return method.score_pairs(features)
