@@ -72,8 +72,9 @@ outputs in DIR:
 methods:
   cascade (default)  identical image data, then BRISK keypoints spread over the picture (and of its mirror
                      image) verified by a RANSAC fit, with content shared by many pictures discounted,
-                     then EfficientNet-Lite0 GeM features scored against each image's 10th neighbour; every
-                     pair scored by both, fused by a logistic model fitted on our tuning set, and linked
+                     then EfficientNet-Lite0 GeM features (of the picture and of it blurred) scored against
+                     each image's 10th neighbour; every pair scored by both, fused by a logistic model
+                     fitted on our tuning set, and linked
                      (without PyTorch, the cnn extra: keypoints is the default, and find says so)
   keypoints          identical data + verified keypoints only (no CNN, no PyTorch)
   cnn                identical data + CNN embeddings only
@@ -112,8 +113,8 @@ def find_parser():
                         help="score at and above which a pair is a duplicate (groups.json; where the report's "
                              "slider starts); default 0.95. Scores are calibrated to estimate precision on our "
                              "tuning collections; on collections never tuned on, at 0.95 the default measured "
-                             "precision 0.96 on real photographs, 1.00 on line art and on yearbook PDFs with a "
-                             "shared logo, at low recall (0.21, 0.07, 0.16): lower it to find more "
+                             "precision 0.99 on real photographs, 1.00 on line art and on yearbook PDFs with a "
+                             "shared logo, at low recall (0.19, 0.05, 0.16): lower it to find more "
                              "(results/find.md). Fit your own with `simbench calibrate`")
     parser.add_argument("--index", metavar="DIR", default=None,
                         help="keep features here, keyed by file content, so that a later run extracts only "

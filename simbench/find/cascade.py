@@ -9,7 +9,8 @@ The default ("cascade", chosen by the measurements in results/find.md):
    descriptors are ever looked at), each candidate verified by a RANSAC similarity fit (Fischler & Bolles
    1981); the evidence discounts content shared by many pictures (burstiness) and matches that cover
    little of either picture (simbench.methods.keypoints);
-3. cnn: EfficientNet-Lite0 GeM embeddings, each image's nearest neighbours, scored against the
+3. cnn: EfficientNet-Lite0 GeM embeddings (the picture and the picture blurred, averaged: fine detail that
+   copies lose weighs less), each image's nearest neighbours, scored against the
    similarity to its 10th neighbour (ISC2021 normalisation), for what keypoints cannot see;
 4. each stage's raw signal -> estimated precision by a strictly increasing table keyed by the stage's
    settings (simbench.find.calibration; `calibration.json`, fitted on the tuning collections by
