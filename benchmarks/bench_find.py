@@ -21,15 +21,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import available_cores, cpu_model, load_average, timed  # noqa: E402
 from simbench.data.collection import CollectionDataset
 from simbench.data.synthetic import SyntheticDataset, default_cache_dir
 from simbench.evaluate import dedupe_pairs, evaluate, label_pairs, recall_at_precision
@@ -163,18 +162,15 @@ def dev(methods, work: Path, overrides: list[str], progress: bool, split: str = 
         print(f"{split}/{part}: {len(ds)} images, {ds.n_true_pairs} true pairs", flush=True)
         for method in methods:
             cfg = cascade.make_config(method, overrides)
-            start = time.perf_counter()
-            result = find([ds.root / "images"], work / f"out-dev-{split}-{part}-{method}", cfg,
-                          index=work / f"index-dev-{split}-{ds.name}", progress=progress)
-            seconds = time.perf_counter() - start
+            seconds, result = timed(lambda: find([ds.root / "images"], work / f"out-dev-{split}-{part}-{method}",
+                                                 cfg, index=work / f"index-dev-{split}-{ds.name}", progress=progress))
             a, b = _dataset_rows(result.items, ds, result.pairs)
             rows.append(_dev_row(f"find --method {method}", split, part, ds, ScoredPairs(a, b, result.pairs.score),
                                  float(cfg.threshold), seconds))
             print(_row_text(rows[-1]), flush=True)
         for name in baselines:
-            start = time.perf_counter()
-            pairs = BASELINE_FUNCTIONS[name](ds, progress)
-            rows.append(_dev_row(BASELINE_NAMES[name], split, part, ds, pairs, None, time.perf_counter() - start))
+            seconds, pairs = timed(BASELINE_FUNCTIONS[name], ds, progress)
+            rows.append(_dev_row(BASELINE_NAMES[name], split, part, ds, pairs, None, seconds))
             print(_row_text(rows[-1]), flush=True)
     print(dev_table(rows))
     return rows
@@ -345,13 +341,11 @@ def throughput(methods, work: Path, overrides: list[str], progress: bool) -> lis
     rows = []
     for method in methods:
         cfg, result, seconds = fresh_find(method, ds, work, "throughput", overrides, progress)
-        start = time.perf_counter()
-        find([ds.root / "images"], work / f"out-throughput-{method}", cfg, index=work / f"index-throughput-{method}",
-             progress=progress)
-        again = time.perf_counter() - start
+        again, _ = timed(lambda: find([ds.root / "images"], work / f"out-throughput-{method}", cfg,
+                                      index=work / f"index-throughput-{method}", progress=progress))
         rows.append({"method": method, "images": len(result.items), "seconds": seconds,
                      "images_per_s": len(result.items) / seconds, "rerun_seconds": again,
-                     "cpus": len(os.sched_getaffinity(0)), "timing": result.timing})
+                     "cpus": available_cores(), "load": load_average(), "timing": result.timing})
         print(_row_text(rows[-1]), flush=True)
     return rows
 
@@ -382,9 +376,9 @@ def fresh_find(method: str, ds, work: Path, name: str, overrides: list[str], pro
     cfg = cascade.make_config(method, overrides)
     index = work / f"index-{name}-{method}"
     shutil.rmtree(index, ignore_errors=True)
-    start = time.perf_counter()
-    result = find([ds.root / "images"], work / f"out-{name}-{method}", cfg, index=index, progress=progress)
-    return cfg, result, time.perf_counter() - start
+    seconds, result = timed(lambda: find([ds.root / "images"], work / f"out-{name}-{method}", cfg, index=index,
+                                         progress=progress))
+    return cfg, result, seconds
 
 
 def _row_text(row: dict) -> str:
@@ -409,7 +403,7 @@ def main(argv=None) -> None:
     work = Path(args.work).expanduser()
     work.mkdir(parents=True, exist_ok=True)
     progress = not args.quiet
-    print(f"# {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs usable, "
+    print(f"# {cpu_model()}, {available_cores()} CPUs usable, load {load_average():.1f}, "
           f"python {sys.version.split()[0]}; overrides {overrides}")
     out = {}
     if args.what == "calibrate":

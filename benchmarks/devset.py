@@ -20,13 +20,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import timed  # noqa: E402
 from simbench.data import devset as ds  # noqa: E402
 
 
@@ -121,9 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     if devset.is_built():
         print(f"already built: {devset.root}")
     else:
-        start = time.perf_counter()
-        devset.build(progress=True)
-        print(f"built {devset.root} in {time.perf_counter() - start:.0f} s")
+        seconds, _ = timed(devset.build, True)
+        print(f"built {devset.root} in {seconds:.0f} s")
     print_counts(devset.root)
     return 0
 

@@ -8,26 +8,10 @@
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import logging
 
-log = logging.getLogger("simbench")
+def match_stage(client, method, features, progress: bool = False):
+    """A method's pairs of `features` (what method.score_pairs gives) with the cluster behind `client`: the
+    keypoint and CNN matching as tasks (match.py), other methods' in this process."""
+    from simbench.distributed.match import score_pairs
 
-#: The entry point match.py provides: score_pairs(client, method, features, progress=False) -> ScoredPairs,
-#: equal to method.score_pairs(features) (pairs in feature rows, scores and extras).
-MATCH_ENTRY = "score_pairs"
-
-
-def match_stage(client, method, features, progress: bool = False, name: str = ""):
-    """A method's pairs of `features` (what method.score_pairs gives) with the cluster behind `client`:
-    simbench.distributed.match.score_pairs when that module provides it, else method.score_pairs here in
-    the client's process (said in the log: that step then needs all its features in one process)."""
-    run = None
-    if importlib.util.find_spec("simbench.distributed.match") is not None:
-        run = getattr(importlib.import_module("simbench.distributed.match"), MATCH_ENTRY, None)
-    if run is None:
-        log.warning("%s: no distributed matching yet (simbench.distributed.match.%s); matching in this process",
-                    name or type(method).__name__, MATCH_ENTRY)
-        return method.score_pairs(features)
-    return run(client, method, features, progress=progress)
+    return score_pairs(client, method, features, progress=progress)

@@ -338,7 +338,7 @@ def stage_pairs(stage: Stage, stage_features, progress: bool = False, client=Non
     if client is not None:
         from simbench.distributed import match_stage
 
-        found = match_stage(client, stage.method, feats, progress, stage.name)
+        found = match_stage(client, stage.method, feats, progress)
     else:
         found = stage.method.score_pairs(feats)
     a, b = rows[found.a], rows[found.b]
