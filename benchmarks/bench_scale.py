@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import available_cores, load_average, machine  # noqa: E402
+from benchmarks.common import load_average, machine
 
 BUILD_VERSION = 1
 TILE = (384, 288)
@@ -58,7 +58,12 @@ def source_pictures() -> list[tuple[str, str]]:
     """(name, path) of the wallpapers at their largest resolution, screened like the devset."""
     from PIL import Image
 
-    from simbench.data.devset import SOURCE_DIRS, Source, _images_in, find_sources, screen_sources
+    from simbench.data.devset import (
+        SOURCE_DIRS,
+        _images_in,
+        find_sources,
+        screen_sources,
+    )
 
     out = []
     kept, _ = screen_sources(find_sources(SOURCE_DIRS))
@@ -67,7 +72,6 @@ def source_pictures() -> list[tuple[str, str]]:
         files = _images_in(p.parent) if p.parent.name == "images" else [s.path]
         big = max(files, key=lambda f: (Image.open(f).size[0] * Image.open(f).size[1], f))
         out.append((s.name, big))
-    del Source
     return out
 
 
@@ -153,8 +157,7 @@ class Sampler(threading.Thread):
 def run_one(collection: Path, out: Path, mode: str, limit: int | None) -> dict:
     """One find in this process (a fresh subprocess of main): its timings, memory and index sizes."""
     import simbench.distributed.match as dmatch
-    import simbench.find.pipeline as pipeline
-    from simbench.find import cascade
+    from simbench.find import cascade, pipeline
 
     overrides = ["cluster=none", "cluster.auto_local=false"] if mode == "none" else [
         "cluster=local", f"cluster.n_workers={int(mode[-1])}", f"cluster.memory_limit={limit}"]
@@ -205,7 +208,8 @@ def read_pairs(path: Path) -> dict:
 
 
 def accuracy(pairs: dict, truth: Path, images: Path) -> dict:
-    rows = list(csv.DictReader(open(truth)))
+    with open(truth) as f:
+        rows = list(csv.DictReader(f))
     true = {tuple(sorted((str(images.parent / r["a"]), str(images.parent / r["b"])))) for r in rows}
     found = {tuple(sorted(k)): s for k, s in pairs.items()}
     at = {k for k, s in found.items() if s >= THRESHOLD}
@@ -261,7 +265,7 @@ def report(runs: list[dict], collection: Path, args, equal: dict, acc: dict, inf
         rest = t["match_s"] - dp - bg - vf
         L.append(f"| {label(r)} | {t['read_extract_s']:.1f} | {dp:.1f} | {bg:.1f} | {vf:.1f} | {rest:.1f} | "
                  f"{t['total_s']:.1f} | {r['wall_s']:.1f} |")
-    sp = lambda k: (w1["timing"][k] / w2["timing"][k]) if w2["timing"][k] else float("nan")  # noqa: E731
+    sp = lambda k: (w1["timing"][k] / w2["timing"][k]) if w2["timing"][k] else float("nan")
     dp1 = w1["extra"].get("keypoints", {}).get("descriptor_pairs_s", 0)
     dp2 = w2["extra"].get("keypoints", {}).get("descriptor_pairs_s", 0)
     L.append(f"\n**Speed-up from 1 to 2 workers: {sp('total_s'):.2f}x** overall (extraction "
@@ -278,8 +282,8 @@ def report(runs: list[dict], collection: Path, args, equal: dict, acc: dict, inf
         L.append(f"| {label(r)} | {r['main_peak'] / MB:,.0f} | {', '.join(f'{k / MB:,.0f}' for k in kids[:6]) or '-'}"
                  f" | {r['children_peak_rusage'] / MB:,.0f} | {'-' if r['limit'] is None else fmt(r['limit'] / MB, 0)} "
                  f"| {over} |")
-    L.append(f"\nChild processes above 50 MiB seen per run (a worker killed and restarted by its nanny would show "
-             f"as one more): " + "; ".join(f"{label(r)} {sum(1 for rss, _ in r['children'] if rss > 50 * MB)}"
+    L.append("\nChild processes above 50 MiB seen per run (a worker killed and restarted by its nanny would show "
+             "as one more): " + "; ".join(f"{label(r)} {sum(1 for rss, _ in r['children'] if rss > 50 * MB)}"
                                             for r in runs) + ".\n")
     L.append("## Pairs and accuracy\n")
     L.append("| run | images | pairs (>= min_score) | same pairs as in-process | max score difference | "
@@ -369,27 +373,28 @@ def model(runs, info, join) -> str:
     src_bytes = sum(b for s, b in none["index_bytes"].items() if s.startswith("sources")) / n
     p_share = comps / max(1, (D * n) ** 2 / 2)  # share of descriptor pairs the bucket join compares
     N10 = 10_000_000
-    L = ["## A model for 10 million images on N nodes\n",
-         "Measured here (1 worker, one core, per unit): "
-         f"extraction **{t_ext * 1e3:.0f} ms per image** (read + BRISK + write the shard); "
-         f"{D:,.0f} descriptors per image; the self-join compared {comps:,.0f} descriptor pairs "
-         f"({p_share:.2e} of all pairs, those sharing a 16-bit piece) in {e1.get('descriptor_pairs_s', 0):.1f} s, "
-         f"**{t_join * 1e9:.2f} ns per compared pair** (including the split / shuffle tasks), in {pieces} pieces "
-         f"x {join.get('partitions', '?')} partitions, chunks of {join.get('chunk_rows', 0):,} rows; "
-         f"{dpairs:,.0f} descriptor pairs found ({dpairs / n:,.0f} per image); RANSAC verification of "
-         f"{cand:,.0f} candidate image pairs in {t_ver:.1f} s, **{t_ver / max(1, cand) * 1e3:.2f} ms per candidate "
-         f"pair**. Index shards "
-         f"{kp_bytes / 1024:,.1f} KiB (keypoints) + {src_bytes / 1024:,.1f} KiB (sources, with thumbnail) per image.\n",
-         "Formulas (n images, D descriptors per image, c cores per node, N nodes, p the share of descriptor "
-         "pairs sharing a piece key, m pieces, 72 bytes per shuffled row = 8 words + id):\n",
-         "- extraction time = n t_ext / (N c)  (embarrassingly parallel; measured t_ext)",
-         "- self-join time = p (n D)^2 / 2 x t_pair / (N c)  (t_pair measured; p measured on this collection, "
-         "**assumed constant** with n: true for uniformly spread piece keys, optimistic for real photographs "
-         "whose calibrated keys still cluster)",
-         "- shuffle volume = m x n D x 72 bytes (every piece moves every row once; (N-1)/N of it crosses the network)",
-         "- index storage = n x (bytes per image per section, measured)",
-         "- per-worker memory: the task budget (a quarter of the worker limit) bounds every task; it does not grow "
-         "with n. The client does: see the limits below.\n"]
+    L = ["## A model for 10 million images on N nodes\n"]
+    L.append("Measured here (1 worker, one core, per unit): "
+             f"extraction **{t_ext * 1e3:.0f} ms per image** (read + BRISK + write the shard); "
+             f"{D:,.0f} descriptors per image; the self-join compared {comps:,.0f} descriptor pairs "
+             f"({p_share:.2e} of all pairs, those sharing a 16-bit piece) in {e1.get('descriptor_pairs_s', 0):.1f} s, "
+             f"**{t_join * 1e9:.2f} ns per compared pair** (including the split / shuffle tasks), in {pieces} pieces "
+             f"x {join.get('partitions', '?')} partitions, chunks of {join.get('chunk_rows', 0):,} rows; "
+             f"{dpairs:,.0f} descriptor pairs found ({dpairs / n:,.0f} per image); RANSAC verification of "
+             f"{cand:,.0f} candidate image pairs in {t_ver:.1f} s, **{t_ver / max(1, cand) * 1e3:.2f} ms per candidate "
+             f"pair**. Index shards {kp_bytes / 1024:,.1f} KiB (keypoints) + {src_bytes / 1024:,.1f} KiB (sources, "
+             "with thumbnail) per image.\n")
+    L.append("Formulas (n images, D descriptors per image, c cores per node, N nodes, p the share of descriptor "
+             "pairs sharing a piece key, m pieces, 72 bytes per shuffled row = 8 words + id):\n")
+    L.append("- extraction time = n t_ext / (N c)  (embarrassingly parallel; measured t_ext)")
+    L.append("- self-join time = p (n D)^2 / 2 x t_pair / (N c)  (t_pair and p measured on these photographs; p "
+             "**assumed constant** with n: it is a property of the descriptors' distribution, and grows where a "
+             "collection repeats more content)")
+    L.append("- shuffle volume = m x n D x 72 bytes (every piece moves every row once; (N-1)/N of it crosses the "
+             "network)")
+    L.append("- index storage = n x (bytes per image per section, measured)")
+    L.append("- per-worker memory: the task budget (a quarter of the worker limit) bounds every task; it does not "
+             "grow with n. The client's does (below).")
     L.append("- verification time = C(n) x t_cand / (N c), C(n) = candidate image pairs; the table takes "
              "C(n) = n x (C/n measured here), i.e. **linear in n (optimistic)**\n")
     L.append(f"- client memory (as the code is now) = n x (client peak / n measured here: {client / n / 1e6:.2f} MB "
@@ -483,7 +488,7 @@ def main():
         if limit is not None:
             cmd += ["--limit", str(limit)]
         print(f"== {mode}: {' '.join(cmd)}", flush=True)
-        done = subprocess.run(cmd, cwd=ROOT)
+        done = subprocess.run(cmd, cwd=ROOT, check=False)
         if done.returncode != 0 or not (out / "run.json").is_file():
             print(f"run {mode} failed (exit {done.returncode})", flush=True)
             runs.append(None)
