@@ -24,6 +24,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -68,7 +69,7 @@ def calibrate(work: Path, overrides: list[str], progress: bool) -> list:
         cfg = cascade.make_config(name, overrides)
         stage = cascade.build_stages(cfg, calibrations={}, quiet=True)[0]
         raw, is_true = [], []
-        for tag, inputs, label in collections:
+        for tag, inputs, label, _ in collections:
             got = collect(inputs, [stage], cfg, work / f"index-calibrate-{tag}", work, progress)
             found = stage_pairs(stage, got.features[name], progress)
             raw.append(stage.raw_signal(found))
@@ -76,7 +77,7 @@ def calibrate(work: Path, overrides: list[str], progress: bool) -> list:
             print(f"  {name} on {tag}: {len(found)} pairs, {int(is_true[-1].sum())} true", flush=True)
         raw, is_true = np.concatenate(raw), np.concatenate(is_true)
         fit = fit_calibration(raw, is_true, stage.signal, stage.settings,
-                              note=f"tuning collections: {', '.join(t for t, _, _ in collections)}")
+                              note=f"tuning collections: {', '.join(c.tag for c in collections)}")
         tables.append(fit)
         print(f"{name}: {len(raw)} pairs, {int(is_true.sum())} true; {stage.signal} "
               f"{fit.raw.min():.4g}..{fit.raw.max():.4g} -> precision {fit.precision.min():.3f}..{fit.precision.max():.3f}")
@@ -94,29 +95,45 @@ def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], pr
     stages = cascade.build_stages(cfg, calibrations={t.key: t for t in tables}, quiet=True)
     names = [s.name for s in stages]
     values, found, is_true, weight = {k: [] for k in names}, {k: [] for k in names}, [], []
-    for tag, inputs, label in collections:
-        got = collect(inputs, stages, cfg, work / f"index-calibrate-{tag}", work, progress)
-        raw = raw_evidence(stages, got.features, progress)
-        n = len(got.items)
-        union = cascade.fuse(n, {s: ScoredPairs(r.a, r.b, np.ones(len(r.a))) for s, r in raw.items()}, "max")
-        v, ok = cascade.stage_signals(union.a, union.b, n, stages, raw, got.features)
+    for collection in collections:
+        v, ok, y = fusion_signals(collection, stages, cfg, work, progress)
         for name in names:
             values[name].append(v[name])
             found[name].append(ok[name])
-        is_true.append(label(got.items, union.as_scored()))
-        weight.append(np.full(len(union), 1.0 / max(len(union), 1)))  # every collection counts alike
+        is_true.append(y)
+        weight.append(np.full(len(y), 1.0 / max(len(y), 1)))  # every collection counts alike
     fusion = fit_fusion(names, [s.calibration.key for s in stages], {s.name: s.fusion_transform for s in stages},
                         {k: np.concatenate(v) for k, v in values.items()},
                         {k: np.concatenate(v) for k, v in found.items()}, np.concatenate(is_true),
-                        note=f"tuning collections, each weighted alike: {', '.join(t for t, _, _ in collections)}",
+                        note=f"tuning collections, each weighted alike: {', '.join(c.tag for c in collections)}",
                         sample_weight=np.concatenate(weight))
     print(f"fusion of {names}: intercept {fusion.intercept:.3f}, found weights {fusion.found_weight}, "
           f"signal weights {fusion.weight}")
     return fusion
 
 
-def tuning_collections(work: Path, progress: bool) -> list:
-    """[(tag, inputs, label(items, pairs) -> is_true)] of every collection calibration may look at."""
+class Collection(NamedTuple):
+    """A tuning collection: its folder or PDFs, which found pairs are true, and how many true pairs it has."""
+
+    tag: str
+    inputs: list
+    label: Callable  # (items, pairs) -> is_true per pair
+    n_true: int
+
+
+def fusion_signals(collection: Collection, stages, cfg, work: Path, progress: bool):
+    """What the fusion is fitted on, for one collection: every pair found by either stage, with each stage's
+    raw signal (the CNN's for every pair) and whether it found the pair ({stage: array} twice), and is_true."""
+    got = collect(collection.inputs, stages, cfg, work / f"index-calibrate-{collection.tag}", work, progress)
+    raw = raw_evidence(stages, got.features, progress)
+    n = len(got.items)
+    union = cascade.fuse(n, {s: ScoredPairs(r.a, r.b, np.ones(len(r.a))) for s, r in raw.items()}, "max")
+    values, found = cascade.stage_signals(union.a, union.b, n, stages, raw, got.features)
+    return values, found, collection.label(got.items, union.as_scored())
+
+
+def tuning_collections(work: Path, progress: bool) -> list[Collection]:
+    """Every collection calibration may look at."""
     out = []
     for part in PARTS:
         ds = dev_set(TUNE, part, progress)
@@ -125,7 +142,7 @@ def tuning_collections(work: Path, progress: bool) -> list:
             a, b = _dataset_rows(items, ds, pairs)
             return label_pairs(ScoredPairs(a, b, pairs.score), ds.truth)
 
-        out.append((f"devset-{TUNE}-{part}", [ds.root / "images"], label))
+        out.append(Collection(f"devset-{TUNE}-{part}", [ds.root / "images"], label, ds.n_true_pairs))
     for tag, build in (("yearbook-school-tune", lambda d: build_tune_yearbook(d, progress)),
                        ("yearbook-plain-seed1", lambda d: build_yearbook(d, seed=1))):
         pdfs = work / tag
@@ -139,7 +156,7 @@ def tuning_collections(work: Path, progress: bool) -> list:
                              if where[a] is not None and where[b] is not None else False
                              for a, b in zip(pairs.a, pairs.b)], bool)
 
-        out.append((tag, [pdfs], label))
+        out.append(Collection(tag, [pdfs], label, len(true_pairs(placements))))
     return out
 
 

@@ -4,8 +4,8 @@
 
 Collects every candidate pair of the tuning collections (`bench_find.tuning_collections`: devset tune photo
 and line art, the school-style and plain yearbooks) with both stages' raw signals, exactly as
-`bench_find.py calibrate` fits the shipped fusion, then fits each variant the same way (logistic, every
-collection weighted alike) and prints micro-AP, recall at P0.9, the best recall at P0.95 with its
+`bench_find.py calibrate` fits the shipped fusion, then fits each variant the same way (calibration.fit_logistic,
+every collection weighted alike) and prints micro-AP, recall at P0.9, the best recall at P0.95 with its
 threshold, and precision / recall at 0.95 per collection. Rules over the stage tables need no fit.
 The report split is never read.
 """
@@ -23,25 +23,17 @@ import bench_find  # noqa: E402
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
 from simbench.evaluate import micro_ap, recall_at_precision  # noqa: E402
 from simbench.find import cascade  # noqa: E402
-from simbench.find.pipeline import collect, raw_evidence  # noqa: E402
-from simbench.types import ScoredPairs  # noqa: E402
+from simbench.find.calibration import fit_logistic  # noqa: E402
 
 
 def fusion_pairs(work: Path) -> tuple[list, list]:
-    """Per tuning collection: (tag, keypoint evidence, keypoints found, cnn score, is_true, true pairs)."""
+    """Per tuning collection: (tag, keypoint evidence, keypoints found, cnn score, is_true, its true pairs)."""
     cfg = cascade.make_config("cascade")
     stages = cascade.build_stages(cfg, quiet=True)
     out = []
-    for tag, inputs, label in bench_find.tuning_collections(work, progress=False):
-        got = collect(inputs, stages, cfg, work / f"index-calibrate-{tag}", work, False)
-        raw = raw_evidence(stages, got.features, False)
-        n = len(got.items)
-        union = cascade.fuse(n, {s: ScoredPairs(r.a, r.b, np.ones(len(r.a))) for s, r in raw.items()}, "max")
-        v, ok = cascade.stage_signals(union.a, union.b, n, stages, raw, got.features)
-        y = label(got.items, union.as_scored())
-        # Devset truth counts pairs never found; the yearbooks' truths are their found true pairs.
-        n_true = 612 if tag.startswith("devset") else int(y.sum())
-        out.append((tag, v["keypoints"], ok["keypoints"], v["cnn"], y, n_true))
+    for collection in bench_find.tuning_collections(work, progress=False):
+        values, found, y = bench_find.fusion_signals(collection, stages, cfg, work, progress=False)
+        out.append((collection.tag, values["keypoints"], found["keypoints"], values["cnn"], y, collection.n_true))
     return out, stages
 
 
@@ -59,31 +51,6 @@ def features(kp, found, cnn, variant: str) -> tuple[np.ndarray, np.ndarray]:
         cols["log1p^2"] = (f * lk ** 2, -np.inf)  # free sign: may bend down (not monotone)
     x = np.stack([np.ones(len(f))] + [c for c, _ in cols.values()], axis=1)
     return x, np.array([-np.inf] + [lo for _, lo in cols.values()])
-
-
-def fit(x, y, w, lower, ridge: float = 1e-2) -> np.ndarray:
-    """Weighted logistic regression by projected damped Newton steps (as calibration.fit_fusion)."""
-    b = np.where(np.isfinite(lower), lower, 0.0)
-
-    def objective(b):
-        z = x @ b
-        return float(np.sum(w * (y * z - np.logaddexp(0.0, z))) - ridge / 2 * b @ b)
-
-    current = objective(b)
-    for _ in range(300):
-        q = 1.0 / (1.0 + np.exp(-(x @ b)))
-        step = np.linalg.solve((x * (w * q * (1 - q))[:, None]).T @ x + ridge * np.eye(len(b)),
-                               x.T @ (w * (y - q)) - ridge * b)
-        for _ in range(40):
-            candidate = np.maximum(b + step, lower)
-            value = objective(candidate)
-            if value >= current:
-                break
-            step /= 2
-        if value < current or np.max(np.abs(candidate - b)) < 1e-10:
-            break
-        b, current = candidate, value
-    return b
 
 
 def row(name: str, tag: str, score, y, n_true) -> str:
@@ -109,7 +76,7 @@ def main(argv=None) -> None:
         x = np.concatenate([p[0] for p in parts])
         y = np.concatenate([d[4] for d in data]).astype(np.float64)
         w = np.concatenate([np.full(len(d[4]), 1.0 / len(d[4])) for d in data])
-        b = fit(x, y, w * len(y) / w.sum(), parts[0][1])
+        b = fit_logistic(x, y, parts[0][1], sample_weight=w)
         for (tag, *_, yc, n_true), (xc, _) in zip(data, parts):
             print(row(variant, tag, 1.0 / (1.0 + np.exp(-(xc @ b))), yc, n_true))
     for rule in ("max", "noisy_or"):

@@ -298,24 +298,12 @@ def fusion_feature(raw: np.ndarray, transform: str) -> np.ndarray:
     return np.log1p(np.maximum(raw, 0.0)) if transform == "log1p" else raw
 
 
-def fit_fusion(stages: list[str], keys: list[str], transform: dict[str, str], raw: dict[str, np.ndarray],
-               found: dict[str, np.ndarray], is_true: np.ndarray, ridge: float = 1e-2, note: str = "",
-               sample_weight: np.ndarray | None = None) -> Fusion:
-    """Maximum-likelihood logistic weights with a little ridge: projected Newton steps (each weight kept at
-    its bound: >= 0, signal weights >= MIN_WEIGHT), halved until the likelihood improves. A stage that
-    found every pair (one that scores any pair) gets no found weight: it would only copy the intercept.
-    sample_weight: per pair (e.g. so that every tuning collection counts alike, however many pairs)."""
-    columns, lower, slots = [np.ones(len(is_true))], [-np.inf], []
-    for s in stages:
-        f = found[s].astype(np.float64)
-        if not f.all():
-            slots.append((s, "found", len(columns)))
-            columns.append(f)
-            lower.append(0.0)
-        slots.append((s, "signal", len(columns)))
-        columns.append(f * fusion_feature(raw[s], transform[s]))
-        lower.append(MIN_WEIGHT)
-    x, y, lower = np.stack(columns, axis=1), np.asarray(is_true, np.float64), np.array(lower)
+def fit_logistic(x: np.ndarray, is_true: np.ndarray, lower: np.ndarray, ridge: float = 1e-2,
+                 sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """Weights w of P(true) = 1 / (1 + exp(-x @ w)) by maximum likelihood with a little ridge, each kept at or
+    above its bound in `lower` (-inf: free): projected Newton steps, halved until the likelihood improves.
+    sample_weight: per row (rescaled to sum to the number of rows)."""
+    y = np.asarray(is_true, np.float64)
     sw = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, np.float64) * len(y) / np.sum(sample_weight)
 
     def objective(w):
@@ -338,6 +326,27 @@ def fit_fusion(stages: list[str], keys: list[str], transform: dict[str, str], ra
         if value < current or np.max(np.abs(candidate - w)) < 1e-10:
             break
         w, current = candidate, value
+    return w
+
+
+def fit_fusion(stages: list[str], keys: list[str], transform: dict[str, str], raw: dict[str, np.ndarray],
+               found: dict[str, np.ndarray], is_true: np.ndarray, ridge: float = 1e-2, note: str = "",
+               sample_weight: np.ndarray | None = None) -> Fusion:
+    """The logistic fusion of the stages' raw signals (`fit_logistic`; every weight >= 0, signal weights
+    >= MIN_WEIGHT, so the score is increasing in each stage's evidence). A stage that
+    found every pair (one that scores any pair) gets no found weight: it would only copy the intercept.
+    sample_weight: per pair (e.g. so that every tuning collection counts alike, however many pairs)."""
+    columns, lower, slots = [np.ones(len(is_true))], [-np.inf], []
+    for s in stages:
+        f = found[s].astype(np.float64)
+        if not f.all():
+            slots.append((s, "found", len(columns)))
+            columns.append(f)
+            lower.append(0.0)
+        slots.append((s, "signal", len(columns)))
+        columns.append(f * fusion_feature(raw[s], transform[s]))
+        lower.append(MIN_WEIGHT)
+    w = fit_logistic(np.stack(columns, axis=1), is_true, np.array(lower), ridge, sample_weight)
     found_weight, weight = {s: 0.0 for s in stages}, {}
     for s, kind, k in slots:
         (found_weight if kind == "found" else weight)[s] = float(w[k])
