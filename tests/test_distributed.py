@@ -21,7 +21,6 @@ from PIL import Image
 from conftest import PHOTOS, photo
 from simbench.cli import find_main
 
-pytest.importorskip("distributed")
 
 FILES_PER_TASK = 4
 

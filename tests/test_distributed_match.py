@@ -2,20 +2,19 @@
 LocalCluster of 2 worker processes, for random codes (with an oracle) and real BRISK descriptors."""
 from __future__ import annotations
 
+import distributed
 import numpy as np
 import pytest
 from PIL import Image
 
-distributed = pytest.importorskip("distributed")
-
-from simbench.distributed import match as dm  # noqa: E402
-from simbench.features.keypoints import KeypointExtractor  # noqa: E402
-from simbench.match.cosine import ExactCosineMatcher  # noqa: E402
-from simbench.match.lsh import MultiIndexHashMatcher  # noqa: E402
-from simbench.match.oracle import OracleMatcher  # noqa: E402
-from simbench.methods.cnn import CnnMethod  # noqa: E402
-from simbench.methods.keypoints import KeypointMethod, between_images, verify_pairs  # noqa: E402
-from simbench.types import Embeddings, bytes_to_words  # noqa: E402
+from simbench.distributed import match as dm
+from simbench.features.keypoints import KeypointExtractor
+from simbench.match.cosine import ExactCosineMatcher
+from simbench.match.lsh import MultiIndexHashMatcher
+from simbench.match.oracle import OracleMatcher
+from simbench.methods.cnn import CnnMethod
+from simbench.methods.keypoints import KeypointMethod, between_images, verify_pairs
+from simbench.types import Embeddings, bytes_to_words
 
 
 @pytest.fixture(scope="module")

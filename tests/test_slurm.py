@@ -60,7 +60,6 @@ from PIL import Image
 
 from conftest import PHOTOS, photo
 
-pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is not installed (pip install dask-jobqueue distributed)")
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sinfo", "srun", "sbatch", "squeue", "scancel", "scontrol")
