@@ -165,6 +165,13 @@ def _by_name(scored, names) -> dict:
     return out
 
 
+def _coverages(scored, names, first: str, second: str) -> tuple[int, float, float]:
+    """The pair (first, second): its index in scored, and the coverage of first's and of second's picture."""
+    k = _by_name(scored, names)[first, second]
+    cov_a, cov_b = scored.extra["coverage_a"][k], scored.extra["coverage_b"][k]
+    return (k, cov_a, cov_b) if names[scored.a[k]] == first else (k, cov_b, cov_a)
+
+
 def _groups(names, kind):
     overlay = [(a, b) for i, a in enumerate(names[:8]) for b in names[i + 1:8]]
     copies = [("Q", c) for c in COPIES] + [(f"{kind}0", "copy_of_0")]
@@ -228,11 +235,9 @@ def test_a_shared_screenshot_frame_falls_below_the_copies(collections, matcher):
 def test_a_photo_pasted_into_another_picture_still_pairs_with_it(collections, matcher):
     names, features, extractor = collections("sticker")
     scored = KeypointMethod(extractor, matcher, **METHOD).score_pairs(features)
-    k = _by_name(scored, names)["Q", "Q_pasted"]
+    k, q_side, collage_side = _coverages(scored, names, "Q", "Q_pasted")
     x = scored.extra
     # Q is covered (nearly) whole; of the collage only the pasted quarter.
-    q_side, collage_side = ((x["coverage_a"][k], x["coverage_b"][k]) if names[scored.a[k]] == "Q"
-                            else (x["coverage_b"][k], x["coverage_a"][k]))
     assert q_side > 0.5 and collage_side < 0.35, (q_side, collage_side)
     assert x["covered"][k] > 0.3 and x["evidence"][k] > 20
     assert scored.score[k] >= METHOD["score_threshold"]
@@ -241,10 +246,8 @@ def test_a_photo_pasted_into_another_picture_still_pairs_with_it(collections, ma
 def test_a_crop_still_pairs_with_its_original(collections, matcher):
     names, features, extractor = collections("sticker")
     scored = KeypointMethod(extractor, matcher, **METHOD).score_pairs(features)
-    k = _by_name(scored, names)["Q", "Q_crop30"]
+    k, q_side, crop_side = _coverages(scored, names, "Q", "Q_crop30")
     x = scored.extra
-    crop_side, q_side = ((x["coverage_b"][k], x["coverage_a"][k]) if names[scored.a[k]] == "Q"
-                         else (x["coverage_a"][k], x["coverage_b"][k]))
     assert crop_side > 0.4 and q_side < 0.4, (crop_side, q_side)
     assert x["evidence"][k] > 20 and scored.score[k] >= METHOD["score_threshold"]
 
