@@ -89,8 +89,8 @@ def extract_chunk(files: list[str], digests: list[str], stages, root: str, optio
 
     store = FeatureStore(root)
     sections = index_sections(stages, options)
-    if all(store.check(section, pkey, digests, kind).get(d, "absent") is None
-           for section, pkey, kind in sections for d in digests):
+    status = [store.check(section, pkey, digests, kind) for section, pkey, kind in sections]  # once per section
+    if all(found.get(d, "absent") is None for found in status for d in digests):
         return 0
     stages = [copy.copy(s) for s in stages]
     for s in stages:
