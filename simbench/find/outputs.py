@@ -4,7 +4,8 @@ pairs.csv (DESIGN.md): a,b,score, then a_source,a_page,a_bbox,b_source,b_page,b_
 that are files of their own), then method (the stage whose evidence gave the score: identical,
 keypoints, cnn, hash or linked), then calibrated ("yes", or "no" when no calibration table covers the
 settings that gave the score: ranked, but not an estimate of precision). Best score first.
-evidence.npz: every stage's pairs with their raw signals (what `simbench calibrate` fits tables on).
+evidence.npz: every stage's pairs with their raw signals (what `simbench calibrate` fits tables on), and
+why the best pairs pair (simbench.find.evidence: matched points, regions, CNN ranks, linked chains).
 Every file is written atomically.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from simbench.cache import atomic_write_bytes
+from simbench.find import evidence
 from simbench.find.cascade import FusedPairs
 from simbench.find.items import Item
 from simbench.types import ScoredPairs, Skipped
@@ -39,12 +41,15 @@ def write_pairs_csv(path: Path, pairs: FusedPairs, items: Sequence[Item]) -> Non
     atomic_write_bytes(path, buffer.getvalue().encode())
 
 
-def write_evidence(path: Path, raw: dict[str, ScoredPairs], items: Sequence[Item], settings: dict) -> None:
+def write_evidence(path: Path, raw: dict[str, ScoredPairs], items: Sequence[Item], settings: dict,
+                   pair_evidence: dict | None = None) -> None:
     """evidence.npz: per stage `<stage>.a`, `<stage>.b` (item positions), `<stage>.raw` (raw signal);
-    `items` (display paths) and `settings` (JSON: stage -> the settings its calibration is keyed by).
+    `items` (display paths), `settings` (JSON: stage -> the settings its calibration is keyed by) and
+    `pair_evidence` (JSON, simbench.find.evidence.to_json: the records of the best pairs).
     Plain arrays only, so reading it never runs code (np.load(..., allow_pickle=False))."""
     arrays = {"items": np.array([item.display for item in items], dtype=str),
-              "settings": np.array(json.dumps(settings, sort_keys=True, default=str))}
+              "settings": np.array(json.dumps(settings, sort_keys=True, default=str)),
+              "pair_evidence": np.array(evidence.to_json(pair_evidence or {}))}
     for name, found in raw.items():
         arrays[f"{name}.a"] = np.asarray(found.a, np.int64)
         arrays[f"{name}.b"] = np.asarray(found.b, np.int64)
@@ -61,6 +66,12 @@ def read_evidence(path: Path) -> tuple[list[str], dict[str, ScoredPairs], dict]:
         settings = json.loads(str(z["settings"]))
         raw = {name: ScoredPairs(z[f"{name}.a"], z[f"{name}.b"], z[f"{name}.raw"]) for name in settings}
     return items, raw, settings
+
+
+def read_pair_evidence(path: Path) -> dict:
+    """{(a, b): record} stored in an evidence.npz (empty for files written before it was stored)."""
+    with np.load(path, allow_pickle=False) as z:
+        return evidence.from_json(str(z["pair_evidence"])) if "pair_evidence" in z.files else {}
 
 
 def _provenance(item: Item) -> list:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from simbench.distributed.cluster import ClusterSession
-from simbench.find import blank, cascade, outputs, report
+from simbench.find import blank, cascade, evidence, outputs, report
 from simbench.find.cascade import FusedPairs, Stage
 from simbench.find.index import (BATCH_IMAGES, SOURCES_KIND, FeatureStore, consistent, join_features, params_key,
                                  shard_groups, split_features)
@@ -51,6 +51,7 @@ class FindResult:
     timing: dict = field(default_factory=dict)
     raw: dict[str, ScoredPairs] = field(default_factory=dict)  # stage -> pairs with raw signals
     n_blank: int = 0  # blank images (listed in skipped, never paired)
+    evidence: dict = field(default_factory=dict)  # (a, b) -> why they pair (simbench.find.evidence)
 
     def summary(self, out_dir: Path | None = None, threshold: float | None = None) -> str:
         where = f" -> {out_dir}" if out_dir else ""
@@ -75,9 +76,12 @@ def find(inputs: Sequence[str | Path], out_dir: str | Path, cfg: DictConfig | No
         raw = raw_evidence(stages, collected.features, progress, cluster.client)
     pairs = score(collected.items, stages, raw, cfg, collected.features, collected.blank)
     groups = outputs.duplicate_groups(pairs, len(collected.items), float(cfg.threshold))
-    timing = {**collected.timing, "match_s": time.perf_counter() - t, "total_s": time.perf_counter() - t0}
+    t_evidence = time.perf_counter()
+    why = evidence.pair_evidence(pairs, stages, collected.features, float(cfg.link_min_score) if cfg.link else None)
+    timing = {**collected.timing, "match_s": t_evidence - t, "evidence_s": time.perf_counter() - t_evidence,
+              "total_s": time.perf_counter() - t0}
     result = FindResult(collected.items, pairs, groups, collected.skipped, collected.n_files, collected.n_pdfs,
-                        collected.n_new, timing, raw, len(collected.blank))
+                        collected.n_new, timing, raw, len(collected.blank), why)
     write_outputs(out_dir, result, cfg, stages)
     return result
 
@@ -355,7 +359,7 @@ def write_outputs(out_dir: Path, result: FindResult, cfg: DictConfig, stages: li
                               float(cfg.threshold), str(cfg.method))
     outputs.write_skipped_csv(out_dir / "skipped.csv", result.skipped)
     outputs.write_evidence(out_dir / "evidence.npz", result.raw, result.items,
-                           {stage.name: stage.settings for stage in stages})
+                           {stage.name: stage.settings for stage in stages}, result.evidence)
     report.write_report(out_dir / "report.html", result, cfg, stages)
 
 

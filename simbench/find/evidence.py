@@ -1,0 +1,210 @@
+"""Why two images were paired: the evidence the review page draws, computed once by `find`.
+
+Interface: `pair_evidence(...)` returns {(a, b): record} for item pairs a < b (item positions in
+`FindResult.items`); `simbench find` keeps it as `FindResult.evidence`, stores it in evidence.npz
+(`pair_evidence` entry, one compact JSON string: no pickle) and embeds it in report.html. For two images
+outside a run (simbench.compare), call `keypoint_evidence` / `cnn_evidence` on their features directly.
+
+A record holds what applies to the pair (every value plain JSON):
+- "keypoints": the verified matches of the keypoint stage: "inliers" (RANSAC inlier count), "flipped"
+  (the mirrored fit won), "size_a"/"size_b" (width, height of each item's image, the pixel space of the
+  points: the original file, or for a PDF image the rendering of its placed region), "points_a"/"points_b"
+  (matched point pairs: points_a[k] in a matches points_b[k] in b, at most MAX_MATCHES of them, evenly
+  subsampled, to a tenth of a pixel), "box_a"/"box_b" (x0 y0 x1 y1 of ALL inliers) and "hull_a"/"hull_b"
+  (their convex hull): the matched region on each image.
+- "cnn": "cosine" of the two embeddings, "rank_a" (b's rank among a's nearest neighbours, 1 = nearest)
+  and "rank_b" (a's rank among b's), "score" (the stage's calibrated score).
+- "chain": for a pair scored through others (method "linked"), the direct pairs along the strongest
+  chain, [[x, y, score, method], ...] from a to b, whose scores multiply to the linked score.
+
+How they are obtained, so that they are the stage's own reasons:
+- keypoints: the two images' features are matched and verified again by the stage's own method
+  (`KeypointMethod.descriptor_pairs` and `verify_candidates`) on just those two images. A RANSAC fit
+  depends on its pair's correspondences alone and rows keep their order, so with an exact matcher (or
+  multi-index hashing at a radius its pieces make exact, as the default 32 x 16-bit pieces at 31 are)
+  these are the inliers `find` verified.
+- cnn: cosines of each image to every other (blockwise), counted.
+- chain: Kruskal's maximum spanning forest over the direct pairs scoring >= link_min_score, best first,
+  as simbench.find.cascade.link builds it; the chain is the tree path.
+
+Only the MAX_EVIDENCE_PAIRS best pairs get records (verification costs one small match per pair); the
+page says when a pair has none.
+"""
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from simbench.find.cascade import LINKED, FusedPairs
+from simbench.find.index import _one, join_features
+from simbench.methods.keypoints import between_images
+from simbench.types import KeypointSets
+
+#: Pairs (best score first) that get an evidence record in a run.
+MAX_EVIDENCE_PAIRS = 2000
+#: Matched point pairs kept per pair (the region boxes and hulls use them all).
+MAX_MATCHES = 64
+#: Rows of embeddings compared at once when ranking neighbours.
+BLOCK = 1024
+
+Evidence = dict[tuple[int, int], dict]
+
+
+def pair_evidence(pairs: FusedPairs, stages: Sequence, features: dict, link_min_score: float | None = None,
+                  limit: int = MAX_EVIDENCE_PAIRS) -> Evidence:
+    """Evidence records of the `limit` best pairs (see the module docstring), keyed by (a, b), a < b.
+
+    stages: simbench.find.cascade.Stage list; features: stage name -> (features, item rows, reasons), as
+    simbench.find.pipeline.load_features gives them; link_min_score: the linking floor (None: no chains).
+    """
+    order = np.lexsort((pairs.b, pairs.a, -pairs.score))[:limit]
+    out: Evidence = {(int(pairs.a[k]), int(pairs.b[k])): {} for k in order}
+    for stage in stages:
+        found = pairs.per_stage.get(stage.name)
+        if found is None or stage.name not in features:
+            continue
+        feats, rows, _ = features[stage.name]
+        position = {int(item): r for r, item in enumerate(rows)}
+        mine = [k for k in order if found[k] > 0 and int(pairs.a[k]) in position and int(pairs.b[k]) in position]
+        if isinstance(feats, KeypointSets):
+            for k in mine:
+                record = keypoint_evidence(feats, position[int(pairs.a[k])], position[int(pairs.b[k])], stage.method)
+                if record is not None:
+                    out[int(pairs.a[k]), int(pairs.b[k])]["keypoints"] = record
+        elif hasattr(feats, "vectors") and mine:
+            a = np.array([position[int(pairs.a[k])] for k in mine])
+            b = np.array([position[int(pairs.b[k])] for k in mine])
+            for k, record in zip(mine, cnn_evidence(feats.vectors, a, b)):
+                out[int(pairs.a[k]), int(pairs.b[k])]["cnn"] = {**record, "score": round(float(found[k]), 4)}
+    if link_min_score is not None:
+        linked = [k for k in order if pairs.method[k] == LINKED]
+        for k, chain in zip(linked, linked_chains(pairs, [(int(pairs.a[k]), int(pairs.b[k])) for k in linked],
+                                                  link_min_score)):
+            if chain:
+                out[int(pairs.a[k]), int(pairs.b[k])]["chain"] = chain
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Keypoints
+
+
+def keypoint_evidence(features: KeypointSets, ra: int, rb: int, method, max_matches: int = MAX_MATCHES) -> dict | None:
+    """The verified matches between feature rows ra and rb (images of `features`), by `method` (a
+    KeypointMethod) on these two images alone; None when no fit has inliers."""
+    pair = join_features([_one(features, ra), _one(features, rb)], "keypoints")[0]
+    descriptor_pairs, _ = method.descriptor_pairs(pair)
+    matches = between_images(descriptor_pairs, pair.owners)
+    ver = method.verify_candidates(pair, matches, np.array([0]), np.array([1]),
+                                   getattr(method.extractor, "max_size", None))
+    if not len(ver["ra"]):
+        return None
+    pa, pb = np.asarray(pair.points, np.float64)[ver["ra"]], np.asarray(pair.points, np.float64)[ver["rb"]]
+    keep = np.unique(np.linspace(0, len(pa) - 1, min(max_matches, len(pa))).round().astype(int))
+    sizes = np.asarray(pair.image_sizes)
+    return {"inliers": int(ver["inliers"][0]), "flipped": bool(ver["flipped"][0]),
+            "size_a": [int(v) for v in sizes[0]], "size_b": [int(v) for v in sizes[1]],
+            "points_a": _rounded(pa[keep]), "points_b": _rounded(pb[keep]),
+            "box_a": _box(pa), "box_b": _box(pb), "hull_a": _hull(pa), "hull_b": _hull(pb)}
+
+
+def _rounded(points: np.ndarray) -> list:
+    return np.round(points, 1).tolist()
+
+
+def _box(points: np.ndarray) -> list:
+    return [round(float(v), 1) for v in (*points.min(axis=0), *points.max(axis=0))]
+
+
+def _hull(points: np.ndarray) -> list:
+    return _rounded(cv2.convexHull(points.astype(np.float32)).reshape(-1, 2).astype(np.float64))
+
+
+# ---------------------------------------------------------------------------------------------------
+# CNN
+
+
+def cnn_evidence(vectors: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[dict]:
+    """Per row pair (a[k], b[k]) of L2-normalised `vectors`: cosine, and each one's rank among the
+    other's neighbours (1 + the number of other images more similar to it than its partner; ties count
+    for the partner)."""
+    v = np.asarray(vectors, np.float32)
+    cos = np.einsum("ij,ij->i", v[a], v[b]).astype(np.float64)
+    rank_a, rank_b = np.zeros(len(a), np.int64), np.zeros(len(a), np.int64)
+    for rows, partner, rank in ((a, b, rank_a), (b, a, rank_b)):
+        for s in range(0, len(rows), BLOCK):
+            block = rows[s:s + BLOCK]
+            sims = v[block] @ v.T
+            sims[np.arange(len(block)), block] = -np.inf  # an image is not its own neighbour
+            mine = sims[np.arange(len(block)), partner[s:s + BLOCK]]
+            rank[s:s + BLOCK] = 1 + np.count_nonzero(sims > mine[:, None], axis=1)
+    return [{"cosine": round(float(c), 4), "rank_a": int(x), "rank_b": int(y)}
+            for c, x, y in zip(cos, rank_a, rank_b)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Linked pairs
+
+
+def linked_chains(pairs: FusedPairs, wanted: list[tuple[int, int]], floor: float) -> list[list]:
+    """For each item pair (x, y) in `wanted`, the direct pairs along the maximum-spanning-forest path from
+    x to y, [[x, z, score, method], ...] ([] when the forest does not join them).
+
+    The forest is built as cascade.link builds it: direct pairs (method other than "linked") scoring at
+    least `floor`, best first. A direct pair that a chain outscored is "linked" in `pairs`, but it never
+    joined the tree either: its ends were joined through stronger pairs before it came up."""
+    direct = np.flatnonzero((pairs.method != LINKED) & (pairs.score >= floor))
+    direct = direct[np.argsort(-pairs.score[direct], kind="stable")]
+    parent: dict[int, int] = {}
+
+    def root(x: int) -> int:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    tree: dict[int, list[tuple[int, int]]] = {}
+    for k in direct.tolist():
+        x, y = int(pairs.a[k]), int(pairs.b[k])
+        rx, ry = root(x), root(y)
+        if rx != ry:
+            parent[ry] = rx
+            tree.setdefault(x, []).append((y, k))
+            tree.setdefault(y, []).append((x, k))
+    return [_tree_path(tree, pairs, x, y) for x, y in wanted]
+
+
+def _tree_path(tree: dict, pairs: FusedPairs, x: int, y: int) -> list:
+    came = {x: None}
+    todo = deque([x])
+    while todo and y not in came:
+        z = todo.popleft()
+        for w, k in tree.get(z, ()):
+            if w not in came:
+                came[w] = (z, k)
+                todo.append(w)
+    if y not in came:
+        return []
+    chain, z = [], y
+    while came[z] is not None:
+        previous, k = came[z]
+        chain.append([previous, z, round(float(pairs.score[k]), 6), str(pairs.method[k])])
+        z = previous
+    return chain[::-1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Storage
+
+
+def to_json(evidence: Evidence) -> str:
+    """The records as one compact JSON text: [[a, b, record], ...]."""
+    return json.dumps([[a, b, record] for (a, b), record in sorted(evidence.items())], separators=(",", ":"))
+
+
+def from_json(text: str) -> Evidence:
+    return {(int(a), int(b)): record for a, b, record in json.loads(text)}

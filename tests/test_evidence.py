@@ -1,0 +1,145 @@
+"""Why pairs pair (simbench.find.evidence): each record checked against a plain computation of the same thing.
+
+- keypoints: the matches of a pair verified alone are the inliers the stage verified in the whole run;
+  on a photo pasted into another at a known place, every matched point of the copy lies in that place;
+- cnn: ranks against a full argsort of every cosine;
+- linked: the chain's scores multiply to the linked score, and its pairs are direct ones.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from simbench.find import cascade, evidence, outputs
+from simbench.find.cascade import FusedPairs
+from simbench.find.pipeline import find
+from simbench.methods.keypoints import between_images
+
+#: Where the pasted photo sits in the larger picture (x0, y0, x1, y1 in its pixels).
+PASTED = (300, 120, 556, 376)
+
+
+def pasted_collection(folder: Path, photos: dict) -> dict[str, Path]:
+    """photo.jpg (a 256 px photo), pasted.jpg (that photo pasted at PASTED into another photo, 640x480),
+    and an unrelated photo."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = Image.fromarray(photos["astronaut"]).resize((256, 256), Image.Resampling.LANCZOS)
+    background = Image.fromarray(photos["coffee"]).resize((640, 480), Image.Resampling.LANCZOS)
+    background.paste(photo, PASTED[:2])
+    files = {"photo": folder / "photo.jpg", "pasted": folder / "pasted.jpg", "other": folder / "other.jpg"}
+    photo.save(files["photo"], quality=92)
+    background.save(files["pasted"], quality=92)
+    Image.fromarray(photos["camera"]).save(files["other"], quality=92)
+    return files
+
+
+@pytest.fixture(scope="module")
+def pasted_run(tmp_path_factory, photos):
+    root = tmp_path_factory.mktemp("pasted")
+    files = pasted_collection(root / "in", photos)
+    cfg = cascade.make_config("keypoints", ["threshold=0.5"])
+    result = find([root / "in"], root / "out", cfg, progress=False)
+    return files, result, root / "out", cfg
+
+
+def item_of(result, path: Path) -> int:
+    return next(k for k, item in enumerate(result.items) if Path(item.display).name == path.name)
+
+
+def test_matched_points_of_a_pasted_photo_lie_where_it_was_pasted(pasted_run):
+    files, result, _, _ = pasted_run
+    a, b = sorted((item_of(result, files["photo"]), item_of(result, files["pasted"])))
+    record = result.evidence[a, b]["keypoints"]
+    side = "b" if Path(result.items[b].display).name == "pasted.jpg" else "a"
+    points = np.array(record[f"points_{side}"])
+    assert record["inliers"] >= 20 and 10 <= len(points) <= evidence.MAX_MATCHES
+    x0, y0, x1, y1 = PASTED
+    inside = (points[:, 0] >= x0 - 2) & (points[:, 0] <= x1 + 2) & (points[:, 1] >= y0 - 2) & (points[:, 1] <= y1 + 2)
+    assert inside.all(), points[~inside]
+    bx0, by0, bx1, by1 = record[f"box_{side}"]
+    assert x0 - 2 <= bx0 < bx1 <= x1 + 2 and y0 - 2 <= by0 < by1 <= y1 + 2
+    assert (bx1 - bx0) * (by1 - by0) > 0.5 * (x1 - x0) * (y1 - y0)  # the region, not a corner of it
+    assert record[f"size_{side}"] == [640, 480]
+    # The copy's matched points are where the same content is in the photo: the paste is a translation.
+    other = np.array(record["points_a" if side == "b" else "points_b"])
+    assert np.abs(points - other - np.array(PASTED[:2])).max() < 3
+
+
+def test_pair_evidence_is_what_the_stage_verified_in_the_run(pasted_run):
+    """The oracle: the keypoint stage's own verification of the pair among all images of the run."""
+    files, result, _, cfg = pasted_run
+    stage = cascade.build_stages(cfg, quiet=True)[0]
+    from simbench.find.pipeline import collect
+
+    collected = collect([files["photo"].parent], [stage], cfg, None, files["photo"].parent.parent, False)
+    feats, rows, _ = collected.features[stage.name]
+    a, b = sorted((item_of(result, files["photo"]), item_of(result, files["pasted"])))
+    ra, rb = int(np.flatnonzero(rows == a)[0]), int(np.flatnonzero(rows == b)[0])
+    matches = between_images(stage.method.descriptor_pairs(feats)[0], feats.owners)
+    ver = stage.method.verify_candidates(feats, matches, np.array([ra]), np.array([rb]), stage.extractor.max_size)
+    expected_a, expected_b = feats.points[ver["ra"]], feats.points[ver["rb"]]
+    record = evidence.keypoint_evidence(feats, ra, rb, stage.method, max_matches=10_000)
+    assert record["inliers"] == int(ver["inliers"][0]) and record["flipped"] == bool(ver["flipped"][0])
+    np.testing.assert_allclose(record["points_a"], expected_a, atol=0.051)
+    np.testing.assert_allclose(record["points_b"], expected_b, atol=0.051)
+    assert record["box_a"] == evidence._box(expected_a.astype(np.float64))
+    # Subsampled: MAX_MATCHES of those very pairs.
+    few = evidence.keypoint_evidence(feats, ra, rb, stage.method)
+    assert len(few["points_a"]) == min(evidence.MAX_MATCHES, len(expected_a))
+    full = {tuple(p + q) for p, q in zip(record["points_a"], record["points_b"])}
+    assert all(tuple(p + q) in full for p, q in zip(few["points_a"], few["points_b"]))
+
+
+def test_evidence_is_stored_compactly_and_read_back(pasted_run):
+    _, result, out, _ = pasted_run
+    stored = outputs.read_pair_evidence(out / "evidence.npz")
+    assert stored == {k: v for k, v in result.evidence.items()} and stored
+    assert set(stored) == {(int(a), int(b)) for a, b in zip(result.pairs.a, result.pairs.b)}
+    with np.load(out / "evidence.npz", allow_pickle=False) as z:  # no object arrays
+        assert all(z[name].dtype != object for name in z.files)
+
+
+def test_cnn_ranks_match_a_full_sort():
+    rng = np.random.default_rng(4)
+    v = rng.normal(size=(60, 16)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    a, b = rng.integers(0, 60, 40), rng.integers(0, 60, 40)
+    keep = a != b
+    a, b = a[keep], b[keep]
+    got = evidence.cnn_evidence(v, a, b)
+    sims = v @ v.T
+    for k, (x, y) in enumerate(zip(a, b)):
+        for me, partner, key in ((x, y, "rank_a"), (y, x, "rank_b")):
+            others = [j for j in np.argsort(-sims[me], kind="stable") if j != me]
+            assert got[k][key] == others.index(partner) + 1
+        assert got[k]["cosine"] == pytest.approx(float(sims[x, y]), abs=1e-4)
+
+
+def test_linked_chains_multiply_to_the_linked_score():
+    rng = np.random.default_rng(7)
+    n = 40
+    a, b = rng.integers(0, n, 120), rng.integers(0, n, 120)
+    keep = a != b
+    pairs = cascade.fuse(n, {"keypoints": cascade.ScoredPairs(np.minimum(a, b)[keep], np.maximum(a, b)[keep],
+                                                              rng.uniform(0.6, 1.0, keep.sum()))})
+    linked = cascade.link(pairs, n, floor=0.8, max_group=100)
+    rows = np.flatnonzero(linked.method == cascade.LINKED)
+    assert len(rows) > 20
+    wanted = [(int(linked.a[k]), int(linked.b[k])) for k in rows]
+    direct = {(int(x), int(y)): s for x, y, s, m in zip(linked.a, linked.b, linked.score, linked.method)
+              if m != cascade.LINKED}
+    for k, chain in zip(rows, evidence.linked_chains(linked, wanted, 0.8)):
+        assert chain and chain[0][0] == linked.a[k] and chain[-1][1] == linked.b[k]
+        assert all(chain[i][1] == chain[i + 1][0] for i in range(len(chain) - 1))
+        assert all(min(x, y) != max(x, y) and (min(x, y), max(x, y)) in direct for x, y, _, _ in chain)
+        assert np.prod([s for _, _, s, _ in chain]) == pytest.approx(linked.score[k], rel=1e-5)
+
+
+def test_pairs_beyond_the_limit_get_no_record():
+    pairs = FusedPairs(np.array([0, 1, 2]), np.array([1, 2, 3]), np.array([0.5, 0.9, 0.7]),
+                       np.array(["cnn"] * 3, dtype=object), {"cnn": np.array([0.5, 0.9, 0.7])})
+    got = evidence.pair_evidence(pairs, [], {}, None, limit=2)
+    assert set(got) == {(1, 2), (2, 3)}
