@@ -6,7 +6,11 @@ The page must work from file:// with the network off: every request it makes is 
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +169,123 @@ def test_report_with_500_groups_renders_lazily(browser, tmp_path):
     assert "1 skipped" in page.inner_text("#skipped-section")
     assert not errors, errors
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pair viewer: evidence drawn, decisions by keyboard, decisions.csv
+
+
+def magenta(pixels: np.ndarray) -> np.ndarray:
+    """Where the viewer drew matched points (COLOURS.point, pure magenta; photos have no such pixels)."""
+    r, g, b = (pixels[..., c].astype(int) for c in range(3))
+    return (r > 225) & (g < 40) & (b > 225)
+
+
+@pytest.fixture(scope="module")
+def pasted_report(tmp_path_factory, photos):
+    """A keypoints run on: a photo and a larger picture it was pasted into (test_evidence.PASTED), a photo
+    and its crop, and an unrelated photo."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_evidence import pasted_collection
+
+    from simbench.cli import find_main
+
+    root = tmp_path_factory.mktemp("pasted-report")
+    pasted_collection(root / "in", photos)
+    img = photos["rocket"]
+    h, w = img.shape[:2]
+    Image.fromarray(img).save(root / "in" / "rocket.jpg", quality=90)
+    Image.fromarray(img[h // 8: h * 7 // 8, w // 6: w * 5 // 6]).save(root / "in" / "rocket-crop.jpg", quality=85)
+    assert find_main([str(root / "in"), "--out", str(root / "out"), "--method", "keypoints", "-t", "0.5", "-q"]) == 0
+    return root
+
+
+def group_of(page, name: str) -> int:
+    """The position (0-based) of the group showing the file `name`."""
+    return page.evaluate("name => view.groups.findIndex(g => [...g.members].some(m => DATA.items[m].d.endsWith('/' + name)))",
+                         name)
+
+
+def open_pair_by_keyboard(page, group: int) -> list[str]:
+    """Focus group `group` (0-based) with j, open its first pair with Enter; the pair's (a, b)."""
+    for _ in range(group + 1):
+        page.keyboard.press("j")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#viewer').classList.contains('open') && "
+                           "document.querySelector('#pair-canvas').dataset.layout")
+    return page.evaluate("() => { const [p] = currentPair(); return [DATA.items[p[0]].d, DATA.items[p[1]].d]; }")
+
+
+def test_pair_viewer_draws_the_matches_on_the_pasted_region(browser, pasted_report):
+    """Screenshot check: every matched point drawn on the larger picture lies on the pasted region, the
+    points on the photo spread over it, and the match lines are drawn between them."""
+    from test_evidence import PASTED
+
+    page, requests, errors = open_report(browser, pasted_report / "out" / "report.html")
+    names = [Path(x).name for x in open_pair_by_keyboard(page, group_of(page, "pasted.jpg"))]
+    assert sorted(names) == ["pasted.jpg", "photo.jpg"], names
+    layout = json.loads(page.locator("#pair-canvas").get_attribute("data-layout"))
+    width = page.evaluate("document.querySelector('#pair-canvas').width")
+    shot = np.asarray(Image.open(io.BytesIO(page.locator("#pair-canvas").screenshot())).convert("RGB"))
+    f = shot.shape[1] / width  # CSS pixels of the canvas per canvas pixel
+    pasted, photo = (layout["a"], layout["b"]) if names[0] == "pasted.jpg" else (layout["b"], layout["a"])
+    ys, xs = np.nonzero(magenta(shot))
+    on_pasted = (xs >= pasted["x"] * f) & (xs < (pasted["x"] + pasted["w"]) * f)
+    on_photo = (xs >= photo["x"] * f) & (xs < (photo["x"] + photo["w"]) * f)
+    assert on_pasted.sum() > 200 and on_photo.sum() > 200  # dozens of dots of radius 2.5 on each
+    assert on_pasted.sum() + on_photo.sum() == len(xs)  # nothing drawn in the gap but lines
+    # Dots on the larger picture: within the pasted region (image pixels -> canvas -> screenshot), give or
+    # take a dot's radius and antialiasing.
+    x0, y0, x1, y1 = PASTED
+    margin = 4 * f
+    left, right = (pasted["x"] + x0 * pasted["sx"]) * f - margin, (pasted["x"] + x1 * pasted["sx"]) * f + margin
+    top, bottom = (pasted["y"] + y0 * pasted["sy"]) * f - margin, (pasted["y"] + y1 * pasted["sy"]) * f + margin
+    px, py = xs[on_pasted], ys[on_pasted]
+    outside = (px < left) | (px > right) | (py < top) | (py > bottom)
+    assert not outside.any(), list(zip(px[outside], py[outside]))[:10]
+    assert (px.max() - px.min()) > 0.5 * (right - left) and (py.max() - py.min()) > 0.5 * (bottom - top)
+    # The photo's own dots spread over most of it (the whole photo was pasted).
+    qx, qy = xs[on_photo], ys[on_photo]
+    assert (qx.max() - qx.min()) > 0.5 * photo["w"] * f and (qy.max() - qy.min()) > 0.5 * photo["h"] * f
+    # Lines: the gap between the two images is crossed by the match lines (cyan) and nothing else.
+    gap = shot[:, int((layout["a"]["x"] + layout["a"]["w"]) * f) + 2: int(layout["b"]["x"] * f) - 2]
+    cyan = (gap[..., 2].astype(int) > 150) & (gap[..., 1].astype(int) > 100) & (gap[..., 0].astype(int) < 120)
+    assert cyan.any(axis=1).sum() > 20
+    assert "verified match" in page.inner_text("#why")
+    assert not errors, errors
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests
+
+
+def test_decisions_by_keyboard_and_decisions_csv(browser, pasted_report, tmp_path):
+    page, _, errors = open_report(browser, pasted_report / "out" / "report.html")
+    keys = page.locator("#keys").text_content()  # the shortcuts are documented on the page
+    assert all(k in keys for k in ("j", "Enter", "Shift", "Esc", "not duplicate", "decisions.csv")), keys
+    pasted_group = group_of(page, "pasted.jpg")
+    first = open_pair_by_keyboard(page, pasted_group)
+    page.keyboard.press("d")
+    assert page.inner_text("#pair-state") == "marked duplicate"
+    page.keyboard.press("n")  # changed one's mind
+    assert page.inner_text("#pair-state") == "marked not duplicate"
+    page.keyboard.press("Escape")
+    assert not page.locator("#viewer").evaluate("v => v.classList.contains('open')")
+    page.keyboard.press("k" if pasted_group else "j")  # the other group, as a whole
+    page.keyboard.press("Shift+D")
+    other = 1 - pasted_group
+    second = page.evaluate("g => view.groups[g].pairs.map(([p]) => [DATA.items[p[0]].d, DATA.items[p[1]].d])", other)
+    assert "2 decisions" in page.inner_text("#decision-count")
+    assert "decided 1/1" in page.locator(".group").nth(other).inner_text()
+    with page.expect_download() as download:
+        page.click("#download")
+    saved = tmp_path / "decisions.csv"
+    download.value.save_as(saved)
+    assert download.value.suggested_filename == "decisions.csv"
+    rows = list(csv.DictReader(open(saved, newline="")))
+    assert rows == [{"a": first[0], "b": first[1], "decision": "not_duplicate"},
+                    *({"a": a, "b": b, "decision": "duplicate"} for a, b in second)]
+    pairs = {(r["a"], r["b"]) for r in csv.DictReader(open(pasted_report / "out" / "pairs.csv", newline=""))}
+    assert {(r["a"], r["b"]) for r in rows} <= pairs  # a and b exactly as pairs.csv writes them
+    # Decisions survive reloading the page (local storage of this report).
+    page.reload()
+    page.wait_for_selector("#status:not(:empty)")
+    assert "2 decisions" in page.inner_text("#decision-count")
+    assert not errors, errors
