@@ -143,3 +143,23 @@ def test_pairs_beyond_the_limit_get_no_record():
                        np.array(["cnn"] * 3, dtype=object), {"cnn": np.array([0.5, 0.9, 0.7])})
     got = evidence.pair_evidence(pairs, [], {}, None, limit=2)
     assert set(got) == {(1, 2), (2, 3)}
+
+
+def test_cnn_records_of_a_run_come_from_the_stage_features():
+    """pair_evidence on a CNN stage's features (Embeddings, item rows): records for the pairs that stage
+    scored, its calibrated score carried, item indices mapped to feature rows."""
+    from types import SimpleNamespace
+
+    from simbench.types import Embeddings
+
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(5, 8)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    rows = np.array([0, 2, 3, 5, 6])  # items 1 and 4 have no embedding
+    pairs = FusedPairs(np.array([0, 1, 3]), np.array([2, 2, 6]), np.array([0.9, 0.8, 0.7]),
+                       np.array(["cnn", "keypoints", "cnn"], dtype=object),
+                       {"cnn": np.array([0.9, 0.0, 0.7]), "keypoints": np.array([0.0, 0.8, 0.0])})
+    got = evidence.pair_evidence(pairs, [SimpleNamespace(name="cnn")], {"cnn": (Embeddings(v), rows, {})})
+    assert set(got) == {(0, 2), (1, 2), (3, 6)} and got[1, 2] == {}
+    assert got[0, 2]["cnn"] == {**evidence.cnn_evidence(v, np.array([0]), np.array([1]))[0], "score": 0.9}
+    assert got[3, 6]["cnn"]["cosine"] == pytest.approx(float(v[2] @ v[4]), abs=1e-4)

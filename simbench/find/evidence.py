@@ -19,10 +19,11 @@ A record holds what applies to the pair (every value plain JSON):
 
 How they are obtained, so that they are the stage's own reasons:
 - keypoints: the two images' features are matched and verified again by the stage's own method
-  (`KeypointMethod.descriptor_pairs` and `verify_candidates`) on just those two images. A RANSAC fit
-  depends on its pair's correspondences alone and rows keep their order, so with an exact matcher (or
-  multi-index hashing at a radius its pieces make exact, as the default 32 x 16-bit pieces at 31 are)
-  these are the inliers `find` verified.
+  (`KeypointMethod.descriptor_pairs` and `verify_candidates`) on just those two images, its matcher
+  swapped for the exact one (on two images a brute force is quicker than building an index). A RANSAC
+  fit depends on its pair's correspondences alone and rows keep their order, and every binary matcher
+  of simbench returns the exact range (multi-index hashing too), so these are the inliers `find`
+  verified (faiss's peer matcher keeps distance < radius, not <=: there the boundary may differ).
 - cnn: cosines of each image to every other (blockwise), counted.
 - chain: Kruskal's maximum spanning forest over the direct pairs scoring >= link_min_score, best first,
   as simbench.find.cascade.link builds it; the chain is the tree path.
@@ -32,6 +33,7 @@ page says when a pair has none.
 """
 from __future__ import annotations
 
+import copy
 import json
 from collections import deque
 from typing import Sequence
@@ -41,6 +43,7 @@ import numpy as np
 
 from simbench.find.cascade import LINKED, FusedPairs
 from simbench.find.index import _one, join_features
+from simbench.match.exact import ExactMatcher
 from simbench.methods.keypoints import between_images
 from simbench.types import KeypointSets
 
@@ -97,7 +100,9 @@ def keypoint_evidence(features: KeypointSets, ra: int, rb: int, method, max_matc
     """The verified matches between feature rows ra and rb (images of `features`), by `method` (a
     KeypointMethod) on these two images alone; None when no fit has inliers."""
     pair = join_features([_one(features, ra), _one(features, rb)], "keypoints")[0]
-    descriptor_pairs, _ = method.descriptor_pairs(pair)
+    exact = copy.copy(method)
+    exact.matcher = ExactMatcher()
+    descriptor_pairs, _ = exact.descriptor_pairs(pair)
     matches = between_images(descriptor_pairs, pair.owners)
     ver = method.verify_candidates(pair, matches, np.array([0]), np.array([1]),
                                    getattr(method.extractor, "max_size", None))
