@@ -61,13 +61,15 @@ FIND_EPILOG = """\
 outputs in DIR:
   pairs.csv     a,b,score (higher = more similar; score = estimated precision, 0..1), then for PDF images
                 a_source,a_page,a_bbox,b_source,b_page,b_bbox (page 1-based, bbox "x0 y0 x1 y1" in PDF
-                points as placed, origin top left), method (identical, keypoints, cnn, hash, linked) and
+                points as placed, origin top left), method (identical, keypoints, cnn, hash, linked, or
+                decision: confirmed by a reviewer with --decisions, score 1) and
                 calibrated ("no" when no calibration table covers the settings used: ranked, not a precision)
   groups.json   duplicate groups (union-find over pairs scoring >= threshold)
   skipped.csv   file,reason for everything that could not be compared
   report.html   self-contained page: groups side by side, threshold slider, method filter
   evidence.npz  every stage's pairs with their raw signals (for `simbench calibrate`)
   metrics.json  with --truth: micro-AP, recall at precision 0.9, recall per label
+  decisions.json  with --decisions: how many were applied, pairs hidden, stale rows, skipped rows
 
 methods:
   cascade (default)  identical image data, then BRISK keypoints spread over the picture (and of its mirror
@@ -93,6 +95,8 @@ examples:
   simbench find photos/ --out review/ --truth photos/truth.csv      # how good is it on my collection?
   simbench calibrate review/ photos/truth.csv --out mine.json       # fit the score tables on it
   simbench find more/ --out review2/ --calibration mine.json
+  simbench find photos/ --out review/ --decisions decisions.csv     # re-run with a reviewer's decisions
+  simbench calibrate review/ decisions.csv --out mine.json          # the decisions as truth
 """
 
 
@@ -121,7 +125,14 @@ def find_parser():
                              "new or changed files")
     parser.add_argument("--truth", metavar="CSV", default=None,
                         help="score the run against known duplicate pairs (columns a,b[,label]): micro-AP, "
-                             "recall at precision 0.9, recall per label; written to DIR/metrics.json")
+                             "recall at precision 0.9, recall per label; written to DIR/metrics.json). A "
+                             "decisions.csv works too: only the pairs it lists are labelled")
+    parser.add_argument("--decisions", metavar="CSV", default=None,
+                        help="a reviewer's decisions (columns a,b,decision; decision duplicate or not_duplicate; "
+                             "the review page downloads it) applied to this run: a pair confirmed not a "
+                             "duplicate is hidden and links nothing, one confirmed a duplicate is kept at score 1 "
+                             "with method \"decision\"; rows naming no image of this run are listed as stale "
+                             "(DIR/decisions.json). Also usable as --truth")
     parser.add_argument("--calibration", metavar="FILE", default=None,
                         help="score tables fitted by `simbench calibrate`, used before the shipped ones")
     parser.add_argument("--cluster", default=None, choices=("none", "local", "slurm", "gpu"),
@@ -156,36 +167,33 @@ def find_main(argv: list[str]) -> int:
     overrides += [f"cluster.scheduler={args.scheduler}"] * bool(args.scheduler)
     if not inputs:
         parser.error("give at least one folder, image or PDF")
-    if args.calibration is not None and not os.path.isfile(args.calibration):
-        parser.error(f"--calibration: no such file: {args.calibration}")
-    if args.truth is not None and not os.path.isfile(args.truth):
-        parser.error(f"--truth: no such file: {args.truth}")
+    for option in ("calibration", "truth", "decisions"):
+        given = getattr(args, option)
+        if given is not None and not os.path.isfile(given):
+            parser.error(f"--{option}: no such file: {given}")
     import logging
 
-    from simbench.find.cascade import make_config
-    from simbench.find.pipeline import find
+    from simbench import api
+    from simbench.distributed.cluster import ClusterError
+    from simbench.find.decisions import DecisionsError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        cfg = make_config(args.method, overrides)
-    except ValueError as exc:  # a bad override: say which, without a traceback
+        found = api.find(inputs, args.method, args.threshold, out=args.out, index=args.index,
+                         decisions=args.decisions, calibration=args.calibration, settings=overrides,
+                         progress=not args.quiet)
+    except api.SettingsError as exc:  # a bad override (found before the run starts): which, no traceback
         parser.error(str(exc))
-    if args.threshold is not None:
-        cfg.threshold = args.threshold
-    if args.calibration is not None:
-        cfg.calibration = os.path.abspath(args.calibration)
-    from simbench.distributed.cluster import ClusterError
-
-    try:
-        result = find(inputs, args.out, cfg, index=args.index, progress=not args.quiet)
-    except ClusterError as exc:  # a cluster that cannot start or be reached: why, without a traceback
+    except (ClusterError, DecisionsError) as exc:  # a cluster that cannot start, an unusable decisions file
         print(f"simbench find: {exc}", file=sys.stderr)
         return 2
-    print(result.summary(args.out, float(cfg.threshold)))
+    print(found.result.summary(args.out, found.threshold))
+    if found.decisions is not None:
+        print(found.decisions.summary())
     if args.truth:
         from simbench.find.pipeline import score_against
 
-        metrics = score_against(result, args.truth, Path(args.out), float(cfg.threshold))
+        metrics = score_against(found.result, args.truth, Path(args.out), found.threshold)
         print(metrics_text(metrics))
     return 0
 
@@ -210,7 +218,9 @@ def calibrate_main(argv: list[str]) -> int:
         description="Fit the score tables of `simbench find` on your own labelled collection: run `simbench "
                     "find` on it (with the settings you will use), then give its output folder (or pairs.csv) "
                     "and a truth.csv of the duplicate pairs (a,b; every pair not listed counts as not a "
-                    "duplicate). Use the tables with `simbench find ... --calibration FILE`.")
+                    "duplicate), or a reviewer's decisions.csv (a,b,decision: duplicate rows are true pairs, "
+                    "not_duplicate rows false ones, and only the pairs it lists are labelled). Use the tables "
+                    "with `simbench find ... --calibration FILE`.")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR TRUTH_CSV",
                         help="one or more pairs: a find output folder (or its pairs.csv) and its truth.csv")
     parser.add_argument("--out", "-o", default=None, metavar="FILE",

@@ -66,7 +66,7 @@ def open_image(path: str | Path, *, draft: tuple[int, int] | None = None, mode: 
             ImageFile.LOAD_TRUNCATED_IMAGES = False
             im.load()
             im = _apply_orientation(im, _wide_colour_to_8bit(path, im) if wide else im)
-            return _to_mode(im, mode)
+            return to_mode(im, mode)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -196,7 +196,7 @@ def _apply_orientation(im: Image.Image, pixels: Image.Image | None = None) -> Im
     return pixels if method is None else pixels.transpose(method)
 
 
-def _to_mode(im: Image.Image, mode: str) -> Image.Image:
+def to_mode(im: Image.Image, mode: str) -> Image.Image:
     """Convert any PIL mode (CMYK, 16-bit, float, palette, alpha, 1-bit...) to RGB or L.
 
     Transparent areas are composited on white, as a page would show them.

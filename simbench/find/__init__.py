@@ -7,7 +7,23 @@ groups.json, skipped.csv), report (report.html), pipeline (all of it); yearbook 
 """
 from __future__ import annotations
 
+import sys
+import types
+
 __all__ = ["find", "make_config"]
+
+
+class _CallableModule(types.ModuleType):
+    """`simbench.find(paths, ...)` is the Python API's find (simbench.api.find); once this package is
+    imported, `simbench.find` names the package, so the package itself answers the call."""
+
+    def __call__(self, *args, **kwargs):
+        from simbench.api import find as api_find
+
+        return api_find(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 def find(*args, **kwargs):

@@ -226,6 +226,7 @@ def fit_from_runs(runs: list[tuple[str | Path, str | Path]], min_pairs: int = 5)
             log.warning("%s: %d truth rows name images that run did not see", truth_csv, len(truth.unmatched))
         for stage, found in raw.items():
             entry = pooled.setdefault(settings_key(settings[stage]), {"settings": settings[stage], "raw": [], "y": []})
+            found = truth.labelled_pairs(found)  # all (truth.csv), or those a review labelled (decisions.csv)
             entry["raw"].append(found.score)
             entry["y"].append(label_pairs(ScoredPairs(found.a, found.b, found.score), truth.pairs))
     tables = []

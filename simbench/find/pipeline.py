@@ -25,6 +25,7 @@ from tqdm import tqdm
 from simbench.distributed.cluster import ClusterSession
 from simbench.find import blank, cascade, evidence, outputs, report
 from simbench.find.cascade import FusedPairs, Stage
+from simbench.find.decisions import Decisions, match_decisions, read_decisions, write_decisions_json
 from simbench.find.index import (BATCH_IMAGES, SOURCES_KIND, FeatureStore, consistent, join_features, params_key,
                                  shard_groups, split_features)
 from simbench.find.items import Item
@@ -52,6 +53,9 @@ class FindResult:
     raw: dict[str, ScoredPairs] = field(default_factory=dict)  # stage -> pairs with raw signals
     n_blank: int = 0  # blank images (listed in skipped, never paired)
     evidence: dict = field(default_factory=dict)  # (a, b) -> why they pair (simbench.find.evidence)
+    decisions: Decisions | None = None  # a reviewer's decisions, as applied (simbench.find.decisions)
+    config: DictConfig | None = None  # the settings it ran with
+    stages: list[Stage] = field(default_factory=list)
 
     def summary(self, out_dir: Path | None = None, threshold: float | None = None) -> str:
         where = f" -> {out_dir}" if out_dir else ""
@@ -63,9 +67,12 @@ class FindResult:
 
 
 def find(inputs: Sequence[str | Path], out_dir: str | Path, cfg: DictConfig | None = None,
-         index: str | Path | None = None, progress: bool = True) -> FindResult:
-    """Run `simbench find` and write DIR/pairs.csv, groups.json, skipped.csv, report.html."""
+         index: str | Path | None = None, progress: bool = True, decisions: str | Path | None = None,
+         write: bool = True) -> FindResult:
+    """Run `simbench find` and (write) DIR/pairs.csv, groups.json, skipped.csv, report.html; out_dir also
+    holds the run's temporary renderings. decisions: a reviewer's decisions.csv to apply."""
     cfg = cfg if cfg is not None else cascade.make_config()
+    reviewed = read_decisions(decisions) if decisions is not None else None  # a bad file stops the run now
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -74,15 +81,17 @@ def find(inputs: Sequence[str | Path], out_dir: str | Path, cfg: DictConfig | No
         collected = collect(inputs, stages, cfg, index, out_dir, progress, cluster)
         t = time.perf_counter()
         raw = raw_evidence(stages, collected.features, progress, cluster.client)
-    pairs = score(collected.items, stages, raw, cfg, collected.features, collected.blank)
+    decided = match_decisions(reviewed, [item.display for item in collected.items]) if reviewed else None
+    pairs = score(collected.items, stages, raw, cfg, collected.features, collected.blank, decided)
     groups = outputs.duplicate_groups(pairs, len(collected.items), float(cfg.threshold))
     t_evidence = time.perf_counter()
     why = evidence.pair_evidence(pairs, stages, collected.features, float(cfg.link_min_score) if cfg.link else None)
     timing = {**collected.timing, "match_s": t_evidence - t, "evidence_s": time.perf_counter() - t_evidence,
               "total_s": time.perf_counter() - t0}
     result = FindResult(collected.items, pairs, groups, collected.skipped, collected.n_files, collected.n_pdfs,
-                        collected.n_new, timing, raw, len(collected.blank), why)
-    write_outputs(out_dir, result, cfg, stages)
+                        collected.n_new, timing, raw, len(collected.blank), why, decided, cfg, stages)
+    if write:
+        write_outputs(out_dir, result, cfg, stages)
     return result
 
 
@@ -321,8 +330,11 @@ def score(items: list[Item], stages: list[Stage], raw: dict[str, ScoredPairs], c
     fused = cascade.fuse(n, evidence, "noisy_or" if str(cfg.fusion) == "model" else str(cfg.fusion))
     if model is not None and features is not None:
         fused = cascade.apply_fusion(fused, n, stages, raw, features, model)
+    if decisions is not None:
+        fused = decisions.apply(fused, n)
     if cfg.link:
         fused = cascade.link(fused, n, float(cfg.link_min_score), int(cfg.max_linked_group))
+        fused = decisions.hide(fused, n) if decisions is not None else fused
     uncalibrated = [stage.name for stage in stages if not stage.is_calibrated]
     fused.calibrated = ~np.isin(fused.method.astype(str), uncalibrated)
     if uncalibrated:
@@ -358,6 +370,7 @@ def write_outputs(out_dir: Path, result: FindResult, cfg: DictConfig, stages: li
     outputs.write_groups_json(out_dir / "groups.json", result.groups, result.pairs, result.items,
                               float(cfg.threshold), str(cfg.method))
     outputs.write_skipped_csv(out_dir / "skipped.csv", result.skipped)
+    write_decisions_json(out_dir / "decisions.json", result.decisions)
     outputs.write_evidence(out_dir / "evidence.npz", result.raw, result.items,
                            {stage.name: stage.settings for stage in stages}, result.evidence)
     report.write_report(out_dir / "report.html", result, cfg, stages)

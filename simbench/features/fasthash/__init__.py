@@ -20,8 +20,8 @@ Modules: kernels (one function per algorithm), transforms (DCT and wavelet matri
 resize, hash and pack one batch; the ImageHash reference), segments (the crop-resistant hash), threads
 (batches over threads).
 """
-from simbench.features.fasthash.batch import (FAST_ALGORITHMS, BatchResult, HashSpec, hash_batch, reference_batch,
-                                              reference_function)
+from simbench.features.fasthash.batch import (FAST_ALGORITHMS, BatchResult, HashSpec, hash_batch, image_bits,
+                                              reference_batch, reference_function)
 from simbench.features.fasthash.kernels import (average_hash_bits, colorhash_bits, dhash_bits, dhash_vertical_bits,
                                                 phash_bits, phash_simple_bits, whash_bits)
 from simbench.features.fasthash.segments import (CropResistantSpec, Segments, SegmentHashes, crop_resistant_batch,
@@ -29,7 +29,7 @@ from simbench.features.fasthash.segments import (CropResistantSpec, Segments, Se
 from simbench.features.fasthash.threads import available_cores, iter_batches, map_batches, prepare, split_batches
 from simbench.features.fasthash.transforms import dct_matrix, natural_scale, wavelet_lowband_matrix, whash_low_size
 
-__all__ = ["FAST_ALGORITHMS", "BatchResult", "HashSpec", "hash_batch", "reference_batch", "reference_function",
+__all__ = ["FAST_ALGORITHMS", "BatchResult", "HashSpec", "hash_batch", "image_bits", "reference_batch", "reference_function",
            "average_hash_bits", "colorhash_bits", "dhash_bits", "dhash_vertical_bits", "phash_bits",
            "phash_simple_bits", "whash_bits", "CropResistantSpec", "Segments", "SegmentHashes",
            "crop_resistant_batch", "crop_resistant_hash", "find_segments", "reference_crop_resistant",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from simbench.data.images import UnreadableImage, open_image
+from simbench.data.images import UnreadableImage, open_image, to_mode
 from simbench.features.fasthash.kernels import (average_hash_bits, colorhash_bits, dhash_bits, dhash_vertical_bits,
                                                 phash_bits, phash_simple_bits, whash_bits)
 from simbench.features.fasthash.transforms import LANCZOS, natural_scale, whash_low_size
@@ -102,32 +102,44 @@ def original_size(path, decoded: tuple[int, int]) -> tuple[int, int]:
 def _thumbnail(path, spec: HashSpec) -> tuple[np.ndarray | Image.Image, int]:
     """Decode one image and resize it for spec; returns (thumbnail, whash scale or 0).
 
-    compat: what the reference backend hands ImageHash (open_image, full RGB decode), then ImageHash's own
-    convert("L") and LANCZOS resize. Fast: a draft decode straight to greyscale, LANCZOS from the small image.
+    compat: what the reference backend hands ImageHash (open_image, full RGB decode). Fast: a draft decode
+    straight to greyscale (RGB for colorhash).
     """
-    if spec.algorithm == "colorhash":
-        if spec.compat:
-            return open_image(path), 0
-        d = spec.decode_side()
-        return open_image(path, draft=(d, d), mode="RGB"), 0
-    is_whash = spec.algorithm.startswith("whash")
     if spec.compat:
-        im = open_image(path)
-        if is_whash:
-            scale = spec.whash_scale(min(im.size))
-            size = (scale, scale)
-        else:
-            scale, size = 0, spec.thumb_size()
-        return np.asarray(im.convert("L").resize(size, LANCZOS)), scale
-    tw, th = spec.thumb_size()
+        return _resized(open_image(path), spec)
     d = spec.decode_side()
-    im = open_image(path, draft=(d, d), mode="L")
-    scale = 0
-    if is_whash:
-        scale = spec.whash_scale(min(original_size(path, im.size)))
-        work = spec.whash_work(scale)
-        tw = th = work
-    return np.asarray(im.resize((tw, th), LANCZOS)), scale
+    im = open_image(path, draft=(d, d), mode="RGB" if spec.algorithm == "colorhash" else "L")
+    return _resized(im, spec, original_size(path, im.size))
+
+
+def _resized(im: Image.Image, spec: HashSpec, original: tuple[int, int] | None = None
+             ) -> tuple[np.ndarray | Image.Image, int]:
+    """What the kernels take from a decoded image: colorhash the image itself, the others a greyscale
+    LANCZOS thumbnail; whash's scale follows the `original` size (before a draft decode; None: im's own).
+
+    compat: ImageHash's own convert("L") and resize; fast: im is greyscale already, whash resized to its
+    working size only."""
+    if spec.algorithm == "colorhash":
+        return im, 0
+    is_whash = spec.algorithm.startswith("whash")
+    scale = spec.whash_scale(min(original or im.size)) if is_whash else 0
+    if spec.compat:
+        size = (scale, scale) if is_whash else spec.thumb_size()
+        return np.asarray(im.convert("L").resize(size, LANCZOS)), scale
+    size = (spec.whash_work(scale),) * 2 if is_whash else spec.thumb_size()
+    return np.asarray(im.resize(size, LANCZOS)), scale
+
+
+def image_bits(spec: HashSpec, image: Image.Image) -> np.ndarray:
+    """The bits of one image already in memory (simbench.hash): the steps hash_batch takes after decoding
+    (no draft decode: the pixels are all there). Raises ValueError when the image is too small for spec."""
+    im = to_mode(image, "RGB" if spec.compat or spec.algorithm == "colorhash" else "L")
+    thumb, scale = _resized(im, spec)
+    bits = colorhash_bits(thumb, spec.binbits) if spec.algorithm == "colorhash" else \
+        _hash_stack(spec, np.asarray(thumb)[None], scale)[0]
+    if bits.size != spec.bits:
+        raise ValueError(f"image too small for {spec.algorithm}: {bits.size}-bit hash, expected {spec.bits} bits")
+    return np.asarray(bits, bool).ravel()
 
 
 def _hash_stack(spec: HashSpec, pixels: np.ndarray, scale: int) -> np.ndarray:
