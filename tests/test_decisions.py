@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,13 @@ def test_decisions_applied_on_a_rerun(halves, capsys):
     assert [(Path(s["a"]).name, s["line"]) for s in said["stale"]] == [("gone.png", 6)]
     assert [s["line"] for s in said["skipped"]] == [7] and "unknown decision 'maybe'" in said["skipped"][0]["reason"]
     assert "4 applied" in printed and "1 stale" in printed and "gone.png" in printed and "line 7" in printed
+    # The review page carries the same counts, and names the method of a confirmed pair.
+    page = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>',
+                                (out / "report.html").read_text(), re.S)[1])
+    assert page["decisions"] == said
+    names = [Path(item["d"]).name for item in page["items"]]
+    confirmed = [p for p in page["pairs"] if {names[p[0]], names[p[1]]} == {"rocket.png", "camera.png"}]
+    assert [page["methods"][p[3]] for p in confirmed] == [DECISION]
 
     # A later run without decisions leaves no decisions.json of the earlier one behind.
     assert find_main([f, "--out", str(out), "--method", "keypoints", "-q"]) == 0
@@ -143,7 +151,8 @@ def test_decisions_as_truth(halves):
     rows = read_csv(out / "pairs.csv")
     assert len(rows) == 6
     found = ScoredPairs(np.array([position[Path(r["a"]).name] for r in rows]),
-                        np.array([position[Path(r["b"]).name] for r in rows]), np.array([float(r["score"]) for r in rows]))
+                        np.array([position[Path(r["b"]).name] for r in rows]),
+                        np.array([float(r["score"]) for r in rows]))
     m = score_run(found, truth, 0.0)  # every found pair called a duplicate
     assert (m["precision"], m["recall"]) == (pytest.approx(2 / 3), 1.0)
     # The same two true pairs as a complete truth.csv: every other found pair is a false one.
@@ -278,3 +287,34 @@ def test_apply_matches_a_plain_implementation(seed):
     found = set(zip(a.tolist(), b.tolist()))
     assert decided.hidden == sum(tuple(p) in found for p in not_duplicate.tolist())
     assert decided.added == sum(tuple(p) not in found for p in duplicate.tolist())
+
+
+def test_the_review_page_says_what_the_decisions_did(halves, tmp_path):
+    """In Chromium: the page of a run with decisions states the counts and the stale rows."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    root, folder, _ = halves
+    decisions = write_csv(tmp_path / "decisions.csv", ("a", "b", "decision"), [
+        (f"{folder}/coffee.png", f"{folder}/coffee-right.png", "not_duplicate"),
+        (f"{folder}/gone.png", f"{folder}/coffee.png", "duplicate")])
+    out = tmp_path / "out"
+    args = [str(folder), "--out", str(out), "--method", "keypoints", "-q", "--decisions", str(decisions)]
+    assert find_main(args) == 0
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium,
+                                    args=["--headless=new", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto((out / "report.html").as_uri())
+            page.wait_for_selector("#status:not(:empty)")
+            stats = page.inner_text("#stats")
+        finally:
+            browser.close()
+    assert not errors
+    assert "decisions applied: 1 (1 pairs hidden), 1 stale" in stats and "gone.png" in stats, stats

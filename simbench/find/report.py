@@ -53,7 +53,8 @@ def report_data(result, cfg, stages) -> dict:
     used = np.unique(np.concatenate([pairs.a, pairs.b])) if len(pairs) else np.empty(0, np.int64)
     position = {int(k): p for p, k in enumerate(used)}
     items = [_item(result.items[int(k)]) for k in used]
-    methods = ["identical", *[s.name for s in stages], "linked"]
+    decided = ["decision"] if getattr(result, "decisions", None) else []  # pairs a reviewer confirmed
+    methods = ["identical", *[s.name for s in stages], *decided, "linked"]
     method_id = {m: k for k, m in enumerate(methods)}
     order = np.lexsort((pairs.b, pairs.a, -pairs.score))
     stage_scores = [pairs.per_stage.get(m, np.zeros(len(pairs))) for m in methods[:-1]]
@@ -71,6 +72,7 @@ def report_data(result, cfg, stages) -> dict:
         "summary": {"files": result.n_files, "pdfs": result.n_pdfs, "images": len(result.items),
                     "skipped": len(result.skipped), "blank": result.n_blank, "pairs": len(pairs),
                     "groups": len(result.groups)},
+        "decisions": result.decisions.to_json() if getattr(result, "decisions", None) else None,  # decisions.json
         "method": str(cfg.method),
         "threshold": float(cfg.threshold),
         "min_score": float(cfg.min_score),
@@ -629,7 +631,8 @@ function setup() {
   const s = DATA.summary;
   $("stats").textContent = `${s.files} files (${s.pdfs} PDFs) · ${s.images} images · ${s.skipped} skipped` +
     (s.blank ? ` (${s.blank} blank images, not compared)` : "") + ` · method ${DATA.method}` +
-    (DATA.uncalibrated.length ? ` · uncalibrated: ${DATA.uncalibrated.join(", ")} (scores rank pairs but do not estimate precision)` : "");
+    (DATA.uncalibrated.length ? ` · uncalibrated: ${DATA.uncalibrated.join(", ")} (scores rank pairs but do not estimate precision)` : "") +
+    (DATA.decisions ? ` · decisions applied: ${DATA.decisions.applied} (${DATA.decisions.hidden} pairs hidden), ${DATA.decisions.stale.length} stale (name no image of this run: ${DATA.decisions.stale.slice(0, 5).map((r) => r.a + " , " + r.b).join("; ") || "none"}${DATA.decisions.stale.length > 5 ? "; …" : ""})` : "");
   const slider = $("threshold");
   slider.min = Math.max(0, Math.floor(DATA.min_score * 100) / 100); slider.max = 1; slider.value = DATA.threshold;
   const select = $("method");

@@ -29,7 +29,8 @@ from simbench.features.fasthash.segments import (CropResistantSpec, Segments, Se
 from simbench.features.fasthash.threads import available_cores, iter_batches, map_batches, prepare, split_batches
 from simbench.features.fasthash.transforms import dct_matrix, natural_scale, wavelet_lowband_matrix, whash_low_size
 
-__all__ = ["FAST_ALGORITHMS", "BatchResult", "HashSpec", "hash_batch", "image_bits", "reference_batch", "reference_function",
+__all__ = ["FAST_ALGORITHMS", "BatchResult", "HashSpec", "hash_batch", "image_bits", "reference_batch",
+           "reference_function",
            "average_hash_bits", "colorhash_bits", "dhash_bits", "dhash_vertical_bits", "phash_bits",
            "phash_simple_bits", "whash_bits", "CropResistantSpec", "Segments", "SegmentHashes",
            "crop_resistant_batch", "crop_resistant_hash", "find_segments", "reference_crop_resistant",
