@@ -289,3 +289,122 @@ def test_decisions_by_keyboard_and_decisions_csv(browser, pasted_report, tmp_pat
     page.wait_for_selector("#status:not(:empty)")
     assert "2 decisions" in page.inner_text("#decision-count")
     assert not errors, errors
+
+
+def test_pdf_pair_shows_the_pages_with_the_placements_highlighted(browser, tmp_path):
+    """A photo placed on two pages: the viewer shows both pages with the placed rectangle drawn where
+    pairs.csv says it is (bbox over the page size)."""
+    import pymupdf
+
+    from simbench.cli import find_main
+    from simbench.find.yearbook import build_yearbook
+
+    build_yearbook(tmp_path / "pdfs", n_pdfs=1, n_photos=1, n_single=1, seed=3)
+    out = tmp_path / "out"
+    assert find_main([str(tmp_path / "pdfs"), "--out", str(out), "--method", "keypoints", "-t", "0.5", "-q"]) == 0
+    page, requests, errors = open_report(browser, out / "report.html")
+    a, b = open_pair_by_keyboard(page, 0)
+    page.wait_for_function("document.querySelectorAll('#pdf-pages canvas').length === 2")
+    row = next(r for r in csv.DictReader(open(out / "pairs.csv", newline="")) if (r["a"], r["b"]) == (a, b))
+    for k, side in enumerate("ab"):
+        with pymupdf.open(row[f"{side}_source"]) as doc:
+            rect = doc[int(row[f"{side}_page"]) - 1].rect
+        x0, y0, x1, y1 = (float(v) for v in row[f"{side}_bbox"].split())
+        expected = np.array([x0 / rect.width, y0 / rect.height, x1 / rect.width, y1 / rect.height])
+        canvas = page.locator("#pdf-pages canvas").nth(k)
+        shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).astype(int)
+        red = (shot[..., 0] > 200) & (shot[..., 1] < 70) & (shot[..., 2] < 70)  # the highlight's outline
+        ys, xs = np.nonzero(red)
+        found = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) / np.array([shot.shape[1], shot.shape[0]] * 2)
+        assert np.abs(found - expected).max() < 0.02, (side, found, expected)
+        assert f"page {row[f'{side}_page']}" in page.locator("#pdf-pages figcaption").nth(k).inner_text()
+    # The placed images themselves are shown larger than their thumbnails (rendered again from the PDF).
+    layout = json.loads(page.locator("#pair-canvas").get_attribute("data-layout"))
+    assert max(layout["a"]["w"], layout["a"]["h"]) > 300
+    assert not errors, errors
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests
+
+
+def synthetic_result(n_groups: int, seed: int = 0, evidence: bool = False):
+    """A FindResult of n_groups groups of 2-3 PDF images (solid-colour thumbnails), keypoint pairs; with
+    `evidence`, group 0 is a chain a-b-c whose a-c pair is linked, and its pairs have CNN records."""
+    from simbench.find.cascade import FusedPairs
+    from simbench.find.items import Item, thumbnail_jpeg
+    from simbench.find.pipeline import FindResult
+    from simbench.types import Skipped
+
+    rng = np.random.default_rng(seed)
+    items, a, b, score = [], [], [], []
+    for g in range(n_groups):
+        colour = tuple(int(c) for c in rng.integers(40, 220, 3))
+        thumb = thumbnail_jpeg(Image.new("RGB", (160, 120), colour))
+        first = len(items)
+        for k in range(3 if evidence and g == 0 else int(rng.integers(2, 4))):
+            items.append(Item(None, f"/book/yearbook-{g % 3}.pdf#page={g // 3 + 1}&image={k + 1}",
+                              f"/book/yearbook-{g % 3}.pdf", g // 3 + 1, "50.00 60.00 250.00 300.00", str(g), thumb, ""))
+            if k:
+                a.append(len(items) - 2 if evidence and g == 0 else first)
+                b.append(len(items) - 1)
+                score.append(0.99 if evidence and g == 0 else float(rng.uniform(0.3, 1.0)))
+    n = len(a)
+    methods = np.array(["keypoints"] * n, dtype=object)
+    pairs = FusedPairs(np.array(a), np.array(b), np.array(score), methods,
+                       {"identical": np.zeros(n), "keypoints": np.array(score), "cnn": np.zeros(n)})
+    result = FindResult(items, pairs, [], [Skipped("/book/broken.pdf", "not a readable PDF (damaged)")], 4, 3, 4)
+    if evidence:
+        pairs.a, pairs.b = np.r_[pairs.a, 0], np.r_[pairs.b, 2]
+        pairs.score = np.r_[pairs.score, 0.99 * 0.99]
+        pairs.method = np.concatenate([pairs.method, np.array(["linked"], dtype=object)])
+        pairs.per_stage = {k: np.r_[v, 0.0] for k, v in pairs.per_stage.items()}
+        result.evidence = {(0, 1): {"cnn": {"cosine": 0.93, "rank_a": 1, "rank_b": 2, "score": 0.97}},
+                           (0, 2): {"chain": [[0, 1, 0.99, "keypoints"], [1, 2, 0.99, "keypoints"]]}}
+    return result
+
+
+def write_synthetic(path: Path, result) -> None:
+    from omegaconf import OmegaConf
+
+    from simbench.find.report import write_report
+
+    cfg = OmegaConf.create({"method": "cascade", "threshold": 0.5, "min_score": 0.1})
+    stages = [type("S", (), {"name": "keypoints"})(), type("S", (), {"name": "cnn"})()]
+    write_report(path, result, cfg, stages)
+
+
+def test_linked_chain_and_cnn_ranks_are_shown(browser, tmp_path):
+    write_synthetic(tmp_path / "report.html", synthetic_result(3, evidence=True))
+    page, _, errors = open_report(browser, tmp_path / "report.html")
+    page.evaluate("() => openPair(0, view.groups[0].pairs.findIndex(([p]) => METHODS[p[3]] === 'linked'))")
+    page.wait_for_function("document.querySelector('#why').textContent.includes('Linked')")
+    assert page.locator("#why .chain img").count() == 3  # a -> b -> c
+    assert "0.990 keypoints" in page.inner_text("#why .chain")
+    page.evaluate("() => openPair(0, view.groups[0].pairs.findIndex(([p]) => p[6] && p[6].cnn))")
+    page.wait_for_function("document.querySelector('#why').textContent.includes('CNN')")
+    text = page.inner_text("#why")
+    assert "cosine 0.930" in text and "nearest neighbour" in text and "neighbour #2" in text
+    assert not errors, errors
+
+
+def test_5000_groups_first_paint_and_filter(browser, tmp_path):
+    """5,000 groups: the first page of groups paints, and a search regroups, within generous bounds (a
+    sanity check that the page stays usable; measured figures are in results/report.md)."""
+    from simbench.find.report import GROUPS_PER_PAGE
+
+    write_synthetic(tmp_path / "report.html", synthetic_result(5000))
+    page, requests, errors = open_report(browser, tmp_path / "report.html")
+    assert group_count(page) > 3000
+    assert page.locator(".group").count() == GROUPS_PER_PAGE
+    assert page.locator(".group img[loading=lazy]").count() == page.locator(".group img").count() > 0
+    page.wait_for_function("performance.getEntriesByName('groups-shown').length > 0")
+    paint = page.evaluate("performance.getEntriesByName('groups-shown')[0].startTime")  # from navigation
+    filtered = page.evaluate("""() => new Promise((resolve) => {
+        const before = document.querySelector('#status').textContent, t0 = performance.now();
+        new MutationObserver(() => { if (document.querySelector('#status').textContent !== before)
+            requestAnimationFrame(() => resolve(performance.now() - t0)); })
+          .observe(document.querySelector('#status'), { childList: true, characterData: true, subtree: true });
+        const box = document.querySelector('#search'); box.value = 'yearbook-1'; box.dispatchEvent(new Event('input'));
+    })""")
+    print(f"5000 groups: first groups shown at {paint:.0f} ms, search regrouped in {filtered:.0f} ms")
+    assert 0 < paint < 20_000 and 0 < filtered < 5_000, (paint, filtered)
+    assert 0 < group_count(page) < 3000 and page.locator(".group").count() <= GROUPS_PER_PAGE
+    assert not errors, errors
