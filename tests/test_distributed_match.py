@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from simbench.distributed import keypoints as dk
 from simbench.distributed import match as dm
 from simbench.features.keypoints import KeypointExtractor
 from simbench.match.cosine import ExactCosineMatcher
 from simbench.match.lsh import MultiIndexHashMatcher
 from simbench.match.oracle import OracleMatcher
 from simbench.methods.cnn import CnnMethod
-from simbench.methods.keypoints import KeypointMethod, between_images, verify_pairs
+from simbench.methods.keypoints import KeypointMethod
 from simbench.types import Embeddings, bytes_to_words
 
 
@@ -109,18 +110,6 @@ def test_self_join_equals_the_matcher_and_the_oracle_on_brisk(client, brisk):
     _same_pairs(dm.self_join(client, sample, 31, matcher), OracleMatcher().self_join(sample, 31).sorted())
 
 
-def test_verification_in_batches_equals_one_process(client, brisk):
-    extractor, features = brisk
-    pairs = MultiIndexHashMatcher().self_join(bytes_to_words(features.descriptors), 31)
-    matches = between_images(pairs, features.owners)
-    a, b = np.triu_indices(len(features), 1)
-    ref = verify_pairs(features, matches, a, b, "similarity", 8.0, extractor.max_size)
-    got = dm.verify(client, features, matches, a, b, "similarity", 8.0, extractor.max_size, batch_matches=2000)
-    assert ref.keys() == got.keys() and ref["inliers"].max() >= 20
-    for k in ref:
-        assert np.array_equal(ref[k], got[k]), k
-
-
 def _same_scores(got, ref):
     assert np.array_equal(got.a, ref.a) and np.array_equal(got.b, ref.b) and np.array_equal(got.score, ref.score)
     assert got.extra.keys() == ref.extra.keys()
@@ -137,6 +126,46 @@ def test_score_keypoints_equals_score_pairs(client, brisk, verify):
     got = dm.score_keypoints(client, method, features) if verify else dm.score_pairs(client, method, features)
     _same_scores(got, ref)
     assert len(ref) > 10 and (not verify or ref.extra["verified"] > 10)
+
+
+@pytest.mark.parametrize("verify, cap", [(False, 100_000), (True, 100_000), (True, 5)])
+def test_keypoints_in_many_chunks_equal_score_pairs(client, brisk, verify, cap):
+    """Chunks of a few images, descriptor pairs in image-pair partitions, df summed over them, RANSAC
+    in batches, and (cap) the global cut of the best candidates: the in-process ScoredPairs exactly."""
+    extractor, features = brisk
+    method = KeypointMethod(extractor, MultiIndexHashMatcher(), verify=verify, max_pairs_verified=cap)
+    ref = method.score_pairs(features)
+    stats = {}
+    got = dk.score_chunks(client, method, dk.scatter_keypoints(client, features, chunk_rows=700), stats)
+    _same_scores(got, ref)
+    assert list(got.extra) == list(ref.extra)  # same fields in the same order (evidence.npz writes them)
+    assert stats["chunks"] >= 8 and stats["pair_partitions"] >= 2 and len(ref) >= 5
+    if verify:
+        assert stats["batches"] >= 2 and (ref.extra["verified"] == 5 if cap == 5 else ref.extra["verified"] > 5)
+
+
+@pytest.mark.parametrize("permutation, seed", [("calibrated", 0), ("calibrated", 3), ("random", 1)])
+def test_the_plan_from_the_sampled_rows_is_the_plan_of_all_rows(client, permutation, seed):
+    words = _planted_words(seed, 9000, words=4, near=100)
+    matcher = MultiIndexHashMatcher(permutation=permutation, seed=seed)
+    bounds = np.array([0, 2500, 6000, 9000])
+    chunks = client.scatter([words[s:e] for s, e in zip(bounds[:-1], bounds[1:])], hash=False)
+    layout, perm = dk.plan_from_sample(client, matcher, chunks, bounds, 15)
+    ref_layout, ref_perm = matcher.plan(words, 15)
+    assert np.array_equal(perm, ref_perm) and np.array_equal(layout.widths, ref_layout.widths)
+    assert permutation != "calibrated" or not np.array_equal(perm, np.arange(len(perm)))  # fitted, not trivial
+
+
+def test_chunks_hand_back_the_images_asked_for(client, brisk):
+    _, features = brisk
+    chunks = dk.scatter_keypoints(client, features, chunk_rows=1000)
+    images = np.array([0, 3, 4, 11, 15])
+    got, ref = chunks.take(images), dk.take_images(features, images)
+    assert len(chunks.futures) > 3 and len(got) == 5
+    for name in ("descriptors", "points", "mirrored", "offsets", "image_sizes"):
+        assert np.array_equal(getattr(got, name), getattr(ref, name)), name
+    r = features.offsets
+    assert np.array_equal(got.descriptors[: r[1] - r[0]], features.descriptors[r[0] : r[1]])
 
 
 # ---------------------------------------------------------------------------------------------------

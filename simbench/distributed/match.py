@@ -8,16 +8,18 @@ Every step reuses the in-process functions on slices of the data; only the split
   so each partition is a bucket join of its own (lsh._join_piece, unchanged). A pair is reported only by
   the FIRST piece in which its keys are equal: the join checks the earlier pieces' bits of both rows, whose
   full codes travel with their ids, so no task talks to another. Distances are full XOR-popcounts.
-- ``verify``: candidate image pairs are RANSAC-verified (methods.keypoints.verify_correspondences) in
-  batches; a batch gets only its pairs' descriptor matches and keypoints. Each pair's fit depends on its
-  own correspondences only (OpenCV's RANSAC seeds its own generator per call), so batching changes nothing.
+- the keypoint stage as a whole (descriptors read by the workers, descriptor pairs reduced per image pair
+  where they were found, RANSAC in batches): simbench.distributed.keypoints, built on ``self_join``'s
+  pieces and partitions. Each pair's fit depends on its own correspondences only (OpenCV's RANSAC seeds
+  its own generator per call), so batching changes nothing.
 - ``cnn_neighbours`` / ``cosine_self_join``: the exact cosine matcher's block products (match.cosine's
   topk_blocks / range_blocks) on row blocks as tasks, then a global top-k merge of the (similarity,
   index) keys (ties to the lower index, as in one process) or a concatenation in block order.
-- ``score_keypoints`` / ``score_cnn``: the methods' own score_pairs with the steps above swapped in.
+- ``score_keypoints`` / ``score_cnn``: the methods' results with the steps above as tasks.
 
-Bounded memory: the data is scattered once, in row chunks spread over the workers (not broadcast), and a
-task receives only its chunk, its partition or its blocks. Sizes are chosen here, not by the user, from
+Bounded memory: the data is scattered once, in row chunks spread over the workers (not broadcast), or
+read by the workers themselves (keypoints in find), and a task receives only its chunk, its partition or
+its blocks. Sizes are chosen here, not by the user, from
 the smallest worker memory limit: a task may use TASK_SHARE of it divided by the worker's threads (dask
 starts spilling at 60% of the limit, and every thread may run a task at once); see ``task_budget``.
 
@@ -42,17 +44,14 @@ import numpy as np
 from simbench.match.base import EmbeddingMatcher, as_words
 from simbench.match.cosine import (ExactCosineMatcher, as_vectors, finish_topk, merge_topk, range_blocks,
                                    topk_blocks)
-from simbench.match.exact import ExactMatcher
 from simbench.match.lsh import MultiIndexHashMatcher, _join_piece, _key_column, piece_masks
-from simbench.methods.keypoints import (_mirror_flags, _working_scale_points, unique_values,
-                                        verify_correspondences, verify_pairs)
 from simbench.types import Pairs
 
 #: Share of the smallest worker's memory limit that one worker's running tasks may use together.
 TASK_SHARE = 0.25
 #: Share of the cluster's memory the shuffled rows of the pieces in flight may take (the rest: spilling room).
 SHUFFLE_SHARE = 0.25
-#: Fewer candidate pairs' matches than this make a verification batch not worth a task.
+#: Fewer candidate pairs' descriptor pairs than this make a verification batch not worth a task.
 MIN_BATCH_MATCHES = 4096
 
 
@@ -181,36 +180,9 @@ def self_join(client, words, radius: int, matcher: MultiIndexHashMatcher, partit
     return Pairs.concat(found).sorted()
 
 
-class TaskBinaryMatcher:
-    """A binary matcher whose self_join runs as tasks (what KeypointMethod.descriptor_pairs calls).
-
-    Exact matchers (lsh, exact) give the same pairs whichever does the work, so both go to the task
-    self-join, with the lsh matcher's own settings or a default one; others (gpu, faiss) run in process.
-    """
-
-    def __init__(self, client, matcher):
-        self.client, self.matcher = client, matcher
-
-    def __getattr__(self, name):
-        return getattr(self.matcher, name)
-
-    def self_join(self, codes, radius):
-        if isinstance(self.matcher, MultiIndexHashMatcher):
-            return self_join(self.client, codes, radius, self.matcher)
-        if isinstance(self.matcher, ExactMatcher):
-            return self_join(self.client, codes, radius, MultiIndexHashMatcher())
-        return self.matcher.self_join(codes, radius)
-
-
 # ---------------------------------------------------------------------------------------------------------
-# 2. RANSAC verification in batches of candidate pairs
+# 2. Batches of candidate pairs for RANSAC verification (simbench.distributed.keypoints)
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(lo[i], hi[i])."""
-    sizes = hi - lo
-    return np.repeat(lo - np.cumsum(sizes) + sizes, sizes) + np.arange(int(sizes.sum()))
 
 
 def _batches(sizes: np.ndarray, per_batch: int) -> list[tuple[int, int]]:
@@ -219,49 +191,6 @@ def _batches(sizes: np.ndarray, per_batch: int) -> list[tuple[int, int]]:
     group = (np.cumsum(sizes) - sizes) // per_batch
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
     return list(zip(starts.tolist(), np.r_[starts[1:], len(sizes)].tolist()))
-
-
-def _verify_batch(payload, n_images, a, b, transform, ransac_threshold):
-    points, mirrored, matches = payload
-    return verify_correspondences(points, mirrored, n_images, matches, a, b, transform, ransac_threshold)
-
-
-def verify(client, features, matches: dict, a: np.ndarray, b: np.ndarray, transform: str,
-           ransac_threshold: float, max_size: int | None, batch_matches: int | None = None) -> dict:
-    """methods.keypoints.verify_pairs as tasks, the same dict: candidate pairs (a[k], b[k]) in batches of
-    about batch_matches descriptor matches (None: a share of the task budget, at least MIN_BATCH_MATCHES,
-    and about four batches per worker thread). A batch gets its pairs' matches and the keypoints of the
-    rows they use, renumbered in row order (ties in one_to_one break alike)."""
-    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
-    n_images = np.int64(len(features))
-    key = matches["ia"] * n_images + matches["ib"]
-    order = np.argsort(key, kind="stable")
-    wanted = a * n_images + b
-    lo, hi = np.searchsorted(key[order], wanted, "left"), np.searchsorted(key[order], wanted, "right")
-    if len(a) == 0 or hi.sum() == lo.sum():
-        return verify_pairs(features, matches, a, b, transform, ransac_threshold, max_size)
-    if batch_matches is None:  # ~100 bytes per match in a task (arrays, points, correspondences)
-        batch_matches = min(task_budget(client) // 100,
-                            max(MIN_BATCH_MATCHES, int((hi - lo).sum()) // (4 * _threads(client)) + 1))
-    points, mirrored = _working_scale_points(features, max_size), _mirror_flags(features)
-    tok, futures, spans = _token(), [], []
-    for k0, k1 in _batches(hi - lo, max(1, int(batch_matches))):
-        sel = np.sort(order[_ranges(lo[k0:k1], hi[k0:k1])])
-        rows = unique_values(np.concatenate([matches["ra"][sel], matches["rb"][sel]]))
-        sub = {"ra": np.searchsorted(rows, matches["ra"][sel]), "rb": np.searchsorted(rows, matches["rb"][sel]),
-               "dist": matches["dist"][sel], "ia": matches["ia"][sel], "ib": matches["ib"][sel]}
-        # Scattered, not put in the task graph (the scheduler would hold it): one future for the batch.
-        [payload] = client.scatter([(points[rows], None if mirrored is None else mirrored[rows], sub)],
-                                   hash=False)
-        futures.append(client.submit(_verify_batch, payload, int(n_images), a[k0:k1], b[k0:k1], transform,
-                                     ransac_threshold, key=f"ransac-{k0}-{tok}"))
-        spans.append((k0, rows))
-    out = client.gather(futures)
-    return {"inliers": np.concatenate([r["inliers"] for r in out]),
-            "flipped": np.concatenate([r["flipped"] for r in out]),
-            "pair": np.concatenate([r["pair"] + k0 for r, (k0, _) in zip(out, spans)]),
-            "ra": np.concatenate([rows[r["ra"]] for r, (_, rows) in zip(out, spans)]),
-            "rb": np.concatenate([rows[r["rb"]] for r, (_, rows) in zip(out, spans)])}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -412,17 +341,13 @@ class TaskCosineMatcher(EmbeddingMatcher):
 
 
 def score_keypoints(client, method, features):
-    """method.score_pairs(features) with the descriptor self-join and the RANSAC verification as tasks:
-    the same ScoredPairs (pairs, scores, extra; only the *_s timings differ). The bag counts and the
-    shared-content evidence run here, on the descriptor pairs."""
-    local = copy.copy(method)
-    local.matcher = TaskBinaryMatcher(client, method.matcher)
+    """method.score_pairs(features) with every step as tasks (simbench.distributed.keypoints): the same
+    ScoredPairs (only the *_s timings differ). features: a KeypointSets (sent to the workers in chunks) or
+    the KeypointChunks the workers already hold (find on a cluster)."""
+    from simbench.distributed.keypoints import KeypointChunks, scatter_keypoints, score_chunks
 
-    def verify_candidates(features, matches, a, b, max_size):  # shadows KeypointMethod.verify_candidates
-        return verify(client, features, matches, a, b, method.transform, method.ransac_threshold, max_size)
-
-    local.verify_candidates = verify_candidates
-    return local.score_pairs(features)
+    chunks = features if isinstance(features, KeypointChunks) else scatter_keypoints(client, features)
+    return score_chunks(client, method, chunks)
 
 
 def score_cnn(client, method, features):

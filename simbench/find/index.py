@@ -397,10 +397,15 @@ def _feature_problem(entry: dict, kind: str) -> str | None:
 def consistent(records: list[dict | None]) -> list[str | None]:
     """Per record: None, or why it cannot be joined with the others (a shape or type most records do not
     share: a record from a forged index must not break the join)."""
-    signatures = [None if r is None else _signature(r) for r in records]
+    return consistent_signatures([None if r is None else _signature(r) for r in records])
+
+
+def consistent_signatures(signatures: list[tuple | None]) -> list[str | None]:
+    """`consistent` given each record's `_signature` (None: no record), so that the records can stay in
+    other processes (simbench.distributed.keypoints)."""
     counts = Counter(s for s in signatures if s is not None)
     if len(counts) <= 1:
-        return [None] * len(records)
+        return [None] * len(signatures)
     common = counts.most_common(1)[0][0]
     return [None if s is None or s == common else "index record does not match the others (shape or type)"
             for s in signatures]

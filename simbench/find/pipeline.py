@@ -81,11 +81,13 @@ def find(inputs: Sequence[str | Path], out_dir: str | Path, cfg: DictConfig | No
         collected = collect(inputs, stages, cfg, index, out_dir, progress, cluster)
         t = time.perf_counter()
         raw = raw_evidence(stages, collected.features, progress, cluster.client)
-    decided = match_decisions(reviewed, [item.display for item in collected.items]) if reviewed else None
-    pairs = score(collected.items, stages, raw, cfg, collected.features, collected.blank, decided)
-    groups = outputs.duplicate_groups(pairs, len(collected.items), float(cfg.threshold))
-    t_evidence = time.perf_counter()
-    why = evidence.pair_evidence(pairs, stages, collected.features, float(cfg.link_min_score) if cfg.link else None)
+        decided = match_decisions(reviewed, [item.display for item in collected.items]) if reviewed else None
+        pairs = score(collected.items, stages, raw, cfg, collected.features, collected.blank, decided)
+        groups = outputs.duplicate_groups(pairs, len(collected.items), float(cfg.threshold))
+        t_evidence = time.perf_counter()
+        # Before the cluster closes: keypoints its workers hold are fetched for the pairs shown.
+        why = evidence.pair_evidence(pairs, stages, shown_features(collected.features, pairs),
+                                     float(cfg.link_min_score) if cfg.link else None)
     timing = {**collected.timing, "match_s": t_evidence - t, "evidence_s": time.perf_counter() - t_evidence,
               "total_s": time.perf_counter() - t0}
     result = FindResult(collected.items, pairs, groups, collected.skipped, collected.n_files, collected.n_pdfs,
@@ -132,7 +134,7 @@ def collect(inputs, stages: list[Stage], cfg: DictConfig, index, work_parent: Pa
     store.save_hashes()
     items, lost = to_items(files, digests, records)
     blanks = blank.find_blanks(items)  # kept out of every stage: they would all match each other
-    features = {stage.name: load_features(stage, items, digests_of(items), store, blanks) for stage in stages}
+    features = {stage.name: stage_features(stage, items, digests_of(items), store, blanks, cluster) for stage in stages}
     skipped += lost + [Skipped(items[k].display, reason) for k, reason in blanks.items()]
     skipped += unusable(items, features, set(blanks))
     timing = {"read_extract_s": time.perf_counter() - t0}
@@ -272,6 +274,26 @@ def load_features(stage: Stage, items: list[Item], source_digests: list[str], st
             reasons[k], records[k] = problem, None
     features, rows = join_features(records, stage.extractor.kind)
     return features, rows, reasons
+
+
+def stage_features(stage: Stage, items: list[Item], source_digests: list[str], store: FeatureStore,
+                   exclude: dict[int, str], cluster: ClusterSession | None):
+    """load_features; on a cluster a keypoint stage's chunks are read and kept by the workers instead
+    (simbench.distributed.keypoints: no process holds all descriptors)."""
+    if cluster is None or stage.extractor.kind != "keypoints":
+        return load_features(stage, items, source_digests, store, exclude)
+    from simbench.distributed.keypoints import load_keypoints
+
+    return load_keypoints(cluster.client, stage, items, source_digests, store, exclude, feature_key(stage))
+
+
+def shown_features(features: dict, pairs: FusedPairs) -> dict:
+    """features, with keypoints that a cluster holds replaced by those of the items evidence shows."""
+    from simbench.distributed.keypoints import KeypointChunks, local_keypoints
+
+    shown = np.lexsort((pairs.b, pairs.a, -pairs.score))[: evidence.MAX_EVIDENCE_PAIRS]  # pair_evidence's
+    items = np.concatenate([pairs.a[shown], pairs.b[shown]])
+    return {name: local_keypoints(f, items) if isinstance(f[0], KeypointChunks) else f for name, f in features.items()}
 
 
 def local_positions(items: list[Item]) -> list[int]:

@@ -178,31 +178,52 @@ class KeypointMethod(Method):
         """Replace bag scores by verified scores (from `evidence`); keep only pairs with >= min_inliers
         inliers and, with `coverage`, a covered share >= min_coverage."""
         n_pairs = len(counts["a"])
-        # Best bag scores first; a pair needs min_inliers matched features to ever pass.
-        eligible = (bag >= self.verify_min_score) & (np.minimum(counts["matched_a"], counts["matched_b"])
-                                                     >= self.min_inliers)
-        order = np.flatnonzero(eligible)
-        order = order[np.argsort(-bag[order], kind="stable")][: self.max_pairs_verified]
+        order = self.candidates(counts, bag)
         max_size = getattr(self.extractor, "max_size", None)
-        ver = self.verify_candidates(features, matches, counts["a"][order], counts["b"][order], max_size)
+        a, b = counts["a"][order], counts["b"][order]
+        ver = self.verify_candidates(features, matches, a, b, max_size)
+        weights = burstiness_weights(image_frequency(matches, len(features.descriptors), len(features)),
+                                     self.burstiness)
+        kept, fields = self.score_verified(ver, a, b, counts["n_a"][order], counts["n_b"][order], weights,
+                                           _working_scale_points(features, max_size), features.offsets)
+        sel = order[kept]
+        out = {k: (v[sel] if isinstance(v, np.ndarray) and len(v) == n_pairs else v) for k, v in extra.items()}
+        score = fields.pop("score")
+        out.update(bag_score=bag[sel], **fields, verified=len(order))
+        return ScoredPairs(counts["a"][sel], counts["b"][sel], score, extra=out)
+
+    def eligible(self, counts: dict, bag: np.ndarray) -> np.ndarray:
+        """Image pairs worth verifying: a bag score >= verify_min_score (a low pre-threshold), and at least
+        min_inliers matched features (fewer can never pass)."""
+        return (bag >= self.verify_min_score) & (np.minimum(counts["matched_a"], counts["matched_b"])
+                                                 >= self.min_inliers)
+
+    def candidates(self, counts: dict, bag: np.ndarray) -> np.ndarray:
+        """Indices of the pairs to verify: the eligible ones, best bag score first (ties in pair order),
+        at most max_pairs_verified."""
+        order = np.flatnonzero(self.eligible(counts, bag))
+        return order[np.argsort(-bag[order], kind="stable")][: self.max_pairs_verified]
+
+    def score_verified(self, ver: dict, a, b, n_a, n_b, weights, points, offsets) -> tuple[np.ndarray, dict]:
+        """The verified scores of candidate pairs (a[k], b[k]) (images of `offsets`, the rows of `points`
+        and `weights`) from their RANSAC (`verify_candidates`): (the indices k that pass, their score,
+        inliers, flipped, evidence and `content_stats` fields). Each pair's values depend on its own rows
+        only, so a batch of pairs with only its rows gives the same."""
         keep = ver["inliers"] >= self.min_inliers
-        sel = order[keep]
-        # The kept pairs' inlier correspondences, their pairs renumbered 0..len(sel)-1.
+        kept = np.flatnonzero(keep)
+        # The kept pairs' inlier correspondences, their pairs renumbered 0..len(kept)-1.
         on = keep[ver["pair"]]
         pair, ra, rb = (np.cumsum(keep) - 1)[ver["pair"][on]], ver["ra"][on], ver["rb"][on]
-        stats = shared_content(features, matches, pair, ra, rb, counts["a"][sel], counts["b"][sel],
-                               max_size, self.burstiness)
+        stats = content_stats(weights, points, offsets, pair, ra, rb, a[kept], b[kept])
         evidence = stats["weighted_inliers"] * (stats["covered"] if self.coverage else 1.0)
-        passed = stats["covered"] >= self.min_coverage if self.coverage else np.ones(len(sel), bool)
-        sel, evidence = sel[passed], evidence[passed]
+        passed = stats["covered"] >= self.min_coverage if self.coverage else np.ones(len(kept), bool)
+        evidence = evidence[passed]
         # Evidence is counted in one-to-one correspondences: it stands for both m_a and m_b in the same
         # formula (with the new options off it is the inlier count, and this is the plain inlier score).
-        score = bag_score(evidence, evidence, counts["n_a"][sel], counts["n_b"][sel], self.score)
-        out = {k: (v[sel] if isinstance(v, np.ndarray) and len(v) == n_pairs else v) for k, v in extra.items()}
-        out.update(bag_score=bag[sel], inliers=ver["inliers"][keep][passed],
-                   flipped=ver["flipped"][keep][passed], evidence=evidence,
-                   **{k: v[passed] for k, v in stats.items()}, verified=len(order))
-        return ScoredPairs(counts["a"][sel], counts["b"][sel], score, extra=out)
+        score = bag_score(evidence, evidence, n_a[kept][passed], n_b[kept][passed], self.score)
+        return kept[passed], {"score": score, "inliers": ver["inliers"][kept][passed],
+                              "flipped": ver["flipped"][kept][passed], "evidence": evidence,
+                              **{k: v[passed] for k, v in stats.items()}}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -539,11 +560,17 @@ def shared_content(features: KeypointSets, matches: dict, pair: np.ndarray, ra: 
     weighted_inliers = sum over inliers of sqrt(w(ra) * w(rb)), w = df ** -burstiness (`burstiness_weights`).
     """
     df = image_frequency(matches, len(features.descriptors), len(features))
-    w = burstiness_weights(df, burstiness)
-    weighted = np.bincount(pair, weights=np.sqrt(w[ra] * w[rb]), minlength=len(a)).astype(np.float64)
-    points = _working_scale_points(features, max_size)
-    cov_a, fill_a = inlier_coverage(points, features.offsets, ra, pair, a)
-    cov_b, fill_b = inlier_coverage(points, features.offsets, rb, pair, b)
+    return content_stats(burstiness_weights(df, burstiness), _working_scale_points(features, max_size),
+                         features.offsets, pair, ra, rb, a, b)
+
+
+def content_stats(weights: np.ndarray, points: np.ndarray, offsets: np.ndarray, pair: np.ndarray, ra: np.ndarray,
+                  rb: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
+    """`shared_content` given the rows' burstiness weights and working-scale points (rows of the images
+    of `offsets`), so that a batch of pairs needs only its own images' rows."""
+    weighted = np.bincount(pair, weights=np.sqrt(weights[ra] * weights[rb]), minlength=len(a)).astype(np.float64)
+    cov_a, fill_a = inlier_coverage(points, offsets, ra, pair, a)
+    cov_b, fill_b = inlier_coverage(points, offsets, rb, pair, b)
     return {"weighted_inliers": weighted, "coverage_a": cov_a, "coverage_b": cov_b, "fill_a": fill_a,
             "fill_b": fill_b, "covered": covered_share(cov_a * fill_a, cov_b * fill_b)}
 
