@@ -154,7 +154,8 @@ class Pair:
     score: the estimated precision (0..1); method: the stage that gave it (identical, keypoints, cnn,
     hash, linked, or decision: a reviewer confirmed it); calibrated: False when no table covers the
     settings (ranked, not a precision); stages: each stage's calibrated score (0 where it did not find it).
-    source, page, bbox: the PDF, 1-based page and placed box of a PDF image (None for image files)."""
+    source: the file it came from (an image file, a PDF; for an image given in memory its temporary PNG);
+    page, bbox: the 1-based page and placed box of a PDF image (None for image files)."""
 
     a: str
     b: str
@@ -190,6 +191,7 @@ class Found:
     skipped: list
     threshold: float
     result: Any = field(repr=False)
+    _scratch: Any = field(default=None, repr=False)  # the temporary folder of the images given in memory
 
     @property
     def decisions(self):
@@ -269,22 +271,23 @@ def find(paths, method: str | None = None, threshold: float | None = None, *, ou
     decisions: a reviewer's decisions.csv to apply (simbench.find.decisions); calibration: tables from
     `simbench calibrate`; settings / overrides: see `configure`.
 
-    Images in memory are written as lossless PNGs to a temporary folder for the run and named
-    `<image K>` (K: their position in `paths`).
+    Images in memory are written as lossless PNGs to a temporary folder and named `<image K>` (K: their
+    position in `paths`); the folder (their `source`, read by the report) lasts as long as the Found.
     """
     from simbench.find.pipeline import find as run_find
     from simbench.find.pipeline import write_outputs
 
     cfg = configure(method, threshold, settings, calibration, **overrides)
     given = [paths] if isinstance(paths, (str, os.PathLike)) or _is_image(paths) else list(paths)
-    with tempfile.TemporaryDirectory(prefix="simbench-find-") as scratch:
-        inputs, names = _materialise(given, Path(scratch) / "in-memory")
-        result = run_find(inputs, out if out is not None else scratch, cfg, index=index, progress=progress,
-                          decisions=decisions, write=False)
+    # Removed when the Found object goes: it holds the images given in memory, which the report reads.
+    scratch = tempfile.TemporaryDirectory(prefix="simbench-find-")
+    inputs, names = _materialise(given, Path(scratch.name) / "in-memory")
+    result = run_find(inputs, out if out is not None else scratch.name, cfg, index=index, progress=progress,
+                      decisions=decisions, write=False)
     _rename(result, names)
     if out is not None:
         write_outputs(Path(out), result, cfg, result.stages)
-    return _found(result, float(cfg.threshold))
+    return _found(result, float(cfg.threshold), scratch if names else None)
 
 
 def _materialise(given: list, folder: Path) -> tuple[list[str], dict[str, str]]:
@@ -303,18 +306,17 @@ def _materialise(given: list, folder: Path) -> tuple[list[str], dict[str, str]]:
 
 
 def _rename(result, names: dict[str, str]) -> None:
-    """Images given in memory go by their `<image K>` names instead of their temporary files."""
+    """Images given in memory go by their `<image K>` names (their source stays the temporary file)."""
     if not names:
         return
     from simbench.types import Skipped
 
     for item in result.items:
-        if item.display in names:
-            item.display = item.source = names[item.display]
+        item.display = names.get(item.display, item.display)
     result.skipped = [Skipped(names.get(s.path, s.path), s.reason) for s in result.skipped]
 
 
-def _found(result, threshold: float) -> Found:
+def _found(result, threshold: float, scratch=None) -> Found:
     from simbench.find.outputs import score_order
 
     pairs, items = result.pairs, result.items
@@ -329,7 +331,7 @@ def _found(result, threshold: float) -> Found:
     by_row = {int(k): pair(int(k)) for k in score_order(pairs)}
     groups = [Group([items[m].display for m in g["members"]], g["best"], [by_row[k] for k in g["pairs"]])
               for g in result.groups]
-    return Found(list(by_row.values()), groups, list(result.skipped), threshold, result)
+    return Found(list(by_row.values()), groups, list(result.skipped), threshold, result, scratch)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -395,5 +397,5 @@ def compare(a, b, method: str | None = None, threshold: float | None = None, **o
 def _given_as(item, x, position: int) -> bool:
     """Whether an item of compare's run is the input x (given at `position`)."""
     if _is_image(x):
-        return item.source == f"<image {position}>"
+        return item.display == f"<image {position}>"
     return os.path.realpath(item.source) == os.path.realpath(x)

@@ -6,10 +6,14 @@ pairs.csv the same run writes; compare against find on the same two images.
 from __future__ import annotations
 
 import csv
+import json
+import re
 import subprocess
 import sys
 
 import imagehash
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -110,7 +114,7 @@ def test_find_on_images_in_memory(tmp_path, collection):
     assert [(p.a, p.b, p.method) for p in found.pairs] == [("<image 0>", "<image 1>", "keypoints")]
     pair = found.pairs[0]
     assert 0.5 <= pair.score <= 1 and pair.calibrated and pair.stages["keypoints"] == pytest.approx(pair.score)
-    assert pair.a_page is None and pair.a_source == "<image 0>"
+    assert pair.a_page is None and Path(pair.a_source).is_file()  # a temporary PNG, kept while `found` lives
     assert [(g.members, g.pairs) for g in found.groups] == [(["<image 0>", "<image 1>"], [pair])]
     assert found.evidence(pair)["keypoints"]["inliers"] >= 5
     # The objects are what the run's pairs.csv says, and to_csv / report write the same files.
@@ -120,7 +124,11 @@ def test_find_on_images_in_memory(tmp_path, collection):
     found.to_csv(tmp_path / "again.csv")
     assert (tmp_path / "again.csv").read_bytes() == (tmp_path / "out" / "pairs.csv").read_bytes()
     found.report(tmp_path / "report.html")
-    assert "<image 0>" in (tmp_path / "report.html").read_text()  # the page names them as the pairs do
+    page = (tmp_path / "report.html").read_text()
+    data = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S)[1])
+    # The page names them as the pairs do, and shows them large with the matches drawn (read from the PNGs).
+    assert [item["d"] for item in data["items"]] == ["<image 0>", "<image 1>"]
+    assert all(item.get("v", "").startswith("data:image/jpeg") for item in data["items"])
     assert "3 images found, 0 skipped, 1 pairs, 1 duplicate groups at threshold 0.5" in repr(found)
 
 
