@@ -290,6 +290,27 @@ def test_decisions_by_keyboard_and_decisions_csv(browser, pasted_report, tmp_pat
     assert "2 decisions" in page.inner_text("#decision-count")
     assert not errors, errors
 
+    # Re-run with the downloaded file: the non-duplicate is hidden, the confirmed pair stays.
+    from simbench.cli import find_main
+
+    again = tmp_path / "again"
+    assert find_main([str(pasted_report / "in"), "--out", str(again), "--method", "keypoints", "-t", "0.5", "-q",
+                      "--decisions", str(saved)]) == 0
+    found = {(r["a"], r["b"]): r for r in csv.DictReader(open(again / "pairs.csv", newline=""))}
+    assert tuple(first) not in found and (first[1], first[0]) not in found
+    assert all(found[a, b]["method"] == "decision" and float(found[a, b]["score"]) == 1 for a, b in second)
+    page, _, errors = open_report(browser, again / "report.html")
+    assert "decisions applied: 2" in page.inner_text("#stats")
+    assert group_of(page, "pasted.jpg") == -1  # hidden
+    # The page starts from the decisions it was given: a new download keeps the hidden pair's too.
+    assert "2 decisions (1 duplicate, 1 not duplicate)" in page.inner_text("#decision-count")
+    with page.expect_download() as download:
+        page.click("#download")
+    download.value.save_as(tmp_path / "decisions-2.csv")
+    again_rows = list(csv.DictReader(open(tmp_path / "decisions-2.csv", newline="")))
+    assert sorted(map(tuple, map(dict.values, again_rows))) == sorted(map(tuple, map(dict.values, rows)))
+    assert not errors, errors
+
 
 def test_pdf_pair_shows_the_pages_with_the_placements_highlighted(browser, tmp_path):
     """A photo placed on two pages: the viewer shows both pages with the placed rectangle drawn where

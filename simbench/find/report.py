@@ -15,7 +15,8 @@ that have an evidence record get a larger view (the others show their thumbnail 
 
 Decisions: a pair or a whole group is marked "duplicate" or "not duplicate" (keyboard shortcuts on the
 page), kept in the browser's local storage for this report, and downloaded as decisions.csv (a,b,decision,
-a and b as in pairs.csv) for `simbench find --decisions`. Skipped files are listed at the end.
+a and b as in pairs.csv) for `simbench find --decisions`. A run given decisions starts the page from them
+(also from rows naming no image of the run), so the next download still holds every earlier decision. Skipped files are listed at the end.
 """
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ def report_data(result, cfg, stages) -> dict:
                     "skipped": len(result.skipped), "blank": result.n_blank, "pairs": len(pairs),
                     "groups": len(result.groups)},
         "decisions": result.decisions.to_json() if getattr(result, "decisions", None) else None,  # decisions.json
+        "earlier": earlier_decisions(result),
         "method": str(cfg.method),
         "threshold": float(cfg.threshold),
         "min_score": float(cfg.min_score),
@@ -85,6 +87,18 @@ def report_data(result, cfg, stages) -> dict:
         "skipped_reasons": Counter(_reason_kind(s.reason) for s in result.skipped).most_common(),
         "per_page": GROUPS_PER_PAGE,
     }
+
+
+def earlier_decisions(result) -> list[list[str]]:
+    """[a, b, decision] of the decisions this run was given (--decisions), names as in pairs.csv, and its
+    stale rows as written: the page starts from them, so that a downloaded decisions.csv keeps them."""
+    decisions = getattr(result, "decisions", None)
+    if not decisions:
+        return []
+    out = [[result.items[int(a)].display, result.items[int(b)].display, decision]
+           for decision, found in (("duplicate", decisions.duplicate), ("not_duplicate", decisions.not_duplicate))
+           for a, b in np.asarray(found, np.int64).reshape(-1, 2)]
+    return out + [[row.a, row.b, row.decision] for row in decisions.stale]
 
 
 def _item(item) -> dict:
@@ -348,6 +362,7 @@ function colour(score) {
 const STORE = "simbench-decisions:" + DATA.run;
 const decisions = new Map();
 const pairKey = (p) => DATA.items[p[0]].d + "\n" + DATA.items[p[1]].d;
+for (const [a, b, v] of DATA.earlier) decisions.set(a + "\n" + b, v);  // given to this run (--decisions)
 try { for (const [k, v] of JSON.parse(localStorage.getItem(STORE) || "[]")) decisions.set(k, v); } catch (e) { /* no storage on this origin */ }
 
 function decide(pairs, decision) {
