@@ -334,10 +334,14 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
 
 
 def score(items: list[Item], stages: list[Stage], raw: dict[str, ScoredPairs], cfg: DictConfig,
-          features: dict | None = None, blanks: dict[int, str] | None = None) -> FusedPairs:
-    """Identical-data pairs, each stage's calibrated pairs, fused, optionally linked, >= min_score.
+          features: dict | None = None, blanks: dict[int, str] | None = None,
+          decisions: Decisions | None = None) -> FusedPairs:
+    """Identical-data pairs, each stage's calibrated pairs, fused, a reviewer's decisions applied,
+    optionally linked, >= min_score.
 
     blanks: items never paired, not even as identical data (their features are already left out).
+    decisions: confirmed non-duplicates dropped before linking (so they link nothing, and a linked pair
+    that is one is dropped too), confirmed duplicates at score 1 (simbench.find.decisions).
 
     fusion "model": the fitted Fusion for these stages (cascade.fusion_model), every pair also scored by
     the stages that can score any pair (the CNN); without one, and for "noisy_or" or "max", that rule."""
