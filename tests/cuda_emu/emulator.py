@@ -1,9 +1,9 @@
 """Build kernels/*.cu with g++ and cuda_emu.h, and launch them from Python like CuPy RawModule functions.
 
-EmulatedDevice has the interface of simbench.match.gpu.CupyDevice (xp, kernel(name)(grid, block, args),
-to_device, to_host, synchronize, target_blocks), with NumPy arrays in place of CuPy ones, so
-GpuMatcher(device=EmulatedDevice()) runs its real host code (blocking, chunking, overflow retry, top-k
-merge) over the real kernel source. Launch arguments are checked as a GPU would need them: NumPy scalars of
+EmulatedDevice has the interface of simbench.match.gpu.CupyDevice (label, xp, kernel(name)(grid, block,
+args), to_device, to_host, free_bytes, synchronize, target_blocks), with NumPy arrays in place of CuPy ones,
+so GpuMatcher(device=EmulatedDevice()) runs its real host code (probe, device index, blocking, chunking,
+splitting on overflow, top-k selection) over the real kernel source. Launch arguments are checked as a GPU would need them: NumPy scalars of
 the kernel parameter's exact size, C-contiguous arrays of the parameter's element type.
 
 The shared library is cached by the hash of everything that goes into it (sources, flags, compiler), in
@@ -31,6 +31,7 @@ _TYPES = {
     "int*": (ctypes.c_void_p, np.int32, True),
     "u64*": (ctypes.c_void_p, np.uint64, True),
     "const u64*": (ctypes.c_void_p, np.uint64, True),
+    "const int*": (ctypes.c_void_p, np.int32, True),
 }
 
 
@@ -124,37 +125,70 @@ class EmulatedKernel:
 
 
 class EmulatedDevice:
-    """The CPU stand-in for simbench.match.gpu.CupyDevice: same kernels, same host code, NumPy arrays."""
+    """The CPU stand-in for simbench.match.gpu.CupyDevice: same kernels, same host code, NumPy arrays.
 
-    label = "cpu"
+    Like CupyDevice it compiles each kernel instantiation on first use (`compiled` lists them); it counts
+    what crosses the "bus" (`uploads`, `uploaded_bytes`) and has `memory_bytes` of device memory, so tests
+    can see a self-join upload once and a database larger than the memory streamed in blocks.
+    """
+
+    label = "emulated"
     xp = np
 
-    def __init__(self, target_blocks: int = 4, source: Path | None = None, names=None, schedule: int = 0,
-                 seed: int = 0):
+    def __init__(self, target_blocks: int = 4, source: Path | None = None, names=(), schedule: int = 0,
+                 seed: int = 0, memory_bytes: int = 1 << 40):
         """target_blocks: blocks a launch should have (CupyDevice: 8 per multiprocessor); small numbers
         give few database chunks per launch and many tiles per chunk, large ones the reverse.
-        source, names: another .cu and its instantiations (default: simbench's kernels, all of them).
+        source: another .cu (default: simbench's kernels); names: instantiations to build at once, in one
+        library (the others are built one by one when first used).
         schedule: 0 alternate thread order per phase, 1 forward, 2 shuffled with `seed` (see cuda_emu.h)."""
         from simbench.match import gpu
 
         self.target_blocks = int(target_blocks)
-        names = gpu.NAME_EXPRESSIONS if names is None else tuple(names)
+        self.memory_bytes = int(memory_bytes)
+        self.source = Path(source or gpu.KERNEL_FILE)
+        self.schedule = (int(schedule), int(seed))
+        self.compiled: list[str] = []
+        self.uploads = 0
+        self.uploaded_bytes = 0
+        self._kernels: dict[str, EmulatedKernel] = {}
+        self._libs = []
+        if names:
+            self.preload(names)
+
+    def preload(self, names):
+        """Build the instantiations `names` not built yet, in one shared library (one g++ run)."""
+        from simbench.match import gpu
+
+        names = [n for n in dict.fromkeys(names) if n not in self._kernels]
+        if not names:
+            return
         kernels = [(expr, gpu.KERNEL_PARAMS[expr.split("<")[0]]) for expr in names]
-        self.library_path = build(Path(source or gpu.KERNEL_FILE), kernels)
-        self.lib = ctypes.CDLL(str(self.library_path))
-        self.lib.emu_last_error.restype = ctypes.c_char_p
-        self.lib.emu_set_schedule.argtypes = [ctypes.c_int, ctypes.c_ulonglong]
-        self.set_schedule(schedule, seed)
-        self._kernels = {expr: EmulatedKernel(expr, getattr(self.lib, f"emu_launch_{i}"), params, self.lib)
-                         for i, (expr, params) in enumerate(kernels)}
+        lib = ctypes.CDLL(str(build(self.source, kernels)))
+        lib.emu_last_error.restype = ctypes.c_char_p
+        lib.emu_set_schedule.argtypes = [ctypes.c_int, ctypes.c_ulonglong]
+        lib.emu_set_schedule(*self.schedule)
+        self._libs.append(lib)
+        for i, (expr, params) in enumerate(kernels):
+            self._kernels[expr] = EmulatedKernel(expr, getattr(lib, f"emu_launch_{i}"), params, lib)
+        self.compiled += names
 
     def set_schedule(self, mode: int, seed: int = 0):
-        self.lib.emu_set_schedule(int(mode), int(seed))
+        self.schedule = (int(mode), int(seed))
+        for lib in self._libs:
+            lib.emu_set_schedule(*self.schedule)
 
     def kernel(self, name: str) -> EmulatedKernel:
+        if name not in self._kernels:
+            self.preload([name])
         return self._kernels[name]
 
+    def free_bytes(self) -> int:
+        return self.memory_bytes
+
     def to_device(self, array: np.ndarray) -> np.ndarray:
+        self.uploads += 1
+        self.uploaded_bytes += array.nbytes
         return np.array(array, copy=True, order="C")
 
     def to_host(self, array: np.ndarray) -> np.ndarray:
