@@ -268,6 +268,7 @@ TEMPLATE = r"""<!DOCTYPE html>
   .chain img { max-width: 72px; max-height: 72px; border-radius: 4px; border: 1px solid var(--line); }
   .pdf-pages { display: flex; gap: 24px; flex-wrap: wrap; justify-content: center; margin-top: 8px; }
   .pdf-pages figure { width: auto; }
+  .pdf-pages canvas { display: block; max-height: 300px; max-width: 100%; border: 1px solid var(--line); }
   .legend { font-size: 12px; color: var(--muted); }
   .legend i { display: inline-block; width: 10px; height: 10px; border-radius: 50%; margin: 0 3px 0 8px; vertical-align: -1px; }
 </style>
