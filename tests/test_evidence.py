@@ -163,3 +163,13 @@ def test_cnn_records_of_a_run_come_from_the_stage_features():
     assert set(got) == {(0, 2), (1, 2), (3, 6)} and got[1, 2] == {}
     assert got[0, 2]["cnn"] == {**evidence.cnn_evidence(v, np.array([0]), np.array([1]))[0], "score": 0.9}
     assert got[3, 6]["cnn"]["cosine"] == pytest.approx(float(v[2] @ v[4]), abs=1e-4)
+
+
+def test_evidence_changes_no_output_but_its_own(pasted_run, tmp_path, monkeypatch):
+    """pairs.csv and groups.json are byte for byte those of a run that computes no evidence."""
+    files, _, out, cfg = pasted_run
+    monkeypatch.setattr(evidence, "pair_evidence", lambda *args, **kwargs: {})
+    find([files["photo"].parent], tmp_path / "bare", cfg, progress=False)
+    for name in ("pairs.csv", "groups.json"):
+        assert (tmp_path / "bare" / name).read_bytes() == (out / name).read_bytes(), name
+    assert outputs.read_pair_evidence(tmp_path / "bare" / "evidence.npz") == {}
