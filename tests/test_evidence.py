@@ -173,3 +173,29 @@ def test_evidence_changes_no_output_but_its_own(pasted_run, tmp_path, monkeypatc
     for name in ("pairs.csv", "groups.json"):
         assert (tmp_path / "bare" / name).read_bytes() == (out / name).read_bytes(), name
     assert outputs.read_pair_evidence(tmp_path / "bare" / "evidence.npz") == {}
+
+
+def test_report_embeds_larger_views_for_the_best_pairs_with_evidence(pasted_run, monkeypatch):
+    """Images of the VIEW_PAIRS best pairs with evidence get a larger view, read again from their files."""
+    import dataclasses
+
+    from simbench.find import report
+
+    files, result, _, cfg = pasted_run
+    stages = cascade.build_stages(cfg, quiet=True)
+    # A second, weaker pair with evidence: the unrelated photo and the pasted picture.
+    x, y = sorted((item_of(result, files["other"]), item_of(result, files["pasted"])))
+    p = result.pairs
+    weaker = FusedPairs(np.r_[p.a, x], np.r_[p.b, y], np.r_[p.score, 0.02], np.r_[p.method, np.array(["keypoints"], object)],
+                        {k: np.r_[v, 0.02 if k == "keypoints" else 0.0] for k, v in p.per_stage.items()},
+                        None if p.calibrated is None else np.r_[p.calibrated, True])
+    two = dataclasses.replace(result, pairs=weaker, evidence={**result.evidence, (x, y): {"cnn": {}}})
+    data = report.report_data(two, cfg, stages)
+    assert len(data["pairs"]) == 2
+    best = data["pairs"][0]
+    with_views = {k for k, item in enumerate(data["items"]) if "v" in item}
+    assert len(with_views) == 3 and set(best[:2]) <= with_views
+    assert all(len(data["items"][k]["v"]) > 2 * len(data["items"][k]["t"]) for k in with_views)
+    monkeypatch.setattr(report, "VIEW_PAIRS", 1)
+    data = report.report_data(two, cfg, stages)
+    assert {k for k, item in enumerate(data["items"]) if "v" in item} == set(best[:2])

@@ -10,8 +10,9 @@ groups stay responsive.
 Opening a pair shows the two images side by side (VIEW_SIDE px, read again from the files when the page is
 written) with the reason drawn on them (simbench.find.evidence): the verified keypoint matches as lines
 and the matched region of each image, the CNN's cosine and neighbour ranks, the chain of a linked pair;
-for a PDF image also its page (PAGE_SIDE px) with the placed rectangle highlighted. Only images of pairs
-that have an evidence record get a larger view (the others show their thumbnail enlarged).
+for a PDF image also its page (PAGE_SIDE px) with the placed rectangle highlighted. Only the images of
+the VIEW_PAIRS best pairs with an evidence record get a larger view, to keep the page's size in bounds
+(the others show their thumbnail enlarged, the evidence drawn on it all the same).
 
 Decisions: a pair or a whole group is marked "duplicate" or "not duplicate" (keyboard shortcuts on the
 page), kept in the browser's local storage for this report, and downloaded as decisions.csv (a,b,decision,
@@ -40,6 +41,8 @@ GROUPS_PER_PAGE = 40
 VIEW_SIDE = 480
 PAGE_SIDE = 360
 VIEW_QUALITY = 72
+#: The best pairs with evidence whose images get a larger view (embedded JPEGs: they make up most of the page).
+VIEW_PAIRS = 500
 
 
 def write_report(path: Path, result, cfg, stages) -> None:
@@ -65,8 +68,8 @@ def report_data(result, cfg, stages) -> dict:
              method_id.get(str(pairs.method[k]), len(methods) - 1),
              [round(float(s[k]), 4) for s in stage_scores], int(bool(calibrated[k])),
              _page_evidence(evidence.get((int(pairs.a[k]), int(pairs.b[k]))), position)] for k in order]
-    pages = add_views(items, [result.items[int(k)] for k in used],
-                      {x for row in rows if row[6] for x in row[:2]})
+    with_evidence = [row for row in rows if row[6]][:VIEW_PAIRS]  # rows are best first
+    pages = add_views(items, [result.items[int(k)] for k in used], {x for row in with_evidence for x in row[:2]})
     return {
         "title": "simbench find: duplicate review",
         "run": hashlib.sha256(json.dumps([[i["d"] for i in items], [r[:2] for r in rows]]).encode()).hexdigest()[:16],
