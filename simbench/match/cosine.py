@@ -385,10 +385,13 @@ def pair_similarities(q: np.ndarray, db: np.ndarray, a: np.ndarray, b: np.ndarra
 
 
 class TorchCudaCosineMatcher(EmbeddingMatcher):
-    """The blocked products of ExactCosineMatcher in torch on a CUDA device.
+    """The blocked products of ExactCosineMatcher in torch on a CUDA device ("cuda": the current one).
 
-    Without a GPU: strict_device=True raises; otherwise the exact CPU matcher runs and self.fallback is
-    True (result.json: env.fallback = true). device="cpu" runs the same torch code on the CPU (tests).
+    query_block x database_block similarities are alive at a time, for range search and top-k alike (top-k
+    keeps each query's k best with torch.topk, block by block); a self-join, or a top-k of a set against
+    itself, uploads the vectors once. Without a GPU: strict_device=True raises; otherwise the exact CPU
+    matcher runs and self.fallback is True (result.json: env.fallback = true). device="cpu" runs the same
+    torch code on the CPU (tests).
     """
 
     name = "gpu"
@@ -409,7 +412,7 @@ class TorchCudaCosineMatcher(EmbeddingMatcher):
         except ImportError:
             available = False
         if device == "cpu" or (device.startswith("cuda") and available):
-            return (device if device == "cpu" or ":" in device else "cuda:0"), False
+            return (device if device == "cpu" or ":" in device else f"cuda:{torch.cuda.current_device()}"), False
         why = f"matcher=gpu needs a CUDA device and torch sees none (device={device})"
         if strict:
             raise RuntimeError(f"{why}; use another matcher or strict_device=false to fall back to the CPU")
@@ -431,7 +434,8 @@ class TorchCudaCosineMatcher(EmbeddingMatcher):
         import torch
 
         _check_dims(q, db)
-        dq, ddb = torch.from_numpy(q).to(self.device), torch.from_numpy(db).to(self.device)
+        dq = torch.from_numpy(q).to(self.device)
+        ddb = dq if upper else torch.from_numpy(db).to(self.device)
         parts = []
         for q0 in range(0, len(q), self.query_block):
             qb = dq[q0 : q0 + self.query_block]
@@ -448,6 +452,9 @@ class TorchCudaCosineMatcher(EmbeddingMatcher):
         return Pairs.concat(parts, np.float32)
 
     def topk(self, queries, database, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k most similar database rows per query, ties to the lower index: per query block, the running
+        k best are merged with each database block's similarities by torch.topk (never a full sort, never
+        query_block x N at once)."""
         if self.fallback:
             return self.cpu.topk(queries, database, k)
         import torch
@@ -455,19 +462,41 @@ class TorchCudaCosineMatcher(EmbeddingMatcher):
         q, db = as_vectors(queries), as_vectors(database)
         _check_dims(q, db)
         k = int(k)
-        idx = np.full((len(q), k), -1, np.int64)
-        sim = np.full((len(q), k), -np.inf, np.float32)
+        idx = np.full((len(q), max(k, 0)), -1, np.int64)
+        sim = np.full((len(q), max(k, 0)), -np.inf, np.float32)
         kk = min(k, len(db))
-        if kk == 0:
+        if kk <= 0:
             return idx, sim
-        ddb = torch.from_numpy(db).to(self.device)
+        same = queries is database or q is db
+        dq = torch.from_numpy(q).to(self.device)
+        ddb = dq if same else torch.from_numpy(db).to(self.device)
         for q0 in range(0, len(q), self.query_block):
-            sims = torch.from_numpy(q[q0 : q0 + self.query_block]).to(self.device) @ ddb.T
-            # Stable descending sort: equal similarities keep the lower index first.
-            s, i = torch.sort(sims, dim=1, descending=True, stable=True)
-            idx[q0 : q0 + len(sims), :kk] = i[:, :kk].cpu().numpy()
-            sim[q0 : q0 + len(sims), :kk] = s[:, :kk].cpu().numpy()
+            qb = dq[q0 : q0 + self.query_block]
+            best_s = torch.empty((len(qb), 0), dtype=torch.float32, device=self.device)
+            best_i = torch.empty((len(qb), 0), dtype=torch.int64, device=self.device)
+            for d0 in range(0, len(db), self.database_block):
+                sims = qb @ ddb[d0 : d0 + self.database_block].T
+                cols = torch.arange(d0, d0 + sims.shape[1], device=self.device).expand(len(qb), -1)
+                best_s, best_i = top_columns(torch.cat([best_s, sims], 1), torch.cat([best_i, cols], 1), kk)
+            idx[q0 : q0 + len(qb), :kk] = best_i.cpu().numpy()
+            sim[q0 : q0 + len(qb), :kk] = best_s.cpu().numpy()
         return idx, sim
+
+
+def top_columns(sims, rows, k: int):
+    """The k largest similarities per row of a torch (Q, C) block with their row indices, by torch.topk on
+    an int64 key: the similarity's order-preserving bits above, the column's position (reversed) below.
+    Columns are in increasing row order (the running best first: earlier blocks), so equal similarities
+    keep the lower row; the key holds positions (< 2^32), not rows, so no row bit is lost."""
+    import torch
+
+    k = min(k, sims.shape[1])  # the first blocks may hold fewer columns than k
+    bits = sims.contiguous().view(torch.int32)
+    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)
+    position = torch.arange(sims.shape[1], device=sims.device, dtype=torch.int64)
+    keys = (ordered << 32) | (0xFFFFFFFF - position)
+    chosen = torch.topk(keys, k, dim=1, sorted=True).indices
+    return torch.gather(sims, 1, chosen), torch.gather(rows, 1, chosen)
 
 
 # ---------------------------------------------------------------------------------------------------------
