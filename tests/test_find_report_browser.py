@@ -175,6 +175,11 @@ def test_report_with_500_groups_renders_lazily(browser, tmp_path):
 # The pair viewer: evidence drawn, decisions by keyboard, decisions.csv
 
 
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def magenta(pixels: np.ndarray) -> np.ndarray:
     """Where the viewer drew matched points (COLOURS.point, pure magenta; photos have no such pixels)."""
     r, g, b = (pixels[..., c].astype(int) for c in range(3))
@@ -279,10 +284,10 @@ def test_decisions_by_keyboard_and_decisions_csv(browser, pasted_report, tmp_pat
     saved = tmp_path / "decisions.csv"
     download.value.save_as(saved)
     assert download.value.suggested_filename == "decisions.csv"
-    rows = list(csv.DictReader(open(saved, newline="")))
+    rows = read_rows(saved)
     assert rows == [{"a": first[0], "b": first[1], "decision": "not_duplicate"},
                     *({"a": a, "b": b, "decision": "duplicate"} for a, b in second)]
-    pairs = {(r["a"], r["b"]) for r in csv.DictReader(open(pasted_report / "out" / "pairs.csv", newline=""))}
+    pairs = {(r["a"], r["b"]) for r in read_rows(pasted_report / "out" / "pairs.csv")}
     assert {(r["a"], r["b"]) for r in rows} <= pairs  # a and b exactly as pairs.csv writes them
     # Decisions survive reloading the page (local storage of this report).
     page.reload()
@@ -296,7 +301,7 @@ def test_decisions_by_keyboard_and_decisions_csv(browser, pasted_report, tmp_pat
     again = tmp_path / "again"
     assert find_main([str(pasted_report / "in"), "--out", str(again), "--method", "keypoints", "-t", "0.5", "-q",
                       "--decisions", str(saved)]) == 0
-    found = {(r["a"], r["b"]): r for r in csv.DictReader(open(again / "pairs.csv", newline=""))}
+    found = {(r["a"], r["b"]): r for r in read_rows(again / "pairs.csv")}
     assert tuple(first) not in found and (first[1], first[0]) not in found
     assert all(found[a, b]["method"] == "decision" and float(found[a, b]["score"]) == 1 for a, b in second)
     page, _, errors = open_report(browser, again / "report.html")
@@ -307,7 +312,7 @@ def test_decisions_by_keyboard_and_decisions_csv(browser, pasted_report, tmp_pat
     with page.expect_download() as download:
         page.click("#download")
     download.value.save_as(tmp_path / "decisions-2.csv")
-    again_rows = list(csv.DictReader(open(tmp_path / "decisions-2.csv", newline="")))
+    again_rows = read_rows(tmp_path / "decisions-2.csv")
     assert sorted(map(tuple, map(dict.values, again_rows))) == sorted(map(tuple, map(dict.values, rows)))
     assert not errors, errors
 
@@ -326,7 +331,7 @@ def test_pdf_pair_shows_the_pages_with_the_placements_highlighted(browser, tmp_p
     page, requests, errors = open_report(browser, out / "report.html")
     a, b = open_pair_by_keyboard(page, 0)
     page.wait_for_function("document.querySelectorAll('#pdf-pages canvas').length === 2")
-    row = next(r for r in csv.DictReader(open(out / "pairs.csv", newline="")) if (r["a"], r["b"]) == (a, b))
+    row = next(r for r in read_rows(out / "pairs.csv") if (r["a"], r["b"]) == (a, b))
     for k, side in enumerate("ab"):
         with pymupdf.open(row[f"{side}_source"]) as doc:
             rect = doc[int(row[f"{side}_page"]) - 1].rect
@@ -429,3 +434,4 @@ def test_5000_groups_first_paint_and_filter(browser, tmp_path):
     assert 0 < paint < 20_000 and 0 < filtered < 5_000, (paint, filtered)
     assert 0 < group_count(page) < 3000 and page.locator(".group").count() <= GROUPS_PER_PAGE
     assert not errors, errors
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests[:5]

@@ -36,7 +36,7 @@ from __future__ import annotations
 import copy
 import json
 from collections import deque
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
