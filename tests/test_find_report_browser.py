@@ -435,3 +435,29 @@ def test_5000_groups_first_paint_and_filter(browser, tmp_path):
     assert 0 < group_count(page) < 3000 and page.locator(".group").count() <= GROUPS_PER_PAGE
     assert not errors, errors
     assert all(u.startswith(("file:", "data:")) for u in requests), requests[:5]
+
+
+def test_decisions_csv_quotes_odd_names(browser, tmp_path):
+    """Names with commas, quotes and a newline come back from decisions.csv exactly (CSV quoting)."""
+    result = synthetic_result(2)
+    odd = ['/photos/a, "first".jpg', "/photos/b\nsecond.jpg", "/photos/c,third.jpg"]
+    for item, name in zip(result.items, odd):
+        item.display = name
+    write_synthetic(tmp_path / "report.html", result)
+    page, _, errors = open_report(browser, tmp_path / "report.html")
+    page.locator("#threshold").fill("0.1")  # every pair: both groups
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('2 groups')")
+    page.locator("#threshold").blur()
+    page.keyboard.press("j")
+    page.keyboard.press("Shift+N")
+    page.keyboard.press("j")
+    page.keyboard.press("Shift+D")
+    with page.expect_download() as download:
+        page.click("#download")
+    download.value.save_as(tmp_path / "decisions.csv")
+    got = {(r["a"], r["b"]): r["decision"] for r in read_rows(tmp_path / "decisions.csv")}
+    expected = page.evaluate("""() => view.groups.flatMap((g, k) => g.pairs.map(([p]) =>
+        [DATA.items[p[0]].d, DATA.items[p[1]].d, k === 0 ? 'not_duplicate' : 'duplicate']))""")
+    assert got == {(a, b): d for a, b, d in expected} and len(got) >= 2, (got, expected)
+    assert any("," in a or "\n" in a or "," in b or "\n" in b for a, b in got)
+    assert not errors, errors

@@ -365,8 +365,9 @@ function colour(score) {
 
 const STORE = "simbench-decisions:" + DATA.run;
 const decisions = new Map();
-const pairKey = (p) => DATA.items[p[0]].d + "\n" + DATA.items[p[1]].d;
-for (const [a, b, v] of DATA.earlier) decisions.set(a + "\n" + b, v);  // given to this run (--decisions)
+const SEP = "\u0000";                       // no path holds it (a newline may)
+const pairKey = (p) => DATA.items[p[0]].d + SEP + DATA.items[p[1]].d;
+for (const [a, b, v] of DATA.earlier) decisions.set(a + SEP + b, v);  // given to this run (--decisions)
 try { for (const [k, v] of JSON.parse(localStorage.getItem(STORE) || "[]")) decisions.set(k, v); } catch (e) { /* no storage on this origin */ }
 
 function decide(pairs, decision) {
@@ -378,7 +379,7 @@ function decide(pairs, decision) {
 const csvCell = (s) => /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 function decisionsCsv() {
   const lines = ["a,b,decision"];
-  for (const [k, v] of decisions) { const [a, b] = k.split("\n"); lines.push([a, b, v].map(csvCell).join(",")); }
+  for (const [k, v] of decisions) { const [a, b] = k.split(SEP); lines.push([a, b, v].map(csvCell).join(",")); }
   return lines.join("\n") + "\n";
 }
 
@@ -632,6 +633,7 @@ async function pageFigure(item) {
 
 document.addEventListener("keydown", (e) => {
   if (e.target.matches("input, select, textarea") || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.target.matches("button, a, summary") && (e.key === "Enter" || e.key === " ")) return;  // the control's own action
   if (viewer.open) {
     const [p] = currentPair() || [];
     const act = { d: () => decide([p], "duplicate"), n: () => decide([p], "not_duplicate"), c: () => decide([p], null),
