@@ -199,3 +199,13 @@ def test_report_embeds_larger_views_for_the_best_pairs_with_evidence(pasted_run,
     monkeypatch.setattr(report, "VIEW_PAIRS", 1)
     data = report.report_data(two, cfg, stages)
     assert {k for k, item in enumerate(data["items"]) if "v" in item} == set(best[:2])
+
+
+def test_cnn_ranks_do_not_depend_on_the_block_size(monkeypatch):
+    rng = np.random.default_rng(5)
+    v = rng.normal(size=(50, 8)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    a, b = np.arange(0, 20), np.arange(20, 40)
+    whole = evidence.cnn_evidence(v, a, b)
+    monkeypatch.setattr(evidence, "BLOCK_SIMILARITIES", 3 * 50)  # three rows at a time
+    assert evidence.cnn_evidence(v, a, b) == whole

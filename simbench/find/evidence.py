@@ -24,7 +24,8 @@ How they are obtained, so that they are the stage's own reasons:
   fit depends on its pair's correspondences alone and rows keep their order, and every binary matcher
   of simbench returns the exact range (multi-index hashing too), so these are the inliers `find`
   verified (faiss's peer matcher keeps distance < radius, not <=: there the boundary may differ).
-- cnn: cosines of each image to every other (blockwise), counted.
+- cnn: cosines of each image to every other (in blocks of bounded memory), counted: one pass over the
+  collection's embeddings per pair.
 - chain: Kruskal's maximum spanning forest over the direct pairs scoring >= link_min_score, best first,
   as simbench.find.cascade.link builds it; the chain is the tree path.
 
@@ -51,8 +52,8 @@ from simbench.types import KeypointSets
 MAX_EVIDENCE_PAIRS = 2000
 #: Matched point pairs kept per pair (the region boxes and hulls use them all).
 MAX_MATCHES = 64
-#: Rows of embeddings compared at once when ranking neighbours.
-BLOCK = 1024
+#: Similarities computed at once when ranking neighbours (rows x collection; bounds the memory to 256 MB).
+BLOCK_SIMILARITIES = 1 << 26
 
 Evidence = dict[tuple[int, int], dict]
 
@@ -140,13 +141,14 @@ def cnn_evidence(vectors: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[dict
     v = np.asarray(vectors, np.float32)
     cos = np.einsum("ij,ij->i", v[a], v[b]).astype(np.float64)
     rank_a, rank_b = np.zeros(len(a), np.int64), np.zeros(len(a), np.int64)
+    step = max(1, BLOCK_SIMILARITIES // max(len(v), 1))
     for rows, partner, rank in ((a, b, rank_a), (b, a, rank_b)):
-        for s in range(0, len(rows), BLOCK):
-            block = rows[s:s + BLOCK]
+        for s in range(0, len(rows), step):
+            block = rows[s:s + step]
             sims = v[block] @ v.T
             sims[np.arange(len(block)), block] = -np.inf  # an image is not its own neighbour
-            mine = sims[np.arange(len(block)), partner[s:s + BLOCK]]
-            rank[s:s + BLOCK] = 1 + np.count_nonzero(sims > mine[:, None], axis=1)
+            mine = sims[np.arange(len(block)), partner[s:s + step]]
+            rank[s:s + step] = 1 + np.count_nonzero(sims > mine[:, None], axis=1)
     return [{"cosine": round(float(c), 4), "rank_a": int(x), "rank_b": int(y)}
             for c, x, y in zip(cos, rank_a, rank_b)]
 
