@@ -6,6 +6,7 @@ One cluster serves the module (reached with --scheduler); the runner test starts
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -53,14 +55,17 @@ def run_find(images: Path, out: Path, method: str, *extra: str) -> str:
     return (out / "pairs.csv").read_text()
 
 
-_in_process: dict[str, str] = {}
+_in_process: dict[str, Path] = {}
 
 
 def in_process(images: Path, tmp_path_factory, method: str) -> str:
-    """pairs.csv of the in-process run (each method run once for the module)."""
+    """pairs.csv of the in-process run (each method run once for the module; its outputs in
+    _in_process[method])."""
     if method not in _in_process:
-        _in_process[method] = run_find(images, tmp_path_factory.mktemp(f"alone-{method}"), method)
-    return _in_process[method]
+        out = tmp_path_factory.mktemp(f"alone-{method}")
+        run_find(images, out, method)
+        _in_process[method] = out
+    return (_in_process[method] / "pairs.csv").read_text()
 
 
 @pytest.mark.parametrize("method", ["hash", "keypoints", "cascade"])
@@ -71,6 +76,78 @@ def test_find_on_a_cluster_gives_the_in_process_pairs(images, cluster, tmp_path_
                      f"cluster.files_per_task={FILES_PER_TASK}")
     assert found.count("\n") > 1 and found == expected  # same pairs, scores and columns, byte for byte
     assert not list(tmp_path.glob("out/.index-*"))  # the scratch store shared by workers is removed
+
+
+def _received(value, found: dict) -> None:
+    """Walk what the client received: KeypointSets' images and rows, and the largest other array."""
+    from simbench.types import KeypointSets
+
+    if isinstance(value, KeypointSets):
+        found["images"] += len(value)
+        found["rows"] += len(value.descriptors)
+    elif isinstance(value, np.ndarray):
+        found["largest"] = max(found["largest"], len(value) if value.ndim else 1)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _received(v, found)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _received(v, found)
+
+
+def test_keypoints_on_a_cluster_never_reach_the_client(images, cluster, tmp_path_factory, tmp_path, monkeypatch):
+    """find --method keypoints on the cluster with a small task budget (chunks of a few images): the
+    workers read the descriptors; the client never loads them (load_features is not called for the
+    keypoint stage) and receives no descriptor but those of the images whose evidence it shows, and no
+    array longer than the plan's sample; pairs.csv and the pairs' evidence equal the in-process run's."""
+    from distributed import Client
+
+    from simbench.distributed import keypoints as dk
+    from simbench.find import evidence, pipeline
+    from simbench.find.outputs import read_pair_evidence
+
+    local, _ = cluster
+    expected = in_process(images, tmp_path_factory, "keypoints")
+    loaded, taken, chunks, got = [], [], [], {"images": 0, "rows": 0, "largest": 0}
+    load_features, load_keypoints, take, gather = (pipeline.load_features, dk.load_keypoints,
+                                                   dk.KeypointChunks.take, Client.gather)
+
+    def spy_load_features(stage, *args, **kwargs):
+        loaded.append(stage.extractor.kind)
+        return load_features(stage, *args, **kwargs)
+
+    def spy_load_keypoints(*args, **kwargs):
+        loaded_here = load_keypoints(*args, **kwargs)
+        chunks.append(loaded_here[0])
+        return loaded_here
+
+    def spy_take(self, images):
+        taken.append(len(np.unique(images)))
+        return take(self, images)
+
+    def spy_gather(self, futures, *args, **kwargs):
+        result = gather(self, futures, *args, **kwargs)
+        _received(result, got)
+        return result
+
+    monkeypatch.setattr(pipeline, "load_features", spy_load_features)
+    monkeypatch.setattr(dk, "load_keypoints", spy_load_keypoints)
+    monkeypatch.setattr(dk.KeypointChunks, "take", spy_take)
+    monkeypatch.setattr(Client, "gather", spy_gather)
+    monkeypatch.setattr(dk, "task_budget", lambda client: 2 << 20)  # a small worker: chunks of a few images
+    shown = 4  # evidence of the 4 best pairs: the client may receive the descriptors of 8 images
+    monkeypatch.setattr(evidence, "MAX_EVIDENCE_PAIRS", shown)
+    monkeypatch.setattr(evidence, "pair_evidence", functools.partial(evidence.pair_evidence, limit=shown))
+    found = run_find(images, tmp_path / "out", "keypoints", "--scheduler", local.scheduler_address,
+                     f"cluster.files_per_task={FILES_PER_TASK}")
+    assert found == expected
+    assert "keypoints" not in loaded and len(chunks[0].futures) >= 4
+    assert got["images"] == sum(taken) <= 2 * shown and 0 < got["rows"] < chunks[0].n_rows / 3
+    assert got["largest"] <= dk.CALIBRATION_SAMPLE < chunks[0].n_rows / 4
+    mine, theirs = read_pair_evidence(tmp_path / "out" / "evidence.npz"), read_pair_evidence(
+        _in_process["keypoints"] / "evidence.npz")
+    assert len(mine) == shown and mine == {pair: theirs[pair] for pair in mine}
+    assert all("keypoints" in record for record in mine.values())
 
 
 def stored_sources(index: Path) -> list[Path]:

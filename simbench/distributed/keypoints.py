@@ -285,7 +285,14 @@ def _pair_counts(offsets: np.ndarray, method, *parts) -> dict:
     matches = {"ra": ra, "rb": rb, "dist": dist, "ia": owners[ra], "ib": owners[rb]}
     counts = bag_counts(matches, owners, np.diff(offsets))
     bag = bag_score(counts["matched_a"], counts["matched_b"], counts["n_a"], counts["n_b"], method.score)
-    return {"matches": matches, "counts": counts, "bag": bag}
+    # The owners follow from the rows: kept as rows and distances only (this stays in worker memory).
+    return {"matches": {k: matches[k] for k in ("ra", "rb", "dist")}, "counts": counts, "bag": bag}
+
+
+def _matches(part: dict, offsets: np.ndarray) -> dict:
+    """A partition's descriptor pairs with their images (as between_images gives them)."""
+    owners, m = _Owners(offsets), part["matches"]
+    return {**m, "ia": owners[m["ra"]], "ib": owners[m["rb"]]}
 
 
 def _counts_of(part: dict) -> tuple[dict, np.ndarray]:
@@ -309,9 +316,9 @@ def _candidates(part: dict, method, n_images: int, cut_bag: float, cut_key: int)
     return {"bag": bag[sel], **{k: v[sel] for k, v in counts.items()}}
 
 
-def _degrees(part: dict, n_images: int, bounds: np.ndarray) -> list:
+def _degrees(part: dict, offsets: np.ndarray, bounds: np.ndarray) -> list:
     """Per chunk of rows: (rows, count) of this partition's distinct (row, other image) keys."""
-    m, n = part["matches"], np.int64(max(n_images, 1))
+    m, n = _matches(part, offsets), np.int64(max(len(offsets) - 1, 1))
     keys = unique_values(np.concatenate([m["ra"] * n + m["ib"], m["rb"] * n + m["ia"]]))
     rows, counts = unique_counts(keys // n)
     cut = np.searchsorted(rows, bounds)
@@ -326,9 +333,9 @@ def _degree_chunk(first: int, size: int, *parts) -> np.ndarray:
     return df
 
 
-def _take_matches(part: dict, keys: np.ndarray, n_images: int) -> dict:
-    m = part["matches"]
-    sel = np.isin(m["ia"] * n_images + m["ib"], keys)
+def _take_matches(part: dict, keys: np.ndarray, offsets: np.ndarray) -> dict:
+    m = _matches(part, offsets)
+    sel = np.isin(m["ia"] * (len(offsets) - 1) + m["ib"], keys)
     return {k: v[sel] for k, v in m.items()}
 
 
@@ -392,7 +399,7 @@ def score_chunks(client, method, chunks: KeypointChunks, stats: dict | None = No
         if not layout.joins_by_buckets:
             log.warning("keypoints: radius %d has no bucket join: descriptors matched in this process", radius)
             return method.score_pairs(chunks.gather())
-        joined = self_join_between(client, words, bounds, layout, perm, radius, offsets, tok)
+        joined = self_join_between(client, words, bounds, layout, perm, radius, offsets, tok, stats)
     del words
     sizes = client.gather([client.submit(_size, j, key=f"kp-size-{i}-{tok}") for i, j in enumerate(joined)])
     n_pairs_total = sum(s for s, _ in sizes)
@@ -441,11 +448,15 @@ _NOT_STATS = {"a", "b", "bag", "score", "n_matches", "matched_a", "matched_b", "
               "evidence"}
 
 
-def self_join_between(client, words: list, bounds: np.ndarray, layout, perm, radius: int, offsets, tok) -> list:
+def self_join_between(client, words: list, bounds: np.ndarray, layout, perm, radius: int, offsets, tok,
+                      stats: dict | None = None) -> list:
     """match.self_join's pieces x key partitions on word chunks held by the workers; every join's
     descriptor pairs between images stay there (futures)."""
     n, n_words = int(bounds[-1]), len(perm) // 64
     _, partitions, window = join_sizes(client, n, n_words)
+    if stats is not None:
+        stats.update(pieces=layout.pieces, partitions=partitions, window=window,
+                     chunk_rows=int(np.diff(bounds).max()))
     masks = piece_masks(perm, layout, n_words)
     joined = []
     for first in range(0, layout.pieces, window):  # a window of pieces at a time bounds the shuffle
@@ -478,7 +489,7 @@ def _verify(client, method, chunks: KeypointChunks, parts: list, cut, bounds, of
     """The candidates above the cut verified in batches of about the task budget's matches; the passing
     pairs' fields, unsorted."""
     n_images = len(chunks)
-    degree_parts = [client.submit(_degrees, p, n_images, bounds, key=f"kp-df-{q}-{tok}") for q, p in enumerate(parts)]
+    degree_parts = [client.submit(_degrees, p, offsets, bounds, key=f"kp-df-{q}-{tok}") for q, p in enumerate(parts)]
     degrees = [client.submit(_degree_chunk, int(bounds[c]), int(bounds[c + 1] - bounds[c]),
                              *[client.submit(operator.getitem, d, c, key=f"kp-dfp-{q}-{c}-{tok}")
                                for q, d in enumerate(degree_parts)], key=f"kp-dfc-{c}-{tok}")
@@ -498,7 +509,7 @@ def _verify(client, method, chunks: KeypointChunks, parts: list, cut, bounds, of
             chunk = chunks.chunk_of(images)
             pieces = [client.submit(_image_rows, chunks.futures[c], degrees[c], images[chunk == c] - chunks.first[c],
                                     max_size, key=f"kp-rows-{q}-{k0}-{c}-{tok}") for c in np.unique(chunk).tolist()]
-            matches = client.submit(_take_matches, part, batch["a"] * n_images + batch["b"], n_images,
+            matches = client.submit(_take_matches, part, batch["a"] * n_images + batch["b"], offsets,
                                     key=f"kp-matches-{q}-{k0}-{tok}")
             futures.append(client.submit(_verify_batch, method, n_images, images, chunks.offsets[images], batch,
                                          matches, *pieces, key=f"kp-ransac-{q}-{k0}-{tok}"))
