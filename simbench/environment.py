@@ -75,7 +75,7 @@ def gpu_name() -> str | None:
         import cupy
 
         if cupy.cuda.runtime.getDeviceCount() > 0:
-            props = cupy.cuda.runtime.getDeviceProperties(0)
+            props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)  # the current device
             name = props["name"]
             return name.decode() if isinstance(name, bytes) else str(name)
     except Exception:

@@ -355,6 +355,12 @@ def test_widths_compile_on_first_use_only(tmp_path):
     assert all("<5," in name for name in dev.compiled[1:])
 
 
+def test_warm_up_compiles_the_kernels_of_the_width_in_use():
+    dev = EmulatedDevice(target_blocks=2)
+    GpuMatcher(device=dev).warm_up(np.zeros((5, 2), np.uint64))
+    assert set(dev.compiled[1:]) == set(gpu.width_name_expressions(2))  # after the probe
+
+
 @pytest.mark.parametrize("width,nq", [(1, 1), (1, 40), (2, 255), (8, 3), (8, 127), (16, 63)])
 def test_emulated_small_batch_kernel_equals_oracle(emu, width, nq):
     """Fewer queries than half the many-query kernel's slots: the small-batch kernel (threads own database

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simbench.match.base import BinaryMatcher, as_words, unfilled_topk
+from simbench.match.base import BinaryMatcher, as_words, unfilled_topk, words_of
 from simbench.types import Pairs
 
 log = logging.getLogger(__name__)
@@ -113,14 +113,17 @@ def early_words(width: int, radius: int) -> int:
     return 0
 
 
+def width_name_expressions(width: int) -> tuple[str, ...]:
+    """Every instantiation a call on codes of `width` words may ask for."""
+    names = []
+    for e in (0, *[e for e in EARLY_WORDS if e < width]):
+        names += [range_kernel(width, e), range_kernel(width, e, small=True)]
+    return (*names, histogram_kernel(width))
+
+
 def all_name_expressions() -> tuple[str, ...]:
     """Every instantiation the host may ask for (NVRTC compiles them all in the tests)."""
-    names = []
-    for w in WIDTHS:
-        for e in (0, *[e for e in EARLY_WORDS if e < w]):
-            names += [range_kernel(w, e), range_kernel(w, e, small=True)]
-        names.append(histogram_kernel(w))
-    return tuple(names)
+    return tuple(name for w in WIDTHS for name in width_name_expressions(w))
 
 
 def checked_int(name: str, value, low: int, high: int = INT32_MAX) -> int:
@@ -355,6 +358,19 @@ class GpuMatcher(BinaryMatcher):
         cpu = self._on_cpu(why)
         self._ran.add("cpu")
         return on_cpu(cpu)
+
+    def warm_up(self, features) -> None:
+        """Compile every kernel for the features' width now (NVRTC, once per process), so that match time
+        is search time. A kernel that fails to compile is left to the call that needs it (which then runs
+        on the CPU and says so)."""
+        words = words_of(features)
+        if words is None or self._dev is None or words.shape[1] > WIDTHS[-1]:
+            return
+        for name in width_name_expressions(words.shape[1]):
+            try:
+                self._kernel(name)
+            except KernelUnavailable:
+                pass
 
     # -- plumbing ----------------------------------------------------------------------------------------
 
