@@ -18,6 +18,11 @@ the best MAX_EVIDENCE_PAIRS pairs; the larger views that find reads again from t
 
 The table gives the median of the repeats (and the slowest). Figures are wall times on a shared machine:
 the load average is printed with them.
+
+Then what the evidence costs `find`: `--method keypoints` in-process on the first EVIDENCE_IMAGES images
+(sorted by name, so tiles and their copies come together) of bench_scale.py's cached collection of
+photo tiles and their copies: the matching time against the time to compute every evidence record
+(simbench.find.evidence), and the size and writing time of the page with its larger views.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import load_average, machine
 
 SIZES = (500, 5000)
+EVIDENCE_IMAGES = 500
 REPEATS = 3
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -122,6 +128,27 @@ def measure(browser, page_path: Path) -> dict:
     return out
 
 
+def evidence_cost(out_dir: Path) -> dict:
+    """find --method keypoints on EVIDENCE_IMAGES images of bench_scale's collection: times and counts."""
+    import time
+
+    from benchmarks.bench_scale import build
+    from simbench.data.synthetic import default_cache_dir
+    from simbench.find import cascade
+    from simbench.find.pipeline import find
+    from simbench.find.report import write_report
+
+    images = sorted((build(default_cache_dir()) / "images").glob("*.jpg"))[:EVIDENCE_IMAGES]
+    cfg = cascade.make_config("keypoints")
+    result = find(images, out_dir, cfg, progress=False)
+    started = time.perf_counter()  # find wrote report.html already; written again here to time it alone
+    write_report(out_dir / "again.html", result, cfg, cascade.build_stages(cfg, quiet=True))
+    return {"images": len(result.items), "pairs": len(result.pairs),
+            "records": sum("keypoints" in r for r in result.evidence.values()),
+            "match_s": result.timing["match_s"], "evidence_s": result.timing["evidence_s"],
+            "report_s": time.perf_counter() - started, "mb": (out_dir / "again.html").stat().st_size / 1e6}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="write the table (Markdown) here too")
@@ -146,6 +173,9 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
         browser.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        cost = evidence_cost(Path(tmp))
+    print(cost, flush=True)
     where = machine()
     header = ("| groups | images | pairs | page MB | page read ms | groups shown ms | first contentful paint ms | search ms | "
               "slider ms | open pair ms |\n|---|---|---|---|---|---|---|---|---|---|")
@@ -153,6 +183,14 @@ def main() -> None:
         f"| {r['groups']:,} | {r['images']:,} | {r['pairs']:,} | {r['mb']:.1f} | "
         + " | ".join(f"{r[k][0]:.0f} ({r[k][1]:.0f})" for k in ("read_ms", "groups_shown_ms", "fcp_ms", "search_ms", "slider_ms",
                                                              "open_pair_ms")) + " |" for r in rows]
+    caption = (f"What the evidence costs `find` (`--method keypoints`, in-process, first {EVIDENCE_IMAGES} images "
+               "of bench_scale.py's collection):")
+    head = ("| images | pairs written | keypoint evidence records | matching s | evidence s | ms per record | "
+            "writing report.html s | report.html MB |")
+    row = (f"| {cost['images']} | {cost['pairs']:,} | {cost['records']:,} | {cost['match_s']:.1f} | "
+           f"{cost['evidence_s']:.1f} | {1000 * cost['evidence_s'] / max(cost['records'], 1):.1f} | "
+           f"{cost['report_s']:.1f} | {cost['mb']:.1f} |")
+    lines += ["", caption, "", head, "|---|---|---|---|---|---|---|---|", row]
     text = "\n".join(lines)
     print(text)
     if args.out:
