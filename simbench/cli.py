@@ -66,8 +66,11 @@ outputs in DIR:
                 calibrated ("no" when no calibration table covers the settings used: ranked, not a precision)
   groups.json   duplicate groups (union-find over pairs scoring >= threshold)
   skipped.csv   file,reason for everything that could not be compared
-  report.html   self-contained page: groups side by side, threshold slider, method filter
-  evidence.npz  every stage's pairs with their raw signals (for `simbench calibrate`)
+  report.html   self-contained review page: groups, threshold slider, method filter; a pair opened shows why
+                it was found (matches, matched regions, CNN ranks, linked chain, PDF page); decisions marked
+                with the keyboard download as decisions.csv (for --decisions)
+  evidence.npz  every stage's pairs with their raw signals (for `simbench calibrate`), and the best pairs'
+                evidence (simbench.find.evidence)
   metrics.json  with --truth: micro-AP, recall at precision 0.9, recall per label
   decisions.json  with --decisions: how many were applied, pairs hidden, stale rows, skipped rows
 
