@@ -209,3 +209,19 @@ def test_cnn_ranks_do_not_depend_on_the_block_size(monkeypatch):
     whole = evidence.cnn_evidence(v, a, b)
     monkeypatch.setattr(evidence, "BLOCK_SIMILARITIES", 3 * 50)  # three rows at a time
     assert evidence.cnn_evidence(v, a, b) == whole
+
+
+def test_hash_records_count_the_differing_bits():
+    from types import SimpleNamespace
+
+    from simbench.types import BinaryCodes
+
+    rng = np.random.default_rng(2)
+    words = rng.integers(0, 2 ** 63, (4, 2), dtype=np.uint64)
+    pairs = FusedPairs(np.array([0, 1]), np.array([3, 2]), np.array([0.9, 0.6]), np.array(["hash"] * 2, dtype=object),
+                       {"hash": np.array([0.9, 0.6])})
+    got = evidence.pair_evidence(pairs, [SimpleNamespace(name="hash")], {"hash": (BinaryCodes(words, 128), np.arange(4), {})})
+    for (x, y), record in got.items():
+        plain = sum((int(p) ^ int(q)).bit_count() for p, q in zip(words[x], words[y]))
+        assert record["hash"]["distance"] == plain and record["hash"]["bits"] == 128
+    assert got[0, 3]["hash"]["score"] == 0.9

@@ -383,6 +383,7 @@ def synthetic_result(n_groups: int, seed: int = 0, evidence: bool = False):
         pairs.method = np.concatenate([pairs.method, np.array(["linked"], dtype=object)])
         pairs.per_stage = {k: np.r_[v, 0.0] for k, v in pairs.per_stage.items()}
         result.evidence = {(0, 1): {"cnn": {"cosine": 0.93, "rank_a": 1, "rank_b": 2, "score": 0.97}},
+                           (1, 2): {"hash": {"distance": 3, "bits": 64, "score": 0.99}},
                            (0, 2): {"chain": [[0, 1, 0.99, "keypoints"], [1, 2, 0.99, "keypoints"]]}}
     return result
 
@@ -397,7 +398,7 @@ def write_synthetic(path: Path, result) -> None:
     write_report(path, result, cfg, stages)
 
 
-def test_linked_chain_and_cnn_ranks_are_shown(browser, tmp_path):
+def test_linked_chain_cnn_ranks_and_hash_distance_are_shown(browser, tmp_path):
     write_synthetic(tmp_path / "report.html", synthetic_result(3, evidence=True))
     page, _, errors = open_report(browser, tmp_path / "report.html")
     page.evaluate("() => openPair(0, view.groups[0].pairs.findIndex(([p]) => METHODS[p[3]] === 'linked'))")
@@ -408,6 +409,9 @@ def test_linked_chain_and_cnn_ranks_are_shown(browser, tmp_path):
     page.wait_for_function("document.querySelector('#why').textContent.includes('CNN')")
     text = page.inner_text("#why")
     assert "cosine 0.930" in text and "nearest neighbour" in text and "neighbour #2" in text
+    page.evaluate("() => openPair(0, view.groups[0].pairs.findIndex(([p]) => p[6] && p[6].hash))")
+    page.wait_for_function("document.querySelector('#why').textContent.includes('Hash')")
+    assert "64-bit codes differ in 3 bits" in page.inner_text("#why")
     assert not errors, errors
 
 

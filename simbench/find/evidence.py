@@ -14,6 +14,7 @@ A record holds what applies to the pair (every value plain JSON):
   (their convex hull): the matched region on each image.
 - "cnn": "cosine" of the two embeddings, "rank_a" (b's rank among a's nearest neighbours, 1 = nearest)
   and "rank_b" (a's rank among b's), "score" (the stage's calibrated score).
+- "hash": "distance" (Hamming distance of the two codes) of "bits", and "score" (the stage's calibrated score).
 - "chain": for a pair scored through others (method "linked"), the direct pairs along the strongest
   chain, [[x, y, score, method], ...] from a to b, whose scores multiply to the linked score.
 
@@ -46,7 +47,7 @@ from simbench.find.cascade import LINKED, FusedPairs
 from simbench.find.index import _one, join_features
 from simbench.match.exact import ExactMatcher
 from simbench.methods.keypoints import between_images
-from simbench.types import KeypointSets
+from simbench.types import BinaryCodes, KeypointSets
 
 #: Pairs (best score first) that get an evidence record in a run.
 MAX_EVIDENCE_PAIRS = 2000
@@ -79,6 +80,13 @@ def pair_evidence(pairs: FusedPairs, stages: Sequence, features: dict, link_min_
                 record = keypoint_evidence(feats, position[int(pairs.a[k])], position[int(pairs.b[k])], stage.method)
                 if record is not None:
                     out[int(pairs.a[k]), int(pairs.b[k])]["keypoints"] = record
+        elif isinstance(feats, BinaryCodes) and mine:
+            a = np.array([position[int(pairs.a[k])] for k in mine])
+            b = np.array([position[int(pairs.b[k])] for k in mine])
+            distance = np.unpackbits((feats.words[a] ^ feats.words[b]).view(np.uint8), axis=1).sum(axis=1)
+            for k, d in zip(mine, distance.tolist()):
+                out[int(pairs.a[k]), int(pairs.b[k])]["hash"] = {"distance": int(d), "bits": int(feats.bits),
+                                                                 "score": round(float(found[k]), 4)}
         elif hasattr(feats, "vectors") and mine:
             a = np.array([position[int(pairs.a[k])] for k in mine])
             b = np.array([position[int(pairs.b[k])] for k in mine])

@@ -598,12 +598,13 @@ async function drawPair() {
     const nth = (r) => r === 1 ? "nearest neighbour" : `neighbour #${r}`;
     why.push(el("li", { text: `CNN: cosine ${ev.cnn.cosine.toFixed(3)} (calibrated score ${ev.cnn.score.toFixed(3)}); ${nameOf(b)} is ${nameOf(a)}'s ${nth(ev.cnn.rank_a)}, ${nameOf(a)} is ${nameOf(b)}'s ${nth(ev.cnn.rank_b)}.` }));
   }
+  if (ev.hash) why.push(el("li", { text: `Hash: the two ${ev.hash.bits}-bit codes differ in ${plural(ev.hash.distance, "bit")} (calibrated score ${ev.hash.score.toFixed(3)}).` }));
   if (ev.chain) {
     const chain = el("div", { class: "chain" }, el("img", { src: DATA.items[ev.chain[0][0]].t, title: DATA.items[ev.chain[0][0]].d }));
     for (const [, y, sc, m] of ev.chain) chain.append(el("span", { text: `→ ${sc.toFixed(3)} ${m} →` }), el("img", { src: DATA.items[y].t, title: DATA.items[y].d }));
     why.push(el("li", { text: `Linked: not matched directly, but through ${plural(ev.chain.length - 1, "other image")} (score = product along the chain):` }, chain));
   }
-  if (!why.length) why.push(el("li", { text: METHODS[p[3]] === "identical" ? "Identical image data." : "No evidence record for this pair (only the best pairs of a run get one)." }));
+  if (!why.length) why.push(el("li", { text: METHODS[p[3]] === "identical" ? "Identical image data." : "No evidence record for this pair (a run keeps them for its best pairs only)." }));
   $("why").replaceChildren(...why);
   $("legend").replaceChildren(...(kp ? [document.createTextNode("Drawn:"), el("i", { style: `background:${COLOURS.point}` }), document.createTextNode("matched points"),
     el("i", { style: `background:${COLOURS.line}` }), document.createTextNode("matches"), el("i", { style: `background:${COLOURS.hull}` }), document.createTextNode("matched region (hull)"),
