@@ -344,10 +344,13 @@ def verdict(runs) -> str:
              "tests/test_distributed.py::test_keypoints_on_a_cluster_never_reach_the_client checks what the "
              "client receives.")
     L.append("")
+    L.append("The workers now hold the descriptor pairs between tasks (before, the client gathered them): their "
+             "peaks are in the table above, under their limit.")
+    L.append("")
     L.append("What the client still holds, and how it grows with n images:")
     L.append("")
-    L.append("- per image: its item record, descriptor offsets and image size, and the task graph's keys: O(n), "
-             "a few hundred bytes to a few KiB per image in Python objects;")
+    L.append("- per image: its item record, descriptor offsets and image size, and the task graph's keys: O(n) "
+             "(not measured apart from the rest: the model below divides all of the client's growth by n);")
     L.append("- the 4,096 descriptor rows the bit permutation is fitted on (constant);")
     L.append("- per image-pair partition, its best max_pairs_verified (bag score, pair key) for the global cut, "
              "then the candidates' counts (at most max_pairs_verified pairs) and the verified pairs that pass: "
