@@ -144,6 +144,18 @@ def test_keypoints_in_many_chunks_equal_score_pairs(client, brisk, verify, cap):
         assert stats["batches"] >= 2 and (ref.extra["verified"] == 5 if cap == 5 else ref.extra["verified"] > 5)
 
 
+@pytest.mark.parametrize("verify", [False, True])
+def test_keypoints_with_fewer_than_two_descriptors_or_no_candidate(client, brisk, verify):
+    extractor, features = brisk
+    method = KeypointMethod(extractor, MultiIndexHashMatcher(), verify=verify)
+    one = dk._with_rows(features, np.array([0]), np.array([0, 1, 1]), features.image_sizes[:2])  # 1 row, 2 images
+    two = dk.take_images(features, np.array([0, 5]))  # unrelated photos: no pair passes verification
+    for few in (one, two):
+        ref = method.score_pairs(few)
+        _same_scores(dk.score_chunks(client, method, dk.scatter_keypoints(client, few)), ref)
+    assert not verify or len(method.score_pairs(two)) == 0
+
+
 @pytest.mark.parametrize("permutation, seed", [("calibrated", 0), ("calibrated", 3), ("random", 1)])
 def test_the_plan_from_the_sampled_rows_is_the_plan_of_all_rows(client, permutation, seed):
     words = _planted_words(seed, 9000, words=4, near=100)

@@ -40,7 +40,7 @@ import numpy as np
 
 from simbench.distributed.match import (MIN_BATCH_MATCHES, _batches, _join, _split, _threads, _token, join_sizes,
                                         task_budget)
-from simbench.find.index import PER_KEYPOINT, FeatureStore, _signature, join_features
+from simbench.find.index import PER_KEYPOINT, FeatureStore, _signature, consistent_signatures, join_features
 from simbench.match.exact import ExactMatcher
 from simbench.match.lsh import MultiIndexHashMatcher, piece_masks
 from simbench.methods.keypoints import (_mirror_flags, _working_scale_points, bag_counts, bag_score,
@@ -116,6 +116,8 @@ def take_images(features: KeypointSets, images: np.ndarray) -> KeypointSets:
 
 def concat_keypoints(parts: list[KeypointSets]) -> KeypointSets:
     """One KeypointSets of the parts' images, in order."""
+    if not parts:
+        return join_features([], "keypoints")[0]
     if len(parts) == 1:
         return parts[0]
     counts = np.concatenate([np.diff(p.offsets) for p in parts])
@@ -177,12 +179,12 @@ def load_keypoints(client, stage, items, source_digests, store: FeatureStore, ex
                    feature_key: str):
     """pipeline.load_features for a keypoint stage on a cluster: (KeypointChunks, rows, reasons), the same
     rows and reasons, the chunks read by the workers from the store (a folder they all see)."""
-    from simbench.find.index import consistent_signatures
-    from simbench.find.pipeline import local_positions
+    from simbench.find.pipeline import local_positions  # (pipeline imports this module)
 
     exclude = exclude or {}
     local = local_positions(items)
     extractor = stage.extractor
+    # Rows per image at most, from the extractor's settings (the counts are known only once read).
     rows_per_image = int(getattr(extractor, "max_features", 1000)) * (2 if getattr(extractor, "mirror", False) else 1)
     per_task = max(1, task_budget(client) // (LOAD_ROW_BYTES * max(rows_per_image, 1)))
     starts = list(range(0, len(items), per_task))
@@ -279,6 +281,7 @@ def _split_pairs(matches: dict, offsets: np.ndarray, partitions: int) -> list:
 def _pair_counts(offsets: np.ndarray, method, *parts) -> dict:
     """One image-pair partition: all descriptor pairs of its image pairs, their bag counts and scores."""
     owners = _Owners(offsets)
+    parts = parts or [(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int32))]  # < 2 descriptors
     ra = np.concatenate([p[0] for p in parts]).astype(np.int64)
     rb = np.concatenate([p[1] for p in parts]).astype(np.int64)
     dist = np.concatenate([p[2] for p in parts])
