@@ -58,11 +58,12 @@ def dev_set(split: str, part: str, progress: bool):
     return DevSet(split, part).load(progress=progress)
 
 
-def calibrate(work: Path, overrides: list[str], progress: bool) -> list:
+def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALIBRATION_FILE) -> list:
     """Fit raw -> precision for every stage on the tuning collections only: the TUNING split of the
     development set (photographs and line art), yearbook PDFs with shared logos built from its photos,
     and plain yearbook PDFs of scikit-image photos (look-alike pictures: retina and sky quadrants).
-    Write simbench/find/calibration.json. The report split is never read here."""
+    Write simbench/find/calibration.json (or `out`: a variant's tables, for `find calibration=FILE`).
+    The report split is never read here."""
     collections = tuning_collections(work, progress)
     tables = []
     for name in ("keypoints", "cnn", "hash"):
@@ -82,33 +83,36 @@ def calibrate(work: Path, overrides: list[str], progress: bool) -> list:
         print(f"{name}: {len(raw)} pairs, {int(is_true.sum())} true; {stage.signal} "
               f"{fit.raw.min():.4g}..{fit.raw.max():.4g} -> precision {fit.precision.min():.3f}..{fit.precision.max():.3f}")
     fusion = fit_cascade_fusion(collections, tables, work, overrides, progress)
-    save_calibrations(tables, CALIBRATION_FILE, "isotonic raw -> precision fits on the tuning collections (devset "
+    save_calibrations(tables, out, "isotonic raw -> precision fits on the tuning collections (devset "
                       "tune split, yearbooks); made by `python benchmarks/bench_find.py calibrate`", [fusion])
-    print(f"wrote {CALIBRATION_FILE}")
+    print(f"wrote {out}")
     return [t.to_json() for t in tables] + [fusion.to_json()]
 
 
 def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], progress: bool):
     """The cascade's fusion model, fitted on every candidate pair of the tuning collections: each stage's
-    raw signal (the CNN's for every pair, found by either stage) and whether it found the pair."""
+    raw signal and extra signals (the CNN's for every pair, found by either stage) and whether it found the
+    pair."""
     cfg = cascade.make_config("cascade", overrides)
     stages = cascade.build_stages(cfg, calibrations={t.key: t for t in tables}, quiet=True)
     names = [s.name for s in stages]
-    values, found, is_true, weight = {k: [] for k in names}, {k: [] for k in names}, [], []
+    inputs = {name: transform for s in stages for name, transform in s.fusion_inputs.items()}
+    values, found, is_true, weight = {k: [] for k in inputs}, {k: [] for k in names}, [], []
     for collection in collections:
         v, ok, y = fusion_signals(collection, stages, cfg, work, progress)
-        for name in names:
+        for name in inputs:
             values[name].append(v[name])
+        for name in names:
             found[name].append(ok[name])
         is_true.append(y)
         weight.append(np.full(len(y), 1.0 / max(len(y), 1)))  # every collection counts alike
-    fusion = fit_fusion(names, [s.calibration.key for s in stages], {s.name: s.fusion_transform for s in stages},
+    fusion = fit_fusion(names, [s.calibration.key for s in stages], inputs,
                         {k: np.concatenate(v) for k, v in values.items()},
                         {k: np.concatenate(v) for k, v in found.items()}, np.concatenate(is_true),
                         note=f"tuning collections, each weighted alike: {', '.join(c.tag for c in collections)}",
                         sample_weight=np.concatenate(weight))
     print(f"fusion of {names}: intercept {fusion.intercept:.3f}, found weights {fusion.found_weight}, "
-          f"signal weights {fusion.weight}")
+          f"input weights {fusion.weight}")
     return fusion
 
 
@@ -411,6 +415,8 @@ def main(argv=None) -> None:
     parser.add_argument("--work", default=str(default_cache_dir() / "bench_find"))
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--out", default=str(CALIBRATION_FILE),
+                        help="calibrate: the file to write (a variant's, to try with calibration=FILE)")
     parser.add_argument("--baselines", default=",".join(BASELINES),
                         help="dev/tune: comma-separated plain baselines to run beside the methods ('' for none)")
     args = parser.parse_intermixed_args(argv)
@@ -424,7 +430,7 @@ def main(argv=None) -> None:
           f"python {sys.version.split()[0]}; overrides {overrides}")
     out = {}
     if args.what == "calibrate":
-        out["calibration"] = calibrate(work, overrides, progress)
+        out["calibration"] = calibrate(work, overrides, progress, Path(args.out))
     elif args.what in ("dev", "tune"):
         out[args.what] = dev(methods, work, overrides, progress, split=REPORT if args.what == "dev" else TUNE,
                              baselines=tuple(b for b in args.baselines.split(",") if b))

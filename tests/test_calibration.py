@@ -233,7 +233,7 @@ def test_fusion_lets_the_cnn_doubt_a_shared_frame():
             return raw
 
     class Kp:
-        name, signal, scores_any_pair = "keypoints", "evidence", False
+        name, signal, scores_any_pair, extra_signals = "keypoints", "evidence", False, ()
 
     pairs = FusedPairs(np.array([0, 2, 4]), np.array([1, 3, 5]), np.zeros(3), np.array(["keypoints"] * 3, object),
                        {"identical": np.array([0.0, 0.0, 1.0]), "keypoints": np.array([0.9, 0.9, 0.0])})
@@ -242,3 +242,48 @@ def test_fusion_lets_the_cnn_doubt_a_shared_frame():
                    {"keypoints": 0.5, "cnn": 35.0}, {"keypoints": "log1p", "cnn": "identity"})
     out = apply_fusion(pairs, 6, [Kp(), Cnn()], raw, {"cnn": None}, model)
     assert out.score[0] > 0.9 > out.score[1] and out.score[2] == 1.0
+
+
+def test_fusion_reads_a_stage_extra_signal_and_stays_monotone_in_it(monkeypatch):
+    """An extra input ("keypoints/distinctiveness": how much of the inliers' weight is content few pictures
+    share) is fitted like a signal, raises the score with its value, and a model that reads it is only used
+    by stages that give it (a config without it falls back rather than reading zeros)."""
+    from simbench.find.calibration import MIN_WEIGHT, Fusion, fit_fusion
+
+    rng = np.random.default_rng(1)
+    n = 20000
+    kp_found = rng.random(n) < 0.5
+    kp = np.where(kp_found, rng.exponential(30, n), 0.0)
+    distinct = np.where(kp_found, rng.uniform(0.2, 1.0, n), 0.0)
+    cnn = rng.uniform(0.3, 0.7, n)
+    z = -12 + 0.2 * kp_found * np.log1p(kp) + 6 * kp_found * distinct + 18 * cnn
+    y = rng.random(n) < 1 / (1 + np.exp(-z))
+    transform = {"keypoints": "log1p", "keypoints/distinctiveness": "identity", "cnn": "identity"}
+    fusion = fit_fusion(["keypoints", "cnn"], ["k1", "k2"], transform,
+                        {"keypoints": kp, "keypoints/distinctiveness": distinct, "cnn": cnn},
+                        {"keypoints": kp_found, "cnn": np.ones(n, bool)}, y)
+    assert fusion.weight["keypoints/distinctiveness"] == pytest.approx(6, rel=0.2)
+    assert min(fusion.weight.values()) >= MIN_WEIGHT
+    assert Fusion.from_json(json.loads(json.dumps(fusion.to_json()))) == fusion
+    grid = np.linspace(0.05, 1, 40)
+    ones = np.ones(40, bool)
+    fused = fusion({"keypoints": np.full(40, 20.0), "keypoints/distinctiveness": grid, "cnn": np.full(40, 0.5)},
+                   {"keypoints": ones, "cnn": ones})
+    assert np.all(np.diff(fused) > 0)
+    # A stage that is not found gets nothing from its extra signal either.
+    unfound = fusion({"keypoints": np.zeros(2), "keypoints/distinctiveness": np.array([0.1, 1.0]),
+                      "cnn": np.full(2, 0.5)}, {"keypoints": np.zeros(2, bool), "cnn": np.ones(2, bool)})
+    assert unfound[0] == unfound[1]
+
+    # find uses such a model only with stages that give every input it reads.
+    cfg = cascade.make_config("cascade", ["keypoints.extra_signals=[distinctiveness]"])
+    stages = cascade.build_stages(cfg, quiet=True)
+    assert stages[0].fusion_inputs == {"keypoints": "log1p", "keypoints/distinctiveness": "identity"}
+    shipped = cascade.fusion_model(cascade.build_stages(cascade.make_config("cascade"), quiet=True),
+                                   cascade.make_config("cascade"))
+    model = Fusion(shipped.stages, [s.calibration.key for s in stages], fusion.intercept, fusion.found_weight,
+                   fusion.weight, transform)
+    monkeypatch.setattr(cascade, "load_fusions", lambda *args: [model])
+    assert cascade.fusion_model(stages, cfg) is model
+    without = cascade.make_config("cascade")
+    assert cascade.fusion_model(cascade.build_stages(without, quiet=True), without) is None

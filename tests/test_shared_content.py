@@ -213,7 +213,7 @@ def test_a_shared_screenshot_frame_falls_below_the_copies(collections, matcher):
     copies as a small overlay: only the weights and the fill tell it from a copy (its coverage is full)."""
     names, features, extractor = collections("frame")
     overlay, copies = _groups(names, "frame")
-    result = {}
+    result, distinctiveness = {}, {}
     for label, options in {"plain": PLAIN, "shared-content": {}}.items():
         scored = KeypointMethod(extractor, matcher, **METHOD, **options).score_pairs(features)
         at = _by_name(scored, names)
@@ -221,6 +221,7 @@ def test_a_shared_screenshot_frame_falls_below_the_copies(collections, matcher):
         shared = [at[p] for p in overlay if p in at]
         assert len(shared) >= 20  # the frame verifies between nearly all pairs
         result[label] = (x["evidence"][shared], np.array([x["evidence"][at[p]] for p in copies]))
+        distinctiveness[label] = (x["distinctiveness"][shared], np.array([x["distinctiveness"][at[p]] for p in copies]))
         if label == "shared-content":
             assert all(min(x["fill_a"][k], x["fill_b"][k]) < 0.5 for k in shared)
             assert all(min(x["fill_a"][at[p]], x["fill_b"][at[p]]) > 0.5 for p in copies)
@@ -230,6 +231,9 @@ def test_a_shared_screenshot_frame_falls_below_the_copies(collections, matcher):
     print(f"\nframe pairs: evidence max {frames.max():.1f}, median {np.median(frames):.1f}; "
           f"copies {np.sort(copy_evidence).round(1).tolist()}")
     assert frames.max() < np.median(copy_evidence) and np.median(frames) < copy_evidence.min() / 1.5
+    # The frame's inliers are content every framed picture has: their mean weight is below every copy's.
+    d = distinctiveness["shared-content"]
+    assert d[0].max() < d[1].min() and 0 < d[0].min() and d[1].max() <= 1
 
 
 def test_a_photo_pasted_into_another_picture_still_pairs_with_it(collections, matcher):
@@ -344,6 +348,7 @@ def test_weighted_inliers_against_a_loop(collections, matcher):
         assert len({ra for ra, _ in rows}) == len({rb for _, rb in rows}) == len(rows)  # one-to-one
         want = sum(math.sqrt(len(df[ra]) ** -power * len(df[rb]) ** -power) for ra, rb in rows)
         assert scored.extra["weighted_inliers"][k] == pytest.approx(want)
+        assert scored.extra["distinctiveness"][k] == pytest.approx(want / len(rows))  # mean inlier weight
     # Flipped pairs keep the mirrored fit's inliers: exactly one row of each correspondence mirrored.
     mirrored = features.mirrored
     for k in np.flatnonzero(scored.extra["flipped"]).tolist():

@@ -256,16 +256,20 @@ MIN_WEIGHT = 0.01
 class Fusion:
     """A logistic model over the stages' raw signals of a pair (fitted on labelled pairs):
 
-        z = intercept + sum over stages s of  found_weight[s] * found_s + weight[s] * found_s * x_s
+        z = intercept + sum over stages s of  found_weight[s] * found_s
+                      + sum over inputs i of    weight[i] * found_stage(i) * x_i
         fused = 1 / (1 + exp(-z))
 
     found_s: whether stage s scored the pair (a stage that scores any pair asked, like the CNN, always
-    does); x_s: its raw signal, log(1 + x) for counts (keypoint evidence). Every weight is >= 0 (the
-    signal weights >= MIN_WEIGHT), so the fused score is strictly increasing in each stage's evidence;
+    does); inputs: each stage's raw signal (named as the stage; log(1 + x) for counts, the keypoint
+    evidence) and its extra signals ("stage/field", e.g. "keypoints/distinctiveness": how much of the
+    inliers' weight survives the burstiness discount). Every weight is >= 0 (the input weights >=
+    MIN_WEIGHT), so the fused score is strictly increasing in each piece of evidence;
     the stages can still disagree: a pair the keypoints verify but whose pictures the CNN finds no
     closer than their background is less likely a copy than one both agree on (a shared frame or
     template rather than the same picture). As a logistic fit it is itself a calibration (Platt 1999).
-    keys: the settings keys of the stage tables fitted with it, in stage order.
+    keys: the settings keys of the stage tables fitted with it, in stage order. weight and transform are
+    keyed by input.
     """
 
     stages: list[str]
@@ -279,8 +283,9 @@ class Fusion:
     def __call__(self, raw: dict[str, np.ndarray], found: dict[str, np.ndarray]) -> np.ndarray:
         z = np.full(len(next(iter(raw.values()))), self.intercept)
         for s in self.stages:
-            f = found[s].astype(np.float64)
-            z += self.found_weight[s] * f + self.weight[s] * f * fusion_feature(raw[s], self.transform[s])
+            z += self.found_weight[s] * found[s]
+        for name, w in self.weight.items():
+            z += w * found[input_stage(name)] * fusion_feature(raw[name], self.transform[name])
         return 1.0 / (1.0 + np.exp(-z))
 
     def to_json(self) -> dict:
@@ -292,6 +297,11 @@ class Fusion:
     def from_json(cls, t: dict) -> "Fusion":
         return cls(list(t["stages"]), list(t["keys"]), float(t["intercept"]), dict(t["found_weight"]),
                    dict(t["weight"]), dict(t["transform"]), t.get("note", ""))
+
+
+def input_stage(name: str) -> str:
+    """The stage a fusion input belongs to: "keypoints/distinctiveness" -> "keypoints"."""
+    return name.split("/", 1)[0]
 
 
 def fusion_feature(raw: np.ndarray, transform: str) -> np.ndarray:
@@ -333,10 +343,12 @@ def fit_logistic(x: np.ndarray, is_true: np.ndarray, lower: np.ndarray, ridge: f
 def fit_fusion(stages: list[str], keys: list[str], transform: dict[str, str], raw: dict[str, np.ndarray],
                found: dict[str, np.ndarray], is_true: np.ndarray, ridge: float = 1e-2, note: str = "",
                sample_weight: np.ndarray | None = None) -> Fusion:
-    """The logistic fusion of the stages' raw signals (`fit_logistic`; every weight >= 0, signal weights
-    >= MIN_WEIGHT, so the score is increasing in each stage's evidence). A stage that
+    """The logistic fusion of the stages' raw signals (`fit_logistic`; every weight >= 0, input weights
+    >= MIN_WEIGHT, so the score is increasing in each piece of evidence). A stage that
     found every pair (one that scores any pair) gets no found weight: it would only copy the intercept.
-    sample_weight: per pair (e.g. so that every tuning collection counts alike, however many pairs)."""
+    transform and raw: keyed by input (a stage's name for its signal, "stage/field" for its extra signals);
+    found: keyed by stage. sample_weight: per pair (e.g. so that every tuning collection counts alike,
+    however many pairs)."""
     columns, lower, slots = [np.ones(len(is_true))], [-np.inf], []
     for s in stages:
         f = found[s].astype(np.float64)
@@ -344,11 +356,12 @@ def fit_fusion(stages: list[str], keys: list[str], transform: dict[str, str], ra
             slots.append((s, "found", len(columns)))
             columns.append(f)
             lower.append(0.0)
-        slots.append((s, "signal", len(columns)))
-        columns.append(f * fusion_feature(raw[s], transform[s]))
-        lower.append(MIN_WEIGHT)
+        for name in (i for i in transform if input_stage(i) == s):
+            slots.append((name, "signal", len(columns)))
+            columns.append(f * fusion_feature(raw[name], transform[name]))
+            lower.append(MIN_WEIGHT)
     w = fit_logistic(np.stack(columns, axis=1), is_true, np.array(lower), ridge, sample_weight)
     found_weight, weight = {s: 0.0 for s in stages}, {}
-    for s, kind, k in slots:
-        (found_weight if kind == "found" else weight)[s] = float(w[k])
+    for name, kind, k in slots:
+        (found_weight if kind == "found" else weight)[name] = float(w[k])
     return Fusion(list(stages), list(keys), float(w[0]), found_weight, weight, dict(transform), note)

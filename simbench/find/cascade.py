@@ -123,6 +123,7 @@ class Stage:
     method: Method
     signal: str = "score"
     calibration: Calibration | None = None
+    extra_signals: tuple[str, ...] = ()  # more per-pair fields of its method's output the fusion reads
 
     @property
     def section(self) -> str:
@@ -151,6 +152,17 @@ class Stage:
     def fusion_transform(self) -> str:
         """How the fusion model reads the raw signal: counts on a log scale, scores as they are."""
         return "identity" if self.signal == "score" else "log1p"
+
+    @property
+    def fusion_inputs(self) -> dict[str, str]:
+        """What the fusion model may read of this stage, name -> transform: the raw signal (named as the
+        stage) and each extra signal ("stage/field", fields in [0, 1] read as they are)."""
+        return {self.name: self.fusion_transform, **{f"{self.name}/{e}": "identity" for e in self.extra_signals}}
+
+    def raw_pairs(self, found: ScoredPairs) -> ScoredPairs:
+        """Its pairs with the raw signal as the score and the extra signals kept (what fusion reads)."""
+        return ScoredPairs(found.a, found.b, self.raw_signal(found),
+                           extra={e: np.asarray(found.extra[e], np.float64) for e in self.extra_signals})
 
     def score_given(self, stage_features, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw signal of item pairs (a, b), and which of them it could score (both have features)."""
@@ -222,7 +234,8 @@ def build_stages(cfg: DictConfig, calibrations: dict[str, Calibration] | None = 
         if missing:  # never a stage quietly dropped (a default method that cannot run: runnable_default)
             raise RuntimeError(f"method {cfg.method}: its {name} stage cannot run: {missing}")
         method = instantiate(part.method, extractor=extractor, matcher=instantiate(part.matcher))
-        stage = Stage(name, extractor, method, str(part.get("signal", "score")))
+        stage = Stage(name, extractor, method, str(part.get("signal", "score")),
+                      extra_signals=tuple(str(e) for e in part.get("extra_signals", ())))
         stage.calibration = calibrations.get(settings_key(stage.settings))
         if stage.calibration is None and not quiet:
             log.warning("%s: no calibration table for these settings, so its scores are uncalibrated "
@@ -318,8 +331,9 @@ def fusion_model(stages: list[Stage], cfg: DictConfig) -> Fusion | None:
     if cfg.get("calibration"):
         fusions = load_fusions(str(cfg.calibration)) + fusions
     keys = [settings_key(s.settings) for s in stages]
+    inputs = {name for s in stages for name in s.fusion_inputs}
     for model in fusions:
-        if model.stages == [s.name for s in stages] and model.keys == keys:
+        if model.stages == [s.name for s in stages] and model.keys == keys and set(model.weight) <= inputs:
             return model
     log.warning("no fitted fusion for these stages and settings: their scores combine by noisy-OR")
     return None
@@ -327,8 +341,9 @@ def fusion_model(stages: list[Stage], cfg: DictConfig) -> Fusion | None:
 
 def stage_signals(a: np.ndarray, b: np.ndarray, n_items: int, stages: list[Stage], raw: dict[str, ScoredPairs],
                   features: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Each stage's raw signal of the item pairs (a, b), sorted by pair key, and whether it scored each:
-    stages that can score any pair score them all, the others give their own pairs' signals (0 elsewhere).
+    """Each fusion input's raw value for the item pairs (a, b), sorted by pair key ({input: array}, inputs
+    as Stage.fusion_inputs names them), and whether each stage scored each pair ({stage: array}): stages
+    that can score any pair score them all, the others give their own pairs' values (0 elsewhere).
     What the fusion model reads, in `find` and when it is fitted."""
     values, found = {}, {}
     keys = _keys(a, b, n_items)
@@ -338,8 +353,10 @@ def stage_signals(a: np.ndarray, b: np.ndarray, n_items: int, stages: list[Stage
             continue
         own = raw[stage.name]
         at = np.searchsorted(keys, _keys(own.a, own.b, n_items))
-        values[stage.name] = np.zeros(len(a))
-        np.maximum.at(values[stage.name], at, np.asarray(own.score, np.float64))
+        for name, value in [(stage.name, own.score)] + [(f"{stage.name}/{e}", own.extra[e])
+                                                         for e in stage.extra_signals]:
+            values[name] = np.zeros(len(a))
+            np.maximum.at(values[name], at, np.asarray(value, np.float64))
         found[stage.name] = np.zeros(len(a), bool)
         found[stage.name][at] = True
     return values, found

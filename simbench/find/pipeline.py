@@ -329,7 +329,7 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
     out = {}
     for stage in stages:
         found = stage_pairs(stage, features[stage.name], progress, client)
-        out[stage.name] = ScoredPairs(found.a, found.b, stage.raw_signal(found))
+        out[stage.name] = stage.raw_pairs(found)
     return out
 
 

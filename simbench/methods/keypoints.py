@@ -44,7 +44,8 @@ class KeypointMethod(Method):
     score_pairs(features) -> ScoredPairs of feature rows a < b with at least one matched feature; extra:
     per pair n_matches (descriptor pairs), matched_a, matched_b (distinct matched features), n_a, n_b;
     with verify also bag_score, inliers, flipped (the mirrored fit won), and the shared-content fields
-    weighted_inliers, coverage_a, coverage_b, fill_a, fill_b, covered and evidence (below); scalars
+    weighted_inliers, distinctiveness, coverage_a, coverage_b, fill_a, fill_b, covered and evidence
+    (below; `shared_content`); scalars
     comparisons (descriptor distances computed), descriptor_pairs (matches between images) and, with
     verify, verified (pairs fitted).
 
@@ -557,7 +558,10 @@ def shared_content(features: KeypointSets, matches: dict, pair: np.ndarray, ra: 
     ascending): weighted_inliers; per side coverage and fill (see `inlier_coverage`); and covered, the
     pair's covered share from both sides (see `covered_share`).
 
-    weighted_inliers = sum over inliers of sqrt(w(ra) * w(rb)), w = df ** -burstiness (`burstiness_weights`).
+    weighted_inliers = sum over inliers of sqrt(w(ra) * w(rb)), w = df ** -burstiness (`burstiness_weights`);
+    distinctiveness = weighted_inliers / inliers, in (0, 1]: low when most inliers are content that many
+    pictures share (a template matched in ten pictures weighs 10 ** -burstiness per inlier however many
+    inliers it has; a reused photo's inliers are spread over the few copies each one reaches).
     """
     df = image_frequency(matches, len(features.descriptors), len(features))
     return content_stats(burstiness_weights(df, burstiness), _working_scale_points(features, max_size),
@@ -569,9 +573,11 @@ def content_stats(weights: np.ndarray, points: np.ndarray, offsets: np.ndarray, 
     """`shared_content` given the rows' burstiness weights and working-scale points (rows of the images
     of `offsets`), so that a batch of pairs needs only its own images' rows."""
     weighted = np.bincount(pair, weights=np.sqrt(weights[ra] * weights[rb]), minlength=len(a)).astype(np.float64)
+    inliers = np.bincount(pair, minlength=len(a))
     cov_a, fill_a = inlier_coverage(points, offsets, ra, pair, a)
     cov_b, fill_b = inlier_coverage(points, offsets, rb, pair, b)
-    return {"weighted_inliers": weighted, "coverage_a": cov_a, "coverage_b": cov_b, "fill_a": fill_a,
+    return {"weighted_inliers": weighted, "distinctiveness": weighted / np.maximum(inliers, 1),
+            "coverage_a": cov_a, "coverage_b": cov_b, "fill_a": fill_a,
             "fill_b": fill_b, "covered": covered_share(cov_a * fill_a, cov_b * fill_b)}
 
 
