@@ -2,7 +2,8 @@
 
 pairs.csv (DESIGN.md): a,b,score, then a_source,a_page,a_bbox,b_source,b_page,b_bbox (empty for images
 that are files of their own), then method (the stage whose evidence gave the score: identical,
-keypoints, cnn, hash or linked), then calibrated ("yes", or "no" when no calibration table covers the
+keypoints, cnn, hash or linked; decision: a duplicate confirmed by a reviewer's --decisions, score 1),
+then calibrated ("yes", or "no" when no calibration table covers the
 settings that gave the score: ranked, but not an estimate of precision). Best score first.
 evidence.npz: every stage's pairs with their raw signals (what `simbench calibrate` fits tables on), and
 why the best pairs pair (simbench.find.evidence: matched points, regions, CNN ranks, linked chains).
