@@ -287,3 +287,14 @@ def test_fusion_reads_a_stage_extra_signal_and_stays_monotone_in_it(monkeypatch)
     assert cascade.fusion_model(stages, cfg) is model
     without = cascade.make_config("cascade")
     assert cascade.fusion_model(cascade.build_stages(without, quiet=True), without) is None
+
+
+def test_an_extra_signal_the_method_does_not_give_is_named():
+    stage = cascade.build_stages(cascade.make_config("cascade", ["keypoints.extra_signals=[nonsense]"]),
+                                 quiet=True)[0]
+    found = ScoredPairs(np.array([0]), np.array([1]), np.array([0.5]),
+                        extra={"evidence": np.array([3.0]), "inliers": np.array([9])})
+    with pytest.raises(ValueError, match=r"nonsense.*evidence"):
+        stage.raw_pairs(found)
+    none = ScoredPairs(np.zeros(0, int), np.zeros(0, int), np.zeros(0), extra={"evidence": np.zeros(0)})
+    assert len(stage.raw_pairs(none)) == 0  # no pairs: nothing to read, no error

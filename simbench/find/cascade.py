@@ -161,8 +161,13 @@ class Stage:
 
     def raw_pairs(self, found: ScoredPairs) -> ScoredPairs:
         """Its pairs with the raw signal as the score and the extra signals kept (what fusion reads)."""
+        missing = [e for e in self.extra_signals if e not in found.extra and len(found)]
+        if missing:
+            fields = sorted(k for k, v in found.extra.items() if np.ndim(v) == 1 and len(v) == len(found))
+            raise ValueError(f"{self.name}.extra_signals: {missing} not per-pair fields of its method ({fields})")
         return ScoredPairs(found.a, found.b, self.raw_signal(found),
-                           extra={e: np.asarray(found.extra[e], np.float64) for e in self.extra_signals})
+                           extra={e: np.asarray(found.extra.get(e, np.zeros(len(found))), np.float64)
+                                  for e in self.extra_signals})
 
     def score_given(self, stage_features, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw signal of item pairs (a, b), and which of them it could score (both have features)."""
