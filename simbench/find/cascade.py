@@ -398,17 +398,11 @@ def link(pairs: FusedPairs, n_items: int, floor: float, max_group: int) -> Fused
     product of scores along the tree inside a group (P(i, i) = 1). A pair found directly keeps the better
     of its own score and the linked one. Groups past max_group members stop producing linked pairs.
     """
-    order = np.argsort(-pairs.score, kind="stable")
-    order = order[pairs.score[order] >= floor]
-    parent = np.arange(n_items)
     members: dict[int, np.ndarray] = {}
     paths: dict[int, np.ndarray | None] = {}  # root -> products along the tree, or None when too big
     new_a, new_b, new_s = [], [], []
-    for k in order:
+    for k, rx, ry in spanning_merges(pairs.a, pairs.b, pairs.score, n_items, floor):
         x, y = int(pairs.a[k]), int(pairs.b[k])
-        rx, ry = _root(parent, x), _root(parent, y)
-        if rx == ry:
-            continue
         mx, my = members.get(rx, np.array([x])), members.get(ry, np.array([y]))
         px, py = paths.get(rx, np.ones((1, 1))), paths.get(ry, np.ones((1, 1)))
         merged = np.concatenate([mx, my])
@@ -421,7 +415,6 @@ def link(pairs: FusedPairs, n_items: int, floor: float, max_group: int) -> Fused
             new_b.append(np.tile(my, len(mx)))
             new_s.append(cross.ravel())
             block = np.block([[px, cross], [cross.T, py]])
-        parent[ry] = rx
         members[rx], paths[rx] = merged, block
         members.pop(ry, None)
         paths.pop(ry, None)
@@ -429,6 +422,20 @@ def link(pairs: FusedPairs, n_items: int, floor: float, max_group: int) -> Fused
         return pairs
     linked = ScoredPairs(np.concatenate(new_a), np.concatenate(new_b), np.concatenate(new_s))
     return _merge_linked(pairs, linked, n_items)
+
+
+def spanning_merges(a: np.ndarray, b: np.ndarray, score: np.ndarray, n_items: int, floor: float):
+    """Kruskal's maximum spanning forest over the pairs scoring >= floor, best first (ties in order):
+    yields (k, rx, ry) for each pair k that joins two trees, rx the root they keep and ry the one merged
+    into it. What `link` scores along and simbench.find.evidence draws chains from."""
+    order = np.argsort(-score, kind="stable")
+    order = order[score[order] >= floor]
+    parent = np.arange(n_items)
+    for k in order.tolist():
+        rx, ry = _root(parent, int(a[k])), _root(parent, int(b[k]))
+        if rx != ry:
+            parent[ry] = rx
+            yield k, rx, ry
 
 
 def _root(parent: np.ndarray, x: int) -> int:

@@ -43,7 +43,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from simbench.find.cascade import LINKED, FusedPairs
+from simbench.find.cascade import LINKED, FusedPairs, spanning_merges
 from simbench.find.index import _one, join_features
 from simbench.match.exact import ExactMatcher
 from simbench.methods.keypoints import between_images
@@ -172,24 +172,14 @@ def linked_chains(pairs: FusedPairs, wanted: list[tuple[int, int]], floor: float
     The forest is built as cascade.link builds it: direct pairs (method other than "linked") scoring at
     least `floor`, best first. A direct pair that a chain outscored is "linked" in `pairs`, but it never
     joined the tree either: its ends were joined through stronger pairs before it came up."""
-    direct = np.flatnonzero((pairs.method != LINKED) & (pairs.score >= floor))
-    direct = direct[np.argsort(-pairs.score[direct], kind="stable")]
-    parent: dict[int, int] = {}
-
-    def root(x: int) -> int:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    direct = np.flatnonzero(pairs.method != LINKED)
+    n_items = int(max(pairs.a.max(initial=-1), pairs.b.max(initial=-1))) + 1
     tree: dict[int, list[tuple[int, int]]] = {}
-    for k in direct.tolist():
+    for j, _, _ in spanning_merges(pairs.a[direct], pairs.b[direct], pairs.score[direct], n_items, floor):
+        k = int(direct[j])
         x, y = int(pairs.a[k]), int(pairs.b[k])
-        rx, ry = root(x), root(y)
-        if rx != ry:
-            parent[ry] = rx
-            tree.setdefault(x, []).append((y, k))
-            tree.setdefault(y, []).append((x, k))
+        tree.setdefault(x, []).append((y, k))
+        tree.setdefault(y, []).append((x, k))
     return [_tree_path(tree, pairs, x, y) for x, y in wanted]
 
 
