@@ -59,6 +59,11 @@ BLOCK_SIMILARITIES = 1 << 26
 Evidence = dict[tuple[int, int], dict]
 
 
+def shown(pairs: FusedPairs, limit: int | None = None) -> np.ndarray:
+    """Positions of the pairs that get records: the `limit` (MAX_EVIDENCE_PAIRS) best, ties by (a, b)."""
+    return np.lexsort((pairs.b, pairs.a, -pairs.score))[: MAX_EVIDENCE_PAIRS if limit is None else limit]
+
+
 def pair_evidence(pairs: FusedPairs, stages: Sequence, features: dict, link_min_score: float | None = None,
                   limit: int = MAX_EVIDENCE_PAIRS) -> Evidence:
     """Evidence records of the `limit` best pairs (see the module docstring), keyed by (a, b), a < b.
@@ -66,7 +71,7 @@ def pair_evidence(pairs: FusedPairs, stages: Sequence, features: dict, link_min_
     stages: simbench.find.cascade.Stage list; features: stage name -> (features, item rows, reasons), as
     simbench.find.pipeline.load_features gives them; link_min_score: the linking floor (None: no chains).
     """
-    order = np.lexsort((pairs.b, pairs.a, -pairs.score))[:limit]
+    order = shown(pairs, limit)
     out: Evidence = {(int(pairs.a[k]), int(pairs.b[k])): {} for k in order}
     for stage in stages:
         found = pairs.per_stage.get(stage.name)

@@ -291,8 +291,8 @@ def shown_features(features: dict, pairs: FusedPairs) -> dict:
     """features, with keypoints that a cluster holds replaced by those of the items evidence shows."""
     from simbench.distributed.keypoints import KeypointChunks, local_keypoints
 
-    shown = np.lexsort((pairs.b, pairs.a, -pairs.score))[: evidence.MAX_EVIDENCE_PAIRS]  # pair_evidence's
-    items = np.concatenate([pairs.a[shown], pairs.b[shown]])
+    best = evidence.shown(pairs)
+    items = np.concatenate([pairs.a[best], pairs.b[best]])
     return {name: local_keypoints(f, items) if isinstance(f[0], KeypointChunks) else f for name, f in features.items()}
 
 
