@@ -253,3 +253,47 @@ def test_local_sizes_follow_the_machine():
     assert small.start(AUTO_LOCAL_FILES) is None  # in-process up to the rule's size
     quiet = ClusterSession({"kind": "none", "auto_local": False}, auto=True)
     assert quiet.start(AUTO_LOCAL_FILES + 1) is None
+
+
+def kill_own_worker_once(function, marker: Path):
+    """function, except that its first call on a worker SIGKILLs that worker process (its nanny starts a
+    new one); the marker file, created atomically, holds the killed pid and makes every later call run."""
+
+    def once(*args, **kwargs):
+        from distributed import get_worker
+
+        try:
+            get_worker()
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except (ValueError, FileExistsError):  # in the client, or the kill happened already
+            return function(*args, **kwargs)
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return once
+
+
+def test_workers_killed_while_matching_are_survived(images, cluster, tmp_path_factory, tmp_path, monkeypatch):
+    """find --method keypoints on the cluster, where the first descriptor-join task (matching) kills its
+    own worker, and later the first RANSAC batch (verification) kills its own: each time what that worker
+    held (chunks read from the index, join outputs, pair partitions, df) is lost and computed again, and
+    the run gives the in-process pairs, scores and evidence."""
+    from simbench.distributed import keypoints as dk
+    from simbench.find.outputs import read_pair_evidence
+
+    local, client = cluster
+    expected = in_process(images, tmp_path_factory, "keypoints")
+    markers = {task: tmp_path / f"killed-in{task}" for task in ("_join_between", "_verify_batch")}
+    workers = set(client.run(os.getpid).values())
+    for task, marker in markers.items():
+        monkeypatch.setattr(dk, task, kill_own_worker_once(getattr(dk, task), marker))
+    monkeypatch.setattr(dk, "task_budget", lambda client: 2 << 20)  # chunks of a few images on both workers
+    found = run_find(images, tmp_path / "out", "keypoints", "--scheduler", local.scheduler_address,
+                     f"cluster.files_per_task={FILES_PER_TASK}")
+    killed = [int(m.read_text()) for m in markers.values()]  # each marker: written by the task that killed
+    assert found == expected
+    mine, theirs = (read_pair_evidence(d / "evidence.npz") for d in (tmp_path / "out", _in_process["keypoints"]))
+    assert mine and mine == theirs
+    client.wait_for_workers(2, timeout=60)  # the nanny's new worker, for the tests after this one
+    assert killed[0] in workers and not set(killed) & set(client.run(os.getpid).values())

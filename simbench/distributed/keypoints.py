@@ -230,6 +230,22 @@ class _Owners:
         return np.searchsorted(self.offsets, rows, "right") - 1
 
 
+def _row_counts(features: KeypointSets) -> np.ndarray:
+    return np.diff(features.offsets)
+
+
+def _offsets(*counts) -> np.ndarray:
+    return np.cumsum(np.concatenate([np.zeros(1, np.int64), *counts])).astype(np.int64)
+
+
+def offsets_on_workers(client, chunks: KeypointChunks, tok: str):
+    """A future of chunks.offsets computed from the chunks, not scattered: a task's result can be
+    computed again when the worker holding it dies, scattered data cannot (and dask's active memory
+    manager keeps one copy of broadcast data)."""
+    counts = [client.submit(_row_counts, f, key=f"kp-rowcounts-{c}-{tok}") for c, f in enumerate(chunks.futures)]
+    return client.submit(_offsets, *counts, key=f"kp-offsets-{tok}")
+
+
 def _words(features: KeypointSets) -> np.ndarray:
     return bytes_to_words(features.descriptors)
 
@@ -394,7 +410,7 @@ def score_chunks(client, method, chunks: KeypointChunks, stats: dict | None = No
     n_images, m = len(chunks), chunks.n_rows
     bounds = chunks.row_bounds()
     tok = _token()
-    [offsets] = client.scatter([chunks.offsets], broadcast=True, hash=False)
+    offsets = offsets_on_workers(client, chunks, tok)
     words = [client.submit(_words, f, key=f"kp-words-{c}-{tok}") for c, f in enumerate(chunks.futures)]
     joined, compared = [], 0
     if m >= 2:
