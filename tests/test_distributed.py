@@ -297,3 +297,80 @@ def test_workers_killed_while_matching_are_survived(images, cluster, tmp_path_fa
     assert mine and mine == theirs
     client.wait_for_workers(2, timeout=60)  # the nanny's new worker, for the tests after this one
     assert killed[0] in workers and not set(killed) & set(client.run(os.getpid).values())
+
+
+def test_an_index_reading_task_opens_only_the_shards_of_its_images(tmp_path, monkeypatch, random_keypoint_sets):
+    """load_keypoints on an in-process cluster (tasks run in this process, so the index reader can be
+    watched): no task lists or reads a manifest, and each reads exactly the shards its images' records
+    are taken from, once, including a file stored again (the newer shard serves) and a damaged newest
+    shard (the older one serves, as in FeatureStore.get_many); the chunks, rows and reasons equal
+    pipeline.load_features' on the whole store."""
+    import hashlib
+    import threading
+    from types import SimpleNamespace
+
+    from distributed import Client, LocalCluster
+
+    from simbench.distributed import keypoints as dk
+    from simbench.find import index, pipeline
+    from simbench.find.index import FeatureStore, split_features
+
+    section, pkey = "keypoints-test", "pk"
+    per_image = split_features(random_keypoint_sets(5, n_images=20), np.arange(20), 20)
+    per_image[2] = "no features"  # (its record has no descriptors)
+    files = [hashlib.sha256(f"file {f}".encode()).hexdigest() for f in range(10)]  # file f: images 2f, 2f+1
+    store = FeatureStore(tmp_path)
+    shard_of = {}
+
+    def put(name, numbers):
+        store.put_batch(section, pkey, {files[f]: per_image[2 * f : 2 * f + 2] for f in numbers})
+        shard_of[name] = store.manifests_of(section, pkey, [files[numbers[0]]])[0]["shard"]  # the newest
+
+    for name, numbers in (("A", [0, 1, 2]), ("B", [3, 4, 5]), ("C", [6, 7, 8]), ("D", [9]), ("E", [4]), ("F", [7])):
+        put(name, numbers)
+    damaged = tmp_path / section / pkey / shard_of["F"]
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"!")
+
+    items = [SimpleNamespace(source=f"file {f}") for f in range(10) for _ in range(2)]
+    digests = [files[k // 2] for k in range(20)]
+    stage = SimpleNamespace(section=section, extractor=SimpleNamespace(kind="keypoints", max_features=8, mirror=False))
+    exclude = {3: "blank image"}
+
+    reads = {}  # task key (None: the client) -> names of the shards and manifests it read
+    read_shard, read_manifest = FeatureStore._read_shard, index._read_manifest
+
+    def running_task():
+        from distributed import get_worker
+
+        try:
+            return get_worker().active_threads.get(threading.get_ident())
+        except ValueError:  # not in a worker
+            return None
+
+    def spy_read_shard(self, section, pkey, manifest, kind):
+        reads.setdefault(running_task(), []).append(manifest["shard"])
+        return read_shard(self, section, pkey, manifest, kind)
+
+    def spy_read_manifest(path):
+        reads.setdefault(running_task(), []).append(path.name)
+        return read_manifest(path)
+
+    monkeypatch.setattr(FeatureStore, "_read_shard", spy_read_shard)
+    monkeypatch.setattr(index, "_read_manifest", spy_read_manifest)
+    monkeypatch.setattr(dk, "task_budget", lambda client: 5 * dk.LOAD_ROW_BYTES * 8)  # 5 images a task
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as local, \
+            Client(local) as client:
+        chunks, rows, reasons = dk.load_keypoints(client, stage, items, digests, FeatureStore(tmp_path), exclude,
+                                                  pkey)
+        got = chunks.gather()
+    A, B, C, D, E, F = (shard_of[name] for name in "ABCDEF")
+    client_reads = sorted(reads.pop(None))
+    by_first_image = {int(key.split("-")[2]): sorted(names) for key, names in reads.items()}  # kp-read-{first}-...
+    assert by_first_image == {0: [A], 5: sorted([A, B, E]), 10: sorted([B, C, F]), 15: sorted([C, D, F])}
+    assert client_reads == sorted(f"{Path(s).stem}.json" for s in shard_of.values())  # the client: each once
+
+    monkeypatch.setattr(pipeline, "feature_key", lambda stage: pkey)
+    features, want_rows, want_reasons = pipeline.load_features(stage, items, digests, FeatureStore(tmp_path), exclude)
+    assert rows.tolist() == want_rows.tolist() and reasons == want_reasons == {2: "no features", 3: "blank image"}
+    for field in ("descriptors", "offsets", "points", "sizes", "angles", "responses", "image_sizes"):
+        assert np.array_equal(getattr(got, field), getattr(features, field)), field

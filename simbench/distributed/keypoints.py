@@ -5,7 +5,8 @@ The client keeps per-image tables only (descriptor offsets, image sizes); the de
 workers from start to end:
 
 1. ``load_keypoints``: tasks read chunks of consecutive images from the --index shards (find's
-   pipeline.load_features, per chunk); the client gathers one small summary per image (why it is left
+   pipeline.load_features, per chunk; each task opens only the shards its images are in, named by the
+   manifests the client gives it); the client gathers one small summary per image (why it is left
    out, or its row count) and the chunks stay on the workers (``KeypointChunks``). ``scatter_keypoints``
    makes the same chunks from features in memory (the runner, tests).
 2. The multi-index self-join of match.py, on the chunks' words; each join task keeps only its descriptor
@@ -152,11 +153,12 @@ def scatter_keypoints(client, features: KeypointSets, chunk_rows: int | None = N
                           np.asarray(features.image_sizes, np.int64).reshape(-1, 2), bool(features.binary))
 
 
-def _read_records(root: str, section: str, pkey: str, kind: str, digests: list[str], local: list[int],
-                  excluded: dict[int, str]) -> list:
-    """pipeline.load_features' records of a run of items, read here from the index shards: per item its
-    features (a dict of arrays) or why it has none."""
-    per_source = FeatureStore(root).get_many(section, pkey, digests, kind)
+def _read_records(root: str, section: str, pkey: str, kind: str, manifests: list[dict], digests: list[str],
+                  local: list[int], excluded: dict[int, str]) -> list:
+    """pipeline.load_features' records of a run of items, read here from the index shards that the
+    manifests given (FeatureStore.manifests_of those items) name: per item its features (a dict of
+    arrays) or why it has none."""
+    per_source = FeatureStore(root).limit_to(section, pkey, manifests).get_many(section, pkey, digests, kind)
     records = []
     for k, (digest, position) in enumerate(zip(digests, local)):
         entries = per_source.get(digest, [])
@@ -189,10 +191,15 @@ def load_keypoints(client, stage, items, source_digests, store: FeatureStore, ex
     per_task = max(1, task_budget(client) // (LOAD_ROW_BYTES * max(rows_per_image, 1)))
     starts = list(range(0, len(items), per_task))
     tok = _token()
-    records = [client.submit(_read_records, str(store.root), stage.section, feature_key, extractor.kind,
-                             list(source_digests[s : s + per_task]), local[s : s + per_task],
-                             {k - s: why for k, why in exclude.items() if s <= k < s + per_task},
-                             key=f"kp-read-{s}-{tok}", retries=2) for s in starts]
+    records = []
+    for s in starts:
+        digests = list(source_digests[s : s + per_task])
+        # A task opens only the shards of its own items: the client lists and reads the manifests once.
+        manifests = store.manifests_of(stage.section, feature_key, digests)
+        records.append(client.submit(_read_records, str(store.root), stage.section, feature_key, extractor.kind,
+                                     manifests, digests, local[s : s + per_task],
+                                     {k - s: why for k, why in exclude.items() if s <= k < s + per_task},
+                                     key=f"kp-read-{s}-{tok}", retries=2))
     summaries = [x for part in client.gather([client.submit(_summaries, r) for r in records]) for x in part]
     reasons = {k: x for k, x in enumerate(summaries) if isinstance(x, str)}
     signatures = [None if isinstance(x, str) else x[0] for x in summaries]

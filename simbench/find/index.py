@@ -109,7 +109,7 @@ class FeatureStore:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root).expanduser() if root else None
         self._memory: dict[tuple[str, str, str], Any] = {}
-        self._hashes: dict[str, tuple[int, int, str]] = {}
+        self._hashes: dict[str, tuple[int, int, str]] | None = None  # read on first use (tasks use none)
         # (section, pkey) -> digest -> manifests holding it, newest first
         self._manifests: dict[tuple[str, str], dict[str, list[dict]]] = {}
         self._verdicts: dict[Path, str | None] = {}  # shard -> None (usable) or why not
@@ -127,7 +127,6 @@ class FeatureStore:
                                  f"writes version {VERSION}: use another --index folder or delete this one")
         else:
             cache.atomic_write_bytes(version_file, f"{VERSION}\n".encode())
-        self._hashes = self._read_hashes(self.root / "hashes.json")
 
     # -- content hashes ----------------------------------------------------------------------------
 
@@ -157,6 +156,8 @@ class FeatureStore:
         """SHA-256 of a file; an unchanged file (same size and modification time) is not read again."""
         st = os.stat(path)
         key = os.path.abspath(path)
+        if self._hashes is None:
+            self._hashes = self._read_hashes(self.root / "hashes.json") if self.root is not None else {}
         known = self._hashes.get(key)
         if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
             return known[2]
@@ -165,7 +166,7 @@ class FeatureStore:
         return digest
 
     def save_hashes(self) -> None:
-        if self.root is not None:
+        if self.root is not None and self._hashes is not None:  # (None: not read, so nothing new)
             # Names that are not valid UTF-8 arrive as surrogate escapes; JSON's \u escapes keep them.
             blob = json.dumps({k: list(v) for k, v in self._hashes.items()}, ensure_ascii=True)
             cache.atomic_write_bytes(self.root / "hashes.json", blob.encode())
@@ -194,14 +195,15 @@ class FeatureStore:
         if self.root is None:
             return {d: self._memory[(section, pkey, d)] for d in digests if (section, pkey, d) in self._memory}
         wanted: dict[str, tuple[dict, list[str]]] = {}  # shard -> (its manifest, digests to take from it)
+        read: dict[str, tuple[dict, str | None]] = {}  # shards read for their verdict here: not read twice
         for digest in dict.fromkeys(digests):
             for manifest in self._holders(section, pkey).get(digest, []):
-                if self._verdict(section, pkey, manifest, kind) is None:
+                if self._verdict(section, pkey, manifest, kind, read) is None:
                     wanted.setdefault(manifest["shard"], (manifest, []))[1].append(digest)
                     break
         out = {}
         for shard, (manifest, names) in wanted.items():
-            records, reason = self._read_shard(section, pkey, manifest, kind)
+            records, reason = read.pop(shard, None) or self._read_shard(section, pkey, manifest, kind)
             if reason is not None:  # changed on disk since it was checked
                 log.warning("index shard %s became unusable: %s", self._dir(section, pkey) / shard, reason)
                 continue
@@ -241,6 +243,19 @@ class FeatureStore:
         """Read the manifests again on next use: shards other processes (Dask workers) wrote become visible."""
         self._manifests.clear()
 
+    def manifests_of(self, section: str, pkey: str, digests: Sequence[str]) -> list[dict]:
+        """The manifests that list any of these digests, newest first: all that reading their records needs
+        (a task given them by `limit_to` opens no other manifest)."""
+        holders = self._holders(section, pkey)
+        found = {m["shard"]: m for d in dict.fromkeys(digests) for m in holders.get(d, [])}
+        return sorted(found.values(), key=lambda m: m["shard"], reverse=True)  # shard ids sort by time
+
+    def limit_to(self, section: str, pkey: str, manifests: Sequence[dict]) -> FeatureStore:
+        """Look records of (section, pkey) up in these manifests only (`manifests_of`, newest first, as
+        read and checked by the process that gives them): the section's folder is not listed."""
+        self._manifests[(section, pkey)] = _holders_of(manifests)
+        return self
+
     # -- shards ------------------------------------------------------------------------------------
 
     def _dir(self, section: str, pkey: str) -> Path:
@@ -250,16 +265,16 @@ class FeatureStore:
         """digest -> manifests that list it, newest first (manifests read once per run)."""
         key = (section, pkey)
         if key not in self._manifests:
-            holders: dict[str, list[dict]] = {}
             folder = self._dir(section, pkey)
             paths = sorted(folder.glob("*.json"), reverse=True) if folder.is_dir() else []
+            manifests = []
             for path in paths:
                 manifest, reason = _read_manifest(path)
                 if reason is not None:
                     log.warning("ignoring index manifest %s (its files are read again): %s", path, reason)
                     continue
-                for digest in manifest["digests"]:
-                    holders.setdefault(digest, []).append(manifest)
+                manifests.append(manifest)
+            holders = _holders_of(manifests)
             orphans = {p.stem for p in folder.glob("*.npz")} - {p.stem for p in paths} if folder.is_dir() else set()
             if orphans:
                 log.info("%s: %d shards without a manifest ignored (a batch an interrupted run did not finish)",
@@ -267,10 +282,15 @@ class FeatureStore:
             self._manifests[key] = holders
         return self._manifests[key]
 
-    def _verdict(self, section: str, pkey: str, manifest: dict, kind: str) -> str | None:
+    def _verdict(self, section: str, pkey: str, manifest: dict, kind: str, read: dict | None = None) -> str | None:
+        """None when the shard is usable, else why not; read: gets the shard's (records, reason) when it
+        is read here."""
         path = self._dir(section, pkey) / manifest["shard"]
         if path not in self._verdicts:
-            self._verdicts[path] = self._read_shard(section, pkey, manifest, kind)[1]
+            loaded = self._read_shard(section, pkey, manifest, kind)
+            self._verdicts[path] = loaded[1]
+            if read is not None:
+                read[manifest["shard"]] = loaded
         return self._verdicts[path]
 
     def _read_shard(self, section: str, pkey: str, manifest: dict, kind: str) -> tuple[dict, str | None]:
@@ -295,6 +315,15 @@ class FeatureStore:
             if problem:
                 return {}, f"shard {path.name}, record {digest[:12]}: {problem}"
         return records, None
+
+
+def _holders_of(manifests: Sequence[dict]) -> dict[str, list[dict]]:
+    """digest -> the manifests (newest first, as given) that list it."""
+    holders: dict[str, list[dict]] = {}
+    for manifest in manifests:
+        for digest in manifest["digests"]:
+            holders.setdefault(digest, []).append(manifest)
+    return holders
 
 
 def _read_manifest(path: Path) -> tuple[dict, str | None]:
