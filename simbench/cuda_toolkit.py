@@ -1,11 +1,12 @@
 """The NVRTC that CuPy compiles the kernels with: the CUDA 12 one of the `gpu` extra, on every machine.
 
-cupy-cuda12x asks cuda.pathfinder for NVRTC when it first compiles, and pathfinder takes a libnvrtc.so.13
+cupy-cuda12x 14 asks cuda.pathfinder for NVRTC when it first compiles, and pathfinder takes a libnvrtc.so.13
 before a libnvrtc.so.12 whenever both are installed or loaded. PyTorch's CUDA 13 wheels install one and
 load it on import, so which NVRTC compiled the kernels would depend on the import order and on what else is
 installed. pin_nvrtc() loads the extra's libnvrtc.so.12 (package nvidia-cuda-nvrtc-cu12) and asks
 pathfinder for NVRTC at once; pathfinder keeps that answer for the life of the process, and CuPy binds it,
-whatever loads later. `import simbench` calls it (before any simbench module can import torch).
+whatever loads later. (CuPy 13 opens libnvrtc.so.12 by name, which finds no wheel's library unless it is
+loaded already.) `import simbench` calls it, before any simbench module can import torch.
 """
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import ctypes
 import functools
 import logging
 import os
+import re
 import sys
 from importlib import metadata
 
 log = logging.getLogger(__name__)
 
-#: The package of the `gpu` extra that ships NVRTC, and its library.
+#: The packages of the `gpu` extra: CuPy, and the one that ships NVRTC with its library.
+CUPY_PACKAGE = "cupy-cuda12x"
 NVRTC_PACKAGE = "nvidia-cuda-nvrtc-cu12"
 NVRTC_LIBRARY = "libnvrtc.so.12"
 
@@ -30,6 +33,14 @@ def extra_nvrtc_path() -> str | None:
     except metadata.PackageNotFoundError:
         return None
     return next((str(f.locate()) for f in files if f.name == NVRTC_LIBRARY), None)
+
+
+def _cupy_uses_pathfinder() -> bool:
+    """Whether the installed CuPy binds NVRTC through cuda.pathfinder (CuPy 14 on; it depends on it)."""
+    try:
+        return any(re.match(r"cuda-pathfinder\b", req) for req in metadata.requires(CUPY_PACKAGE) or ())
+    except metadata.PackageNotFoundError:
+        return False
 
 
 @functools.cache
@@ -45,13 +56,13 @@ def pin_nvrtc() -> str | None:
     except OSError as exc:
         log.warning("%s cannot be loaded (%s); CuPy will search for NVRTC itself", wheel, exc)
         return None
-    try:
-        from cuda.pathfinder import load_nvidia_dynamic_lib
-    except ImportError:  # CuPy 13 has no pathfinder: it opens libnvrtc.so.12 by name and gets the loaded one
+    if not _cupy_uses_pathfinder():  # CuPy 13 opens libnvrtc.so.12 by name: it gets the one loaded here
         return wheel
     try:
+        from cuda.pathfinder import load_nvidia_dynamic_lib
+
         bound = load_nvidia_dynamic_lib("nvrtc").abs_path
-    except Exception as exc:  # pathfinder's own errors: CuPy would meet the same on first compile
+    except Exception as exc:  # pathfinder missing or failing: CuPy would meet the same on first compile
         log.warning("cuda.pathfinder cannot load NVRTC (%s: %s)", exc.__class__.__name__, exc)
         return None
     if os.path.realpath(bound) != os.path.realpath(wheel):
