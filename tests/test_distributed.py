@@ -374,3 +374,15 @@ def test_an_index_reading_task_opens_only_the_shards_of_its_images(tmp_path, mon
     assert rows.tolist() == want_rows.tolist() and reasons == want_reasons == {2: "no features", 3: "blank image"}
     for field in ("descriptors", "offsets", "points", "sizes", "angles", "responses", "image_sizes"):
         assert np.array_equal(getattr(got, field), getattr(features, field)), field
+
+
+def test_task_sizes_ask_the_scheduler_for_the_workers(cluster, monkeypatch):
+    """Client.scheduler_info hands back a cache that the client's periodic refresh overwrites with an
+    identity without workers; task_budget read that (empty) and failed now and then. Sizes come from
+    the scheduler itself."""
+    from simbench.distributed import match as dm
+
+    _, client = cluster
+    monkeypatch.setattr(client, "scheduler_info", lambda *args, **kwargs: {"workers": {}})  # the refreshed cache
+    assert len(dm._workers(client)) == 2
+    assert dm.task_budget(client) == int(1.5 * 2**30 * dm.TASK_SHARE)  # one thread per 1.5 GiB worker

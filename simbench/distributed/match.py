@@ -61,7 +61,9 @@ MIN_BATCH_MATCHES = 4096
 
 
 def _workers(client) -> list[dict]:
-    return list(client.scheduler_info(n_workers=-1)["workers"].values())
+    # From the scheduler itself: Client.scheduler_info returns the client's cached identity, which its
+    # periodic refresh (without the workers) may overwrite between the fetch and the return.
+    return list(client.sync(client.scheduler.identity, n_workers=-1)["workers"].values())
 
 
 def task_budget(client) -> int:
