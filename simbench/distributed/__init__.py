@@ -2,9 +2,11 @@
 
     cluster.py  which cluster a run uses (none, local, slurm, gpu, or a running scheduler), started and closed
     extract.py  extraction tasks: one chunk of files -> one --index shard per stage (find) or feature rows (runner)
-    match.py    distributed matching (multi-index self-join, CNN top-k; the entry for every method)
+    match.py    distributed matching (multi-index self-join; the entry for every method)
     keypoints.py  the keypoint stage with no process holding all descriptors: chunks read by the workers from
                 the index, descriptor pairs reduced per image pair where they are, RANSAC in batches
+    cnn.py      the CNN stage with no process holding all embeddings: chunks read by the workers from the
+                index, exact top-k in tiles merged on the workers, the fusion's scores and evidence as tasks
 
 `match_stage` is the one hook the find pipeline and the runner call to match on a cluster.
 """

@@ -12,16 +12,16 @@ Every step reuses the in-process functions on slices of the data; only the split
   where they were found, RANSAC in batches): simbench.distributed.keypoints, built on ``self_join``'s
   pieces and partitions. Each pair's fit depends on its own correspondences only (OpenCV's RANSAC seeds
   its own generator per call), so batching changes nothing.
-- ``cnn_neighbours`` / ``cosine_self_join``: the exact cosine matcher's block products (match.cosine's
-  topk_blocks / range_blocks) on row blocks as tasks, then a global top-k merge of the (similarity,
-  index) keys (ties to the lower index, as in one process) or a concatenation in block order.
+- the CNN stage (embeddings read by the workers, exact top-k in tiles merged in a tree of tasks, range
+  search in tiles): simbench.distributed.cnn; ``cnn_neighbours`` / ``cosine_self_join`` run its searches
+  on embeddings in memory.
 - ``score_keypoints`` / ``score_cnn``: the methods' results with the steps above as tasks.
 
 Bounded memory: the data is scattered once, in row chunks spread over the workers (not broadcast), or
-read by the workers themselves (keypoints in find), and a task receives only its chunk, its partition or
-its blocks. Sizes are chosen here, not by the user, from
-the smallest worker memory limit: a task may use TASK_SHARE of it divided by the worker's threads (dask
-starts spilling at 60% of the limit, and every thread may run a task at once); see ``task_budget``.
+read by the workers themselves (keypoints and embeddings in find), and a task receives only its chunk,
+its partition or its blocks. Sizes are chosen here, not by the user, from the smallest worker memory
+limit: a task may use TASK_SHARE of it divided by the worker's threads (dask starts spilling at 60% of the
+limit, and every thread may run a task at once); see ``task_budget``.
 
 Float equality: keypoint results (integer distances, RANSAC on the same float32 points) are equal bit
 for bit. Cosine similarities come from the same block products as in one process, but OpenBLAS sums a
@@ -33,7 +33,6 @@ not the thread switch itself in isolation), so the tests compare those to 1e-6.
 """
 from __future__ import annotations
 
-import copy
 import math
 import operator
 import uuid
@@ -41,9 +40,8 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from simbench.match.base import EmbeddingMatcher, as_words
-from simbench.match.cosine import (ExactCosineMatcher, as_vectors, finish_topk, merge_topk, range_blocks,
-                                   topk_blocks)
+from simbench.match.base import as_words
+from simbench.match.cosine import ExactCosineMatcher
 from simbench.match.lsh import MultiIndexHashMatcher, _join_piece, _key_column, piece_masks
 from simbench.types import Pairs
 
@@ -223,118 +221,25 @@ def _concat(blocks: list) -> np.ndarray:
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
-def _topk_task(qparts, dparts, d_first, d_begin, d_end, block, k, threads):
-    with _blas_limit(threads):
-        return topk_blocks(_concat(qparts), _concat(dparts), d_first, d_begin, d_end, block, k)
-
-
-def _range_task(qparts, q0, dparts, d_first, d_begin, d_end, block, t, upper, threads):
-    with _blas_limit(threads):
-        parts = range_blocks(_concat(qparts), q0, _concat(dparts), d_first, d_begin, d_end, block, t, upper)
-    return Pairs.concat(parts, np.float32)
-
-
-class _Blocks:
-    """Rows scattered in blocks of g rows (g divides the matcher's query and database blocks, so every
-    tile of the in-process loops is a run of whole blocks)."""
-
-    def __init__(self, client, rows: np.ndarray, g: int):
-        self.g, self.n = g, len(rows)
-        # hash=False: equal data scattered again (self-join, then top-k) must not share keys with
-        # futures being released
-        self.futures = client.scatter([rows[s : s + g] for s in range(0, len(rows), g)], broadcast=False,
-                                      hash=False)
-
-    def covering(self, begin: int, end: int):
-        """The blocks holding rows begin..end and the global index of their first row."""
-        return self.futures[begin // self.g : -(-end // self.g)], (begin // self.g) * self.g
-
-
-def _tiles(client, matcher: ExactCosineMatcher, q: np.ndarray, db: np.ndarray, same: bool):
-    """Scattered query and database blocks, and database blocks per task. A task holds its query block
-    (float32), one product and its int64 keys at a time (~32 bytes per entry), and its database rows
-    twice (the blocks and their concatenation): the rest of the task budget sets how many rows."""
-    g = math.gcd(matcher.query_block, matcher.database_block)
-    qblocks = _Blocks(client, q, g)
-    dblocks = qblocks if same else _Blocks(client, db, g)
-    qb, block, dim = matcher.query_block, matcher.database_block, max(1, q.shape[1])
-    fixed = 8 * qb * dim + 32 * qb * block
-    return qblocks, dblocks, max(1, (task_budget(client) - fixed) // (8 * block * dim))
-
-
 def cnn_neighbours(client, embeddings, k: int, matcher: ExactCosineMatcher | None = None,
-                   database=None) -> tuple[np.ndarray, np.ndarray]:
-    """ExactCosineMatcher.topk(embeddings, database or embeddings, k) as tasks, equal to it (indices and
-    similarities; ties to the lower index): each task takes one query block and a run of database blocks
-    and returns its k best keys per query; the keys of all runs merge into the global top-k."""
+                   chunk_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """ExactCosineMatcher.topk(embeddings, embeddings, k) by the tiles and tree merge of
+    simbench.distributed.cnn (equal to it: indices and similarities, ties to the lower index), the
+    embeddings sent to the workers in chunks of chunk_rows rows."""
+    from simbench.distributed.cnn import scatter_embeddings, sharded_topk
+
     matcher = matcher or ExactCosineMatcher()
-    q = as_vectors(embeddings)
-    db = q if database is None else as_vectors(database)
-    k = int(k)
-    idx, sim = np.full((len(q), k), -1, np.int64), np.full((len(q), k), -np.inf, np.float32)
-    if k <= 0 or not len(q) or not len(db):
-        return idx, sim
-    qblocks, dblocks, per_task = _tiles(client, matcher, q, db, database is None)
-    qb, block, threads, tok = matcher.query_block, matcher.database_block, blas_threads(), _token()
-    tasks = []
-    for q0 in range(0, len(q), qb):
-        qparts, _ = qblocks.covering(q0, min(q0 + qb, len(q)))
-        runs = [client.submit(_topk_task, qparts, *_run(dblocks, d0, min(d0 + per_task * block, len(db))),
-                              block, k, threads, key=f"cos-topk-{q0}-{d0}-{tok}")
-                for d0 in range(0, len(db), per_task * block)]
-        tasks.append((q0, runs))
-    for q0, runs in tasks:
-        best = np.empty((min(qb, len(q) - q0), 0), np.int64)
-        for keys in client.gather(runs):
-            best = merge_topk(best, keys, k)
-        idx[q0 : q0 + len(best)], sim[q0 : q0 + len(best)] = finish_topk(best, k)
-    return idx, sim
+    return sharded_topk(scatter_embeddings(client, embeddings, chunk_rows), int(k), matcher)
 
 
-def _run(blocks: _Blocks, begin: int, end: int):
-    """Arguments for a task over database rows begin..end: its blocks, their first row, begin, end."""
-    parts, first = blocks.covering(begin, end)
-    return parts, first, begin, end
+def cosine_self_join(client, embeddings, min_similarity: float, matcher: ExactCosineMatcher | None = None,
+                     chunk_rows: int | None = None) -> Pairs:
+    """ExactCosineMatcher.self_join as the tiles of simbench.distributed.cnn, equal to it (same pairs,
+    float32 similarities and order)."""
+    from simbench.distributed.cnn import scatter_embeddings, sharded_self_join
 
-
-def cosine_self_join(client, embeddings, min_similarity: float,
-                     matcher: ExactCosineMatcher | None = None) -> Pairs:
-    """ExactCosineMatcher.self_join as tasks, equal to it (same pairs, float32 similarities and order):
-    each task takes one query block and a run of the database blocks on and right of its diagonal."""
     matcher = matcher or ExactCosineMatcher()
-    v = as_vectors(embeddings)
-    if not len(v):
-        return Pairs.empty(np.float32)
-    qblocks, _, per_task = _tiles(client, matcher, v, v, True)
-    qb, block, threads, tok = matcher.query_block, matcher.database_block, blas_threads(), _token()
-    futures = []
-    for q0 in range(0, len(v), qb):
-        qparts, _ = qblocks.covering(q0, min(q0 + qb, len(v)))
-        for d0 in range(q0, len(v), per_task * block):  # blocks start at the diagonal, as in one process
-            futures.append(client.submit(_range_task, qparts, q0,
-                                         *_run(qblocks, d0, min(d0 + per_task * block, len(v))),
-                                         block, float(min_similarity), True, threads,
-                                         key=f"cos-range-{q0}-{d0}-{tok}"))
-    return Pairs.concat(client.gather(futures), np.float32)
-
-
-class TaskCosineMatcher(EmbeddingMatcher):
-    """The exact cosine matcher with its self-join and top-k as tasks (what CnnMethod.score_pairs calls)."""
-
-    name = "exact"
-
-    def __init__(self, client, matcher: ExactCosineMatcher):
-        self.client, self.matcher = client, matcher
-
-    def range_search(self, queries, database, min_similarity):
-        return self.matcher.range_search(queries, database, min_similarity)  # not used by CnnMethod
-
-    def self_join(self, vectors, min_similarity):
-        return cosine_self_join(self.client, vectors, min_similarity, self.matcher)
-
-    def topk(self, queries, database, k):
-        same = queries is database
-        return cnn_neighbours(self.client, queries, k, self.matcher, None if same else database)
+    return sharded_self_join(scatter_embeddings(client, embeddings, chunk_rows), float(min_similarity), matcher)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -353,13 +258,12 @@ def score_keypoints(client, method, features):
 
 
 def score_cnn(client, method, features):
-    """method.score_pairs(features) with the exact cosine self-join and k-NN as tasks: the same
-    ScoredPairs. Other cosine matchers (lsh: approximate; gpu; faiss) run in this process."""
-    if type(method.matcher) is not ExactCosineMatcher:
-        return method.score_pairs(features)
-    local = copy.copy(method)
-    local.matcher = TaskCosineMatcher(client, method.matcher)
-    return local.score_pairs(features)
+    """method.score_pairs(features) with the exact cosine self-join and k-NN as tasks
+    (simbench.distributed.cnn): the same ScoredPairs. features: Embeddings or the EmbeddingChunks the
+    workers hold. Other cosine matchers (lsh: approximate; gpu; faiss) run in this process."""
+    from simbench.distributed.cnn import score_embeddings
+
+    return score_embeddings(client, method, features)
 
 
 def score_pairs(client, method, features, progress: bool = False):

@@ -26,7 +26,8 @@ How they are obtained, so that they are the stage's own reasons:
   of simbench returns the exact range (multi-index hashing too), so these are the inliers `find`
   verified (faiss's peer matcher keeps distance < radius, not <=: there the boundary may differ).
 - cnn: cosines of each image to every other (in blocks of bounded memory), counted: one pass over the
-  collection's embeddings per pair.
+  collection's embeddings per pair (on a cluster, by tasks over the chunks its workers hold:
+  simbench.distributed.cnn.neighbour_ranks).
 - chain: Kruskal's maximum spanning forest over the direct pairs scoring >= link_min_score, best first,
   as simbench.find.cascade.link builds it; the chain is the tree path.
 
@@ -43,6 +44,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from simbench.distributed.cnn import EmbeddingChunks, chunk_pair_cosines, neighbour_ranks
 from simbench.find.cascade import LINKED, FusedPairs, spanning_merges
 from simbench.find.index import _one, join_features
 from simbench.match.exact import ExactMatcher
@@ -92,10 +94,10 @@ def pair_evidence(pairs: FusedPairs, stages: Sequence, features: dict, link_min_
             for k, d in zip(mine, distance.tolist()):
                 out[int(pairs.a[k]), int(pairs.b[k])]["hash"] = {"distance": int(d), "bits": int(feats.bits),
                                                                  "score": round(float(found[k]), 4)}
-        elif hasattr(feats, "vectors") and mine:
+        elif (hasattr(feats, "vectors") or isinstance(feats, EmbeddingChunks)) and mine:
             a = np.array([position[int(pairs.a[k])] for k in mine])
             b = np.array([position[int(pairs.b[k])] for k in mine])
-            for k, record in zip(mine, cnn_evidence(feats.vectors, a, b)):
+            for k, record in zip(mine, cnn_evidence(getattr(feats, "vectors", feats), a, b)):
                 out[int(pairs.a[k]), int(pairs.b[k])]["cnn"] = {**record, "score": round(float(found[k]), 4)}
     if link_min_score is not None:
         linked = [k for k in order if pairs.method[k] == LINKED]
@@ -147,10 +149,14 @@ def _hull(points: np.ndarray) -> list:
 # CNN
 
 
-def cnn_evidence(vectors: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[dict]:
+def cnn_evidence(vectors, a: np.ndarray, b: np.ndarray) -> list[dict]:
     """Per row pair (a[k], b[k]) of L2-normalised `vectors`: cosine, and each one's rank among the
     other's neighbours (1 + the number of other images more similar to it than its partner; ties count
-    for the partner)."""
+    for the partner). vectors: an array, or the EmbeddingChunks a cluster holds (the same by its tasks,
+    simbench.distributed.cnn)."""
+    if isinstance(vectors, EmbeddingChunks):
+        ranks = neighbour_ranks(vectors, np.concatenate([a, b]), np.concatenate([b, a]))
+        return _cnn_records(chunk_pair_cosines(vectors, a, b), ranks[: len(a)], ranks[len(a) :])
     v = np.asarray(vectors, np.float32)
     cos = np.einsum("ij,ij->i", v[a], v[b]).astype(np.float64)
     rank_a, rank_b = np.zeros(len(a), np.int64), np.zeros(len(a), np.int64)
@@ -162,6 +168,10 @@ def cnn_evidence(vectors: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[dict
             sims[np.arange(len(block)), block] = -np.inf  # an image is not its own neighbour
             mine = sims[np.arange(len(block)), partner[s:s + step]]
             rank[s:s + step] = 1 + np.count_nonzero(sims > mine[:, None], axis=1)
+    return _cnn_records(cos, rank_a, rank_b)
+
+
+def _cnn_records(cos: np.ndarray, rank_a: np.ndarray, rank_b: np.ndarray) -> list[dict]:
     return [{"cosine": round(float(c), 4), "rank_a": int(x), "rank_b": int(y)}
             for c, x, y in zip(cos, rank_a, rank_b)]
 

@@ -85,7 +85,8 @@ def find(inputs: Sequence[str | Path], out_dir: str | Path, cfg: DictConfig | No
         pairs = score(collected.items, stages, raw, cfg, collected.features, collected.blank, decided)
         groups = outputs.duplicate_groups(pairs, len(collected.items), float(cfg.threshold))
         t_evidence = time.perf_counter()
-        # Before the cluster closes: keypoints its workers hold are fetched for the pairs shown.
+        # Before the cluster closes: keypoints its workers hold are fetched for the pairs shown (the CNN's
+        # evidence is computed by its tasks).
         why = evidence.pair_evidence(pairs, stages, shown_features(collected.features, pairs),
                                      float(cfg.link_min_score) if cfg.link else None)
     timing = {**collected.timing, "match_s": t_evidence - t, "evidence_s": time.perf_counter() - t_evidence,
@@ -278,13 +279,17 @@ def load_features(stage: Stage, items: list[Item], source_digests: list[str], st
 
 def stage_features(stage: Stage, items: list[Item], source_digests: list[str], store: FeatureStore,
                    exclude: dict[int, str], cluster: ClusterSession | None):
-    """load_features; on a cluster a keypoint stage's chunks are read and kept by the workers instead
-    (simbench.distributed.keypoints: no process holds all descriptors)."""
-    if cluster is None or stage.extractor.kind != "keypoints":
-        return load_features(stage, items, source_digests, store, exclude)
-    from simbench.distributed.keypoints import load_keypoints
+    """load_features; on a cluster a keypoint or CNN stage's chunks are read and kept by the workers
+    instead (simbench.distributed.keypoints, .cnn: no process holds all descriptors or embeddings)."""
+    if cluster is not None and stage.extractor.kind == "keypoints":
+        from simbench.distributed.keypoints import load_keypoints
 
-    return load_keypoints(cluster.client, stage, items, source_digests, store, exclude, feature_key(stage))
+        return load_keypoints(cluster.client, stage, items, source_digests, store, exclude, feature_key(stage))
+    if cluster is not None and stage.extractor.kind == "embedding":
+        from simbench.distributed.cnn import load_embeddings
+
+        return load_embeddings(cluster.client, stage, items, source_digests, store, exclude, feature_key(stage))
+    return load_features(stage, items, source_digests, store, exclude)
 
 
 def shown_features(features: dict, pairs: FusedPairs) -> dict:

@@ -35,7 +35,7 @@ import numpy as np
 from simbench.features.base import Extractor
 from simbench.match.cosine import as_vectors, cosine_matcher_for
 from simbench.methods.base import Method
-from simbench.types import Embeddings, ScoredPairs
+from simbench.types import Embeddings, Pairs, ScoredPairs
 
 
 class CnnMethod(Method):
@@ -73,24 +73,28 @@ class CnnMethod(Method):
 
     def score_pairs(self, features: Embeddings) -> ScoredPairs:
         v = as_vectors(features)
-        n = len(v)
-        parts = []
-        if self.min_similarity is not None:
-            found = self.matcher.self_join(v, self.min_similarity)
-            parts.append((found.a, found.b, found.dist))
-        others_idx = others_sim = None
-        k = max(self.neighbours, self.normalise_k)
-        if k and n > 1:
-            others_idx, others_sim = nearest_others(self.matcher, v, k)
-        if self.neighbours and others_idx is not None:
-            parts.append(neighbour_pairs(others_idx[:, : self.neighbours], others_sim[:, : self.neighbours]))
+        found = self.matcher.self_join(v, self.min_similarity) if self.min_similarity is not None else None
+        others = nearest_others(self.matcher, v, self.search_k) if self.search_k and len(v) > 1 else None
+        return self.scored(len(v), found, others)
+
+    @property
+    def search_k(self) -> int:
+        """The neighbours each image's search keeps: enough for the candidates and the background."""
+        return max(self.neighbours, self.normalise_k)
+
+    def scored(self, n: int, found: Pairs | None, others: tuple | None) -> ScoredPairs:
+        """The pairs and scores of n images from the searches' results: the range pairs `found` (None: no
+        range search) and each image's search_k nearest others (nearest_others; None: no k-NN search).
+        What score_pairs gives; simbench.distributed.cnn runs the searches as tasks and calls this."""
+        parts = [(found.a, found.b, found.dist)] if found is not None else []
+        if self.neighbours and others is not None:
+            parts.append(neighbour_pairs(others[0][:, : self.neighbours], others[1][:, : self.neighbours]))
         a, b, cos = unique_pairs(parts, n)
 
         extra = {"comparisons": n * (n - 1) // 2, "cosine": cos.astype(np.float64),
                  "extract_runtime": getattr(self.extractor, "runtime", "torch")}
         if self.normalise_k:
-            background = (kth_similarity(others_idx, others_sim, self.normalise_k) if others_idx is not None
-                          else np.zeros(n))
+            background = kth_similarity(*others, self.normalise_k) if others is not None else np.zeros(n)
             margin, score = normalised_scores(cos, background[a], background[b], self.beta)
             extra["margin"] = margin
         else:
@@ -100,14 +104,26 @@ class CnnMethod(Method):
             extra["lsh"] = dict(stats)
         return ScoredPairs(a, b, score, extra=extra)
 
-    def score_given(self, features: Embeddings, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """The score of the given row pairs (found by another stage, say), as score_pairs would give them."""
-        v = as_vectors(features)
+    def score_given(self, features, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The score of the given row pairs (found by another stage, say), as score_pairs would give them.
+        features: Embeddings, or the EmbeddingChunks a cluster holds (simbench.distributed.cnn: the
+        cosines and the neighbours are computed by its tasks)."""
+        from simbench.distributed.cnn import EmbeddingChunks, score_given_on_chunks
+
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
-        cos = pair_cosines(v, a, b)
-        if not self.normalise_k or len(v) < 2:
+        if isinstance(features, EmbeddingChunks):
+            return score_given_on_chunks(self, features, a, b)
+        v = as_vectors(features)
+        normalised = self.normalise_k and len(v) >= 2
+        return self.given_scores(pair_cosines(v, a, b), a, b,
+                                 kth_similarity(*nearest_others(self.matcher, v, self.normalise_k),
+                                                self.normalise_k) if normalised else None)
+
+    def given_scores(self, cos: np.ndarray, a: np.ndarray, b: np.ndarray, background: np.ndarray | None):
+        """score_given from the pairs' cosines and each image's k-th neighbour similarity (None: not
+        normalised, or fewer than two images)."""
+        if background is None:
             return np.clip(cos, 0.0, 1.0)
-        background = kth_similarity(*nearest_others(self.matcher, v, self.normalise_k), self.normalise_k)
         return normalised_scores(cos, background[a], background[b], self.beta)[1]
 
     def params(self) -> dict:
@@ -134,11 +150,15 @@ class CnnMethod(Method):
 
 def nearest_others(matcher, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's k nearest other rows, most similar first: (indices (N, k) int64, -1 where the collection
-    has fewer; cosines (N, k) float32, -inf there). The search asks for k + 1 and drops the row itself (or,
-    when k + 1 exact duplicates crowd it out, the last one: the same similarity)."""
-    idx, sim = matcher.topk(vectors, vectors, k + 1)
-    n = len(idx)
-    drop = idx == np.arange(n)[:, None]
+    has fewer; cosines (N, k) float32, -inf there). The search asks for k + 1 and drops the row itself."""
+    return without_self(*matcher.topk(vectors, vectors, k + 1))
+
+
+def without_self(idx: np.ndarray, sim: np.ndarray, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The top k + 1 lists (idx, sim) of rows first, first + 1, ... without the row itself (or, when
+    k + 1 exact duplicates crowd it out, without the last one: the same similarity): k columns."""
+    n, k = idx.shape[0], idx.shape[1] - 1
+    drop = idx == np.arange(first, first + n)[:, None]
     drop[~drop.any(axis=1), -1] = True
     keep = ~drop  # exactly k per row: boolean indexing keeps row-major order
     return idx[keep].reshape(n, k), sim[keep].reshape(n, k)

@@ -1,0 +1,368 @@
+"""The CNN stage on a cluster with no process holding all embeddings (issue 13, items 3 and 4), equal to
+CnnMethod.score_pairs / score_given and to the evidence of one process.
+
+The client keeps per-image tables only; the embeddings stay on the workers from start to end:
+
+1. ``load_embeddings``: tasks read runs of items from the --index shards (find's pipeline.load_features,
+   per run); the client gathers one small summary per item (why it is left out, or its record's
+   signature) and the rows stay on the workers, in chunks of consecutive rows (``EmbeddingChunks``).
+   ``scatter_embeddings`` makes the same chunks from embeddings in memory (the runner, tests).
+2. Exact top-k (``sharded_topk``): a tile is one query block against a run of database blocks,
+   the blocks of ExactCosineMatcher.topk in one process, so a tile's products (match.cosine.topk_blocks)
+   are the very matrices of the in-process loop. Each tile gives the k best (similarity, row) keys of its
+   query rows (sort_keys: similarity down, ties to the lower row); a query block's tiles are merged in a
+   tree of tasks (merge_topk; the keys of a row are distinct, so any merge order keeps the same k), the
+   merged keys sorted and the row itself dropped (methods.cnn.without_self) on the workers. The client
+   gathers only these (rows, k) neighbour indices and similarities.
+3. Range search (``sharded_self_join``): the tiles on and right of the diagonal, as ExactCosineMatcher's
+   self-join walks them (match.cosine.range_blocks); the pairs found come back.
+4. CnnMethod.scored turns both into pairs and scores: the code of one process.
+5. ``score_given_on_chunks`` (the cascade's fusion scores every fused pair by the CNN): each pair's cosine
+   in a task holding its two rows' chunks (methods.cnn.pair_cosines), the k-th neighbour background from
+   step 2 (kept on the chunks; the first normalise_k of search_k neighbours are the normalise_k nearest).
+6. ``neighbour_ranks`` (evidence of the pairs shown): the shown rows' vectors are fetched and every chunk
+   counts, per shown pair, the images more similar to one side than its partner is.
+
+Other cosine matchers (lsh: approximate; gpu; faiss) have no task form: their embeddings are gathered in
+the client, and a warning says so. Float equality: see simbench.distributed.match (BLAS threads).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simbench.distributed.keypoints import _read_records
+from simbench.distributed.match import _blas_limit, _concat, _token, blas_threads, task_budget
+from simbench.find.index import FeatureStore, _signature, consistent_signatures, join_features
+from simbench.match.cosine import (ExactCosineMatcher, as_vectors, finish_topk, merge_topk, range_blocks,
+                                   topk_blocks)
+from simbench.methods.cnn import kth_similarity, pair_cosines, without_self
+from simbench.types import Embeddings, Pairs, ScoredPairs
+
+log = logging.getLogger("simbench")
+
+#: Bytes a loading task holds per item (a record of up to 4,096 float32 dimensions, a few times over).
+LOAD_ITEM_BYTES = 1 << 16
+#: Partial top-k lists one merge task takes.
+MERGE_FAN_IN = 4
+#: Shown pairs' sides counted at once against a chunk (evidence ranks).
+RANK_ENTRIES = 256
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Embeddings held by the workers
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EmbeddingChunks:
+    """The L2-normalised embeddings of N images held by the workers, in chunks of consecutive rows:
+    futures[c] holds rows bounds[c]..bounds[c + 1] - 1 as float32 (rows, dim). What the CNN stage's
+    features are in `find` on a cluster. backgrounds: k -> each row's k-th neighbour similarity, kept by
+    the stage's search for score_given."""
+
+    client: object
+    futures: list
+    bounds: np.ndarray
+    dim: int
+    backgrounds: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.bounds[-1])
+
+    def chunk_of(self, rows: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.bounds, rows, "right") - 1
+
+    def covering(self, begin: int, end: int) -> tuple[list, int]:
+        """The chunks holding rows begin..end - 1, and the first row of the first of them."""
+        lo, hi = int(self.chunk_of(np.array([begin]))[0]), int(self.chunk_of(np.array([end - 1]))[0])
+        return self.futures[lo : hi + 1], int(self.bounds[lo])
+
+    def take(self, rows) -> np.ndarray:
+        """The vectors of these rows (any order, repeats allowed), fetched from the workers holding them."""
+        rows = np.asarray(rows, np.int64)
+        wanted = np.unique(rows)
+        chunk = self.chunk_of(wanted)
+        parts = [self.client.submit(_take_rows, self.futures[c], wanted[chunk == c] - self.bounds[c])
+                 for c in np.unique(chunk).tolist()]
+        got = np.concatenate(self.client.gather(parts)) if parts else np.empty((0, self.dim), np.float32)
+        return got[np.searchsorted(wanted, rows)]
+
+    def gather(self) -> Embeddings:
+        """All the embeddings in this process (for what has no task form)."""
+        parts = self.client.gather(self.futures)
+        return Embeddings(np.concatenate(parts) if parts else np.empty((0, self.dim), np.float32))
+
+
+def _take_rows(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    return vectors[rows]
+
+
+def scatter_embeddings(client, embeddings, chunk_rows: int | None = None) -> EmbeddingChunks:
+    """Embeddings in this process sent to the workers in chunks of chunk_rows rows (None: as many as a
+    quarter of the task budget holds)."""
+    v = as_vectors(embeddings)
+    size = int(chunk_rows or max(1, task_budget(client) // (4 * 4 * max(1, v.shape[1]))))
+    starts = list(range(0, len(v), size))
+    futures = client.scatter([v[s : s + size] for s in starts], broadcast=False, hash=False) if starts else []
+    return EmbeddingChunks(client, futures, np.array(starts + [len(v)], np.int64), int(v.shape[1]))
+
+
+def _embedding_summaries(records: list) -> list:
+    """Per record: its reason (a string), or its signature (shapes and types: consistent_signatures)."""
+    return [r if isinstance(r, str) else _signature(r) for r in records]
+
+
+def _join_vectors(records: list, keep: list[int]) -> np.ndarray:
+    return join_features([records[k] for k in keep], "embedding")[0].vectors
+
+
+def load_embeddings(client, stage, items, source_digests, store: FeatureStore, exclude: dict[int, str] | None,
+                    feature_key: str):
+    """pipeline.load_features for a CNN stage on a cluster: (EmbeddingChunks, rows, reasons), the same
+    rows and reasons, the vectors read by the workers from the store (a folder they all see)."""
+    from simbench.find.pipeline import local_positions  # (pipeline imports this module)
+
+    exclude = exclude or {}
+    local = local_positions(items)
+    per_task = max(1, task_budget(client) // LOAD_ITEM_BYTES)
+    starts = list(range(0, len(items), per_task))
+    tok = _token()
+    records = []
+    for s in starts:
+        digests = list(source_digests[s : s + per_task])
+        # A task opens only the shards of its own items (as the keypoint stage's reading tasks).
+        manifests = store.manifests_of(stage.section, feature_key, digests)
+        records.append(client.submit(_read_records, str(store.root), stage.section, feature_key,
+                                     stage.extractor.kind, manifests, digests, local[s : s + per_task],
+                                     {k - s: why for k, why in exclude.items() if s <= k < s + per_task},
+                                     key=f"cnn-read-{s}-{tok}", retries=2))
+    summaries = [x for part in client.gather([client.submit(_embedding_summaries, r) for r in records])
+                 for x in part]
+    reasons = {k: x for k, x in enumerate(summaries) if isinstance(x, str)}
+    for k, problem in enumerate(consistent_signatures([None if isinstance(x, str) else x for x in summaries])):
+        if problem:
+            reasons[k] = problem
+    kept = np.array([k for k in range(len(items)) if k not in reasons], np.int64)
+    futures, bounds = [], [0]
+    for s, future in zip(starts, records):
+        mine = kept[(kept >= s) & (kept < s + per_task)]
+        if len(mine):
+            futures.append(client.submit(_join_vectors, future, (mine - s).tolist(), key=f"cnn-join-{s}-{tok}"))
+            bounds.append(bounds[-1] + len(mine))
+    shape = next((e[2] for e in summaries[kept[0]] if e[0] == "vector"), (1,)) if len(kept) else (1,)
+    return EmbeddingChunks(client, futures, np.array(bounds, np.int64), int(shape[0])), kept, reasons
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Exact search in tiles
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _rows(parts: list, first: int, begin: int, end: int) -> np.ndarray:
+    return _concat(parts)[begin - first : end - first]
+
+
+def _topk_tile(qparts, qfirst, q0, q1, dparts, dfirst, d_begin, d_end, block, k, threads) -> np.ndarray:
+    """The k best keys per query row q0..q1 - 1 among database rows d_begin..d_end - 1."""
+    with _blas_limit(threads):
+        return topk_blocks(_rows(qparts, qfirst, q0, q1), _concat(dparts), dfirst, d_begin, d_end, block, k)
+
+
+def _merge_keys(k: int, *parts) -> np.ndarray:
+    best = parts[0]
+    for keys in parts[1:]:
+        best = merge_topk(best, keys, k)
+    return best
+
+
+def _finish(keys: np.ndarray, width: int, first: int, others: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted top `width` of rows first, ... (keys from the whole database); others: the row itself dropped."""
+    idx, sim = finish_topk(keys, width)
+    return without_self(idx, sim, first) if others else (idx, sim)
+
+
+def _runs(chunks: EmbeddingChunks, matcher: ExactCosineMatcher) -> int:
+    """Database rows per tile: whole database blocks, as many as the task budget holds next to the
+    query block (float32), a product and its int64 keys (~32 bytes an entry) and the database rows twice
+    (their chunks and the concatenation)."""
+    qb, block, dim = matcher.query_block, matcher.database_block, max(1, chunks.dim)
+    fixed = 8 * qb * dim + 32 * qb * block
+    return block * max(1, (task_budget(chunks.client) - fixed) // (8 * block * dim))
+
+
+def sharded_topk(chunks: EmbeddingChunks, k: int, matcher: ExactCosineMatcher, others: bool = False,
+                 stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """ExactCosineMatcher.topk(all embeddings, all embeddings, k) with every step on the workers (module
+    docstring, step 2): the same (N, k) indices and similarities. others: each row's k nearest other rows
+    instead (methods.cnn.nearest_others: k + 1 searched, the row itself dropped)."""
+    client, n, k = chunks.client, len(chunks), int(k)
+    width = k + 1 if others else k
+    if k <= 0 or not n:
+        return np.full((n, max(k, 0)), -1, np.int64), np.full((n, max(k, 0)), -np.inf, np.float32)
+    qb, block, run = matcher.query_block, matcher.database_block, _runs(chunks, matcher)
+    threads, tok = blas_threads(), _token()
+    finished, tiles, merges = [], 0, 0
+    for q0 in range(0, n, qb):
+        q1 = min(q0 + qb, n)
+        qparts, qfirst = chunks.covering(q0, q1)
+        level = []
+        for d0 in range(0, n, run):
+            dparts, dfirst = chunks.covering(d0, min(d0 + run, n))
+            level.append(client.submit(_topk_tile, qparts, qfirst, q0, q1, dparts, dfirst, d0, min(d0 + run, n),
+                                       block, width, threads, key=f"cnn-topk-{q0}-{d0}-{tok}"))
+        tiles += len(level)
+        depth = 0
+        while len(level) > 1:  # a tree of merges on the workers
+            level = [client.submit(_merge_keys, width, *level[i : i + MERGE_FAN_IN],
+                                   key=f"cnn-merge-{q0}-{depth}-{i}-{tok}")
+                     for i in range(0, len(level), MERGE_FAN_IN)]
+            merges += len(level)
+            depth += 1
+        finished.append(client.submit(_finish, level[0], width, q0, others, key=f"cnn-top-{q0}-{tok}"))
+    if stats is not None:
+        stats.update(chunks=len(chunks.futures), tiles=tiles, merges=merges, tile_rows=run)
+    found = client.gather(finished)
+    return np.concatenate([i for i, _ in found]), np.concatenate([s for _, s in found])
+
+
+def _range_tile(qparts, qfirst, q0, q1, dparts, dfirst, d_begin, d_end, block, t, threads) -> Pairs:
+    with _blas_limit(threads):
+        parts = range_blocks(_rows(qparts, qfirst, q0, q1), q0, _concat(dparts), dfirst, d_begin, d_end, block,
+                             t, True)
+    return Pairs.concat(parts, np.float32)
+
+
+def sharded_self_join(chunks: EmbeddingChunks, min_similarity: float, matcher: ExactCosineMatcher) -> Pairs:
+    """ExactCosineMatcher.self_join(all embeddings, min_similarity) as tiles on and right of the diagonal
+    (database blocks start at each query block, as in one process): the same pairs in the same order."""
+    client, n = chunks.client, len(chunks)
+    qb, block, run = matcher.query_block, matcher.database_block, _runs(chunks, matcher)
+    threads, tok = blas_threads(), _token()
+    futures = []
+    for q0 in range(0, n, qb):
+        q1 = min(q0 + qb, n)
+        qparts, qfirst = chunks.covering(q0, q1)
+        for d0 in range(q0, n, run):
+            dparts, dfirst = chunks.covering(d0, min(d0 + run, n))
+            futures.append(client.submit(_range_tile, qparts, qfirst, q0, q1, dparts, dfirst, d0, min(d0 + run, n),
+                                         block, float(min_similarity), threads, key=f"cnn-range-{q0}-{d0}-{tok}"))
+    return Pairs.concat(client.gather(futures), np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The method's results
+# ---------------------------------------------------------------------------------------------------------
+
+
+def score_embeddings(client, method, features, stats: dict | None = None) -> ScoredPairs:
+    """method.score_pairs(features) with its searches as tasks (module docstring): the same ScoredPairs.
+    features: Embeddings (sent to the workers in chunks) or the EmbeddingChunks the workers already hold
+    (find on a cluster)."""
+    chunks = features if isinstance(features, EmbeddingChunks) else scatter_embeddings(client, features)
+    if type(method.matcher) is not ExactCosineMatcher:
+        if isinstance(features, EmbeddingChunks):
+            log.warning("cnn: the %s matcher has no task form: all embeddings are gathered in this process",
+                        method.matcher.name)
+            features = chunks.gather()
+        return method.score_pairs(features)
+    n = len(chunks)
+    found = (sharded_self_join(chunks, method.min_similarity, method.matcher)
+             if method.min_similarity is not None else None)
+    others = sharded_topk(chunks, method.search_k, method.matcher, True, stats) if method.search_k and n > 1 else None
+    if method.normalise_k and others is not None:
+        chunks.backgrounds[method.normalise_k] = kth_similarity(*others, method.normalise_k)
+    return method.scored(n, found, others)
+
+
+def _pair_cosines(a: np.ndarray, b: np.ndarray, first_a: int, first_b: int, chunk_a, chunk_b) -> np.ndarray:
+    """methods.cnn.pair_cosines of global rows a (in chunk_a, from first_a) and b (in chunk_b)."""
+    both = np.concatenate([chunk_a, chunk_b])
+    return pair_cosines(both, a - first_a, b - first_b + len(chunk_a))
+
+
+def chunk_pair_cosines(chunks: EmbeddingChunks, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """pair_cosines(all embeddings, a, b), one task per pair of chunks that pairs join."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    ca, cb = chunks.chunk_of(a), chunks.chunk_of(b)
+    group = ca * len(chunks.futures) + cb
+    order = np.argsort(group, kind="stable")
+    cut = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1]]) if len(a) else np.empty(0, int)
+    futures, tok = [], _token()
+    for lo, hi in zip(cut, np.r_[cut[1:], len(a)]):
+        sel = order[lo:hi]
+        x, y = int(ca[sel[0]]), int(cb[sel[0]])
+        futures.append(chunks.client.submit(_pair_cosines, a[sel], b[sel], int(chunks.bounds[x]),
+                                            int(chunks.bounds[y]), chunks.futures[x], chunks.futures[y],
+                                            key=f"cnn-pairs-{x}-{y}-{tok}"))
+    out = np.empty(len(a), np.float64)
+    for (lo, hi), cos in zip(zip(cut, np.r_[cut[1:], len(a)]), chunks.client.gather(futures)):
+        out[order[lo:hi]] = cos
+    return out
+
+
+def score_given_on_chunks(method, chunks: EmbeddingChunks, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """method.score_given(all embeddings, a, b): the cosines by tasks, the background kept by the stage's
+    search (or searched now)."""
+    background = None
+    if method.normalise_k and len(chunks) >= 2:
+        if method.normalise_k not in chunks.backgrounds:
+            others = sharded_topk(chunks, method.normalise_k, method.matcher, others=True)
+            chunks.backgrounds[method.normalise_k] = kth_similarity(*others, method.normalise_k)
+        background = chunks.backgrounds[method.normalise_k]
+    return method.given_scores(chunk_pair_cosines(chunks, a, b), a, b, background)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evidence of the pairs shown
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _shown_sims(queries: np.ndarray, rows: np.ndarray, first: int, chunk: np.ndarray) -> np.ndarray:
+    """Similarities of the query vectors (global rows `rows`) to a chunk's rows, each to itself -inf."""
+    sims = queries @ chunk.T
+    mine = (rows >= first) & (rows < first + len(chunk))
+    sims[np.flatnonzero(mine), rows[mine] - first] = -np.inf  # an image is not its own neighbour
+    return sims
+
+
+def _partner_sims(queries, rows, which, partners, first, chunk) -> np.ndarray:
+    """Per (query which[e], partner partners[e]): their similarity when the partner is in this chunk, else nan."""
+    sims = _shown_sims(queries, rows, first, chunk)
+    inside = (partners >= first) & (partners < first + len(chunk))
+    out = np.full(len(partners), np.nan, np.float32)
+    out[inside] = sims[which[inside], partners[inside] - first]
+    return out
+
+
+def _count_above(queries, rows, which, level, first, chunk) -> np.ndarray:
+    """Per entry e: this chunk's images more similar to query which[e] than level[e]."""
+    sims = _shown_sims(queries, rows, first, chunk)
+    counts = np.empty(len(which), np.int64)
+    for s in range(0, len(which), RANK_ENTRIES):  # bounded: entries x chunk rows at a time
+        counts[s : s + RANK_ENTRIES] = np.count_nonzero(sims[which[s : s + RANK_ENTRIES]] >
+                                                        level[s : s + RANK_ENTRIES, None], axis=1)
+    return counts
+
+
+def neighbour_ranks(chunks: EmbeddingChunks, rows: np.ndarray, partners: np.ndarray) -> np.ndarray:
+    """Per (rows[e], partners[e]): 1 + the number of other images more similar to rows[e] than its partner
+    (evidence.cnn_evidence's ranks), with only the shown rows' vectors in this process."""
+    rows, partners = np.asarray(rows, np.int64), np.asarray(partners, np.int64)
+    if not len(rows):
+        return np.zeros(0, np.int64)
+    client, tok = chunks.client, _token()
+    unique = np.unique(rows)
+    which = np.searchsorted(unique, rows)
+    [queries] = client.scatter([chunks.take(unique)], broadcast=True, hash=False)
+    firsts = chunks.bounds[:-1].tolist()
+    level = np.nanmax(np.stack(client.gather([
+        client.submit(_partner_sims, queries, unique, which, partners, f, c, key=f"cnn-partner-{i}-{tok}")
+        for i, (f, c) in enumerate(zip(firsts, chunks.futures))])), axis=0)
+    counts = client.gather([client.submit(_count_above, queries, unique, which, level, f, c,
+                                          key=f"cnn-rank-{i}-{tok}")
+                            for i, (f, c) in enumerate(zip(firsts, chunks.futures))])
+    return 1 + np.sum(counts, axis=0)
+
