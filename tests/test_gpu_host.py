@@ -17,6 +17,7 @@ import pytest
 from simbench.match import gpu
 from simbench.match.gpu import GpuMatcher
 from simbench.match.oracle import OracleMatcher
+from simbench.types import Pairs
 
 from cuda_emu.emulator import EmulatedDevice
 from test_gpu_kernels import assert_pairs_equal, assert_topk_equal, budget, planted, random_codes
@@ -245,6 +246,90 @@ def test_a_database_larger_than_device_memory_is_streamed_in_blocks():
     assert_topk_equal(top, ORACLE.topk(q, db, 9))
     codes = db[:700]
     assert_pairs_equal(matcher.self_join(codes, 12), ORACLE.self_join(codes, 12))
+
+
+# ---------------------------------------------------------------------- a self-join cut by query rows
+
+
+def pairs_where(pairs, keep, shift: int = 0):
+    """The pairs where `keep` holds, their rows shifted by `shift`."""
+    return Pairs(pairs.a[keep] + shift, pairs.b[keep] + shift, pairs.dist[keep])
+
+
+def test_a_self_join_cut_into_query_ranges_is_the_full_one_range_by_range(emu):
+    """GpuMatcher._range with query_rows (start, stop), the loop the full self-join runs over all rows:
+    each range gives exactly the oracle's pairs whose a lies in it (b anywhere above a), across launch
+    blocks and split launches; the ranges together are the full self-join."""
+    rng = np.random.default_rng(9)
+    codes = random_codes(rng, 700, 2, alphabet=150)  # ~5 copies of each code, near and far apart
+    emu.target_blocks = 3
+    matcher = GpuMatcher(device=emu, query_block=90, db_block=130, output_bytes=budget(40))
+    index = matcher.index(codes)
+    want = ORACLE.self_join(codes, 3)
+    cuts = [0, 1, 89, 90, 91, 300, 555, 699, 700]  # launch-block edges, one-row ranges, the last row
+    parts = []
+    for start, stop in zip(cuts, cuts[1:]):
+        got = matcher._range(index, index, 3, upper=True, query_rows=(start, stop))
+        assert_pairs_equal(got, pairs_where(want, (want.a >= start) & (want.a < stop)))
+        parts.append(got)
+    assert_pairs_equal(Pairs.concat(parts), want)
+    assert matcher.stats["splits"] > 0  # 40 pairs a launch: some launches were split
+    assert len(matcher._range(index, index, 3, upper=True, query_rows=(300, 300))) == 0
+    assert_pairs_equal(matcher.self_join(index, 3), want)
+
+
+class RowWindow:
+    """Stands in for an (n, W) code array of which only the last len(codes) rows exist (reading any other
+    row raises): a code set past 2^31 rows in a few kB."""
+
+    def __init__(self, codes: np.ndarray, n: int):
+        self.codes, self.first = codes, n - len(codes)
+        self.shape = (n, codes.shape[1])
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1 or start < self.first:
+            raise IndexError(f"rows {start}..{stop - 1} read, but only rows from {self.first} exist")
+        return self.codes[start - self.first : stop - self.first]
+
+
+def test_a_self_join_of_query_rows_past_2_31_comes_back_with_their_64_bit_rows(emu):
+    """The query rows 2^31 - 300 .. 2^31 + 299 of a self-join over 2^31 + 500 rows, in launch blocks that
+    straddle 2^31 (a streamed index of which only the rows from 2^31 - 300 exist: a self-join reads no row
+    below its first query row): the oracle's pairs of those rows, at their global row numbers."""
+    n, first, stop = 2**31 + 500, 2**31 - 300, 2**31 + 300
+    rng = np.random.default_rng(10)
+    codes = random_codes(rng, n - first, 1, alphabet=200)
+    emu.target_blocks = 3
+    matcher = GpuMatcher(device=emu, query_block=128, db_block=200, output_bytes=budget(60))
+    window = gpu.DeviceIndex(emu, RowWindow(codes, n), resident=False, block_rows=200)
+    got = matcher._range(window, window, 0, upper=True, query_rows=(first, stop))
+    want = ORACLE.self_join(codes, 0)
+    assert_pairs_equal(got, pairs_where(want, want.a < stop - first, shift=first))
+    assert got.a.min() < 2**31 <= got.a.max() and got.b.max() >= stop  # pairs on both sides, and past the range
+    with pytest.raises(IndexError, match="only rows from"):
+        matcher._range(window, window, 0, upper=True, query_rows=(first - 1, stop))
+
+
+@pytest.mark.parametrize("nq", [40, 600])  # the small-batch and the many-query kernel
+def test_the_kernel_orders_a_self_join_by_64_bit_rows(emu, nq):
+    """A self-join launch keeps (q, d) when d + diag > q, diag = database offset - query offset as a 64-bit
+    argument: queries at row 5 against rows from 2^31 + 5 or 2^32 + 5 (diag -2^31 and 0 as int32s) keep
+    every pair; queries 2^31 rows above the database, none."""
+    rng = np.random.default_rng(nq)
+    q, db = planted(rng, nq, 700, 1, 6)
+    emu.target_blocks = 4
+    matcher = GpuMatcher(device=emu, output_bytes=budget(10_000))
+    kernel, small = matcher._range_kernel(1, nq, 6)
+    assert small == (nq < 256)
+    every = ORACLE.range_search(q, db, 6)
+    assert len(every) >= nq // 3
+    radii = np.full(nq, 6, np.int32)
+    for q0, d0, keep in [(5, 2**31 + 5, True), (5, 2**32 + 5, True), (2**31 + 5, 5, False)]:
+        parts = matcher._range_launch(kernel, small, q, q0, db, d0, radii, True, matcher._output())
+        got = Pairs.concat(parts)
+        want = Pairs(every.a + q0, every.b + d0, every.dist) if keep else Pairs.empty()
+        assert_pairs_equal(got, want)
 
 
 # --------------------------------------------------------------------------------------- toolkit pins

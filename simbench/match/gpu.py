@@ -261,11 +261,13 @@ class DeviceIndex:
         self.block_rows = int(block_rows)
         self.resident = dev.to_device(words) if resident and dev is not None and len(words) else None
 
-    def blocks(self, rows: int, start: int = 0):
-        """(first, stop, device rows) covering rows start..N in launch blocks of at most `rows` rows."""
+    def blocks(self, rows: int, start: int = 0, end: int | None = None):
+        """(first, stop, device rows) covering rows start..end (default N) in launch blocks of at most `rows`
+        rows."""
+        end = self.rows if end is None else min(end, self.rows)
         step = rows if self.resident is not None else min(rows, self.block_rows)
-        for first in range(start, self.rows, step):
-            stop = min(first + step, self.rows)
+        for first in range(start, end, step):
+            stop = min(first + step, end)
             if self.resident is not None:
                 yield first, stop, self.resident[first:stop]
             else:
@@ -443,17 +445,25 @@ class GpuMatcher(BinaryMatcher):
         capacity = self.output_bytes // BYTES_PER_PAIR
         return xp.zeros(1, np.uint64), [xp.empty(capacity, np.int32) for _ in range(3)]
 
-    def _range(self, q: DeviceIndex, db: DeviceIndex, radius: int, upper: bool) -> Pairs:
-        if radius < 0 or q.rows == 0 or db.rows == 0:
+    def _range(self, q: DeviceIndex, db: DeviceIndex, radius: int, upper: bool,
+               query_rows: tuple[int, int] | None = None) -> Pairs:
+        """Pairs (a, b) within radius of query rows a and database rows b, in (a, b) order; upper (a
+        self-join, q is db): only b > a. query_rows (start, stop): only the query rows start..stop-1 (default
+        all), with their pairs against the whole database: a self-join cut into query ranges is the full one,
+        range by range, and the tests reach rows past 2^31 that way without the full N^2 / 2 comparisons."""
+        start, stop = query_rows or (0, q.rows)
+        stop = min(stop, q.rows)
+        if radius < 0 or start >= stop or db.rows == 0:
             return Pairs.empty()
         radius = min(radius, 64 * q.width)  # every distance is <= 64 W: a larger radius changes nothing
         xp = self._dev.xp
-        kernel, small = self._range_kernel(q.width, min(q.rows, self.query_block), radius)
+        kernel, small = self._range_kernel(q.width, min(stop - start, self.query_block), radius)
         output = self._output()
         parts, db_blocks = [], 0
-        for d0, d1, dv in db.blocks(self.db_block):
+        # A self-join pairs a only with rows b > a: no database row below the first query row is read.
+        for d0, d1, dv in db.blocks(self.db_block, start if upper else 0):
             db_blocks += 1
-            for q0, q1, qv in q.blocks(self.query_block):
+            for q0, q1, qv in q.blocks(self.query_block, start, stop):
                 if upper and d1 - 1 <= q0:  # no database row above any query row of this block
                     break
                 radii = xp.full(q1 - q0, radius, np.int32)
