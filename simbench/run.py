@@ -21,9 +21,10 @@ from simbench import CONFIG_MODULE, cache, environment
 from simbench.data.dataset import Dataset
 from simbench.distributed import match_stage
 from simbench.distributed.cluster import ClusterSession
+from simbench.distributed.keypoints import KeypointChunks
 from simbench.evaluate import evaluate
 from simbench.features.base import Extracted, Extractor
-from simbench.types import KeypointSets, ScoredPairs
+from simbench.types import KeypointSets, ScoredPairs, Skipped
 
 CONFIG_DIR = str(resources.files(CONFIG_MODULE))  # for initialize_config_dir (tests)
 log = logging.getLogger("simbench")
@@ -37,6 +38,8 @@ def extract_cached(extractor: Extractor, dataset: Dataset, cfg: DictConfig,
     Returns (extracted, extraction seconds as measured when they were extracted, whether cached).
     """
     key = cache.feature_key(extractor.name, extractor.params(), dataset.paths)
+    if cluster is not None and extractor.kind == "keypoints":
+        return keypoints_on_workers(cluster, extractor, dataset, cfg, key)
     path = Path(cfg.cache_dir) / "features" / f"{key}.npz"  # simbench.cache.dumps: no pickle
     if cfg.cache_features:
         hit = cache.load(path)
@@ -53,6 +56,56 @@ def extract_cached(extractor: Extractor, dataset: Dataset, cfg: DictConfig,
     if cfg.cache_features:
         cache.save(path, {"extracted": extracted, "extract_s": extract_s})
     return extracted, extract_s, False
+
+
+def keypoints_on_workers(cluster: ClusterSession, extractor: Extractor, dataset: Dataset, cfg: DictConfig,
+                         key: str) -> tuple[Extracted, float, bool]:
+    """extract_cached for keypoints on a cluster: tasks extract into a store the workers share and the
+    workers read the chunks back for matching (simbench.distributed.keypoints.read_keypoints), so the
+    features are a KeypointChunks and the client holds per-image tables only. With cache_features the
+    store is the cache (cache_dir/features/<key>.index/, complete once its summary.json is written);
+    without, a scratch folder removed when the cluster closes. cache_dir must be on a file system the
+    workers share."""
+    from simbench.distributed.extract import extract_into_store, path_keys
+    from simbench.distributed.keypoints import read_keypoints, rows_per_image
+    from simbench.find.index import FeatureStore
+
+    features_dir = Path(cfg.cache_dir) / "features"
+    features_dir.mkdir(parents=True, exist_ok=True)
+    root = features_dir / f"{key}.index" if cfg.cache_features else cluster.scratch_dir(features_dir, ".index-")
+    store, keys, summary = FeatureStore(root), path_keys(dataset.paths), root / "summary.json"
+    done = _stored_summary(summary) if cfg.cache_features else None
+    if done is not None:
+        extract_s, skipped = done
+    else:
+        start = time.perf_counter()
+        skipped = extract_into_store(cluster, extractor, dataset.paths, keys, store, extractor.name, key,
+                                     bool(cfg.progress))
+        extract_s = time.perf_counter() - start
+        if cfg.cache_features:
+            blob = {"extract_s": extract_s, "skipped": [s.__dict__ for s in skipped]}
+            cache.atomic_write_bytes(summary, json.dumps(blob).encode())
+    chunks, rows, reasons = read_keypoints(cluster.client, store, extractor.name, key, keys, [0] * len(keys), None,
+                                           rows_per_image(extractor))
+    listed = {s.path for s in skipped}
+    lost = [Skipped(str(dataset.paths[k]), why) for k, why in sorted(reasons.items())
+            if str(dataset.paths[k]) not in listed and why != "no features"]  # (a store damaged since)
+    if lost:
+        log.warning("%d images without usable features in %s (delete it to extract again), e.g. %s: %s", len(lost),
+                    root, lost[0].path, lost[0].reason)
+    return Extracted(chunks, rows, skipped + lost), extract_s, done is not None
+
+
+def _stored_summary(path: Path) -> tuple[float, list[Skipped]] | None:
+    """(extraction seconds, skipped inputs) of a complete store, or None (absent, or unusable: said)."""
+    try:
+        done = json.loads(path.read_text(encoding="utf-8"))
+        return float(done["extract_s"]), [Skipped(str(s["path"]), str(s["reason"])) for s in done["skipped"]]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s is unusable (%s): extracting again", path, exc)
+        return None
 
 
 def warm_up(method, features) -> None:
@@ -119,8 +172,8 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> dict:
     # Two units: every method compares image pairs; keypoint methods also count descriptor distances
     # (their "comparisons"), a figure of another size that must not share a column with image pairs.
     descriptor_comparisons = (float(scored.extra["comparisons"])
-                              if isinstance(extracted.features, KeypointSets) and "comparisons" in scored.extra
-                              else None)
+                              if isinstance(extracted.features, (KeypointSets, KeypointChunks))
+                              and "comparisons" in scored.extra else None)
     skipped = [s.__dict__ for s in (*dataset.skipped, *extracted.skipped)]
     result = {
         "name": cfg.get("name") or type(method).__name__,

@@ -386,3 +386,56 @@ def test_task_sizes_ask_the_scheduler_for_the_workers(cluster, monkeypatch):
     monkeypatch.setattr(client, "scheduler_info", lambda *args, **kwargs: {"workers": {}})  # the refreshed cache
     assert len(dm._workers(client)) == 2
     assert dm.task_budget(client) == int(1.5 * 2**30 * dm.TASK_SHARE)  # one thread per 1.5 GiB worker
+
+
+def test_runner_keypoints_are_read_by_the_workers_from_the_store(cluster, tmp_path, monkeypatch):
+    """python -m simbench method=keypoints on the cluster: extraction tasks write the features to a store
+    and the workers read them back for matching (scatter_keypoints is not used, the client receives no
+    descriptors), a worker killed in a descriptor-join task is survived, and result.json's metrics and
+    skipped inputs and pairs.npz equal the in-process run's; a second run reads the stored features."""
+    from distributed import Client
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from simbench.distributed import keypoints as dk
+    from simbench.run import CONFIG_DIR, run_experiment
+
+    local, client = cluster
+
+    def run(name, *extra):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", return_hydra_config=True, overrides=[
+                "method=keypoints", "method.verify=true", f"cache_dir={tmp_path / 'cache'}", "progress=false",
+                "dataset.n_references=4", "dataset.n_distractors=4", "dataset.long_side=256", *extra])
+        HydraConfig.instance().set_config(cfg)
+        result = run_experiment(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), tmp_path / name)
+        with np.load(tmp_path / name / "pairs.npz") as pairs:
+            return result, {k: pairs[k] for k in ("a", "b", "score")}
+
+    alone, alone_pairs = run("alone")
+    assert alone["method_stats"]["verified"] > 0  # RANSAC ran on the workers too
+    got = {"images": 0, "rows": 0, "largest": 0}
+    gather = Client.gather
+
+    def spy_gather(self, futures, *args, **kwargs):
+        result = gather(self, futures, *args, **kwargs)
+        _received(result, got)
+        return result
+
+    def no_scatter(*args, **kwargs):
+        raise AssertionError("the runner sent features from the client")
+
+    monkeypatch.setattr(Client, "gather", spy_gather)
+    monkeypatch.setattr(dk, "scatter_keypoints", no_scatter)
+    monkeypatch.setattr(dk, "task_budget", lambda client: 2 << 20)  # chunks of a few images on both workers
+    monkeypatch.setattr(dk, "_join_between", kill_own_worker_once(dk._join_between, tmp_path / "killed"))
+    on_cluster = ["cluster=local", f"cluster.scheduler={local.scheduler_address}", "cluster.files_per_task=4"]
+    for name in ("dask", "dask-again"):
+        result, pairs = run(name, *on_cluster)
+        assert result["timing"]["extract_cached"] is (name == "dask-again")
+        assert len(pairs["a"]) and all(np.array_equal(pairs[k], alone_pairs[k]) for k in pairs)
+        assert result["metrics"] == alone["metrics"] and result["skipped"] == alone["skipped"]
+        assert result["method_stats"]["verified"] == alone["method_stats"]["verified"]
+    assert (tmp_path / "killed").exists() and got["images"] == got["rows"] == 0
+    client.wait_for_workers(2, timeout=60)  # the nanny's new worker, for the tests after this one

@@ -7,7 +7,9 @@ whose files are all in the store already returns at once, so a retried task (its
 re-run skips the chunks that were finished. The client then reads every record from the store.
 
 runner: each task extracts one chunk of the dataset's paths and returns per-image records, joined in order
-on the client (simbench.find.index.split_features / join_features).
+on the client (simbench.find.index.split_features / join_features); or, for keypoints, writes them to a
+store the workers share, one record per path, from which the workers read them for matching
+(``extract_into_store``; simbench.run.keypoints_on_workers).
 
 Features are per image, so they are the same whatever the chunks; extractors work in one process inside a
 task (Dask workers are daemon processes, which cannot start pools, and each already has its core).
@@ -15,6 +17,7 @@ task (Dask workers are daemon processes, which cannot start pools, and each alre
 from __future__ import annotations
 
 import copy
+import hashlib
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -122,3 +125,36 @@ def extract_rows(extractor: Extractor, paths: list[str]) -> tuple[list, list]:
     """Task: (per path its features as one small record, or None; the skipped entries)."""
     extracted = in_task(extractor).extract([Path(p) for p in paths])
     return split_features(extracted.features, extracted.rows, len(paths)), extracted.skipped
+
+
+def path_keys(paths: Sequence[Path]) -> list[str]:
+    """A key per input position for a runner's store (position and path: the same path twice is two inputs)."""
+    return [hashlib.sha256(f"{k}\n{p}".encode("utf-8", "surrogateescape")).hexdigest() for k, p in enumerate(paths)]
+
+
+def extract_into_store(cluster, extractor: Extractor, paths: Sequence[Path], keys: list[str], store: FeatureStore,
+                       section: str, pkey: str, progress: bool, chunk: int = 256) -> list:
+    """extractor.extract(paths) as Dask tasks of `chunk` paths (cluster.files_per_task when set), each
+    writing its chunk to `store` (a folder the workers share) as one shard: per path (keys[k]) a list of
+    one entry, its features or why it has none. Returns the skipped inputs, in order; the features stay
+    in the store. A retried task extracts its chunk again (the newer shard wins; its records are the same)."""
+    if store.root is None:
+        raise ValueError("extraction into a store on a cluster needs an on-disk store (workers write its shards)")
+    size = cluster.files_per_task or chunk
+    futures = [cluster.client.submit(store_rows, extractor, [str(p) for p in paths[s:s + size]], keys[s:s + size],
+                                     str(store.root), section, pkey, pure=False, retries=cluster.retries)
+               for s in range(0, len(paths), size)]
+    parts = gather_with_progress(cluster.client, futures, "extracting (dask)", progress)
+    store.reload()
+    return [s for skipped in parts for s in skipped]
+
+
+def store_rows(extractor: Extractor, paths: list[str], keys: list[str], root: str, section: str, pkey: str) -> list:
+    """Task: one chunk of paths extracted into the store (as pipeline.extract_into_store does for find's
+    files); returns its skipped inputs."""
+    extracted = in_task(extractor).extract([Path(p) for p in paths])
+    reasons = {s.path: s.reason for s in extracted.skipped}
+    per_path = split_features(extracted.features, extracted.rows, len(paths))
+    FeatureStore(root).put_batch(section, pkey, {key: [f if f is not None else reasons.get(p, "no features")]
+                                                 for key, f, p in zip(keys, per_path, paths)})
+    return extracted.skipped

@@ -183,21 +183,33 @@ def load_keypoints(client, stage, items, source_digests, store: FeatureStore, ex
     rows and reasons, the chunks read by the workers from the store (a folder they all see)."""
     from simbench.find.pipeline import local_positions  # (pipeline imports this module)
 
+    return read_keypoints(client, store, stage.section, feature_key, source_digests, local_positions(items),
+                          exclude, rows_per_image(stage.extractor))
+
+
+def rows_per_image(extractor) -> int:
+    """Descriptor rows per image at most, from the extractor's settings (the counts are known only once read)."""
+    return int(getattr(extractor, "max_features", 1000)) * (2 if getattr(extractor, "mirror", False) else 1)
+
+
+def read_keypoints(client, store: FeatureStore, section: str, pkey: str, digests, local: list[int],
+                   exclude: dict[int, str] | None, max_rows: int):
+    """(KeypointChunks, rows, reasons) of items whose features the store holds: item k is entry local[k]
+    of the record of digests[k] (a list per source file); rows: the items with features; reasons: why
+    the others have none (exclude: {item: reason} of items to leave out). Tasks read chunks of about
+    the task budget's items (max_rows each at most); the chunks stay on the workers."""
     exclude = exclude or {}
-    local = local_positions(items)
-    extractor = stage.extractor
-    # Rows per image at most, from the extractor's settings (the counts are known only once read).
-    rows_per_image = int(getattr(extractor, "max_features", 1000)) * (2 if getattr(extractor, "mirror", False) else 1)
-    per_task = max(1, task_budget(client) // (LOAD_ROW_BYTES * max(rows_per_image, 1)))
-    starts = list(range(0, len(items), per_task))
+    n = len(digests)
+    per_task = max(1, task_budget(client) // (LOAD_ROW_BYTES * max(max_rows, 1)))
+    starts = list(range(0, n, per_task))
     tok = _token()
     records = []
     for s in starts:
-        digests = list(source_digests[s : s + per_task])
+        mine = list(digests[s : s + per_task])
         # A task opens only the shards of its own items: the client lists and reads the manifests once.
-        manifests = store.manifests_of(stage.section, feature_key, digests)
-        records.append(client.submit(_read_records, str(store.root), stage.section, feature_key, extractor.kind,
-                                     manifests, digests, local[s : s + per_task],
+        manifests = store.manifests_of(section, pkey, mine)
+        records.append(client.submit(_read_records, str(store.root), section, pkey, "keypoints", manifests, mine,
+                                     local[s : s + per_task],
                                      {k - s: why for k, why in exclude.items() if s <= k < s + per_task},
                                      key=f"kp-read-{s}-{tok}", retries=2))
     summaries = [x for part in client.gather([client.submit(_summaries, r) for r in records]) for x in part]
@@ -206,7 +218,7 @@ def load_keypoints(client, stage, items, source_digests, store: FeatureStore, ex
     for k, problem in enumerate(consistent_signatures(signatures)):
         if problem:
             reasons[k] = problem
-    kept = np.array([k for k in range(len(items)) if k not in reasons], np.int64)
+    kept = np.array([k for k in range(n) if k not in reasons], np.int64)
     futures, first = [], [0]
     for s, future in zip(starts, records):
         mine = kept[(kept >= s) & (kept < s + per_task)]
