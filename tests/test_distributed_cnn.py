@@ -114,11 +114,14 @@ def test_other_matchers_gather_the_embeddings_and_say_so(client, caplog):
     from simbench.match.cosine import HyperplaneLshMatcher
 
     v = _embeddings(3, n=400)
-    method = CnnMethod(_Extractor(), HyperplaneLshMatcher(), min_similarity=0.5, neighbours=0)
-    got = dc.score_embeddings(client, method, dc.scatter_embeddings(client, v, chunk_rows=50))
+    method = CnnMethod(_Extractor(), HyperplaneLshMatcher(), min_similarity=0.5, neighbours=2, normalise_k=3)
+    chunks = dc.scatter_embeddings(client, v, chunk_rows=50)
+    got = dc.score_embeddings(client, method, chunks)
     ref = method.score_pairs(Embeddings(v))
-    assert np.array_equal(got.a, ref.a) and np.array_equal(got.b, ref.b)
+    assert np.array_equal(got.a, ref.a) and np.array_equal(got.b, ref.b) and np.array_equal(got.score, ref.score)
     assert "all embeddings are gathered in this process" in caplog.text
+    a, b = np.arange(0, 100), np.arange(100, 200)
+    assert np.array_equal(method.score_given(chunks, a, b), method.score_given(Embeddings(v), a, b))
 
 
 def _matrices(value, dim: int, found: list) -> None:

@@ -187,7 +187,9 @@ def _finish(keys: np.ndarray, width: int, first: int, others: bool) -> tuple[np.
 def _runs(chunks: EmbeddingChunks, matcher: ExactCosineMatcher) -> int:
     """Database rows per tile: whole database blocks, as many as the task budget holds next to the
     query block (float32), a product and its int64 keys (~32 bytes an entry) and the database rows twice
-    (their chunks and the concatenation)."""
+    (their chunks and the concatenation); at least one block, whatever the budget: equal floats need the
+    products of one process, so a worker must hold one query block x database block product (the
+    matcher's query_block and database_block set it)."""
     qb, block, dim = matcher.query_block, matcher.database_block, max(1, chunks.dim)
     fixed = 8 * qb * dim + 32 * qb * block
     return block * max(1, (task_budget(chunks.client) - fixed) // (8 * block * dim))
@@ -257,17 +259,20 @@ def sharded_self_join(chunks: EmbeddingChunks, min_similarity: float, matcher: E
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _gathered(chunks: EmbeddingChunks, method) -> Embeddings:
+    """All the embeddings in this process, for a matcher without a task form; the log says so."""
+    log.warning("cnn: the %s matcher has no task form: all embeddings are gathered in this process",
+                method.matcher.name)
+    return chunks.gather()
+
+
 def score_embeddings(client, method, features, stats: dict | None = None) -> ScoredPairs:
     """method.score_pairs(features) with its searches as tasks (module docstring): the same ScoredPairs.
     features: Embeddings (sent to the workers in chunks) or the EmbeddingChunks the workers already hold
     (find on a cluster)."""
-    chunks = features if isinstance(features, EmbeddingChunks) else scatter_embeddings(client, features)
     if type(method.matcher) is not ExactCosineMatcher:
-        if isinstance(features, EmbeddingChunks):
-            log.warning("cnn: the %s matcher has no task form: all embeddings are gathered in this process",
-                        method.matcher.name)
-            features = chunks.gather()
-        return method.score_pairs(features)
+        return method.score_pairs(_gathered(features, method) if isinstance(features, EmbeddingChunks) else features)
+    chunks = features if isinstance(features, EmbeddingChunks) else scatter_embeddings(client, features)
     n = len(chunks)
     found = (sharded_self_join(chunks, method.min_similarity, method.matcher)
              if method.min_similarity is not None else None)
@@ -305,7 +310,9 @@ def chunk_pair_cosines(chunks: EmbeddingChunks, a: np.ndarray, b: np.ndarray) ->
 
 def score_given_on_chunks(method, chunks: EmbeddingChunks, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """method.score_given(all embeddings, a, b): the cosines by tasks, the background kept by the stage's
-    search (or searched now)."""
+    search (or searched now). Other matchers than the exact one: in this process, as score_embeddings."""
+    if type(method.matcher) is not ExactCosineMatcher:
+        return method.score_given(_gathered(chunks, method), a, b)
     background = None
     if method.normalise_k and len(chunks) >= 2:
         if method.normalise_k not in chunks.backgrounds:
