@@ -7,8 +7,10 @@ workers from start to end:
 1. ``load_keypoints``: tasks read chunks of consecutive images from the --index shards (find's
    pipeline.load_features, per chunk; each task opens only the shards its images are in, named by the
    manifests the client gives it); the client gathers one small summary per image (why it is left
-   out, or its row count) and the chunks stay on the workers (``KeypointChunks``). ``scatter_keypoints``
-   makes the same chunks from features in memory (the runner, tests).
+   out, or its row count) and the chunks stay on the workers (``KeypointChunks``). ``read_keypoints`` does
+   the same for the runner, whose extraction tasks write a store of their own (simbench.run.
+   keypoints_on_workers). ``scatter_keypoints`` makes the same chunks from features in memory (tests):
+   scattered data cannot be computed again if its worker dies.
 2. The multi-index self-join of match.py, on the chunks' words; each join task keeps only its descriptor
    pairs between different images (``between_images``). Once their number is known, each join's output
    is split by image pair into partitions sized to the task budget, and each partition (all descriptor

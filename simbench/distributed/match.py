@@ -250,7 +250,7 @@ def cosine_self_join(client, embeddings, min_similarity: float, matcher: ExactCo
 def score_keypoints(client, method, features):
     """method.score_pairs(features) with every step as tasks (simbench.distributed.keypoints): the same
     ScoredPairs (only the *_s timings differ). features: a KeypointSets (sent to the workers in chunks) or
-    the KeypointChunks the workers already hold (find on a cluster)."""
+    the KeypointChunks the workers already hold (find and the runner on a cluster)."""
     from simbench.distributed.keypoints import KeypointChunks, scatter_keypoints, score_chunks
 
     chunks = features if isinstance(features, KeypointChunks) else scatter_keypoints(client, features)
