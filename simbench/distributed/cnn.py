@@ -3,8 +3,8 @@ CnnMethod.score_pairs / score_given and to the evidence of one process.
 
 The client keeps per-image tables only; the embeddings stay on the workers from start to end:
 
-1. ``load_embeddings``: tasks read runs of items from the --index shards (find's pipeline.load_features,
-   per run); the client gathers one small summary per item (why it is left out, or its record's
+1. ``load_embeddings``: tasks read runs of items from the --index shards, each only its items' shards
+   (keypoints._read_records: the records pipeline.load_features reads); the client gathers one small summary per item (why it is left out, or its record's
    signature) and the rows stay on the workers, in chunks of consecutive rows (``EmbeddingChunks``).
    ``scatter_embeddings`` makes the same chunks from embeddings in memory (the runner, tests).
 2. Exact top-k (``sharded_topk``): a tile is one query block against a run of database blocks,
@@ -20,6 +20,8 @@ The client keeps per-image tables only; the embeddings stay on the workers from 
 5. ``score_given_on_chunks`` (the cascade's fusion scores every fused pair by the CNN): each pair's cosine
    in a task holding its two rows' chunks (methods.cnn.pair_cosines), the k-th neighbour background from
    step 2 (kept on the chunks; the first normalise_k of search_k neighbours are the normalise_k nearest).
+   One task per pair of chunks that some pair joins: at most min(pairs, chunks^2) tasks, a graph that
+   grows with the square of the chunks when pairs spread over all of them (not measured at scale).
 6. ``neighbour_ranks`` (evidence of the pairs shown): the shown rows' vectors are fetched and every chunk
    counts, per shown pair, the images more similar to one side than its partner is.
 
