@@ -142,7 +142,8 @@ def ceiling(props, bits: int) -> float:
 # ------------------------------------------------------------------------------------------- main
 
 
-#: The GPU tests that --all runs first (the real kernels against the CPU; compute-sanitizer; > 2^31 rows).
+#: The GPU tests that --all runs first (the real kernels against the CPU; compute-sanitizer; self-join
+#: query ranges and queries over 2^31 + 2^20 rows).
 GPU_TESTS = ["tests/test_gpu_kernels.py", "tests/test_gpu_device.py"]
 
 

@@ -1,7 +1,8 @@
 """On a real CUDA device only (`pytest -m gpu`; skipped, with the reason, elsewhere): GpuMatcher's kernel
-variants, bounded output, device index and labels against the CPU reference, rows past 2^31, the GPU
-cosine top-k, and compute-sanitizer memcheck / racecheck runs over a small workload of every kernel kind.
-`python benchmarks/bench_gpu.py --all` runs these, then the benchmark."""
+variants, bounded output, device index and labels against the CPU reference, a self-join (by ranges of
+query rows) and queries over 2^31 + 2^20 rows, the GPU cosine top-k, and compute-sanitizer memcheck /
+racecheck runs over a small workload of every kernel kind. `python benchmarks/bench_gpu.py --all` runs
+these, then the benchmark."""
 from __future__ import annotations
 
 import os
@@ -17,8 +18,9 @@ from simbench.match import gpu
 from simbench.match.exact import ExactMatcher
 from simbench.match.gpu import GpuMatcher
 from simbench.match.oracle import OracleMatcher
+from simbench.types import Pairs
 
-from test_gpu_kernels import assert_pairs_equal, assert_topk_equal, budget, planted, random_codes
+from test_gpu_kernels import assert_pairs_equal, assert_topk_equal, budget, planted, random_codes, reed_muller_codes
 
 HAS_GPU, GPU_WHY = gpu.cuda_device_status()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason=f"no CUDA device ({GPU_WHY})")]
@@ -75,28 +77,102 @@ def test_split_on_overflow_and_a_streamed_index_equal_the_cpu(monkeypatch):
     assert_topk_equal(matcher.topk(q[:300], index, 25), exact().topk(q[:300], db, 25))
 
 
-def test_search_past_2_31_rows():
-    """Queries against 2^31 + 2^20 one-word rows (16 GiB): planted copies past row 2^31 come back with
-    their 64-bit row numbers, by range search and top-k. (A self-join of that many rows is N^2 / 2 =
-    2.3e18 comparisons, weeks at the popcount ceiling: the offsets it uses are these same ones.)"""
-    import cupy
+# ---------------------------------------------------------------------------------------- past 2^31 rows
 
-    n = 2**31 + 2**20
-    if cupy.cuda.runtime.memGetInfo()[0] < 24 * 2**30:
-        pytest.skip("needs 24 GiB of free device memory")
-    codes = np.arange(n, dtype=np.uint64)
-    codes *= np.uint64(0x9E3779B97F4A7C15)  # a bijection of the row number: distinct, spread codes
-    codes ^= codes >> np.uint64(31)
-    rows = np.array([5, 2**31 - 1, 2**31, 2**31 + 12345, n - 1], np.int64)
-    queries = codes[rows].copy()
-    queries[1] ^= np.uint64(0b101)  # distance 2 from its row
-    matcher = GpuMatcher(strict_device=True)
-    index = matcher.index(codes)
-    pairs = matcher.range_search(queries, index, 2)
-    assert {(int(a), int(b)) for a, b in zip(pairs.a, pairs.b)} >= {(i, int(r)) for i, r in enumerate(rows)}
-    assert (pairs.b[pairs.a == 4] == n - 1).any() and pairs.b.dtype == np.int64
-    idx, dist = matcher.topk(queries, index, 2)
-    assert idx[:, 0].tolist() == rows.tolist() and dist[:, 0].tolist() == [0, 2, 0, 0, 0]
+N_PAST = 2**31 + 2**20
+RADIUS = 2
+#: Query rows of the self-join that straddle row 2^31 (each against every row above it: 2^13 x 2^20 pairs).
+STRADDLE = (2**31 - 2**12, 2**31 + 2**12)
+#: Query rows from 0, each against every row above it up to N_PAST (2^10 x 2^31 pairs).
+FIRST = (0, 2**10)
+#: (row, the row it copies, bits flipped): the near copies planted in the Reed-Muller codes.
+PLANTED = [
+    (2**31 + 5, 7, (0,)),                  # 2^31 rows apart: row 7's pair (FIRST)
+    (2**31 - 50, 3, ()),                   # a straddling row copies row 3: row 3's pair (FIRST), not STRADDLE's
+    (2**31 + 100, 2**30, (4,)),            # row 2^30's pair: in neither range, never reported
+    (2**31 - 1, 2**31 - 3, (1, 2)),        # below 2^31, at the radius
+    (2**31 + 3, 2**31 - 2, ()),            # across 2^31
+    (2**31 + 9, 2**31 + 8, (0,)),          # three near copies: 8-9 at 1, 8-10 at 2, 9-10 at 3 (past the radius)
+    (2**31 + 10, 2**31 + 8, (1, 2)),
+    (N_PAST - 1, 2**31 - 7, (5,)),         # a straddling row and the last row
+    (STRADDLE[1], STRADDLE[1] - 1, ()),    # the range's last query row and the row after the range: reported
+    (STRADDLE[0], STRADDLE[0] - 1, (3,)),  # the row before the range and the range's first row: not reported
+]
+#: Every pair within RADIUS, by construction: the unplanted rows are distinct RM(3, 6) codewords (>= 8 bits
+#: apart) and each copy is <= 2 bits from the row it copies, so rows of two codewords are >= 8 - 2 - 2 >
+#: RADIUS apart; two copies of one row differ by their flipped bits (2^31 + 9 and 2^31 + 10: 3).
+PAIRS = {(source, row, len(bits)) for row, source, bits in PLANTED}
+
+
+def at_rows(pairs, rows, a_rows=None):
+    """Pairs of codes[rows] at their row numbers, keeping those with a in a_rows (start, stop) if given."""
+    a, b = rows[pairs.a], rows[pairs.b]
+    keep = np.ones(len(a), bool) if a_rows is None else (a >= a_rows[0]) & (a < a_rows[1])
+    return Pairs(a[keep], b[keep], pairs.dist[keep])
+
+
+def triples(pairs) -> set:
+    return set(zip(pairs.a.tolist(), pairs.b.tolist(), pairs.dist.tolist()))
+
+
+class TestPast2To31Rows:
+    """2^31 + 2^20 one-word rows (16 GiB, resident on the device), row i the RM(3, 6) codeword of i, with
+    the near copies of PLANTED: every pair within RADIUS is known, so the searches below are checked
+    exactly (a CPU oracle on the rows they touch), not just for the planted rows coming back."""
+
+    @pytest.fixture(scope="class")
+    def past_2_31(self):
+        import cupy
+
+        if cupy.cuda.runtime.memGetInfo()[0] < 24 * 2**30:
+            pytest.skip("needs 24 GiB of free device memory")
+        codes = reed_muller_codes(N_PAST)
+        for row, source, bits in PLANTED:
+            codes[row, 0] = codes[source, 0] ^ np.uint64(sum(1 << b for b in bits))
+        matcher = GpuMatcher(strict_device=True)
+        index = matcher.index(codes)
+        assert index.resident is not None
+        yield codes, matcher, index
+        index.resident = None  # the 16 GiB go back before the next tests
+        cupy.get_default_memory_pool().free_all_blocks()
+
+    def test_a_self_join_of_query_rows_past_2_31(self, past_2_31):
+        """The self-join's own loop (GpuMatcher._range with upper=True, which self_join runs over all rows)
+        for two ranges of query rows, each against every row above it: STRADDLE, in query blocks of 3000 and
+        database blocks of 5120 rows that straddle 2^31, and FIRST, against the default 2^30-row database
+        blocks (offsets 0, 2^30 and 2^31 from the queries: the kernel's 64-bit diag). Each equals the exact
+        CPU self-join of its query rows plus every planted row and source (no other row is within RADIUS of
+        anything), kept where a is a query row: a < b, distances, no pair twice, none missed; and those are
+        the planted pairs of the range. The whole self-join, N^2 / 2 = 2.3e18 comparisons, would take about
+        13 days at an H200's popcount ceiling (132 SMs x 1.98 GHz x 8 one-word comparisons a clock)."""
+        codes, matcher, index = past_2_31
+        planted_rows = [r for row, source, _ in PLANTED for r in (row, source)]
+        blocked = GpuMatcher(strict_device=True, query_block=3000, db_block=5120)
+        for runner, (start, stop), planted_pairs in ((blocked, STRADDLE, 6), (matcher, FIRST, 2)):
+            got = runner._range(index, index, RADIUS, upper=True, query_rows=(start, stop))
+            rows = np.unique(np.concatenate([np.arange(start, stop), planted_rows]))
+            want = at_rows(exact().self_join(codes[rows], RADIUS).sorted(), rows, (start, stop))
+            assert_pairs_equal(got, want)
+            assert triples(want) == {p for p in PAIRS if start <= p[0] < stop} and len(want) == planted_pairs
+
+    def test_search_past_2_31_rows(self, past_2_31):
+        """Queries against the same rows: range search and top-k return rows past 2^31 with their 64-bit row
+        numbers, ties to the lower row, exactly as the CPU on the rows within reach."""
+        codes, matcher, index = past_2_31
+        rows = np.array([5, 2**31 - 1, 2**31, 2**31 + 12345, N_PAST - 1], np.int64)
+        queries = codes[rows].copy()
+        queries[1] ^= np.uint64(0b101)  # 2 bits from row 2^31 - 1, and from row 2^31 - 3 (a planted pair)
+        pairs = matcher.range_search(queries, index, RADIUS)
+        near = np.unique(np.concatenate([rows, [r for row, source, _ in PLANTED for r in (row, source)]]))
+        found = exact().range_search(queries, codes[near], RADIUS).sorted()
+        assert_pairs_equal(pairs, Pairs(found.a, near[found.b], found.dist))
+        assert triples(pairs) == {(0, 5, 0), (1, 2**31 - 3, 2), (1, 2**31 - 1, 2), (2, 2**31, 0),
+                                  (3, 2**31 + 12345, 0), (4, 2**31 - 7, 1), (4, N_PAST - 1, 0)}
+        idx, dist = matcher.topk(queries, index, 2)
+        assert idx[:, 0].tolist() == [5, 2**31 - 3, 2**31, 2**31 + 12345, N_PAST - 1]
+        assert dist[:, 0].tolist() == [0, 2, 0, 0, 0]
+        assert idx[1].tolist() == [2**31 - 3, 2**31 - 1] and idx[4].tolist() == [N_PAST - 1, 2**31 - 7]
+        assert dist[1].tolist() == [2, 2] and dist[4].tolist() == [0, 1]
 
 
 def test_gpu_cosine_topk_equals_the_cpu_torch_code():

@@ -12,10 +12,12 @@ Tests marked `gpu` run the real kernels when a CUDA device exists and are skippe
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import shutil
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,45 @@ def planted(rng, nq, nd, width, radius):
     return q, db
 
 
+def reed_muller_generator() -> np.ndarray:
+    """32 generator rows of the Reed-Muller code RM(3, 6), one uint64 each: bit p of a row is a monomial of
+    degree <= 3 in the 6 bits of p (degrees 0, 1, 2 and the first 10 of degree 3 of the 42 monomials).
+    They are independent, and any two distinct codewords differ in at least 2^(6 - 3) = 8 bits."""
+    monomials = [m for degree in range(4) for m in itertools.combinations(range(6), degree)][:32]
+    return np.array([sum(1 << p for p in range(64) if all(p >> v & 1 for v in m)) for m in monomials], np.uint64)
+
+
+@lru_cache(maxsize=None)
+def reed_muller_tables() -> tuple[np.ndarray, np.ndarray]:
+    """The codewords of the messages 0..2^16 - 1 (low) and of h * 2^16 for h = 0..2^16 - 1 (high)."""
+    tables = []
+    for rows in np.split(reed_muller_generator(), 2):
+        table = np.zeros(1, np.uint64)
+        for row in rows:  # messages 0..2^k - 1 of these rows: the table so far, then it ^ the next row
+            table = np.concatenate([table, table ^ row])
+        tables.append(table)
+    return tables[0], tables[1]
+
+
+def reed_muller_codewords(messages: np.ndarray) -> np.ndarray:
+    """(len, 1): the RM(3, 6) codeword of each message < 2^32 (the code is linear: the low and high 16 bits'
+    codewords XORed)."""
+    low, high = reed_muller_tables()
+    messages = np.asarray(messages, np.int64)
+    return (low[messages & 0xFFFF] ^ high[messages >> 16]).reshape(-1, 1)
+
+
+def reed_muller_codes(n: int) -> np.ndarray:
+    """(n, 1) one-word codes, row i the codeword of message i (n <= 2^32): any two rows are at distance >= 8,
+    so a near copy planted at distance e of a row is the only row within 7 - e of it. Built as one broadcast
+    XOR of the two tables (2^31 rows in seconds, 8 bytes a row)."""
+    low, high = reed_muller_tables()
+    blocks = -(-n // 2**16)
+    codes = np.empty((blocks, 2**16), np.uint64)
+    np.bitwise_xor(high[:blocks, None], low[None, :], out=codes)
+    return codes.reshape(-1, 1)[:n]
+
+
 def budget(pairs: int) -> int:
     """output_bytes of a GpuMatcher whose launches hold `pairs` pairs."""
     return pairs * gpu.BYTES_PER_PAIR
@@ -78,6 +119,23 @@ def assert_topk_equal(got, want):
     assert np.array_equal(got[0], want[0]), "top-k rows differ from the oracle"
     assert np.array_equal(got[1], want[1]), "top-k distances differ from the oracle"
     assert got[0].dtype == np.int64 and got[1].dtype == np.int32
+
+
+def test_reed_muller_codes_are_8_bits_apart():
+    """The codes of the test past 2^31 rows (tests/test_gpu_device.py): the tables equal the definition
+    (the XOR of the generator rows of the message's bits), and sampled rows near 0, 2^31 and 2^32 are all
+    at distance >= 8 (RM(3, 6)'s minimum distance, which the test's exact expectations rest on)."""
+    rng = np.random.default_rng(0)
+    gen = reed_muller_generator()
+    messages = np.concatenate([rng.integers(0, 2**32, 2000), np.arange(2**31 - 1000, 2**31 + 1000),
+                               np.arange(2000), np.arange(2**32 - 1000, 2**32)])
+    defined = [np.bitwise_xor.reduce(gen[[b for b in range(32) if m >> b & 1]], initial=np.uint64(0))
+               for m in messages[:3000]]
+    codes = reed_muller_codewords(messages)
+    assert codes[:3000, 0].tolist() == [int(c) for c in defined]
+    assert np.array_equal(reed_muller_codes(3 * 2**16 + 5), reed_muller_codewords(np.arange(3 * 2**16 + 5)))
+    assert len(reference().self_join(codes, 7)) == 0  # the exact CPU kernel: 7000^2 pairs are many for the oracle
+    assert len(reference().self_join(codes, 8)) > 0  # the bound is reached: 8 is the distance, not a margin
 
 
 # --------------------------------------------------------------------------------------- 1. NVRTC
