@@ -104,10 +104,10 @@ PLANTED = [
 PAIRS = {(source, row, len(bits)) for row, source, bits in PLANTED}
 
 
-def at_rows(pairs, rows, a_rows=None):
-    """Pairs of codes[rows] at their row numbers, keeping those with a in a_rows (start, stop) if given."""
+def at_rows(pairs, rows, a_rows):
+    """Pairs of codes[rows] at their row numbers, those with a in a_rows (start, stop)."""
     a, b = rows[pairs.a], rows[pairs.b]
-    keep = np.ones(len(a), bool) if a_rows is None else (a >= a_rows[0]) & (a < a_rows[1])
+    keep = (a >= a_rows[0]) & (a < a_rows[1])
     return Pairs(a[keep], b[keep], pairs.dist[keep])
 
 
