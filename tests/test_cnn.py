@@ -432,6 +432,53 @@ def test_cnn_method_scores_are_clipped_cosines():
     assert method.params()["matcher"] == "exact"
 
 
+def test_centring_subtracts_the_shrunk_collection_mean():
+    from simbench.methods.cnn import CnnMethod, centred, embedding_sum
+
+    rng = np.random.default_rng(3)
+    common = rng.random(32)  # what every picture shares (a white page, a frame): most of each vector
+    x = 4 * common + rng.standard_normal((60, 32))
+    x[1] = x[0] + 0.05 * rng.standard_normal(32)  # one real copy
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    # The plain computation: mean shrunk as if 20 more images sat at the origin, subtracted, normalised.
+    mean = x.astype(np.float64).sum(0) / (60 + 20)
+    want = (x - mean) / np.linalg.norm(x - mean, axis=1, keepdims=True)
+    method = CnnMethod(tiny(), ExactMatcher(), min_similarity=None, neighbours=5, centre=True, centre_prior=20)
+    np.testing.assert_allclose(method.vectors(Embeddings(x)), want, atol=1e-6)
+    # Chunks summed in any order give the very same sum (a cluster's mean is one process's, bit for bit).
+    parts = [embedding_sum(x[s : s + 7]) for s in range(0, 60, 7)]
+    assert np.array_equal(np.sum(parts[::-1], axis=0), embedding_sum(x))
+    assert np.array_equal(centred(x[:7], embedding_sum(x), 60, 20), method.vectors(Embeddings(x))[:7])
+    # Unrelated pictures look alike through what they share; centred, only the copy does.
+    raw = x @ x.T
+    cen = want @ want.T
+    unrelated = np.triu_indices(58, 1)
+    assert raw[2:, 2:][unrelated].mean() > 0.8
+    assert np.abs(cen[2:, 2:][unrelated]).mean() < 0.3 and cen[2:, 2:][unrelated].max() < cen[0, 1] - 0.3
+    scored = method.score_pairs(Embeddings(x))
+    best = np.argmax(scored.score)
+    assert (scored.a[best], scored.b[best]) == (0, 1)
+    np.testing.assert_allclose(scored.extra["cosine"], np.einsum("ij,ij->i", want[scored.a], want[scored.b]),
+                               atol=1e-6)
+    assert method.params()["centre"] is True and "centre" not in CnnMethod(tiny(), ExactMatcher()).params()
+
+
+def test_centring_a_few_images_barely_moves_them():
+    from simbench.methods.cnn import centred, embedding_sum
+
+    rng = np.random.default_rng(4)
+    x = np.abs(rng.standard_normal((2, 64))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    own_mean = centred(x, embedding_sum(x), 2, 0)  # two images on their own mean: opposite directions
+    assert own_mean[0] @ own_mean[1] == pytest.approx(-1, abs=1e-5)
+    shrunk = centred(x, embedding_sum(x), 2, 20)
+    assert np.all(np.einsum("ij,ij->i", shrunk, x) > 0.95)
+    with pytest.raises(ValueError, match="centre_prior"):
+        from simbench.methods.cnn import CnnMethod
+
+        CnnMethod(tiny(), ExactMatcher(), centre=True, centre_prior=-1)
+
+
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 

@@ -13,7 +13,7 @@ import pytest
 from simbench.distributed import cnn as dc
 from simbench.find import evidence
 from simbench.match.cosine import ExactCosineMatcher
-from simbench.methods.cnn import CnnMethod
+from simbench.methods.cnn import CnnMethod, pair_cosines
 from simbench.types import Embeddings
 from test_distributed import FILES_PER_TASK, cluster, images, run_find  # noqa: F401 (module fixtures)
 
@@ -87,13 +87,15 @@ def _embeddings(seed: int, n: int = 700, dim: int = 40) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("min_similarity, neighbours, normalise_k", [(None, 20, 10), (0.5, 3, 0), (0.4, 0, 5)])
+@pytest.mark.parametrize("min_similarity, neighbours, normalise_k, centre",
+                         [(None, 20, 10, False), (0.5, 3, 0, False), (0.4, 0, 5, False), (None, 20, 10, True)])
 def test_method_scores_fusion_scores_and_evidence_equal_one_process(client, monkeypatch, min_similarity,
-                                                                    neighbours, normalise_k):
+                                                                    neighbours, normalise_k, centre):
     _small_tiles(monkeypatch)
     v = _embeddings(1)
     method = CnnMethod(_Extractor(), ExactCosineMatcher(query_block=64, database_block=128),
-                       min_similarity=min_similarity, neighbours=neighbours, normalise_k=normalise_k)
+                       min_similarity=min_similarity, neighbours=neighbours, normalise_k=normalise_k,
+                       centre=centre)
     ref = method.score_pairs(Embeddings(v))
     chunks = dc.scatter_embeddings(client, v, chunk_rows=90)
     got = dc.score_embeddings(client, method, chunks)
@@ -105,6 +107,8 @@ def test_method_scores_fusion_scores_and_evidence_equal_one_process(client, monk
 
     rng = np.random.default_rng(2)
     a, b = rng.integers(0, len(v), 500), rng.integers(0, len(v), 500)
+    # In batches of 256 pairs, each from the rows of several chunks: the einsum of one process, exactly.
+    assert np.array_equal(dc.chunk_pair_cosines(chunks, a, b), pair_cosines(v, a, b))
     np.testing.assert_allclose(method.score_given(chunks, a, b), method.score_given(Embeddings(v), a, b),
                                rtol=0, atol=1e-6)
     assert evidence.cnn_evidence(chunks, a[:40], b[:40]) == evidence.cnn_evidence(v, a[:40], b[:40])

@@ -4,9 +4,12 @@ CnnMethod.score_pairs / score_given and to the evidence of one process.
 The client keeps per-image tables only; the embeddings stay on the workers from start to end:
 
 1. ``load_embeddings``: tasks read runs of items from the --index shards, each only its items' shards
-   (keypoints._read_records: the records pipeline.load_features reads); the client gathers one small summary per item (why it is left out, or its record's
-   signature) and the rows stay on the workers, in chunks of consecutive rows (``EmbeddingChunks``).
+   (keypoints._read_records: the records pipeline.load_features reads); the client gathers one small
+   summary per item (why it is left out, or its record's signature) and the rows stay on the workers, in
+   chunks of consecutive rows (``EmbeddingChunks``).
    ``scatter_embeddings`` makes the same chunks from embeddings in memory (the runner, tests).
+   With CnnMethod.centre, ``centred_chunks`` gives the searches centred chunks: each chunk's exact sum
+   (methods.cnn.embedding_sum) added on the client, then each chunk centred by a task.
 2. Exact top-k (``sharded_topk``): a tile is one query block against a run of database blocks,
    the blocks of ExactCosineMatcher.topk in one process, so a tile's products (match.cosine.topk_blocks)
    are the very matrices of the in-process loop. Each tile gives the k best (similarity, row) keys of its
@@ -17,11 +20,10 @@ The client keeps per-image tables only; the embeddings stay on the workers from 
 3. Range search (``sharded_self_join``): the tiles on and right of the diagonal, as ExactCosineMatcher's
    self-join walks them (match.cosine.range_blocks); the pairs found come back.
 4. CnnMethod.scored turns both into pairs and scores: the code of one process.
-5. ``score_given_on_chunks`` (the cascade's fusion scores every fused pair by the CNN): each pair's cosine
-   in a task holding its two rows' chunks (methods.cnn.pair_cosines), the k-th neighbour background from
-   step 2 (kept on the chunks; the first normalise_k of search_k neighbours are the normalise_k nearest).
-   One task per pair of chunks that some pair joins: at most min(pairs, chunks^2) tasks, a graph that
-   grows with the square of the chunks when pairs spread over all of them (not measured at scale).
+5. ``score_given_on_chunks`` (the cascade's fusion scores every fused pair by the CNN): the pairs' cosines
+   (methods.cnn.pair_cosines) in batches of pairs, each batch's task given only its rows' vectors, taken
+   from the chunks holding them; the k-th neighbour background from step 2 (kept on the chunks; the first
+   normalise_k of search_k neighbours are the normalise_k nearest).
 6. ``neighbour_ranks`` (evidence of the pairs shown): the shown rows' vectors are fetched and every chunk
    counts, per shown pair, the images more similar to one side than its partner is.
 
@@ -40,7 +42,7 @@ from simbench.distributed.match import _blas_limit, _concat, _token, blas_thread
 from simbench.find.index import FeatureStore, _signature, consistent_signatures, join_features
 from simbench.match.cosine import (ExactCosineMatcher, as_vectors, finish_topk, merge_topk, range_blocks,
                                    topk_blocks)
-from simbench.methods.cnn import kth_similarity, pair_cosines, without_self
+from simbench.methods.cnn import centred, embedding_sum, kth_similarity, pair_cosines, without_self
 from simbench.types import Embeddings, Pairs, ScoredPairs
 
 log = logging.getLogger("simbench")
@@ -49,6 +51,8 @@ log = logging.getLogger("simbench")
 LOAD_ITEM_BYTES = 1 << 16
 #: Partial top-k lists one merge task takes.
 MERGE_FAN_IN = 4
+#: Fewest pairs whose cosines one task computes (the fusion's scores of any pair).
+MIN_BATCH_PAIRS = 256
 #: Shown pairs' sides counted at once against a chunk (evidence ranks).
 RANK_ENTRIES = 256
 
@@ -70,6 +74,7 @@ class EmbeddingChunks:
     bounds: np.ndarray
     dim: int
     backgrounds: dict = field(default_factory=dict)
+    centred_views: dict = field(default_factory=dict)  # centre_prior -> these chunks centred (centred_chunks)
 
     def __len__(self) -> int:
         return int(self.bounds[-1])
@@ -82,14 +87,18 @@ class EmbeddingChunks:
         lo, hi = int(self.chunk_of(np.array([begin]))[0]), int(self.chunk_of(np.array([end - 1]))[0])
         return self.futures[lo : hi + 1], int(self.bounds[lo])
 
+    def parts_of(self, rows: np.ndarray) -> list:
+        """Futures of the vectors of these rows (ascending, distinct), one per chunk holding some, in order."""
+        chunk = self.chunk_of(rows)
+        return [self.client.submit(_take_rows, self.futures[c], rows[chunk == c] - self.bounds[c])
+                for c in np.unique(chunk).tolist()]
+
     def take(self, rows) -> np.ndarray:
         """The vectors of these rows (any order, repeats allowed), fetched from the workers holding them."""
         rows = np.asarray(rows, np.int64)
         wanted = np.unique(rows)
-        chunk = self.chunk_of(wanted)
-        parts = [self.client.submit(_take_rows, self.futures[c], wanted[chunk == c] - self.bounds[c])
-                 for c in np.unique(chunk).tolist()]
-        got = np.concatenate(self.client.gather(parts)) if parts else np.empty((0, self.dim), np.float32)
+        parts = self.client.gather(self.parts_of(wanted))
+        got = np.concatenate(parts) if parts else np.empty((0, self.dim), np.float32)
         return got[np.searchsorted(wanted, rows)]
 
     def gather(self) -> Embeddings:
@@ -156,6 +165,23 @@ def load_embeddings(client, stage, items, source_digests, store: FeatureStore, e
             bounds.append(bounds[-1] + len(mine))
     shape = next((e[2] for e in summaries[kept[0]] if e[0] == "vector"), (1,)) if len(kept) else (1,)
     return EmbeddingChunks(client, futures, np.array(bounds, np.int64), int(shape[0])), kept, reasons
+
+
+def centred_chunks(chunks: EmbeddingChunks, method) -> EmbeddingChunks:
+    """The chunks as method.vectors gives them: centred on the collection's mean when method.centre (the
+    chunks' exact fixed-point sums added on the client, then each chunk centred by a task; kept, so that
+    the search and the fusion's scores share them), else the chunks themselves."""
+    if not method.centre:
+        return chunks
+    if method.centre_prior not in chunks.centred_views:
+        client, tok = chunks.client, _token()
+        sums = client.gather([client.submit(embedding_sum, f, key=f"cnn-sum-{i}-{tok}")
+                              for i, f in enumerate(chunks.futures)])
+        total = np.sum(sums, axis=0, dtype=np.int64) if sums else np.zeros(chunks.dim, np.int64)
+        futures = [client.submit(centred, f, total, len(chunks), method.centre_prior, key=f"cnn-centre-{i}-{tok}")
+                   for i, f in enumerate(chunks.futures)]
+        chunks.centred_views[method.centre_prior] = EmbeddingChunks(client, futures, chunks.bounds, chunks.dim)
+    return chunks.centred_views[method.centre_prior]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -274,7 +300,8 @@ def score_embeddings(client, method, features, stats: dict | None = None) -> Sco
     (find on a cluster)."""
     if type(method.matcher) is not ExactCosineMatcher:
         return method.score_pairs(_gathered(features, method) if isinstance(features, EmbeddingChunks) else features)
-    chunks = features if isinstance(features, EmbeddingChunks) else scatter_embeddings(client, features)
+    held = features if isinstance(features, EmbeddingChunks) else scatter_embeddings(client, features)
+    chunks = centred_chunks(held, method)
     n = len(chunks)
     found = (sharded_self_join(chunks, method.min_similarity, method.matcher)
              if method.min_similarity is not None else None)
@@ -284,29 +311,28 @@ def score_embeddings(client, method, features, stats: dict | None = None) -> Sco
     return method.scored(n, found, others)
 
 
-def _pair_cosines(a: np.ndarray, b: np.ndarray, first_a: int, first_b: int, chunk_a, chunk_b) -> np.ndarray:
-    """methods.cnn.pair_cosines of global rows a (in chunk_a, from first_a) and b (in chunk_b)."""
-    both = np.concatenate([chunk_a, chunk_b])
-    return pair_cosines(both, a - first_a, b - first_b + len(chunk_a))
+def _batch_cosines(a: np.ndarray, b: np.ndarray, *parts) -> np.ndarray:
+    """methods.cnn.pair_cosines of a batch's pairs, a and b indexing the rows its parts hold."""
+    return pair_cosines(_concat(list(parts)), a, b)
 
 
 def chunk_pair_cosines(chunks: EmbeddingChunks, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """pair_cosines(all embeddings, a, b), one task per pair of chunks that pairs join."""
+    """pair_cosines(all embeddings, a, b) in batches of pairs (by a): a batch's task gets only its rows'
+    vectors, taken from the chunks holding them, so what moves is linear in the pairs."""
     a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
-    ca, cb = chunks.chunk_of(a), chunks.chunk_of(b)
-    group = ca * len(chunks.futures) + cb
-    order = np.argsort(group, kind="stable")
-    cut = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1]]) if len(a) else np.empty(0, int)
-    futures, tok = [], _token()
-    for lo, hi in zip(cut, np.r_[cut[1:], len(a)]):
-        sel = order[lo:hi]
-        x, y = int(ca[sel[0]]), int(cb[sel[0]])
-        futures.append(chunks.client.submit(_pair_cosines, a[sel], b[sel], int(chunks.bounds[x]),
-                                            int(chunks.bounds[y]), chunks.futures[x], chunks.futures[y],
-                                            key=f"cnn-pairs-{x}-{y}-{tok}"))
+    client, tok = chunks.client, _token()
+    # A batch holds at most 2 rows a pair, twice (its parts and their concatenation).
+    size = max(MIN_BATCH_PAIRS, task_budget(client) // (16 * max(1, chunks.dim)))
+    order = np.argsort(a, kind="stable")
+    futures = []
+    for s in range(0, len(a), size):
+        sel = order[s : s + size]
+        rows = np.unique(np.concatenate([a[sel], b[sel]]))
+        futures.append(client.submit(_batch_cosines, np.searchsorted(rows, a[sel]), np.searchsorted(rows, b[sel]),
+                                     *chunks.parts_of(rows), key=f"cnn-pairs-{s}-{tok}"))
     out = np.empty(len(a), np.float64)
-    for (lo, hi), cos in zip(zip(cut, np.r_[cut[1:], len(a)]), chunks.client.gather(futures)):
-        out[order[lo:hi]] = cos
+    for s, cos in zip(range(0, len(a), size), client.gather(futures)):
+        out[order[s : s + size]] = cos
     return out
 
 
@@ -315,6 +341,7 @@ def score_given_on_chunks(method, chunks: EmbeddingChunks, a: np.ndarray, b: np.
     search (or searched now). Other matchers than the exact one: in this process, as score_embeddings."""
     if type(method.matcher) is not ExactCosineMatcher:
         return method.score_given(_gathered(chunks, method), a, b)
+    chunks = centred_chunks(chunks, method)
     background = None
     if method.normalise_k and len(chunks) >= 2:
         if method.normalise_k not in chunks.backgrounds:

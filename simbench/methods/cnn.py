@@ -27,6 +27,14 @@ clipped, so pairs stay ranked by margin without plateaus. (beta = 1: score = (ma
 "as similar as the k-th neighbours are on average", and threshold t means margin >= 4 t - 2; choose it
 on a tuning set, or calibrate on extra["margin"].) ScoredPairs.extra holds per pair "cosine" (always)
 and "margin" (when normalised), so a calibration can use either.
+
+Centring (centre=True): before any search, every embedding has the collection's mean subtracted and is
+L2-normalised again, so that what all the pictures share (ImageNet features of a mostly white page, a
+common frame or palette) stops counting as similarity; the first step of whitening learned on a background
+(Jégou & Chum, ECCV 2012), with the collection as the background. The mean is shrunk toward zero as if
+`centre_prior` more images sat at the origin, so a handful of images is barely centred (two images centred
+on their own mean would point in opposite directions). The cosines in extra["cosine"] are then those of the
+centred vectors.
 """
 from __future__ import annotations
 
@@ -49,11 +57,13 @@ class CnnMethod(Method):
     neighbours: k > 0 adds each image's k nearest others (None or 0: range search only).
     normalise_k, beta: score normalisation against the k-th neighbour (None or 0: off), see the module
         docstring.
+    centre, centre_prior: subtract the collection's (shrunk) mean embedding first, see the module docstring.
     """
 
     def __init__(self, extractor: Extractor, matcher, min_similarity: float | None = 0.5, threshold: float = 0.9,
                  lsh_bits: int = 256, lsh_recall: float = 0.95, neighbours: int | None = None,
-                 normalise_k: int | None = None, beta: float = 1.0):
+                 normalise_k: int | None = None, beta: float = 1.0, centre: bool = False,
+                 centre_prior: float = 20.0):
         self.extractor = extractor
         self.binary_matcher = matcher
         self.matcher = cosine_matcher_for(matcher, lsh_bits=lsh_bits, lsh_recall=lsh_recall)
@@ -68,11 +78,20 @@ class CnnMethod(Method):
             raise ValueError(f"neighbours and normalise_k must be >= 0, got {neighbours}, {normalise_k}")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
+        self.centre = bool(centre)
+        self.centre_prior = float(centre_prior)
+        if not self.centre_prior >= 0:
+            raise ValueError(f"centre_prior must be >= 0, got {centre_prior}")
         if self.min_similarity is None and not self.neighbours:
             raise ValueError("min_similarity=None needs neighbours > 0: there would be no candidate pairs")
 
-    def score_pairs(self, features: Embeddings) -> ScoredPairs:
+    def vectors(self, features) -> np.ndarray:
+        """The vectors the searches compare: the embeddings, centred when `centre` is set."""
         v = as_vectors(features)
+        return centred(v, embedding_sum(v), len(v), self.centre_prior) if self.centre else v
+
+    def score_pairs(self, features: Embeddings) -> ScoredPairs:
+        v = self.vectors(features)
         found = self.matcher.self_join(v, self.min_similarity) if self.min_similarity is not None else None
         others = nearest_others(self.matcher, v, self.search_k) if self.search_k and len(v) > 1 else None
         return self.scored(len(v), found, others)
@@ -113,7 +132,7 @@ class CnnMethod(Method):
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
         if isinstance(features, EmbeddingChunks):
             return score_given_on_chunks(self, features, a, b)
-        v = as_vectors(features)
+        v = self.vectors(features)
         normalised = self.normalise_k and len(v) >= 2
         return self.given_scores(pair_cosines(v, a, b), a, b,
                                  kth_similarity(*nearest_others(self.matcher, v, self.normalise_k),
@@ -130,6 +149,8 @@ class CnnMethod(Method):
         return {"min_similarity": self.min_similarity, "threshold": self.threshold,
                 "neighbours": self.neighbours, "normalise_k": self.normalise_k,
                 "beta": self.beta if self.normalise_k else None,
+                # Only when used, so that the tables and caches of before keep their keys.
+                **({"centre": True, "centre_prior": self.centre_prior} if self.centre else {}),
                 "matcher": self.matcher.name, "lsh_bits": self.lsh_bits, "lsh_recall": self.lsh_recall,
                 "extract_device": self.extractor.device, "extract_fallback": self.extractor.fallback,
                 "match_device": self.matcher.device, "match_fallback": self.matcher.fallback}
@@ -146,6 +167,28 @@ class CnnMethod(Method):
     def fallback(self) -> bool:
         """True when the extractor or the matcher was asked for a device it did not get."""
         return bool(getattr(self.extractor, "fallback", False) or getattr(self.matcher, "fallback", False))
+
+
+#: Fixed point of embedding_sum: 2^-32 steps, and up to 2^31 unit-length rows before an int64 overflows.
+SUM_SCALE = 2.0 ** 32
+
+
+def embedding_sum(vectors: np.ndarray) -> np.ndarray:
+    """The sum of the rows as int64 fixed point (each value rounded to 2^-32): integer sums are exact, so a
+    cluster's chunks summed in any order give the very mean of one process (float sums would differ in
+    their last bits, and with them the pairs found)."""
+    if not len(vectors):
+        return np.zeros(np.shape(vectors)[1], np.int64)
+    return np.rint(np.asarray(vectors, np.float64) * SUM_SCALE).astype(np.int64).sum(axis=0)
+
+
+def centred(vectors: np.ndarray, total: np.ndarray, n_rows: int, n_prior: float) -> np.ndarray:
+    """Rows minus the shrunk mean total / (n_rows + n_prior), L2-normalised (a row equal to it stays zero).
+    total: embedding_sum of the whole collection of n_rows rows, of which `vectors` may be a chunk."""
+    mean = (total / SUM_SCALE / (n_rows + n_prior)).astype(np.float32)
+    x = np.asarray(vectors, np.float32) - mean
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
 def nearest_others(matcher, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
