@@ -8,6 +8,8 @@ The client keeps per-image tables only; the embeddings stay on the workers from 
    summary per item (why it is left out, or its record's signature) and the rows stay on the workers, in
    chunks of consecutive rows (``EmbeddingChunks``).
    ``scatter_embeddings`` makes the same chunks from embeddings in memory (the runner, tests).
+   With CnnMethod.centre, ``centred_chunks`` gives the searches centred chunks: each chunk's exact sum
+   (methods.cnn.embedding_sum) added on the client, then each chunk centred by a task.
 2. Exact top-k (``sharded_topk``): a tile is one query block against a run of database blocks,
    the blocks of ExactCosineMatcher.topk in one process, so a tile's products (match.cosine.topk_blocks)
    are the very matrices of the in-process loop. Each tile gives the k best (similarity, row) keys of its
@@ -40,7 +42,7 @@ from simbench.distributed.match import _blas_limit, _concat, _token, blas_thread
 from simbench.find.index import FeatureStore, _signature, consistent_signatures, join_features
 from simbench.match.cosine import (ExactCosineMatcher, as_vectors, finish_topk, merge_topk, range_blocks,
                                    topk_blocks)
-from simbench.methods.cnn import kth_similarity, pair_cosines, without_self
+from simbench.methods.cnn import centred, embedding_sum, kth_similarity, pair_cosines, without_self
 from simbench.types import Embeddings, Pairs, ScoredPairs
 
 log = logging.getLogger("simbench")
@@ -72,6 +74,7 @@ class EmbeddingChunks:
     bounds: np.ndarray
     dim: int
     backgrounds: dict = field(default_factory=dict)
+    centred_views: dict = field(default_factory=dict)  # centre_prior -> these chunks centred (centred_chunks)
 
     def __len__(self) -> int:
         return int(self.bounds[-1])
@@ -162,6 +165,23 @@ def load_embeddings(client, stage, items, source_digests, store: FeatureStore, e
             bounds.append(bounds[-1] + len(mine))
     shape = next((e[2] for e in summaries[kept[0]] if e[0] == "vector"), (1,)) if len(kept) else (1,)
     return EmbeddingChunks(client, futures, np.array(bounds, np.int64), int(shape[0])), kept, reasons
+
+
+def centred_chunks(chunks: EmbeddingChunks, method) -> EmbeddingChunks:
+    """The chunks as method.vectors gives them: centred on the collection's mean when method.centre (the
+    chunks' exact fixed-point sums added on the client, then each chunk centred by a task; kept, so that
+    the search and the fusion's scores share them), else the chunks themselves."""
+    if not method.centre:
+        return chunks
+    if method.centre_prior not in chunks.centred_views:
+        client, tok = chunks.client, _token()
+        sums = client.gather([client.submit(embedding_sum, f, key=f"cnn-sum-{i}-{tok}")
+                              for i, f in enumerate(chunks.futures)])
+        total = np.sum(sums, axis=0, dtype=np.int64) if sums else np.zeros(chunks.dim, np.int64)
+        futures = [client.submit(centred, f, total, len(chunks), method.centre_prior, key=f"cnn-centre-{i}-{tok}")
+                   for i, f in enumerate(chunks.futures)]
+        chunks.centred_views[method.centre_prior] = EmbeddingChunks(client, futures, chunks.bounds, chunks.dim)
+    return chunks.centred_views[method.centre_prior]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -280,7 +300,8 @@ def score_embeddings(client, method, features, stats: dict | None = None) -> Sco
     (find on a cluster)."""
     if type(method.matcher) is not ExactCosineMatcher:
         return method.score_pairs(_gathered(features, method) if isinstance(features, EmbeddingChunks) else features)
-    chunks = features if isinstance(features, EmbeddingChunks) else scatter_embeddings(client, features)
+    held = features if isinstance(features, EmbeddingChunks) else scatter_embeddings(client, features)
+    chunks = centred_chunks(held, method)
     n = len(chunks)
     found = (sharded_self_join(chunks, method.min_similarity, method.matcher)
              if method.min_similarity is not None else None)
@@ -320,6 +341,7 @@ def score_given_on_chunks(method, chunks: EmbeddingChunks, a: np.ndarray, b: np.
     search (or searched now). Other matchers than the exact one: in this process, as score_embeddings."""
     if type(method.matcher) is not ExactCosineMatcher:
         return method.score_given(_gathered(chunks, method), a, b)
+    chunks = centred_chunks(chunks, method)
     background = None
     if method.normalise_k and len(chunks) >= 2:
         if method.normalise_k not in chunks.backgrounds:
