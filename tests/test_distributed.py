@@ -195,19 +195,26 @@ def test_a_killed_worker_is_survived_and_stored_chunks_are_not_redone(images, cl
     assert f"{len(lost)} new to the index" in capsys.readouterr().out
 
 
-def test_a_stored_chunk_is_not_extracted_again(images, tmp_path):
-    """What a retried task does first (a task killed after it stored its chunk does nothing the next time)."""
+def test_a_stored_chunk_is_not_extracted_again(images, tmp_path, monkeypatch):
+    """What a retried task does first (a task killed after it stored its chunk does nothing the next time),
+    reading only the manifests of its own tag (not those of the other chunks)."""
     from simbench.distributed.extract import extract_chunk
+    from simbench.find import index
     from simbench.find.cascade import build_stages, make_config
     from simbench.find.index import file_sha256
     from simbench.find.pdf import PdfOptions
 
     stages = build_stages(make_config("hash"), calibrations={}, quiet=True)
-    files = sorted(str(p) for p in images.glob("*.jpg"))[:3]
+    files = sorted(str(p) for p in images.glob("*.jpg"))
     digests = [file_sha256(f) for f in files]
-    assert extract_chunk(files, digests, stages, str(tmp_path), PdfOptions()) == 3
-    assert extract_chunk(files, digests, stages, str(tmp_path), PdfOptions()) == 0
-    assert len(list(tmp_path.glob("*/*/*.json"))) == 2  # one shard of hashes, one of sources
+    assert extract_chunk(files[3:6], digests[3:6], stages, str(tmp_path), PdfOptions(), "0123456789ab") == 3
+    read, read_manifest = [], index._read_manifest
+    monkeypatch.setattr(index, "_read_manifest", lambda path: read.append(path.name) or read_manifest(path))
+    assert extract_chunk(files[:3], digests[:3], stages, str(tmp_path), PdfOptions(), "abcdef012345") == 3
+    assert read == []  # the other chunk's manifests are not read
+    assert extract_chunk(files[:3], digests[:3], stages, str(tmp_path), PdfOptions(), "abcdef012345") == 0
+    assert len(read) == 2 and all(name.endswith("-abcdef012345.json") for name in read)  # hashes and sources
+    assert len(list(tmp_path.glob("*/*/*.json"))) == 4  # per chunk one shard of hashes, one of sources
 
 
 def test_runner_on_a_local_cluster_gives_the_same_metrics(tmp_path):

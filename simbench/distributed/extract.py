@@ -2,9 +2,10 @@
 
 find: each task reads one chunk of files (images decoded, PDF placements rendered into a scratch folder of
 its own worker), extracts every stage's features and writes them to the --index store as one shard per
-stage, the sources record last (simbench.find.pipeline.store_batch: the same code as in-process). A task
-whose files are all in the store already returns at once, so a retried task (its worker killed) or a
-re-run skips the chunks that were finished. The client then reads every record from the store.
+stage, the sources record last (simbench.find.pipeline.store_batch: the same code as in-process). A re-run
+skips the files the store holds (the client checks before submitting); a task tried again (its worker
+killed) finds the shards its earlier attempt wrote by their tag and returns at once when they hold its
+files, reading no other manifest. The client then reads every record from the store.
 
 runner: each task extracts one chunk of the dataset's paths and returns per-image records, joined in order
 on the client (simbench.find.index.split_features / join_features); or, for keypoints, writes them to a
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -53,7 +55,9 @@ def gather_with_progress(client, futures: list, desc: str, progress: bool, unit:
     results = {}
     order = {f.key: k for k, f in enumerate(futures)}
     with tqdm(total=len(futures), desc=desc, unit=unit, disable=not progress or None) as bar:
-        for future in as_completed(futures):
+        # On this client's loop: as_completed takes the default client's, and a future lost with its worker
+        # and waited on again from another loop fails ("bound to a different event loop").
+        for future in as_completed(futures, loop=client.loop):
             results[order[future.key]] = future.result()
             bar.update()
     return [results[k] for k in range(len(futures))]
@@ -77,7 +81,8 @@ def extract_on_cluster(cluster, files: Sequence[Path], digests: Sequence[str], s
     # Stages without their matchers: only what extraction needs travels to the workers.
     shipped = [Stage(s.name, s.extractor, None, s.signal) for s in stages]
     futures = [cluster.client.submit(extract_chunk, [str(f) for f in files[s:s + size]], list(digests[s:s + size]),
-                                     shipped, str(store.root), options, pure=False, retries=cluster.retries)
+                                     shipped, str(store.root), options, secrets.token_hex(6), pure=False,
+                                     retries=cluster.retries)
                for s in range(0, len(files), size)]
     if progress:
         print(f"extracting {len(files)} files in {len(futures)} Dask tasks", flush=True)
@@ -85,13 +90,17 @@ def extract_on_cluster(cluster, files: Sequence[Path], digests: Sequence[str], s
     store.reload()
 
 
-def extract_chunk(files: list[str], digests: list[str], stages, root: str, options) -> int:
-    """Task: one chunk of files into the store; returns its number of images (0 when already stored)."""
+def extract_chunk(files: list[str], digests: list[str], stages, root: str, options, tag: str) -> int:
+    """Task: one chunk of files into the store, its shards tagged `tag` (one per task, the same in every
+    attempt); returns its number of images (0 when an earlier attempt stored them)."""
     from simbench.find.pipeline import index_sections, sources_key, store_batch
     from simbench.find.sources import read_sources
 
-    store = FeatureStore(root)
+    store = FeatureStore(root, shard_tag=tag)
     sections = index_sections(stages, options)
+    # The client submits only files it found unstored: what may hold them now is an earlier attempt of this task.
+    for section, pkey, _ in sections:
+        store.limit_to(section, pkey, store.own_manifests(section, pkey))
     status = [store.check(section, pkey, digests, kind) for section, pkey, kind in sections]  # once per section
     if all(found.get(d, "absent") is None for found in status for d in digests):
         return 0

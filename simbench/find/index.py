@@ -106,8 +106,13 @@ class FeatureStore:
     feature kind "binary", "keypoints" or "embedding" (a list, per image, of a dict of arrays or a reason).
     """
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, shard_tag: str | None = None):
+        """shard_tag: 12 hex digits that end the ids of the shards this store writes (else random ones), so
+        that a task tried again finds what it stored before (`own_manifests`)."""
+        if shard_tag is not None and not re.fullmatch(r"[0-9a-f]{12}", shard_tag):
+            raise ValueError(f"a shard tag is 12 hex digits, not {shard_tag!r}")
         self.root = Path(root).expanduser() if root else None
+        self.shard_tag = shard_tag
         self._memory: dict[tuple[str, str, str], Any] = {}
         self._hashes: dict[str, tuple[int, int, str]] | None = None  # read on first use (tasks use none)
         # (section, pkey) -> digest -> manifests holding it, newest first
@@ -228,7 +233,7 @@ class FeatureStore:
         if not records:
             return
         folder = self._dir(section, pkey)
-        shard_id = f"{time.time_ns():020d}-{secrets.token_hex(6)}"  # sorts by time: newer shards win
+        shard_id = f"{time.time_ns():020d}-{self.shard_tag or secrets.token_hex(6)}"  # sorts by time: newer win
         data = cache.dumps(records)
         cache.atomic_write_bytes(folder / f"{shard_id}.npz", data)
         manifest = {"format": _SHARD_FORMAT, "version": VERSION, "shard": f"{shard_id}.npz", "bytes": len(data),
@@ -249,6 +254,15 @@ class FeatureStore:
         holders = self._holders(section, pkey)
         found = {m["shard"]: m for d in dict.fromkeys(digests) for m in holders.get(d, [])}
         return sorted(found.values(), key=lambda m: m["shard"], reverse=True)  # shard ids sort by time
+
+    def own_manifests(self, section: str, pkey: str) -> list[dict]:
+        """The manifests of the shards that stores with this one's shard_tag wrote, newest first (only their
+        names are looked for in the folder; no other manifest is read)."""
+        folder = self._dir(section, pkey)
+        if self.shard_tag is None or not folder.is_dir():
+            return []
+        found = [_read_manifest(path) for path in sorted(folder.glob(f"*-{self.shard_tag}.json"), reverse=True)]
+        return [manifest for manifest, reason in found if reason is None]
 
     def limit_to(self, section: str, pkey: str, manifests: Sequence[dict]) -> FeatureStore:
         """Look records of (section, pkey) up in these manifests only (`manifests_of`, newest first, as
