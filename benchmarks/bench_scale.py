@@ -358,11 +358,12 @@ def verdict(runs) -> str:
     L.append("- the keypoints of the images whose evidence the report shows (at most 2 x MAX_EVIDENCE_PAIRS "
              "images, fetched from the workers).")
     L.append("")
-    L.append("Not bounded yet elsewhere: a task that reads the keypoints opens only the shards of its own images "
-             "(the client reads the manifests once and gives each task its own), but an extraction task still "
-             "reads every manifest of the index's sections to find whether its chunk is stored (O(n) JSON per "
-             "task), and the number of shuffle tasks grows as pieces x key partitions x image-pair partitions; "
-             "Dask's own peer-to-peer shuffle would be the next step at millions of images.")
+    L.append("Tasks read only their own part of the index: a task that reads the keypoints opens the shards of "
+             "its own images (the client reads the manifests once and gives each task its own), and an "
+             "extraction task tried again reads only the manifests of the shards its earlier attempt wrote "
+             "(found by their tag). Not bounded yet: the number of shuffle tasks grows as pieces x key "
+             "partitions x image-pair partitions; Dask's own peer-to-peer shuffle would be the next step at "
+             "millions of images.")
     return "\n".join(L)
 
 
