@@ -66,7 +66,7 @@ def keypoints_on_workers(cluster: ClusterSession, extractor: Extractor, dataset:
     store is the cache (cache_dir/features/<key>.index/, complete once its summary.json is written);
     without, a scratch folder removed when the cluster closes. cache_dir must be on a file system the
     workers share."""
-    from simbench.distributed.extract import extract_into_store, path_keys
+    from simbench.distributed.extract import NO_FEATURES, extract_into_store, path_keys
     from simbench.distributed.keypoints import read_keypoints, rows_per_image
     from simbench.find.index import FeatureStore
 
@@ -89,7 +89,7 @@ def keypoints_on_workers(cluster: ClusterSession, extractor: Extractor, dataset:
                                            rows_per_image(extractor))
     listed = {s.path for s in skipped}
     lost = [Skipped(str(dataset.paths[k]), why) for k, why in sorted(reasons.items())
-            if str(dataset.paths[k]) not in listed and why != "no features"]  # (a store damaged since)
+            if str(dataset.paths[k]) not in listed and why != NO_FEATURES]  # (a store damaged since)
     if lost:
         log.warning("%d images without usable features in %s (delete it to extract again), e.g. %s: %s", len(lost),
                     root, lost[0].path, lost[0].reason)

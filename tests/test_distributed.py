@@ -446,3 +446,21 @@ def test_runner_keypoints_are_read_by_the_workers_from_the_store(cluster, tmp_pa
         assert result["method_stats"]["verified"] == alone["method_stats"]["verified"]
     assert (tmp_path / "killed").exists() and got["images"] == got["rows"] == 0
     client.wait_for_workers(2, timeout=60)  # the nanny's new worker, for the tests after this one
+
+
+def test_a_runner_chunk_stored_by_an_earlier_attempt_is_not_extracted_again(images, tmp_path, monkeypatch):
+    """The runner's extraction task tried again (its worker killed after it stored its chunk) reads its own
+    shard back instead of extracting, and returns the same skipped inputs."""
+    from simbench.distributed.extract import path_keys, store_rows
+    from simbench.features.keypoints import KeypointExtractor
+
+    bad = tmp_path / "not-an-image.jpg"
+    bad.write_bytes(b"not a JPEG")
+    paths = [str(p) for p in sorted(images.glob("*_crop.jpg"))[:2]] + [str(bad)]
+    extract, calls = KeypointExtractor.extract, []
+    monkeypatch.setattr(KeypointExtractor, "extract", lambda self, *a, **k: calls.append(1) or extract(self, *a, **k))
+    extractor, keys = KeypointExtractor(max_features=50), path_keys(paths)
+    first = store_rows(extractor, paths, keys, str(tmp_path / "store"), "kp", "pk", "0123456789ab")
+    assert [s.path for s in first] == [str(bad)] and len(calls) == 1
+    assert store_rows(extractor, paths, keys, str(tmp_path / "store"), "kp", "pk", "0123456789ab") == first
+    assert len(calls) == 1 and len(list((tmp_path / "store" / "kp" / "pk").glob("*.npz"))) == 1

@@ -29,6 +29,10 @@ from tqdm import tqdm
 
 from simbench.features.base import Extracted, Extractor
 from simbench.find.index import FeatureStore, join_features, split_features
+from simbench.types import Skipped
+
+#: The reason stored for an image the extractor gave no features without skipping it (as find stores it).
+NO_FEATURES = "no features"
 
 #: Per worker process: extractors by (type, parameters), so a model is loaded once per worker, not per task.
 _EXTRACTORS: dict[tuple, Extractor] = {}
@@ -146,24 +150,33 @@ def extract_into_store(cluster, extractor: Extractor, paths: Sequence[Path], key
     """extractor.extract(paths) as Dask tasks of `chunk` paths (cluster.files_per_task when set), each
     writing its chunk to `store` (a folder the workers share) as one shard: per path (keys[k]) a list of
     one entry, its features or why it has none. Returns the skipped inputs, in order; the features stay
-    in the store. A retried task extracts its chunk again (the newer shard wins; its records are the same)."""
+    in the store. A task tried again finds the shard its earlier attempt stored by its tag, as in find."""
     if store.root is None:
         raise ValueError("extraction into a store on a cluster needs an on-disk store (workers write its shards)")
     size = cluster.files_per_task or chunk
     futures = [cluster.client.submit(store_rows, extractor, [str(p) for p in paths[s:s + size]], keys[s:s + size],
-                                     str(store.root), section, pkey, pure=False, retries=cluster.retries)
+                                     str(store.root), section, pkey, secrets.token_hex(6), pure=False,
+                                     retries=cluster.retries)
                for s in range(0, len(paths), size)]
     parts = gather_with_progress(cluster.client, futures, "extracting (dask)", progress)
     store.reload()
     return [s for skipped in parts for s in skipped]
 
 
-def store_rows(extractor: Extractor, paths: list[str], keys: list[str], root: str, section: str, pkey: str) -> list:
+def store_rows(extractor: Extractor, paths: list[str], keys: list[str], root: str, section: str, pkey: str,
+               tag: str) -> list[Skipped]:
     """Task: one chunk of paths extracted into the store (as pipeline.extract_into_store does for find's
-    files); returns its skipped inputs."""
+    files), its shard tagged `tag` (the same in every attempt); returns its skipped inputs (when an
+    earlier attempt stored the chunk: the paths stored with a reason other than NO_FEATURES)."""
+    store = FeatureStore(root, shard_tag=tag)
+    store.limit_to(section, pkey, store.own_manifests(section, pkey))
+    stored = store.get_many(section, pkey, keys, "keypoints")
+    if len(stored) == len(set(keys)):
+        entries = [stored[key][0] for key in keys]
+        return [Skipped(p, e) for p, e in zip(paths, entries) if isinstance(e, str) and e != NO_FEATURES]
     extracted = in_task(extractor).extract([Path(p) for p in paths])
     reasons = {s.path: s.reason for s in extracted.skipped}
     per_path = split_features(extracted.features, extracted.rows, len(paths))
-    FeatureStore(root).put_batch(section, pkey, {key: [f if f is not None else reasons.get(p, "no features")]
-                                                 for key, f, p in zip(keys, per_path, paths)})
+    store.put_batch(section, pkey, {key: [f if f is not None else reasons.get(p, NO_FEATURES)]
+                                    for key, f, p in zip(keys, per_path, paths)})
     return extracted.skipped
