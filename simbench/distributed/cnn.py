@@ -356,6 +356,10 @@ def score_given_on_chunks(method, chunks: EmbeddingChunks, a: np.ndarray, b: np.
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _same(x):
+    return x
+
+
 def _shown_sims(queries: np.ndarray, rows: np.ndarray, first: int, chunk: np.ndarray) -> np.ndarray:
     """Similarities of the query vectors (global rows `rows`) to a chunk's rows, each to itself -inf."""
     sims = queries @ chunk.T
@@ -392,7 +396,8 @@ def neighbour_ranks(chunks: EmbeddingChunks, rows: np.ndarray, partners: np.ndar
     client, tok = chunks.client, _token()
     unique = np.unique(rows)
     which = np.searchsorted(unique, rows)
-    [queries] = client.scatter([chunks.take(unique)], broadcast=True, hash=False)
+    # A task, not scattered data: the scheduler keeps its spec, so a worker lost here is recomputed.
+    queries = client.submit(_same, chunks.take(unique), key=f"cnn-shown-{tok}")
     firsts = chunks.bounds[:-1].tolist()
     level = np.nanmax(np.stack(client.gather([
         client.submit(_partner_sims, queries, unique, which, partners, f, c, key=f"cnn-partner-{i}-{tok}")
