@@ -275,17 +275,16 @@ def test_fusion_reads_a_stage_extra_signal_and_stays_monotone_in_it(monkeypatch)
                       "cnn": np.full(2, 0.5)}, {"keypoints": np.zeros(2, bool), "cnn": np.ones(2, bool)})
     assert unfound[0] == unfound[1]
 
-    # find uses such a model only with stages that give every input it reads.
-    cfg = cascade.make_config("cascade", ["keypoints.extra_signals=[distinctiveness]"])
+    # find uses such a model only with stages that give every input it reads (the default's do).
+    cfg = cascade.make_config("cascade")
     stages = cascade.build_stages(cfg, quiet=True)
     assert stages[0].fusion_inputs == {"keypoints": "log1p", "keypoints/distinctiveness": "identity"}
-    shipped = cascade.fusion_model(cascade.build_stages(cascade.make_config("cascade"), quiet=True),
-                                   cascade.make_config("cascade"))
+    shipped = cascade.fusion_model(stages, cfg)
     model = Fusion(shipped.stages, [s.calibration.key for s in stages], fusion.intercept, fusion.found_weight,
                    fusion.weight, transform)
     monkeypatch.setattr(cascade, "load_fusions", lambda *args: [model])
     assert cascade.fusion_model(stages, cfg) is model
-    without = cascade.make_config("cascade")
+    without = cascade.make_config("cascade", ["keypoints.extra_signals=[]"])
     assert cascade.fusion_model(cascade.build_stages(without, quiet=True), without) is None
 
 
