@@ -38,8 +38,8 @@ def extract_cached(extractor: Extractor, dataset: Dataset, cfg: DictConfig,
     Returns (extracted, extraction seconds as measured when they were extracted, whether cached).
     """
     key = cache.feature_key(extractor.name, extractor.params(), dataset.paths)
-    if cluster is not None and extractor.kind == "keypoints":
-        return keypoints_on_workers(cluster, extractor, dataset, cfg, key)
+    if cluster is not None and extractor.kind in ("keypoints", "embedding"):
+        return features_on_workers(cluster, extractor, dataset, cfg, key)
     path = Path(cfg.cache_dir) / "features" / f"{key}.npz"  # simbench.cache.dumps: no pickle
     if cfg.cache_features:
         hit = cache.load(path)
@@ -58,14 +58,16 @@ def extract_cached(extractor: Extractor, dataset: Dataset, cfg: DictConfig,
     return extracted, extract_s, False
 
 
-def keypoints_on_workers(cluster: ClusterSession, extractor: Extractor, dataset: Dataset, cfg: DictConfig,
-                         key: str) -> tuple[Extracted, float, bool]:
-    """extract_cached for keypoints on a cluster: tasks extract into a store the workers share and the
-    workers read the chunks back for matching (simbench.distributed.keypoints.read_keypoints), so the
-    features are a KeypointChunks and the client holds per-image tables only. With cache_features the
-    store is the cache (cache_dir/features/<key>.index/, complete once its summary.json is written);
-    without, a scratch folder removed when the cluster closes. cache_dir must be on a file system the
-    workers share."""
+def features_on_workers(cluster: ClusterSession, extractor: Extractor, dataset: Dataset, cfg: DictConfig,
+                        key: str) -> tuple[Extracted, float, bool]:
+    """extract_cached for keypoints and CNN embeddings on a cluster: tasks extract into a store the workers
+    share and the workers read the chunks back for matching (simbench.distributed.keypoints.read_keypoints,
+    simbench.distributed.cnn.read_embeddings), so the features are a KeypointChunks or EmbeddingChunks and
+    the client holds per-image tables only (hash codes, a few bytes an image, are matched in the client as
+    extract_paths gives them). With cache_features the store is the cache (cache_dir/features/<key>.index/,
+    complete once its summary.json is written); without, a scratch folder removed when the cluster closes.
+    cache_dir must be on a file system the workers share."""
+    from simbench.distributed.cnn import read_embeddings
     from simbench.distributed.extract import NO_FEATURES, extract_into_store, path_keys
     from simbench.distributed.keypoints import read_keypoints, rows_per_image
     from simbench.find.index import FeatureStore
@@ -85,8 +87,12 @@ def keypoints_on_workers(cluster: ClusterSession, extractor: Extractor, dataset:
         if cfg.cache_features:
             blob = {"extract_s": extract_s, "skipped": [s.__dict__ for s in skipped]}
             cache.atomic_write_bytes(summary, json.dumps(blob).encode())
-    chunks, rows, reasons = read_keypoints(cluster.client, store, extractor.name, key, keys, [0] * len(keys), None,
-                                           rows_per_image(extractor))
+    local = [0] * len(keys)  # one record per path
+    if extractor.kind == "keypoints":
+        chunks, rows, reasons = read_keypoints(cluster.client, store, extractor.name, key, keys, local, None,
+                                               rows_per_image(extractor))
+    else:
+        chunks, rows, reasons = read_embeddings(cluster.client, store, extractor.name, key, keys, local, None)
     listed = {s.path for s in skipped}
     lost = [Skipped(str(dataset.paths[k]), why) for k, why in sorted(reasons.items())
             if str(dataset.paths[k]) not in listed and why != NO_FEATURES]  # (a store damaged since)

@@ -79,7 +79,8 @@ def test_find_on_a_cluster_gives_the_in_process_pairs(images, cluster, tmp_path_
 
 
 def _received(value, found: dict) -> None:
-    """Walk what the client received: KeypointSets' images and rows, and the largest other array."""
+    """Walk what the client received: KeypointSets' images and rows, the largest other array and the
+    most columns of a 2-D one."""
     from simbench.types import KeypointSets
 
     if isinstance(value, KeypointSets):
@@ -87,6 +88,7 @@ def _received(value, found: dict) -> None:
         found["rows"] += len(value.descriptors)
     elif isinstance(value, np.ndarray):
         found["largest"] = max(found["largest"], len(value) if value.ndim else 1)
+        found["widest"] = max(found.get("widest", 0), value.shape[1] if value.ndim == 2 else 0)
     elif isinstance(value, dict):
         for v in value.values():
             _received(v, found)
@@ -446,6 +448,64 @@ def test_runner_keypoints_are_read_by_the_workers_from_the_store(cluster, tmp_pa
         assert result["method_stats"]["verified"] == alone["method_stats"]["verified"]
     assert (tmp_path / "killed").exists() and got["images"] == got["rows"] == 0
     client.wait_for_workers(2, timeout=60)  # the nanny's new worker, for the tests after this one
+
+
+def test_runner_embeddings_are_read_by_the_workers_from_the_store(cluster, tmp_path, monkeypatch):
+    """python -m simbench method=cnn on the cluster: extraction tasks write the embeddings to a store, the
+    workers read them back and search them (exact range search and top-k, centred, normalised scores);
+    the client receives no embedding (nothing scattered or gathered, no array as wide as one) and
+    result.json's metrics and skipped inputs and pairs.npz equal the in-process run's; a second run
+    reads the stored embeddings."""
+    from distributed import Client
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from simbench.distributed import cnn as dc
+    from simbench.run import CONFIG_DIR, run_experiment
+
+    local, _ = cluster
+
+    def run(name, *extra):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", return_hydra_config=True, overrides=[
+                "method=cnn", "backbone=resnet18", "backbone.weights=none", "backbone.image_size=64",
+                "backbone.runtime=torch", "backbone.workers=0", "backbone.batch_size=4", "method.neighbours=3", "method.normalise_k=2",
+                "+method.centre=true", f"cache_dir={tmp_path / 'cache'}", "progress=false",
+                "dataset.n_references=4", "dataset.n_distractors=4", "dataset.long_side=256", *extra])
+        HydraConfig.instance().set_config(cfg)
+        result = run_experiment(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), tmp_path / name)
+        with np.load(tmp_path / name / "pairs.npz") as pairs:
+            return result, {k: pairs[k] for k in ("a", "b", "score")}
+
+    alone, alone_pairs = run("alone")
+    got = {"images": 0, "rows": 0, "largest": 0}
+    gather = Client.gather
+
+    def spy_gather(self, futures, *args, **kwargs):
+        result = gather(self, futures, *args, **kwargs)
+        _received(result, got)
+        return result
+
+    def sent(*args, **kwargs):
+        raise AssertionError("the runner moved embeddings between the client and the workers")
+
+    monkeypatch.setattr(Client, "gather", spy_gather)
+    monkeypatch.setattr(dc, "scatter_embeddings", sent)
+    monkeypatch.setattr(dc.EmbeddingChunks, "gather", sent)
+    monkeypatch.setattr(dc.EmbeddingChunks, "take", sent)
+    monkeypatch.setattr(dc, "task_budget", lambda client: 1 << 19)  # chunks of 8 images on both workers
+    on_cluster = ["cluster=local", f"cluster.scheduler={local.scheduler_address}", "cluster.files_per_task=4"]
+    for name in ("dask", "dask-again"):
+        result, pairs = run(name, *on_cluster)
+        assert result["timing"]["extract_cached"] is (name == "dask-again")
+        assert len(pairs["a"]) and np.array_equal(pairs["a"], alone_pairs["a"])
+        assert np.array_equal(pairs["b"], alone_pairs["b"])
+        # The same block products as in one process; see simbench.distributed.match on the last float32 ulps.
+        np.testing.assert_allclose(pairs["score"], alone_pairs["score"], rtol=0, atol=1e-6)
+        assert result["metrics"] == alone["metrics"] and result["skipped"] == alone["skipped"]
+    assert len(list((tmp_path / "cache" / "features").glob("*.index/summary.json"))) == 1
+    assert 0 < got["widest"] < 512  # neighbour lists came back; no 512-d embedding did
 
 
 def test_a_runner_chunk_stored_by_an_earlier_attempt_is_not_extracted_again(images, tmp_path, monkeypatch):

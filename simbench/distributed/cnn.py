@@ -4,10 +4,11 @@ CnnMethod.score_pairs / score_given and to the evidence of one process.
 The client keeps per-image tables only; the embeddings stay on the workers from start to end:
 
 1. ``load_embeddings``: tasks read runs of items from the --index shards, each only its items' shards
-   (keypoints._read_records: the records pipeline.load_features reads); the client gathers one small
+   (keypoints.read_chunks: the records pipeline.load_features reads); the client gathers one small
    summary per item (why it is left out, or its record's signature) and the rows stay on the workers, in
-   chunks of consecutive rows (``EmbeddingChunks``).
-   ``scatter_embeddings`` makes the same chunks from embeddings in memory (the runner, tests).
+   chunks of consecutive rows (``EmbeddingChunks``). ``read_embeddings`` does the same for the runner,
+   whose extraction tasks write a store of their own (simbench.run.features_on_workers).
+   ``scatter_embeddings`` makes the same chunks from embeddings in memory (tests).
    With CnnMethod.centre, ``centred_chunks`` gives the searches centred chunks: each chunk's exact sum
    (methods.cnn.embedding_sum) added on the client, then each chunk centred by a task.
 2. Exact top-k (``sharded_topk``): a tile is one query block against a run of database blocks,
@@ -37,9 +38,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simbench.distributed.keypoints import _read_records
+from simbench.distributed.keypoints import read_chunks
 from simbench.distributed.match import _blas_limit, _concat, _token, blas_threads, task_budget
-from simbench.find.index import FeatureStore, _signature, consistent_signatures, join_features
+from simbench.find.index import FeatureStore, _signature, join_features
 from simbench.match.cosine import (ExactCosineMatcher, as_vectors, finish_topk, merge_topk, range_blocks,
                                    topk_blocks)
 from simbench.methods.cnn import centred, embedding_sum, kth_similarity, pair_cosines, without_self
@@ -122,12 +123,25 @@ def scatter_embeddings(client, embeddings, chunk_rows: int | None = None) -> Emb
 
 
 def _embedding_summaries(records: list) -> list:
-    """Per record: its reason (a string), or its signature (shapes and types: consistent_signatures)."""
-    return [r if isinstance(r, str) else _signature(r) for r in records]
+    """Per record: its reason (a string), or (its signature,): shapes and types, consistent_signatures."""
+    return [r if isinstance(r, str) else (_signature(r),) for r in records]
 
 
 def _join_vectors(records: list, keep: list[int]) -> np.ndarray:
     return join_features([records[k] for k in keep], "embedding")[0].vectors
+
+
+def read_embeddings(client, store: FeatureStore, section: str, pkey: str, digests, local: list[int],
+                    exclude: dict[int, str] | None):
+    """(EmbeddingChunks, rows, reasons) of items whose embeddings the store holds, read by the workers
+    (keypoints.read_chunks, as read_keypoints): item k is entry local[k] of the record of digests[k];
+    rows: the items with an embedding; reasons: why the others have none (exclude: {item: reason})."""
+    per_task = max(1, task_budget(client) // LOAD_ITEM_BYTES)
+    futures, bounds, kept, reasons, summaries = read_chunks(client, store, section, pkey, "embedding", digests,
+                                                            local, exclude, per_task, _embedding_summaries,
+                                                            _join_vectors, "cnn")
+    shape = next((e[2] for e in summaries[kept[0]][0] if e[0] == "vector"), (1,)) if len(kept) else (1,)
+    return EmbeddingChunks(client, futures, bounds, int(shape[0])), kept, reasons
 
 
 def load_embeddings(client, stage, items, source_digests, store: FeatureStore, exclude: dict[int, str] | None,
@@ -136,35 +150,7 @@ def load_embeddings(client, stage, items, source_digests, store: FeatureStore, e
     rows and reasons, the vectors read by the workers from the store (a folder they all see)."""
     from simbench.find.pipeline import local_positions  # (pipeline imports this module)
 
-    exclude = exclude or {}
-    local = local_positions(items)
-    per_task = max(1, task_budget(client) // LOAD_ITEM_BYTES)
-    starts = list(range(0, len(items), per_task))
-    tok = _token()
-    records = []
-    for s in starts:
-        digests = list(source_digests[s : s + per_task])
-        # A task opens only the shards of its own items (as the keypoint stage's reading tasks).
-        manifests = store.manifests_of(stage.section, feature_key, digests)
-        records.append(client.submit(_read_records, str(store.root), stage.section, feature_key,
-                                     stage.extractor.kind, manifests, digests, local[s : s + per_task],
-                                     {k - s: why for k, why in exclude.items() if s <= k < s + per_task},
-                                     key=f"cnn-read-{s}-{tok}", retries=2))
-    summaries = [x for part in client.gather([client.submit(_embedding_summaries, r) for r in records])
-                 for x in part]
-    reasons = {k: x for k, x in enumerate(summaries) if isinstance(x, str)}
-    for k, problem in enumerate(consistent_signatures([None if isinstance(x, str) else x for x in summaries])):
-        if problem:
-            reasons[k] = problem
-    kept = np.array([k for k in range(len(items)) if k not in reasons], np.int64)
-    futures, bounds = [], [0]
-    for s, future in zip(starts, records):
-        mine = kept[(kept >= s) & (kept < s + per_task)]
-        if len(mine):
-            futures.append(client.submit(_join_vectors, future, (mine - s).tolist(), key=f"cnn-join-{s}-{tok}"))
-            bounds.append(bounds[-1] + len(mine))
-    shape = next((e[2] for e in summaries[kept[0]] if e[0] == "vector"), (1,)) if len(kept) else (1,)
-    return EmbeddingChunks(client, futures, np.array(bounds, np.int64), int(shape[0])), kept, reasons
+    return read_embeddings(client, store, stage.section, feature_key, source_digests, local_positions(items), exclude)
 
 
 def centred_chunks(chunks: EmbeddingChunks, method) -> EmbeddingChunks:

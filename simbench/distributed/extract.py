@@ -8,9 +8,9 @@ killed) finds the shards its earlier attempt wrote by their tag and returns at o
 files, reading no other manifest. The client then reads every record from the store.
 
 runner: each task extracts one chunk of the dataset's paths and returns per-image records, joined in order
-on the client (simbench.find.index.split_features / join_features); or, for keypoints, writes them to a
-store the workers share, one record per path, from which the workers read them for matching
-(``extract_into_store``; simbench.run.keypoints_on_workers).
+on the client (simbench.find.index.split_features / join_features); or, for keypoints and CNN embeddings,
+writes them to a store the workers share, one record per path, from which the workers read them for
+matching (``extract_into_store``; simbench.run.features_on_workers).
 
 Features are per image, so they are the same whatever the chunks; extractors work in one process inside a
 task (Dask workers are daemon processes, which cannot start pools, and each already has its core).
@@ -170,7 +170,7 @@ def store_rows(extractor: Extractor, paths: list[str], keys: list[str], root: st
     earlier attempt stored the chunk: the paths stored with a reason other than NO_FEATURES)."""
     store = FeatureStore(root, shard_tag=tag)
     store.limit_to(section, pkey, store.own_manifests(section, pkey))
-    stored = store.get_many(section, pkey, keys, "keypoints")
+    stored = store.get_many(section, pkey, keys, extractor.kind)
     if len(stored) == len(set(keys)):
         entries = [stored[key][0] for key in keys]
         return [Skipped(p, e) for p, e in zip(paths, entries) if isinstance(e, str) and e != NO_FEATURES]

@@ -9,8 +9,9 @@ workers from start to end:
    manifests the client gives it); the client gathers one small summary per image (why it is left
    out, or its row count) and the chunks stay on the workers (``KeypointChunks``). ``read_keypoints`` does
    the same for the runner, whose extraction tasks write a store of their own (simbench.run.
-   keypoints_on_workers). ``scatter_keypoints`` makes the same chunks from features in memory (tests):
-   scattered data cannot be computed again if its worker dies.
+   features_on_workers); both through ``read_chunks``, the CNN stage's reader too. ``scatter_keypoints``
+   makes the same chunks from features in memory (tests): scattered data cannot be computed again if its
+   worker dies.
 2. The multi-index self-join of match.py, on the chunks' words; each join task keeps only its descriptor
    pairs between different images (``between_images``). Once their number is known, each join's output
    is split by image pair into partitions sized to the task budget, and each partition (all descriptor
@@ -200,9 +201,27 @@ def read_keypoints(client, store: FeatureStore, section: str, pkey: str, digests
     of the record of digests[k] (a list per source file); rows: the items with features; reasons: why
     the others have none (exclude: {item: reason} of items to leave out). Tasks read chunks of about
     the task budget's items (max_rows each at most); the chunks stay on the workers."""
+    per_task = max(1, task_budget(client) // (LOAD_ROW_BYTES * max(max_rows, 1)))
+    futures, first, kept, reasons, summaries = read_chunks(client, store, section, pkey, "keypoints", digests, local,
+                                                           exclude, per_task, _summaries, _join_records, "kp")
+    counts = np.array([summaries[k][1] for k in kept], np.int64)
+    sizes = np.array([summaries[k][2] for k in kept], np.int64).reshape(-1, 2)
+    binary = bool(summaries[kept[0]][3]) if len(kept) else True
+    chunks = KeypointChunks(client, futures, first, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), sizes,
+                            binary)
+    return chunks, kept, reasons
+
+
+def read_chunks(client, store: FeatureStore, section: str, pkey: str, kind: str, digests, local: list[int],
+                exclude: dict[int, str] | None, per_task: int, summarise, join, prefix: str):
+    """The reading of read_keypoints and cnn.read_embeddings: tasks read runs of per_task items from the
+    store, each only its items' shards; the client gathers one summary per item (summarise: per record
+    its reason, or a tuple that starts with its signature), and the kept items' records are joined on
+    the workers (join) into chunks of consecutive kept items, which stay there.
+    Returns (the chunks' futures, each chunk's first kept item and their number, kept items, reasons,
+    summaries)."""
     exclude = exclude or {}
     n = len(digests)
-    per_task = max(1, task_budget(client) // (LOAD_ROW_BYTES * max(max_rows, 1)))
     starts = list(range(0, n, per_task))
     tok = _token()
     records = []
@@ -210,11 +229,11 @@ def read_keypoints(client, store: FeatureStore, section: str, pkey: str, digests
         mine = list(digests[s : s + per_task])
         # A task opens only the shards of its own items: the client lists and reads the manifests once.
         manifests = store.manifests_of(section, pkey, mine)
-        records.append(client.submit(_read_records, str(store.root), section, pkey, "keypoints", manifests, mine,
+        records.append(client.submit(_read_records, str(store.root), section, pkey, kind, manifests, mine,
                                      local[s : s + per_task],
                                      {k - s: why for k, why in exclude.items() if s <= k < s + per_task},
-                                     key=f"kp-read-{s}-{tok}", retries=2))
-    summaries = [x for part in client.gather([client.submit(_summaries, r) for r in records]) for x in part]
+                                     key=f"{prefix}-read-{s}-{tok}", retries=2))
+    summaries = [x for part in client.gather([client.submit(summarise, r) for r in records]) for x in part]
     reasons = {k: x for k, x in enumerate(summaries) if isinstance(x, str)}
     signatures = [None if isinstance(x, str) else x[0] for x in summaries]
     for k, problem in enumerate(consistent_signatures(signatures)):
@@ -225,15 +244,9 @@ def read_keypoints(client, store: FeatureStore, section: str, pkey: str, digests
     for s, future in zip(starts, records):
         mine = kept[(kept >= s) & (kept < s + per_task)]
         if len(mine):
-            futures.append(client.submit(_join_records, future, (mine - s).tolist(), key=f"kp-join-{s}-{tok}"))
+            futures.append(client.submit(join, future, (mine - s).tolist(), key=f"{prefix}-join-{s}-{tok}"))
             first.append(first[-1] + len(mine))
-    del records
-    counts = np.array([summaries[k][1] for k in kept], np.int64)
-    sizes = np.array([summaries[k][2] for k in kept], np.int64).reshape(-1, 2)
-    binary = bool(summaries[kept[0]][3]) if len(kept) else True
-    chunks = KeypointChunks(client, futures, np.array(first, np.int64),
-                            np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), sizes, binary)
-    return chunks, kept, reasons
+    return futures, np.array(first, np.int64), kept, reasons, summaries
 
 
 # ---------------------------------------------------------------------------------------------------------
