@@ -38,6 +38,10 @@ def extract_cached(extractor: Extractor, dataset: Dataset, cfg: DictConfig,
     Returns (extracted, extraction seconds as measured when they were extracted, whether cached).
     """
     key = cache.feature_key(extractor.name, extractor.params(), dataset.paths)
+    if cluster is not None and getattr(extractor, "whitening", None) == "dataset":
+        # Each task would fit the PCA on its own chunk: the features would depend on the chunks.
+        log.warning("whitening=dataset is learnt from all the embeddings at once: extracting in this process")
+        cluster = None
     if cluster is not None and extractor.kind in ("keypoints", "embedding"):
         return features_on_workers(cluster, extractor, dataset, cfg, key)
     path = Path(cfg.cache_dir) / "features" / f"{key}.npz"  # simbench.cache.dumps: no pickle

@@ -517,6 +517,30 @@ def test_runner_embeddings_are_read_by_the_workers_from_the_store(cluster, tmp_p
     assert 0 < got["widest"] < 512  # neighbour lists came back; no 512-d embedding did
 
 
+def test_dataset_whitening_is_learnt_from_all_embeddings_in_this_process(images, tmp_path, caplog):
+    """whitening=dataset is fitted on all the embeddings at once: with a cluster the runner extracts them
+    in this process (and says so) rather than whitening each task's chunk on its own."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from simbench.features.cnn import CnnExtractor
+    from simbench.run import extract_cached
+
+    class Unused:
+        def __getattr__(self, name):
+            raise AssertionError(f"the cluster was used ({name})")
+
+    extractor = CnnExtractor("resnet18", weights="none", image_size=64, workers=0, batch_size=4, runtime="torch",
+                             whitening="dataset")
+    dataset = SimpleNamespace(paths=sorted(images.glob("*_crop.jpg"))[:6])
+    cfg = OmegaConf.create({"cache_dir": str(tmp_path), "cache_features": False, "progress": False})
+    alone = extract_cached(extractor, dataset, cfg)[0]
+    whitened = extract_cached(extractor, dataset, cfg, Unused())[0]
+    assert np.array_equal(whitened.features.vectors, alone.features.vectors) and len(whitened.rows) == 6
+    assert "whitening=dataset is learnt from all the embeddings at once" in caplog.text
+
+
 def test_a_runner_chunk_stored_by_an_earlier_attempt_is_not_extracted_again(images, tmp_path, monkeypatch):
     """The runner's extraction task tried again (its worker killed after it stored its chunk) reads its own
     shard back instead of extracting, and returns the same skipped inputs."""
