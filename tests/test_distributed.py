@@ -102,17 +102,14 @@ def test_keypoints_on_a_cluster_never_reach_the_client(images, cluster, tmp_path
     workers read the descriptors; the client never loads them (load_features is not called for the
     keypoint stage) and receives no descriptor but those of the images whose evidence it shows, and no
     array longer than the plan's sample; pairs.csv and the pairs' evidence equal the in-process run's."""
-    from distributed import Client
-
     from simbench.distributed import keypoints as dk
     from simbench.find import evidence, pipeline
     from simbench.find.outputs import read_pair_evidence
 
     local, _ = cluster
     expected = in_process(images, tmp_path_factory, "keypoints")
-    loaded, taken, chunks, got = [], [], [], {"images": 0, "rows": 0, "largest": 0}
-    load_features, load_keypoints, take, gather = (pipeline.load_features, dk.load_keypoints,
-                                                   dk.KeypointChunks.take, Client.gather)
+    loaded, taken, chunks = [], [], []
+    load_features, load_keypoints, take = pipeline.load_features, dk.load_keypoints, dk.KeypointChunks.take
 
     def spy_load_features(stage, *args, **kwargs):
         loaded.append(stage.extractor.kind)
@@ -127,15 +124,10 @@ def test_keypoints_on_a_cluster_never_reach_the_client(images, cluster, tmp_path
         taken.append(len(np.unique(images)))
         return take(self, images)
 
-    def spy_gather(self, futures, *args, **kwargs):
-        result = gather(self, futures, *args, **kwargs)
-        _received(result, got)
-        return result
-
     monkeypatch.setattr(pipeline, "load_features", spy_load_features)
     monkeypatch.setattr(dk, "load_keypoints", spy_load_keypoints)
     monkeypatch.setattr(dk.KeypointChunks, "take", spy_take)
-    monkeypatch.setattr(Client, "gather", spy_gather)
+    got = _spy_on_gather(monkeypatch)
     monkeypatch.setattr(dk, "task_budget", lambda client: 2 << 20)  # a small worker: chunks of a few images
     shown = 4  # evidence of the 4 best pairs: the client may receive the descriptors of 8 images
     monkeypatch.setattr(evidence, "MAX_EVIDENCE_PAIRS", shown)
@@ -180,7 +172,7 @@ def test_a_killed_worker_is_survived_and_stored_chunks_are_not_redone(images, cl
     killer.join()
     assert 0 < killed["done_before"] < n_tasks  # the kill came mid-extraction
     assert found == expected
-    client.wait_for_workers(2, timeout=60)  # the nanny's new worker, for the tests after this one
+    client.wait_for_workers(2, timeout=300)  # the nanny's new worker, for the tests after this one
 
     # A re-run finds every chunk stored: nothing read again, no task submitted.
     capsys.readouterr()
@@ -304,7 +296,7 @@ def test_workers_killed_while_matching_are_survived(images, cluster, tmp_path_fa
     assert found == expected
     mine, theirs = (read_pair_evidence(d / "evidence.npz") for d in (tmp_path / "out", _in_process["keypoints"]))
     assert mine and mine == theirs
-    client.wait_for_workers(2, timeout=60)  # the nanny's new worker, for the tests after this one
+    client.wait_for_workers(2, timeout=300)  # the nanny's new worker, for the tests after this one
     assert killed[0] in workers and not set(killed) & set(client.run(os.getpid).values())
 
 
@@ -397,33 +389,29 @@ def test_task_sizes_ask_the_scheduler_for_the_workers(cluster, monkeypatch):
     assert dm.task_budget(client) == int(1.5 * 2**30 * dm.TASK_SHARE)  # one thread per 1.5 GiB worker
 
 
-def test_runner_keypoints_are_read_by_the_workers_from_the_store(cluster, tmp_path, monkeypatch):
-    """python -m simbench method=keypoints on the cluster: extraction tasks write the features to a store
-    and the workers read them back for matching (scatter_keypoints is not used, the client receives no
-    descriptors), a worker killed in a descriptor-join task is survived, and result.json's metrics and
-    skipped inputs and pairs.npz equal the in-process run's; a second run reads the stored features."""
-    from distributed import Client
+def _run_runner(tmp_path, name: str, overrides: list[str]):
+    """run_experiment (python -m simbench) on a small synthetic set with these overrides, caching under
+    tmp_path: (result.json's dict, pairs.npz's a, b and score)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from simbench.distributed import keypoints as dk
     from simbench.run import CONFIG_DIR, run_experiment
 
-    local, client = cluster
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True, overrides=[
+            *overrides, f"cache_dir={tmp_path / 'cache'}", "progress=false", "dataset.n_references=4",
+            "dataset.n_distractors=4", "dataset.long_side=256"])
+    HydraConfig.instance().set_config(cfg)
+    result = run_experiment(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), tmp_path / name)
+    with np.load(tmp_path / name / "pairs.npz") as pairs:
+        return result, {k: pairs[k] for k in ("a", "b", "score")}
 
-    def run(name, *extra):
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose(config_name="config", return_hydra_config=True, overrides=[
-                "method=keypoints", "method.verify=true", f"cache_dir={tmp_path / 'cache'}", "progress=false",
-                "dataset.n_references=4", "dataset.n_distractors=4", "dataset.long_side=256", *extra])
-        HydraConfig.instance().set_config(cfg)
-        result = run_experiment(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), tmp_path / name)
-        with np.load(tmp_path / name / "pairs.npz") as pairs:
-            return result, {k: pairs[k] for k in ("a", "b", "score")}
 
-    alone, alone_pairs = run("alone")
-    assert alone["method_stats"]["verified"] > 0  # RANSAC ran on the workers too
+def _spy_on_gather(monkeypatch) -> dict:
+    """What every Client.gather from now on returns, summed up by _received (a dict it keeps updating)."""
+    from distributed import Client
+
     got = {"images": 0, "rows": 0, "largest": 0}
     gather = Client.gather
 
@@ -432,22 +420,38 @@ def test_runner_keypoints_are_read_by_the_workers_from_the_store(cluster, tmp_pa
         _received(result, got)
         return result
 
+    monkeypatch.setattr(Client, "gather", spy_gather)
+    return got
+
+
+def test_runner_keypoints_are_read_by_the_workers_from_the_store(cluster, tmp_path, monkeypatch):
+    """python -m simbench method=keypoints on the cluster: extraction tasks write the features to a store
+    and the workers read them back for matching (scatter_keypoints is not used, the client receives no
+    descriptors), a worker killed in a descriptor-join task is survived, and result.json's metrics and
+    skipped inputs and pairs.npz equal the in-process run's; a second run reads the stored features."""
+    from simbench.distributed import keypoints as dk
+
+    local, client = cluster
+    settings = ["method=keypoints", "method.verify=true"]
+    alone, alone_pairs = _run_runner(tmp_path, "alone", settings)
+    assert alone["method_stats"]["verified"] > 0  # RANSAC ran on the workers too
+    got = _spy_on_gather(monkeypatch)
+
     def no_scatter(*args, **kwargs):
         raise AssertionError("the runner sent features from the client")
 
-    monkeypatch.setattr(Client, "gather", spy_gather)
     monkeypatch.setattr(dk, "scatter_keypoints", no_scatter)
     monkeypatch.setattr(dk, "task_budget", lambda client: 2 << 20)  # chunks of a few images on both workers
     monkeypatch.setattr(dk, "_join_between", kill_own_worker_once(dk._join_between, tmp_path / "killed"))
     on_cluster = ["cluster=local", f"cluster.scheduler={local.scheduler_address}", "cluster.files_per_task=4"]
     for name in ("dask", "dask-again"):
-        result, pairs = run(name, *on_cluster)
+        result, pairs = _run_runner(tmp_path, name, settings + on_cluster)
         assert result["timing"]["extract_cached"] is (name == "dask-again")
         assert len(pairs["a"]) and all(np.array_equal(pairs[k], alone_pairs[k]) for k in pairs)
         assert result["metrics"] == alone["metrics"] and result["skipped"] == alone["skipped"]
         assert result["method_stats"]["verified"] == alone["method_stats"]["verified"]
     assert (tmp_path / "killed").exists() and got["images"] == got["rows"] == 0
-    client.wait_for_workers(2, timeout=60)  # the nanny's new worker, for the tests after this one
+    client.wait_for_workers(2, timeout=300)  # the nanny's new worker, for the tests after this one
 
 
 def _close(got, want) -> bool:
@@ -465,48 +469,25 @@ def test_runner_embeddings_are_read_by_the_workers_from_the_store(cluster, tmp_p
     the client receives no embedding (nothing scattered or gathered, no array as wide as one) and
     result.json's metrics and skipped inputs and pairs.npz equal the in-process run's; a second run
     reads the stored embeddings."""
-    from distributed import Client
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
     from simbench.distributed import cnn as dc
-    from simbench.run import CONFIG_DIR, run_experiment
 
     local, _ = cluster
-
-    def run(name, *extra):
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose(config_name="config", return_hydra_config=True, overrides=[
-                "method=cnn", "backbone=resnet18", "backbone.weights=none", "backbone.image_size=64",
-                "backbone.runtime=torch", "backbone.workers=0", "backbone.batch_size=4", "method.neighbours=3", "method.normalise_k=2",
-                "+method.centre=true", f"cache_dir={tmp_path / 'cache'}", "progress=false",
-                "dataset.n_references=4", "dataset.n_distractors=4", "dataset.long_side=256", *extra])
-        HydraConfig.instance().set_config(cfg)
-        result = run_experiment(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), tmp_path / name)
-        with np.load(tmp_path / name / "pairs.npz") as pairs:
-            return result, {k: pairs[k] for k in ("a", "b", "score")}
-
-    alone, alone_pairs = run("alone")
-    got = {"images": 0, "rows": 0, "largest": 0}
-    gather = Client.gather
-
-    def spy_gather(self, futures, *args, **kwargs):
-        result = gather(self, futures, *args, **kwargs)
-        _received(result, got)
-        return result
+    settings = ["method=cnn", "backbone=resnet18", "backbone.weights=none", "backbone.image_size=64",
+                "backbone.runtime=torch", "backbone.workers=0", "backbone.batch_size=4", "method.neighbours=3",
+                "method.normalise_k=2", "+method.centre=true"]
+    alone, alone_pairs = _run_runner(tmp_path, "alone", settings)
+    got = _spy_on_gather(monkeypatch)
 
     def sent(*args, **kwargs):
         raise AssertionError("the runner moved embeddings between the client and the workers")
 
-    monkeypatch.setattr(Client, "gather", spy_gather)
     monkeypatch.setattr(dc, "scatter_embeddings", sent)
     monkeypatch.setattr(dc.EmbeddingChunks, "gather", sent)
     monkeypatch.setattr(dc.EmbeddingChunks, "take", sent)
     monkeypatch.setattr(dc, "task_budget", lambda client: 1 << 19)  # chunks of 8 images on both workers
     on_cluster = ["cluster=local", f"cluster.scheduler={local.scheduler_address}", "cluster.files_per_task=4"]
     for name in ("dask", "dask-again"):
-        result, pairs = run(name, *on_cluster)
+        result, pairs = _run_runner(tmp_path, name, settings + on_cluster)
         assert result["timing"]["extract_cached"] is (name == "dask-again")
         assert len(pairs["a"]) and np.array_equal(pairs["a"], alone_pairs["a"])
         assert np.array_equal(pairs["b"], alone_pairs["b"])
