@@ -1,9 +1,10 @@
 """Measure `simbench find` methods; fit the score calibration; print the tables of results/find.md.
 
     python benchmarks/devset.py build                        the development set (real photographs, line art)
+    python benchmarks/bench_find.py whiten                   fit the CNN's copy whitening on its TUNING split (first)
     python benchmarks/bench_find.py calibrate                fit simbench/find/calibration.json on its TUNING split
     python benchmarks/bench_find.py dev [METHOD...]          every method + plain baselines on the REPORT split
-    python benchmarks/bench_find.py tune [METHOD...]         the same on the tuning split (for choosing settings)
+    python benchmarks/bench_find.py tune [METHOD...]         the same on the tuning split's halves (for choosing)
     python benchmarks/bench_find.py yearbook [METHOD...]     precision / recall on yearbook PDFs with shared logos
     python benchmarks/bench_find.py yearbook-tune [METHOD...]    the same, built from the tuning split's photos
     python benchmarks/bench_find.py throughput [METHOD...]   images/s end to end, 2,000-image folder
@@ -38,6 +39,7 @@ from simbench.find.calibration import CALIBRATION_FILE, fit_calibration, fit_fus
 from simbench.find.pipeline import collect, find, raw_evidence, stage_pairs
 from simbench.find.yearbook import (SCHOOL_STYLE, build_yearbook, match_placement, reference_photos,
                                    score_found_pairs, true_pairs)
+from simbench.methods.cnn import SHIPPED_WHITENING, fit_copy_whitening, normalised_scores, vector_settings
 from simbench.types import ScoredPairs
 
 METHODS = ("hash", "cnn", "keypoints", "cascade")
@@ -64,18 +66,20 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
     and plain yearbook PDFs of scikit-image photos (look-alike pictures: retina and sky quadrants).
     Write simbench/find/calibration.json (or `out`: a variant's tables, for `find calibration=FILE`).
     The report split is never read here."""
-    collections = tuning_collections(work, progress)
+    collections = tuning_collections(work, progress, overrides)
     tables = []
     for name in ("keypoints", "cnn", "hash"):
         cfg = cascade.make_config(name, overrides)
-        stage = cascade.build_stages(cfg, calibrations={}, quiet=True)[0]
+        stage = cascade.build_stages(cfg, calibrations={}, quiet=True)[0]  # the settings the table is for
         raw, is_true = [], []
-        for tag, inputs, label, _ in collections:
-            got = collect(inputs, [stage], cfg, work / f"index-calibrate-{tag}", work, progress)
-            found = stage_pairs(stage, got.features[name], progress)
-            raw.append(stage.raw_signal(found))
-            is_true.append(label(got.items, found))
-            print(f"  {name} on {tag}: {len(found)} pairs, {int(is_true[-1].sum())} true", flush=True)
+        for c in collections:
+            c_cfg = cascade.make_config(name, [*overrides, *c.overrides])
+            c_stage = cascade.build_stages(c_cfg, calibrations={}, quiet=True)[0]
+            got = collect(c.inputs, [c_stage], c_cfg, c.index, work, progress)
+            found = stage_pairs(c_stage, got.features[name], progress)
+            raw.append(c_stage.raw_signal(found))
+            is_true.append(c.label(got.items, found))
+            print(f"  {name} on {c.tag}: {len(found)} pairs, {int(is_true[-1].sum())} true", flush=True)
         raw, is_true = np.concatenate(raw), np.concatenate(is_true)
         fit = fit_calibration(raw, is_true, stage.signal, stage.settings,
                               note=f"tuning collections: {', '.join(c.tag for c in collections)}")
@@ -99,7 +103,9 @@ def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], pr
     inputs = {name: transform for s in stages for name, transform in s.fusion_inputs.items()}
     values, found, is_true, weight = {k: [] for k in inputs}, {k: [] for k in names}, [], []
     for collection in collections:
-        v, ok, y = fusion_signals(collection, stages, cfg, work, progress)
+        c_cfg = cascade.make_config("cascade", [*overrides, *collection.overrides])
+        c_stages = cascade.build_stages(c_cfg, calibrations={}, quiet=True) if collection.overrides else stages
+        v, ok, y = fusion_signals(collection, c_stages, c_cfg, work, progress)
         for name in inputs:
             values[name].append(v[name])
         for name in names:
@@ -116,19 +122,132 @@ def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], pr
     return fusion
 
 
+# ---------------------------------------------------------------------------------------------------
+# The CNN's copy whitening: fitted on the tuning collections' true pairs (simbench.methods.cnn)
+
+#: Directions of copy variation the shipped whitening shrinks (the 2-fold table of `whiten` chose it).
+WHITENING_RANK = 128
+WHITENING_RANKS = (32, 64, 128, 256)
+
+
+def whiten(work: Path, overrides: list[str], progress: bool, out: Path = SHIPPED_WHITENING,
+           rank: int = WHITENING_RANK) -> list[dict]:
+    """Fit the copy whitening on the true pairs of the development set's tuning collections (photo, line
+    art) and write it to `out`; first print a 2-fold table (groups of copies split in two, fitted on one half
+    of both collections, the CNN's normalised scores over all pairs of the other half): micro-AP and recall
+    at P0.9 with no whitening and each rank of WHITENING_RANKS. The report split is never read here."""
+    data, stage = devset_embeddings(work, overrides, progress)
+    table = []
+    for fold in (0, 1):
+        train = [(v[keep], renumbered(p, keep)) for _, v, p in data for keep in [fold_rows(len(v), p, fold)]]
+        for r in (0, *WHITENING_RANKS):
+            fit = fit_copy_whitening(train, r, {}) if r else None
+            for tag, v, p in data:
+                keep = fold_rows(len(v), p, 1 - fold)
+                x = v[keep] if fit is None else fit.apply(v[keep])
+                uap, r90 = all_pairs_metrics(x, renumbered(p, keep), stage.method)
+                table.append({"fold": fold, "rank": r, "collection": tag, "uap": uap, "recall_at_p90": r90})
+                print(_row_text(table[-1]), flush=True)
+    print(whitening_table(table))
+    fitted = fit_whitening(data, stage, rank, f"{', '.join(t for t, _, _ in data)}; made by "
+                                              "`python benchmarks/bench_find.py whiten`")
+    fitted.save(out)
+    print(f"wrote {out} (rank {rank}, shrink factors {fitted.scales.min():.3f}..{fitted.scales.max():.3f})")
+    return table
+
+
+def devset_embeddings(work: Path, overrides: list[str], progress: bool) -> tuple[list, object]:
+    """[(tag, the CNN's vectors of every image of a tuning devset collection, centred as find does but not
+    whitened, in the dataset's order; its true pairs)], and the CNN stage."""
+    cfg = cascade.make_config("cnn", overrides + ["cnn.method.copy_whitening=null"])
+    stage = cascade.build_stages(cfg, calibrations={}, quiet=True)[0]
+    data = []
+    for part in PARTS:
+        ds = dev_set(TUNE, part, progress)
+        got = collect([ds.root / "images"], [stage], cfg, devset_index(work, ds), work, progress)
+        feats, rows, _ = got.features["cnn"]
+        index = {str(path): i for i, path in enumerate(ds.paths)}
+        at = np.array([index[got.items[r].display] for r in rows], dtype=np.int64)
+        if len(at) != len(ds):
+            raise RuntimeError(f"{ds.name}: {len(ds) - len(at)} images without a CNN embedding")
+        vectors = np.empty((len(ds), feats.vectors.shape[1]), np.float32)
+        vectors[at] = stage.method.vectors(feats)
+        data.append((f"devset-{TUNE}-{part}", vectors, np.asarray(ds.truth)))
+        print(f"  {ds.name}: {len(ds)} images, {ds.n_true_pairs} true pairs", flush=True)
+    return data, stage
+
+
+def fit_whitening(data: list, stage, rank: int, what: str, keep: Callable | None = None):
+    """The copy whitening fitted on `data` (devset_embeddings), or on the rows keep(n, pairs) of each."""
+    parts = [(v, p) if keep is None else (v[k], renumbered(p, k)) for _, v, p in data
+             for k in [None if keep is None else keep(len(v), p)]]
+    return fit_copy_whitening(parts, rank, vector_settings(stage.extractor), note=f"rank {rank}; {what}")
+
+
+def devset_index(work: Path, ds, split: str = TUNE) -> Path:
+    """The --index of a devset collection (its halves share it: the same files)."""
+    return work / f"index-dev-{split}-{ds.name.split('-half')[0]}"
+
+
+def fold_rows(n: int, pairs: np.ndarray, fold: int) -> np.ndarray:
+    """The rows of one half: whole groups (connected by true pairs; an image without copies is a group of
+    one) by group number, so that no true pair is split between the halves."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, group = connected_components(graph, directed=False)
+    return np.flatnonzero(group % 2 == fold)
+
+
+def renumbered(pairs: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The pairs with both rows in `keep`, as positions in keep."""
+    pos = np.full(max(int(keep.max(initial=-1)) + 1, int(pairs.max(initial=-1)) + 1), -1)
+    pos[keep] = np.arange(len(keep))
+    both = pairs[(pos[pairs[:, 0]] >= 0) & (pos[pairs[:, 1]] >= 0)]
+    return pos[both].reshape(-1, 2)
+
+
+def all_pairs_metrics(vectors: np.ndarray, pairs: np.ndarray, method) -> tuple[float, float]:
+    """micro-AP and recall at P0.9 of the method's normalised scores over all pairs of `vectors`."""
+    n = len(vectors)
+    sim = vectors @ vectors.T
+    np.fill_diagonal(sim, -np.inf)
+    k = min(method.normalise_k, n - 1)
+    kth = -np.sort(-sim, axis=1)[:, k - 1]
+    a, b = np.triu_indices(n, 1)
+    score = normalised_scores(sim[a, b], kth[a], kth[b], method.beta)[1]
+    truth = np.unique(np.sort(pairs, axis=1), axis=0)
+    m = evaluate(ScoredPairs(a, b, score), truth, [""] * n, None)
+    return m["uap"], m["recall_at_p90"]
+
+
+def whitening_table(rows: list[dict]) -> str:
+    tags = list(dict.fromkeys(r["collection"] for r in rows))
+    out = ["| fold | rank | " + " | ".join(tags) + " |", "|---|---|" + "---|" * len(tags)]
+    for fold, r in dict.fromkeys((row["fold"], row["rank"]) for row in rows):
+        cells = {row["collection"]: f"{row['uap']:.3f} / {row['recall_at_p90']:.3f}" for row in rows
+                 if row["fold"] == fold and row["rank"] == r}
+        out.append(f"| {fold} | {r or 'none'} | " + " | ".join(cells[t] for t in tags) + " |")
+    return "\n".join(out)
+
+
 class Collection(NamedTuple):
-    """A tuning collection: its folder or PDFs, which found pairs are true, and how many true pairs it has."""
+    """A tuning collection: its folder or PDFs, which found pairs are true, how many true pairs it has, its
+    --index, and the settings it is run with (a devset half: the copy whitening fitted on the other half)."""
 
     tag: str
     inputs: list
     label: Callable  # (items, pairs) -> is_true per pair
     n_true: int
+    index: Path
+    overrides: tuple = ()
 
 
 def fusion_signals(collection: Collection, stages, cfg, work: Path, progress: bool):
     """What the fusion is fitted on, for one collection: every pair found by either stage, with each stage's
     raw signal (the CNN's for every pair) and whether it found the pair ({stage: array} twice), and is_true."""
-    got = collect(collection.inputs, stages, cfg, work / f"index-calibrate-{collection.tag}", work, progress)
+    got = collect(collection.inputs, stages, cfg, collection.index, work, progress)
     raw = raw_evidence(stages, got.features, progress)
     n = len(got.items)
     union = cascade.fuse(n, {s: ScoredPairs(r.a, r.b, np.ones(len(r.a))) for s, r in raw.items()}, "max")
@@ -136,17 +255,18 @@ def fusion_signals(collection: Collection, stages, cfg, work: Path, progress: bo
     return values, found, collection.label(got.items, union.as_scored())
 
 
-def tuning_collections(work: Path, progress: bool) -> list[Collection]:
-    """Every collection calibration may look at."""
+def tuning_collections(work: Path, progress: bool, overrides: list[str] = ()) -> list[Collection]:
+    """Every collection calibration may look at: the two halves of each devset tuning collection (each run
+    with the copy whitening fitted on the other halves, so that no CNN score it gives comes from a
+    whitening fitted on its own pairs), and two kinds of yearbook PDFs (the whitening never saw them)."""
     out = []
-    for part in PARTS:
-        ds = dev_set(TUNE, part, progress)
-
+    for ds, extra in tuning_halves(work, list(overrides), progress):
         def label(items, pairs, ds=ds):
             a, b = _dataset_rows(items, ds, pairs)
             return label_pairs(ScoredPairs(a, b, pairs.score), ds.truth)
 
-        out.append(Collection(f"devset-{TUNE}-{part}", [ds.root / "images"], label, ds.n_true_pairs))
+        out.append(Collection(ds.name, [ds.root / "images"], label, ds.n_true_pairs, devset_index(work, ds),
+                              tuple(extra)))
     for tag, build in (("yearbook-school-tune", lambda d: build_tune_yearbook(d, progress)),
                        ("yearbook-plain-seed1", lambda d: build_yearbook(d, seed=1))):
         pdfs = work / tag
@@ -160,7 +280,41 @@ def tuning_collections(work: Path, progress: bool) -> list[Collection]:
                              if where[a] is not None and where[b] is not None else False
                              for a, b in zip(pairs.a, pairs.b)], bool)
 
-        out.append(Collection(tag, [pdfs], label, len(true_pairs(placements))))
+        out.append(Collection(tag, [pdfs], label, len(true_pairs(placements)), work / f"index-calibrate-{tag}"))
+    return out
+
+
+def tuning_halves(work: Path, overrides: list[str], progress: bool) -> list[tuple]:
+    """[(half dataset, the override it is run with)]: each devset tuning collection cut into two halves of
+    whole groups (`fold_rows`), its files copied into a folder of its own; half h is run with the copy
+    whitening fitted on the halves 1 - h of both collections (written to work/whitening-half{1-h}.npz),
+    unless the overrides choose the whitening (then with no override of its own)."""
+    from simbench.data.dataset import Dataset
+
+    whitened = not any(o.startswith("cnn.method.copy_whitening=") for o in overrides)
+    data, stage = devset_embeddings(work, overrides, progress) if whitened else ([], None)
+    files = {}
+    for h in (0, 1) if whitened else ():
+        fit = fit_whitening(data, stage, WHITENING_RANK, f"half {h} of {', '.join(t for t, _, _ in data)}",
+                            keep=lambda n, p, h=h: fold_rows(n, p, h))
+        files[h] = work / f"whitening-half{h}.npz"
+        fit.save(files[h])
+    out = []
+    for part in PARTS:
+        ds = dev_set(TUNE, part, progress)
+        for h in (0, 1):
+            keep = fold_rows(len(ds), np.asarray(ds.truth), h)
+            root = work / "halves" / f"{ds.name}-half{h}"
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            paths = []
+            for i in keep:
+                target = root / "images" / ds.paths[i].name
+                if not target.exists():
+                    shutil.copy2(ds.paths[i], target)
+                paths.append(target)
+            half = Dataset(f"{ds.name}-half{h}", root, paths, renumbered(np.asarray(ds.truth), keep),
+                           [ds.labels[i] for i in keep])
+            out.append((half, [f"cnn.method.copy_whitening={files[1 - h]}"] if whitened else []))
     return out
 
 
@@ -176,15 +330,23 @@ def build_tune_yearbook(pdfs: Path, progress: bool):
 def dev(methods, work: Path, overrides: list[str], progress: bool, split: str = "report",
         baselines: tuple = BASELINES) -> list[dict]:
     """Each find method and each plain baseline on the photo and line-art collections of `split`,
-    scored the same way (simbench.evaluate over the dataset's truth and labels)."""
+    scored the same way (simbench.evaluate over the dataset's truth and labels). On the tuning split, the
+    two halves of each collection (`tuning_halves`), each run with the copy whitening fitted on the other
+    halves: the CNN stage's whitening never scores the pairs it was fitted on."""
+    if split == TUNE:
+        collections = tuning_halves(work, overrides, progress)
+    else:
+        collections = [(dev_set(split, part, progress), []) for part in PARTS]
     rows = []
-    for part in PARTS:
-        ds = dev_set(split, part, progress)
+    for ds, extra in collections:
+        part = ds.name.removeprefix(f"devset-{split}-")
         print(f"{split}/{part}: {len(ds)} images, {ds.n_true_pairs} true pairs", flush=True)
+        if extra:  # a tuning half: the tables and fusion, fitted on its own whitening's scores, keyed for it
+            extra = [*extra, f"calibration={tables_for_half(work, ds.name, overrides, extra)}"]
         for method in methods:
-            cfg = cascade.make_config(method, overrides)
+            cfg = cascade.make_config(method, [*overrides, *extra])
             seconds, result = timed(lambda: find([ds.root / "images"], work / f"out-dev-{split}-{part}-{method}",
-                                                 cfg, index=work / f"index-dev-{split}-{ds.name}", progress=progress))
+                                                 cfg, index=devset_index(work, ds, split), progress=progress))
             a, b = _dataset_rows(result.items, ds, result.pairs)
             rows.append(_dev_row(f"find --method {method}", split, part, ds, ScoredPairs(a, b, result.pairs.score),
                                  float(cfg.threshold), seconds))
@@ -195,6 +357,32 @@ def dev(methods, work: Path, overrides: list[str], progress: bool, split: str = 
             print(_row_text(rows[-1]), flush=True)
     print(dev_table(rows))
     return rows
+
+
+def tables_for_half(work: Path, name: str, overrides: list[str], extra: list[str]) -> Path:
+    """A calibration file for a tuning half run with `extra` (its copy whitening): the tables and fusions
+    of the calibration in use (overrides' calibration=FILE, else the shipped one) whose settings are the
+    find defaults', keyed instead by the settings of the half's stages. `calibrate` fits them on the halves
+    run exactly so; a find run would otherwise find no table for the half's whitening and run uncalibrated."""
+    from simbench.find.calibration import Calibration, Fusion, load_calibrations, load_fusions, settings_key
+
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("calibration=")]
+    source = given[-1] if given else CALIBRATION_FILE
+    tables, fusions = load_calibrations(source), load_fusions(source)
+    if given:
+        tables = {**load_calibrations(), **tables}
+        fusions = fusions + load_fusions()
+    shipped = cascade.build_stages(cascade.make_config("cascade", overrides), calibrations={}, quiet=True)
+    half = cascade.build_stages(cascade.make_config("cascade", [*overrides, *extra]), calibrations={}, quiet=True)
+    rekey = {settings_key(a.settings): b.settings for a, b in zip(shipped, half)}
+    moved = [Calibration(t.raw, t.precision, t.signal, rekey[k], t.note, t.pairs, t.true)
+             for k, t in tables.items() if k in rekey]
+    kept = [t for k, t in tables.items() if k not in rekey]  # stages the whitening does not touch (hash)
+    fitted = [Fusion(f.stages, [settings_key(rekey[k]) for k in f.keys], f.intercept, f.found_weight, f.weight,
+                     f.transform, f.note) for f in fusions if all(k in rekey for k in f.keys)]
+    path = work / f"calibration-{name}.json"
+    save_calibrations(moved + kept, path, f"{source} re-keyed for {name} ({', '.join(extra)})", fitted)
+    return path
 
 
 def _dev_row(name: str, split: str, part: str, ds, pairs: ScoredPairs, threshold, seconds: float) -> dict:
@@ -409,14 +597,15 @@ def _row_text(row: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("calibrate", "dev", "tune", "yearbook", "yearbook-tune", "synthetic",
+    parser.add_argument("what", choices=("whiten", "calibrate", "dev", "tune", "yearbook", "yearbook-tune", "synthetic",
                                          "throughput", "collection"))
     parser.add_argument("args", nargs="*", help="methods (hash, cnn, keypoints, cascade) and key=value overrides")
     parser.add_argument("--work", default=str(default_cache_dir() / "bench_find"))
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    parser.add_argument("--out", default=str(CALIBRATION_FILE),
-                        help="calibrate: the file to write (a variant's, to try with calibration=FILE)")
+    parser.add_argument("--out", default=None,
+                        help="calibrate / whiten: the file to write (a variant's, to try with calibration=FILE or "
+                             f"cnn.method.copy_whitening=FILE; default {CALIBRATION_FILE.name} / {SHIPPED_WHITENING.name})")
     parser.add_argument("--baselines", default=",".join(BASELINES),
                         help="dev/tune: comma-separated plain baselines to run beside the methods ('' for none)")
     args = parser.parse_intermixed_args(argv)
@@ -430,7 +619,9 @@ def main(argv=None) -> None:
           f"python {sys.version.split()[0]}; overrides {overrides}")
     out = {}
     if args.what == "calibrate":
-        out["calibration"] = calibrate(work, overrides, progress, Path(args.out))
+        out["calibration"] = calibrate(work, overrides, progress, Path(args.out or CALIBRATION_FILE))
+    elif args.what == "whiten":
+        out["whiten"] = whiten(work, overrides, progress, Path(args.out or SHIPPED_WHITENING))
     elif args.what in ("dev", "tune"):
         out[args.what] = dev(methods, work, overrides, progress, split=REPORT if args.what == "dev" else TUNE,
                              baselines=tuple(b for b in args.baselines.split(",") if b))

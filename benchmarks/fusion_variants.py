@@ -32,7 +32,9 @@ def fusion_pairs(work: Path) -> tuple[list, list]:
     stages = cascade.build_stages(cfg, quiet=True)
     out = []
     for collection in bench_find.tuning_collections(work, progress=False):
-        values, found, y = bench_find.fusion_signals(collection, stages, cfg, work, progress=False)
+        c_cfg = cascade.make_config("cascade", list(collection.overrides))  # a devset half: its own whitening
+        c_stages = cascade.build_stages(c_cfg, calibrations={}, quiet=True) if collection.overrides else stages
+        values, found, y = bench_find.fusion_signals(collection, c_stages, c_cfg, work, progress=False)
         out.append((collection.tag, values["keypoints"], found["keypoints"], values["cnn"], y, collection.n_true))
     return out, stages
 

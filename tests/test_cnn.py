@@ -479,6 +479,113 @@ def test_centring_a_few_images_barely_moves_them():
         CnnMethod(tiny(), ExactMatcher(), centre=True, centre_prior=-1)
 
 
+def _copies_with_overlays(rng, groups: int, copies: int, overlays: np.ndarray, d: int) -> tuple:
+    """Unit vectors of `groups` pictures, each with `copies` edited copies (a little noise and, on some
+    copies, one of the `overlays` added, stronger than the picture: a frame or template around it), and as
+    many unrelated pictures carrying the same overlays; (vectors, true pairs)."""
+    pictures = rng.standard_normal((groups * 2, d))
+    rows, pairs = [], []
+    for g in range(groups):
+        first = len(rows)
+        for c in range(copies + 1):
+            overlay = overlays[rng.integers(len(overlays))] * 12.0 if c % 2 else 0.0
+            rows.append(pictures[g] + 0.3 * rng.standard_normal(d) + overlay)
+        pairs += [(i, j) for i in range(first, len(rows)) for j in range(i + 1, len(rows))]
+    for g in range(groups, 2 * groups):  # unrelated pictures inside the same frames
+        rows.append(pictures[g] + overlays[rng.integers(len(overlays))] * 12.0)
+    return unit(np.array(rows)).astype(np.float32), np.array(pairs)
+
+
+def test_copy_whitening_is_the_inverse_square_root_of_the_copy_covariance():
+    """The stored low-rank map gives, once normalised, the vectors of the full whitening matrix M^(-1/2),
+    M = the shrunk covariance of the true pairs' differences with all but its top `rank` eigenvalues
+    replaced by their mean (computed here with scipy's matrix power, not the map's algebra)."""
+    from scipy.linalg import fractional_matrix_power
+
+    from simbench.methods.cnn import fit_copy_whitening
+
+    rng = np.random.default_rng(7)
+    x, pairs = _copies_with_overlays(rng, 12, 4, unit(rng.standard_normal((3, 24))), 24)
+    fit = fit_copy_whitening([(x[:40], pairs[pairs.max(axis=1) < 40]), (x[40:], pairs[pairs.min(axis=1) >= 40] - 40)],
+                             rank=5, fitted_for={"backbone": "test"}, shrinkage=0.2)
+    d = np.concatenate([x[:40][p[:, 0]] - x[:40][p[:, 1]] for p in [pairs[pairs.max(axis=1) < 40]]]
+                       + [x[40:][p[:, 0]] - x[40:][p[:, 1]] for p in [pairs[pairs.min(axis=1) >= 40] - 40]])
+    cov = d.astype(np.float64).T @ d / len(d)
+    cov = 0.8 * cov + 0.2 * np.trace(cov) / 24 * np.eye(24)
+    w, u = np.linalg.eigh(cov)
+    w, u = w[::-1], u[:, ::-1]
+    m = u @ np.diag(np.r_[w[:5], np.full(19, w[5:].mean())]) @ u.T
+    want = unit(x.astype(np.float64) @ np.real(fractional_matrix_power(m, -0.5)))
+    np.testing.assert_allclose(fit.apply(x), want, atol=1e-5)
+    assert fit.directions.shape == (24, 5) and np.all((fit.scales > 0) & (fit.scales <= 1))
+    with pytest.raises(ValueError, match="rank"):
+        fit_copy_whitening([(x, pairs)], rank=24, fitted_for={})
+    with pytest.raises(ValueError, match="true pairs"):
+        fit_copy_whitening([(x, pairs[:0])], rank=3, fitted_for={})
+
+
+def test_copy_whitening_learned_on_some_pictures_removes_shared_frames_from_others():
+    """Fitted on one set of pictures and copies, it stops unrelated pictures in the same frames (screenshot
+    templates, say) looking alike in another set, where the copies still do."""
+    from simbench.methods.cnn import fit_copy_whitening
+
+    rng = np.random.default_rng(8)
+    overlays = unit(rng.standard_normal((3, 64)))
+    train, train_pairs = _copies_with_overlays(rng, 30, 4, overlays, 64)
+    test, test_pairs = _copies_with_overlays(rng, 30, 4, overlays, 64)
+    fit = fit_copy_whitening([(train, train_pairs)], rank=8, fitted_for={})
+    n = len(test)
+    true = np.zeros((n, n), bool)
+    true[test_pairs[:, 0], test_pairs[:, 1]] = True
+    a, b = np.triu_indices(n, 1)
+    framed = np.arange(n) >= 150  # the unrelated pictures, all in frames
+    unrelated = framed[a] & framed[b]
+    for x, separated in ((test, False), (fit.apply(test), True)):
+        cos = np.einsum("ij,ij->i", x[a], x[b])
+        assert bool(cos[unrelated].max() < cos[true[a, b]].min()) is separated
+
+
+def test_copy_whitening_file_names_the_settings_it_was_fitted_for(tmp_path, caplog):
+    from simbench.methods.cnn import (
+        CnnMethod,
+        CopyWhitening,
+        fit_copy_whitening,
+        vector_settings,
+    )
+
+    rng = np.random.default_rng(9)
+    x, pairs = _copies_with_overlays(rng, 10, 3, unit(rng.standard_normal((2, 16))), 16)
+    extractor = tiny()
+    fit = fit_copy_whitening([(x, pairs)], rank=4, fitted_for=vector_settings(extractor), note="test")
+    fit.save(tmp_path / "w.npz")
+    loaded = CopyWhitening.load(tmp_path / "w.npz")
+    assert loaded.digest == fit.digest and loaded.note == "test"
+    assert "device" not in loaded.fitted_for and loaded.fitted_for["backbone"] == "resnet18"
+    method = CnnMethod(extractor, ExactMatcher(), copy_whitening=tmp_path / "w.npz")
+    np.testing.assert_array_equal(method.vectors(Embeddings(x)), fit.apply(x))
+    assert method.params()["copy_whitening"] == fit.digest
+    assert "copy_whitening" not in CnnMethod(extractor, ExactMatcher(), copy_whitening=None).params()
+    other = tiny(image_size=96)
+    with pytest.raises(ValueError, match="image_size"):
+        CnnMethod(other, ExactMatcher(), copy_whitening=tmp_path / "w.npz")
+    with pytest.raises(FileNotFoundError):
+        CnnMethod(extractor, ExactMatcher(), copy_whitening=tmp_path / "missing.npz")
+    # auto: the shipped fit is for EfficientNet-Lite0 as find runs it; for other settings, none, logged.
+    with caplog.at_level("WARNING"):
+        assert CnnMethod(other, ExactMatcher(), copy_whitening="auto").copy_whitening is None
+    assert "fitted for other extractor settings" in caplog.text
+
+
+def test_find_whitens_its_cnn_embeddings_with_the_shipped_fit():
+    from simbench.find import cascade
+    from simbench.methods.cnn import SHIPPED_WHITENING, CopyWhitening
+
+    stage = cascade.build_stages(cascade.make_config("cnn"), calibrations={}, quiet=True)[0]
+    assert stage.method.copy_whitening is not None
+    assert stage.method.copy_whitening.digest == CopyWhitening.load(SHIPPED_WHITENING).digest
+    assert "bench_find.py whiten" in stage.method.copy_whitening.note
+
+
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 

@@ -10,7 +10,8 @@ The client keeps per-image tables only; the embeddings stay on the workers from 
    whose extraction tasks write a store of their own (simbench.run.features_on_workers).
    ``scatter_embeddings`` makes the same chunks from embeddings in memory (tests).
    With CnnMethod.centre, ``centred_chunks`` gives the searches centred chunks: each chunk's exact sum
-   (methods.cnn.embedding_sum) added on the client, then each chunk centred by a task.
+   (methods.cnn.embedding_sum) added on the client, then each chunk centred (and, with copy_whitening,
+   whitened) by a task.
 2. Exact top-k (``sharded_topk``): a tile is one query block against a run of database blocks,
    the blocks of ExactCosineMatcher.topk in one process, so a tile's products (match.cosine.topk_blocks)
    are the very matrices of the in-process loop. Each tile gives the k best (similarity, row) keys of its
@@ -75,7 +76,7 @@ class EmbeddingChunks:
     bounds: np.ndarray
     dim: int
     backgrounds: dict = field(default_factory=dict)
-    centred_views: dict = field(default_factory=dict)  # centre_prior -> these chunks centred (centred_chunks)
+    centred_views: dict = field(default_factory=dict)  # (centre_prior, whitening) -> these chunks prepared (centred_chunks)
 
     def __len__(self) -> int:
         return int(self.bounds[-1])
@@ -155,19 +156,26 @@ def load_embeddings(client, stage, items, source_digests, store: FeatureStore, e
 
 def centred_chunks(chunks: EmbeddingChunks, method) -> EmbeddingChunks:
     """The chunks as method.vectors gives them: centred on the collection's mean when method.centre (the
-    chunks' exact fixed-point sums added on the client, then each chunk centred by a task; kept, so that
-    the search and the fusion's scores share them), else the chunks themselves."""
-    if not method.centre:
+    chunks' exact fixed-point sums added on the client, then each chunk centred by a task), then
+    copy-whitened when method.copy_whitening (a task per chunk); kept, so that the search and the fusion's
+    scores share them. Else the chunks themselves."""
+    whitening = method.copy_whitening
+    if not method.centre and whitening is None:
         return chunks
-    if method.centre_prior not in chunks.centred_views:
+    view = (method.centre_prior if method.centre else None, whitening.digest if whitening is not None else None)
+    if view not in chunks.centred_views:
         client, tok = chunks.client, _token()
-        sums = client.gather([client.submit(embedding_sum, f, key=f"cnn-sum-{i}-{tok}")
-                              for i, f in enumerate(chunks.futures)])
-        total = np.sum(sums, axis=0, dtype=np.int64) if sums else np.zeros(chunks.dim, np.int64)
-        futures = [client.submit(centred, f, total, len(chunks), method.centre_prior, key=f"cnn-centre-{i}-{tok}")
-                   for i, f in enumerate(chunks.futures)]
-        chunks.centred_views[method.centre_prior] = EmbeddingChunks(client, futures, chunks.bounds, chunks.dim)
-    return chunks.centred_views[method.centre_prior]
+        futures = chunks.futures
+        if method.centre:
+            sums = client.gather([client.submit(embedding_sum, f, key=f"cnn-sum-{i}-{tok}")
+                                  for i, f in enumerate(futures)])
+            total = np.sum(sums, axis=0, dtype=np.int64) if sums else np.zeros(chunks.dim, np.int64)
+            futures = [client.submit(centred, f, total, len(chunks), method.centre_prior,
+                                     key=f"cnn-centre-{i}-{tok}") for i, f in enumerate(futures)]
+        if whitening is not None:
+            futures = [client.submit(whitening.apply, f, key=f"cnn-whiten-{i}-{tok}") for i, f in enumerate(futures)]
+        chunks.centred_views[view] = EmbeddingChunks(client, futures, chunks.bounds, chunks.dim)
+    return chunks.centred_views[view]
 
 
 # ---------------------------------------------------------------------------------------------------------

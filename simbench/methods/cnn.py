@@ -35,8 +35,26 @@ common frame or palette) stops counting as similarity; the first step of whiteni
 `centre_prior` more images sat at the origin, so a handful of images is barely centred (two images centred
 on their own mean would point in opposite directions). The cosines in extra["cosine"] are then those of the
 centred vectors.
+
+Copy whitening (copy_whitening): after centring, the directions along which copies of one picture differ
+most (an overlay, a screenshot frame, a recolouring, a blur) are shrunk, so that what an edit adds stops
+counting as similarity and what survives the edits counts more. It is the whitening learned from matching
+pairs of Mikolajczyk & Matas (ICCV 2007) and Radenović, Tolias & Chum (TPAMI 2018), P = C_S^(-1/2) with C_S
+the covariance of the differences between embeddings of true pairs, kept to its top `rank` directions: the
+other eigenvalues of C_S are replaced by their mean, so P is that mean^(-1/2) times a map that is the
+identity except on the top directions, each shrunk by sqrt(mean / eigenvalue); as the vectors are
+L2-normalised afterwards, only that map is stored (`CopyWhitening`). Fitted on annotated pairs
+(`fit_copy_whitening`; the shipped one by benchmarks/bench_find.py whiten on the development set's tuning
+split), for one extractor's settings: "auto" uses the shipped fit when it was made for this extractor's
+settings and says so when not.
 """
 from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -44,6 +62,11 @@ from simbench.features.base import Extractor
 from simbench.match.cosine import as_vectors, cosine_matcher_for
 from simbench.methods.base import Method
 from simbench.types import Embeddings, Pairs, ScoredPairs
+
+log = logging.getLogger(__name__)
+
+#: The copy whitening shipped with simbench: `python benchmarks/bench_find.py whiten` (tuning split only).
+SHIPPED_WHITENING = Path(__file__).with_name("cnn_whitening.npz")
 
 
 class CnnMethod(Method):
@@ -58,12 +81,15 @@ class CnnMethod(Method):
     normalise_k, beta: score normalisation against the k-th neighbour (None or 0: off), see the module
         docstring.
     centre, centre_prior: subtract the collection's (shrunk) mean embedding first, see the module docstring.
+    copy_whitening: None (off), "auto" (the shipped fit when made for this extractor's settings, else off,
+        logged) or a file written by CopyWhitening.save (an error when made for other settings); applied
+        after centring, see the module docstring.
     """
 
     def __init__(self, extractor: Extractor, matcher, min_similarity: float | None = 0.5, threshold: float = 0.9,
                  lsh_bits: int = 256, lsh_recall: float = 0.95, neighbours: int | None = None,
                  normalise_k: int | None = None, beta: float = 1.0, centre: bool = False,
-                 centre_prior: float = 20.0):
+                 centre_prior: float = 20.0, copy_whitening: str | Path | None = None):
         self.extractor = extractor
         self.binary_matcher = matcher
         self.matcher = cosine_matcher_for(matcher, lsh_bits=lsh_bits, lsh_recall=lsh_recall)
@@ -84,11 +110,14 @@ class CnnMethod(Method):
             raise ValueError(f"centre_prior must be >= 0, got {centre_prior}")
         if self.min_similarity is None and not self.neighbours:
             raise ValueError("min_similarity=None needs neighbours > 0: there would be no candidate pairs")
+        self.copy_whitening = whitening_for(copy_whitening, extractor)
 
     def vectors(self, features) -> np.ndarray:
-        """The vectors the searches compare: the embeddings, centred when `centre` is set."""
+        """The vectors the searches compare: the embeddings, centred when `centre` is set, then copy-whitened
+        when `copy_whitening` is."""
         v = as_vectors(features)
-        return centred(v, embedding_sum(v), len(v), self.centre_prior) if self.centre else v
+        v = centred(v, embedding_sum(v), len(v), self.centre_prior) if self.centre else v
+        return self.copy_whitening.apply(v) if self.copy_whitening is not None else v
 
     def score_pairs(self, features: Embeddings) -> ScoredPairs:
         v = self.vectors(features)
@@ -151,6 +180,7 @@ class CnnMethod(Method):
                 "beta": self.beta if self.normalise_k else None,
                 # Only when used, so that the tables and caches of before keep their keys.
                 **({"centre": True, "centre_prior": self.centre_prior} if self.centre else {}),
+                **({"copy_whitening": self.copy_whitening.digest} if self.copy_whitening is not None else {}),
                 "matcher": self.matcher.name, "lsh_bits": self.lsh_bits, "lsh_recall": self.lsh_recall,
                 "extract_device": self.extractor.device, "extract_fallback": self.extractor.fallback,
                 "match_device": self.matcher.device, "match_fallback": self.matcher.fallback}
@@ -189,6 +219,114 @@ def centred(vectors: np.ndarray, total: np.ndarray, n_rows: int, n_prior: float)
     x = np.asarray(vectors, np.float32) - mean
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Copy whitening
+
+
+@dataclass(frozen=True)
+class CopyWhitening:
+    """x -> x + ((x U) (s - 1)) U^T, L2-normalised: each of the r orthonormal `directions` U (D, r) shrunk by
+    its `scale` s in (0, 1] (module docstring). fitted_for: the extractor settings of the vectors it was
+    fitted on (`vector_settings`); note: what it was fitted on."""
+
+    directions: np.ndarray
+    scales: np.ndarray
+    fitted_for: dict = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def digest(self) -> str:
+        """Identifies the map (the calibration tables and caches key on it)."""
+        h = hashlib.sha256(np.ascontiguousarray(self.directions, np.float32).tobytes())
+        h.update(np.ascontiguousarray(self.scales, np.float32).tobytes())
+        return h.hexdigest()[:16]
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        x = np.asarray(vectors, np.float32)
+        u = np.asarray(self.directions, np.float32)
+        y = x + ((x @ u) * (np.asarray(self.scales, np.float32) - 1)) @ u.T
+        norms = np.linalg.norm(y, axis=1, keepdims=True)
+        return np.ascontiguousarray(y / np.maximum(norms, 1e-12), dtype=np.float32)
+
+    def save(self, path: str | Path) -> None:
+        """Written atomically (a temporary file renamed into place)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, directions=np.asarray(self.directions, np.float32),
+                                scales=np.asarray(self.scales, np.float32),
+                                fitted_for=json.dumps(self.fitted_for, sort_keys=True, default=str), note=self.note)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CopyWhitening:
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["directions"], z["scales"], json.loads(str(z["fitted_for"])), str(z["note"]))
+
+
+def fit_copy_whitening(collections: list[tuple[np.ndarray, np.ndarray]], rank: int, fitted_for: dict,
+                       note: str = "", shrinkage: float = 0.1) -> CopyWhitening:
+    """Fit on annotated collections: each (vectors (N, D) as the method compares them before the whitening,
+    i.e. centred; true pairs (P, 2) of row indices). C_S = the mean outer product of the true pairs'
+    differences, shrunk toward its mean eigenvalue (C_S (1 - shrinkage) + shrinkage tr(C_S) / D I: with fewer
+    pairs than dimensions most eigenvalues are 0, and no direction should vanish); its top `rank`
+    eigenvectors are kept, each shrunk by sqrt(mean of the other eigenvalues / its eigenvalue)."""
+    diffs = [np.asarray(v, np.float64)[p[:, 0]] - np.asarray(v, np.float64)[p[:, 1]]
+             for v, p in collections if len(p)]
+    if not diffs:
+        raise ValueError("copy whitening needs true pairs to learn from")
+    d = np.concatenate(diffs)
+    dim = d.shape[1]
+    if not 0 < rank < dim:
+        raise ValueError(f"rank must be in 1..{dim - 1}, got {rank}")
+    if not 0 < shrinkage <= 1:
+        raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage}")
+    eigenvalues, eigenvectors = np.linalg.eigh(d.T @ d / len(d))
+    eigenvalues = np.clip(eigenvalues[::-1], 0.0, None)  # largest first; rounding leaves tiny negatives
+    eigenvalues = (1 - shrinkage) * eigenvalues + shrinkage * eigenvalues.mean()
+    rest = float(eigenvalues[rank:].mean())
+    if rest <= 0:  # every difference is 0: nothing to learn
+        raise ValueError("copy whitening: the true pairs' embeddings do not differ")
+    scales = np.sqrt(rest / np.maximum(eigenvalues[:rank], rest))  # <= 1; a direction at the mean is kept
+    return CopyWhitening(eigenvectors[:, ::-1][:, :rank].astype(np.float32), scales.astype(np.float32),
+                         dict(fitted_for), note)
+
+
+def vector_settings(extractor) -> dict:
+    """The extractor settings that change its vectors (not where or how fast it runs; not the weights
+    file's path and time): what a copy whitening must have been fitted for."""
+    from simbench.find.calibration import (
+        NOT_SIGNAL,  # the one list of run-only settings
+    )
+
+    params = extractor.params() if hasattr(extractor, "params") else {}
+    return {k: v for k, v in sorted(params.items()) if k not in NOT_SIGNAL and k != "weights"}
+
+
+def whitening_for(spec, extractor) -> CopyWhitening | None:
+    """CnnMethod's copy_whitening: None, "auto" (the shipped fit, if made for these settings) or a file."""
+    if spec is None or str(spec).lower() in ("none", "null", "false", ""):
+        return None
+    auto = str(spec) == "auto"
+    path = SHIPPED_WHITENING if auto else Path(spec)
+    if not path.is_file():
+        if auto:
+            log.warning("copy_whitening=auto: no shipped whitening (%s): not whitened", path)
+            return None
+        raise FileNotFoundError(f"copy_whitening: no such file {path}")
+    whitening = CopyWhitening.load(path)
+    wanted = json.loads(json.dumps(vector_settings(extractor), sort_keys=True, default=str))
+    fitted = {k: whitening.fitted_for.get(k) for k in set(wanted) | set(whitening.fitted_for)}
+    if fitted != {k: wanted.get(k) for k in fitted}:
+        differ = sorted(k for k in fitted if fitted[k] != wanted.get(k))
+        message = f"copy whitening {path} was fitted for other extractor settings ({', '.join(differ)})"
+        if auto:
+            log.warning("%s: not whitened", message)
+            return None
+        raise ValueError(message)
+    return whitening
 
 
 def nearest_others(matcher, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
