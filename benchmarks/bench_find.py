@@ -39,7 +39,8 @@ from simbench.find.calibration import CALIBRATION_FILE, fit_calibration, fit_fus
 from simbench.find.pipeline import collect, find, raw_evidence, stage_pairs
 from simbench.find.yearbook import (SCHOOL_STYLE, build_yearbook, match_placement, reference_photos,
                                    score_found_pairs, true_pairs)
-from simbench.methods.cnn import SHIPPED_WHITENING, fit_copy_whitening, normalised_scores, vector_settings
+from simbench.methods.cnn import (SHIPPED_WHITENING, centred, embedding_sum, fit_copy_whitening, normalised_scores,
+                                 vector_settings)
 from simbench.types import ScoredPairs
 
 METHODS = ("hash", "cnn", "keypoints", "cascade")
@@ -111,7 +112,7 @@ def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], pr
         for name in names:
             found[name].append(ok[name])
         is_true.append(y)
-        weight.append(np.full(len(y), 1.0 / max(len(y), 1)))  # every collection counts alike
+        weight.append(np.full(len(y), collection.weight / max(len(y), 1)))  # every collection counts alike
     fusion = fit_fusion(names, [s.calibration.key for s in stages], inputs,
                         {k: np.concatenate(v) for k, v in values.items()},
                         {k: np.concatenate(v) for k, v in found.items()}, np.concatenate(is_true),
@@ -136,32 +137,42 @@ def whiten(work: Path, overrides: list[str], progress: bool, out: Path = SHIPPED
     art) and write it to `out`; first print a 2-fold table (groups of copies split in two, fitted on one half
     of both collections, the CNN's normalised scores over all pairs of the other half): micro-AP and recall
     at P0.9 with no whitening and each rank of WHITENING_RANKS. The report split is never read here."""
-    data, stage = devset_embeddings(work, overrides, progress)
+    data, mean, stage = devset_embeddings(work, overrides, progress)
     table = []
     for fold in (0, 1):
-        train = [(v[keep], renumbered(p, keep)) for _, v, p in data for keep in [fold_rows(len(v), p, fold)]]
+        train = [(v[keep], renumbered(p, keep)) for _, v, p, _, _ in data for keep in [fold_rows(len(v), p, fold)]]
         for r in (0, *WHITENING_RANKS):
-            fit = fit_copy_whitening(train, r, {}) if r else None
-            for tag, v, p in data:
+            fit = fit_copy_whitening(train, r, mean, {}) if r else None
+            for tag, v, p, _, _ in data:
                 keep = fold_rows(len(v), p, 1 - fold)
                 x = v[keep] if fit is None else fit.apply(v[keep])
                 uap, r90 = all_pairs_metrics(x, renumbered(p, keep), stage.method)
                 table.append({"fold": fold, "rank": r, "collection": tag, "uap": uap, "recall_at_p90": r90})
                 print(_row_text(table[-1]), flush=True)
     print(whitening_table(table))
-    fitted = fit_whitening(data, stage, rank, f"{', '.join(t for t, _, _ in data)}; made by "
+    fitted = fit_whitening(data, mean, stage, rank, f"{', '.join(d.tag for d in data)}; made by "
                                               "`python benchmarks/bench_find.py whiten`")
     fitted.save(out)
     print(f"wrote {out} (rank {rank}, shrink factors {fitted.scales.min():.3f}..{fitted.scales.max():.3f})")
     return table
 
 
-def devset_embeddings(work: Path, overrides: list[str], progress: bool) -> tuple[list, object]:
-    """[(tag, the CNN's vectors of every image of a tuning devset collection, centred as find does but not
-    whitened, in the dataset's order; its true pairs)], and the CNN stage."""
+class Embedded(NamedTuple):
+    """A tuning devset collection's CNN embeddings, in the dataset's order."""
+
+    tag: str
+    vectors: np.ndarray  # centred as find centres them when whitening, not whitened
+    pairs: np.ndarray  # its true pairs
+    raw: np.ndarray  # the embeddings before centring
+    lone: np.ndarray  # bool: references and distractors (no two of them copies of one picture)
+
+
+def devset_embeddings(work: Path, overrides: list[str], progress: bool) -> tuple[list[Embedded], np.ndarray, object]:
+    """Each tuning devset collection's embeddings (Embedded), the mean of every image's embedding (the
+    centring prior's place, no label read), and the CNN stage."""
     cfg = cascade.make_config("cnn", overrides + ["cnn.method.copy_whitening=null"])
     stage = cascade.build_stages(cfg, calibrations={}, quiet=True)[0]
-    data = []
+    raw = []
     for part in PARTS:
         ds = dev_set(TUNE, part, progress)
         got = collect([ds.root / "images"], [stage], cfg, devset_index(work, ds), work, progress)
@@ -171,17 +182,26 @@ def devset_embeddings(work: Path, overrides: list[str], progress: bool) -> tuple
         if len(at) != len(ds):
             raise RuntimeError(f"{ds.name}: {len(ds) - len(at)} images without a CNN embedding")
         vectors = np.empty((len(ds), feats.vectors.shape[1]), np.float32)
-        vectors[at] = stage.method.vectors(feats)
-        data.append((f"devset-{TUNE}-{part}", vectors, np.asarray(ds.truth)))
+        vectors[at] = feats.vectors
+        lone = np.isin(np.asarray(ds.labels), ["reference", "distractor"])
+        raw.append((f"devset-{TUNE}-{part}", vectors, np.asarray(ds.truth), lone))
         print(f"  {ds.name}: {len(ds)} images, {ds.n_true_pairs} true pairs", flush=True)
-    return data, stage
+    mean = np.concatenate([v for _, v, _, _ in raw]).astype(np.float64).mean(axis=0)
+    method = stage.method
+    data = [Embedded(tag, centred(v, embedding_sum(v), len(v), method.centre_prior, mean) if method.centre else v,
+                     p, v, lone) for tag, v, p, lone in raw]
+    return data, mean, stage
 
 
-def fit_whitening(data: list, stage, rank: int, what: str, keep: Callable | None = None):
-    """The copy whitening fitted on `data` (devset_embeddings), or on the rows keep(n, pairs) of each."""
-    parts = [(v, p) if keep is None else (v[k], renumbered(p, k)) for _, v, p in data
-             for k in [None if keep is None else keep(len(v), p)]]
-    return fit_copy_whitening(parts, rank, vector_settings(stage.extractor), note=f"rank {rank}; {what}")
+def fit_whitening(data: list[Embedded], mean: np.ndarray, stage, rank: int, what: str,
+                  keep: Callable | None = None):
+    """The copy whitening fitted on `data` (devset_embeddings), or on the rows keep(n, pairs) of each; its
+    background pictures: their references and distractors (of those rows)."""
+    rows = [np.arange(len(d.vectors)) if keep is None else keep(len(d.vectors), d.pairs) for d in data]
+    parts = [(d.vectors[k], renumbered(d.pairs, k)) for d, k in zip(data, rows)]
+    background = np.concatenate([d.raw[k[d.lone[k]]] for d, k in zip(data, rows)])
+    return fit_copy_whitening(parts, rank, mean, vector_settings(stage.extractor), note=f"rank {rank}; {what}",
+                              background=background)
 
 
 def devset_index(work: Path, ds, split: str = TUNE) -> Path:
@@ -234,7 +254,8 @@ def whitening_table(rows: list[dict]) -> str:
 
 class Collection(NamedTuple):
     """A tuning collection: its folder or PDFs, which found pairs are true, how many true pairs it has, its
-    --index, and the settings it is run with (a devset half: the copy whitening fitted on the other half)."""
+    --index, the settings it is run with (a devset half: the copy whitening fitted on the other half), and
+    its weight in the fusion's fit (a half: 1/2, so that each devset collection counts as one)."""
 
     tag: str
     inputs: list
@@ -242,6 +263,7 @@ class Collection(NamedTuple):
     n_true: int
     index: Path
     overrides: tuple = ()
+    weight: float = 1.0
 
 
 def fusion_signals(collection: Collection, stages, cfg, work: Path, progress: bool):
@@ -266,7 +288,7 @@ def tuning_collections(work: Path, progress: bool, overrides: list[str] = ()) ->
             return label_pairs(ScoredPairs(a, b, pairs.score), ds.truth)
 
         out.append(Collection(ds.name, [ds.root / "images"], label, ds.n_true_pairs, devset_index(work, ds),
-                              tuple(extra)))
+                              tuple(extra), 0.5))
     for tag, build in (("yearbook-school-tune", lambda d: build_tune_yearbook(d, progress)),
                        ("yearbook-plain-seed1", lambda d: build_yearbook(d, seed=1))):
         pdfs = work / tag
@@ -292,10 +314,10 @@ def tuning_halves(work: Path, overrides: list[str], progress: bool) -> list[tupl
     from simbench.data.dataset import Dataset
 
     whitened = not any(o.startswith("cnn.method.copy_whitening=") for o in overrides)
-    data, stage = devset_embeddings(work, overrides, progress) if whitened else ([], None)
+    data, mean, stage = devset_embeddings(work, overrides, progress) if whitened else ([], None, None)
     files = {}
     for h in (0, 1) if whitened else ():
-        fit = fit_whitening(data, stage, WHITENING_RANK, f"half {h} of {', '.join(t for t, _, _ in data)}",
+        fit = fit_whitening(data, mean, stage, WHITENING_RANK, f"half {h} of {', '.join(d.tag for d in data)}",
                             keep=lambda n, p, h=h: fold_rows(n, p, h))
         files[h] = work / f"whitening-half{h}.npz"
         fit.save(files[h])

@@ -507,7 +507,7 @@ def test_copy_whitening_is_the_inverse_square_root_of_the_copy_covariance():
     rng = np.random.default_rng(7)
     x, pairs = _copies_with_overlays(rng, 12, 4, unit(rng.standard_normal((3, 24))), 24)
     fit = fit_copy_whitening([(x[:40], pairs[pairs.max(axis=1) < 40]), (x[40:], pairs[pairs.min(axis=1) >= 40] - 40)],
-                             rank=5, fitted_for={"backbone": "test"}, shrinkage=0.2)
+                             rank=5, mean=x.mean(axis=0), fitted_for={"backbone": "test"}, shrinkage=0.2)
     d = np.concatenate([x[:40][p[:, 0]] - x[:40][p[:, 1]] for p in [pairs[pairs.max(axis=1) < 40]]]
                        + [x[40:][p[:, 0]] - x[40:][p[:, 1]] for p in [pairs[pairs.min(axis=1) >= 40] - 40]])
     cov = d.astype(np.float64).T @ d / len(d)
@@ -519,9 +519,9 @@ def test_copy_whitening_is_the_inverse_square_root_of_the_copy_covariance():
     np.testing.assert_allclose(fit.apply(x), want, atol=1e-5)
     assert fit.directions.shape == (24, 5) and np.all((fit.scales > 0) & (fit.scales <= 1))
     with pytest.raises(ValueError, match="rank"):
-        fit_copy_whitening([(x, pairs)], rank=24, fitted_for={})
+        fit_copy_whitening([(x, pairs)], rank=24, mean=np.zeros(24), fitted_for={})
     with pytest.raises(ValueError, match="true pairs"):
-        fit_copy_whitening([(x, pairs[:0])], rank=3, fitted_for={})
+        fit_copy_whitening([(x, pairs[:0])], rank=3, mean=np.zeros(24), fitted_for={})
 
 
 def test_copy_whitening_learned_on_some_pictures_removes_shared_frames_from_others():
@@ -533,7 +533,7 @@ def test_copy_whitening_learned_on_some_pictures_removes_shared_frames_from_othe
     overlays = unit(rng.standard_normal((3, 64)))
     train, train_pairs = _copies_with_overlays(rng, 30, 4, overlays, 64)
     test, test_pairs = _copies_with_overlays(rng, 30, 4, overlays, 64)
-    fit = fit_copy_whitening([(train, train_pairs)], rank=8, fitted_for={})
+    fit = fit_copy_whitening([(train, train_pairs)], rank=8, mean=np.zeros(64), fitted_for={})
     n = len(test)
     true = np.zeros((n, n), bool)
     true[test_pairs[:, 0], test_pairs[:, 1]] = True
@@ -556,13 +556,22 @@ def test_copy_whitening_file_names_the_settings_it_was_fitted_for(tmp_path, capl
     rng = np.random.default_rng(9)
     x, pairs = _copies_with_overlays(rng, 10, 3, unit(rng.standard_normal((2, 16))), 16)
     extractor = tiny()
-    fit = fit_copy_whitening([(x, pairs)], rank=4, fitted_for=vector_settings(extractor), note="test")
+    background = unit(rng.standard_normal((1, 16)))[0].astype(np.float32)
+    fit = fit_copy_whitening([(x, pairs)], rank=4, mean=background, fitted_for=vector_settings(extractor), note="test")
     fit.save(tmp_path / "w.npz")
     loaded = CopyWhitening.load(tmp_path / "w.npz")
     assert loaded.digest == fit.digest and loaded.note == "test"
+    np.testing.assert_array_equal(loaded.mean, background)
     assert "device" not in loaded.fitted_for and loaded.fitted_for["backbone"] == "resnet18"
     method = CnnMethod(extractor, ExactMatcher(), copy_whitening=tmp_path / "w.npz")
     np.testing.assert_array_equal(method.vectors(Embeddings(x)), fit.apply(x))
+    # Centred first, its prior images at the whitening's background mean: a small collection (here three
+    # pictures) is centred on about that mean, not left uncentred as the origin prior would leave it.
+    centring = CnnMethod(extractor, ExactMatcher(), centre=True, centre_prior=20, copy_whitening=tmp_path / "w.npz")
+    few = x[:3]
+    mean = (few.astype(np.float64).sum(axis=0) + 20 * background) / (3 + 20)
+    want = fit.apply(unit(few - mean))
+    np.testing.assert_allclose(centring.vectors(Embeddings(few)), want, atol=1e-5)
     assert method.params()["copy_whitening"] == fit.digest
     assert "copy_whitening" not in CnnMethod(extractor, ExactMatcher(), copy_whitening=None).params()
     other = tiny(image_size=96)
@@ -576,6 +585,44 @@ def test_copy_whitening_file_names_the_settings_it_was_fitted_for(tmp_path, capl
     assert "fitted for other extractor settings" in caplog.text
 
 
+def test_background_pictures_count_among_the_neighbours_of_the_normalisation(tmp_path):
+    """With a whitening that carries background pictures, each image's k-th neighbour is taken over the
+    other images and the background pictures (prepared as the images are: centred on the collection's
+    mean, whitened): the plain computation over all cosines."""
+    from simbench.methods.cnn import CnnMethod, centred, embedding_sum, fit_copy_whitening, vector_settings
+
+    rng = np.random.default_rng(10)
+    x, pairs = _copies_with_overlays(rng, 6, 3, unit(rng.standard_normal((2, 16))), 16)
+    background = unit(rng.standard_normal((7, 16))).astype(np.float32)
+    extractor = tiny()
+    mean = x.mean(axis=0)
+    fit = fit_copy_whitening([(x, pairs)], rank=3, mean=mean, fitted_for=vector_settings(extractor),
+                             background=background)
+    fit.save(tmp_path / "w.npz")
+    k = 4
+    method = CnnMethod(extractor, ExactMatcher(), min_similarity=None, neighbours=5, normalise_k=k, centre=True,
+                       copy_whitening=tmp_path / "w.npz")
+    scored = method.score_pairs(Embeddings(x))
+    v = fit.apply(centred(x, embedding_sum(x), len(x), 20, mean))
+    bg = fit.apply(centred(background, embedding_sum(x), len(x), 20, mean))
+    sims = v.astype(np.float64) @ np.concatenate([v, bg]).T.astype(np.float64)
+    np.fill_diagonal(sims[:, : len(v)], -np.inf)
+    kth = -np.sort(-sims, axis=1)[:, k - 1]
+    want = np.einsum("ij,ij->i", v[scored.a], v[scored.b]) - (kth[scored.a] + kth[scored.b]) / 2
+    np.testing.assert_allclose(scored.extra["margin"], want, atol=1e-5)
+    # score_given (the fusion's scores of pairs another stage found) uses the same background.
+    np.testing.assert_allclose(method.score_given(Embeddings(x), scored.a, scored.b), scored.score, atol=1e-9)
+    # Without background pictures, the collection alone is the background (as before).
+    alone = fit_copy_whitening([(x, pairs)], rank=3, mean=mean, fitted_for=vector_settings(extractor))
+    alone.save(tmp_path / "alone.npz")
+    plain = CnnMethod(extractor, ExactMatcher(), min_similarity=None, neighbours=5, normalise_k=k, centre=True,
+                      copy_whitening=tmp_path / "alone.npz").score_pairs(Embeddings(x))
+    own = sims[:, : len(v)]
+    kth_own = -np.sort(-own, axis=1)[:, k - 1]
+    np.testing.assert_allclose(plain.extra["margin"], np.einsum("ij,ij->i", v[plain.a], v[plain.b])
+                               - (kth_own[plain.a] + kth_own[plain.b]) / 2, atol=1e-5)
+
+
 def test_find_whitens_its_cnn_embeddings_with_the_shipped_fit():
     from simbench.find import cascade
     from simbench.methods.cnn import SHIPPED_WHITENING, CopyWhitening
@@ -584,6 +631,7 @@ def test_find_whitens_its_cnn_embeddings_with_the_shipped_fit():
     assert stage.method.copy_whitening is not None
     assert stage.method.copy_whitening.digest == CopyWhitening.load(SHIPPED_WHITENING).digest
     assert "bench_find.py whiten" in stage.method.copy_whitening.note
+    assert len(stage.method.copy_whitening.background) >= 50  # the tuning split's references and distractors
 
 
 def _compose(overrides: list[str]):

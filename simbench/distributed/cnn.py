@@ -44,7 +44,8 @@ from simbench.distributed.match import _blas_limit, _concat, _token, blas_thread
 from simbench.find.index import FeatureStore, _signature, join_features
 from simbench.match.cosine import (ExactCosineMatcher, as_vectors, finish_topk, merge_topk, range_blocks,
                                    topk_blocks)
-from simbench.methods.cnn import centred, embedding_sum, kth_similarity, pair_cosines, without_self
+from simbench.methods.cnn import (background_topk, centred, embedding_sum, kth_similarity, pair_cosines,
+                                  without_self)
 from simbench.types import Embeddings, Pairs, ScoredPairs
 
 log = logging.getLogger("simbench")
@@ -69,7 +70,8 @@ class EmbeddingChunks:
     """The L2-normalised embeddings of N images held by the workers, in chunks of consecutive rows:
     futures[c] holds rows bounds[c]..bounds[c + 1] - 1 as float32 (rows, dim). What the CNN stage's
     features are in `find` on a cluster. backgrounds: k -> each row's k-th neighbour similarity, kept by
-    the stage's search for score_given."""
+    the stage's search for score_given. background: a prepared view's background pictures
+    (CnnMethod.background_vectors), or None."""
 
     client: object
     futures: list
@@ -77,6 +79,7 @@ class EmbeddingChunks:
     dim: int
     backgrounds: dict = field(default_factory=dict)
     centred_views: dict = field(default_factory=dict)  # (centre_prior, whitening) -> these chunks prepared (centred_chunks)
+    background: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.bounds[-1])
@@ -166,15 +169,16 @@ def centred_chunks(chunks: EmbeddingChunks, method) -> EmbeddingChunks:
     if view not in chunks.centred_views:
         client, tok = chunks.client, _token()
         futures = chunks.futures
+        sums = client.gather([client.submit(embedding_sum, f, key=f"cnn-sum-{i}-{tok}")
+                              for i, f in enumerate(futures)])
+        total = np.sum(sums, axis=0, dtype=np.int64) if sums else np.zeros(chunks.dim, np.int64)
         if method.centre:
-            sums = client.gather([client.submit(embedding_sum, f, key=f"cnn-sum-{i}-{tok}")
-                                  for i, f in enumerate(futures)])
-            total = np.sum(sums, axis=0, dtype=np.int64) if sums else np.zeros(chunks.dim, np.int64)
-            futures = [client.submit(centred, f, total, len(chunks), method.centre_prior,
+            futures = [client.submit(centred, f, total, len(chunks), method.centre_prior, method.prior_mean,
                                      key=f"cnn-centre-{i}-{tok}") for i, f in enumerate(futures)]
         if whitening is not None:
             futures = [client.submit(whitening.apply, f, key=f"cnn-whiten-{i}-{tok}") for i, f in enumerate(futures)]
-        chunks.centred_views[view] = EmbeddingChunks(client, futures, chunks.bounds, chunks.dim)
+        chunks.centred_views[view] = EmbeddingChunks(client, futures, chunks.bounds, chunks.dim,
+                                                     background=method.background_vectors(total, len(chunks)))
     return chunks.centred_views[view]
 
 
@@ -300,9 +304,20 @@ def score_embeddings(client, method, features, stats: dict | None = None) -> Sco
     found = (sharded_self_join(chunks, method.min_similarity, method.matcher)
              if method.min_similarity is not None else None)
     others = sharded_topk(chunks, method.search_k, method.matcher, True, stats) if method.search_k and n > 1 else None
+    background_sims = chunk_background_sims(chunks, method)
     if method.normalise_k and others is not None:
-        chunks.backgrounds[method.normalise_k] = kth_similarity(*others, method.normalise_k)
-    return method.scored(n, found, others)
+        chunks.backgrounds[method.normalise_k] = kth_similarity(*others, method.normalise_k, background_sims)
+    return method.scored(n, found, others, background_sims)
+
+
+def chunk_background_sims(chunks: EmbeddingChunks, method) -> np.ndarray | None:
+    """CnnMethod.background_similarities of every row, a task per chunk (rows in order), or None."""
+    if chunks.background is None or not method.normalise_k:
+        return None
+    client, tok = chunks.client, _token()
+    futures = [client.submit(background_topk, f, chunks.background, method.normalise_k, key=f"cnn-bgk-{i}-{tok}")
+               for i, f in enumerate(chunks.futures)]
+    return np.concatenate(client.gather(futures))
 
 
 def _batch_cosines(a: np.ndarray, b: np.ndarray, *parts) -> np.ndarray:
@@ -340,7 +355,8 @@ def score_given_on_chunks(method, chunks: EmbeddingChunks, a: np.ndarray, b: np.
     if method.normalise_k and len(chunks) >= 2:
         if method.normalise_k not in chunks.backgrounds:
             others = sharded_topk(chunks, method.normalise_k, method.matcher, others=True)
-            chunks.backgrounds[method.normalise_k] = kth_similarity(*others, method.normalise_k)
+            chunks.backgrounds[method.normalise_k] = kth_similarity(*others, method.normalise_k,
+                                                                    chunk_background_sims(chunks, method))
         background = chunks.backgrounds[method.normalise_k]
     return method.given_scores(chunk_pair_cosines(chunks, a, b), a, b, background)
 

@@ -31,9 +31,10 @@ and "margin" (when normalised), so a calibration can use either.
 Centring (centre=True): before any search, every embedding has the collection's mean subtracted and is
 L2-normalised again, so that what all the pictures share (ImageNet features of a mostly white page, a
 common frame or palette) stops counting as similarity; the first step of whitening learned on a background
-(Jégou & Chum, ECCV 2012), with the collection as the background. The mean is shrunk toward zero as if
-`centre_prior` more images sat at the origin, so a handful of images is barely centred (two images centred
-on their own mean would point in opposite directions). The cosines in extra["cosine"] are then those of the
+(Jégou & Chum, ECCV 2012), with the collection as the background. The mean is shrunk toward a prior mean as
+if `centre_prior` more images sat there, so a handful of images is centred on (nearly) the prior (two images
+centred on their own mean would point in opposite directions): the copy whitening's background mean (the mean
+embedding of the pictures it was fitted on) when whitening, else the origin (barely centred). The cosines in extra["cosine"] are then those of the
 centred vectors.
 
 Copy whitening (copy_whitening): after centring, the directions along which copies of one picture differ
@@ -43,7 +44,9 @@ pairs of Mikolajczyk & Matas (ICCV 2007) and Radenović, Tolias & Chum (TPAMI 20
 the covariance of the differences between embeddings of true pairs, kept to its top `rank` directions: the
 other eigenvalues of C_S are replaced by their mean, so P is that mean^(-1/2) times a map that is the
 identity except on the top directions, each shrunk by sqrt(mean / eigenvalue); as the vectors are
-L2-normalised afterwards, only that map is stored (`CopyWhitening`). Fitted on annotated pairs
+L2-normalised afterwards, only that map is stored (`CopyWhitening`), with the mean embedding of the pictures
+it was fitted on: the map expects centred vectors, and a collection too small to have a mean of its own is
+centred on that one (see Centring). Fitted on annotated pairs
 (`fit_copy_whitening`; the shipped one by benchmarks/bench_find.py whiten on the development set's tuning
 split), for one extractor's settings: "auto" uses the shipped fit when it was made for this extractor's
 settings and says so when not.
@@ -116,23 +119,46 @@ class CnnMethod(Method):
         """The vectors the searches compare: the embeddings, centred when `centre` is set, then copy-whitened
         when `copy_whitening` is."""
         v = as_vectors(features)
-        v = centred(v, embedding_sum(v), len(v), self.centre_prior) if self.centre else v
+        v = centred(v, embedding_sum(v), len(v), self.centre_prior, self.prior_mean) if self.centre else v
         return self.copy_whitening.apply(v) if self.copy_whitening is not None else v
+
+    @property
+    def prior_mean(self) -> np.ndarray | None:
+        """Where centring's prior images sit: the copy whitening's background mean, or None (the origin)."""
+        return None if self.copy_whitening is None else self.copy_whitening.mean
+
+    def background_vectors(self, total: np.ndarray, n_rows: int) -> np.ndarray | None:
+        """The copy whitening's background pictures prepared as the collection's vectors are (centred on the
+        collection's mean, from its embedding_sum `total` of n_rows rows, then whitened), or None: no
+        normalisation, or no background (then the collection alone is the background)."""
+        w = self.copy_whitening
+        if not self.normalise_k or w is None or w.background is None or not len(w.background):
+            return None
+        x = centred(w.background, total, n_rows, self.centre_prior, w.mean) if self.centre else w.background
+        return w.apply(x)
+
+    def background_similarities(self, features, v: np.ndarray) -> np.ndarray | None:
+        """Each row of v (the prepared `vectors(features)`) against the background pictures: their
+        normalise_k highest cosines, most similar first (N, <= k), or None (`background_vectors`)."""
+        raw = as_vectors(features)
+        return background_topk(v, self.background_vectors(embedding_sum(raw), len(raw)), self.normalise_k)
 
     def score_pairs(self, features: Embeddings) -> ScoredPairs:
         v = self.vectors(features)
         found = self.matcher.self_join(v, self.min_similarity) if self.min_similarity is not None else None
         others = nearest_others(self.matcher, v, self.search_k) if self.search_k and len(v) > 1 else None
-        return self.scored(len(v), found, others)
+        return self.scored(len(v), found, others, self.background_similarities(features, v))
 
     @property
     def search_k(self) -> int:
         """The neighbours each image's search keeps: enough for the candidates and the background."""
         return max(self.neighbours, self.normalise_k)
 
-    def scored(self, n: int, found: Pairs | None, others: tuple | None) -> ScoredPairs:
+    def scored(self, n: int, found: Pairs | None, others: tuple | None,
+               background_sims: np.ndarray | None = None) -> ScoredPairs:
         """The pairs and scores of n images from the searches' results: the range pairs `found` (None: no
-        range search) and each image's search_k nearest others (nearest_others; None: no k-NN search).
+        range search), each image's search_k nearest others (nearest_others; None: no k-NN search) and its
+        similarities to the background pictures (background_similarities; None: none).
         What score_pairs gives; simbench.distributed.cnn runs the searches as tasks and calls this."""
         parts = [(found.a, found.b, found.dist)] if found is not None else []
         if self.neighbours and others is not None:
@@ -142,7 +168,8 @@ class CnnMethod(Method):
         extra = {"comparisons": n * (n - 1) // 2, "cosine": cos.astype(np.float64),
                  "extract_runtime": getattr(self.extractor, "runtime", "torch")}
         if self.normalise_k:
-            background = kth_similarity(*others, self.normalise_k) if others is not None else np.zeros(n)
+            background = (kth_similarity(*others, self.normalise_k, background_sims) if others is not None
+                          else np.zeros(n))
             margin, score = normalised_scores(cos, background[a], background[b], self.beta)
             extra["margin"] = margin
         else:
@@ -164,8 +191,8 @@ class CnnMethod(Method):
         v = self.vectors(features)
         normalised = self.normalise_k and len(v) >= 2
         return self.given_scores(pair_cosines(v, a, b), a, b,
-                                 kth_similarity(*nearest_others(self.matcher, v, self.normalise_k),
-                                                self.normalise_k) if normalised else None)
+                                 kth_similarity(*nearest_others(self.matcher, v, self.normalise_k), self.normalise_k,
+                                                self.background_similarities(features, v)) if normalised else None)
 
     def given_scores(self, cos: np.ndarray, a: np.ndarray, b: np.ndarray, background: np.ndarray | None):
         """score_given from the pairs' cosines and each image's k-th neighbour similarity (None: not
@@ -212,10 +239,13 @@ def embedding_sum(vectors: np.ndarray) -> np.ndarray:
     return np.rint(np.asarray(vectors, np.float64) * SUM_SCALE).astype(np.int64).sum(axis=0)
 
 
-def centred(vectors: np.ndarray, total: np.ndarray, n_rows: int, n_prior: float) -> np.ndarray:
-    """Rows minus the shrunk mean total / (n_rows + n_prior), L2-normalised (a row equal to it stays zero).
-    total: embedding_sum of the whole collection of n_rows rows, of which `vectors` may be a chunk."""
-    mean = (total / SUM_SCALE / (n_rows + n_prior)).astype(np.float32)
+def centred(vectors: np.ndarray, total: np.ndarray, n_rows: int, n_prior: float,
+            prior_mean: np.ndarray | None = None) -> np.ndarray:
+    """Rows minus the shrunk mean (total + n_prior * prior_mean) / (n_rows + n_prior), L2-normalised (a row
+    equal to it stays zero). total: embedding_sum of the whole collection of n_rows rows, of which `vectors`
+    may be a chunk; prior_mean: where the n_prior images sit (None: the origin)."""
+    total = total / SUM_SCALE + (0.0 if prior_mean is None else n_prior * np.asarray(prior_mean, np.float64))
+    mean = (total / (n_rows + n_prior)).astype(np.float32)
     x = np.asarray(vectors, np.float32) - mean
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
@@ -228,19 +258,27 @@ def centred(vectors: np.ndarray, total: np.ndarray, n_rows: int, n_prior: float)
 @dataclass(frozen=True)
 class CopyWhitening:
     """x -> x + ((x U) (s - 1)) U^T, L2-normalised: each of the r orthonormal `directions` U (D, r) shrunk by
-    its `scale` s in (0, 1] (module docstring). fitted_for: the extractor settings of the vectors it was
-    fitted on (`vector_settings`); note: what it was fitted on."""
+    its `scale` s in (0, 1] (module docstring), for vectors centred first. mean (D,): the mean embedding of
+    the pictures it was fitted on, before centring (where centring's prior sits); fitted_for: the extractor
+    settings of the vectors it was fitted on (`vector_settings`); note: what it was fitted on; background
+    (B, D): embeddings (before centring) of pictures that are copies of none of a collection's, searched
+    with the collection for each image's k-th neighbour (`CnnMethod.background_similarities`), or None."""
 
     directions: np.ndarray
     scales: np.ndarray
+    mean: np.ndarray
     fitted_for: dict = field(default_factory=dict)
     note: str = ""
+    background: np.ndarray | None = None
 
     @property
     def digest(self) -> str:
         """Identifies the map (the calibration tables and caches key on it)."""
         h = hashlib.sha256(np.ascontiguousarray(self.directions, np.float32).tobytes())
         h.update(np.ascontiguousarray(self.scales, np.float32).tobytes())
+        h.update(np.ascontiguousarray(self.mean, np.float32).tobytes())
+        if self.background is not None:
+            h.update(np.ascontiguousarray(self.background, np.float32).tobytes())
         return h.hexdigest()[:16]
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
@@ -256,20 +294,25 @@ class CopyWhitening:
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
             np.savez_compressed(f, directions=np.asarray(self.directions, np.float32),
-                                scales=np.asarray(self.scales, np.float32),
+                                scales=np.asarray(self.scales, np.float32), mean=np.asarray(self.mean, np.float32),
+                                background=np.asarray(self.background if self.background is not None
+                                                      else np.zeros((0, len(self.mean))), np.float32),
                                 fitted_for=json.dumps(self.fitted_for, sort_keys=True, default=str), note=self.note)
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> CopyWhitening:
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["directions"], z["scales"], json.loads(str(z["fitted_for"])), str(z["note"]))
+            background = z["background"] if "background" in z.files and len(z["background"]) else None
+            return cls(z["directions"], z["scales"], z["mean"], json.loads(str(z["fitted_for"])), str(z["note"]),
+                       background)
 
 
-def fit_copy_whitening(collections: list[tuple[np.ndarray, np.ndarray]], rank: int, fitted_for: dict,
-                       note: str = "", shrinkage: float = 0.1) -> CopyWhitening:
+def fit_copy_whitening(collections: list[tuple[np.ndarray, np.ndarray]], rank: int, mean: np.ndarray,
+                       fitted_for: dict, note: str = "", shrinkage: float = 0.1,
+                       background: np.ndarray | None = None) -> CopyWhitening:
     """Fit on annotated collections: each (vectors (N, D) as the method compares them before the whitening,
-    i.e. centred; true pairs (P, 2) of row indices). C_S = the mean outer product of the true pairs'
+    i.e. centred; true pairs (P, 2) of row indices); mean: their mean embedding before centring. C_S = the mean outer product of the true pairs'
     differences, shrunk toward its mean eigenvalue (C_S (1 - shrinkage) + shrinkage tr(C_S) / D I: with fewer
     pairs than dimensions most eigenvalues are 0, and no direction should vanish); its top `rank`
     eigenvectors are kept, each shrunk by sqrt(mean of the other eigenvalues / its eigenvalue)."""
@@ -291,7 +334,8 @@ def fit_copy_whitening(collections: list[tuple[np.ndarray, np.ndarray]], rank: i
         raise ValueError("copy whitening: the true pairs' embeddings do not differ")
     scales = np.sqrt(rest / np.maximum(eigenvalues[:rank], rest))  # <= 1; a direction at the mean is kept
     return CopyWhitening(eigenvectors[:, ::-1][:, :rank].astype(np.float32), scales.astype(np.float32),
-                         dict(fitted_for), note)
+                         np.asarray(mean, np.float32), dict(fitted_for), note,
+                         None if background is None else np.asarray(background, np.float32))
 
 
 def vector_settings(extractor) -> dict:
@@ -377,12 +421,33 @@ def pair_cosines(vectors: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int =
     return out
 
 
-def kth_similarity(idx: np.ndarray, sim: np.ndarray, k: int) -> np.ndarray:
+def kth_similarity(idx: np.ndarray, sim: np.ndarray, k: int, background_sims: np.ndarray | None = None) -> np.ndarray:
     """b_i: the cosine of row i to its k-th nearest other row, or to the farthest one it has when fewer
-    (0 for a row with none: it is in no pair anyway). float64 (N,)."""
+    (0 for a row with none: it is in no pair anyway). float64 (N,). background_sims (N, j): row i's
+    cosines to background pictures (background_topk), counted as more neighbours of it."""
+    if background_sims is not None and background_sims.shape[1]:
+        k = int(k)
+        sim = np.where(idx[:, :k] >= 0, sim[:, :k], -np.inf)
+        idx = np.concatenate([idx[:, :k], np.zeros(background_sims.shape, np.int64)], axis=1)
+        sim = np.concatenate([sim, background_sims.astype(sim.dtype)], axis=1)
+        order = np.argsort(-sim, axis=1, kind="stable")
+        idx, sim = np.take_along_axis(idx, order, axis=1), np.take_along_axis(sim, order, axis=1)
     count = (idx >= 0).sum(axis=1)
     col = np.clip(np.minimum(k, count) - 1, 0, None)
     return np.where(count > 0, sim[np.arange(len(idx)), col], 0.0).astype(np.float64)
+
+
+def background_topk(vectors: np.ndarray, background: np.ndarray | None, k: int) -> np.ndarray | None:
+    """Each row's min(k, B) highest cosines to the background rows, most similar first, float32 (N, <= k);
+    None without a background. Each cosine is summed on its own (einsum, no BLAS blocking), so a row gives
+    the same values in any batch of rows: a cluster's chunks agree with one process to the last bit."""
+    if background is None:
+        return None
+    k = min(int(k), len(background))
+    if not len(vectors) or not k:
+        return np.zeros((len(vectors), max(k, 0)), np.float32)
+    sims = np.einsum("ij,kj->ik", np.asarray(vectors, np.float32), np.asarray(background, np.float32))
+    return -np.sort(-sims, axis=1)[:, :k].astype(np.float32)
 
 
 def normalised_scores(cos: np.ndarray, b_a: np.ndarray, b_b: np.ndarray, beta: float):
