@@ -77,9 +77,10 @@ outputs in DIR:
 methods:
   cascade (default)  identical image data, then BRISK keypoints spread over the picture (and of its mirror
                      image) verified by a RANSAC fit, with content shared by many pictures discounted,
-                     then EfficientNet-Lite0 GeM features (of the picture and of it blurred) scored against
-                     each image's 10th neighbour; every pair scored by both, fused by a logistic model
-                     fitted on our tuning set, and linked
+                     then EfficientNet-Lite0 GeM features (of the picture and of it blurred), centred and
+                     whitened against what edits change (learned on our tuning set), scored against each
+                     image's 10th neighbour; every pair scored by both, fused by a logistic model fitted on
+                     our tuning set, and linked
                      (without PyTorch, the cnn extra: keypoints is the default, and find says so)
   keypoints          identical data + verified keypoints only (no CNN, no PyTorch)
   cnn                identical data + CNN embeddings only

@@ -565,6 +565,8 @@ def test_copy_whitening_file_names_the_settings_it_was_fitted_for(tmp_path, capl
     assert "device" not in loaded.fitted_for and loaded.fitted_for["backbone"] == "resnet18"
     method = CnnMethod(extractor, ExactMatcher(), copy_whitening=tmp_path / "w.npz")
     np.testing.assert_array_equal(method.vectors(Embeddings(x)), fit.apply(x))
+    # Row by row: a cluster's chunks get the very bits of one process.
+    assert all(np.array_equal(fit.apply(x[s : s + 5]), fit.apply(x)[s : s + 5]) for s in range(0, len(x), 5))
     # Centred first, its prior images at the whitening's background mean: a small collection (here three
     # pictures) is centred on about that mean, not left uncentred as the origin prior would leave it.
     centring = CnnMethod(extractor, ExactMatcher(), centre=True, centre_prior=20, copy_whitening=tmp_path / "w.npz")
@@ -610,6 +612,11 @@ def test_background_pictures_count_among_the_neighbours_of_the_normalisation(tmp
     kth = -np.sort(-sims, axis=1)[:, k - 1]
     want = np.einsum("ij,ij->i", v[scored.a], v[scored.b]) - (kth[scored.a] + kth[scored.b]) / 2
     np.testing.assert_allclose(scored.extra["margin"], want, atol=1e-5)
+    # Row by row, as the whitening: a cluster's chunks get the very bits of one process.
+    from simbench.methods.cnn import background_topk
+
+    assert all(np.array_equal(background_topk(v[s : s + 3], bg, k), background_topk(v, bg, k)[s : s + 3])
+               for s in range(0, len(v), 3))
     # score_given (the fusion's scores of pairs another stage found) uses the same background.
     np.testing.assert_allclose(method.score_given(Embeddings(x), scored.a, scored.b), scored.score, atol=1e-9)
     # Without background pictures, the collection alone is the background (as before).

@@ -15,9 +15,10 @@ Score normalisation (normalise_k = k), as used in the ISC2021 descriptor track (
 Image Similarity Dataset and Challenge", 2021: subtract each image's similarity to its k-th neighbour in a
 background of non-matching images; in the spirit of Jégou et al.'s "contextual dissimilarity measure",
 CVPR 2007): a pair of images that are both close to everything (plain skies, text pages, blank scans) is
-less telling than the same cosine between two distinctive images. With the collection itself
-as the background of non-matching images, b_i = the cosine of image i to its k-th nearest other image
-(the farthest available one when the collection has fewer than k others), and
+less telling than the same cosine between two distinctive images. With the collection itself (and the copy
+whitening's background pictures, when it has some: a small collection's k-th neighbour would otherwise be
+one of few) as the background of non-matching images, b_i = the cosine of image i to its k-th nearest other
+image (the farthest available one when there are fewer than k others), and
 
     margin(i, j) = cos(i, j) - beta * (b_i + b_j) / 2,
     score(i, j)  = (margin + 1 + beta) / (2 + 2 beta),
@@ -282,9 +283,12 @@ class CopyWhitening:
         return h.hexdigest()[:16]
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
+        """The map of every row. Each value is summed on its own (einsum, no BLAS blocking), so that a row
+        gives the same bits in any batch of rows: a cluster's chunks agree with one process."""
         x = np.asarray(vectors, np.float32)
         u = np.asarray(self.directions, np.float32)
-        y = x + ((x @ u) * (np.asarray(self.scales, np.float32) - 1)) @ u.T
+        shrink = np.einsum("ij,jk->ik", x, u) * (np.asarray(self.scales, np.float32) - 1)
+        y = x + np.einsum("ik,jk->ij", shrink, u)
         norms = np.linalg.norm(y, axis=1, keepdims=True)
         return np.ascontiguousarray(y / np.maximum(norms, 1e-12), dtype=np.float32)
 
