@@ -327,13 +327,9 @@ def tuning_halves(work: Path, overrides: list[str], progress: bool) -> list[tupl
         for h in (0, 1):
             keep = fold_rows(len(ds), np.asarray(ds.truth), h)
             root = work / "halves" / f"{ds.name}-half{h}"
-            (root / "images").mkdir(parents=True, exist_ok=True)
-            paths = []
-            for i in keep:
-                target = root / "images" / ds.paths[i].name
-                if not target.exists():
-                    shutil.copy2(ds.paths[i], target)
-                paths.append(target)
+            shutil.rmtree(root, ignore_errors=True)  # never a file of an earlier devset build
+            (root / "images").mkdir(parents=True)
+            paths = [Path(shutil.copy2(ds.paths[i], root / "images" / ds.paths[i].name)) for i in keep]
             half = Dataset(f"{ds.name}-half{h}", root, paths, renumbered(np.asarray(ds.truth), keep),
                            [ds.labels[i] for i in keep])
             out.append((half, [f"cnn.method.copy_whitening={files[1 - h]}"] if whitened else []))

@@ -546,22 +546,18 @@ def test_copy_whitening_learned_on_some_pictures_removes_shared_frames_from_othe
 
 
 def test_copy_whitening_file_names_the_settings_it_was_fitted_for(tmp_path, caplog):
-    from simbench.methods.cnn import (
-        CnnMethod,
-        CopyWhitening,
-        fit_copy_whitening,
-        vector_settings,
-    )
+    from simbench.methods.cnn import CnnMethod, CopyWhitening, fit_copy_whitening, vector_settings
 
     rng = np.random.default_rng(9)
     x, pairs = _copies_with_overlays(rng, 10, 3, unit(rng.standard_normal((2, 16))), 16)
     extractor = tiny()
-    background = unit(rng.standard_normal((1, 16)))[0].astype(np.float32)
-    fit = fit_copy_whitening([(x, pairs)], rank=4, mean=background, fitted_for=vector_settings(extractor), note="test")
+    background_mean = unit(rng.standard_normal((1, 16)))[0].astype(np.float32)
+    fit = fit_copy_whitening([(x, pairs)], rank=4, mean=background_mean, fitted_for=vector_settings(extractor),
+                             note="test")
     fit.save(tmp_path / "w.npz")
     loaded = CopyWhitening.load(tmp_path / "w.npz")
     assert loaded.digest == fit.digest and loaded.note == "test"
-    np.testing.assert_array_equal(loaded.mean, background)
+    np.testing.assert_array_equal(loaded.mean, background_mean)
     assert "device" not in loaded.fitted_for and loaded.fitted_for["backbone"] == "resnet18"
     method = CnnMethod(extractor, ExactMatcher(), copy_whitening=tmp_path / "w.npz")
     np.testing.assert_array_equal(method.vectors(Embeddings(x)), fit.apply(x))
@@ -571,7 +567,7 @@ def test_copy_whitening_file_names_the_settings_it_was_fitted_for(tmp_path, capl
     # pictures) is centred on about that mean, not left uncentred as the origin prior would leave it.
     centring = CnnMethod(extractor, ExactMatcher(), centre=True, centre_prior=20, copy_whitening=tmp_path / "w.npz")
     few = x[:3]
-    mean = (few.astype(np.float64).sum(axis=0) + 20 * background) / (3 + 20)
+    mean = (few.astype(np.float64).sum(axis=0) + 20 * background_mean) / (3 + 20)
     want = fit.apply(unit(few - mean))
     np.testing.assert_allclose(centring.vectors(Embeddings(few)), want, atol=1e-5)
     assert method.params()["copy_whitening"] == fit.digest

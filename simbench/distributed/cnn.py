@@ -78,7 +78,7 @@ class EmbeddingChunks:
     bounds: np.ndarray
     dim: int
     backgrounds: dict = field(default_factory=dict)
-    centred_views: dict = field(default_factory=dict)  # (centre_prior, whitening) -> these chunks prepared (centred_chunks)
+    centred_views: dict = field(default_factory=dict)  # (centre_prior, whitening) -> prepared chunks (centred_chunks)
     background: np.ndarray | None = None
 
     def __len__(self) -> int:

@@ -34,9 +34,9 @@ L2-normalised again, so that what all the pictures share (ImageNet features of a
 common frame or palette) stops counting as similarity; the first step of whitening learned on a background
 (Jégou & Chum, ECCV 2012), with the collection as the background. The mean is shrunk toward a prior mean as
 if `centre_prior` more images sat there, so a handful of images is centred on (nearly) the prior (two images
-centred on their own mean would point in opposite directions): the copy whitening's background mean (the mean
-embedding of the pictures it was fitted on) when whitening, else the origin (barely centred). The cosines in extra["cosine"] are then those of the
-centred vectors.
+centred on their own mean would point in opposite directions): the copy whitening's background mean (the
+mean embedding of the pictures it was fitted on) when whitening, else the origin (barely centred). The
+cosines in extra["cosine"] are then those of the centred vectors.
 
 Copy whitening (copy_whitening): after centring, the directions along which copies of one picture differ
 most (an overlay, a screenshot frame, a recolouring, a blur) are shrunk, so that what an edit adds stops
@@ -308,18 +308,19 @@ class CopyWhitening:
     def load(cls, path: str | Path) -> CopyWhitening:
         with np.load(path, allow_pickle=False) as z:
             background = z["background"] if "background" in z.files and len(z["background"]) else None
-            return cls(z["directions"], z["scales"], z["mean"], json.loads(str(z["fitted_for"])), str(z["note"]),
-                       background)
+            return cls(z["directions"], z["scales"], z["mean"], json.loads(str(z["fitted_for"])),
+                       str(z["note"]), background)
 
 
 def fit_copy_whitening(collections: list[tuple[np.ndarray, np.ndarray]], rank: int, mean: np.ndarray,
                        fitted_for: dict, note: str = "", shrinkage: float = 0.1,
                        background: np.ndarray | None = None) -> CopyWhitening:
     """Fit on annotated collections: each (vectors (N, D) as the method compares them before the whitening,
-    i.e. centred; true pairs (P, 2) of row indices); mean: their mean embedding before centring. C_S = the mean outer product of the true pairs'
-    differences, shrunk toward its mean eigenvalue (C_S (1 - shrinkage) + shrinkage tr(C_S) / D I: with fewer
-    pairs than dimensions most eigenvalues are 0, and no direction should vanish); its top `rank`
-    eigenvectors are kept, each shrunk by sqrt(mean of the other eigenvalues / its eigenvalue)."""
+    i.e. centred; true pairs (P, 2) of row indices); mean: their mean embedding before centring; background:
+    embeddings of pictures copied in none of them (CopyWhitening.background). C_S = the mean outer product of
+    the true pairs' differences, shrunk toward its mean eigenvalue (C_S (1 - shrinkage) + shrinkage tr(C_S) / D
+    I: with fewer pairs than dimensions most eigenvalues are 0, and no direction should vanish); its top
+    `rank` eigenvectors are kept, each shrunk by sqrt(mean of the other eigenvalues / its eigenvalue)."""
     diffs = [np.asarray(v, np.float64)[p[:, 0]] - np.asarray(v, np.float64)[p[:, 1]]
              for v, p in collections if len(p)]
     if not diffs:
@@ -345,9 +346,8 @@ def fit_copy_whitening(collections: list[tuple[np.ndarray, np.ndarray]], rank: i
 def vector_settings(extractor) -> dict:
     """The extractor settings that change its vectors (not where or how fast it runs; not the weights
     file's path and time): what a copy whitening must have been fitted for."""
-    from simbench.find.calibration import (
-        NOT_SIGNAL,  # the one list of run-only settings
-    )
+    # The one list of run-only settings (a function-level import: simbench.find imports this module).
+    from simbench.find.calibration import NOT_SIGNAL
 
     params = extractor.params() if hasattr(extractor, "params") else {}
     return {k: v for k, v in sorted(params.items()) if k not in NOT_SIGNAL and k != "weights"}
@@ -425,7 +425,8 @@ def pair_cosines(vectors: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int =
     return out
 
 
-def kth_similarity(idx: np.ndarray, sim: np.ndarray, k: int, background_sims: np.ndarray | None = None) -> np.ndarray:
+def kth_similarity(idx: np.ndarray, sim: np.ndarray, k: int,
+                   background_sims: np.ndarray | None = None) -> np.ndarray:
     """b_i: the cosine of row i to its k-th nearest other row, or to the farthest one it has when fewer
     (0 for a row with none: it is in no pair anyway). float64 (N,). background_sims (N, j): row i's
     cosines to background pictures (background_topk), counted as more neighbours of it."""
