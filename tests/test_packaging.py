@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD_INPUTS = ["pyproject.toml", "setup.py", "README.md", "simbench", "conf", "kernels"]
 #: Package data the installed code needs.
 DATA = ["simbench/conf/config.yaml", "simbench/conf/find.yaml", "simbench/conf/detector/brisk.yaml",
-        "simbench/kernels/hamming.cu", "simbench/find/calibration.json"]
+        "simbench/kernels/hamming.cu", "simbench/find/calibration.json", "simbench/methods/cnn_whitening.npz"]
 
 pytestmark = pytest.mark.slow
 
