@@ -177,8 +177,7 @@ def devset_embeddings(work: Path, overrides: list[str], progress: bool) -> tuple
         ds = dev_set(TUNE, part, progress)
         got = collect([ds.root / "images"], [stage], cfg, devset_index(work, ds), work, progress)
         feats, rows, _ = got.features["cnn"]
-        index = {str(path): i for i, path in enumerate(ds.paths)}
-        at = np.array([index[got.items[r].display] for r in rows], dtype=np.int64)
+        at = dataset_index(got.items, ds)[rows]
         if len(at) != len(ds):
             raise RuntimeError(f"{ds.name}: {len(ds) - len(at)} images without a CNN embedding")
         vectors = np.empty((len(ds), feats.vectors.shape[1]), np.float32)
@@ -490,10 +489,15 @@ BASELINE_NAMES = {"phash": "ImageHash phash", "brisk-bags": "BRISK bags, brute f
                   "cnn-cosine": "EfficientNet-Lite0 pooled cosine"}
 
 
-def _dataset_rows(items, ds, pairs):
-    """Item indices -> dataset image indices (items are the dataset's files, found by path)."""
+def dataset_index(items, ds) -> np.ndarray:
+    """Each item's dataset image index (items are the dataset's files, found by path)."""
     index = {str(p): i for i, p in enumerate(ds.paths)}
-    rows = np.array([index[item.display] for item in items], dtype=np.int64)
+    return np.array([index[item.display] for item in items], dtype=np.int64)
+
+
+def _dataset_rows(items, ds, pairs):
+    """The pairs' item indices -> dataset image indices."""
+    rows = dataset_index(items, ds)
     return rows[pairs.a], rows[pairs.b]
 
 

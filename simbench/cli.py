@@ -121,8 +121,8 @@ def find_parser():
                         help="score at and above which a pair is a duplicate (groups.json; where the report's "
                              "slider starts); default 0.95. Scores are calibrated to estimate precision on our "
                              "tuning collections; on collections never tuned on, at 0.95 the default measured "
-                             "precision 0.99 on real photographs, 0.96 on line art and 1.00 on yearbook PDFs "
-                             "with a shared logo, at recall 0.50, 0.17 and 0.76: lower it to find more "
+                             "precision 0.99 on real photographs, 1.00 on line art and 1.00 on yearbook PDFs "
+                             "with a shared logo, at recall 0.43, 0.18 and 0.36: lower it to find more "
                              "(results/find.md). Fit your own with `simbench calibrate`")
     parser.add_argument("--index", metavar="DIR", default=None,
                         help="keep features here, keyed by file content, so that a later run extracts only "

@@ -311,7 +311,7 @@ def score_embeddings(client, method, features, stats: dict | None = None) -> Sco
 
 
 def chunk_background_sims(chunks: EmbeddingChunks, method) -> np.ndarray | None:
-    """CnnMethod.background_similarities of every row, a task per chunk (rows in order), or None."""
+    """The background cosines of CnnMethod.prepared for every row, a task per chunk (rows in order), or None."""
     if chunks.background is None or not method.normalise_k:
         return None
     client, tok = chunks.client, _token()

@@ -119,9 +119,18 @@ class CnnMethod(Method):
     def vectors(self, features) -> np.ndarray:
         """The vectors the searches compare: the embeddings, centred when `centre` is set, then copy-whitened
         when `copy_whitening` is."""
-        v = as_vectors(features)
-        v = centred(v, embedding_sum(v), len(v), self.centre_prior, self.prior_mean) if self.centre else v
-        return self.copy_whitening.apply(v) if self.copy_whitening is not None else v
+        return self.prepared(features)[0]
+
+    def prepared(self, features) -> tuple[np.ndarray, np.ndarray | None]:
+        """`vectors(features)` and each row's cosines to the background pictures (`background_topk` of
+        `background_vectors`; None without), from one sum of the embeddings."""
+        raw = as_vectors(features)
+        total = embedding_sum(raw) if self.centre or self.copy_whitening is not None else None
+        v = centred(raw, total, len(raw), self.centre_prior, self.prior_mean) if self.centre else raw
+        if self.copy_whitening is not None:
+            v = self.copy_whitening.apply(v)
+            return v, background_topk(v, self.background_vectors(total, len(raw)), self.normalise_k)
+        return v, None
 
     @property
     def prior_mean(self) -> np.ndarray | None:
@@ -138,17 +147,11 @@ class CnnMethod(Method):
         x = centred(w.background, total, n_rows, self.centre_prior, w.mean) if self.centre else w.background
         return w.apply(x)
 
-    def background_similarities(self, features, v: np.ndarray) -> np.ndarray | None:
-        """Each row of v (the prepared `vectors(features)`) against the background pictures: their
-        normalise_k highest cosines, most similar first (N, <= k), or None (`background_vectors`)."""
-        raw = as_vectors(features)
-        return background_topk(v, self.background_vectors(embedding_sum(raw), len(raw)), self.normalise_k)
-
     def score_pairs(self, features: Embeddings) -> ScoredPairs:
-        v = self.vectors(features)
+        v, background_sims = self.prepared(features)
         found = self.matcher.self_join(v, self.min_similarity) if self.min_similarity is not None else None
         others = nearest_others(self.matcher, v, self.search_k) if self.search_k and len(v) > 1 else None
-        return self.scored(len(v), found, others, self.background_similarities(features, v))
+        return self.scored(len(v), found, others, background_sims)
 
     @property
     def search_k(self) -> int:
@@ -159,7 +162,7 @@ class CnnMethod(Method):
                background_sims: np.ndarray | None = None) -> ScoredPairs:
         """The pairs and scores of n images from the searches' results: the range pairs `found` (None: no
         range search), each image's search_k nearest others (nearest_others; None: no k-NN search) and its
-        similarities to the background pictures (background_similarities; None: none).
+        similarities to the background pictures (`prepared`; None: none).
         What score_pairs gives; simbench.distributed.cnn runs the searches as tasks and calls this."""
         parts = [(found.a, found.b, found.dist)] if found is not None else []
         if self.neighbours and others is not None:
@@ -189,11 +192,11 @@ class CnnMethod(Method):
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
         if isinstance(features, EmbeddingChunks):
             return score_given_on_chunks(self, features, a, b)
-        v = self.vectors(features)
+        v, background_sims = self.prepared(features)
         normalised = self.normalise_k and len(v) >= 2
         return self.given_scores(pair_cosines(v, a, b), a, b,
                                  kth_similarity(*nearest_others(self.matcher, v, self.normalise_k), self.normalise_k,
-                                                self.background_similarities(features, v)) if normalised else None)
+                                                background_sims) if normalised else None)
 
     def given_scores(self, cos: np.ndarray, a: np.ndarray, b: np.ndarray, background: np.ndarray | None):
         """score_given from the pairs' cosines and each image's k-th neighbour similarity (None: not
@@ -263,7 +266,7 @@ class CopyWhitening:
     the pictures it was fitted on, before centring (where centring's prior sits); fitted_for: the extractor
     settings of the vectors it was fitted on (`vector_settings`); note: what it was fitted on; background
     (B, D): embeddings (before centring) of pictures that are copies of none of a collection's, searched
-    with the collection for each image's k-th neighbour (`CnnMethod.background_similarities`), or None."""
+    with the collection for each image's k-th neighbour (`CnnMethod.prepared`), or None."""
 
     directions: np.ndarray
     scales: np.ndarray
