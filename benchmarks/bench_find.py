@@ -2,6 +2,7 @@
 
     python benchmarks/devset.py build                        the development set (real photographs, line art)
     python benchmarks/bench_find.py whiten                   fit the CNN's copy whitening on its TUNING split (first)
+    python benchmarks/bench_find.py augment                  2-fold table of the CNN's neighbour augmentation (TUNING)
     python benchmarks/bench_find.py calibrate                fit simbench/find/calibration.json on its TUNING split
     python benchmarks/bench_find.py dev [METHOD...]          every method + plain baselines on the REPORT split
     python benchmarks/bench_find.py tune [METHOD...]         the same on the tuning split's halves (for choosing)
@@ -147,13 +148,42 @@ def whiten(work: Path, overrides: list[str], progress: bool, out: Path = SHIPPED
                 keep = fold_rows(len(v), p, 1 - fold)
                 x = v[keep] if fit is None else fit.apply(v[keep])
                 uap, r90 = all_pairs_metrics(x, renumbered(p, keep), stage.method)
-                table.append({"fold": fold, "rank": r, "collection": tag, "uap": uap, "recall_at_p90": r90})
+                table.append({"fold": fold, "rank": r or "none", "collection": tag, "uap": uap,
+                              "recall_at_p90": r90})
                 print(_row_text(table[-1]), flush=True)
-    print(whitening_table(table))
+    print(fold_table(table, "rank"))
     fitted = fit_whitening(data, mean, stage, rank, f"{', '.join(d.tag for d in data)}; made by "
                                               "`python benchmarks/bench_find.py whiten`")
     fitted.save(out)
     print(f"wrote {out} (rank {rank}, shrink factors {fitted.scales.min():.3f}..{fitted.scales.max():.3f})")
+    return table
+
+
+AUGMENT_SETTINGS = ((0, 0.0), *((k, a) for k in (3, 5, 8) for a in (2.0, 3.0, 5.0)))
+
+
+def augment(work: Path, overrides: list[str], progress: bool) -> list[dict]:
+    """A 2-fold table for the CNN's database-side augmentation (cnn.method.augment_k, augment_alpha): as
+    `whiten`'s (groups of copies split in two; the copy whitening of rank WHITENING_RANK fitted on one half of
+    both tuning collections, the CNN's normalised scores over all pairs of the other half), each (k, alpha) of
+    AUGMENT_SETTINGS applied after the whitening (k = 0: none). The report split is never read here."""
+    from simbench.methods.cnn import augmented, nearest_others
+
+    data, mean, stage = devset_embeddings(work, overrides, progress)
+    table = []
+    for fold in (0, 1):
+        train = [(v[keep], renumbered(p, keep)) for _, v, p, _, _ in data for keep in [fold_rows(len(v), p, fold)]]
+        fit = fit_copy_whitening(train, WHITENING_RANK, mean, {})
+        for tag, v, p, _, _ in data:
+            keep = fold_rows(len(v), p, 1 - fold)
+            x = fit.apply(v[keep])
+            for k, alpha in AUGMENT_SETTINGS:
+                y = augmented(x, *nearest_others(stage.method.matcher, x, k), alpha) if k else x
+                uap, r90 = all_pairs_metrics(y, renumbered(p, keep), stage.method)
+                table.append({"fold": fold, "augmentation": f"k {k}, alpha {alpha:g}" if k else "none",
+                              "collection": tag, "uap": uap, "recall_at_p90": r90})
+                print(_row_text(table[-1]), flush=True)
+    print(fold_table(table, "augmentation"))
     return table
 
 
@@ -241,13 +271,14 @@ def all_pairs_metrics(vectors: np.ndarray, pairs: np.ndarray, method) -> tuple[f
     return m["uap"], m["recall_at_p90"]
 
 
-def whitening_table(rows: list[dict]) -> str:
+def fold_table(rows: list[dict], setting: str) -> str:
+    """Markdown: a row per (fold, rows' `setting`), a column per collection: micro-AP / recall at P0.9."""
     tags = list(dict.fromkeys(r["collection"] for r in rows))
-    out = ["| fold | rank | " + " | ".join(tags) + " |", "|---|---|" + "---|" * len(tags)]
-    for fold, r in dict.fromkeys((row["fold"], row["rank"]) for row in rows):
+    out = [f"| fold | {setting} | " + " | ".join(tags) + " |", "|---|---|" + "---|" * len(tags)]
+    for fold, r in dict.fromkeys((row["fold"], row[setting]) for row in rows):
         cells = {row["collection"]: f"{row['uap']:.3f} / {row['recall_at_p90']:.3f}" for row in rows
-                 if row["fold"] == fold and row["rank"] == r}
-        out.append(f"| {fold} | {r or 'none'} | " + " | ".join(cells[t] for t in tags) + " |")
+                 if row["fold"] == fold and row[setting] == r}
+        out.append(f"| {fold} | {r} | " + " | ".join(cells[t] for t in tags) + " |")
     return "\n".join(out)
 
 
@@ -619,7 +650,7 @@ def _row_text(row: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("whiten", "calibrate", "dev", "tune", "yearbook", "yearbook-tune", "synthetic",
+    parser.add_argument("what", choices=("whiten", "augment", "calibrate", "dev", "tune", "yearbook", "yearbook-tune", "synthetic",
                                          "throughput", "collection"))
     parser.add_argument("args", nargs="*", help="methods (hash, cnn, keypoints, cascade) and key=value overrides")
     parser.add_argument("--work", default=str(default_cache_dir() / "bench_find"))
@@ -644,6 +675,8 @@ def main(argv=None) -> None:
         out["calibration"] = calibrate(work, overrides, progress, Path(args.out or CALIBRATION_FILE))
     elif args.what == "whiten":
         out["whiten"] = whiten(work, overrides, progress, Path(args.out or SHIPPED_WHITENING))
+    elif args.what == "augment":
+        out["augment"] = augment(work, overrides, progress)
     elif args.what in ("dev", "tune"):
         out[args.what] = dev(methods, work, overrides, progress, split=REPORT if args.what == "dev" else TUNE,
                              baselines=tuple(b for b in args.baselines.split(",") if b))

@@ -77,9 +77,10 @@ outputs in DIR:
 methods:
   cascade (default)  identical image data, then BRISK keypoints spread over the picture (and of its mirror
                      image) verified by a RANSAC fit, with content shared by many pictures discounted,
-                     then EfficientNet-Lite0 GeM features (of the picture and of it blurred), centred and
-                     whitened against what edits change (learned on our tuning set), scored against each
-                     image's 10th neighbour; every pair scored by both, fused by a logistic model fitted on
+                     then EfficientNet-Lite0 GeM features (of the picture and of it blurred), centred,
+                     whitened against what edits change (learned on our tuning set) and pulled toward
+                     their nearest neighbours, scored against each image's 10th neighbour; every pair
+                     scored by both, fused by a logistic model fitted on
                      our tuning set, and linked
                      (without PyTorch, the cnn extra: keypoints is the default, and find says so)
   keypoints          identical data + verified keypoints only (no CNN, no PyTorch)
@@ -122,7 +123,7 @@ def find_parser():
                              "slider starts); default 0.95. Scores are calibrated to estimate precision on our "
                              "tuning collections; on collections never tuned on, at 0.95 the default measured "
                              "precision 0.99 on real photographs, 1.00 on line art and 1.00 on yearbook PDFs "
-                             "with a shared logo, at recall 0.43, 0.18 and 0.36: lower it to find more "
+                             "with a shared logo, at recall 0.47, 0.16 and 0.36: lower it to find more "
                              "(results/find.md). Fit your own with `simbench calibrate`")
     parser.add_argument("--index", metavar="DIR", default=None,
                         help="keep features here, keyed by file content, so that a later run extracts only "

@@ -626,6 +626,36 @@ def test_background_pictures_count_among_the_neighbours_of_the_normalisation(tmp
                                - (kth_own[plain.a] + kth_own[plain.b]) / 2, atol=1e-5)
 
 
+def test_database_side_augmentation_adds_each_vectors_neighbours_weighted_by_a_power_of_their_cosine():
+    """augment_k: every vector plus its k nearest others weighted by max(cos, 0) ** alpha, L2-normalised (the
+    plain formula over a full similarity matrix); two edits of one picture, each closer to the picture than
+    to each other, get closer; a picture with no copy barely moves; row by row, whatever the batch."""
+    from simbench.methods.cnn import CnnMethod, augmented, nearest_others
+
+    rng = np.random.default_rng(11)
+    dim, k, alpha = 32, 3, 3.0
+    x = unit(rng.standard_normal((40, dim)))
+    source = x[0]
+    x[1:3] = unit(source + 0.9 * unit(rng.standard_normal((2, dim))))  # two edits of picture 0
+    x = x.astype(np.float32)
+    method = CnnMethod(tiny(), ExactMatcher(), min_similarity=None, neighbours=5, augment_k=k, augment_alpha=alpha)
+    got = method.vectors(Embeddings(x))
+
+    sims = x.astype(np.float64) @ x.T.astype(np.float64)
+    want = np.empty_like(got)
+    for i in range(len(x)):
+        others = [j for j in np.argsort(-sims[i], kind="stable") if j != i][:k]
+        y = x[i] + sum(max(sims[i, j], 0.0) ** alpha * x[j] for j in others)
+        want[i] = y / np.linalg.norm(y)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+    assert got[1] @ got[2] > x[1] @ x[2] + 0.1
+    assert min(got[i] @ x[i] for i in range(3, len(x))) > 0.98  # unrelated neighbours weigh cos^3, little
+    idx, sim = nearest_others(method.matcher, x, k)
+    assert np.array_equal(augmented(x, idx, sim, alpha, block=3), augmented(x, idx, sim, alpha))
+    assert "augment_k" in method.params() and "augment_k" not in CnnMethod(tiny(), ExactMatcher()).params()
+
+
 def test_find_whitens_its_cnn_embeddings_with_the_shipped_fit():
     from simbench.find import cascade
     from simbench.methods.cnn import SHIPPED_WHITENING, CopyWhitening
@@ -635,6 +665,7 @@ def test_find_whitens_its_cnn_embeddings_with_the_shipped_fit():
     assert stage.method.copy_whitening.digest == CopyWhitening.load(SHIPPED_WHITENING).digest
     assert "bench_find.py whiten" in stage.method.copy_whitening.note
     assert len(stage.method.copy_whitening.background) >= 50  # the tuning split's references and distractors
+    assert (stage.method.augment_k, stage.method.augment_alpha) == (5, 3.0)  # then neighbour augmentation
 
 
 def _compose(overrides: list[str]):

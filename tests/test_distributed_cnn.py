@@ -87,15 +87,16 @@ def _embeddings(seed: int, n: int = 700, dim: int = 40) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("min_similarity, neighbours, normalise_k, centre",
-                         [(None, 20, 10, False), (0.5, 3, 0, False), (0.4, 0, 5, False), (None, 20, 10, True)])
+@pytest.mark.parametrize("min_similarity, neighbours, normalise_k, centre, augment_k",
+                         [(None, 20, 10, False, 0), (0.5, 3, 0, False, 0), (0.4, 0, 5, False, 0),
+                          (None, 20, 10, True, 0), (None, 20, 10, True, 5)])
 def test_method_scores_fusion_scores_and_evidence_equal_one_process(client, monkeypatch, min_similarity,
-                                                                    neighbours, normalise_k, centre):
+                                                                    neighbours, normalise_k, centre, augment_k):
     _small_tiles(monkeypatch)
     v = _embeddings(1)
     method = CnnMethod(_Extractor(), ExactCosineMatcher(query_block=64, database_block=128),
                        min_similarity=min_similarity, neighbours=neighbours, normalise_k=normalise_k,
-                       centre=centre)
+                       centre=centre, augment_k=augment_k)
     ref = method.score_pairs(Embeddings(v))
     chunks = dc.scatter_embeddings(client, v, chunk_rows=90)
     got = dc.score_embeddings(client, method, chunks)

@@ -11,7 +11,8 @@ The client keeps per-image tables only; the embeddings stay on the workers from 
    ``scatter_embeddings`` makes the same chunks from embeddings in memory (tests).
    With CnnMethod.centre, ``centred_chunks`` gives the searches centred chunks: each chunk's exact sum
    (methods.cnn.embedding_sum) added on the client, then each chunk centred (and, with copy_whitening,
-   whitened) by a task.
+   whitened) by a task; with augment_k, the whitened chunks' nearest others are searched as in step 2 and
+   each chunk augmented by a task given only its rows' neighbours (methods.cnn.augmented).
 2. Exact top-k (``sharded_topk``): a tile is one query block against a run of database blocks,
    the blocks of ExactCosineMatcher.topk in one process, so a tile's products (match.cosine.topk_blocks)
    are the very matrices of the in-process loop. Each tile gives the k best (similarity, row) keys of its
@@ -44,8 +45,8 @@ from simbench.distributed.match import _blas_limit, _concat, _token, blas_thread
 from simbench.find.index import FeatureStore, _signature, join_features
 from simbench.match.cosine import (ExactCosineMatcher, as_vectors, finish_topk, merge_topk, range_blocks,
                                    topk_blocks)
-from simbench.methods.cnn import (background_topk, centred, embedding_sum, kth_similarity, pair_cosines,
-                                  without_self)
+from simbench.methods.cnn import (augmented, background_topk, centred, embedding_sum, kth_similarity,
+                                  pair_cosines, without_self)
 from simbench.types import Embeddings, Pairs, ScoredPairs
 
 log = logging.getLogger("simbench")
@@ -78,7 +79,7 @@ class EmbeddingChunks:
     bounds: np.ndarray
     dim: int
     backgrounds: dict = field(default_factory=dict)
-    centred_views: dict = field(default_factory=dict)  # (centre_prior, whitening) -> prepared chunks (centred_chunks)
+    centred_views: dict = field(default_factory=dict)  # (centre, whitening, augment) -> prepared chunks (centred_chunks)
     background: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -159,13 +160,14 @@ def load_embeddings(client, stage, items, source_digests, store: FeatureStore, e
 
 def centred_chunks(chunks: EmbeddingChunks, method) -> EmbeddingChunks:
     """The chunks as method.vectors gives them: centred on the collection's mean when method.centre (the
-    chunks' exact fixed-point sums added on the client, then each chunk centred by a task), then
-    copy-whitened when method.copy_whitening (a task per chunk); kept, so that the search and the fusion's
-    scores share them. Else the chunks themselves."""
+    chunks' exact fixed-point sums added on the client, then each chunk centred by a task), copy-whitened
+    when method.copy_whitening (a task per chunk), then augmented when method.augment_k (`augmented_chunks`);
+    kept, so that the search and the fusion's scores share them. Else the chunks themselves."""
     whitening = method.copy_whitening
-    if not method.centre and whitening is None:
+    if not method.centre and whitening is None and not method.augment_k:
         return chunks
-    view = (method.centre_prior if method.centre else None, whitening.digest if whitening is not None else None)
+    view = (method.centre_prior if method.centre else None, whitening.digest if whitening is not None else None,
+            (method.augment_k, method.augment_alpha) if method.augment_k else None)
     if view not in chunks.centred_views:
         client, tok = chunks.client, _token()
         futures = chunks.futures
@@ -177,9 +179,31 @@ def centred_chunks(chunks: EmbeddingChunks, method) -> EmbeddingChunks:
                                      key=f"cnn-centre-{i}-{tok}") for i, f in enumerate(futures)]
         if whitening is not None:
             futures = [client.submit(whitening.apply, f, key=f"cnn-whiten-{i}-{tok}") for i, f in enumerate(futures)]
-        chunks.centred_views[view] = EmbeddingChunks(client, futures, chunks.bounds, chunks.dim,
-                                                     background=method.background_vectors(total, len(chunks)))
+        prepared = EmbeddingChunks(client, futures, chunks.bounds, chunks.dim,
+                                   background=method.background_vectors(total, len(chunks)))
+        if method.augment_k and len(chunks) > 1:
+            prepared = augmented_chunks(prepared, method)
+        chunks.centred_views[view] = prepared
     return chunks.centred_views[view]
+
+
+def augmented_chunks(chunks: EmbeddingChunks, method) -> EmbeddingChunks:
+    """methods.cnn.augmented of every row with tasks: the nearest others by `sharded_topk`, then a task per
+    chunk given its rows' neighbour lists and only the vectors of those neighbours."""
+    idx, sim = sharded_topk(chunks, method.augment_k, method.matcher, others=True)
+    client, tok = chunks.client, _token()
+    futures = []
+    for i, f in enumerate(chunks.futures):
+        lo, hi = int(chunks.bounds[i]), int(chunks.bounds[i + 1])
+        wanted = np.unique(np.maximum(idx[lo:hi], 0))
+        futures.append(client.submit(_augment_chunk, f, idx[lo:hi], sim[lo:hi], method.augment_alpha, wanted,
+                                     *chunks.parts_of(wanted), key=f"cnn-augment-{i}-{tok}"))
+    return EmbeddingChunks(client, futures, chunks.bounds, chunks.dim, background=chunks.background)
+
+
+def _augment_chunk(vectors, idx, sim, alpha, wanted, *parts) -> np.ndarray:
+    got = _concat(list(parts))
+    return augmented(vectors, idx, sim, alpha, lambda rows: got[np.searchsorted(wanted, rows)])
 
 
 # ---------------------------------------------------------------------------------------------------------

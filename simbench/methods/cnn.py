@@ -51,12 +51,20 @@ centred on that one (see Centring). Fitted on annotated pairs
 (`fit_copy_whitening`; the shipped one by benchmarks/bench_find.py whiten on the development set's tuning
 split), for one extractor's settings: "auto" uses the shipped fit when it was made for this extractor's
 settings and says so when not.
+
+Database-side augmentation (augment_k = k; Arandjelović & Zisserman, CVPR 2012; Radenović, Tolias & Chum,
+TPAMI 2018 weight the neighbours by a power of their similarity, as here): after the whitening, each vector
+is replaced by itself plus its k nearest others, each weighted by max(cos, 0) ** augment_alpha, L2-normalised
+again. Copies of one picture pull one another together (two edits of a picture, each far from the other but
+close to the original, end up closer); with a high power, a neighbour that is not a copy (a lower cosine)
+adds almost nothing, so a picture with no copies stays where it was.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,12 +96,15 @@ class CnnMethod(Method):
     copy_whitening: None (off), "auto" (the shipped fit when made for this extractor's settings, else off,
         logged) or a file written by CopyWhitening.save (an error when made for other settings); applied
         after centring, see the module docstring.
+    augment_k, augment_alpha: database-side augmentation with each vector's augment_k nearest others (0:
+        off), weighted by cos ** augment_alpha; after the whitening, see the module docstring.
     """
 
     def __init__(self, extractor: Extractor, matcher, min_similarity: float | None = 0.5, threshold: float = 0.9,
                  lsh_bits: int = 256, lsh_recall: float = 0.95, neighbours: int | None = None,
                  normalise_k: int | None = None, beta: float = 1.0, centre: bool = False,
-                 centre_prior: float = 20.0, copy_whitening: str | Path | None = None):
+                 centre_prior: float = 20.0, copy_whitening: str | Path | None = None, augment_k: int = 0,
+                 augment_alpha: float = 3.0):
         self.extractor = extractor
         self.binary_matcher = matcher
         self.matcher = cosine_matcher_for(matcher, lsh_bits=lsh_bits, lsh_recall=lsh_recall)
@@ -115,10 +126,14 @@ class CnnMethod(Method):
         if self.min_similarity is None and not self.neighbours:
             raise ValueError("min_similarity=None needs neighbours > 0: there would be no candidate pairs")
         self.copy_whitening = whitening_for(copy_whitening, extractor)
+        self.augment_k = int(augment_k or 0)
+        self.augment_alpha = float(augment_alpha)
+        if self.augment_k < 0 or not self.augment_alpha >= 0:
+            raise ValueError(f"augment_k and augment_alpha must be >= 0, got {augment_k}, {augment_alpha}")
 
     def vectors(self, features) -> np.ndarray:
-        """The vectors the searches compare: the embeddings, centred when `centre` is set, then copy-whitened
-        when `copy_whitening` is."""
+        """The vectors the searches compare: the embeddings, centred when `centre` is set, copy-whitened
+        when `copy_whitening` is, then augmented with their neighbours when `augment_k` is."""
         return self.prepared(features)[0]
 
     def prepared(self, features) -> tuple[np.ndarray, np.ndarray | None]:
@@ -129,6 +144,9 @@ class CnnMethod(Method):
         v = centred(raw, total, len(raw), self.centre_prior, self.prior_mean) if self.centre else raw
         if self.copy_whitening is not None:
             v = self.copy_whitening.apply(v)
+        if self.augment_k and len(v) > 1:
+            v = augmented(v, *nearest_others(self.matcher, v, self.augment_k), self.augment_alpha)
+        if self.copy_whitening is not None:
             return v, background_topk(v, self.background_vectors(total, len(raw)), self.normalise_k)
         return v, None
 
@@ -212,6 +230,7 @@ class CnnMethod(Method):
                 # Only when used, so that the tables and caches of before keep their keys.
                 **({"centre": True, "centre_prior": self.centre_prior} if self.centre else {}),
                 **({"copy_whitening": self.copy_whitening.digest} if self.copy_whitening is not None else {}),
+                **({"augment_k": self.augment_k, "augment_alpha": self.augment_alpha} if self.augment_k else {}),
                 "matcher": self.matcher.name, "lsh_bits": self.lsh_bits, "lsh_recall": self.lsh_recall,
                 "extract_device": self.extractor.device, "extract_fallback": self.extractor.fallback,
                 "match_device": self.matcher.device, "match_fallback": self.matcher.fallback}
@@ -394,6 +413,25 @@ def without_self(idx: np.ndarray, sim: np.ndarray, first: int = 0) -> tuple[np.n
     drop[~drop.any(axis=1), -1] = True
     keep = ~drop  # exactly k per row: boolean indexing keeps row-major order
     return idx[keep].reshape(n, k), sim[keep].reshape(n, k)
+
+
+def augmented(vectors: np.ndarray, idx: np.ndarray, sim: np.ndarray, alpha: float,
+              take: Callable[[np.ndarray], np.ndarray] | None = None, block: int = 4096) -> np.ndarray:
+    """Database-side augmentation (module docstring): row i -> v_i + sum over its neighbours j of
+    max(sim_ij, 0) ** alpha * v_j, L2-normalised; idx, sim: each row's nearest others (nearest_others; -1 =
+    none). take(rows): the vectors of those rows (default: of `vectors`; a cluster's chunk fetches its
+    rows' neighbours). Float32 sums of one neighbour at a time, in blocks of rows, so a row gives the same
+    bits in any batch of rows: a cluster's chunks agree with one process."""
+    x = np.asarray(vectors, np.float32)
+    take = take or (lambda rows: x[rows])
+    weight = np.where(idx >= 0, np.maximum(np.asarray(sim, np.float32), 0) ** np.float32(alpha), 0).astype(np.float32)
+    out = np.empty_like(x)
+    for s in range(0, len(x), block):
+        y = x[s : s + block].copy()
+        for j in range(idx.shape[1]):
+            y += weight[s : s + block, j : j + 1] * take(np.maximum(idx[s : s + block, j], 0))
+        out[s : s + block] = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+    return out
 
 
 def neighbour_pairs(idx: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
