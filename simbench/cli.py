@@ -80,8 +80,7 @@ methods:
                      then EfficientNet-Lite0 GeM features (of the picture and of it blurred), centred,
                      whitened against what edits change (learned on our tuning set) and pulled toward
                      their nearest neighbours, scored against each image's 10th neighbour; every pair
-                     scored by both, fused by a logistic model fitted on
-                     our tuning set, and linked
+                     scored by both, fused by a logistic model fitted on our tuning set, and linked
                      (without PyTorch, the cnn extra: keypoints is the default, and find says so)
   keypoints          identical data + verified keypoints only (no CNN, no PyTorch)
   cnn                identical data + CNN embeddings only
