@@ -135,23 +135,10 @@ WHITENING_RANKS = (32, 64, 128, 256)
 def whiten(work: Path, overrides: list[str], progress: bool, out: Path = SHIPPED_WHITENING,
            rank: int = WHITENING_RANK) -> list[dict]:
     """Fit the copy whitening on the true pairs of the development set's tuning collections (photo, line
-    art) and write it to `out`; first print a 2-fold table (groups of copies split in two, fitted on one half
-    of both collections, the CNN's normalised scores over all pairs of the other half): micro-AP and recall
-    at P0.9 with no whitening and each rank of WHITENING_RANKS. The report split is never read here."""
+    art) and write it to `out`; first print the 2-fold table (`two_fold_table`) with no whitening and each
+    rank of WHITENING_RANKS. The report split is never read here."""
     data, mean, stage = devset_embeddings(work, overrides, progress)
-    table = []
-    for fold in (0, 1):
-        train = [(v[keep], renumbered(p, keep)) for _, v, p, _, _ in data for keep in [fold_rows(len(v), p, fold)]]
-        for r in (0, *WHITENING_RANKS):
-            fit = fit_copy_whitening(train, r, mean, {}) if r else None
-            for tag, v, p, _, _ in data:
-                keep = fold_rows(len(v), p, 1 - fold)
-                x = v[keep] if fit is None else fit.apply(v[keep])
-                uap, r90 = all_pairs_metrics(x, renumbered(p, keep), stage.method)
-                table.append({"fold": fold, "rank": r or "none", "collection": tag, "uap": uap,
-                              "recall_at_p90": r90})
-                print(_row_text(table[-1]), flush=True)
-    print(fold_table(table, "rank"))
+    table = two_fold_table(data, mean, stage, "rank", [("none", 0, None), *((r, r, None) for r in WHITENING_RANKS)])
     fitted = fit_whitening(data, mean, stage, rank, f"{', '.join(d.tag for d in data)}; made by "
                                               "`python benchmarks/bench_find.py whiten`")
     fitted.save(out)
@@ -163,27 +150,38 @@ AUGMENT_SETTINGS = ((0, 0.0), *((k, a) for k in (3, 5, 8) for a in (2.0, 3.0, 5.
 
 
 def augment(work: Path, overrides: list[str], progress: bool) -> list[dict]:
-    """A 2-fold table for the CNN's database-side augmentation (cnn.method.augment_k, augment_alpha): as
-    `whiten`'s (groups of copies split in two; the copy whitening of rank WHITENING_RANK fitted on one half of
-    both tuning collections, the CNN's normalised scores over all pairs of the other half), each (k, alpha) of
-    AUGMENT_SETTINGS applied after the whitening (k = 0: none). The report split is never read here."""
+    """The 2-fold table (`two_fold_table`) of the CNN's database-side augmentation (cnn.method.augment_k,
+    augment_alpha): each (k, alpha) of AUGMENT_SETTINGS applied after the copy whitening of rank
+    WHITENING_RANK (k = 0: none). The report split is never read here."""
     from simbench.methods.cnn import augmented, nearest_others
 
     data, mean, stage = devset_embeddings(work, overrides, progress)
+
+    def augment_with(k: int, alpha: float) -> Callable:
+        return lambda x: augmented(x, *nearest_others(stage.method.matcher, x, k), alpha)
+
+    return two_fold_table(data, mean, stage, "augmentation",
+                          [(f"k {k}, alpha {a:g}" if k else "none", WHITENING_RANK, augment_with(k, a) if k else None)
+                           for k, a in AUGMENT_SETTINGS])
+
+
+def two_fold_table(data: list[Embedded], mean: np.ndarray, stage, setting: str, variants: list[tuple]) -> list[dict]:
+    """`whiten`'s and `augment`'s protocol, printed as a table: each devset tuning collection's groups of
+    copies split in two (`fold_rows`); per variant (label, rank, post), the copy whitening of that rank
+    (0: none) fitted on one half of both collections, then post(vectors) (None: nothing), and the CNN's
+    normalised scores over all pairs of the other half: micro-AP and recall at P0.9."""
     table = []
     for fold in (0, 1):
         train = [(v[keep], renumbered(p, keep)) for _, v, p, _, _ in data for keep in [fold_rows(len(v), p, fold)]]
-        fit = fit_copy_whitening(train, WHITENING_RANK, mean, {})
+        fits = {r: fit_copy_whitening(train, r, mean, {}) for r in dict.fromkeys(r for _, r, _ in variants if r)}
         for tag, v, p, _, _ in data:
             keep = fold_rows(len(v), p, 1 - fold)
-            x = fit.apply(v[keep])
-            for k, alpha in AUGMENT_SETTINGS:
-                y = augmented(x, *nearest_others(stage.method.matcher, x, k), alpha) if k else x
-                uap, r90 = all_pairs_metrics(y, renumbered(p, keep), stage.method)
-                table.append({"fold": fold, "augmentation": f"k {k}, alpha {alpha:g}" if k else "none",
-                              "collection": tag, "uap": uap, "recall_at_p90": r90})
+            for label, r, post in variants:
+                x = fits[r].apply(v[keep]) if r else v[keep]
+                uap, r90 = all_pairs_metrics(post(x) if post else x, renumbered(p, keep), stage.method)
+                table.append({"fold": fold, setting: label, "collection": tag, "uap": uap, "recall_at_p90": r90})
                 print(_row_text(table[-1]), flush=True)
-    print(fold_table(table, "augmentation"))
+    print(fold_table(table, setting))
     return table
 
 

@@ -130,6 +130,7 @@ class CnnMethod(Method):
         self.augment_alpha = float(augment_alpha)
         if self.augment_k < 0 or not self.augment_alpha >= 0:
             raise ValueError(f"augment_k and augment_alpha must be >= 0, got {augment_k}, {augment_alpha}")
+        self._prepared_for: tuple | None = None  # (features, prepared(features))
 
     def vectors(self, features) -> np.ndarray:
         """The vectors the searches compare: the embeddings, centred when `centre` is set, copy-whitened
@@ -138,7 +139,10 @@ class CnnMethod(Method):
 
     def prepared(self, features) -> tuple[np.ndarray, np.ndarray | None]:
         """`vectors(features)` and each row's cosines to the background pictures (`background_topk` of
-        `background_vectors`; None without), from one sum of the embeddings."""
+        `background_vectors`; None without), from one sum of the embeddings. Kept for the last features
+        object asked: the cascade's search and its fusion scores ask for the same one."""
+        if self._prepared_for is not None and self._prepared_for[0] is features:
+            return self._prepared_for[1]
         raw = as_vectors(features)
         total = embedding_sum(raw) if self.centre or self.copy_whitening is not None else None
         v = centred(raw, total, len(raw), self.centre_prior, self.prior_mean) if self.centre else raw
@@ -146,9 +150,12 @@ class CnnMethod(Method):
             v = self.copy_whitening.apply(v)
         if self.augment_k and len(v) > 1:
             v = augmented(v, *nearest_others(self.matcher, v, self.augment_k), self.augment_alpha)
-        if self.copy_whitening is not None:
-            return v, background_topk(v, self.background_vectors(total, len(raw)), self.normalise_k)
-        return v, None
+        result = v, background_topk(v, self.background_vectors(total, len(raw)), self.normalise_k)
+        self._prepared_for = (features, result)
+        return result
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_prepared_for": None}  # a pickled method carries no collection
 
     @property
     def prior_mean(self) -> np.ndarray | None:
