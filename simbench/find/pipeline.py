@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from simbench.distributed.cluster import ClusterSession
-from simbench.find import blank, cascade, evidence, outputs, report
+from simbench.find import blank, cascade, evidence, frames, outputs, report
 from simbench.find.cascade import FusedPairs, Stage
 from simbench.find.decisions import Decisions, match_decisions, read_decisions, write_decisions_json
 from simbench.find.index import (BATCH_IMAGES, SOURCES_KIND, FeatureStore, consistent, join_features, params_key,
@@ -80,7 +80,7 @@ def find(inputs: Sequence[str | Path], out_dir: str | Path, cfg: DictConfig | No
     with ClusterSession(cfg.get("cluster"), progress, auto=True) as cluster:  # Dask, when chosen or large
         collected = collect(inputs, stages, cfg, index, out_dir, progress, cluster)
         t = time.perf_counter()
-        raw = raw_evidence(stages, collected.features, progress, cluster.client)
+        raw = raw_evidence(stages, collected.features, progress, cluster.client, framed_among(collected.items, cfg))
         decided = match_decisions(reviewed, [item.display for item in collected.items]) if reviewed else None
         pairs = score(collected.items, stages, raw, cfg, collected.features, collected.blank, decided)
         groups = outputs.duplicate_groups(pairs, len(collected.items), float(cfg.threshold))
@@ -328,14 +328,21 @@ def unusable(items: list[Item], features: dict, listed: set[int] = frozenset()) 
 # 4. Scoring
 
 
-def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=None) -> dict[str, ScoredPairs]:
+def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=None,
+                 frame_items: list[Item] | None = None) -> dict[str, ScoredPairs]:
     """Each stage's pairs in item indices with its raw signal as the score (what calibration maps);
-    with a Dask client, matched through simbench.distributed.match_stage."""
+    with a Dask client, matched through simbench.distributed.match_stage. frame_items: the run's items, to
+    drop pairs of different pictures in a shared frame (simbench.find.frames; `framed_among`)."""
     out = {}
     for stage in stages:
         found = stage_pairs(stage, features[stage.name], progress, client)
         out[stage.name] = stage.raw_pairs(found)
-    return out
+    return frames.drop_shared_frames(out, frame_items) if frame_items is not None else out
+
+
+def framed_among(items: list[Item], cfg: DictConfig) -> list[Item] | None:
+    """raw_evidence's frame_items for a run's settings: its items, unless cfg.drop_shared_frames is off."""
+    return items if cfg.drop_shared_frames else None
 
 
 def score(items: list[Item], stages: list[Stage], raw: dict[str, ScoredPairs], cfg: DictConfig,

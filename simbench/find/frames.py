@@ -1,0 +1,212 @@
+"""Different pictures inside one shared frame are not duplicates.
+
+A screenshot template, an app's chrome, a page layout or a scanner's colour chart around different
+photographs: keypoints and CNN features both see the frame, which is often most of the picture, so every
+stage finds such pairs, and no count of how many pictures share a descriptor tells a frame held by 7
+pictures from a photo reused 9 times. What does is the layout. Compared on the report thumbnails every
+item already has (so images from the index need no decoding), pair (a, b) is "in a shared frame" when:
+
+1. their thumbnails have one size, and the pixels where their grey levels differ by more than TOL fill a
+   window (the box holding 98% of them) of MIN_WINDOW..MAX_WINDOW of the picture, touching at most two
+   of its sides, around which they agree on a textured frame (grey deviation >= MIN_FRAME_STD: a shared
+   blank margin is no frame; a caption bar along one side of a photo is a window in the photo, not a
+   frame around a window);
+2. the windows do not hold one picture: on the full thumbnails, inside the window less a MARGIN on each
+   side, the grey levels of the pixels that differ (by more than TOL) are not correlated (< SAME_PICTURE),
+   as they are when one picture is recoloured: a recoloured copy inside the frame still pairs;
+3. a third item c, found paired with a or b by a stage, differs from both inside the same window (the
+   smaller of two boxes at least SAME_BOX inside the other, and at least half its size: a logo or emoji
+   that one picture carries outside the window stretches its boxes a little): three different pictures in
+   one frame. A copy with an emoji differs from its original in a window too, but every other copy of
+   that picture agrees with the original there.
+
+Such pairs are dropped from every stage's pairs before calibration and fusion (and so are never linked);
+the run logs how many. A picture pasted into another, a crop or a padded copy never qualifies: their pixels
+do not line up with the original's outside a window. What the rules cannot tell from a frame: three or
+more copies of one picture that differ only inside one box of more than a tenth of it away from its sides
+(three different captions in one large box in the middle); they pair through a copy without the box.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from simbench.find.items import Item
+from simbench.types import ScoredPairs
+
+log = logging.getLogger("simbench")
+
+#: Long side, in pixels, of the grey thumbnails compared (from the 160 px report thumbnails).
+SIDE = 64
+#: Grey levels (of 1) by which two thumbnails' pixels must differ to count as different (JPEG noise of
+#: the report thumbnails, averaged down to SIDE, stays well below it).
+TOL = 0.08
+#: The window's share of the picture: more than a caption or an emoji covers, up to most of the picture.
+MIN_WINDOW, MAX_WINDOW = 0.1, 0.7
+#: Cells (of the SIDE-pixel thumbnails) within which a window touches a side of the picture.
+EDGE = 2
+#: Grey-level deviation of the shared frame outside the window (of 1).
+MIN_FRAME_STD = 0.1
+#: Correlation of the two windows' differing grey levels at and above which they hold the same picture
+#: (different pictures are near 0 or below, one picture recoloured near 1); each side of the window loses
+#: MARGIN of its length first, so that the frame's edge around the window, which both share, does not count.
+SAME_PICTURE = 0.5
+MARGIN = 0.15
+#: Share of the smaller of two windows inside the larger at and above which they are the same place.
+SAME_BOX = 0.6
+
+
+class SharedFrames:
+    """Which pairs of a run are different pictures in one shared frame (see the module's rules)."""
+
+    def __init__(self, items: Sequence[Item]):
+        self.items = items
+        self._grey: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
+        self._windows: dict[tuple[int, int], tuple[int, int, int, int] | None] = {}
+
+    def pairs_in_frames(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Boolean per pair (a[k], b[k]), item indices: different pictures in a frame a third one shares
+        (rule 3 looks for that third picture among the other partners of a and b in these pairs)."""
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        out = np.zeros(len(a), bool)
+        windows = {}
+        for k in np.flatnonzero(self._same_size(a, b)):
+            box = self.window(int(a[k]), int(b[k]))
+            if box is not None:
+                windows[k] = box
+        if not windows:
+            return out
+        partners: dict[int, set[int]] = {}
+        for x, y in zip(a.tolist(), b.tolist()):
+            partners.setdefault(x, set()).add(y)
+            partners.setdefault(y, set()).add(x)
+        for k, box in windows.items():
+            x, y = int(a[k]), int(b[k])
+            for c in sorted((partners[x] | partners[y]) - {x, y}):
+                if same_box(self.window(x, c), box) and same_box(self.window(y, c), box):
+                    out[k] = True
+                    break
+        return out
+
+    def grey(self, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Item k's thumbnail in grey levels of 1: as it is, and SIDE pixels on its long side (None:
+        undecodable)."""
+        if k not in self._grey:
+            try:
+                with Image.open(io.BytesIO(self.items[k].thumb)) as im:
+                    g = im.convert("L")
+                w, h = g.size
+                s = SIDE / max(w, h)
+                small = g.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BOX)
+                self._grey[k] = (np.asarray(g, np.float32) / 255.0, np.asarray(small, np.float32) / 255.0)
+            except (OSError, ValueError):
+                self._grey[k] = None
+        return self._grey[k]
+
+    def _same_size(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        shapes = {}
+        for k in np.unique(np.concatenate([a, b])).tolist():
+            g = self.grey(k)
+            shapes[k] = None if g is None else (g[0].shape, g[1].shape)
+        return np.array([shapes[x] is not None and shapes[x] == shapes[y] for x, y in zip(a.tolist(), b.tolist())],
+                        bool)
+
+    def window(self, x: int, y: int) -> tuple[int, int, int, int] | None:
+        """The box (top, left, bottom, right; on the SIDE-pixel thumbnails) where items x and y hold
+        different pictures inside a frame they share (rules 1 and 2), else None."""
+        key = (min(x, y), max(x, y))
+        if key not in self._windows:
+            gx, gy = self.grey(key[0]), self.grey(key[1])
+            same = gx is not None and gy is not None and gx[0].shape == gy[0].shape
+            self._windows[key] = framed_window(*gx, *gy) if same else None
+        return self._windows[key]
+
+
+def framed_window(full_x: np.ndarray, small_x: np.ndarray, full_y: np.ndarray,
+                  small_y: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Rules 1 and 2 for two grey thumbnails of one size (each as it is and at SIDE pixels): the window's
+    box on the SIDE-pixel ones, or None."""
+    differ = np.abs(small_x - small_y) > TOL
+    box = central_box(differ)
+    if box is None:
+        return None
+    top, left, bottom, right = box
+    h, w = differ.shape
+    if not MIN_WINDOW <= (bottom - top) * (right - left) / (h * w) <= MAX_WINDOW:
+        return None
+    if (top <= EDGE) + (left <= EDGE) + (bottom >= h - EDGE) + (right >= w - EDGE) > 2:
+        return None
+    inside = np.zeros(differ.shape, bool)
+    inside[top:bottom, left:right] = True
+    if small_x[~inside].std() < MIN_FRAME_STD:
+        return None
+    scale = np.array(full_x.shape * 2) / np.array(differ.shape * 2)  # (rows, cols, rows, cols)
+    t, lf, b, r = np.array(box) * scale
+    mh, mw = (b - t) * MARGIN, (r - lf) * MARGIN
+    t, lf, b, r = int(t + mh), int(lf + mw), int(np.ceil(b - mh)), int(np.ceil(r - mw))
+    x, y = full_x[t:b, lf:r], full_y[t:b, lf:r]
+    changed = np.abs(x - y) > TOL  # what both show alike (letterbox bars, a blank page) says nothing
+    if changed.sum() < 8 or correlation(x[changed], y[changed]) >= SAME_PICTURE:
+        return None
+    return box
+
+
+def central_box(mask: np.ndarray, share: float = 0.98) -> tuple[int, int, int, int] | None:
+    """The box holding the central `share` of mask's true pixels along each axis (a few stray pixels, JPEG
+    ringing at the frame's edges, do not stretch it), as (top, left, bottom, right), end exclusive."""
+    n = int(mask.sum())
+    if n < 8:
+        return None
+    cut = (1.0 - share) / 2.0 * n
+    rows, cols = np.cumsum(mask.sum(axis=1)), np.cumsum(mask.sum(axis=0))
+    top, bottom = int(np.searchsorted(rows, cut, "right")), int(np.searchsorted(rows, n - cut, "left")) + 1
+    left, right = int(np.searchsorted(cols, cut, "right")), int(np.searchsorted(cols, n - cut, "left")) + 1
+    return (top, left, bottom, right) if bottom > top and right > left else None
+
+
+def correlation(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of two arrays of grey levels (0 when either is flat)."""
+    x, y = x.astype(np.float64).ravel(), y.astype(np.float64).ravel()
+    x, y = x - x.mean(), y - y.mean()
+    norm = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / norm) if norm > 1e-12 else 0.0
+
+
+def same_box(p, q) -> bool:
+    """Whether two boxes (top, left, bottom, right) are one window: the smaller is at least SAME_BOX inside
+    the larger and at least half its area (None never is)."""
+    if p is None or q is None:
+        return False
+    inter = max(0, min(p[2], q[2]) - max(p[0], q[0])) * max(0, min(p[3], q[3]) - max(p[1], q[1]))
+    small, large = sorted(((p[2] - p[0]) * (p[3] - p[1]), (q[2] - q[0]) * (q[3] - q[1])))
+    return small > 0 and inter >= SAME_BOX * small and large <= 2 * small
+
+
+def drop_shared_frames(raw: dict[str, ScoredPairs], items: Sequence[Item]) -> dict[str, ScoredPairs]:
+    """Each stage's pairs without those in shared frames; the third pictures of rule 3 are looked for among
+    the pairs of every stage (a frame's pictures are found by the keypoints, the CNN or both)."""
+    if not raw:
+        return raw
+    a = np.concatenate([p.a for p in raw.values()]).astype(np.int64)
+    b = np.concatenate([p.b for p in raw.values()]).astype(np.int64)
+    n = max(len(items), 1)
+    keys, first = np.unique(np.minimum(a, b) * n + np.maximum(a, b), return_index=True)
+    framed_keys = keys[SharedFrames(items).pairs_in_frames(a[first], b[first])]
+    if len(framed_keys):
+        log.info("%d pairs dropped: different pictures inside a frame that at least three share (a screenshot "
+                 "template, a page layout)", len(framed_keys))
+    out = {}
+    for name, p in raw.items():
+        keep = np.flatnonzero(~np.isin(np.minimum(p.a, p.b).astype(np.int64) * n + np.maximum(p.a, p.b), framed_keys))
+        out[name] = p if len(keep) == len(p.a) else subset(p, keep)
+    return out
+
+
+def subset(pairs: ScoredPairs, rows: np.ndarray) -> ScoredPairs:
+    """The pairs at `rows`, with their per-pair extras (run-wide extras, such as counts, kept whole)."""
+    per_pair = {k: np.asarray(v)[rows] if np.ndim(v) and len(v) == len(pairs) else v for k, v in pairs.extra.items()}
+    return ScoredPairs(pairs.a[rows], pairs.b[rows], pairs.score[rows], per_pair)
