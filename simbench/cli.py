@@ -81,8 +81,8 @@ methods:
                      whitened against what edits change (learned on our tuning set) and pulled toward
                      their nearest neighbours, scored against each image's 10th neighbour; pairs of
                      different pictures inside one frame that three or more share (a screenshot template)
-                     dropped; every pair scored by both, fused by a logistic model fitted on our tuning
-                     set, and linked
+                     dropped, each such picture embedded by its window; every pair scored by both, fused
+                     by a logistic model fitted on our tuning set, and linked
                      (without PyTorch, the cnn extra: keypoints is the default, and find says so)
   keypoints          identical data + verified keypoints only (no CNN, no PyTorch)
   cnn                identical data + CNN embeddings only
@@ -123,8 +123,8 @@ def find_parser():
                         help="score at and above which a pair is a duplicate (groups.json; where the report's "
                              "slider starts); default 0.95. Scores are calibrated to estimate precision on our "
                              "tuning collections; on collections never tuned on, at 0.95 the default measured "
-                             "precision 0.94 on real photographs, 0.83 on line art and 1.00 on yearbook PDFs "
-                             "with a shared logo, at recall 0.77, 0.24 and 0.56 (results/find.md). Fit your "
+                             "precision 0.79 on real photographs, 0.83 on line art and 1.00 on yearbook PDFs "
+                             "with a shared logo, at recall 0.78, 0.24 and 0.56 (results/find.md). Fit your "
                              "own with `simbench calibrate`")
     parser.add_argument("--index", metavar="DIR", default=None,
                         help="keep features here, keyed by file content, so that a later run extracts only "

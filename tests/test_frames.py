@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 import skimage.data as skdata
 
-from simbench.find import cascade, frames
+from simbench.find import cascade
 from simbench.find.frames import SharedFrames, central_box, drop_shared_frames, same_box
 from simbench.find.items import Item, thumbnail_jpeg
 from simbench.find.pipeline import find
@@ -181,7 +181,7 @@ def test_drop_shared_frames_removes_the_pairs_from_every_stage_and_keeps_the_res
     keypoints = ScoredPairs(np.array([0, 0, 1, 0]), np.array([1, 2, 2, 3]), np.array([5.0, 6.0, 7.0, 8.0]),
                             {"distinctiveness": np.array([0.1, 0.2, 0.3, 0.4]), "comparisons": 12})
     cnn = ScoredPairs(np.array([0, 2]), np.array([3, 1]), np.array([0.5, 0.6]))  # (2, 1): either order
-    out = drop_shared_frames({"keypoints": keypoints, "cnn": cnn}, items)
+    out = drop_shared_frames({"keypoints": keypoints, "cnn": cnn}, SharedFrames(items))
     assert list(zip(out["keypoints"].a, out["keypoints"].b)) == [(0, 3)]
     assert out["keypoints"].extra["distinctiveness"].tolist() == [0.4]
     assert out["keypoints"].extra["comparisons"] == 12  # run-wide extras stay whole
@@ -218,4 +218,31 @@ def test_find_reports_no_pair_of_different_pictures_in_one_template(tmp_path):
     shots = {p: s for p, s in found[False].items() if p[0].startswith("shot") and p[1].startswith("shot")}
     assert max(shots.values()) >= 0.5  # the template alone makes them look like copies
     assert not any(p[0].startswith("shot") and p[1].startswith("shot") for p in found[True])
-    assert frames.SAME_BOX > 0 and set(found[True]) <= set(found[False])
+    # The photo in the template still pairs with its original; the other framed photos do not.
+    assert [p for p, s in found[True].items() if s >= 0.5] == [("original.jpg", "shot0.jpg")]
+
+
+def test_a_framed_picture_is_embedded_by_its_window(tmp_path):
+    """raw_evidence with the run's items: the CNN embeddings of the framed pictures are replaced by those of
+    their windows, so the framed copy of a photo comes close to the photo; the unframed photo is untouched."""
+    from simbench.find.pipeline import collect, framed_among, raw_evidence
+
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for k, name in enumerate(PICTURES[:4]):
+        _template(_photo(name, 400, 300)).save(folder / f"shot{k}.jpg", quality=90)
+    _photo("chelsea", 640, 480).save(folder / "original.jpg", quality=90)
+    cfg = cascade.make_config("cascade", ["keypoints.extractor.workers=1", "cnn.extractor.workers=0"])
+    stages = cascade.build_stages(cfg)
+    got = collect([folder], stages, cfg, tmp_path / "index", tmp_path, progress=False)
+    names = [item.display.rsplit("/", 1)[1] for item in got.items]
+    vectors, rows, _ = got.features["cnn"]
+    before = dict(zip(rows.tolist(), np.array(vectors.vectors)))
+    raw_evidence(stages, got.features, False, None, framed_among(got.items, cfg))
+    vectors, rows, _ = got.features["cnn"]
+    after = dict(zip(rows.tolist(), np.array(vectors.vectors)))
+    original, shot = names.index("original.jpg"), names.index("shot0.jpg")
+    assert np.array_equal(after[original], before[original])
+    assert all(not np.array_equal(after[k], before[k]) for k in after if names[k].startswith("shot"))
+    assert float(after[original] @ after[shot]) > float(before[original] @ before[shot]) + 0.1
+    assert float(after[original] @ after[shot]) > 0.9

@@ -21,7 +21,8 @@ item already has (so images from the index need no decoding), pair (a, b) is "in
    that picture agrees with the original there.
 
 Such pairs are dropped from every stage's pairs before calibration and fusion (and so are never linked);
-the run logs how many. A picture pasted into another, a crop or a padded copy never qualifies: their pixels
+the run logs how many. `SharedFrames.windows` gives what each framed picture shows inside its frame, which
+the CNN stage then embeds instead of the whole picture (simbench.find.pipeline.window_views). A picture pasted into another, a crop or a padded copy never qualifies: their pixels
 do not line up with the original's outside a window. What the rules cannot tell from a frame: three or
 more copies of one picture that differ only inside one box of more than a tenth of it away from its sides
 (three different captions in one large box in the middle); they pair through a copy without the box.
@@ -67,6 +68,7 @@ class SharedFrames:
         self.items = items
         self._grey: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
         self._windows: dict[tuple[int, int], tuple[int, int, int, int] | None] = {}
+        self._framed: dict[int, list[np.ndarray]] = {}  # item -> the windows of its framed pairs, as fractions
 
     def pairs_in_frames(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Boolean per pair (a[k], b[k]), item indices: different pictures in a frame a third one shares
@@ -89,8 +91,16 @@ class SharedFrames:
             for c in sorted((partners[x] | partners[y]) - {x, y}):
                 if same_box(self.window(x, c), box) and same_box(self.window(y, c), box):
                     out[k] = True
+                    h, w = self.grey(x)[1].shape
+                    for item in (x, y):
+                        self._framed.setdefault(item, []).append(np.array(box, np.float64) / [h, w, h, w])
                     break
         return out
+
+    def windows(self) -> dict[int, tuple[float, float, float, float]]:
+        """{item: (top, left, bottom, right) as fractions of its picture} for every item found in a shared
+        frame so far: the median of the windows of its framed pairs (what it shows inside the frame)."""
+        return {k: tuple(float(v) for v in np.median(boxes, axis=0)) for k, boxes in self._framed.items()}
 
     def grey(self, k: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Item k's thumbnail in grey levels of 1: as it is, and SIDE pixels on its long side (None:
@@ -186,16 +196,16 @@ def same_box(p, q) -> bool:
     return small > 0 and inter >= SAME_BOX * small and large <= 2 * small
 
 
-def drop_shared_frames(raw: dict[str, ScoredPairs], items: Sequence[Item]) -> dict[str, ScoredPairs]:
+def drop_shared_frames(raw: dict[str, ScoredPairs], shared: SharedFrames) -> dict[str, ScoredPairs]:
     """Each stage's pairs without those in shared frames; the third pictures of rule 3 are looked for among
     the pairs of every stage (a frame's pictures are found by the keypoints, the CNN or both)."""
     if not raw:
         return raw
     a = np.concatenate([p.a for p in raw.values()]).astype(np.int64)
     b = np.concatenate([p.b for p in raw.values()]).astype(np.int64)
-    n = max(len(items), 1)
+    n = max(len(shared.items), 1)
     keys, first = np.unique(np.minimum(a, b) * n + np.maximum(a, b), return_index=True)
-    framed_keys = keys[SharedFrames(items).pairs_in_frames(a[first], b[first])]
+    framed_keys = keys[shared.pairs_in_frames(a[first], b[first])]
     if len(framed_keys):
         log.info("%d pairs dropped: different pictures inside a frame that at least three share (a screenshot "
                  "template, a page layout)", len(framed_keys))

@@ -22,6 +22,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from simbench.data.images import UnreadableImage, open_image
 from simbench.distributed.cluster import ClusterSession
 from simbench.find import blank, cascade, evidence, frames, outputs, report
 from simbench.find.cascade import FusedPairs, Stage
@@ -31,7 +32,7 @@ from simbench.find.index import (BATCH_IMAGES, SOURCES_KIND, FeatureStore, consi
 from simbench.find.items import Item
 from simbench.find.pdf import PdfOptions
 from simbench.find.sources import SourceRecord, is_pdf, list_sources, read_sources, to_items
-from simbench.types import ScoredPairs, Skipped
+from simbench.types import Embeddings, ScoredPairs, Skipped
 
 log = logging.getLogger("simbench")
 
@@ -331,13 +332,66 @@ def unusable(items: list[Item], features: dict, listed: set[int] = frozenset()) 
 def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=None,
                  frame_items: list[Item] | None = None) -> dict[str, ScoredPairs]:
     """Each stage's pairs in item indices with its raw signal as the score (what calibration maps);
-    with a Dask client, matched through simbench.distributed.match_stage. frame_items: the run's items, to
-    drop pairs of different pictures in a shared frame (simbench.find.frames; `framed_among`)."""
+    with a Dask client, matched through simbench.distributed.match_stage.
+
+    frame_items: the run's items, to drop pairs of different pictures in a shared frame
+    (simbench.find.frames; `framed_among`) and to compare each such picture by what its frame holds: the
+    CNN stage's embedding of it is replaced, in `features`, by that of its window (`window_views`), and
+    the stage matched again."""
     out = {}
     for stage in stages:
         found = stage_pairs(stage, features[stage.name], progress, client)
         out[stage.name] = stage.raw_pairs(found)
-    return frames.drop_shared_frames(out, frame_items) if frame_items is not None else out
+    if frame_items is None:
+        return out
+    shared = frames.SharedFrames(frame_items)
+    out = frames.drop_shared_frames(out, shared)
+    for stage in stages:
+        if stage.extractor.kind == "embedding" and window_views(stage, features, frame_items, shared.windows(),
+                                                                 client, progress):
+            out[stage.name] = stage.raw_pairs(stage_pairs(stage, features[stage.name], progress, client))
+            out = frames.drop_shared_frames(out, shared)
+    return out
+
+
+def window_views(stage: Stage, features: dict, items: list[Item], windows: dict, client, progress: bool) -> bool:
+    """Replace, in features[stage.name], the embedding of every image file in a shared frame by that of the
+    window it shows (`SharedFrames.windows`; cropped from the file, embedded by the stage's extractor).
+    Whether any was replaced. Not for PDF placements (their renderings are gone by now) nor on a cluster
+    (whose workers hold the embeddings); both are logged."""
+    if not windows:
+        return False
+    if client is not None:
+        log.warning("%s: %d pictures in shared frames are compared whole (window views are not computed on a "
+                    "cluster)", stage.name, len(windows))
+        return False
+    feats, rows, reasons = features[stage.name]
+    position = {int(k): i for i, k in enumerate(rows)}
+    files = [k for k in sorted(windows) if k in position and not is_pdf(items[k].source)]
+    if len(files) < len(windows):
+        log.info("%s: %d pictures in shared frames from PDFs or without features are compared whole",
+                 stage.name, len(windows) - len(files))
+    with tempfile.TemporaryDirectory(prefix="simbench-windows-") as tmp:
+        crops = []
+        for k in files:
+            try:
+                image = open_image(items[k].source)
+            except UnreadableImage:
+                continue
+            top, left, bottom, right = windows[k]
+            w, h = image.size
+            path = Path(tmp) / f"{k}.png"
+            image.crop((round(left * w), round(top * h), round(right * w), round(bottom * h))).save(path)
+            crops.append((k, path))
+        if not crops:
+            return False
+        got = stage.extractor.extract([p for _, p in crops], progress=False)
+    vectors = np.array(feats.vectors, copy=True)
+    for row, vector in zip(np.asarray(got.rows).tolist(), got.features.vectors):
+        vectors[position[crops[row][0]]] = vector
+    features[stage.name] = (Embeddings(vectors), rows, reasons)
+    log.info("%s: %d pictures in shared frames compared by their windows", stage.name, len(got.rows))
+    return len(got.rows) > 0
 
 
 def framed_among(items: list[Item], cfg: DictConfig) -> list[Item] | None:
