@@ -22,8 +22,9 @@ item already has (so images from the index need no decoding), pair (a, b) is "in
 
 Such pairs are dropped from every stage's pairs before calibration and fusion (and so are never linked);
 the run logs how many. `SharedFrames.windows` gives what each framed picture shows inside its frame, which
-the CNN stage then embeds instead of the whole picture (simbench.find.pipeline.window_views). A picture pasted into another, a crop or a padded copy never qualifies: their pixels
-do not line up with the original's outside a window. What the rules cannot tell from a frame: three or
+the CNN stage then embeds instead of the whole picture (simbench.find.pipeline.window_views). A picture
+pasted into another, a crop or a padded copy never qualifies: their pixels do not line up with the
+original's outside a window. What the rules cannot tell from a frame: three or
 more copies of one picture that differ only inside one box of more than a tenth of it away from its sides
 (three different captions in one large box in the middle); they pair through a copy without the box.
 """
