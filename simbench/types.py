@@ -116,6 +116,12 @@ class ScoredPairs:
     def __len__(self) -> int:
         return len(self.a)
 
+    def subset(self, rows: np.ndarray) -> "ScoredPairs":
+        """The pairs at `rows`, with their per-pair extras (run-wide extras, such as counts, kept whole)."""
+        extra = {k: np.asarray(v)[rows] if np.ndim(v) and len(v) == len(self) else v
+                 for k, v in self.extra.items()}
+        return ScoredPairs(self.a[rows], self.b[rows], self.score[rows], extra)
+
 
 def pack_bits(bits: np.ndarray) -> np.ndarray:
     """Pack a boolean array (N, nbits) into uint64 words (N, ceil(nbits/64)), bit k -> word k//64, bit k%64."""

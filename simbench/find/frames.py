@@ -37,6 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from simbench.evaluate import pair_keys
 from simbench.find.items import Item
 from simbench.types import ScoredPairs
 
@@ -77,8 +78,8 @@ class SharedFrames:
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
         out = np.zeros(len(a), bool)
         windows = {}
-        for k in np.flatnonzero(self._same_size(a, b)):
-            box = self.window(int(a[k]), int(b[k]))
+        for k, (x, y) in enumerate(zip(a.tolist(), b.tolist())):
+            box = self.window(x, y)
             if box is not None:
                 windows[k] = box
         if not windows:
@@ -117,14 +118,6 @@ class SharedFrames:
             except (OSError, ValueError):
                 self._grey[k] = None
         return self._grey[k]
-
-    def _same_size(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        shapes = {}
-        for k in np.unique(np.concatenate([a, b])).tolist():
-            g = self.grey(k)
-            shapes[k] = None if g is None else (g[0].shape, g[1].shape)
-        return np.array([shapes[x] is not None and shapes[x] == shapes[y] for x, y in zip(a.tolist(), b.tolist())],
-                        bool)
 
     def window(self, x: int, y: int) -> tuple[int, int, int, int] | None:
         """The box (top, left, bottom, right; on the SIDE-pixel thumbnails) where items x and y hold
@@ -205,19 +198,13 @@ def drop_shared_frames(raw: dict[str, ScoredPairs], shared: SharedFrames) -> dic
     a = np.concatenate([p.a for p in raw.values()]).astype(np.int64)
     b = np.concatenate([p.b for p in raw.values()]).astype(np.int64)
     n = max(len(shared.items), 1)
-    keys, first = np.unique(np.minimum(a, b) * n + np.maximum(a, b), return_index=True)
+    keys, first = np.unique(pair_keys(a, b, n), return_index=True)
     framed_keys = keys[shared.pairs_in_frames(a[first], b[first])]
     if len(framed_keys):
         log.info("%d pairs dropped: different pictures inside a frame that at least three share (a screenshot "
                  "template, a page layout)", len(framed_keys))
     out = {}
     for name, p in raw.items():
-        keep = np.flatnonzero(~np.isin(np.minimum(p.a, p.b).astype(np.int64) * n + np.maximum(p.a, p.b), framed_keys))
-        out[name] = p if len(keep) == len(p.a) else subset(p, keep)
+        keep = np.flatnonzero(~np.isin(pair_keys(p.a, p.b, n), framed_keys))
+        out[name] = p if len(keep) == len(p.a) else p.subset(keep)
     return out
-
-
-def subset(pairs: ScoredPairs, rows: np.ndarray) -> ScoredPairs:
-    """The pairs at `rows`, with their per-pair extras (run-wide extras, such as counts, kept whole)."""
-    per_pair = {k: np.asarray(v)[rows] if np.ndim(v) and len(v) == len(pairs) else v for k, v in pairs.extra.items()}
-    return ScoredPairs(pairs.a[rows], pairs.b[rows], pairs.score[rows], per_pair)
