@@ -7,12 +7,12 @@ import csv
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 import skimage.data as skdata
 
 from simbench.find import cascade
-from simbench.find.frames import SharedFrames, central_box, drop_shared_frames, same_box
+from simbench.find.frames import SharedFrames, central_box, drop_shared_frames, main_part, same_box
 from simbench.find.items import Item, thumbnail_jpeg
 from simbench.find.pipeline import find
 from simbench.types import ScoredPairs
@@ -25,8 +25,8 @@ def _photo(name: str, w: int, h: int) -> Image.Image:
     return ImageOps.fit(Image.fromarray(getattr(skdata, name)()).convert("RGB"), (w, h))
 
 
-def _template(picture: Image.Image) -> Image.Image:
-    """The picture inside the shared template."""
+def _template(picture: Image.Image, window: tuple = WINDOW) -> Image.Image:
+    """The picture inside the shared template, in `window` (x0, y0, x1, y1)."""
     page = Image.new("RGB", (720, 480), (246, 247, 249))
     d = ImageDraw.Draw(page)
     d.rectangle((0, 0, 720, 44), fill=(40, 70, 140))
@@ -40,7 +40,7 @@ def _template(picture: Image.Image) -> Image.Image:
     page.paste(_photo("coffee", 160, 120), (545, 60))  # an advert
     page.paste(_photo("astronaut", 160, 120), (545, 250))
     d.text((200, 120), "John Doe  - 2 h", fill=(60, 60, 60))
-    x0, y0, x1, y1 = WINDOW
+    x0, y0, x1, y1 = window
     page.paste(ImageOps.fit(picture, (x1 - x0, y1 - y0)), (x0, y0))
     d.text((200, 410), "Like   Comment   Share", fill=(90, 90, 90))
     return page
@@ -116,6 +116,58 @@ def test_a_logo_on_one_picture_does_not_hide_the_frame():
     assert SharedFrames(items).pairs_in_frames(a, b).all()
 
 
+def _corner_logo(image: Image.Image) -> Image.Image:
+    """scikit-image's logo in the top left corner of the page: the box of its differences from another
+    picture in the template now spans the page from that corner to the window."""
+    out = image.copy()
+    logo = Image.fromarray(skdata.logo()).resize((70, 70))
+    out.paste(logo, (4, 4), logo)
+    return out
+
+
+def test_a_logo_in_the_corner_does_not_hide_the_frame():
+    """The pairs of the picture with the logo are framed through the window its other pairs show."""
+    images = [_template(_photo(name, 400, 300)) for name in PICTURES[:4]]
+    images[1] = _corner_logo(images[1])
+    items = [_item(k, im) for k, im in enumerate(images)]
+    frames = SharedFrames(items)
+    assert not same_box(frames.window(0, 1), frames.window(0, 2))  # stretched to more than twice the window
+    a, b = _all_pairs(len(items))
+    assert frames.pairs_in_frames(a, b).all()
+
+
+def test_a_logo_in_the_corner_of_a_page_whose_window_meets_its_foot_does_not_hide_the_frame():
+    """With the window along the page's foot, the logo's box touches three sides of the page: the window is
+    then the main region of the differences, the logo a stray mark outside it."""
+    foot = (200, 230, 520, 480)
+    images = [_template(_photo(name, 400, 300), foot) for name in PICTURES[:4]]
+    images[1] = _corner_logo(images[1])
+    items = [_item(k, im) for k, im in enumerate(images)]
+    frames = SharedFrames(items)
+    assert same_box(frames.window(0, 1), frames.window(0, 2))
+    a, b = _all_pairs(len(items))
+    assert frames.pairs_in_frames(a, b).all()
+
+
+def _under_sky(picture: Image.Image) -> Image.Image:
+    """The picture's texture in a bright sky over dark ground: different pictures made so correlate in grey
+    levels, as two landscapes do, but not in detail."""
+    grey = np.asarray(picture.convert("L"), np.float32) / 255
+    light = np.linspace(0.95, 0.1, grey.shape[0])[:, None]
+    return Image.fromarray((255 * np.clip(0.75 * light + 0.25 * grey, 0, 1)).astype(np.uint8)).convert("RGB")
+
+
+def test_different_landscapes_in_one_template_are_framed_and_a_blurred_copy_is_not():
+    landscapes = [_under_sky(_photo(name, 400, 300)) for name in PICTURES[:4]]
+    images = [_template(p) for p in landscapes] + [_template(landscapes[0].filter(ImageFilter.GaussianBlur(1.5)))]
+    items = [_item(k, im) for k, im in enumerate(images)]
+    a, b = _all_pairs(len(items))
+    framed = SharedFrames(items).pairs_in_frames(a, b)
+    blurred_copy = (a == 0) & (b == 4)
+    assert not framed[blurred_copy].any()
+    assert framed[~blurred_copy].all()
+
+
 def test_captioned_copies_of_one_picture_are_not_framed():
     """Captions differ from the original in a bar along one side: a window in the photo, not a frame."""
     photo = _photo("astronaut", 480, 360)
@@ -172,6 +224,21 @@ def test_central_box_against_sorted_coordinates(seed):
     expected = (int(ys[int(np.floor(cut))]), int(xs[int(np.floor(cut))]),
                 int(ys[int(np.ceil(n - cut)) - 1]) + 1, int(xs[int(np.ceil(n - cut)) - 1]) + 1)
     assert box == expected
+
+
+def test_main_part_drops_a_far_small_mark_and_keeps_the_window_in_pieces():
+    mask = np.zeros((40, 64), bool)
+    mask[20:38, 14:30] = True  # the window, in two pieces one cell apart
+    mask[20:38, 31:42] = True
+    mask[25, 31] = False
+    mask[2:7, 2:7] = True  # a logo in the corner
+    mask[30, 60] = True  # a stray pixel
+    kept = main_part(mask)
+    assert not kept[:10, :10].any() and not kept[30, 60]
+    assert np.array_equal(kept[15:, 10:45], mask[15:, 10:45])
+    assert central_box(kept) == (20, 14, 38, 42)
+    empty = np.zeros((8, 8), bool)
+    assert np.array_equal(main_part(empty), empty)
 
 
 def test_drop_shared_frames_removes_the_pairs_from_every_stage_and_keeps_the_rest():

@@ -12,13 +12,21 @@ item already has (so images from the index need no decoding), pair (a, b) is "in
    blank margin is no frame; a caption bar along one side of a photo is a window in the photo, not a
    frame around a window);
 2. the windows do not hold one picture: on the full thumbnails, inside the window less a MARGIN on each
-   side, the grey levels of the pixels that differ (by more than TOL) are not correlated (< SAME_PICTURE),
-   as they are when one picture is recoloured: a recoloured copy inside the frame still pairs;
+   side, either the grey levels of the pixels that differ (by more than TOL) are not correlated
+   (< SAME_PICTURE), or their detail (grey less its local mean) is not (< SAME_DETAIL). A recoloured or
+   blurred copy inside the frame correlates in both and still pairs; two different landscapes, bright
+   sky over dark ground, can correlate in grey levels but not in detail;
 3. a third item c, found paired with a or b by a stage, differs from both inside the same window (the
-   smaller of two boxes at least SAME_BOX inside the other, and at least half its size: a logo or emoji
-   that one picture carries outside the window stretches its boxes a little): three different pictures in
-   one frame. A copy with an emoji differs from its original in a window too, but every other copy of
-   that picture agrees with the original there.
+   smaller of two boxes at least SAME_BOX inside the other, and at least half its size): three different
+   pictures in one frame. A copy with an emoji differs from its original in a window too, but every other
+   copy of that picture agrees with the original there.
+
+A logo or emoji that one picture carries outside the window stretches the box of its differences over
+the frame. So when that box fails rule 1, the box of the main regions of differences is tried
+(`main_part`: a small mark away from the window is none of them), the pair agreeing outside it but for
+STRAY of the pixels; and once some pairs are found framed, a pair of one size with one of those pictures
+is framed too when it differs as rule 2 says inside that picture's window and, outside it, in at most
+STRAY of the pixels.
 
 Such pairs are dropped from every stage's pairs before calibration and fusion (and so are never linked);
 the run logs how many. `SharedFrames.windows` gives what each framed picture shows inside its frame, which
@@ -27,6 +35,7 @@ pasted into another, a crop or a padded copy never qualifies: their pixels do no
 original's outside a window. What the rules cannot tell from a frame: three or
 more copies of one picture that differ only inside one box of more than a tenth of it away from its sides
 (three different captions in one large box in the middle); they pair through a copy without the box.
+Nor sparse drawings letterboxed inside one frame: they differ in too few pixels to draw a window.
 """
 from __future__ import annotations
 
@@ -59,6 +68,16 @@ MIN_FRAME_STD = 0.1
 #: MARGIN of its length first, so that the frame's edge around the window, which both share, does not count.
 SAME_PICTURE = 0.5
 MARGIN = 0.15
+#: Correlation of the windows' detail (grey less its mean over DETAIL_SIDE pixels of the full thumbnails) at
+#: and above which they hold the same picture: on the tuning split's same-size pairs, copies whose grey
+#: levels correlate correlate in detail well above it (a blur keeps the edges), different pictures near 0.
+SAME_DETAIL = 0.25
+DETAIL_SIDE = 5
+#: Share of the pixels outside a window in which two pictures in one frame may differ: a logo or emoji
+#: stamped on the frame (the devset's logo and emoji cover a few percent of a picture).
+STRAY = 0.06
+#: Share of the largest region of differences a region needs to count as part of the window.
+MAIN_SHARE = 0.25
 #: Share of the smaller of two windows inside the larger at and above which they are the same place.
 SAME_BOX = 0.6
 
@@ -93,11 +112,41 @@ class SharedFrames:
             for c in sorted((partners[x] | partners[y]) - {x, y}):
                 if same_box(self.window(x, c), box) and same_box(self.window(y, c), box):
                     out[k] = True
-                    h, w = self.grey(x)[1].shape
-                    for item in (x, y):
-                        self._framed.setdefault(item, []).append(np.array(box, np.float64) / [h, w, h, w])
+                    self._add(x, y, box)
                     break
-        return out
+        while True:  # pairs whose own box a stray mark stretched: inside a window already known
+            known = {k: self.box_of(k) for k in self._framed}
+            more = [k for k in np.flatnonzero(~out).tolist()
+                    if self._in_known_window(int(a[k]), int(b[k]), known)]
+            if not more:
+                return out
+            out[more] = True
+
+    def _add(self, x: int, y: int, box) -> None:
+        h, w = self.grey(x)[1].shape
+        for item in (x, y):
+            self._framed.setdefault(item, []).append(np.array(box, np.float64) / [h, w, h, w])
+
+    def box_of(self, k: int) -> tuple[int, int, int, int]:
+        """Item k's window on its SIDE-pixel thumbnail: the median of its framed pairs' boxes."""
+        h, w = self.grey(k)[1].shape
+        t, lf, b, r = np.median(self._framed[k], axis=0) * [h, w, h, w]
+        return int(round(t)), int(round(lf)), int(round(b)), int(round(r))
+
+    def _in_known_window(self, x: int, y: int, known: dict) -> bool:
+        """Whether x and y hold different pictures (rule 2) inside the window of one of them that is
+        framed already, and agree outside it but for STRAY of the pixels."""
+        boxes = [box for box in (known.get(x), known.get(y)) if box is not None]
+        if not boxes:
+            return False
+        gx, gy = self.grey(x), self.grey(y)
+        if gx is None or gy is None or gx[0].shape != gy[0].shape:
+            return False
+        for box in boxes:
+            if framed_in(*gx, *gy, box, stray=STRAY):
+                self._add(x, y, box)
+                return True
+        return False
 
     def windows(self) -> dict[int, tuple[float, float, float, float]]:
         """{item: (top, left, bottom, right) as fractions of its picture} for every item found in a shared
@@ -136,27 +185,57 @@ def framed_window(full_x: np.ndarray, small_x: np.ndarray, full_y: np.ndarray,
     box on the SIDE-pixel ones, or None."""
     differ = np.abs(small_x - small_y) > TOL
     box = central_box(differ)
-    if box is None:
-        return None
+    if box is not None and framed_in(full_x, small_x, full_y, small_y, box):
+        return box
+    box = central_box(main_part(differ))  # without a logo or emoji that stretched the box over the frame
+    return box if box is not None and framed_in(full_x, small_x, full_y, small_y, box, stray=STRAY) else None
+
+
+def main_part(mask: np.ndarray) -> np.ndarray:
+    """The mask's connected regions (8-connected after closing one-cell gaps) holding at least MAIN_SHARE of
+    the pixels of the largest: a logo or emoji away from the window is not part of it."""
+    from scipy.ndimage import binary_dilation, label
+
+    regions, n = label(binary_dilation(mask), structure=np.ones((3, 3), bool))
+    if n <= 1:
+        return mask
+    size = np.bincount(regions[mask], minlength=n + 1)
+    return mask & (size >= MAIN_SHARE * size.max())[regions]
+
+
+def framed_in(full_x: np.ndarray, small_x: np.ndarray, full_y: np.ndarray, small_y: np.ndarray,
+              box: tuple[int, int, int, int], stray: float = 0.0) -> bool:
+    """Whether two grey thumbnails of one size hold different pictures inside `box` (on the SIDE-pixel ones)
+    of a textured frame they share (rules 1 and 2), differing outside it in at most `stray` of the pixels."""
     top, left, bottom, right = box
-    h, w = differ.shape
+    h, w = small_x.shape
     if not MIN_WINDOW <= (bottom - top) * (right - left) / (h * w) <= MAX_WINDOW:
-        return None
+        return False
     if (top <= EDGE) + (left <= EDGE) + (bottom >= h - EDGE) + (right >= w - EDGE) > 2:
-        return None
-    inside = np.zeros(differ.shape, bool)
+        return False
+    inside = np.zeros(small_x.shape, bool)
     inside[top:bottom, left:right] = True
     if small_x[~inside].std() < MIN_FRAME_STD:
-        return None
-    scale = np.array(full_x.shape * 2) / np.array(differ.shape * 2)  # (rows, cols, rows, cols)
+        return False
+    if stray and (np.abs(small_x - small_y)[~inside] > TOL).mean() > stray:
+        return False
+    scale = np.array(full_x.shape * 2) / np.array(small_x.shape * 2)  # (rows, cols, rows, cols)
     t, lf, b, r = np.array(box) * scale
     mh, mw = (b - t) * MARGIN, (r - lf) * MARGIN
     t, lf, b, r = int(t + mh), int(lf + mw), int(np.ceil(b - mh)), int(np.ceil(r - mw))
     x, y = full_x[t:b, lf:r], full_y[t:b, lf:r]
     changed = np.abs(x - y) > TOL  # what both show alike (letterbox bars, a blank page) says nothing
-    if changed.sum() < 8 or correlation(x[changed], y[changed]) >= SAME_PICTURE:
-        return None
-    return box
+    if changed.sum() < 8:
+        return False
+    return (correlation(x[changed], y[changed]) < SAME_PICTURE
+            or correlation(detail(x), detail(y)) < SAME_DETAIL)
+
+
+def detail(grey: np.ndarray) -> np.ndarray:
+    """Grey levels less their mean over DETAIL_SIDE pixels: edges and texture, not light and shade."""
+    from scipy.ndimage import uniform_filter
+
+    return grey - uniform_filter(grey, DETAIL_SIDE, mode="nearest")
 
 
 def central_box(mask: np.ndarray, share: float = 0.98) -> tuple[int, int, int, int] | None:
