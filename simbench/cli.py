@@ -123,7 +123,7 @@ def find_parser():
                         help="score at and above which a pair is a duplicate (groups.json; where the report's "
                              "slider starts); default 0.95. Scores are calibrated to estimate precision on our "
                              "tuning collections; on collections never tuned on, at 0.95 the default measured "
-                             "precision 0.79 on real photographs, 0.83 on line art and 1.00 on yearbook PDFs "
+                             "precision 0.98 on real photographs, 0.99 on line art and 1.00 on yearbook PDFs "
                              "with a shared logo, at recall 0.78, 0.24 and 0.56 (results/find.md). Fit your "
                              "own with `simbench calibrate`")
     parser.add_argument("--index", metavar="DIR", default=None,
