@@ -123,6 +123,7 @@ class SharedFrames:
             out[more] = True
 
     def _add(self, x: int, y: int, box) -> None:
+        """Record `box` (on the SIDE-pixel thumbnails) as a window of framed items x and y."""
         h, w = self.grey(x)[1].shape
         for item in (x, y):
             self._framed.setdefault(item, []).append(np.array(box, np.float64) / [h, w, h, w])
@@ -181,8 +182,9 @@ class SharedFrames:
 
 def framed_window(full_x: np.ndarray, small_x: np.ndarray, full_y: np.ndarray,
                   small_y: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Rules 1 and 2 for two grey thumbnails of one size (each as it is and at SIDE pixels): the window's
-    box on the SIDE-pixel ones, or None."""
+    """Rules 1 and 2 for two grey thumbnails of one size (each as it is and at SIDE pixels): the box (on
+    the SIDE-pixel ones) of all their differences, or failing that of their main regions (`main_part`),
+    when it is a window; else None."""
     differ = np.abs(small_x - small_y) > TOL
     box = central_box(differ)
     if box is not None and framed_in(full_x, small_x, full_y, small_y, box):
