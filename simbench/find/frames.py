@@ -115,7 +115,7 @@ class SharedFrames:
                     self._add(x, y, box)
                     break
         while True:  # pairs whose own box a stray mark stretched: inside a window already known
-            known = {k: self.box_of(k) for k in self._framed}
+            known = {k: self._in_cells(k, box) for k, box in self.windows().items()}
             more = [k for k in np.flatnonzero(~out).tolist()
                     if self._in_known_window(int(a[k]), int(b[k]), known)]
             if not more:
@@ -128,23 +128,20 @@ class SharedFrames:
         for item in (x, y):
             self._framed.setdefault(item, []).append(np.array(box, np.float64) / [h, w, h, w])
 
-    def box_of(self, k: int) -> tuple[int, int, int, int]:
-        """Item k's window on its SIDE-pixel thumbnail: the median of its framed pairs' boxes."""
+    def _in_cells(self, k: int, box) -> tuple[int, int, int, int]:
+        """A box given as fractions of item k's picture, on its SIDE-pixel thumbnail."""
         h, w = self.grey(k)[1].shape
-        t, lf, b, r = np.median(self._framed[k], axis=0) * [h, w, h, w]
-        return int(round(t)), int(round(lf)), int(round(b)), int(round(r))
+        return tuple(int(round(v)) for v in np.array(box) * [h, w, h, w])
 
     def _in_known_window(self, x: int, y: int, known: dict) -> bool:
         """Whether x and y hold different pictures (rule 2) inside the window of one of them that is
         framed already, and agree outside it but for STRAY of the pixels."""
         boxes = [box for box in (known.get(x), known.get(y)) if box is not None]
-        if not boxes:
-            return False
-        gx, gy = self.grey(x), self.grey(y)
-        if gx is None or gy is None or gx[0].shape != gy[0].shape:
+        greys = self._same_size(x, y) if boxes else None
+        if greys is None:
             return False
         for box in boxes:
-            if framed_in(*gx, *gy, box, stray=STRAY):
+            if framed_in(*greys[0], *greys[1], box, stray=STRAY):
                 self._add(x, y, box)
                 return True
         return False
@@ -174,10 +171,14 @@ class SharedFrames:
         different pictures inside a frame they share (rules 1 and 2), else None."""
         key = (min(x, y), max(x, y))
         if key not in self._windows:
-            gx, gy = self.grey(key[0]), self.grey(key[1])
-            same = gx is not None and gy is not None and gx[0].shape == gy[0].shape
-            self._windows[key] = framed_window(*gx, *gy) if same else None
+            greys = self._same_size(*key)
+            self._windows[key] = framed_window(*greys[0], *greys[1]) if greys is not None else None
         return self._windows[key]
+
+    def _same_size(self, x: int, y: int):
+        """The grey thumbnails of items x and y (`grey`) when both decode and have one size, else None."""
+        gx, gy = self.grey(x), self.grey(y)
+        return (gx, gy) if gx is not None and gy is not None and gx[0].shape == gy[0].shape else None
 
 
 def framed_window(full_x: np.ndarray, small_x: np.ndarray, full_y: np.ndarray,
