@@ -347,8 +347,6 @@ def tuning_halves(work: Path, overrides: list[str], progress: bool, seeds: tuple
     whitening fitted on the halves 1 - h of both collections (written to work/whitening-half{1-h}.npz),
     unless the overrides choose the whitening (then with no override of its own). Then the collection
     rebuilt with each of `seeds` (`reshuffled`)."""
-    from simbench.data.dataset import Dataset
-
     whitened = not any(o.startswith("cnn.method.copy_whitening=") for o in overrides)
     data, mean, stage = devset_embeddings(work, overrides, progress) if whitened else ([], None, None)
     files = {}
@@ -361,13 +359,7 @@ def tuning_halves(work: Path, overrides: list[str], progress: bool, seeds: tuple
     for part in PARTS:
         ds = dev_set(TUNE, part, progress)
         for h in (0, 1):
-            keep = fold_rows(len(ds), np.asarray(ds.truth), h)
-            root = work / "halves" / f"{ds.name}-half{h}"
-            shutil.rmtree(root, ignore_errors=True)  # never a file of an earlier devset build
-            (root / "images").mkdir(parents=True)
-            paths = [Path(shutil.copy2(ds.paths[i], root / "images" / ds.paths[i].name)) for i in keep]
-            half = Dataset(f"{ds.name}-half{h}", root, paths, renumbered(np.asarray(ds.truth), keep),
-                           [ds.labels[i] for i in keep])
+            half = subset(ds, fold_rows(len(ds), np.asarray(ds.truth), h), f"{ds.name}-half{h}", work)
             out.append((half, [f"cnn.method.copy_whitening={files[1 - h]}"] if whitened else []))
         for seed in seeds:
             out += reshuffled(ds, seed, files, work, progress)
@@ -380,8 +372,6 @@ def reshuffled(ds, seed: int, whitening: dict, work: Path, progress: bool) -> li
     `ds`, the images whose picture was no reference of half h, run with the copy whitening fitted on half h
     (so that, as for the halves, no CNN score comes from a whitening fitted on copies of its picture).
     Without whitening files (the overrides chose one): the whole collection, with no override."""
-    from simbench.data.dataset import Dataset
-
     other = dev_set(TUNE, ds.name.removeprefix(f"devset-{TUNE}-"), progress, seed=seed)
     source = [row["source"].split("#")[0] for row in _labels_csv(other)]
     if not whitening:
@@ -392,14 +382,20 @@ def reshuffled(ds, seed: int, whitening: dict, work: Path, progress: bool) -> li
         half = fold_rows(len(ds), np.asarray(ds.truth), h)
         seen = {rows[i]["source"] for i in half if rows[i]["label"] == "reference"}
         keep = np.array([i for i, name in enumerate(source) if name not in seen])
-        name = f"{ds.name}-seed{seed}-w{h}"
-        root = work / "halves" / name
-        shutil.rmtree(root, ignore_errors=True)
-        (root / "images").mkdir(parents=True)
-        paths = [Path(shutil.copy2(other.paths[i], root / "images" / other.paths[i].name)) for i in keep]
-        out.append((Dataset(name, root, paths, renumbered(np.asarray(other.truth), keep),
-                            [other.labels[i] for i in keep]), [f"cnn.method.copy_whitening={file}"]))
+        out.append((subset(other, keep, f"{ds.name}-seed{seed}-w{h}", work), [f"cnn.method.copy_whitening={file}"]))
     return out
+
+
+def subset(ds, keep: np.ndarray, name: str, work: Path):
+    """The images `keep` of `ds` (and the true pairs between them) as a dataset `name`, its files copied
+    into work/halves/<name>/images."""
+    from simbench.data.dataset import Dataset
+
+    root = work / "halves" / name
+    shutil.rmtree(root, ignore_errors=True)  # never a file of an earlier devset build
+    (root / "images").mkdir(parents=True)
+    paths = [Path(shutil.copy2(ds.paths[i], root / "images" / ds.paths[i].name)) for i in keep]
+    return Dataset(name, root, paths, renumbered(np.asarray(ds.truth), keep), [ds.labels[i] for i in keep])
 
 
 def _labels_csv(ds) -> list[dict]:
