@@ -77,6 +77,23 @@ def test_linking_never_pushes_a_chain_through_a_weak_pair_over_the_threshold():
     assert all(s <= 0.6 for (a, b), s in scores.items() if (a, b) != (2, 3) and (a < 3) != (b < 3))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_lower_linking_floor_only_reorders_the_pairs_below_the_higher_one(seed):
+    """conf/find.yaml's promise: what scores >= a floor is the same with any lower floor (a chain is never
+    stronger than its weakest pair), on random pairs of 40 items, with and without a group cap."""
+    rng = np.random.default_rng(seed)
+    n = 40
+    a, b = np.triu_indices(n, 1)
+    pick = rng.random(len(a)) < 0.15
+    evidence = {"keypoints": ScoredPairs(a[pick], b[pick], rng.beta(2, 1, int(pick.sum())))}
+    for max_group in (200, 6):
+        high = cascade.link(cascade.fuse(n, evidence), n, floor=0.9, max_group=max_group)
+        low = cascade.link(cascade.fuse(n, evidence), n, floor=0.5, max_group=max_group)
+        above = lambda p: {(int(x), int(y)): float(s) for x, y, s in zip(p.a, p.b, p.score) if s >= 0.9}  # noqa: E731
+        assert above(low) == above(high) and len(above(high)) > pick.sum() * 0.1
+        assert len(low.a) > len(high.a)  # the lower floor did link more, below 0.9
+
+
 # ---------------------------------------------------------------------------------------------------
 # Through the command line: keyed tables, "uncalibrated", calibrate, --truth
 
