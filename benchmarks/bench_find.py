@@ -3,6 +3,7 @@
     python benchmarks/devset.py build                        the development set (real photographs, line art)
     python benchmarks/bench_find.py whiten                   fit the CNN's copy whitening on its TUNING split (first)
     python benchmarks/bench_find.py augment                  2-fold table of the CNN's neighbour augmentation (TUNING)
+    python benchmarks/bench_find.py regions                  2-fold table of CNN region views, not built into find (TUNING)
     python benchmarks/bench_find.py calibrate                fit simbench/find/calibration.json on its TUNING split
     python benchmarks/bench_find.py dev [METHOD...]          every method + plain baselines on the REPORT split
     python benchmarks/bench_find.py tune [METHOD...]         the same on the tuning split's halves (for choosing);
@@ -202,6 +203,95 @@ class Embedded(NamedTuple):
     lone: np.ndarray  # bool: references and distractors (no two of them copies of one picture)
 
 
+# ---------------------------------------------------------------------------------------------------
+# CNN region views: measured here, not part of `find` (results/find.md, "Run (15)")
+
+#: Square windows of this share of the short side, REGION_STEPS places along the long side.
+REGION_FRACTION, REGION_STEPS = 0.6, 3
+#: Region-view families whose recall at P0.9 `regions` prints (the partial copies, and overlays).
+REGION_EDITS = ("paste", "crop", "crop_rotate", "chain3", "copy_pairs", "screenshot")
+
+
+def region_boxes(w: int, h: int, fraction: float = REGION_FRACTION, steps: int = REGION_STEPS) -> list[tuple]:
+    """Square windows (x0, y0, x1, y1) of side fraction x the short side: `steps` evenly spaced along the
+    long side and, across it, as many as keep about that spacing (at least one: a single row or column
+    runs through the middle)."""
+    side = fraction * min(w, h)
+    free_long, free_short = max(w, h) - side, min(w, h) - side
+    n_long = steps if free_long >= 1 else 1
+    n_short = max(1, round(steps * free_short / free_long)) if free_long >= 1 and free_short >= 1 else 1
+    spaced = lambda free, n: np.linspace(0, free, n) if n > 1 else np.array([free / 2])  # noqa: E731
+    along, across = spaced(free_long, n_long), spaced(free_short, n_short)
+    xs, ys = (along, across) if w >= h else (across, along)
+    return [(float(x), float(y), float(x + side), float(y + side)) for y in ys for x in xs]
+
+
+def region_embeddings(ds, extractor, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every image's region_boxes embedded by `extractor` (each window cut, scaled to 256 px and written to
+    `folder` as a PNG file, which the extractor reads as any image): (vectors, owner image of each)."""
+    from PIL import Image
+
+    files, owner = [], []
+    for i, path in enumerate(ds.paths):
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+        for k, box in enumerate(region_boxes(*rgb.size)):
+            files.append(folder / f"{i:05d}_{k}.png")
+            rgb.crop(tuple(round(v) for v in box)).resize((256, 256), Image.Resampling.BICUBIC).save(files[-1])
+            owner.append(i)
+    got = extractor.extract(files)
+    return np.asarray(got.features.vectors, np.float32), np.asarray(owner)[got.rows]
+
+
+def regions(work: Path, overrides: list[str], progress: bool) -> list[dict]:
+    """`whiten`'s 2-fold protocol (rank-128 copy whitening fitted on one half's true pairs of both tuning
+    collections; the CNN alone over all pairs of the other half, normalised against the 10th neighbour):
+    the centre-crop views as `find` embeds them ("centre"), then with region views, one forward pass each
+    (no blurred view): best[i, j] = the highest cosine of i's centre view with a region of j, symmetrised,
+    normalised on its own; "max": max(centre, regions), "mean": (centre + max) / 2. Prints micro-AP / recall at P0.9 and the recall
+    at P0.9 of REGION_EDITS. The report split is never read."""
+    import tempfile
+
+    data, mean, stage = devset_embeddings(work, overrides, progress)
+    one_view = cascade.build_stages(cascade.make_config("cnn", [*overrides, "cnn.method.copy_whitening=null",
+                                                               "cnn.extractor.blurred_view=0"]),
+                                    calibrations={}, quiet=True)[0].extractor
+    views = {}
+    for d, part in zip(data, PARTS):
+        with tempfile.TemporaryDirectory() as tmp:
+            views[d.tag] = region_embeddings(dev_set(TUNE, part, progress), one_view, Path(tmp))
+        print(f"  {d.tag}: {len(views[d.tag][0])} region views", flush=True)
+    method, rows = stage.method, []
+    for fold in (0, 1):
+        train = [(d.vectors[keep], renumbered(d.pairs, keep)) for d in data for keep in [fold_rows(len(d.vectors), d.pairs, fold)]]
+        whitening = fit_copy_whitening(train, WHITENING_RANK, mean, {})
+        for d, part in zip(data, PARTS):
+            keep = fold_rows(len(d.vectors), d.pairs, 1 - fold)
+            at = np.full(len(d.vectors), -1)
+            at[keep] = np.arange(len(keep))
+            vectors, owner = views[d.tag]
+            mine = at[owner] >= 0
+            region = whitening.apply(centred(vectors[mine], embedding_sum(d.raw), len(d.raw), method.centre_prior, mean))
+            centre = whitening.apply(d.vectors[keep])
+            best = np.full((len(keep), len(keep)), -1.0)
+            np.maximum.at(best.T, at[owner[mine]], (centre @ region.T).T)  # best[i, j]: i's centre view, j's regions
+            plain = normalised_matrix(centre @ centre.T, method)
+            either = np.maximum(plain, normalised_matrix(np.maximum(best, best.T), method))
+            labels = list(np.asarray(dev_set(TUNE, part, False).labels)[keep])
+            for view, score in (("centre", plain), ("max", either), ("mean", (plain + either) / 2)):
+                m = matrix_metrics(score, renumbered(d.pairs, keep), labels)
+                edits = m["per_transform_recall_at_p90"]
+                rows.append({"fold": fold, "views": view, "collection": d.tag, "uap": m["uap"],
+                             "recall_at_p90": m["recall_at_p90"], **{e: edits.get(e) for e in REGION_EDITS}})
+                print(_row_text(rows[-1]), flush=True)
+    print(fold_table(rows, "views"))
+    print("| fold | views | collection | " + " | ".join(REGION_EDITS) + " |\n|---|---|---|" + "---|" * len(REGION_EDITS))
+    for r in rows:
+        print(f"| {r['fold']} | {r['views']} | {r['collection']} | "
+              + " | ".join("-" if r[e] is None else f"{r[e]:.2f}" for e in REGION_EDITS) + " |")
+    return rows
+
+
 def devset_embeddings(work: Path, overrides: list[str], progress: bool) -> tuple[list[Embedded], np.ndarray, object]:
     """Each tuning devset collection's embeddings (Embedded), the mean of every image's embedding (the
     centring prior's place, no label read), and the CNN stage."""
@@ -264,16 +354,26 @@ def renumbered(pairs: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 def all_pairs_metrics(vectors: np.ndarray, pairs: np.ndarray, method) -> tuple[float, float]:
     """micro-AP and recall at P0.9 of the method's normalised scores over all pairs of `vectors`."""
-    n = len(vectors)
-    sim = vectors @ vectors.T
-    np.fill_diagonal(sim, -np.inf)
-    k = min(method.normalise_k, n - 1)
-    kth = -np.sort(-sim, axis=1)[:, k - 1]
-    a, b = np.triu_indices(n, 1)
-    score = normalised_scores(sim[a, b], kth[a], kth[b], method.beta)[1]
-    truth = np.unique(np.sort(pairs, axis=1), axis=0)
-    m = evaluate(ScoredPairs(a, b, score), truth, [""] * n, None)
+    m = matrix_metrics(normalised_matrix(vectors @ vectors.T, method), pairs)
     return m["uap"], m["recall_at_p90"]
+
+
+def normalised_matrix(sim: np.ndarray, method) -> np.ndarray:
+    """The method's normalised scores (ISC2021: against each image's normalise_k-th other) of a square
+    similarity matrix (its diagonal ignored)."""
+    sim = np.array(sim, np.float64)
+    np.fill_diagonal(sim, -np.inf)
+    k = min(method.normalise_k, len(sim) - 1)
+    kth = -np.sort(-sim, axis=1)[:, k - 1]
+    return normalised_scores(sim, kth[:, None], kth[None, :], method.beta)[1]
+
+
+def matrix_metrics(score: np.ndarray, pairs: np.ndarray, labels: list | None = None) -> dict:
+    """simbench.evaluate of all pairs (i < j) of a square score matrix against the true `pairs`."""
+    n = len(score)
+    a, b = np.triu_indices(n, 1)
+    truth = np.unique(np.sort(pairs, axis=1), axis=0)
+    return evaluate(ScoredPairs(a, b, score[a, b]), truth, labels or [""] * n, None)
 
 
 def fold_table(rows: list[dict], setting: str) -> str:
@@ -687,8 +787,8 @@ def _row_text(row: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("whiten", "augment", "calibrate", "dev", "tune", "yearbook", "yearbook-tune", "synthetic",
-                                         "throughput", "collection"))
+    parser.add_argument("what", choices=("whiten", "augment", "regions", "calibrate", "dev", "tune", "yearbook",
+                                         "yearbook-tune", "synthetic", "throughput", "collection"))
     parser.add_argument("args", nargs="*", help="methods (hash, cnn, keypoints, cascade) and key=value overrides")
     parser.add_argument("--work", default=str(default_cache_dir() / "bench_find"))
     parser.add_argument("--quiet", action="store_true")
@@ -717,6 +817,8 @@ def main(argv=None) -> None:
         out["whiten"] = whiten(work, overrides, progress, Path(args.out or SHIPPED_WHITENING))
     elif args.what == "augment":
         out["augment"] = augment(work, overrides, progress)
+    elif args.what == "regions":
+        out["regions"] = regions(work, overrides, progress)
     elif args.what in ("dev", "tune"):
         out[args.what] = dev(methods, work, overrides, progress, split=REPORT if args.what == "dev" else TUNE,
                              baselines=tuple(b for b in args.baselines.split(",") if b),
