@@ -3,7 +3,7 @@
     python benchmarks/devset.py build                        the development set (real photographs, line art)
     python benchmarks/bench_find.py whiten                   fit the CNN's copy whitening on its TUNING split (first)
     python benchmarks/bench_find.py augment                  2-fold table of the CNN's neighbour augmentation (TUNING)
-    python benchmarks/bench_find.py regions                  2-fold table of CNN region views, not built into find (TUNING)
+    python benchmarks/bench_find.py regions                  2-fold table of CNN region views (TUNING; not in find)
     python benchmarks/bench_find.py calibrate                fit simbench/find/calibration.json on its TUNING split
     python benchmarks/bench_find.py dev [METHOD...]          every method + plain baselines on the REPORT split
     python benchmarks/bench_find.py tune [METHOD...]         the same on the tuning split's halves (for choosing);
@@ -220,7 +220,9 @@ def region_boxes(w: int, h: int, fraction: float = REGION_FRACTION, steps: int =
     free_long, free_short = max(w, h) - side, min(w, h) - side
     n_long = steps if free_long >= 1 else 1
     n_short = max(1, round(steps * free_short / free_long)) if free_long >= 1 and free_short >= 1 else 1
-    spaced = lambda free, n: np.linspace(0, free, n) if n > 1 else np.array([free / 2])  # noqa: E731
+    def spaced(free: float, n: int) -> np.ndarray:
+        return np.linspace(0, free, n) if n > 1 else np.array([free / 2])
+
     along, across = spaced(free_long, n_long), spaced(free_short, n_short)
     xs, ys = (along, across) if w >= h else (across, along)
     return [(float(x), float(y), float(x + side), float(y + side)) for y in ys for x in xs]
@@ -248,36 +250,38 @@ def regions(work: Path, overrides: list[str], progress: bool) -> list[dict]:
     collections; the CNN alone over all pairs of the other half, normalised against the 10th neighbour):
     the centre-crop views as `find` embeds them ("centre"), then with region views, one forward pass each
     (no blurred view): best[i, j] = the highest cosine of i's centre view with a region of j, symmetrised,
-    normalised on its own; "max": max(centre, regions), "mean": (centre + max) / 2. Prints micro-AP / recall at P0.9 and the recall
-    at P0.9 of REGION_EDITS. The report split is never read."""
+    normalised on its own; "max": max(centre, regions), "mean": (centre + max) / 2. Prints micro-AP /
+    recall at P0.9 and the recall at P0.9 of REGION_EDITS. The report split is never read."""
     import tempfile
 
     data, mean, stage = devset_embeddings(work, overrides, progress)
     one_view = cascade.build_stages(cascade.make_config("cnn", [*overrides, "cnn.method.copy_whitening=null",
                                                                "cnn.extractor.blurred_view=0"]),
                                     calibrations={}, quiet=True)[0].extractor
-    views = {}
-    for d, part in zip(data, PARTS):
+    sets, views = {d.tag: dev_set(TUNE, part, progress) for d, part in zip(data, PARTS)}, {}
+    for d in data:
         with tempfile.TemporaryDirectory() as tmp:
-            views[d.tag] = region_embeddings(dev_set(TUNE, part, progress), one_view, Path(tmp))
+            views[d.tag] = region_embeddings(sets[d.tag], one_view, Path(tmp))
         print(f"  {d.tag}: {len(views[d.tag][0])} region views", flush=True)
     method, rows = stage.method, []
     for fold in (0, 1):
-        train = [(d.vectors[keep], renumbered(d.pairs, keep)) for d in data for keep in [fold_rows(len(d.vectors), d.pairs, fold)]]
+        halves = [fold_rows(len(d.vectors), d.pairs, fold) for d in data]
+        train = [(d.vectors[keep], renumbered(d.pairs, keep)) for d, keep in zip(data, halves)]
         whitening = fit_copy_whitening(train, WHITENING_RANK, mean, {})
-        for d, part in zip(data, PARTS):
+        for d in data:
             keep = fold_rows(len(d.vectors), d.pairs, 1 - fold)
             at = np.full(len(d.vectors), -1)
             at[keep] = np.arange(len(keep))
             vectors, owner = views[d.tag]
             mine = at[owner] >= 0
-            region = whitening.apply(centred(vectors[mine], embedding_sum(d.raw), len(d.raw), method.centre_prior, mean))
+            region = whitening.apply(centred(vectors[mine], embedding_sum(d.raw), len(d.raw), method.centre_prior,
+                                             mean))
             centre = whitening.apply(d.vectors[keep])
             best = np.full((len(keep), len(keep)), -1.0)
             np.maximum.at(best.T, at[owner[mine]], (centre @ region.T).T)  # best[i, j]: i's centre view, j's regions
             plain = normalised_matrix(centre @ centre.T, method)
             either = np.maximum(plain, normalised_matrix(np.maximum(best, best.T), method))
-            labels = list(np.asarray(dev_set(TUNE, part, False).labels)[keep])
+            labels = list(np.asarray(sets[d.tag].labels)[keep])
             for view, score in (("centre", plain), ("max", either), ("mean", (plain + either) / 2)):
                 m = matrix_metrics(score, renumbered(d.pairs, keep), labels)
                 edits = m["per_transform_recall_at_p90"]
@@ -285,7 +289,8 @@ def regions(work: Path, overrides: list[str], progress: bool) -> list[dict]:
                              "recall_at_p90": m["recall_at_p90"], **{e: edits.get(e) for e in REGION_EDITS}})
                 print(_row_text(rows[-1]), flush=True)
     print(fold_table(rows, "views"))
-    print("| fold | views | collection | " + " | ".join(REGION_EDITS) + " |\n|---|---|---|" + "---|" * len(REGION_EDITS))
+    print("| fold | views | collection | " + " | ".join(REGION_EDITS) + " |")
+    print("|---|---|---|" + "---|" * len(REGION_EDITS))
     for r in rows:
         print(f"| {r['fold']} | {r['views']} | {r['collection']} | "
               + " | ".join("-" if r[e] is None else f"{r[e]:.2f}" for e in REGION_EDITS) + " |")
