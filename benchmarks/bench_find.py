@@ -220,6 +220,7 @@ def region_boxes(w: int, h: int, fraction: float = REGION_FRACTION, steps: int =
     free_long, free_short = max(w, h) - side, min(w, h) - side
     n_long = steps if free_long >= 1 else 1
     n_short = max(1, round(steps * free_short / free_long)) if free_long >= 1 and free_short >= 1 else 1
+
     def spaced(free: float, n: int) -> np.ndarray:
         return np.linspace(0, free, n) if n > 1 else np.array([free / 2])
 
@@ -229,14 +230,16 @@ def region_boxes(w: int, h: int, fraction: float = REGION_FRACTION, steps: int =
 
 
 def region_embeddings(ds, extractor, folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Every image's region_boxes embedded by `extractor` (each window cut, scaled to 256 px and written to
-    `folder` as a PNG file, which the extractor reads as any image): (vectors, owner image of each)."""
+    """Every image's region_boxes embedded by `extractor` (each window cut from the picture as find decodes
+    it, scaled to 256 px and written to `folder` as a PNG file, which the extractor reads as any image):
+    (vectors, owner image of each)."""
     from PIL import Image
+
+    from simbench.data.images import open_image
 
     files, owner = [], []
     for i, path in enumerate(ds.paths):
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
+        rgb = open_image(path)
         for k, box in enumerate(region_boxes(*rgb.size)):
             files.append(folder / f"{i:05d}_{k}.png")
             rgb.crop(tuple(round(v) for v in box)).resize((256, 256), Image.Resampling.BICUBIC).save(files[-1])

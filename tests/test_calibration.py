@@ -86,10 +86,13 @@ def test_a_lower_linking_floor_only_reorders_the_pairs_below_the_higher_one(seed
     a, b = np.triu_indices(n, 1)
     pick = rng.random(len(a)) < 0.15
     evidence = {"keypoints": ScoredPairs(a[pick], b[pick], rng.beta(2, 1, int(pick.sum())))}
+
+    def above(p):
+        return {(int(x), int(y)): float(s) for x, y, s in zip(p.a, p.b, p.score) if s >= 0.9}
+
     for max_group in (200, 6):
         high = cascade.link(cascade.fuse(n, evidence), n, floor=0.9, max_group=max_group)
         low = cascade.link(cascade.fuse(n, evidence), n, floor=0.5, max_group=max_group)
-        above = lambda p: {(int(x), int(y)): float(s) for x, y, s in zip(p.a, p.b, p.score) if s >= 0.9}  # noqa: E731
         assert above(low) == above(high) and len(above(high)) > pick.sum() * 0.1
         assert len(low.a) > len(high.a)  # the lower floor did link more, below 0.9
 
