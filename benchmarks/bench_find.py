@@ -3,7 +3,7 @@
     python benchmarks/devset.py build                        the development set (real photographs, line art)
     python benchmarks/bench_find.py whiten                   fit the CNN's copy whitening on its TUNING split (first)
     python benchmarks/bench_find.py augment                  2-fold table of the CNN's neighbour augmentation (TUNING)
-    python benchmarks/bench_find.py regions                  2-fold table of CNN region views (TUNING; not in find)
+    python benchmarks/bench_find.py regions                  2-fold table of the CNN's region views (TUNING)
     python benchmarks/bench_find.py calibrate                fit simbench/find/calibration.json on its TUNING split
     python benchmarks/bench_find.py dev [METHOD...]          every method + plain baselines on the REPORT split
     python benchmarks/bench_find.py tune [METHOD...]         the same on the tuning split's halves (for choosing);
@@ -201,71 +201,27 @@ class Embedded(NamedTuple):
     pairs: np.ndarray  # its true pairs
     raw: np.ndarray  # the embeddings before centring
     lone: np.ndarray  # bool: references and distractors (no two of them copies of one picture)
+    regions: np.ndarray | None = None  # the region views (N, R, D) before centring, when the extractor has them
 
 
 # ---------------------------------------------------------------------------------------------------
-# CNN region views: measured here, not part of `find` (results/find.md, "Run (15)")
+# CNN region views (cnn.extractor.regions; simbench.methods.cnn, "Region views")
 
-#: Square windows of this share of the short side, REGION_STEPS places along the long side.
-REGION_FRACTION, REGION_STEPS = 0.6, 3
 #: Region-view families whose recall at P0.9 `regions` prints (the partial copies, and overlays).
 REGION_EDITS = ("paste", "crop", "crop_rotate", "chain3", "copy_pairs", "screenshot")
 
 
-def region_boxes(w: int, h: int, fraction: float = REGION_FRACTION, steps: int = REGION_STEPS) -> list[tuple]:
-    """Square windows (x0, y0, x1, y1) of side fraction x the short side: `steps` evenly spaced along the
-    long side and, across it, as many as keep about that spacing (at least one: a single row or column
-    runs through the middle)."""
-    side = fraction * min(w, h)
-    free_long, free_short = max(w, h) - side, min(w, h) - side
-    n_long = steps if free_long >= 1 else 1
-    n_short = max(1, round(steps * free_short / free_long)) if free_long >= 1 and free_short >= 1 else 1
-
-    def spaced(free: float, n: int) -> np.ndarray:
-        return np.linspace(0, free, n) if n > 1 else np.array([free / 2])
-
-    along, across = spaced(free_long, n_long), spaced(free_short, n_short)
-    xs, ys = (along, across) if w >= h else (across, along)
-    return [(float(x), float(y), float(x + side), float(y + side)) for y in ys for x in xs]
-
-
-def region_embeddings(ds, extractor, folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Every image's region_boxes embedded by `extractor` (each window cut from the picture as find decodes
-    it, scaled to 256 px and written to `folder` as a PNG file, which the extractor reads as any image):
-    (vectors, owner image of each)."""
-    from PIL import Image
-
-    from simbench.data.images import open_image
-
-    files, owner = [], []
-    for i, path in enumerate(ds.paths):
-        rgb = open_image(path)
-        for k, box in enumerate(region_boxes(*rgb.size)):
-            files.append(folder / f"{i:05d}_{k}.png")
-            rgb.crop(tuple(round(v) for v in box)).resize((256, 256), Image.Resampling.BICUBIC).save(files[-1])
-            owner.append(i)
-    got = extractor.extract(files)
-    return np.asarray(got.features.vectors, np.float32), np.asarray(owner)[got.rows]
-
-
 def regions(work: Path, overrides: list[str], progress: bool) -> list[dict]:
     """`whiten`'s 2-fold protocol (rank-128 copy whitening fitted on one half's true pairs of both tuning
-    collections; the CNN alone over all pairs of the other half, normalised against the 10th neighbour):
-    the centre-crop views as `find` embeds them ("centre"), then with region views, one forward pass each
-    (no blurred view): best[i, j] = the highest cosine of i's centre view with a region of j, symmetrised,
-    normalised on its own; "max": max(centre, regions), "mean": (centre + max) / 2. Prints micro-AP /
-    recall at P0.9 and the recall at P0.9 of REGION_EDITS. The report split is never read."""
-    import tempfile
-
+    collections; the CNN alone over all pairs of the other half, normalised against the 10th neighbour among
+    them): the vectors alone ("centre"), then with the region views find embeds (cnn.extractor.regions):
+    best[i, j] = the highest cosine of i's vector with a region of j, symmetrised, normalised on its own;
+    "max": max(centre, regions) as find scores, "mean": (centre + max) / 2. Prints micro-AP / recall at P0.9
+    and the recall at P0.9 of REGION_EDITS. The report split is never read."""
     data, mean, stage = devset_embeddings(work, overrides, progress)
-    one_view = cascade.build_stages(cascade.make_config("cnn", [*overrides, "cnn.method.copy_whitening=null",
-                                                               "cnn.extractor.blurred_view=0"]),
-                                    calibrations={}, quiet=True)[0].extractor
-    sets, views = {d.tag: dev_set(TUNE, part, progress) for d, part in zip(data, PARTS)}, {}
-    for d in data:
-        with tempfile.TemporaryDirectory() as tmp:
-            views[d.tag] = region_embeddings(sets[d.tag], one_view, Path(tmp))
-        print(f"  {d.tag}: {len(views[d.tag][0])} region views", flush=True)
+    if any(d.regions is None for d in data):
+        raise SystemExit("regions: the CNN embeds no region views (cnn.extractor.regions=0)")
+    sets = {d.tag: dev_set(TUNE, part, progress) for d, part in zip(data, PARTS)}
     method, rows = stage.method, []
     for fold in (0, 1):
         halves = [fold_rows(len(d.vectors), d.pairs, fold) for d in data]
@@ -273,15 +229,12 @@ def regions(work: Path, overrides: list[str], progress: bool) -> list[dict]:
         whitening = fit_copy_whitening(train, WHITENING_RANK, mean, {})
         for d in data:
             keep = fold_rows(len(d.vectors), d.pairs, 1 - fold)
-            at = np.full(len(d.vectors), -1)
-            at[keep] = np.arange(len(keep))
-            vectors, owner = views[d.tag]
-            mine = at[owner] >= 0
-            region = whitening.apply(centred(vectors[mine], embedding_sum(d.raw), len(d.raw), method.centre_prior,
-                                             mean))
+            n, r, dim = d.regions[keep].shape
+            windows = centred(d.regions[keep].reshape(n * r, dim), embedding_sum(d.raw), len(d.raw),
+                              method.centre_prior, mean)
+            windows = whitening.apply(windows).reshape(n, r, dim)
             centre = whitening.apply(d.vectors[keep])
-            best = np.full((len(keep), len(keep)), -1.0)
-            np.maximum.at(best.T, at[owner[mine]], (centre @ region.T).T)  # best[i, j]: i's centre view, j's regions
+            best = np.einsum("id,jrd->ijr", centre, windows).max(axis=2)  # best[i, j]: i's vector, j's regions
             plain = normalised_matrix(centre @ centre.T, method)
             either = np.maximum(plain, normalised_matrix(np.maximum(best, best.T), method))
             labels = list(np.asarray(sets[d.tag].labels)[keep])
@@ -315,13 +268,17 @@ def devset_embeddings(work: Path, overrides: list[str], progress: bool) -> tuple
             raise RuntimeError(f"{ds.name}: {len(ds) - len(at)} images without a CNN embedding")
         vectors = np.empty((len(ds), feats.vectors.shape[1]), np.float32)
         vectors[at] = feats.vectors
+        regions = None
+        if feats.regions is not None:
+            regions = np.empty((len(ds), *feats.regions.shape[1:]), np.float32)
+            regions[at] = feats.regions
         lone = np.isin(np.asarray(ds.labels), ["reference", "distractor"])
-        raw.append((f"devset-{TUNE}-{part}", vectors, np.asarray(ds.truth), lone))
+        raw.append((f"devset-{TUNE}-{part}", vectors, np.asarray(ds.truth), lone, regions))
         print(f"  {ds.name}: {len(ds)} images, {ds.n_true_pairs} true pairs", flush=True)
-    mean = np.concatenate([v for _, v, _, _ in raw]).astype(np.float64).mean(axis=0)
+    mean = np.concatenate([r[1] for r in raw]).astype(np.float64).mean(axis=0)
     method = stage.method
     data = [Embedded(tag, centred(v, embedding_sum(v), len(v), method.centre_prior, mean) if method.centre else v,
-                     p, v, lone) for tag, v, p, lone in raw]
+                     p, v, lone, regions) for tag, v, p, lone, regions in raw]
     return data, mean, stage
 
 

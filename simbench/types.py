@@ -65,9 +65,11 @@ class KeypointSets:
 
 @dataclass
 class Embeddings:
-    """N L2-normalised float32 vectors (N, D)."""
+    """N L2-normalised float32 vectors (N, D); optionally R region views of each image, (N, R, D) L2-normalised
+    float32 (a picture's windows, embedded on their own: simbench.features.cnn, `regions`)."""
 
     vectors: np.ndarray
+    regions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.vectors)

@@ -378,7 +378,7 @@ def test_blurred_view_averages_the_picture_and_its_blurred_copy(photo_files):
     one = tiny().prep
     with torch.inference_mode():
         singles = [embed_batch(ext.model(), torch.from_numpy(views[k][None, None]), one, "cpu", False, False,
-                               False)[0] for k in range(2)]
+                               False)[0][0] for k in range(2)]
     expected = singles[0] + singles[1]
     got = ext.extract([path]).features.vectors[0]
     np.testing.assert_allclose(got, expected / np.linalg.norm(expected), atol=1e-5)
@@ -991,3 +991,128 @@ def test_cnn_method_config_exposes_ranking_options(tmp_path):
     default = instantiate(_compose(["method=cnn", "backbone=resnet18", f"cache_dir={tmp_path}"]).method)
     assert (default.neighbours, default.normalise_k) == (0, 0)
     assert (default.extractor.pooling, default.extractor.requested_runtime) == ("avg", "onnx")
+
+
+# ------------------------------------------------------------------- region views
+
+
+@pytest.mark.parametrize("size", [(900, 500), (300, 640), (400, 400)])
+def test_region_boxes_are_squares_along_the_long_side_through_the_middle(size):
+    from simbench.features.cnn import region_boxes
+
+    w, h = size
+    boxes = np.array(region_boxes(size, 3, 0.6, 0.875))
+    side = 0.6 * min(w, h)
+    np.testing.assert_allclose(boxes[:, 2] - boxes[:, 0], 0.875 * side)  # the window's centred crop
+    np.testing.assert_allclose(boxes[:, 3] - boxes[:, 1], 0.875 * side)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    along, across = (0, 1) if w >= h else (1, 0)
+    np.testing.assert_allclose(centres[:, across], min(w, h) / 2)  # through the middle of the short side
+    np.testing.assert_allclose(centres[:, along], [side / 2, max(w, h) / 2, max(w, h) - side / 2])
+    np.testing.assert_allclose(np.array(region_boxes(size, 1, 0.6, 1.0))[0], [*(np.array(size) - side) / 2,
+                                                                            *(np.array(size) + side) / 2])
+
+
+def test_region_views_are_the_windows_embedded_on_their_own(photo_files, tmp_path):
+    """Oracle: each region view is its window cut and resized by PIL from the picture decoded large enough
+    for it, embedded alone by the network; the image's vector is the one it has without regions (a JPEG
+    whose draft decoding for the centre view is smaller than the windows need: decoded twice)."""
+    from simbench.data.images import open_image
+    from simbench.features.cnn import embed_batch, load_views, region_boxes
+
+    path = tmp_path / "astronaut.jpg"  # 800 px: 1/8 (100 px) serves the centre view, the windows need 1/4
+    Image.open(photo_files["astronaut"]).resize((800, 800)).save(path, quality=90)
+    ext, plain = tiny(regions=3, blurred_view=1.5), tiny(blurred_view=1.5)
+    views = load_views(path, ext.prep)
+    assert views.shape[0] == ext.prep.n_views + 3 == 5
+    np.testing.assert_array_equal(views[:2], load_views(path, plain.prep))
+    got = ext.extract([path]).features
+    assert got.regions.shape == (1, 3, got.vectors.shape[1])
+    np.testing.assert_array_equal(got.vectors, plain.extract([path]).features.vectors)
+    target = int(np.ceil(ext.prep.resize / 0.6))
+    image = open_image(path, draft=(target, target))
+    assert image.size == (200, 200)
+    for k, box in enumerate(region_boxes(image.size, 3, 0.6, ext.prep.crop / ext.prep.resize)):
+        window = np.asarray(image.resize((ext.prep.crop,) * 2, ext.prep.resample, box=box))
+        np.testing.assert_array_equal(views[2 + k], window)
+        with torch.inference_mode():
+            alone = embed_batch(ext.model(), torch.from_numpy(window[None, None].copy()), plain.prep, "cpu", False, False,
+                                False)[0][0]
+        np.testing.assert_allclose(got.regions[0, k], alone, atol=1e-5)
+        assert float(alone @ got.vectors[0]) < 0.99999  # a part, not the whole
+    assert ext.params()["regions"] == 3 and "regions" not in plain.params()  # old keys kept
+    with pytest.raises(ValueError, match="augment"):
+        tiny(regions=3, augment="mirror")
+    with pytest.raises(ValueError, match="region_size"):
+        tiny(regions=3, region_size=1.5)
+
+
+def _region_oracle(x: np.ndarray, w: np.ndarray, k: int, beta: float = 1.0) -> np.ndarray:
+    """Plain numpy: per pair the best cosine of either vector with a window of the other, normalised against
+    each row's k-th best other (the farthest when fewer); max with the vectors' own normalised scores."""
+    n = len(x)
+    best = np.einsum("id,jrd->ijr", x.astype(np.float64), w.astype(np.float64)).max(axis=2)
+    sym = np.maximum(best, best.T)
+
+    def normalised(s):
+        s = s.copy()
+        np.fill_diagonal(s, -np.inf)
+        kth = -np.sort(-s, axis=1)[:, min(k, n - 1) - 1]
+        return (s - beta * (kth[:, None] + kth[None, :]) / 2 + 1 + beta) / (2 + 2 * beta)
+
+    return np.maximum(normalised(x.astype(np.float64) @ x.T.astype(np.float64)), normalised(sym))
+
+
+@pytest.mark.parametrize("n,k", [(30, 4), (5, 10)])
+def test_region_scores_equal_a_numpy_oracle(n, k):
+    from simbench.methods.cnn import CnnMethod
+
+    rng = np.random.default_rng(n)
+    x = unit(rng.standard_normal((n, 16)) + 0.2)
+    w = unit(rng.standard_normal((n * 3, 16)) + 0.2).reshape(n, 3, 16)
+    w[1, 2] = x[0]  # picture 0 shown in a window of picture 1: their region cosine is 1
+    method = CnnMethod(tiny(), ExactMatcher(), min_similarity=None, neighbours=n, normalise_k=k)
+    scored = method.score_pairs(Embeddings(x, w))
+    assert len(scored) == n * (n - 1) // 2  # every pair a candidate
+    expected = _region_oracle(x, w, k)
+    np.testing.assert_allclose(scored.score, expected[scored.a, scored.b], atol=1e-5)
+    np.testing.assert_allclose(method.score_given(Embeddings(x, w), scored.a, scored.b), scored.score, atol=1e-6)
+    assert scored.extra["region"][(scored.a == 0) & (scored.b == 1)] > scored.extra["region"].max() - 1e-9
+    plain = CnnMethod(tiny(), ExactMatcher(), min_similarity=None, neighbours=n, normalise_k=k)
+    without = plain.score_pairs(Embeddings(x))
+    assert np.all(scored.score >= without.score - 1e-9) and "region" not in without.extra
+
+
+def test_region_partners_are_candidates_besides_the_nearest_others():
+    """A picture far from another in its whole view but shown in one of its windows is paired by the region
+    search, with the oracle's score, though it is none of the other's nearest neighbours."""
+    from simbench.methods.cnn import CnnMethod
+
+    rng = np.random.default_rng(3)
+    n = 60
+    x = clustered(n, 16, 12, 0.3, seed=3)
+    w = unit(rng.standard_normal((n * 3, 16))).reshape(n, 3, 16)
+    w[40, 1] = x[7]
+    order, _ = _others_sorted(x)
+    assert 40 not in order[7, :2] and 7 not in order[40, :2]
+    scored = CnnMethod(tiny(), ExactMatcher(), min_similarity=None, neighbours=2, normalise_k=3
+                       ).score_pairs(Embeddings(x, w))
+    at = np.flatnonzero((scored.a == 7) & (scored.b == 40))
+    assert len(at) == 1
+    np.testing.assert_allclose(scored.score[at], _region_oracle(x, w, 3)[7, 40], atol=1e-5)
+
+
+def test_region_views_are_stored_and_read_back_by_the_index(tmp_path):
+    from simbench.find.index import _feature_problem, join_features, split_features
+
+    rng = np.random.default_rng(0)
+    e = Embeddings(unit(rng.standard_normal((4, 8))).astype(np.float32),
+                   unit(rng.standard_normal((12, 8))).reshape(4, 3, 8).astype(np.float32))
+    records = split_features(e, np.array([0, 2, 3, 4]), 5)
+    assert records[1] is None and all(_feature_problem(r, "embedding") is None for r in records if r)
+    joined, rows = join_features(records, "embedding")
+    assert rows.tolist() == [0, 2, 3, 4]
+    assert np.array_equal(joined.vectors, e.vectors) and np.array_equal(joined.regions, e.regions)
+    bad = {"vector": e.vectors[0], "regions": e.regions[0][:, :5]}
+    assert _feature_problem(bad, "embedding") == "malformed region views"
+    assert join_features([{"vector": e.vectors[0]}], "embedding")[0].regions is None

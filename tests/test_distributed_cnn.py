@@ -129,6 +129,20 @@ def test_other_matchers_gather_the_embeddings_and_say_so(client, caplog):
     assert np.array_equal(method.score_given(chunks, a, b), method.score_given(Embeddings(v), a, b))
 
 
+def test_region_views_are_matched_in_one_process_and_say_so(client, caplog):
+    """Region views have no task form: score_embeddings runs the method here (logged), never the tasks
+    without the regions, and workers refuse to read records that carry them."""
+    v = _embeddings(4, n=400)
+    regions = _embeddings(5, n=1200).reshape(400, 3, -1)
+    method = CnnMethod(_Extractor(), ExactCosineMatcher(), min_similarity=None, neighbours=5, normalise_k=3)
+    got = dc.score_embeddings(client, method, Embeddings(v, regions))
+    ref = method.score_pairs(Embeddings(v, regions))
+    assert np.array_equal(got.a, ref.a) and np.array_equal(got.score, ref.score) and "region" in got.extra
+    assert "region views have no task form" in caplog.text
+    with pytest.raises(ValueError, match="region views"):
+        dc._join_vectors([{"vector": v[0], "regions": regions[0]}], [0])
+
+
 def _matrices(value, dim: int, found: list) -> None:
     """Every 2-D float array with `dim` columns among what the client received: (rows,)."""
     if isinstance(value, np.ndarray):
@@ -144,12 +158,34 @@ def _matrices(value, dim: int, found: list) -> None:
             _matrices(v, dim, found)
 
 
+def _tables_without_regions(path):
+    """A calibration file: the shipped tables and fusions, keyed by the stages' settings with
+    cnn.extractor.regions=0."""
+    from simbench.find import cascade
+    from simbench.find.calibration import Calibration, Fusion, load_calibrations, load_fusions, save_calibrations
+    from simbench.find.calibration import settings_key
+
+    default = cascade.build_stages(cascade.make_config("cascade"), calibrations={}, quiet=True)
+    plain = cascade.build_stages(cascade.make_config("cascade", ["cnn.extractor.regions=0"]), calibrations={},
+                                 quiet=True)
+    rekey = {settings_key(a.settings): b.settings for a, b in zip(default, plain)}
+    tables = [Calibration(t.raw, t.precision, t.signal, rekey[k], t.note, t.pairs, t.true)
+              for k, t in load_calibrations().items() if k in rekey]
+    fusions = [Fusion(f.stages, [settings_key(rekey[k]) for k in f.keys], f.intercept, f.found_weight, f.weight,
+                      f.transform, f.note) for f in load_fusions() if all(k in rekey for k in f.keys)]
+    assert len(tables) == 2 and len(fusions) == 1
+    save_calibrations(tables, path, "shipped, re-keyed for cnn.extractor.regions=0", fusions)
+    return path
+
+
 @pytest.mark.parametrize("method", ["cnn", "cascade"])
 def test_find_on_a_cluster_keeps_the_embeddings_on_the_workers(images, cluster, tmp_path, monkeypatch,  # noqa: F811
                                                                method):
     """find with the CNN stage on the cluster, small tiles and chunks of a few images: the workers read the
     embeddings; the client never loads them, never gathers the chunks and receives no embedding but those
-    of the images whose evidence it shows; pairs.csv and the evidence equal the in-process run's."""
+    of the images whose evidence it shows; pairs.csv and the evidence equal the in-process run's. Without
+    region views, which have no task form (the default's are matched in the client: test_distributed's
+    test_find_on_a_cluster_gives_the_in_process_pairs)."""
     from simbench.find import pipeline
     from simbench.find.outputs import read_pair_evidence
 
@@ -159,7 +195,10 @@ def test_find_on_a_cluster_keeps_the_embeddings_on_the_workers(images, cluster, 
     monkeypatch.setattr(evidence, "pair_evidence", functools.partial(evidence.pair_evidence, limit=shown))
     # Small blocks for both runs (their products must be the same), so the cluster's search has many tiles.
     monkeypatch.setattr(ExactCosineMatcher.__init__, "__defaults__", (8, 4))
-    expected = run_find(images, tmp_path / "alone", method)
+    # The shipped tables and fusion re-keyed for regions=0 (the same signals but for the region score), so
+    # that the cascade's fusion runs and scores every pair by the CNN.
+    settings = [f"calibration={_tables_without_regions(tmp_path / 'tables.json')}", "cnn.extractor.regions=0"]
+    expected = run_find(images, tmp_path / "alone", method, *settings)
 
     loaded, chunks, received, searches, given = [], [], [], [], []
     load_features, load_embeddings, gather = pipeline.load_features, dc.load_embeddings, distributed.Client.gather
@@ -199,7 +238,7 @@ def test_find_on_a_cluster_keeps_the_embeddings_on_the_workers(images, cluster, 
     # 2 items a reading task, and room for one database block a tile
     monkeypatch.setattr(dc, "task_budget", lambda client: 2 * dc.LOAD_ITEM_BYTES)
     found = run_find(images, tmp_path / "out", method, "--scheduler", local.scheduler_address,
-                     f"cluster.files_per_task={FILES_PER_TASK}")
+                     f"cluster.files_per_task={FILES_PER_TASK}", *settings)
     assert found.count("\n") > 10 and found == expected
     assert "embedding" not in loaded and len(chunks[0].futures) == 18 and len(chunks[0]) == 36
     assert searches[0]["tiles"] == 5 * 9 and searches[0]["merges"] == 5 * (3 + 1)  # 36 rows: blocks of 8 x 4

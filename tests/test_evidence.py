@@ -165,6 +165,30 @@ def test_cnn_records_of_a_run_come_from_the_stage_features():
     assert got[3, 6]["cnn"]["cosine"] == pytest.approx(float(v[2] @ v[4]), abs=1e-4)
 
 
+def test_cnn_records_name_the_best_window_of_either_image():
+    """With region views (Embeddings.regions): the best cosine of either image's vector with a window of the
+    other, whose window and which, against a loop over every window."""
+    from types import SimpleNamespace
+
+    from simbench.types import Embeddings
+
+    rng = np.random.default_rng(2)
+    v = rng.normal(size=(4, 8)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    w = rng.normal(size=(12, 8)).astype(np.float32)
+    w = (w / np.linalg.norm(w, axis=1, keepdims=True)).reshape(4, 3, 8)
+    w[2, 1] = v[0]  # picture 0 in window 2 of picture 2
+    pairs = FusedPairs(np.array([0, 1]), np.array([2, 3]), np.array([0.9, 0.8]), np.array(["cnn"] * 2, dtype=object),
+                       {"cnn": np.array([0.9, 0.8])})
+    got = evidence.pair_evidence(pairs, [SimpleNamespace(name="cnn")], {"cnn": (Embeddings(v, w), np.arange(4), {})})
+    assert got[0, 2]["cnn"]["window"] == {"cosine": 1.0, "of": "b", "index": 1, "count": 3}
+    window = got[1, 3]["cnn"]["window"]
+    best = max((float(v[x] @ w[y, r]), "b" if y == 3 else "a", r) for x, y in ((1, 3), (3, 1)) for r in range(3))
+    assert (window["cosine"], window["of"], window["index"]) == (pytest.approx(best[0], abs=1e-4), best[1], best[2])
+    plain = evidence.pair_evidence(pairs, [SimpleNamespace(name="cnn")], {"cnn": (Embeddings(v), np.arange(4), {})})
+    assert "window" not in plain[0, 2]["cnn"]
+
+
 def test_evidence_changes_no_output_but_its_own(pasted_run, tmp_path, monkeypatch):
     """pairs.csv and groups.json are byte for byte those of a run that computes no evidence."""
     files, _, out, cfg = pasted_run

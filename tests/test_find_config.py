@@ -28,7 +28,9 @@ def test_runner_groups_choose_the_stages_settings():
     groups = ["detector=orb", "backbone=resnet50", "matcher=exact"]
     cfg, runner = cascade.make_config("cascade", groups), runner_config(groups)
     assert cfg.keypoints.extractor == {**runner.detector, "spread": "grid"}  # find's one change: spread
-    assert cfg.cnn.extractor == {**runner.backbone, "pooling": "gem", "blurred_view": 1.5}  # GeM, blurred view
+    # find's changes: GeM, the blurred view, the region views
+    assert cfg.cnn.extractor == {**runner.backbone, "pooling": "gem", "blurred_view": 1.5, "regions": 3,
+                                 "region_size": 0.6}
     assert cfg.keypoints.matcher == cfg.cnn.matcher == cfg.hash.matcher == runner.matcher
     stage, = cascade.build_stages(cascade.make_config("keypoints", groups), calibrations={}, quiet=True)
     assert stage.settings["extractor_params"]["detector"] == "orb"

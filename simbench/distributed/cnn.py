@@ -133,7 +133,10 @@ def _embedding_summaries(records: list) -> list:
 
 
 def _join_vectors(records: list, keep: list[int]) -> np.ndarray:
-    return join_features([records[k] for k in keep], "embedding")[0].vectors
+    joined = join_features([records[k] for k in keep], "embedding")[0]
+    if joined.regions is not None:  # never dropped quietly: the scores would not be what the tables expect
+        raise ValueError("region views have no task form: pipeline.stage_features keeps them in one process")
+    return joined.vectors
 
 
 def read_embeddings(client, store: FeatureStore, section: str, pkey: str, digests, local: list[int],
@@ -320,6 +323,9 @@ def score_embeddings(client, method, features, stats: dict | None = None) -> Sco
     """method.score_pairs(features) with its searches as tasks (module docstring): the same ScoredPairs.
     features: Embeddings (sent to the workers in chunks) or the EmbeddingChunks the workers already hold
     (find on a cluster)."""
+    if getattr(features, "regions", None) is not None:
+        log.warning("cnn: region views have no task form: the CNN stage is matched in this process")
+        return method.score_pairs(features)
     if type(method.matcher) is not ExactCosineMatcher:
         return method.score_pairs(_gathered(features, method) if isinstance(features, EmbeddingChunks) else features)
     held = features if isinstance(features, EmbeddingChunks) else scatter_embeddings(client, features)

@@ -18,7 +18,8 @@ Steps, one small function each:
 2. ``load_views`` (in DataLoader workers): decode, EXIF-orient, JPEG draft decoding at the smallest scale
    that still covers the resize target, crop + resize in one resampling step, uint8 HWC;
 3. ``embed_batch`` (main process, on the device): uint8 -> float, normalise, forward, L2-normalise each
-   view, average the views (mirror or multi-crop augmentation), L2-normalise;
+   view, average the views (mirror or multi-crop augmentation), L2-normalise; region views (``regions``)
+   are kept apart, one vector each;
 4. ``fit_whitening`` / ``apply_whitening``: optional PCA whitening (Jégou & Chum, "Negative evidences and
    co-occurrences in image retrieval: the benefit of PCA and whitening", ECCV 2012), fitted on the dataset
    itself or on a separate background folder, then L2-normalised again.
@@ -37,6 +38,7 @@ params(), ``runtime_fallback`` holds the reason, and a warning is logged).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -77,6 +79,11 @@ CORNER_FRACTION = 0.7
 
 AUGMENTS = (None, "mirror", "multicrop")
 
+#: Most views in one forward pass on the CPU, where larger ones run no faster: the activations grow with
+#: them (a batch of 32 pictures with region views is 160 views), and a Dask worker with a memory limit
+#: pauses, then waits for ever, when they outgrow it.
+FORWARD_ROWS = 16
+
 POOLINGS = ("avg", "gem", "rmac")
 RUNTIMES = ("torch", "onnx")
 #: ONNX opset of the export (supported by every onnxruntime >= 1.17); part of the exported file's key.
@@ -97,7 +104,8 @@ class Preprocess:
     """What the weights expect: short side scaled to `resize`, centre `crop` x `crop`, then (x - mean) / std
     in 0..255 units. `views`: "centre" or "multicrop" (centre + four corners). decode_size: JPEG draft
     decoding keeps the short side >= decode_size x the resize target. blurred_view > 0: each view also
-    blurred (Gaussian, this radius in network pixels), appended after the views. Picklable for workers."""
+    blurred (Gaussian, this radius in network pixels), appended after the views. regions > 0: that many
+    region views appended after those (`region_boxes`), each embedded on its own. Picklable for workers."""
 
     resize: int
     crop: int
@@ -107,9 +115,12 @@ class Preprocess:
     views: str = "centre"
     decode_size: float = 1.0
     blurred_view: float = 0.0
+    regions: int = 0
+    region_size: float = 0.6
 
     @property
     def n_views(self) -> int:
+        """The views averaged into the image's vector (the region views come after them)."""
         return (5 if self.views == "multicrop" else 1) * (2 if self.blurred_view > 0 else 1)
 
 
@@ -168,7 +179,7 @@ def resolve_weights(backbone: str, weights: str) -> Path | None:
 
 
 def preprocess_for(backbone: str, image_size: int, augment: str | None, decode_size: float = 1.0,
-                   blurred_view: float = 0.0):
+                   blurred_view: float = 0.0, regions: int = 0, region_size: float = 0.6):
     """The preprocessing the weights define, scaled to `image_size` (the crop side)."""
     if backbone == LITE0:
         resize, crop, mean, std = 256, 224, LITE_MEAN, LITE_STD
@@ -182,7 +193,7 @@ def preprocess_for(backbone: str, image_size: int, augment: str | None, decode_s
     resize = int(round(image_size * resize / crop))
     views = "multicrop" if augment == "multicrop" else "centre"
     return Preprocess(resize, int(image_size), mean, std, int(resample), views, float(decode_size),
-                      float(blurred_view))
+                      float(blurred_view), int(regions), float(region_size))
 
 
 def build_backbone(backbone: str, weights_file: Path | None, image_size: int, pooling: str = "avg",
@@ -372,12 +383,19 @@ def load_views(path: str | Path, prep: Preprocess) -> np.ndarray:
     boxes = [centre_box(im.size, prep.crop / prep.resize)]
     if prep.views == "multicrop":
         boxes += corner_boxes(im.size, CORNER_FRACTION)
-    out = np.empty((prep.n_views, prep.crop, prep.crop, 3), np.uint8)
+    out = np.empty((prep.n_views + prep.regions, prep.crop, prep.crop, 3), np.uint8)
     for v, box in enumerate(boxes):
         view = im.resize((prep.crop, prep.crop), prep.resample, box=box)
         out[v] = np.asarray(view)
         if prep.blurred_view > 0:
             out[len(boxes) + v] = np.asarray(view.filter(ImageFilter.GaussianBlur(prep.blurred_view)))
+    if prep.regions:
+        # A window is region_size of the short side: decoded as much larger, apart, so that the averaged
+        # views (and the vector) are those of an extractor without regions.
+        target = max(1, int(np.ceil(prep.resize / prep.region_size * prep.decode_size)))
+        im = open_image(path, draft=(target, target), mode="RGB")
+        for v, box in enumerate(region_boxes(im.size, prep.regions, prep.region_size, prep.crop / prep.resize)):
+            out[prep.n_views + v] = np.asarray(im.resize((prep.crop, prep.crop), prep.resample, box=box))
     return out
 
 
@@ -387,6 +405,22 @@ def centre_box(size: tuple[int, int], fraction: float) -> tuple[float, float, fl
     side = fraction * min(w, h)
     x0, y0 = (w - side) / 2, (h - side) / 2
     return (x0, y0, x0 + side, y0 + side)
+
+
+def region_boxes(size: tuple[int, int], n: int, fraction: float, inner: float) -> list[tuple[float, ...]]:
+    """n windows, squares of `fraction` of the short side, evenly spaced along the long side through the
+    middle of the short one (the first and last at the ends), each cut as the centre view is: its centred
+    `inner` part (the weights' crop / resize). A picture pasted into another, or cropped from it, is then
+    compared with the part of the other that it shows."""
+    if n <= 0:
+        return []
+    w, h = size
+    side = fraction * min(w, h)
+    along = np.linspace(0, max(w, h) - side, n) if n > 1 else np.array([(max(w, h) - side) / 2])
+    across = (min(w, h) - side) / 2
+    margin, cut = side * (1 - inner) / 2, side * inner
+    starts = [(x, across) if w >= h else (across, x) for x in along]
+    return [(float(x + margin), float(y + margin), float(x + margin + cut), float(y + margin + cut)) for x, y in starts]
 
 
 def corner_boxes(size: tuple[int, int], fraction: float) -> list[tuple[float, float, float, float]]:
@@ -430,7 +464,9 @@ def collate_views(items):
 
 
 def embed_batch(model, pixels, prep: Preprocess, device, half: bool, channels_last: bool, mirror: bool):
-    """uint8 (B, V, H, W, 3) -> float32 (B, D) on the CPU, each row L2-normalised."""
+    """uint8 (B, V, H, W, 3) -> float32 (B, D) on the CPU, each row L2-normalised: the average of the first
+    prep.n_views views; with prep.regions, also the region views (the last ones), (B, regions, D) each
+    L2-normalised (else None)."""
     import torch
     import torch.nn.functional as F
 
@@ -441,9 +477,13 @@ def embed_batch(model, pixels, prep: Preprocess, device, half: bool, channels_la
     if mirror:
         x = torch.cat([x, x.flip(-1)])  # the horizontally mirrored copy of every view, in the same forward
         v *= 2
-    feats = F.normalize(_views_first(model(x).float(), b, v, mirror), dim=-1)  # unit length per view
-    pooled = F.normalize(feats.mean(dim=1), dim=-1)  # average the unit views, then back to unit length
-    return pooled.cpu().numpy()
+    rows = FORWARD_ROWS if str(device) == "cpu" else max(len(x), 1)
+    out = torch.cat([model(x[s : s + rows]).float() for s in range(0, len(x), rows)])
+    feats = F.normalize(_views_first(out, b, v, mirror), dim=-1)  # unit length per view
+    averaged = feats[:, : feats.shape[1] - prep.regions]
+    pooled = F.normalize(averaged.mean(dim=1), dim=-1)  # average the unit views, then back to unit length
+    regions = feats[:, feats.shape[1] - prep.regions :].cpu().numpy() if prep.regions else None
+    return pooled.cpu().numpy(), regions
 
 
 def _views_first(feats, b: int, v: int, mirror: bool):
@@ -678,6 +718,11 @@ class CnnExtractor(Extractor):
         blurred, and the two averaged (test-time augmentation). The embedding then depends less on fine
         detail that copies lose to JPEG, downscaling, scanning or blur, and that line drawings are made of
         (`simbench find` uses 1.5, chosen on the tuning split: results/find.md). Twice the CNN's cost.
+    regions: 0 (off), or how many region views of each picture are embedded besides its vector, each on its
+        own (no blurred copy): squares of region_size of the short side along the long side
+        (`region_boxes`), kept in Embeddings.regions. CnnMethod compares each picture's vector with the
+        other's regions, which finds a picture pasted into another or cropped from it. One more forward
+        pass per region; needs augment=None.
     """
 
     kind = "embedding"
@@ -686,7 +731,8 @@ class CnnExtractor(Extractor):
                  device: str = "cpu", strict_device: bool = False, half: bool = False,
                  channels_last: bool = False, whitening: str | None = None, whiten_dim: int | None = None,
                  augment: str | None = None, image_size: int = 224, decode_size: float = 1.0,
-                 runtime: str = "onnx", pooling: str = "avg", gem_p: float = 3.0, blurred_view: float = 0.0):
+                 runtime: str = "onnx", pooling: str = "avg", gem_p: float = 3.0, blurred_view: float = 0.0,
+                 regions: int = 0, region_size: float = 0.6):
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
         if augment not in AUGMENTS:
@@ -697,6 +743,10 @@ class CnnExtractor(Extractor):
             raise ValueError(f"gem_p must be > 0, got {gem_p}")
         if float(blurred_view) < 0:
             raise ValueError(f"blurred_view must be >= 0, got {blurred_view}")
+        if int(regions) < 0 or not 0 < float(region_size) <= 1:
+            raise ValueError(f"regions must be >= 0 and region_size in (0, 1], got {regions}, {region_size}")
+        if int(regions) and augment is not None:
+            raise ValueError(f"regions need augment=None (got {augment!r}): region views are not augmented")
         self.backbone = backbone
         self.weights = "none" if weights in (None, "None", "") else str(weights)
         self.batch_size = max(1, int(batch_size))
@@ -720,7 +770,9 @@ class CnnExtractor(Extractor):
             raise ValueError(f"decode_size must be in (0, 1], got {decode_size}")
         self.decode_size = float(decode_size)
         self.blurred_view = float(blurred_view)
-        self.prep = preprocess_for(backbone, self.image_size, augment, self.decode_size, self.blurred_view)
+        self.regions, self.region_size = int(regions), float(region_size)
+        self.prep = preprocess_for(backbone, self.image_size, augment, self.decode_size, self.blurred_view,
+                                   self.regions, self.region_size)
         self._model = None
 
     @property
@@ -736,7 +788,8 @@ class CnnExtractor(Extractor):
                 "runtime": self.runtime, "pooling": self.pooling,
                 "gem_p": self.gem_p if self.pooling == "gem" else None,
                 # Only when used, so that the caches and tables of before keep their keys.
-                **({"blurred_view": self.blurred_view} if self.blurred_view else {})}
+                **({"blurred_view": self.blurred_view} if self.blurred_view else {}),
+                **({"regions": self.regions, "region_size": self.region_size} if self.regions else {})}
 
     def _weights_identity(self):
         """"none", or the file that will be loaded with its size and time (a new file = a new cache entry)."""
@@ -813,28 +866,40 @@ class CnnExtractor(Extractor):
 
     def extract(self, paths: Sequence[Path], progress: bool = False) -> Extracted:
         background = self._background_paths() if self.whitening not in (None, "dataset") else None
-        rows, vectors, skipped = self.embed(paths, progress)
+        rows, vectors, regions, skipped = self.embed(paths, progress)
         if self.whitening is not None and len(vectors):
-            vectors = self._whitener(vectors, background, progress).apply(vectors)
-        return Extracted(Embeddings(vectors), rows, skipped)
+            whitener = self._whitener(vectors, background, progress)
+            vectors = whitener.apply(vectors)
+            if regions is not None:
+                regions = whitener.apply(regions.reshape(-1, regions.shape[2])).reshape(len(regions), self.regions, -1)
+        return Extracted(Embeddings(vectors, regions), rows, skipped)
 
-    def embed(self, paths: Sequence[Path], progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[Skipped]]:
-        """(rows of the readable images, their unwhitened unit vectors (R, D), skipped) in input order."""
+    def embed(self, paths: Sequence[Path], progress: bool = False):
+        """(rows of the readable images, their unwhitened unit vectors (R, D), their region views (R, regions,
+        D) or None without, skipped) in input order."""
         import torch
 
         model = self.model()
-        found_rows, found_vecs, skipped = [], [], []
+        found_rows, found_vecs, found_regions, skipped = [], [], [], []
         with torch.inference_mode():
             for rows, pixels, failed in _progress(self.loader(paths), progress, len(paths), self.batch_size):
                 skipped += [Skipped(str(paths[i]), reason) for i, reason in failed]
                 if pixels is None:
                     continue
                 found_rows.append(rows)
-                found_vecs.append(embed_batch(model, pixels, self.prep, self.device, self.half,
-                                              self.channels_last, self.augment == "mirror"))
+                vectors, regions = embed_batch(model, pixels, self.prep, self.device, self.half,
+                                               self.channels_last, self.augment == "mirror")
+                found_vecs.append(vectors)
+                found_regions.append(regions)
         if not found_rows:
-            return np.empty(0, np.int64), np.empty((0, self.dim()), np.float32), skipped
-        return np.concatenate(found_rows), l2_normalise(np.concatenate(found_vecs)), skipped
+            dim = self.dim()
+            return (np.empty(0, np.int64), np.empty((0, dim), np.float32),
+                    np.empty((0, self.regions, dim), np.float32) if self.regions else None, skipped)
+        regions = None
+        if self.regions:
+            regions = np.concatenate(found_regions)
+            regions = l2_normalise(regions.reshape(-1, regions.shape[2])).reshape(regions.shape)
+        return np.concatenate(found_rows), l2_normalise(np.concatenate(found_vecs)), regions, skipped
 
     def loader(self, paths: Sequence[Path]):
         """Batches decoded by `workers` processes, in input order (torch's DataLoader).
@@ -857,7 +922,8 @@ class CnnExtractor(Extractor):
 
         x = torch.zeros((1, 1, self.prep.crop, self.prep.crop, 3), dtype=torch.uint8)
         with torch.inference_mode():
-            return int(embed_batch(self.model(), x, self.prep, self.device, self.half, False, False).shape[1])
+            one_view = dataclasses.replace(self.prep, regions=0)
+            return int(embed_batch(self.model(), x, one_view, self.device, self.half, False, False)[0].shape[1])
 
     # -- whitening ---------------------------------------------------------------------------------------
 
@@ -865,7 +931,7 @@ class CnnExtractor(Extractor):
         """PCA whitening learnt on the dataset's own vectors or on the background folder's."""
         if background_paths is None:
             return fit_whitening(vectors, self.whiten_dim)
-        _, background, _ = self.embed(background_paths, progress)
+        _, background, _, _ = self.embed(background_paths, progress)
         if len(background) < 2:
             raise ValueError(f"whitening folder {self.whitening} holds {len(background)} readable images; "
                              f"PCA whitening needs at least 2")

@@ -97,8 +97,11 @@ def pair_evidence(pairs: FusedPairs, stages: Sequence, features: dict, link_min_
         elif (hasattr(feats, "vectors") or isinstance(feats, EmbeddingChunks)) and mine:
             a = np.array([position[int(pairs.a[k])] for k in mine])
             b = np.array([position[int(pairs.b[k])] for k in mine])
-            for k, record in zip(mine, cnn_evidence(getattr(feats, "vectors", feats), a, b)):
-                out[int(pairs.a[k]), int(pairs.b[k])]["cnn"] = {**record, "score": round(float(found[k]), 4)}
+            regions = getattr(feats, "regions", None)
+            windows = window_evidence(feats.vectors, regions, a, b) if regions is not None else [None] * len(a)
+            for k, record, window in zip(mine, cnn_evidence(getattr(feats, "vectors", feats), a, b), windows):
+                out[int(pairs.a[k]), int(pairs.b[k])]["cnn"] = {**record, **({"window": window} if window else {}),
+                                                                "score": round(float(found[k]), 4)}
     if link_min_score is not None:
         linked = [k for k in order if pairs.method[k] == LINKED]
         for k, chain in zip(linked, linked_chains(pairs, [(int(pairs.a[k]), int(pairs.b[k])) for k in linked],
@@ -169,6 +172,20 @@ def cnn_evidence(vectors, a: np.ndarray, b: np.ndarray) -> list[dict]:
             mine = sims[np.arange(len(block)), partner[s:s + step]]
             rank[s:s + step] = 1 + np.count_nonzero(sims > mine[:, None], axis=1)
     return _cnn_records(cos, rank_a, rank_b)
+
+
+def window_evidence(vectors: np.ndarray, regions: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[dict]:
+    """Per row pair: the best cosine of either image's vector with a region view of the other
+    (Embeddings.regions), whose window it is ("a" or "b") and which (0-based, along the long side)."""
+    v, w = np.asarray(vectors, np.float32), np.asarray(regions, np.float32)
+    a_in_b = np.einsum("nd,nrd->nr", v[a], w[b])
+    b_in_a = np.einsum("nd,nrd->nr", v[b], w[a])
+    out = []
+    for x, y in zip(a_in_b, b_in_a):
+        side, sims = ("b", x) if x.max() >= y.max() else ("a", y)
+        out.append({"cosine": round(float(sims.max()), 4), "of": side, "index": int(sims.argmax()),
+                    "count": len(sims)})
+    return out
 
 
 def _cnn_records(cos: np.ndarray, rank_a: np.ndarray, rank_b: np.ndarray) -> list[dict]:

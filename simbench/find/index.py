@@ -401,7 +401,7 @@ def _sources_problem(record: Any) -> str | None:
 
 
 #: The keys a per-image feature record of each kind may have (see _one).
-_FEATURE_KEYS = {"binary": {"words", "bits"}, "embedding": {"vector"},
+_FEATURE_KEYS = {"binary": {"words", "bits"}, "embedding": {"vector", "regions"},
                  "keypoints": {*PER_KEYPOINT, "image_size", "_type", "binary"}}
 
 
@@ -421,7 +421,11 @@ def _feature_problem(entry: dict, kind: str) -> str | None:
               and entry["words"].dtype == np.uint64 and len(entry["words"]) == (bits + 63) // 64)
         return None if ok else "not a binary code"
     if kind == "embedding":
-        return None if array("vector", 1, "f") else "not an embedding"
+        if not array("vector", 1, "f"):
+            return "not an embedding"
+        if "regions" in entry and not (array("regions", 2, "f") and entry["regions"].shape[1:] == entry["vector"].shape):
+            return "malformed region views"
+        return None
     if kind == "keypoints":
         if entry.get("_type") not in KEYPOINT_TYPES or not isinstance(entry.get("binary"), (bool, np.bool_)):
             return "unknown keypoint type"
@@ -489,7 +493,10 @@ def _one(features, r: int) -> dict:
         one["binary"] = features.binary
         return one
     if isinstance(features, Embeddings):
-        return {"vector": np.array(features.vectors[r])}
+        one = {"vector": np.array(features.vectors[r])}
+        if features.regions is not None:
+            one["regions"] = np.array(features.regions[r])
+        return one
     if isinstance(features, BinaryCodes):
         return {"words": np.array(features.words[r]), "bits": features.bits}
     raise TypeError(f"cannot store features of type {type(features).__name__}")
@@ -506,7 +513,9 @@ def join_features(records: Sequence[dict | None], template: str):
         return _join_keypoints(present), rows
     if template == "embedding":
         vectors = np.stack([r["vector"] for r in present]) if present else np.empty((0, 1), np.float32)
-        return Embeddings(np.ascontiguousarray(vectors, dtype=np.float32)), rows
+        regions = np.stack([r["regions"] for r in present]) if present and "regions" in present[0] else None
+        return Embeddings(np.ascontiguousarray(vectors, dtype=np.float32),
+                          None if regions is None else np.ascontiguousarray(regions, dtype=np.float32)), rows
     bits = present[0]["bits"] if present else 64
     words = np.stack([r["words"] for r in present]) if present else np.empty((0, (bits + 63) // 64), np.uint64)
     return BinaryCodes(words, bits), rows

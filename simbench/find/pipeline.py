@@ -286,7 +286,9 @@ def stage_features(stage: Stage, items: list[Item], source_digests: list[str], s
         from simbench.distributed.keypoints import load_keypoints
 
         return load_keypoints(cluster.client, stage, items, source_digests, store, exclude, feature_key(stage))
-    if cluster is not None and stage.extractor.kind == "embedding":
+    if cluster is not None and stage.extractor.kind == "embedding" and getattr(stage.extractor, "regions", 0):
+        log.warning("%s: region views have no task form: its embeddings are read into this process", stage.name)
+    elif cluster is not None and stage.extractor.kind == "embedding":
         from simbench.distributed.cnn import load_embeddings
 
         return load_embeddings(cluster.client, stage, items, source_digests, store, exclude, feature_key(stage))
@@ -387,9 +389,12 @@ def window_views(stage: Stage, features: dict, items: list[Item], windows: dict,
             return False
         got = stage.extractor.extract([p for _, p in crops], progress=False)
     vectors = np.array(feats.vectors, copy=True)
-    for row, vector in zip(np.asarray(got.rows).tolist(), got.features.vectors):
-        vectors[position[crops[row][0]]] = vector
-    features[stage.name] = (Embeddings(vectors), rows, reasons)
+    regions = None if feats.regions is None else np.array(feats.regions, copy=True)
+    for at, row in enumerate(np.asarray(got.rows).tolist()):
+        vectors[position[crops[row][0]]] = got.features.vectors[at]
+        if regions is not None:  # the window's regions too: the frame is no part of the picture
+            regions[position[crops[row][0]]] = got.features.regions[at]
+    features[stage.name] = (Embeddings(vectors, regions), rows, reasons)
     log.info("%s: %d pictures in shared frames compared by their windows", stage.name, len(got.rows))
     return len(got.rows) > 0
 

@@ -597,6 +597,11 @@ async function drawPair() {
   if (ev.cnn) {
     const nth = (r) => r === 1 ? "nearest neighbour" : `neighbour #${r}`;
     why.push(el("li", { text: `CNN: cosine ${ev.cnn.cosine.toFixed(3)} (calibrated score ${ev.cnn.score.toFixed(3)}); ${nameOf(b)} is ${nameOf(a)}'s ${nth(ev.cnn.rank_a)}, ${nameOf(a)} is ${nameOf(b)}'s ${nth(ev.cnn.rank_b)}.` }));
+    const w = ev.cnn.window;
+    if (w) {
+      const [whole, part] = w.of === "b" ? [a, b] : [b, a];
+      why.push(el("li", { text: `CNN, best window: ${nameOf(whole)} against window ${w.index + 1} of ${w.count} of ${nameOf(part)} (squares along its long side): cosine ${w.cosine.toFixed(3)}.` }));
+    }
   }
   if (ev.hash) why.push(el("li", { text: `Hash: the two ${ev.hash.bits}-bit codes differ in ${plural(ev.hash.distance, "bit")} (calibrated score ${ev.hash.score.toFixed(3)}).` }));
   if (ev.chain) {

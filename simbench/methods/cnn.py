@@ -52,6 +52,16 @@ centred on that one (see Centring). Fitted on annotated pairs
 split), for one extractor's settings: "auto" uses the shipped fit when it was made for this extractor's
 settings and says so when not.
 
+Region views (the extractor's `regions`: Embeddings.regions holds R windows of each picture, squares of
+part of its short side along its long side, each embedded on its own): a picture pasted into a collage, or
+a detail cropped from a picture, resembles a window of the other far more than the other's whole view. A
+pair's region cosine is the best cosine of either picture's vector with a window of the other (centred and
+whitened as the vectors are, not augmented), normalised as the cosines are, against each image's
+normalise_k-th best region cosine among the collection's pictures (its best region partners, searched by
+the matcher: each vector against every window) and the background pictures (their vectors against its
+windows). The pair's score is the higher of its whole-view score and that region score (extra["region"]);
+the best region partners of each image are candidates as its nearest others are.
+
 Database-side augmentation (augment_k = k; Arandjelović & Zisserman, CVPR 2012; Radenović, Tolias & Chum,
 TPAMI 2018 weight the neighbours by a power of their similarity, as here): after the whitening, each vector
 is replaced by itself plus its k nearest others, each weighted by max(cos, 0) ** augment_alpha, L2-normalised
@@ -131,6 +141,7 @@ class CnnMethod(Method):
         if self.augment_k < 0 or not self.augment_alpha >= 0:
             raise ValueError(f"augment_k and augment_alpha must be >= 0, got {augment_k}, {augment_alpha}")
         self._prepared_for: tuple | None = None  # (features, prepared(features))
+        self._regions: RegionViews | None = None  # of the features prepared last
 
     def vectors(self, features) -> np.ndarray:
         """The vectors the searches compare: the embeddings, centred when `centre` is set, copy-whitened
@@ -145,17 +156,45 @@ class CnnMethod(Method):
             return self._prepared_for[1]
         raw = as_vectors(features)
         total = embedding_sum(raw) if self.centre or self.copy_whitening is not None else None
-        v = centred(raw, total, len(raw), self.centre_prior, self.prior_mean) if self.centre else raw
-        if self.copy_whitening is not None:
-            v = self.copy_whitening.apply(v)
+        whitened = v = self.projected(raw, total, len(raw))
         if self.augment_k and len(v) > 1:
             v = augmented(v, *nearest_others(self.matcher, v, self.augment_k), self.augment_alpha)
-        result = v, background_topk(v, self.background_vectors(total, len(raw)), self.normalise_k)
+        background = self.background_vectors(total, len(raw))
+        result = v, background_topk(v, background, self.normalise_k)
+        regions = getattr(features, "regions", None)
+        self._regions = None if regions is None else self.region_views(whitened, regions, total, background)
         self._prepared_for = (features, result)
         return result
 
+    def projected(self, x: np.ndarray, total: np.ndarray | None, n_rows: int) -> np.ndarray:
+        """Embeddings (of the collection, or its region views) centred on the collection's mean (from its
+        embedding_sum `total` of n_rows rows) when `centre` is set, then copy-whitened when that is."""
+        x = centred(x, total, n_rows, self.centre_prior, self.prior_mean) if self.centre else as_vectors(x)
+        return self.copy_whitening.apply(x) if self.copy_whitening is not None else x
+
+    def region_views(self, vectors: np.ndarray, regions: np.ndarray, total, background) -> RegionViews:
+        """The region views prepared as the vectors are, each image's best region partners (by the matcher:
+        every vector against every window) and its normalise_k-th best region cosine, counting the
+        background pictures' (module docstring). vectors: prepared, not augmented."""
+        n, r = regions.shape[:2]
+        windows = self.projected(regions.reshape(n * r, -1), total, n).reshape(n, r, -1)
+        views = RegionViews(vectors, windows, np.zeros(n), np.full((n, 0), -1), np.zeros((n, 0), np.float32))
+        if n < 2:
+            return views
+        k = max(self.search_k, 1)
+        idx, _ = self.matcher.topk(vectors, windows.reshape(n * r, -1), min(r * (k + 1), n * r))
+        owner = np.where(idx >= 0, idx // r, -1)
+        mine = np.broadcast_to(np.arange(n)[:, None], owner.shape)
+        ok = (owner >= 0) & (owner != mine)
+        a, b, _ = unique_pairs([(mine[ok], owner[ok], np.zeros(int(ok.sum()), np.float32))], n)
+        views.partners, views.partner_sims = best_partners(a, b, views.cosines(a, b), n, k)
+        if self.normalise_k:
+            extra = region_background_topk(windows, background, self.normalise_k)
+            views.background = kth_similarity(views.partners, views.partner_sims, self.normalise_k, extra)
+        return views
+
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_prepared_for": None}  # a pickled method carries no collection
+        return {**self.__dict__, "_prepared_for": None, "_regions": None}  # a pickled method carries no collection
 
     @property
     def prior_mean(self) -> np.ndarray | None:
@@ -176,22 +215,29 @@ class CnnMethod(Method):
         v, background_sims = self.prepared(features)
         found = self.matcher.self_join(v, self.min_similarity) if self.min_similarity is not None else None
         others = nearest_others(self.matcher, v, self.search_k) if self.search_k and len(v) > 1 else None
-        return self.scored(len(v), found, others, background_sims)
+        regions, region_pairs = self._regions, None
+        if regions is not None and self.neighbours:
+            a, b, _ = neighbour_pairs(regions.partners[:, : self.neighbours], regions.partner_sims[:, : self.neighbours])
+            region_pairs = (a, b, pair_cosines(v, a, b))
+        return self.scored(len(v), found, others, background_sims, regions, region_pairs)
 
     @property
     def search_k(self) -> int:
         """The neighbours each image's search keeps: enough for the candidates and the background."""
         return max(self.neighbours, self.normalise_k)
 
-    def scored(self, n: int, found: Pairs | None, others: tuple | None,
-               background_sims: np.ndarray | None = None) -> ScoredPairs:
+    def scored(self, n: int, found: Pairs | None, others: tuple | None, background_sims: np.ndarray | None = None,
+               regions: RegionViews | None = None, region_pairs: tuple | None = None) -> ScoredPairs:
         """The pairs and scores of n images from the searches' results: the range pairs `found` (None: no
-        range search), each image's search_k nearest others (nearest_others; None: no k-NN search) and its
-        similarities to the background pictures (`prepared`; None: none).
+        range search), each image's search_k nearest others (nearest_others; None: no k-NN search), its
+        similarities to the background pictures (`prepared`; None: none), its region views (None: none) and
+        the pairs of its best region partners with their cosines (a, b, cos; None: none).
         What score_pairs gives; simbench.distributed.cnn runs the searches as tasks and calls this."""
         parts = [(found.a, found.b, found.dist)] if found is not None else []
         if self.neighbours and others is not None:
             parts.append(neighbour_pairs(others[0][:, : self.neighbours], others[1][:, : self.neighbours]))
+        if region_pairs is not None:
+            parts.append(region_pairs)
         a, b, cos = unique_pairs(parts, n)
 
         extra = {"comparisons": n * (n - 1) // 2, "cosine": cos.astype(np.float64),
@@ -203,6 +249,9 @@ class CnnMethod(Method):
             extra["margin"] = margin
         else:
             score = np.clip(cos.astype(np.float64), 0.0, 1.0)
+        if regions is not None:
+            extra["region"] = regions.scores(a, b, self)
+            score = np.maximum(score, extra["region"])
         stats = getattr(self.matcher, "last_stats", None)
         if stats:
             extra["lsh"] = dict(stats)
@@ -219,9 +268,10 @@ class CnnMethod(Method):
             return score_given_on_chunks(self, features, a, b)
         v, background_sims = self.prepared(features)
         normalised = self.normalise_k and len(v) >= 2
-        return self.given_scores(pair_cosines(v, a, b), a, b,
-                                 kth_similarity(*nearest_others(self.matcher, v, self.normalise_k), self.normalise_k,
-                                                background_sims) if normalised else None)
+        score = self.given_scores(pair_cosines(v, a, b), a, b,
+                                  kth_similarity(*nearest_others(self.matcher, v, self.normalise_k), self.normalise_k,
+                                                 background_sims) if normalised else None)
+        return score if self._regions is None else np.maximum(score, self._regions.scores(a, b, self))
 
     def given_scores(self, cos: np.ndarray, a: np.ndarray, b: np.ndarray, background: np.ndarray | None):
         """score_given from the pairs' cosines and each image's k-th neighbour similarity (None: not
@@ -279,6 +329,68 @@ def centred(vectors: np.ndarray, total: np.ndarray, n_rows: int, n_prior: float,
     x = np.asarray(vectors, np.float32) - mean
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Region views
+
+
+@dataclass
+class RegionViews:
+    """A collection's region views as CnnMethod compares them (module docstring): vectors (N, D) and windows
+    (N, R, D), prepared; background (N,): each image's normalise_k-th best region cosine; partners,
+    partner_sims (N, k): its best region partners, most similar first (-1 / -inf where it has fewer)."""
+
+    vectors: np.ndarray
+    windows: np.ndarray
+    background: np.ndarray
+    partners: np.ndarray
+    partner_sims: np.ndarray
+
+    def cosines(self, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 12) -> np.ndarray:
+        """Per pair, the best cosine of either image's vector with a window of the other, float64."""
+        out = np.empty(len(a), np.float64)
+        for s in range(0, len(a), chunk):
+            x, y = a[s : s + chunk], b[s : s + chunk]
+            out[s : s + chunk] = np.maximum(np.einsum("nd,nrd->nr", self.vectors[x], self.windows[y]).max(axis=1),
+                                            np.einsum("nd,nrd->nr", self.vectors[y], self.windows[x]).max(axis=1))
+        return out
+
+    def scores(self, a: np.ndarray, b: np.ndarray, method: CnnMethod) -> np.ndarray:
+        """The region score of each pair: its region cosine normalised as the method normalises cosines."""
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        cos = self.cosines(a, b)
+        if not method.normalise_k:
+            return np.clip(cos, 0.0, 1.0)
+        return normalised_scores(cos, self.background[a], self.background[b], method.beta)[1]
+
+
+def best_partners(a: np.ndarray, b: np.ndarray, sim: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each of n rows' k best partners among the pairs (a, b) with similarity sim, most similar first (ties
+    to the lower row): (indices (n, k), -1 where fewer; similarities (n, k) float32, -inf there)."""
+    row, other = np.concatenate([a, b]).astype(np.int64), np.concatenate([b, a]).astype(np.int64)
+    value = np.concatenate([sim, sim]).astype(np.float32)
+    order = np.lexsort((other, -value, row))
+    row, other, value = row[order], other[order], value[order]
+    rank = np.arange(len(row)) - np.searchsorted(row, row)
+    keep = rank < k
+    idx, out = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
+    idx[row[keep], rank[keep]], out[row[keep], rank[keep]] = other[keep], value[keep]
+    return idx, out
+
+
+def region_background_topk(windows: np.ndarray, background: np.ndarray | None, k: int,
+                           chunk: int = 1024) -> np.ndarray | None:
+    """Each image's min(k, B) highest cosines of a background picture's vector with one of its windows,
+    most similar first, float32 (N, <= k); None without a background."""
+    if background is None:
+        return None
+    k = min(int(k), len(background))
+    out = np.zeros((len(windows), max(k, 0)), np.float32)
+    for s in range(0, len(windows) if k else 0, chunk):
+        sims = np.einsum("nrd,md->nrm", windows[s : s + chunk], np.asarray(background, np.float32)).max(axis=1)
+        out[s : s + chunk] = -np.sort(-sims, axis=1)[:, :k]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -372,6 +484,10 @@ def fit_copy_whitening(collections: list[tuple[np.ndarray, np.ndarray]], rank: i
                          None if background is None else np.asarray(background, np.float32))
 
 
+#: The extractor settings of its region views (CnnExtractor `regions`).
+REGION_SETTINGS = frozenset({"regions", "region_size"})
+
+
 def vector_settings(extractor) -> dict:
     """The extractor settings that change its vectors (not where or how fast it runs; not the weights
     file's path and time): what a copy whitening must have been fitted for."""
@@ -379,7 +495,8 @@ def vector_settings(extractor) -> dict:
     from simbench.find.calibration import NOT_SIGNAL
 
     params = extractor.params() if hasattr(extractor, "params") else {}
-    return {k: v for k, v in sorted(params.items()) if k not in NOT_SIGNAL and k != "weights"}
+    # Region views leave the vectors as they are (Embeddings.regions holds them apart).
+    return {k: v for k, v in sorted(params.items()) if k not in NOT_SIGNAL | REGION_SETTINGS and k != "weights"}
 
 
 def whitening_for(spec, extractor) -> CopyWhitening | None:
