@@ -390,10 +390,12 @@ def load_views(path: str | Path, prep: Preprocess) -> np.ndarray:
         if prep.blurred_view > 0:
             out[len(boxes) + v] = np.asarray(view.filter(ImageFilter.GaussianBlur(prep.blurred_view)))
     if prep.regions:
-        # A window is region_size of the short side: decoded as much larger, apart, so that the averaged
-        # views (and the vector) are those of an extractor without regions.
+        # A window is region_size of the short side, so it needs a larger decode than the views above; a JPEG
+        # whose draft decoding went below that is decoded again, apart, so that the averaged views (and the
+        # vector) stay those of an extractor without regions. Otherwise the same draft scale serves both.
         target = max(1, int(np.ceil(prep.resize / prep.region_size * prep.decode_size)))
-        im = open_image(path, draft=(target, target), mode="RGB")
+        if min(im.size) < target:
+            im = open_image(path, draft=(target, target), mode="RGB")
         for v, box in enumerate(region_boxes(im.size, prep.regions, prep.region_size, prep.crop / prep.resize)):
             out[prep.n_views + v] = np.asarray(im.resize((prep.crop, prep.crop), prep.resample, box=box))
     return out
