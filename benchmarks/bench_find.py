@@ -514,7 +514,7 @@ def tables_for_half(work: Path, name: str, overrides: list[str], extra: list[str
     of the calibration in use (overrides' calibration=FILE, else the shipped one) whose settings are the
     find defaults', keyed instead by the settings of the half's stages. `calibrate` fits them on the halves
     run exactly so; a find run would otherwise find no table for the half's whitening and run uncalibrated."""
-    from simbench.find.calibration import Calibration, Fusion, load_calibrations, load_fusions, settings_key
+    from simbench.find.calibration import load_calibrations, load_fusions, rekeyed, settings_key
 
     given = [o.split("=", 1)[1] for o in overrides if o.startswith("calibration=")]
     source = given[-1] if given else CALIBRATION_FILE
@@ -525,11 +525,8 @@ def tables_for_half(work: Path, name: str, overrides: list[str], extra: list[str
     shipped = cascade.build_stages(cascade.make_config("cascade", overrides), calibrations={}, quiet=True)
     half = cascade.build_stages(cascade.make_config("cascade", [*overrides, *extra]), calibrations={}, quiet=True)
     rekey = {settings_key(a.settings): b.settings for a, b in zip(shipped, half)}
-    moved = [Calibration(t.raw, t.precision, t.signal, rekey[k], t.note, t.pairs, t.true)
-             for k, t in tables.items() if k in rekey]
+    moved, fitted = rekeyed(tables, fusions, rekey)
     kept = [t for k, t in tables.items() if k not in rekey]  # stages the whitening does not touch (hash)
-    fitted = [Fusion(f.stages, [settings_key(rekey[k]) for k in f.keys], f.intercept, f.found_weight, f.weight,
-                     f.transform, f.note) for f in fusions if all(k in rekey for k in f.keys)]
     path = work / f"calibration-{name}.json"
     save_calibrations(moved + kept, path, f"{source} re-keyed for {name} ({', '.join(extra)})", fitted)
     return path

@@ -76,10 +76,11 @@ outputs in DIR:
 
 methods:
   cascade (default)  identical image data, then BRISK keypoints spread over the picture (and of its mirror
-                     image) verified by a RANSAC fit, with content shared by many pictures discounted,
-                     then EfficientNet-Lite0 GeM features (of the picture and of it blurred), centred,
-                     whitened against what edits change (learned on our tuning set) and pulled toward
-                     their nearest neighbours, scored against each image's 10th neighbour; pairs of
+                     image; half of them on the picture smoothed) verified by a RANSAC fit, with content
+                     shared by many pictures discounted, then EfficientNet-Lite0 GeM features (of the
+                     picture and of it blurred), centred, whitened against what edits change (learned on
+                     our tuning set) and pulled toward their nearest neighbours, scored against each
+                     image's 10th neighbour, also through three windows of each picture; pairs of
                      different pictures inside one frame that three or more share (a screenshot template)
                      dropped, each such picture embedded by its window; every pair scored by both, fused
                      by a logistic model fitted on our tuning set, and linked
@@ -123,8 +124,8 @@ def find_parser():
                         help="score at and above which a pair is a duplicate (groups.json; where the report's "
                              "slider starts); default 0.95. Scores are calibrated to estimate precision on our "
                              "tuning collections; on collections never tuned on, at 0.95 the default measured "
-                             "precision 0.98 on real photographs, 0.99 on line art and 1.00 on yearbook PDFs "
-                             "with a shared logo, at recall 0.78, 0.24 and 0.56 (results/find.md). Fit your "
+                             "precision 1.00 on real photographs, 1.00 on line art and 0.95 on yearbook PDFs "
+                             "with a shared logo, at recall 0.81, 0.47 and 0.72 (results/find.md). Fit your "
                              "own with `simbench calibrate`")
     parser.add_argument("--index", metavar="DIR", default=None,
                         help="keep features here, keyed by file content, so that a later run extracts only "

@@ -12,8 +12,8 @@ from PIL import Image
 
 from simbench.cli import find_main, main as cli_main
 from simbench.find import cascade
-from simbench.find.calibration import (Calibration, fit_calibration, load_calibrations, save_calibrations,
-                                       settings_key)
+from simbench.find.calibration import (Calibration, Fusion, fit_calibration, load_calibrations, rekeyed,
+                                       save_calibrations, settings_key)
 from simbench.types import ScoredPairs
 
 
@@ -62,6 +62,23 @@ def test_tables_round_trip_through_json(tmp_path):
     got = back[t.key]
     assert got.signal == "inliers" and np.all(np.diff(got.precision) > 0)  # the repeated 0.2 became a step
     assert np.allclose(got(np.array([1.5, 3.0, 9.0])), t(np.array([1.5, 3.0, 9.0])), atol=1e-6)
+
+
+def test_rekeyed_tables_and_fusions_carry_the_new_settings_and_nothing_else():
+    old = {name: {"stage": name, "v": 1} for name in ("kp", "cnn", "hash")}
+    tables = {settings_key(s): Calibration(np.array([0.0, 1.0]), np.array([0.1, 0.9]), "score", s, "n", 7, 3)
+              for s in old.values()}
+    both = Fusion(["kp", "cnn"], [settings_key(old["kp"]), settings_key(old["cnn"])], -1.0, {"kp": 0.5, "cnn": 0.0},
+                  {"kp": 1.0, "cnn": 2.0}, {"kp": "log1p", "cnn": "identity"})
+    with_hash = Fusion(["hash"], [settings_key(old["hash"])], 0.0, {"hash": 0.0}, {"hash": 1.0}, {"hash": "identity"})
+    new = {settings_key(old[n]): {"stage": n, "v": 2} for n in ("kp", "cnn")}  # hash not moved
+    moved, fitted = rekeyed(tables, [both, with_hash], new)
+    assert sorted(t.settings["stage"] for t in moved) == ["cnn", "kp"] and all(t.settings["v"] == 2 for t in moved)
+    kp = next(t for t in moved if t.settings["stage"] == "kp")
+    assert (kp.pairs, kp.true, kp.note) == (7, 3, "n") and np.array_equal(kp.raw, tables[settings_key(old["kp"])].raw)
+    assert len(fitted) == 1
+    assert fitted[0].keys == [settings_key({"stage": "kp", "v": 2}), settings_key({"stage": "cnn", "v": 2})]
+    assert (fitted[0].intercept, fitted[0].weight) == (both.intercept, both.weight)
 
 
 def test_linking_never_pushes_a_chain_through_a_weak_pair_over_the_threshold():

@@ -162,17 +162,13 @@ def _tables_without_regions(path):
     """A calibration file: the shipped tables and fusions, keyed by the stages' settings with
     cnn.extractor.regions=0."""
     from simbench.find import cascade
-    from simbench.find.calibration import Calibration, Fusion, load_calibrations, load_fusions, save_calibrations
-    from simbench.find.calibration import settings_key
+    from simbench.find.calibration import load_calibrations, load_fusions, rekeyed, save_calibrations, settings_key
 
     default = cascade.build_stages(cascade.make_config("cascade"), calibrations={}, quiet=True)
     plain = cascade.build_stages(cascade.make_config("cascade", ["cnn.extractor.regions=0"]), calibrations={},
                                  quiet=True)
     rekey = {settings_key(a.settings): b.settings for a, b in zip(default, plain)}
-    tables = [Calibration(t.raw, t.precision, t.signal, rekey[k], t.note, t.pairs, t.true)
-              for k, t in load_calibrations().items() if k in rekey]
-    fusions = [Fusion(f.stages, [settings_key(rekey[k]) for k in f.keys], f.intercept, f.found_weight, f.weight,
-                      f.transform, f.note) for f in load_fusions() if all(k in rekey for k in f.keys)]
+    tables, fusions = rekeyed(load_calibrations(), load_fusions(), rekey)
     assert len(tables) == 2 and len(fusions) == 1
     save_calibrations(tables, path, "shipped, re-keyed for cnn.extractor.regions=0", fusions)
     return path

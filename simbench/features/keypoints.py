@@ -15,6 +15,10 @@ scale), and its keypoints are mapped back to pixel coordinates of the original i
 Which max_features keypoints are kept: the strongest by detector response, or (spread="grid") an even share
 per cell of a grid over the picture (see `spread_over_grid`), so that a high-contrast overlay (a screenshot
 frame's text, a caption, stripes, a logo) cannot take the whole budget from the picture around or inside it.
+
+Where (coarse_share) part of the budget goes: keypoints of the picture smoothed by a Gaussian (a coarser
+scale of it, Lindeberg 1994). Thin strokes (line art, engravings, hatching) give corners whose position and
+descriptor change with the copy's scale, blur and compression; the smoothed strokes' corners survive them.
 """
 from __future__ import annotations
 
@@ -84,6 +88,8 @@ class _Config:
     mirror: bool
     adaptive: bool = True
     spread: str | None = None
+    coarse_share: float = 0.0
+    coarse_sigma: float = 2.0
 
 
 class KeypointExtractor(Extractor):
@@ -116,8 +122,13 @@ class KeypointExtractor(Extractor):
         the same frame match through it. Pictures with at most max_features keypoints keep them all,
         as without. Costs detection time, as the ladder goes lower: 1.4x the extraction time on the
         development set's tuning photos and line art, 2x on textured 1024 px wallpapers.
+    coarse_share: the share of max_features detected and described on the picture smoothed by a Gaussian
+        of coarse_sigma pixels at working scale (its own threshold ladder and spread); the rest on the
+        picture as it is. Rows of both scales are appended per image. Line art's copies that change its
+        scale (crops, downscales, pastes, scans) are verified far more often (results/find.md); the
+        detection runs twice.
     mirror: also describe the horizontally mirrored image, at the image's own keypoints reflected (no
-        second detection), appended after the plain rows of the same image (flag in
+        second detection), appended after the image's rows at the same scale (flag in
         `KeypointSets.mirrored`), so that mirrored copies match. Doubles the rows, and the descriptor
         pairs about fourfold.
     workers: processes; 0 = one per core, 1 = in this process.
@@ -127,13 +138,16 @@ class KeypointExtractor(Extractor):
 
     def __init__(self, detector: str = "brisk", max_features: int = 500, max_size: int = 640,
                  threshold: float | None = None, mirror: bool = False, adaptive: bool = True,
-                 spread: str | None = None, workers: int = 0):
+                 spread: str | None = None, coarse_share: float = 0.0, coarse_sigma: float = 2.0,
+                 workers: int = 0):
         if detector not in DESCRIPTOR_SHAPE:
             raise ValueError(f"unknown detector {detector!r}; choose one of {sorted(DESCRIPTOR_SHAPE)}")
         if spread is not None and spread not in SPREADS:
             raise ValueError(f"unknown spread {spread!r}; choose None or one of {list(SPREADS)}")
         if max_features < 1 or max_size < 16:
             raise ValueError("max_features must be >= 1 and max_size >= 16")
+        if not 0.0 <= coarse_share <= 1.0 or coarse_sigma <= 0:
+            raise ValueError("coarse_share must be in [0, 1] and coarse_sigma > 0")
         self.detector = detector
         self.max_features = int(max_features)
         self.max_size = int(max_size)
@@ -141,6 +155,8 @@ class KeypointExtractor(Extractor):
         self.mirror = bool(mirror)
         self.adaptive = bool(adaptive)
         self.spread = spread
+        self.coarse_share = float(coarse_share)
+        self.coarse_sigma = float(coarse_sigma)
         self.workers = int(workers)
 
     @property
@@ -148,13 +164,16 @@ class KeypointExtractor(Extractor):
         return DESCRIPTOR_SHAPE[self.detector][1]
 
     def params(self) -> dict:
-        """The settings that change the features. `spread` only when set: without it the features are
-        as before, so caches, indexes and calibration tables keyed on these settings stay valid."""
+        """The settings that change the features. `spread` and the coarse scale only when set: without
+        them the features are as before, so caches, indexes and calibration tables keyed on these settings
+        stay valid."""
         params = {"detector": self.detector, "max_features": self.max_features, "max_size": self.max_size,
                   "threshold": self.threshold, "mirror": self.mirror, "adaptive": self.adaptive,
                   "version": VERSION}
         if self.spread is not None:
             params["spread"] = self.spread
+        if self.coarse_share > 0:
+            params.update(coarse_share=self.coarse_share, coarse_sigma=self.coarse_sigma)
         return params
 
     @property
@@ -163,7 +182,7 @@ class KeypointExtractor(Extractor):
 
     def extract(self, paths: Sequence[Path], progress: bool = False) -> Extracted:
         config = _Config(self.detector, self.max_features, self.max_size, self.threshold, self.mirror,
-                         self.adaptive, self.spread)
+                         self.adaptive, self.spread, self.coarse_share, self.coarse_sigma)
         results = _map_images(paths, config, self.workers, progress)
         return _collect(paths, results, config)
 
@@ -254,22 +273,33 @@ def _collect(paths: Sequence[Path], results: list, config: _Config) -> Extracted
 def extract_image(path: str | Path, config: _Config) -> dict:
     """Keypoints of one image file in original pixel coordinates (raises UnreadableImage)."""
     gray, original_size = decode_gray(path, config.max_size)
-    candidates = config.max_features * (SPREAD_CANDIDATES if config.spread else 1)  # ORB and SIFT cap theirs
-    detectors = [make_detector(config.detector, candidates, t) for t in threshold_ladder(config)]
     scale = (original_size[0] / gray.shape[1], original_size[1] / gray.shape[0])
-    keypoints = find_keypoints(detectors, gray, config.max_features, config.spread)
-    parts = [describe(detectors[0], gray, keypoints, mirrored=False)]
-    if config.mirror:
-        # Features of the mirror image, so a flipped copy's features match these rows. Its keypoints are
-        # this image's reflected (what a detector finds on a flip, up to its own repeatability), which
-        # saves a second detection: most of the extraction's cost. (Spread or not: the same selection.)
-        parts.append(describe(detectors[0], np.ascontiguousarray(gray[:, ::-1]),
-                              reflect(keypoints, gray.shape[1]), mirrored=True))
+    parts = []
+    for sigma, budget in scale_budgets(config):
+        image = cv2.GaussianBlur(gray, (0, 0), sigma) if sigma else gray
+        candidates = budget * (SPREAD_CANDIDATES if config.spread else 1)  # ORB and SIFT cap theirs
+        detectors = [make_detector(config.detector, candidates, t) for t in threshold_ladder(config)]
+        keypoints = find_keypoints(detectors, image, budget, config.spread)
+        parts.append(describe(detectors[0], image, keypoints, mirrored=False))
+        if config.mirror:
+            # Features of the mirror image, so a flipped copy's features match these rows. Its keypoints
+            # are this image's reflected (what a detector finds on a flip, up to its own repeatability),
+            # which saves a second detection: most of the extraction's cost. (Spread or not: the same.)
+            parts.append(describe(detectors[0], np.ascontiguousarray(image[:, ::-1]),
+                                  reflect(keypoints, image.shape[1]), mirrored=True))
     out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     out["points"] = to_original_pixels(out["points"], scale)
     out["sizes"] = out["sizes"] * np.float32((scale[0] + scale[1]) / 2)
     out["image_size"] = original_size
     return out
+
+
+def scale_budgets(config: _Config) -> list[tuple[float, int]]:
+    """[(Gaussian sigma at working scale, 0 = none; keypoints to keep there)]: the picture as it is, and
+    (coarse_share) the picture smoothed."""
+    coarse = round(config.max_features * config.coarse_share)
+    budgets = [(0.0, config.max_features - coarse), (config.coarse_sigma, coarse)]
+    return [(sigma, n) for sigma, n in budgets if n > 0]
 
 
 def threshold_ladder(config: _Config) -> list[float | None]:

@@ -136,6 +136,19 @@ def _read(path: str | Path) -> dict:
         return {}
 
 
+def rekeyed(tables: dict[str, Calibration], fusions: list["Fusion"],
+            settings: dict[str, dict]) -> tuple[list[Calibration], list["Fusion"]]:
+    """The tables and fusions of the settings keys that `settings` maps (settings key -> the stage settings
+    to key them by instead), keyed by those; the others left out. For runs under settings a table stands in
+    for: a tuning half run with its own copy whitening (which `calibrate` fitted the tables on), a test's
+    CNN stage without region views."""
+    moved = [Calibration(t.raw, t.precision, t.signal, settings[k], t.note, t.pairs, t.true)
+             for k, t in tables.items() if k in settings]
+    fitted = [Fusion(f.stages, [settings_key(settings[k]) for k in f.keys], f.intercept, f.found_weight, f.weight,
+                     f.transform, f.note) for f in fusions if all(k in settings for k in f.keys)]
+    return moved, fitted
+
+
 def save_calibrations(tables: list[Calibration], path: str | Path, about: str,
                       fusions: list["Fusion"] = ()) -> None:
     from simbench.cache import atomic_write_bytes

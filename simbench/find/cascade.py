@@ -5,7 +5,8 @@ The default ("cascade", chosen by the measurements in results/find.md):
 1. identical: images with the same pixel data (same file bytes, or the same embedded PDF image drawn
    twice) pair up at score 1: certain, and free;
 2. keypoints: BRISK descriptors of the image and of its mirror image (so flips match), spread over the
-   picture, candidate pairs from multi-index hashing of the descriptors (cheap: only images sharing close
+   picture, half of them found on the picture smoothed (thin strokes that a copy's rescaling moves),
+   candidate pairs from multi-index hashing of the descriptors (cheap: only images sharing close
    descriptors are ever looked at), each candidate verified by a RANSAC similarity fit (Fischler & Bolles
    1981); the evidence discounts content shared by many pictures (burstiness) and matches that cover
    little of either picture (simbench.methods.keypoints);
