@@ -47,7 +47,7 @@ def test_coarse_rows_are_the_smoothed_pictures_own_keypoints(line_art_copies, tm
     """Oracle: the rows of each scale equal what the extractor without a coarse share gives, with that
     scale's budget, on the picture as it is and on the picture smoothed beforehand (saved losslessly)."""
     path = line_art_copies[0][1]  # a copy smaller than the working scale: decoded at its own size
-    both = KeypointExtractor(**{**BRISK, "max_features": 300}, coarse_share=0.4, coarse_sigma=2.0).extract([path])
+    both = KeypointExtractor(**BRISK, coarse_share=0.4, coarse_sigma=2.0).extract([path])  # 180 + 120 keypoints
     gray, _ = decode_gray(path, BRISK["max_size"])
     smoothed = tmp_path / "smoothed.png"
     Image.fromarray(cv2.GaussianBlur(gray, (0, 0), 2.0)).save(smoothed)
