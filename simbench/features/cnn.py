@@ -876,34 +876,35 @@ class CnnExtractor(Extractor):
                 regions = whitener.apply(regions.reshape(-1, regions.shape[2])).reshape(len(regions), self.regions, -1)
         return Extracted(Embeddings(vectors, regions), rows, skipped)
 
-    def embed(self, paths: Sequence[Path], progress: bool = False):
+    def embed(self, paths: Sequence[Path], progress: bool = False, prep: Preprocess | None = None):
         """(rows of the readable images, their unwhitened unit vectors (R, D), their region views (R, regions,
-        D) or None without, skipped) in input order."""
+        D) or None without, skipped) in input order. prep: the views to embed (default self.prep)."""
         import torch
 
+        prep = prep or self.prep
         model = self.model()
         found_rows, found_vecs, found_regions, skipped = [], [], [], []
         with torch.inference_mode():
-            for rows, pixels, failed in _progress(self.loader(paths), progress, len(paths), self.batch_size):
+            for rows, pixels, failed in _progress(self.loader(paths, prep), progress, len(paths), self.batch_size):
                 skipped += [Skipped(str(paths[i]), reason) for i, reason in failed]
                 if pixels is None:
                     continue
                 found_rows.append(rows)
-                vectors, regions = embed_batch(model, pixels, self.prep, self.device, self.half,
+                vectors, regions = embed_batch(model, pixels, prep, self.device, self.half,
                                                self.channels_last, self.augment == "mirror")
                 found_vecs.append(vectors)
                 found_regions.append(regions)
         if not found_rows:
             dim = self.dim()
             return (np.empty(0, np.int64), np.empty((0, dim), np.float32),
-                    np.empty((0, self.regions, dim), np.float32) if self.regions else None, skipped)
+                    np.empty((0, prep.regions, dim), np.float32) if prep.regions else None, skipped)
         regions = None
-        if self.regions:
+        if prep.regions:
             regions = np.concatenate(found_regions)
             regions = l2_normalise(regions.reshape(-1, regions.shape[2])).reshape(regions.shape)
         return np.concatenate(found_rows), l2_normalise(np.concatenate(found_vecs)), regions, skipped
 
-    def loader(self, paths: Sequence[Path]):
+    def loader(self, paths: Sequence[Path], prep: Preprocess | None = None):
         """Batches decoded by `workers` processes, in input order (torch's DataLoader).
 
         Workers start from a fork server, not by forking this process: once ONNX Runtime's or torch's
@@ -911,7 +912,7 @@ class CnnExtractor(Extractor):
         (seen: `simbench find` run twice in one process)."""
         from torch.utils.data import DataLoader
 
-        return DataLoader(ImageViews(paths, self.prep), batch_size=self.batch_size, shuffle=False,
+        return DataLoader(ImageViews(paths, prep or self.prep), batch_size=self.batch_size, shuffle=False,
                           num_workers=self.workers, collate_fn=collate_views,
                           pin_memory=self.device.startswith("cuda"),
                           prefetch_factor=4 if self.workers else None,
@@ -933,7 +934,8 @@ class CnnExtractor(Extractor):
         """PCA whitening learnt on the dataset's own vectors or on the background folder's."""
         if background_paths is None:
             return fit_whitening(vectors, self.whiten_dim)
-        _, background, _, _ = self.embed(background_paths, progress)
+        # The background's vectors only: its region views would be embedded for nothing.
+        _, background, _, _ = self.embed(background_paths, progress, dataclasses.replace(self.prep, regions=0))
         if len(background) < 2:
             raise ValueError(f"whitening folder {self.whitening} holds {len(background)} readable images; "
                              f"PCA whitening needs at least 2")

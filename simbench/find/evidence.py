@@ -48,6 +48,7 @@ from simbench.distributed.cnn import EmbeddingChunks, chunk_pair_cosines, neighb
 from simbench.find.cascade import LINKED, FusedPairs, spanning_merges
 from simbench.find.index import _one, join_features
 from simbench.match.exact import ExactMatcher
+from simbench.methods.cnn import window_cosines
 from simbench.methods.keypoints import between_images
 from simbench.types import BinaryCodes, KeypointSets
 
@@ -177,9 +178,7 @@ def cnn_evidence(vectors, a: np.ndarray, b: np.ndarray) -> list[dict]:
 def window_evidence(vectors: np.ndarray, regions: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[dict]:
     """Per row pair: the best cosine of either image's vector with a region view of the other
     (Embeddings.regions), whose window it is ("a" or "b") and which (0-based, along the long side)."""
-    v, w = np.asarray(vectors, np.float32), np.asarray(regions, np.float32)
-    a_in_b = np.einsum("nd,nrd->nr", v[a], w[b])
-    b_in_a = np.einsum("nd,nrd->nr", v[b], w[a])
+    a_in_b, b_in_a = window_cosines(np.asarray(vectors, np.float32), np.asarray(regions, np.float32), a, b)
     out = []
     for x, y in zip(a_in_b, b_in_a):
         side, sims = ("b", x) if x.max() >= y.max() else ("a", y)

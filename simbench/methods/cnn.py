@@ -351,9 +351,8 @@ class RegionViews:
         """Per pair, the best cosine of either image's vector with a window of the other, float64."""
         out = np.empty(len(a), np.float64)
         for s in range(0, len(a), chunk):
-            x, y = a[s : s + chunk], b[s : s + chunk]
-            out[s : s + chunk] = np.maximum(np.einsum("nd,nrd->nr", self.vectors[x], self.windows[y]).max(axis=1),
-                                            np.einsum("nd,nrd->nr", self.vectors[y], self.windows[x]).max(axis=1))
+            a_in_b, b_in_a = window_cosines(self.vectors, self.windows, a[s : s + chunk], b[s : s + chunk])
+            out[s : s + chunk] = np.maximum(a_in_b.max(axis=1), b_in_a.max(axis=1))
         return out
 
     def scores(self, a: np.ndarray, b: np.ndarray, method: CnnMethod) -> np.ndarray:
@@ -363,6 +362,12 @@ class RegionViews:
         if not method.normalise_k:
             return np.clip(cos, 0.0, 1.0)
         return normalised_scores(cos, self.background[a], self.background[b], method.beta)[1]
+
+
+def window_cosines(vectors: np.ndarray, windows: np.ndarray, a: np.ndarray, b: np.ndarray):
+    """For pairs of rows (a, b): the cosines of a's vector with each of b's windows, and of b's vector with
+    each of a's, (len(a), R) each."""
+    return np.einsum("nd,nrd->nr", vectors[a], windows[b]), np.einsum("nd,nrd->nr", vectors[b], windows[a])
 
 
 def best_partners(a: np.ndarray, b: np.ndarray, sim: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
