@@ -3,9 +3,12 @@ survived, finished chunks not redone, the runner's metrics unchanged, clear erro
 cannot start.
 
 One cluster serves the module (reached with --scheduler); the runner test starts its own (cluster=local).
+Tests that kill workers get a cluster of their own with a worker to spare for each kill, so neither they
+nor the tests after them wait on a nanny's restart.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -25,6 +28,9 @@ from simbench.cli import find_main
 
 
 FILES_PER_TASK = 4
+# Room above what a worker process holds idle once it has run this module's tasks (torch, OpenCV, the CNN):
+# a worker pauses at 80% of its limit, and at 1.5 GiB both paused with nothing left to run.
+WORKER_MEMORY_GIB = 3
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +46,29 @@ def images(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A LocalCluster of 2 single-threaded worker processes with a small memory limit, and a Client."""
+@contextlib.contextmanager
+def local_cluster(n_workers: int):
+    """A LocalCluster of single-threaded worker processes, and a Client."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="1.5GiB",
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                      memory_limit=f"{WORKER_MEMORY_GIB}GiB",
                       dashboard_address=":0") as local, Client(local) as client:
         yield local, client
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with local_cluster(2) as both:
+        yield both
+
+
+@pytest.fixture
+def doomed_cluster():
+    """For a test that kills workers: its own cluster of 3, so two kills still leave one working whether
+    or not the nannies' new workers arrive."""
+    with local_cluster(3) as both:
+        yield both
 
 
 def run_find(images: Path, out: Path, method: str, *extra: str) -> str:
@@ -148,9 +169,9 @@ def stored_sources(index: Path) -> list[Path]:
     return sorted(index.glob("sources/*/*.json"))
 
 
-def test_a_killed_worker_is_survived_and_stored_chunks_are_not_redone(images, cluster, tmp_path_factory,
+def test_a_killed_worker_is_survived_and_stored_chunks_are_not_redone(images, doomed_cluster, tmp_path_factory,
                                                                       tmp_path, capsys):
-    local, client = cluster
+    local, client = doomed_cluster
     expected = in_process(images, tmp_path_factory, "keypoints")
     index = tmp_path / "index"
     n_tasks = -(-36 // 2)
@@ -172,7 +193,6 @@ def test_a_killed_worker_is_survived_and_stored_chunks_are_not_redone(images, cl
     killer.join()
     assert 0 < killed["done_before"] < n_tasks  # the kill came mid-extraction
     assert found == expected
-    client.wait_for_workers(2, timeout=300)  # the nanny's new worker, for the tests after this one
 
     # A re-run finds every chunk stored: nothing read again, no task submitted.
     capsys.readouterr()
@@ -275,7 +295,8 @@ def kill_own_worker_once(function, marker: Path):
     return once
 
 
-def test_workers_killed_while_matching_are_survived(images, cluster, tmp_path_factory, tmp_path, monkeypatch):
+def test_workers_killed_while_matching_are_survived(images, doomed_cluster, tmp_path_factory, tmp_path,
+                                                    monkeypatch):
     """find --method keypoints on the cluster, where the first descriptor-join task (matching) kills its
     own worker, and later the first RANSAC batch (verification) kills its own: each time what that worker
     held (chunks read from the index, join outputs, pair partitions, df) is lost and computed again, and
@@ -283,20 +304,19 @@ def test_workers_killed_while_matching_are_survived(images, cluster, tmp_path_fa
     from simbench.distributed import keypoints as dk
     from simbench.find.outputs import read_pair_evidence
 
-    local, client = cluster
+    local, client = doomed_cluster
     expected = in_process(images, tmp_path_factory, "keypoints")
     markers = {task: tmp_path / f"killed-in{task}" for task in ("_join_between", "_verify_batch")}
     workers = set(client.run(os.getpid).values())
     for task, marker in markers.items():
         monkeypatch.setattr(dk, task, kill_own_worker_once(getattr(dk, task), marker))
-    monkeypatch.setattr(dk, "task_budget", lambda client: 2 << 20)  # chunks of a few images on both workers
+    monkeypatch.setattr(dk, "task_budget", lambda client: 2 << 20)  # chunks of a few images on every worker
     found = run_find(images, tmp_path / "out", "keypoints", "--scheduler", local.scheduler_address,
                      f"cluster.files_per_task={FILES_PER_TASK}")
     killed = [int(m.read_text()) for m in markers.values()]  # each marker: written by the task that killed
     assert found == expected
     mine, theirs = (read_pair_evidence(d / "evidence.npz") for d in (tmp_path / "out", _in_process["keypoints"]))
     assert mine and mine == theirs
-    client.wait_for_workers(2, timeout=300)  # the nanny's new worker, for the tests after this one
     assert killed[0] in workers and not set(killed) & set(client.run(os.getpid).values())
 
 
@@ -386,7 +406,7 @@ def test_task_sizes_ask_the_scheduler_for_the_workers(cluster, monkeypatch):
     _, client = cluster
     monkeypatch.setattr(client, "scheduler_info", lambda *args, **kwargs: {"workers": {}})  # the refreshed cache
     assert len(dm._workers(client)) == 2
-    assert dm.task_budget(client) == int(1.5 * 2**30 * dm.TASK_SHARE)  # one thread per 1.5 GiB worker
+    assert dm.task_budget(client) == int(WORKER_MEMORY_GIB * 2**30 * dm.TASK_SHARE)  # one thread per worker
 
 
 def _run_runner(tmp_path, name: str, overrides: list[str]):
@@ -424,14 +444,14 @@ def _spy_on_gather(monkeypatch) -> dict:
     return got
 
 
-def test_runner_keypoints_are_read_by_the_workers_from_the_store(cluster, tmp_path, monkeypatch):
+def test_runner_keypoints_are_read_by_the_workers_from_the_store(doomed_cluster, tmp_path, monkeypatch):
     """python -m simbench method=keypoints on the cluster: extraction tasks write the features to a store
     and the workers read them back for matching (scatter_keypoints is not used, the client receives no
     descriptors), a worker killed in a descriptor-join task is survived, and result.json's metrics and
     skipped inputs and pairs.npz equal the in-process run's; a second run reads the stored features."""
     from simbench.distributed import keypoints as dk
 
-    local, client = cluster
+    local, _ = doomed_cluster
     settings = ["method=keypoints", "method.verify=true"]
     alone, alone_pairs = _run_runner(tmp_path, "alone", settings)
     assert alone["method_stats"]["verified"] > 0  # RANSAC ran on the workers too
@@ -441,7 +461,7 @@ def test_runner_keypoints_are_read_by_the_workers_from_the_store(cluster, tmp_pa
         raise AssertionError("the runner sent features from the client")
 
     monkeypatch.setattr(dk, "scatter_keypoints", no_scatter)
-    monkeypatch.setattr(dk, "task_budget", lambda client: 2 << 20)  # chunks of a few images on both workers
+    monkeypatch.setattr(dk, "task_budget", lambda client: 2 << 20)  # chunks of a few images on every worker
     monkeypatch.setattr(dk, "_join_between", kill_own_worker_once(dk._join_between, tmp_path / "killed"))
     on_cluster = ["cluster=local", f"cluster.scheduler={local.scheduler_address}", "cluster.files_per_task=4"]
     for name in ("dask", "dask-again"):
@@ -451,7 +471,6 @@ def test_runner_keypoints_are_read_by_the_workers_from_the_store(cluster, tmp_pa
         assert result["metrics"] == alone["metrics"] and result["skipped"] == alone["skipped"]
         assert result["method_stats"]["verified"] == alone["method_stats"]["verified"]
     assert (tmp_path / "killed").exists() and got["images"] == got["rows"] == 0
-    client.wait_for_workers(2, timeout=300)  # the nanny's new worker, for the tests after this one
 
 
 def _close(got, want) -> bool:
