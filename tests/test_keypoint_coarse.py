@@ -43,21 +43,26 @@ def line_art_copies(tmp_path_factory):
     return paths, np.repeat(np.arange(len(PHOTOS)), 2)
 
 
-def test_coarse_rows_are_the_smoothed_pictures_own_keypoints(line_art_copies, tmp_path):
+@pytest.mark.parametrize("coarse_sigma, budgets", [
+    (2.0, [(0, 180), (2.0, 120)]),
+    ([2.0, 4.0], [(0, 180), (2.0, 60), (4.0, 60)]),  # the coarse share split evenly among the sigmas
+])
+def test_coarse_rows_are_the_smoothed_pictures_own_keypoints(line_art_copies, tmp_path, coarse_sigma, budgets):
     """Oracle: the rows of each scale equal what the extractor without a coarse share gives, with that
     scale's budget, on the picture as it is and on the picture smoothed beforehand (saved losslessly)."""
     path = line_art_copies[0][1]  # a copy smaller than the working scale: decoded at its own size
-    both = KeypointExtractor(**BRISK, coarse_share=0.4, coarse_sigma=2.0).extract([path])  # 180 + 120 keypoints
+    got = KeypointExtractor(**BRISK, coarse_share=0.4, coarse_sigma=coarse_sigma).extract([path]).features
     gray, _ = decode_gray(path, BRISK["max_size"])
-    smoothed = tmp_path / "smoothed.png"
-    Image.fromarray(cv2.GaussianBlur(gray, (0, 0), 2.0)).save(smoothed)
-    plain = KeypointExtractor(**{**BRISK, "max_features": 180}).extract([path]).features
-    coarse = KeypointExtractor(**{**BRISK, "max_features": 120}).extract([smoothed]).features
-    got = both.features
-    n_plain = len(plain.descriptors)
-    assert 0 < n_plain < len(got.descriptors) == n_plain + len(coarse.descriptors)
+    scales = []
+    for sigma, budget in budgets:
+        picture = path
+        if sigma:
+            picture = tmp_path / f"smoothed-{sigma}.png"
+            Image.fromarray(cv2.GaussianBlur(gray, (0, 0), sigma)).save(picture)
+        scales.append(KeypointExtractor(**{**BRISK, "max_features": budget}).extract([picture]).features)
+    assert all(len(scale.descriptors) for scale in scales)
     for field in ("descriptors", "points", "angles", "responses", "mirrored"):
-        want = np.concatenate([getattr(plain, field), getattr(coarse, field)])
+        want = np.concatenate([getattr(scale, field) for scale in scales])
         np.testing.assert_array_equal(getattr(got, field), want, err_msg=field)
 
 
@@ -83,6 +88,9 @@ def test_params_and_validation():
     plain, coarse = KeypointExtractor("brisk"), KeypointExtractor("brisk", coarse_share=0.5)
     assert "coarse_share" not in plain.params()  # unchanged features keep their caches and calibration tables
     assert coarse.params() == {**plain.params(), "coarse_share": 0.5, "coarse_sigma": 2.0}
-    for bad in ({"coarse_share": 1.5}, {"coarse_share": -0.1}, {"coarse_sigma": 0.0}):
+    two = KeypointExtractor("brisk", coarse_share=0.5, coarse_sigma=[2, 4])
+    assert two.params() == {**plain.params(), "coarse_share": 0.5, "coarse_sigma": [2.0, 4.0]}
+    for bad in ({"coarse_share": 1.5}, {"coarse_share": -0.1}, {"coarse_sigma": 0.0}, {"coarse_sigma": []},
+                {"coarse_sigma": [2.0, -1.0]}):
         with pytest.raises(ValueError):
             KeypointExtractor("brisk", **bad)

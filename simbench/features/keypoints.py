@@ -89,7 +89,7 @@ class _Config:
     adaptive: bool = True
     spread: str | None = None
     coarse_share: float = 0.0
-    coarse_sigma: float = 2.0
+    coarse_sigma: tuple[float, ...] = (2.0,)
 
 
 class KeypointExtractor(Extractor):
@@ -124,9 +124,10 @@ class KeypointExtractor(Extractor):
         development set's tuning photos and line art, 2x on textured 1024 px wallpapers.
     coarse_share: the share of max_features detected and described on the picture smoothed by a Gaussian
         of coarse_sigma pixels at working scale (its own threshold ladder and spread); the rest on the
-        picture as it is. Rows of both scales are appended per image. Line art's copies that change its
-        scale (crops, downscales, pastes, scans) are verified far more often (results/find.md); the
-        detection runs twice.
+        picture as it is. coarse_sigma may list several sigmas: the share is split evenly among them.
+        Rows of every scale are appended per image. Line art's copies that change its scale (crops,
+        downscales, pastes, scans) are verified far more often (results/find.md); each coarse sigma costs
+        one more detection.
     mirror: also describe the horizontally mirrored image, at the image's own keypoints reflected (no
         second detection), appended after the image's rows at the same scale (flag in
         `KeypointSets.mirrored`), so that mirrored copies match. Doubles the rows, and the descriptor
@@ -138,16 +139,19 @@ class KeypointExtractor(Extractor):
 
     def __init__(self, detector: str = "brisk", max_features: int = 500, max_size: int = 640,
                  threshold: float | None = None, mirror: bool = False, adaptive: bool = True,
-                 spread: str | None = None, coarse_share: float = 0.0, coarse_sigma: float = 2.0,
-                 workers: int = 0):
+                 spread: str | None = None, coarse_share: float = 0.0,
+                 coarse_sigma: float | Sequence[float] = 2.0, workers: int = 0):
         if detector not in DESCRIPTOR_SHAPE:
             raise ValueError(f"unknown detector {detector!r}; choose one of {sorted(DESCRIPTOR_SHAPE)}")
         if spread is not None and spread not in SPREADS:
             raise ValueError(f"unknown spread {spread!r}; choose None or one of {list(SPREADS)}")
         if max_features < 1 or max_size < 16:
             raise ValueError("max_features must be >= 1 and max_size >= 16")
-        if not 0.0 <= coarse_share <= 1.0 or coarse_sigma <= 0:
-            raise ValueError("coarse_share must be in [0, 1] and coarse_sigma > 0")
+        if isinstance(coarse_sigma, str) or not isinstance(coarse_sigma, Sequence):
+            coarse_sigma = [coarse_sigma]
+        sigmas = tuple(float(s) for s in coarse_sigma)
+        if not 0.0 <= coarse_share <= 1.0 or not sigmas or min(sigmas) <= 0:
+            raise ValueError("coarse_share must be in [0, 1] and coarse_sigma one or more sigmas > 0")
         self.detector = detector
         self.max_features = int(max_features)
         self.max_size = int(max_size)
@@ -156,7 +160,7 @@ class KeypointExtractor(Extractor):
         self.adaptive = bool(adaptive)
         self.spread = spread
         self.coarse_share = float(coarse_share)
-        self.coarse_sigma = float(coarse_sigma)
+        self.coarse_sigma = sigmas
         self.workers = int(workers)
 
     @property
@@ -172,8 +176,9 @@ class KeypointExtractor(Extractor):
                   "version": VERSION}
         if self.spread is not None:
             params["spread"] = self.spread
-        if self.coarse_share > 0:
-            params.update(coarse_share=self.coarse_share, coarse_sigma=self.coarse_sigma)
+        if self.coarse_share > 0:  # one sigma as a number, as before lists were taken
+            sigmas = self.coarse_sigma
+            params.update(coarse_share=self.coarse_share, coarse_sigma=sigmas[0] if len(sigmas) == 1 else list(sigmas))
         return params
 
     @property
@@ -296,9 +301,11 @@ def extract_image(path: str | Path, config: _Config) -> dict:
 
 def scale_budgets(config: _Config) -> list[tuple[float, int]]:
     """[(Gaussian sigma at working scale, 0 = none; keypoints to keep there)]: the picture as it is, and
-    (coarse_share) the picture smoothed."""
+    (coarse_share, split evenly, any remainder to the finest) the picture smoothed at each coarse sigma."""
     coarse = round(config.max_features * config.coarse_share)
-    budgets = [(0.0, config.max_features - coarse), (config.coarse_sigma, coarse)]
+    each, extra = divmod(coarse, len(config.coarse_sigma))
+    budgets = [(0.0, config.max_features - coarse)] + [
+        (sigma, each + (k < extra)) for k, sigma in enumerate(config.coarse_sigma)]
     return [(sigma, n) for sigma, n in budgets if n > 0]
 
 
