@@ -1,4 +1,4 @@
-"""simbench on a Dask LocalCluster (2 worker processes): the same pairs as in-process, a killed worker
+"""simbench on a Dask LocalCluster (2 or 3 worker processes): the same pairs as in-process, a killed worker
 survived, finished chunks not redone, the runner's metrics unchanged, clear errors for clusters that
 cannot start.
 
@@ -59,16 +59,17 @@ def local_cluster(n_workers: int):
 
 @pytest.fixture(scope="module")
 def cluster():
-    with local_cluster(2) as both:
-        yield both
+    """The module's cluster of 2 workers."""
+    with local_cluster(2) as cluster_and_client:
+        yield cluster_and_client
 
 
 @pytest.fixture
 def doomed_cluster():
     """For a test that kills workers: its own cluster of 3, so two kills still leave one working whether
     or not the nannies' new workers arrive."""
-    with local_cluster(3) as both:
-        yield both
+    with local_cluster(3) as cluster_and_client:
+        yield cluster_and_client
 
 
 def run_find(images: Path, out: Path, method: str, *extra: str) -> str:
