@@ -180,9 +180,10 @@ def two_fold_table(data: list[Embedded], mean: np.ndarray, stage, setting: str, 
     normalised scores over all pairs of the other half: micro-AP and recall at P0.9."""
     table = []
     for fold in (0, 1):
-        train = [(v[keep], renumbered(p, keep)) for _, v, p, _, _ in data for keep in [fold_rows(len(v), p, fold)]]
+        train = [(d.vectors[keep], renumbered(d.pairs, keep)) for d in data
+                 for keep in [fold_rows(len(d.vectors), d.pairs, fold)]]
         fits = {r: fit_copy_whitening(train, r, mean, {}) for r in dict.fromkeys(r for _, r, _ in variants if r)}
-        for tag, v, p, _, _ in data:
+        for tag, v, p in ((d.tag, d.vectors, d.pairs) for d in data):
             keep = fold_rows(len(v), p, 1 - fold)
             for label, r, post in variants:
                 x = fits[r].apply(v[keep]) if r else v[keep]
