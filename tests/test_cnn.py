@@ -388,6 +388,32 @@ def test_blurred_view_averages_the_picture_and_its_blurred_copy(photo_files):
         tiny(blurred_view=-1)
 
 
+def test_blurred_inset_cuts_the_blurred_copy_from_the_inner_box(photo_files, tmp_path):
+    """Oracle: with blurred_inset, the sharp view is as before and the blurred one is PIL's resize of the
+    centre box less that share of its side on every side, blurred; pictures keep nearly their vector."""
+    from PIL import Image, ImageFilter
+
+    from simbench.features.cnn import centre_box, load_views
+
+    image = Image.open(photo_files["coffee"]).convert("RGB")
+    path = tmp_path / "coffee.png"  # no JPEG draft decoding: the oracle resizes the same pixels
+    image.save(path)
+    plain, inset = tiny(blurred_view=2.0), tiny(blurred_view=2.0, blurred_inset=0.1)
+    got, before = load_views(path, inset.prep), load_views(path, plain.prep)
+    np.testing.assert_array_equal(got[0], before[0])
+    x0, y0, x1, y1 = centre_box(image.size, inset.prep.crop / inset.prep.resize)
+    d = 0.1 * (x1 - x0)
+    inner = image.resize((inset.prep.crop,) * 2, inset.prep.resample, box=(x0 + d, y0 + d, x1 - d, y1 - d))
+    np.testing.assert_array_equal(got[1], np.asarray(inner.filter(ImageFilter.GaussianBlur(2.0))))
+    a, b = (e.extract([path]).features.vectors[0] for e in (inset, plain))
+    assert 0.8 < float(a @ b) < 0.99999
+    assert inset.params()["blurred_inset"] == 0.1 and "blurred_inset" not in plain.params()  # old keys kept
+    for bad in ({"blurred_view": 2.0, "blurred_inset": 0.5}, {"blurred_view": 2.0, "blurred_inset": -0.1},
+                {"blurred_inset": 0.1}):
+        with pytest.raises(ValueError, match="blurred_inset"):
+            tiny(**bad)
+
+
 def test_pca_whitening_decorrelates():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((500, 8)) @ rng.standard_normal((8, 8)) + 3.0

@@ -29,9 +29,9 @@ def test_runner_groups_choose_the_stages_settings():
     cfg, runner = cascade.make_config("cascade", groups), runner_config(groups)
     # find's changes: spread, half the budget on the smoothed picture
     assert cfg.keypoints.extractor == {**runner.detector, "spread": "grid", "coarse_share": 0.5, "coarse_sigma": 2.0}
-    # find's changes: GeM, the blurred view, the region views
-    assert cfg.cnn.extractor == {**runner.backbone, "pooling": "gem", "blurred_view": 1.5, "regions": 3,
-                                 "region_size": 0.6}
+    # find's changes: GeM, the blurred view (cut from the inner box), the region views
+    assert cfg.cnn.extractor == {**runner.backbone, "pooling": "gem", "blurred_view": 1.5, "blurred_inset": 0.08,
+                                 "regions": 3, "region_size": 0.6}
     assert cfg.keypoints.matcher == cfg.cnn.matcher == cfg.hash.matcher == runner.matcher
     stage, = cascade.build_stages(cascade.make_config("keypoints", groups), calibrations={}, quiet=True)
     assert stage.settings["extractor_params"]["detector"] == "orb"

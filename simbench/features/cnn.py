@@ -104,7 +104,8 @@ class Preprocess:
     """What the weights expect: short side scaled to `resize`, centre `crop` x `crop`, then (x - mean) / std
     in 0..255 units. `views`: "centre" or "multicrop" (centre + four corners). decode_size: JPEG draft
     decoding keeps the short side >= decode_size x the resize target. blurred_view > 0: each view also
-    blurred (Gaussian, this radius in network pixels), appended after the views. regions > 0: that many
+    blurred (Gaussian, this radius in network pixels), appended after the views, cut from the view's box less
+    blurred_inset of its side on every side. regions > 0: that many
     region views appended after those (`region_boxes`), each embedded on its own. Picklable for workers."""
 
     resize: int
@@ -117,6 +118,7 @@ class Preprocess:
     blurred_view: float = 0.0
     regions: int = 0
     region_size: float = 0.6
+    blurred_inset: float = 0.0
 
     @property
     def n_views(self) -> int:
@@ -179,7 +181,8 @@ def resolve_weights(backbone: str, weights: str) -> Path | None:
 
 
 def preprocess_for(backbone: str, image_size: int, augment: str | None, decode_size: float = 1.0,
-                   blurred_view: float = 0.0, regions: int = 0, region_size: float = 0.6):
+                   blurred_view: float = 0.0, regions: int = 0, region_size: float = 0.6,
+                   blurred_inset: float = 0.0):
     """The preprocessing the weights define, scaled to `image_size` (the crop side)."""
     if backbone == LITE0:
         resize, crop, mean, std = 256, 224, LITE_MEAN, LITE_STD
@@ -193,7 +196,7 @@ def preprocess_for(backbone: str, image_size: int, augment: str | None, decode_s
     resize = int(round(image_size * resize / crop))
     views = "multicrop" if augment == "multicrop" else "centre"
     return Preprocess(resize, int(image_size), mean, std, int(resample), views, float(decode_size),
-                      float(blurred_view), int(regions), float(region_size))
+                      float(blurred_view), int(regions), float(region_size), float(blurred_inset))
 
 
 def build_backbone(backbone: str, weights_file: Path | None, image_size: int, pooling: str = "avg",
@@ -388,6 +391,8 @@ def load_views(path: str | Path, prep: Preprocess) -> np.ndarray:
         view = im.resize((prep.crop, prep.crop), prep.resample, box=box)
         out[v] = np.asarray(view)
         if prep.blurred_view > 0:
+            if prep.blurred_inset:
+                view = im.resize((prep.crop, prep.crop), prep.resample, box=inset_box(box, prep.blurred_inset))
             out[len(boxes) + v] = np.asarray(view.filter(ImageFilter.GaussianBlur(prep.blurred_view)))
     if prep.regions:
         # A window is region_size of the short side, so it needs a larger decode than the views above; a JPEG
@@ -399,6 +404,13 @@ def load_views(path: str | Path, prep: Preprocess) -> np.ndarray:
         for v, box in enumerate(region_boxes(im.size, prep.regions, prep.region_size, prep.crop / prep.resize)):
             out[prep.n_views + v] = np.asarray(im.resize((prep.crop, prep.crop), prep.resample, box=box))
     return out
+
+
+def inset_box(box: tuple[float, float, float, float], share: float) -> tuple[float, float, float, float]:
+    """The box less `share` of its width and height on every side."""
+    x0, y0, x1, y1 = box
+    dx, dy = share * (x1 - x0), share * (y1 - y0)
+    return (x0 + dx, y0 + dy, x1 - dx, y1 - dy)
 
 
 def centre_box(size: tuple[int, int], fraction: float) -> tuple[float, float, float, float]:
@@ -720,6 +732,10 @@ class CnnExtractor(Extractor):
         blurred, and the two averaged (test-time augmentation). The embedding then depends less on fine
         detail that copies lose to JPEG, downscaling, scanning or blur, and that line drawings are made of
         (`simbench find` uses 1.5, chosen on the tuning split: results/find.md). Twice the CNN's cost.
+    blurred_inset: with blurred_view, the blurred copy of each view is cut from the view's box less this
+        share of its side on every side (0 <= share < 0.5). A border, frame or template burned around every
+        picture of a collection (a yearbook's school frame, a scanner's margin) then weighs less in each
+        vector, while pictures without one change little (`simbench find` uses 0.08: results/find.md).
     regions: 0 (off), or how many region views of each picture are embedded besides its vector, each on its
         own (no blurred copy): squares of region_size of the short side along the long side
         (`region_boxes`), kept in Embeddings.regions. CnnMethod compares each picture's vector with the
@@ -734,7 +750,7 @@ class CnnExtractor(Extractor):
                  channels_last: bool = False, whitening: str | None = None, whiten_dim: int | None = None,
                  augment: str | None = None, image_size: int = 224, decode_size: float = 1.0,
                  runtime: str = "onnx", pooling: str = "avg", gem_p: float = 3.0, blurred_view: float = 0.0,
-                 regions: int = 0, region_size: float = 0.6):
+                 regions: int = 0, region_size: float = 0.6, blurred_inset: float = 0.0):
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
         if augment not in AUGMENTS:
@@ -745,6 +761,8 @@ class CnnExtractor(Extractor):
             raise ValueError(f"gem_p must be > 0, got {gem_p}")
         if float(blurred_view) < 0:
             raise ValueError(f"blurred_view must be >= 0, got {blurred_view}")
+        if not 0 <= float(blurred_inset) < 0.5 or (float(blurred_inset) and not float(blurred_view)):
+            raise ValueError(f"blurred_inset must be in [0, 0.5) and needs blurred_view > 0, got {blurred_inset}")
         if int(regions) < 0 or not 0 < float(region_size) <= 1:
             raise ValueError(f"regions must be >= 0 and region_size in (0, 1], got {regions}, {region_size}")
         if int(regions) and augment is not None:
@@ -772,9 +790,10 @@ class CnnExtractor(Extractor):
             raise ValueError(f"decode_size must be in (0, 1], got {decode_size}")
         self.decode_size = float(decode_size)
         self.blurred_view = float(blurred_view)
+        self.blurred_inset = float(blurred_inset)
         self.regions, self.region_size = int(regions), float(region_size)
         self.prep = preprocess_for(backbone, self.image_size, augment, self.decode_size, self.blurred_view,
-                                   self.regions, self.region_size)
+                                   self.regions, self.region_size, self.blurred_inset)
         self._model = None
 
     @property
@@ -791,6 +810,7 @@ class CnnExtractor(Extractor):
                 "gem_p": self.gem_p if self.pooling == "gem" else None,
                 # Only when used, so that the caches and tables of before keep their keys.
                 **({"blurred_view": self.blurred_view} if self.blurred_view else {}),
+                **({"blurred_inset": self.blurred_inset} if self.blurred_inset else {}),
                 **({"regions": self.regions, "region_size": self.region_size} if self.regions else {})}
 
     def _weights_identity(self):
