@@ -183,12 +183,12 @@ def two_fold_table(data: list[Embedded], mean: np.ndarray, stage, setting: str, 
         train = [(d.vectors[keep], renumbered(d.pairs, keep)) for d in data
                  for keep in [fold_rows(len(d.vectors), d.pairs, fold)]]
         fits = {r: fit_copy_whitening(train, r, mean, {}) for r in dict.fromkeys(r for _, r, _ in variants if r)}
-        for tag, v, p in ((d.tag, d.vectors, d.pairs) for d in data):
-            keep = fold_rows(len(v), p, 1 - fold)
+        for d in data:
+            keep = fold_rows(len(d.vectors), d.pairs, 1 - fold)
             for label, r, post in variants:
-                x = fits[r].apply(v[keep]) if r else v[keep]
-                uap, r90 = all_pairs_metrics(post(x) if post else x, renumbered(p, keep), stage.method)
-                table.append({"fold": fold, setting: label, "collection": tag, "uap": uap, "recall_at_p90": r90})
+                x = fits[r].apply(d.vectors[keep]) if r else d.vectors[keep]
+                uap, r90 = all_pairs_metrics(post(x) if post else x, renumbered(d.pairs, keep), stage.method)
+                table.append({"fold": fold, setting: label, "collection": d.tag, "uap": uap, "recall_at_p90": r90})
                 print(_row_text(table[-1]), flush=True)
     print(fold_table(table, setting))
     return table

@@ -78,12 +78,13 @@ methods:
   cascade (default)  identical image data, then BRISK keypoints spread over the picture (and of its mirror
                      image; half of them on the picture smoothed) verified by a RANSAC fit, with content
                      shared by many pictures discounted, then EfficientNet-Lite0 GeM features (of the
-                     picture and of it blurred), centred, whitened against what edits change (learned on
-                     our tuning set) and pulled toward their nearest neighbours, scored against each
-                     image's 10th neighbour, also through three windows of each picture; pairs of
-                     different pictures inside one frame that three or more share (a screenshot template)
-                     dropped, each such picture embedded by its window; every pair scored by both, fused
-                     by a logistic model fitted on our tuning set, and linked
+                     picture and of it blurred, cut from inside its border), centred, whitened against
+                     what edits change (learned on our tuning set) and pulled toward their nearest
+                     neighbours, scored against each image's 10th neighbour, also through three windows
+                     of each picture; pairs of different pictures inside one frame that three or more
+                     share (a screenshot template) dropped, each such picture embedded by its window;
+                     every pair scored by both, fused by a logistic model fitted on our tuning set, and
+                     linked
                      (without PyTorch, the cnn extra: keypoints is the default, and find says so)
   keypoints          identical data + verified keypoints only (no CNN, no PyTorch)
   cnn                identical data + CNN embeddings only
