@@ -81,21 +81,23 @@ def test_rekeyed_tables_and_fusions_carry_the_new_settings_and_nothing_else():
     assert (fitted[0].intercept, fitted[0].weight) == (both.intercept, both.weight)
 
 
-def test_linking_never_pushes_a_chain_through_a_weak_pair_over_the_threshold():
+@pytest.mark.parametrize("rule, within", [("weakest", 0.98), ("product", 0.99 * 0.98)])
+def test_linking_never_pushes_a_chain_through_a_weak_pair_over_the_threshold(rule, within):
     # Two groups of real copies (0,1,2) and (3,4), joined by one weak pair (2,3).
     evidence = {"keypoints": ScoredPairs(np.array([0, 1, 3, 2]), np.array([1, 2, 4, 3]),
                                          np.array([0.99, 0.98, 0.99, 0.6]))}
     fused = cascade.fuse(5, evidence)
-    linked = cascade.link(fused, 5, floor=0.5, max_group=10)
+    linked = cascade.link(fused, 5, floor=0.5, max_group=10, rule=rule)
     scores = {(int(a), int(b)): float(s) for a, b, s in zip(linked.a, linked.b, linked.score)}
-    assert scores[(0, 2)] == pytest.approx(0.99 * 0.98)  # within a group: linked
+    assert scores[(0, 2)] == pytest.approx(within)  # within a group: linked
     cross = [s for (a, b), s in scores.items() if (a < 3) != (b < 3)]
     assert len(cross) == 6 and max(cross) <= 0.6  # never above the weakest pair of the chain
     assert all(s <= 0.6 for (a, b), s in scores.items() if (a, b) != (2, 3) and (a < 3) != (b < 3))
 
 
+@pytest.mark.parametrize("rule", cascade.LINK_SCORES)
 @pytest.mark.parametrize("seed", range(3))
-def test_a_lower_linking_floor_only_reorders_the_pairs_below_the_higher_one(seed):
+def test_a_lower_linking_floor_only_reorders_the_pairs_below_the_higher_one(seed, rule):
     """conf/find.yaml's promise: what scores >= a floor is the same with any lower floor (a chain is never
     stronger than its weakest pair), on random pairs of 40 items, with and without a group cap."""
     rng = np.random.default_rng(seed)
@@ -108,10 +110,37 @@ def test_a_lower_linking_floor_only_reorders_the_pairs_below_the_higher_one(seed
         return {(int(x), int(y)): float(s) for x, y, s in zip(p.a, p.b, p.score) if s >= 0.9}
 
     for max_group in (200, 6):
-        high = cascade.link(cascade.fuse(n, evidence), n, floor=0.9, max_group=max_group)
-        low = cascade.link(cascade.fuse(n, evidence), n, floor=0.5, max_group=max_group)
+        high = cascade.link(cascade.fuse(n, evidence), n, floor=0.9, max_group=max_group, rule=rule)
+        low = cascade.link(cascade.fuse(n, evidence), n, floor=0.5, max_group=max_group, rule=rule)
         assert above(low) == above(high) and len(above(high)) > pick.sum() * 0.1
         assert len(low.a) > len(high.a)  # the lower floor did link more, below 0.9
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_weakest_link_scores_a_pair_at_least_a_threshold_exactly_when_groups_join_it(seed):
+    """link_score=weakest against its definition: for every threshold t >= the floor, a pair scores >= t
+    after linking exactly when its two images are in one connected component of the direct pairs >= t
+    (outputs.union_find_groups, as groups.json is made), on random pairs of 40 items."""
+    from simbench.find import outputs
+
+    rng = np.random.default_rng(seed)
+    n = 40
+    a, b = np.triu_indices(n, 1)
+    pick = rng.random(len(a)) < 0.06
+    evidence = {"keypoints": ScoredPairs(a[pick], b[pick], rng.uniform(0.3, 1.0, int(pick.sum())))}
+    fused = cascade.fuse(n, evidence)
+    linked = cascade.link(fused, n, floor=0.5, max_group=n, rule="weakest")
+    scores = {(int(x), int(y)): float(s) for x, y, s in zip(linked.a, linked.b, linked.score)}
+    for t in (0.5, 0.6, 0.75, 0.9, 0.97):
+        keep = fused.score >= t
+        component = {}
+        for k, members in enumerate(outputs.union_find_groups(n, fused.a[keep], fused.b[keep])):
+            component.update({m: k for m in members})
+        joined = {(x, y) for x in range(n) for y in range(x + 1, n)
+                  if x in component and component.get(y) == component[x]}
+        assert {p for p, s in scores.items() if s >= t} == joined
+        if t == 0.5:
+            assert len(joined) > keep.sum()  # linking did add pairs
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -118,14 +118,15 @@ def test_cnn_ranks_match_a_full_sort():
         assert got[k]["cosine"] == pytest.approx(float(sims[x, y]), abs=1e-4)
 
 
-def test_linked_chains_multiply_to_the_linked_score():
+@pytest.mark.parametrize("rule", cascade.LINK_SCORES)
+def test_linked_chains_give_the_linked_score(rule):
     rng = np.random.default_rng(7)
     n = 40
     a, b = rng.integers(0, n, 120), rng.integers(0, n, 120)
     keep = a != b
     pairs = cascade.fuse(n, {"keypoints": cascade.ScoredPairs(np.minimum(a, b)[keep], np.maximum(a, b)[keep],
                                                               rng.uniform(0.6, 1.0, keep.sum()))})
-    linked = cascade.link(pairs, n, floor=0.8, max_group=100)
+    linked = cascade.link(pairs, n, floor=0.8, max_group=100, rule=rule)
     rows = np.flatnonzero(linked.method == cascade.LINKED)
     assert len(rows) > 20
     wanted = [(int(linked.a[k]), int(linked.b[k])) for k in rows]
@@ -135,7 +136,8 @@ def test_linked_chains_multiply_to_the_linked_score():
         assert chain and chain[0][0] == linked.a[k] and chain[-1][1] == linked.b[k]
         assert all(chain[i][1] == chain[i + 1][0] for i in range(len(chain) - 1))
         assert all(min(x, y) != max(x, y) and (min(x, y), max(x, y)) in direct for x, y, _, _ in chain)
-        assert np.prod([s for _, _, s, _ in chain]) == pytest.approx(linked.score[k], rel=1e-5)
+        along = [s for _, _, s, _ in chain]
+        assert (np.prod(along) if rule == "product" else min(along)) == pytest.approx(linked.score[k], rel=1e-5)
 
 
 def test_pairs_beyond_the_limit_get_no_record():

@@ -388,23 +388,24 @@ def synthetic_result(n_groups: int, seed: int = 0, evidence: bool = False):
     return result
 
 
-def write_synthetic(path: Path, result) -> None:
+def write_synthetic(path: Path, result, **settings) -> None:
     from omegaconf import OmegaConf
 
     from simbench.find.report import write_report
 
-    cfg = OmegaConf.create({"method": "cascade", "threshold": 0.5, "min_score": 0.1})
+    cfg = OmegaConf.create({"method": "cascade", "threshold": 0.5, "min_score": 0.1, **settings})
     stages = [type("S", (), {"name": "keypoints"})(), type("S", (), {"name": "cnn"})()]
     write_report(path, result, cfg, stages)
 
 
 def test_linked_chain_cnn_ranks_and_hash_distance_are_shown(browser, tmp_path):
-    write_synthetic(tmp_path / "report.html", synthetic_result(3, evidence=True))
+    write_synthetic(tmp_path / "report.html", synthetic_result(3, evidence=True), link_score="weakest")
     page, _, errors = open_report(browser, tmp_path / "report.html")
     page.evaluate("() => openPair(0, view.groups[0].pairs.findIndex(([p]) => METHODS[p[3]] === 'linked'))")
     page.wait_for_function("document.querySelector('#why').textContent.includes('Linked')")
     assert page.locator("#why .chain img").count() == 3  # a -> b -> c
     assert "0.990 keypoints" in page.inner_text("#why .chain")
+    assert "(score = its weakest pair)" in page.inner_text("#why")  # as link_score says
     page.evaluate("() => openPair(0, view.groups[0].pairs.findIndex(([p]) => p[6] && p[6].cnn))")
     page.wait_for_function("document.querySelector('#why').textContent.includes('CNN')")
     text = page.inner_text("#why")

@@ -19,9 +19,10 @@ The default ("cascade", chosen by the measurements in results/find.md):
 5. fusion: every pair found by any stage is also scored by the CNN, and a logistic model over both
    stages' signals, fitted with the tables, gives its score (`fusion=noisy_or` or `max` combine the
    calibrated scores instead);
-6. linking: a pair not seen directly but joined through others (A~B, B~C) gets the product of the
-   scores along the strongest chain (the path in the maximum spanning tree of the pairs scoring at
-   least link_min_score), method "linked": never more than its weakest pair.
+6. linking: a pair not seen directly but joined through others (A~B, B~C) gets the score of the
+   weakest pair along the strongest chain (the path in the maximum spanning tree of the pairs scoring at
+   least link_min_score; link_score=product: the product of its scores), method "linked": so it scores
+   >= the threshold exactly when groups.json puts its two images in one group.
 
 Alternatives (`--method`): keypoints, cnn, hash (identical + that one stage).
 Every setting lives in conf/find.yaml (composed with Hydra, the runner's groups choosing each stage's
@@ -391,14 +392,22 @@ def _keys(a, b, n: int) -> np.ndarray:
 # Linking
 
 
-def link(pairs: FusedPairs, n_items: int, floor: float, max_group: int) -> FusedPairs:
-    """Add the pairs joined through others, scored by the product along the maximum-spanning-tree path.
+#: How a chain of pairs scores the pair it joins (`link_score`).
+LINK_SCORES = ("product", "weakest")
+
+
+def link(pairs: FusedPairs, n_items: int, floor: float, max_group: int, rule: str = "weakest") -> FusedPairs:
+    """Add the pairs joined through others, scored along the maximum-spanning-tree path.
 
     Kruskal's algorithm over the pairs, best first (only those scoring >= floor): when two groups merge
-    through the pair (x, y) of score s, each cross pair (i, j) gets P(i, x) * s * P(y, j), P being the
-    product of scores along the tree inside a group (P(i, i) = 1). A pair found directly keeps the better
-    of its own score and the linked one. Groups past max_group members stop producing linked pairs.
+    through the pair (x, y) of score s, each cross pair (i, j) gets P(i, x) * s * P(y, j) (rule "product"),
+    P being the product of scores along the tree inside a group (P(i, i) = 1), or the least of P(i, x), s
+    and P(y, j) (rule "weakest", P the weakest score along the path: the score at which i and j fall into
+    one group of groups.json). A pair found directly keeps the better of its own score and the linked
+    one. Groups past max_group members stop producing linked pairs.
     """
+    if rule not in LINK_SCORES:
+        raise ValueError(f"link_score must be one of {LINK_SCORES}, not {rule!r}")
     members: dict[int, np.ndarray] = {}
     paths: dict[int, np.ndarray | None] = {}  # root -> products along the tree, or None when too big
     new_a, new_b, new_s = [], [], []
@@ -411,7 +420,10 @@ def link(pairs: FusedPairs, n_items: int, floor: float, max_group: int) -> Fused
             block = None
         else:
             ix, iy = int(np.flatnonzero(mx == x)[0]), int(np.flatnonzero(my == y)[0])
-            cross = float(pairs.score[k]) * np.outer(px[:, ix], py[iy, :])
+            if rule == "product":
+                cross = float(pairs.score[k]) * np.outer(px[:, ix], py[iy, :])
+            else:
+                cross = np.minimum(float(pairs.score[k]), np.minimum.outer(px[:, ix], py[iy, :]))
             new_a.append(np.repeat(mx, len(my)))
             new_b.append(np.tile(my, len(mx)))
             new_s.append(cross.ravel())

@@ -81,6 +81,7 @@ def report_data(result, cfg, stages) -> dict:
         "method": str(cfg.method),
         "threshold": float(cfg.threshold),
         "min_score": float(cfg.min_score),
+        "link_score": str(cfg.get("link_score", "product")),
         "methods": methods,
         "uncalibrated": [s.name for s in stages if not getattr(s, "is_calibrated", True)],
         "items": items,
@@ -607,7 +608,7 @@ async function drawPair() {
   if (ev.chain) {
     const chain = el("div", { class: "chain" }, el("img", { src: DATA.items[ev.chain[0][0]].t, title: DATA.items[ev.chain[0][0]].d }));
     for (const [, y, sc, m] of ev.chain) chain.append(el("span", { text: `→ ${sc.toFixed(3)} ${m} →` }), el("img", { src: DATA.items[y].t, title: DATA.items[y].d }));
-    why.push(el("li", { text: `Linked: not matched directly, but through ${plural(ev.chain.length - 1, "other image")} (score = product along the chain):` }, chain));
+    why.push(el("li", { text: `Linked: not matched directly, but through ${plural(ev.chain.length - 1, "other image")} (score = ${DATA.link_score === "weakest" ? "its weakest pair" : "product along the chain"}):` }, chain));
   }
   if (!why.length) why.push(el("li", { text: METHODS[p[3]] === "identical" ? "Identical image data." : "No evidence record for this pair (a run keeps them for its best pairs only)." }));
   $("why").replaceChildren(...why);
