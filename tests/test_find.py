@@ -236,10 +236,10 @@ def test_fuse_keeps_the_best_stage_and_link_scores_chains():
     fused = cascade.fuse(5, evidence)
     got = {(int(a), int(b)): (round(float(s), 3), m) for a, b, s, m in zip(fused.a, fused.b, fused.score, fused.method)}
     assert got == {(0, 1): (0.95, "cnn"), (1, 2): (0.8, "keypoints"), (3, 4): (0.3, "cnn")}
-    linked = cascade.link(fused, 5, floor=0.5, max_group=10, rule="product")
+    linked = cascade.link(fused, 5, floor=0.5, max_group=10)  # find's default rule: product
     got = {(int(a), int(b)): (round(float(s), 3), m) for a, b, s, m in zip(linked.a, linked.b, linked.score, linked.method)}
     assert got[(0, 2)] == (round(0.95 * 0.8, 3), "linked")  # 0 ~ 1 ~ 2: product along the chain
-    weakest = cascade.link(fused, 5, floor=0.5, max_group=10)  # find's default rule
+    weakest = cascade.link(fused, 5, floor=0.5, max_group=10, rule="weakest")
     assert (weakest.a.tolist(), weakest.b.tolist()) == (linked.a.tolist(), linked.b.tolist())
     assert weakest.score[(weakest.a == 0) & (weakest.b == 2)].tolist() == [0.8]  # its weakest pair
     with pytest.raises(ValueError, match="link_score"):

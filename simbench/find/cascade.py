@@ -19,10 +19,10 @@ The default ("cascade", chosen by the measurements in results/find.md):
 5. fusion: every pair found by any stage is also scored by the CNN, and a logistic model over both
    stages' signals, fitted with the tables, gives its score (`fusion=noisy_or` or `max` combine the
    calibrated scores instead);
-6. linking: a pair not seen directly but joined through others (A~B, B~C) gets the score of the
-   weakest pair along the strongest chain (the path in the maximum spanning tree of the pairs scoring at
-   least link_min_score; link_score=product: the product of its scores), method "linked": so it scores
-   >= the threshold exactly when groups.json puts its two images in one group.
+6. linking: a pair not seen directly but joined through others (A~B, B~C) gets the product of the
+   scores along the strongest chain (the path in the maximum spanning tree of the pairs scoring at
+   least link_min_score), method "linked": never more than its weakest pair (link_score=weakest: just
+   that, so it scores >= the threshold exactly when groups.json puts its two images in one group).
 
 Alternatives (`--method`): keypoints, cnn, hash (identical + that one stage).
 Every setting lives in conf/find.yaml (composed with Hydra, the runner's groups choosing each stage's
@@ -396,7 +396,7 @@ def _keys(a, b, n: int) -> np.ndarray:
 LINK_SCORES = ("product", "weakest")
 
 
-def link(pairs: FusedPairs, n_items: int, floor: float, max_group: int, rule: str = "weakest") -> FusedPairs:
+def link(pairs: FusedPairs, n_items: int, floor: float, max_group: int, rule: str = "product") -> FusedPairs:
     """Add the pairs joined through others, scored along the maximum-spanning-tree path.
 
     Kruskal's algorithm over the pairs, best first (only those scoring >= floor): when two groups merge
