@@ -258,3 +258,6 @@ def test_overrides_and_bad_overrides():
     assert cfg.method == "keypoints" and cfg.threshold == 0.8 and cfg.keypoints.extractor.max_features == 300
     with pytest.raises(ValueError):
         cascade.make_config("nope")
+    assert cascade.make_config(None, ["link_score=weakest"]).link_score == "weakest"
+    with pytest.raises(ValueError, match="unknown link_score 'mean'"):
+        cascade.make_config(None, ["link_score=mean"])

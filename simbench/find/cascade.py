@@ -99,6 +99,8 @@ def make_config(method: str | None = None, overrides: Sequence[str] = ()) -> Dic
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     if cfg.fusion not in FUSIONS:
         raise ValueError(f"unknown fusion {cfg.fusion!r}; choose one of {', '.join(FUSIONS)}")
+    if cfg.link_score not in LINK_SCORES:  # before any work, not when linking comes
+        raise ValueError(f"unknown link_score {cfg.link_score!r}; choose one of {', '.join(LINK_SCORES)}")
     return cfg
 
 
@@ -409,7 +411,7 @@ def link(pairs: FusedPairs, n_items: int, floor: float, max_group: int, rule: st
     if rule not in LINK_SCORES:
         raise ValueError(f"link_score must be one of {LINK_SCORES}, not {rule!r}")
     members: dict[int, np.ndarray] = {}
-    paths: dict[int, np.ndarray | None] = {}  # root -> products along the tree, or None when too big
+    paths: dict[int, np.ndarray | None] = {}  # root -> chain scores along the tree (P), or None when too big
     new_a, new_b, new_s = [], [], []
     for k, rx, ry in spanning_merges(pairs.a, pairs.b, pairs.score, n_items, floor):
         x, y = int(pairs.a[k]), int(pairs.b[k])
