@@ -129,27 +129,74 @@ def test_other_matchers_gather_the_embeddings_and_say_so(client, caplog):
     assert np.array_equal(method.score_given(chunks, a, b), method.score_given(Embeddings(v), a, b))
 
 
-def test_region_views_are_matched_in_one_process_and_say_so(client, caplog):
-    """Region views have no task form: score_embeddings runs the method here (logged), never the tasks
-    without the regions, and workers refuse to read records that carry them."""
+def _region_views(seed: int, v: np.ndarray, r: int = 3) -> np.ndarray:
+    """R windows per image, random but for images 50-79, whose middle window holds images 200-229 (pasted)."""
+    rng = np.random.default_rng(seed)
+    windows = _embeddings(seed, n=len(v) * r, dim=v.shape[1]).reshape(len(v), r, -1)
+    windows[50:80, 1] = v[200:230] + 0.1 * rng.standard_normal((30, v.shape[1])).astype(np.float32)
+    return windows / np.linalg.norm(windows, axis=2, keepdims=True)
+
+
+@pytest.mark.parametrize("normalise_k, centre, augment_k, whitened", [(3, False, 0, False), (10, True, 5, True),
+                                                                      (0, True, 0, False)])
+def test_region_views_on_the_workers_equal_one_process(client, monkeypatch, normalise_k, centre, augment_k,
+                                                       whitened):
+    """Region views as tasks (small tiles, chunks whose edges fall inside blocks; with a copy whitening and
+    background pictures): the method's pairs and scores, region scores among them, the fusion's scores of
+    any pairs and the windows' evidence equal one process's."""
+    from simbench.methods.cnn import fit_copy_whitening
+
+    _small_tiles(monkeypatch)
     v = _embeddings(4, n=400)
-    regions = _embeddings(5, n=1200).reshape(400, 3, -1)
-    method = CnnMethod(_Extractor(), ExactCosineMatcher(), min_similarity=None, neighbours=5, normalise_k=3)
-    got = dc.score_embeddings(client, method, Embeddings(v, regions))
-    ref = method.score_pairs(Embeddings(v, regions))
+    embeddings = Embeddings(v, _region_views(5, v))
+    method = CnnMethod(_Extractor(), ExactCosineMatcher(query_block=64, database_block=128), min_similarity=None,
+                       neighbours=5, normalise_k=normalise_k, centre=centre, augment_k=augment_k)
+    if whitened:
+        pairs = np.stack([np.arange(30, 60), np.arange(300, 330)], axis=1)
+        method.copy_whitening = fit_copy_whitening([(v, pairs)], rank=4, mean=v.mean(axis=0), fitted_for={},
+                                                   background=_embeddings(6, n=400)[:50])
+    ref = method.score_pairs(embeddings)
+    chunks = dc.scatter_embeddings(client, embeddings, chunk_rows=90)
+    assert chunks.n_windows == 3 and len(chunks.windows) == len(chunks.futures) == 5
+    got = dc.score_embeddings(client, method, chunks)
+    assert np.array_equal(got.a, ref.a) and np.array_equal(got.b, ref.b) and got.extra.keys() == ref.extra.keys()
+    np.testing.assert_allclose(got.score, ref.score, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got.extra["region"], ref.extra["region"], rtol=0, atol=1e-6)
+    # The pasted pictures pair by their windows: pairs the whole views alone would not score as high.
+    pasted = {(a, b) for a, b in zip(got.a.tolist(), got.b.tolist())} & {(x, x + 150) for x in range(50, 80)}
+    assert len(pasted) >= 20
+    won = got.extra["region"] > got.extra.get("margin", got.extra["cosine"])
+    assert won.sum() >= 20
+
+    rng = np.random.default_rng(7)
+    a, b = rng.integers(0, len(v), 300), rng.integers(0, len(v), 300)
+    np.testing.assert_allclose(method.score_given(chunks, a, b), method.score_given(embeddings, a, b),
+                               rtol=0, atol=1e-6)
+    assert evidence.window_records(chunks, a[:30], b[:30]) == evidence.window_records(embeddings, a[:30], b[:30])
+
+
+def test_region_views_with_other_matchers_are_gathered(client, caplog):
+    """A matcher with no task form gathers the embeddings and their region views: the same pairs."""
+    from simbench.match.cosine import HyperplaneLshMatcher
+
+    v = _embeddings(3, n=400)
+    embeddings = Embeddings(v, _region_views(8, v))
+    method = CnnMethod(_Extractor(), HyperplaneLshMatcher(), min_similarity=None, neighbours=3, normalise_k=3)
+    got = dc.score_embeddings(client, method, dc.scatter_embeddings(client, embeddings, chunk_rows=70))
+    ref = method.score_pairs(embeddings)
     assert np.array_equal(got.a, ref.a) and np.array_equal(got.score, ref.score) and "region" in got.extra
-    assert "region views have no task form" in caplog.text
-    with pytest.raises(ValueError, match="region views"):
-        dc._join_vectors([{"vector": v[0], "regions": regions[0]}], [0])
+    assert "all embeddings are gathered in this process" in caplog.text
 
 
 def _matrices(value, dim: int, found: list) -> None:
-    """Every 2-D float array with `dim` columns among what the client received: (rows,)."""
+    """Every float array of rows of `dim` columns (2-D: vectors, 3-D: each row's windows) among what the client
+    received: (rows, ndim)."""
     if isinstance(value, np.ndarray):
-        if value.ndim == 2 and value.shape[1] == dim and value.dtype.kind == "f":
-            found.append(len(value))
+        if value.ndim in (2, 3) and value.shape[-1] == dim and value.dtype.kind == "f":
+            found.append((len(value), value.ndim))
     elif isinstance(value, Embeddings):
         _matrices(value.vectors, dim, found)
+        _matrices(value.regions, dim, found)
     elif isinstance(value, dict):
         for v in value.values():
             _matrices(v, dim, found)
@@ -174,14 +221,13 @@ def _tables_without_regions(path):
     return path
 
 
-@pytest.mark.parametrize("method", ["cnn", "cascade"])
+@pytest.mark.parametrize("method, regions", [("cnn", True), ("cascade", True), ("cascade", False)])
 def test_find_on_a_cluster_keeps_the_embeddings_on_the_workers(images, cluster, tmp_path, monkeypatch,  # noqa: F811
-                                                               method):
+                                                               method, regions):
     """find with the CNN stage on the cluster, small tiles and chunks of a few images: the workers read the
     embeddings; the client never loads them, never gathers the chunks and receives no embedding but those
-    of the images whose evidence it shows; pairs.csv and the evidence equal the in-process run's. Without
-    region views, which have no task form (the default's are matched in the client: test_distributed's
-    test_find_on_a_cluster_gives_the_in_process_pairs)."""
+    of the images whose evidence it shows (their vectors, and their windows with region views); pairs.csv
+    and the evidence equal the in-process run's. With the default region views, and without them."""
     from simbench.find import pipeline
     from simbench.find.outputs import read_pair_evidence
 
@@ -191,9 +237,10 @@ def test_find_on_a_cluster_keeps_the_embeddings_on_the_workers(images, cluster, 
     monkeypatch.setattr(evidence, "pair_evidence", functools.partial(evidence.pair_evidence, limit=shown))
     # Small blocks for both runs (their products must be the same), so the cluster's search has many tiles.
     monkeypatch.setattr(ExactCosineMatcher.__init__, "__defaults__", (8, 4))
-    # The shipped tables and fusion re-keyed for regions=0 (the same signals but for the region score), so
-    # that the cascade's fusion runs and scores every pair by the CNN.
-    settings = [f"calibration={_tables_without_regions(tmp_path / 'tables.json')}", "cnn.extractor.regions=0"]
+    # Without region views: the shipped tables and fusion re-keyed for regions=0 (the same signals but for the
+    # region score), so that the cascade's fusion runs and scores every pair by the CNN.
+    settings = [] if regions else [f"calibration={_tables_without_regions(tmp_path / 'tables.json')}",
+                                   "cnn.extractor.regions=0"]
     expected = run_find(images, tmp_path / "alone", method, *settings)
 
     loaded, chunks, received, searches, given = [], [], [], [], []
@@ -214,9 +261,9 @@ def test_find_on_a_cluster_keeps_the_embeddings_on_the_workers(images, cluster, 
         received.append(result)
         return result
 
-    def spy_topk(chunks, k, matcher, others=False, stats=None):
-        searches.append({})
-        return sharded_topk(chunks, k, matcher, others, searches[-1])
+    def spy_topk(chunks, k, matcher, others=False, stats=None, database=None):
+        searches.append({"windows": database is not None})
+        return sharded_topk(chunks, k, matcher, others, searches[-1], database)
 
     def spy_score_given(method, chunks, a, b):
         given.append(len(a))
@@ -237,10 +284,46 @@ def test_find_on_a_cluster_keeps_the_embeddings_on_the_workers(images, cluster, 
                      f"cluster.files_per_task={FILES_PER_TASK}", *settings)
     assert found.count("\n") > 10 and found == expected
     assert "embedding" not in loaded and len(chunks[0].futures) == 18 and len(chunks[0]) == 36
-    assert searches[0]["tiles"] == 5 * 9 and searches[0]["merges"] == 5 * (3 + 1)  # 36 rows: blocks of 8 x 4
+    assert chunks[0].n_windows == 3 * regions and len(chunks[0].windows or []) == 18 * regions
+    # 36 rows: blocks of 8 x 4; the region search's database is the 108 windows
+    vector_search = next(s for s in searches if not s["windows"])
+    assert vector_search["tiles"] == 5 * 9 and vector_search["merges"] == 5 * (3 + 1)
+    assert [(s["tiles"], s["merges"]) for s in searches if s["windows"]] == [(5 * 27, 5 * (7 + 2 + 1))] * regions
     assert method == "cnn" or given[0] > 36  # the cascade's fusion scores every pair by the CNN, on the workers
     matrices = []
     _matrices(received, chunks[0].dim, matrices)
-    assert chunks[0].dim > 100 and 0 < sum(matrices) <= 2 * shown
+    rows = {ndim: sum(n for n, d in matrices if d == ndim) for ndim in (2, 3)}
+    # The shown images' vectors: for their neighbour ranks, and with region views again for their windows' cosines.
+    assert chunks[0].dim > 100 and 0 < rows[2] <= 2 * shown * (1 + regions)
+    assert rows[3] <= 2 * shown and (rows[3] > 0) == regions
     mine, theirs = (read_pair_evidence(tmp_path / name / "evidence.npz") for name in ("out", "alone"))
     assert len(mine) == shown and mine == theirs and all("cnn" in record for record in mine.values())
+
+
+def test_framed_pictures_are_compared_by_their_windows_on_a_cluster(cluster, tmp_path, monkeypatch):  # noqa: F811
+    """Five different photos in one screenshot template and one of them also on its own: on a cluster the
+    framed pictures' embeddings and region views are replaced on the workers by their windows'
+    (EmbeddingChunks.with_rows), and find gives the in-process pairs: the framed copy pairs with its original,
+    the other framed photos with nothing."""
+    import csv
+
+    from test_frames import PICTURES, _photo, _template
+
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for k, name in enumerate(PICTURES[:5]):
+        _template(_photo(name, 400, 300)).save(folder / f"shot{k}.jpg", quality=90)
+    _photo("chelsea", 640, 480).save(folder / "original.jpg", quality=90)
+    expected = run_find(folder, tmp_path / "alone", "cascade")
+    replaced, with_rows = [], dc.EmbeddingChunks.with_rows
+
+    def spy_with_rows(self, rows, vectors, windows):
+        replaced.append((len(rows), windows is not None and windows.shape[:2] == (len(rows), self.n_windows)))
+        return with_rows(self, rows, vectors, windows)
+
+    monkeypatch.setattr(dc.EmbeddingChunks, "with_rows", spy_with_rows)
+    found = run_find(folder, tmp_path / "out", "cascade", "--scheduler", cluster[0].scheduler_address)
+    assert found == expected and replaced == [(5, True)]
+    pairs = [(r["a"].rsplit("/", 1)[1], r["b"].rsplit("/", 1)[1], float(r["score"]))
+             for r in csv.DictReader(found.splitlines())]
+    assert [(a, b) for a, b, s in pairs if s >= 0.5] == [("original.jpg", "shot0.jpg")]

@@ -29,6 +29,12 @@ The client keeps per-image tables only; the embeddings stay on the workers from 
    normalise_k of search_k neighbours are the normalise_k nearest).
 6. ``neighbour_ranks`` (evidence of the pairs shown): the shown rows' vectors are fetched and every chunk
    counts, per shown pair, the images more similar to one side than its partner is.
+7. Region views (the extractor's ``regions``, methods.cnn "Region views"): each chunk's windows are read,
+   centred and whitened beside its vectors (``EmbeddingChunks.windows``); each image's best region partners
+   are the exact top-k of its vector against all windows (``sharded_topk`` with the windows as the
+   database), the region cosines of pairs and the background pictures' best window cosines are tasks given
+   only their rows (``ChunkRegionViews``), and methods.cnn.RegionViews.searched and .scores do the rest as in
+   one process.
 
 Other cosine matchers (lsh: approximate; gpu; faiss) have no task form: their embeddings are gathered in
 the client, and a warning says so. Float equality: see simbench.distributed.match (BLAS threads).
@@ -45,8 +51,8 @@ from simbench.distributed.match import _blas_limit, _concat, _token, blas_thread
 from simbench.find.index import FeatureStore, _signature, join_features
 from simbench.match.cosine import (ExactCosineMatcher, as_vectors, finish_topk, merge_topk, range_blocks,
                                    topk_blocks)
-from simbench.methods.cnn import (augmented, background_topk, centred, embedding_sum, kth_similarity,
-                                  pair_cosines, without_self)
+from simbench.methods.cnn import (RegionViews, augmented, background_topk, centred, embedding_sum, kth_similarity,
+                                  pair_cosines, region_background_topk, region_cosines, without_self)
 from simbench.types import Embeddings, Pairs, ScoredPairs
 
 log = logging.getLogger("simbench")
@@ -70,17 +76,21 @@ RANK_ENTRIES = 256
 class EmbeddingChunks:
     """The L2-normalised embeddings of N images held by the workers, in chunks of consecutive rows:
     futures[c] holds rows bounds[c]..bounds[c + 1] - 1 as float32 (rows, dim). What the CNN stage's
-    features are in `find` on a cluster. backgrounds: k -> each row's k-th neighbour similarity, kept by
+    features are in `find` on a cluster. windows: futures of the same rows' n_windows region views each
+    (rows, n_windows, dim) (Embeddings.regions), or None. backgrounds: k -> each row's k-th neighbour similarity, kept by
     the stage's search for score_given. background: a prepared view's background pictures
-    (CnnMethod.background_vectors), or None."""
+    (CnnMethod.background_vectors), or None. region_views: a prepared view's ChunkRegionViews, or None."""
 
     client: object
     futures: list
     bounds: np.ndarray
     dim: int
+    windows: list | None = None
+    n_windows: int = 0
     backgrounds: dict = field(default_factory=dict)
     centred_views: dict = field(default_factory=dict)  # (centre, whitening, augment) -> prepared chunks (centred_chunks)
     background: np.ndarray | None = None
+    region_views: "ChunkRegionViews | None" = None
 
     def __len__(self) -> int:
         return int(self.bounds[-1])
@@ -93,24 +103,48 @@ class EmbeddingChunks:
         lo, hi = int(self.chunk_of(np.array([begin]))[0]), int(self.chunk_of(np.array([end - 1]))[0])
         return self.futures[lo : hi + 1], int(self.bounds[lo])
 
-    def parts_of(self, rows: np.ndarray) -> list:
-        """Futures of the vectors of these rows (ascending, distinct), one per chunk holding some, in order."""
+    def parts_of(self, rows: np.ndarray, windows: bool = False) -> list:
+        """Futures of the vectors (or the windows) of these rows (ascending, distinct), one per chunk holding
+        some, in order."""
         chunk = self.chunk_of(rows)
-        return [self.client.submit(_take_rows, self.futures[c], rows[chunk == c] - self.bounds[c])
+        held = self.windows if windows else self.futures
+        return [self.client.submit(_take_rows, held[c], rows[chunk == c] - self.bounds[c])
                 for c in np.unique(chunk).tolist()]
 
-    def take(self, rows) -> np.ndarray:
-        """The vectors of these rows (any order, repeats allowed), fetched from the workers holding them."""
+    def take(self, rows, windows: bool = False) -> np.ndarray:
+        """The vectors (or the windows) of these rows (any order, repeats allowed), fetched from the workers
+        holding them."""
         rows = np.asarray(rows, np.int64)
         wanted = np.unique(rows)
-        parts = self.client.gather(self.parts_of(wanted))
+        parts = self.client.gather(self.parts_of(wanted, windows))
         got = np.concatenate(parts) if parts else np.empty((0, self.dim), np.float32)
         return got[np.searchsorted(wanted, rows)]
 
     def gather(self) -> Embeddings:
-        """All the embeddings in this process (for what has no task form)."""
+        """All the embeddings (and region views) in this process (for what has no task form)."""
         parts = self.client.gather(self.futures)
-        return Embeddings(np.concatenate(parts) if parts else np.empty((0, self.dim), np.float32))
+        vectors = np.concatenate(parts) if parts else np.empty((0, self.dim), np.float32)
+        return Embeddings(vectors, None if self.windows is None else np.concatenate(self.client.gather(self.windows)))
+
+    def with_rows(self, rows, vectors: np.ndarray, windows: np.ndarray | None) -> "EmbeddingChunks":
+        """New chunks: these rows' embeddings (and region views) replaced by the given ones, a task per chunk
+        touched (the others shared); nothing prepared from the old ones is kept."""
+        rows = np.asarray(rows, np.int64)
+        chunk, tok = self.chunk_of(rows), _token()
+        futures, held = list(self.futures), None if self.windows is None else list(self.windows)
+        for c in np.unique(chunk).tolist():
+            at = chunk == c
+            local = rows[at] - self.bounds[c]
+            futures[c] = self.client.submit(_replace_rows, futures[c], local, vectors[at], key=f"cnn-set-{c}-{tok}")
+            if held is not None:
+                held[c] = self.client.submit(_replace_rows, held[c], local, windows[at], key=f"cnn-setw-{c}-{tok}")
+        return EmbeddingChunks(self.client, futures, self.bounds, self.dim, held, self.n_windows)
+
+
+def _replace_rows(values: np.ndarray, rows: np.ndarray, new: np.ndarray) -> np.ndarray:
+    out = np.array(values, copy=True)
+    out[rows] = new
+    return out
 
 
 def _take_rows(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -121,10 +155,17 @@ def scatter_embeddings(client, embeddings, chunk_rows: int | None = None) -> Emb
     """Embeddings in this process sent to the workers in chunks of chunk_rows rows (None: as many as a
     quarter of the task budget holds)."""
     v = as_vectors(embeddings)
-    size = int(chunk_rows or max(1, task_budget(client) // (4 * 4 * max(1, v.shape[1]))))
+    regions = getattr(embeddings, "regions", None)
+    per_row = 4 * 4 * max(1, v.shape[1]) * (1 + (0 if regions is None else regions.shape[1]))
+    size = int(chunk_rows or max(1, task_budget(client) // per_row))
     starts = list(range(0, len(v), size))
     futures = client.scatter([v[s : s + size] for s in starts], broadcast=False, hash=False) if starts else []
-    return EmbeddingChunks(client, futures, np.array(starts + [len(v)], np.int64), int(v.shape[1]))
+    windows = None
+    if regions is not None:
+        windows = client.scatter([np.ascontiguousarray(regions[s : s + size], np.float32) for s in starts],
+                                 broadcast=False, hash=False) if starts else []
+    return EmbeddingChunks(client, futures, np.array(starts + [len(v)], np.int64), int(v.shape[1]), windows,
+                           0 if regions is None else int(regions.shape[1]))
 
 
 def _embedding_summaries(records: list) -> list:
@@ -132,11 +173,16 @@ def _embedding_summaries(records: list) -> list:
     return [r if isinstance(r, str) else (_signature(r),) for r in records]
 
 
-def _join_vectors(records: list, keep: list[int]) -> np.ndarray:
-    joined = join_features([records[k] for k in keep], "embedding")[0]
-    if joined.regions is not None:  # never dropped quietly: the scores would not be what the tables expect
-        raise ValueError("region views have no task form: pipeline.stage_features keeps them in one process")
-    return joined.vectors
+def _join_embeddings(records: list, keep: list[int]) -> Embeddings:
+    return join_features([records[k] for k in keep], "embedding")[0]
+
+
+def _vectors_of(embeddings: Embeddings) -> np.ndarray:
+    return embeddings.vectors
+
+
+def _windows_of(embeddings: Embeddings) -> np.ndarray:
+    return embeddings.regions
 
 
 def read_embeddings(client, store: FeatureStore, section: str, pkey: str, digests, local: list[int],
@@ -145,11 +191,16 @@ def read_embeddings(client, store: FeatureStore, section: str, pkey: str, digest
     (keypoints.read_chunks, as read_keypoints): item k is entry local[k] of the record of digests[k];
     rows: the items with an embedding; reasons: why the others have none (exclude: {item: reason})."""
     per_task = max(1, task_budget(client) // LOAD_ITEM_BYTES)
-    futures, bounds, kept, reasons, summaries = read_chunks(client, store, section, pkey, "embedding", digests,
-                                                            local, exclude, per_task, _embedding_summaries,
-                                                            _join_vectors, "cnn")
-    shape = next((e[2] for e in summaries[kept[0]][0] if e[0] == "vector"), (1,)) if len(kept) else (1,)
-    return EmbeddingChunks(client, futures, bounds, int(shape[0])), kept, reasons
+    joined, bounds, kept, reasons, summaries = read_chunks(client, store, section, pkey, "embedding", digests,
+                                                           local, exclude, per_task, _embedding_summaries,
+                                                           _join_embeddings, "cnn")
+    signature = dict((e[0], e[2]) for e in summaries[kept[0]][0]) if len(kept) else {}
+    tok = _token()
+    futures = [client.submit(_vectors_of, f, key=f"cnn-vectors-{i}-{tok}") for i, f in enumerate(joined)]
+    windows = ([client.submit(_windows_of, f, key=f"cnn-windows-{i}-{tok}") for i, f in enumerate(joined)]
+               if "regions" in signature else None)
+    dim, n_windows = int(signature.get("vector", (1,))[0]), int(signature.get("regions", (0,))[0])
+    return EmbeddingChunks(client, futures, bounds, dim, windows, n_windows), kept, reasons
 
 
 def load_embeddings(client, stage, items, source_digests, store: FeatureStore, exclude: dict[int, str] | None,
@@ -165,15 +216,18 @@ def centred_chunks(chunks: EmbeddingChunks, method) -> EmbeddingChunks:
     """The chunks as method.vectors gives them: centred on the collection's mean when method.centre (the
     chunks' exact fixed-point sums added on the client, then each chunk centred by a task), copy-whitened
     when method.copy_whitening (a task per chunk), then augmented when method.augment_k (`augmented_chunks`);
-    kept, so that the search and the fusion's scores share them. Else the chunks themselves."""
+    with region views, their windows prepared alike (not augmented) and searched (`chunk_region_views`,
+    the result's `region_views`); kept, so that the search and the fusion's scores share them. Else the chunks
+    themselves."""
     whitening = method.copy_whitening
-    if not method.centre and whitening is None and not method.augment_k:
+    if not method.centre and whitening is None and not method.augment_k and chunks.windows is None:
         return chunks
     view = (method.centre_prior if method.centre else None, whitening.digest if whitening is not None else None,
-            (method.augment_k, method.augment_alpha) if method.augment_k else None)
+            (method.augment_k, method.augment_alpha) if method.augment_k else None,
+            (method.search_k, method.normalise_k) if chunks.windows is not None else None)
     if view not in chunks.centred_views:
         client, tok = chunks.client, _token()
-        futures = chunks.futures
+        futures, windows = chunks.futures, chunks.windows
         sums = client.gather([client.submit(embedding_sum, f, key=f"cnn-sum-{i}-{tok}")
                               for i, f in enumerate(futures)])
         total = np.sum(sums, axis=0, dtype=np.int64) if sums else np.zeros(chunks.dim, np.int64)
@@ -182,12 +236,27 @@ def centred_chunks(chunks: EmbeddingChunks, method) -> EmbeddingChunks:
                                      key=f"cnn-centre-{i}-{tok}") for i, f in enumerate(futures)]
         if whitening is not None:
             futures = [client.submit(whitening.apply, f, key=f"cnn-whiten-{i}-{tok}") for i, f in enumerate(futures)]
-        prepared = EmbeddingChunks(client, futures, chunks.bounds, chunks.dim,
+        if windows is not None:
+            prior = (method.centre_prior, method.prior_mean) if method.centre else None
+            windows = [client.submit(_projected_windows, w, total, len(chunks), prior, whitening,
+                                     key=f"cnn-prepare-windows-{i}-{tok}") for i, w in enumerate(windows)]
+        prepared = EmbeddingChunks(client, futures, chunks.bounds, chunks.dim, windows, chunks.n_windows,
                                    background=method.background_vectors(total, len(chunks)))
+        regions = chunk_region_views(prepared, method) if windows is not None else None
         if method.augment_k and len(chunks) > 1:
             prepared = augmented_chunks(prepared, method)
+        prepared.region_views = regions
         chunks.centred_views[view] = prepared
     return chunks.centred_views[view]
+
+
+def _projected_windows(windows: np.ndarray, total: np.ndarray, n_rows: int, prior: tuple | None,
+                       whitening) -> np.ndarray:
+    """CnnMethod.projected of a chunk's windows (rows, R, dim): centred when prior = (centre_prior, prior
+    mean) is given, whitened when whitening is."""
+    x = windows.reshape(-1, windows.shape[-1])
+    x = centred(x, total, n_rows, *prior) if prior is not None else as_vectors(x)
+    return (whitening.apply(x) if whitening is not None else x).reshape(windows.shape)
 
 
 def augmented_chunks(chunks: EmbeddingChunks, method) -> EmbeddingChunks:
@@ -201,7 +270,8 @@ def augmented_chunks(chunks: EmbeddingChunks, method) -> EmbeddingChunks:
         wanted = np.unique(np.maximum(idx[lo:hi], 0))
         futures.append(client.submit(_augment_chunk, f, idx[lo:hi], sim[lo:hi], method.augment_alpha, wanted,
                                      *chunks.parts_of(wanted), key=f"cnn-augment-{i}-{tok}"))
-    return EmbeddingChunks(client, futures, chunks.bounds, chunks.dim, background=chunks.background)
+    return EmbeddingChunks(client, futures, chunks.bounds, chunks.dim, chunks.windows, chunks.n_windows,
+                           background=chunks.background)
 
 
 def _augment_chunk(vectors, idx, sim, alpha, wanted, *parts) -> np.ndarray:
@@ -249,25 +319,28 @@ def _runs(chunks: EmbeddingChunks, matcher: ExactCosineMatcher) -> int:
 
 
 def sharded_topk(chunks: EmbeddingChunks, k: int, matcher: ExactCosineMatcher, others: bool = False,
-                 stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 stats: dict | None = None, database: EmbeddingChunks | None = None) -> tuple[np.ndarray, np.ndarray]:
     """ExactCosineMatcher.topk(all embeddings, all embeddings, k) with every step on the workers (module
     docstring, step 2): the same (N, k) indices and similarities. others: each row's k nearest other rows
-    instead (methods.cnn.nearest_others: k + 1 searched, the row itself dropped)."""
+    instead (methods.cnn.nearest_others: k + 1 searched, the row itself dropped). database: other chunks
+    to search (topk(all embeddings, all of database's, k)), not with others."""
+    db = chunks if database is None else database
     client, n, k = chunks.client, len(chunks), int(k)
     width = k + 1 if others else k
     if k <= 0 or not n:
         return np.full((n, max(k, 0)), -1, np.int64), np.full((n, max(k, 0)), -np.inf, np.float32)
-    qb, block, run = matcher.query_block, matcher.database_block, _runs(chunks, matcher)
+    qb, block, run = matcher.query_block, matcher.database_block, _runs(db, matcher)
     threads, tok = blas_threads(), _token()
     finished, tiles, merges = [], 0, 0
     for q0 in range(0, n, qb):
         q1 = min(q0 + qb, n)
         qparts, qfirst = chunks.covering(q0, q1)
         level = []
-        for d0 in range(0, n, run):
-            dparts, dfirst = chunks.covering(d0, min(d0 + run, n))
-            level.append(client.submit(_topk_tile, qparts, qfirst, q0, q1, dparts, dfirst, d0, min(d0 + run, n),
-                                       block, width, threads, key=f"cnn-topk-{q0}-{d0}-{tok}"))
+        for d0 in range(0, len(db), run):
+            d1 = min(d0 + run, len(db))
+            dparts, dfirst = db.covering(d0, d1)
+            level.append(client.submit(_topk_tile, qparts, qfirst, q0, q1, dparts, dfirst, d0, d1, block, width,
+                                       threads, key=f"cnn-topk-{q0}-{d0}-{tok}"))
         tiles += len(level)
         depth = 0
         while len(level) > 1:  # a tree of merges on the workers
@@ -323,9 +396,6 @@ def score_embeddings(client, method, features, stats: dict | None = None) -> Sco
     """method.score_pairs(features) with its searches as tasks (module docstring): the same ScoredPairs.
     features: Embeddings (sent to the workers in chunks) or the EmbeddingChunks the workers already hold
     (find on a cluster)."""
-    if getattr(features, "regions", None) is not None:
-        log.warning("cnn: region views have no task form: the CNN stage is matched in this process")
-        return method.score_pairs(features)
     if type(method.matcher) is not ExactCosineMatcher:
         return method.score_pairs(_gathered(features, method) if isinstance(features, EmbeddingChunks) else features)
     held = features if isinstance(features, EmbeddingChunks) else scatter_embeddings(client, features)
@@ -337,7 +407,8 @@ def score_embeddings(client, method, features, stats: dict | None = None) -> Sco
     background_sims = chunk_background_sims(chunks, method)
     if method.normalise_k and others is not None:
         chunks.backgrounds[method.normalise_k] = kth_similarity(*others, method.normalise_k, background_sims)
-    return method.scored(n, found, others, background_sims)
+    region_pairs = method.region_pairs(chunks.region_views, lambda a, b: chunk_pair_cosines(chunks, a, b))
+    return method.scored(n, found, others, background_sims, chunks.region_views, region_pairs)
 
 
 def chunk_background_sims(chunks: EmbeddingChunks, method) -> np.ndarray | None:
@@ -350,29 +421,74 @@ def chunk_background_sims(chunks: EmbeddingChunks, method) -> np.ndarray | None:
     return np.concatenate(client.gather(futures))
 
 
-def _batch_cosines(a: np.ndarray, b: np.ndarray, *parts) -> np.ndarray:
-    """methods.cnn.pair_cosines of a batch's pairs, a and b indexing the rows its parts hold."""
-    return pair_cosines(_concat(list(parts)), a, b)
+def _batch_cosines(a: np.ndarray, b: np.ndarray, n_vector_parts: int, *parts) -> np.ndarray:
+    """methods.cnn.pair_cosines of a batch's pairs, a and b indexing the rows its parts hold; with window
+    parts after the n_vector_parts vector parts, methods.cnn.region_cosines instead."""
+    vectors = _concat(list(parts[:n_vector_parts]))
+    if len(parts) == n_vector_parts:
+        return pair_cosines(vectors, a, b)
+    return region_cosines(vectors, _concat(list(parts[n_vector_parts:])), a, b)
 
 
-def chunk_pair_cosines(chunks: EmbeddingChunks, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """pair_cosines(all embeddings, a, b) in batches of pairs (by a): a batch's task gets only its rows'
-    vectors, taken from the chunks holding them, so what moves is linear in the pairs."""
+def chunk_pair_cosines(chunks: EmbeddingChunks, a: np.ndarray, b: np.ndarray, windows: bool = False) -> np.ndarray:
+    """pair_cosines(all embeddings, a, b) (windows: region_cosines(all embeddings, all windows, a, b)) in
+    batches of pairs (by a): a batch's task gets only its rows' vectors (and windows), taken from the chunks
+    holding them, so what moves is linear in the pairs."""
     a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
     client, tok = chunks.client, _token()
     # A batch holds at most 2 rows a pair, twice (its parts and their concatenation).
-    size = max(MIN_BATCH_PAIRS, task_budget(client) // (16 * max(1, chunks.dim)))
+    size = max(MIN_BATCH_PAIRS, task_budget(client) // (16 * max(1, chunks.dim) * (1 + windows * chunks.n_windows)))
     order = np.argsort(a, kind="stable")
     futures = []
     for s in range(0, len(a), size):
         sel = order[s : s + size]
         rows = np.unique(np.concatenate([a[sel], b[sel]]))
+        parts = chunks.parts_of(rows)
+        extra = chunks.parts_of(rows, windows=True) if windows else []
         futures.append(client.submit(_batch_cosines, np.searchsorted(rows, a[sel]), np.searchsorted(rows, b[sel]),
-                                     *chunks.parts_of(rows), key=f"cnn-pairs-{s}-{tok}"))
+                                     len(parts), *parts, *extra, key=f"cnn-pairs-{s}-{tok}"))
     out = np.empty(len(a), np.float64)
     for s, cos in zip(range(0, len(a), size), client.gather(futures)):
         out[order[s : s + size]] = cos
     return out
+
+
+class ChunkRegionViews(RegionViews):
+    """methods.cnn.RegionViews whose vectors and windows the workers hold: `vectors` is the prepared (not
+    augmented) EmbeddingChunks with its windows; each pair's region cosine is a task's (chunk_pair_cosines)."""
+
+    def cosines(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return chunk_pair_cosines(self.vectors, a, b, windows=True)
+
+
+def chunk_region_views(chunks: EmbeddingChunks, method) -> ChunkRegionViews:
+    """CnnMethod.region_views of prepared chunks with windows: each vector's best windows by `sharded_topk`
+    against the windows (rows of image w // R), the background pictures' best window cosines by a task per
+    chunk, then RegionViews.searched as in one process."""
+    n, r = len(chunks), chunks.n_windows
+    views = ChunkRegionViews(chunks, chunks.windows, np.zeros(n), np.full((n, 0), -1), np.zeros((n, 0), np.float32))
+    if n < 2:
+        return views
+    client, tok = chunks.client, _token()
+    flat = EmbeddingChunks(client, [client.submit(_flat, w, key=f"cnn-flat-windows-{i}-{tok}")
+                                    for i, w in enumerate(chunks.windows)], chunks.bounds * r, chunks.dim)
+    idx, _ = sharded_topk(chunks, method.region_search_k(n, r), method.matcher, database=flat)
+    views.searched(idx, r, method, lambda: chunk_region_background(chunks, method.normalise_k))
+    return views
+
+
+def _flat(windows: np.ndarray) -> np.ndarray:
+    return windows.reshape(-1, windows.shape[-1])
+
+
+def chunk_region_background(chunks: EmbeddingChunks, k: int) -> np.ndarray | None:
+    """methods.cnn.region_background_topk of all windows against chunks.background, a task per chunk."""
+    if chunks.background is None:
+        return None
+    client, tok = chunks.client, _token()
+    return np.concatenate(client.gather([
+        client.submit(region_background_topk, w, chunks.background, k, key=f"cnn-region-bg-{i}-{tok}")
+        for i, w in enumerate(chunks.windows)]))
 
 
 def score_given_on_chunks(method, chunks: EmbeddingChunks, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -388,7 +504,9 @@ def score_given_on_chunks(method, chunks: EmbeddingChunks, a: np.ndarray, b: np.
             chunks.backgrounds[method.normalise_k] = kth_similarity(*others, method.normalise_k,
                                                                     chunk_background_sims(chunks, method))
         background = chunks.backgrounds[method.normalise_k]
-    return method.given_scores(chunk_pair_cosines(chunks, a, b), a, b, background)
+    score = method.given_scores(chunk_pair_cosines(chunks, a, b), a, b, background)
+    regions = chunks.region_views
+    return score if regions is None else np.maximum(score, regions.scores(a, b, method))
 
 
 # ---------------------------------------------------------------------------------------------------------

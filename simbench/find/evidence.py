@@ -99,8 +99,7 @@ def pair_evidence(pairs: FusedPairs, stages: Sequence, features: dict, link_min_
         elif (hasattr(feats, "vectors") or isinstance(feats, EmbeddingChunks)) and mine:
             a = np.array([position[int(pairs.a[k])] for k in mine])
             b = np.array([position[int(pairs.b[k])] for k in mine])
-            regions = getattr(feats, "regions", None)
-            windows = window_evidence(feats.vectors, regions, a, b) if regions is not None else [None] * len(a)
+            windows = window_records(feats, a, b)
             for k, record, window in zip(mine, cnn_evidence(getattr(feats, "vectors", feats), a, b), windows):
                 out[int(pairs.a[k]), int(pairs.b[k])]["cnn"] = {**record, **({"window": window} if window else {}),
                                                                 "score": round(float(found[k]), 4)}
@@ -174,6 +173,19 @@ def cnn_evidence(vectors, a: np.ndarray, b: np.ndarray) -> list[dict]:
             mine = sims[np.arange(len(block)), partner[s:s + step]]
             rank[s:s + step] = 1 + np.count_nonzero(sims > mine[:, None], axis=1)
     return _cnn_records(cos, rank_a, rank_b)
+
+
+def window_records(feats, a: np.ndarray, b: np.ndarray) -> list[dict | None]:
+    """`window_evidence` of row pairs of Embeddings, or of the EmbeddingChunks a cluster holds (only the
+    pairs' rows fetched); None per pair without region views."""
+    if isinstance(feats, EmbeddingChunks):
+        if feats.windows is None:
+            return [None] * len(a)
+        rows = np.unique(np.concatenate([a, b]))
+        return window_evidence(feats.take(rows), feats.take(rows, windows=True), np.searchsorted(rows, a),
+                               np.searchsorted(rows, b))
+    regions = getattr(feats, "regions", None)
+    return window_evidence(feats.vectors, regions, a, b) if regions is not None else [None] * len(a)
 
 
 def window_evidence(vectors: np.ndarray, regions: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[dict]:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from simbench.data.images import UnreadableImage, open_image
 from simbench.distributed.cluster import ClusterSession
+from simbench.distributed.cnn import EmbeddingChunks
 from simbench.find import blank, cascade, evidence, frames, outputs, report
 from simbench.find.cascade import FusedPairs, Stage
 from simbench.find.decisions import Decisions, match_decisions, read_decisions, write_decisions_json
@@ -286,9 +287,7 @@ def stage_features(stage: Stage, items: list[Item], source_digests: list[str], s
         from simbench.distributed.keypoints import load_keypoints
 
         return load_keypoints(cluster.client, stage, items, source_digests, store, exclude, feature_key(stage))
-    if cluster is not None and stage.extractor.kind == "embedding" and getattr(stage.extractor, "regions", 0):
-        log.warning("%s: region views have no task form: its embeddings are read into this process", stage.name)
-    elif cluster is not None and stage.extractor.kind == "embedding":
+    if cluster is not None and stage.extractor.kind == "embedding":
         from simbench.distributed.cnn import load_embeddings
 
         return load_embeddings(cluster.client, stage, items, source_digests, store, exclude, feature_key(stage))
@@ -349,23 +348,18 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
     shared = frames.SharedFrames(frame_items)
     out = frames.drop_shared_frames(out, shared)
     for stage in stages:
-        if stage.extractor.kind == "embedding" and window_views(stage, features, frame_items, shared.windows(),
-                                                                 client, progress):
+        if stage.extractor.kind == "embedding" and window_views(stage, features, frame_items, shared.windows()):
             out[stage.name] = stage.raw_pairs(stage_pairs(stage, features[stage.name], progress, client))
             out = frames.drop_shared_frames(out, shared)
     return out
 
 
-def window_views(stage: Stage, features: dict, items: list[Item], windows: dict, client, progress: bool) -> bool:
+def window_views(stage: Stage, features: dict, items: list[Item], windows: dict) -> bool:
     """Replace, in features[stage.name], the embedding of every image file in a shared frame by that of the
     window it shows (`SharedFrames.windows`; cropped from the file, embedded by the stage's extractor).
-    Whether any was replaced. Not for PDF placements (their renderings are gone by now) nor on a cluster
-    (whose workers hold the embeddings); both are logged."""
+    Whether any was replaced. Not for PDF placements (their renderings are gone by now: logged). On a
+    cluster the windows are embedded here and sent to the workers holding those rows."""
     if not windows:
-        return False
-    if client is not None:
-        log.warning("%s: %d pictures in shared frames are compared whole (window views are not computed on a "
-                    "cluster)", stage.name, len(windows))
         return False
     feats, rows, reasons = features[stage.name]
     position = {int(k): i for i, k in enumerate(rows)}
@@ -388,15 +382,22 @@ def window_views(stage: Stage, features: dict, items: list[Item], windows: dict,
         if not crops:
             return False
         got = stage.extractor.extract([p for _, p in crops], progress=False)
-    vectors = np.array(feats.vectors, copy=True)
-    regions = None if feats.regions is None else np.array(feats.regions, copy=True)
-    for at, row in enumerate(np.asarray(got.rows).tolist()):
-        vectors[position[crops[row][0]]] = got.features.vectors[at]
-        if regions is not None:  # the window's regions too: the frame is no part of the picture
-            regions[position[crops[row][0]]] = got.features.regions[at]
-    features[stage.name] = (Embeddings(vectors, regions), rows, reasons)
+    if not len(got.rows):
+        return False
+    at = np.array([position[crops[row][0]] for row in np.asarray(got.rows).tolist()], np.int64)
+    # The window's region views too: the frame is no part of the picture.
+    if isinstance(feats, EmbeddingChunks):
+        feats = feats.with_rows(at, got.features.vectors, got.features.regions)
+    else:
+        vectors = np.array(feats.vectors, copy=True)
+        regions = None if feats.regions is None else np.array(feats.regions, copy=True)
+        vectors[at] = got.features.vectors
+        if regions is not None:
+            regions[at] = got.features.regions
+        feats = Embeddings(vectors, regions)
+    features[stage.name] = (feats, rows, reasons)
     log.info("%s: %d pictures in shared frames compared by their windows", stage.name, len(got.rows))
-    return len(got.rows) > 0
+    return True
 
 
 def framed_among(items: list[Item], cfg: DictConfig) -> list[Item] | None:

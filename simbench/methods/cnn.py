@@ -181,17 +181,13 @@ class CnnMethod(Method):
         views = RegionViews(vectors, windows, np.zeros(n), np.full((n, 0), -1), np.zeros((n, 0), np.float32))
         if n < 2:
             return views
-        k = max(self.search_k, 1)
-        idx, _ = self.matcher.topk(vectors, windows.reshape(n * r, -1), min(r * (k + 1), n * r))
-        owner = np.where(idx >= 0, idx // r, -1)
-        mine = np.broadcast_to(np.arange(n)[:, None], owner.shape)
-        ok = (owner >= 0) & (owner != mine)
-        a, b, _ = unique_pairs([(mine[ok], owner[ok], np.zeros(int(ok.sum()), np.float32))], n)
-        views.partners, views.partner_sims = best_partners(a, b, views.cosines(a, b), n, k)
-        if self.normalise_k:
-            extra = region_background_topk(windows, background, self.normalise_k)
-            views.background = kth_similarity(views.partners, views.partner_sims, self.normalise_k, extra)
+        idx, _ = self.matcher.topk(vectors, windows.reshape(n * r, -1), self.region_search_k(n, r))
+        views.searched(idx, r, self, lambda: region_background_topk(windows, background, self.normalise_k))
         return views
+
+    def region_search_k(self, n: int, r: int) -> int:
+        """Windows searched per vector for its best region partners: enough for search_k other images."""
+        return min(r * (max(self.search_k, 1) + 1), n * r)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_prepared_for": None, "_regions": None}  # a pickled method carries no collection
@@ -215,11 +211,16 @@ class CnnMethod(Method):
         v, background_sims = self.prepared(features)
         found = self.matcher.self_join(v, self.min_similarity) if self.min_similarity is not None else None
         others = nearest_others(self.matcher, v, self.search_k) if self.search_k and len(v) > 1 else None
-        regions, region_pairs = self._regions, None
-        if regions is not None and self.neighbours:
-            a, b, _ = neighbour_pairs(regions.partners[:, : self.neighbours], regions.partner_sims[:, : self.neighbours])
-            region_pairs = (a, b, pair_cosines(v, a, b))
-        return self.scored(len(v), found, others, background_sims, regions, region_pairs)
+        region_pairs = self.region_pairs(self._regions, lambda a, b: pair_cosines(v, a, b))
+        return self.scored(len(v), found, others, background_sims, self._regions, region_pairs)
+
+    def region_pairs(self, regions: RegionViews | None, cosines: Callable) -> tuple | None:
+        """The pairs of each image's `neighbours` best region partners with the cosines of their prepared
+        vectors, cosines(a, b) (a, b, cos), or None: no region views, or no neighbours."""
+        if regions is None or not self.neighbours:
+            return None
+        a, b, _ = neighbour_pairs(regions.partners[:, : self.neighbours], regions.partner_sims[:, : self.neighbours])
+        return a, b, cosines(a, b)
 
     @property
     def search_k(self) -> int:
@@ -347,13 +348,23 @@ class RegionViews:
     partners: np.ndarray
     partner_sims: np.ndarray
 
-    def cosines(self, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 12) -> np.ndarray:
+    def cosines(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Per pair, the best cosine of either image's vector with a window of the other, float64."""
-        out = np.empty(len(a), np.float64)
-        for s in range(0, len(a), chunk):
-            a_in_b, b_in_a = window_cosines(self.vectors, self.windows, a[s : s + chunk], b[s : s + chunk])
-            out[s : s + chunk] = np.maximum(a_in_b.max(axis=1), b_in_a.max(axis=1))
-        return out
+        return region_cosines(self.vectors, self.windows, a, b)
+
+    def searched(self, idx: np.ndarray, r: int, method: CnnMethod, background_topk: Callable) -> None:
+        """Set each image's best region partners and background from the search of every vector against
+        every window: idx (N, K), the windows found per vector, best first (window w of image w // r; -1:
+        none); background_topk() gives the background pictures' best cosines with each image's windows
+        (region_background_topk), asked only when the method normalises."""
+        n, k = len(idx), max(method.search_k, 1)
+        owner = np.where(idx >= 0, idx // r, -1)
+        mine = np.broadcast_to(np.arange(n)[:, None], owner.shape)
+        ok = (owner >= 0) & (owner != mine)
+        a, b, _ = unique_pairs([(mine[ok], owner[ok], np.zeros(int(ok.sum()), np.float32))], n)
+        self.partners, self.partner_sims = best_partners(a, b, self.cosines(a, b), n, k)
+        if method.normalise_k:
+            self.background = kth_similarity(self.partners, self.partner_sims, method.normalise_k, background_topk())
 
     def scores(self, a: np.ndarray, b: np.ndarray, method: CnnMethod) -> np.ndarray:
         """The region score of each pair: its region cosine normalised as the method normalises cosines."""
@@ -362,6 +373,16 @@ class RegionViews:
         if not method.normalise_k:
             return np.clip(cos, 0.0, 1.0)
         return normalised_scores(cos, self.background[a], self.background[b], method.beta)[1]
+
+
+def region_cosines(vectors: np.ndarray, windows: np.ndarray, a: np.ndarray, b: np.ndarray,
+                   chunk: int = 1 << 12) -> np.ndarray:
+    """RegionViews.cosines of rows (vectors (N, D), windows (N, R, D)): each pair's rows alone give its value."""
+    out = np.empty(len(a), np.float64)
+    for s in range(0, len(a), chunk):
+        a_in_b, b_in_a = window_cosines(vectors, windows, a[s : s + chunk], b[s : s + chunk])
+        out[s : s + chunk] = np.maximum(a_in_b.max(axis=1), b_in_a.max(axis=1))
+    return out
 
 
 def window_cosines(vectors: np.ndarray, windows: np.ndarray, a: np.ndarray, b: np.ndarray):
