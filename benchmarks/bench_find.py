@@ -70,13 +70,14 @@ def dev_set(split: str, part: str, progress: bool, seed: int = 0):
     return DevSet(split, part, seed=seed).load(progress=progress)
 
 
-def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALIBRATION_FILE) -> list:
+def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALIBRATION_FILE,
+              seeds: tuple = ()) -> list:
     """Fit raw -> precision for every stage on the tuning collections only: the TUNING split of the
-    development set (photographs and line art), yearbook PDFs with shared logos built from its photos,
-    and plain yearbook PDFs of scikit-image photos (look-alike pictures: retina and sky quadrants).
-    Write simbench/find/calibration.json (or `out`: a variant's tables, for `find calibration=FILE`).
-    The report split is never read here."""
-    collections = tuning_collections(work, progress, overrides)
+    development set (photographs and line art; with `seeds`, also its rebuilds with those seeds),
+    yearbook PDFs with shared logos built from its photos, and plain yearbook PDFs of scikit-image photos
+    (look-alike pictures: retina and sky quadrants). Write simbench/find/calibration.json (or `out`: a
+    variant's tables, for `find calibration=FILE`). The report split is never read here."""
+    collections = tuning_collections(work, progress, overrides, seeds)
     tables = []
     for name in ("keypoints", "cnn", "hash"):
         cfg = cascade.make_config(name, overrides)
@@ -378,18 +379,19 @@ def fusion_signals(collection: Collection, stages, cfg, work: Path, progress: bo
     return values, found, collection.label(got.items, union.as_scored())
 
 
-def tuning_collections(work: Path, progress: bool, overrides: list[str] = ()) -> list[Collection]:
+def tuning_collections(work: Path, progress: bool, overrides: list[str] = (), seeds: tuple = ()) -> list[Collection]:
     """Every collection calibration may look at: the two halves of each devset tuning collection (each run
     with the copy whitening fitted on the other halves, so that no CNN score it gives comes from a
-    whitening fitted on its own pairs), and two kinds of yearbook PDFs (the whitening never saw them)."""
+    whitening fitted on its own pairs) and its rebuilds with `seeds` (`reshuffled`; all of one devset
+    collection's parts weigh as one collection), and two kinds of yearbook PDFs (the whitening never saw them)."""
     out = []
-    for ds, extra in tuning_halves(work, list(overrides), progress):
+    for ds, extra in tuning_halves(work, list(overrides), progress, seeds):
         def label(items, pairs, ds=ds):
             a, b = _dataset_rows(items, ds, pairs)
             return label_pairs(ScoredPairs(a, b, pairs.score), ds.truth)
 
         out.append(Collection(ds.name, [ds.root / "images"], label, ds.n_true_pairs, devset_index(work, ds),
-                              tuple(extra), 0.5))
+                              tuple(extra), 0.5 / (1 + len(seeds))))
     for tag, build in (("yearbook-school-tune", lambda d: build_tune_yearbook(d, progress)),
                        ("yearbook-plain-seed1", lambda d: build_yearbook(d, seed=1))):
         pdfs = work / tag
@@ -760,8 +762,9 @@ def main(argv=None) -> None:
                         help="calibrate / whiten: the file to write (a variant's, to try with calibration=FILE or "
                              f"cnn.method.copy_whitening=FILE; default {CALIBRATION_FILE.name} / {SHIPPED_WHITENING.name})")
     parser.add_argument("--seeds", default="",
-                        help="tune: comma-separated other devset seeds whose tuning collections, rebuilt, run beside "
-                             f"the halves (REBUILD_SEEDS: {','.join(map(str, REBUILD_SEEDS))}); default none")
+                        help="tune, calibrate: comma-separated other devset seeds whose tuning collections, rebuilt, "
+                             f"run (or are fitted on) beside the halves (REBUILD_SEEDS: "
+                             f"{','.join(map(str, REBUILD_SEEDS))}); default none")
     parser.add_argument("--baselines", default=",".join(BASELINES),
                         help="dev/tune: comma-separated plain baselines to run beside the methods ('' for none)")
     args = parser.parse_intermixed_args(argv)
@@ -775,7 +778,8 @@ def main(argv=None) -> None:
           f"python {sys.version.split()[0]}; overrides {overrides}")
     out = {}
     if args.what == "calibrate":
-        out["calibration"] = calibrate(work, overrides, progress, Path(args.out or CALIBRATION_FILE))
+        out["calibration"] = calibrate(work, overrides, progress, Path(args.out or CALIBRATION_FILE),
+                                       tuple(int(x) for x in args.seeds.split(",") if x))
     elif args.what == "whiten":
         out["whiten"] = whiten(work, overrides, progress, Path(args.out or SHIPPED_WHITENING))
     elif args.what == "augment":
