@@ -35,6 +35,8 @@ The client keeps per-image tables only; the embeddings stay on the workers from 
    database), the region cosines of pairs and the background pictures' best window cosines are tasks given
    only their rows (``ChunkRegionViews``), and methods.cnn.RegionViews.searched and .scores do the rest as in
    one process.
+8. Pictures in a shared frame (find.pipeline.window_views): their windows are embedded in the client and
+   replace those rows on the workers (``EmbeddingChunks.with_rows``).
 
 Other cosine matchers (lsh: approximate; gpu; faiss) have no task form: their embeddings are gathered in
 the client, and a warning says so. Float equality: see simbench.distributed.match (BLAS threads).
@@ -117,7 +119,8 @@ class EmbeddingChunks:
         rows = np.asarray(rows, np.int64)
         wanted = np.unique(rows)
         parts = self.client.gather(self.parts_of(wanted, windows))
-        got = np.concatenate(parts) if parts else np.empty((0, self.dim), np.float32)
+        got = np.concatenate(parts) if parts else np.empty((0, *((self.n_windows,) if windows else ()), self.dim),
+                                                            np.float32)
         return got[np.searchsorted(wanted, rows)]
 
     def gather(self) -> Embeddings:

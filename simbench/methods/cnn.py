@@ -340,7 +340,8 @@ def centred(vectors: np.ndarray, total: np.ndarray, n_rows: int, n_prior: float,
 class RegionViews:
     """A collection's region views as CnnMethod compares them (module docstring): vectors (N, D) and windows
     (N, R, D), prepared; background (N,): each image's normalise_k-th best region cosine; partners,
-    partner_sims (N, k): its best region partners, most similar first (-1 / -inf where it has fewer)."""
+    partner_sims (N, k): its best region partners, most similar first (-1 / -inf where it has fewer).
+    simbench.distributed.cnn.ChunkRegionViews: the same with the vectors and windows on a cluster's workers."""
 
     vectors: np.ndarray
     windows: np.ndarray
