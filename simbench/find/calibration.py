@@ -9,8 +9,8 @@ The map is strictly increasing everywhere (no plateaus): between knots it is lin
 increasing precisions, and beyond the outer knots it keeps falling towards 0 and rising towards 1,
 so two pairs get equal scores only when their raw evidence is equal.
 
-Tables ship in `calibration.json` (made by `python benchmarks/bench_find.py calibrate` on the tuning
-split of the development set); `simbench calibrate RUN_DIR truth.csv` fits a user's own.
+Tables ship in `calibration.json` (made by `python benchmarks/bench_find.py calibrate --seeds 1,2` on the tuning
+split of the development set and its rebuilds); `simbench calibrate RUN_DIR truth.csv` fits a user's own.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ The default ("cascade", chosen by the measurements in results/find.md):
    similarity to its 10th neighbour (ISC2021 normalisation), for what keypoints cannot see;
 4. each stage's raw signal -> estimated precision by a strictly increasing table keyed by the stage's
    settings (simbench.find.calibration; `calibration.json`, fitted on the tuning collections by
-   `python benchmarks/bench_find.py calibrate`); a stage without a matching table is "uncalibrated";
+   `python benchmarks/bench_find.py calibrate --seeds 1,2`); a stage without a matching table is "uncalibrated";
 5. fusion: every pair found by any stage is also scored by the CNN, and a logistic model over both
    stages' signals, fitted with the tables, gives its score (`fusion=noisy_or` or `max` combine the
    calibrated scores instead);
