@@ -54,7 +54,7 @@ from simbench.find.index import FeatureStore, _signature, join_features
 from simbench.match.cosine import (ExactCosineMatcher, as_vectors, finish_topk, merge_topk, range_blocks,
                                    topk_blocks)
 from simbench.methods.cnn import (RegionViews, augmented, background_topk, centred, embedding_sum, kth_similarity,
-                                  pair_cosines, region_background_topk, region_cosines, without_self)
+                                  pair_cosines, projected, region_background_topk, region_cosines, without_self)
 from simbench.types import Embeddings, Pairs, ScoredPairs
 
 log = logging.getLogger("simbench")
@@ -240,8 +240,7 @@ def centred_chunks(chunks: EmbeddingChunks, method) -> EmbeddingChunks:
         if whitening is not None:
             futures = [client.submit(whitening.apply, f, key=f"cnn-whiten-{i}-{tok}") for i, f in enumerate(futures)]
         if windows is not None:
-            prior = (method.centre_prior, method.prior_mean) if method.centre else None
-            windows = [client.submit(_projected_windows, w, total, len(chunks), prior, whitening,
+            windows = [client.submit(_projected_windows, w, total, len(chunks), method.centring, whitening,
                                      key=f"cnn-prepare-windows-{i}-{tok}") for i, w in enumerate(windows)]
         prepared = EmbeddingChunks(client, futures, chunks.bounds, chunks.dim, windows, chunks.n_windows,
                                    background=method.background_vectors(total, len(chunks)))
@@ -253,13 +252,10 @@ def centred_chunks(chunks: EmbeddingChunks, method) -> EmbeddingChunks:
     return chunks.centred_views[view]
 
 
-def _projected_windows(windows: np.ndarray, total: np.ndarray, n_rows: int, prior: tuple | None,
+def _projected_windows(windows: np.ndarray, total: np.ndarray, n_rows: int, centring: tuple | None,
                        whitening) -> np.ndarray:
-    """CnnMethod.projected of a chunk's windows (rows, R, dim): centred when prior = (centre_prior, prior
-    mean) is given, whitened when whitening is."""
-    x = windows.reshape(-1, windows.shape[-1])
-    x = centred(x, total, n_rows, *prior) if prior is not None else as_vectors(x)
-    return (whitening.apply(x) if whitening is not None else x).reshape(windows.shape)
+    """CnnMethod.projected of a chunk's windows (rows, R, dim)."""
+    return projected(windows.reshape(-1, windows.shape[-1]), total, n_rows, centring, whitening).reshape(windows.shape)
 
 
 def augmented_chunks(chunks: EmbeddingChunks, method) -> EmbeddingChunks:

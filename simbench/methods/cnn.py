@@ -169,8 +169,12 @@ class CnnMethod(Method):
     def projected(self, x: np.ndarray, total: np.ndarray | None, n_rows: int) -> np.ndarray:
         """Embeddings (of the collection, or its region views) centred on the collection's mean (from its
         embedding_sum `total` of n_rows rows) when `centre` is set, then copy-whitened when that is."""
-        x = centred(x, total, n_rows, self.centre_prior, self.prior_mean) if self.centre else as_vectors(x)
-        return self.copy_whitening.apply(x) if self.copy_whitening is not None else x
+        return projected(x, total, n_rows, self.centring, self.copy_whitening)
+
+    @property
+    def centring(self) -> tuple | None:
+        """(centre_prior, prior_mean) when `centre` is set (`projected`), else None."""
+        return (self.centre_prior, self.prior_mean) if self.centre else None
 
     def region_views(self, vectors: np.ndarray, regions: np.ndarray, total, background) -> RegionViews:
         """The region views prepared as the vectors are, each image's best region partners (by the matcher:
@@ -374,6 +378,13 @@ class RegionViews:
         if not method.normalise_k:
             return np.clip(cos, 0.0, 1.0)
         return normalised_scores(cos, self.background[a], self.background[b], method.beta)[1]
+
+
+def projected(x: np.ndarray, total: np.ndarray | None, n_rows: int, centring: tuple | None, whitening) -> np.ndarray:
+    """CnnMethod.projected without the method (a cluster's tasks): rows centred (`centred`, centring = its
+    n_prior and prior_mean) when centring is given, then copy-whitened when whitening is."""
+    x = centred(x, total, n_rows, *centring) if centring is not None else as_vectors(x)
+    return whitening.apply(x) if whitening is not None else x
 
 
 def region_cosines(vectors: np.ndarray, windows: np.ndarray, a: np.ndarray, b: np.ndarray,
