@@ -98,8 +98,9 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
         print(f"{name}: {len(raw)} pairs, {int(is_true.sum())} true; {stage.signal} "
               f"{fit.raw.min():.4g}..{fit.raw.max():.4g} -> precision {fit.precision.min():.3f}..{fit.precision.max():.3f}")
     fusion = fit_cascade_fusion(collections, tables, work, overrides, progress)
+    command = "python benchmarks/bench_find.py calibrate" + (f" --seeds {','.join(map(str, seeds))}" if seeds else "")
     save_calibrations(tables, out, "isotonic raw -> precision fits on the tuning collections (devset "
-                      "tune split, yearbooks); made by `python benchmarks/bench_find.py calibrate`", [fusion])
+                      f"tune split{' and its rebuilds' if seeds else ''}, yearbooks); made by `{command}`", [fusion])
     print(f"wrote {out}")
     return [t.to_json() for t in tables] + [fusion.to_json()]
 
