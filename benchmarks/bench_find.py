@@ -40,7 +40,7 @@ from simbench.data.synthetic import SyntheticDataset, default_cache_dir
 from simbench.evaluate import dedupe_pairs, evaluate, label_pairs, recall_at_precision
 from simbench.find import cascade
 from simbench.find.calibration import CALIBRATION_FILE, fit_calibration, fit_fusion, save_calibrations
-from simbench.find.pipeline import collect, find, framed_among, raw_evidence
+from simbench.find.pipeline import collect, find, raw_evidence
 from simbench.find.yearbook import (SCHOOL_STYLE, build_yearbook, match_placement, reference_photos,
                                    score_found_pairs, true_pairs)
 from simbench.methods.cnn import (SHIPPED_WHITENING, centred, embedding_sum, fit_copy_whitening, normalised_scores,
@@ -87,7 +87,7 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
             c_cfg = cascade.make_config(name, [*overrides, *c.overrides])
             c_stage = cascade.build_stages(c_cfg, calibrations={}, quiet=True)[0]
             got = collect(c.inputs, [c_stage], c_cfg, c.index, work, progress)
-            found = raw_evidence([c_stage], got.features, progress, None, framed_among(got.items, c_cfg))[name]
+            found = raw_evidence([c_stage], got.features, progress, None, got.items, c_cfg.drop_shared_frames)[name]
             raw.append(found.score)
             is_true.append(c.label(got.items, found))
             print(f"  {name} on {c.tag}: {len(found)} pairs, {int(is_true[-1].sum())} true", flush=True)
@@ -373,7 +373,7 @@ def fusion_signals(collection: Collection, stages, cfg, work: Path, progress: bo
     """What the fusion is fitted on, for one collection: every pair found by either stage, with each stage's
     raw signal (the CNN's for every pair) and whether it found the pair ({stage: array} twice), and is_true."""
     got = collect(collection.inputs, stages, cfg, collection.index, work, progress)
-    raw = raw_evidence(stages, got.features, progress, None, framed_among(got.items, cfg))
+    raw = raw_evidence(stages, got.features, progress, None, got.items, cfg.drop_shared_frames)
     n = len(got.items)
     union = cascade.fuse(n, {s: ScoredPairs(r.a, r.b, np.ones(len(r.a))) for s, r in raw.items()}, "max")
     values, found = cascade.stage_signals(union.a, union.b, n, stages, raw, got.features)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -310,7 +311,7 @@ def test_fusion_lets_the_cnn_doubt_a_shared_frame():
     assert out.score[0] > 0.9 > out.score[1] and out.score[2] == 1.0
 
 
-def test_fusion_reads_a_stage_extra_signal_and_stays_monotone_in_it(monkeypatch):
+def test_fusion_reads_a_stage_extra_signal_and_stays_monotone_in_it(monkeypatch, caplog):
     """An extra input ("keypoints/distinctiveness": how much of the inliers' weight is content few pictures
     share) is fitted like a signal, raises the score with its value, and a model that reads it is only used
     by stages that give it (a config without it falls back rather than reading zeros)."""
@@ -344,12 +345,15 @@ def test_fusion_reads_a_stage_extra_signal_and_stays_monotone_in_it(monkeypatch)
     # find uses such a model only with stages that give every input it reads (the default's do).
     cfg = cascade.make_config("cascade")
     stages = cascade.build_stages(cfg, quiet=True)
-    assert stages[0].fusion_inputs == {"keypoints": "log1p", "keypoints/distinctiveness": "identity"}
+    assert stages[0].fusion_inputs == {"keypoints": "log1p", "keypoints/distinctiveness": "identity",
+                                       "keypoints/agreement": "identity"}
     shipped = cascade.fusion_model(stages, cfg)
     model = Fusion(shipped.stages, [s.calibration.key for s in stages], fusion.intercept, fusion.found_weight,
                    fusion.weight, transform)
     monkeypatch.setattr(cascade, "load_fusions", lambda *args: [model])
-    assert cascade.fusion_model(stages, cfg) is model
+    with caplog.at_level(logging.WARNING, logger="simbench"):
+        assert cascade.fusion_model(stages, cfg) is model  # it reads a part of what the stages give: said
+    assert "does not read keypoints/agreement" in caplog.text
     without = cascade.make_config("cascade", ["keypoints.extra_signals=[]"])
     assert cascade.fusion_model(cascade.build_stages(without, quiet=True), without) is None
 

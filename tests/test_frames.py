@@ -291,7 +291,7 @@ def test_find_reports_no_pair_of_different_pictures_in_one_template(tmp_path):
 def test_a_framed_picture_is_embedded_by_its_window(tmp_path):
     """raw_evidence with the run's items: the CNN embeddings of the framed pictures are replaced by those of
     their windows, so the framed copy of a photo comes close to the photo; the unframed photo is untouched."""
-    from simbench.find.pipeline import collect, framed_among, raw_evidence
+    from simbench.find.pipeline import collect, raw_evidence
 
     folder = tmp_path / "shots"
     folder.mkdir()
@@ -304,7 +304,7 @@ def test_a_framed_picture_is_embedded_by_its_window(tmp_path):
     names = [item.display.rsplit("/", 1)[1] for item in got.items]
     vectors, rows, _ = got.features["cnn"]
     before = dict(zip(rows.tolist(), np.array(vectors.vectors)))
-    raw_evidence(stages, got.features, False, None, framed_among(got.items, cfg))
+    raw_evidence(stages, got.features, False, None, got.items, cfg.drop_shared_frames)
     vectors, rows, _ = got.features["cnn"]
     after = dict(zip(rows.tolist(), np.array(vectors.vectors)))
     original, shot = names.index("original.jpg"), names.index("shot0.jpg")

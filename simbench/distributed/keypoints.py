@@ -48,8 +48,8 @@ from simbench.find.index import PER_KEYPOINT, FeatureStore, _signature, consiste
 from simbench.match.exact import ExactMatcher
 from simbench.match.lsh import MultiIndexHashMatcher, piece_masks
 from simbench.methods.keypoints import (_mirror_flags, _working_scale_points, bag_counts, bag_score,
-                                        between_images, burstiness_weights, unique_counts, unique_values,
-                                        verify_correspondences)
+                                        between_images, burstiness_weights, relative_points, unique_counts,
+                                        unique_values, verify_correspondences)
 from simbench.types import KeypointSets, ScoredPairs, bytes_to_words
 
 log = logging.getLogger("simbench")
@@ -393,11 +393,13 @@ def _take_matches(part: dict, keys: np.ndarray, offsets: np.ndarray) -> dict:
 
 
 def _image_rows(features: KeypointSets, df: np.ndarray, images: np.ndarray, max_size) -> tuple:
-    """Working-scale points, mirror flags and df of these images' rows (images: positions in the chunk)."""
+    """Working-scale points, mirror flags, df, row counts and relative points of these images' rows (images:
+    positions in the chunk)."""
     sub = take_images(features, images)
     lo, hi = features.offsets[images], features.offsets[images + 1]
     rows = np.repeat(lo - np.cumsum(hi - lo) + (hi - lo), hi - lo) + np.arange(int((hi - lo).sum()))
-    return _working_scale_points(sub, max_size), _mirror_flags(sub), df[rows], np.diff(sub.offsets)
+    return (_working_scale_points(sub, max_size), _mirror_flags(sub), df[rows], np.diff(sub.offsets),
+            relative_points(sub))
 
 
 def _verify_batch(method, n_images, images, image_offsets, candidates, matches, *pieces) -> dict:
@@ -406,6 +408,7 @@ def _verify_batch(method, n_images, images, image_offsets, candidates, matches, 
     mirrored = None if not pieces or pieces[0][1] is None else np.concatenate([p[1] for p in pieces])
     df = np.concatenate([p[2] for p in pieces]) if pieces else np.empty(0, np.int64)
     counts = np.concatenate([p[3] for p in pieces]) if pieces else np.empty(0, np.int64)
+    relative = np.concatenate([p[4] for p in pieces]) if pieces else np.empty((0, 2))
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
     def local(rows, owners):  # global row -> row of this batch (order kept: images ascending)
@@ -418,7 +421,7 @@ def _verify_batch(method, n_images, images, image_offsets, candidates, matches, 
     ver = verify_correspondences(points, mirrored, n_images, sub, a, b, method.transform, method.ransac_threshold)
     kept, fields = method.score_verified(ver, np.searchsorted(images, a), np.searchsorted(images, b),
                                          candidates["n_a"], candidates["n_b"],
-                                         burstiness_weights(df, method.burstiness), points, offsets)
+                                         burstiness_weights(df, method.burstiness), points, offsets, relative)
     return {**{k: v[kept] for k, v in candidates.items()}, **fields}
 
 

@@ -40,6 +40,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from simbench.features.base import Extractor
+from simbench.find import agreement
 from simbench.find.calibration import (Calibration, Fusion, load_calibrations, load_fusions, settings_key,
                                        signal_settings, uncalibrated_score)
 from simbench.methods.base import Method
@@ -146,6 +147,11 @@ class Stage:
         if self.signal == "score":
             return np.asarray(pairs.score, np.float64)
         return np.asarray(pairs.extra[self.signal], np.float64)
+
+    @property
+    def reads_agreement(self) -> bool:
+        """Whether it reads the fields of simbench.find.agreement (laid-over thumbnails: find adds them)."""
+        return bool({self.signal, *self.extra_signals} & set(agreement.FIELDS))
 
     @property
     def scores_any_pair(self) -> bool:
@@ -343,6 +349,10 @@ def fusion_model(stages: list[Stage], cfg: DictConfig) -> Fusion | None:
     inputs = {name for s in stages for name in s.fusion_inputs}
     for model in fusions:
         if model.stages == [s.name for s in stages] and model.keys == keys and set(model.weight) <= inputs:
+            unread = sorted(inputs - set(model.weight))
+            if unread:  # an extra signal asked for, but this fusion was fitted without it
+                log.warning("the fitted fusion does not read %s (fit one that does: benchmarks/bench_find.py "
+                            "calibrate --out FILE with these settings, then calibration=FILE)", ", ".join(unread))
             return model
     log.warning("no fitted fusion for these stages and settings: their scores combine by noisy-OR")
     return None

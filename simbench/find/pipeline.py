@@ -25,7 +25,7 @@ from tqdm import tqdm
 from simbench.data.images import UnreadableImage, open_image
 from simbench.distributed.cluster import ClusterSession
 from simbench.distributed.cnn import EmbeddingChunks
-from simbench.find import blank, cascade, evidence, frames, outputs, report
+from simbench.find import agreement, blank, cascade, evidence, frames, outputs, report
 from simbench.find.cascade import FusedPairs, Stage
 from simbench.find.decisions import Decisions, match_decisions, read_decisions, write_decisions_json
 from simbench.find.index import (BATCH_IMAGES, SOURCES_KIND, FeatureStore, consistent, join_features, params_key,
@@ -82,7 +82,8 @@ def find(inputs: Sequence[str | Path], out_dir: str | Path, cfg: DictConfig | No
     with ClusterSession(cfg.get("cluster"), progress, auto=True) as cluster:  # Dask, when chosen or large
         collected = collect(inputs, stages, cfg, index, out_dir, progress, cluster)
         t = time.perf_counter()
-        raw = raw_evidence(stages, collected.features, progress, cluster.client, framed_among(collected.items, cfg))
+        raw = raw_evidence(stages, collected.features, progress, cluster.client, collected.items,
+                           bool(cfg.drop_shared_frames))
         decided = match_decisions(reviewed, [item.display for item in collected.items]) if reviewed else None
         pairs = score(collected.items, stages, raw, cfg, collected.features, collected.blank, decided)
         groups = outputs.duplicate_groups(pairs, len(collected.items), float(cfg.threshold))
@@ -330,25 +331,28 @@ def unusable(items: list[Item], features: dict, listed: set[int] = frozenset()) 
 # 4. Scoring
 
 
-def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=None,
-                 frame_items: list[Item] | None = None) -> dict[str, ScoredPairs]:
+def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=None, items: list[Item] | None = None,
+                 drop_frames: bool = True) -> dict[str, ScoredPairs]:
     """Each stage's pairs in item indices with its raw signal as the score (what calibration maps);
     with a Dask client, matched through simbench.distributed.match_stage.
 
-    frame_items: the run's items, to drop pairs of different pictures in a shared frame
-    (simbench.find.frames; `framed_among`) and to compare each such picture by what its frame holds: the
-    CNN stage's embedding of it is replaced, in `features`, by that of its window (`window_views`), and
-    the stage matched again."""
+    items: the run's items, whose thumbnails give the pairs of a keypoint stage that reads them their
+    `agreement` and `agreed_evidence` (simbench.find.agreement) and, with drop_frames (cfg.drop_shared_frames), drop pairs of different
+    pictures in a shared frame (simbench.find.frames) and compare each such picture by what its frame
+    holds: the CNN stage's embedding of it is replaced, in `features`, by that of its window
+    (`window_views`), and the stage matched again."""
     out = {}
     for stage in stages:
         found = stage_pairs(stage, features[stage.name], progress, client)
+        if items is not None and stage.reads_agreement:
+            found = agreement.with_agreement(found, items)
         out[stage.name] = stage.raw_pairs(found)
-    if frame_items is None:
+    if items is None or not drop_frames:
         return out
-    shared = frames.SharedFrames(frame_items)
+    shared = frames.SharedFrames(items)
     out = frames.drop_shared_frames(out, shared)
     for stage in stages:
-        if stage.extractor.kind == "embedding" and window_views(stage, features, frame_items, shared.windows()):
+        if stage.extractor.kind == "embedding" and window_views(stage, features, items, shared.windows()):
             out[stage.name] = stage.raw_pairs(stage_pairs(stage, features[stage.name], progress, client))
             out = frames.drop_shared_frames(out, shared)
     return out
@@ -398,11 +402,6 @@ def window_views(stage: Stage, features: dict, items: list[Item], windows: dict)
     features[stage.name] = (feats, rows, reasons)
     log.info("%s: %d pictures in shared frames compared by their windows", stage.name, len(got.rows))
     return True
-
-
-def framed_among(items: list[Item], cfg: DictConfig) -> list[Item] | None:
-    """raw_evidence's frame_items for a run's settings: its items, unless cfg.drop_shared_frames is off."""
-    return items if cfg.drop_shared_frames else None
 
 
 def score(items: list[Item], stages: list[Stage], raw: dict[str, ScoredPairs], cfg: DictConfig,
@@ -456,7 +455,10 @@ def stage_pairs(stage: Stage, stage_features, progress: bool = False, client=Non
     else:
         found = stage.method.score_pairs(feats)
     a, b = rows[found.a], rows[found.b]
-    return ScoredPairs(np.minimum(a, b), np.maximum(a, b), found.score, found.extra)
+    extra = found.extra
+    if "alignment" in extra:  # a's picture -> b's: inverted where the items come the other way round
+        extra = {**extra, **agreement.aligned_as_ordered(extra["alignment"], extra["inlier_box"], a > b)}
+    return ScoredPairs(np.minimum(a, b), np.maximum(a, b), found.score, extra)
 
 
 # ---------------------------------------------------------------------------------------------------

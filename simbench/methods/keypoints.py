@@ -45,7 +45,9 @@ class KeypointMethod(Method):
     per pair n_matches (descriptor pairs), matched_a, matched_b (distinct matched features), n_a, n_b;
     with verify also bag_score, inliers, flipped (the mirrored fit won), and the shared-content fields
     weighted_inliers, distinctiveness, coverage_a, coverage_b, fill_a, fill_b, covered and evidence
-    (below; `shared_content`); scalars
+    (below; `shared_content`), alignment (the inliers' affine map from a's picture to b's,
+    `inlier_alignment`) and inlier_box (where a's inliers are, `inlier_box`): simbench.find.agreement lays
+    one thumbnail over the other with them; scalars
     comparisons (descriptor distances computed), descriptor_pairs (matches between images) and, with
     verify, verified (pairs fitted).
 
@@ -186,7 +188,8 @@ class KeypointMethod(Method):
         weights = burstiness_weights(image_frequency(matches, len(features.descriptors), len(features)),
                                      self.burstiness)
         kept, fields = self.score_verified(ver, a, b, counts["n_a"][order], counts["n_b"][order], weights,
-                                           _working_scale_points(features, max_size), features.offsets)
+                                           _working_scale_points(features, max_size), features.offsets,
+                                           relative_points(features))
         sel = order[kept]
         out = {k: (v[sel] if isinstance(v, np.ndarray) and len(v) == n_pairs else v) for k, v in extra.items()}
         score = fields.pop("score")
@@ -205,17 +208,20 @@ class KeypointMethod(Method):
         order = np.flatnonzero(self.eligible(counts, bag))
         return order[np.argsort(-bag[order], kind="stable")][: self.max_pairs_verified]
 
-    def score_verified(self, ver: dict, a, b, n_a, n_b, weights, points, offsets) -> tuple[np.ndarray, dict]:
-        """The verified scores of candidate pairs (a[k], b[k]) (images of `offsets`, the rows of `points`
-        and `weights`) from their RANSAC (`verify_candidates`): (the indices k that pass, their score,
-        inliers, flipped, evidence and `content_stats` fields). Each pair's values depend on its own rows
-        only, so a batch of pairs with only its rows gives the same."""
+    def score_verified(self, ver: dict, a, b, n_a, n_b, weights, points, offsets,
+                       relative) -> tuple[np.ndarray, dict]:
+        """The verified scores of candidate pairs (a[k], b[k]) (images of `offsets`, the rows of `points`,
+        `relative` and `weights`) from their RANSAC (`verify_candidates`): (the indices k that pass, their
+        score, inliers, flipped, evidence, `content_stats` fields, alignment and inlier_box).
+        Each pair's values depend on its own rows only, so a batch of pairs with only its rows gives the same."""
         keep = ver["inliers"] >= self.min_inliers
         kept = np.flatnonzero(keep)
         # The kept pairs' inlier correspondences, their pairs renumbered 0..len(kept)-1.
         on = keep[ver["pair"]]
         pair, ra, rb = (np.cumsum(keep) - 1)[ver["pair"][on]], ver["ra"][on], ver["rb"][on]
         stats = content_stats(weights, points, offsets, pair, ra, rb, a[kept], b[kept])
+        stats["alignment"] = inlier_alignment(relative, pair, ra, rb, len(kept))
+        stats["inlier_box"] = inlier_box(relative, pair, ra, len(kept))
         evidence = stats["weighted_inliers"] * (stats["covered"] if self.coverage else 1.0)
         passed = stats["covered"] >= self.min_coverage if self.coverage else np.ones(len(kept), bool)
         evidence = evidence[passed]
@@ -506,6 +512,42 @@ def _working_scale_points(features: KeypointSets, max_size: int | None) -> np.nd
     long_side = np.asarray(features.image_sizes, np.float64).max(axis=1)
     scale = np.minimum(1.0, max_size / np.maximum(long_side, 1.0))
     return (points * scale[features.owners][:, None]).astype(np.float32)
+
+
+def relative_points(features: KeypointSets) -> np.ndarray:
+    """Keypoints as fractions of their picture's width and height, float64 (M, 2): coordinates that hold
+    for any rendering of the picture (its thumbnail too)."""
+    sizes = np.maximum(np.asarray(features.image_sizes, np.float64), 1.0)
+    return np.asarray(features.points, np.float64) / sizes[features.owners]
+
+
+def inlier_alignment(relative: np.ndarray, pair: np.ndarray, ra: np.ndarray, rb: np.ndarray,
+                     n_pairs: int) -> np.ndarray:
+    """Per pair k, the affine map fitted by least squares to its inliers (the rows ra -> rb where pair == k),
+    from a's relative coordinates (`relative_points`) to b's, (K, 2, 3): (u_b, v_b) = M @ (u_a, v_a, 1).
+    A full affine, so that a squashed or mirrored copy maps too (RANSAC fitted a similarity, on b's x
+    negated for a mirrored copy). NaN where the inliers do not determine it (collinear or fewer than 3)."""
+    x = np.c_[relative[ra], np.ones(len(ra))]
+    y = relative[rb]
+    xtx = np.stack([np.bincount(pair, x[:, i] * x[:, j], n_pairs) for i in range(3) for j in range(3)], 1)
+    xty = np.stack([np.bincount(pair, x[:, i] * y[:, j], n_pairs) for i in range(3) for j in range(2)], 1)
+    xtx, xty = xtx.reshape(-1, 3, 3), xty.reshape(-1, 3, 2)
+    # Relative coordinates are O(1), so the normal equations are well scaled: a tiny determinant means
+    # inliers on a line (or a point).
+    ok = np.abs(np.linalg.det(xtx)) > 1e-12 * np.maximum(xtx[:, 2, 2], 1.0) ** 3
+    out = np.full((n_pairs, 2, 3), np.nan)
+    if ok.any():
+        out[ok] = np.linalg.solve(xtx[ok], xty[ok]).transpose(0, 2, 1)
+    return out
+
+
+def inlier_box(relative: np.ndarray, pair: np.ndarray, rows: np.ndarray, n_pairs: int) -> np.ndarray:
+    """Per pair k, the box (u0, v0, u1, v1; relative coordinates) of its inliers `rows` (where pair == k),
+    (K, 4); inf where it has none."""
+    lo, hi = np.full((n_pairs, 2), np.inf), np.full((n_pairs, 2), -np.inf)
+    np.minimum.at(lo, pair, relative[rows])
+    np.maximum.at(hi, pair, relative[rows])
+    return np.c_[lo, hi]
 
 
 def count_inliers(src: np.ndarray, dst: np.ndarray, transform: str, threshold: float) -> int:

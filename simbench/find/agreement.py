@@ -1,0 +1,175 @@
+"""Do two pictures agree once one is laid over the other? A check of the pixels between a pair's inliers.
+
+RANSAC verifies that a pair's matched keypoints move together. So does a texture two different pictures
+share: the hatching of two engravings, a halftone screen, a fabric or brick wall, a printer's ornament.
+Its corners match under a translation by the texture's period, and a lattice gives hundreds of inliers.
+What the inliers do not say is whether the pictures agree between them. Here each keypoint pair's inlier
+map (KeypointMethod's `alignment`, in relative coordinates) lays b's report thumbnail over a's. Every
+item already has that thumbnail, so no image is decoded again. `agreement` is then the correlation of the
+two thumbnails' detail where they overlap, within the box of a's inliers (and a margin of BOX_MARGIN).
+Detail is grey less its local mean, so a recoloured, darkened or low-contrast copy still agrees. At
+thumbnail scale a fine texture averages to flat tone, while the drawing's lines and shapes, which differ
+between different pictures, remain.
+
+A copy agrees with its original where the inliers are: a crop over its part, a picture pasted into a
+collage or a yearbook's frame over the picture, not the frame around it. An overlay (a caption, an emoji)
+lowers it by what it covers. Two different pictures whose inliers spread over a shared texture are near 0.
+Content shared as a block (a logo, an ornament: the inliers' box is the block) agrees; the keypoint
+evidence's coverage and burstiness weigh that (simbench.methods.keypoints). A per-pair signal in [0, 1]
+(negative correlations count 0), read by the fusion as an extra signal (`keypoints.extra_signals`) and,
+times the keypoint evidence, as the signal `agreed_evidence`; neither is in the shipped settings
+(results/find.md, "Run (21)"). Pairs whose thumbnails do not decode, or whose inliers define no map, get
+0: no added confidence.
+"""
+from __future__ import annotations
+
+import io
+import logging
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from simbench.find.items import Item
+from simbench.types import ScoredPairs
+
+log = logging.getLogger("simbench")
+
+#: Gaussian sigma, in pixels of the report thumbnail (160 px on its long side), of the local mean that
+#: detail is taken from: fine enough to keep a drawing's strokes, coarse enough that JPEG noise and a
+#: texture finer than a thumbnail pixel do not count.
+DETAIL_SIGMA = 3.0
+#: Gaussian sigma (thumbnail pixels) of the local contrast that detail is divided by, and the least
+#: contrast (grey levels of 1: about JPEG noise and paper grain at thumbnail scale) divided by.
+BALANCE_SIGMA = 8.0
+MIN_CONTRAST = 0.02
+#: Pixels lost at the overlap's edge (interpolation there mixes in the border).
+EDGE = 2
+#: Margin around the inliers' box, as a share of its longer side.
+BOX_MARGIN = 0.1
+#: The least overlap, in thumbnail pixels, that a correlation is taken over (a 10 x 10 patch).
+MIN_OVERLAP = 100
+
+
+#: The per-pair fields `with_agreement` adds to a keypoint stage's pairs (a stage's signal or extra signals).
+FIELDS = ("agreement", "agreed_evidence")
+
+
+def with_agreement(found: ScoredPairs, items: list[Item]) -> ScoredPairs:
+    """A keypoint stage's pairs (item indices, with its method's alignment, inlier_box and evidence) with two
+    more per-pair fields: agreement (`pair_agreement`) and agreed_evidence = evidence x agreement, the
+    inliers counted as far as the pictures they join agree."""
+    score = pair_agreement(items, found.a, found.b, found.extra["alignment"], found.extra["inlier_box"])
+    extra = {**found.extra, "agreement": score, "agreed_evidence": np.asarray(found.extra["evidence"]) * score}
+    return ScoredPairs(found.a, found.b, found.score, extra)
+
+
+def pair_agreement(items: list[Item], a: np.ndarray, b: np.ndarray, alignment: np.ndarray,
+                   box: np.ndarray | None = None) -> np.ndarray:
+    """Agreement of item pairs (a[k], b[k]) once b is laid over a by alignment[k] ((K, 2, 3): a's relative
+    coordinates -> b's, see simbench.methods.keypoints.inlier_alignment), within box[k] (a's inliers,
+    (K, 4); None: the whole overlap), in [0, 1]."""
+    greys: dict[int, np.ndarray | None] = {}
+    out = np.zeros(len(a))
+    failed = 0
+    for k, (i, j) in enumerate(zip(np.asarray(a).tolist(), np.asarray(b).tolist())):
+        for x in (i, j):
+            if x not in greys:
+                greys[x] = _grey(items[x].thumb)
+                failed += greys[x] is None
+        if greys[i] is not None and greys[j] is not None and np.all(np.isfinite(alignment[k])):
+            out[k] = agreement(greys[i], greys[j], alignment[k], None if box is None else box[k])
+    if failed:
+        log.warning("%d thumbnails could not be decoded: their keypoint pairs get agreement 0", failed)
+    return out
+
+
+def agreement(grey_a: np.ndarray, grey_b: np.ndarray, relative_map: np.ndarray,
+              box: np.ndarray | None = None) -> float:
+    """Correlation, in [0, 1], of the detail of grey picture a and of grey picture b laid over it by
+    `relative_map` ((2, 3), a's coordinates as fractions of its width and height -> b's), where they
+    overlap inside `box` (u0, v0, u1, v1 in a's relative coordinates, widened by BOX_MARGIN; None: all)."""
+    h, w = grey_a.shape
+    hb, wb = grey_b.shape
+    # a's pixels -> b's pixels (pixel centres at +0.5), for warpAffine's inverse map.
+    to_relative = np.array([[1 / w, 0, 0.5 / w], [0, 1 / h, 0.5 / h], [0, 0, 1]])
+    to_pixels = np.array([[wb, 0, -0.5], [0, hb, -0.5]])
+    m = to_pixels @ np.vstack([relative_map, [0, 0, 1]]) @ to_relative
+    flags = cv2.WARP_INVERSE_MAP
+    over = cv2.warpAffine(grey_b, m, (w, h), flags=cv2.INTER_LINEAR | flags, borderValue=0)
+    inside = cv2.warpAffine(np.ones_like(grey_b), m, (w, h), flags=cv2.INTER_NEAREST | flags, borderValue=0)
+    inside = cv2.erode(inside, np.ones((2 * EDGE + 1, 2 * EDGE + 1), np.uint8)) > 0
+    if box is not None and np.all(np.isfinite(box)):
+        u0, v0, u1, v1 = box
+        pad = BOX_MARGIN * max(u1 - u0, v1 - v0)
+        x0, x1 = max(int(np.floor((u0 - pad) * w)), 0), max(int(np.ceil((u1 + pad) * w)), 0)
+        y0, y1 = max(int(np.floor((v0 - pad) * h)), 0), max(int(np.ceil((v1 + pad) * h)), 0)
+        within = np.zeros_like(inside)
+        within[y0:y1, x0:x1] = True
+        inside &= within
+    if np.count_nonzero(inside) < MIN_OVERLAP:
+        return 0.0
+    return max(0.0, _correlation(_balanced(_detail(grey_a, inside), inside)[inside],
+                                 _balanced(_detail(over, inside), inside)[inside]))
+
+
+def aligned_as_ordered(alignment: np.ndarray, box: np.ndarray, swapped: np.ndarray) -> dict:
+    """{"alignment", "inlier_box"} with, for the pairs whose ends were swapped, the map inverted (b's
+    picture -> a's) and the box replaced by the bounding box of its image under the map."""
+    box = np.array(box, np.float64, copy=True)
+    if swapped.any():
+        m = np.asarray(alignment, np.float64)[swapped]
+        u0, v0, u1, v1 = box[swapped].T
+        corners = np.stack([np.stack([u, v, np.ones_like(u)], 1)
+                            for u, v in ((u0, v0), (u1, v0), (u0, v1), (u1, v1))], 1)
+        mapped = np.einsum("kij,kcj->kci", m, corners)  # a NaN map stays NaN (agreement 0)
+        box[swapped] = np.c_[mapped.min(axis=1), mapped.max(axis=1)]
+    return {"alignment": _inverted(alignment, swapped), "inlier_box": box}
+
+
+def _inverted(alignment: np.ndarray, swapped: np.ndarray) -> np.ndarray:
+    """alignment (K, 2, 3) with the swapped pairs' maps inverted (NaN where singular)."""
+    out = np.array(alignment, np.float64, copy=True)
+    if not swapped.any():
+        return out
+    full = np.concatenate([out[swapped], np.broadcast_to([0.0, 0.0, 1.0], (int(swapped.sum()), 1, 3))], axis=1)
+    with np.errstate(invalid="ignore"):
+        singular = ~np.isfinite(full).all(axis=(1, 2)) | (np.abs(np.linalg.det(np.nan_to_num(full))) < 1e-12)
+        safe = np.where(singular[:, None, None], np.eye(3), np.nan_to_num(full))
+        inverse = np.linalg.inv(safe)[:, :2]
+    inverse[singular] = np.nan
+    out[swapped] = inverse
+    return out
+
+
+def _grey(thumb: bytes) -> np.ndarray | None:
+    try:
+        with Image.open(io.BytesIO(thumb)) as im:
+            return np.asarray(im.convert("L"), np.float32) / 255.0
+    except (OSError, ValueError):
+        return None
+
+
+def _detail(grey: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """grey less its local mean over the overlap only (normalised convolution: outside pixels weigh 0)."""
+    weight = inside.astype(np.float32)
+    mean = cv2.GaussianBlur(grey * weight, (0, 0), DETAIL_SIGMA)
+    norm = cv2.GaussianBlur(weight, (0, 0), DETAIL_SIGMA)
+    return grey - mean / np.maximum(norm, 1e-6)
+
+
+def _balanced(detail: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """detail over its local contrast (root mean square over BALANCE_SIGMA, within the overlap; at least
+    MIN_CONTRAST), so that every part of the overlap counts alike: a high-contrast frame or crest that
+    does not line up cannot outweigh a soft photograph that does."""
+    weight = inside.astype(np.float32)
+    power = cv2.GaussianBlur(detail * detail * weight, (0, 0), BALANCE_SIGMA)
+    norm = cv2.GaussianBlur(weight, (0, 0), BALANCE_SIGMA)
+    return detail / np.sqrt(power / np.maximum(norm, 1e-6) + MIN_CONTRAST ** 2)
+
+
+def _correlation(x: np.ndarray, y: np.ndarray) -> float:
+    x = x - x.mean()
+    y = y - y.mean()
+    d = float(np.sqrt(np.dot(x, x) * np.dot(y, y)))
+    return float(np.dot(x, y) / d) if d > 1e-12 else 0.0

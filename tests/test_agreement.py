@@ -1,0 +1,186 @@
+"""A keypoint pair's inlier map (simbench.methods.keypoints.inlier_alignment) and the agreement of the two
+pictures laid over each other with it (simbench.find.agreement)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+import skimage.data as skdata
+
+from simbench.data.devset import line_art
+from simbench.features.keypoints import KeypointExtractor
+from simbench.find import cascade
+from simbench.find.agreement import agreement, aligned_as_ordered, with_agreement
+from simbench.find.items import Item, thumbnail_jpeg
+from simbench.find.pipeline import collect, raw_evidence
+from simbench.match.exact import ExactMatcher
+from simbench.methods.keypoints import KeypointMethod, inlier_alignment, inlier_box
+from simbench.types import ScoredPairs
+
+
+def _photo(name: str, w: int = 640, h: int = 480) -> Image.Image:
+    return ImageOps.fit(Image.fromarray(getattr(skdata, name)()).convert("RGB"), (w, h))
+
+
+def _grey(image: Image.Image) -> np.ndarray:
+    """As pair_agreement sees a picture: its report thumbnail, grey."""
+    import io
+
+    with Image.open(io.BytesIO(thumbnail_jpeg(image))) as im:
+        return np.asarray(im.convert("L"), np.float32) / 255
+
+
+def _crop_map(box: tuple, size: tuple) -> np.ndarray:
+    """The relative map from a picture of `size` to its crop `box` (x0, y0, x1, y1), resized any way."""
+    (x0, y0, x1, y1), (w, h) = box, size
+    return np.array([[w / (x1 - x0), 0, -x0 / (x1 - x0)], [0, h / (y1 - y0), -y0 / (y1 - y0)]])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_inlier_alignment_matches_a_least_squares_fit_per_pair(seed):
+    rng = np.random.default_rng(seed)
+    n_pairs = 40
+    relative = rng.random((600, 2))
+    pair = np.sort(rng.integers(0, n_pairs, 300))
+    ra, rb = rng.integers(0, 600, 300), rng.integers(0, 600, 300)
+    # A pair of collinear inliers and a pair with two: no map.
+    pair[pair == 3], pair[pair == 5] = 4, 4
+    line = np.flatnonzero(pair == 4)
+    relative[ra[line]] = np.c_[np.linspace(0, 1, len(line)), np.full(len(line), 0.5)]
+    got = inlier_alignment(relative, pair, ra, rb, n_pairs)
+    assert got.shape == (n_pairs, 2, 3)
+    for k in range(n_pairs):
+        sel = pair == k
+        if k in (3, 5) or k == 4:
+            assert np.isnan(got[k]).all(), k
+            continue
+        x = np.c_[relative[ra[sel]], np.ones(sel.sum())]
+        if sel.sum() < 3:
+            assert np.isnan(got[k]).all(), k
+            continue
+        want, *_ = np.linalg.lstsq(x, relative[rb[sel]], rcond=None)
+        np.testing.assert_allclose(got[k], want.T, atol=1e-9)
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_a_verified_copy_carries_its_true_map(tmp_path, mirror):
+    """On real keypoints: a crop of a photo, resized (and mirrored), verifies with the map that made it."""
+    box = (100, 60, 500, 420)
+    photo = _photo("astronaut")
+    copy = photo.crop(box).resize((300, 270))
+    if mirror:
+        copy = ImageOps.mirror(copy)
+    photo.save(tmp_path / "a.png")
+    copy.save(tmp_path / "b.png")
+    extractor = KeypointExtractor("brisk", max_features=1000, mirror=True)
+    feats = extractor.extract([tmp_path / "a.png", tmp_path / "b.png"], progress=False).features
+    found = KeypointMethod(extractor, ExactMatcher(), verify=True).score_pairs(feats)
+    assert len(found) == 1 and found.extra["inliers"][0] >= 20
+    want = _crop_map(box, photo.size)
+    if mirror:
+        want = np.array([[-1, 0, 1], [0, 1, 0]]) @ np.vstack([want, [0, 0, 1]])
+    np.testing.assert_allclose(found.extra["alignment"][0], want, atol=0.01)
+
+
+def test_a_copy_agrees_and_a_different_picture_or_a_wrong_map_does_not():
+    box = (100, 60, 500, 420)
+    photo = _photo("chelsea")
+    sepia = np.asarray(photo.crop(box).convert("L"), np.float32)[..., None] / 255 * np.array([255, 225, 180])
+    copy = Image.fromarray(sepia.astype(np.uint8)).resize((200, 180))  # cropped, recoloured, smaller
+    right = _crop_map(box, photo.size)
+    assert agreement(_grey(photo), _grey(copy), right) > 0.8
+    shifted = right + np.array([[0, 0, 0.15], [0, 0, 0.1]])
+    assert agreement(_grey(photo), _grey(copy), shifted) < 0.3
+    other = _photo("coffee").crop(box).resize((200, 180))
+    assert agreement(_grey(photo), _grey(other), right) < 0.3
+    # Mirrored: only the mirrored map lays it right.
+    flip = np.array([[-1, 0, 1], [0, 1, 0]]) @ np.vstack([right, [0, 0, 1]])
+    assert agreement(_grey(photo), _grey(ImageOps.mirror(copy)), flip) > 0.8
+    assert agreement(_grey(photo), _grey(ImageOps.mirror(copy)), right) < 0.3
+    # Overlapping in a sliver only: no correlation taken.
+    assert agreement(_grey(photo), _grey(copy), right + np.array([[0, 0, 0.98], [0, 0, 0]])) == 0.0
+
+
+def test_aligned_as_ordered_inverts_the_swapped_maps_and_moves_their_boxes():
+    rng = np.random.default_rng(0)
+    maps = np.concatenate([rng.normal(size=(5, 2, 2)) + 2 * np.eye(2), rng.normal(size=(5, 2, 1))], axis=2)
+    maps[3] = np.nan
+    boxes = np.sort(rng.random((5, 2, 2)), axis=1).reshape(5, 4)[:, [0, 1, 2, 3]]
+    boxes = np.c_[np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])]
+    swapped = np.array([True, False, True, True, False])
+    got = aligned_as_ordered(maps, boxes, swapped)
+    for k in range(5):
+        if k == 3:
+            assert np.isnan(got["alignment"][k]).all()
+        elif swapped[k]:
+            product = np.vstack([got["alignment"][k], [0, 0, 1]]) @ np.vstack([maps[k], [0, 0, 1]])
+            np.testing.assert_allclose(product, np.eye(3), atol=1e-9)
+            u0, v0, u1, v1 = boxes[k]
+            corners = np.array([[u, v, 1] for u in (u0, u1) for v in (v0, v1)]) @ maps[k].T
+            np.testing.assert_allclose(got["inlier_box"][k], [*corners.min(0), *corners.max(0)], atol=1e-12)
+        else:
+            np.testing.assert_array_equal(got["alignment"][k], maps[k])
+            np.testing.assert_array_equal(got["inlier_box"][k], boxes[k])
+
+
+def test_agreement_is_taken_where_the_inliers_are():
+    """A copy whose right half is covered (by a frame, another picture) agrees where its inliers are, the
+    left half, and less over the whole overlap."""
+    photo = _photo("astronaut")
+    covered = np.asarray(photo).copy()
+    covered[:, 320:] = np.asarray(_photo("coffee"))[:, 320:]
+    ga, gb = _grey(photo), _grey(Image.fromarray(covered))
+    identity = np.array([[1.0, 0, 0], [0, 1, 0]])
+    left = np.array([0.05, 0.05, 0.4, 0.95])
+    assert agreement(ga, gb, identity, left) > 0.9 > agreement(ga, gb, identity) + 0.2
+
+
+def test_inlier_box_holds_each_pairs_inliers():
+    rng = np.random.default_rng(1)
+    relative, pair, rows = rng.random((50, 2)), np.sort(rng.integers(0, 6, 30)), rng.integers(0, 50, 30)
+    got = inlier_box(relative, pair, rows, 7)
+    for k in range(7):
+        p = relative[rows[pair == k]]
+        want = [*p.min(0), *p.max(0)] if len(p) else [np.inf, np.inf, -np.inf, -np.inf]
+        np.testing.assert_array_equal(got[k], want)
+
+
+def test_a_thumbnail_that_does_not_decode_gives_agreement_zero_and_agreed_evidence_is_the_product():
+    photo = _photo("rocket")
+    items = [Item(None, f"/p/{k}.jpg", f"/p/{k}.jpg", None, None, str(k), thumb, f"{k}:0")
+             for k, thumb in enumerate([thumbnail_jpeg(photo), b"not a jpeg", thumbnail_jpeg(photo)])]
+    identity = np.broadcast_to(np.array([[1.0, 0, 0], [0, 1, 0]]), (3, 2, 3))
+    pairs = ScoredPairs(np.array([0, 0, 1]), np.array([1, 2, 2]), np.zeros(3),
+                        {"alignment": identity, "inlier_box": np.tile([0.0, 0, 1, 1], (3, 1)),
+                         "evidence": np.array([4.0, 5.0, 6.0])})
+    got = with_agreement(pairs, items).extra
+    assert got["agreement"][0] == 0.0 and got["agreement"][2] == 0.0 and got["agreement"][1] > 0.95
+    np.testing.assert_allclose(got["agreed_evidence"], got["agreement"] * [4.0, 5.0, 6.0])
+
+
+def test_tiles_hatched_on_one_lattice_agree_far_less_than_a_copy(tmp_path):
+    """Tiles of different photographs drawn in pen and ink, each tile's hatching laid from its own corner
+    (as the devset draws them): different drawings then share a pixel-identical lattice, which the keypoint
+    stage verifies with more evidence than it gives a rotated crop of one of them. Laid over each other by
+    their inliers, the tiles disagree and the copy agrees."""
+    folder = tmp_path / "drawings"
+    folder.mkdir()
+    for name in ("camera", "astronaut", "coffee"):
+        picture = _photo(name, 1024, 1024)
+        for k, (x, y) in enumerate([(0, 0), (512, 0), (0, 512), (512, 512)]):
+            line_art(picture.crop((x, y, x + 512, y + 512)), "hatching")[0].save(folder / f"{name}{k}.png")
+    drawing = Image.open(folder / "camera2.png")
+    drawing.rotate(8, expand=True, fillcolor=(250, 246, 234)).crop((60, 60, 480, 460)).save(folder / "copy.png")
+    cfg = cascade.make_config("keypoints", ["keypoints.extractor.workers=1",
+                                            "keypoints.extra_signals=[distinctiveness,agreement]"])
+    stages = cascade.build_stages(cfg, quiet=True)
+    got = collect([folder], stages, cfg, None, tmp_path, progress=False)
+    raw = raw_evidence(stages, got.features, False, None, got.items, True)["keypoints"]
+    names = [item.display.rsplit("/", 1)[1] for item in got.items]
+    found = {frozenset((names[a], names[b])): (e, g) for a, b, e, g in
+             zip(raw.a, raw.b, raw.score, raw.extra["agreement"])}
+    copy = found[frozenset(("camera2.png", "copy.png"))]
+    tiles = [v for k, v in found.items() if "copy.png" not in k]
+    assert len(tiles) >= 3 and max(e for e, _ in tiles) > copy[0]  # the lattice outscores the copy
+    assert max(g for _, g in tiles) < 0.45 < 0.75 < copy[1]
