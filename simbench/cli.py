@@ -77,8 +77,7 @@ outputs in DIR:
 methods:
   cascade (default)  identical image data, then BRISK keypoints spread over the picture (and of its mirror
                      image; half of them on the picture smoothed) verified by a RANSAC fit, with content
-                     shared by many pictures discounted, and checked by laying one picture's thumbnail
-                     over the other where the matches are, then EfficientNet-Lite0 GeM features (of the
+                     shared by many pictures discounted, then EfficientNet-Lite0 GeM features (of the
                      picture and of it blurred, cut from inside its border), centred, whitened against
                      what edits change (learned on our tuning set) and pulled toward their nearest
                      neighbours, scored against each image's 10th neighbour, also through three windows

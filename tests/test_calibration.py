@@ -345,14 +345,16 @@ def test_fusion_reads_a_stage_extra_signal_and_stays_monotone_in_it(monkeypatch,
     # find uses such a model only with stages that give every input it reads (the default's do).
     cfg = cascade.make_config("cascade")
     stages = cascade.build_stages(cfg, quiet=True)
-    assert stages[0].fusion_inputs == {"keypoints": "log1p", "keypoints/distinctiveness": "identity",
-                                       "keypoints/agreement": "identity"}
+    assert stages[0].fusion_inputs == {"keypoints": "log1p", "keypoints/distinctiveness": "identity"}
     shipped = cascade.fusion_model(stages, cfg)
     model = Fusion(shipped.stages, [s.calibration.key for s in stages], fusion.intercept, fusion.found_weight,
                    fusion.weight, transform)
     monkeypatch.setattr(cascade, "load_fusions", lambda *args: [model])
+    assert cascade.fusion_model(stages, cfg) is model
+    # A stage giving more than the model reads still uses it, and says what it leaves unread.
+    more = cascade.make_config("cascade", ["keypoints.extra_signals=[distinctiveness,agreement]"])
     with caplog.at_level(logging.WARNING, logger="simbench"):
-        assert cascade.fusion_model(stages, cfg) is model  # it reads a part of what the stages give: said
+        assert cascade.fusion_model(cascade.build_stages(more, quiet=True), more) is model
     assert "does not read keypoints/agreement" in caplog.text
     without = cascade.make_config("cascade", ["keypoints.extra_signals=[]"])
     assert cascade.fusion_model(cascade.build_stages(without, quiet=True), without) is None

@@ -14,12 +14,13 @@ between different pictures, remain.
 A copy agrees with its original where the inliers are: a crop over its part, a picture pasted into a
 collage or a yearbook's frame over the picture, not the frame around it. An overlay (a caption, an emoji)
 lowers it by what it covers. Two different pictures whose inliers spread over a shared texture are near 0.
-Content shared as a block (a logo, an ornament: the inliers' box is the block) agrees; the keypoint
-evidence's coverage and burstiness weigh that (simbench.methods.keypoints). A per-pair signal in [0, 1]
-(negative correlations count 0), read by the fusion as an extra signal (`keypoints.extra_signals`) and,
-times the keypoint evidence, as the signal `agreed_evidence`; neither is in the shipped settings
-(results/find.md, "Run (21)"). Pairs whose thumbnails do not decode, or whose inliers define no map, get
-0: no added confidence.
+Content shared as a block (a template, a logo, an ornament: the inliers' box is the block) agrees. Only
+the keypoint evidence's coverage and burstiness weigh that (simbench.methods.keypoints), so a fusion that
+leans on agreement and lets them go lets such pairs through: run (21)'s did, on the report split
+(results/find.md, "Run (21)"). A per-pair signal in [0, 1] (negative correlations count 0), readable by the
+fusion as an extra signal (`keypoints.extra_signals`) and, times the keypoint evidence, as the signal
+`agreed_evidence`; the shipped settings read neither. Pairs whose thumbnails do not decode, or whose inliers
+define no map, get 0: no added confidence.
 """
 from __future__ import annotations
 

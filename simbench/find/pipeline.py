@@ -336,11 +336,11 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
     """Each stage's pairs in item indices with its raw signal as the score (what calibration maps);
     with a Dask client, matched through simbench.distributed.match_stage.
 
-    items: the run's items, whose thumbnails give the pairs of a keypoint stage that reads them their
-    `agreement` and `agreed_evidence` (simbench.find.agreement) and, with drop_frames (cfg.drop_shared_frames), drop pairs of different
-    pictures in a shared frame (simbench.find.frames) and compare each such picture by what its frame
-    holds: the CNN stage's embedding of it is replaced, in `features`, by that of its window
-    (`window_views`), and the stage matched again."""
+    items: the run's items. Their thumbnails give a keypoint stage that reads them its pairs' `agreement`
+    and `agreed_evidence` (simbench.find.agreement). With drop_frames (cfg.drop_shared_frames) they also
+    drop pairs of different pictures in a shared frame (simbench.find.frames) and compare each such
+    picture by what its frame holds: the CNN stage's embedding of it is replaced, in `features`, by that
+    of its window (`window_views`), and the stage matched again."""
     out = {}
     for stage in stages:
         found = stage_pairs(stage, features[stage.name], progress, client)
