@@ -2,8 +2,6 @@
 pictures laid over each other with it (simbench.find.agreement)."""
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -14,7 +12,7 @@ from simbench.data.devset import line_art
 from simbench.features.keypoints import KeypointExtractor
 from simbench.find import cascade
 from simbench.find.agreement import agreement, aligned_as_ordered, with_agreement
-from simbench.find.items import Item, thumbnail_jpeg
+from simbench.find.items import Item, grey_thumbnail, thumbnail_jpeg
 from simbench.find.pipeline import collect, raw_evidence
 from simbench.match.exact import ExactMatcher
 from simbench.methods.keypoints import KeypointMethod, inlier_alignment, inlier_box
@@ -27,8 +25,7 @@ def _photo(name: str, w: int = 640, h: int = 480) -> Image.Image:
 
 def _grey(image: Image.Image) -> np.ndarray:
     """As pair_agreement sees a picture: its report thumbnail, grey."""
-    with Image.open(io.BytesIO(thumbnail_jpeg(image))) as im:
-        return np.asarray(im.convert("L"), np.float32) / 255
+    return grey_thumbnail(thumbnail_jpeg(image))
 
 
 def _crop_map(box: tuple, size: tuple) -> np.ndarray:

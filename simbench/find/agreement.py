@@ -24,14 +24,12 @@ define no map, get 0: no added confidence.
 """
 from __future__ import annotations
 
-import io
 import logging
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from simbench.find.items import Item
+from simbench.find.items import Item, grey_thumbnail
 from simbench.types import ScoredPairs
 
 log = logging.getLogger("simbench")
@@ -76,7 +74,7 @@ def pair_agreement(items: list[Item], a: np.ndarray, b: np.ndarray, alignment: n
     for k, (i, j) in enumerate(zip(np.asarray(a).tolist(), np.asarray(b).tolist())):
         for x in (i, j):
             if x not in greys:
-                greys[x] = _grey(items[x].thumb)
+                greys[x] = grey_thumbnail(items[x].thumb)
                 failed += greys[x] is None
         if greys[i] is not None and greys[j] is not None and np.all(np.isfinite(alignment[k])):
             out[k] = agreement(greys[i], greys[j], alignment[k], None if box is None else box[k])
@@ -131,24 +129,12 @@ def aligned_as_ordered(alignment: np.ndarray, box: np.ndarray, swapped: np.ndarr
 def _inverted(alignment: np.ndarray, swapped: np.ndarray) -> np.ndarray:
     """alignment (K, 2, 3) with the swapped pairs' maps inverted (NaN where singular)."""
     out = np.array(alignment, np.float64, copy=True)
-    if not swapped.any():
-        return out
-    full = np.concatenate([out[swapped], np.broadcast_to([0.0, 0.0, 1.0], (int(swapped.sum()), 1, 3))], axis=1)
-    with np.errstate(invalid="ignore"):
-        singular = ~np.isfinite(full).all(axis=(1, 2)) | (np.abs(np.linalg.det(np.nan_to_num(full))) < 1e-12)
-        safe = np.where(singular[:, None, None], np.eye(3), np.nan_to_num(full))
-        inverse = np.linalg.inv(safe)[:, :2]
-    inverse[singular] = np.nan
-    out[swapped] = inverse
+    full = np.concatenate([out, np.broadcast_to([[0.0, 0.0, 1.0]], (len(out), 1, 3))], axis=1)
+    ok = swapped & np.isfinite(full).all(axis=(1, 2))
+    ok[ok] = np.abs(np.linalg.det(full[ok])) > 1e-12
+    out[swapped] = np.nan
+    out[ok] = np.linalg.inv(full[ok])[:, :2]
     return out
-
-
-def _grey(thumb: bytes) -> np.ndarray | None:
-    try:
-        with Image.open(io.BytesIO(thumb)) as im:
-            return np.asarray(im.convert("L"), np.float32) / 255.0
-    except (OSError, ValueError):
-        return None
 
 
 def _detail(grey: np.ndarray, inside: np.ndarray) -> np.ndarray:

@@ -39,7 +39,6 @@ Nor sparse drawings letterboxed inside one frame: they differ in too few pixels 
 """
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Sequence
 
@@ -47,7 +46,7 @@ import numpy as np
 from PIL import Image
 
 from simbench.evaluate import pair_keys
-from simbench.find.items import Item
+from simbench.find.items import Item, grey_thumbnail
 from simbench.types import ScoredPairs
 
 log = logging.getLogger("simbench")
@@ -155,15 +154,15 @@ class SharedFrames:
         """Item k's thumbnail in grey levels of 1: as it is, and SIDE pixels on its long side (None:
         undecodable)."""
         if k not in self._grey:
-            try:
-                with Image.open(io.BytesIO(self.items[k].thumb)) as im:
-                    g = im.convert("L")
-                w, h = g.size
-                s = SIDE / max(w, h)
-                small = g.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BOX)
-                self._grey[k] = (np.asarray(g, np.float32) / 255.0, np.asarray(small, np.float32) / 255.0)
-            except (OSError, ValueError):
+            g = grey_thumbnail(self.items[k].thumb)
+            if g is None:
                 self._grey[k] = None
+            else:
+                h, w = g.shape
+                s = SIDE / max(w, h)
+                levels = Image.fromarray(np.round(g * 255.0).astype(np.uint8))  # the thumbnail's own 8-bit grey
+                small = levels.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BOX)
+                self._grey[k] = (g, np.asarray(small, np.float32) / 255.0)
         return self._grey[k]
 
     def window(self, x: int, y: int) -> tuple[int, int, int, int] | None:

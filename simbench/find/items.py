@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 #: Long side of report thumbnails in pixels, and their JPEG quality (small: the report embeds them).
@@ -49,6 +50,15 @@ def thumbnail_jpeg(image: Image.Image, side: int = THUMB_SIDE) -> bytes:
     buffer = io.BytesIO()
     im.save(buffer, format="JPEG", quality=THUMB_QUALITY, optimize=True)
     return buffer.getvalue()
+
+
+def grey_thumbnail(thumb: bytes) -> np.ndarray | None:
+    """A thumbnail's grey levels, float32 in [0, 1] (None: it does not decode)."""
+    try:
+        with Image.open(io.BytesIO(thumb)) as im:
+            return np.asarray(im.convert("L"), np.float32) / 255.0
+    except (OSError, ValueError):
+        return None
 
 
 def format_bbox(rect) -> str:
