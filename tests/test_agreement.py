@@ -2,13 +2,15 @@
 pictures laid over each other with it (simbench.find.agreement)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
 import skimage.data as skdata
 
-from simbench.data.devset import line_art
+from simbench.data.devset import Lattice, lattice_of, line_art
 from simbench.features.keypoints import KeypointExtractor
 from simbench.find import cascade
 from simbench.find.agreement import agreement, aligned_as_ordered, with_agreement
@@ -156,28 +158,47 @@ def test_a_thumbnail_that_does_not_decode_gives_agreement_zero_and_agreed_eviden
     np.testing.assert_allclose(got["agreed_evidence"], got["agreement"] * [4.0, 5.0, 6.0])
 
 
-def test_tiles_hatched_on_one_lattice_agree_far_less_than_a_copy(tmp_path):
-    """Tiles of different photographs drawn in pen and ink, each tile's hatching laid from its own corner
-    (as the devset draws them): different drawings then share a pixel-identical lattice, which the keypoint
-    stage verifies with more evidence than it gives a rotated crop of one of them. Laid over each other by
-    their inliers, the tiles disagree and the copy agrees."""
-    folder = tmp_path / "drawings"
+def _hatched_tiles_and_a_copy(folder: Path, lattice_of) -> None:
+    """Four tiles of each of three photographs drawn in pen and ink, tile k of `name` on lattice_of(name, k),
+    and copy.png: a rotated crop of camera2.png."""
     folder.mkdir()
     for name in ("camera", "astronaut", "coffee"):
         picture = _photo(name, 1024, 1024)
         for k, (x, y) in enumerate([(0, 0), (512, 0), (0, 512), (512, 512)]):
-            line_art(picture.crop((x, y, x + 512, y + 512)), "hatching")[0].save(folder / f"{name}{k}.png")
+            tile = picture.crop((x, y, x + 512, y + 512))
+            line_art(tile, "hatching", lattice_of(name, k))[0].save(folder / f"{name}{k}.png")
     drawing = Image.open(folder / "camera2.png")
     drawing.rotate(8, expand=True, fillcolor=(250, 246, 234)).crop((60, 60, 480, 460)).save(folder / "copy.png")
+
+
+def _keypoint_pairs(folder: Path, work: Path) -> dict:
+    """{frozenset of two file names: (keypoint evidence, agreement)} for every verified pair."""
     cfg = cascade.make_config("keypoints", ["keypoints.extractor.workers=1",
                                             "keypoints.extra_signals=[distinctiveness,agreement]"])
     stages = cascade.build_stages(cfg, quiet=True)
-    got = collect([folder], stages, cfg, None, tmp_path, progress=False)
+    got = collect([folder], stages, cfg, None, work, progress=False)
     raw = raw_evidence(stages, got.features, False, None, got.items, True)["keypoints"]
     names = [item.display.rsplit("/", 1)[1] for item in got.items]
-    found = {frozenset((names[a], names[b])): (e, g) for a, b, e, g in
-             zip(raw.a, raw.b, raw.score, raw.extra["agreement"])}
+    return {frozenset((names[a], names[b])): (e, g) for a, b, e, g in
+            zip(raw.a, raw.b, raw.score, raw.extra["agreement"])}
+
+
+def test_tiles_hatched_on_one_lattice_agree_far_less_than_a_copy(tmp_path):
+    """Tiles of different photographs drawn in pen and ink, each tile's hatching laid from its own corner on
+    one fixed lattice (as devset builds before version 2 drew them): different drawings then share a
+    pixel-identical lattice, which the keypoint stage verifies with more evidence than it gives a rotated crop
+    of one of them. Laid over each other by their inliers, the tiles disagree and the copy agrees."""
+    _hatched_tiles_and_a_copy(tmp_path / "drawings", lambda name, k: Lattice())
+    found = _keypoint_pairs(tmp_path / "drawings", tmp_path)
     copy = found[frozenset(("camera2.png", "copy.png"))]
     tiles = [v for k, v in found.items() if "copy.png" not in k]
     assert len(tiles) >= 3 and max(e for e, _ in tiles) > copy[0]  # the lattice outscores the copy
     assert max(g for _, g in tiles) < 0.45 < 0.75 < copy[1]
+
+
+def test_tiles_hatched_on_their_own_lattices_do_not_verify(tmp_path):
+    """The same tiles, each on its own lattice as the devset now draws them (lattice_of by name): the copy is
+    still verified, and no pair of different drawings is (on one lattice, several were, above the copy)."""
+    _hatched_tiles_and_a_copy(tmp_path / "drawings", lambda name, k: lattice_of(f"{name}#{k}", 0))
+    found = _keypoint_pairs(tmp_path / "drawings", tmp_path)
+    assert list(found) == [frozenset(("camera2.png", "copy.png"))]

@@ -182,6 +182,21 @@ def test_line_art_is_black_on_white(built):
     assert ds.line_art(flat, "xdog")[1] == "hatching"  # no lines to draw: hatched tone instead
 
 
+def test_each_drawing_is_hatched_on_its_own_lattice():
+    """Different drawings (names, or seeds) get different lattices, one drawing always the same one; the
+    tone of one flat picture hatched on two lattices shares almost no stroke."""
+    assert ds.lattice_of("Kite#3", 0) == ds.lattice_of("Kite#3", 0)
+    lattices = {ds.lattice_of(name, seed) for name in ("Kite#3", "Kite#4", "Volna") for seed in (0, 1)}
+    assert len(lattices) == 6 and all(0 <= la.turn < 180 and 0.75 <= la.spacing <= 1.35 for la in lattices)
+    dark = Image.new("RGB", (1024, 1024), (40, 40, 40))  # dark enough for all three layers
+    blank = np.ones((1024, 1024), np.float32)
+    one, other = (ds.hatching(dark, blank, ds.lattice_of(name, 0)) < 0.5 for name in ("Kite#3", "Kite#4"))
+    assert 0.2 < one.mean() < 0.8 and 0.2 < other.mean() < 0.8
+    # Ink where both have it: as for strokes laid independently (on one lattice it would be all the lesser's).
+    assert (one & other).mean() < 1.1 * one.mean() * other.mean()
+    np.testing.assert_array_equal(one, ds.hatching(dark, blank, ds.lattice_of("Kite#3", 0)) < 0.5)
+
+
 def test_deterministic(sources, built, tmp_path):
     again = tmp_path / "again"
     _devset(sources, again).build(progress=False)

@@ -27,7 +27,8 @@ Four collections, each a folder like the synthetic set (images/, labels.csv, tru
 Line art: every reference, distractor and paste background is rendered as black lines on white by XDoG
 (Winnemöller, Kyprianidis & Olsen, "XDoG: An eXtended difference-of-Gaussians compendium including advanced
 image stylization", Computers & Graphics 36(6), 2012); HATCHING_SHARE of the pictures add pen-and-ink
-hatching for tone (after Winkenbach & Salesin, "Computer-generated pen-and-ink illustration", SIGGRAPH 1994).
+hatching for tone (after Winkenbach & Salesin, "Computer-generated pen-and-ink illustration", SIGGRAPH 1994),
+each drawing (and each distractor tile) on its own lattice: turned, spaced and shifted by seed and name.
 The line-art part is built from the renderings exactly as the photo part is from the photographs: same
 split, same groups, same edits with the same seeds (applied to the line-art reference).
 
@@ -61,8 +62,8 @@ from simbench.data.synthetic import (DISTRACTOR, MAX_TILE_CORRELATION, REFERENCE
 
 log = logging.getLogger(__name__)
 
-#: Bump when the build changes, so old caches are not reused.
-BUILD_VERSION = 1
+#: Bump when the build changes, so old caches are not reused. 2: each drawing hatched on its own lattice.
+BUILD_VERSION = 2
 #: Where Debian's wallpaper packages put their pictures (`dpkg -L plasma-workspace-wallpapers
 #: lomiri-wallpapers lomiri-wallpapers-16.04 lomiri-wallpapers-20.04`).
 SOURCE_DIRS = ("/usr/share/wallpapers", "/usr/share/backgrounds")
@@ -337,35 +338,54 @@ def xdog(img: Image.Image, sigma: float | None = None, k: float = 1.6, tau: floa
     return np.where(d >= eps, 1.0, 1.0 + np.tanh(phi * (d - eps))).astype(np.float32)
 
 
-def hatching(img: Image.Image, lines: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class Lattice:
+    """Where a drawing's hatching strokes lie: the layers' angles turned by `turn` degrees, the stroke spacing
+    `spacing` times 8 px per 1024 px, and each layer shifted by `phases` (fractions of the spacing). The
+    default is one fixed lattice for every drawing, laid from its corner."""
+
+    turn: float = 0.0
+    spacing: float = 1.0
+    phases: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def lattice_of(name: str, seed: int) -> Lattice:
+    """The drawing's own lattice, by seed and name: engravers' hatching differs from plate to plate, so two
+    different drawings must not share pixel-identical texture (a fixed lattice made tiles of one hatched
+    painting verify against each other under a translation)."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode()), 1])
+    return Lattice(float(rng.uniform(0, 180)), float(rng.uniform(0.75, 1.35)), tuple(float(x) for x in rng.random(3)))
+
+
+def hatching(img: Image.Image, lines: np.ndarray, lattice: Lattice = Lattice()) -> np.ndarray:
     """Pen-and-ink tone over XDoG lines: the smoothed tone picks 1-3 layers of parallel 1 px strokes (45, -45
-    and 0 degrees, 8 px apart per 1024 px) where it is darker than 0.5, 0.32 and 0.15 (cf. Winkenbach &
-    Salesin 1994's stroke textures). Returns paper values in [0, 1]."""
+    and 0 degrees, 8 px apart per 1024 px, before the lattice's turn and spacing) where it is darker than
+    0.5, 0.32 and 0.15 (cf. Winkenbach & Salesin 1994's stroke textures). Returns paper values in [0, 1]."""
     from scipy.ndimage import gaussian_filter
 
     scale = max(img.size) / 1024
     tone = gaussian_filter(_stretched_grey(img), 4 * scale)
-    period = max(4.0, 8.0 * scale)
+    period = max(4.0, 8.0 * scale * lattice.spacing)
     yy, xx = np.mgrid[0:img.height, 0:img.width].astype(np.float32)
     out = lines.copy()
-    for level, degrees in ((0.5, 45), (0.32, -45), (0.15, 0)):
-        a = np.radians(degrees)
-        u = (xx * np.cos(a) + yy * np.sin(a)) / period
+    for (level, degrees), phase in zip(((0.5, 45), (0.32, -45), (0.15, 0)), lattice.phases):
+        a = np.radians(degrees + lattice.turn)
+        u = (xx * np.cos(a) + yy * np.sin(a)) / period + phase
         stroke = np.clip(np.abs(u - np.round(u)) * period - 0.5, 0.0, 1.0)  # 0 on a stroke's centre line
         out = np.minimum(out, np.where(tone < level, stroke, 1.0))
     return out
 
 
-def line_art(img: Image.Image, style: str) -> tuple[Image.Image, str]:
-    """The picture as black lines on white ("xdog") or on cream paper with hatched tone ("hatching"), RGB,
-    and the style used: a smooth picture whose XDoG lines cover under MIN_INK of it (a sunset, a blurred
-    background) is hatched instead, or its line art would be a nearly blank page."""
+def line_art(img: Image.Image, style: str, lattice: Lattice = Lattice()) -> tuple[Image.Image, str]:
+    """The picture as black lines on white ("xdog") or on cream paper with hatched tone ("hatching", on
+    `lattice`), RGB, and the style used: a smooth picture whose XDoG lines cover under MIN_INK of it (a
+    sunset, a blurred background) is hatched instead, or its line art would be a nearly blank page."""
     paper = xdog(img)
     ink, sheet = np.array([20, 20, 20], np.float32), np.array([255, 255, 255], np.float32)
     if style == "xdog" and float((paper < 0.5).mean()) < MIN_INK:
         style = "hatching"
     if style == "hatching":
-        paper = hatching(img, paper)
+        paper = hatching(img, paper, lattice)
         sheet = np.array([250, 246, 234], np.float32)
     rgb = ink + paper[..., None] * (sheet - ink)
     return Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8), "RGB"), style
@@ -466,7 +486,7 @@ def _build_split(out: Path, split_index: int, references: list[Source], distract
         def render(items, part=part):
             if part == "photo":
                 return [(name, img, "photo") for name, img in items]
-            return [(name, *line_art(img, style_of(name, seed))) for name, img in items]
+            return [(name, *line_art(img, style_of(name, seed), lattice_of(name, seed))) for name, img in items]
 
         bar = tqdm(total=len(refs) + len(distractors), desc=f"devset {SPLITS[split_index]}/{part}", unit="picture",
                    disable=not progress or None)
