@@ -6,6 +6,7 @@
     python benchmarks/bench_find.py regions                  2-fold table of the CNN's region views (TUNING)
     python benchmarks/bench_find.py calibrate --seeds 1,2    fit simbench/find/calibration.json on its TUNING split
     python benchmarks/bench_find.py dev [METHOD...]          every method + plain baselines on the REPORT split
+    python benchmarks/bench_find.py holdout [METHOD...]      the same on a devset built from other packages' pictures
     python benchmarks/bench_find.py tune [METHOD...]         the same on the tuning split's halves (for choosing);
                                                              --seeds 1,2 also on its rebuilds with other seeds
     python benchmarks/bench_find.py yearbook [METHOD...]     precision / recall on yearbook PDFs with shared logos
@@ -26,8 +27,11 @@ import argparse
 import csv
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -58,6 +62,14 @@ TARGET_PRECISION = 0.95
 #: so other false pairs. Seed 1's top false pairs were looked at (what the shared-frame rule missed); seed 2
 #: only checked the result. Since run (20) `calibrate --seeds 1,2` fits on both (results/find.md).
 REBUILD_SEEDS = (1, 2)
+#: `holdout`: the devset built the same way from other Debian packages' pictures, fetched into the cache
+#: (apt-get download, dpkg-deb -x) rather than installed, so that the devset's own sources do not change. Never
+#: fitted, chosen or looked at before the run that reports it. Left out: mate-backgrounds' desktop/ folder,
+#: colour variants of one design (Ubuntu-Mate-Cold/Dark/Warm...) that the truth would call different pictures.
+HOLDOUT_PACKAGES = ("mate-backgrounds", "ukui-wallpapers")
+HOLDOUT_DIRS = ("usr/share/backgrounds", "usr/share/backgrounds/mate/abstract", "usr/share/backgrounds/mate/nature")
+#: Both splits of the holdout build are reported (nothing is tuned on either), as holdout1 and holdout2.
+HOLDOUT_NAMES = {"tune": "holdout1", "report": "holdout2"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -491,16 +503,59 @@ def dev(methods, work: Path, overrides: list[str], progress: bool, split: str = 
         collections = tuning_halves(work, overrides, progress, seeds)
     else:
         collections = [(dev_set(split, part, progress), []) for part in PARTS]
+    return scored_collections([(split, ds.name.removeprefix(f"devset-{split}-"), ds, extra)
+                               for ds, extra in collections], methods, work, overrides, progress, baselines)
+
+
+def holdout(methods, work: Path, overrides: list[str], progress: bool, baselines: tuple = BASELINES) -> list[dict]:
+    """`dev` on the devset built from HOLDOUT_PACKAGES' pictures: both of its splits, photo and line art."""
+    from simbench.data.devset import SPLITS, DevSet
+
+    dirs = holdout_sources(default_cache_dir() / "holdout-sources", progress)
+    collections = [(HOLDOUT_NAMES[split], part, DevSet(split, part, source_dirs=dirs).load(progress=progress), [])
+                   for split in SPLITS for part in PARTS]
+    return scored_collections(collections, methods, work, overrides, progress, baselines)
+
+
+def holdout_sources(tree: Path, progress: bool) -> list[str]:
+    """HOLDOUT_DIRS inside `tree`, where HOLDOUT_PACKAGES are unpacked on first use (apt-get download needs
+    Debian's package lists; as root, `apt-get update` first when they lack a package)."""
+    if not tree.is_dir():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{tree.name}.tmp-", dir=tree.parent if tree.parent.is_dir() else None))
+        try:
+            def download():
+                subprocess.run(["apt-get", "download", *HOLDOUT_PACKAGES], cwd=tmp, check=True,
+                               capture_output=not progress)
+            try:
+                download()
+            except subprocess.CalledProcessError:
+                if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+                    raise
+                subprocess.run(["apt-get", "update"], check=True, capture_output=not progress)
+                download()
+            unpacked = tmp / "tree"
+            for deb in sorted(tmp.glob("*.deb")):
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
+            tree.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(unpacked, tree)  # whole or not at all: an interrupted fetch starts again
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return [str(tree / d) for d in HOLDOUT_DIRS]
+
+
+def scored_collections(collections: list[tuple], methods, work: Path, overrides: list[str], progress: bool,
+                       baselines: tuple) -> list[dict]:
+    """Rows of `dev_table`: each find method and baseline on each (split, part, dataset, extra overrides)."""
     rows = []
-    for ds, extra in collections:
-        part = ds.name.removeprefix(f"devset-{split}-")
+    for split, part, ds, extra in collections:
         print(f"{split}/{part}: {len(ds)} images, {ds.n_true_pairs} true pairs", flush=True)
         if extra:  # a tuning half: the tables and fusion, fitted on its own whitening's scores, keyed for it
             extra = [*extra, f"calibration={tables_for_half(work, ds.name, overrides, extra)}"]
         for method in methods:
             cfg = cascade.make_config(method, [*overrides, *extra])
+            index = devset_index(work, ds, split) if split in (TUNE, REPORT) else work / f"index-{split}-{part}"
             seconds, result = timed(lambda: find([ds.root / "images"], work / f"out-dev-{split}-{part}-{method}",
-                                                 cfg, index=devset_index(work, ds, split), progress=progress))
+                                                 cfg, index=index, progress=progress))
             a, b = _dataset_rows(result.items, ds, result.pairs)
             rows.append(_dev_row(f"find --method {method}", split, part, ds, ScoredPairs(a, b, result.pairs.score),
                                  float(cfg.threshold), seconds))
@@ -753,8 +808,8 @@ def _row_text(row: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("whiten", "augment", "regions", "calibrate", "dev", "tune", "yearbook",
-                                         "yearbook-tune", "synthetic", "throughput", "collection"))
+    parser.add_argument("what", choices=("whiten", "augment", "regions", "calibrate", "dev", "tune", "holdout",
+                                         "yearbook", "yearbook-tune", "synthetic", "throughput", "collection"))
     parser.add_argument("args", nargs="*", help="methods (hash, cnn, keypoints, cascade) and key=value overrides")
     parser.add_argument("--work", default=str(default_cache_dir() / "bench_find"))
     parser.add_argument("--quiet", action="store_true")
@@ -767,7 +822,7 @@ def main(argv=None) -> None:
                              f"run (or are fitted on) beside the halves (REBUILD_SEEDS: "
                              f"{','.join(map(str, REBUILD_SEEDS))}); default none")
     parser.add_argument("--baselines", default=",".join(BASELINES),
-                        help="dev/tune: comma-separated plain baselines to run beside the methods ('' for none)")
+                        help="dev/tune/holdout: comma-separated plain baselines to run beside the methods ('' for none)")
     args = parser.parse_intermixed_args(argv)
     methods = [a for a in args.args if "=" not in a] or list(METHODS)
     methods = [] if methods == ["none"] else methods
@@ -791,6 +846,8 @@ def main(argv=None) -> None:
         out[args.what] = dev(methods, work, overrides, progress, split=REPORT if args.what == "dev" else TUNE,
                              baselines=tuple(b for b in args.baselines.split(",") if b),
                              seeds=tuple(int(x) for x in args.seeds.split(",") if x))
+    elif args.what == "holdout":
+        out["holdout"] = holdout(methods, work, overrides, progress, tuple(b for b in args.baselines.split(",") if b))
     elif args.what.startswith("yearbook"):
         out[args.what] = yearbook(methods, work, overrides, progress, split=TUNE if args.what.endswith("tune") else REPORT)
     else:
