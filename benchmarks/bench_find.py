@@ -521,7 +521,8 @@ def holdout_sources(tree: Path, progress: bool) -> list[str]:
     """HOLDOUT_DIRS inside `tree`, where HOLDOUT_PACKAGES are unpacked on first use (apt-get download needs
     Debian's package lists; as root, `apt-get update` first when they lack a package)."""
     if not tree.is_dir():
-        tmp = Path(tempfile.mkdtemp(prefix=f".{tree.name}.tmp-", dir=tree.parent if tree.parent.is_dir() else None))
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{tree.name}.tmp-", dir=tree.parent))  # beside it: one rename
         try:
             def download():
                 subprocess.run(["apt-get", "download", *HOLDOUT_PACKAGES], cwd=tmp, check=True,
@@ -536,7 +537,6 @@ def holdout_sources(tree: Path, progress: bool) -> list[str]:
             unpacked = tmp / "tree"
             for deb in sorted(tmp.glob("*.deb")):
                 subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
-            tree.parent.mkdir(parents=True, exist_ok=True)
             os.replace(unpacked, tree)  # whole or not at all: an interrupted fetch starts again
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
