@@ -520,26 +520,29 @@ def holdout(methods, work: Path, overrides: list[str], progress: bool, baselines
 def holdout_sources(tree: Path, progress: bool) -> list[str]:
     """HOLDOUT_DIRS inside `tree`, where HOLDOUT_PACKAGES are unpacked on first use (apt-get download needs
     Debian's package lists; as root, `apt-get update` first when they lack a package)."""
-    if not tree.is_dir():
-        tree.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{tree.name}.tmp-", dir=tree.parent))  # beside it: one rename
-        try:
-            def download():
-                subprocess.run(["apt-get", "download", *HOLDOUT_PACKAGES], cwd=tmp, check=True,
-                               capture_output=not progress)
-            try:
-                download()
-            except subprocess.CalledProcessError:
-                if not (hasattr(os, "geteuid") and os.geteuid() == 0):
-                    raise
-                subprocess.run(["apt-get", "update"], check=True, capture_output=not progress)
-                download()
-            unpacked = tmp / "tree"
-            for deb in sorted(tmp.glob("*.deb")):
-                subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
-            os.replace(unpacked, tree)  # whole or not at all: an interrupted fetch starts again
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    if tree.is_dir():
+        return [str(tree / d) for d in HOLDOUT_DIRS]
+    missing = [tool for tool in ("apt-get", "dpkg-deb") if shutil.which(tool) is None]
+    if missing:
+        raise RuntimeError(f"holdout fetches Debian's {', '.join(HOLDOUT_PACKAGES)} and needs {' and '.join(missing)}; "
+                           f"or unpack those packages into {tree} yourself")
+    quiet = {"capture_output": not progress}
+    tree.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{tree.name}.tmp-", dir=tree.parent))  # beside it: one rename
+    try:
+        download = ["apt-get", "download", *HOLDOUT_PACKAGES]
+        first = subprocess.run(download, cwd=tmp, **quiet)
+        if first.returncode:
+            if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+                first.check_returncode()
+            subprocess.run(["apt-get", "update"], check=True, **quiet)
+            subprocess.run(download, cwd=tmp, check=True, **quiet)
+        unpacked = tmp / "tree"
+        for deb in sorted(tmp.glob("*.deb")):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
+        os.replace(unpacked, tree)  # whole or not at all: an interrupted fetch starts again
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return [str(tree / d) for d in HOLDOUT_DIRS]
 
 

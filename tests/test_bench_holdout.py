@@ -70,3 +70,10 @@ def test_a_failed_download_leaves_nothing_behind(fake_apt, monkeypatch):
     with pytest.raises(subprocess.CalledProcessError):
         bench_find.holdout_sources(cache / "holdout-sources", progress=False)
     assert list(cache.iterdir()) == []
+
+
+def test_without_debian_tools_it_says_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get, no dpkg-deb
+    with pytest.raises(RuntimeError, match="apt-get and dpkg-deb"):
+        bench_find.holdout_sources(tmp_path / "cache" / "holdout-sources", progress=False)
+    assert not (tmp_path / "cache").exists()
