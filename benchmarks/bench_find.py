@@ -503,8 +503,9 @@ def dev(methods, work: Path, overrides: list[str], progress: bool, split: str = 
         collections = tuning_halves(work, overrides, progress, seeds)
     else:
         collections = [(dev_set(split, part, progress), []) for part in PARTS]
-    return scored_collections([(split, ds.name.removeprefix(f"devset-{split}-"), ds, extra)
-                               for ds, extra in collections], methods, work, overrides, progress, baselines)
+    named = [(split, ds.name.removeprefix(f"devset-{split}-"), ds, extra, devset_index(work, ds, split))
+             for ds, extra in collections]
+    return scored_collections(named, methods, work, overrides, progress, baselines)
 
 
 def holdout(methods, work: Path, overrides: list[str], progress: bool, baselines: tuple = BASELINES) -> list[dict]:
@@ -512,8 +513,8 @@ def holdout(methods, work: Path, overrides: list[str], progress: bool, baselines
     from simbench.data.devset import SPLITS, DevSet
 
     dirs = holdout_sources(default_cache_dir() / "holdout-sources", progress)
-    collections = [(HOLDOUT_NAMES[split], part, DevSet(split, part, source_dirs=dirs).load(progress=progress), [])
-                   for split in SPLITS for part in PARTS]
+    collections = [(HOLDOUT_NAMES[split], part, DevSet(split, part, source_dirs=dirs).load(progress=progress), [],
+                    work / f"index-{HOLDOUT_NAMES[split]}-{part}") for split in SPLITS for part in PARTS]
     return scored_collections(collections, methods, work, overrides, progress, baselines)
 
 
@@ -548,15 +549,15 @@ def holdout_sources(tree: Path, progress: bool) -> list[str]:
 
 def scored_collections(collections: list[tuple], methods, work: Path, overrides: list[str], progress: bool,
                        baselines: tuple) -> list[dict]:
-    """Rows of `dev_table`: each find method and baseline on each (split, part, dataset, extra overrides)."""
+    """Rows of `dev_table`: each find method and baseline on each (split, part, dataset, extra overrides,
+    find's --index)."""
     rows = []
-    for split, part, ds, extra in collections:
+    for split, part, ds, extra, index in collections:
         print(f"{split}/{part}: {len(ds)} images, {ds.n_true_pairs} true pairs", flush=True)
         if extra:  # a tuning half: the tables and fusion, fitted on its own whitening's scores, keyed for it
             extra = [*extra, f"calibration={tables_for_half(work, ds.name, overrides, extra)}"]
         for method in methods:
             cfg = cascade.make_config(method, [*overrides, *extra])
-            index = devset_index(work, ds, split) if split in (TUNE, REPORT) else work / f"index-{split}-{part}"
             seconds, result = timed(lambda: find([ds.root / "images"], work / f"out-dev-{split}-{part}-{method}",
                                                  cfg, index=index, progress=progress))
             a, b = _dataset_rows(result.items, ds, result.pairs)

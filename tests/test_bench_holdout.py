@@ -13,9 +13,6 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import bench_find  # noqa: E402
 
-pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs Debian's dpkg-deb")
-
-
 def _deb(out: Path, package: str, files: dict[str, tuple[int, int, int]]) -> None:
     """A .deb of `package` holding a PNG of each colour at each path."""
     root = out / package
@@ -32,6 +29,8 @@ def _deb(out: Path, package: str, files: dict[str, tuple[int, int, int]]) -> Non
 @pytest.fixture
 def fake_apt(tmp_path, monkeypatch):
     """`apt-get download P...` copies P.deb from a folder of built packages; `fail` makes it exit 100."""
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("builds and unpacks real .deb files: needs Debian's dpkg-deb")
     debs = tmp_path / "debs"
     debs.mkdir()
     _deb(debs, "mate-backgrounds", {"usr/share/backgrounds/mate/nature/Aqua.png": (0, 90, 200),

@@ -94,9 +94,9 @@ def agreement(grey_a: np.ndarray, grey_b: np.ndarray, relative_map: np.ndarray,
     to_relative = np.array([[1 / w, 0, 0.5 / w], [0, 1 / h, 0.5 / h], [0, 0, 1]])
     to_pixels = np.array([[wb, 0, -0.5], [0, hb, -0.5]])
     m = to_pixels @ np.vstack([relative_map, [0, 0, 1]]) @ to_relative
-    flags = cv2.WARP_INVERSE_MAP
-    over = cv2.warpAffine(grey_b, m, (w, h), flags=cv2.INTER_LINEAR | flags, borderValue=0)
-    inside = cv2.warpAffine(np.ones_like(grey_b), m, (w, h), flags=cv2.INTER_NEAREST | flags, borderValue=0)
+    over = cv2.warpAffine(grey_b, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0)
+    inside = cv2.warpAffine(np.ones_like(grey_b), m, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                            borderValue=0)
     inside = cv2.erode(inside, np.ones((2 * EDGE + 1, 2 * EDGE + 1), np.uint8)) > 0
     if box is not None and np.all(np.isfinite(box)):
         u0, v0, u1, v1 = box
@@ -138,21 +138,22 @@ def _inverted(alignment: np.ndarray, swapped: np.ndarray) -> np.ndarray:
 
 
 def _detail(grey: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """grey less its local mean over the overlap only (normalised convolution: outside pixels weigh 0)."""
-    weight = inside.astype(np.float32)
-    mean = cv2.GaussianBlur(grey * weight, (0, 0), DETAIL_SIGMA)
-    norm = cv2.GaussianBlur(weight, (0, 0), DETAIL_SIGMA)
-    return grey - mean / np.maximum(norm, 1e-6)
+    """grey less its local mean over the overlap only."""
+    return grey - _local_mean(grey, inside, DETAIL_SIGMA)
 
 
 def _balanced(detail: np.ndarray, inside: np.ndarray) -> np.ndarray:
     """detail over its local contrast (root mean square over BALANCE_SIGMA, within the overlap; at least
     MIN_CONTRAST), so that every part of the overlap counts alike: a high-contrast frame or crest that
     does not line up cannot outweigh a soft photograph that does."""
+    return detail / np.sqrt(_local_mean(detail * detail, inside, BALANCE_SIGMA) + MIN_CONTRAST ** 2)
+
+
+def _local_mean(values: np.ndarray, inside: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian mean of values over the pixels inside only (normalised convolution: outside pixels weigh 0)."""
     weight = inside.astype(np.float32)
-    power = cv2.GaussianBlur(detail * detail * weight, (0, 0), BALANCE_SIGMA)
-    norm = cv2.GaussianBlur(weight, (0, 0), BALANCE_SIGMA)
-    return detail / np.sqrt(power / np.maximum(norm, 1e-6) + MIN_CONTRAST ** 2)
+    total = cv2.GaussianBlur(values * weight, (0, 0), sigma)
+    return total / np.maximum(cv2.GaussianBlur(weight, (0, 0), sigma), 1e-6)
 
 
 def _correlation(x: np.ndarray, y: np.ndarray) -> float:
