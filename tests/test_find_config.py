@@ -31,7 +31,7 @@ def test_runner_groups_choose_the_stages_settings():
     assert cfg.keypoints.extractor == {**runner.detector, "spread": "grid", "coarse_share": 0.5, "coarse_sigma": 2.0}
     # find's changes: GeM, the blurred view (cut from the inner box), the region views
     assert cfg.cnn.extractor == {**runner.backbone, "pooling": "gem", "blurred_view": 1.5, "blurred_inset": 0.08,
-                                 "regions": 3, "region_size": 0.6}
+                                 "regions": 3, "region_size": 0.6, "trim_frame": False}
     assert cfg.keypoints.matcher == cfg.cnn.matcher == cfg.hash.matcher == runner.matcher
     stage, = cascade.build_stages(cascade.make_config("keypoints", groups), calibrations={}, quiet=True)
     assert stage.settings["extractor_params"]["detector"] == "orb"

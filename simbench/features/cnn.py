@@ -106,7 +106,8 @@ class Preprocess:
     decoding keeps the short side >= decode_size x the resize target. blurred_view > 0: each view also
     blurred (Gaussian, this radius in network pixels), appended after the views, cut from the view's box less
     blurred_inset of its side on every side. regions > 0: that many
-    region views appended after those (`region_boxes`), each embedded on its own. Picklable for workers."""
+    region views appended after those (`region_boxes`), each embedded on its own. trim_frame: a frame burned
+    around the picture (`framed_box`) is cut off before any view. Picklable for workers."""
 
     resize: int
     crop: int
@@ -119,6 +120,7 @@ class Preprocess:
     regions: int = 0
     region_size: float = 0.6
     blurred_inset: float = 0.0
+    trim_frame: bool = False
 
     @property
     def n_views(self) -> int:
@@ -182,7 +184,7 @@ def resolve_weights(backbone: str, weights: str) -> Path | None:
 
 def preprocess_for(backbone: str, image_size: int, augment: str | None, decode_size: float = 1.0,
                    blurred_view: float = 0.0, regions: int = 0, region_size: float = 0.6,
-                   blurred_inset: float = 0.0):
+                   blurred_inset: float = 0.0, trim_frame: bool = False):
     """The preprocessing the weights define, scaled to `image_size` (the crop side)."""
     if backbone == LITE0:
         resize, crop, mean, std = 256, 224, LITE_MEAN, LITE_STD
@@ -196,7 +198,7 @@ def preprocess_for(backbone: str, image_size: int, augment: str | None, decode_s
     resize = int(round(image_size * resize / crop))
     views = "multicrop" if augment == "multicrop" else "centre"
     return Preprocess(resize, int(image_size), mean, std, int(resample), views, float(decode_size),
-                      float(blurred_view), int(regions), float(region_size), float(blurred_inset))
+                      float(blurred_view), int(regions), float(region_size), float(blurred_inset), bool(trim_frame))
 
 
 def build_backbone(backbone: str, weights_file: Path | None, image_size: int, pooling: str = "avg",
@@ -382,7 +384,7 @@ def load_views(path: str | Path, prep: Preprocess) -> np.ndarray:
     """
     short_target = prep.resize if prep.views == "centre" else int(np.ceil(prep.crop / CORNER_FRACTION))
     short_target = max(1, int(np.ceil(short_target * prep.decode_size)))
-    im = open_image(path, draft=(short_target, short_target), mode="RGB")
+    im = _opened(path, short_target, prep)
     boxes = [centre_box(im.size, prep.crop / prep.resize)]
     if prep.views == "multicrop":
         boxes += corner_boxes(im.size, CORNER_FRACTION)
@@ -400,10 +402,56 @@ def load_views(path: str | Path, prep: Preprocess) -> np.ndarray:
         # vector) stay those of an extractor without regions. Otherwise the same draft scale serves both.
         target = max(1, int(np.ceil(prep.resize / prep.region_size * prep.decode_size)))
         if min(im.size) < target:
-            im = open_image(path, draft=(target, target), mode="RGB")
+            im = _opened(path, target, prep)
         for v, box in enumerate(region_boxes(im.size, prep.regions, prep.region_size, prep.crop / prep.resize)):
             out[prep.n_views + v] = np.asarray(im.resize((prep.crop, prep.crop), prep.resample, box=box))
     return out
+
+
+def _opened(path, short_side: int, prep: Preprocess) -> Image.Image:
+    """The image decoded with its short side >= short_side where JPEG draft decoding allows, less its frame
+    when prep.trim_frame."""
+    im = open_image(path, draft=(short_side, short_side), mode="RGB")
+    return im.crop(framed_box(im)) if prep.trim_frame else im
+
+
+#: framed_box: a frame's inner edge is a grey-level step of more than FRAME_STEP (0..255) ...
+FRAME_STEP = 24
+#: ... along at least FRAME_RUN of the middle 80% of each side ...
+FRAME_RUN = 0.6
+#: ... at most FRAME_MAX_DEPTH of the short side in from the border.
+FRAME_MAX_DEPTH = 0.12
+
+
+def framed_box(im: Image.Image) -> tuple[int, int, int, int]:
+    """The picture inside a frame burned around it (a yearbook's school frame, a passe-partout, a uniform
+    border), as a box (left, top, right, bottom); the whole image when it has none.
+
+    A frame's inner edge is a straight, continuous edge at one depth from all four sides: the deepest depth d
+    (2 px up to FRAME_MAX_DEPTH of the short side) at which every side has, within a pixel of d, a row (or
+    column) of pixels whose grey level steps by more than FRAME_STEP from its outer neighbour's along at
+    least FRAME_RUN of the side's middle 80%. A photograph's own edges (a horizon, a wall) are rarely straight
+    and continuous on all four sides at one depth, so a picture without a frame is left whole; a frame
+    turned with its picture (a small rotation on a page) has no straight inner edge and is left too."""
+    grey = np.asarray(im.convert("L"), np.int16)
+    h, w = grey.shape
+    depth = int(FRAME_MAX_DEPTH * min(h, w))
+    if depth < 3:
+        return (0, 0, w, h)
+    sides = [grey, grey[::-1], grey.T, grey.T[::-1]]  # each with its outer border on row 0
+    runs = []
+    for side in sides:
+        n = side.shape[1]
+        middle = side[: depth + 2, n // 10: n - n // 10]
+        runs.append((np.abs(np.diff(middle, axis=0)) > FRAME_STEP).mean(axis=1))  # step between rows r, r+1
+    found = 0
+    for d in range(2, depth):
+        if all(run[d - 1: d + 2].max() >= FRAME_RUN for run in runs):
+            found = d
+    if not found:
+        return (0, 0, w, h)
+    inside = found + 2  # past the edge's own row and the one it steps to
+    return (inside, inside, w - inside, h - inside)
 
 
 def inset_box(box: tuple[float, float, float, float], share: float) -> tuple[float, float, float, float]:
@@ -741,6 +789,9 @@ class CnnExtractor(Extractor):
         (`region_boxes`), kept in Embeddings.regions. CnnMethod compares each picture's vector with the
         other's regions, which finds a picture pasted into another or cropped from it. One more forward
         pass per region; needs augment=None.
+    trim_frame: cut a frame burned around the picture (a yearbook's school frame, a passe-partout, a uniform
+        border: `framed_box`) off before any view is taken, so that pictures sharing a frame are compared by
+        what they show, and a framed copy by the picture it frames.
     """
 
     kind = "embedding"
@@ -750,7 +801,7 @@ class CnnExtractor(Extractor):
                  channels_last: bool = False, whitening: str | None = None, whiten_dim: int | None = None,
                  augment: str | None = None, image_size: int = 224, decode_size: float = 1.0,
                  runtime: str = "onnx", pooling: str = "avg", gem_p: float = 3.0, blurred_view: float = 0.0,
-                 regions: int = 0, region_size: float = 0.6, blurred_inset: float = 0.0):
+                 regions: int = 0, region_size: float = 0.6, blurred_inset: float = 0.0, trim_frame: bool = False):
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
         if augment not in AUGMENTS:
@@ -792,8 +843,9 @@ class CnnExtractor(Extractor):
         self.blurred_view = float(blurred_view)
         self.blurred_inset = float(blurred_inset)
         self.regions, self.region_size = int(regions), float(region_size)
+        self.trim_frame = bool(trim_frame)
         self.prep = preprocess_for(backbone, self.image_size, augment, self.decode_size, self.blurred_view,
-                                   self.regions, self.region_size, self.blurred_inset)
+                                   self.regions, self.region_size, self.blurred_inset, self.trim_frame)
         self._model = None
 
     @property
@@ -811,7 +863,8 @@ class CnnExtractor(Extractor):
                 # Only when used, so that the caches and tables of before keep their keys.
                 **({"blurred_view": self.blurred_view} if self.blurred_view else {}),
                 **({"blurred_inset": self.blurred_inset} if self.blurred_inset else {}),
-                **({"regions": self.regions, "region_size": self.region_size} if self.regions else {})}
+                **({"regions": self.regions, "region_size": self.region_size} if self.regions else {}),
+                **({"trim_frame": True} if self.trim_frame else {})}
 
     def _weights_identity(self):
         """"none", or the file that will be loaded with its size and time (a new file = a new cache entry)."""
