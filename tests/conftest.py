@@ -21,6 +21,16 @@ def photo(name: str) -> np.ndarray:
     return np.ascontiguousarray(img[..., :3]).astype(np.uint8)
 
 
+def framed_picture(picture, px_per_pt: float):
+    """A PIL picture with the yearbook's school frame burned around it (a band FRAME_PT * px_per_pt px wide)."""
+    from simbench.find.yearbook import decoration
+
+    out = picture.convert("RGB")
+    overlay = decoration(out.size, px_per_pt, None, True)
+    out.paste(overlay, (0, 0), overlay)
+    return out
+
+
 @pytest.fixture(scope="session")
 def photos() -> dict[str, np.ndarray]:
     return {name: photo(name) for name in PHOTOS}

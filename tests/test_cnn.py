@@ -414,51 +414,21 @@ def test_blurred_inset_cuts_the_blurred_copy_from_the_inner_box(photo_files, tmp
             tiny(**bad)
 
 
-def _framed(picture, px_per_pt: float):
-    """The picture with the yearbook's school frame burned around it (band FRAME_PT * px_per_pt pixels)."""
-    from simbench.find.yearbook import decoration
-
-    out = picture.copy()
-    overlay = decoration(out.size, px_per_pt, None, True)
-    out.paste(overlay, (0, 0), overlay)
-    return out
-
-
-def test_framed_box_cuts_a_burned_in_frame_and_leaves_photographs_whole(photos):
-    """Oracle: the frame's band width is known; the box starts past it, taking at most 3 px of the picture."""
-    from PIL import Image
-
-    from simbench.features.cnn import framed_box
-    from simbench.find.yearbook import FRAME_PT
-
-    picture = Image.fromarray(photos["coffee"]).resize((400, 300))
-    for px_per_pt in (1.0, 2.0, 3.0):
-        band = FRAME_PT * px_per_pt
-        x0, y0, x1, y1 = framed_box(_framed(picture, px_per_pt))
-        assert band <= x0 == y0 == 400 - x1 == 300 - y1 <= band + 3, (px_per_pt, x0)
-    padded = Image.new("RGB", (440, 340), "white")  # a uniform border
-    padded.paste(picture, (20, 20))
-    assert framed_box(padded) in [(d, d, 440 - d, 340 - d) for d in (20, 21, 22, 23)]
-    for name, pixels in photos.items():  # no frame: whole
-        image = Image.fromarray(pixels)
-        assert framed_box(image) == (0, 0, *image.size), name
-    turned = _framed(picture, 2.0).rotate(5, expand=True, fillcolor="white")  # no straight inner edge
-    assert framed_box(turned) == (0, 0, *turned.size)
-    tiny_image = Image.new("RGB", (20, 20), "white")
-    assert framed_box(tiny_image) == (0, 0, 20, 20)
-
-
 def test_trim_frame_embeds_the_picture_inside_its_frame(photos, tmp_path):
     """Oracle: with trim_frame, the views of a framed picture are those of framed_box's crop of it, taken
     without trim_frame; a picture without a frame gets the views it had; the key says so."""
     from PIL import Image
 
-    from simbench.features.cnn import framed_box, load_views
+    from conftest import framed_picture
+
+    from simbench.data.images import framed_box
+    from simbench.features.cnn import load_views
 
     picture = Image.fromarray(photos["astronaut"]).resize((360, 300))
-    framed = _framed(picture, 2.0)
+    framed = framed_picture(picture, 2.0)
     paths = {}
-    for name, image in (("framed", framed), ("cut", framed.crop(framed_box(framed))), ("plain", picture)):
+    for name, image in (("framed", framed), ("cut", framed.crop(framed_box(np.asarray(framed.convert("L"))))),
+                        ("plain", picture)):
         paths[name] = tmp_path / f"{name}.png"  # PNG: no draft decoding, the same pixels both ways
         image.save(paths[name])
     trimmed, plain = tiny(regions=2, trim_frame=True), tiny(regions=2)

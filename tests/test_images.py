@@ -372,3 +372,29 @@ def test_transform_photometric():
     assert abs(bc.mean() - a.mean()) > 3 or abs(bc.std() - a.std()) > 3
     text = np.asarray(_run("text_overlay", 0, src), dtype=np.float64)
     assert (np.abs(text - a).max(axis=2) > 60).mean() > 0.005  # visible lettering
+
+
+def test_framed_box_cuts_a_burned_in_frame_and_leaves_photographs_whole(photos):
+    """Oracle: the frame's band width is known; the box starts past it, taking at most 3 px of the picture."""
+    from conftest import framed_picture
+
+    from simbench.data.images import framed_box
+    from simbench.find.yearbook import FRAME_PT
+
+    def box(image):
+        return framed_box(np.asarray(image.convert("L")))
+
+    picture = Image.fromarray(photos["coffee"]).resize((400, 300))
+    for px_per_pt in (1.0, 2.0, 3.0):
+        band = FRAME_PT * px_per_pt
+        x0, y0, x1, y1 = box(framed_picture(picture, px_per_pt))
+        assert band <= x0 == y0 == 400 - x1 == 300 - y1 <= band + 3, (px_per_pt, x0)
+    padded = Image.new("RGB", (440, 340), "white")  # a uniform border
+    padded.paste(picture, (20, 20))
+    assert box(padded) in [(d, d, 440 - d, 340 - d) for d in (20, 21, 22, 23)]
+    for name, pixels in photos.items():  # no frame: whole
+        image = Image.fromarray(pixels)
+        assert box(image) == (0, 0, *image.size), name
+    turned = framed_picture(picture, 2.0).rotate(5, expand=True, fillcolor="white")  # no straight inner edge
+    assert box(turned) == (0, 0, *turned.size)
+    assert box(Image.new("RGB", (20, 20), "white")) == (0, 0, 20, 20)

@@ -248,3 +248,36 @@ def test_the_ladder_stops_when_going_lower_fills_nothing():
     # Too few keypoints at a step: on down, as without spreading; the last step's are kept, all of them.
     ladder = [_Detector(_spread(100, rng)), _Detector(_spread(300, rng))]
     assert len(find_keypoints(ladder, gray, 500, "grid")) == 300 and [d.calls for d in ladder] == [1, 1]
+
+
+def test_trim_frame_detects_inside_a_burned_in_frame_only(tmp_path):
+    """Oracle: with trim_frame, the keypoints of a framed picture are those of framed_box's cut-out of it
+    (extracted without trim_frame), shifted by the cut; without it some lie on the frame's corners; a picture
+    without a frame keeps its keypoints; the key says so."""
+    from conftest import framed_picture
+
+    from simbench.data.images import framed_box
+
+    picture = Image.fromarray(skdata.coffee()).resize((400, 300))  # under max_size: no resampling
+    framed = framed_picture(picture, 2.0)
+    left, top, right, bottom = framed_box(np.asarray(framed.convert("L")))
+    assert left > 0
+    paths = {}
+    for name, image in (("framed", framed), ("cut", framed.crop((left, top, right, bottom))), ("plain", picture)):
+        paths[name] = tmp_path / f"{name}.png"
+        image.save(paths[name])
+    settings = {"max_features": 300, "threshold": 8, "spread": "grid", "coarse_share": 0.5, "mirror": True,
+                "workers": 1}
+    trimmed, plain = KeypointExtractor(trim_frame=True, **settings), KeypointExtractor(**settings)
+    got = trimmed.extract([paths["framed"], paths["plain"]]).features
+    cut, whole = plain.extract([paths["cut"], paths["plain"]]).features, plain.extract([paths["framed"]]).features
+    rows = slice(got.offsets[0], got.offsets[1])
+    np.testing.assert_array_equal(got.descriptors[rows], cut.descriptors[cut.offsets[0]:cut.offsets[1]])
+    np.testing.assert_allclose(got.points[rows], cut.points[cut.offsets[0]:cut.offsets[1]] + [left, top], atol=1e-3)
+    np.testing.assert_array_equal(got.descriptors[got.offsets[1]:], cut.descriptors[cut.offsets[1]:])  # no frame
+    def near_frame(points):  # on the frame or within 15 px inside it
+        x, y = points[:, 0], points[:, 1]
+        return np.minimum.reduce([x - left, y - top, right - 1 - x, bottom - 1 - y]) < 15
+
+    assert near_frame(whole.points).sum() >= 5 and not near_frame(got.points[rows]).any()
+    assert trimmed.params()["trim_frame"] is True and "trim_frame" not in plain.params()  # old keys kept

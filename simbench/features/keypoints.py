@@ -33,7 +33,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from simbench.data.images import UnreadableImage, image_size, open_image
+from simbench.data.images import UnreadableImage, framed_box, image_size, open_image
 from simbench.features.base import Extracted, Extractor
 from simbench.types import KeypointSets, Skipped
 
@@ -90,6 +90,7 @@ class _Config:
     spread: str | None = None
     coarse_share: float = 0.0
     coarse_sigma: tuple[float, ...] = (2.0,)
+    trim_frame: bool = False
 
 
 class KeypointExtractor(Extractor):
@@ -132,6 +133,10 @@ class KeypointExtractor(Extractor):
         second detection), appended after the image's rows at the same scale (flag in
         `KeypointSets.mirrored`), so that mirrored copies match. Doubles the rows, and the descriptor
         pairs about fourfold.
+    trim_frame: detect (at working scale) only inside a frame burned around the picture (a yearbook's school
+        frame, a passe-partout, a uniform border: simbench.data.images.framed_box). Otherwise the frame's
+        corners take part of the budget, most of all from a smooth photograph inside it, and different
+        photos in one frame share them.
     workers: processes; 0 = one per core, 1 = in this process.
     """
 
@@ -140,7 +145,7 @@ class KeypointExtractor(Extractor):
     def __init__(self, detector: str = "brisk", max_features: int = 500, max_size: int = 640,
                  threshold: float | None = None, mirror: bool = False, adaptive: bool = True,
                  spread: str | None = None, coarse_share: float = 0.0,
-                 coarse_sigma: float | Sequence[float] = 2.0, workers: int = 0):
+                 coarse_sigma: float | Sequence[float] = 2.0, trim_frame: bool = False, workers: int = 0):
         if detector not in DESCRIPTOR_SHAPE:
             raise ValueError(f"unknown detector {detector!r}; choose one of {sorted(DESCRIPTOR_SHAPE)}")
         if spread is not None and spread not in SPREADS:
@@ -161,6 +166,7 @@ class KeypointExtractor(Extractor):
         self.spread = spread
         self.coarse_share = float(coarse_share)
         self.coarse_sigma = sigmas
+        self.trim_frame = bool(trim_frame)
         self.workers = int(workers)
 
     @property
@@ -179,6 +185,8 @@ class KeypointExtractor(Extractor):
         if self.coarse_share > 0:  # one sigma as a number, as before lists were taken
             sigmas = self.coarse_sigma
             params.update(coarse_share=self.coarse_share, coarse_sigma=sigmas[0] if len(sigmas) == 1 else list(sigmas))
+        if self.trim_frame:
+            params["trim_frame"] = True
         return params
 
     @property
@@ -187,7 +195,7 @@ class KeypointExtractor(Extractor):
 
     def extract(self, paths: Sequence[Path], progress: bool = False) -> Extracted:
         config = _Config(self.detector, self.max_features, self.max_size, self.threshold, self.mirror,
-                         self.adaptive, self.spread, self.coarse_share, self.coarse_sigma)
+                         self.adaptive, self.spread, self.coarse_share, self.coarse_sigma, self.trim_frame)
         results = _map_images(paths, config, self.workers, progress)
         return _collect(paths, results, config)
 
@@ -279,6 +287,10 @@ def extract_image(path: str | Path, config: _Config) -> dict:
     """Keypoints of one image file in original pixel coordinates (raises UnreadableImage)."""
     gray, original_size = decode_gray(path, config.max_size)
     scale = (original_size[0] / gray.shape[1], original_size[1] / gray.shape[0])
+    left, top = 0, 0
+    if config.trim_frame:
+        left, top, right, bottom = framed_box(gray)
+        gray = np.ascontiguousarray(gray[top:bottom, left:right])
     parts = []
     for sigma, budget in scale_budgets(config):
         image = cv2.GaussianBlur(gray, (0, 0), sigma) if sigma else gray
@@ -293,7 +305,7 @@ def extract_image(path: str | Path, config: _Config) -> dict:
             parts.append(describe(detectors[0], np.ascontiguousarray(image[:, ::-1]),
                                   reflect(keypoints, image.shape[1]), mirrored=True))
     out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    out["points"] = to_original_pixels(out["points"], scale)
+    out["points"] = to_original_pixels(out["points"] + np.float32([left, top]), scale)
     out["sizes"] = out["sizes"] * np.float32((scale[0] + scale[1]) / 2)
     out["image_size"] = original_size
     return out
