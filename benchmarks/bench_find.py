@@ -521,8 +521,9 @@ def holdout(methods, work: Path, overrides: list[str], progress: bool, baselines
 def holdout_sources(tree: Path, progress: bool) -> list[str]:
     """HOLDOUT_DIRS inside `tree`, where HOLDOUT_PACKAGES are unpacked on first use (apt-get download needs
     Debian's package lists; as root, `apt-get update` first when they lack a package)."""
+    dirs = [str(tree / d) for d in HOLDOUT_DIRS]
     if tree.is_dir():
-        return [str(tree / d) for d in HOLDOUT_DIRS]
+        return dirs
     missing = [tool for tool in ("apt-get", "dpkg-deb") if shutil.which(tool) is None]
     if missing:
         raise RuntimeError(f"holdout fetches Debian's {', '.join(HOLDOUT_PACKAGES)} and needs {' and '.join(missing)}; "
@@ -544,7 +545,7 @@ def holdout_sources(tree: Path, progress: bool) -> list[str]:
         os.replace(unpacked, tree)  # whole or not at all: an interrupted fetch starts again
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return [str(tree / d) for d in HOLDOUT_DIRS]
+    return dirs
 
 
 def scored_collections(collections: list[tuple], methods, work: Path, overrides: list[str], progress: bool,

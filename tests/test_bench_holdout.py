@@ -13,6 +13,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import bench_find  # noqa: E402
 
+
 def _deb(out: Path, package: str, files: dict[str, tuple[int, int, int]]) -> None:
     """A .deb of `package` holding a PNG of each colour at each path."""
     root = out / package

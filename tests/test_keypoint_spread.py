@@ -275,6 +275,7 @@ def test_trim_frame_detects_inside_a_burned_in_frame_only(tmp_path):
     np.testing.assert_array_equal(got.descriptors[rows], cut.descriptors[cut.offsets[0]:cut.offsets[1]])
     np.testing.assert_allclose(got.points[rows], cut.points[cut.offsets[0]:cut.offsets[1]] + [left, top], atol=1e-3)
     np.testing.assert_array_equal(got.descriptors[got.offsets[1]:], cut.descriptors[cut.offsets[1]:])  # no frame
+
     def near_frame(points):  # on the frame or within 15 px inside it
         x, y = points[:, 0], points[:, 1]
         return np.minimum.reduce([x - left, y - top, right - 1 - x, bottom - 1 - y]) < 15
