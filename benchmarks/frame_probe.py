@@ -1,0 +1,140 @@
+"""The school frame on the tuning split's yearbooks, and what cutting it off (simbench.data.images.framed_box,
+the extractors' trim_frame) changes: the diagnosis behind runs (23) and (24) of results/find.md. Tuning split only.
+
+    python benchmarks/frame_probe.py [--work DIR]
+
+For each tuning yearbook (the photos of the devset's tuning split, built as `bench_find.py yearbook-tune` builds
+seed 0 and `calibrate` seed 1), its placements rendered as find renders them:
+- on how many placements framed_box finds the frame (and on how many of the tuning devset's pictures);
+- the CNN alone (find's extractor, plain cosine of vectors centred on their mean, no whitening, normalisation
+  or fusion), micro-AP over all pairs: as rendered, cut by framed_box, cut where the generator drew the frame
+  (FRAME_PT + 2 pt in from every side), and that with the crest painted out too (inpainted where it was drawn);
+- find's keypoint stage on its own (no calibration), without and with trim_frame: the share of the framed
+  placements' keypoints on the frame or within 15 px of it, and the true and false pairs it verifies.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_find import TUNE, dev_set, matrix_metrics  # noqa: E402
+from simbench.data.synthetic import default_cache_dir  # noqa: E402
+
+NEAR_FRAME_PX = 15
+
+
+def rendered_yearbook(work: Path, seed: int):
+    """(placements, rendered files, the placement each file shows) of the tuning yearbook with this seed."""
+    from simbench.find.pdf import PdfOptions, extract_pdf
+    from simbench.find.yearbook import SCHOOL_STYLE, build_yearbook, match_placement, reference_photos
+
+    photos = reference_photos(dev_set(TUNE, "photo", False))
+    pdfs = work / f"yearbook-{seed}"
+    placements = build_yearbook(pdfs, n_photos=len(photos) - 4, n_single=4, photos=photos, seed=seed, **SCHOOL_STYLE)
+    files, shown = [], []
+    for pdf in sorted(pdfs.glob("*.pdf")):
+        for placed in extract_pdf(pdf, work / f"render-{seed}-{pdf.stem}", PdfOptions())[0]:
+            k = match_placement(placements, str(pdf), placed.page, placed.bbox)
+            if k is not None:
+                files.append(Path(placed.image_path))
+                shown.append(k)
+    return placements, files, shown
+
+
+def cut_views(placements, files: list[Path], shown: list[int], out: Path) -> dict[str, list[Path]]:
+    """The rendered files, and three cuts of each: {"as rendered", "framed_box", "generator's frame",
+    "generator's frame and crest"}."""
+    import cv2
+    from PIL import Image
+
+    from simbench.data.images import framed_box
+    from simbench.find.yearbook import FRAME_PT, LOGO_INSET_PT, LOGO_WIDTH
+
+    out.mkdir(parents=True, exist_ok=True)
+    views = {"as rendered": files, "framed_box": [], "generator's frame": [], "generator's frame and crest": []}
+    for i, (path, k) in enumerate(zip(files, shown)):
+        image = np.asarray(Image.open(path).convert("RGB"))
+        h, w = image.shape[:2]
+        x0, y0, x1, y1 = framed_box(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
+        px_per_pt = w / (placements[k].rect[2] - placements[k].rect[0])
+        crest = np.zeros((h, w), np.uint8)  # where decoration() stamps it (turned placements: roughly)
+        side, inset = LOGO_WIDTH * w, LOGO_INSET_PT * px_per_pt
+        crest[max(0, int(h - inset - side) - 2):int(h - inset) + 2, max(0, int(w - inset - side) - 2):int(w - inset) + 2] = 255
+        c = int(round((FRAME_PT + 2) * px_per_pt))
+        for name, pixels in (("framed_box", image[y0:y1, x0:x1]), ("generator's frame", image[c:h - c, c:w - c]),
+                             ("generator's frame and crest",
+                              cv2.inpaint(image, crest, 5, cv2.INPAINT_TELEA)[c:h - c, c:w - c])):
+            views[name].append(out / f"{len(views[name])}-{name.replace(' ', '_')}.png")
+            Image.fromarray(np.ascontiguousarray(pixels)).save(views[name][-1])
+    return views
+
+
+def cnn_micro_ap(files: list[Path], truth: np.ndarray) -> float:
+    from simbench.find import cascade
+
+    stage, = cascade.build_stages(cascade.make_config("cnn"), calibrations={}, quiet=True)
+    vectors = np.asarray(stage.extractor.extract(files).features.vectors, np.float64)
+    centred = vectors - vectors.mean(axis=0)
+    centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+    return matrix_metrics(centred @ centred.T, truth)["uap"]
+
+
+def keypoint_figures(files: list[Path], truth: np.ndarray, trim: bool) -> dict:
+    from PIL import Image
+
+    from simbench.data.images import framed_box
+    from simbench.find import cascade
+
+    cfg = cascade.make_config("keypoints", [f"keypoints.extractor.trim_frame={str(trim).lower()}"])
+    stage, = cascade.build_stages(cfg, calibrations={}, quiet=True)
+    features = stage.extractor.extract(files).features
+    near, framed = 0, 0
+    for i, path in enumerate(files):
+        x0, y0, x1, y1 = framed_box(np.asarray(Image.open(path).convert("L")))
+        if x0 == 0:
+            continue
+        x, y = features.points[features.offsets[i]:features.offsets[i + 1]].T
+        near += int((np.minimum.reduce([x - x0, y - y0, x1 - 1 - x, y1 - 1 - y]) < NEAR_FRAME_PX).sum())
+        framed += int(features.offsets[i + 1] - features.offsets[i])
+    pairs = stage.method.score_pairs(features)
+    found = {(min(a, b), max(a, b)) for a, b in zip(pairs.a.tolist(), pairs.b.tolist())}
+    true = {tuple(p) for p in truth.tolist()}
+    return {"near": near / max(framed, 1), "true": len(found & true), "false": len(found - true)}
+
+
+def main(argv=None) -> None:
+    from PIL import Image
+
+    from simbench.data.images import framed_box
+    from simbench.find.yearbook import true_pairs
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default=str(default_cache_dir() / "frame_probe"))
+    work = Path(parser.parse_args(argv).work).expanduser()
+    devset = [p for part in ("photo", "lineart") for p in sorted((dev_set(TUNE, part, False).root / "images").iterdir())]
+    framed = sum(framed_box(np.asarray(Image.open(p).convert("L")))[0] > 0 for p in devset)
+    print(f"tuning devset pictures (photo and line art): a frame found on {framed} of {len(devset)}")
+    for seed in (0, 1):
+        placements, files, shown = rendered_yearbook(work, seed)
+        index = {k: i for i, k in enumerate(shown)}
+        truth = np.array(sorted((min(index[a], index[b]), max(index[a], index[b])) for a, b in true_pairs(placements)
+                                if a in index and b in index)).reshape(-1, 2)
+        views = cut_views(placements, files, shown, work / f"cut-{seed}")
+        found = sum(framed_box(np.asarray(Image.open(p).convert("L")))[0] > 0 for p in files)
+        print(f"\ntuning yearbook seed {seed}: {len(files)} placements, {len(truth)} true pairs; "
+              f"framed_box finds the frame on {found}")
+        for name, paths in views.items():
+            print(f"  CNN alone, centred cosine, {name}: micro-AP {cnn_micro_ap(paths, truth):.3f}")
+        for trim in (False, True):
+            got = keypoint_figures(files, truth, trim)
+            print(f"  keypoint stage, trim_frame={trim}: {got['near']:.0%} of the framed placements' keypoints on "
+                  f"the frame or within {NEAR_FRAME_PX} px of it; verified {got['true']} true pairs, "
+                  f"{got['false']} false")
+
+
+if __name__ == "__main__":
+    main()
