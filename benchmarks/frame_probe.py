@@ -1,5 +1,6 @@
 """The school frame on the tuning split's yearbooks, and what cutting it off (simbench.data.images.framed_box,
-the extractors' trim_frame) changes: the diagnosis behind runs (23) and (24) of results/find.md. Tuning split only.
+the extractors' trim_frame) changes, and what the keypoints' min_coverage keeps: the diagnosis behind runs (23),
+(24) and (25) of results/find.md. Tuning split only.
 
     python benchmarks/frame_probe.py [--work DIR]
 
@@ -9,8 +10,11 @@ seed 0 and `calibrate` seed 1), its placements rendered as find renders them:
 - the CNN alone (find's extractor, plain cosine of vectors centred on their mean, no whitening, normalisation
   or fusion), micro-AP over all pairs: as rendered, cut by framed_box, cut where the generator drew the frame
   (FRAME_PT + 2 pt in from every side), and that with the crest painted out too (inpainted where it was drawn);
-- find's keypoint stage on its own (no calibration), without and with trim_frame: the share of the framed
-  placements' keypoints on the frame or within 15 px of it, and the true and false pairs it verifies.
+- find's keypoint stage on its own (no calibration), without and with trim_frame, at runs (23) and (24)'s
+  min_coverage 0.02: the share of the framed placements' keypoints on the frame or within 15 px of it, and
+  the true and false pairs it verifies;
+- the same stage (no trim) with min_coverage 0.02, 0.01 and 0.005: the true and false pairs it keeps
+  (run 25).
 """
 from __future__ import annotations
 
@@ -83,13 +87,19 @@ def cnn_micro_ap(files: list[Path], truth: np.ndarray) -> float:
     return matrix_metrics(centred @ centred.T, truth)["uap"]
 
 
-def keypoint_figures(files: list[Path], truth: np.ndarray, trim: bool) -> dict:
+#: Runs (23) and (24) were made with this covered share as the keypoints' floor; run (25) lowered it.
+RUN_24_MIN_COVERAGE = 0.02
+MIN_COVERAGES = (0.02, 0.01, 0.005)
+
+
+def keypoint_figures(files: list[Path], truth: np.ndarray, trim: bool, min_coverage: float) -> dict:
     from PIL import Image
 
     from simbench.data.images import framed_box
     from simbench.find import cascade
 
-    cfg = cascade.make_config("keypoints", [f"keypoints.extractor.trim_frame={str(trim).lower()}"])
+    cfg = cascade.make_config("keypoints", [f"keypoints.extractor.trim_frame={str(trim).lower()}",
+                                            f"keypoints.method.min_coverage={min_coverage}"])
     stage, = cascade.build_stages(cfg, calibrations={}, quiet=True)
     features = stage.extractor.extract(files).features
     near, framed = 0, 0
@@ -130,10 +140,13 @@ def main(argv=None) -> None:
         for name, paths in views.items():
             print(f"  CNN alone, centred cosine, {name}: micro-AP {cnn_micro_ap(paths, truth):.3f}")
         for trim in (False, True):
-            got = keypoint_figures(files, truth, trim)
+            got = keypoint_figures(files, truth, trim, RUN_24_MIN_COVERAGE)
             print(f"  keypoint stage, trim_frame={trim}: {got['near']:.0%} of the framed placements' keypoints on "
                   f"the frame or within {NEAR_FRAME_PX} px of it; verified {got['true']} true pairs, "
                   f"{got['false']} false")
+        for floor in MIN_COVERAGES:
+            got = keypoint_figures(files, truth, False, floor)
+            print(f"  keypoint stage, min_coverage={floor}: keeps {got['true']} true pairs, {got['false']} false")
 
 
 if __name__ == "__main__":
