@@ -1,6 +1,6 @@
 """The school frame on the tuning split's yearbooks, and what cutting it off (simbench.data.images.framed_box,
-the extractors' trim_frame) changes, and what the keypoints' min_coverage keeps: the diagnosis behind runs (23),
-(24) and (25) of results/find.md. Tuning split only.
+the extractors' trim_frame) changes, and what the keypoints' min_coverage keeps: the diagnosis behind runs (23)
+to (26) of results/find.md. Tuning split only.
 
     python benchmarks/frame_probe.py [--work DIR]
 
@@ -10,6 +10,8 @@ seed 0 and `calibrate` seed 1), its placements rendered as find renders them:
 - the CNN alone (find's extractor, plain cosine of vectors centred on their mean, no whitening, normalisation
   or fusion), micro-AP over all pairs: as rendered, cut by framed_box, cut where the generator drew the frame
   (FRAME_PT + 2 pt in from every side), and that with the crest painted out too (inpainted where it was drawn);
+  turned upright where a placement is turned on the page (simbench.data.images.upright; run 26), and that cut
+  by framed_box;
 - find's keypoint stage on its own (no calibration), without and with trim_frame, at runs (23) and (24)'s
   min_coverage 0.02: the share of the framed placements' keypoints on the frame or within 15 px of it, and
   the true and false pairs it verifies;
@@ -50,16 +52,18 @@ def rendered_yearbook(work: Path, seed: int):
 
 
 def cut_views(placements, files: list[Path], shown: list[int], out: Path) -> dict[str, list[Path]]:
-    """The rendered files, and three cuts of each: {"as rendered", "framed_box", "generator's frame",
-    "generator's frame and crest"}."""
+    """The rendered files, and five cuts of each: {"as rendered", "framed_box", "generator's frame",
+    "generator's frame and crest", "upright", "upright, then framed_box"} (upright: simbench.data.images.upright,
+    a placement turned on the page turned back, as the CNN extractor's upright option does)."""
     import cv2
     from PIL import Image
 
-    from simbench.data.images import framed_box
+    from simbench.data.images import framed_box, upright
     from simbench.find.yearbook import FRAME_PT, LOGO_INSET_PT, LOGO_WIDTH
 
     out.mkdir(parents=True, exist_ok=True)
-    views = {"as rendered": files, "framed_box": [], "generator's frame": [], "generator's frame and crest": []}
+    views = {"as rendered": files, "framed_box": [], "generator's frame": [], "generator's frame and crest": [],
+             "upright": [], "upright, then framed_box": []}
     for i, (path, k) in enumerate(zip(files, shown)):
         image = np.asarray(Image.open(path).convert("RGB"))
         h, w = image.shape[:2]
@@ -69,10 +73,13 @@ def cut_views(placements, files: list[Path], shown: list[int], out: Path) -> dic
         side, inset = LOGO_WIDTH * w, LOGO_INSET_PT * px_per_pt
         crest[max(0, int(h - inset - side) - 2):int(h - inset) + 2, max(0, int(w - inset - side) - 2):int(w - inset) + 2] = 255
         c = int(round((FRAME_PT + 2) * px_per_pt))
+        turned_back = np.asarray(upright(Image.fromarray(image)))
+        u0, v0, u1, v1 = framed_box(cv2.cvtColor(turned_back, cv2.COLOR_RGB2GRAY))
         for name, pixels in (("framed_box", image[y0:y1, x0:x1]), ("generator's frame", image[c:h - c, c:w - c]),
                              ("generator's frame and crest",
-                              cv2.inpaint(image, crest, 5, cv2.INPAINT_TELEA)[c:h - c, c:w - c])):
-            views[name].append(out / f"{len(views[name])}-{name.replace(' ', '_')}.png")
+                              cv2.inpaint(image, crest, 5, cv2.INPAINT_TELEA)[c:h - c, c:w - c]),
+                             ("upright", turned_back), ("upright, then framed_box", turned_back[v0:v1, u0:u1])):
+            views[name].append(out / f"{len(views[name])}-{name.replace(' ', '_').replace(',', '')}.png")
             Image.fromarray(np.ascontiguousarray(pixels)).save(views[name][-1])
     return views
 
@@ -119,7 +126,7 @@ def keypoint_figures(files: list[Path], truth: np.ndarray, trim: bool, min_cover
 def main(argv=None) -> None:
     from PIL import Image
 
-    from simbench.data.images import framed_box
+    from simbench.data.images import framed_box, upright
     from simbench.find.yearbook import true_pairs
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,7 +134,9 @@ def main(argv=None) -> None:
     work = Path(parser.parse_args(argv).work).expanduser()
     devset = [p for part in ("photo", "lineart") for p in sorted((dev_set(TUNE, part, False).root / "images").iterdir())]
     framed = sum(framed_box(np.asarray(Image.open(p).convert("L")))[0] > 0 for p in devset)
-    print(f"tuning devset pictures (photo and line art): a frame found on {framed} of {len(devset)}")
+    turned = [p.name for p in devset if upright(Image.open(p).convert("RGB")).size != Image.open(p).size]
+    print(f"tuning devset pictures (photo and line art): a frame found on {framed} of {len(devset)}; "
+          f"turned upright: {len(turned)} ({', '.join(sorted({n.split('_', 2)[-1].split('.')[0] for n in turned}))})")
     for seed in (0, 1):
         placements, files, shown = rendered_yearbook(work, seed)
         index = {k: i for i, k in enumerate(shown)}
@@ -135,8 +144,9 @@ def main(argv=None) -> None:
                                 if a in index and b in index)).reshape(-1, 2)
         views = cut_views(placements, files, shown, work / f"cut-{seed}")
         found = sum(framed_box(np.asarray(Image.open(p).convert("L")))[0] > 0 for p in files)
+        turned = sum(upright(Image.open(p).convert("RGB")).size != Image.open(p).size for p in files)
         print(f"\ntuning yearbook seed {seed}: {len(files)} placements, {len(truth)} true pairs; "
-              f"framed_box finds the frame on {found}")
+              f"framed_box finds the frame on {found}; upright turns {turned} back")
         for name, paths in views.items():
             print(f"  CNN alone, centred cosine, {name}: micro-AP {cnn_micro_ap(paths, truth):.3f}")
         for trim in (False, True):

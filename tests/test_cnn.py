@@ -1166,3 +1166,24 @@ def test_region_views_are_stored_and_read_back_by_the_index(tmp_path):
     bad = {"vector": e.vectors[0], "regions": e.regions[0][:, :5]}
     assert _feature_problem(bad, "embedding") == "malformed region views"
     assert join_features([{"vector": e.vectors[0]}], "embedding")[0].regions is None
+
+
+def test_upright_embeds_the_picture_turned_back(photos, tmp_path):
+    """Oracle: with upright, the views of a picture turned on a page are those of `upright`'s output, taken
+    without it; a picture square to the frame gets the views it had; the key says so."""
+    from PIL import Image
+
+    from simbench.data.images import upright
+    from simbench.features.cnn import load_views
+
+    picture = Image.fromarray(photos["astronaut"]).resize((360, 300))
+    turned = picture.rotate(6, expand=True, fillcolor="white", resample=Image.Resampling.BICUBIC)
+    paths = {}
+    for name, image in (("turned", turned), ("back", upright(turned)), ("plain", picture)):
+        paths[name] = tmp_path / f"{name}.png"  # PNG: no draft decoding, the same pixels both ways
+        image.save(paths[name])
+    turning, plain = tiny(regions=2, upright=True), tiny(regions=2)
+    np.testing.assert_array_equal(load_views(paths["turned"], turning.prep), load_views(paths["back"], plain.prep))
+    np.testing.assert_array_equal(load_views(paths["plain"], turning.prep), load_views(paths["plain"], plain.prep))
+    assert not np.array_equal(load_views(paths["turned"], turning.prep), load_views(paths["turned"], plain.prep))
+    assert turning.params()["upright"] is True and "upright" not in plain.params()  # old keys kept

@@ -338,3 +338,55 @@ def framed_box(grey: np.ndarray) -> tuple[int, int, int, int]:
         return (0, 0, w, h)
     inside = found + 2  # past the edge's own row and the one it steps to
     return (inside, inside, w - inside, h - inside)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A picture turned on a plain page
+
+#: upright: the four corners agree within this many grey levels (0..255): a plain page or canvas ...
+BACKGROUND_SPREAD = 8
+#: ... and a pixel is part of the picture when it differs from them by more than this.
+PICTURE_STEP = 12
+#: A turn smaller than this (degrees) is left: nothing of the page shows.
+MIN_TURN = 0.5
+#: The picture's outline must fill this share of its best-fitting turned rectangle.
+RECTANGLE_FILL = 0.95
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """A picture set turned on a plain page (a photo placed a few degrees off square in a PDF, a print laid
+    askew on a scanner), turned back and cut out of the page; the image itself when it is not one.
+
+    It is one when the four corners share one grey level (within BACKGROUND_SPREAD), and what differs from it
+    (by more than PICTURE_STEP) is, but for small gaps, one region filling at least RECTANGLE_FILL of its
+    smallest enclosing rectangle, turned by at least MIN_TURN degrees. The cut lies two pixels inside that
+    rectangle, past the rim that interpolation mixes with the page. Turns beyond 45 degrees read as the
+    nearest right angle less the turn, as for any rectangle."""
+    import cv2
+
+    rgb = np.asarray(image.convert("RGB"))
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.int16)
+    corners = grey[[0, 0, -1, -1], [0, -1, 0, -1]]
+    if min(grey.shape) < 16 or corners.max() - corners.min() > BACKGROUND_SPREAD:
+        return image
+    picture = (np.abs(grey - int(np.median(corners))) > PICTURE_STEP).astype(np.uint8)
+    picture = cv2.morphologyEx(picture, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    outlines, _ = cv2.findContours(picture, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not outlines:
+        return image
+    outline = max(outlines, key=cv2.contourArea)
+    rect = cv2.minAreaRect(outline)
+    (cx, cy), corner = rect[0], cv2.boxPoints(rect)
+    # The turn of the edge nearest to level, in (-45, 45] degrees (y down: positive = turned clockwise), and
+    # the rectangle's width along that edge.
+    edges = np.roll(corner, -1, axis=0) - corner
+    slopes = np.degrees(np.arctan2(edges[:, 1], edges[:, 0]))
+    level = int(np.argmin(np.abs((slopes + 90) % 180 - 90)))
+    angle = float((slopes[level] + 45) % 90 - 45)
+    w, h = float(np.hypot(*edges[level])), float(np.hypot(*edges[(level + 1) % 4]))
+    if abs(angle) < MIN_TURN or min(w, h) < 16 or cv2.contourArea(outline) < RECTANGLE_FILL * w * h:
+        return image
+    turn = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
+    turn[:, 2] += (w / 2 - cx, h / 2 - cy)  # the rectangle's centre to the middle of the output
+    out = cv2.warpAffine(rgb, turn, (int(w), int(h)), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return Image.fromarray(np.ascontiguousarray(out[2:-2, 2:-2]))

@@ -52,7 +52,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageFilter
 
-from simbench.data.images import UnreadableImage, framed_box, open_image
+from simbench.data.images import UnreadableImage, framed_box, open_image, upright
 from simbench.features.base import Extracted, Extractor
 from simbench.types import Embeddings, Skipped
 
@@ -106,8 +106,9 @@ class Preprocess:
     decoding keeps the short side >= decode_size x the resize target. blurred_view > 0: each view also
     blurred (Gaussian, this radius in network pixels), appended after the views, cut from the view's box less
     blurred_inset of its side on every side. regions > 0: that many
-    region views appended after those (`region_boxes`), each embedded on its own. trim_frame: a frame burned
-    around the picture (`framed_box`) is cut off before any view. Picklable for workers."""
+    region views appended after those (`region_boxes`), each embedded on its own. upright: a picture turned
+    on a plain page is turned back and cut out (`upright`) before any view; trim_frame: then a frame burned
+    around the picture (`framed_box`) is cut off. Picklable for workers."""
 
     resize: int
     crop: int
@@ -121,6 +122,7 @@ class Preprocess:
     region_size: float = 0.6
     blurred_inset: float = 0.0
     trim_frame: bool = False
+    upright: bool = False
 
     @property
     def n_views(self) -> int:
@@ -184,7 +186,7 @@ def resolve_weights(backbone: str, weights: str) -> Path | None:
 
 def preprocess_for(backbone: str, image_size: int, augment: str | None, decode_size: float = 1.0,
                    blurred_view: float = 0.0, regions: int = 0, region_size: float = 0.6,
-                   blurred_inset: float = 0.0, trim_frame: bool = False):
+                   blurred_inset: float = 0.0, trim_frame: bool = False, upright: bool = False):
     """The preprocessing the weights define, scaled to `image_size` (the crop side)."""
     if backbone == LITE0:
         resize, crop, mean, std = 256, 224, LITE_MEAN, LITE_STD
@@ -198,7 +200,8 @@ def preprocess_for(backbone: str, image_size: int, augment: str | None, decode_s
     resize = int(round(image_size * resize / crop))
     views = "multicrop" if augment == "multicrop" else "centre"
     return Preprocess(resize, int(image_size), mean, std, int(resample), views, float(decode_size),
-                      float(blurred_view), int(regions), float(region_size), float(blurred_inset), bool(trim_frame))
+                      float(blurred_view), int(regions), float(region_size), float(blurred_inset), bool(trim_frame),
+                      bool(upright))
 
 
 def build_backbone(backbone: str, weights_file: Path | None, image_size: int, pooling: str = "avg",
@@ -409,9 +412,10 @@ def load_views(path: str | Path, prep: Preprocess) -> np.ndarray:
 
 
 def _opened(path, short_side: int, prep: Preprocess) -> Image.Image:
-    """The image decoded with its short side >= short_side where JPEG draft decoding allows, less its frame
-    when prep.trim_frame."""
+    """The image decoded with its short side >= short_side where JPEG draft decoding allows, turned upright
+    when prep.upright, less its frame when prep.trim_frame."""
     im = open_image(path, draft=(short_side, short_side), mode="RGB")
+    im = upright(im) if prep.upright else im
     return im.crop(framed_box(np.asarray(im.convert("L")))) if prep.trim_frame else im
 
 
@@ -753,6 +757,9 @@ class CnnExtractor(Extractor):
     trim_frame: cut a frame burned around the picture (a yearbook's school frame, a passe-partout, a uniform
         border: `framed_box`) off before any view is taken, so that pictures sharing a frame are compared by
         what they show, and a framed copy by the picture it frames.
+    upright: turn a picture set turned on a plain page (a photo placed a few degrees off square in a PDF, a
+        print laid askew on a scanner: `simbench.data.images.upright`) back, and cut it out of the page, before
+        any view is taken (and before trim_frame), so that it is compared as it was before it was turned.
     """
 
     kind = "embedding"
@@ -762,7 +769,8 @@ class CnnExtractor(Extractor):
                  channels_last: bool = False, whitening: str | None = None, whiten_dim: int | None = None,
                  augment: str | None = None, image_size: int = 224, decode_size: float = 1.0,
                  runtime: str = "onnx", pooling: str = "avg", gem_p: float = 3.0, blurred_view: float = 0.0,
-                 regions: int = 0, region_size: float = 0.6, blurred_inset: float = 0.0, trim_frame: bool = False):
+                 regions: int = 0, region_size: float = 0.6, blurred_inset: float = 0.0, trim_frame: bool = False,
+                 upright: bool = False):
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
         if augment not in AUGMENTS:
@@ -805,8 +813,10 @@ class CnnExtractor(Extractor):
         self.blurred_inset = float(blurred_inset)
         self.regions, self.region_size = int(regions), float(region_size)
         self.trim_frame = bool(trim_frame)
+        self.upright = bool(upright)
         self.prep = preprocess_for(backbone, self.image_size, augment, self.decode_size, self.blurred_view,
-                                   self.regions, self.region_size, self.blurred_inset, self.trim_frame)
+                                   self.regions, self.region_size, self.blurred_inset, self.trim_frame,
+                                   self.upright)
         self._model = None
 
     @property
@@ -825,7 +835,8 @@ class CnnExtractor(Extractor):
                 **({"blurred_view": self.blurred_view} if self.blurred_view else {}),
                 **({"blurred_inset": self.blurred_inset} if self.blurred_inset else {}),
                 **({"regions": self.regions, "region_size": self.region_size} if self.regions else {}),
-                **({"trim_frame": True} if self.trim_frame else {})}
+                **({"trim_frame": True} if self.trim_frame else {}),
+                **({"upright": True} if self.upright else {})}
 
     def _weights_identity(self):
         """"none", or the file that will be loaded with its size and time (a new file = a new cache entry)."""
