@@ -505,7 +505,10 @@ def dev(methods, work: Path, overrides: list[str], progress: bool, split: str = 
         collections = [(dev_set(split, part, progress), []) for part in PARTS]
     named = [(split, ds.name.removeprefix(f"devset-{split}-"), ds, extra, devset_index(work, ds, split))
              for ds, extra in collections]
-    return scored_collections(named, methods, work, overrides, progress, baselines)
+    rows = scored_collections(named, methods, work, overrides, progress, baselines)
+    if split == TUNE:
+        print("\n" + means_table(rows))
+    return rows
 
 
 def holdout(methods, work: Path, overrides: list[str], progress: bool, baselines: tuple = BASELINES) -> list[dict]:
@@ -625,6 +628,22 @@ def dev_table(rows: list[dict]) -> str:
     for r in rows:
         out.append(f"| {r['split']}/{r['part']} | {r['method']} | " + " | ".join(
             f"{r['per_transform_at_p90'].get(e, float('nan')):.2f}" for e in edits) + " |")
+    return "\n".join(out)
+
+
+def means_table(rows: list[dict]) -> str:
+    """Markdown: each method's mean over the collections of each part (photo, line art; a tuning collection's
+    halves and rebuilds are named part-half0, part-seed1-w0, ...), the figures the tuning runs are judged by."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["part"].split("-")[0]), []).append(r)
+    out = ["| method | part | collections | micro-AP | recall @ P0.9 | precision @ default | recall @ default |",
+           "|---|---|---|---|---|---|---|"]
+    for (method, part), group in groups.items():
+        def mean(key):
+            return f"{np.mean([r[key] for r in group]):.3f}" if all(key in r for r in group) else "-"
+        out.append(f"| {method} | {part} | {len(group)} | {mean('uap')} | {mean('recall_at_p90')} | "
+                   f"{mean('precision')} | {mean('recall')} |")
     return "\n".join(out)
 
 

@@ -123,10 +123,20 @@ def keypoint_figures(files: list[Path], truth: np.ndarray, trim: bool, min_cover
     return {"near": near / max(framed, 1), "true": len(found & true), "false": len(found - true)}
 
 
+def turned_on_page(path: Path) -> bool:
+    """Whether `upright` turns the picture back (it returns any other picture itself)."""
+    from PIL import Image
+
+    from simbench.data.images import upright
+
+    image = Image.open(path).convert("RGB")
+    return upright(image) is not image
+
+
 def main(argv=None) -> None:
     from PIL import Image
 
-    from simbench.data.images import framed_box, upright
+    from simbench.data.images import framed_box
     from simbench.find.yearbook import true_pairs
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,7 +144,7 @@ def main(argv=None) -> None:
     work = Path(parser.parse_args(argv).work).expanduser()
     devset = [p for part in ("photo", "lineart") for p in sorted((dev_set(TUNE, part, False).root / "images").iterdir())]
     framed = sum(framed_box(np.asarray(Image.open(p).convert("L")))[0] > 0 for p in devset)
-    turned = [p.name for p in devset if upright(Image.open(p).convert("RGB")).size != Image.open(p).size]
+    turned = [p.name for p in devset if turned_on_page(p)]
     print(f"tuning devset pictures (photo and line art): a frame found on {framed} of {len(devset)}; "
           f"turned upright: {len(turned)} ({', '.join(sorted({n.split('_', 2)[-1].split('.')[0] for n in turned}))})")
     for seed in (0, 1):
@@ -144,7 +154,7 @@ def main(argv=None) -> None:
                                 if a in index and b in index)).reshape(-1, 2)
         views = cut_views(placements, files, shown, work / f"cut-{seed}")
         found = sum(framed_box(np.asarray(Image.open(p).convert("L")))[0] > 0 for p in files)
-        turned = sum(upright(Image.open(p).convert("RGB")).size != Image.open(p).size for p in files)
+        turned = sum(turned_on_page(p) for p in files)
         print(f"\ntuning yearbook seed {seed}: {len(files)} placements, {len(truth)} true pairs; "
               f"framed_box finds the frame on {found}; upright turns {turned} back")
         for name, paths in views.items():

@@ -414,6 +414,22 @@ def test_blurred_inset_cuts_the_blurred_copy_from_the_inner_box(photo_files, tmp
             tiny(**bad)
 
 
+def _assert_views_follow(option: str, dressed, undressed, plain, tmp_path):
+    """With `option` on, `dressed` gets the views `undressed` gets with it off, `plain` the views it had, and
+    only the extractor with the option names it in its key (the caches and tables of before keep theirs)."""
+    from simbench.features.cnn import load_views
+
+    paths = {}
+    for name, image in (("dressed", dressed), ("undressed", undressed), ("plain", plain)):
+        paths[name] = tmp_path / f"{name}.png"  # PNG: no draft decoding, the same pixels both ways
+        image.save(paths[name])
+    on, off = tiny(regions=2, **{option: True}), tiny(regions=2)
+    np.testing.assert_array_equal(load_views(paths["dressed"], on.prep), load_views(paths["undressed"], off.prep))
+    np.testing.assert_array_equal(load_views(paths["plain"], on.prep), load_views(paths["plain"], off.prep))
+    assert not np.array_equal(load_views(paths["dressed"], on.prep), load_views(paths["dressed"], off.prep))
+    assert on.params()[option] is True and option not in off.params()
+
+
 def test_trim_frame_embeds_the_picture_inside_its_frame(photos, tmp_path):
     """Oracle: with trim_frame, the views of a framed picture are those of framed_box's crop of it, taken
     without trim_frame; a picture without a frame gets the views it had; the key says so."""
@@ -422,20 +438,23 @@ def test_trim_frame_embeds_the_picture_inside_its_frame(photos, tmp_path):
     from conftest import framed_picture
 
     from simbench.data.images import framed_box
-    from simbench.features.cnn import load_views
 
     picture = Image.fromarray(photos["astronaut"]).resize((360, 300))
     framed = framed_picture(picture, 2.0)
-    paths = {}
-    for name, image in (("framed", framed), ("cut", framed.crop(framed_box(np.asarray(framed.convert("L"))))),
-                        ("plain", picture)):
-        paths[name] = tmp_path / f"{name}.png"  # PNG: no draft decoding, the same pixels both ways
-        image.save(paths[name])
-    trimmed, plain = tiny(regions=2, trim_frame=True), tiny(regions=2)
-    np.testing.assert_array_equal(load_views(paths["framed"], trimmed.prep), load_views(paths["cut"], plain.prep))
-    np.testing.assert_array_equal(load_views(paths["plain"], trimmed.prep), load_views(paths["plain"], plain.prep))
-    assert not np.array_equal(load_views(paths["framed"], trimmed.prep), load_views(paths["framed"], plain.prep))
-    assert trimmed.params()["trim_frame"] is True and "trim_frame" not in plain.params()  # old keys kept
+    _assert_views_follow("trim_frame", framed, framed.crop(framed_box(np.asarray(framed.convert("L")))), picture,
+                         tmp_path)
+
+
+def test_upright_embeds_the_picture_turned_back(photos, tmp_path):
+    """Oracle: with upright, the views of a picture turned on a page are those of `upright`'s output, taken
+    without it; a picture square to the frame gets the views it had; the key says so."""
+    from PIL import Image
+
+    from simbench.data.images import upright
+
+    picture = Image.fromarray(photos["astronaut"]).resize((360, 300))
+    turned = picture.rotate(6, expand=True, fillcolor="white", resample=Image.Resampling.BICUBIC)
+    _assert_views_follow("upright", turned, upright(turned), picture, tmp_path)
 
 
 def test_pca_whitening_decorrelates():
@@ -1166,24 +1185,3 @@ def test_region_views_are_stored_and_read_back_by_the_index(tmp_path):
     bad = {"vector": e.vectors[0], "regions": e.regions[0][:, :5]}
     assert _feature_problem(bad, "embedding") == "malformed region views"
     assert join_features([{"vector": e.vectors[0]}], "embedding")[0].regions is None
-
-
-def test_upright_embeds_the_picture_turned_back(photos, tmp_path):
-    """Oracle: with upright, the views of a picture turned on a page are those of `upright`'s output, taken
-    without it; a picture square to the frame gets the views it had; the key says so."""
-    from PIL import Image
-
-    from simbench.data.images import upright
-    from simbench.features.cnn import load_views
-
-    picture = Image.fromarray(photos["astronaut"]).resize((360, 300))
-    turned = picture.rotate(6, expand=True, fillcolor="white", resample=Image.Resampling.BICUBIC)
-    paths = {}
-    for name, image in (("turned", turned), ("back", upright(turned)), ("plain", picture)):
-        paths[name] = tmp_path / f"{name}.png"  # PNG: no draft decoding, the same pixels both ways
-        image.save(paths[name])
-    turning, plain = tiny(regions=2, upright=True), tiny(regions=2)
-    np.testing.assert_array_equal(load_views(paths["turned"], turning.prep), load_views(paths["back"], plain.prep))
-    np.testing.assert_array_equal(load_views(paths["plain"], turning.prep), load_views(paths["plain"], plain.prep))
-    assert not np.array_equal(load_views(paths["turned"], turning.prep), load_views(paths["turned"], plain.prep))
-    assert turning.params()["upright"] is True and "upright" not in plain.params()  # old keys kept

@@ -318,7 +318,8 @@ def framed_box(grey: np.ndarray) -> tuple[int, int, int, int]:
     column) of pixels whose grey level steps by more than FRAME_STEP from its outer neighbour's along at
     least FRAME_RUN of the side's middle 80%. A photograph's own edges (a horizon, a wall) are rarely straight
     and continuous on all four sides at one depth, so a picture without a frame is left whole; a frame
-    turned with its picture (a small rotation on a page) has no straight inner edge and is left too."""
+    turned with its picture (a small rotation on a page) has no straight inner edge and is left too (`upright`
+    turns such a picture back first)."""
     grey = np.asarray(grey, np.int16)
     h, w = grey.shape
     depth = int(FRAME_MAX_DEPTH * min(h, w))
