@@ -100,6 +100,20 @@ def test_find_on_a_cluster_gives_the_in_process_pairs(images, cluster, tmp_path_
     assert not list(tmp_path.glob("out/.index-*"))  # the scratch store shared by workers is removed
 
 
+def test_proposed_pairs_on_a_cluster_are_the_in_process_ones(images, cluster, tmp_path):
+    """The cascade with keypoints.method.proposals on (and a radius so small that the multi-index matching
+    verifies few pairs): the keypoint stage verifies the CNN's proposals on the images it fetches from the
+    workers, and pairs.csv equals the in-process run's, byte for byte."""
+    local, _ = cluster
+    settings = ["keypoints.method.distance_threshold=12", "keypoints.method.proposals=5"]
+    without = run_find(images, tmp_path / "without", "cascade", settings[0])
+    expected = run_find(images, tmp_path / "alone", "cascade", *settings)
+    found = run_find(images, tmp_path / "out", "cascade", *settings, "--scheduler", local.scheduler_address,
+                     f"cluster.files_per_task={FILES_PER_TASK}")
+    assert found == expected
+    assert expected.count(",keypoints,") > without.count(",keypoints,")  # the proposals verified more pairs
+
+
 def _received(value, found: dict) -> None:
     """Walk what the client received: KeypointSets' images and rows, the largest other array and the
     most columns of a 2-D one."""

@@ -9,7 +9,9 @@ The default ("cascade", chosen by the measurements in results/find.md):
    candidate pairs from multi-index hashing of the descriptors (cheap: only images sharing close
    descriptors are ever looked at), each candidate verified by a RANSAC similarity fit (Fischler & Bolles
    1981); the evidence discounts content shared by many pictures (burstiness) and matches that cover
-   little of either picture (simbench.methods.keypoints);
+   little of either picture (simbench.methods.keypoints). An option, off (results/find.md, runs 27 and 28):
+   each image's best CNN pairs (step 3) that it did not verify, verified on correspondences of the two
+   pictures matched by brute force with Lowe's ratio test (keypoints.method.proposals);
 3. cnn: EfficientNet-Lite0 GeM embeddings (the picture and the picture blurred, averaged: fine detail that
    copies lose weighs less), each image's nearest neighbours, scored against the
    similarity to its 10th neighbour (ISC2021 normalisation), for what keypoints cannot see;

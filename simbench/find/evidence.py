@@ -50,7 +50,7 @@ from simbench.find.cascade import LINKED, FusedPairs, spanning_merges
 from simbench.find.index import _one, join_features
 from simbench.match.exact import ExactMatcher
 from simbench.methods.cnn import window_cosines
-from simbench.methods.keypoints import between_images
+from simbench.methods.keypoints import between_images, ratio_matches
 from simbench.types import BinaryCodes, KeypointSets
 
 #: Pairs (best score first) that get an evidence record in a run.
@@ -118,14 +118,19 @@ def pair_evidence(pairs: FusedPairs, stages: Sequence, features: dict, link_min_
 
 def keypoint_evidence(features: KeypointSets, ra: int, rb: int, method, max_matches: int = MAX_MATCHES) -> dict | None:
     """The verified matches between feature rows ra and rb (images of `features`), by `method` (a
-    KeypointMethod) on these two images alone; None when no fit has inliers."""
+    KeypointMethod) on these two images alone; None when no fit has inliers. Matched within the method's
+    radius; where that fit has fewer than min_inliers and the method verifies proposed pairs, on their
+    ratio-test matches (`ratio_matches`), as it verified them."""
     pair = join_features([_one(features, ra), _one(features, rb)], "keypoints")[0]
     exact = copy.copy(method)
     exact.matcher = ExactMatcher()
     descriptor_pairs, _ = exact.descriptor_pairs(pair)
     matches = between_images(descriptor_pairs, pair.owners)
-    ver = method.verify_candidates(pair, matches, np.array([0]), np.array([1]),
-                                   getattr(method.extractor, "max_size", None))
+    first, second = np.array([0]), np.array([1])
+    ver = method.verify_candidates(pair, matches, first, second, getattr(method.extractor, "max_size", None))
+    if ver["inliers"][0] < method.min_inliers and getattr(method, "proposals", 0) and pair.binary:
+        matches = ratio_matches(pair, first, second, method.proposal_ratio, method.proposal_max_distance)
+        ver = method.verify_candidates(pair, matches, first, second, getattr(method.extractor, "max_size", None))
     if not len(ver["ra"]):
         return None
     pa, pb = np.asarray(pair.points, np.float64)[ver["ra"]], np.asarray(pair.points, np.float64)[ver["rb"]]

@@ -33,7 +33,7 @@ from simbench.find.index import (BATCH_IMAGES, SOURCES_KIND, FeatureStore, consi
 from simbench.find.items import Item
 from simbench.find.pdf import PdfOptions
 from simbench.find.sources import SourceRecord, is_pdf, list_sources, read_sources, to_items
-from simbench.types import Embeddings, ScoredPairs, Skipped
+from simbench.types import Embeddings, KeypointSets, ScoredPairs, Skipped
 
 log = logging.getLogger("simbench")
 
@@ -334,19 +334,25 @@ def unusable(items: list[Item], features: dict, listed: set[int] = frozenset()) 
 def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=None, items: list[Item] | None = None,
                  drop_frames: bool = True) -> dict[str, ScoredPairs]:
     """Each stage's pairs in item indices with its raw signal as the score (what calibration maps);
-    with a Dask client, matched through simbench.distributed.match_stage.
+    with a Dask client, matched through simbench.distributed.match_stage. A keypoint stage with proposals
+    also verifies the pairs the other stages rank best (`with_proposed`).
 
     items: the run's items. Their thumbnails give a keypoint stage that reads them its pairs' `agreement`
     and `agreed_evidence` (simbench.find.agreement). With drop_frames (cfg.drop_shared_frames) they also
     drop pairs of different pictures in a shared frame (simbench.find.frames) and compare each such
     picture by what its frame holds: the CNN stage's embedding of it is replaced, in `features`, by that
     of its window (`window_views`), and the stage matched again."""
+    found = {stage.name: stage_pairs(stage, features[stage.name], progress, client) for stage in stages}
+    for stage in stages:
+        others = [found[other.name] for other in stages if other is not stage]
+        if getattr(stage.method, "proposals", 0) and others:
+            found[stage.name] = with_proposed(stage, features[stage.name], found[stage.name], others, progress)
     out = {}
     for stage in stages:
-        found = stage_pairs(stage, features[stage.name], progress, client)
+        pairs = found[stage.name]
         if items is not None and stage.reads_agreement:
-            found = agreement.with_agreement(found, items)
-        out[stage.name] = stage.raw_pairs(found)
+            pairs = agreement.with_agreement(pairs, items)
+        out[stage.name] = stage.raw_pairs(pairs)
     if items is None or not drop_frames:
         return out
     shared = frames.SharedFrames(items)
@@ -356,6 +362,62 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
             out[stage.name] = stage.raw_pairs(stage_pairs(stage, features[stage.name], progress, client))
             out = frames.drop_shared_frames(out, shared)
     return out
+
+
+def best_pairs_per_item(found: list[ScoredPairs], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The item pairs (a < b, ascending) among some item's k best in `found` (by score; ties to the lower
+    other item)."""
+    a = np.concatenate([np.r_[p.a, p.b] for p in found] + [np.empty(0)]).astype(np.int64)
+    b = np.concatenate([np.r_[p.b, p.a] for p in found] + [np.empty(0)]).astype(np.int64)
+    score = np.concatenate([np.r_[p.score, p.score] for p in found] + [np.empty(0)])
+    order = np.lexsort((b, -score, a))
+    a, b = a[order], b[order]
+    starts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]]) if len(a) else np.empty(0, np.int64)
+    rank = np.arange(len(a)) - np.repeat(starts, np.diff(np.r_[starts, len(a)]))
+    n = np.int64(a.max(initial=0) + 1)
+    keys = np.unique(np.minimum(a, b)[rank < k] * n + np.maximum(a, b)[rank < k])
+    return keys // n, keys % n
+
+
+def with_proposed(stage: Stage, stage_features, found: ScoredPairs, others: list[ScoredPairs],
+                  progress: bool = False) -> ScoredPairs:
+    """`found` (a keypoint stage's pairs, in item indices) and, after them, the pairs among each item's
+    stage.method.proposals best by the other stages that it did not find, as its method's `score_proposed`
+    verifies them. Per-pair fields: those both kinds have, and `proposed` (True for the latter). On a
+    cluster the proposed pairs' images are fetched from the workers (a few pairs per image)."""
+    from simbench.distributed.keypoints import local_keypoints
+
+    a, b = best_pairs_per_item(others, stage.method.proposals)
+    n = np.int64(max(b.max(initial=0), found.b.max(initial=0)) + 1)  # a < b: keys a * n + b are distinct
+    new = ~np.isin(a * n + b, found.a.astype(np.int64) * n + found.b)
+    a, b = a[new], b[new]
+    feats, rows, _ = stage_features
+    if not isinstance(feats, KeypointSets):  # the workers' chunks
+        feats, rows, _ = local_keypoints(stage_features, np.unique(np.r_[a, b]))
+    position = np.full(int(max(n, rows.max(initial=-1) + 1)), -1)
+    position[rows] = np.arange(len(rows))
+    ok = (position[a] >= 0) & (position[b] >= 0)
+    if progress:
+        print(f"{stage.name}: verifying {int(ok.sum())} pairs the other stages propose", flush=True)
+    started = time.perf_counter()
+    pa, pb = position[a[ok]], position[b[ok]]
+    proposed = in_items(stage.method.score_proposed(feats, np.minimum(pa, pb), np.maximum(pa, pb)), rows)
+    theirs = per_pair_fields(proposed)
+    shared = per_pair_fields(found) & theirs if len(found) else theirs  # no pairs: no fields to match
+    extra = {k: v for k, v in found.extra.items() if k not in per_pair_fields(found)}  # run-wide values
+    for k in shared:
+        column = np.asarray(proposed.extra[k])
+        mine = np.asarray(found.extra[k]) if len(found) else column[:0]
+        extra[k] = np.concatenate([mine, column])
+    extra.update(proposed=np.r_[np.zeros(len(found), bool), np.ones(len(proposed), bool)],
+                 proposed_pairs=int(ok.sum()), proposed_s=time.perf_counter() - started)
+    return ScoredPairs(np.r_[found.a, proposed.a].astype(np.int64), np.r_[found.b, proposed.b].astype(np.int64),
+                       np.r_[found.score, proposed.score], extra)
+
+
+def per_pair_fields(pairs: ScoredPairs) -> set[str]:
+    """The names of its extra fields that hold one value per pair."""
+    return {k for k, v in pairs.extra.items() if np.ndim(v) and len(v) == len(pairs)}
 
 
 def window_views(stage: Stage, features: dict, items: list[Item], windows: dict) -> bool:
@@ -454,6 +516,11 @@ def stage_pairs(stage: Stage, stage_features, progress: bool = False, client=Non
         found = match_stage(client, stage.method, feats, progress)
     else:
         found = stage.method.score_pairs(feats)
+    return in_items(found, rows)
+
+
+def in_items(found: ScoredPairs, rows: np.ndarray) -> ScoredPairs:
+    """A method's pairs of feature rows as pairs of the items `rows` names (a < b)."""
     a, b = rows[found.a], rows[found.b]
     extra = found.extra
     if "alignment" in extra:  # a's picture -> b's: inverted where the items come the other way round

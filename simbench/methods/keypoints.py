@@ -101,6 +101,14 @@ class KeypointMethod(Method):
         (a shared emoji covered <= 0.03, a logo <= 0.05, a caption <= 0.07 on generated cases), and
         kept 202 of 204 originals with a crop, rotation, blur or flip on a 300-image set of skimage
         photo quarters (0.05 kept 199, and dropped a crop-and-rotate ORB copy in tests/test_keypoints.py).
+    proposals: how many of each image's best pairs by another stage (simbench find's CNN) `score_proposed`
+        verifies when this method did not (0: none; find passes them, see simbench.find.pipeline). Their
+        correspondences come from brute-force matching of the two images alone, Lowe's ratio test
+        (proposal_ratio) under a Hamming distance of proposal_max_distance, far wider than the
+        multi-index radius: a copy blurred, rescaled or turned keeps few descriptors within 31 bits
+        but many nearest neighbours, and matching two given images costs milliseconds. A proposed pair
+        must cover proposal_min_coverage (None: min_coverage): wider matching also reaches content many
+        pictures share that the radius misses (a crest redrawn at each placement's scale).
     """
 
     def __init__(self, extractor: Extractor, matcher, distance_threshold: int = 31,
@@ -108,13 +116,21 @@ class KeypointMethod(Method):
                  verify: bool = False, ransac_threshold: float = 8.0, min_inliers: int = 8,
                  transform: str = "similarity", max_pairs_verified: int = 100_000,
                  verify_min_score: float = 0.01, burstiness: float = 0.5, coverage: bool = True,
-                 min_coverage: float = 0.02):
+                 min_coverage: float = 0.02, proposals: int = 0, proposal_ratio: float = 0.8,
+                 proposal_max_distance: int = 90, proposal_min_coverage: float | None = None):
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
         if burstiness < 0 or not 0 <= min_coverage <= 1:
             raise ValueError("burstiness must be >= 0 and min_coverage in [0, 1]")
+        if proposals < 0 or not 0 < proposal_ratio <= 1 or proposal_max_distance < 0 or not (
+                proposal_min_coverage is None or 0 <= proposal_min_coverage <= 1):
+            raise ValueError("proposals must be >= 0, proposal_ratio in (0, 1], proposal_max_distance >= 0 and "
+                             "proposal_min_coverage in [0, 1] or None, got "
+                             f"{proposals}, {proposal_ratio}, {proposal_max_distance}, {proposal_min_coverage}")
+        if proposals and not verify:
+            raise ValueError("proposals need verify=true: a proposed pair is kept only when it verifies")
         self.extractor = extractor
         self.matcher = matcher
         self.distance_threshold = int(distance_threshold)
@@ -130,14 +146,23 @@ class KeypointMethod(Method):
         self.burstiness = float(burstiness)
         self.coverage = bool(coverage)
         self.min_coverage = float(min_coverage)
+        self.proposals = int(proposals)
+        self.proposal_ratio = float(proposal_ratio)
+        self.proposal_max_distance = int(proposal_max_distance)
+        self.proposal_min_coverage = self.min_coverage if proposal_min_coverage is None else float(proposal_min_coverage)
 
     def params(self) -> dict:
+        # The proposal settings only when proposals are on: without them the raw signal is what it was,
+        # and so are the calibration keys made from these params.
+        proposing = ({"proposals": self.proposals, "proposal_ratio": self.proposal_ratio,
+                      "proposal_max_distance": self.proposal_max_distance,
+                      "proposal_min_coverage": self.proposal_min_coverage} if self.proposals else {})
         return {"distance_threshold": self.distance_threshold, "score_threshold": self.threshold,
                 "score": self.score, "ratio": self.ratio, "verify": self.verify,
                 "ransac_threshold": self.ransac_threshold, "min_inliers": self.min_inliers,
                 "transform": self.transform, "max_pairs_verified": self.max_pairs_verified,
                 "verify_min_score": self.verify_min_score, "burstiness": self.burstiness,
-                "coverage": self.coverage, "min_coverage": self.min_coverage}
+                "coverage": self.coverage, "min_coverage": self.min_coverage, **proposing}
 
     def score_pairs(self, features: KeypointSets) -> ScoredPairs:
         """Image pairs a < b (feature rows) with at least one matched feature, scored in [0, 1].
@@ -196,6 +221,27 @@ class KeypointMethod(Method):
         out.update(bag_score=bag[sel], **fields, verified=len(order))
         return ScoredPairs(counts["a"][sel], counts["b"][sel], score, extra=out)
 
+    def score_proposed(self, features: KeypointSets, a: np.ndarray, b: np.ndarray) -> ScoredPairs:
+        """The proposed pairs of images (feature rows a[k] < b[k]) that verify, scored as `score_pairs`
+        scores its own (fields bag_score, n_matches, matched_a and matched_b excepted): correspondences from
+        `ratio_matches`, then the same one-to-one RANSAC fit, inlier floor, burstiness weights and coverage
+        (its floor proposal_min_coverage).
+        The weights' df counts the other images each row corresponds with among all the proposed pairs
+        (the multi-index matches are another radius): content the proposals share, down-weighted alike."""
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        max_size = getattr(self.extractor, "max_size", None)
+        matches = ratio_matches(features, a, b, self.proposal_ratio, self.proposal_max_distance)
+        ver = verify_correspondences(_working_scale_points(features, max_size), _mirror_flags(features),
+                                     len(features), matches, a, b, self.transform, self.ransac_threshold)
+        weights = burstiness_weights(image_frequency(matches, len(features.descriptors), len(features)),
+                                     self.burstiness)
+        n = np.diff(features.offsets)
+        kept, fields = self.score_verified(ver, a, b, n[a], n[b], weights, _working_scale_points(features, max_size),
+                                           features.offsets, relative_points(features), self.proposal_min_coverage)
+        score = fields.pop("score")
+        return ScoredPairs(a[kept], b[kept], score, extra={**fields, "n_a": n[a[kept]], "n_b": n[b[kept]],
+                                                           "proposed_pairs": len(a)})
+
     def eligible(self, counts: dict, bag: np.ndarray) -> np.ndarray:
         """Image pairs worth verifying: a bag score >= verify_min_score (a low pre-threshold), and at least
         min_inliers matched features (fewer can never pass)."""
@@ -209,7 +255,7 @@ class KeypointMethod(Method):
         return order[np.argsort(-bag[order], kind="stable")][: self.max_pairs_verified]
 
     def score_verified(self, ver: dict, a, b, n_a, n_b, weights, points, offsets,
-                       relative) -> tuple[np.ndarray, dict]:
+                       relative, min_coverage: float | None = None) -> tuple[np.ndarray, dict]:
         """The verified scores of candidate pairs (a[k], b[k]) (images of `offsets`, the rows of `points`,
         `relative` and `weights`) from their RANSAC (`verify_candidates`): (the indices k that pass, their
         score, inliers, flipped, evidence, `content_stats` fields, alignment and inlier_box).
@@ -223,7 +269,8 @@ class KeypointMethod(Method):
         stats["alignment"] = inlier_alignment(relative, pair, ra, rb, len(kept))
         stats["inlier_box"] = inlier_box(relative, pair, ra, len(kept))
         evidence = stats["weighted_inliers"] * (stats["covered"] if self.coverage else 1.0)
-        passed = stats["covered"] >= self.min_coverage if self.coverage else np.ones(len(kept), bool)
+        floor = self.min_coverage if min_coverage is None else min_coverage
+        passed = stats["covered"] >= floor if self.coverage else np.ones(len(kept), bool)
         evidence = evidence[passed]
         # Evidence is counted in one-to-one correspondences: it stands for both m_a and m_b in the same
         # formula (with the new options off it is the inlier count, and this is the plain inlier score).
@@ -420,6 +467,40 @@ def _nearest_passing(d2: np.ndarray, axis: int, ratio: float) -> tuple[np.ndarra
 
 # ---------------------------------------------------------------------------------------------------
 # Geometric verification (RANSAC)
+
+
+def ratio_matches(features: KeypointSets, a: np.ndarray, b: np.ndarray, ratio: float, max_distance: int) -> dict:
+    """Descriptor matches of each image pair (a[k], b[k]), a[k] < b[k], by brute force over the two images
+    alone, in `between_images`' form (ra, rb, dist, ia, ib): each plain row of a with its nearest row of b
+    when that is within max_distance bits and nearer than ratio x the second nearest (Lowe 2004; cv2's
+    BFMatcher). With mirror rows, a's plain rows are matched to b's plain rows and to b's mirrored rows
+    apart (a flip's matches must not fail the ratio test against the picture's own symmetry); mirrored rows
+    of a matched to b's would add the same correspondences reflected. Binary descriptors only."""
+    if not features.binary:
+        raise ValueError("ratio_matches needs binary descriptors")
+    mirrored = _mirror_flags(features)
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    parts = []
+    for i, j in zip(np.asarray(a, np.int64).tolist(), np.asarray(b, np.int64).tolist()):
+        rows_a = np.arange(features.offsets[i], features.offsets[i + 1])
+        rows_b = np.arange(features.offsets[j], features.offsets[j + 1])
+        sides = [(rows_a, rows_b)] if mirrored is None else [
+            (rows_a[~mirrored[rows_a]], rows_b[flip == mirrored[rows_b]]) for flip in (False, True)]
+        for qa, tb in sides:
+            if len(qa) == 0 or len(tb) < 2:
+                continue
+            knn = matcher.knnMatch(features.descriptors[qa], features.descriptors[tb], k=2)
+            best = np.array([(m[0].queryIdx, m[0].trainIdx, m[0].distance, m[1].distance) for m in knn if len(m) == 2],
+                            np.float64).reshape(-1, 4)
+            ok = (best[:, 2] <= max_distance) & (best[:, 2] < ratio * best[:, 3])
+            parts.append((qa[best[ok, 0].astype(np.int64)], tb[best[ok, 1].astype(np.int64)], best[ok, 2], i, j))
+    if not parts:
+        empty = np.empty(0, np.int64)
+        return {"ra": empty, "rb": empty, "dist": empty, "ia": empty, "ib": empty}
+    return {"ra": np.concatenate([p[0] for p in parts]), "rb": np.concatenate([p[1] for p in parts]),
+            "dist": np.concatenate([p[2] for p in parts]).astype(np.int64),
+            "ia": np.concatenate([np.full(len(p[0]), p[3], np.int64) for p in parts]),
+            "ib": np.concatenate([np.full(len(p[0]), p[4], np.int64) for p in parts])}
 
 
 def verify_pairs(features: KeypointSets, matches: dict, a: np.ndarray, b: np.ndarray, transform: str,
