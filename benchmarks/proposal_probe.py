@@ -46,8 +46,9 @@ def main(argv=None) -> None:
     parser.add_argument("--proposals", type=int, default=10)
     args = parser.parse_args(argv)
     work = Path(args.work).expanduser()
+    own_floor = cascade.make_config("cascade").keypoints.method.min_coverage
     print(f"keypoints.method.proposals={args.proposals}: proposed pairs that verify, true / false, by the share "
-          f"of their pictures they cover (the stage's own floor is 0.01)")
+          f"of their pictures they cover (the stage's own floor is {own_floor})")
     print("| collection | true pairs | verified without proposals | proposed, verified | "
           + " | ".join(f"covering >= {f}" for f in FLOORS) + " |")
     print("|---|---|---|---|" + "---|" * len(FLOORS))

@@ -3,6 +3,8 @@ the matches against a plain oracle, the proposals per item against a loop, real 
 radius misses verified, unrelated photos not, and find's stage output with them."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import skimage.data as skdata
@@ -19,8 +21,9 @@ NBYTES = 64  # BRISK's 512 bits
 
 
 def _random_sets(seed: int, counts=(40, 0, 35, 50, 1, 30)) -> KeypointSets:
-    """Random descriptors, half of each image's rows mirrored, with rows of other images planted near copies
-    (a few bits flipped) and some planted twice in one image (the ratio test must reject those)."""
+    """Random descriptors, half of each image's rows mirrored, and near copies (2, 10 or 20% of the bits
+    flipped) of random rows planted over random rows, in other images and in the same one: matches the
+    ratio test keeps, and rows with two near twins in the other image, which it must reject."""
     rng = np.random.default_rng(seed)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     m = int(offsets[-1])
@@ -187,8 +190,6 @@ def test_proposal_settings_are_checked_and_keyed_only_when_on():
 def test_the_report_shows_the_matches_a_proposed_pair_verified_on(hard_copies):
     """keypoint_evidence of a copy only the proposals verify: its ratio-test inliers (as score_proposed
     counted them), where the radius alone shows fewer than min_inliers."""
-    import copy
-
     from simbench.find.evidence import keypoint_evidence
 
     _, features, method = hard_copies
@@ -208,8 +209,6 @@ def test_the_report_shows_the_matches_a_proposed_pair_verified_on(hard_copies):
 
 def test_a_proposed_pair_must_cover_its_own_floor(hard_copies):
     """proposal_min_coverage drops the proposed pairs covering less (only those), whatever min_coverage is."""
-    import copy
-
     _, features, method = hard_copies
     a, b = np.array([0, 2, 0]), np.array([1, 3, 4])
     kept = method.score_proposed(features, a, b)
