@@ -18,6 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_find import PARTS, dev_set  # noqa: E402
+from simbench.data.synthetic import default_cache_dir  # noqa: E402
 from simbench.evaluate import label_pairs, precision_recall_curve  # noqa: E402
 from simbench.types import ScoredPairs  # noqa: E402
 
@@ -40,7 +41,7 @@ def main(argv=None) -> None:
     parser.add_argument("split", choices=("tune", "report"))
     parser.add_argument("part", choices=PARTS)
     parser.add_argument("--method", default="cascade")
-    parser.add_argument("--work", default=str(Path.home() / ".cache/simbench/bench_find"))
+    parser.add_argument("--work", default=str(default_cache_dir() / "bench_find"))  # bench_find.py's
     args = parser.parse_args(argv)
     out = Path(args.work).expanduser() / f"out-dev-{args.split}-{args.part}-{args.method}" / "pairs.csv"
     if not out.is_file():

@@ -118,10 +118,14 @@ class ScoredPairs:
     def __len__(self) -> int:
         return len(self.a)
 
+    def per_pair_fields(self) -> set[str]:
+        """The names of the extras that hold one value per pair (the others are run-wide, such as counts)."""
+        return {k for k, v in self.extra.items() if np.ndim(v) and len(v) == len(self)}
+
     def subset(self, rows: np.ndarray) -> "ScoredPairs":
-        """The pairs at `rows`, with their per-pair extras (run-wide extras, such as counts, kept whole)."""
-        extra = {k: np.asarray(v)[rows] if np.ndim(v) and len(v) == len(self) else v
-                 for k, v in self.extra.items()}
+        """The pairs at `rows`, with their per-pair extras (run-wide extras kept whole)."""
+        per_pair = self.per_pair_fields()
+        extra = {k: np.asarray(v)[rows] if k in per_pair else v for k, v in self.extra.items()}
         return ScoredPairs(self.a[rows], self.b[rows], self.score[rows], extra)
 
 

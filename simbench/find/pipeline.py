@@ -402,9 +402,9 @@ def with_proposed(stage: Stage, stage_features, found: ScoredPairs, others: list
     started = time.perf_counter()
     pa, pb = position[a[ok]], position[b[ok]]
     proposed = in_items(stage.method.score_proposed(feats, np.minimum(pa, pb), np.maximum(pa, pb)), rows)
-    theirs = per_pair_fields(proposed)
-    shared = per_pair_fields(found) & theirs if len(found) else theirs  # no pairs: no fields to match
-    extra = {k: v for k, v in found.extra.items() if k not in per_pair_fields(found)}  # run-wide values
+    mine, theirs = found.per_pair_fields(), proposed.per_pair_fields()
+    shared = mine & theirs if len(found) else theirs  # no pairs: no fields to match
+    extra = {k: v for k, v in found.extra.items() if k not in mine}  # run-wide values
     for k in shared:
         column = np.asarray(proposed.extra[k])
         mine = np.asarray(found.extra[k]) if len(found) else column[:0]
@@ -413,11 +413,6 @@ def with_proposed(stage: Stage, stage_features, found: ScoredPairs, others: list
                  proposed_pairs=int(ok.sum()), proposed_s=time.perf_counter() - started)
     return ScoredPairs(np.r_[found.a, proposed.a].astype(np.int64), np.r_[found.b, proposed.b].astype(np.int64),
                        np.r_[found.score, proposed.score], extra)
-
-
-def per_pair_fields(pairs: ScoredPairs) -> set[str]:
-    """The names of its extra fields that hold one value per pair."""
-    return {k for k, v in pairs.extra.items() if np.ndim(v) and len(v) == len(pairs)}
 
 
 def window_views(stage: Stage, features: dict, items: list[Item], windows: dict) -> bool:

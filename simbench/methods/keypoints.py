@@ -229,15 +229,15 @@ class KeypointMethod(Method):
         The weights' df counts the other images each row corresponds with among all the proposed pairs
         (the multi-index matches are another radius): content the proposals share, down-weighted alike."""
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
-        max_size = getattr(self.extractor, "max_size", None)
+        points = _working_scale_points(features, getattr(self.extractor, "max_size", None))
         matches = ratio_matches(features, a, b, self.proposal_ratio, self.proposal_max_distance)
-        ver = verify_correspondences(_working_scale_points(features, max_size), _mirror_flags(features),
-                                     len(features), matches, a, b, self.transform, self.ransac_threshold)
+        ver = verify_correspondences(points, _mirror_flags(features), len(features), matches, a, b, self.transform,
+                                     self.ransac_threshold)
         weights = burstiness_weights(image_frequency(matches, len(features.descriptors), len(features)),
                                      self.burstiness)
         n = np.diff(features.offsets)
-        kept, fields = self.score_verified(ver, a, b, n[a], n[b], weights, _working_scale_points(features, max_size),
-                                           features.offsets, relative_points(features), self.proposal_min_coverage)
+        kept, fields = self.score_verified(ver, a, b, n[a], n[b], weights, points, features.offsets,
+                                           relative_points(features), self.proposal_min_coverage)
         score = fields.pop("score")
         return ScoredPairs(a[kept], b[kept], score, extra={**fields, "n_a": n[a[kept]], "n_b": n[b[kept]],
                                                            "proposed_pairs": len(a)})
