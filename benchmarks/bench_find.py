@@ -10,7 +10,8 @@
     python benchmarks/bench_find.py tune [METHOD...]         the same on the tuning split's halves (for choosing);
                                                              --seeds 1,2 also on its rebuilds with other seeds
     python benchmarks/bench_find.py yearbook [METHOD...]     precision / recall on yearbook PDFs with shared logos
-    python benchmarks/bench_find.py yearbook-tune [METHOD...]    the same, built from the tuning split's photos
+    python benchmarks/bench_find.py yearbook-tune [METHOD...]    the same, built from the tuning split's photos;
+                                                             --layouts 2,3,4,5 on four more layouts, pooled
     python benchmarks/bench_find.py throughput [METHOD...]   images/s end to end, 2,000-image folder
     python benchmarks/bench_find.py synthetic [METHOD...]    micro-AP etc. on the synthetic set (seed 0)
     python benchmarks/bench_find.py collection [METHOD...]   the 10,000-image generated collection: time and accuracy
@@ -46,7 +47,7 @@ from simbench.find import cascade
 from simbench.find.calibration import CALIBRATION_FILE, fit_calibration, fit_fusion, save_calibrations
 from simbench.find.pipeline import collect, find, raw_evidence
 from simbench.find.yearbook import (SCHOOL_STYLE, build_yearbook, match_placement, reference_photos,
-                                   score_found_pairs, true_pairs)
+                                   true_pairs)
 from simbench.methods.cnn import (SHIPPED_WHITENING, centred, embedding_sum, fit_copy_whitening, normalised_scores,
                                  vector_settings)
 from simbench.types import ScoredPairs
@@ -57,6 +58,13 @@ PARTS = ("photo", "lineart")
 BASELINES = ("phash", "brisk-bags", "cnn-cosine")
 EVALUATION_SEED = 0
 TARGET_PRECISION = 0.95
+def yearbook_name(split: str, layout: int) -> str:
+    """The yearbook's folder in --work; its outputs are out-<name>-<method>, its index index-<name>."""
+    return f"yearbook-{split}" + (f"-layout{layout}" if layout else "")
+
+
+#: The build_yearbook seed of the tuning yearbook that `calibrate` fits the fusion on (build_tune_yearbook).
+YEARBOOK_FIT_LAYOUT = 1
 #: Other seeds of the development set whose tuning collections `tune --seeds` runs beside the halves
 #: (`reshuffled`): the same tuning pictures with other references, distractor tiles, copies and overlays,
 #: so other false pairs. Seed 1's top false pairs were looked at (what the shared-frame rule missed); seed 2
@@ -485,8 +493,14 @@ def _labels_csv(ds) -> list[dict]:
 
 
 def build_tune_yearbook(pdfs: Path, progress: bool):
-    photos = reference_photos(dev_set(TUNE, "photo", progress))
-    return build_yearbook(pdfs, n_photos=len(photos) - 4, n_single=4, photos=photos, seed=1, **SCHOOL_STYLE)
+    return school_yearbook(pdfs, TUNE, YEARBOOK_FIT_LAYOUT, progress)
+
+
+def school_yearbook(pdfs: Path, split: str, layout: int, progress: bool):
+    """The school's yearbook PDFs (SCHOOL_STYLE) of one split's reference photographs, build_yearbook seed
+    `layout`, written into `pdfs`: its placements."""
+    photos = reference_photos(dev_set(split, "photo", progress))
+    return build_yearbook(pdfs, n_photos=len(photos) - 4, n_single=4, photos=photos, seed=layout, **SCHOOL_STYLE)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -739,40 +753,95 @@ def synthetic(methods, work: Path, overrides: list[str], progress: bool) -> list
 # Yearbook PDFs: recall at precision >= 0.95
 
 
-def yearbook(methods, work: Path, overrides: list[str], progress: bool, split: str = "report") -> list[dict]:
+def yearbook(methods, work: Path, overrides: list[str], progress: bool, split: str = "report",
+             layouts: tuple[int, ...] = (0,)) -> list[dict]:
     """Yearbook PDFs whose every photo carries the same school logo and frame (SCHOOL_STYLE), some
-    recoloured, some flat, built from the reference photographs of one split of the development set."""
-    pdfs = work / f"yearbook-{split}"
-    shutil.rmtree(pdfs, ignore_errors=True)
-    photos = reference_photos(dev_set(split, "photo", progress))
-    placements = build_yearbook(pdfs, n_photos=len(photos) - 4, n_single=4, photos=photos, **SCHOOL_STYLE)
-    print(f"yearbook ({split} split photos, shared logo and frame): {len({p.pdf for p in placements})} PDFs, "
-          f"{len(placements)} placements of {len({p.photo for p in placements})} photos, "
-          f"{len(true_pairs(placements))} true pairs")
+    recoloured, some flat, built from the reference photographs of one split of the development set.
+    layouts: build_yearbook seeds, one set of PDFs each (which photos, how often, where, which edits); with
+    more than one, a pooled row follows each method's: counts summed over the layouts, one threshold for all."""
+    if split == TUNE and YEARBOOK_FIT_LAYOUT in layouts:
+        print(f"note: layout {YEARBOOK_FIT_LAYOUT} is the tuning yearbook the fusion is fitted on (calibrate)")
+    books = []
+    for seed in layouts:
+        name = yearbook_name(split, seed)
+        pdfs = work / name
+        shutil.rmtree(pdfs, ignore_errors=True)
+        placements = school_yearbook(pdfs, split, seed, progress)
+        print(f"yearbook ({split} split photos, shared logo and frame, layout {seed}): "
+              f"{len({p.pdf for p in placements})} PDFs, {len(placements)} placements of "
+              f"{len({p.photo for p in placements})} photos, {len(true_pairs(placements))} true pairs")
+        books.append((seed, name, pdfs, placements))
     rows = []
     for method in methods:
         cfg = cascade.make_config(method, overrides)
-        out = work / f"out-yearbook-{split}-{method}"
-        result = find([pdfs], out, cfg, index=work / f"index-yearbook-{split}", progress=progress)
-        with open(out / "pairs.csv", newline="") as f:
-            found = list(csv.DictReader(f))
-        at = score_found_pairs(placements, found, float(cfg.threshold))
-        best = best_recall(placements, found, TARGET_PRECISION)
-        rows.append({"method": method, "split": split, "placements": len(placements), "true_pairs": at["true_pairs"],
-                     "threshold": float(cfg.threshold), "precision": at["precision"], "recall": at["recall"],
-                     "false": at["false"], "recall_at_p95": best["recall"], "threshold_at_p95": best["threshold"],
-                     "skipped": len(result.skipped)})
-        print(_row_text(rows[-1]), flush=True)
+        threshold = float(cfg.threshold)
+        scored = []
+        for seed, name, pdfs, placements in books:
+            out = work / f"out-{name}-{method}"
+            result = find([pdfs], out, cfg, index=work / f"index-{name}", progress=progress)
+            with open(out / "pairs.csv", newline="") as f:
+                scored.append((placements, list(csv.DictReader(f))))
+            rows.append(_yearbook_row(method, split, str(seed), scored[-1:], threshold, len(result.skipped)))
+            print(_row_text(rows[-1]), flush=True)
+        if len(books) > 1:
+            rows.append(_yearbook_row(method, split, "pooled", scored, threshold, None))
+            print(_row_text(rows[-1]), flush=True)
     return rows
 
 
-def best_recall(placements, found: list[dict], precision: float) -> dict:
-    """The highest recall over thresholds (the found scores) at which precision >= `precision`."""
+def _yearbook_row(method: str, split: str, layout: str, scored, threshold: float, skipped: int | None) -> dict:
+    books = [labelled_pairs(placements, found) for placements, found in scored]
+    at = pooled_yearbook_scores(books, threshold)
+    best = best_recall(books, TARGET_PRECISION)
+    return {"method": method, "split": split, "layout": layout,
+            "placements": sum(len(placements) for placements, _ in scored), "true_pairs": at["true_pairs"],
+            "threshold": threshold, "precision": at["precision"], "recall": at["recall"], "false": at["false"],
+            "recall_at_p95": best["recall"], "threshold_at_p95": best["threshold"], "skipped": skipped}
+
+
+class LabelledPairs(NamedTuple):
+    """One yearbook's found pairs as (score, true pair of placements or None when false), and its number of
+    true pairs: what score_found_pairs counts, matched to the placements once."""
+    rows: list[tuple[float, tuple[int, int] | None]]
+    n_true: int
+
+
+def labelled_pairs(placements, found: list[dict]) -> LabelledPairs:
+    truth = true_pairs(placements)
+    rows = []
+    for row in found:
+        i = match_placement(placements, row["a_source"], int(row["a_page"]), row["a_bbox"])
+        j = match_placement(placements, row["b_source"], int(row["b_page"]), row["b_bbox"])
+        pair = (min(i, j), max(i, j)) if i is not None and j is not None else None
+        rows.append((float(row["score"]), pair if pair in truth else None))
+    return LabelledPairs(rows, len(truth))
+
+
+def pooled_yearbook_scores(books: list[LabelledPairs], threshold: float) -> dict:
+    """score_found_pairs summed over yearbooks: a true pair found counts once, each false pair found counts."""
+    found = sum(len({pair for s, pair in b.rows if s >= threshold and pair is not None}) for b in books)
+    false = sum(1 for b in books for s, pair in b.rows if s >= threshold and pair is None)
+    n_true = sum(b.n_true for b in books)
+    return {"precision": found / (found + false) if found + false else 1.0,
+            "recall": found / n_true if n_true else 1.0, "true_pairs": n_true, "found": found, "false": false}
+
+
+def best_recall(books: list[LabelledPairs], precision: float) -> dict:
+    """The highest recall over thresholds (the found scores) at which precision >= `precision`, pooled over
+    the yearbooks: one sweep down the scores."""
+    rows = sorted(((s, k, pair) for k, b in enumerate(books) for s, pair in b.rows), key=lambda r: -r[0])
+    n_true = sum(b.n_true for b in books)
     best = {"recall": 0.0, "threshold": float("nan")}
-    for t in sorted({float(r["score"]) for r in found}, reverse=True):
-        at = score_found_pairs(placements, found, t)
-        if at["precision"] >= precision and at["recall"] > best["recall"]:
-            best = {"recall": at["recall"], "threshold": t}
+    found, false = set(), 0
+    for n, (s, k, pair) in enumerate(rows):
+        if pair is None:
+            false += 1
+        else:
+            found.add((k, pair))
+        if n + 1 < len(rows) and rows[n + 1][0] == s:
+            continue  # a threshold keeps every pair of its score
+        if n_true and len(found) / (len(found) + false) >= precision and len(found) / n_true > best["recall"]:
+            best = {"recall": len(found) / n_true, "threshold": s}
     return best
 
 
@@ -845,6 +914,9 @@ def main(argv=None) -> None:
                         help="tune, calibrate: comma-separated other devset seeds whose tuning collections, rebuilt, "
                              f"run (or are fitted on) beside the halves (REBUILD_SEEDS: "
                              f"{','.join(map(str, REBUILD_SEEDS))}); default none")
+    parser.add_argument("--layouts", default="0",
+                        help="yearbook, yearbook-tune: comma-separated build_yearbook seeds, one set of PDFs each, "
+                             "then a pooled row (default 0)")
     parser.add_argument("--baselines", default=",".join(BASELINES),
                         help="dev/tune/holdout: comma-separated plain baselines to run beside the methods ('' for none)")
     args = parser.parse_intermixed_args(argv)
@@ -873,7 +945,8 @@ def main(argv=None) -> None:
     elif args.what == "holdout":
         out["holdout"] = holdout(methods, work, overrides, progress, tuple(b for b in args.baselines.split(",") if b))
     elif args.what.startswith("yearbook"):
-        out[args.what] = yearbook(methods, work, overrides, progress, split=TUNE if args.what.endswith("tune") else REPORT)
+        out[args.what] = yearbook(methods, work, overrides, progress, split=TUNE if args.what.endswith("tune") else REPORT,
+                                  layouts=tuple(int(x) for x in args.layouts.split(",")))
     else:
         fn = {"synthetic": synthetic, "throughput": throughput, "collection": collection}
         out[args.what] = fn[args.what](methods, work, overrides, progress)

@@ -1,0 +1,60 @@
+"""bench_find's yearbook scores pooled over layouts, against counts by hand."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_find import best_recall, labelled_pairs, pooled_yearbook_scores  # noqa: E402
+from simbench.find.yearbook import Placement, score_found_pairs  # noqa: E402
+
+
+def _book(name: str, photos: list[int]) -> list[Placement]:
+    """One placement per page, 100 x 100 points."""
+    return [Placement(f"{name}.pdf", page, (0, 0, 100, 100), photo, "crop") for page, photo in enumerate(photos, 1)]
+
+
+def _row(book: list[Placement], i: int, j: int, score: float) -> dict:
+    return {"method": "keypoints", "a_source": book[i].pdf, "a_page": book[i].page, "a_bbox": "0 0 100 100",
+            "b_source": book[j].pdf, "b_page": book[j].page, "b_bbox": "0 0 100 100", "score": score}
+
+
+def test_pooled_counts_and_best_recall():
+    a = _book("a", [0, 0, 1, 1])         # true pairs (0,1), (2,3)
+    b = _book("b", [0, 0, 0, 1])         # true pairs (0,1), (0,2), (1,2)
+    scored = [(a, [_row(a, 0, 1, 0.99), _row(a, 1, 2, 0.97), _row(a, 2, 3, 0.60)]),
+              (b, [_row(b, 0, 1, 0.98), _row(b, 1, 0, 0.97), _row(b, 0, 2, 0.96), _row(b, 2, 3, 0.50),
+                   _row(b, 1, 2, 0.40)])]
+    books = [labelled_pairs(placements, found) for placements, found in scored]
+    for (placements, found), book in zip(scored, books):  # one yearbook: what score_found_pairs counts
+        for t in (0.3, 0.5, 0.96, 0.975, 1.0):
+            one = score_found_pairs(placements, found, t)
+            del one["missed"]
+            assert pooled_yearbook_scores([book], t) == one
+    at = pooled_yearbook_scores(books, 0.95)
+    assert (at["found"], at["false"], at["true_pairs"]) == (3, 1, 5)
+    assert math.isclose(at["precision"], 3 / 4) and math.isclose(at["recall"], 3 / 5)
+    assert pooled_yearbook_scores(books[:1], 0.95)["recall"] == 0.5
+    # precision >= 0.95 holds down to 0.98 only (0.97 is false): 2 of 5
+    assert best_recall(books, 0.95) == {"recall": 2 / 5, "threshold": 0.98}
+    # precision >= 0.6 first reached at the lowest score: 5 true, 2 false
+    assert best_recall(books, 0.6) == {"recall": 1.0, "threshold": 0.40}
+
+
+def test_nothing_found_is_no_recall():
+    a = _book("a", [0, 0])
+    assert best_recall([labelled_pairs(a, [])], 0.95)["recall"] == 0.0
+    assert pooled_yearbook_scores([labelled_pairs(a, [])], 0.95) == {"precision": 1.0, "recall": 0.0, "true_pairs": 1,
+                                                        "found": 0, "false": 0}
+
+
+def test_pair_table_lists_every_true_pair_and_the_best_false_ones():
+    from benchmarks.yearbook_pairs import pair_table
+
+    a = _book("a", [0, 0, 0, 1])  # true pairs (0,1), (0,2), (1,2)
+    found = [_row(a, 0, 1, 0.99), _row(a, 1, 0, 0.50), _row(a, 2, 3, 0.90), _row(a, 1, 3, 0.30)]
+    lines = pair_table(a, found, n_false=1).splitlines()[2:]
+    assert [line.split(" | ")[:2] for line in lines] == [["| true (0, 1)", "0.990"], ["| true (0, 2)", "-"],
+                                                         ["| true (1, 2)", "-"], ["| false (2, 3)", "0.900"]]
+    assert "3: photo 1, crop, original" in lines[-1]
