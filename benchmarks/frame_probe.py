@@ -2,10 +2,10 @@
 the extractors' trim_frame) changes, and what the keypoints' min_coverage keeps: the diagnosis behind runs (23)
 to (26) of results/find.md. Tuning split only.
 
-    python benchmarks/frame_probe.py [--work DIR]
+    python benchmarks/frame_probe.py [--work DIR] [--layouts 0,1]
 
 For each tuning yearbook (the photos of the devset's tuning split, built as `bench_find.py yearbook-tune` builds
-seed 0 and `calibrate` seed 1), its placements rendered as find renders them:
+seed 0 and `calibrate` seed 1; --layouts: other build_yearbook seeds), its placements rendered as find renders them:
 - on how many placements framed_box finds the frame (and on how many of the tuning devset's pictures);
 - the CNN alone (find's extractor, plain cosine of vectors centred on their mean, no whitening, normalisation
   or fusion), micro-AP over all pairs: as rendered, cut by framed_box, cut where the generator drew the frame
@@ -14,7 +14,8 @@ seed 0 and `calibrate` seed 1), its placements rendered as find renders them:
   by framed_box;
 - find's keypoint stage on its own (no calibration), without and with trim_frame, at runs (23) and (24)'s
   min_coverage 0.02: the share of the framed placements' keypoints on the frame or within 15 px of it, and
-  the true and false pairs it verifies;
+  the true and false pairs it verifies; without trim_frame, that share among the flat photos' placements and
+  among the others, and how many of the false pairs join two flat photos (run 29);
 - the same stage (no trim) with min_coverage 0.02, 0.01 and 0.005: the true and false pairs it keeps
   (run 25).
 """
@@ -59,7 +60,7 @@ def cut_views(placements, files: list[Path], shown: list[int], out: Path) -> dic
     from PIL import Image
 
     from simbench.data.images import framed_box, upright
-    from simbench.find.yearbook import FRAME_PT, LOGO_INSET_PT, LOGO_WIDTH
+    from simbench.find.yearbook import FRAME_PT
 
     out.mkdir(parents=True, exist_ok=True)
     views = {"as rendered": files, "framed_box": [], "generator's frame": [], "generator's frame and crest": [],
@@ -69,9 +70,9 @@ def cut_views(placements, files: list[Path], shown: list[int], out: Path) -> dic
         h, w = image.shape[:2]
         x0, y0, x1, y1 = framed_box(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
         px_per_pt = w / (placements[k].rect[2] - placements[k].rect[0])
-        crest = np.zeros((h, w), np.uint8)  # where decoration() stamps it (turned placements: roughly)
-        side, inset = LOGO_WIDTH * w, LOGO_INSET_PT * px_per_pt
-        crest[max(0, int(h - inset - side) - 2):int(h - inset) + 2, max(0, int(w - inset - side) - 2):int(w - inset) + 2] = 255
+        crest = np.zeros((h, w), np.uint8)
+        cx0, cy0, cx1, cy1 = crest_box(placements[k], w, h)
+        crest[cy0:cy1, cx0:cx1] = 255
         c = int(round((FRAME_PT + 2) * px_per_pt))
         turned_back = np.asarray(upright(Image.fromarray(image)))
         u0, v0, u1, v1 = framed_box(cv2.cvtColor(turned_back, cv2.COLOR_RGB2GRAY))
@@ -82,6 +83,17 @@ def cut_views(placements, files: list[Path], shown: list[int], out: Path) -> dic
             views[name].append(out / f"{len(views[name])}-{name.replace(' ', '_').replace(',', '')}.png")
             Image.fromarray(np.ascontiguousarray(pixels)).save(views[name][-1])
     return views
+
+
+def crest_box(placement, w: int, h: int) -> tuple[int, int, int, int]:
+    """Where decoration() stamps the crest in a w x h rendering of the placement, 2 px wider on every side
+    (x0, y0, x1, y1; turned placements: roughly)."""
+    from simbench.find.yearbook import LOGO_INSET_PT, LOGO_WIDTH
+
+    px_per_pt = w / (placement.rect[2] - placement.rect[0])
+    side, inset = LOGO_WIDTH * w, LOGO_INSET_PT * px_per_pt
+    x0, y0 = max(0, int(w - inset - side) - 2), max(0, int(h - inset - side) - 2)
+    return x0, y0, int(w - inset) + 2, int(h - inset) + 2
 
 
 def cnn_micro_ap(files: list[Path], truth: np.ndarray) -> float:
@@ -108,14 +120,17 @@ def keypoint_stage(trim: bool, min_coverage: float):
     return cascade.build_stages(cfg, calibrations={}, quiet=True)[0]
 
 
-def near_frame_share(files: list[Path], features) -> float:
-    """The share of the framed placements' keypoints on the frame framed_box finds or within NEAR_FRAME_PX."""
+def near_frame_share(files: list[Path], features, among: list[bool] | None = None) -> float:
+    """The share of the framed placements' keypoints on the frame framed_box finds or within NEAR_FRAME_PX
+    (among: only the files marked True)."""
     from PIL import Image
 
     from simbench.data.images import framed_box
 
     near, framed = 0, 0
     for i, path in enumerate(files):
+        if among is not None and not among[i]:
+            continue
         x0, y0, x1, y1 = framed_box(np.asarray(Image.open(path).convert("L")))
         if x0 == 0:
             continue
@@ -131,6 +146,26 @@ def verified(method, features, truth: np.ndarray) -> dict:
     found = {(min(a, b), max(a, b)) for a, b in zip(pairs.a.tolist(), pairs.b.tolist())}
     true = {tuple(p) for p in truth.tolist()}
     return {"true": len(found & true), "false": len(found - true)}
+
+
+def crest_share(features, boxes: list[tuple], among: list[bool]) -> float:
+    """The share of the keypoints of the pictures marked in `among` that lie in their crest's box (boxes[i]:
+    picture i's, `crest_box`)."""
+    on, total = 0, 0
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        if among[i]:
+            x, y = features.points[features.offsets[i]:features.offsets[i + 1]].T
+            on += int(((x >= x0) & (x < x1) & (y >= y0) & (y < y1)).sum())
+            total += len(x)
+    return on / max(total, 1)
+
+
+def flat_false_pairs(method, features, truth: np.ndarray, flat: list[bool]) -> int:
+    """How many of the false pairs the keypoint method verifies join two flat photos' placements."""
+    pairs = method.score_pairs(features)
+    true = {tuple(p) for p in truth.tolist()}
+    found = {(min(a, b), max(a, b)) for a, b in zip(pairs.a.tolist(), pairs.b.tolist())}
+    return sum(flat[a] and flat[b] for a, b in found - true)
 
 
 def turned_on_page(path: Path) -> bool:
@@ -151,13 +186,16 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(default_cache_dir() / "frame_probe"))
-    work = Path(parser.parse_args(argv).work).expanduser()
+    parser.add_argument("--layouts", default="0,1", help="comma-separated build_yearbook seeds (bench_find.py "
+                                                         "yearbook-tune --layouts)")
+    args = parser.parse_args(argv)
+    work = Path(args.work).expanduser()
     devset = [p for part in ("photo", "lineart") for p in sorted((dev_set(TUNE, part, False).root / "images").iterdir())]
     framed = sum(framed_box(np.asarray(Image.open(p).convert("L")))[0] > 0 for p in devset)
     turned = [p.name for p in devset if turned_on_page(p)]
     print(f"tuning devset pictures (photo and line art): a frame found on {framed} of {len(devset)}; "
           f"turned upright: {len(turned)} ({', '.join(sorted({n.split('_', 2)[-1].split('.')[0] for n in turned}))})")
-    for seed in (0, 1):
+    for seed in (int(x) for x in args.layouts.split(",")):
         placements, files, shown = rendered_yearbook(work, seed)
         index = {k: i for i, k in enumerate(shown)}
         truth = np.array(sorted((min(index[a], index[b]), max(index[a], index[b])) for a, b in true_pairs(placements)
@@ -177,6 +215,15 @@ def main(argv=None) -> None:
             print(f"  keypoint stage, trim_frame={trim}: {near_frame_share(files, features[trim]):.0%} of the framed "
                   f"placements' keypoints on the frame or within {NEAR_FRAME_PX} px of it; verified {got['true']} "
                   f"true pairs, {got['false']} false")
+            if not trim:
+                flat = [placements[k].flat for k in shown]
+                other = [not f for f in flat]
+                boxes = [crest_box(placements[k], *Image.open(path).size) for path, k in zip(files, shown)]
+                kp = features[trim]
+                print(f"    near the frame: of the flat photos' placements {near_frame_share(files, kp, flat):.0%}, "
+                      f"of the others {near_frame_share(files, kp, other):.0%}; on the crest: "
+                      f"{crest_share(kp, boxes, flat):.0%} and {crest_share(kp, boxes, other):.0%}; false pairs "
+                      f"verified with a flat photo on both sides: {flat_false_pairs(stage.method, kp, truth, flat)}")
         for floor in MIN_COVERAGES:
             got = verified(keypoint_stage(False, floor).method, features[False], truth)
             print(f"  keypoint stage, min_coverage={floor}: keeps {got['true']} true pairs, {got['false']} false")

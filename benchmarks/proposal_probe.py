@@ -1,14 +1,17 @@
 """What the keypoint stage's proposals verify on the tuning split: the diagnosis behind runs (27) and (28) of
 results/find.md. Tuning split only.
 
-    python benchmarks/proposal_probe.py [--work DIR] [--proposals K]
+    python benchmarks/proposal_probe.py [--work DIR] [--proposals K] [--extent E] [--min-inliers N]
 
 On each collection `bench_find.py calibrate` fits on, without its rebuilds (the devset tuning halves, each with
 the copy whitening fitted on the other halves, and the two tuning yearbooks): the cascade's raw evidence (find's
 stages, no calibration), with keypoints.method.proposals=K (10: run 27) and no coverage floor for proposed
 pairs, then how many proposed pairs verify, true and false, and how many of them cover at least each of
 FLOORS of their pictures (keypoints.method.proposal_min_coverage; run 27 ran with the floor of the stage's own
-pairs, min_coverage 0.01). Also how many true pairs the keypoint stage verifies without proposals.
+pairs, min_coverage 0.01). Also how many true and false pairs the keypoint stage verifies without proposals.
+--extent E: with keypoints.method.coverage_extent=E (the coverage rule's least extent of a picture's keypoints,
+a share of its area; 0, the default, as find runs), for the stage's own pairs and the proposed ones alike.
+--min-inliers N: count only the proposed pairs with at least N RANSAC inliers (default: the stage's min_inliers).
 """
 from __future__ import annotations
 
@@ -25,38 +28,48 @@ from simbench.find.pipeline import collect, raw_evidence  # noqa: E402
 FLOORS = (0.01, 0.02, 0.05, 0.1)
 
 
-def proposed_figures(collection, proposals: int, work: Path) -> dict:
-    """On one tuning collection: true pairs, those the keypoints verify on their own, and the proposed pairs
-    that verify (is_true and covered share of each)."""
+def proposed_figures(collection, proposals: int, work: Path, extent: float = 0.0) -> dict:
+    """On one tuning collection: true pairs, the true and false ones the keypoints verify on their own, and
+    the proposed pairs that verify (is_true and covered share of each)."""
     cfg = cascade.make_config("cascade", [*collection.overrides, f"keypoints.method.proposals={proposals}",
                                           "keypoints.method.proposal_min_coverage=0",
-                                          "keypoints.extra_signals=[covered,proposed]"])
+                                          f"keypoints.method.coverage_extent={extent}",
+                                          "keypoints.extra_signals=[covered,proposed,inliers]"])
     stages = cascade.build_stages(cfg, calibrations={}, quiet=True)
     got = collect(collection.inputs, stages, cfg, collection.index, work, False)
     keypoints = raw_evidence(stages, got.features, False, None, got.items, cfg.drop_shared_frames)["keypoints"]
     is_true = collection.label(got.items, keypoints)
     proposed = keypoints.extra["proposed"] > 0
     return {"true_pairs": collection.n_true, "own_true": int((is_true & ~proposed).sum()),
-            "is_true": is_true[proposed], "covered": keypoints.extra["covered"][proposed]}
+            "own_false": int((~is_true & ~proposed).sum()),
+            "is_true": is_true[proposed], "covered": keypoints.extra["covered"][proposed],
+            "inliers": keypoints.extra["inliers"][proposed]}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(default_cache_dir() / "bench_find"))
     parser.add_argument("--proposals", type=int, default=10)
+    parser.add_argument("--extent", type=float, default=0.0, help="keypoints.method.coverage_extent (default 0)")
+    parser.add_argument("--min-inliers", type=int, default=None,
+                        help="count only proposed pairs with this many inliers (default: the stage's min_inliers)")
     args = parser.parse_args(argv)
     work = Path(args.work).expanduser()
-    own_floor = cascade.make_config("cascade").keypoints.method.min_coverage
-    print(f"keypoints.method.proposals={args.proposals}: proposed pairs that verify, true / false, by the share "
-          f"of their pictures they cover (the stage's own floor is {own_floor})")
-    print("| collection | true pairs | verified without proposals | proposed, verified | "
+    method = cascade.make_config("cascade").keypoints.method
+    min_inliers = method.min_inliers if args.min_inliers is None else args.min_inliers
+    print(f"keypoints.method.proposals={args.proposals}, coverage_extent={args.extent}: proposed pairs that verify "
+          f"with >= {min_inliers} inliers, true / false, by the share of their pictures they cover (the stage's own "
+          f"floor is {method.min_coverage})")
+    print("| collection | true pairs | verified without proposals, true / false | proposed, verified | "
           + " | ".join(f"covering >= {f}" for f in FLOORS) + " |")
     print("|---|---|---|---|" + "---|" * len(FLOORS))
     for collection in tuning_collections(work, False):
-        got = proposed_figures(collection, args.proposals, work)
-        y, covered = got["is_true"], got["covered"]
+        got = proposed_figures(collection, args.proposals, work, args.extent)
+        counted = got["inliers"] >= min_inliers
+        y, covered = got["is_true"][counted], got["covered"][counted]
         cells = [f"{int((y & (covered >= f)).sum())} / {int((~y & (covered >= f)).sum())}" for f in FLOORS]
-        print(f"| {collection.tag} | {got['true_pairs']} | {got['own_true']} | {int(y.sum())} / {int((~y).sum())} | "
+        print(f"| {collection.tag} | {got['true_pairs']} | {got['own_true']} / {got['own_false']} | "
+              f"{int(y.sum())} / {int((~y).sum())} | "
               + " | ".join(cells) + " |", flush=True)
 
 

@@ -222,6 +222,24 @@ def test_a_proposed_pair_must_cover_its_own_floor(hard_copies):
         method.score_pairs(features))
 
 
+def test_a_proposed_pair_must_have_its_own_inlier_floor(hard_copies):
+    """proposal_min_inliers drops the proposed pairs with fewer inliers (only those), whatever min_inliers is;
+    it is in the settings keys only when it differs from min_inliers."""
+    _, features, method = hard_copies
+    a, b = np.array([0, 2, 0]), np.array([1, 3, 4])
+    kept = method.score_proposed(features, a, b)
+    inliers = np.sort(kept.extra["inliers"])
+    assert len(kept) == 2 and inliers[0] < inliers[1] and method.proposal_min_inliers == method.min_inliers
+    stricter = copy.copy(method)
+    stricter.proposal_min_inliers = int(inliers[1])  # the copy with more inliers only
+    got = stricter.score_proposed(features, a, b)
+    assert got.extra["inliers"].tolist() == [inliers[1]]
+    assert len(stricter.score_pairs(features)) == len(method.score_pairs(features))
+    assert "proposal_min_inliers" not in method.params() and stricter.params()["proposal_min_inliers"] == inliers[1]
+    with pytest.raises(ValueError, match="proposal_min_inliers"):
+        KeypointMethod(method.extractor, method.matcher, verify=True, proposals=10, proposal_min_inliers=-1)
+
+
 def test_a_proposal_is_dropped_only_when_the_stage_found_that_very_pair():
     """Pairs are told apart by both items: (0, 5) is proposed although the stage found (1, 2), whose key would
     be the same if keys were counted by the proposals' first items alone."""

@@ -443,6 +443,49 @@ def test_coverage_and_fill_against_plain_formulas():
     assert coverage[3] < 0.1 < coverage[0]
 
 
+def test_coverage_extent_against_the_pictures_area():
+    """coverage_extent: coverage at most the inliers' hull over extent x the picture's area, by the
+    shoelace formula in pixels; 0 leaves the keypoints' hull alone, to the bit."""
+    rng = np.random.default_rng(9)
+    cases = _cases(rng)
+    # A flat picture: its keypoints all on a stamped logo in one corner (60 x 60 of 480 x 360), the
+    # inliers on part of it (what a match of the logo alone gives).
+    logo = (rng.random((200, 2)) * 60 + [400, 280]).astype(np.float32)
+    cases.append((logo, np.flatnonzero((logo[:, 0] < 445) & (logo[:, 1] < 325))))
+    points = np.concatenate([kp for kp, _ in cases])
+    offsets = np.concatenate([[0], np.cumsum([len(kp) for kp, _ in cases])])
+    rows = np.concatenate([offsets[i] + inl for i, (_, inl) in enumerate(cases)])
+    pair = np.concatenate([np.full(len(inl), i) for i, (_, inl) in enumerate(cases)])
+    images = np.arange(len(cases))
+    width, height = 480.0, 360.0  # every case's picture
+    relative = points.astype(np.float64) / [width, height]
+    plain, plain_fill = inlier_coverage(points, offsets, rows, pair, images)
+    same, same_fill = inlier_coverage(points, offsets, rows, pair, images, relative, 0.0)
+    assert same.tolist() == plain.tolist() and same_fill.tolist() == plain_fill.tolist()
+    for extent in (0.1, 0.25, 0.5):
+        coverage, fill = inlier_coverage(points, offsets, rows, pair, images, relative, extent)
+        assert fill.tolist() == plain_fill.tolist()
+        for i, (kp, inl) in enumerate(cases):
+            inliers = _shoelace(_hull(list(map(tuple, kp[inl].tolist()))))
+            keypoints = _shoelace(_hull(list(map(tuple, kp.tolist()))))
+            assert coverage[i] == pytest.approx(min(1.0, inliers / max(keypoints, extent * width * height)),
+                                                rel=1e-4)
+    logo_coverage = inlier_coverage(points, offsets, rows, pair, images, relative, 0.25)[0][-1]
+    assert plain[-1] > 0.4 and logo_coverage < 0.05  # most of the logo, little of the picture
+    with pytest.raises(ValueError, match="relative"):
+        inlier_coverage(points, offsets, rows, pair, images, None, 0.25)
+
+
+def test_coverage_extent_is_checked_and_keyed_only_when_on():
+    extractor = KeypointExtractor("brisk")
+    assert "coverage_extent" not in KeypointMethod(extractor, OracleMatcher(), verify=True).params()
+    assert KeypointMethod(extractor, OracleMatcher(), verify=True, coverage_extent=0.25).params()[
+        "coverage_extent"] == 0.25
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="coverage_extent"):
+            KeypointMethod(extractor, OracleMatcher(), verify=True, coverage_extent=bad)
+
+
 def test_coverage_of_degenerate_inliers_is_zero():
     kp = np.array([[0, 0], [10, 0], [20, 0], [0, 10], [5, 5]], np.float32)
     # Collinear inliers, and fewer than 3 distinct points (a row and its mirrored twin at one place).

@@ -101,6 +101,8 @@ class KeypointMethod(Method):
         (a shared emoji covered <= 0.03, a logo <= 0.05, a caption <= 0.07 on generated cases), and
         kept 202 of 204 originals with a crop, rotation, blur or flip on a 300-image set of skimage
         photo quarters (0.05 kept 199, and dropped a crop-and-rotate ORB copy in tests/test_keypoints.py).
+    coverage_extent: the share of the picture that the coverage rule takes its keypoints to span at least
+        (`inlier_coverage`); 0 (the default): the keypoints' hull alone, as before.
     proposals: how many of each image's best pairs by another stage (simbench find's CNN) `score_proposed`
         verifies when this method did not (0: none; find passes them, see simbench.find.pipeline). Their
         correspondences come from brute-force matching of the two images alone, Lowe's ratio test
@@ -108,7 +110,9 @@ class KeypointMethod(Method):
         multi-index radius: a copy blurred, rescaled or turned keeps few descriptors within 31 bits
         but many nearest neighbours, and matching two given images costs milliseconds. A proposed pair
         must cover proposal_min_coverage (None: min_coverage): wider matching also reaches content many
-        pictures share that the radius misses (a crest redrawn at each placement's scale).
+        pictures share that the radius misses (a crest redrawn at each placement's scale); and have
+        proposal_min_inliers inliers (None: min_inliers): matching every descriptor of one picture with
+        its nearest in the other gives RANSAC far more chance correspondences to fit a few of.
     """
 
     def __init__(self, extractor: Extractor, matcher, distance_threshold: int = 31,
@@ -116,19 +120,22 @@ class KeypointMethod(Method):
                  verify: bool = False, ransac_threshold: float = 8.0, min_inliers: int = 8,
                  transform: str = "similarity", max_pairs_verified: int = 100_000,
                  verify_min_score: float = 0.01, burstiness: float = 0.5, coverage: bool = True,
-                 min_coverage: float = 0.02, proposals: int = 0, proposal_ratio: float = 0.8,
-                 proposal_max_distance: int = 90, proposal_min_coverage: float | None = None):
+                 min_coverage: float = 0.02, coverage_extent: float = 0.0, proposals: int = 0,
+                 proposal_ratio: float = 0.8, proposal_max_distance: int = 90,
+                 proposal_min_coverage: float | None = None, proposal_min_inliers: int | None = None):
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
-        if burstiness < 0 or not 0 <= min_coverage <= 1:
-            raise ValueError("burstiness must be >= 0 and min_coverage in [0, 1]")
+        if burstiness < 0 or not 0 <= min_coverage <= 1 or not 0 <= coverage_extent <= 1:
+            raise ValueError("burstiness must be >= 0, min_coverage and coverage_extent in [0, 1]")
         if proposals < 0 or not 0 < proposal_ratio <= 1 or proposal_max_distance < 0 or not (
-                proposal_min_coverage is None or 0 <= proposal_min_coverage <= 1):
-            raise ValueError("proposals must be >= 0, proposal_ratio in (0, 1], proposal_max_distance >= 0 and "
-                             "proposal_min_coverage in [0, 1] or None, got "
-                             f"{proposals}, {proposal_ratio}, {proposal_max_distance}, {proposal_min_coverage}")
+                proposal_min_coverage is None or 0 <= proposal_min_coverage <= 1) or not (
+                proposal_min_inliers is None or proposal_min_inliers >= 0):
+            raise ValueError("proposals must be >= 0, proposal_ratio in (0, 1], proposal_max_distance >= 0, "
+                             "proposal_min_coverage in [0, 1] or None and proposal_min_inliers >= 0 or None, got "
+                             f"{proposals}, {proposal_ratio}, {proposal_max_distance}, {proposal_min_coverage}, "
+                             f"{proposal_min_inliers}")
         if proposals and not verify:
             raise ValueError("proposals need verify=true: a proposed pair is kept only when it verifies")
         self.extractor = extractor
@@ -146,17 +153,24 @@ class KeypointMethod(Method):
         self.burstiness = float(burstiness)
         self.coverage = bool(coverage)
         self.min_coverage = float(min_coverage)
+        self.coverage_extent = float(coverage_extent)
         self.proposals = int(proposals)
         self.proposal_ratio = float(proposal_ratio)
         self.proposal_max_distance = int(proposal_max_distance)
         self.proposal_min_coverage = self.min_coverage if proposal_min_coverage is None else float(proposal_min_coverage)
+        self.proposal_min_inliers = self.min_inliers if proposal_min_inliers is None else int(proposal_min_inliers)
 
     def params(self) -> dict:
-        # The proposal settings only when proposals are on: without them the raw signal is what it was,
-        # and so are the calibration keys made from these params.
+        # The proposal settings only when proposals are on, the coverage extent only when not 0: without them
+        # the raw signal is what it was, and so are the calibration keys made from these params.
         proposing = ({"proposals": self.proposals, "proposal_ratio": self.proposal_ratio,
                       "proposal_max_distance": self.proposal_max_distance,
                       "proposal_min_coverage": self.proposal_min_coverage} if self.proposals else {})
+        if self.proposals and self.proposal_min_inliers != self.min_inliers:
+            # Apart, so that runs (27)-(29)'s keys (floor = min_inliers, unnamed) are what they were.
+            proposing["proposal_min_inliers"] = self.proposal_min_inliers
+        if self.coverage_extent:
+            proposing["coverage_extent"] = self.coverage_extent
         return {"distance_threshold": self.distance_threshold, "score_threshold": self.threshold,
                 "score": self.score, "ratio": self.ratio, "verify": self.verify,
                 "ransac_threshold": self.ransac_threshold, "min_inliers": self.min_inliers,
@@ -224,8 +238,8 @@ class KeypointMethod(Method):
     def score_proposed(self, features: KeypointSets, a: np.ndarray, b: np.ndarray) -> ScoredPairs:
         """The proposed pairs of images (feature rows a[k] < b[k]) that verify, scored as `score_pairs`
         scores its own (fields bag_score, n_matches, matched_a and matched_b excepted): correspondences from
-        `ratio_matches`, then the same one-to-one RANSAC fit, inlier floor, burstiness weights and coverage
-        (its floor proposal_min_coverage).
+        `ratio_matches`, then the same one-to-one RANSAC fit, burstiness weights and coverage, with floors
+        of their own (proposal_min_inliers, proposal_min_coverage).
         The weights' df counts the other images each row corresponds with among all the proposed pairs
         (the multi-index matches are another radius): content the proposals share, down-weighted alike."""
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
@@ -237,7 +251,8 @@ class KeypointMethod(Method):
                                      self.burstiness)
         n = np.diff(features.offsets)
         kept, fields = self.score_verified(ver, a, b, n[a], n[b], weights, points, features.offsets,
-                                           relative_points(features), self.proposal_min_coverage)
+                                           relative_points(features), self.proposal_min_coverage,
+                                           self.proposal_min_inliers)
         score = fields.pop("score")
         return ScoredPairs(a[kept], b[kept], score, extra={**fields, "n_a": n[a[kept]], "n_b": n[b[kept]],
                                                            "proposed_pairs": len(a)})
@@ -254,18 +269,20 @@ class KeypointMethod(Method):
         order = np.flatnonzero(self.eligible(counts, bag))
         return order[np.argsort(-bag[order], kind="stable")][: self.max_pairs_verified]
 
-    def score_verified(self, ver: dict, a, b, n_a, n_b, weights, points, offsets,
-                       relative, min_coverage: float | None = None) -> tuple[np.ndarray, dict]:
+    def score_verified(self, ver: dict, a, b, n_a, n_b, weights, points, offsets, relative,
+                       min_coverage: float | None = None,
+                       min_inliers: int | None = None) -> tuple[np.ndarray, dict]:
         """The verified scores of candidate pairs (a[k], b[k]) (images of `offsets`, the rows of `points`,
         `relative` and `weights`) from their RANSAC (`verify_candidates`): (the indices k that pass, their
         score, inliers, flipped, evidence, `content_stats` fields, alignment and inlier_box).
         Each pair's values depend on its own rows only, so a batch of pairs with only its rows gives the same."""
-        keep = ver["inliers"] >= self.min_inliers
+        keep = ver["inliers"] >= (self.min_inliers if min_inliers is None else min_inliers)
         kept = np.flatnonzero(keep)
         # The kept pairs' inlier correspondences, their pairs renumbered 0..len(kept)-1.
         on = keep[ver["pair"]]
         pair, ra, rb = (np.cumsum(keep) - 1)[ver["pair"][on]], ver["ra"][on], ver["rb"][on]
-        stats = content_stats(weights, points, offsets, pair, ra, rb, a[kept], b[kept])
+        stats = content_stats(weights, points, offsets, pair, ra, rb, a[kept], b[kept], relative,
+                              self.coverage_extent)
         stats["alignment"] = inlier_alignment(relative, pair, ra, rb, len(kept))
         stats["inlier_box"] = inlier_box(relative, pair, ra, len(kept))
         evidence = stats["weighted_inliers"] * (stats["covered"] if self.coverage else 1.0)
@@ -692,13 +709,15 @@ def shared_content(features: KeypointSets, matches: dict, pair: np.ndarray, ra: 
 
 
 def content_stats(weights: np.ndarray, points: np.ndarray, offsets: np.ndarray, pair: np.ndarray, ra: np.ndarray,
-                  rb: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
+                  rb: np.ndarray, a: np.ndarray, b: np.ndarray, relative: np.ndarray | None = None,
+                  extent: float = 0.0) -> dict:
     """`shared_content` given the rows' burstiness weights and working-scale points (rows of the images
-    of `offsets`), so that a batch of pairs needs only its own images' rows."""
+    of `offsets`), so that a batch of pairs needs only its own images' rows; relative and extent: see
+    `inlier_coverage`."""
     weighted = np.bincount(pair, weights=np.sqrt(weights[ra] * weights[rb]), minlength=len(a)).astype(np.float64)
     inliers = np.bincount(pair, minlength=len(a))
-    cov_a, fill_a = inlier_coverage(points, offsets, ra, pair, a)
-    cov_b, fill_b = inlier_coverage(points, offsets, rb, pair, b)
+    cov_a, fill_a = inlier_coverage(points, offsets, ra, pair, a, relative, extent)
+    cov_b, fill_b = inlier_coverage(points, offsets, rb, pair, b, relative, extent)
     return {"weighted_inliers": weighted, "distinctiveness": weighted / np.maximum(inliers, 1),
             "coverage_a": cov_a, "coverage_b": cov_b, "fill_a": fill_a,
             "fill_b": fill_b, "covered": covered_share(cov_a * fill_a, cov_b * fill_b)}
@@ -730,7 +749,8 @@ def burstiness_weights(df: np.ndarray, power: float) -> np.ndarray:
 
 
 def inlier_coverage(points: np.ndarray, offsets: np.ndarray, rows: np.ndarray, pair: np.ndarray,
-                    images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    images: np.ndarray, relative: np.ndarray | None = None,
+                    extent: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """How much of one side's picture the inliers cover, per pair k (image images[k]; its inlier rows are
     the run of `rows` where pair == k; points at working scale, offsets as in KeypointSets):
 
@@ -747,8 +767,16 @@ def inlier_coverage(points: np.ndarray, offsets: np.ndarray, rows: np.ndarray, p
         repeatability is low (few inliers among many keypoints) still fills its hull. It sees only
         keypoints: where a frame's high-contrast text takes nearly all of max_features, the photo
         inside has none to leave unreached, and only the burstiness weights lower such pairs.
+    extent > 0 (with `relative`, the rows as fractions of their picture's sides, `relative_points`): the
+        keypoints' hull is taken to span at least that share of the picture, i.e. coverage is at most the
+        inliers' hull over extent x the picture's area. On a nearly featureless picture whose keypoints sit
+        mostly on one stamped logo, a match on the logo covers most of the keypoints' hull but little of
+        the picture (results/find.md, run 29). Area ratios within one picture are the same in pixels and in
+        relative coordinates, so extent 0 is exactly the keypoints' hull alone.
     Fewer than 3 distinct inlier points, or collinear ones, cover nothing (0, 0).
     """
+    if extent > 0 and relative is None:
+        raise ValueError("a coverage extent needs the rows' relative coordinates")
     coverage, fill = np.zeros(len(images)), np.zeros(len(images))
     hull_area = {i: _hull_area(points[offsets[i]:offsets[i + 1]]) for i in np.unique(images).tolist()}
     starts = np.flatnonzero(_run_starts(pair))
@@ -763,6 +791,8 @@ def inlier_coverage(points: np.ndarray, offsets: np.ndarray, rows: np.ndarray, p
         if area <= 0:
             continue
         coverage[k] = min(1.0, area / hull_area[image])
+        if extent > 0:
+            coverage[k] = min(coverage[k], _hull_area(relative[rows[s:e]].astype(np.float32)) / extent)
         keypoints = points[offsets[image]:offsets[image + 1]]
         fill[k] = _fill(p, keypoints, hull.reshape(-1, 2), r=np.sqrt(area / len(p)))
     return coverage, fill
