@@ -1,7 +1,7 @@
 """What the keypoint stage's proposals verify on the tuning split: the diagnosis behind runs (27) and (28) of
 results/find.md. Tuning split only.
 
-    python benchmarks/proposal_probe.py [--work DIR] [--proposals K] [--extent E] [--min-inliers N]
+    python benchmarks/proposal_probe.py [--work DIR] [--proposals K] [--extent E] [--min-inliers N] [key=value...]
 
 On each collection `bench_find.py calibrate` fits on, without its rebuilds (the devset tuning halves, each with
 the copy whitening fitted on the other halves, and the two tuning yearbooks): the cascade's raw evidence (find's
@@ -12,6 +12,7 @@ pairs, min_coverage 0.01). Also how many true and false pairs the keypoint stage
 --extent E: with keypoints.method.coverage_extent=E (the coverage rule's least extent of a picture's keypoints,
 a share of its area; 0, the default, as find runs), for the stage's own pairs and the proposed ones alike.
 --min-inliers N: count only the proposed pairs with at least N RANSAC inliers (default: the stage's min_inliers).
+key=value: find settings for every collection (e.g. keypoints.method.min_coverage=0.02, the stage's own floor).
 """
 from __future__ import annotations
 
@@ -28,13 +29,13 @@ from simbench.find.pipeline import collect, raw_evidence  # noqa: E402
 FLOORS = (0.01, 0.02, 0.05, 0.1)
 
 
-def proposed_figures(collection, proposals: int, work: Path, extent: float = 0.0) -> dict:
+def proposed_figures(collection, proposals: int, work: Path, extent: float = 0.0, overrides=()) -> dict:
     """On one tuning collection: true pairs, the true and false ones the keypoints verify on their own, and
     the proposed pairs that verify (is_true and covered share of each)."""
     cfg = cascade.make_config("cascade", [*collection.overrides, f"keypoints.method.proposals={proposals}",
                                           "keypoints.method.proposal_min_coverage=0",
                                           f"keypoints.method.coverage_extent={extent}",
-                                          "keypoints.extra_signals=[covered,proposed,inliers]"])
+                                          "keypoints.extra_signals=[covered,proposed,inliers]", *overrides])
     stages = cascade.build_stages(cfg, calibrations={}, quiet=True)
     got = collect(collection.inputs, stages, cfg, collection.index, work, False)
     keypoints = raw_evidence(stages, got.features, False, None, got.items, cfg.drop_shared_frames)["keypoints"]
@@ -53,9 +54,10 @@ def main(argv=None) -> None:
     parser.add_argument("--extent", type=float, default=0.0, help="keypoints.method.coverage_extent (default 0)")
     parser.add_argument("--min-inliers", type=int, default=None,
                         help="count only proposed pairs with this many inliers (default: the stage's min_inliers)")
+    parser.add_argument("overrides", nargs="*", help="key=value find settings for every collection")
     args = parser.parse_args(argv)
     work = Path(args.work).expanduser()
-    method = cascade.make_config("cascade").keypoints.method
+    method = cascade.make_config("cascade", args.overrides).keypoints.method
     min_inliers = method.min_inliers if args.min_inliers is None else args.min_inliers
     print(f"keypoints.method.proposals={args.proposals}, coverage_extent={args.extent}: proposed pairs that verify "
           f"with >= {min_inliers} inliers, true / false, by the share of their pictures they cover (the stage's own "
@@ -64,7 +66,7 @@ def main(argv=None) -> None:
           + " | ".join(f"covering >= {f}" for f in FLOORS) + " |")
     print("|---|---|---|---|" + "---|" * len(FLOORS))
     for collection in tuning_collections(work, False):
-        got = proposed_figures(collection, args.proposals, work, args.extent)
+        got = proposed_figures(collection, args.proposals, work, args.extent, args.overrides)
         counted = got["inliers"] >= min_inliers
         y, covered = got["is_true"][counted], got["covered"][counted]
         cells = [f"{int((y & (covered >= f)).sum())} / {int((~y & (covered >= f)).sum())}" for f in FLOORS]
