@@ -46,8 +46,8 @@ from simbench.evaluate import dedupe_pairs, evaluate, label_pairs, recall_at_pre
 from simbench.find import cascade
 from simbench.find.calibration import CALIBRATION_FILE, fit_calibration, fit_fusion, save_calibrations
 from simbench.find.pipeline import collect, find, raw_evidence
-from simbench.find.yearbook import (SCHOOL_STYLE, build_yearbook, match_placement, reference_photos,
-                                   true_pairs)
+from simbench.find.yearbook import (SCHOOL_STYLE, build_yearbook, match_placement, placement_pairs,
+                                   reference_photos, true_pairs)
 from simbench.methods.cnn import (SHIPPED_WHITENING, centred, embedding_sum, fit_copy_whitening, normalised_scores,
                                  vector_settings)
 from simbench.types import ScoredPairs
@@ -58,11 +58,6 @@ PARTS = ("photo", "lineart")
 BASELINES = ("phash", "brisk-bags", "cnn-cosine")
 EVALUATION_SEED = 0
 TARGET_PRECISION = 0.95
-def yearbook_name(split: str, layout: int) -> str:
-    """The yearbook's folder in --work; its outputs are out-<name>-<method>, its index index-<name>."""
-    return f"yearbook-{split}" + (f"-layout{layout}" if layout else "")
-
-
 #: The build_yearbook seed of the tuning yearbook that `calibrate` fits the fusion on (build_tune_yearbook).
 YEARBOOK_FIT_LAYOUT = 1
 #: Other seeds of the development set whose tuning collections `tune --seeds` runs beside the halves
@@ -503,6 +498,11 @@ def school_yearbook(pdfs: Path, split: str, layout: int, progress: bool):
     return build_yearbook(pdfs, n_photos=len(photos) - 4, n_single=4, photos=photos, seed=layout, **SCHOOL_STYLE)
 
 
+def yearbook_name(split: str, layout: int) -> str:
+    """The yearbook's folder in --work; its outputs are out-<name>-<method>, its index index-<name>."""
+    return f"yearbook-{split}" + (f"-layout{layout}" if layout else "")
+
+
 # ---------------------------------------------------------------------------------------------------
 # The development set: every find method and the plain baselines, one table per collection
 
@@ -809,9 +809,7 @@ class LabelledPairs(NamedTuple):
 def labelled_pairs(placements, found: list[dict]) -> LabelledPairs:
     truth = true_pairs(placements)
     rows = []
-    for row in found:
-        i = match_placement(placements, row["a_source"], int(row["a_page"]), row["a_bbox"])
-        j = match_placement(placements, row["b_source"], int(row["b_page"]), row["b_bbox"])
+    for row, (i, j) in zip(found, placement_pairs(placements, found)):
         pair = (min(i, j), max(i, j)) if i is not None and j is not None else None
         rows.append((float(row["score"]), pair if pair in truth else None))
     return LabelledPairs(rows, len(truth))

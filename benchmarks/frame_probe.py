@@ -141,11 +141,11 @@ def near_frame_share(files: list[Path], features, among: list[bool] | None = Non
 
 
 def verified(method, features, truth: np.ndarray) -> dict:
-    """The true and false pairs the keypoint method verifies."""
+    """How many true pairs the keypoint method verifies, and which false ones."""
     pairs = method.score_pairs(features)
     found = {(min(a, b), max(a, b)) for a, b in zip(pairs.a.tolist(), pairs.b.tolist())}
     true = {tuple(p) for p in truth.tolist()}
-    return {"true": len(found & true), "false": len(found - true)}
+    return {"true": len(found & true), "false": len(found - true), "false_pairs": found - true}
 
 
 def crest_share(features, boxes: list[tuple], among: list[bool]) -> float:
@@ -158,14 +158,6 @@ def crest_share(features, boxes: list[tuple], among: list[bool]) -> float:
             on += int(((x >= x0) & (x < x1) & (y >= y0) & (y < y1)).sum())
             total += len(x)
     return on / max(total, 1)
-
-
-def flat_false_pairs(method, features, truth: np.ndarray, flat: list[bool]) -> int:
-    """How many of the false pairs the keypoint method verifies join two flat photos' placements."""
-    pairs = method.score_pairs(features)
-    true = {tuple(p) for p in truth.tolist()}
-    found = {(min(a, b), max(a, b)) for a, b in zip(pairs.a.tolist(), pairs.b.tolist())}
-    return sum(flat[a] and flat[b] for a, b in found - true)
 
 
 def turned_on_page(path: Path) -> bool:
@@ -223,7 +215,8 @@ def main(argv=None) -> None:
                 print(f"    near the frame: of the flat photos' placements {near_frame_share(files, kp, flat):.0%}, "
                       f"of the others {near_frame_share(files, kp, other):.0%}; on the crest: "
                       f"{crest_share(kp, boxes, flat):.0%} and {crest_share(kp, boxes, other):.0%}; false pairs "
-                      f"verified with a flat photo on both sides: {flat_false_pairs(stage.method, kp, truth, flat)}")
+                      f"verified with a flat photo on both sides: "
+                      f"{sum(flat[a] and flat[b] for a, b in got['false_pairs'])}")
         for floor in MIN_COVERAGES:
             got = verified(keypoint_stage(False, floor).method, features[False], truth)
             print(f"  keypoint stage, min_coverage={floor}: keeps {got['true']} true pairs, {got['false']} false")

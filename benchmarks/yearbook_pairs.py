@@ -18,20 +18,20 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_find import TUNE, labelled_pairs, school_yearbook, yearbook_name  # noqa: E402
+from benchmarks.bench_find import TUNE, school_yearbook, yearbook_name  # noqa: E402
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
-from simbench.find.yearbook import match_placement, true_pairs  # noqa: E402
+from simbench.find.yearbook import placement_pairs, true_pairs  # noqa: E402
 
 
 def pair_table(placements, found: list[dict], n_false: int) -> str:
     """Markdown: every true pair (best first; "-" where the run wrote none), then the n_false best false pairs."""
-    book = labelled_pairs(placements, found)
+    truth = true_pairs(placements)
     best: dict[tuple[int, int], tuple[float, str]] = {}
     false = []
-    for (score, pair), row in zip(book.rows, found):
-        if pair is None:
-            i = match_placement(placements, row["a_source"], int(row["a_page"]), row["a_bbox"])
-            j = match_placement(placements, row["b_source"], int(row["b_page"]), row["b_bbox"])
+    for row, (i, j) in zip(found, placement_pairs(placements, found)):
+        score = float(row["score"])
+        pair = (min(i, j), max(i, j)) if i is not None and j is not None else None
+        if pair not in truth:
             false.append((score, (i, j), row["method"]))
         elif score > best.get(pair, (-1.0, ""))[0]:
             best[pair] = (score, row["method"])
@@ -43,7 +43,7 @@ def pair_table(placements, found: list[dict], n_false: int) -> str:
         return f"{k}: photo {p.photo}, {p.how}, {p.colour}{', flat' if p.flat else ''}"
 
     lines = ["| pair | score | how | one | other |", "|---|---|---|---|---|"]
-    for pair in sorted(true_pairs(placements), key=lambda q: -best.get(q, (-1.0,))[0]):
+    for pair in sorted(truth, key=lambda q: -best.get(q, (-1.0,))[0]):
         score, how = best.get(pair, (None, "-"))
         lines.append(f"| true {pair} | {'-' if score is None else f'{score:.3f}'} | {how} | {side(pair[0])} | "
                      f"{side(pair[1])} |")

@@ -1,99 +1,44 @@
 """Different photos that share only a crest stamped into their corner (the school yearbook's logo), through the whole
-`simbench find` with its defaults: scikit-image photos, and the same photos made flat as the yearbook makes a
-quarter of its photos (blurred, lower contrast: few keypoints of their own). results/find.md, runs (29) and after:
-on the tuning yearbooks most keypoints of a flat photo lie on the crest, and pairs of different flat photos are
-verified by it; this is where the default loses yearbook precision.
+`simbench find` with its defaults (benchmarks/crest_probe.py builds the case: scikit-image photos, and the same
+photos made flat as the yearbook makes a quarter of its photos). results/find.md, "After run (29)": on flat photos
+the default also pairs different photos above the threshold, which crest_probe.py prints; not a test here, as it
+is the issue's unmet requirement, not behaviour to keep.
 """
 from __future__ import annotations
 
-import csv
+import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-import skimage.data as skdata
-
-from simbench.find import cascade
-from simbench.find.pipeline import find
-from simbench.find.yearbook import LOGO_WIDTH, _flatten, school_logo
-
-PHOTOS = [("coffee", 600), ("chelsea", 520), ("rocket", 560), ("astronaut", 500), ("camera", 600), ("coins", 560)]
-COPY = ("coffee", 560, (60, 40, 560, 380))  # a crop of the first photo, at another scale
-
-
-def _stamped(name: str, width: int, flat: bool, crop: tuple | None = None) -> Image.Image:
-    """The photo at `width` px (cropped first), flattened or not, the crest stamped into its bottom right corner
-    at LOGO_WIDTH of its width, as the yearbook stamps it."""
-    photo = Image.fromarray(getattr(skdata, name)()).convert("RGB")
-    photo = photo.crop(crop) if crop else photo
-    photo = photo.resize((width, round(width * photo.height / photo.width)))
-    photo = _flatten(photo) if flat else photo
-    side = round(LOGO_WIDTH * photo.width)
-    crest = school_logo().resize((side, side))
-    photo.paste(crest, (photo.width - side - 10, photo.height - side - 10), crest)
-    return photo
-
-
-def _images(root: Path, flat: bool) -> Path:
-    """The stamped photos and the copy, as root/in/<k>-<name>.png and root/in/copy-<name>.png."""
-    (root / "in").mkdir()
-    for k, (name, width) in enumerate(PHOTOS):
-        _stamped(name, width, flat).save(root / "in" / f"{k}-{name}.png")
-    name, width, crop = COPY
-    _stamped(name, width, flat, crop).save(root / "in" / f"copy-{name}.png")
-    return root / "in"
-
-
-def _found(folder: Path) -> tuple[dict, float]:
-    """{(stem, stem): score} of every pair `find` writes over the folder, and the threshold."""
-    cfg = cascade.make_config("cascade")
-    find([folder], folder.parent / "out", cfg, progress=False)
-    with open(folder.parent / "out" / "pairs.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {tuple(sorted((Path(r["a"]).stem, Path(r["b"]).stem))): float(r["score"]) for r in rows}, float(cfg.threshold)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.crest_probe import COPY_PAIR, crest_images, found_pairs  # noqa: E402
+from simbench.find import cascade  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def textured(tmp_path_factory):
-    return _found(_images(tmp_path_factory.mktemp("textured"), flat=False))
+    return found_pairs(crest_images(tmp_path_factory.mktemp("textured"), flat=False))
 
 
 @pytest.fixture(scope="module")
 def flat_images(tmp_path_factory):
-    return _images(tmp_path_factory.mktemp("flat"), flat=True)
+    return crest_images(tmp_path_factory.mktemp("flat"), flat=True)
 
 
-@pytest.fixture(scope="module")
-def flat(flat_images):
-    return _found(flat_images)
-
-
-def _copy_pair(pairs: dict) -> float:
-    return pairs.get(tuple(sorted(("0-coffee", "copy-coffee"))), 0.0)
-
-
-def _other_pairs_above(pairs: dict, threshold: float) -> dict:
-    return {p: s for p, s in pairs.items() if s >= threshold and p != tuple(sorted(("0-coffee", "copy-coffee")))}
+def _scores_above(pairs: dict, floor: float) -> set:
+    return {pair for pair, (score, _) in pairs.items() if score >= floor}
 
 
 def test_the_crest_does_not_pair_different_textured_photos_and_the_copy_pairs(textured):
     pairs, threshold = textured
-    assert _copy_pair(pairs) >= threshold
-    assert _other_pairs_above(pairs, 0.5) == {}
+    assert COPY_PAIR in _scores_above(pairs, threshold)
+    assert _scores_above(pairs, 0.5) == {COPY_PAIR}
 
 
-def test_the_copy_of_a_flat_photo_still_pairs(flat):
-    pairs, threshold = flat
-    assert _copy_pair(pairs) >= threshold
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="known failure: the keypoints verify different flat photos by the crest they share, and "
-                          "linking joins them (results/find.md, after run 29)")
-def test_the_crest_does_not_pair_different_flat_photos(flat):
-    pairs, threshold = flat
-    assert _other_pairs_above(pairs, threshold) == {}
+def test_the_copy_of_a_flat_photo_still_pairs(flat_images):
+    pairs, threshold = found_pairs(flat_images)
+    assert COPY_PAIR in _scores_above(pairs, threshold)
 
 
 def test_a_coverage_against_the_pictures_area_drops_the_crest_pairs_at_the_keypoint_stage(flat_images):
@@ -109,7 +54,6 @@ def test_a_coverage_against_the_pictures_area_drops_the_crest_pairs_at_the_keypo
         pairs = stage.method.score_pairs(stage.extractor.extract(paths).features)
         return {tuple(sorted((names[a], names[b]))) for a, b in zip(pairs.a.tolist(), pairs.b.tolist())}
 
-    copy = tuple(sorted(("0-coffee", "copy-coffee")))
     default = kept([])
-    assert copy in default and default - {copy}  # the default verifies different photos too
-    assert kept(["keypoints.method.coverage_extent=1.0", "keypoints.method.min_coverage=0.015"]) == {copy}
+    assert COPY_PAIR in default and default - {COPY_PAIR}  # the default verifies different photos too
+    assert kept(["keypoints.method.coverage_extent=1.0", "keypoints.method.min_coverage=0.015"]) == {COPY_PAIR}

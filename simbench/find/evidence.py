@@ -127,10 +127,11 @@ def keypoint_evidence(features: KeypointSets, ra: int, rb: int, method, max_matc
     descriptor_pairs, _ = exact.descriptor_pairs(pair)
     matches = between_images(descriptor_pairs, pair.owners)
     first, second = np.array([0]), np.array([1])
-    ver = method.verify_candidates(pair, matches, first, second, getattr(method.extractor, "max_size", None))
+    max_size = getattr(method.extractor, "max_size", None)
+    ver = method.verify_candidates(pair, matches, first, second, max_size)
     if ver["inliers"][0] < method.min_inliers and getattr(method, "proposals", 0) and pair.binary:
         matches = ratio_matches(pair, first, second, method.proposal_ratio, method.proposal_max_distance)
-        ver = method.verify_candidates(pair, matches, first, second, getattr(method.extractor, "max_size", None))
+        ver = method.verify_candidates(pair, matches, first, second, max_size)
     if not len(ver["ra"]):
         return None
     pa, pb = np.asarray(pair.points, np.float64)[ver["ra"]], np.asarray(pair.points, np.float64)[ver["rb"]]

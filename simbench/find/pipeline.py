@@ -402,13 +402,13 @@ def with_proposed(stage: Stage, stage_features, found: ScoredPairs, others: list
     started = time.perf_counter()
     pa, pb = position[a[ok]], position[b[ok]]
     proposed = in_items(stage.method.score_proposed(feats, np.minimum(pa, pb), np.maximum(pa, pb)), rows)
-    mine, theirs = found.per_pair_fields(), proposed.per_pair_fields()
-    shared = mine & theirs if len(found) else theirs  # no pairs: no fields to match
-    extra = {k: v for k, v in found.extra.items() if k not in mine}  # run-wide values
+    own_fields, proposed_fields = found.per_pair_fields(), proposed.per_pair_fields()
+    shared = own_fields & proposed_fields if len(found) else proposed_fields  # no pairs: no fields to match
+    extra = {k: v for k, v in found.extra.items() if k not in own_fields}  # run-wide values
     for k in shared:
         column = np.asarray(proposed.extra[k])
-        mine = np.asarray(found.extra[k]) if len(found) else column[:0]
-        extra[k] = np.concatenate([mine, column])
+        own = np.asarray(found.extra[k]) if len(found) else column[:0]
+        extra[k] = np.concatenate([own, column])
     extra.update(proposed=np.r_[np.zeros(len(found), bool), np.ones(len(proposed), bool)],
                  proposed_pairs=int(ok.sum()), proposed_s=time.perf_counter() - started)
     return ScoredPairs(np.r_[found.a, proposed.a].astype(np.int64), np.r_[found.b, proposed.b].astype(np.int64),

@@ -555,6 +555,13 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def placement_pairs(placements: list[Placement], rows: list[dict]) -> list[tuple[int | None, int | None]]:
+    """The placements (i, j) that each pairs.csv row (a dict) joins, in the row's order; None for an image that
+    is no placement."""
+    return [(match_placement(placements, row["a_source"], int(row["a_page"]), row["a_bbox"]),
+             match_placement(placements, row["b_source"], int(row["b_page"]), row["b_bbox"])) for row in rows]
+
+
 def score_found_pairs(placements: list[Placement], rows: list[dict], threshold: float) -> dict:
     """Precision and recall of pairs.csv rows (dicts) scoring >= threshold against the true pairs.
 
@@ -562,12 +569,9 @@ def score_found_pairs(placements: list[Placement], rows: list[dict], threshold: 
     image matches no placement is false.
     """
     truth = true_pairs(placements)
+    rows = [row for row in rows if float(row["score"]) >= threshold]
     found, false = set(), 0
-    for row in rows:
-        if float(row["score"]) < threshold:
-            continue
-        i = match_placement(placements, row["a_source"], int(row["a_page"]), row["a_bbox"])
-        j = match_placement(placements, row["b_source"], int(row["b_page"]), row["b_bbox"])
+    for i, j in placement_pairs(placements, rows):
         pair = (min(i, j), max(i, j)) if i is not None and j is not None else None
         if pair in truth:
             found.add(pair)
