@@ -13,9 +13,9 @@ import skimage.data as skdata
 from simbench.data.devset import Lattice, lattice_of, line_art
 from simbench.features.keypoints import KeypointExtractor
 from simbench.find import cascade
-from simbench.find.agreement import agreement, aligned_as_ordered, with_agreement
+from simbench.find.agreement import OVERLAP_SIGMA, agreement, aligned_as_ordered, overlap_agreement, with_agreement
 from simbench.find.items import Item, grey_thumbnail, thumbnail_jpeg
-from simbench.find.pipeline import collect, raw_evidence
+from simbench.find.pipeline import agreed_over_overlap, collect, raw_evidence
 from simbench.match.exact import ExactMatcher
 from simbench.methods.keypoints import KeypointMethod, inlier_alignment, inlier_box
 from simbench.types import ScoredPairs
@@ -171,10 +171,10 @@ def _hatched_tiles_and_a_copy(folder: Path, lattice_of) -> None:
     drawing.rotate(8, expand=True, fillcolor=(250, 246, 234)).crop((60, 60, 480, 460)).save(folder / "copy.png")
 
 
-def _keypoint_pairs(folder: Path, work: Path) -> dict:
+def _keypoint_pairs(folder: Path, work: Path, overrides=()) -> dict:
     """{frozenset of two file names: (keypoint evidence, agreement)} for every verified pair."""
     cfg = cascade.make_config("keypoints", ["keypoints.extractor.workers=1",
-                                            "keypoints.extra_signals=[distinctiveness,agreement]"])
+                                            "keypoints.extra_signals=[distinctiveness,agreement]", *overrides])
     stages = cascade.build_stages(cfg, quiet=True)
     got = collect([folder], stages, cfg, None, work, progress=False)
     raw = raw_evidence(stages, got.features, False, None, got.items, True)["keypoints"]
@@ -187,13 +187,15 @@ def test_tiles_hatched_on_one_lattice_agree_far_less_than_a_copy(tmp_path):
     """Tiles of different photographs drawn in pen and ink, each tile's hatching laid from its own corner on
     one fixed lattice (as devset builds before version 2 drew them): different drawings then share a
     pixel-identical lattice, which the keypoint stage verifies with more evidence than it gives a rotated crop
-    of one of them. Laid over each other by their inliers, the tiles disagree and the copy agrees."""
+    of one of them. Laid over each other by their inliers, the tiles disagree and the copy agrees: in the
+    inliers' box (seen without the overlap floor), and over the whole overlap (the default floor drops the tiles)."""
     _hatched_tiles_and_a_copy(tmp_path / "drawings", lambda name, k: Lattice())
-    found = _keypoint_pairs(tmp_path / "drawings", tmp_path)
+    found = _keypoint_pairs(tmp_path / "drawings", tmp_path, ["keypoints.min_overlap_agreement=0"])
     copy = found[frozenset(("camera2.png", "copy.png"))]
     tiles = [v for k, v in found.items() if "copy.png" not in k]
     assert len(tiles) >= 3 and max(e for e, _ in tiles) > copy[0]  # the lattice outscores the copy
     assert max(g for _, g in tiles) < 0.45 < 0.75 < copy[1]
+    assert list(_keypoint_pairs(tmp_path / "drawings", tmp_path)) == [frozenset(("camera2.png", "copy.png"))]
 
 
 def test_tiles_hatched_on_their_own_lattices_do_not_verify(tmp_path):
@@ -202,3 +204,56 @@ def test_tiles_hatched_on_their_own_lattices_do_not_verify(tmp_path):
     _hatched_tiles_and_a_copy(tmp_path / "drawings", lambda name, k: lattice_of(f"{name}#{k}", 0))
     found = _keypoint_pairs(tmp_path / "drawings", tmp_path)
     assert list(found) == [frozenset(("camera2.png", "copy.png"))]
+
+
+def test_over_the_whole_overlap_a_shared_crest_disagrees_and_a_copy_of_a_flat_photo_agrees():
+    """Two different flat photos with the school crest in one corner agree where the crest is (the inliers' box),
+    but not over the rest of the pictures; a crop of one of them, the crest stamped anew, agrees over its overlap.
+    (benchmarks/crest_probe.py's pictures; the keypoints of flat photos sit mostly on the crest.)"""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.crest_probe import COPY, stamped
+
+    # Both cut to 3:2 and drawn 600 px wide, so that the crest sits at one place: the identity lays it over itself.
+    rocket = _grey(stamped("rocket", 600, flat=True, crop=(0, 0, 639, 426)))
+    coins = _grey(stamped("coins", 600, flat=True, crop=(0, 0, 384, 256)))
+    coffee = _grey(stamped("coffee", 600, flat=True))
+    name, width, crop = COPY
+    copy = _grey(stamped(name, width, flat=True, crop=crop))
+    identity = np.array([[1.0, 0, 0], [0, 1, 0]])  # the crest sits at the same place: its map
+    corner = np.array([0.8, 0.7, 1.0, 1.0])
+    crest_pair = agreement(rocket, coins, identity, None, OVERLAP_SIGMA)
+    assert agreement(rocket, coins, identity, corner) > 0.5  # where the inliers are, the crest agrees
+    assert crest_pair < 0.2
+    assert agreement(coffee, copy, _crop_map(crop, (600, 400)), None, OVERLAP_SIGMA) > crest_pair + 0.2
+
+
+def test_the_overlap_gate_drops_pairs_below_its_floor_and_keeps_those_it_cannot_judge():
+    from types import SimpleNamespace
+
+    photo, other = _photo("rocket"), _photo("coffee")
+    items = [Item(None, f"/p/{k}.jpg", f"/p/{k}.jpg", None, None, str(k), thumb, f"{k}:0")
+             for k, thumb in enumerate([thumbnail_jpeg(photo), thumbnail_jpeg(photo), thumbnail_jpeg(other),
+                                        b"not a jpeg"])]
+    identity = np.broadcast_to(np.array([[1.0, 0, 0], [0, 1, 0]]), (3, 2, 3))
+    pairs = ScoredPairs(np.array([0, 0, 0]), np.array([1, 2, 3]), np.array([3.0, 2.0, 1.0]),
+                        {"alignment": identity, "evidence": np.array([3.0, 2.0, 1.0])})
+    overlap = overlap_agreement(pairs, items)
+    assert overlap[0] > 0.95 and overlap[1] < 0.2 and np.isnan(overlap[2])
+    kept = agreed_over_overlap(SimpleNamespace(name="keypoints", min_overlap_agreement=0.2), pairs, items)
+    assert kept.b.tolist() == [1, 3]
+    np.testing.assert_array_equal(kept.extra["evidence"], [3.0, 1.0])
+
+
+def test_the_overlap_floor_keys_the_tables_only_when_on_and_needs_a_keypoint_stage():
+    def stages(overrides):
+        return {s.name: s for s in cascade.build_stages(cascade.make_config("cascade", overrides), quiet=True)}
+
+    default, off = stages([]), stages(["keypoints.min_overlap_agreement=0"])
+    assert default["keypoints"].min_overlap_agreement == 0.2 and all(s.is_calibrated for s in default.values())
+    assert default["keypoints"].settings == {**off["keypoints"].settings, "min_overlap_agreement": 0.2}
+    assert "min_overlap_agreement" not in off["keypoints"].settings  # tables fitted before it match when off
+    assert not off["keypoints"].is_calibrated and off["cnn"].is_calibrated  # the shipped table is the floor's
+    with pytest.raises(ValueError, match="only a keypoint stage"):
+        cascade.build_stages(cascade.make_config("cascade", ["+cnn.min_overlap_agreement=0.2"]), quiet=True)

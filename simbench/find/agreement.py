@@ -48,6 +48,9 @@ EDGE = 2
 BOX_MARGIN = 0.1
 #: The least overlap, in thumbnail pixels, that a correlation is taken over (a 10 x 10 patch).
 MIN_OVERLAP = 100
+#: Gaussian sigma (thumbnail pixels) of the local mean for `overlap_agreement`: coarse, so that a flat
+#: (blurred, low-contrast) photo keeps its shapes while its fine detail is gone.
+OVERLAP_SIGMA = 12.0
 
 
 #: The per-pair fields `with_agreement` adds to a keypoint stage's pairs (a stage's signal or extra signals).
@@ -63,31 +66,47 @@ def with_agreement(found: ScoredPairs, items: list[Item]) -> ScoredPairs:
     return ScoredPairs(found.a, found.b, found.score, extra)
 
 
+def overlap_agreement(found: ScoredPairs, items: list[Item]) -> np.ndarray:
+    """Per pair of a keypoint stage (item indices, with its method's alignment): how well the two pictures
+    agree over ALL of their overlap once one is laid over the other, in [0, 1], detail taken at
+    OVERLAP_SIGMA; NaN where a thumbnail does not decode (nothing to tell).
+
+    A logo, crest or ornament stamped on different pictures agrees where it is (`agreement` in the inliers'
+    box is high) but nowhere else; a copy agrees over the overlap: a crop over its part of the original,
+    a picture pasted into a collage over where it was pasted. Where a flat picture's keypoints sit mostly
+    on such a mark, this tells the two apart when coverage and burstiness cannot (results/find.md)."""
+    return pair_agreement(items, found.a, found.b, found.extra["alignment"], None, OVERLAP_SIGMA, undecoded=np.nan)
+
+
 def pair_agreement(items: list[Item], a: np.ndarray, b: np.ndarray, alignment: np.ndarray,
-                   box: np.ndarray | None = None) -> np.ndarray:
+                   box: np.ndarray | None = None, sigma: float = DETAIL_SIGMA, undecoded: float = 0.0) -> np.ndarray:
     """Agreement of item pairs (a[k], b[k]) once b is laid over a by alignment[k] ((K, 2, 3): a's relative
     coordinates -> b's, see simbench.methods.keypoints.inlier_alignment), within box[k] (a's inliers,
-    (K, 4); None: the whole overlap), in [0, 1]."""
+    (K, 4); None: the whole overlap), in [0, 1], detail taken at `sigma`; `undecoded` where a thumbnail
+    does not decode."""
     greys: dict[int, np.ndarray | None] = {}
-    out = np.zeros(len(a))
+    out = np.full(len(a), float(undecoded))
     failed = 0
     for k, (i, j) in enumerate(zip(np.asarray(a).tolist(), np.asarray(b).tolist())):
         for x in (i, j):
             if x not in greys:
                 greys[x] = grey_thumbnail(items[x].thumb)
                 failed += greys[x] is None
-        if greys[i] is not None and greys[j] is not None and np.all(np.isfinite(alignment[k])):
-            out[k] = agreement(greys[i], greys[j], alignment[k], None if box is None else box[k])
+        if greys[i] is None or greys[j] is None:
+            continue
+        out[k] = agreement(greys[i], greys[j], alignment[k], None if box is None else box[k], sigma) \
+            if np.all(np.isfinite(alignment[k])) else 0.0
     if failed:
-        log.warning("%d thumbnails could not be decoded: their keypoint pairs get agreement 0", failed)
+        log.warning("%d thumbnails could not be decoded: their keypoint pairs get agreement %g", failed, undecoded)
     return out
 
 
 def agreement(grey_a: np.ndarray, grey_b: np.ndarray, relative_map: np.ndarray,
-              box: np.ndarray | None = None) -> float:
-    """Correlation, in [0, 1], of the detail of grey picture a and of grey picture b laid over it by
-    `relative_map` ((2, 3), a's coordinates as fractions of its width and height -> b's), where they
-    overlap inside `box` (u0, v0, u1, v1 in a's relative coordinates, widened by BOX_MARGIN; None: all)."""
+              box: np.ndarray | None = None, sigma: float = DETAIL_SIGMA) -> float:
+    """Correlation, in [0, 1], of the detail (grey less its local mean over `sigma` pixels) of grey picture
+    a and of grey picture b laid over it by `relative_map` ((2, 3), a's coordinates as fractions of its
+    width and height -> b's), where they overlap inside `box` (u0, v0, u1, v1 in a's relative coordinates,
+    widened by BOX_MARGIN; None: all)."""
     h, w = grey_a.shape
     hb, wb = grey_b.shape
     # a's pixels -> b's pixels (pixel centres at +0.5), for warpAffine's inverse map.
@@ -108,8 +127,8 @@ def agreement(grey_a: np.ndarray, grey_b: np.ndarray, relative_map: np.ndarray,
         inside &= within
     if np.count_nonzero(inside) < MIN_OVERLAP:
         return 0.0
-    return max(0.0, _correlation(_balanced(_detail(grey_a, inside), inside)[inside],
-                                 _balanced(_detail(over, inside), inside)[inside]))
+    return max(0.0, _correlation(_balanced(_detail(grey_a, inside, sigma), inside)[inside],
+                                 _balanced(_detail(over, inside, sigma), inside)[inside]))
 
 
 def aligned_as_ordered(alignment: np.ndarray, box: np.ndarray, swapped: np.ndarray) -> dict:
@@ -137,9 +156,9 @@ def _inverted(alignment: np.ndarray, swapped: np.ndarray) -> np.ndarray:
     return out
 
 
-def _detail(grey: np.ndarray, inside: np.ndarray) -> np.ndarray:
+def _detail(grey: np.ndarray, inside: np.ndarray, sigma: float) -> np.ndarray:
     """grey less its local mean over the overlap only."""
-    return grey - _local_mean(grey, inside, DETAIL_SIGMA)
+    return grey - _local_mean(grey, inside, sigma)
 
 
 def _balanced(detail: np.ndarray, inside: np.ndarray) -> np.ndarray:

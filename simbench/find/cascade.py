@@ -131,6 +131,9 @@ class Stage:
     signal: str = "score"
     calibration: Calibration | None = None
     extra_signals: tuple[str, ...] = ()  # more per-pair fields of its method's output the fusion reads
+    # Keypoint stages: pairs whose pictures, laid over each other, agree less than this over their whole
+    # overlap are dropped (simbench.find.agreement.overlap_agreement); 0: none.
+    min_overlap_agreement: float = 0.0
 
     @property
     def section(self) -> str:
@@ -139,7 +142,11 @@ class Stage:
 
     @property
     def settings(self) -> dict:
-        return signal_settings(self.name, self.extractor, self.method, self.signal)
+        """What its calibration table is keyed by (min_overlap_agreement only when on: older tables stay)."""
+        settings = signal_settings(self.name, self.extractor, self.method, self.signal)
+        if self.min_overlap_agreement:
+            settings["min_overlap_agreement"] = self.min_overlap_agreement
+        return settings
 
     @property
     def is_calibrated(self) -> bool:
@@ -252,7 +259,10 @@ def build_stages(cfg: DictConfig, calibrations: dict[str, Calibration] | None = 
             raise RuntimeError(f"method {cfg.method}: its {name} stage cannot run: {missing}")
         method = instantiate(part.method, extractor=extractor, matcher=instantiate(part.matcher))
         stage = Stage(name, extractor, method, str(part.get("signal", "score")),
-                      extra_signals=tuple(str(e) for e in part.get("extra_signals", ())))
+                      extra_signals=tuple(str(e) for e in part.get("extra_signals", ())),
+                      min_overlap_agreement=float(part.get("min_overlap_agreement", 0.0)))
+        if stage.min_overlap_agreement and extractor.kind != "keypoints":
+            raise ValueError(f"{name}.min_overlap_agreement: only a keypoint stage has the inliers' map it needs")
         stage.calibration = calibrations.get(settings_key(stage.settings))
         if stage.calibration is None and not quiet:
             log.warning("%s: no calibration table for these settings, so its scores are uncalibrated "

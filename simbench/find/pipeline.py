@@ -338,7 +338,8 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
     also verifies the pairs the other stages rank best (`with_proposed`).
 
     items: the run's items. Their thumbnails give a keypoint stage that reads them its pairs' `agreement`
-    and `agreed_evidence` (simbench.find.agreement). With drop_frames (cfg.drop_shared_frames) they also
+    and `agreed_evidence` (simbench.find.agreement), and with min_overlap_agreement drop its pairs whose
+    pictures do not agree over their overlap (`agreed_over_overlap`). With drop_frames (cfg.drop_shared_frames) they also
     drop pairs of different pictures in a shared frame (simbench.find.frames) and compare each such
     picture by what its frame holds: the CNN stage's embedding of it is replaced, in `features`, by that
     of its window (`window_views`), and the stage matched again."""
@@ -350,6 +351,8 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
     out = {}
     for stage in stages:
         pairs = found[stage.name]
+        if items is not None and stage.min_overlap_agreement:
+            pairs = agreed_over_overlap(stage, pairs, items)
         if items is not None and stage.reads_agreement:
             pairs = agreement.with_agreement(pairs, items)
         out[stage.name] = stage.raw_pairs(pairs)
@@ -362,6 +365,17 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
             out[stage.name] = stage.raw_pairs(stage_pairs(stage, features[stage.name], progress, client))
             out = frames.drop_shared_frames(out, shared)
     return out
+
+
+def agreed_over_overlap(stage: Stage, found: ScoredPairs, items: list[Item]) -> ScoredPairs:
+    """A keypoint stage's pairs less those whose pictures agree less than its min_overlap_agreement over
+    their whole overlap (simbench.find.agreement.overlap_agreement): content stamped on different pictures
+    (a crest, a logo) that their keypoints match. Pairs whose thumbnails do not decode are kept."""
+    overlap = agreement.overlap_agreement(found, items)
+    keep = ~(overlap < stage.min_overlap_agreement)  # NaN: not decoded, kept
+    log.info("%s: %d of %d pairs dropped: their pictures do not agree beyond what they share (overlap "
+             "agreement < %g)", stage.name, int((~keep).sum()), len(found), stage.min_overlap_agreement)
+    return found.subset(np.flatnonzero(keep))
 
 
 def best_pairs_per_item(found: list[ScoredPairs], k: int) -> tuple[np.ndarray, np.ndarray]:
