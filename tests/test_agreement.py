@@ -2,6 +2,7 @@
 pictures laid over each other with it (simbench.find.agreement)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +11,18 @@ from PIL import Image, ImageOps
 
 import skimage.data as skdata
 
-from simbench.data.devset import Lattice, lattice_of, line_art
-from simbench.features.keypoints import KeypointExtractor
-from simbench.find import cascade
-from simbench.find.agreement import OVERLAP_SIGMA, agreement, aligned_as_ordered, overlap_agreement, with_agreement
-from simbench.find.items import Item, grey_thumbnail, thumbnail_jpeg
-from simbench.find.pipeline import agreed_over_overlap, collect, raw_evidence
-from simbench.match.exact import ExactMatcher
-from simbench.methods.keypoints import KeypointMethod, inlier_alignment, inlier_box
-from simbench.types import ScoredPairs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.crest_probe import COPY, stamped  # noqa: E402
+from simbench.data.devset import Lattice, lattice_of, line_art  # noqa: E402
+from simbench.features.keypoints import KeypointExtractor  # noqa: E402
+from simbench.find import cascade  # noqa: E402
+from simbench.find.agreement import (OVERLAP_SIGMA, agreement, aligned_as_ordered,  # noqa: E402
+                                     overlap_agreement, with_agreement)
+from simbench.find.items import Item, grey_thumbnail, thumbnail_jpeg  # noqa: E402
+from simbench.find.pipeline import agreed_over_overlap, collect, raw_evidence  # noqa: E402
+from simbench.match.exact import ExactMatcher  # noqa: E402
+from simbench.methods.keypoints import KeypointMethod, inlier_alignment, inlier_box  # noqa: E402
+from simbench.types import ScoredPairs  # noqa: E402
 
 
 def _photo(name: str, w: int = 640, h: int = 480) -> Image.Image:
@@ -210,11 +214,6 @@ def test_over_the_whole_overlap_a_shared_crest_disagrees_and_a_copy_of_a_flat_ph
     """Two different flat photos with the school crest in one corner agree where the crest is (the inliers' box),
     but not over the rest of the pictures; a crop of one of them, the crest stamped anew, agrees over its overlap.
     (benchmarks/crest_probe.py's pictures; the keypoints of flat photos sit mostly on the crest.)"""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.crest_probe import COPY, stamped
-
     # Both cut to 3:2 and drawn 600 px wide, so that the crest sits at one place: the identity lays it over itself.
     rocket = _grey(stamped("rocket", 600, flat=True, crop=(0, 0, 639, 426)))
     coins = _grey(stamped("coins", 600, flat=True, crop=(0, 0, 384, 256)))
