@@ -94,8 +94,10 @@ def pair_agreement(items: list[Item], a: np.ndarray, b: np.ndarray, alignment: n
                 failed += greys[x] is None
         if greys[i] is None or greys[j] is None:
             continue
-        out[k] = agreement(greys[i], greys[j], alignment[k], None if box is None else box[k], sigma) \
-            if np.all(np.isfinite(alignment[k])) else 0.0
+        if np.all(np.isfinite(alignment[k])):  # no map: nothing lines up, agreement 0
+            out[k] = agreement(greys[i], greys[j], alignment[k], None if box is None else box[k], sigma)
+        else:
+            out[k] = 0.0
     if failed:
         log.warning("%d thumbnails could not be decoded: their keypoint pairs get agreement %g", failed, undecoded)
     return out
@@ -127,8 +129,9 @@ def agreement(grey_a: np.ndarray, grey_b: np.ndarray, relative_map: np.ndarray,
         inside &= within
     if np.count_nonzero(inside) < MIN_OVERLAP:
         return 0.0
-    return max(0.0, _correlation(_balanced(_detail(grey_a, inside, sigma), inside)[inside],
-                                 _balanced(_detail(over, inside, sigma), inside)[inside]))
+    overlap = _Overlap(inside)
+    return max(0.0, _correlation(_balanced(_detail(grey_a, overlap, sigma), overlap)[inside],
+                                 _balanced(_detail(over, overlap, sigma), overlap)[inside]))
 
 
 def aligned_as_ordered(alignment: np.ndarray, box: np.ndarray, swapped: np.ndarray) -> dict:
@@ -156,23 +159,30 @@ def _inverted(alignment: np.ndarray, swapped: np.ndarray) -> np.ndarray:
     return out
 
 
-def _detail(grey: np.ndarray, inside: np.ndarray, sigma: float) -> np.ndarray:
+def _detail(grey: np.ndarray, overlap: "_Overlap", sigma: float) -> np.ndarray:
     """grey less its local mean over the overlap only."""
-    return grey - _local_mean(grey, inside, sigma)
+    return grey - overlap.local_mean(grey, sigma)
 
 
-def _balanced(detail: np.ndarray, inside: np.ndarray) -> np.ndarray:
+def _balanced(detail: np.ndarray, overlap: "_Overlap") -> np.ndarray:
     """detail over its local contrast (root mean square over BALANCE_SIGMA, within the overlap; at least
     MIN_CONTRAST), so that every part of the overlap counts alike: a high-contrast frame or crest that
     does not line up cannot outweigh a soft photograph that does."""
-    return detail / np.sqrt(_local_mean(detail * detail, inside, BALANCE_SIGMA) + MIN_CONTRAST ** 2)
+    return detail / np.sqrt(overlap.local_mean(detail * detail, BALANCE_SIGMA) + MIN_CONTRAST ** 2)
 
 
-def _local_mean(values: np.ndarray, inside: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian mean of values over the pixels inside only (normalised convolution: outside pixels weigh 0)."""
-    weight = inside.astype(np.float32)
-    total = cv2.GaussianBlur(values * weight, (0, 0), sigma)
-    return total / np.maximum(cv2.GaussianBlur(weight, (0, 0), sigma), 1e-6)
+class _Overlap:
+    """Where two laid-over pictures overlap, for Gaussian means over its pixels only (normalised convolution:
+    outside pixels weigh 0). The blurred mask is kept per sigma: both pictures' means divide by the same one."""
+
+    def __init__(self, inside: np.ndarray):
+        self.weight = inside.astype(np.float32)
+        self._norm: dict[float, np.ndarray] = {}
+
+    def local_mean(self, values: np.ndarray, sigma: float) -> np.ndarray:
+        if sigma not in self._norm:
+            self._norm[sigma] = np.maximum(cv2.GaussianBlur(self.weight, (0, 0), sigma), 1e-6)
+        return cv2.GaussianBlur(values * self.weight, (0, 0), sigma) / self._norm[sigma]
 
 
 def _correlation(x: np.ndarray, y: np.ndarray) -> float:
