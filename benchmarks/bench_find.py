@@ -86,12 +86,13 @@ def dev_set(split: str, part: str, progress: bool, seed: int = 0):
 
 
 def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALIBRATION_FILE,
-              seeds: tuple = ()) -> list:
+              seeds: tuple = (), found_weights: bool = True) -> list:
     """Fit raw -> precision for every stage on the tuning collections only: the TUNING split of the
     development set (photographs and line art; with `seeds`, also its rebuilds with those seeds),
     yearbook PDFs with shared logos built from its photos, and plain yearbook PDFs of scikit-image photos
     (look-alike pictures: retina and sky quadrants). Write simbench/find/calibration.json (or `out`: a
-    variant's tables, for `find calibration=FILE`). The report split is never read here."""
+    variant's tables, for `find calibration=FILE`). found_weights: whether the fusion fits a weight for "the
+    stage found this pair" (calibration.fit_fusion). The report split is never read here."""
     collections = tuning_collections(work, progress, overrides, seeds)
     tables = []
     for name in ("keypoints", "cnn", "hash"):
@@ -112,15 +113,17 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
         tables.append(fit)
         print(f"{name}: {len(raw)} pairs, {int(is_true.sum())} true; {stage.signal} "
               f"{fit.raw.min():.4g}..{fit.raw.max():.4g} -> precision {fit.precision.min():.3f}..{fit.precision.max():.3f}")
-    fusion = fit_cascade_fusion(collections, tables, work, overrides, progress)
-    command = "python benchmarks/bench_find.py calibrate" + (f" --seeds {','.join(map(str, seeds))}" if seeds else "")
+    fusion = fit_cascade_fusion(collections, tables, work, overrides, progress, found_weights)
+    command = ("python benchmarks/bench_find.py calibrate" + (f" --seeds {','.join(map(str, seeds))}" if seeds else "")
+               + ("" if found_weights else " --found-weights none"))
     save_calibrations(tables, out, "isotonic raw -> precision fits on the tuning collections (devset "
                       f"tune split{' and its rebuilds' if seeds else ''}, yearbooks); made by `{command}`", [fusion])
     print(f"wrote {out}")
     return [t.to_json() for t in tables] + [fusion.to_json()]
 
 
-def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], progress: bool):
+def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], progress: bool,
+                       found_weights: bool = True):
     """The cascade's fusion model, fitted on every candidate pair of the tuning collections: each stage's
     raw signal and extra signals (the CNN's for every pair, found by either stage) and whether it found the
     pair."""
@@ -143,7 +146,7 @@ def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], pr
                         {k: np.concatenate(v) for k, v in values.items()},
                         {k: np.concatenate(v) for k, v in found.items()}, np.concatenate(is_true),
                         note=f"tuning collections, each weighted alike: {', '.join(c.tag for c in collections)}",
-                        sample_weight=np.concatenate(weight))
+                        sample_weight=np.concatenate(weight), found_weights=found_weights)
     print(f"fusion of {names}: intercept {fusion.intercept:.3f}, found weights {fusion.found_weight}, "
           f"input weights {fusion.weight}")
     return fusion
@@ -912,6 +915,9 @@ def main(argv=None) -> None:
                         help="tune, calibrate: comma-separated other devset seeds whose tuning collections, rebuilt, "
                              f"run (or are fitted on) beside the halves (REBUILD_SEEDS: "
                              f"{','.join(map(str, REBUILD_SEEDS))}); default none")
+    parser.add_argument("--found-weights", choices=("fit", "none"), default="fit",
+                        help="calibrate: fit the fusion's weight for 'the stage found this pair', or fit none "
+                             "(calibration.fit_fusion; default fit)")
     parser.add_argument("--layouts", default="0",
                         help="yearbook, yearbook-tune: comma-separated build_yearbook seeds, one set of PDFs each, "
                              "then a pooled row (default 0)")
@@ -929,7 +935,7 @@ def main(argv=None) -> None:
     out = {}
     if args.what == "calibrate":
         out["calibration"] = calibrate(work, overrides, progress, Path(args.out or CALIBRATION_FILE),
-                                       tuple(int(x) for x in args.seeds.split(",") if x))
+                                       tuple(int(x) for x in args.seeds.split(",") if x), args.found_weights == "fit")
     elif args.what == "whiten":
         out["whiten"] = whiten(work, overrides, progress, Path(args.out or SHIPPED_WHITENING))
     elif args.what == "augment":

@@ -283,6 +283,27 @@ def test_fusion_fit_recovers_a_logistic_model_and_stays_monotone():
     assert np.all(np.diff(fused) > 0)
 
 
+def test_fusion_without_found_weights_scores_the_evidence_only():
+    """found_weights=False: no stage gets a step for having found a pair, so a found pair with no evidence
+    scores as one not found, and the evidence's weight carries what the step did."""
+    from simbench.find.calibration import fit_fusion
+
+    rng = np.random.default_rng(2)
+    n = 20000
+    kp_found = rng.random(n) < 0.4
+    kp = np.where(kp_found, rng.exponential(30, n), 0.0)
+    cnn = rng.uniform(0.3, 0.7, n)
+    y = rng.random(n) < 1 / (1 + np.exp(-(-12 + 2.0 * kp_found + 0.3 * kp_found * np.log1p(kp) + 20 * cnn)))
+    args = (["keypoints", "cnn"], ["k1", "k2"], {"keypoints": "log1p", "cnn": "identity"},
+            {"keypoints": kp, "cnn": cnn}, {"keypoints": kp_found, "cnn": np.ones(n, bool)}, y)
+    stepped, plain = fit_fusion(*args), fit_fusion(*args, found_weights=False)
+    assert stepped.found_weight["keypoints"] > 1.0
+    assert plain.found_weight == {"keypoints": 0.0, "cnn": 0.0}
+    assert plain.weight["keypoints"] > stepped.weight["keypoints"]
+    half = np.full(2, 0.5)
+    assert np.ptp(plain({"keypoints": np.zeros(2), "cnn": half}, {"keypoints": np.array([True, False]), "cnn": half > 0})) == 0
+
+
 def test_fusion_lets_the_cnn_doubt_a_shared_frame():
     """Two pairs with the same keypoint evidence: the one whose pictures the CNN finds no closer than their
     background (a shared frame) scores below the one both stages agree on; identical data stays 1."""

@@ -355,17 +355,19 @@ def fit_logistic(x: np.ndarray, is_true: np.ndarray, lower: np.ndarray, ridge: f
 
 def fit_fusion(stages: list[str], keys: list[str], transform: dict[str, str], raw: dict[str, np.ndarray],
                found: dict[str, np.ndarray], is_true: np.ndarray, ridge: float = 1e-2, note: str = "",
-               sample_weight: np.ndarray | None = None) -> Fusion:
+               sample_weight: np.ndarray | None = None, found_weights: bool = True) -> Fusion:
     """The logistic fusion of the stages' raw signals (`fit_logistic`; every weight >= 0, input weights
     >= MIN_WEIGHT, so the score is increasing in each piece of evidence). A stage that
     found every pair (one that scores any pair) gets no found weight: it would only copy the intercept.
+    found_weights=False fits none at all: a pair then gains only what its evidence is worth, not a step for
+    having been found (a step the tuning collections can teach where a stage's pairs are seldom false).
     transform and raw: keyed by input (a stage's name for its signal, "stage/field" for its extra signals);
     found: keyed by stage. sample_weight: per pair (e.g. so that every tuning collection counts alike,
     however many pairs)."""
     columns, lower, slots = [np.ones(len(is_true))], [-np.inf], []
     for s in stages:
         f = found[s].astype(np.float64)
-        if not f.all():
+        if found_weights and not f.all():
             slots.append((s, "found", len(columns)))
             columns.append(f)
             lower.append(0.0)
