@@ -58,8 +58,10 @@ PARTS = ("photo", "lineart")
 BASELINES = ("phash", "brisk-bags", "cnn-cosine")
 EVALUATION_SEED = 0
 TARGET_PRECISION = 0.95
-#: The build_yearbook seed of the tuning yearbook that `calibrate` fits the fusion on (build_tune_yearbook).
-YEARBOOK_FIT_LAYOUT = 1
+#: The build_yearbook seeds of the tuning yearbooks that `calibrate` fits on (--fit-layouts): together they
+#: weigh as one collection in the fusion's fit. Layout 1 is folder yearbook-school-tune, the others
+#: yearbook-school-tune-layout<seed>.
+YEARBOOK_FIT_LAYOUTS = (1,)
 #: Other seeds of the development set whose tuning collections `tune --seeds` runs beside the halves
 #: (`reshuffled`): the same tuning pictures with other references, distractor tiles, copies and overlays,
 #: so other false pairs. Seed 1's top false pairs were looked at (what the shared-frame rule missed); seed 2
@@ -86,14 +88,15 @@ def dev_set(split: str, part: str, progress: bool, seed: int = 0):
 
 
 def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALIBRATION_FILE,
-              seeds: tuple = (), found_weights: bool = True) -> list:
+              seeds: tuple = (), found_weights: bool = True,
+              fit_layouts: tuple[int, ...] = YEARBOOK_FIT_LAYOUTS) -> list:
     """Fit raw -> precision for every stage on the tuning collections only: the TUNING split of the
     development set (photographs and line art; with `seeds`, also its rebuilds with those seeds),
-    yearbook PDFs with shared logos built from its photos, and plain yearbook PDFs of scikit-image photos
-    (look-alike pictures: retina and sky quadrants). Write simbench/find/calibration.json (or `out`: a
+    yearbook PDFs with shared logos built from its photos (build_yearbook seeds `fit_layouts`), and plain
+    yearbook PDFs of scikit-image photos (look-alike pictures: retina and sky quadrants). Write simbench/find/calibration.json (or `out`: a
     variant's tables, for `find calibration=FILE`). found_weights: whether the fusion fits a weight for "the
     stage found this pair" (calibration.fit_fusion). The report split is never read here."""
-    collections = tuning_collections(work, progress, overrides, seeds)
+    collections = tuning_collections(work, progress, overrides, seeds, fit_layouts)
     tables = []
     for name in ("keypoints", "cnn", "hash"):
         cfg = cascade.make_config(name, overrides)
@@ -114,8 +117,10 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
         print(f"{name}: {len(raw)} pairs, {int(is_true.sum())} true; {stage.signal} "
               f"{fit.raw.min():.4g}..{fit.raw.max():.4g} -> precision {fit.precision.min():.3f}..{fit.precision.max():.3f}")
     fusion = fit_cascade_fusion(collections, tables, work, overrides, progress, found_weights)
-    command = ("python benchmarks/bench_find.py calibrate" + (f" --seeds {','.join(map(str, seeds))}" if seeds else "")
-               + ("" if found_weights else " --found-weights none"))
+    command = ("python benchmarks/bench_find.py calibrate" + "".join(f" {o}" for o in overrides)
+               + (f" --seeds {','.join(map(str, seeds))}" if seeds else "")
+               + ("" if found_weights else " --found-weights none")
+               + ("" if fit_layouts == YEARBOOK_FIT_LAYOUTS else f" --fit-layouts {','.join(map(str, fit_layouts))}"))
     save_calibrations(tables, out, "isotonic raw -> precision fits on the tuning collections (devset "
                       f"tune split{' and its rebuilds' if seeds else ''}, yearbooks); made by `{command}`", [fusion])
     print(f"wrote {out}")
@@ -398,11 +403,13 @@ def fusion_signals(collection: Collection, stages, cfg, work: Path, progress: bo
     return values, found, collection.label(got.items, union.as_scored())
 
 
-def tuning_collections(work: Path, progress: bool, overrides: list[str] = (), seeds: tuple = ()) -> list[Collection]:
+def tuning_collections(work: Path, progress: bool, overrides: list[str] = (), seeds: tuple = (),
+                       fit_layouts: tuple[int, ...] = YEARBOOK_FIT_LAYOUTS) -> list[Collection]:
     """Every collection calibration may look at: the two halves of each devset tuning collection (each run
     with the copy whitening fitted on the other halves, so that no CNN score it gives comes from a
     whitening fitted on its own pairs) and its rebuilds with `seeds` (`reshuffled`; all of one devset
-    collection's parts weigh as one collection), and two kinds of yearbook PDFs (the whitening never saw them)."""
+    collection's parts weigh as one collection), and two kinds of yearbook PDFs (the whitening never saw them):
+    the school's, one per layout of `fit_layouts` (all of them weighing as one collection), and plain ones."""
     out = []
     for ds, extra in tuning_halves(work, list(overrides), progress, seeds):
         def label(items, pairs, ds=ds):
@@ -411,8 +418,9 @@ def tuning_collections(work: Path, progress: bool, overrides: list[str] = (), se
 
         out.append(Collection(ds.name, [ds.root / "images"], label, ds.n_true_pairs, devset_index(work, ds),
                               tuple(extra), 0.5 / (1 + len(seeds))))
-    for tag, build in (("yearbook-school-tune", lambda d: build_tune_yearbook(d, progress)),
-                       ("yearbook-plain-seed1", lambda d: build_yearbook(d, seed=1))):
+    books = [(fit_yearbook_tag(layout), 1.0 / len(fit_layouts),
+              lambda d, layout=layout: school_yearbook(d, TUNE, layout, progress)) for layout in fit_layouts]
+    for tag, weight, build in (*books, ("yearbook-plain-seed1", 1.0, lambda d: build_yearbook(d, seed=1))):
         pdfs = work / tag
         shutil.rmtree(pdfs, ignore_errors=True)
         placements = build(pdfs)
@@ -424,8 +432,14 @@ def tuning_collections(work: Path, progress: bool, overrides: list[str] = (), se
                              if where[a] is not None and where[b] is not None else False
                              for a, b in zip(pairs.a, pairs.b)], bool)
 
-        out.append(Collection(tag, [pdfs], label, len(true_pairs(placements)), work / f"index-calibrate-{tag}"))
+        out.append(Collection(tag, [pdfs], label, len(true_pairs(placements)), work / f"index-calibrate-{tag}",
+                              weight=weight))
     return out
+
+
+def fit_yearbook_tag(layout: int) -> str:
+    """The folder (and collection tag) of a school yearbook `calibrate` fits on."""
+    return "yearbook-school-tune" if layout == 1 else f"yearbook-school-tune-layout{layout}"
 
 
 def tuning_halves(work: Path, overrides: list[str], progress: bool, seeds: tuple = ()) -> list[tuple]:
@@ -488,10 +502,6 @@ def subset(ds, keep: np.ndarray, name: str, work: Path):
 def _labels_csv(ds) -> list[dict]:
     with open(ds.root / "labels.csv", newline="") as f:
         return list(csv.DictReader(f))
-
-
-def build_tune_yearbook(pdfs: Path, progress: bool):
-    return school_yearbook(pdfs, TUNE, YEARBOOK_FIT_LAYOUT, progress)
 
 
 def school_yearbook(pdfs: Path, split: str, layout: int, progress: bool):
@@ -762,8 +772,9 @@ def yearbook(methods, work: Path, overrides: list[str], progress: bool, split: s
     recoloured, some flat, built from the reference photographs of one split of the development set.
     layouts: build_yearbook seeds, one set of PDFs each (which photos, how often, where, which edits); with
     more than one, a pooled row follows each method's: counts summed over the layouts, one threshold for all."""
-    if split == TUNE and YEARBOOK_FIT_LAYOUT in layouts:
-        print(f"note: layout {YEARBOOK_FIT_LAYOUT} is the tuning yearbook the fusion is fitted on (calibrate)")
+    fitted = sorted(set(layouts) & set(YEARBOOK_FIT_LAYOUTS)) if split == TUNE else []
+    if fitted:
+        print(f"note: layouts {fitted} are tuning yearbooks that `calibrate` fits on")
     books = []
     for seed in layouts:
         name = yearbook_name(split, seed)
@@ -918,6 +929,9 @@ def main(argv=None) -> None:
     parser.add_argument("--found-weights", choices=("fit", "none"), default="fit",
                         help="calibrate: fit the fusion's weight for 'the stage found this pair', or fit none "
                              "(calibration.fit_fusion; default fit)")
+    parser.add_argument("--fit-layouts", default=",".join(map(str, YEARBOOK_FIT_LAYOUTS)),
+                        help="calibrate: comma-separated build_yearbook seeds of the tuning school yearbooks to fit "
+                             f"on (default {','.join(map(str, YEARBOOK_FIT_LAYOUTS))})")
     parser.add_argument("--layouts", default="0",
                         help="yearbook, yearbook-tune: comma-separated build_yearbook seeds, one set of PDFs each, "
                              "then a pooled row (default 0)")
@@ -935,7 +949,8 @@ def main(argv=None) -> None:
     out = {}
     if args.what == "calibrate":
         out["calibration"] = calibrate(work, overrides, progress, Path(args.out or CALIBRATION_FILE),
-                                       tuple(int(x) for x in args.seeds.split(",") if x), args.found_weights == "fit")
+                                       tuple(int(x) for x in args.seeds.split(",") if x), args.found_weights == "fit",
+                                       tuple(int(x) for x in args.fit_layouts.split(",") if x))
     elif args.what == "whiten":
         out["whiten"] = whiten(work, overrides, progress, Path(args.out or SHIPPED_WHITENING))
     elif args.what == "augment":

@@ -1,7 +1,7 @@
 """How well the pictures of the keypoint stage's pairs agree over their whole overlap: the probe that fixed
 keypoints.min_overlap_agreement for run (33) of results/find.md. Tuning split only.
 
-    python benchmarks/overlap_probe.py [--work DIR] [key=value...]
+    python benchmarks/overlap_probe.py [--work DIR] [--yearbook-layouts 2,3,...] [key=value...]
 
 On each collection `bench_find.py calibrate` fits on, without its rebuilds (the devset tuning halves and the two
 tuning yearbooks), the pairs find's keypoint stage verifies on its own (no proposals, no calibration, before the
@@ -9,6 +9,8 @@ floor: the floor is set to 0 here), then how many of them, true / false, agree o
 FLOORS (simbench.find.agreement.overlap_agreement: the two report thumbnails laid one over the other by the
 inliers' map), i.e. what that floor would drop. Then crest_probe.py's small case: every pair the keypoint stage
 verifies on the stamped photos, with its agreement in the inliers' box and over the whole overlap.
+With --yearbook-layouts, the same for those tuning yearbooks (`bench_find.py yearbook-tune --layouts`), one row
+each and a pooled row. `keypoints.overlap_border=B` leaves each picture's border band out of the overlap (run 37).
 """
 from __future__ import annotations
 
@@ -20,11 +22,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_find import tuning_collections  # noqa: E402
+from benchmarks.bench_find import TUNE, school_yearbook, tuning_collections, yearbook_name  # noqa: E402
 from benchmarks.crest_probe import COPY_PAIR, crest_images  # noqa: E402
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
 from simbench.find import agreement, cascade  # noqa: E402
 from simbench.find.pipeline import collect, stage_pairs  # noqa: E402
+from simbench.find.yearbook import match_placement, true_pairs  # noqa: E402
 
 FLOORS = (0.1, 0.15, 0.2, 0.25, 0.3)
 
@@ -36,12 +39,13 @@ def keypoint_pairs(inputs, index, work: Path, overrides=()) -> tuple:
     got = collect(inputs, stages, cfg, index, work, False)
     stage = next(s for s in stages if s.name == "keypoints")
     found = stage_pairs(stage, got.features[stage.name])
-    return got.items, found, agreement.overlap_agreement(found, got.items)
+    return got.items, found, agreement.overlap_agreement(found, got.items, stage.overlap_border)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(default_cache_dir() / "bench_find"))
+    parser.add_argument("--yearbook-layouts", default="", help="comma-separated tuning yearbook layouts to add")
     parser.add_argument("overrides", nargs="*", help="key=value find settings for every collection")
     args = parser.parse_args(argv)
     work = Path(args.work).expanduser()
@@ -51,10 +55,21 @@ def main(argv=None) -> None:
     for collection in tuning_collections(work, False):
         items, found, overlap = keypoint_pairs(collection.inputs, collection.index, work,
                                                [*collection.overrides, *args.overrides])
-        y = collection.label(items, found)
-        cells = [f"{int((y & (overlap < f)).sum())} / {int((~y & (overlap < f)).sum())}" for f in FLOORS]
-        print(f"| {collection.tag} | {collection.n_true} | {int(y.sum())} / {int((~y).sum())} | "
-              + " | ".join(cells) + " |", flush=True)
+        print(_row(collection.tag, collection.n_true, collection.label(items, found), overlap), flush=True)
+    pooled = []
+    for layout in [int(x) for x in args.yearbook_layouts.split(",") if x]:
+        name = yearbook_name(TUNE, layout)
+        placements = school_yearbook(work / name, TUNE, layout, False)  # as yearbook-tune builds it
+        items, found, overlap = keypoint_pairs([work / name], work / f"index-{name}", work, args.overrides)
+        where = [match_placement(placements, it.source, it.page, it.bbox) if it.page else None for it in items]
+        truth = true_pairs(placements)
+        y = np.array([where[a] is not None and where[b] is not None and (min(where[a], where[b]),
+                      max(where[a], where[b])) in truth for a, b in zip(found.a, found.b)], bool)
+        pooled.append((len(truth), y, overlap))
+        print(_row(f"yearbook-tune layout {layout}", len(truth), y, overlap), flush=True)
+    if pooled:
+        print(_row("yearbook-tune, pooled", sum(p[0] for p in pooled), np.concatenate([p[1] for p in pooled]),
+                   np.concatenate([p[2] for p in pooled])))
     with tempfile.TemporaryDirectory() as tmp:
         for flat in (False, True):
             folder = crest_images(Path(tmp) / str(flat), flat)
@@ -68,6 +83,11 @@ def main(argv=None) -> None:
                 print(f"  {pair[0]} ~ {pair[1]}{' (true)' if pair == COPY_PAIR else ''}: "
                       f"{found.extra['inliers'][k]} inliers, covered {found.extra['covered'][k]:.3f}, agreement "
                       f"in the inliers' box {boxed[k]:.2f}, over the whole overlap {overlap[k]:.2f}")
+
+
+def _row(tag: str, n_true: int, y: np.ndarray, overlap: np.ndarray) -> str:
+    cells = [f"{int((y & (overlap < f)).sum())} / {int((~y & (overlap < f)).sum())}" for f in FLOORS]
+    return f"| {tag} | {n_true} | {int(y.sum())} / {int((~y).sum())} | " + " | ".join(cells) + " |"
 
 
 if __name__ == "__main__":

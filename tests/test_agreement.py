@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 
 import skimage.data as skdata
 
@@ -228,6 +228,34 @@ def test_over_the_whole_overlap_a_shared_crest_disagrees_and_a_copy_of_a_flat_ph
     assert agreement(coffee, copy, _crop_map(crop, (600, 400)), None, OVERLAP_SIGMA) > crest_pair + 0.2
 
 
+def _framed(name: str, width: float) -> Image.Image:
+    """Photo `name`, blurred flat, inside a chequered frame `width` of its shorter side wide: the same frame
+    on every picture, as a yearbook's or an archive's mat."""
+    photo = np.asarray(_photo(name).filter(ImageFilter.GaussianBlur(12))).copy()
+    h, w = photo.shape[:2]
+    cells = np.random.default_rng(0).integers(0, 2, (h // 8 + 1, w // 8 + 1))
+    chequer = np.kron(cells, np.ones((8, 8)))[:h, :w, None] * np.array([200, 170, 40])
+    band = np.zeros((h, w), bool)
+    d = int(width * min(h, w))
+    band[:d], band[-d:], band[:, :d], band[:, -d:] = True, True, True, True
+    photo[band] = chequer[band]
+    return Image.fromarray(photo.astype(np.uint8))
+
+
+def test_a_frame_along_the_edges_agrees_in_every_pair_unless_the_border_is_left_out():
+    """Two different flat photos in one frame agree over their whole overlap (the frame) above the default floor
+    of 0.2; leaving out a band of 0.1 along each picture's edges, they do not. A crop of one, its frame cut off,
+    agrees either way."""
+    rocket, coffee = _grey(_framed("rocket", 0.04)), _grey(_framed("coffee", 0.04))
+    identity = np.array([[1.0, 0, 0], [0, 1, 0]])
+    assert agreement(rocket, coffee, identity, None, OVERLAP_SIGMA) > 0.2
+    assert agreement(rocket, coffee, identity, None, OVERLAP_SIGMA, border=0.1) < 0.05
+    box = (100, 60, 500, 420)
+    crop = _framed("rocket", 0.04).crop(box).resize((200, 180))
+    for border in (0.0, 0.1):
+        assert agreement(rocket, _grey(crop), _crop_map(box, (640, 480)), None, OVERLAP_SIGMA, border) > 0.9
+
+
 def test_the_overlap_gate_drops_pairs_below_its_floor_and_keeps_those_it_cannot_judge():
     from types import SimpleNamespace
 
@@ -240,7 +268,7 @@ def test_the_overlap_gate_drops_pairs_below_its_floor_and_keeps_those_it_cannot_
                         {"alignment": identity, "evidence": np.array([3.0, 2.0, 1.0])})
     overlap = overlap_agreement(pairs, items)
     assert overlap[0] > 0.95 and overlap[1] < 0.2 and np.isnan(overlap[2])
-    kept = agreed_over_overlap(SimpleNamespace(name="keypoints", min_overlap_agreement=0.2), pairs, items)
+    kept = agreed_over_overlap(SimpleNamespace(name="keypoints", min_overlap_agreement=0.2, overlap_border=0.0), pairs, items)
     assert kept.b.tolist() == [1, 3]
     np.testing.assert_array_equal(kept.extra["evidence"], [3.0, 1.0])
 
@@ -256,3 +284,9 @@ def test_the_overlap_floor_keys_the_tables_only_when_on_and_needs_a_keypoint_sta
     assert not off["keypoints"].is_calibrated and off["cnn"].is_calibrated  # the shipped table is the floor's
     with pytest.raises(ValueError, match="only a keypoint stage"):
         cascade.build_stages(cascade.make_config("cascade", ["+cnn.min_overlap_agreement=0.2"]), quiet=True)
+    bordered = stages(["keypoints.overlap_border=0.1"])["keypoints"]
+    assert bordered.settings == {**default["keypoints"].settings, "overlap_border": 0.1}
+    assert "overlap_border" not in stages(["keypoints.min_overlap_agreement=0", "keypoints.overlap_border=0.1"])[
+        "keypoints"].settings  # no floor, nothing it changes
+    with pytest.raises(ValueError, match="overlap_border"):
+        stages(["keypoints.overlap_border=0.5"])

@@ -66,24 +66,27 @@ def with_agreement(found: ScoredPairs, items: list[Item]) -> ScoredPairs:
     return ScoredPairs(found.a, found.b, found.score, extra)
 
 
-def overlap_agreement(found: ScoredPairs, items: list[Item]) -> np.ndarray:
+def overlap_agreement(found: ScoredPairs, items: list[Item], border: float = 0.0) -> np.ndarray:
     """Per pair of a keypoint stage (item indices, with its method's alignment): how well the two pictures
     agree over ALL of their overlap once one is laid over the other, in [0, 1], detail taken at
-    OVERLAP_SIGMA; NaN where a thumbnail does not decode (nothing to tell).
+    OVERLAP_SIGMA; NaN where a thumbnail does not decode (nothing to tell). border: the share of each
+    picture's width and height along its edges left out (`agreement`).
 
     A logo, crest or ornament stamped on different pictures agrees where it is (`agreement` in the inliers'
     box is high) but nowhere else; a copy agrees over the overlap: a crop over its part of the original,
     a picture pasted into a collage over where it was pasted. Where a flat picture's keypoints sit mostly
     on such a mark, this tells the two apart when coverage and burstiness cannot (results/find.md)."""
-    return pair_agreement(items, found.a, found.b, found.extra["alignment"], None, OVERLAP_SIGMA, undecoded=np.nan)
+    return pair_agreement(items, found.a, found.b, found.extra["alignment"], None, OVERLAP_SIGMA, undecoded=np.nan,
+                          border=border)
 
 
 def pair_agreement(items: list[Item], a: np.ndarray, b: np.ndarray, alignment: np.ndarray,
-                   box: np.ndarray | None = None, sigma: float = DETAIL_SIGMA, undecoded: float = 0.0) -> np.ndarray:
+                   box: np.ndarray | None = None, sigma: float = DETAIL_SIGMA, undecoded: float = 0.0,
+                   border: float = 0.0) -> np.ndarray:
     """Agreement of item pairs (a[k], b[k]) once b is laid over a by alignment[k] ((K, 2, 3): a's relative
     coordinates -> b's, see simbench.methods.keypoints.inlier_alignment), within box[k] (a's inliers,
-    (K, 4); None: the whole overlap), in [0, 1], detail taken at `sigma`; `undecoded` where a thumbnail
-    does not decode."""
+    (K, 4); None: the whole overlap), in [0, 1], detail taken at `sigma`, each picture's `border` left out;
+    `undecoded` where a thumbnail does not decode."""
     greys: dict[int, np.ndarray | None] = {}
     out = np.full(len(a), float(undecoded))
     failed = 0
@@ -95,7 +98,7 @@ def pair_agreement(items: list[Item], a: np.ndarray, b: np.ndarray, alignment: n
         if greys[i] is None or greys[j] is None:
             continue
         if np.all(np.isfinite(alignment[k])):  # no map: nothing lines up, agreement 0
-            out[k] = agreement(greys[i], greys[j], alignment[k], None if box is None else box[k], sigma)
+            out[k] = agreement(greys[i], greys[j], alignment[k], None if box is None else box[k], sigma, border)
         else:
             out[k] = 0.0
     if failed:
@@ -104,11 +107,13 @@ def pair_agreement(items: list[Item], a: np.ndarray, b: np.ndarray, alignment: n
 
 
 def agreement(grey_a: np.ndarray, grey_b: np.ndarray, relative_map: np.ndarray,
-              box: np.ndarray | None = None, sigma: float = DETAIL_SIGMA) -> float:
+              box: np.ndarray | None = None, sigma: float = DETAIL_SIGMA, border: float = 0.0) -> float:
     """Correlation, in [0, 1], of the detail (grey less its local mean over `sigma` pixels) of grey picture
     a and of grey picture b laid over it by `relative_map` ((2, 3), a's coordinates as fractions of its
     width and height -> b's), where they overlap inside `box` (u0, v0, u1, v1 in a's relative coordinates,
-    widened by BOX_MARGIN; None: all)."""
+    widened by BOX_MARGIN; None: all) and away from both pictures' edges: a band of `border` (a share of
+    the picture's width on its left and right, of its height at its top and bottom) is left out of each.
+    A frame, mat or ruler that many pictures carry along their edges agrees in every pair of them."""
     h, w = grey_a.shape
     hb, wb = grey_b.shape
     # a's pixels -> b's pixels (pixel centres at +0.5), for warpAffine's inverse map.
@@ -116,9 +121,11 @@ def agreement(grey_a: np.ndarray, grey_b: np.ndarray, relative_map: np.ndarray,
     to_pixels = np.array([[wb, 0, -0.5], [0, hb, -0.5]])
     m = to_pixels @ np.vstack([relative_map, [0, 0, 1]]) @ to_relative
     over = cv2.warpAffine(grey_b, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0)
-    inside = cv2.warpAffine(np.ones_like(grey_b), m, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+    inside = cv2.warpAffine(_interior(grey_b, border), m, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                             borderValue=0)
     inside = cv2.erode(inside, np.ones((2 * EDGE + 1, 2 * EDGE + 1), np.uint8)) > 0
+    if border > 0:
+        inside &= _interior(grey_a, border) > 0
     if box is not None and np.all(np.isfinite(box)):
         u0, v0, u1, v1 = box
         pad = BOX_MARGIN * max(u1 - u0, v1 - v0)
@@ -132,6 +139,16 @@ def agreement(grey_a: np.ndarray, grey_b: np.ndarray, relative_map: np.ndarray,
     overlap = _Overlap(inside)
     return max(0.0, _correlation(_balanced(_detail(grey_a, overlap, sigma), overlap)[inside],
                                  _balanced(_detail(over, overlap, sigma), overlap)[inside]))
+
+
+def _interior(grey: np.ndarray, border: float) -> np.ndarray:
+    """1 over the picture less a band of `border` (shares of its height and width) along its edges, else 0."""
+    out = np.ones_like(grey)
+    if border > 0:
+        h, w = grey.shape
+        dy, dx = int(round(border * h)), int(round(border * w))
+        out[:dy], out[h - dy:], out[:, :dx], out[:, w - dx:] = 0, 0, 0, 0
+    return out
 
 
 def aligned_as_ordered(alignment: np.ndarray, box: np.ndarray, swapped: np.ndarray) -> dict:

@@ -132,8 +132,10 @@ class Stage:
     calibration: Calibration | None = None
     extra_signals: tuple[str, ...] = ()  # more per-pair fields of its method's output the fusion reads
     # Keypoint stages: pairs whose pictures, laid over each other, agree less than this over their whole
-    # overlap are dropped (simbench.find.agreement.overlap_agreement); 0: none.
+    # overlap are dropped (simbench.find.agreement.overlap_agreement); 0: none. overlap_border: the band
+    # along each picture's edges left out of that overlap (shares of its width and height).
     min_overlap_agreement: float = 0.0
+    overlap_border: float = 0.0
 
     @property
     def section(self) -> str:
@@ -142,10 +144,13 @@ class Stage:
 
     @property
     def settings(self) -> dict:
-        """What its calibration table is keyed by (min_overlap_agreement only when on: older tables stay)."""
+        """What its calibration table is keyed by (the overlap floor and its border only when on: older tables
+        stay)."""
         settings = signal_settings(self.name, self.extractor, self.method, self.signal)
         if self.min_overlap_agreement:
             settings["min_overlap_agreement"] = self.min_overlap_agreement
+            if self.overlap_border:
+                settings["overlap_border"] = self.overlap_border
         return settings
 
     @property
@@ -260,7 +265,10 @@ def build_stages(cfg: DictConfig, calibrations: dict[str, Calibration] | None = 
         method = instantiate(part.method, extractor=extractor, matcher=instantiate(part.matcher))
         stage = Stage(name, extractor, method, str(part.get("signal", "score")),
                       extra_signals=tuple(str(e) for e in part.get("extra_signals", ())),
-                      min_overlap_agreement=float(part.get("min_overlap_agreement", 0.0)))
+                      min_overlap_agreement=float(part.get("min_overlap_agreement", 0.0)),
+                      overlap_border=float(part.get("overlap_border", 0.0)))
+        if not 0.0 <= stage.overlap_border < 0.5:
+            raise ValueError(f"{name}.overlap_border must be in [0, 0.5), not {stage.overlap_border}")
         if stage.min_overlap_agreement and extractor.kind != "keypoints":
             raise ValueError(f"{name}.min_overlap_agreement: only a keypoint stage has the inliers' map it needs")
         stage.calibration = calibrations.get(settings_key(stage.settings))

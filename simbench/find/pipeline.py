@@ -369,9 +369,10 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
 
 def agreed_over_overlap(stage: Stage, found: ScoredPairs, items: list[Item]) -> ScoredPairs:
     """A keypoint stage's pairs less those whose pictures agree less than its min_overlap_agreement over
-    their whole overlap (simbench.find.agreement.overlap_agreement): content stamped on different pictures
-    (a crest, a logo) that their keypoints match. Pairs whose thumbnails do not decode are kept."""
-    overlap = agreement.overlap_agreement(found, items)
+    their whole overlap, less its overlap_border (simbench.find.agreement.overlap_agreement): content stamped
+    on different pictures (a crest, a logo, a frame) that their keypoints match. Pairs whose thumbnails do
+    not decode are kept."""
+    overlap = agreement.overlap_agreement(found, items, stage.overlap_border)
     keep = ~(overlap < stage.min_overlap_agreement)  # NaN: not decoded, kept
     log.info("%s: %d of %d pairs dropped: their pictures do not agree beyond what they share (overlap "
              "agreement < %g)", stage.name, int((~keep).sum()), len(found), stage.min_overlap_agreement)
