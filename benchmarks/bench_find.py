@@ -93,9 +93,10 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
     """Fit raw -> precision for every stage on the tuning collections only: the TUNING split of the
     development set (photographs and line art; with `seeds`, also its rebuilds with those seeds),
     yearbook PDFs with shared logos built from its photos (build_yearbook seeds `fit_layouts`), and plain
-    yearbook PDFs of scikit-image photos (look-alike pictures: retina and sky quadrants). Write simbench/find/calibration.json (or `out`: a
-    variant's tables, for `find calibration=FILE`). found_weights: whether the fusion fits a weight for "the
-    stage found this pair" (calibration.fit_fusion). The report split is never read here."""
+    yearbook PDFs of scikit-image photos (look-alike pictures: retina and sky quadrants). Write
+    simbench/find/calibration.json (or `out`: a variant's tables, for `find calibration=FILE`). found_weights:
+    whether the fusion fits a weight for "the stage found this pair" (calibration.fit_fusion). The report
+    split is never read here."""
     collections = tuning_collections(work, progress, overrides, seeds, fit_layouts)
     tables = []
     for name in ("keypoints", "cnn", "hash"):

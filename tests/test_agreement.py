@@ -256,6 +256,18 @@ def test_a_frame_along_the_edges_agrees_in_every_pair_unless_the_border_is_left_
         assert agreement(rocket, _grey(crop), _crop_map(box, (640, 480)), None, OVERLAP_SIGMA, border) > 0.9
 
 
+def test_the_overlap_gate_leaves_out_its_stages_border():
+    from types import SimpleNamespace
+
+    items = [Item(None, f"/p/{k}.jpg", f"/p/{k}.jpg", None, None, str(k), thumbnail_jpeg(_framed(name, 0.04)), f"{k}:0")
+             for k, name in enumerate(["rocket", "coffee"])]
+    pairs = ScoredPairs(np.array([0]), np.array([1]), np.array([1.0]),
+                        {"alignment": np.array([[[1.0, 0, 0], [0, 1, 0]]]), "evidence": np.array([1.0])})
+    for border, kept in ((0.0, [1]), (0.1, [])):
+        gate = SimpleNamespace(name="keypoints", min_overlap_agreement=0.2, overlap_border=border)
+        assert agreed_over_overlap(gate, pairs, items).b.tolist() == kept
+
+
 def test_the_overlap_gate_drops_pairs_below_its_floor_and_keeps_those_it_cannot_judge():
     from types import SimpleNamespace
 
@@ -268,7 +280,8 @@ def test_the_overlap_gate_drops_pairs_below_its_floor_and_keeps_those_it_cannot_
                         {"alignment": identity, "evidence": np.array([3.0, 2.0, 1.0])})
     overlap = overlap_agreement(pairs, items)
     assert overlap[0] > 0.95 and overlap[1] < 0.2 and np.isnan(overlap[2])
-    kept = agreed_over_overlap(SimpleNamespace(name="keypoints", min_overlap_agreement=0.2, overlap_border=0.0), pairs, items)
+    gate = SimpleNamespace(name="keypoints", min_overlap_agreement=0.2, overlap_border=0.0)
+    kept = agreed_over_overlap(gate, pairs, items)
     assert kept.b.tolist() == [1, 3]
     np.testing.assert_array_equal(kept.extra["evidence"], [3.0, 1.0])
 
