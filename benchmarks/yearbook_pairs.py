@@ -7,9 +7,10 @@ placements each pair joins. Tuning split only: the per-pair view behind runs (28
 Reads the pairs.csv that `yearbook-tune` wrote for that layout and method (under --work, bench_find.py's default),
 and builds the layout's placements again (build_yearbook is deterministic) to say which photo each image is,
 how it was placed (crop, rotate90, rotate_small; +clip: cut by a clipping path), recoloured or not, and whether the
-photo is a flat one. "how" is pairs.csv's method: the stage that scored the pair, or linked. "own CNN": the
-CNN stage's calibrated score for the pair itself, from the run's evidence.npz ("-": not among the CNN's pairs);
-for a linked pair, what the CNN says of the two pictures beside what the chain says.
+photo is a flat one. "how" is pairs.csv's method: the stage that scored the pair, or linked. From the run's
+evidence.npz, for the pair itself ("-": none): "keypoints", the verified fit's inliers (rows: a point whose plain
+and mirrored descriptors both fit counts twice) and whether it is mirrored; "own CNN", the CNN stage's calibrated
+score and the cosine (for a linked pair, what the CNN says of the two pictures beside what the chain says).
 """
 from __future__ import annotations
 
@@ -28,20 +29,20 @@ from simbench.data.synthetic import default_cache_dir  # noqa: E402
 from simbench.find.yearbook import placement_pairs, true_pairs  # noqa: E402
 
 
-def pair_table(placements, found: list[dict], n_false: int, own_cnn: list | None = None) -> str:
+def pair_table(placements, found: list[dict], n_false: int, evidence: list | None = None) -> str:
     """Markdown: every true pair (best first; "-" where the run wrote none), then the n_false best false pairs.
-    own_cnn: per row of `found`, the CNN's own score for the pair (None: none)."""
+    evidence: per row of `found`, the pair's evidence (`pair_evidence`; {}: none)."""
     truth = true_pairs(placements)
-    best: dict[tuple[int, int], tuple[float, str, float | None]] = {}
+    best: dict[tuple[int, int], tuple[float, str, dict]] = {}
     false = []
-    own_cnn = own_cnn or [None] * len(found)
-    for row, (i, j), cnn in zip(found, placement_pairs(placements, found), own_cnn):
+    evidence = evidence or [{}] * len(found)
+    for row, (i, j), e in zip(found, placement_pairs(placements, found), evidence):
         score = float(row["score"])
         pair = (min(i, j), max(i, j)) if i is not None and j is not None else None
         if pair not in truth:
-            false.append((score, (i, j), row["method"], cnn))
-        elif score > best.get(pair, (-1.0, "", None))[0]:
-            best[pair] = (score, row["method"], cnn)
+            false.append((score, (i, j), row["method"], e))
+        elif score > best.get(pair, (-1.0, "", {}))[0]:
+            best[pair] = (score, row["method"], e)
 
     def side(k):
         if k is None:
@@ -49,32 +50,38 @@ def pair_table(placements, found: list[dict], n_false: int, own_cnn: list | None
         p = placements[k]
         return f"{k}: photo {p.photo}, {p.how}, {p.colour}{', flat' if p.flat else ''}"
 
-    def value(x):
-        return "-" if x is None else f"{x:.3f}"
+    def keypoints(e):
+        k = e.get("keypoints")
+        return f"{k['inliers']} inliers{', mirrored' if k.get('flipped') else ''}" if k else "-"
 
-    lines = ["| pair | score | how | one | other | own CNN |", "|---|---|---|---|---|---|"]
+    def cnn(e):
+        c = e.get("cnn")
+        return f"{c['score']:.3f}, cosine {c['cosine']:.2f}" if c else "-"
+
+    lines = ["| pair | score | how | one | other | keypoints | own CNN |", "|---|---|---|---|---|---|---|"]
     for pair in sorted(truth, key=lambda q: -best.get(q, (-1.0,))[0]):
-        score, how, cnn = best.get(pair, (None, "-", None))
-        lines.append(f"| true {pair} | {value(score)} | {how} | {side(pair[0])} | {side(pair[1])} | {value(cnn)} |")
-    for score, (i, j), how, cnn in sorted(false, key=lambda f: -f[0])[:n_false]:
-        lines.append(f"| false ({i}, {j}) | {score:.3f} | {how} | {side(i)} | {side(j)} | {value(cnn)} |")
+        score, how, e = best.get(pair, (None, "-", {}))
+        lines.append(f"| true {pair} | {'-' if score is None else f'{score:.3f}'} | {how} | {side(pair[0])} | "
+                     f"{side(pair[1])} | {keypoints(e)} | {cnn(e)} |")
+    for score, (i, j), how, e in sorted(false, key=lambda f: -f[0])[:n_false]:
+        lines.append(f"| false ({i}, {j}) | {score:.3f} | {how} | {side(i)} | {side(j)} | {keypoints(e)} | "
+                     f"{cnn(e)} |")
     return "\n".join(lines)
 
 
-def own_cnn_scores(out: Path, found: list[dict]) -> list:
-    """Per pairs.csv row, the CNN's calibrated score for that pair from the run's evidence.npz (None: not one of
-    the CNN's pairs, or no evidence.npz)."""
+def pair_evidence(out: Path, found: list[dict]) -> list[dict]:
+    """Per pairs.csv row, that pair's record in the run's evidence.npz (simbench.find.evidence: "keypoints",
+    "cnn", ...; {}: none, or no evidence.npz)."""
     if not (out / "evidence.npz").exists():
-        return [None] * len(found)
+        return [{}] * len(found)
     with np.load(out / "evidence.npz", allow_pickle=True) as evidence:
         index = {str(item): k for k, item in enumerate(evidence["items"])}
         per_pair = {(a, b): e for a, b, e in json.loads(str(evidence["pair_evidence"]))}
-    out_scores = []
+    rows = []
     for row in found:
         a, b = index.get(row["a"]), index.get(row["b"])
-        e = per_pair.get((min(a, b), max(a, b)), {}) if a is not None and b is not None else {}
-        out_scores.append(e.get("cnn", {}).get("score"))
-    return out_scores
+        rows.append(per_pair.get((min(a, b), max(a, b)), {}) if a is not None and b is not None else {})
+    return rows
 
 
 def main(argv=None) -> None:
@@ -94,7 +101,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as pdfs:
         placements = school_yearbook(Path(pdfs), TUNE, args.layout, progress=False)
     print(f"# {pairs_csv}: {len(found)} pairs, {len(placements)} placements, {len(true_pairs(placements))} true pairs")
-    print(pair_table(placements, found, args.false, own_cnn_scores(pairs_csv.parent, found)))
+    print(pair_table(placements, found, args.false, pair_evidence(pairs_csv.parent, found)))
 
 
 if __name__ == "__main__":

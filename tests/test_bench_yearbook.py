@@ -60,19 +60,23 @@ def test_pair_table_lists_every_true_pair_and_the_best_false_ones():
     assert [line.split(" | ")[:2] for line in lines] == [["| true (0, 1)", "0.990"], ["| true (0, 2)", "-"],
                                                          ["| true (1, 2)", "-"], ["| false (2, 3)", "0.900"]]
     assert "3: photo 1, crop, original" in lines[-1]
-    # The CNN's own score, per row: the true pair's from its best row, "-" where the CNN had none.
-    lines = pair_table(a, found, n_false=1, own_cnn=[0.8, 0.1, None, 0.3]).splitlines()[2:]
-    assert [line.split(" | ")[-1] for line in lines] == ["0.800 |", "- |", "- |", "- |"]
+    # Each pair's own evidence: the true pair's from its best row, "-" where there is none.
+    evidence = [{"cnn": {"score": 0.8, "cosine": 0.9}, "keypoints": {"inliers": 7, "flipped": True}},
+                {"cnn": {"score": 0.1, "cosine": 0.3}}, {}, {"cnn": {"score": 0.3, "cosine": 0.5}}]
+    lines = pair_table(a, found, n_false=1, evidence=evidence).splitlines()[2:]
+    assert [line.split(" | ")[-2:] for line in lines] == [["7 inliers, mirrored", "0.800, cosine 0.90 |"],
+                                                          ["-", "- |"], ["-", "- |"], ["-", "- |"]]
 
 
-def test_own_cnn_scores_reads_the_pairs_cnn_score_from_the_runs_evidence(tmp_path):
+def test_pair_evidence_reads_each_rows_pair_from_the_runs_evidence(tmp_path):
     import json
 
-    from benchmarks.yearbook_pairs import own_cnn_scores
+    from benchmarks.yearbook_pairs import pair_evidence
 
     found = [{"a": "x", "b": "y"}, {"a": "z", "b": "x"}, {"a": "y", "b": "z"}, {"a": "x", "b": "w"}]
-    assert own_cnn_scores(tmp_path, found) == [None] * 4  # no evidence.npz
-    evidence = [[0, 1, {"cnn": {"cosine": 0.9, "score": 0.75}}], [0, 2, {"keypoints": {"inliers": 9}}]]
-    np.savez(tmp_path / "evidence.npz", items=np.array(["x", "y", "z"]), pair_evidence=np.array(json.dumps(evidence)))
-    # (x, y): the CNN's; (z, x): the keypoints' only; (y, z): no evidence; w: no item of the run.
-    assert own_cnn_scores(tmp_path, found) == [0.75, None, None, None]
+    assert pair_evidence(tmp_path, found) == [{}] * 4  # no evidence.npz
+    cnn, keypoints = {"cnn": {"cosine": 0.9, "score": 0.75}}, {"keypoints": {"inliers": 9}}
+    np.savez(tmp_path / "evidence.npz", items=np.array(["x", "y", "z"]),
+             pair_evidence=np.array(json.dumps([[0, 1, cnn], [0, 2, keypoints]])))
+    # (x, y) and (z, x) either way round; (y, z): no evidence; w: no item of the run.
+    assert pair_evidence(tmp_path, found) == [cnn, keypoints, {}, {}]
