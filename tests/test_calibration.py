@@ -96,6 +96,48 @@ def test_linking_never_pushes_a_chain_through_a_weak_pair_over_the_threshold(rul
     assert all(s <= 0.6 for (a, b), s in scores.items() if (a, b) != (2, 3) and (a < 3) != (b < 3))
 
 
+class _OwnCnn:
+    """A calibrated CNN stage for own_evidence_weigher: its raw signal for a pair is the table's precision, given
+    per pair (0.5 elsewhere); it was fitted on 100 pairs, 20 of them true."""
+
+    name, scores_any_pair, is_calibrated = "cnn", True, True
+    calibration = Calibration(np.array([0.0, 1.0]), np.array([0.0, 1.0]), pairs=100, true=20)
+
+    def __init__(self, own: dict):
+        self.own = own
+
+    def score_given(self, features, a, b):
+        raw = np.array([self.own.get((min(x, y), max(x, y)), 0.5) for x, y in zip(a.tolist(), b.tolist())])
+        return raw, np.array([(min(x, y), max(x, y)) != (1, 3) for x, y in zip(a.tolist(), b.tolist())])
+
+    def calibrated(self, raw):
+        return raw
+
+
+@pytest.mark.parametrize("rule", cascade.LINK_SCORES)
+def test_a_linked_pair_loses_what_its_own_cnn_evidence_says_against_it_and_gains_nothing(rule):
+    """Groups (0, 1) and (2, 3, 4) joined by one strong pair (1, 2): the linked pairs' chains score alike, but the
+    CNN's own evidence is against (0, 3) and (0, 4) (odds 1/999 against the table's prior 1/4), for (0, 2) and
+    neutral on (1, 4) (at the prior); (1, 3) it cannot score."""
+    evidence = {"keypoints": ScoredPairs(np.array([0, 2, 3, 1]), np.array([1, 3, 4, 2]),
+                                         np.array([0.99, 0.99, 0.99, 0.98]))}
+    cnn = _OwnCnn({(0, 2): 0.95, (0, 3): 0.001, (0, 4): 0.001, (1, 4): 0.2})
+    weigh = cascade.own_evidence_weigher([cnn], {"cnn": None})
+
+    def scores(pairs):
+        return {(int(a), int(b)): float(x) for a, b, x in zip(pairs.a, pairs.b, pairs.score)}
+
+    plain = scores(cascade.link(cascade.fuse(5, evidence), 5, floor=0.5, max_group=10, rule=rule))
+    weighed = scores(cascade.link(cascade.fuse(5, evidence), 5, floor=0.5, max_group=10, rule=rule, weigh=weigh))
+    assert plain.keys() == weighed.keys()
+    for pair in [(0, 2), (1, 4), (1, 3), (0, 1), (1, 2), (2, 3)]:  # for, neutral, unscored, direct: unchanged
+        assert weighed[pair] == pytest.approx(plain[pair])
+    for pair in [(0, 3), (0, 4)]:
+        odds = plain[pair] / (1 - plain[pair]) * (0.001 / 0.999) / (0.2 / 0.8)
+        assert plain[pair] > 0.95 and weighed[pair] == pytest.approx(odds / (1 + odds)) and weighed[pair] < 0.5
+    assert cascade.own_evidence_weigher([], {}) is None  # no CNN stage: nothing to weigh by
+
+
 @pytest.mark.parametrize("rule", cascade.LINK_SCORES)
 @pytest.mark.parametrize("seed", range(3))
 def test_a_lower_linking_floor_only_reorders_the_pairs_below_the_higher_one(seed, rule):

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -428,7 +428,8 @@ def _keys(a, b, n: int) -> np.ndarray:
 LINK_SCORES = ("product", "weakest")
 
 
-def link(pairs: FusedPairs, n_items: int, floor: float, max_group: int, rule: str = "product") -> FusedPairs:
+def link(pairs: FusedPairs, n_items: int, floor: float, max_group: int, rule: str = "product",
+         weigh: Callable[[ScoredPairs], ScoredPairs] | None = None) -> FusedPairs:
     """Add the pairs joined through others, scored along the maximum-spanning-tree path.
 
     Kruskal's algorithm over the pairs, best first (only those scoring >= floor): when two groups merge
@@ -436,7 +437,8 @@ def link(pairs: FusedPairs, n_items: int, floor: float, max_group: int, rule: st
     P being the product of scores along the tree inside a group (P(i, i) = 1), or the least of P(i, x), s
     and P(y, j) (rule "weakest", P the weakest score along the path: the score at which i and j fall into
     one group of groups.json). A pair found directly keeps the better of its own score and the linked
-    one. Groups past max_group members stop producing linked pairs.
+    one, after `weigh` (if given) has rescored the linked pairs (`own_evidence_weigher`). Groups past
+    max_group members stop producing linked pairs.
     """
     if rule not in LINK_SCORES:
         raise ValueError(f"link_score must be one of {LINK_SCORES}, not {rule!r}")
@@ -466,7 +468,33 @@ def link(pairs: FusedPairs, n_items: int, floor: float, max_group: int, rule: st
     if not new_a:
         return pairs
     linked = ScoredPairs(np.concatenate(new_a), np.concatenate(new_b), np.concatenate(new_s))
-    return _merge_linked(pairs, linked, n_items)
+    return _merge_linked(pairs, weigh(linked) if weigh is not None else linked, n_items)
+
+
+def own_evidence_weigher(stages: Sequence[Stage], features: dict) -> Callable[[ScoredPairs], ScoredPairs] | None:
+    """For `link`: each linked pair's odds times the likelihood ratio of what the CNN says of that pair itself,
+    when that is below 1. A chain can lose confidence to its two ends' own evidence, never gain it (linking never
+    adds confidence that the evidence lacks): one false pair between two groups makes cross pairs the CNN sees
+    as different pictures. The ratio is odds(c) / odds(share): c the CNN table's precision for the pair's own
+    raw signal, share the true pairs' share of the pairs the table was fitted on. A pair the CNN cannot score
+    (an image without features) keeps its chain's score. None without a calibrated CNN stage."""
+    cnn = next((s for s in stages if s.scores_any_pair and s.is_calibrated and s.calibration.pairs), None)
+    if cnn is None or cnn.name not in features:
+        return None
+    prior = _odds(cnn.calibration.true / cnn.calibration.pairs)
+
+    def weigh(linked: ScoredPairs) -> ScoredPairs:
+        raw, ok = cnn.score_given(features[cnn.name], linked.a, linked.b)
+        ratio = np.where(ok, np.minimum(_odds(cnn.calibrated(raw)) / prior, 1.0), 1.0)
+        odds = _odds(linked.score) * ratio
+        return ScoredPairs(linked.a, linked.b, odds / (1.0 + odds))
+
+    return weigh
+
+
+def _odds(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-12, 1.0 - 1e-12)
+    return p / (1.0 - p)
 
 
 def spanning_merges(a: np.ndarray, b: np.ndarray, score: np.ndarray, n_items: int, floor: float):

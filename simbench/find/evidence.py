@@ -17,7 +17,7 @@ A record holds what applies to the pair (every value plain JSON):
 - "hash": "distance" (Hamming distance of the two codes) of "bits", and "score" (the stage's calibrated score).
 - "chain": for a pair scored through others (method "linked"), the direct pairs along the strongest
   chain, [[x, y, score, method], ...] from a to b: the linked score is their product (or, with
-  link_score=weakest, the least of them).
+  link_score=weakest, the least of them; with link_own_evidence=true, lowered by the pair's own "cnn" score).
 
 How they are obtained, so that they are the stage's own reasons:
 - keypoints: the two images' features are matched and verified again by the stage's own method

@@ -502,7 +502,13 @@ def score(items: list[Item], stages: list[Stage], raw: dict[str, ScoredPairs], c
     if decisions is not None:
         fused = decisions.apply(fused, n)
     if cfg.link:
-        fused = cascade.link(fused, n, float(cfg.link_min_score), int(cfg.max_linked_group), str(cfg.link_score))
+        weigh = None
+        if cfg.get("link_own_evidence") and features is not None:
+            weigh = cascade.own_evidence_weigher(stages, features)
+            if weigh is None:
+                log.info("link_own_evidence: no calibrated CNN stage, so chains keep their scores")
+        fused = cascade.link(fused, n, float(cfg.link_min_score), int(cfg.max_linked_group), str(cfg.link_score),
+                             weigh)
         fused = decisions.hide(fused, n) if decisions is not None else fused
     uncalibrated = [stage.name for stage in stages if not stage.is_calibrated]
     fused.calibrated = ~np.isin(fused.method.astype(str), uncalibrated)
