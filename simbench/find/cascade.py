@@ -474,8 +474,8 @@ def link(pairs: FusedPairs, n_items: int, floor: float, max_group: int, rule: st
 def own_evidence_weigher(stages: Sequence[Stage], features: dict) -> Callable[[ScoredPairs], ScoredPairs] | None:
     """For `link`: each linked pair's odds times the likelihood ratio of what the CNN says of that pair itself,
     when that is below 1. A chain can lose confidence to its two ends' own evidence, never gain it (linking never
-    adds confidence that the evidence lacks): one false pair between two groups makes cross pairs the CNN sees
-    as different pictures. The ratio is odds(c) / odds(share): c the CNN table's precision for the pair's own
+    adds confidence that the evidence lacks): one false pair between two groups links pictures that the CNN
+    sees as different. The ratio is odds(c) / odds(share): c the CNN table's precision for the pair's own
     raw signal, share the true pairs' share of the pairs the table was fitted on. A pair the CNN cannot score
     (an image without features) keeps its chain's score. None without a calibrated CNN stage."""
     cnn = next((s for s in stages if s.scores_any_pair and s.is_calibrated and s.calibration.pairs), None)

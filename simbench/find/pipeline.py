@@ -503,10 +503,10 @@ def score(items: list[Item], stages: list[Stage], raw: dict[str, ScoredPairs], c
         fused = decisions.apply(fused, n)
     if cfg.link:
         weigh = None
-        if cfg.get("link_own_evidence") and features is not None:
-            weigh = cascade.own_evidence_weigher(stages, features)
+        if cfg.get("link_own_evidence"):
+            weigh = cascade.own_evidence_weigher(stages, features or {})
             if weigh is None:
-                log.info("link_own_evidence: no calibrated CNN stage, so chains keep their scores")
+                log.info("link_own_evidence: no calibrated CNN stage with features, so chains keep their scores")
         fused = cascade.link(fused, n, float(cfg.link_min_score), int(cfg.max_linked_group), str(cfg.link_score),
                              weigh)
         fused = decisions.hide(fused, n) if decisions is not None else fused
