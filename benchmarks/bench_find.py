@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -426,16 +427,19 @@ def tuning_collections(work: Path, progress: bool, overrides: list[str] = (), se
         shutil.rmtree(pdfs, ignore_errors=True)
         placements = build(pdfs)
 
-        def label(items, pairs, placements=placements):
-            where = [match_placement(placements, it.source, it.page, it.bbox) if it.page else None for it in items]
-            truth = true_pairs(placements)
-            return np.array([(min(where[a], where[b]), max(where[a], where[b])) in truth
-                             if where[a] is not None and where[b] is not None else False
-                             for a, b in zip(pairs.a, pairs.b)], bool)
-
-        out.append(Collection(tag, [pdfs], label, len(true_pairs(placements)), work / f"index-calibrate-{tag}",
+        out.append(Collection(tag, [pdfs], partial(placement_labels, placements), len(true_pairs(placements)), work / f"index-calibrate-{tag}",
                               weight=weight))
     return out
+
+
+def placement_labels(placements, items, pairs) -> np.ndarray:
+    """Per item pair of `pairs`, whether its two images are placements of one photo (an image that is no
+    placement: false)."""
+    where = [match_placement(placements, it.source, it.page, it.bbox) if it.page else None for it in items]
+    truth = true_pairs(placements)
+    return np.array([(min(where[a], where[b]), max(where[a], where[b])) in truth
+                     if where[a] is not None and where[b] is not None else False
+                     for a, b in zip(pairs.a, pairs.b)], bool)
 
 
 def fit_yearbook_tag(layout: int) -> str:

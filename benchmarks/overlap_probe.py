@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_find import TUNE, school_yearbook, tuning_collections, yearbook_name  # noqa: E402
+from benchmarks.bench_find import (TUNE, placement_labels, school_yearbook, tuning_collections,  # noqa: E402
+                                   yearbook_name)
 from benchmarks.crest_probe import COPY_PAIR, crest_images  # noqa: E402
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
 from simbench.find import agreement, cascade  # noqa: E402
 from simbench.find.pipeline import collect, stage_pairs  # noqa: E402
-from simbench.find.yearbook import match_placement, true_pairs  # noqa: E402
+from simbench.find.yearbook import true_pairs  # noqa: E402
 
 FLOORS = (0.1, 0.15, 0.2, 0.25, 0.3)
 
@@ -61,12 +62,9 @@ def main(argv=None) -> None:
         name = yearbook_name(TUNE, layout)
         placements = school_yearbook(work / name, TUNE, layout, False)  # as yearbook-tune builds it
         items, found, overlap = keypoint_pairs([work / name], work / f"index-{name}", work, args.overrides)
-        where = [match_placement(placements, it.source, it.page, it.bbox) if it.page else None for it in items]
-        truth = true_pairs(placements)
-        y = np.array([where[a] is not None and where[b] is not None and (min(where[a], where[b]),
-                      max(where[a], where[b])) in truth for a, b in zip(found.a, found.b)], bool)
-        pooled.append((len(truth), y, overlap))
-        print(_row(f"yearbook-tune layout {layout}", len(truth), y, overlap), flush=True)
+        y, n_true = placement_labels(placements, items, found), len(true_pairs(placements))
+        pooled.append((n_true, y, overlap))
+        print(_row(f"yearbook-tune layout {layout}", n_true, y, overlap), flush=True)
     if pooled:
         print(_row("yearbook-tune, pooled", sum(p[0] for p in pooled), np.concatenate([p[1] for p in pooled]),
                    np.concatenate([p[2] for p in pooled])))

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_find import TUNE, school_yearbook, yearbook_name  # noqa: E402
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
+from simbench.find.outputs import read_evidence, read_pair_evidence  # noqa: E402
 from simbench.find.yearbook import placement_pairs, true_pairs  # noqa: E402
 
 
@@ -72,11 +70,11 @@ def pair_table(placements, found: list[dict], n_false: int, evidence: list | Non
 def pair_evidence(out: Path, found: list[dict]) -> list[dict]:
     """Per pairs.csv row, that pair's record in the run's evidence.npz (simbench.find.evidence: "keypoints",
     "cnn", ...; {}: none, or no evidence.npz)."""
-    if not (out / "evidence.npz").exists():
+    path = out / "evidence.npz"
+    if not path.exists():
         return [{}] * len(found)
-    with np.load(out / "evidence.npz", allow_pickle=True) as evidence:
-        index = {str(item): k for k, item in enumerate(evidence["items"])}
-        per_pair = {(a, b): e for a, b, e in json.loads(str(evidence["pair_evidence"]))}
+    index = {item: k for k, item in enumerate(read_evidence(path)[0])}
+    per_pair = read_pair_evidence(path)
     rows = []
     for row in found:
         a, b = index.get(row["a"]), index.get(row["b"])

@@ -5,8 +5,6 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_find import best_recall, labelled_pairs, pooled_yearbook_scores  # noqa: E402
 from simbench.find.yearbook import Placement, score_found_pairs  # noqa: E402
@@ -69,14 +67,15 @@ def test_pair_table_lists_every_true_pair_and_the_best_false_ones():
 
 
 def test_pair_evidence_reads_each_rows_pair_from_the_runs_evidence(tmp_path):
-    import json
+    from types import SimpleNamespace
 
     from benchmarks.yearbook_pairs import pair_evidence
+    from simbench.find.outputs import write_evidence
 
     found = [{"a": "x", "b": "y"}, {"a": "z", "b": "x"}, {"a": "y", "b": "z"}, {"a": "x", "b": "w"}]
     assert pair_evidence(tmp_path, found) == [{}] * 4  # no evidence.npz
     cnn, keypoints = {"cnn": {"cosine": 0.9, "score": 0.75}}, {"keypoints": {"inliers": 9}}
-    np.savez(tmp_path / "evidence.npz", items=np.array(["x", "y", "z"]),
-             pair_evidence=np.array(json.dumps([[0, 1, cnn], [0, 2, keypoints]])))
+    items = [SimpleNamespace(display=name) for name in "xyz"]
+    write_evidence(tmp_path / "evidence.npz", {}, items, {}, {(0, 1): cnn, (0, 2): keypoints})
     # (x, y) and (z, x) either way round; (y, z): no evidence; w: no item of the run.
     assert pair_evidence(tmp_path, found) == [cnn, keypoints, {}, {}]
