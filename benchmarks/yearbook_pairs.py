@@ -10,7 +10,8 @@ how it was placed (crop, rotate90, rotate_small; +clip: cut by a clipping path),
 photo is a flat one. "how" is pairs.csv's method: the stage that scored the pair, or linked. From the run's
 evidence.npz, for the pair itself ("-": none): "keypoints", the verified fit's inliers (rows: a point whose plain
 and mirrored descriptors both fit counts twice) and whether it is mirrored; "own CNN", the CNN stage's calibrated
-score and the cosine (for a linked pair, what the CNN says of the two pictures beside what the chain says).
+score and the cosine (for a linked pair, what the CNN says of the two pictures beside what the chain says). Under
+the table: how many pairs only the CNN scored have an own CNN score of 0.8 or more, true and false.
 """
 from __future__ import annotations
 
@@ -67,6 +68,21 @@ def pair_table(placements, found: list[dict], n_false: int, evidence: list | Non
     return "\n".join(lines)
 
 
+def cnn_only_counts(placements, found: list[dict], evidence: list[dict], at: float = 0.8) -> tuple[int, int]:
+    """How many rows that only the CNN scored (pairs.csv method "cnn") have an own CNN score >= at: (true, false).
+    What promoting such pairs would gain and cost (results/find.md, after run 41)."""
+    truth = true_pairs(placements)
+    n_true = n_false = 0
+    for row, (i, j), e in zip(found, placement_pairs(placements, found), evidence):
+        if row["method"] != "cnn" or e.get("cnn", {}).get("score", -1.0) < at:
+            continue
+        if i is not None and j is not None and (min(i, j), max(i, j)) in truth:
+            n_true += 1
+        else:
+            n_false += 1
+    return n_true, n_false
+
+
 def pair_evidence(out: Path, found: list[dict]) -> list[dict]:
     """Per pairs.csv row, that pair's record in the run's evidence.npz (simbench.find.evidence: "keypoints",
     "cnn", ...; {}: none, or no evidence.npz)."""
@@ -99,7 +115,10 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as pdfs:
         placements = school_yearbook(Path(pdfs), TUNE, args.layout, progress=False)
     print(f"# {pairs_csv}: {len(found)} pairs, {len(placements)} placements, {len(true_pairs(placements))} true pairs")
-    print(pair_table(placements, found, args.false, pair_evidence(pairs_csv.parent, found)))
+    evidence = pair_evidence(pairs_csv.parent, found)
+    print(pair_table(placements, found, args.false, evidence))
+    n_true, n_false = cnn_only_counts(placements, found, evidence)
+    print(f"\npairs only the CNN scored whose own CNN score is >= 0.8: {n_true} true, {n_false} false")
 
 
 if __name__ == "__main__":

@@ -79,3 +79,16 @@ def test_pair_evidence_reads_each_rows_pair_from_the_runs_evidence(tmp_path):
     write_evidence(tmp_path / "evidence.npz", {}, items, {}, {(0, 1): cnn, (0, 2): keypoints})
     # (x, y) and (z, x) either way round; (y, z): no evidence; w: no item of the run.
     assert pair_evidence(tmp_path, found) == [cnn, keypoints, {}, {}]
+
+
+def test_cnn_only_counts_reads_the_pairs_own_cnn_score():
+    from benchmarks.yearbook_pairs import cnn_only_counts
+
+    a = _book("a", [0, 0, 1, 2])  # true pair (0,1)
+    found = [dict(_row(a, 0, 1, 0.5), method="cnn"), dict(_row(a, 2, 3, 0.4), method="cnn"),
+             dict(_row(a, 1, 2, 0.3), method="cnn"), dict(_row(a, 0, 3, 0.9), method="keypoints")]
+    evidence = [{"cnn": {"score": 0.85}}, {"cnn": {"score": 0.8}}, {"cnn": {"score": 0.79}}, {"cnn": {"score": 0.99}}]
+    # (0,1) true and (2,3) false at >= 0.8; (1,2) below it; (0,3) not the CNN's alone.
+    assert cnn_only_counts(a, found, evidence) == (1, 1)
+    assert cnn_only_counts(a, found, evidence, at=0.9) == (0, 0)
+    assert cnn_only_counts(a, found, [{}] * 4) == (0, 0)  # no evidence: nothing to count
