@@ -11,13 +11,16 @@ seed 0 and `calibrate` seed 1; --layouts: other build_yearbook seeds), its place
   or fusion), micro-AP over all pairs: as rendered, cut by framed_box, cut where the generator drew the frame
   (FRAME_PT + 2 pt in from every side), and that with the crest painted out too (inpainted where it was drawn);
   turned upright where a placement is turned on the page (simbench.data.images.upright; run 26), and that cut
-  by framed_box;
+  by framed_box; in grey with its histogram equalised (`grey_equalised`), and that view's vector averaged with the
+  rendering's (after run 41);
 - find's keypoint stage on its own (no calibration), without and with trim_frame, at runs (23) and (24)'s
   min_coverage 0.02: the share of the framed placements' keypoints on the frame or within 15 px of it, and
   the true and false pairs it verifies; without trim_frame, that share among the flat photos' placements and
   among the others, and how many of the false pairs join two flat photos (run 29);
 - the same stage (no trim) with min_coverage 0.02, 0.01 and 0.005: the true and false pairs it keeps
   (run 25).
+And the CNN alone on the tuning devset's photographs and line art, as they are, grey and equalised, and the two
+averaged: what such a view would cost where no frame is.
 """
 from __future__ import annotations
 
@@ -64,7 +67,7 @@ def cut_views(placements, files: list[Path], shown: list[int], out: Path) -> dic
 
     out.mkdir(parents=True, exist_ok=True)
     views = {"as rendered": files, "framed_box": [], "generator's frame": [], "generator's frame and crest": [],
-             "upright": [], "upright, then framed_box": []}
+             "upright": [], "upright, then framed_box": [], "grey, equalised": []}
     for i, (path, k) in enumerate(zip(files, shown)):
         image = np.asarray(Image.open(path).convert("RGB"))
         h, w = image.shape[:2]
@@ -79,7 +82,8 @@ def cut_views(placements, files: list[Path], shown: list[int], out: Path) -> dic
         for name, pixels in (("framed_box", image[y0:y1, x0:x1]), ("generator's frame", image[c:h - c, c:w - c]),
                              ("generator's frame and crest",
                               cv2.inpaint(image, crest, 5, cv2.INPAINT_TELEA)[c:h - c, c:w - c]),
-                             ("upright", turned_back), ("upright, then framed_box", turned_back[v0:v1, u0:u1])):
+                             ("upright", turned_back), ("upright, then framed_box", turned_back[v0:v1, u0:u1]),
+                             ("grey, equalised", np.asarray(grey_equalised(Image.fromarray(image))))):
             views[name].append(out / f"{len(views[name])}-{name.replace(' ', '_').replace(',', '')}.png")
             Image.fromarray(np.ascontiguousarray(pixels)).save(views[name][-1])
     return views
@@ -96,14 +100,55 @@ def crest_box(placement, w: int, h: int) -> tuple[int, int, int, int]:
     return x0, y0, int(w - inset) + 2, int(h - inset) + 2
 
 
-def cnn_micro_ap(files: list[Path], truth: np.ndarray) -> float:
+def grey_equalised(image):
+    """The picture in grey with its histogram equalised (PIL's ImageOps.equalize), as RGB for the CNN: a recolouring
+    (sepia, duotone, grey, tint) and a lowered contrast undone as far as one grey-level map can."""
+    from PIL import ImageOps
+
+    return ImageOps.equalize(ImageOps.grayscale(image)).convert("RGB")
+
+
+def cnn_vectors(files: list[Path]) -> np.ndarray:
+    """find's CNN extractor's vectors of the files (L2-normalised), in order."""
     from simbench.find import cascade
 
     stage, = cascade.build_stages(cascade.make_config("cnn"), calibrations={}, quiet=True)
-    vectors = np.asarray(stage.extractor.extract(files).features.vectors, np.float64)
+    extracted = stage.extractor.extract(files)
+    if list(extracted.rows) != list(range(len(files))):
+        raise RuntimeError("the CNN extractor skipped some of the probe's files")
+    return np.asarray(extracted.features.vectors, np.float64)
+
+
+def centred_micro_ap(vectors: np.ndarray, truth: np.ndarray) -> float:
+    """Micro-AP over all pairs of the plain cosine of the vectors centred on their mean."""
     centred = vectors - vectors.mean(axis=0)
     centred /= np.linalg.norm(centred, axis=1, keepdims=True)
     return matrix_metrics(centred @ centred.T, truth)["uap"]
+
+
+def averaged(*vectors: np.ndarray) -> np.ndarray:
+    """Each row's vectors averaged, as the extractor averages its views (then L2-normalised)."""
+    mean = np.mean([v / np.linalg.norm(v, axis=1, keepdims=True) for v in vectors], axis=0)
+    return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+
+
+def devset_grey_equalised(work: Path) -> None:
+    """The CNN alone on the tuning devset's photographs and line art: as they are, grey and equalised, averaged."""
+    from PIL import Image
+
+    for part in ("photo", "lineart"):
+        ds = dev_set(TUNE, part, False)
+        out = work / f"devset-{part}-grey-equalised"
+        out.mkdir(parents=True, exist_ok=True)
+        grey = []
+        for k, path in enumerate(ds.paths):
+            grey.append(out / f"{k}.png")
+            with Image.open(path) as image:
+                grey_equalised(image.convert("RGB")).save(grey[-1])
+        plain, equalised = cnn_vectors(list(ds.paths)), cnn_vectors(grey)
+        print(f"tuning devset {part}: CNN alone, centred cosine, micro-AP as they are "
+              f"{centred_micro_ap(plain, ds.truth):.3f}, grey, equalised {centred_micro_ap(equalised, ds.truth):.3f}, "
+              f"the two averaged {centred_micro_ap(averaged(plain, equalised), ds.truth):.3f}")
 
 
 #: Runs (23) and (24) were made with this covered share as the keypoints' floor; run (25) lowered it.
@@ -187,6 +232,7 @@ def main(argv=None) -> None:
     turned = [p.name for p in devset if turned_on_page(p)]
     print(f"tuning devset pictures (photo and line art): a frame found on {framed} of {len(devset)}; "
           f"turned upright: {len(turned)} ({', '.join(sorted({n.split('_', 2)[-1].split('.')[0] for n in turned}))})")
+    devset_grey_equalised(work)
     for seed in (int(x) for x in args.layouts.split(",")):
         placements, files, shown = rendered_yearbook(work, seed)
         index = {k: i for i, k in enumerate(shown)}
@@ -197,8 +243,11 @@ def main(argv=None) -> None:
         turned = sum(turned_on_page(p) for p in files)
         print(f"\ntuning yearbook seed {seed}: {len(files)} placements, {len(truth)} true pairs; "
               f"framed_box finds the frame on {found}; upright turns {turned} back")
-        for name, paths in views.items():
-            print(f"  CNN alone, centred cosine, {name}: micro-AP {cnn_micro_ap(paths, truth):.3f}")
+        vectors = {name: cnn_vectors(paths) for name, paths in views.items()}
+        vectors["as rendered and grey, equalised, averaged"] = averaged(vectors["as rendered"],
+                                                                        vectors["grey, equalised"])
+        for name, v in vectors.items():
+            print(f"  CNN alone, centred cosine, {name}: micro-AP {centred_micro_ap(v, truth):.3f}")
         features = {}  # per trim_frame, extracted once (the floors below score the untrimmed ones)
         for trim in (False, True):
             stage = keypoint_stage(trim, RUN_24_MIN_COVERAGE)
