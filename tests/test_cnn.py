@@ -457,6 +457,34 @@ def test_upright_embeds_the_picture_turned_back(photos, tmp_path):
     _assert_views_follow("upright", turned, upright(turned), picture, tmp_path)
 
 
+def test_grey_view_averages_the_picture_and_its_grey_equalised_copy(photo_files, tmp_path):
+    """Oracle: with grey_view, the last averaged view is PIL's equalised grey of the centre view (after the
+    blurred one, before the regions), the vector the normalised mean of each view embedded on its own; the key
+    says so."""
+    from PIL import Image, ImageOps
+
+    from simbench.features.cnn import embed_batch, load_views
+
+    path = tmp_path / "coffee.png"  # PNG: no draft decoding
+    image = Image.open(photo_files["coffee"]).convert("RGB")
+    image.save(path)
+    ext, plain = tiny(blurred_view=2.0, regions=2, grey_view=True), tiny(blurred_view=2.0, regions=2)
+    views, before = load_views(path, ext.prep), load_views(path, plain.prep)
+    assert views.shape[0] == 5 and ext.prep.n_views == 3
+    np.testing.assert_array_equal(views[:2], before[:2])
+    np.testing.assert_array_equal(views[3:], before[2:])  # the region views, after the averaged ones
+    grey = ImageOps.equalize(ImageOps.grayscale(Image.fromarray(views[0]))).convert("RGB")
+    np.testing.assert_array_equal(views[2], np.asarray(grey))
+    one = tiny().prep
+    with torch.inference_mode():
+        singles = [embed_batch(ext.model(), torch.from_numpy(views[k][None, None]), one, "cpu", False, False,
+                               False)[0][0] for k in range(3)]
+    expected = singles[0] + singles[1] + singles[2]
+    np.testing.assert_allclose(ext.extract([path]).features.vectors[0], expected / np.linalg.norm(expected),
+                               atol=1e-5)
+    assert ext.params()["grey_view"] is True and "grey_view" not in plain.params()  # old keys kept
+
+
 def test_pca_whitening_decorrelates():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((500, 8)) @ rng.standard_normal((8, 8)) + 3.0

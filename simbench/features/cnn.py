@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, ImageOps
 
 from simbench.data.images import UnreadableImage, framed_box, open_image, upright
 from simbench.features.base import Extracted, Extractor
@@ -108,7 +108,8 @@ class Preprocess:
     blurred_inset of its side on every side. regions > 0: that many
     region views appended after those (`region_boxes`), each embedded on its own. upright: a picture turned
     on a plain page is turned back and cut out (`upright`) before any view; trim_frame: then a frame burned
-    around the picture (`framed_box`) is cut off. Picklable for workers."""
+    around the picture (`framed_box`) is cut off. grey_view: one more view averaged in, the first view in grey
+    with its histogram equalised (`grey_equalised`). Picklable for workers."""
 
     resize: int
     crop: int
@@ -123,11 +124,12 @@ class Preprocess:
     blurred_inset: float = 0.0
     trim_frame: bool = False
     upright: bool = False
+    grey_view: bool = False
 
     @property
     def n_views(self) -> int:
         """The views averaged into the image's vector (the region views come after them)."""
-        return (5 if self.views == "multicrop" else 1) * (2 if self.blurred_view > 0 else 1)
+        return (5 if self.views == "multicrop" else 1) * (2 if self.blurred_view > 0 else 1) + int(self.grey_view)
 
 
 def torchvision_weights(backbone: str):
@@ -186,7 +188,8 @@ def resolve_weights(backbone: str, weights: str) -> Path | None:
 
 def preprocess_for(backbone: str, image_size: int, augment: str | None, decode_size: float = 1.0,
                    blurred_view: float = 0.0, regions: int = 0, region_size: float = 0.6,
-                   blurred_inset: float = 0.0, trim_frame: bool = False, upright: bool = False):
+                   blurred_inset: float = 0.0, trim_frame: bool = False, upright: bool = False,
+                   grey_view: bool = False):
     """The preprocessing the weights define, scaled to `image_size` (the crop side)."""
     if backbone == LITE0:
         resize, crop, mean, std = 256, 224, LITE_MEAN, LITE_STD
@@ -201,7 +204,7 @@ def preprocess_for(backbone: str, image_size: int, augment: str | None, decode_s
     views = "multicrop" if augment == "multicrop" else "centre"
     return Preprocess(resize, int(image_size), mean, std, int(resample), views, float(decode_size),
                       float(blurred_view), int(regions), float(region_size), float(blurred_inset), bool(trim_frame),
-                      bool(upright))
+                      bool(upright), bool(grey_view))
 
 
 def build_backbone(backbone: str, weights_file: Path | None, image_size: int, pooling: str = "avg",
@@ -399,6 +402,8 @@ def load_views(path: str | Path, prep: Preprocess) -> np.ndarray:
             if prep.blurred_inset:
                 view = im.resize((prep.crop, prep.crop), prep.resample, box=inset_box(box, prep.blurred_inset))
             out[len(boxes) + v] = np.asarray(view.filter(ImageFilter.GaussianBlur(prep.blurred_view)))
+    if prep.grey_view:
+        out[prep.n_views - 1] = np.asarray(grey_equalised(Image.fromarray(out[0])))
     if prep.regions:
         # A window is region_size of the short side, so it needs a larger decode than the views above; a JPEG
         # whose draft decoding went below that is decoded again, apart, so that the averaged views (and the
@@ -409,6 +414,13 @@ def load_views(path: str | Path, prep: Preprocess) -> np.ndarray:
         for v, box in enumerate(region_boxes(im.size, prep.regions, prep.region_size, prep.crop / prep.resize)):
             out[prep.n_views + v] = np.asarray(im.resize((prep.crop, prep.crop), prep.resample, box=box))
     return out
+
+
+def grey_equalised(view: Image.Image) -> Image.Image:
+    """The view in grey with its histogram equalised, as RGB: a recolouring (sepia, duotone, grey, a tint) and a
+    lowered contrast undone as far as one increasing map of grey levels can (a flat, toned yearbook photo against
+    its original: benchmarks/frame_probe.py)."""
+    return ImageOps.equalize(ImageOps.grayscale(view)).convert("RGB")
 
 
 def _opened(path, short_side: int, prep: Preprocess) -> Image.Image:
@@ -760,6 +772,9 @@ class CnnExtractor(Extractor):
     upright: turn a picture set turned on a plain page (a photo placed a few degrees off square in a PDF, a
         print laid askew on a scanner: `simbench.data.images.upright`) back, and cut it out of the page, before
         any view is taken (and before trim_frame), so that it is compared as it was before it was turned.
+    grey_view: one more view averaged into the vector, the centre view in grey with its histogram equalised
+        (`grey_equalised`), so that a recoloured or low-contrast copy weighs its colours less. One more forward
+        pass per picture.
     """
 
     kind = "embedding"
@@ -770,7 +785,7 @@ class CnnExtractor(Extractor):
                  augment: str | None = None, image_size: int = 224, decode_size: float = 1.0,
                  runtime: str = "onnx", pooling: str = "avg", gem_p: float = 3.0, blurred_view: float = 0.0,
                  regions: int = 0, region_size: float = 0.6, blurred_inset: float = 0.0, trim_frame: bool = False,
-                 upright: bool = False):
+                 upright: bool = False, grey_view: bool = False):
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
         if augment not in AUGMENTS:
@@ -814,9 +829,10 @@ class CnnExtractor(Extractor):
         self.regions, self.region_size = int(regions), float(region_size)
         self.trim_frame = bool(trim_frame)
         self.upright = bool(upright)
+        self.grey_view = bool(grey_view)
         self.prep = preprocess_for(backbone, self.image_size, augment, self.decode_size, self.blurred_view,
                                    self.regions, self.region_size, self.blurred_inset, self.trim_frame,
-                                   self.upright)
+                                   self.upright, self.grey_view)
         self._model = None
 
     @property
@@ -836,7 +852,8 @@ class CnnExtractor(Extractor):
                 **({"blurred_inset": self.blurred_inset} if self.blurred_inset else {}),
                 **({"regions": self.regions, "region_size": self.region_size} if self.regions else {}),
                 **({"trim_frame": True} if self.trim_frame else {}),
-                **({"upright": True} if self.upright else {})}
+                **({"upright": True} if self.upright else {}),
+                **({"grey_view": True} if self.grey_view else {})}
 
     def _weights_identity(self):
         """"none", or the file that will be loaded with its size and time (a new file = a new cache entry)."""
