@@ -11,8 +11,8 @@ seed 0 and `calibrate` seed 1; --layouts: other build_yearbook seeds), its place
   or fusion), micro-AP over all pairs: as rendered, cut by framed_box, cut where the generator drew the frame
   (FRAME_PT + 2 pt in from every side), and that with the crest painted out too (inpainted where it was drawn);
   turned upright where a placement is turned on the page (simbench.data.images.upright; run 26), and that cut
-  by framed_box; in grey with its histogram equalised (`grey_equalised`), and that view's vector averaged with the
-  rendering's (after run 41);
+  by framed_box; in grey with its histogram equalised (simbench.features.cnn.grey_equalised), and that view's
+  vector averaged with the rendering's (run 42);
 - find's keypoint stage on its own (no calibration), without and with trim_frame, at runs (23) and (24)'s
   min_coverage 0.02: the share of the framed placements' keypoints on the frame or within 15 px of it, and
   the true and false pairs it verifies; without trim_frame, that share among the flat photos' placements and
@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_find import TUNE, dev_set, matrix_metrics  # noqa: E402
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
+from simbench.features.cnn import grey_equalised  # noqa: E402
 
 NEAR_FRAME_PX = 15
 
@@ -98,14 +99,6 @@ def crest_box(placement, w: int, h: int) -> tuple[int, int, int, int]:
     side, inset = LOGO_WIDTH * w, LOGO_INSET_PT * px_per_pt
     x0, y0 = max(0, int(w - inset - side) - 2), max(0, int(h - inset - side) - 2)
     return x0, y0, int(w - inset) + 2, int(h - inset) + 2
-
-
-def grey_equalised(image):
-    """The picture in grey with its histogram equalised (PIL's ImageOps.equalize), as RGB for the CNN: a recolouring
-    (sepia, duotone, grey, tint) and a lowered contrast undone as far as one grey-level map can."""
-    from PIL import ImageOps
-
-    return ImageOps.equalize(ImageOps.grayscale(image)).convert("RGB")
 
 
 def cnn_vectors(files: list[Path]) -> np.ndarray:

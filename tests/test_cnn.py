@@ -457,6 +457,24 @@ def test_upright_embeds_the_picture_turned_back(photos, tmp_path):
     _assert_views_follow("upright", turned, upright(turned), picture, tmp_path)
 
 
+def test_grey_equalised_undoes_a_monotone_recolouring():
+    from PIL import Image
+
+    from simbench.features.cnn import grey_equalised
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 100, size=(40, 60)).astype(np.uint8)
+    picture = Image.fromarray(np.stack([grey] * 3, axis=-1))
+    # A toned, brighter copy: each channel a strictly increasing map of the grey level, so grey stays monotone.
+    toned = Image.fromarray(np.stack([2 * grey + 40, 2 * grey + 20, grey + 10], axis=-1).astype(np.uint8))
+    a, b = np.asarray(grey_equalised(picture)), np.asarray(grey_equalised(toned))
+    assert a.shape == (40, 60, 3) and (a[..., 0] == a[..., 2]).all()
+    assert np.array_equal(a, b)
+    assert a.max() > 200 and a.min() < 10  # stretched over the whole range
+    inverted = Image.fromarray(np.stack([255 - grey] * 3, axis=-1))  # not monotone increasing: not undone
+    assert not np.array_equal(np.asarray(grey_equalised(inverted)), a)
+
+
 def test_grey_view_averages_the_picture_and_its_grey_equalised_copy(photo_files, tmp_path):
     """Oracle: with grey_view, the last averaged view is PIL's equalised grey of the centre view (after the
     blurred one, before the regions), the vector the normalised mean of each view embedded on its own; the key
