@@ -427,8 +427,8 @@ def tuning_collections(work: Path, progress: bool, overrides: list[str] = (), se
         shutil.rmtree(pdfs, ignore_errors=True)
         placements = build(pdfs)
 
-        out.append(Collection(tag, [pdfs], partial(placement_labels, placements), len(true_pairs(placements)), work / f"index-calibrate-{tag}",
-                              weight=weight))
+        out.append(Collection(tag, [pdfs], partial(placement_labels, placements), len(true_pairs(placements)),
+                              work / f"index-calibrate-{tag}", weight=weight))
     return out
 
 

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_find import TUNE, school_yearbook, yearbook_name  # noqa: E402
+from benchmarks.bench_find import TUNE, labelled_pairs, school_yearbook, yearbook_name  # noqa: E402
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
 from simbench.find.outputs import read_evidence, read_pair_evidence  # noqa: E402
 from simbench.find.yearbook import placement_pairs, true_pairs  # noqa: E402
@@ -71,16 +71,10 @@ def pair_table(placements, found: list[dict], n_false: int, evidence: list | Non
 def cnn_only_counts(placements, found: list[dict], evidence: list[dict], at: float = 0.8) -> tuple[int, int]:
     """How many rows that only the CNN scored (pairs.csv method "cnn") have an own CNN score >= at: (true, false).
     What promoting such pairs would gain and cost (results/find.md, after run 41)."""
-    truth = true_pairs(placements)
-    n_true = n_false = 0
-    for row, (i, j), e in zip(found, placement_pairs(placements, found), evidence):
-        if row["method"] != "cnn" or e.get("cnn", {}).get("score", -1.0) < at:
-            continue
-        if i is not None and j is not None and (min(i, j), max(i, j)) in truth:
-            n_true += 1
-        else:
-            n_false += 1
-    return n_true, n_false
+    labels = [pair is not None for _, pair in labelled_pairs(placements, found).rows]
+    counted = [is_true for row, is_true, e in zip(found, labels, evidence)
+               if row["method"] == "cnn" and e.get("cnn", {}).get("score", -1.0) >= at]
+    return sum(counted), len(counted) - sum(counted)
 
 
 def pair_evidence(out: Path, found: list[dict]) -> list[dict]:
