@@ -282,3 +282,98 @@ def test_trim_frame_detects_inside_a_burned_in_frame_only(tmp_path):
 
     assert near_frame(whole.points).sum() >= 5 and not near_frame(got.points[rows]).any()
     assert trimmed.params()["trim_frame"] is True and "trim_frame" not in plain.params()  # old keys kept
+
+
+def _recoloured(picture: Image.Image) -> Image.Image:
+    """A yearbook's sepia placement of a picture at 45% contrast: its grey levels keep their order but squeeze
+    into a narrow band."""
+    grey = np.asarray(picture.convert("L"), np.float64)
+    low = 150 + (grey - 128) * 0.45
+    return Image.fromarray(np.dstack([low, low * 0.85, low * 0.6]).clip(0, 255).astype(np.uint8))
+
+
+def test_equalise_describes_the_equalised_picture_and_brings_a_recoloured_copy_back(tmp_path):
+    """Oracle: with equalise="all", the features of a picture are those of cv2.equalizeHist of its grey levels
+    (extracted without equalise); a sepia, low-contrast copy then shares far more descriptors with its original
+    (within find's 31 bits) than without; the key says so."""
+    picture = Image.fromarray(skdata.coffee()).resize((400, 300))  # under max_size: no resampling
+    paths = {"picture": tmp_path / "picture.png", "copy": tmp_path / "copy.png", "equalised": tmp_path / "eq.png"}
+    picture.save(paths["picture"])
+    _recoloured(picture).save(paths["copy"])
+    Image.fromarray(cv2.equalizeHist(np.asarray(picture.convert("L")))).save(paths["equalised"])
+    settings = {**BRISK, "spread": "grid", "coarse_share": 0.5, "mirror": True}
+    equalising, plain = KeypointExtractor(equalise="all", **settings), KeypointExtractor(**settings)
+    got = equalising.extract([paths["picture"], paths["copy"]]).features
+    oracle = plain.extract([paths["equalised"]]).features
+    rows = slice(got.offsets[0], got.offsets[1])
+    np.testing.assert_array_equal(got.descriptors[rows], oracle.descriptors)
+    np.testing.assert_allclose(got.points[rows], oracle.points, atol=1e-3)
+
+    def shared(features) -> int:  # the copy's descriptors with one of the original's within 31 bits
+        original = features.descriptors[features.offsets[0]:features.offsets[1]]
+        copy = features.descriptors[features.offsets[1]:features.offsets[2]]
+        bits = np.bitwise_count(copy[:, None, :] ^ original[None]).sum(axis=2)
+        return int((bits.min(axis=1) <= 31).sum())
+
+    without = shared(plain.extract([paths["picture"], paths["copy"]]).features)
+    assert shared(got) > 1.3 * without
+    assert equalising.params()["equalise"] == "all" and "equalise" not in plain.params()  # old keys kept
+    with pytest.raises(ValueError, match="equalise"):
+        KeypointExtractor(equalise=True)
+
+
+def _clip_equalised(gray: np.ndarray, clip: float) -> np.ndarray:
+    """Contrast-limited histogram equalisation over the whole picture, written out (Zuiderveld 1994, as OpenCV
+    counts it): each grey level's count cut at clip x the mean count (at least 1), the excess dealt out evenly,
+    what does not divide spread one level at a time from 0; the cumulative counts scaled to 0..255."""
+    hist = np.bincount(gray.ravel(), minlength=256).astype(np.int64)
+    limit = max(int(clip * gray.size / 256), 1)
+    excess = int(np.maximum(hist - limit, 0).sum())
+    hist = np.minimum(hist, limit) + excess // 256
+    residual = excess % 256
+    if residual:
+        step = max(256 // residual, 1)
+        for level in range(0, 256, step)[:residual]:
+            hist[level] += 1
+    lut = np.rint(np.cumsum(hist).astype(np.float32) * np.float32(255 / gray.size))
+    return lut.clip(0, 255).astype(np.uint8)[gray]
+
+
+@pytest.mark.parametrize("clip", [1.0, 1.5, 3.0, 40.0])
+def test_clip_limited_equalisation_against_a_plain_oracle(clip):
+    rng = np.random.default_rng(int(clip * 10))
+    pictures = [np.asarray(Image.fromarray(skdata.camera()).resize((333, 250))),
+                rng.integers(0, 256, (97, 131), dtype=np.uint8),
+                np.where(rng.random((120, 160)) < 0.9, 250, rng.integers(0, 60, (120, 160))).astype(np.uint8),
+                (128 + 20 * rng.standard_normal((64, 64))).clip(0, 255).astype(np.uint8)]
+    for gray in pictures:
+        np.testing.assert_array_equal(kp.equalised(gray, clip), _clip_equalised(gray, clip))
+    np.testing.assert_array_equal(kp.equalised(pictures[0]), cv2.equalizeHist(pictures[0]))
+
+
+@pytest.mark.parametrize("clip", [None, 1.5])
+def test_equalise_coarse_equalises_only_the_smoothed_picture(tmp_path, clip):
+    """Oracle: with equalise="coarse", the picture's own rows are those without equalise, and the coarse rows
+    are the features (at the coarse budget, no smoothing) of the grey picture smoothed at coarse_sigma and
+    then equalised (with the clip limit); the key says so."""
+    picture = Image.fromarray(skdata.astronaut()).resize((400, 400))  # under max_size: no resampling
+    grey = np.asarray(picture.convert("L"))
+    picture.save(tmp_path / "picture.png")
+    smoothed = cv2.GaussianBlur(grey, (0, 0), 2.0)
+    equalised = cv2.equalizeHist(smoothed) if clip is None else _clip_equalised(smoothed, clip)
+    Image.fromarray(equalised).save(tmp_path / "coarse.png")
+    settings = {**BRISK, "max_features": 300, "spread": "grid", "mirror": True}
+    coarse = KeypointExtractor(equalise="coarse", equalise_clip=clip, coarse_share=0.5, coarse_sigma=2.0, **settings)
+    got = coarse.extract([tmp_path / "picture.png"]).features
+    plain = KeypointExtractor(coarse_share=0.5, coarse_sigma=2.0, **settings).extract([tmp_path / "picture.png"])
+    fine = KeypointExtractor(**{**settings, "max_features": 150}).extract([tmp_path / "picture.png"]).features
+    oracle = KeypointExtractor(**{**settings, "max_features": 150}).extract([tmp_path / "coarse.png"]).features
+    n_fine = len(fine.descriptors)
+    np.testing.assert_array_equal(got.descriptors[:n_fine], fine.descriptors)
+    np.testing.assert_array_equal(plain.features.descriptors[:n_fine], fine.descriptors)
+    np.testing.assert_array_equal(got.descriptors[n_fine:], oracle.descriptors)
+    np.testing.assert_allclose(got.points[n_fine:], oracle.points, atol=1e-3)
+    assert not np.array_equal(plain.features.descriptors[n_fine:], oracle.descriptors)
+    assert coarse.params()["equalise"] == "coarse" and coarse.params().get("equalise_clip") == clip
+    with pytest.raises(ValueError, match="equalise_clip"):
+        KeypointExtractor(equalise="coarse", equalise_clip=0.5)

@@ -40,6 +40,9 @@ from simbench.types import KeypointSets, Skipped
 #: Descriptor width per detector: (bytes or floats per row, binary).
 DESCRIPTOR_SHAPE = {"brisk": (64, True), "orb": (32, True), "akaze": (61, True), "sift": (128, False)}
 
+#: KeypointExtractor's `equalise` choices.
+EQUALISED = (None, "all", "coarse")
+
 #: OpenCV's default for the detector-specific `threshold` (what None means).
 DEFAULT_THRESHOLD = {"brisk": 30, "orb": 20, "akaze": 0.001, "sift": 0.04}
 
@@ -91,6 +94,8 @@ class _Config:
     coarse_share: float = 0.0
     coarse_sigma: tuple[float, ...] = (2.0,)
     trim_frame: bool = False
+    equalise: str | None = None
+    equalise_clip: float | None = None
 
 
 class KeypointExtractor(Extractor):
@@ -137,6 +142,18 @@ class KeypointExtractor(Extractor):
         frame, a passe-partout, a uniform border: simbench.data.images.framed_box). Otherwise the frame's
         corners take part of the budget, most of all from a smooth photograph inside it, and different
         photos in one frame share them.
+    equalise: which pictures the detector runs on have their grey histogram equalised first (cv2.equalizeHist,
+        at working scale, after trim_frame). None: none. "all": the picture, before it is smoothed for the
+        coarse scales too. "coarse": only the smoothed pictures of the coarse scales. A copy recoloured
+        (sepia, a duotone, a strong tint), darkened or with its contrast lowered keeps the order of its grey
+        levels but not their spacing: the detector's absolute threshold then finds other corners, and the
+        descriptor's comparisons of near-equal smoothed intensities flip. Equalised, the copy's grey levels
+        come back close to the original's. But a picture pasted into another, or half covered, is equalised
+        with the rest of its image: its grey levels move with what surrounds it.
+    equalise_clip: the equalisation's clip limit (as CLAHE's, over the whole picture: no grey level's count
+        above this many times the mean count, the excess spread over all levels; `equalised`). None: none.
+        Equalised unclipped, a line drawing's paper (most of its pixels, in a few near-white levels) is
+        spread over the whole grey range, and its grain with it.
     workers: processes; 0 = one per core, 1 = in this process.
     """
 
@@ -145,11 +162,16 @@ class KeypointExtractor(Extractor):
     def __init__(self, detector: str = "brisk", max_features: int = 500, max_size: int = 640,
                  threshold: float | None = None, mirror: bool = False, adaptive: bool = True,
                  spread: str | None = None, coarse_share: float = 0.0,
-                 coarse_sigma: float | Sequence[float] = 2.0, trim_frame: bool = False, workers: int = 0):
+                 coarse_sigma: float | Sequence[float] = 2.0, trim_frame: bool = False,
+                 equalise: str | None = None, equalise_clip: float | None = None, workers: int = 0):
         if detector not in DESCRIPTOR_SHAPE:
             raise ValueError(f"unknown detector {detector!r}; choose one of {sorted(DESCRIPTOR_SHAPE)}")
         if spread is not None and spread not in SPREADS:
             raise ValueError(f"unknown spread {spread!r}; choose None or one of {list(SPREADS)}")
+        if equalise not in EQUALISED:
+            raise ValueError(f"unknown equalise {equalise!r}; choose None or one of {list(EQUALISED[1:])}")
+        if equalise_clip is not None and not equalise_clip >= 1.0:
+            raise ValueError("equalise_clip must be None or >= 1 (times the mean count of a grey level)")
         if max_features < 1 or max_size < 16:
             raise ValueError("max_features must be >= 1 and max_size >= 16")
         if isinstance(coarse_sigma, str) or not isinstance(coarse_sigma, Sequence):
@@ -167,6 +189,8 @@ class KeypointExtractor(Extractor):
         self.coarse_share = float(coarse_share)
         self.coarse_sigma = sigmas
         self.trim_frame = bool(trim_frame)
+        self.equalise = equalise
+        self.equalise_clip = None if equalise_clip is None else float(equalise_clip)
         self.workers = int(workers)
 
     @property
@@ -187,6 +211,10 @@ class KeypointExtractor(Extractor):
             params.update(coarse_share=self.coarse_share, coarse_sigma=sigmas[0] if len(sigmas) == 1 else list(sigmas))
         if self.trim_frame:
             params["trim_frame"] = True
+        if self.equalise:
+            params["equalise"] = self.equalise
+            if self.equalise_clip is not None:
+                params["equalise_clip"] = self.equalise_clip
         return params
 
     @property
@@ -195,7 +223,8 @@ class KeypointExtractor(Extractor):
 
     def extract(self, paths: Sequence[Path], progress: bool = False) -> Extracted:
         config = _Config(self.detector, self.max_features, self.max_size, self.threshold, self.mirror,
-                         self.adaptive, self.spread, self.coarse_share, self.coarse_sigma, self.trim_frame)
+                         self.adaptive, self.spread, self.coarse_share, self.coarse_sigma, self.trim_frame,
+                         self.equalise, self.equalise_clip)
         results = _map_images(paths, config, self.workers, progress)
         return _collect(paths, results, config)
 
@@ -291,9 +320,13 @@ def extract_image(path: str | Path, config: _Config) -> dict:
     if config.trim_frame:
         left, top, right, bottom = framed_box(gray)
         gray = np.ascontiguousarray(gray[top:bottom, left:right])
+    if config.equalise == "all":
+        gray = equalised(gray, config.equalise_clip)
     parts = []
     for sigma, budget in scale_budgets(config):
         image = cv2.GaussianBlur(gray, (0, 0), sigma) if sigma else gray
+        if sigma and config.equalise == "coarse":
+            image = equalised(image, config.equalise_clip)
         candidates = budget * (SPREAD_CANDIDATES if config.spread else 1)  # ORB and SIFT cap theirs
         detectors = [make_detector(config.detector, candidates, t) for t in threshold_ladder(config)]
         keypoints = find_keypoints(detectors, image, budget, config.spread)
@@ -309,6 +342,16 @@ def extract_image(path: str | Path, config: _Config) -> dict:
     out["sizes"] = out["sizes"] * np.float32((scale[0] + scale[1]) / 2)
     out["image_size"] = original_size
     return out
+
+
+def equalised(gray: np.ndarray, clip: float | None = None) -> np.ndarray:
+    """A grey uint8 picture with its histogram equalised (cv2.equalizeHist); with a clip limit, as CLAHE (Zuiderveld
+    1994) over one tile, the whole picture: no grey level counts more than clip times the mean count."""
+    if not gray.size:
+        return gray
+    if clip is None:
+        return cv2.equalizeHist(gray)
+    return cv2.createCLAHE(clipLimit=clip, tileGridSize=(1, 1)).apply(gray)
 
 
 def scale_budgets(config: _Config) -> list[tuple[float, int]]:
