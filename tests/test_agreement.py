@@ -203,11 +203,15 @@ def test_tiles_hatched_on_one_lattice_agree_far_less_than_a_copy(tmp_path):
 
 
 def test_tiles_hatched_on_their_own_lattices_do_not_verify(tmp_path):
-    """The same tiles, each on its own lattice as the devset now draws them (lattice_of by name): the copy is
-    still verified, and no pair of different drawings is (on one lattice, several were, above the copy)."""
+    """The same tiles, each on its own lattice as the devset now draws them (lattice_of by name): no pair of
+    different drawings is verified (on one lattice, several were, above the copy). Without the equalised coarse
+    half (run 40's keypoints) the copy is verified; with it, the default since run (47), the keypoints lose this
+    copy (turned 8 degrees on tinted paper): a known cost on hatched line art (results/find.md, "Runs (43) to
+    (47)"), left to the CNN."""
     _hatched_tiles_and_a_copy(tmp_path / "drawings", lambda name, k: lattice_of(f"{name}#{k}", 0))
-    found = _keypoint_pairs(tmp_path / "drawings", tmp_path)
-    assert list(found) == [frozenset(("camera2.png", "copy.png"))]
+    assert _keypoint_pairs(tmp_path / "drawings", tmp_path) == {}
+    unequalised = _keypoint_pairs(tmp_path / "drawings", tmp_path, ["keypoints.extractor.equalise=null"])
+    assert list(unequalised) == [frozenset(("camera2.png", "copy.png"))]
 
 
 def test_over_the_whole_overlap_a_shared_crest_disagrees_and_a_copy_of_a_flat_photo_agrees():

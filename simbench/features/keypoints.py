@@ -170,8 +170,8 @@ class KeypointExtractor(Extractor):
             raise ValueError(f"unknown spread {spread!r}; choose None or one of {list(SPREADS)}")
         if equalise not in EQUALISED:
             raise ValueError(f"unknown equalise {equalise!r}; choose None or one of {list(EQUALISED[1:])}")
-        if equalise_clip is not None and (equalise is None or not equalise_clip >= 1.0):
-            raise ValueError("equalise_clip must be None, or >= 1 (times the mean count of a grey level) with equalise")
+        if equalise_clip is not None and not equalise_clip >= 1.0:  # without equalise it is unused
+            raise ValueError("equalise_clip must be None or >= 1 (times the mean count of a grey level)")
         if max_features < 1 or max_size < 16:
             raise ValueError("max_features must be >= 1 and max_size >= 16")
         if isinstance(coarse_sigma, str) or not isinstance(coarse_sigma, Sequence):
