@@ -53,13 +53,9 @@ def raw_pairs(folder: Path, cfg, stage, index: Path, work: Path):
 def ranked(evidence: np.ndarray, is_true: np.ndarray, n_true: int, precision: float) -> tuple[float, float]:
     """micro-AP and the best recall with precision >= `precision` of pairs ranked by evidence (n_true: all
     true pairs, found or not)."""
-    order = np.argsort(-evidence, kind="stable")
-    hits = is_true[order]
-    tp = np.cumsum(hits)
-    p = tp / np.arange(1, len(hits) + 1)
-    ap = float(np.sum(p * hits) / n_true) if n_true else 0.0
-    ok = p >= precision
-    return ap, float(tp[ok].max() / n_true) if ok.any() and n_true else 0.0
+    from simbench.evaluate import micro_ap, recall_at_precision
+
+    return micro_ap(evidence, is_true, n_true), recall_at_precision(evidence, is_true, n_true, precision)[0]
 
 
 def yearbooks(layouts: list[int], overrides: list[str], work: Path) -> str:
