@@ -93,6 +93,21 @@ def test_pair_evidence_is_what_the_stage_verified_in_the_run(pasted_run):
     assert all(tuple(p + q) in full for p, q in zip(few["points_a"], few["points_b"]))
 
 
+def test_keypoint_records_over_threads_are_those_of_one_thread(pasted_run, monkeypatch):
+    """pair_evidence verifies the shown pairs over threads (simbench.threads): the same records as one."""
+    import simbench.threads
+    from simbench.find.pipeline import collect
+
+    files, result, _, cfg = pasted_run
+    stages = cascade.build_stages(cfg, quiet=True)
+    collected = collect([files["photo"].parent], stages, cfg, None, files["photo"].parent.parent, False)
+    got = {}
+    for cores in (1, 4):
+        monkeypatch.setattr(simbench.threads, "available_cores", lambda cores=cores: cores)
+        got[cores] = evidence.pair_evidence(result.pairs, stages, collected.features)
+    assert got[1] == got[4] == result.evidence and sum("keypoints" in r for r in got[1].values()) >= 1
+
+
 def test_evidence_is_stored_compactly_and_read_back(pasted_run):
     _, result, out, _ = pasted_run
     stored = outputs.read_pair_evidence(out / "evidence.npz")

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from simbench.find.items import Item, grey_thumbnail
+from simbench.threads import thread_map
 from simbench.types import ScoredPairs
 
 log = logging.getLogger("simbench")
@@ -82,25 +83,25 @@ def overlap_agreement(found: ScoredPairs, items: list[Item], border: float = 0.0
 
 def pair_agreement(items: list[Item], a: np.ndarray, b: np.ndarray, alignment: np.ndarray,
                    box: np.ndarray | None = None, sigma: float = DETAIL_SIGMA, undecoded: float = 0.0,
-                   border: float = 0.0) -> np.ndarray:
+                   border: float = 0.0, threads: int | None = None) -> np.ndarray:
     """Agreement of item pairs (a[k], b[k]) once b is laid over a by alignment[k] ((K, 2, 3): a's relative
     coordinates -> b's, see simbench.methods.keypoints.inlier_alignment), within box[k] (a's inliers,
     (K, 4); None: the whole overlap), in [0, 1], detail taken at `sigma`, each picture's `border` left out;
-    `undecoded` where a thumbnail does not decode."""
-    greys: dict[int, np.ndarray | None] = {}
-    out = np.full(len(a), float(undecoded))
-    failed = 0
-    for k, (i, j) in enumerate(zip(np.asarray(a).tolist(), np.asarray(b).tolist())):
-        for x in (i, j):
-            if x not in greys:
-                greys[x] = grey_thumbnail(items[x].thumb)
-                failed += greys[x] is None
-        if greys[i] is None or greys[j] is None:
-            continue
-        if np.all(np.isfinite(alignment[k])):  # no map: nothing lines up, agreement 0
-            out[k] = agreement(greys[i], greys[j], alignment[k], None if box is None else box[k], sigma, border)
-        else:
-            out[k] = 0.0
+    `undecoded` where a thumbnail does not decode. Pairs over `threads` threads (simbench.threads)."""
+    a, b = np.asarray(a).tolist(), np.asarray(b).tolist()
+    needed = list(dict.fromkeys(a + b))
+    greys = dict(zip(needed, thread_map(lambda x: grey_thumbnail(items[x].thumb), needed, threads)))
+
+    def one(k: int) -> float:
+        ga, gb = greys[a[k]], greys[b[k]]
+        if ga is None or gb is None:
+            return float(undecoded)
+        if not np.all(np.isfinite(alignment[k])):  # no map: nothing lines up, agreement 0
+            return 0.0
+        return agreement(ga, gb, alignment[k], None if box is None else box[k], sigma, border)
+
+    out = np.array(thread_map(one, range(len(a)), threads), np.float64).reshape(len(a))
+    failed = sum(g is None for g in greys.values())
     if failed:
         log.warning("%d thumbnails could not be decoded: their keypoint pairs get agreement %g", failed, undecoded)
     return out

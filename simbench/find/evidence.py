@@ -51,6 +51,7 @@ from simbench.find.index import _one, join_features
 from simbench.match.exact import ExactMatcher
 from simbench.methods.cnn import window_cosines
 from simbench.methods.keypoints import between_images, ratio_matches
+from simbench.threads import thread_map
 from simbench.types import BinaryCodes, KeypointSets
 
 #: Pairs (best score first) that get an evidence record in a run.
@@ -85,8 +86,9 @@ def pair_evidence(pairs: FusedPairs, stages: Sequence, features: dict, link_min_
         position = {int(item): r for r, item in enumerate(rows)}
         mine = [k for k in order if found[k] > 0 and int(pairs.a[k]) in position and int(pairs.b[k]) in position]
         if isinstance(feats, KeypointSets):
-            for k in mine:
-                record = keypoint_evidence(feats, position[int(pairs.a[k])], position[int(pairs.b[k])], stage.method)
+            records = thread_map(lambda k: keypoint_evidence(feats, position[int(pairs.a[k])],
+                                                             position[int(pairs.b[k])], stage.method), mine)
+            for k, record in zip(mine, records):
                 if record is not None:
                     out[int(pairs.a[k]), int(pairs.b[k])]["keypoints"] = record
         elif isinstance(feats, BinaryCodes) and mine:

@@ -47,6 +47,7 @@ from PIL import Image
 
 from simbench.evaluate import pair_keys
 from simbench.find.items import Item, grey_thumbnail
+from simbench.threads import thread_map
 from simbench.types import ScoredPairs
 
 log = logging.getLogger("simbench")
@@ -94,6 +95,7 @@ class SharedFrames:
         """Boolean per pair (a[k], b[k]), item indices: different pictures in a frame a third one shares
         (rule 3 looks for that third picture among the other partners of a and b in these pairs)."""
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        self._compare(zip(np.minimum(a, b).tolist(), np.maximum(a, b).tolist()))
         out = np.zeros(len(a), bool)
         windows = {}
         for k, (x, y) in enumerate(zip(a.tolist(), b.tolist())):
@@ -154,15 +156,7 @@ class SharedFrames:
         """Item k's thumbnail in grey levels of 1: as it is, and SIDE pixels on its long side (None:
         undecodable)."""
         if k not in self._grey:
-            g = grey_thumbnail(self.items[k].thumb)
-            if g is None:
-                self._grey[k] = None
-            else:
-                h, w = g.shape
-                s = SIDE / max(w, h)
-                levels = Image.fromarray(np.round(g * 255.0).astype(np.uint8))  # the thumbnail's own 8-bit grey
-                small = levels.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BOX)
-                self._grey[k] = (g, np.asarray(small, np.float32) / 255.0)
+            self._grey[k] = grey_levels(self.items[k].thumb)
         return self._grey[k]
 
     def window(self, x: int, y: int) -> tuple[int, int, int, int] | None:
@@ -170,14 +164,36 @@ class SharedFrames:
         different pictures inside a frame they share (rules 1 and 2), else None."""
         key = (min(x, y), max(x, y))
         if key not in self._windows:
-            greys = self._same_size(*key)
-            self._windows[key] = framed_window(*greys[0], *greys[1]) if greys is not None else None
+            self._windows[key] = self._window_of(key)
         return self._windows[key]
+
+    def _window_of(self, key: tuple[int, int]) -> tuple[int, int, int, int] | None:
+        greys = self._same_size(*key)
+        return framed_window(*greys[0], *greys[1]) if greys is not None else None
+
+    def _compare(self, keys) -> None:
+        """`window` of every pair (x, y), x < y, in `keys` not compared yet, over threads (simbench.threads)."""
+        keys = [key for key in dict.fromkeys(keys) if key not in self._windows]
+        new = [k for k in dict.fromkeys(k for key in keys for k in key) if k not in self._grey]
+        self._grey.update(zip(new, thread_map(lambda k: grey_levels(self.items[k].thumb), new)))
+        self._windows.update(zip(keys, thread_map(self._window_of, keys)))
 
     def _same_size(self, x: int, y: int):
         """The grey thumbnails of items x and y (`grey`) when both decode and have one size, else None."""
         gx, gy = self.grey(x), self.grey(y)
         return (gx, gy) if gx is not None and gy is not None and gx[0].shape == gy[0].shape else None
+
+
+def grey_levels(thumb: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """A report thumbnail in grey levels of 1: as it is, and SIDE pixels on its long side (None: undecodable)."""
+    g = grey_thumbnail(thumb)
+    if g is None:
+        return None
+    h, w = g.shape
+    s = SIDE / max(w, h)
+    levels = Image.fromarray(np.round(g * 255.0).astype(np.uint8))  # the thumbnail's own 8-bit grey
+    small = levels.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BOX)
+    return g, np.asarray(small, np.float32) / 255.0
 
 
 def framed_window(full_x: np.ndarray, small_x: np.ndarray, full_y: np.ndarray,

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from simbench.cache import atomic_write_bytes
+from simbench.threads import thread_map
 
 log = logging.getLogger("simbench")
 
@@ -130,12 +131,13 @@ def add_views(items: list[dict], originals: list, wanted: set[int]) -> list[dict
     of the page). An image that cannot be read again (moved, damaged) keeps its thumbnail only."""
     pages: list[dict] = []
     page_index: dict[tuple, int] = {}
-    for k in sorted(wanted):
+    files = [k for k in sorted(wanted) if originals[k].page is None]
+    for k, view in zip(files, thread_map(lambda k: _file_view(originals[k]), files)):  # PyMuPDF: one thread
+        if view is not None:
+            items[k]["v"] = _data_uri(view)
+    for k in sorted(set(wanted) - set(files)):
         item = originals[k]
         try:
-            if item.page is None:
-                items[k]["v"] = _data_uri(_jpeg(_open_view(item.source)))
-                continue
             view, page_jpeg, rect = _pdf_views(item)
         except Exception as exc:  # a view is a convenience: the pair stays listed with its thumbnail
             log.debug("report: no larger view of %s (%s)", item.display, exc)
@@ -147,6 +149,15 @@ def add_views(items: list[dict], originals: list, wanted: set[int]) -> list[dict
             pages.append({"t": _data_uri(page_jpeg)})
         items[k]["g"], items[k]["r"] = page_index[key], rect
     return pages
+
+
+def _file_view(item) -> bytes | None:
+    """An image file's larger view (JPEG), or None when it cannot be read again."""
+    try:
+        return _jpeg(_open_view(item.source))
+    except Exception as exc:  # a view is a convenience: the pair stays listed with its thumbnail
+        log.debug("report: no larger view of %s (%s)", item.display, exc)
+        return None
 
 
 def _open_view(path: str):

@@ -2,18 +2,11 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from simbench.features.fasthash.batch import HashSpec
+from simbench.threads import available_cores  # noqa: F401  (re-exported)
 from simbench.features.fasthash.transforms import dct_matrix
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def prepare(spec) -> None:
