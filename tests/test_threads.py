@@ -1,6 +1,6 @@
 """Loops spread over threads (simbench.threads.thread_map) give what the plain loop gives, in its order; so
-do the per-pair steps of `find` that use it: the pictures' agreement over their overlap, the shared-frame
-windows and the keypoint evidence records."""
+do the per-pair steps of `find` that use it: the pictures' agreement over their overlap and the shared-frame
+windows (the keypoint evidence records: tests/test_evidence.py)."""
 from __future__ import annotations
 
 import sys
@@ -88,8 +88,11 @@ def test_pair_agreement_over_threads_is_the_plain_loop(box):
         np.testing.assert_array_equal(got, want)
 
 
-def test_shared_frames_windows_over_threads_are_the_pairwise_rule():
+def test_shared_frames_windows_over_threads_are_the_pairwise_rule(monkeypatch):
     """Every pair's window, compared over threads up front, is what framed_window gives that pair alone."""
+    import simbench.threads
+
+    monkeypatch.setattr(simbench.threads, "available_cores", lambda: 4)  # threads on any machine
     images = [_template(_photo(name)) for name in PICTURES[:4]] + [_photo("chelsea"), None]
     items = [_item(k, im) for k, im in enumerate(images)]
     a, b = np.triu_indices(len(items), 1)

@@ -5,8 +5,8 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from simbench.features.fasthash.batch import HashSpec
-from simbench.threads import available_cores  # noqa: F401  (re-exported)
 from simbench.features.fasthash.transforms import dct_matrix
+from simbench.threads import available_cores  # noqa: F401  (re-exported by simbench.features.fasthash)
 
 
 def prepare(spec) -> None:
