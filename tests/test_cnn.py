@@ -322,13 +322,27 @@ def test_weights_none_is_reproducible_and_recorded(photo_files):
     np.testing.assert_allclose(va, vb, atol=1e-6)
 
 
-def test_workers_give_the_same_vectors_in_input_order(photo_files):
+def test_workers_give_the_same_vectors_in_input_order(photo_files, monkeypatch):
+    import simbench.features.cnn
+
+    monkeypatch.setattr(simbench.features.cnn, "MIN_IMAGES_FOR_WORKERS", 1)  # worker processes for five images
     paths = [photo_files[n] for n in ("cat", "missing", "coffee", "rocket", "horse")]
     inline = tiny(batch_size=2).extract(paths)
-    pooled = tiny(batch_size=2, workers=2).extract(paths)
+    pooled = tiny(batch_size=2, workers=2)
+    assert pooled.loader(paths).num_workers == 2
+    pooled = pooled.extract(paths)
     assert inline.rows.tolist() == pooled.rows.tolist() == [0, 2, 3, 4]
     assert pooled.skipped[0].reason == "file not found"
     np.testing.assert_allclose(inline.features.vectors, pooled.features.vectors, atol=1e-5)
+
+
+def test_a_few_images_are_decoded_in_this_process(photo_files):
+    """Starting worker processes costs more than decoding a few images here (a run's framed windows)."""
+    from simbench.features.cnn import MIN_IMAGES_FOR_WORKERS
+
+    ext = tiny(batch_size=2, workers=2)
+    assert ext.loader([photo_files["cat"]] * (MIN_IMAGES_FOR_WORKERS - 1)).num_workers == 0
+    assert ext.loader([photo_files["cat"]] * MIN_IMAGES_FOR_WORKERS).num_workers == 2
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the behaviour without a GPU")

@@ -112,8 +112,9 @@ def test_self_join_equals_the_matcher_and_the_oracle_on_brisk(client, brisk):
 
 def _same_scores(got, ref):
     assert np.array_equal(got.a, ref.a) and np.array_equal(got.b, ref.b) and np.array_equal(got.score, ref.score)
-    assert got.extra.keys() == ref.extra.keys()
-    for k, v in ref.extra.items():
+    # The cluster's verification keeps no correspondences: its shown pairs' evidence is verified again.
+    assert got.extra.keys() == ref.extra.keys() - {"correspondences"}
+    for k, v in got.extra.items():
         if not k.endswith("_s"):  # timings
             assert np.array_equal(np.asarray(got.extra[k]), np.asarray(v)), k
 
@@ -138,7 +139,7 @@ def test_keypoints_in_many_chunks_equal_score_pairs(client, brisk, verify, cap):
     stats = {}
     got = dk.score_chunks(client, method, dk.scatter_keypoints(client, features, chunk_rows=700), stats)
     _same_scores(got, ref)
-    assert list(got.extra) == list(ref.extra)  # same fields in the same order (evidence.npz writes them)
+    assert list(got.extra) == [k for k in ref.extra if k != "correspondences"]  # same fields, same order
     assert stats["chunks"] >= 8 and stats["pair_partitions"] >= 2 and len(ref) >= 5
     if verify:
         assert stats["batches"] >= 2 and (ref.extra["verified"] == 5 if cap == 5 else ref.extra["verified"] > 5)

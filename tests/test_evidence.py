@@ -93,6 +93,30 @@ def test_pair_evidence_is_what_the_stage_verified_in_the_run(pasted_run):
     assert all(tuple(p + q) in full for p, q in zip(few["points_a"], few["points_b"]))
 
 
+def test_the_runs_correspondences_are_each_pair_verified_alone(pasted_run):
+    """The oracle of the records read from a run (`Correspondences`): verify_candidates of each pair on its
+    own, among all the run's features; a pair the run did not keep has none."""
+    from simbench.find.pipeline import collect
+
+    files, result, _, cfg = pasted_run
+    stage = cascade.build_stages(cfg, quiet=True)[0]
+    collected = collect([files["photo"].parent], [stage], cfg, None, files["photo"].parent.parent, False)
+    feats = collected.features[stage.name][0]
+    found = stage.method.score_pairs(feats)
+    known = found.extra["correspondences"]
+    matches = between_images(stage.method.descriptor_pairs(feats)[0], feats.owners)
+    assert len(found) >= 1
+    for a, b in zip(found.a.tolist(), found.b.tolist()):
+        alone = stage.method.verify_candidates(feats, matches, np.array([a]), np.array([b]), stage.extractor.max_size)
+        got = known.get(a, b)
+        assert got["inliers"][0] >= stage.method.min_inliers
+        for key in ("inliers", "flipped", "ra", "rb"):
+            np.testing.assert_array_equal(got[key], alone[key])
+    kept = set(zip(found.a.tolist(), found.b.tolist()))
+    others = [(a, b) for a in range(len(feats)) for b in range(a + 1, len(feats)) if (a, b) not in kept]
+    assert others and all(known.get(a, b) is None for a, b in others)
+
+
 def test_keypoint_records_over_threads_are_those_of_one_thread(pasted_run, monkeypatch):
     """pair_evidence verifies the shown pairs over threads (simbench.threads): the same records as one."""
     import simbench.threads
@@ -105,6 +129,7 @@ def test_keypoint_records_over_threads_are_those_of_one_thread(pasted_run, monke
     for cores in (1, 4):
         monkeypatch.setattr(simbench.threads, "available_cores", lambda cores=cores: cores)
         got[cores] = evidence.pair_evidence(result.pairs, stages, collected.features)
+    # The run's records are read from its correspondences (raw=...), these are verified again: the same.
     assert got[1] == got[4] == result.evidence and sum("keypoints" in r for r in got[1].values()) >= 1
 
 

@@ -84,6 +84,10 @@ AUGMENTS = (None, "mirror", "multicrop")
 #: pauses, then waits for ever, when they outgrow it.
 FORWARD_ROWS = 16
 
+#: Fewer images than this are decoded in this process: starting the DataLoader's worker processes (each
+#: imports torch) takes longer than decoding a few batches here.
+MIN_IMAGES_FOR_WORKERS = 128
+
 POOLINGS = ("avg", "gem", "rmac")
 RUNTIMES = ("torch", "onnx")
 #: ONNX opset of the export (supported by every onnxruntime >= 1.17); part of the exported file's key.
@@ -644,6 +648,8 @@ class OnnxModel:
         opts.intra_op_num_threads = max(1, int(threads))
         opts.inter_op_num_threads = 1  # one convolution after another: parallelism is within each op
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # fold BN, fuse conv+act
+        # Idle threads sleep instead of spinning: the DataLoader's decoding processes need the same cores.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, x):
@@ -971,14 +977,16 @@ class CnnExtractor(Extractor):
 
         Workers start from a fork server, not by forking this process: once ONNX Runtime's or torch's
         thread pools run here, a forked child can inherit a lock held by one of those threads and hang
-        (seen: `simbench find` run twice in one process)."""
+        (seen: `simbench find` run twice in one process). Fewer than MIN_IMAGES_FOR_WORKERS paths are decoded
+        here, by the same code."""
         from torch.utils.data import DataLoader
 
+        workers = self.workers if len(paths) >= MIN_IMAGES_FOR_WORKERS else 0
         return DataLoader(ImageViews(paths, prep or self.prep), batch_size=self.batch_size, shuffle=False,
-                          num_workers=self.workers, collate_fn=collate_views,
+                          num_workers=workers, collate_fn=collate_views,
                           pin_memory=self.device.startswith("cuda"),
-                          prefetch_factor=4 if self.workers else None,
-                          multiprocessing_context="forkserver" if self.workers else None,
+                          prefetch_factor=4 if workers else None,
+                          multiprocessing_context="forkserver" if workers else None,
                           persistent_workers=False)
 
     def dim(self) -> int:

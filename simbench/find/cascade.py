@@ -184,14 +184,16 @@ class Stage:
         return {self.name: self.fusion_transform, **{f"{self.name}/{e}": "identity" for e in self.extra_signals}}
 
     def raw_pairs(self, found: ScoredPairs) -> ScoredPairs:
-        """Its pairs with the raw signal as the score and the extra signals kept (what fusion reads)."""
+        """Its pairs with the raw signal as the score and the extra signals kept (what fusion reads), and a
+        keypoint method's correspondences (what the evidence shows)."""
         missing = [e for e in self.extra_signals if e not in found.extra and len(found)]
         if missing:
             fields = sorted(k for k, v in found.extra.items() if np.ndim(v) == 1 and len(v) == len(found))
             raise ValueError(f"{self.name}.extra_signals: {missing} not per-pair fields of its method ({fields})")
-        return ScoredPairs(found.a, found.b, self.raw_signal(found),
-                           extra={e: np.asarray(found.extra.get(e, np.zeros(len(found))), np.float64)
-                                  for e in self.extra_signals})
+        extra = {e: np.asarray(found.extra.get(e, np.zeros(len(found))), np.float64) for e in self.extra_signals}
+        if "correspondences" in found.extra:
+            extra["correspondences"] = found.extra["correspondences"]
+        return ScoredPairs(found.a, found.b, self.raw_signal(found), extra=extra)
 
     def score_given(self, stage_features, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw signal of item pairs (a, b), and which of them it could score (both have features)."""

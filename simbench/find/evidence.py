@@ -20,11 +20,13 @@ A record holds what applies to the pair (every value plain JSON):
   link_score=weakest, the least of them; with link_own_evidence=true, lowered by the pair's own "cnn" score).
 
 How they are obtained, so that they are the stage's own reasons:
-- keypoints: the two images' features are matched and verified again by the stage's own method
+- keypoints: the inliers the stage's own verification kept in the run (its `Correspondences`); for a pair
+  it did not verify there (a run on a cluster verifies in its tasks; two images outside a run), the two
+  images' features are matched and verified again by the stage's own method
   (`KeypointMethod.descriptor_pairs` and `verify_candidates`) on just those two images, its matcher
   swapped for the exact one (on two images a brute force is quicker than building an index). A RANSAC
   fit depends on its pair's correspondences alone and rows keep their order, and every binary matcher
-  of simbench returns the exact range (multi-index hashing too), so these are the inliers `find`
+  of simbench returns the exact range (multi-index hashing too), so both give the inliers `find`
   verified (faiss's peer matcher keeps distance < radius, not <=: there the boundary may differ).
 - cnn: cosines of each image to every other (in blocks of bounded memory), counted: one pass over the
   collection's embeddings per pair (on a cluster, by tasks over the chunks its workers hold:
@@ -32,7 +34,7 @@ How they are obtained, so that they are the stage's own reasons:
 - chain: Kruskal's maximum spanning forest over the direct pairs scoring >= link_min_score, best first,
   as simbench.find.cascade.link builds it; the chain is the tree path.
 
-Only the MAX_EVIDENCE_PAIRS best pairs get records (verification costs one small match per pair); the
+Only the MAX_EVIDENCE_PAIRS best pairs get records (a pair verified again costs one small match); the
 page says when a pair has none.
 """
 from __future__ import annotations
@@ -50,7 +52,7 @@ from simbench.find.cascade import LINKED, FusedPairs, spanning_merges
 from simbench.find.index import _one, join_features
 from simbench.match.exact import ExactMatcher
 from simbench.methods.cnn import window_cosines
-from simbench.methods.keypoints import between_images, ratio_matches
+from simbench.methods.keypoints import Correspondences, between_images, ratio_matches
 from simbench.threads import thread_map
 from simbench.types import BinaryCodes, KeypointSets
 
@@ -70,11 +72,13 @@ def shown(pairs: FusedPairs, limit: int | None = None) -> np.ndarray:
 
 
 def pair_evidence(pairs: FusedPairs, stages: Sequence, features: dict, link_min_score: float | None = None,
-                  limit: int = MAX_EVIDENCE_PAIRS) -> Evidence:
+                  limit: int = MAX_EVIDENCE_PAIRS, raw: dict | None = None) -> Evidence:
     """Evidence records of the `limit` best pairs (see the module docstring), keyed by (a, b), a < b.
 
     stages: simbench.find.cascade.Stage list; features: stage name -> (features, item rows, reasons), as
-    simbench.find.pipeline.load_features gives them; link_min_score: the linking floor (None: no chains).
+    simbench.find.pipeline.load_features gives them; link_min_score: the linking floor (None: no chains);
+    raw: the run's raw pairs per stage (FindResult.raw): a keypoint stage's correspondences there give the
+    records of the pairs it verified, which are then not verified again.
     """
     order = shown(pairs, limit)
     out: Evidence = {(int(pairs.a[k]), int(pairs.b[k])): {} for k in order}
@@ -86,8 +90,11 @@ def pair_evidence(pairs: FusedPairs, stages: Sequence, features: dict, link_min_
         position = {int(item): r for r, item in enumerate(rows)}
         mine = [k for k in order if found[k] > 0 and int(pairs.a[k]) in position and int(pairs.b[k]) in position]
         if isinstance(feats, KeypointSets):
+            known = (raw or {}).get(stage.name)
+            known = known.extra.get("correspondences") if known is not None else None
             records = thread_map(lambda k: keypoint_evidence(feats, position[int(pairs.a[k])],
-                                                             position[int(pairs.b[k])], stage.method), mine)
+                                                             position[int(pairs.b[k])], stage.method,
+                                                             verified=known), mine)
             for k, record in zip(mine, records):
                 if record is not None:
                     out[int(pairs.a[k]), int(pairs.b[k])]["keypoints"] = record
@@ -118,12 +125,31 @@ def pair_evidence(pairs: FusedPairs, stages: Sequence, features: dict, link_min_
 # Keypoints
 
 
-def keypoint_evidence(features: KeypointSets, ra: int, rb: int, method, max_matches: int = MAX_MATCHES) -> dict | None:
-    """The verified matches between feature rows ra and rb (images of `features`), by `method` (a
+def keypoint_evidence(features: KeypointSets, ra: int, rb: int, method, max_matches: int = MAX_MATCHES,
+                      verified: Correspondences | None = None) -> dict | None:
+    """The verified matches between feature rows ra < rb (images of `features`), by `method` (a
     KeypointMethod) on these two images alone; None when no fit has inliers. Matched within the method's
     radius; where that fit has fewer than min_inliers and the method verifies proposed pairs, on their
-    ratio-test matches (`ratio_matches`), as it verified them."""
-    pair = join_features([_one(features, ra), _one(features, rb)], "keypoints")[0]
+    ratio-test matches (`ratio_matches`), as it verified them. verified: the run's own correspondences
+    (`Correspondences`): a pair they hold is read from them (the same, as the module docstring says)."""
+    ver = verified.get(ra, rb) if verified is not None else None
+    if ver is None:
+        features, ra, rb = join_features([_one(features, ra), _one(features, rb)], "keypoints")[0], 0, 1
+        ver = _verified_alone(features, method)
+    if not len(ver["ra"]):
+        return None
+    points = np.asarray(features.points)
+    pa, pb = points[ver["ra"]].astype(np.float64), points[ver["rb"]].astype(np.float64)
+    keep = np.unique(np.linspace(0, len(pa) - 1, min(max_matches, len(pa))).round().astype(int))
+    sizes = np.asarray(features.image_sizes)[[ra, rb]]
+    return {"inliers": int(ver["inliers"][0]), "flipped": bool(ver["flipped"][0]),
+            "size_a": [int(v) for v in sizes[0]], "size_b": [int(v) for v in sizes[1]],
+            "points_a": _rounded(pa[keep]), "points_b": _rounded(pb[keep]),
+            "box_a": _box(pa), "box_b": _box(pb), "hull_a": _hull(pa), "hull_b": _hull(pb)}
+
+
+def _verified_alone(pair: KeypointSets, method) -> dict:
+    """`verify_candidates` of the two images of `pair`, matched by the exact matcher (see keypoint_evidence)."""
     exact = copy.copy(method)
     exact.matcher = ExactMatcher()
     descriptor_pairs, _ = exact.descriptor_pairs(pair)
@@ -134,15 +160,7 @@ def keypoint_evidence(features: KeypointSets, ra: int, rb: int, method, max_matc
     if ver["inliers"][0] < method.min_inliers and getattr(method, "proposals", 0) and pair.binary:
         matches = ratio_matches(pair, first, second, method.proposal_ratio, method.proposal_max_distance)
         ver = method.verify_candidates(pair, matches, first, second, max_size)
-    if not len(ver["ra"]):
-        return None
-    pa, pb = np.asarray(pair.points, np.float64)[ver["ra"]], np.asarray(pair.points, np.float64)[ver["rb"]]
-    keep = np.unique(np.linspace(0, len(pa) - 1, min(max_matches, len(pa))).round().astype(int))
-    sizes = np.asarray(pair.image_sizes)
-    return {"inliers": int(ver["inliers"][0]), "flipped": bool(ver["flipped"][0]),
-            "size_a": [int(v) for v in sizes[0]], "size_b": [int(v) for v in sizes[1]],
-            "points_a": _rounded(pa[keep]), "points_b": _rounded(pb[keep]),
-            "box_a": _box(pa), "box_b": _box(pb), "hull_a": _hull(pa), "hull_b": _hull(pb)}
+    return ver
 
 
 def _rounded(points: np.ndarray) -> list:

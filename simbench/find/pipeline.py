@@ -91,7 +91,7 @@ def find(inputs: Sequence[str | Path], out_dir: str | Path, cfg: DictConfig | No
         # Before the cluster closes: keypoints its workers hold are fetched for the pairs shown (the CNN's
         # evidence is computed by its tasks).
         why = evidence.pair_evidence(pairs, stages, shown_features(collected.features, pairs),
-                                     float(cfg.link_min_score) if cfg.link else None)
+                                     float(cfg.link_min_score) if cfg.link else None, raw=raw)
     timing = {**collected.timing, "match_s": t_evidence - t, "evidence_s": time.perf_counter() - t_evidence,
               "total_s": time.perf_counter() - t0}
     result = FindResult(collected.items, pairs, groups, collected.skipped, collected.n_files, collected.n_pdfs,

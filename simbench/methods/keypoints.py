@@ -49,7 +49,7 @@ class KeypointMethod(Method):
     `inlier_alignment`) and inlier_box (where a's inliers are, `inlier_box`): simbench.find.agreement lays
     one thumbnail over the other with them; scalars
     comparisons (descriptor distances computed), descriptor_pairs (matches between images) and, with
-    verify, verified (pairs fitted).
+    verify, verified (pairs fitted) and correspondences (the kept pairs' inliers, `Correspondences`).
 
     evidence (verified pairs): the signal to calibrate (`simbench find`'s keypoint stage), a float,
         strictly increasing in the weighted inliers and in the covered share (where both are > 0):
@@ -232,7 +232,8 @@ class KeypointMethod(Method):
         sel = order[kept]
         out = {k: (v[sel] if isinstance(v, np.ndarray) and len(v) == n_pairs else v) for k, v in extra.items()}
         score = fields.pop("score")
-        out.update(bag_score=bag[sel], **fields, verified=len(order))
+        out.update(bag_score=bag[sel], **fields, verified=len(order),
+                   correspondences=Correspondences(ver, a, b, kept, len(features)))
         return ScoredPairs(counts["a"][sel], counts["b"][sel], score, extra=out)
 
     def score_proposed(self, features: KeypointSets, a: np.ndarray, b: np.ndarray) -> ScoredPairs:
@@ -568,6 +569,32 @@ def verify_correspondences(points: np.ndarray, mirrored: np.ndarray | None, n_im
     order = np.argsort(where[win], kind="stable")
     return {"inliers": inliers.max(axis=1), "flipped": flipped, "pair": where[win][order],
             "ra": corr["ra"][win][order], "rb": corr["rb"][win][order]}
+
+
+class Correspondences:
+    """The inlier correspondences of some verified pairs, looked up by their feature rows: what a run's
+    verification found, so that its evidence (simbench.find.evidence) need not match and fit them again.
+
+    ver: `verify_correspondences` of the candidate pairs (a[k], b[k]); kept: the candidates to look up."""
+
+    def __init__(self, ver: dict, a: np.ndarray, b: np.ndarray, kept: np.ndarray, n_images: int):
+        self.n_images = np.int64(max(n_images, 1))
+        keys = np.asarray(a, np.int64)[kept] * self.n_images + np.asarray(b, np.int64)[kept]
+        order = np.argsort(keys)
+        self.keys, self.pairs = keys[order], np.asarray(kept, np.int64)[order]
+        self.bounds = np.r_[0, np.cumsum(np.bincount(ver["pair"], minlength=len(a)))]  # ver["pair"] ascends
+        self.ver = ver
+
+    def get(self, a: int, b: int) -> dict | None:
+        """{"inliers", "flipped", "ra", "rb"} of pair (a, b), a < b, as `verify_correspondences` gives
+        them for that pair alone; None when it is not one of the kept pairs."""
+        at = int(np.searchsorted(self.keys, a * self.n_images + b))
+        if at == len(self.keys) or self.keys[at] != a * self.n_images + b:
+            return None
+        k = int(self.pairs[at])
+        s, e = self.bounds[k], self.bounds[k + 1]
+        return {"inliers": np.array([self.ver["inliers"][k]]), "flipped": np.array([self.ver["flipped"][k]]),
+                "ra": self.ver["ra"][s:e], "rb": self.ver["rb"][s:e]}
 
 
 def one_to_one(matches: dict, sel: np.ndarray, key: np.ndarray, mirrored: np.ndarray | None) -> dict:
