@@ -16,6 +16,7 @@ from PIL import Image
 from simbench.find import cascade, evidence, outputs
 from simbench.find.cascade import FusedPairs
 from simbench.find.pipeline import find
+from simbench.distributed.keypoints import take_images
 from simbench.methods.keypoints import between_images
 
 #: Where the pasted photo sits in the larger picture (x0, y0, x1, y1 in its pixels).
@@ -108,13 +109,16 @@ def test_the_runs_correspondences_are_each_pair_verified_alone(pasted_run):
     assert len(found) >= 1
     for a, b in zip(found.a.tolist(), found.b.tolist()):
         alone = stage.method.verify_candidates(feats, matches, np.array([a]), np.array([b]), stage.extractor.max_size)
-        got = known.get(a, b)
+        got = known.get(feats, a, b)
         assert got["inliers"][0] >= stage.method.min_inliers
         for key in ("inliers", "flipped", "ra", "rb"):
             np.testing.assert_array_equal(got[key], alone[key])
     kept = set(zip(found.a.tolist(), found.b.tolist()))
     others = [(a, b) for a in range(len(feats)) for b in range(a + 1, len(feats)) if (a, b) not in kept]
-    assert others and all(known.get(a, b) is None for a, b in others)
+    assert others and all(known.get(feats, a, b) is None for a, b in others)
+    # Rows of other features (a cluster's subset of the shown images) are not looked up.
+    a, b = int(found.a[0]), int(found.b[0])
+    assert known.get(take_images(feats, np.arange(len(feats))), a, b) is None
 
 
 def test_keypoint_records_over_threads_are_those_of_one_thread(pasted_run, monkeypatch):

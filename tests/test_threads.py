@@ -1,6 +1,7 @@
 """Loops spread over threads (simbench.threads.thread_map) give what the plain loop gives, in its order; so
 do the per-pair steps of `find` that use it: the pictures' agreement over their overlap and the shared-frame
-windows (the keypoint evidence records: tests/test_evidence.py)."""
+windows (the keypoint evidence records: tests/test_evidence.py); and the stages of `find`, matched at the same
+time."""
 from __future__ import annotations
 
 import sys
@@ -104,3 +105,30 @@ def test_shared_frames_windows_over_threads_are_the_pairwise_rule(monkeypatch):
         same = gx is not None and gy is not None and gx[0].shape == gy[0].shape
         assert frames.window(x, y) == (framed_window(*gx, *gy) if same else None), (x, y)
     assert framed[(a < 4) & (b < 4)].all() and not framed[b >= 4].any()
+
+
+def test_the_stages_match_at_once_as_one_after_another(tmp_path, monkeypatch):
+    """raw_evidence matches the keypoint and CNN stages on a thread each: the raw pairs of one after the other."""
+    from simbench.find import cascade, pipeline
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        photo = _photo(name)
+        photo.save(folder / f"{name}.jpg", quality=92)
+        photo.crop(CROP).save(folder / f"{name}_crop.jpg", quality=92)
+    cfg = cascade.make_config()
+    stages = cascade.build_stages(cfg, quiet=True)
+    collected = pipeline.collect([folder], stages, cfg, None, tmp_path, False)
+    at_once = pipeline.raw_evidence(stages, dict(collected.features), False, None, collected.items)
+    monkeypatch.setattr(pipeline, "thread_map", lambda fn, items, threads=None: [fn(x) for x in items])
+    in_turn = pipeline.raw_evidence(stages, dict(collected.features), False, None, collected.items)
+    assert [s.name for s in stages] == list(at_once) == list(in_turn) == ["keypoints", "cnn"]
+    assert len(at_once["keypoints"]) >= 3 and len(at_once["cnn"]) >= 3
+    for name, got in at_once.items():
+        want = in_turn[name]
+        for x, y in [(got.a, want.a), (got.b, want.b), (got.score, want.score)]:
+            np.testing.assert_array_equal(x, y)
+        assert got.extra.keys() == want.extra.keys()
+        for key in got.per_pair_fields():
+            np.testing.assert_array_equal(got.extra[key], want.extra[key])

@@ -131,8 +131,9 @@ def keypoint_evidence(features: KeypointSets, ra: int, rb: int, method, max_matc
     KeypointMethod) on these two images alone; None when no fit has inliers. Matched within the method's
     radius; where that fit has fewer than min_inliers and the method verifies proposed pairs, on their
     ratio-test matches (`ratio_matches`), as it verified them. verified: the run's own correspondences
-    (`Correspondences`): a pair they hold is read from them (the same, as the module docstring says)."""
-    ver = verified.get(ra, rb) if verified is not None else None
+    (`Correspondences`): a pair they hold of these features is read from them (the same, as the module
+    docstring says)."""
+    ver = verified.get(features, ra, rb) if verified is not None else None
     if ver is None:
         features, ra, rb = join_features([_one(features, ra), _one(features, rb)], "keypoints")[0], 0, 1
         ver = _verified_alone(features, method)

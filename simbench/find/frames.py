@@ -117,8 +117,9 @@ class SharedFrames:
                     break
         while True:  # pairs whose own box a stray mark stretched: inside a window already known
             known = {k: self._in_cells(k, box) for k, box in self.windows().items()}
-            more = [k for k in np.flatnonzero(~out).tolist()
-                    if self._in_known_window(int(a[k]), int(b[k]), known)]
+            framed = np.fromiter(known, np.int64, len(known))
+            near = ~out & (np.isin(a, framed) | np.isin(b, framed))  # the others have no known window
+            more = [k for k in np.flatnonzero(near).tolist() if self._in_known_window(int(a[k]), int(b[k]), known)]
             if not more:
                 return out
             out[more] = True

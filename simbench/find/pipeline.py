@@ -33,6 +33,7 @@ from simbench.find.index import (BATCH_IMAGES, SOURCES_KIND, FeatureStore, consi
 from simbench.find.items import Item
 from simbench.find.pdf import PdfOptions
 from simbench.find.sources import SourceRecord, is_pdf, list_sources, read_sources, to_items
+from simbench.threads import thread_map
 from simbench.types import Embeddings, KeypointSets, ScoredPairs, Skipped
 
 log = logging.getLogger("simbench")
@@ -343,7 +344,12 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
     drop pairs of different pictures in a shared frame (simbench.find.frames) and compare each such
     picture by what its frame holds: the CNN stage's embedding of it is replaced, in `features`, by that
     of its window (`window_views`), and the stage matched again."""
-    found = {stage.name: stage_pairs(stage, features[stage.name], progress, client) for stage in stages}
+    # The stages match at the same time, one thread each (not on a cluster: its tasks share the workers): a
+    # keypoint stage's verification runs on one core, and the CNN's scoring fits beside it. Each stage's
+    # pairs depend on its own features alone.
+    matched = thread_map(lambda stage: stage_pairs(stage, features[stage.name], progress, client), stages,
+                         1 if client is not None else len(stages))
+    found = {stage.name: pairs for stage, pairs in zip(stages, matched)}
     for stage in stages:
         others = [found[other.name] for other in stages if other is not stage]
         if getattr(stage.method, "proposals", 0) and others:

@@ -233,7 +233,7 @@ class KeypointMethod(Method):
         out = {k: (v[sel] if isinstance(v, np.ndarray) and len(v) == n_pairs else v) for k, v in extra.items()}
         score = fields.pop("score")
         out.update(bag_score=bag[sel], **fields, verified=len(order),
-                   correspondences=Correspondences(ver, a, b, kept, len(features)))
+                   correspondences=Correspondences(ver, a, b, kept, features))
         return ScoredPairs(counts["a"][sel], counts["b"][sel], score, extra=out)
 
     def score_proposed(self, features: KeypointSets, a: np.ndarray, b: np.ndarray) -> ScoredPairs:
@@ -575,19 +575,24 @@ class Correspondences:
     """The inlier correspondences of some verified pairs, looked up by their feature rows: what a run's
     verification found, so that its evidence (simbench.find.evidence) need not match and fit them again.
 
-    ver: `verify_correspondences` of the candidate pairs (a[k], b[k]); kept: the candidates to look up."""
+    ver: `verify_correspondences` of the candidate pairs (a[k], b[k]) of `features`; kept: the candidates
+    to look up. Rows mean rows of those very features, so `get` answers only for them."""
 
-    def __init__(self, ver: dict, a: np.ndarray, b: np.ndarray, kept: np.ndarray, n_images: int):
-        self.n_images = np.int64(max(n_images, 1))
+    def __init__(self, ver: dict, a: np.ndarray, b: np.ndarray, kept: np.ndarray, features: KeypointSets):
+        self.features = features
+        self.n_images = np.int64(max(len(features), 1))
         keys = np.asarray(a, np.int64)[kept] * self.n_images + np.asarray(b, np.int64)[kept]
         order = np.argsort(keys)
         self.keys, self.pairs = keys[order], np.asarray(kept, np.int64)[order]
         self.bounds = np.r_[0, np.cumsum(np.bincount(ver["pair"], minlength=len(a)))]  # ver["pair"] ascends
         self.ver = ver
 
-    def get(self, a: int, b: int) -> dict | None:
-        """{"inliers", "flipped", "ra", "rb"} of pair (a, b), a < b, as `verify_correspondences` gives
-        them for that pair alone; None when it is not one of the kept pairs."""
+    def get(self, features: KeypointSets, a: int, b: int) -> dict | None:
+        """{"inliers", "flipped", "ra", "rb"} of the pair of rows (a, b), a < b, of `features`, as
+        `verify_correspondences` gives them for that pair alone; None when it is not one of the kept pairs
+        or `features` are not those verified (a cluster's subset of the shown images, say)."""
+        if features is not self.features:
+            return None
         at = int(np.searchsorted(self.keys, a * self.n_images + b))
         if at == len(self.keys) or self.keys[at] != a * self.n_images + b:
             return None
