@@ -49,6 +49,17 @@ def test_single_run_writes_the_result_contract(tmp_path):
     assert (tmp_path / "run" / "pairs.npz").exists()
 
 
+def test_a_verifying_keypoint_run_records_its_counts_but_not_its_correspondences(tmp_path):
+    """KeypointMethod hands its verified pairs' correspondences on (for find's evidence); result.json keeps
+    the method's plain numbers only."""
+    simbench("method=keypoints", "method.verify=true", *TINY, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path,
+             cache=tmp_path / "c")
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    check_result(result)
+    stats = result["method_stats"]
+    assert stats["verified"] > 0 and stats["descriptor_pairs"] > 0 and "correspondences" not in stats
+
+
 def test_sweep_runs_every_combination_and_matchers_agree(tmp_path):
     proc = simbench("-m", "hash=ahash,phash", "matcher=exact,faiss,lsh", *TINY, f"hydra.sweep.dir={tmp_path}/s",
                     cwd=tmp_path, cache=tmp_path / "c")
