@@ -135,6 +135,7 @@ def test_keypoint_records_over_threads_are_those_of_one_thread(pasted_run, monke
         got[cores] = evidence.pair_evidence(result.pairs, stages, collected.features)
     # The run's records are read from its correspondences (raw=...), these are verified again: the same.
     assert got[1] == got[4] == result.evidence and sum("keypoints" in r for r in got[1].values()) >= 1
+    assert "correspondences" not in result.raw["keypoints"].extra  # read, then let go with the features
 
 
 def test_evidence_is_stored_compactly_and_read_back(pasted_run):

@@ -93,6 +93,9 @@ def find(inputs: Sequence[str | Path], out_dir: str | Path, cfg: DictConfig | No
         # evidence is computed by its tasks).
         why = evidence.pair_evidence(pairs, stages, shown_features(collected.features, pairs),
                                      float(cfg.link_min_score) if cfg.link else None, raw=raw)
+    # Read: a keypoint stage's correspondences hold on to all its features, which the result need not keep.
+    raw = {name: ScoredPairs(p.a, p.b, p.score, {k: v for k, v in p.extra.items() if k != "correspondences"})
+           for name, p in raw.items()}
     timing = {**collected.timing, "match_s": t_evidence - t, "evidence_s": time.perf_counter() - t_evidence,
               "total_s": time.perf_counter() - t0}
     result = FindResult(collected.items, pairs, groups, collected.skipped, collected.n_files, collected.n_pdfs,
