@@ -168,7 +168,7 @@ def run_one(collection: Path, out: Path, mode: str, limit: int | None) -> dict:
 
     def stage_pairs(stage, feats, progress=False, client=None, _orig=pipeline.stage_pairs):
         found = _orig(stage, feats, progress, client)
-        extras[stage.name] = {k: float(v) for k, v in found.extra.items() if isinstance(v, (int, float, np.number))}
+        extras[stage.name] = {k: float(v) for k, v in found.run_wide_numbers().items()}
         return found
 
     def score_chunks(client, method, chunks, _orig=dkeypoints.score_chunks):

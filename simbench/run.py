@@ -203,10 +203,8 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> dict:
             "image_pairs": image_pairs,
             "descriptor_comparisons": descriptor_comparisons,
         },
-        # Scalars the method reports about its own work (descriptor pairs, pairs verified, stage seconds); not
-        # the objects it hands on (a keypoint method's correspondences).
-        "method_stats": {k: v for k, v in scored.extra.items()
-                         if np.ndim(v) == 0 and (np.isscalar(v) or isinstance(v, np.ndarray))},
+        # Numbers the method reports about its own work (descriptor pairs, pairs verified, stage seconds).
+        "method_stats": scored.run_wide_numbers(),
         "memory": {"peak_rss_mb": environment.peak_rss_mb(), "peak_gpu_mb": environment.peak_gpu_mb(),
                    "peak_rss_workers_mb": environment.peak_rss_children_mb()},
         "env": {

@@ -122,6 +122,11 @@ class ScoredPairs:
         """The names of the extras that hold one value per pair (the others are run-wide, such as counts)."""
         return {k for k, v in self.extra.items() if np.ndim(v) and len(v) == len(self)}
 
+    def run_wide_numbers(self) -> dict:
+        """The extras that are one number for the whole run (counts, seconds), not arrays or the objects a
+        method hands on (a keypoint method's correspondences)."""
+        return {k: v for k, v in self.extra.items() if isinstance(v, (int, float, np.number))}
+
     def subset(self, rows: np.ndarray) -> "ScoredPairs":
         """The pairs at `rows`, with their per-pair extras (run-wide extras kept whole)."""
         per_pair = self.per_pair_fields()

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from simbench.threads import available_cores
+
 log = logging.getLogger("simbench")
 
 #: `simbench find` on more files than this starts a LocalCluster when none was chosen: about where the
@@ -157,7 +159,7 @@ def local_sizes(n_workers: int | None = None, threads: int | None = None,
     native code: processes, not threads, scale), 90% of the memory Dask sees (cgroup limits too) shared out."""
     from distributed.system import MEMORY_LIMIT
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     threads = int(threads or 1)
     n = int(n_workers or max(1, cores // threads))
     memory = memory_limit if memory_limit else int(0.9 * MEMORY_LIMIT / n)

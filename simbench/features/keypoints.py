@@ -23,7 +23,6 @@ descriptor change with the copy's scale, blur and compression; the smoothed stro
 from __future__ import annotations
 
 import functools
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -35,6 +34,7 @@ import numpy as np
 
 from simbench.data.images import UnreadableImage, framed_box, image_size, open_image
 from simbench.features.base import Extracted, Extractor
+from simbench.threads import available_cores
 from simbench.types import KeypointSets, Skipped
 
 #: Descriptor width per detector: (bytes or floats per row, binary).
@@ -235,7 +235,7 @@ class KeypointExtractor(Extractor):
 
 def _map_images(paths: Sequence[Path], config: _Config, workers: int, progress: bool) -> list:
     """extract_image over all paths in order; a spawn-started process pool when workers != 1."""
-    n_workers = workers if workers > 0 else _cores()
+    n_workers = workers if workers > 0 else available_cores()
     n_workers = min(n_workers, max(1, len(paths)))
     args = [(str(p), config) for p in paths]
     if n_workers == 1 or len(paths) < MIN_IMAGES_FOR_POOL:
@@ -244,14 +244,6 @@ def _map_images(paths: Sequence[Path], config: _Config, workers: int, progress: 
     with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
         chunk = max(1, min(32, len(args) // (8 * n_workers)))
         return list(_progress(pool.map(_extract_task, args, chunksize=chunk), progress, len(args)))
-
-
-def _cores() -> int:
-    """Cores this process may run on (not all of the machine's, in a container or under taskset)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _init_worker() -> None:
