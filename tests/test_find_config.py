@@ -30,8 +30,8 @@ def test_runner_groups_choose_the_stages_settings():
     # find's changes: spread, half the budget on the smoothed picture (equalised, clip limit 3)
     assert cfg.keypoints.extractor == {**runner.detector, "spread": "grid", "coarse_share": 0.5, "coarse_sigma": 2.0,
                                       "trim_frame": False, "equalise": "coarse", "equalise_clip": 3.0}
-    # find's changes: GeM, the blurred view (cut from the inner box), the region views
-    assert cfg.cnn.extractor == {**runner.backbone, "pooling": "gem", "blurred_view": 1.5, "blurred_inset": 0.08,
+    # find's changes: 192 x 192 input, GeM, the blurred view (cut from the inner box), the region views
+    assert cfg.cnn.extractor == {**runner.backbone, "image_size": 192, "pooling": "gem", "blurred_view": 1.5, "blurred_inset": 0.08,
                                  "regions": 3, "region_size": 0.6, "trim_frame": False,
                                  "upright": False, "grey_view": False}
     assert cfg.keypoints.matcher == cfg.cnn.matcher == cfg.hash.matcher == runner.matcher
