@@ -263,9 +263,10 @@ def runtime_table(paths: list[Path], specs: list[str], rounds: int, backbone: st
     """Interleaved whole-extraction throughput of each variant and its embeddings' cosine to torch eager.
 
     Each round times extract(paths) once per variant, in the order given; a variant's ratio in a round is
-    its img/s over the torch-eager variant's img/s in that same round (the first variant must be
-    "torch", with any options, e.g. "torch:image_size=192", that the others are compared with). "first use" = building the model: for onnx, exporting it into an empty cache (made once per
-    machine and setting; later runs load the file in a fraction of a second).
+    its img/s over the torch-eager variant's img/s in that same round (the first variant must run torch,
+    with any options, e.g. "torch:image_size=192": the others are compared with it). "first use" = building
+    the model: for onnx, exporting it into an empty cache (made once per machine and setting; later runs
+    load the file in a fraction of a second).
     """
     from simbench.features.cnn import CnnExtractor
 
