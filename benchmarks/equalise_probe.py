@@ -1,5 +1,5 @@
 """The keypoint stage alone with its pictures' grey histograms equalised or not (keypoints.extractor.equalise and
-equalise_clip): the probes behind runs (43) to (45) of results/find.md. Tuning split only.
+equalise_clip): the probes behind runs (43) to (45) and (51) of results/find.md. Tuning split only.
 
     python benchmarks/equalise_probe.py [--layouts 18,19,20,21] [--seeds 0] [--work DIR]
 
@@ -31,6 +31,7 @@ VARIANTS = {
     "coarse equalised": ["equalise=coarse", "equalise_clip=null"],
     "coarse equalised (clip 3)": ["equalise=coarse", "equalise_clip=3.0"],
     "coarse equalised (clip 1.5)": ["equalise=coarse", "equalise_clip=1.5"],
+    "coarse equalised (clip 6)": ["equalise=coarse", "equalise_clip=6.0"],
 }
 
 
