@@ -10,6 +10,7 @@
     python benchmarks/bench_find.py tune [METHOD...]         the same on the tuning split's halves (for choosing);
                                                              --seeds 1,2 also on its rebuilds with other seeds
     python benchmarks/bench_find.py yearbook [METHOD...]     precision / recall on yearbook PDFs with shared logos
+                                                             (by_kind: true pairs found at the threshold by pair_kind)
     python benchmarks/bench_find.py yearbook-tune [METHOD...]    the same, built from the tuning split's photos;
                                                              --layouts 2,3,4,5 on four more layouts, pooled
     python benchmarks/bench_find.py throughput [METHOD...]   images/s end to end, 2,000-image folder
@@ -47,8 +48,8 @@ from simbench.evaluate import dedupe_pairs, evaluate, label_pairs, recall_at_pre
 from simbench.find import cascade
 from simbench.find.calibration import CALIBRATION_FILE, fit_calibration, fit_fusion, save_calibrations
 from simbench.find.pipeline import collect, find, raw_evidence
-from simbench.find.yearbook import (SCHOOL_STYLE, build_yearbook, match_placement, placement_pairs,
-                                   reference_photos, true_pairs)
+from simbench.find.yearbook import (PAIR_KINDS, SCHOOL_STYLE, build_yearbook, match_placement, pair_kind,
+                                   placement_pairs, reference_photos, true_pairs)
 from simbench.methods.cnn import (SHIPPED_WHITENING, centred, embedding_sum, fit_copy_whitening, normalised_scores,
                                  vector_settings)
 from simbench.types import ScoredPairs
@@ -816,14 +817,17 @@ def _yearbook_row(method: str, split: str, layout: str, scored, threshold: float
     return {"method": method, "split": split, "layout": layout,
             "placements": sum(len(placements) for placements, _ in scored), "true_pairs": at["true_pairs"],
             "threshold": threshold, "precision": at["precision"], "recall": at["recall"], "false": at["false"],
-            "recall_at_p95": best["recall"], "threshold_at_p95": best["threshold"], "skipped": skipped}
+            "recall_at_p95": best["recall"], "threshold_at_p95": best["threshold"], "skipped": skipped,
+            "by_kind": by_kind_text(recall_by_kind(books, threshold))}
 
 
 class LabelledPairs(NamedTuple):
     """One yearbook's found pairs as (score, true pair of placements or None when false), and its number of
-    true pairs: what score_found_pairs counts, matched to the placements once."""
+    true pairs: what score_found_pairs counts, matched to the placements once. kinds: every true pair's
+    pair_kind."""
     rows: list[tuple[float, tuple[int, int] | None]]
     n_true: int
+    kinds: dict[tuple[int, int], str]
 
 
 def labelled_pairs(placements, found: list[dict]) -> LabelledPairs:
@@ -832,7 +836,7 @@ def labelled_pairs(placements, found: list[dict]) -> LabelledPairs:
     for row, (i, j) in zip(found, placement_pairs(placements, found)):
         pair = (min(i, j), max(i, j)) if i is not None and j is not None else None
         rows.append((float(row["score"]), pair if pair in truth else None))
-    return LabelledPairs(rows, len(truth))
+    return LabelledPairs(rows, len(truth), {(i, j): pair_kind(placements[i], placements[j]) for i, j in truth})
 
 
 def pooled_yearbook_scores(books: list[LabelledPairs], threshold: float) -> dict:
@@ -842,6 +846,22 @@ def pooled_yearbook_scores(books: list[LabelledPairs], threshold: float) -> dict
     n_true = sum(b.n_true for b in books)
     return {"precision": found / (found + false) if found + false else 1.0,
             "recall": found / n_true if n_true else 1.0, "true_pairs": n_true, "found": found, "false": false}
+
+
+def recall_by_kind(books: list[LabelledPairs], threshold: float) -> dict[str, tuple[int, int]]:
+    """Per pair_kind (PAIR_KINDS order, kinds with no true pair left out): (true pairs found at >= threshold, true
+    pairs), pooled over the yearbooks."""
+    counts = {kind: [0, 0] for kind in PAIR_KINDS}
+    for b in books:
+        found = {pair for s, pair in b.rows if s >= threshold and pair is not None}
+        for pair, kind in b.kinds.items():
+            counts[kind][0] += pair in found
+            counts[kind][1] += 1
+    return {kind: (found, n) for kind, (found, n) in counts.items() if n}
+
+
+def by_kind_text(counts: dict[str, tuple[int, int]]) -> str:
+    return ", ".join(f"{kind} {found}/{n}" for kind, (found, n) in counts.items())
 
 
 def best_recall(books: list[LabelledPairs], precision: float) -> dict:

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_find import best_recall, labelled_pairs, pooled_yearbook_scores  # noqa: E402
-from simbench.find.yearbook import Placement, score_found_pairs  # noqa: E402
+from benchmarks.bench_find import (best_recall, by_kind_text, labelled_pairs, pooled_yearbook_scores,  # noqa: E402
+                                   recall_by_kind)
+from simbench.find.yearbook import Placement, pair_kind, score_found_pairs  # noqa: E402
 
 
 def _book(name: str, photos: list[int]) -> list[Placement]:
@@ -47,6 +48,31 @@ def test_nothing_found_is_no_recall():
     assert best_recall([labelled_pairs(a, [])], 0.95)["recall"] == 0.0
     assert pooled_yearbook_scores([labelled_pairs(a, [])], 0.95) == {"precision": 1.0, "recall": 0.0, "true_pairs": 1,
                                                         "found": 0, "false": 0}
+
+
+def test_pair_kind_takes_the_first_that_applies():
+    crop = Placement("a.pdf", 1, (0, 0, 1, 1), 0, "crop")
+    turned = Placement("a.pdf", 2, (0, 0, 1, 1), 0, "rotate_small+clip")
+    sepia = Placement("a.pdf", 3, (0, 0, 1, 1), 0, "rotate90", colour="sepia")
+    flat = Placement("a.pdf", 4, (0, 0, 1, 1), 0, "crop", flat=True)
+    assert [pair_kind(crop, flat), pair_kind(turned, sepia), pair_kind(crop, turned), pair_kind(crop, sepia)] == [
+        "flat", "recoloured", "turned", "recoloured"]
+    assert pair_kind(crop, Placement("a.pdf", 5, (0, 0, 1, 1), 0, "rotate90+clip")) == "plain"
+    assert pair_kind(sepia, Placement("a.pdf", 6, (0, 0, 1, 1), 0, "crop", colour="sepia")) == "plain"
+
+
+def test_recall_by_kind_counts_each_true_pair_once_per_yearbook():
+    a = [Placement("a.pdf", 1, (0, 0, 100, 100), 0, "crop"), Placement("a.pdf", 2, (0, 0, 100, 100), 0, "crop"),
+         Placement("a.pdf", 3, (0, 0, 100, 100), 1, "crop", flat=True),
+         Placement("a.pdf", 4, (0, 0, 100, 100), 1, "crop", flat=True),
+         Placement("a.pdf", 5, (0, 0, 100, 100), 0, "rotate_small")]
+    # true pairs: (0,1) plain, (0,4) and (1,4) turned, (2,3) flat
+    found = [_row(a, 0, 1, 0.99), _row(a, 1, 0, 0.98), _row(a, 0, 4, 0.97), _row(a, 1, 4, 0.50), _row(a, 2, 3, 0.96),
+             _row(a, 0, 2, 0.99)]
+    book = labelled_pairs(a, found)
+    assert recall_by_kind([book], 0.95) == {"flat": (1, 1), "turned": (1, 2), "plain": (1, 1)}
+    assert recall_by_kind([book, book], 0.965) == {"flat": (0, 2), "turned": (2, 4), "plain": (2, 2)}
+    assert by_kind_text(recall_by_kind([book], 0.6)) == "flat 1/1, turned 1/2, plain 1/1"
 
 
 def test_pair_table_lists_every_true_pair_and_the_best_false_ones():

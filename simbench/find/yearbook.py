@@ -562,6 +562,23 @@ def placement_pairs(placements: list[Placement], rows: list[dict]) -> list[tuple
              match_placement(placements, row["b_source"], int(row["b_page"]), row["b_bbox"])) for row in rows]
 
 
+#: What makes a true pair of placements hard, first that applies: the photo is a flat one; the two placements
+#: are coloured differently; either is turned a few degrees on the page; none of these (crops, clipping paths and
+#: right-angle turns only).
+PAIR_KINDS = ("flat", "recoloured", "turned", "plain")
+
+
+def pair_kind(a: Placement, b: Placement) -> str:
+    """The kind (PAIR_KINDS) of the pair of placements a and b of one photo."""
+    if a.flat or b.flat:
+        return "flat"
+    if a.colour != b.colour:
+        return "recoloured"
+    if "rotate_small" in a.how or "rotate_small" in b.how:
+        return "turned"
+    return "plain"
+
+
 def score_found_pairs(placements: list[Placement], rows: list[dict], threshold: float) -> dict:
     """Precision and recall of pairs.csv rows (dicts) scoring >= threshold against the true pairs.
 
