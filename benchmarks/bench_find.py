@@ -822,12 +822,18 @@ def _yearbook_row(method: str, split: str, layout: str, scored, threshold: float
 
 
 class LabelledPairs(NamedTuple):
-    """One yearbook's found pairs as (score, true pair of placements or None when false), and its number of
-    true pairs: what score_found_pairs counts, matched to the placements once. kinds: every true pair's
-    pair_kind."""
+    """One yearbook's found pairs as (score, true pair of placements or None when false), and its every true
+    pair's pair_kind: what score_found_pairs counts, matched to the placements once."""
     rows: list[tuple[float, tuple[int, int] | None]]
-    n_true: int
     kinds: dict[tuple[int, int], str]
+
+    @property
+    def n_true(self) -> int:
+        return len(self.kinds)
+
+    def found_at(self, threshold: float) -> set[tuple[int, int]]:
+        """The true pairs found at >= threshold."""
+        return {pair for s, pair in self.rows if s >= threshold and pair is not None}
 
 
 def labelled_pairs(placements, found: list[dict]) -> LabelledPairs:
@@ -836,12 +842,12 @@ def labelled_pairs(placements, found: list[dict]) -> LabelledPairs:
     for row, (i, j) in zip(found, placement_pairs(placements, found)):
         pair = (min(i, j), max(i, j)) if i is not None and j is not None else None
         rows.append((float(row["score"]), pair if pair in truth else None))
-    return LabelledPairs(rows, len(truth), {(i, j): pair_kind(placements[i], placements[j]) for i, j in truth})
+    return LabelledPairs(rows, {(i, j): pair_kind(placements[i], placements[j]) for i, j in truth})
 
 
 def pooled_yearbook_scores(books: list[LabelledPairs], threshold: float) -> dict:
     """score_found_pairs summed over yearbooks: a true pair found counts once, each false pair found counts."""
-    found = sum(len({pair for s, pair in b.rows if s >= threshold and pair is not None}) for b in books)
+    found = sum(len(b.found_at(threshold)) for b in books)
     false = sum(1 for b in books for s, pair in b.rows if s >= threshold and pair is None)
     n_true = sum(b.n_true for b in books)
     return {"precision": found / (found + false) if found + false else 1.0,
@@ -853,7 +859,7 @@ def recall_by_kind(books: list[LabelledPairs], threshold: float) -> dict[str, tu
     pairs), pooled over the yearbooks."""
     counts = {kind: [0, 0] for kind in PAIR_KINDS}
     for b in books:
-        found = {pair for s, pair in b.rows if s >= threshold and pair is not None}
+        found = b.found_at(threshold)
         for pair, kind in b.kinds.items():
             counts[kind][0] += pair in found
             counts[kind][1] += 1
