@@ -400,6 +400,23 @@ def test_framed_box_cuts_a_burned_in_frame_and_leaves_photographs_whole(photos):
     assert box(Image.new("RGB", (20, 20), "white")) == (0, 0, 20, 20)
 
 
+def test_corner_greys_are_the_whole_images_grey_corners(photos):
+    """Oracle: OpenCV's grey conversion of the whole image, read at its four corners (upright's first look reads
+    only those four pixels), on random images of several sizes and on real photographs."""
+    import cv2
+
+    from simbench.data.images import corner_greys
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), np.uint8) for h, w in ((1, 1), (2, 7), (16, 16), (31, 45), (200, 3))]
+    images += list(photos.values())
+    for pixels in images:
+        pixels = pixels if pixels.ndim == 3 else np.repeat(pixels[:, :, None], 3, axis=2)
+        grey = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY).astype(np.int16)
+        want = list(grey[[0, 0, -1, -1], [0, -1, 0, -1]])
+        assert list(corner_greys(Image.fromarray(pixels))) == want, pixels.shape
+
+
 def test_upright_turns_a_picture_turned_on_a_plain_page_back(photos):
     """Oracle: the picture before it was turned. Turned by a known angle on a white page (expanded, so the page
     shows in the corners), it comes back at its own size (within the 2 px rim cut on each side) and agrees with

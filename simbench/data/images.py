@@ -354,6 +354,16 @@ MIN_TURN = 0.5
 RECTANGLE_FILL = 0.95
 
 
+def corner_greys(rgb: Image.Image) -> np.ndarray:
+    """The grey levels (int16) of an RGB image's four corner pixels, as OpenCV's RGB -> grey conversion of the
+    whole image gives them."""
+    import cv2
+
+    w, h = rgb.size
+    corners = np.array([[rgb.getpixel(xy)] for xy in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1))], np.uint8)
+    return cv2.cvtColor(corners, cv2.COLOR_RGB2GRAY).astype(np.int16).ravel()
+
+
 def upright(image: Image.Image) -> Image.Image:
     """A picture set turned on a plain page (a photo placed a few degrees off square in a PDF, a print laid
     askew on a scanner), turned back and cut out of the page; the image itself when it is not one.
@@ -365,11 +375,14 @@ def upright(image: Image.Image) -> Image.Image:
     nearest right angle less the turn, as for any rectangle."""
     import cv2
 
-    rgb = np.asarray(image.convert("RGB"))
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.int16)
-    corners = grey[[0, 0, -1, -1], [0, -1, 0, -1]]
-    if min(grey.shape) < 16 or corners.max() - corners.min() > BACKGROUND_SPREAD:
+    if min(image.size) < 16:
         return image
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    corners = corner_greys(rgb)  # alone first: most pictures are no page, and their pixels are left untouched
+    if corners.max() - corners.min() > BACKGROUND_SPREAD:
+        return image
+    rgb = np.asarray(rgb)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.int16)
     picture = (np.abs(grey - int(np.median(corners))) > PICTURE_STEP).astype(np.uint8)
     picture = cv2.morphologyEx(picture, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
     outlines, _ = cv2.findContours(picture, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
