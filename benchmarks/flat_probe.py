@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_find import TUNE, school_yearbook, yearbook_name  # noqa: E402
+from benchmarks.frame_probe import rendered_yearbook  # noqa: E402
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
 
 INLIER_FLOORS = (4, 6, 8, 10)
@@ -102,25 +101,16 @@ def pair_match(fa, fb, side: int) -> tuple[int, float]:
 
 def layout_pairs(layout: int, work: Path, side: int, max_distance: float, max_df: int) -> dict:
     """{"shared dropped" | "all descriptors": [(kind or "different photos", inliers, coverage)]} of one layout."""
-    from simbench.find.pdf import PdfOptions, extract_pdf
-    from simbench.find.yearbook import match_placement, pair_kind, true_pairs
+    from simbench.find.yearbook import pair_kind, true_pairs
 
-    name = yearbook_name(TUNE, layout)
-    placements = school_yearbook(work / name, TUNE, layout, False)
+    placements, files, shown = rendered_yearbook(work, layout)
     truth = true_pairs(placements)
-    found, features = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for pdf in sorted((work / name).glob("*.pdf")):
-            for p in extract_pdf(pdf, tmp, PdfOptions())[0]:
-                k = match_placement(placements, str(pdf), p.page, p.bbox)
-                if k is not None:
-                    found.append(k)
-                    features.append(coarse_features(p.image_path, side))
+    features = [coarse_features(str(f), side) for f in files]
     out = {}
     for label, feats in (("shared dropped", without_shared(features, max_distance, max_df)),
                          ("all descriptors", features)):
         rows = []
-        for (x, i), (y, j) in itertools.combinations(enumerate(found), 2):
+        for (x, i), (y, j) in itertools.combinations(enumerate(shown), 2):
             pair = (min(i, j), max(i, j))
             kind = pair_kind(placements[pair[0]], placements[pair[1]]) if pair in truth else "different photos"
             rows.append((kind, *pair_match(feats[x], feats[y], side)))
@@ -136,8 +126,8 @@ def main(argv=None) -> None:
     parser.add_argument("--side", type=int, default=256, help="long side (px) the pictures are matched at")
     parser.add_argument("--max-distance", type=float, default=260.0, help="L2 distance of a shared descriptor")
     parser.add_argument("--max-df", type=int, default=4, help="pictures a descriptor may match before it is dropped")
-    parser.add_argument("--work", type=Path, default=default_cache_dir() / "bench_find",
-                        help="bench_find.py's work folder: the yearbooks' PDFs")
+    parser.add_argument("--work", type=Path, default=default_cache_dir() / "flat_probe",
+                        help="the yearbooks' PDFs and their rendered placements")
     args = parser.parse_args(argv)
     pooled: dict[str, list] = {}
     for layout in (int(x) for x in args.layouts.split(",")):

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_find import TUNE, dev_set, matrix_metrics  # noqa: E402
+from benchmarks.bench_find import TUNE, dev_set, matrix_metrics, school_yearbook  # noqa: E402
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
 from simbench.features.cnn import grey_equalised  # noqa: E402
 
@@ -41,11 +41,10 @@ NEAR_FRAME_PX = 15
 def rendered_yearbook(work: Path, seed: int):
     """(placements, rendered files, the placement each file shows) of the tuning yearbook with this seed."""
     from simbench.find.pdf import PdfOptions, extract_pdf
-    from simbench.find.yearbook import SCHOOL_STYLE, build_yearbook, match_placement, reference_photos
+    from simbench.find.yearbook import match_placement
 
-    photos = reference_photos(dev_set(TUNE, "photo", False))
     pdfs = work / f"yearbook-{seed}"
-    placements = build_yearbook(pdfs, n_photos=len(photos) - 4, n_single=4, photos=photos, seed=seed, **SCHOOL_STYLE)
+    placements = school_yearbook(pdfs, TUNE, seed, False)
     files, shown = [], []
     for pdf in sorted(pdfs.glob("*.pdf")):
         for placed in extract_pdf(pdf, work / f"render-{seed}-{pdf.stem}", PdfOptions())[0]:

@@ -41,6 +41,7 @@ def main(argv=None) -> None:
     from hydra.utils import instantiate
 
     from simbench.data.synthetic import SyntheticDataset
+    from simbench.features.cnn import region_decode_side
     from simbench.find.cascade import make_config
 
     print(f"# {cpu_model()}, {available_cores()} CPUs usable, load {load_average():.1f}")
@@ -48,8 +49,8 @@ def main(argv=None) -> None:
     paths = [Path(p) for p in ds.paths]
     extractors = {up: instantiate(make_config("cascade", [f"cnn.extractor.upright={up}"]).cnn.extractor)
                   for up in ("false", "true")}
-    prep = extractors["true"].prep  # the look runs on the decode the region views need, the larger one
-    print(look_alone(paths, int(np.ceil(prep.resize / prep.region_size * prep.decode_size))), flush=True)
+    # the look runs on the decode the region views need, the larger one
+    print(look_alone(paths, region_decode_side(extractors["true"].prep)), flush=True)
     subset = paths[: args.images]
     for extractor in extractors.values():
         extractor.extract(subset[:32])  # warm-up: the model built, the runtime's kernels chosen

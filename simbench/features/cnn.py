@@ -412,7 +412,7 @@ def load_views(path: str | Path, prep: Preprocess) -> np.ndarray:
         # A window is region_size of the short side, so it needs a larger decode than the views above; a JPEG
         # whose draft decoding went below that is decoded again, apart, so that the averaged views (and the
         # vector) stay those of an extractor without regions. Otherwise the same draft scale serves both.
-        target = max(1, int(np.ceil(prep.resize / prep.region_size * prep.decode_size)))
+        target = region_decode_side(prep)
         if min(im.size) < target:
             im = _opened(path, target, prep)
         for v, box in enumerate(region_boxes(im.size, prep.regions, prep.region_size, prep.crop / prep.resize)):
@@ -425,6 +425,11 @@ def grey_equalised(view: Image.Image) -> Image.Image:
     lowered contrast undone as far as one increasing map of grey levels can (a flat, toned yearbook photo against
     its original: benchmarks/frame_probe.py)."""
     return ImageOps.equalize(ImageOps.grayscale(view)).convert("RGB")
+
+
+def region_decode_side(prep: Preprocess) -> int:
+    """The short side a picture is decoded at for its region views (a window is region_size of it)."""
+    return max(1, int(np.ceil(prep.resize / prep.region_size * prep.decode_size)))
 
 
 def _opened(path, short_side: int, prep: Preprocess) -> Image.Image:
