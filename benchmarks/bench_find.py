@@ -92,25 +92,28 @@ def dev_set(split: str, part: str, progress: bool, seed: int = 0):
 
 def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALIBRATION_FILE,
               seeds: tuple = (), found_weights: bool = True,
-              fit_layouts: tuple[int, ...] = YEARBOOK_FIT_LAYOUTS) -> list:
+              fit_layouts: tuple[int, ...] = YEARBOOK_FIT_LAYOUTS, fusion_stages: tuple[str, ...] = ()) -> list:
     """Fit raw -> precision for every stage on the tuning collections only: the TUNING split of the
     development set (photographs and line art; with `seeds`, also its rebuilds with those seeds),
     yearbook PDFs with shared logos built from its photos (build_yearbook seeds `fit_layouts`), and plain
     yearbook PDFs of scikit-image photos (look-alike pictures: retina and sky quadrants). Write
     simbench/find/calibration.json (or `out`: a variant's tables, for `find calibration=FILE`). found_weights:
-    whether the fusion fits a weight for "the stage found this pair" (calibration.fit_fusion). The report
-    split is never read here."""
+    whether the fusion fits a weight for "the stage found this pair" (calibration.fit_fusion); fusion_stages: the
+    cascade stages the fusion is fitted on (default all; find adds the others by noisy-OR). The report split is
+    never read here."""
     collections = tuning_collections(work, progress, overrides, seeds, fit_layouts)
     tables = []
-    for name in ("keypoints", "cnn", "hash"):
-        cfg = cascade.make_config(name, overrides)
-        stage = cascade.build_stages(cfg, calibrations={}, quiet=True)[0]  # the settings the table is for
+    for name in ("keypoints", "cnn", "hash", "blobs"):
+        stages = fitted_stages(name, overrides)
+        if not stages:
+            continue  # blobs off (no proposals)
+        stage = stages[-1]  # the settings the table is for
         raw, is_true = [], []
         for c in collections:
-            c_cfg = cascade.make_config(name, [*overrides, *c.overrides])
-            c_stage = cascade.build_stages(c_cfg, calibrations={}, quiet=True)[0]
-            got = collect(c.inputs, [c_stage], c_cfg, c.index, work, progress)
-            found = raw_evidence([c_stage], got.features, progress, None, got.items, c_cfg.drop_shared_frames)[name]
+            c_cfg = cascade.make_config(FITTED_IN.get(name, name), [*overrides, *c.overrides])
+            c_stages = fitted_stages(name, [*overrides, *c.overrides])
+            got = collect(c.inputs, c_stages, c_cfg, c.index, work, progress)
+            found = raw_evidence(c_stages, got.features, progress, None, got.items, c_cfg.drop_shared_frames)[name]
             raw.append(found.score)
             is_true.append(c.label(got.items, found))
             print(f"  {name} on {c.tag}: {len(found)} pairs, {int(is_true[-1].sum())} true", flush=True)
@@ -120,10 +123,11 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
         tables.append(fit)
         print(f"{name}: {len(raw)} pairs, {int(is_true.sum())} true; {stage.signal} "
               f"{fit.raw.min():.4g}..{fit.raw.max():.4g} -> precision {fit.precision.min():.3f}..{fit.precision.max():.3f}")
-    fusion = fit_cascade_fusion(collections, tables, work, overrides, progress, found_weights)
+    fusion = fit_cascade_fusion(collections, tables, work, overrides, progress, found_weights, fusion_stages)
     command = ("python benchmarks/bench_find.py calibrate" + "".join(f" {o}" for o in overrides)
                + (f" --seeds {','.join(map(str, seeds))}" if seeds else "")
                + ("" if found_weights else " --found-weights none")
+               + (f" --fusion-stages {','.join(fusion_stages)}" if fusion_stages else "")
                + ("" if fit_layouts == YEARBOOK_FIT_LAYOUTS else f" --fit-layouts {','.join(map(str, fit_layouts))}"))
     save_calibrations(tables, out, "isotonic raw -> precision fits on the tuning collections (devset "
                       f"tune split{' and its rebuilds' if seeds else ''}, yearbooks); made by `{command}`", [fusion])
@@ -131,19 +135,36 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
     return [t.to_json() for t in tables] + [fusion.to_json()]
 
 
+#: The method a stage's table is fitted in, when not its own: blobs verifies the CNN's proposals.
+FITTED_IN = {"blobs": "cascade"}
+
+
+def fitted_stages(name: str, overrides: list[str]) -> list:
+    """The stages whose run gives stage `name`'s raw pairs, `name` last: itself alone, or (blobs) the CNN that
+    proposes its pairs and blobs; none when blobs is off."""
+    stages = cascade.build_stages(cascade.make_config(FITTED_IN.get(name, name), overrides), calibrations={},
+                                  quiet=True)
+    if name not in FITTED_IN:
+        return stages
+    own = [s for s in stages if s.name == name]
+    return [s for s in stages if s.scores_any_pair] + own if own else []
+
+
 def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], progress: bool,
-                       found_weights: bool = True):
+                       found_weights: bool = True, only: tuple[str, ...] = ()):
     """The cascade's fusion model, fitted on every candidate pair of the tuning collections: each stage's
     raw signal and extra signals (the CNN's for every pair, found by either stage) and whether it found the
-    pair."""
+    pair. only: the stages it is fitted on (default all), run alone."""
     cfg = cascade.make_config("cascade", overrides)
-    stages = cascade.build_stages(cfg, calibrations={t.key: t for t in tables}, quiet=True)
+    stages = [s for s in cascade.build_stages(cfg, calibrations={t.key: t for t in tables}, quiet=True)
+              if not only or s.name in only]
     names = [s.name for s in stages]
     inputs = {name: transform for s in stages for name, transform in s.fusion_inputs.items()}
     values, found, is_true, weight = {k: [] for k in inputs}, {k: [] for k in names}, [], []
     for collection in collections:
         c_cfg = cascade.make_config("cascade", [*overrides, *collection.overrides])
-        c_stages = cascade.build_stages(c_cfg, calibrations={}, quiet=True) if collection.overrides else stages
+        c_stages = [s for s in cascade.build_stages(c_cfg, calibrations={}, quiet=True) if not only or s.name in only
+                    ] if collection.overrides else stages
         v, ok, y = fusion_signals(collection, c_stages, c_cfg, work, progress)
         for name in inputs:
             values[name].append(v[name])
@@ -961,6 +982,9 @@ def main(argv=None) -> None:
     parser.add_argument("--found-weights", choices=("fit", "none"), default="fit",
                         help="calibrate: fit the fusion's weight for 'the stage found this pair', or fit none "
                              "(calibration.fit_fusion; default fit)")
+    parser.add_argument("--fusion-stages", default="",
+                        help="calibrate: comma-separated cascade stages the fusion is fitted on (default all; find adds "
+                             "the others' calibrated scores by noisy-OR)")
     parser.add_argument("--fit-layouts", default=",".join(map(str, YEARBOOK_FIT_LAYOUTS)),
                         help="calibrate: comma-separated build_yearbook seeds of the tuning school yearbooks to fit "
                              f"on (default {','.join(map(str, YEARBOOK_FIT_LAYOUTS))})")
@@ -982,7 +1006,8 @@ def main(argv=None) -> None:
     if args.what == "calibrate":
         out["calibration"] = calibrate(work, overrides, progress, Path(args.out or CALIBRATION_FILE),
                                        tuple(int(x) for x in args.seeds.split(",") if x), args.found_weights == "fit",
-                                       tuple(int(x) for x in args.fit_layouts.split(",") if x))
+                                       tuple(int(x) for x in args.fit_layouts.split(",") if x),
+                                       tuple(x for x in args.fusion_stages.split(",") if x))
     elif args.what == "whiten":
         out["whiten"] = whiten(work, overrides, progress, Path(args.out or SHIPPED_WHITENING))
     elif args.what == "augment":

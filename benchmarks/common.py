@@ -63,3 +63,25 @@ def machine() -> dict:
 
     return {"cpu": cpu_model(), "cores": available_cores(), "python": platform.python_version(),
             "git": environment.git_commit(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def interleaved_ratio(off: Callable[[], float], on: Callable[[], float], rounds: int, names=("off", "on")) -> dict:
+    """`off` and `on` (each returns the seconds of what it measures), called in turn (off, on, off, on, ...) `rounds`
+    times, each call printed, and the rounds' on / off ratios: on a shared machine a ratio of adjacent runs holds,
+    single timings do not. Returns {"off": [seconds...], "on": [...], "ratios": [...]}."""
+    seconds: dict[str, list[float]] = {"off": [], "on": []}
+    for r in range(rounds):
+        for key, name, fn in (("off", names[0], off), ("on", names[1], on)):
+            seconds[key].append(float(fn()))
+            print(f"  round {r + 1}: {name:<{max(map(len, names))}} {seconds[key][-1]:6.1f} s  "
+                  f"(load {load_average():.1f})", flush=True)
+    return {**seconds, "ratios": [b / a for a, b in zip(seconds["off"], seconds["on"])]}
+
+
+def ratio_text(measured: dict) -> str:
+    """`interleaved_ratio`'s medians and ratio, in words."""
+    import statistics
+
+    ratios = measured["ratios"]
+    return (f"off {statistics.median(measured['off']):.1f} s, on {statistics.median(measured['on']):.1f} s (medians); "
+            f"on / off {statistics.median(ratios):.3f} (median; range {min(ratios):.3f}-{max(ratios):.3f})")

@@ -16,10 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import available_cores, cpu_model, load_average  # noqa: E402
+from benchmarks.common import (available_cores, cpu_model, interleaved_ratio, load_average, ratio_text,  # noqa: E402
+                               timed)
 
 
 def look_alone(paths: list[Path], short_side: int) -> str:
@@ -54,17 +53,10 @@ def main(argv=None) -> None:
     subset = paths[: args.images]
     for extractor in extractors.values():
         extractor.extract(subset[:32])  # warm-up: the model built, the runtime's kernels chosen
-    seconds: dict[str, list[float]] = {"false": [], "true": []}
-    for r in range(args.rounds):
-        for up, extractor in extractors.items():
-            start = time.perf_counter()
-            extractor.extract(subset)
-            seconds[up].append(time.perf_counter() - start)
-            print(f"  round {r + 1}: upright={up:<5} {seconds[up][-1]:6.1f} s  (load {load_average():.1f})", flush=True)
-    ratios = [on / off for on, off in zip(seconds["true"], seconds["false"])]
-    print(f"CNN extraction of {len(subset)} images, {args.rounds} interleaved rounds: upright off "
-          f"{np.median(seconds['false']):.1f} s, on {np.median(seconds['true']):.1f} s (medians); on / off "
-          f"{np.median(ratios):.3f} (median; range {min(ratios):.3f}-{max(ratios):.3f})")
+    measured = interleaved_ratio(lambda: timed(extractors["false"].extract, subset)[0],
+                                 lambda: timed(extractors["true"].extract, subset)[0], args.rounds,
+                                 names=("upright=false", "upright=true"))
+    print(f"CNN extraction of {len(subset)} images, {args.rounds} interleaved rounds: upright {ratio_text(measured)}")
 
 
 if __name__ == "__main__":

@@ -114,6 +114,20 @@ def test_proposed_pairs_on_a_cluster_are_the_in_process_ones(images, cluster, tm
     assert expected.count(",keypoints,") > without.count(",keypoints,")  # the proposals verified more pairs
 
 
+def test_the_blobs_stage_on_a_cluster_is_the_in_process_one(images, cluster, tmp_path):
+    """The cascade with the blobs stage on: it verifies the CNN's proposals on the SIFT blobs it fetches from the
+    workers, and pairs.csv equals the in-process run's, byte for byte."""
+    from simbench.find.outputs import read_evidence
+
+    local, _ = cluster
+    expected = run_find(images, tmp_path / "alone", "cascade", "blobs.method.proposals=5")
+    found = run_find(images, tmp_path / "out", "cascade", "blobs.method.proposals=5", "--scheduler",
+                     local.scheduler_address, f"cluster.files_per_task={FILES_PER_TASK}")
+    assert found == expected
+    _, raw, _ = read_evidence(tmp_path / "out" / "evidence.npz")
+    assert len(raw["blobs"]) > 0
+
+
 def _received(value, found: dict) -> None:
     """Walk what the client received: KeypointSets' images and rows, the largest other array and the
     most columns of a 2-D one."""

@@ -273,7 +273,7 @@ def score_pairs(client, method, features, progress: bool = False):
     from simbench.methods.cnn import CnnMethod
     from simbench.methods.keypoints import KeypointMethod
 
-    if isinstance(method, KeypointMethod):
+    if isinstance(method, KeypointMethod) and method.own_pairs:  # without: its pairs are all proposed ones
         return score_keypoints(client, method, features)
     if isinstance(method, CnnMethod):
         return score_cnn(client, method, features)

@@ -14,7 +14,10 @@ The default ("cascade", chosen by the measurements in results/find.md):
    pictures matched by brute force with Lowe's ratio test (keypoints.method.proposals);
 3. cnn: EfficientNet-Lite0 GeM embeddings (the picture and the picture blurred, averaged: fine detail that
    copies lose weighs less), each image's nearest neighbours, scored against the
-   similarity to its 10th neighbour (ISC2021 normalisation), for what keypoints cannot see;
+   similarity to its 10th neighbour (ISC2021 normalisation), for what keypoints cannot see; an option, off
+   (blobs.method.proposals): the "blobs" stage checks each image's best CNN pairs on SIFT blobs of the pictures at
+   a coarse scale, a descriptor shared by many of the proposed pictures dropped before the fit (a flat photo's
+   corners are mostly the crest and frame it shares; its blobs are its own);
 4. each stage's raw signal -> estimated precision by a strictly increasing table keyed by the stage's
    settings (simbench.find.calibration; `calibration.json`, fitted on the tuning collections by
    `python benchmarks/bench_find.py calibrate --seeds 1,2`); a stage without a matching table is "uncalibrated";
@@ -53,9 +56,10 @@ log = logging.getLogger("simbench")
 IDENTICAL = "identical"
 LINKED = "linked"
 
-#: Which stages each --method runs (the identical stage always runs).
+#: Which stages each --method runs (the identical stage always runs). "blobs" runs only when it has
+#: proposals to verify (blobs.method.proposals > 0): it finds no pairs of its own.
 METHODS = {
-    "cascade": ("keypoints", "cnn"),
+    "cascade": ("keypoints", "cnn", "blobs"),
     "keypoints": ("keypoints",),
     "cnn": ("cnn",),
     "hash": ("hash",),
@@ -260,6 +264,8 @@ def build_stages(cfg: DictConfig, calibrations: dict[str, Calibration] | None = 
     stages = []
     for name in METHODS[cfg.method]:
         part = cfg[name]
+        if not part.method.get("own_pairs", True) and not part.method.get("proposals", 0):
+            continue  # a stage that only verifies proposals, with none asked for
         extractor = instantiate(part.extractor)
         missing = unavailable(extractor)
         if missing:  # never a stage quietly dropped (a default method that cannot run: runnable_default)
@@ -361,16 +367,25 @@ def fuse(n_items: int, evidence: dict[str, ScoredPairs], rule: str = "max") -> F
 
 
 def fusion_model(stages: list[Stage], cfg: DictConfig) -> Fusion | None:
-    """The fitted fusion for exactly these stages and calibration tables (cfg.fusion "model"), or None."""
+    """The fitted fusion for these stages and calibration tables (cfg.fusion "model"), or None: one fitted on
+    all of them, else one fitted on two or more of them, the most (`apply_fusion` adds the others' calibrated
+    scores by noisy-OR: a stage fitted alone, such as blobs, is added to the shipped fusion of the rest)."""
     if str(cfg.fusion) != "model" or len(stages) < 2 or not all(s.is_calibrated for s in stages):
         return None
     fusions = load_fusions()
     if cfg.get("calibration"):
         fusions = load_fusions(str(cfg.calibration)) + fusions
-    keys = [settings_key(s.settings) for s in stages]
-    inputs = {name for s in stages for name in s.fusion_inputs}
-    for model in fusions:
-        if model.stages == [s.name for s in stages] and model.keys == keys and set(model.weight) <= inputs:
+    names = [s.name for s in stages]
+    for model in sorted(fusions, key=lambda f: -len(f.stages)):  # stable: a file's own fusions first
+        fitted_on = [s for s in stages if s.name in model.stages]
+        keys = [settings_key(s.settings) for s in fitted_on]
+        inputs = {name for s in fitted_on for name in s.fusion_inputs}
+        if len(fitted_on) < 2 or model.stages != [s.name for s in fitted_on] or model.keys != keys:
+            continue
+        if set(model.weight) <= inputs:
+            if len(fitted_on) < len(stages):
+                log.info("the fitted fusion of %s; %s added by noisy-OR", ", ".join(model.stages),
+                         ", ".join(n for n in names if n not in model.stages))
             unread = sorted(inputs - set(model.weight))
             if unread:  # an extra signal asked for, but this fusion was fitted without it
                 log.warning("the fitted fusion does not read %s (fit one that does: benchmarks/bench_find.py "
@@ -405,13 +420,17 @@ def stage_signals(a: np.ndarray, b: np.ndarray, n_items: int, stages: list[Stage
 
 def apply_fusion(pairs: FusedPairs, n_items: int, stages: list[Stage], raw: dict[str, ScoredPairs],
                  features: dict, model: Fusion) -> FusedPairs:
-    """Every pair (fuse()'s, in key order) rescored by the fusion model from the stages' raw signals.
-    Identical image data stays at 1."""
+    """Every pair (fuse()'s, in key order) rescored by the fusion model from the stages' raw signals, and by
+    noisy-OR with the calibrated score of each stage the model was not fitted on. Identical image data stays at 1."""
     values, found = stage_signals(pairs.a, pairs.b, n_items, stages, raw, features)
     for stage in stages:
         if stage.scores_any_pair:
             pairs.per_stage[stage.name] = np.where(found[stage.name], stage.calibrated(values[stage.name]), 0.0)
     score = model(values, found) if len(pairs) else np.zeros(0)
+    for stage in stages:
+        if stage.name not in model.stages:
+            added = np.where(found[stage.name], stage.calibrated(values[stage.name]), 0.0)
+            score = np.maximum(score, 1.0 - (1.0 - score) * (1.0 - added))  # max: rounding never lowers it
     identical = pairs.per_stage.get(IDENTICAL, np.zeros(len(pairs))) > 0
     pairs.score = np.where(identical, 1.0, score)
     return pairs

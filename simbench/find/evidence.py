@@ -97,7 +97,7 @@ def pair_evidence(pairs: FusedPairs, stages: Sequence, features: dict, link_min_
                                                              verified=known), mine)
             for k, record in zip(mine, records):
                 if record is not None:
-                    out[int(pairs.a[k]), int(pairs.b[k])]["keypoints"] = record
+                    out[int(pairs.a[k]), int(pairs.b[k])].setdefault("keypoints", record)  # blobs: where keypoints have none
         elif isinstance(feats, BinaryCodes) and mine:
             a = np.array([position[int(pairs.a[k])] for k in mine])
             b = np.array([position[int(pairs.b[k])] for k in mine])

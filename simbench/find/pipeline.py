@@ -339,7 +339,7 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
                  drop_frames: bool = True) -> dict[str, ScoredPairs]:
     """Each stage's pairs in item indices with its raw signal as the score (what calibration maps);
     with a Dask client, matched through simbench.distributed.match_stage. A keypoint stage with proposals
-    also verifies the pairs the other stages rank best (`with_proposed`).
+    also verifies the pairs that the stages scoring any pair (the CNN) rank best (`with_proposed`).
 
     items: the run's items. Their thumbnails give a keypoint stage that reads them its pairs' `agreement`
     and `agreed_evidence` (simbench.find.agreement), and with min_overlap_agreement drop its pairs whose
@@ -353,8 +353,8 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
     matched = thread_map(lambda stage: stage_pairs(stage, features[stage.name], progress, client), stages,
                          1 if client is not None else len(stages))
     found = {stage.name: pairs for stage, pairs in zip(stages, matched)}
-    for stage in stages:
-        others = [found[other.name] for other in stages if other is not stage]
+    for stage in stages:  # what the CNN ranks best: stages that score any pair (other stages' scales differ)
+        others = [found[other.name] for other in stages if other is not stage and other.scores_any_pair]
         if getattr(stage.method, "proposals", 0) and others:
             found[stage.name] = with_proposed(stage, features[stage.name], found[stage.name], others, progress)
     out = {}
@@ -532,7 +532,7 @@ def stage_pairs(stage: Stage, stage_features, progress: bool = False, client=Non
     if len(rows) < 2:
         return ScoredPairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0),
                            {stage.signal: np.empty(0)} if stage.signal != "score" else {})
-    if progress:
+    if progress and getattr(stage.method, "own_pairs", True):  # blobs: only the pairs proposed to it, later
         print(f"{stage.name}: matching {len(rows)} images", flush=True)
     stage.method.matcher.progress = progress
     if client is not None:

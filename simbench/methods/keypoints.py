@@ -113,6 +113,11 @@ class KeypointMethod(Method):
         pictures share that the radius misses (a crest redrawn at each placement's scale); and have
         proposal_min_inliers inliers (None: min_inliers): matching every descriptor of one picture with
         its nearest in the other gives RANSAC far more chance correspondences to fit a few of.
+    proposal_max_df: correspondences of a descriptor row that matches this many other images or more among
+        all the proposed pairs are dropped before the fit (0: none): a crest or frame on the picture's
+        proposed neighbours. A picture with that many copies loses its own matches too.
+    own_pairs: False: find no pairs of its own, only verify the proposed ones (a stage of `simbench find` that
+        checks the CNN's best pairs with other features, with no all-pairs matching to pay for).
     """
 
     def __init__(self, extractor: Extractor, matcher, distance_threshold: int = 31,
@@ -122,7 +127,8 @@ class KeypointMethod(Method):
                  verify_min_score: float = 0.01, burstiness: float = 0.5, coverage: bool = True,
                  min_coverage: float = 0.02, coverage_extent: float = 0.0, proposals: int = 0,
                  proposal_ratio: float = 0.8, proposal_max_distance: int = 90,
-                 proposal_min_coverage: float | None = None, proposal_min_inliers: int | None = None):
+                 proposal_min_coverage: float | None = None, proposal_min_inliers: int | None = None,
+                 proposal_max_df: int = 0, own_pairs: bool = True):
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if transform not in TRANSFORMS:
@@ -138,6 +144,8 @@ class KeypointMethod(Method):
                              f"{proposal_min_inliers}")
         if proposals and not verify:
             raise ValueError("proposals need verify=true: a proposed pair is kept only when it verifies")
+        if proposal_max_df < 0:
+            raise ValueError(f"proposal_max_df must be >= 0 (0: no descriptor cut), got {proposal_max_df}")
         self.extractor = extractor
         self.matcher = matcher
         self.distance_threshold = int(distance_threshold)
@@ -159,6 +167,8 @@ class KeypointMethod(Method):
         self.proposal_max_distance = int(proposal_max_distance)
         self.proposal_min_coverage = self.min_coverage if proposal_min_coverage is None else float(proposal_min_coverage)
         self.proposal_min_inliers = self.min_inliers if proposal_min_inliers is None else int(proposal_min_inliers)
+        self.proposal_max_df = int(proposal_max_df)
+        self.own_pairs = bool(own_pairs)
 
     def params(self) -> dict:
         # The proposal settings only when proposals are on, the coverage extent only when not 0: without them
@@ -169,6 +179,10 @@ class KeypointMethod(Method):
         if self.proposals and self.proposal_min_inliers != self.min_inliers:
             # Apart, so that runs (27)-(29)'s keys (floor = min_inliers, unnamed) are what they were.
             proposing["proposal_min_inliers"] = self.proposal_min_inliers
+        if self.proposals and self.proposal_max_df:
+            proposing["proposal_max_df"] = self.proposal_max_df
+        if not self.own_pairs:
+            proposing["own_pairs"] = False
         if self.coverage_extent:
             proposing["coverage_extent"] = self.coverage_extent
         return {"distance_threshold": self.distance_threshold, "score_threshold": self.threshold,
@@ -181,8 +195,11 @@ class KeypointMethod(Method):
     def score_pairs(self, features: KeypointSets) -> ScoredPairs:
         """Image pairs a < b (feature rows) with at least one matched feature, scored in [0, 1].
 
-        extra also times the stages: descriptor_pairs_s (the matcher), bags_s, verify_s.
+        extra also times the stages: descriptor_pairs_s (the matcher), bags_s, verify_s. Without own_pairs:
+        none (the pairs come from `score_proposed`).
         """
+        if not self.own_pairs:
+            return ScoredPairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), extra={"evidence": np.empty(0)})
         started = time.perf_counter()
         pairs, comparisons = self.descriptor_pairs(features)
         paired = time.perf_counter()
@@ -242,14 +259,19 @@ class KeypointMethod(Method):
         `ratio_matches`, then the same one-to-one RANSAC fit, burstiness weights and coverage, with floors
         of their own (proposal_min_inliers, proposal_min_coverage).
         The weights' df counts the other images each row corresponds with among all the proposed pairs
-        (the multi-index matches are another radius): content the proposals share, down-weighted alike."""
+        (the multi-index matches are another radius): content the proposals share, down-weighted alike.
+        With proposal_max_df, correspondences of a row matched in that many other images or more are dropped
+        before the fit (`without_shared`): a crest or frame on every proposed neighbour would otherwise be
+        what RANSAC fits, and the picture's own few matches its outliers."""
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
         points = _working_scale_points(features, getattr(self.extractor, "max_size", None))
         matches = ratio_matches(features, a, b, self.proposal_ratio, self.proposal_max_distance)
+        df = image_frequency(matches, len(features.descriptors), len(features))
+        if self.proposal_max_df:
+            matches = without_shared(matches, df, self.proposal_max_df)
         ver = verify_correspondences(points, _mirror_flags(features), len(features), matches, a, b, self.transform,
                                      self.ransac_threshold)
-        weights = burstiness_weights(image_frequency(matches, len(features.descriptors), len(features)),
-                                     self.burstiness)
+        weights = burstiness_weights(df, self.burstiness)
         n = np.diff(features.offsets)
         kept, fields = self.score_verified(ver, a, b, n[a], n[b], weights, points, features.offsets,
                                            relative_points(features), self.proposal_min_coverage,
@@ -487,17 +509,22 @@ def _nearest_passing(d2: np.ndarray, axis: int, ratio: float) -> tuple[np.ndarra
 # Geometric verification (RANSAC)
 
 
-def ratio_matches(features: KeypointSets, a: np.ndarray, b: np.ndarray, ratio: float, max_distance: int) -> dict:
+def without_shared(matches: dict, df: np.ndarray, max_df: int) -> dict:
+    """The matches (`between_images`' form) less those with a row that matches max_df or more other images
+    (df per row, `image_frequency`)."""
+    keep = (df[matches["ra"]] < max_df) & (df[matches["rb"]] < max_df)
+    return {k: v[keep] for k, v in matches.items()}
+
+
+def ratio_matches(features: KeypointSets, a: np.ndarray, b: np.ndarray, ratio: float, max_distance: float) -> dict:
     """Descriptor matches of each image pair (a[k], b[k]), a[k] < b[k], by brute force over the two images
     alone, in `between_images`' form (ra, rb, dist, ia, ib): each plain row of a with its nearest row of b
-    when that is within max_distance bits and nearer than ratio x the second nearest (Lowe 2004; cv2's
-    BFMatcher). With mirror rows, a's plain rows are matched to b's plain rows and to b's mirrored rows
-    apart (a flip's matches must not fail the ratio test against the picture's own symmetry); mirrored rows
-    of a matched to b's would add the same correspondences reflected. Binary descriptors only."""
-    if not features.binary:
-        raise ValueError("ratio_matches needs binary descriptors")
+    when that is within max_distance (bits; L2 for float descriptors) and nearer than ratio x the second
+    nearest (Lowe 2004; cv2's BFMatcher). With mirror rows, a's plain rows are matched to b's plain rows and
+    to b's mirrored rows apart (a flip's matches must not fail the ratio test against the picture's own
+    symmetry); mirrored rows of a matched to b's would add the same correspondences reflected."""
     mirrored = _mirror_flags(features)
-    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING if features.binary else cv2.NORM_L2)
     parts = []
     for i, j in zip(np.asarray(a, np.int64).tolist(), np.asarray(b, np.int64).tolist()):
         rows_a = np.arange(features.offsets[i], features.offsets[i + 1])
@@ -516,7 +543,7 @@ def ratio_matches(features: KeypointSets, a: np.ndarray, b: np.ndarray, ratio: f
         empty = np.empty(0, np.int64)
         return {"ra": empty, "rb": empty, "dist": empty, "ia": empty, "ib": empty}
     return {"ra": np.concatenate([p[0] for p in parts]), "rb": np.concatenate([p[1] for p in parts]),
-            "dist": np.concatenate([p[2] for p in parts]).astype(np.int64),
+            "dist": np.concatenate([p[2] for p in parts]).astype(np.int64 if features.binary else np.float64),
             "ia": np.concatenate([np.full(len(p[0]), p[3], np.int64) for p in parts]),
             "ib": np.concatenate([np.full(len(p[0]), p[4], np.int64) for p in parts])}
 

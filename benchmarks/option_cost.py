@@ -1,0 +1,60 @@
+"""What a setting of `simbench find` costs a whole run: find with and without it, interleaved, on one collection.
+
+    python benchmarks/option_cost.py blobs.method.proposals=5 [calibration=FILE ...] [--images 500] [--rounds 3]
+
+On bench_find.py throughput's collection (SyntheticDataset(n_references=150, n_distractors=50, seed=0), 2,000
+JPEGs), its first --images images: `find` (the default method, every output written) with the default settings
+("off") and with the overrides given ("on"), each from an empty index (every feature extracted, as a first run
+pays), interleaved (off, on, off, on, ...) --rounds times, after one warm-up run of each on 32 images; then the
+median of each round's on / off ratio (the machine is shared: a ratio of adjacent runs holds, single timings do
+not). Run (55) of results/find.md judged the blobs stage's cost by this ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import available_cores, cpu_model, interleaved_ratio, load_average, ratio_text  # noqa: E402
+
+
+def timed_find(paths: list[Path], overrides: list[str]) -> float:
+    """Seconds of one find run over `paths` from an empty index, its outputs in a folder removed afterwards."""
+    from simbench.find import cascade
+    from simbench.find.pipeline import find
+
+    cfg = cascade.make_config(None, overrides)
+    tmp = Path(tempfile.mkdtemp(prefix="option-cost-"))
+    try:
+        start = time.perf_counter()
+        find(paths, tmp / "out", cfg, index=tmp / "index", progress=False)
+        return time.perf_counter() - start
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="+", help="key=value settings of the 'on' runs")
+    parser.add_argument("--images", type=int, default=500, help="images per find run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved off / on rounds")
+    args = parser.parse_args(argv)
+    from simbench.data.synthetic import SyntheticDataset
+
+    print(f"# {cpu_model()}, {available_cores()} CPUs usable, load {load_average():.1f}; on: {' '.join(args.overrides)}")
+    ds = SyntheticDataset(n_references=150, n_distractors=50, seed=0).load(progress=False)
+    paths = [Path(p) for p in ds.paths][: args.images]
+    runs = {"off": [], "on": list(args.overrides)}
+    for overrides in runs.values():
+        timed_find(paths[:32], overrides)  # warm-up: models built, the runtime's kernels chosen
+    measured = interleaved_ratio(lambda: timed_find(paths, runs["off"]), lambda: timed_find(paths, runs["on"]),
+                                 args.rounds)
+    print(f"find on {len(paths)} images, {args.rounds} interleaved rounds: {ratio_text(measured)}")
+
+
+if __name__ == "__main__":
+    main()

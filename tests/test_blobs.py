@@ -1,0 +1,230 @@
+"""The blobs stage (conf/find.yaml `blobs`): the CNN's best pairs verified on coarse SIFT blobs. Float ratio matches
+against a plain oracle, the shared-descriptor cut against a loop, a crest on every picture that verifies unrelated
+pictures until the cut drops it while a real copy still verifies, and the stage off unless it has proposals."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simbench.features.keypoints import KeypointExtractor
+from simbench.find import cascade
+from simbench.match.exact import ExactMatcher
+from simbench.methods.keypoints import KeypointMethod, image_frequency, ratio_matches, without_shared
+from simbench.types import KeypointSets, ScoredPairs
+
+WIDTH = 128  # SIFT
+
+
+def _float_sets(seed: int, counts=(30, 0, 25, 40, 1, 20)) -> KeypointSets:
+    """Random SIFT-like descriptors with near copies of random rows planted over others (small and larger noise),
+    so that some rows have one close twin in another image (the ratio test keeps them) and some two (it does not)."""
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    m = int(offsets[-1])
+    desc = rng.uniform(0, 100, (m, WIDTH)).astype(np.float32)
+    for _ in range(2 * m):
+        i, j = rng.integers(0, m, 2)
+        desc[j] = desc[i] + rng.normal(0, rng.choice([2.0, 20.0, 60.0]), WIDTH).astype(np.float32)
+    points = rng.uniform(0, 200, (m, 2)).astype(np.float32)
+    zeros = np.zeros(m, np.float32)
+    return KeypointSets(desc, offsets, points, zeros, zeros, zeros, np.full((len(counts), 2), 200), False)
+
+
+def _oracle_matches(f: KeypointSets, a, b, ratio: float, max_distance: float) -> set:
+    """Each row of a with its nearest row of b by L2 (float64), kept when within max_distance and nearer than
+    ratio x the second nearest (loops)."""
+    out = set()
+    for i, j in zip(a, b):
+        targets = range(f.offsets[j], f.offsets[j + 1])
+        if len(targets) < 2:
+            continue
+        for q in range(f.offsets[i], f.offsets[i + 1]):
+            d = sorted((float(np.linalg.norm(f.descriptors[q].astype(np.float64) - f.descriptors[t])), t)
+                       for t in targets)
+            if d[0][0] <= max_distance and d[0][0] < ratio * d[1][0]:
+                out.add((q, d[0][1], i, j))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("ratio,max_distance", [(0.85, 1000.0), (0.8, 300.0), (0.6, 150.0)])
+def test_float_ratio_matches_equal_a_python_oracle(seed, ratio, max_distance):
+    f = _float_sets(seed)
+    a, b = np.array([0, 0, 1, 2, 2, 3, 0]), np.array([2, 3, 2, 3, 5, 4, 5])
+    got = ratio_matches(f, a, b, ratio, max_distance)
+    assert all(len(v) == len(got["ra"]) for v in got.values()) and got["dist"].dtype == np.float64
+    want = _oracle_matches(f, a, b, ratio, max_distance)
+    found = set(zip(*(got[k].tolist() for k in ("ra", "rb", "ia", "ib"))))
+    # float32 distances: a ratio within rounding of the cut may fall either way; none does in these sets
+    assert found == want and len(want) >= 5
+    rows = dict(((q, t), (i, j)) for q, t, i, j in want)
+    for q, t, d in zip(got["ra"].tolist(), got["rb"].tolist(), got["dist"].tolist()):
+        assert (q, t) in rows and d == pytest.approx(np.linalg.norm(f.descriptors[q].astype(np.float64)
+                                                                    - f.descriptors[t]), rel=1e-4)
+
+
+@pytest.mark.parametrize("max_df", [1, 2, 3])
+def test_without_shared_equals_a_loop(max_df):
+    f = _float_sets(4)
+    a, b = np.array([0, 0, 0, 2, 2, 3, 3]), np.array([2, 3, 5, 3, 5, 5, 4])
+    matches = ratio_matches(f, a, b, 0.9, 1000.0)
+    df = image_frequency(matches, len(f.descriptors), len(f))
+    others = {}  # row -> the other images it matches (a loop over the matches)
+    for q, t, i, j in zip(*(matches[k].tolist() for k in ("ra", "rb", "ia", "ib"))):
+        others.setdefault(q, set()).add(j)
+        others.setdefault(t, set()).add(i)
+    assert max(len(v) for v in others.values()) >= 2
+    got = without_shared(matches, df, max_df)
+    want = {(q, t) for q, t in zip(matches["ra"].tolist(), matches["rb"].tolist())
+            if len(others[q]) < max_df and len(others[t]) < max_df}
+    assert set(zip(got["ra"].tolist(), got["rb"].tolist())) == want
+    assert all(len(v) == len(got["ra"]) for v in got.values())
+
+
+def _crested(seed: int = 0) -> KeypointSets:
+    """Six pictures (200 x 200) carrying the same crest (12 blobs, the same descriptors give or take noise, at the
+    same place) over 30 blobs of their own; pictures 0 and 1 also share 15 blobs of one photo (1 is a copy of 0
+    moved by (5, -3) px). Pictures 2-5 are unrelated but for the crest."""
+    rng = np.random.default_rng(seed)
+    crest_desc = rng.uniform(0, 100, (12, WIDTH))
+    crest_pts = rng.uniform(80, 120, (12, 2))  # a small crest in the middle
+    photo_desc = rng.uniform(0, 100, (15, WIDTH))
+    photo_pts = rng.uniform(10, 190, (15, 2))
+    desc, pts, counts = [], [], []
+    for k in range(6):
+        own = [rng.uniform(0, 100, (30, WIDTH)), crest_desc + rng.normal(0, 1, crest_desc.shape)]
+        where = [rng.uniform(0, 200, (30, 2)), crest_pts]
+        if k < 2:
+            own.append(photo_desc + rng.normal(0, 1, photo_desc.shape))
+            where.append(photo_pts + (np.array([5.0, -3.0]) if k else 0.0))
+        desc.append(np.concatenate(own))
+        pts.append(np.concatenate(where))
+        counts.append(len(desc[-1]))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    m = int(offsets[-1])
+    zeros = np.zeros(m, np.float32)
+    return KeypointSets(np.concatenate(desc).astype(np.float32), offsets, np.concatenate(pts).astype(np.float32),
+                        zeros, zeros, zeros, np.full((6, 2), 200), False)
+
+
+def test_a_crest_on_every_proposed_picture_is_cut_and_a_copy_still_verifies():
+    f = _crested()
+    a, b = np.array([x for x in range(6) for y in range(x + 1, 6)]), np.array([y for x in range(6) for y in range(x + 1, 6)])
+    extractor = KeypointExtractor("sift", max_size=256)
+
+    def method(max_df):
+        return KeypointMethod(extractor, ExactMatcher(), verify=True, own_pairs=False, proposals=5,
+                              proposal_ratio=0.85, proposal_max_distance=1000, proposal_max_df=max_df,
+                              ransac_threshold=4.0, min_inliers=8, min_coverage=0.0)
+
+    crest = method(0).score_proposed(f, a, b)
+    assert len(crest) == 15  # every pair verifies through the crest alone
+    cut = method(4).score_proposed(f, a, b)
+    assert list(zip(cut.a.tolist(), cut.b.tolist())) == [(0, 1)]
+    assert cut.extra["inliers"][0] >= 14  # the photo's own blobs, not the crest's
+    assert len(method(4).score_pairs(f)) == 0  # own_pairs=False: no pairs of its own
+
+
+def test_the_blobs_stage_runs_only_with_proposals_and_is_keyed_by_them():
+    off = cascade.build_stages(cascade.make_config("cascade"), calibrations={}, quiet=True)
+    on = cascade.build_stages(cascade.make_config("cascade", ["blobs.method.proposals=5"]), calibrations={},
+                              quiet=True)
+    assert [s.name for s in off] == ["keypoints", "cnn"]
+    assert [s.name for s in on] == ["keypoints", "cnn", "blobs"]
+    blobs = on[-1]
+    assert blobs.extractor.detector == "sift" and not blobs.extractor.binary and blobs.signal == "evidence"
+    params = blobs.settings["method_params"]
+    assert params["own_pairs"] is False and params["proposals"] == 5 and params["proposal_max_df"] == 4
+    other = cascade.build_stages(cascade.make_config("cascade", ["blobs.method.proposals=5",
+                                                                 "blobs.method.proposal_max_df=6"]),
+                                 calibrations={}, quiet=True)[-1]
+    assert cascade.settings_key(other.settings) != cascade.settings_key(blobs.settings)
+    keypoints = KeypointMethod(KeypointExtractor("brisk"), ExactMatcher(), verify=True)
+    assert "own_pairs" not in keypoints.params() and "proposal_max_df" not in keypoints.params()
+    with pytest.raises(ValueError, match="proposal_max_df"):
+        KeypointMethod(KeypointExtractor("sift"), ExactMatcher(), verify=True, proposal_max_df=-1)
+
+
+def test_blobs_rank_flat_copies_in_a_shared_frame_above_different_photos(tmp_path):
+    """A school yearbook whose every photo is flat (blurred, its contrast lowered) and carries the school's crest
+    and frame. The blobs stage, run as find runs it (the CNN proposing), verifies copies of one photo, and every
+    copy's evidence is above every pair of different photos'; without the shared-descriptor cut, the crest and
+    frame verify pairs of different photos as strongly as copies."""
+    from simbench.find.pipeline import collect, raw_evidence
+    from simbench.find.yearbook import SCHOOL_STYLE, build_yearbook, match_placement, true_pairs
+
+    placements = build_yearbook(tmp_path / "pdfs", n_pdfs=2, n_photos=6, n_single=2, seed=3,
+                                **{**SCHOOL_STYLE, "recolour": 0.0, "low_texture": 1.0})
+
+    def blobs_pairs(max_df: int) -> tuple[np.ndarray, np.ndarray]:
+        """(evidence, is a copy) of the blobs stage's pairs."""
+        cfg = cascade.make_config("cascade", ["blobs.method.proposals=5", f"blobs.method.proposal_max_df={max_df}"])
+        stages = [s for s in cascade.build_stages(cfg, calibrations={}, quiet=True) if s.name in ("cnn", "blobs")]
+        got = collect([tmp_path / "pdfs"], stages, cfg, tmp_path / "index", tmp_path, False)
+        blobs = raw_evidence(stages, got.features, False, None, got.items, True)["blobs"]
+        where = [match_placement(placements, it.source, it.page, it.bbox) if it.page else None for it in got.items]
+        photo = [placements[k].photo if k is not None else -1 - n for n, k in enumerate(where)]
+        return blobs.score, np.array([photo[a] == photo[b] for a, b in zip(blobs.a, blobs.b)], bool)
+
+    evidence, copy = blobs_pairs(4)
+    assert copy.sum() >= len(true_pairs(placements)) // 3
+    assert evidence[copy].min() > evidence[~copy].max(initial=0.0)
+    evidence, copy = blobs_pairs(0)
+    assert evidence[~copy].max(initial=0.0) > evidence[copy].min()
+
+
+def test_a_stage_the_fusion_was_not_fitted_on_adds_by_noisy_or(monkeypatch):
+    """With blobs on and only a keypoints + CNN fusion fitted, find uses that fusion and adds blobs' calibrated
+    score by noisy-OR: a pair blobs did not verify keeps the fusion's score, one it verified gets
+    1 - (1 - fused) (1 - blobs); a fusion fitted on all three stages wins when there is one."""
+    from simbench.find.calibration import Calibration, Fusion
+    from simbench.find.cascade import FusedPairs, apply_fusion
+
+    cfg = cascade.make_config("cascade", ["blobs.method.proposals=5"])
+    stages = cascade.build_stages(cfg, quiet=True)
+    blobs = stages[-1]
+    blobs.calibration = Calibration(np.array([0.0, 10.0]), np.array([0.1, 0.9]), "evidence", blobs.settings)
+    keys = [cascade.settings_key(s.settings) for s in stages]
+    two = Fusion(["keypoints", "cnn"], keys[:2], -3.0, {"keypoints": 1.0, "cnn": 0.0},
+                 {"keypoints": 0.5, "cnn": 4.0}, {"keypoints": "log1p", "cnn": "identity"})
+    three = Fusion(["keypoints", "cnn", "blobs"], keys, -3.0, {"keypoints": 1.0, "cnn": 0.0, "blobs": 1.0},
+                   {"keypoints": 0.5, "cnn": 4.0, "blobs": 0.5},
+                   {"keypoints": "log1p", "cnn": "identity", "blobs": "log1p"})
+    monkeypatch.setattr(cascade, "load_fusions", lambda *args: [two])
+    assert cascade.fusion_model(stages, cfg) is two
+    monkeypatch.setattr(cascade, "load_fusions", lambda *args: [two, three])
+    assert cascade.fusion_model(stages, cfg) is three
+    assert cascade.fusion_model(stages[:2], cascade.make_config("cascade")) is two
+
+    class Cnn:  # scores any pair: the same for all three
+        name, signal, scores_any_pair = "cnn", "score", True
+
+        def score_given(self, features, a, b):
+            return np.full(len(a), 0.5), np.ones(len(a), bool)
+
+        def calibrated(self, raw):
+            return raw
+
+    class Kp:
+        name, signal, scores_any_pair, extra_signals = "keypoints", "evidence", False, ()
+
+    pairs = FusedPairs(np.array([0, 2, 4]), np.array([1, 3, 5]), np.zeros(3), np.array(["cnn"] * 3, object),
+                       {"identical": np.zeros(3)})
+    raw = {"keypoints": ScoredPairs(np.array([0]), np.array([1]), np.array([5.0])),
+           "blobs": ScoredPairs(np.array([2]), np.array([3]), np.array([5.0]))}
+    out = apply_fusion(pairs, 6, [Kp(), Cnn(), blobs], raw, {"cnn": None}, two)
+    alone = two({"keypoints": np.array([5.0, 0, 0]), "cnn": np.full(3, 0.5)},
+                {"keypoints": np.array([True, False, False]), "cnn": np.ones(3, bool)})
+    assert out.score[0] == pytest.approx(alone[0]) and out.score[2] == pytest.approx(alone[2])
+    added = blobs.calibrated(np.array([5.0]))[0]
+    assert 0.1 < added < 0.9 and out.score[1] == pytest.approx(1 - (1 - alone[1]) * (1 - added))
+
+
+def test_a_stage_without_pairs_of_its_own_matches_nothing_on_a_cluster_either():
+    """simbench.distributed.match.score_pairs leaves a method with own_pairs=False to itself: no tasks, no
+    all-pairs matching of its descriptors (the client is never touched)."""
+    from simbench.distributed.match import score_pairs
+
+    method = KeypointMethod(KeypointExtractor("sift"), ExactMatcher(), verify=True, own_pairs=False, proposals=5)
+    got = score_pairs(None, method, object())
+    assert len(got) == 0 and len(got.extra["evidence"]) == 0
