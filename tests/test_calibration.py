@@ -138,6 +138,21 @@ def test_a_linked_pair_loses_what_its_own_cnn_evidence_says_against_it_and_gains
     assert cascade.own_evidence_weigher([], {}) is None  # no CNN stage: nothing to weigh by
 
 
+def test_a_chain_the_cnn_does_not_doubt_keeps_its_score_to_the_last_bit():
+    """The weigher leaves a linked score exactly as it was where the CNN's ratio is 1 (for, neutral, unscored): its
+    odds' round trip would move some scores by a rounding step, and with it whether a direct pair that ties its own
+    chain (a pair of the spanning tree) is called "linked" (what differed between a cluster's run and a local one)."""
+    cnn = _OwnCnn({(0, 2): 0.95, (1, 4): 0.2, (0, 3): 0.001})
+    weigh = cascade.own_evidence_weigher([cnn], {"cnn": None})
+    scores = np.random.default_rng(0).uniform(0.5, 1.0, 3000)
+    a, b = np.array([[0, 1, 1][k % 3] for k in range(3000)]), np.array([[2, 4, 3][k % 3] for k in range(3000)])
+    weighed = weigh(ScoredPairs(a, b, scores)).score
+    kept = np.array([(x, y) != (0, 3) for x, y in zip(a.tolist(), b.tolist())])
+    assert np.array_equal(weighed[kept], scores[kept]) and np.all(weighed[~kept] < scores[~kept])
+    odds = scores / (1 - scores)
+    assert np.any(odds / (1 + odds) != scores)  # the round trip alone does move some of them
+
+
 @pytest.mark.parametrize("rule", cascade.LINK_SCORES)
 @pytest.mark.parametrize("seed", range(3))
 def test_a_lower_linking_floor_only_reorders_the_pairs_below_the_higher_one(seed, rule):

@@ -508,7 +508,9 @@ def own_evidence_weigher(stages: Sequence[Stage], features: dict) -> Callable[[S
         raw, ok = cnn.score_given(features[cnn.name], linked.a, linked.b)
         ratio = np.where(ok, np.minimum(_odds(cnn.calibrated(raw)) / prior, 1.0), 1.0)
         odds = _odds(linked.score) * ratio
-        return ScoredPairs(linked.a, linked.b, odds / (1.0 + odds))
+        # Where the ratio lowers nothing the chain's score stays as it is: the odds' round trip could move it by a
+        # rounding step, up as well as down, and decide by that whether a direct pair is "linked".
+        return ScoredPairs(linked.a, linked.b, np.where(ratio < 1.0, odds / (1.0 + odds), linked.score))
 
     return weigh
 
