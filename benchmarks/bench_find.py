@@ -104,14 +104,13 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
     collections = tuning_collections(work, progress, overrides, seeds, fit_layouts)
     tables = []
     for name in ("keypoints", "cnn", "hash", "blobs"):
-        stages = fitted_stages(name, overrides)
+        _, stages = fitted_stages(name, overrides)
         if not stages:
             continue  # blobs off (no proposals)
         stage = stages[-1]  # the settings the table is for
         raw, is_true = [], []
         for c in collections:
-            c_cfg = cascade.make_config(FITTED_IN.get(name, name), [*overrides, *c.overrides])
-            c_stages = fitted_stages(name, [*overrides, *c.overrides])
+            c_cfg, c_stages = fitted_stages(name, [*overrides, *c.overrides])
             got = collect(c.inputs, c_stages, c_cfg, c.index, work, progress)
             found = raw_evidence(c_stages, got.features, progress, None, got.items, c_cfg.drop_shared_frames)[name]
             raw.append(found.score)
@@ -139,15 +138,15 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
 FITTED_IN = {"blobs": "cascade"}
 
 
-def fitted_stages(name: str, overrides: list[str]) -> list:
-    """The stages whose run gives stage `name`'s raw pairs, `name` last: itself alone, or (blobs) the CNN that
-    proposes its pairs and blobs; none when blobs is off."""
-    stages = cascade.build_stages(cascade.make_config(FITTED_IN.get(name, name), overrides), calibrations={},
-                                  quiet=True)
+def fitted_stages(name: str, overrides: list[str]):
+    """(config, stages) of the run that gives stage `name`'s raw pairs, `name` last: itself alone, or (blobs) the
+    CNN that proposes its pairs and blobs; no stages when blobs is off."""
+    cfg = cascade.make_config(FITTED_IN.get(name, name), overrides)
+    stages = cascade.build_stages(cfg, calibrations={}, quiet=True)
     if name not in FITTED_IN:
-        return stages
+        return cfg, stages
     own = [s for s in stages if s.name == name]
-    return [s for s in stages if s.scores_any_pair] + own if own else []
+    return cfg, [s for s in stages if s.scores_any_pair] + own if own else []
 
 
 def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], progress: bool,
@@ -455,10 +454,15 @@ def tuning_collections(work: Path, progress: bool, overrides: list[str] = (), se
     return out
 
 
+def item_placements(placements, items) -> list:
+    """Per item, the index of the placement it is (None: no placement, or not a PDF image)."""
+    return [match_placement(placements, it.source, it.page, it.bbox) if it.page else None for it in items]
+
+
 def placement_labels(placements, items, pairs) -> np.ndarray:
     """Per item pair of `pairs`, whether its two images are placements of one photo (an image that is no
     placement: false)."""
-    where = [match_placement(placements, it.source, it.page, it.bbox) if it.page else None for it in items]
+    where = item_placements(placements, items)
     truth = true_pairs(placements)
     return np.array([(min(where[a], where[b]), max(where[a], where[b])) in truth
                      if where[a] is not None and where[b] is not None else False

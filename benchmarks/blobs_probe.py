@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_find import TUNE, fitted_stages, school_yearbook  # noqa: E402
+from benchmarks.bench_find import TUNE, fitted_stages, item_placements, school_yearbook  # noqa: E402
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
 
 FLOORS = (0.0, 1.0, 2.0, 4.0, 8.0)
@@ -28,18 +28,16 @@ FLOORS = (0.0, 1.0, 2.0, 4.0, 8.0)
 def layout_pairs(layout: int, overrides: list[str], work: Path) -> tuple[list[tuple[str, float]], list[str]]:
     """(kind or "different photos", raw evidence) of the blobs stage's pairs in one tuning yearbook, and the kind
     of each of its true pairs."""
-    from simbench.find import cascade
     from simbench.find.pipeline import collect, raw_evidence
-    from simbench.find.yearbook import match_placement, pair_kind, true_pairs
+    from simbench.find.yearbook import pair_kind, true_pairs
 
     pdfs = work / f"layout{layout}"
     shutil.rmtree(pdfs, ignore_errors=True)
     placements = school_yearbook(pdfs, TUNE, layout, False)
-    cfg = cascade.make_config("cascade", overrides)
-    stages = fitted_stages("blobs", overrides)
+    cfg, stages = fitted_stages("blobs", overrides)
     got = collect([pdfs], stages, cfg, work / f"index-{layout}", work, False)
     blobs = raw_evidence(stages, got.features, False, None, got.items, bool(cfg.drop_shared_frames))["blobs"]
-    where = [match_placement(placements, it.source, it.page, it.bbox) if it.page else None for it in got.items]
+    where = item_placements(placements, got.items)
     rows = []
     for a, b, evidence in zip(blobs.a.tolist(), blobs.b.tolist(), blobs.score.tolist()):
         i, j = where[a], where[b]

@@ -15,11 +15,11 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import available_cores, cpu_model, interleaved_ratio, load_average, ratio_text  # noqa: E402
+from benchmarks.common import (available_cores, cpu_model, interleaved_ratio, load_average, ratio_text,  # noqa: E402
+                               timed)
 
 
 def timed_find(paths: list[Path], overrides: list[str]) -> float:
@@ -30,9 +30,7 @@ def timed_find(paths: list[Path], overrides: list[str]) -> float:
     cfg = cascade.make_config(None, overrides)
     tmp = Path(tempfile.mkdtemp(prefix="option-cost-"))
     try:
-        start = time.perf_counter()
-        find(paths, tmp / "out", cfg, index=tmp / "index", progress=False)
-        return time.perf_counter() - start
+        return timed(find, paths, tmp / "out", cfg, tmp / "index", False)[0]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

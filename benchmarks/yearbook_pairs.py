@@ -11,7 +11,8 @@ photo is a flat one. "how" is pairs.csv's method: the stage that scored the pair
 evidence.npz, for the pair itself ("-": none): "keypoints", the verified fit's inliers (rows: a point whose plain
 and mirrored descriptors both fit counts twice) and whether it is mirrored; "own CNN", the CNN stage's calibrated
 score and the cosine (for a linked pair, what the CNN says of the two pictures beside what the chain says). Under
-the table: how many pairs only the CNN scored have an own CNN score of 0.8 or more, true and false.
+the table: how many pairs only the CNN scored have an own CNN score of 0.8 or more, true and false; then the false
+pairs scoring 0.95 or more, by "how", each with the raw signal of every stage that found it itself (runs 55 to 58).
 """
 from __future__ import annotations
 
@@ -77,6 +78,26 @@ def cnn_only_counts(placements, found: list[dict], evidence: list[dict], at: flo
     return sum(counted), len(counted) - sum(counted)
 
 
+def false_pairs_by_stage(placements, found: list[dict], out: Path, at: float = 0.95) -> str:
+    """The false pairs scoring >= at: how many, by pairs.csv's method, and each with the raw signal of every stage
+    that found the pair itself (the run's evidence.npz)."""
+    truth = true_pairs(placements)
+    items, raw, _ = read_evidence(out / "evidence.npz")
+    index = {item: k for k, item in enumerate(items)}
+    own = {name: {(int(a), int(b)): float(v) for a, b, v in zip(r.a, r.b, r.score)} for name, r in raw.items()}
+    by_how: dict[str, int] = {}
+    lines = []
+    for row, (i, j) in zip(found, placement_pairs(placements, found)):
+        if float(row["score"]) < at or (i is not None and j is not None and (min(i, j), max(i, j)) in truth):
+            continue
+        by_how[row["method"]] = by_how.get(row["method"], 0) + 1
+        a, b = sorted((index[row["a"]], index[row["b"]]))
+        signals = {name: round(v[(a, b)], 3) for name, v in own.items() if (a, b) in v}
+        lines.append(f"  {float(row['score']):.4f} {row['method']}: {signals or 'no stage found it itself'}")
+    counts = ", ".join(f"{how} {n}" for how, n in sorted(by_how.items()))
+    return "\n".join([f"false pairs scoring >= {at}: {sum(by_how.values())} ({counts or 'none'})", *lines])
+
+
 def pair_evidence(out: Path, found: list[dict]) -> list[dict]:
     """Per pairs.csv row, that pair's record in the run's evidence.npz (simbench.find.evidence: "keypoints",
     "cnn", ...; {}: none, or no evidence.npz)."""
@@ -113,6 +134,7 @@ def main(argv=None) -> None:
     print(pair_table(placements, found, args.false, evidence))
     n_true, n_false = cnn_only_counts(placements, found, evidence)
     print(f"\npairs only the CNN scored whose own CNN score is >= 0.8: {n_true} true, {n_false} false")
+    print(false_pairs_by_stage(placements, found, pairs_csv.parent))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_find import (best_recall, by_kind_text, labelled_pairs, pooled_yearbook_scores,  # noqa: E402
                                    recall_by_kind)
@@ -118,3 +120,26 @@ def test_cnn_only_counts_reads_the_pairs_own_cnn_score():
     assert cnn_only_counts(a, found, evidence) == (1, 1)
     assert cnn_only_counts(a, found, evidence, at=0.9) == (0, 0)
     assert cnn_only_counts(a, found, [{}] * 4) == (0, 0)  # no evidence: nothing to count
+
+
+def test_false_pairs_by_stage_counts_by_method_with_each_stages_own_signal(tmp_path):
+    from types import SimpleNamespace
+
+    from benchmarks.yearbook_pairs import false_pairs_by_stage
+    from simbench.find.outputs import write_evidence
+    from simbench.types import ScoredPairs
+
+    a = _book("a", [0, 0, 1, 2])  # true pair (0,1)
+    names = [f"a.pdf#page={k}" for k in range(1, 5)]
+    found = [dict(_row(a, 0, 1, 0.99), method="keypoints"), dict(_row(a, 2, 3, 0.98), method="blobs"),
+             dict(_row(a, 1, 3, 0.97), method="linked"), dict(_row(a, 0, 2, 0.50), method="cnn")]
+    for row, (i, j) in zip(found, [(0, 1), (2, 3), (1, 3), (0, 2)]):
+        row.update(a=names[i], b=names[j])
+    raw = {"blobs": ScoredPairs(np.array([2]), np.array([3]), np.array([4.5])),
+           "cnn": ScoredPairs(np.array([2, 1]), np.array([3, 3]), np.array([0.6, 0.55]))}
+    write_evidence(tmp_path / "evidence.npz", raw, [SimpleNamespace(display=n) for n in names],
+                   {"blobs": {}, "cnn": {}})
+    text = false_pairs_by_stage(a, found, tmp_path).splitlines()
+    # the true pair and the one below 0.95 are not counted
+    assert text[0] == "false pairs scoring >= 0.95: 2 (blobs 1, linked 1)"
+    assert text[1:] == ["  0.9800 blobs: {'blobs': 4.5, 'cnn': 0.6}", "  0.9700 linked: {'cnn': 0.55}"]
