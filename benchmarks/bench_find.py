@@ -65,6 +65,10 @@ TARGET_PRECISION = 0.95
 #: yearbook-school-tune-layout<seed>. Nine since run (47): one layout gave the fit too few false keypoint pairs to
 #: weigh the keypoint evidence by (results/find.md, "Runs (43) to (47)").
 YEARBOOK_FIT_LAYOUTS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+#: The cascade stages `calibrate` fits the fusion on; find adds the others' calibrated scores by noisy-OR. Not the
+#: blobs stage: refitted with it, the fusion weighed the keypoints' "found" higher and lost precision on fresh tuning
+#: yearbooks (run 55 against run 57, results/find.md).
+FUSION_STAGES = ("keypoints", "cnn")
 #: Other seeds of the development set whose tuning collections `tune --seeds` runs beside the halves
 #: (`reshuffled`): the same tuning pictures with other references, distractor tiles, copies and overlays,
 #: so other false pairs. Seed 1's top false pairs were looked at (what the shared-frame rule missed); seed 2
@@ -92,15 +96,16 @@ def dev_set(split: str, part: str, progress: bool, seed: int = 0):
 
 def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALIBRATION_FILE,
               seeds: tuple = (), found_weights: bool = True,
-              fit_layouts: tuple[int, ...] = YEARBOOK_FIT_LAYOUTS, fusion_stages: tuple[str, ...] = ()) -> list:
+              fit_layouts: tuple[int, ...] = YEARBOOK_FIT_LAYOUTS,
+              fusion_stages: tuple[str, ...] = FUSION_STAGES) -> list:
     """Fit raw -> precision for every stage on the tuning collections only: the TUNING split of the
     development set (photographs and line art; with `seeds`, also its rebuilds with those seeds),
     yearbook PDFs with shared logos built from its photos (build_yearbook seeds `fit_layouts`), and plain
     yearbook PDFs of scikit-image photos (look-alike pictures: retina and sky quadrants). Write
     simbench/find/calibration.json (or `out`: a variant's tables, for `find calibration=FILE`). found_weights:
     whether the fusion fits a weight for "the stage found this pair" (calibration.fit_fusion); fusion_stages: the
-    cascade stages the fusion is fitted on (default all; find adds the others by noisy-OR). The report split is
-    never read here."""
+    cascade stages the fusion is fitted on (() for all; find adds the others by noisy-OR). The report split is never
+    read here."""
     collections = tuning_collections(work, progress, overrides, seeds, fit_layouts)
     tables = []
     for name in ("keypoints", "cnn", "hash", "blobs"):
@@ -126,7 +131,8 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
     command = ("python benchmarks/bench_find.py calibrate" + "".join(f" {o}" for o in overrides)
                + (f" --seeds {','.join(map(str, seeds))}" if seeds else "")
                + ("" if found_weights else " --found-weights none")
-               + (f" --fusion-stages {','.join(fusion_stages)}" if fusion_stages else "")
+               + ("" if tuple(fusion_stages) == FUSION_STAGES
+                  else f" --fusion-stages {','.join(fusion_stages) or 'all'}")
                + ("" if fit_layouts == YEARBOOK_FIT_LAYOUTS else f" --fit-layouts {','.join(map(str, fit_layouts))}"))
     save_calibrations(tables, out, "isotonic raw -> precision fits on the tuning collections (devset "
                       f"tune split{' and its rebuilds' if seeds else ''}, yearbooks); made by `{command}`", [fusion])
@@ -986,9 +992,9 @@ def main(argv=None) -> None:
     parser.add_argument("--found-weights", choices=("fit", "none"), default="fit",
                         help="calibrate: fit the fusion's weight for 'the stage found this pair', or fit none "
                              "(calibration.fit_fusion; default fit)")
-    parser.add_argument("--fusion-stages", default="",
-                        help="calibrate: comma-separated cascade stages the fusion is fitted on (default all; find adds "
-                             "the others' calibrated scores by noisy-OR)")
+    parser.add_argument("--fusion-stages", default=",".join(FUSION_STAGES),
+                        help="calibrate: comma-separated cascade stages the fusion is fitted on, or 'all' (default "
+                             f"{','.join(FUSION_STAGES)}; find adds the others' calibrated scores by noisy-OR)")
     parser.add_argument("--fit-layouts", default=",".join(map(str, YEARBOOK_FIT_LAYOUTS)),
                         help="calibrate: comma-separated build_yearbook seeds of the tuning school yearbooks to fit "
                              f"on (default {','.join(map(str, YEARBOOK_FIT_LAYOUTS))})")
@@ -1011,7 +1017,7 @@ def main(argv=None) -> None:
         out["calibration"] = calibrate(work, overrides, progress, Path(args.out or CALIBRATION_FILE),
                                        tuple(int(x) for x in args.seeds.split(",") if x), args.found_weights == "fit",
                                        tuple(int(x) for x in args.fit_layouts.split(",") if x),
-                                       tuple(x for x in args.fusion_stages.split(",") if x))
+                                       tuple(x for x in args.fusion_stages.split(",") if x not in ("", "all")))
     elif args.what == "whiten":
         out["whiten"] = whiten(work, overrides, progress, Path(args.out or SHIPPED_WHITENING))
     elif args.what == "augment":

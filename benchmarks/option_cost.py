@@ -1,13 +1,15 @@
 """What a setting of `simbench find` costs a whole run: find with and without it, interleaved, on one collection.
 
-    python benchmarks/option_cost.py blobs.method.proposals=5 [calibration=FILE ...] [--images 500] [--rounds 3]
+    python benchmarks/option_cost.py blobs.extractor.max_size=192 [calibration=FILE ...] [--images 500] [--rounds 3]
+    python benchmarks/option_cost.py --off blobs.method.proposals=0     # what a default setting costs
 
 On bench_find.py throughput's collection (SyntheticDataset(n_references=150, n_distractors=50, seed=0), 2,000
 JPEGs), its first --images images: `find` (the default method, every output written) with the default settings
-("off") and with the overrides given ("on"), each from an empty index (every feature extracted, as a first run
-pays), interleaved (off, on, off, on, ...) --rounds times, after one warm-up run of each on 32 images; then the
+and --off's ("off") and with the overrides given ("on"), each from an empty index (every feature extracted, as a
+first run pays), interleaved (off, on, off, on, ...) --rounds times, after one warm-up run of each on 32 images; then the
 median of each round's on / off ratio (the machine is shared: a ratio of adjacent runs holds, single timings do
-not). Run (55) of results/find.md judged the blobs stage's cost by this ratio.
+not). Runs (55) to (60) of results/find.md judged the blobs stage's cost by this ratio (before it was the default:
+on = blobs.method.proposals=5, off = none).
 """
 from __future__ import annotations
 
@@ -37,16 +39,20 @@ def timed_find(paths: list[Path], overrides: list[str]) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="+", help="key=value settings of the 'on' runs")
+    parser.add_argument("overrides", nargs="*", help="key=value settings of the 'on' runs")
+    parser.add_argument("--off", nargs="*", default=[], help="key=value settings of the 'off' runs (default none)")
     parser.add_argument("--images", type=int, default=500, help="images per find run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved off / on rounds")
     args = parser.parse_args(argv)
     from simbench.data.synthetic import SyntheticDataset
 
-    print(f"# {cpu_model()}, {available_cores()} CPUs usable, load {load_average():.1f}; on: {' '.join(args.overrides)}")
+    if not args.overrides and not args.off:
+        parser.error("give the 'on' runs' settings, or --off's")
+    print(f"# {cpu_model()}, {available_cores()} CPUs usable, load {load_average():.1f}; "
+          f"on: {' '.join(args.overrides)}; off: {' '.join(args.off)}")
     ds = SyntheticDataset(n_references=150, n_distractors=50, seed=0).load(progress=False)
     paths = [Path(p) for p in ds.paths][: args.images]
-    runs = {"off": [], "on": list(args.overrides)}
+    runs = {"off": list(args.off), "on": list(args.overrides)}
     for overrides in runs.values():
         timed_find(paths[:32], overrides)  # warm-up: models built, the runtime's kernels chosen
     measured = interleaved_ratio(lambda: timed_find(paths, runs["off"]), lambda: timed_find(paths, runs["on"]),

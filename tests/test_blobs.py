@@ -1,15 +1,18 @@
 """The blobs stage (conf/find.yaml `blobs`): the CNN's best pairs verified on coarse SIFT blobs. Float ratio matches
-against a plain oracle, the shared-descriptor cut against a loop, a crest on every picture that verifies unrelated
-pictures until the cut drops it while a real copy still verifies, and the stage off unless it has proposals."""
+against a plain oracle and their two nearest rows against OpenCV's knnMatch, the shared-descriptor cut against a
+loop, a crest on every picture that verifies unrelated pictures until the cut drops it while a real copy still
+verifies, and the stage off unless it has proposals."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from simbench.features.keypoints import KeypointExtractor
 from simbench.find import cascade
 from simbench.match.exact import ExactMatcher
-from simbench.methods.keypoints import KeypointMethod, image_frequency, ratio_matches, without_shared
+from simbench.methods.keypoints import (KeypointMethod, distance_rows, image_frequency, ratio_matches, two_nearest,
+                                       without_shared)
 from simbench.types import KeypointSets, ScoredPairs
 
 WIDTH = 128  # SIFT
@@ -61,6 +64,47 @@ def test_float_ratio_matches_equal_a_python_oracle(seed, ratio, max_distance):
     for q, t, d in zip(got["ra"].tolist(), got["rb"].tolist(), got["dist"].tolist()):
         assert (q, t) in rows and d == pytest.approx(np.linalg.norm(f.descriptors[q].astype(np.float64)
                                                                     - f.descriptors[t]), rel=1e-4)
+
+
+def _knn_oracle(query: np.ndarray, train: np.ndarray, binary: bool) -> np.ndarray:
+    """(nearest, its distance, the second's) of each query row, by OpenCV's brute-force knnMatch."""
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING if binary else cv2.NORM_L2)
+    return np.array([(m[0].trainIdx, m[0].distance, m[1].distance) for m in matcher.knnMatch(query, train, k=2)],
+                    np.float64).reshape(-1, 3)
+
+
+@pytest.mark.parametrize("detector", ["sift", "brisk"])
+def test_two_nearest_equals_opencv_knn_match_to_the_bit_on_real_pictures(photos, tmp_path, detector):
+    from PIL import Image
+
+    paths = []
+    for name in ("astronaut", "coffee", "cat", "brick"):
+        paths.append(tmp_path / f"{name}.png")
+        Image.fromarray(photos[name]).save(paths[-1])
+    paths.append(tmp_path / "astronaut-copy.jpg")  # a copy: many close rows, so the ratio test's cut is exercised
+    Image.fromarray(photos["astronaut"][20:400, 40:460]).resize((300, 272)).save(paths[-1], quality=40)
+    f = KeypointExtractor(detector, max_features=300, max_size=256, workers=1).extract(paths).features
+    for i in range(len(paths)):
+        for j in range(len(paths)):
+            query = f.descriptors[f.offsets[i]:f.offsets[i + 1]]
+            train = f.descriptors[f.offsets[j]:f.offsets[j + 1]]
+            rows = (query, train) if f.binary else (distance_rows(query), distance_rows(train))
+            got = np.c_[two_nearest(*rows, f.binary)]
+            assert np.array_equal(got, _knn_oracle(query, train, f.binary)), (i, j)
+
+
+def test_two_nearest_equals_opencv_knn_match_on_random_rows_with_ties():
+    rng = np.random.default_rng(3)
+    train = rng.integers(0, 256, (60, WIDTH)).astype(np.float32)
+    train[10] = train[11]  # a tie for the nearest: the lower row, then the same distance second
+    query = np.r_[train[[10, 4, 30]] + rng.integers(-3, 4, (3, WIDTH)), rng.integers(0, 256, (40, WIDTH))]
+    query = np.clip(query, 0, 255).astype(np.float32)
+    assert distance_rows(train).dtype == np.float32 and distance_rows(train + 0.5).dtype == np.float64
+    got = np.c_[two_nearest(distance_rows(query), distance_rows(train), False)]
+    assert np.array_equal(got, _knn_oracle(query, train, False))
+    assert got[0, 0] == 10 and got[0, 1] == got[0, 2]
+    bits = rng.integers(0, 256, (50, 64), dtype=np.uint8)
+    assert np.array_equal(np.c_[two_nearest(bits[:20], bits[20:], True)], _knn_oracle(bits[:20], bits[20:], True))
 
 
 @pytest.mark.parametrize("max_df", [1, 2, 3])
@@ -126,9 +170,9 @@ def test_a_crest_on_every_proposed_picture_is_cut_and_a_copy_still_verifies():
 
 
 def test_the_blobs_stage_runs_only_with_proposals_and_is_keyed_by_them():
-    off = cascade.build_stages(cascade.make_config("cascade"), calibrations={}, quiet=True)
-    on = cascade.build_stages(cascade.make_config("cascade", ["blobs.method.proposals=5"]), calibrations={},
-                              quiet=True)
+    off = cascade.build_stages(cascade.make_config("cascade", ["blobs.method.proposals=0"]), calibrations={},
+                               quiet=True)
+    on = cascade.build_stages(cascade.make_config("cascade"), calibrations={}, quiet=True)  # 5 by default
     assert [s.name for s in off] == ["keypoints", "cnn"]
     assert [s.name for s in on] == ["keypoints", "cnn", "blobs"]
     blobs = on[-1]

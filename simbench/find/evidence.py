@@ -89,7 +89,8 @@ def pair_evidence(pairs: FusedPairs, stages: Sequence, features: dict, link_min_
         feats, rows, _ = features[stage.name]
         position = {int(item): r for r, item in enumerate(rows)}
         mine = [k for k in order if found[k] > 0 and int(pairs.a[k]) in position and int(pairs.b[k]) in position]
-        if isinstance(feats, KeypointSets):
+        if isinstance(feats, KeypointSets):  # a later keypoint stage (blobs) only where an earlier one has no record
+            mine = [k for k in mine if "keypoints" not in out[int(pairs.a[k]), int(pairs.b[k])]]
             known = (raw or {}).get(stage.name)
             known = known.extra.get("correspondences") if known is not None else None
             records = thread_map(lambda k: keypoint_evidence(feats, position[int(pairs.a[k])],
@@ -97,7 +98,7 @@ def pair_evidence(pairs: FusedPairs, stages: Sequence, features: dict, link_min_
                                                              verified=known), mine)
             for k, record in zip(mine, records):
                 if record is not None:
-                    out[int(pairs.a[k]), int(pairs.b[k])].setdefault("keypoints", record)  # blobs: where keypoints have none
+                    out[int(pairs.a[k]), int(pairs.b[k])]["keypoints"] = record
         elif isinstance(feats, BinaryCodes) and mine:
             a = np.array([position[int(pairs.a[k])] for k in mine])
             b = np.array([position[int(pairs.b[k])] for k in mine])

@@ -524,7 +524,7 @@ def ratio_matches(features: KeypointSets, a: np.ndarray, b: np.ndarray, ratio: f
     to b's mirrored rows apart (a flip's matches must not fail the ratio test against the picture's own
     symmetry); mirrored rows of a matched to b's would add the same correspondences reflected."""
     mirrored = _mirror_flags(features)
-    matcher = cv2.BFMatcher(cv2.NORM_HAMMING if features.binary else cv2.NORM_L2)
+    descriptors = features.descriptors if features.binary else distance_rows(features.descriptors)
     parts = []
     for i, j in zip(np.asarray(a, np.int64).tolist(), np.asarray(b, np.int64).tolist()):
         rows_a = np.arange(features.offsets[i], features.offsets[i + 1])
@@ -534,11 +534,9 @@ def ratio_matches(features: KeypointSets, a: np.ndarray, b: np.ndarray, ratio: f
         for qa, tb in sides:
             if len(qa) == 0 or len(tb) < 2:
                 continue
-            knn = matcher.knnMatch(features.descriptors[qa], features.descriptors[tb], k=2)
-            best = np.array([(m[0].queryIdx, m[0].trainIdx, m[0].distance, m[1].distance) for m in knn if len(m) == 2],
-                            np.float64).reshape(-1, 4)
-            ok = (best[:, 2] <= max_distance) & (best[:, 2] < ratio * best[:, 3])
-            parts.append((qa[best[ok, 0].astype(np.int64)], tb[best[ok, 1].astype(np.int64)], best[ok, 2], i, j))
+            nearest, first, second = two_nearest(descriptors[qa], descriptors[tb], features.binary)
+            ok = (first <= max_distance) & (first < ratio * second)
+            parts.append((qa[ok], tb[nearest[ok]], first[ok], i, j))
     if not parts:
         empty = np.empty(0, np.int64)
         return {"ra": empty, "rb": empty, "dist": empty, "ia": empty, "ib": empty}
@@ -546,6 +544,34 @@ def ratio_matches(features: KeypointSets, a: np.ndarray, b: np.ndarray, ratio: f
             "dist": np.concatenate([p[2] for p in parts]).astype(np.int64 if features.binary else np.float64),
             "ia": np.concatenate([np.full(len(p[0]), p[3], np.int64) for p in parts]),
             "ib": np.concatenate([np.full(len(p[0]), p[4], np.int64) for p in parts])}
+
+
+def two_nearest(query: np.ndarray, train: np.ndarray, binary: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each query row's nearest train row (ties to the lower), its distance and the second nearest's (float64),
+    as cv2.BFMatcher.knnMatch(k=2) gives them: Hamming, or L2 for float rows (train has >= 2 rows), by one matrix
+    product in the rows' own precision (`distance_rows`: exact for OpenCV's SIFT rows in float32, whose square
+    roots are then OpenCV's to the last bit)."""
+    if binary:
+        distance, index = cv2.batchDistance(query, train, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=2)
+        return index[:, 0].astype(np.int64), distance[:, 0].astype(np.float64), distance[:, 1].astype(np.float64)
+    squares = np.einsum("ij,ij->i", query, query)[:, None] + np.einsum("ij,ij->i", train, train)[None, :]
+    d2 = squares - 2 * (query @ train.T)
+    np.maximum(d2, 0, out=d2)  # rows that are not whole numbers: no rounding below zero
+    rows = np.arange(len(query))
+    nearest = d2.argmin(axis=1)
+    first = d2[rows, nearest]
+    d2[rows, nearest] = np.inf
+    second = d2.min(axis=1)
+    return nearest, *(np.sqrt(d.astype(np.float32)).astype(np.float64) for d in (first, second))
+
+
+def distance_rows(descriptors: np.ndarray) -> np.ndarray:
+    """Float descriptors in the precision `two_nearest` computes their distances in: float32 where every sum in the
+    matrix product is a whole number below 2^24, so exact (OpenCV's SIFT rows: whole numbers up to 255, 128 wide),
+    float64 otherwise."""
+    largest = float(np.abs(descriptors).max(initial=0))
+    exact = np.array_equal(descriptors, np.round(descriptors)) and 2 * descriptors.shape[1] * largest ** 2 < 2 ** 24
+    return np.asarray(descriptors, np.float32 if exact else np.float64)
 
 
 def verify_pairs(features: KeypointSets, matches: dict, a: np.ndarray, b: np.ndarray, transform: str,
