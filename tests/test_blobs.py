@@ -14,6 +14,7 @@ from simbench.match.exact import ExactMatcher
 from simbench.methods.keypoints import (KeypointMethod, distance_rows, image_frequency, ratio_matches, two_nearest,
                                        without_shared)
 from simbench.types import KeypointSets, ScoredPairs
+from test_keypoint_proposals import _oracle_matches  # the plain loop, Hamming or L2
 
 WIDTH = 128  # SIFT
 
@@ -33,22 +34,6 @@ def _float_sets(seed: int, counts=(30, 0, 25, 40, 1, 20)) -> KeypointSets:
     return KeypointSets(desc, offsets, points, zeros, zeros, zeros, np.full((len(counts), 2), 200), False)
 
 
-def _oracle_matches(f: KeypointSets, a, b, ratio: float, max_distance: float) -> set:
-    """Each row of a with its nearest row of b by L2 (float64), kept when within max_distance and nearer than
-    ratio x the second nearest (loops)."""
-    out = set()
-    for i, j in zip(a, b):
-        targets = range(f.offsets[j], f.offsets[j + 1])
-        if len(targets) < 2:
-            continue
-        for q in range(f.offsets[i], f.offsets[i + 1]):
-            d = sorted((float(np.linalg.norm(f.descriptors[q].astype(np.float64) - f.descriptors[t])), t)
-                       for t in targets)
-            if d[0][0] <= max_distance and d[0][0] < ratio * d[1][0]:
-                out.add((q, d[0][1], i, j))
-    return out
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("ratio,max_distance", [(0.85, 1000.0), (0.8, 300.0), (0.6, 150.0)])
 def test_float_ratio_matches_equal_a_python_oracle(seed, ratio, max_distance):
@@ -56,7 +41,7 @@ def test_float_ratio_matches_equal_a_python_oracle(seed, ratio, max_distance):
     a, b = np.array([0, 0, 1, 2, 2, 3, 0]), np.array([2, 3, 2, 3, 5, 4, 5])
     got = ratio_matches(f, a, b, ratio, max_distance)
     assert all(len(v) == len(got["ra"]) for v in got.values()) and got["dist"].dtype == np.float64
-    want = _oracle_matches(f, a, b, ratio, max_distance)
+    want = {(q, t, i, j) for q, t, _, i, j in _oracle_matches(f, a, b, ratio, max_distance)}
     found = set(zip(*(got[k].tolist() for k in ("ra", "rb", "ia", "ib"))))
     # float32 distances: a ratio within rounding of the cut may fall either way; none does in these sets
     assert found == want and len(want) >= 5

@@ -38,20 +38,28 @@ def _random_sets(seed: int, counts=(40, 0, 35, 50, 1, 30)) -> KeypointSets:
     return KeypointSets(desc, offsets, points, zeros, zeros, zeros, np.full((len(counts), 2), 300), True, mirrored)
 
 
-def _oracle_matches(f: KeypointSets, a, b, ratio: float, max_distance: int) -> set:
-    """Each plain row of a: its nearest row of b's plain rows, and apart its nearest of b's mirrored rows,
-    kept when within max_distance and nearer than ratio x the second nearest (Python loops, bit by bit)."""
-    bits = np.unpackbits(f.descriptors, axis=1)
+def _oracle_matches(f: KeypointSets, a, b, ratio: float, max_distance: float) -> set:
+    """(q, t, distance, i, j): each plain row q of a with its nearest row t of b's plain rows, and apart with its
+    nearest of b's mirrored rows (with mirror rows), kept when within max_distance and nearer than ratio x the second
+    nearest. Python loops: Hamming bit by bit for binary rows, L2 in float64 for float rows."""
+    bits = np.unpackbits(f.descriptors, axis=1) if f.binary else None
+
+    def distance(q: int, t: int):
+        if f.binary:
+            return int((bits[q] != bits[t]).sum())
+        return float(np.linalg.norm(f.descriptors[q].astype(np.float64) - f.descriptors[t]))
+
+    mirrored = f.mirrored if f.mirrored is not None else np.zeros(len(f.descriptors), bool)
     out = set()
     for i, j in zip(a, b):
-        for flip in (False, True):
-            targets = [r for r in range(f.offsets[j], f.offsets[j + 1]) if f.mirrored[r] == flip]
+        for flip in (False, True) if f.mirrored is not None else (False,):
+            targets = [r for r in range(f.offsets[j], f.offsets[j + 1]) if mirrored[r] == flip]
             if len(targets) < 2:
                 continue
             for q in range(f.offsets[i], f.offsets[i + 1]):
-                if f.mirrored[q]:
+                if mirrored[q]:
                     continue
-                d = sorted((int((bits[q] != bits[t]).sum()), t) for t in targets)
+                d = sorted((distance(q, t), t) for t in targets)
                 if d[0][0] <= max_distance and d[0][0] < ratio * d[1][0]:
                     out.add((q, d[0][1], d[0][0], i, j))
     return out

@@ -14,10 +14,10 @@ The default ("cascade", chosen by the measurements in results/find.md):
    pictures matched by brute force with Lowe's ratio test (keypoints.method.proposals);
 3. cnn: EfficientNet-Lite0 GeM embeddings (the picture and the picture blurred, averaged: fine detail that
    copies lose weighs less), each image's nearest neighbours, scored against the
-   similarity to its 10th neighbour (ISC2021 normalisation), for what keypoints cannot see; an option, off
-   (blobs.method.proposals): the "blobs" stage checks each image's best CNN pairs on SIFT blobs of the pictures at
-   a coarse scale, a descriptor shared by many of the proposed pictures dropped before the fit (a flat photo's
-   corners are mostly the crest and frame it shares; its blobs are its own);
+   similarity to its 10th neighbour (ISC2021 normalisation), for what keypoints cannot see; then the "blobs"
+   stage checks each image's blobs.method.proposals best CNN pairs (5; 0 turns it off) on SIFT blobs of the
+   pictures at a coarse scale, a descriptor shared by many of the proposed pictures dropped before the fit (a flat
+   photo's corners are mostly the crest and frame it shares; its blobs are its own);
 4. each stage's raw signal -> estimated precision by a strictly increasing table keyed by the stage's
    settings (simbench.find.calibration; `calibration.json`, fitted on the tuning collections by
    `python benchmarks/bench_find.py calibrate --seeds 1,2`); a stage without a matching table is "uncalibrated";
