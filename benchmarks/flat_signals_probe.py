@@ -1,0 +1,208 @@
+"""Would two more signals tell a flat photo's pairs from pairs of different photos? Tuning yearbooks only.
+
+    python benchmarks/flat_signals_probe.py --layouts 290,291,... [key=value ...]
+    python benchmarks/flat_signals_probe.py --devset [key=value ...]     # the same reading of the tuning devset
+
+For each tuning school yearbook (build_yearbook seeds --layouts), `simbench find` as configured (default and the
+overrides given); then every pair the CNN scores among each picture's PROPOSALS best (what the blobs stage is
+given) is read with:
+
+- its mutual rank: the worse of the two pictures' ranks of each other among their CNN pairs (0: each is the
+  other's best), the rank signal results/find.md named as the next candidate after run (60);
+- its alignment correlation: the grey report thumbnails, their edges (BORDER of each side: a yearbook's frame) left
+  out, one resized over SCALES relative to the other and turned by each quarter turn, the best normalised
+  cross-correlation over every shift where they overlap by MIN_OVERLAP of the smaller (masked NCC in the Fourier
+  domain, Padfield 2012): does some placement of one picture over the other agree in its grey levels, which a
+  recoloured or flat copy keeps where keypoints and blobs find nothing.
+
+Printed, pooled over the layouts: at floors of each signal (and of both), the true pairs that find scores below its
+threshold (the ones a new signal would have to add), by kind (simbench.find.yearbook.pair_kind), and the pairs of
+different photos (those it would add too). With --devset, the same of the tuning devset's photographs and line art
+(its halves and seed-1 rebuilds, run as `bench_find.py tune` runs them): would the signal add false pairs there?
+A probe (results/find.md, "After run (60)"), not a setting of find.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+from PIL import Image
+from scipy.signal import fftconvolve
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.blobs_probe import kind_of  # noqa: E402
+from benchmarks.bench_find import TUNE, item_placements, school_yearbook  # noqa: E402
+from simbench.data.synthetic import default_cache_dir  # noqa: E402
+
+PROPOSALS = 5
+SIDE = 48  # thumbnail pixels the correlation is taken at: a flat photo has no finer detail
+BORDER = 0.08
+MIN_OVERLAP = 0.4
+SCALES = np.geomspace(0.4, 2.5, 17)
+RANK_FLOORS = (0, 1, 2, 4)
+NCC_FLOORS = (0.8, 0.9, 0.95, 0.98)
+
+
+def grey(thumb: bytes, side: int) -> np.ndarray:
+    image = np.asarray(Image.open(io.BytesIO(thumb)).convert("L"), np.float64)
+    h, w = image.shape
+    s = side / max(h, w)
+    return cv2.resize(image, (max(6, round(w * s)), max(6, round(h * s))), interpolation=cv2.INTER_AREA)
+
+
+def inner_mask(shape: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape)
+    h, w = shape
+    bh, bw = max(1, round(BORDER * h)), max(1, round(BORDER * w))
+    mask[bh:h - bh, bw:w - bw] = 1
+    return mask
+
+
+def _correlate(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """sum over p of x(p) y(p - shift), for every shift."""
+    return fftconvolve(x, y[::-1, ::-1], mode="full")
+
+
+def masked_ncc(f: np.ndarray, mf: np.ndarray, g: np.ndarray, mg: np.ndarray, min_overlap: float) -> float:
+    """The best normalised cross-correlation of f and g over the shifts where their masks overlap by at least
+    min_overlap of the smaller mask (Padfield 2012); -1 where none does."""
+    f, g = f * mf, g * mg
+    overlap = _correlate(mf, mg)
+    n = np.maximum(overlap, 1)
+    sf, sg = _correlate(f, mg), _correlate(mf, g)
+    num = _correlate(f, g) - sf * sg / n
+    var_f = np.maximum(_correlate(f * f, mg) - sf ** 2 / n, 1e-9)
+    var_g = np.maximum(_correlate(mf, g * g) - sg ** 2 / n, 1e-9)
+    ncc = np.where(overlap >= min_overlap * min(mf.sum(), mg.sum()), num / np.sqrt(var_f * var_g), -1.0)
+    return float(ncc.max())
+
+
+def alignment_correlation(thumb_a: bytes, thumb_b: bytes) -> float:
+    """The best masked NCC of a's grey thumbnail and b's, b turned by a quarter turn and scaled by each of SCALES."""
+    f = grey(thumb_a, SIDE)
+    mf = inner_mask(f.shape)
+    big = grey(thumb_b, 3 * SIDE)
+    best = -1.0
+    for turns in range(4):
+        turned = np.rot90(big, turns)
+        h, w = turned.shape
+        for s in SCALES:
+            k = SIDE / max(h, w) * s
+            g = cv2.resize(turned, (max(6, round(w * k)), max(6, round(h * k))), interpolation=cv2.INTER_AREA)
+            best = max(best, masked_ncc(f, mf, g, inner_mask(g.shape), MIN_OVERLAP))
+    return best
+
+
+def ranks(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair (a, b): the rank of b among a's pairs and of a among b's, by score from 0 (ties to the lower other
+    item, as pipeline.best_pairs_per_item)."""
+    x, y, s = np.r_[a, b], np.r_[b, a], np.r_[score, score]
+    order = np.lexsort((y, -s, x))
+    starts = np.flatnonzero(np.r_[True, x[order][1:] != x[order][:-1]])
+    rank = np.empty(len(x), np.int64)
+    rank[order] = np.arange(len(x)) - np.repeat(starts, np.diff(np.r_[starts, len(x)]))
+    return rank[: len(a)], rank[len(a):]
+
+
+def proposal_rows(result, label: Callable[[int, int], str]) -> list[tuple[str, float, int, float]]:
+    """(label(i, j), find's score, mutual rank, alignment correlation) of each pair (i, j) the CNN scores among some
+    picture's PROPOSALS best in a find result."""
+    n = np.int64(len(result.items))
+    pairs = result.pairs
+    found = dict(zip((np.minimum(pairs.a, pairs.b) * n + np.maximum(pairs.a, pairs.b)).tolist(), pairs.score.tolist()))
+    cnn = result.raw["cnn"]
+    a, b = cnn.a.astype(np.int64), cnn.b.astype(np.int64)
+    rank_ab, rank_ba = ranks(a, b, cnn.score)
+    return [(label(i, j), found.get(min(i, j) * n + max(i, j), 0.0), max(r, q),
+             alignment_correlation(result.items[i].thumb, result.items[j].thumb))
+            for i, j, r, q in zip(a.tolist(), b.tolist(), rank_ab.tolist(), rank_ba.tolist()) if min(r, q) < PROPOSALS]
+
+
+def yearbook_rows(layout: int, overrides: list[str], work: Path) -> list[tuple[str, float, int, float]]:
+    """proposal_rows of one tuning yearbook, labelled by kind of true pair or "different photos"."""
+    from simbench.find import cascade
+    from simbench.find.pipeline import find
+
+    pdfs = work / f"layout{layout}"
+    shutil.rmtree(pdfs, ignore_errors=True)
+    placements = school_yearbook(pdfs, TUNE, layout, False)
+    cfg = cascade.make_config(None, overrides)
+    result = find([pdfs], work / f"out-{layout}", cfg, index=work / f"index-{layout}", progress=False, write=False)
+    where = item_placements(placements, result.items)
+    return proposal_rows(result, lambda i, j: kind_of(placements, where[i], where[j]))
+
+
+def devset_rows(overrides: list[str], work: Path) -> dict[str, list[tuple[str, float, int, float]]]:
+    """proposal_rows of the tuning devset's halves and seed-1 rebuilds, run as `bench_find.py tune` runs them,
+    labelled "copies" or "different pictures", pooled by part (photo, lineart)."""
+    from benchmarks.bench_find import dataset_index, tables_for_half, tuning_halves
+    from simbench.find import cascade
+    from simbench.find.pipeline import find
+
+    out = {}
+    for ds, extra in tuning_halves(work, overrides, False, seeds=(1,)):
+        extra = [*extra, f"calibration={tables_for_half(work, ds.name, overrides, extra)}"]
+        cfg = cascade.make_config(None, [*overrides, *extra])
+        result = find([ds.root / "images"], work / f"out-{ds.name}", cfg, index=work / f"index-{ds.name}",
+                      progress=False, write=False)
+        rows = dataset_index(result.items, ds)
+        truth = {tuple(sorted(t)) for t in np.asarray(ds.truth).tolist()}
+        part = "lineart" if "lineart" in ds.name else "photo"
+        out.setdefault(part, []).extend(proposal_rows(result, lambda i, j: "copies" if tuple(sorted(
+            (int(rows[i]), int(rows[j])))) in truth else "different pictures"))
+    return out
+
+
+def table(rows: list, kinds: tuple[str, ...], false: str, threshold: float) -> str:
+    """Markdown: at each floor, the true pairs scored below the threshold by kind, then the false pairs."""
+    kind = np.array([r[0] for r in rows], dtype=object)
+    score, rank, ncc = (np.array([r[k] for r in rows]) for k in (1, 2, 3))
+    missed = score < threshold
+    out = ["| signal | " + " | ".join(kinds) + f" | {false} | of them below the threshold |",
+           "|---" * (len(kinds) + 3) + "|"]
+    floors = [("(every pair)", np.ones(len(rows), bool))]
+    floors += [(f"mutual rank <= {f}", rank <= f) for f in RANK_FLOORS]
+    floors += [(f"alignment correlation >= {f:g}", ncc >= f) for f in NCC_FLOORS]
+    floors += [(f"mutual rank <= 1 and alignment correlation >= {f:g}", (rank <= 1) & (ncc >= f))
+               for f in NCC_FLOORS[1:3]]
+    for name, kept in floors:
+        out.append(f"| {name} | " + " | ".join(str(int((kept & missed & (kind == k)).sum())) for k in kinds)
+                   + f" | {int((kept & (kind == false)).sum())} | {int((kept & (kind == false) & missed).sum())} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
+    from simbench.find import cascade
+    from simbench.find.yearbook import PAIR_KINDS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="key=value find settings")
+    parser.add_argument("--layouts", help="tuning yearbooks: comma-separated build_yearbook seeds")
+    parser.add_argument("--devset", action="store_true", help="the tuning devset's halves and seed-1 rebuilds instead")
+    parser.add_argument("--work", type=Path, default=default_cache_dir() / "flat_signals_probe")
+    args = parser.parse_args(argv)
+    if bool(args.layouts) == args.devset:
+        parser.error("give --layouts or --devset")
+    overrides = list(args.overrides)
+    threshold = float(cascade.make_config(None, overrides).threshold)
+    settings = " ".join(overrides) or "default"
+    print(f"pairs among each picture's {PROPOSALS} best CNN pairs; settings {settings}; at each floor of a signal, the "
+          f"true pairs find scores below {threshold:g}, then the false pairs (all, and those below {threshold:g})")
+    if args.layouts:
+        rows = [row for layout in args.layouts.split(",") for row in yearbook_rows(int(layout), overrides, args.work)]
+        print(f"tuning yearbooks {args.layouts} pooled")
+        print(table(rows, PAIR_KINDS, "different photos", threshold))
+        return
+    for part, rows in devset_rows(overrides, args.work).items():
+        print(f"tuning devset, {part}: its two halves and their seed-1 rebuilds pooled")
+        print(table(rows, ("copies",), "different pictures", threshold))
+
+
+if __name__ == "__main__":
+    main()

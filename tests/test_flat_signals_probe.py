@@ -1,0 +1,75 @@
+"""flat_signals_probe's pieces against plain implementations: the masked NCC over every shift, the ranks,
+and the alignment correlation of a crop and of an unrelated photo."""
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.flat_signals_probe import alignment_correlation, masked_ncc, ranks  # noqa: E402
+
+
+def _ncc_by_loops(f, mf, g, mg, min_overlap):
+    """Every shift of g over f, the pixels both masks cover, np.corrcoef of them."""
+    best = -1.0
+    need = min_overlap * min(mf.sum(), mg.sum())
+    for dy in range(-g.shape[0] + 1, f.shape[0]):
+        for dx in range(-g.shape[1] + 1, f.shape[1]):
+            fs, gs = [], []
+            for y in range(max(0, dy), min(f.shape[0], dy + g.shape[0])):
+                for x in range(max(0, dx), min(f.shape[1], dx + g.shape[1])):
+                    if mf[y, x] and mg[y - dy, x - dx]:
+                        fs.append(f[y, x])
+                        gs.append(g[y - dy, x - dx])
+            if len(fs) >= need and len(fs) > 1:
+                best = max(best, float(np.corrcoef(fs, gs)[0, 1]))
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_masked_ncc_equals_the_correlation_over_every_shift(seed):
+    rng = np.random.default_rng(seed)
+    f, g = rng.random((9, 7)), rng.random((6, 8))
+    mf, mg = (rng.random(f.shape) > 0.2).astype(float), (rng.random(g.shape) > 0.2).astype(float)
+    assert masked_ncc(f, mf, g, mg, 0.4) == pytest.approx(_ncc_by_loops(f, mf, g, mg, 0.4), abs=1e-6)
+
+
+def test_a_shifted_window_correlates_exactly():
+    f = np.random.default_rng(3).random((12, 12))
+    assert masked_ncc(f, np.ones(f.shape), 2 * f[3:10, 2:11] + 5, np.ones((7, 9)), 0.4) == pytest.approx(1.0)
+
+
+def test_ranks_equal_a_plain_count():
+    rng = np.random.default_rng(4)
+    keys = {(i, j) for i, j in rng.integers(0, 12, (60, 2)).tolist() if i < j}
+    a, b = (np.array(x) for x in zip(*sorted(keys)))
+    score = rng.integers(0, 5, len(a)).astype(float)  # ties: to the lower other item
+
+    def rank(x, y):
+        mine = [(-s, (j if i == x else i)) for i, j, s in zip(a.tolist(), b.tolist(), score.tolist()) if x in (i, j)]
+        return sorted(mine).index(next(m for m in mine if m[1] == y))
+
+    got = ranks(a, b, score)
+    assert got[0].tolist() == [rank(i, j) for i, j in zip(a.tolist(), b.tolist())]
+    assert got[1].tolist() == [rank(j, i) for i, j in zip(a.tolist(), b.tolist())]
+
+
+def _thumb(image: Image.Image) -> bytes:
+    image = image.copy()
+    image.thumbnail((160, 160))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def test_a_turned_crop_aligns_with_its_photo_better_than_another_photo(photos):
+    whole = Image.fromarray(photos["astronaut"])
+    crop = whole.crop((60, 40, 420, 400)).rotate(90, expand=True)
+    same = alignment_correlation(_thumb(whole), _thumb(crop))
+    other = alignment_correlation(_thumb(whole), _thumb(Image.fromarray(photos["coffee"])))
+    assert same > 0.9 and same > other + 0.1, (same, other)
