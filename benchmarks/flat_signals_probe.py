@@ -9,15 +9,16 @@ given) is read with:
 
 - its mutual rank: the worse of the two pictures' ranks of each other among their CNN pairs (0: each is the
   other's best), the rank signal results/find.md named as the next candidate after run (60);
-- its alignment correlation: the grey report thumbnails, their edges (BORDER of each side: a yearbook's frame) left
-  out, one resized over SCALES relative to the other and turned by each quarter turn, the best normalised
-  cross-correlation over every shift where they overlap by MIN_OVERLAP of the smaller (masked NCC in the Fourier
-  domain, Padfield 2012): does some placement of one picture over the other agree in its grey levels, which a
-  recoloured or flat copy keeps where keypoints and blobs find nothing.
+- its alignment correlations: the report thumbnails at SIDE pixels, their edges (BORDER of each side: a yearbook's
+  frame) left out, one resized over SCALES relative to the other and turned by each quarter turn, the best
+  normalised cross-correlation over every shift where they overlap by MIN_OVERLAP of the smaller (masked NCC in the
+  Fourier domain, Padfield 2012), of their grey levels and of their colours: does some placement of one picture over
+  the other agree, which a flat copy keeps where keypoints and blobs find nothing (and a recoloured one in grey).
 
-Printed, pooled over the layouts: at floors of each signal (and of both), the true pairs that find scores below its
-threshold (the ones a new signal would have to add), by kind (simbench.find.yearbook.pair_kind), and the pairs of
-different photos (those it would add too). With --devset, the same of the tuning devset's photographs and line art
+Printed, pooled over the layouts: at floors of each signal (and of the rank with each correlation), the true pairs
+that find scores below its threshold (the ones a new signal would have to add), by kind
+(simbench.find.yearbook.pair_kind), all true pairs there (what a table of the signal would count as well), and the
+pairs of different photos (those it would add too). With --devset, the same of the tuning devset's photographs and line art
 (its halves and seed-1 rebuilds, run as `bench_find.py tune` runs them): would the signal add false pairs there?
 A probe (results/find.md, "After run (60)"), not a setting of find.
 """
@@ -49,11 +50,17 @@ RANK_FLOORS = (0, 1, 2, 4)
 NCC_FLOORS = (0.8, 0.9, 0.95, 0.98)
 
 
-def grey(thumb: bytes, side: int) -> np.ndarray:
-    image = np.asarray(Image.open(io.BytesIO(thumb)).convert("L"), np.float64)
-    h, w = image.shape
-    s = side / max(h, w)
-    return cv2.resize(image, (max(6, round(w * s)), max(6, round(h * s))), interpolation=cv2.INTER_AREA)
+def thumbnail(thumb: bytes, side: int, colour: bool) -> np.ndarray:
+    """The report thumbnail at `side` pixels on its long side, (h, w, channels): RGB, or grey."""
+    image = np.asarray(Image.open(io.BytesIO(thumb)).convert("RGB" if colour else "L"), np.float64)
+    return resized(image.reshape(*image.shape[:2], -1), side / max(image.shape[:2]))
+
+
+def resized(image: np.ndarray, factor: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    out = cv2.resize(np.ascontiguousarray(image), (max(6, round(w * factor)), max(6, round(h * factor))),
+                     interpolation=cv2.INTER_AREA)
+    return out.reshape(*out.shape[:2], -1)
 
 
 def inner_mask(shape: tuple[int, int]) -> np.ndarray:
@@ -70,32 +77,34 @@ def _correlate(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def masked_ncc(f: np.ndarray, mf: np.ndarray, g: np.ndarray, mg: np.ndarray, min_overlap: float) -> float:
-    """The best normalised cross-correlation of f and g over the shifts where their masks overlap by at least
-    min_overlap of the smaller mask (Padfield 2012); -1 where none does."""
-    f, g = f * mf, g * mg
+    """The best normalised cross-correlation of images f and g, (h, w, channels), over the shifts where their
+    masks (h, w) overlap by at least min_overlap of the smaller mask (Padfield 2012); -1 where none does. Each
+    channel is centred on its own over the overlap, and the channels' products and variances summed."""
     overlap = _correlate(mf, mg)
     n = np.maximum(overlap, 1)
-    sf, sg = _correlate(f, mg), _correlate(mf, g)
-    num = _correlate(f, g) - sf * sg / n
-    var_f = np.maximum(_correlate(f * f, mg) - sf ** 2 / n, 1e-9)
-    var_g = np.maximum(_correlate(mf, g * g) - sg ** 2 / n, 1e-9)
+    num = var_f = var_g = 0.0
+    for c in range(f.shape[2]):
+        fc, gc = f[..., c] * mf, g[..., c] * mg
+        sf, sg = _correlate(fc, mg), _correlate(mf, gc)
+        num = num + _correlate(fc, gc) - sf * sg / n
+        var_f = var_f + np.maximum(_correlate(fc * fc, mg) - sf ** 2 / n, 1e-9)
+        var_g = var_g + np.maximum(_correlate(mf, gc * gc) - sg ** 2 / n, 1e-9)
     ncc = np.where(overlap >= min_overlap * min(mf.sum(), mg.sum()), num / np.sqrt(var_f * var_g), -1.0)
     return float(ncc.max())
 
 
-def alignment_correlation(thumb_a: bytes, thumb_b: bytes) -> float:
-    """The best masked NCC of a's grey thumbnail and b's, b turned by a quarter turn and scaled by each of SCALES."""
-    f = grey(thumb_a, SIDE)
-    mf = inner_mask(f.shape)
-    big = grey(thumb_b, 3 * SIDE)
+def alignment_correlation(thumb_a: bytes, thumb_b: bytes, colour: bool = False) -> float:
+    """The best masked NCC of a's thumbnail and b's (grey, or in colour), b turned by a quarter turn and scaled by
+    each of SCALES."""
+    f = thumbnail(thumb_a, SIDE, colour)
+    mf = inner_mask(f.shape[:2])
+    big = thumbnail(thumb_b, 3 * SIDE, colour)
     best = -1.0
     for turns in range(4):
         turned = np.rot90(big, turns)
-        h, w = turned.shape
         for s in SCALES:
-            k = SIDE / max(h, w) * s
-            g = cv2.resize(turned, (max(6, round(w * k)), max(6, round(h * k))), interpolation=cv2.INTER_AREA)
-            best = max(best, masked_ncc(f, mf, g, inner_mask(g.shape), MIN_OVERLAP))
+            g = resized(turned, SIDE / max(turned.shape[:2]) * s)
+            best = max(best, masked_ncc(f, mf, g, inner_mask(g.shape[:2]), MIN_OVERLAP))
     return best
 
 
@@ -110,21 +119,22 @@ def ranks(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, 
     return rank[: len(a)], rank[len(a):]
 
 
-def proposal_rows(result, label: Callable[[int, int], str]) -> list[tuple[str, float, int, float]]:
-    """(label(i, j), find's score, mutual rank, alignment correlation) of each pair (i, j) the CNN scores among some
-    picture's PROPOSALS best in a find result."""
+def proposal_rows(result, label: Callable[[int, int], str]) -> list[tuple[str, float, int, float, float]]:
+    """(label(i, j), find's score, mutual rank, grey and colour alignment correlations) of each pair (i, j) the CNN
+    scores among some picture's PROPOSALS best in a find result."""
     n = np.int64(len(result.items))
     pairs = result.pairs
     found = dict(zip((np.minimum(pairs.a, pairs.b) * n + np.maximum(pairs.a, pairs.b)).tolist(), pairs.score.tolist()))
     cnn = result.raw["cnn"]
     a, b = cnn.a.astype(np.int64), cnn.b.astype(np.int64)
     rank_ab, rank_ba = ranks(a, b, cnn.score)
+    thumbs = [item.thumb for item in result.items]
     return [(label(i, j), found.get(min(i, j) * n + max(i, j), 0.0), max(r, q),
-             alignment_correlation(result.items[i].thumb, result.items[j].thumb))
+             alignment_correlation(thumbs[i], thumbs[j]), alignment_correlation(thumbs[i], thumbs[j], colour=True))
             for i, j, r, q in zip(a.tolist(), b.tolist(), rank_ab.tolist(), rank_ba.tolist()) if min(r, q) < PROPOSALS]
 
 
-def yearbook_rows(layout: int, overrides: list[str], work: Path) -> list[tuple[str, float, int, float]]:
+def yearbook_rows(layout: int, overrides: list[str], work: Path) -> list[tuple[str, float, int, float, float]]:
     """proposal_rows of one tuning yearbook, labelled by kind of true pair or "different photos"."""
     from simbench.find import cascade
     from simbench.find.pipeline import find
@@ -138,7 +148,7 @@ def yearbook_rows(layout: int, overrides: list[str], work: Path) -> list[tuple[s
     return proposal_rows(result, lambda i, j: kind_of(placements, where[i], where[j]))
 
 
-def devset_rows(overrides: list[str], work: Path) -> dict[str, list[tuple[str, float, int, float]]]:
+def devset_rows(overrides: list[str], work: Path) -> dict[str, list[tuple[str, float, int, float, float]]]:
     """proposal_rows of the tuning devset's halves and seed-1 rebuilds, run as `bench_find.py tune` runs them,
     labelled "copies" or "different pictures", pooled by part (photo, lineart)."""
     from benchmarks.bench_find import dataset_index, tables_for_half, tuning_halves
@@ -160,20 +170,22 @@ def devset_rows(overrides: list[str], work: Path) -> dict[str, list[tuple[str, f
 
 
 def table(rows: list, kinds: tuple[str, ...], false: str, threshold: float) -> str:
-    """Markdown: at each floor, the true pairs scored below the threshold by kind, then the false pairs."""
+    """Markdown: at each floor, the true pairs scored below the threshold by kind, all true pairs, then the false
+    pairs (all, and those below the threshold)."""
     kind = np.array([r[0] for r in rows], dtype=object)
-    score, rank, ncc = (np.array([r[k] for r in rows]) for k in (1, 2, 3))
-    missed = score < threshold
-    out = ["| signal | " + " | ".join(kinds) + f" | {false} | of them below the threshold |",
-           "|---" * (len(kinds) + 3) + "|"]
+    score, rank, grey, colour = (np.array([r[k] for r in rows]) for k in (1, 2, 3, 4))
+    missed, true = score < threshold, kind != false
+    out = ["| signal | " + " | ".join(f"lost: {k}" for k in kinds) + f" | true pairs | {false} | of them below the "
+           "threshold |", "|---" * (len(kinds) + 4) + "|"]
     floors = [("(every pair)", np.ones(len(rows), bool))]
     floors += [(f"mutual rank <= {f}", rank <= f) for f in RANK_FLOORS]
-    floors += [(f"alignment correlation >= {f:g}", ncc >= f) for f in NCC_FLOORS]
-    floors += [(f"mutual rank <= 1 and alignment correlation >= {f:g}", (rank <= 1) & (ncc >= f))
-               for f in NCC_FLOORS[1:3]]
+    floors += [(f"grey alignment >= {f:g}", grey >= f) for f in NCC_FLOORS]
+    floors += [(f"mutual rank <= 1 and grey alignment >= {f:g}", (rank <= 1) & (grey >= f)) for f in NCC_FLOORS[1:3]]
+    floors += [(f"colour alignment >= {f:g}", colour >= f) for f in NCC_FLOORS]
+    floors += [(f"mutual rank <= 1 and colour alignment >= {f:g}", (rank <= 1) & (colour >= f)) for f in NCC_FLOORS[1:3]]
     for name, kept in floors:
         out.append(f"| {name} | " + " | ".join(str(int((kept & missed & (kind == k)).sum())) for k in kinds)
-                   + f" | {int((kept & (kind == false)).sum())} | {int((kept & (kind == false) & missed).sum())} |")
+                   + f" | {int((kept & true).sum())} | {int((kept & ~true).sum())} | {int((kept & ~true & missed).sum())} |")
     return "\n".join(out)
 
 
@@ -193,7 +205,8 @@ def main(argv=None) -> None:
     threshold = float(cascade.make_config(None, overrides).threshold)
     settings = " ".join(overrides) or "default"
     print(f"pairs among each picture's {PROPOSALS} best CNN pairs; settings {settings}; at each floor of a signal, the "
-          f"true pairs find scores below {threshold:g}, then the false pairs (all, and those below {threshold:g})")
+          f"true pairs find scores below {threshold:g}, all true pairs, then the false pairs (all, and those below "
+          f"{threshold:g})")
     if args.layouts:
         rows = [row for layout in args.layouts.split(",") for row in yearbook_rows(int(layout), overrides, args.work)]
         print(f"tuning yearbooks {args.layouts} pooled")
