@@ -1,4 +1,4 @@
-"""Would two more signals tell a flat photo's pairs from pairs of different photos? Tuning yearbooks only.
+"""Would more signals tell a flat photo's pairs from pairs of different photos? The tuning split only.
 
     python benchmarks/flat_signals_probe.py --layouts 290,291,... [key=value ...]
     python benchmarks/flat_signals_probe.py --devset [key=value ...]     # the same reading of the tuning devset
@@ -18,8 +18,9 @@ given) is read with:
 Printed, pooled over the layouts: at floors of each signal (and of the rank with each correlation), the true pairs
 that find scores below its threshold (the ones a new signal would have to add), by kind
 (simbench.find.yearbook.pair_kind), all true pairs there (what a table of the signal would count as well), and the
-pairs of different photos (those it would add too). With --devset, the same of the tuning devset's photographs and line art
-(its halves and seed-1 rebuilds, run as `bench_find.py tune` runs them): would the signal add false pairs there?
+pairs of different photos (those it would add too). With --devset, the same of the tuning devset's photographs and
+line art (its halves and seed-1 rebuilds, run as `bench_find.py tune` runs them): would a signal add false pairs
+there?
 A probe (results/find.md, "After run (60)"), not a setting of find.
 """
 from __future__ import annotations
@@ -182,10 +183,12 @@ def table(rows: list, kinds: tuple[str, ...], false: str, threshold: float) -> s
     floors += [(f"grey alignment >= {f:g}", grey >= f) for f in NCC_FLOORS]
     floors += [(f"mutual rank <= 1 and grey alignment >= {f:g}", (rank <= 1) & (grey >= f)) for f in NCC_FLOORS[1:3]]
     floors += [(f"colour alignment >= {f:g}", colour >= f) for f in NCC_FLOORS]
-    floors += [(f"mutual rank <= 1 and colour alignment >= {f:g}", (rank <= 1) & (colour >= f)) for f in NCC_FLOORS[1:3]]
+    floors += [(f"mutual rank <= 1 and colour alignment >= {f:g}", (rank <= 1) & (colour >= f))
+               for f in NCC_FLOORS[1:3]]
     for name, kept in floors:
-        out.append(f"| {name} | " + " | ".join(str(int((kept & missed & (kind == k)).sum())) for k in kinds)
-                   + f" | {int((kept & true).sum())} | {int((kept & ~true).sum())} | {int((kept & ~true & missed).sum())} |")
+        counts = [int((kept & missed & (kind == k)).sum()) for k in kinds]
+        counts += [int((kept & true).sum()), int((kept & ~true).sum()), int((kept & ~true & missed).sum())]
+        out.append(f"| {name} | " + " | ".join(map(str, counts)) + " |")
     return "\n".join(out)
 
 

@@ -1,5 +1,5 @@
-"""flat_signals_probe's pieces against plain implementations: the masked NCC over every shift, the ranks,
-and the alignment correlation of a crop and of an unrelated photo."""
+"""flat_signals_probe's pieces against plain implementations: the masked NCC over every shift, the ranks, the
+table's counts, and the alignment correlation of a crop and of an unrelated photo."""
 from __future__ import annotations
 
 import io
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.flat_signals_probe import alignment_correlation, masked_ncc, ranks  # noqa: E402
+from benchmarks.flat_signals_probe import alignment_correlation, masked_ncc, ranks, table  # noqa: E402
 
 
 def _ncc_by_loops(f, mf, g, mg, min_overlap):
@@ -61,6 +61,19 @@ def test_ranks_equal_a_plain_count():
     got = ranks(a, b, score)
     assert got[0].tolist() == [rank(i, j) for i, j in zip(a.tolist(), b.tolist())]
     assert got[1].tolist() == [rank(j, i) for i, j in zip(a.tolist(), b.tolist())]
+
+
+def test_table_counts_lost_true_pairs_by_kind_all_true_pairs_and_false_ones():
+    # (kind, find's score, mutual rank, grey, colour): a lost flat pair, a pair of different photos, a found pair
+    rows = [("flat", 0.3, 0, 0.96, 0.99), ("different photos", 0.2, 1, 0.97, 0.5), ("plain", 0.99, 3, 0.5, 0.5)]
+    lines = table(rows, ("flat", "plain"), "different photos", 0.95).splitlines()
+    assert lines[0] == ("| signal | lost: flat | lost: plain | true pairs | different photos | of them below the "
+                        "threshold |")
+    assert "| (every pair) | 1 | 0 | 2 | 1 | 1 |" in lines
+    assert "| mutual rank <= 0 | 1 | 0 | 1 | 0 | 0 |" in lines
+    assert "| grey alignment >= 0.95 | 1 | 0 | 1 | 1 | 1 |" in lines
+    assert "| colour alignment >= 0.9 | 1 | 0 | 1 | 0 | 0 |" in lines
+    assert "| mutual rank <= 1 and grey alignment >= 0.98 | 0 | 0 | 0 | 0 | 0 |" not in lines  # floors 0.9, 0.95 only
 
 
 def _thumb(image: Image.Image) -> bytes:
