@@ -110,14 +110,19 @@ def alignment_correlation(thumb_a: bytes, thumb_b: bytes, colour: bool = False) 
 
 
 def ranks(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per pair (a, b): the rank of b among a's pairs and of a among b's, by score from 0 (ties to the lower other
-    item, as pipeline.best_pairs_per_item)."""
-    x, y, s = np.r_[a, b], np.r_[b, a], np.r_[score, score]
-    order = np.lexsort((y, -s, x))
-    starts = np.flatnonzero(np.r_[True, x[order][1:] != x[order][:-1]])
-    rank = np.empty(len(x), np.int64)
-    rank[order] = np.arange(len(x)) - np.repeat(starts, np.diff(np.r_[starts, len(x)]))
-    return rank[: len(a)], rank[len(a):]
+    """Per pair (a, b): the rank of b among a's pairs and of a among b's (pipeline.partner_ranks: as
+    best_pairs_per_item ranks the CNN's proposals)."""
+    from simbench.find.pipeline import partner_ranks
+
+    x, y, rank = partner_ranks(a, b, score)
+    n = np.int64(max(x.max(initial=0), y.max(initial=0)) + 1)
+    keys = x * n + y
+    order = np.argsort(keys)
+
+    def rank_of(p, q):  # q's rank among p's partners
+        return rank[order[np.searchsorted(keys[order], np.asarray(p, np.int64) * n + q)]]
+
+    return rank_of(a, b), rank_of(b, a)
 
 
 def proposal_rows(result, label: Callable[[int, int], str]) -> list[tuple[str, float, int, float, float]]:

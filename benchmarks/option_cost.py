@@ -6,8 +6,8 @@
 On bench_find.py throughput's collection (SyntheticDataset(n_references=150, n_distractors=50, seed=0), 2,000
 JPEGs), its first --images images: `find` (the default method, every output written) with the default settings
 and --off's ("off") and with the overrides given ("on"), each from an empty index (every feature extracted, as a
-first run pays), interleaved (off, on, off, on, ...) --rounds times, after one warm-up run of each on 32 images; then the
-median of each round's on / off ratio (the machine is shared: a ratio of adjacent runs holds, single timings do
+first run pays), interleaved (off, on, off, on, ...) --rounds times, after one warm-up run of each on 32 images; then
+the median of each round's on / off ratio (the machine is shared: a ratio of adjacent runs holds, single timings do
 not). Runs (55) to (60) of results/find.md judged the blobs stage's cost by this ratio (before it was the default:
 on = blobs.method.proposals=5, off = none).
 """

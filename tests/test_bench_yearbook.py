@@ -149,7 +149,8 @@ def test_blobs_probe_kinds_pairs_of_one_photo_and_calls_the_rest_different():
     from benchmarks.blobs_probe import kind_of
 
     book = [Placement("a.pdf", 1, (0, 0, 1, 1), 0, "crop"), Placement("a.pdf", 2, (0, 0, 1, 1), 0, "crop", flat=True),
-            Placement("a.pdf", 3, (0, 0, 1, 1), 1, "crop", colour="sepia"), Placement("a.pdf", 4, (0, 0, 1, 1), 1, "crop")]
+            Placement("a.pdf", 3, (0, 0, 1, 1), 1, "crop", colour="sepia"),
+            Placement("a.pdf", 4, (0, 0, 1, 1), 1, "crop")]
     assert [kind_of(book, 0, 1), kind_of(book, 2, 3), kind_of(book, 0, 2), kind_of(book, 0, None),
             kind_of(book, None, None)] == ["flat", "recoloured", "different photos", "different photos",
                                            "different photos"]

@@ -426,8 +426,7 @@ def test_fusion_reads_a_stage_extra_signal_and_stays_monotone_in_it(monkeypatch,
     assert stages[0].fusion_inputs == {"keypoints": "log1p", "keypoints/distinctiveness": "identity"}
     shipped = cascade.fusion_model(stages, cfg)
     model = Fusion(shipped.stages, [s.calibration.key for s in stages if s.name in shipped.stages], fusion.intercept,
-                   fusion.found_weight,
-                   fusion.weight, transform)
+                   fusion.found_weight, fusion.weight, transform)
     monkeypatch.setattr(cascade, "load_fusions", lambda *args: [model])
     assert cascade.fusion_model(stages, cfg) is model
     # A stage giving more than the model reads still uses it, and says what it leaves unread.

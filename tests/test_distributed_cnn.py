@@ -207,8 +207,9 @@ def _matrices(value, dim: int, found: list) -> None:
 
 def assert_same_pairs(found: str, expected: str) -> None:
     """Two pairs.csv texts list the same pairs with the same columns, the scores equal to one in their sixth
-    decimal: the cluster sums a chunk's CNN similarities in another order than one process, so its raw scores are
-    the same to float32 rounding (a few 1e-8), and a calibrated score near a rounding step may print one apart."""
+    decimal: the cluster's CNN similarities may differ from one process's in their last float32 ulps (a few 1e-8;
+    simbench.distributed.match says what was ruled out), and a calibrated score near a rounding step may print one
+    apart."""
     import csv
     import io
 

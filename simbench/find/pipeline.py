@@ -391,16 +391,22 @@ def agreed_over_overlap(stage: Stage, found: ScoredPairs, items: list[Item]) -> 
 def best_pairs_per_item(found: list[ScoredPairs], k: int) -> tuple[np.ndarray, np.ndarray]:
     """The item pairs (a < b, ascending) among some item's k best in `found` (by score; ties to the lower
     other item)."""
-    a = np.concatenate([np.r_[p.a, p.b] for p in found] + [np.empty(0)]).astype(np.int64)
-    b = np.concatenate([np.r_[p.b, p.a] for p in found] + [np.empty(0)]).astype(np.int64)
-    score = np.concatenate([np.r_[p.score, p.score] for p in found] + [np.empty(0)])
-    order = np.lexsort((b, -score, a))
-    a, b = a[order], b[order]
-    starts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]]) if len(a) else np.empty(0, np.int64)
-    rank = np.arange(len(a)) - np.repeat(starts, np.diff(np.r_[starts, len(a)]))
+    a, b, rank = partner_ranks(np.concatenate([p.a for p in found] + [np.empty(0)]),
+                               np.concatenate([p.b for p in found] + [np.empty(0)]),
+                               np.concatenate([p.score for p in found] + [np.empty(0)]))
     n = np.int64(a.max(initial=0) + 1)
     keys = np.unique(np.minimum(a, b)[rank < k] * n + np.maximum(a, b)[rank < k])
     return keys // n, keys % n
+
+
+def partner_ranks(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every scored pair in both directions, (x, y, rank): y's rank among x's partners by score (0: the best; ties to
+    the lower y), sorted by x, then rank."""
+    x, y = np.r_[a, b].astype(np.int64), np.r_[b, a].astype(np.int64)
+    order = np.lexsort((y, -np.r_[score, score], x))
+    x, y = x[order], y[order]
+    starts = np.flatnonzero(np.r_[True, x[1:] != x[:-1]]) if len(x) else np.empty(0, np.int64)
+    return x, y, np.arange(len(x)) - np.repeat(starts, np.diff(np.r_[starts, len(x)]))
 
 
 def with_proposed(stage: Stage, stage_features, found: ScoredPairs, others: list[ScoredPairs],
