@@ -46,7 +46,8 @@ from simbench.data.collection import CollectionDataset
 from simbench.data.synthetic import SyntheticDataset, default_cache_dir
 from simbench.evaluate import dedupe_pairs, evaluate, label_pairs, recall_at_precision
 from simbench.find import cascade
-from simbench.find.calibration import CALIBRATION_FILE, fit_calibration, fit_fusion, save_calibrations
+from simbench.find.calibration import (CALIBRATION_FILE, fit_calibration, fit_fusion, load_calibrations, load_fusions,
+                                      save_calibrations, settings_key)
 from simbench.find.pipeline import collect, find, raw_evidence
 from simbench.find.yearbook import (PAIR_KINDS, SCHOOL_STYLE, build_yearbook, match_placement, pair_kind,
                                    placement_pairs, reference_photos, true_pairs)
@@ -97,21 +98,27 @@ def dev_set(split: str, part: str, progress: bool, seed: int = 0):
 def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALIBRATION_FILE,
               seeds: tuple = (), found_weights: bool = True,
               fit_layouts: tuple[int, ...] = YEARBOOK_FIT_LAYOUTS,
-              fusion_stages: tuple[str, ...] = FUSION_STAGES) -> list:
+              fusion_stages: tuple[str, ...] = FUSION_STAGES, only: tuple[str, ...] = ()) -> list:
     """Fit raw -> precision for every stage on the tuning collections only: the TUNING split of the
     development set (photographs and line art; with `seeds`, also its rebuilds with those seeds),
     yearbook PDFs with shared logos built from its photos (build_yearbook seeds `fit_layouts`), and plain
     yearbook PDFs of scikit-image photos (look-alike pictures: retina and sky quadrants). Write
     simbench/find/calibration.json (or `out`: a variant's tables, for `find calibration=FILE`). found_weights:
     whether the fusion fits a weight for "the stage found this pair" (calibration.fit_fusion); fusion_stages: the
-    cascade stages the fusion is fitted on (() for all; find adds the others by noisy-OR). The report split is never
-    read here."""
+    cascade stages the fusion is fitted on (() for all; find adds the others by noisy-OR). only: fit these
+    stages' tables alone (e.g. a new stage's), the other tables and the fusion copied from the shipped file. The
+    report split is never read here."""
     collections = tuning_collections(work, progress, overrides, seeds, fit_layouts)
     tables = []
-    for name in ("keypoints", "cnn", "hash", "blobs"):
+    for name in ("keypoints", "cnn", "hash", "blobs", "align"):
         _, stages = fitted_stages(name, overrides)
         if not stages:
-            continue  # blobs off (no proposals)
+            continue  # blobs or align off (no proposals)
+        if only and name not in only:
+            shipped = load_calibrations().get(settings_key(stages[-1].settings))
+            if shipped is not None:
+                tables.append(shipped)
+            continue
         stage = stages[-1]  # the settings the table is for
         raw, is_true = [], []
         for c in collections:
@@ -127,32 +134,49 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
         tables.append(fit)
         print(f"{name}: {len(raw)} pairs, {int(is_true.sum())} true; {stage.signal} "
               f"{fit.raw.min():.4g}..{fit.raw.max():.4g} -> precision {fit.precision.min():.3f}..{fit.precision.max():.3f}")
-    fusion = fit_cascade_fusion(collections, tables, work, overrides, progress, found_weights, fusion_stages)
+    if only:
+        fusions = load_fusions()
+    else:
+        fusions = [fit_cascade_fusion(collections, tables, work, overrides, progress, found_weights, fusion_stages)]
     command = ("python benchmarks/bench_find.py calibrate" + "".join(f" {o}" for o in overrides)
                + (f" --seeds {','.join(map(str, seeds))}" if seeds else "")
                + ("" if found_weights else " --found-weights none")
                + ("" if tuple(fusion_stages) == FUSION_STAGES
                   else f" --fusion-stages {','.join(fusion_stages) or 'all'}")
-               + ("" if fit_layouts == YEARBOOK_FIT_LAYOUTS else f" --fit-layouts {','.join(map(str, fit_layouts))}"))
-    save_calibrations(tables, out, "isotonic raw -> precision fits on the tuning collections (devset "
-                      f"tune split{' and its rebuilds' if seeds else ''}, yearbooks); made by `{command}`", [fusion])
+               + ("" if fit_layouts == YEARBOOK_FIT_LAYOUTS else f" --fit-layouts {','.join(map(str, fit_layouts))}")
+               + (f" --stages {','.join(only)}" if only else ""))
+    about = ("isotonic raw -> precision fits on the tuning collections (devset "
+             f"tune split{' and its rebuilds' if seeds else ''}, yearbooks); made by `{command}`")
+    if only:
+        about += f" (its other tables and the fusion copied from the shipped file, which said: {shipped_about()})"
+    save_calibrations(tables, out, about, fusions)
     print(f"wrote {out}")
-    return [t.to_json() for t in tables] + [fusion.to_json()]
+    return [t.to_json() for t in tables] + [f.to_json() for f in fusions]
 
 
-#: The method a stage's table is fitted in, when not its own: blobs verifies the CNN's proposals.
-FITTED_IN = {"blobs": "cascade"}
+def shipped_about() -> str:
+    """What the shipped calibration file says of itself (how it was made)."""
+    return json.loads(CALIBRATION_FILE.read_text()).get("about", "")
+
+
+#: The method a stage's table is fitted in, when not its own: blobs and align verify the CNN's proposals.
+FITTED_IN = {"blobs": "cascade", "align": "cascade"}
 
 
 def fitted_stages(name: str, overrides: list[str]):
-    """(config, stages) of the run that gives stage `name`'s raw pairs, `name` last: itself alone, or (blobs) the
-    CNN that proposes its pairs and blobs; no stages when blobs is off."""
+    """(config, stages) of the run that gives stage `name`'s raw pairs, `name` last: itself alone, or (blobs,
+    align) the CNN that proposes its pairs, the keypoint stages whose verified pairs align skips
+    (align.method.skip_verified), and itself; no stages when it is off."""
     cfg = cascade.make_config(FITTED_IN.get(name, name), overrides)
     stages = cascade.build_stages(cfg, calibrations={}, quiet=True)
     if name not in FITTED_IN:
         return cfg, stages
     own = [s for s in stages if s.name == name]
-    return cfg, [s for s in stages if s.scores_any_pair] + own if own else []
+    if not own:
+        return cfg, []
+    skips = getattr(own[0].method, "skip_verified", False)
+    return cfg, [s for s in stages if s is not own[0] and (s.scores_any_pair or (
+        skips and s.extractor.kind == "keypoints"))] + own
 
 
 def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], progress: bool,
@@ -998,6 +1022,9 @@ def main(argv=None) -> None:
     parser.add_argument("--fit-layouts", default=",".join(map(str, YEARBOOK_FIT_LAYOUTS)),
                         help="calibrate: comma-separated build_yearbook seeds of the tuning school yearbooks to fit "
                              f"on (default {','.join(map(str, YEARBOOK_FIT_LAYOUTS))})")
+    parser.add_argument("--stages", default="",
+                        help="calibrate: comma-separated stages to fit alone (e.g. align), the other tables and the "
+                             "fusion copied from the shipped file; default: fit all")
     parser.add_argument("--layouts", default="0",
                         help="yearbook, yearbook-tune: comma-separated build_yearbook seeds, one set of PDFs each, "
                              "then a pooled row (default 0)")
@@ -1017,7 +1044,8 @@ def main(argv=None) -> None:
         out["calibration"] = calibrate(work, overrides, progress, Path(args.out or CALIBRATION_FILE),
                                        tuple(int(x) for x in args.seeds.split(",") if x), args.found_weights == "fit",
                                        tuple(int(x) for x in args.fit_layouts.split(",") if x),
-                                       tuple(x for x in args.fusion_stages.split(",") if x not in ("", "all")))
+                                       tuple(x for x in args.fusion_stages.split(",") if x not in ("", "all")),
+                                       tuple(x for x in args.stages.split(",") if x))
     elif args.what == "whiten":
         out["whiten"] = whiten(work, overrides, progress, Path(args.out or SHIPPED_WHITENING))
     elif args.what == "augment":

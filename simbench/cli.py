@@ -83,8 +83,9 @@ methods:
                      neighbours, scored against each image's 10th neighbour, also through three windows
                      of each picture; pairs of different pictures inside one frame that three or more
                      share (a screenshot template) dropped, each such picture embedded by its window;
-                     every pair scored by both, fused by a logistic model fitted on our tuning set, and
-                     linked
+                     every pair scored by both, fused by a logistic model fitted on our tuning set;
+                     each image's best CNN pairs checked on SIFT blobs (blobs) and, where no keypoints
+                     verified them, by laying the two thumbnails over each other (align); linked
                      (without PyTorch, the cnn extra: keypoints is the default, and find says so)
   keypoints          identical data + verified keypoints only (no CNN, no PyTorch)
   cnn                identical data + CNN embeddings only

@@ -158,16 +158,16 @@ def test_the_blobs_stage_runs_only_with_proposals_and_is_keyed_by_them():
     off = cascade.build_stages(cascade.make_config("cascade", ["blobs.method.proposals=0"]), calibrations={},
                                quiet=True)
     on = cascade.build_stages(cascade.make_config("cascade"), calibrations={}, quiet=True)  # 5 by default
-    assert [s.name for s in off] == ["keypoints", "cnn"]
-    assert [s.name for s in on] == ["keypoints", "cnn", "blobs"]
-    blobs = on[-1]
+    assert [s.name for s in off] == ["keypoints", "cnn", "align"]
+    assert [s.name for s in on] == ["keypoints", "cnn", "blobs", "align"]
+    blobs = on[2]
     assert blobs.extractor.detector == "sift" and not blobs.extractor.binary and blobs.signal == "evidence"
     params = blobs.settings["method_params"]
     assert params["own_pairs"] is False and params["proposals"] == 5 and params["proposal_max_df"] == 4
     other = cascade.build_stages(cascade.make_config("cascade", ["blobs.method.proposals=5",
                                                                  "blobs.method.proposal_max_df=6"]),
-                                 calibrations={}, quiet=True)[-1]
-    assert cascade.settings_key(other.settings) != cascade.settings_key(blobs.settings)
+                                 calibrations={}, quiet=True)[2]
+    assert other.name == "blobs" and cascade.settings_key(other.settings) != cascade.settings_key(blobs.settings)
     keypoints = KeypointMethod(KeypointExtractor("brisk"), ExactMatcher(), verify=True)
     assert "own_pairs" not in keypoints.params() and "proposal_max_df" not in keypoints.params()
     with pytest.raises(ValueError, match="proposal_max_df"):
@@ -209,7 +209,7 @@ def test_a_stage_the_fusion_was_not_fitted_on_adds_by_noisy_or(monkeypatch):
     from simbench.find.calibration import Calibration, Fusion
     from simbench.find.cascade import FusedPairs, apply_fusion
 
-    cfg = cascade.make_config("cascade", ["blobs.method.proposals=5"])
+    cfg = cascade.make_config("cascade", ["blobs.method.proposals=5", "align.method.proposals=0"])
     stages = cascade.build_stages(cfg, quiet=True)
     blobs = stages[-1]
     blobs.calibration = Calibration(np.array([0.0, 10.0]), np.array([0.1, 0.9]), "evidence", blobs.settings)

@@ -102,10 +102,11 @@ def test_find_on_a_cluster_gives_the_in_process_pairs(images, cluster, tmp_path_
 
 def test_proposed_pairs_on_a_cluster_are_the_in_process_ones(images, cluster, tmp_path):
     """The cascade with keypoints.method.proposals on (and a radius so small that the multi-index matching
-    verifies few pairs; the blobs stage off, which would verify them too): the keypoint stage verifies the CNN's
+    verifies few pairs; the blobs and align stages off, which would verify them too): the keypoint stage verifies the CNN's
     proposals on the images it fetches from the workers, and pairs.csv equals the in-process run's, byte for byte."""
     local, _ = cluster
-    settings = ["keypoints.method.distance_threshold=12", "keypoints.method.proposals=5", "blobs.method.proposals=0"]
+    settings = ["keypoints.method.distance_threshold=12", "keypoints.method.proposals=5", "blobs.method.proposals=0",
+                "align.method.proposals=0"]
     without = run_find(images, tmp_path / "without", "cascade", settings[0])
     expected = run_find(images, tmp_path / "alone", "cascade", *settings)
     found = run_find(images, tmp_path / "out", "cascade", *settings, "--scheduler", local.scheduler_address,

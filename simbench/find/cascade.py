@@ -17,7 +17,9 @@ The default ("cascade", chosen by the measurements in results/find.md):
    similarity to its 10th neighbour (ISC2021 normalisation), for what keypoints cannot see; then the "blobs"
    stage checks each image's blobs.method.proposals best CNN pairs (5; 0 turns it off) on SIFT blobs of the
    pictures at a coarse scale, a descriptor shared by many of the proposed pictures dropped before the fit (a flat
-   photo's corners are mostly the crest and frame it shares; its blobs are its own);
+   photo's corners are mostly the crest and frame it shares; its blobs are its own); then the "align" stage lays
+   the thumbnails of each image's align.method.proposals best CNN pairs (2; 0 turns it off) that no keypoint stage
+   verified over each other (simbench.methods.align: a flat picture's copy still lines up with it);
 4. each stage's raw signal -> estimated precision by a strictly increasing table keyed by the stage's
    settings (simbench.find.calibration; `calibration.json`, fitted on the tuning collections by
    `python benchmarks/bench_find.py calibrate --seeds 1,2`); a stage without a matching table is "uncalibrated";
@@ -56,10 +58,11 @@ log = logging.getLogger("simbench")
 IDENTICAL = "identical"
 LINKED = "linked"
 
-#: Which stages each --method runs (the identical stage always runs). "blobs" runs only when it has
-#: proposals to verify (blobs.method.proposals > 0): it finds no pairs of its own.
+#: Which stages each --method runs (the identical stage always runs). "blobs" and "align" run only when they
+#: have proposals to verify (blobs.method.proposals > 0, align.method.proposals > 0): they find no pairs of
+#: their own.
 METHODS = {
-    "cascade": ("keypoints", "cnn", "blobs"),
+    "cascade": ("keypoints", "cnn", "blobs", "align"),
     "keypoints": ("keypoints",),
     "cnn": ("cnn",),
     "hash": ("hash",),
@@ -142,6 +145,11 @@ class Stage:
     overlap_border: float = 0.0
 
     @property
+    def indexed(self) -> bool:
+        """Whether its features are kept in the index (thumbnails are the items' own)."""
+        return self.extractor.kind != "thumbnails"
+
+    @property
     def section(self) -> str:
         """The index section of its features."""
         return self.extractor.name
@@ -188,15 +196,16 @@ class Stage:
         return {self.name: self.fusion_transform, **{f"{self.name}/{e}": "identity" for e in self.extra_signals}}
 
     def raw_pairs(self, found: ScoredPairs) -> ScoredPairs:
-        """Its pairs with the raw signal as the score and the extra signals kept (what fusion reads), and a
-        keypoint method's correspondences (what the evidence shows)."""
+        """Its pairs with the raw signal as the score and the extra signals kept (what fusion reads), and what
+        the evidence shows: a keypoint method's correspondences, its method's evidence_fields."""
         missing = [e for e in self.extra_signals if e not in found.extra and len(found)]
         if missing:
             fields = sorted(k for k, v in found.extra.items() if np.ndim(v) == 1 and len(v) == len(found))
             raise ValueError(f"{self.name}.extra_signals: {missing} not per-pair fields of its method ({fields})")
         extra = {e: np.asarray(found.extra.get(e, np.zeros(len(found))), np.float64) for e in self.extra_signals}
-        if "correspondences" in found.extra:
-            extra["correspondences"] = found.extra["correspondences"]
+        for key in ("correspondences", *getattr(self.method, "evidence_fields", ())):  # what the evidence shows
+            if key in found.extra:
+                extra[key] = found.extra[key]
         return ScoredPairs(found.a, found.b, self.raw_signal(found), extra=extra)
 
     def score_given(self, stage_features, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

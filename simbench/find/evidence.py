@@ -15,6 +15,9 @@ A record holds what applies to the pair (every value plain JSON):
 - "cnn": "cosine" of the two embeddings, "rank_a" (b's rank among a's nearest neighbours, 1 = nearest)
   and "rank_b" (a's rank among b's), "score" (the stage's calibrated score).
 - "hash": "distance" (Hamming distance of the two codes) of "bits", and "score" (the stage's calibrated score).
+- "align": "correlation" (what the align stage's ECC reached), "overlap" (share of the smaller thumbnail) and
+  "turns" (b's quarter turns, counter-clockwise), and "score" (the stage's calibrated score): read from the run's
+  own align pairs (the stage keeps them), never aligned again.
 - "chain": for a pair scored through others (method "linked"), the direct pairs along the strongest
   chain, [[x, y, score, method], ...] from a to b: the linked score is their product (or, with
   link_score=weakest, the least of them; with link_own_evidence=true, lowered by the pair's own "cnn" score).
@@ -48,13 +51,14 @@ import cv2
 import numpy as np
 
 from simbench.distributed.cnn import EmbeddingChunks, chunk_pair_cosines, neighbour_ranks
+from simbench.features.thumbnails import Thumbnails
 from simbench.find.cascade import LINKED, FusedPairs, spanning_merges
 from simbench.find.index import _one, join_features
 from simbench.match.exact import ExactMatcher
 from simbench.methods.cnn import window_cosines
 from simbench.methods.keypoints import Correspondences, between_images, ratio_matches
 from simbench.threads import thread_map
-from simbench.types import BinaryCodes, KeypointSets
+from simbench.types import BinaryCodes, KeypointSets, ScoredPairs
 
 #: Pairs (best score first) that get an evidence record in a run.
 MAX_EVIDENCE_PAIRS = 2000
@@ -106,6 +110,10 @@ def pair_evidence(pairs: FusedPairs, stages: Sequence, features: dict, link_min_
             for k, d in zip(mine, distance.tolist()):
                 out[int(pairs.a[k]), int(pairs.b[k])]["hash"] = {"distance": int(d), "bits": int(feats.bits),
                                                                  "score": round(float(found[k]), 4)}
+        elif isinstance(feats, Thumbnails) and mine and raw is not None and stage.name in raw:
+            for k, record in zip(mine, alignment_records(raw[stage.name], pairs.a[mine], pairs.b[mine])):
+                if record is not None:
+                    out[int(pairs.a[k]), int(pairs.b[k])]["align"] = {**record, "score": round(float(found[k]), 4)}
         elif (hasattr(feats, "vectors") or isinstance(feats, EmbeddingChunks)) and mine:
             a = np.array([position[int(pairs.a[k])] for k in mine])
             b = np.array([position[int(pairs.b[k])] for k in mine])
@@ -119,6 +127,19 @@ def pair_evidence(pairs: FusedPairs, stages: Sequence, features: dict, link_min_
                                                   link_min_score)):
             if chain:
                 out[int(pairs.a[k]), int(pairs.b[k])]["chain"] = chain
+    return out
+
+
+def alignment_records(found: ScoredPairs, a: np.ndarray, b: np.ndarray) -> list[dict | None]:
+    """What the align stage measured of item pairs (a, b) among its own pairs `found` (None: not there)."""
+    n = np.int64(max(a.max(initial=0), b.max(initial=0), found.b.max(initial=0)) + 1)
+    position = {int(key): k for k, key in enumerate(found.a.astype(np.int64) * n + found.b)}
+    out = []
+    for x, y in zip(np.asarray(a, np.int64).tolist(), np.asarray(b, np.int64).tolist()):
+        k = position.get(min(x, y) * int(n) + max(x, y))
+        out.append(None if k is None else {"correlation": round(float(found.score[k]), 4),
+                                           "overlap": round(float(found.extra["overlap"][k]), 3),
+                                           "turns": int(found.extra["turns"][k])})
     return out
 
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from simbench.data.images import UnreadableImage, open_image
 from simbench.distributed.cluster import ClusterSession
 from simbench.distributed.cnn import EmbeddingChunks
+from simbench.features.thumbnails import Thumbnails
 from simbench.find import agreement, blank, cascade, evidence, frames, outputs, report
 from simbench.find.cascade import FusedPairs, Stage
 from simbench.find.decisions import Decisions, match_decisions, read_decisions, write_decisions_json
@@ -34,7 +35,7 @@ from simbench.find.items import Item
 from simbench.find.pdf import PdfOptions
 from simbench.find.sources import SourceRecord, is_pdf, list_sources, read_sources, to_items
 from simbench.threads import thread_map
-from simbench.types import Embeddings, KeypointSets, ScoredPairs, Skipped
+from simbench.types import Embeddings, ScoredPairs, Skipped
 
 log = logging.getLogger("simbench")
 
@@ -177,7 +178,7 @@ def feature_key(stage: Stage) -> str:
 def index_sections(stages: list[Stage], options: PdfOptions) -> list[tuple[str, str, str]]:
     """(section, params key, kind) of each record a file needs in the index: its sources, then each stage's."""
     return [(SOURCES, sources_key(options), SOURCES_KIND)] + [(s.section, feature_key(s), s.extractor.kind)
-                                                               for s in stages]
+                                                               for s in stages if s.indexed]
 
 
 def read_new_sources(files, digests, stages: list[Stage], store: FeatureStore, options: PdfOptions,
@@ -223,7 +224,8 @@ def store_batch(records: list[SourceRecord], digests: list[str], stages: list[St
                 skey: str, progress: bool) -> None:
     """One batch of read files into the index: each stage's features, then the files' sources records."""
     for stage in stages:
-        extract_into_store(stage, records, digests, store, progress)
+        if stage.indexed:
+            extract_into_store(stage, records, digests, store, progress)
     # Last: a file counts as indexed only once its sources record is there too.
     store.put_batch(SOURCES, skey, {d: record.for_index() for d, record in zip(digests, records)})
 
@@ -287,7 +289,11 @@ def load_features(stage: Stage, items: list[Item], source_digests: list[str], st
 def stage_features(stage: Stage, items: list[Item], source_digests: list[str], store: FeatureStore,
                    exclude: dict[int, str], cluster: ClusterSession | None):
     """load_features; on a cluster a keypoint or CNN stage's chunks are read and kept by the workers
-    instead (simbench.distributed.keypoints, .cnn: no process holds all descriptors or embeddings)."""
+    instead (simbench.distributed.keypoints, .cnn: no process holds all descriptors or embeddings). A stage
+    of thumbnails (align) takes the items' own (simbench.features.thumbnails: decoded when compared)."""
+    if stage.extractor.kind == "thumbnails":
+        rows = np.array([k for k in range(len(items)) if k not in exclude], np.int64)
+        return Thumbnails([items[k].thumb for k in rows.tolist()]), rows, dict(exclude)
     if cluster is not None and stage.extractor.kind == "keypoints":
         from simbench.distributed.keypoints import load_keypoints
 
@@ -355,8 +361,11 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
     found = {stage.name: pairs for stage, pairs in zip(stages, matched)}
     for stage in stages:  # what the CNN ranks best: stages that score any pair (other stages' scales differ)
         others = [found[other.name] for other in stages if other is not stage and other.scores_any_pair]
+        verified = [found[other.name] for other in stages if other.extractor.kind == "keypoints"
+                    and other is not stage] if getattr(stage.method, "skip_verified", False) else []
         if getattr(stage.method, "proposals", 0) and others:
-            found[stage.name] = with_proposed(stage, features[stage.name], found[stage.name], others, progress)
+            found[stage.name] = with_proposed(stage, features[stage.name], found[stage.name], others, progress,
+                                              verified)
     out = {}
     for stage in stages:
         pairs = found[stage.name]
@@ -410,19 +419,20 @@ def partner_ranks(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> tuple[np.n
 
 
 def with_proposed(stage: Stage, stage_features, found: ScoredPairs, others: list[ScoredPairs],
-                  progress: bool = False) -> ScoredPairs:
-    """`found` (a keypoint stage's pairs, in item indices) and, after them, the pairs among each item's
-    stage.method.proposals best by the other stages that it did not find, as its method's `score_proposed`
-    verifies them. Per-pair fields: those both kinds have, and `proposed` (True for the latter). On a
-    cluster the proposed pairs' images are fetched from the workers (a few pairs per image)."""
-    from simbench.distributed.keypoints import local_keypoints
+                  progress: bool = False, verified: list[ScoredPairs] = ()) -> ScoredPairs:
+    """`found` (a verifying stage's own pairs, in item indices) and, after them, the pairs among each item's
+    stage.method.proposals best by the other stages that it did not find (nor any of `verified`), as its
+    method's `score_proposed` verifies them. Per-pair fields: those both kinds have, and `proposed` (True for
+    the latter). On a cluster the proposed pairs' keypoints are fetched from the workers (a few pairs per image)."""
+    from simbench.distributed.keypoints import KeypointChunks, local_keypoints
 
     a, b = best_pairs_per_item(others, stage.method.proposals)
-    n = np.int64(max(b.max(initial=0), found.b.max(initial=0)) + 1)  # a < b: keys a * n + b are distinct
-    new = ~np.isin(a * n + b, found.a.astype(np.int64) * n + found.b)
+    done = [found, *verified]
+    n = np.int64(max(b.max(initial=0), *(p.b.max(initial=0) for p in done)) + 1)  # a < b: keys a * n + b differ
+    new = ~np.isin(a * n + b, np.concatenate([p.a.astype(np.int64) * n + p.b for p in done]))
     a, b = a[new], b[new]
     feats, rows, _ = stage_features
-    if not isinstance(feats, KeypointSets):  # the workers' chunks
+    if isinstance(feats, KeypointChunks):  # the workers' chunks
         feats, rows, _ = local_keypoints(stage_features, np.unique(np.r_[a, b]))
     position = np.full(int(max(n, rows.max(initial=-1) + 1)), -1)
     position[rows] = np.arange(len(rows))

@@ -615,6 +615,7 @@ async function drawPair() {
       why.push(el("li", { text: `CNN, best window: ${nameOf(whole)} against window ${w.index + 1} of ${w.count} of ${nameOf(part)} (squares along its long side): cosine ${w.cosine.toFixed(3)}.` }));
     }
   }
+  if (ev.align) why.push(el("li", { text: `Aligned: laid over each other (${nameOf(b)} turned ${90 * ev.align.turns}°, scaled and shifted), their thumbnails correlate at ${ev.align.correlation.toFixed(3)} over ${Math.round(100 * ev.align.overlap)}% of the smaller (calibrated score ${ev.align.score.toFixed(3)}).` }));
   if (ev.hash) why.push(el("li", { text: `Hash: the two ${ev.hash.bits}-bit codes differ in ${plural(ev.hash.distance, "bit")} (calibrated score ${ev.hash.score.toFixed(3)}).` }));
   if (ev.chain) {
     const chain = el("div", { class: "chain" }, el("img", { src: DATA.items[ev.chain[0][0]].t, title: DATA.items[ev.chain[0][0]].d }));

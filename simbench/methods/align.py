@@ -1,0 +1,243 @@
+"""Do two pictures line up, pixel for pixel? Dense alignment of their thumbnails, for pairs others propose.
+
+Keypoints and blobs verify a pair by matching local features. A flat picture (a soft-focus portrait, a
+blurred or low-contrast copy) has almost none, yet a copy of it still lines up with its original: some
+similarity transform lays one over the other and the grey levels then agree wherever they overlap. Two
+different pictures, however smooth, do not once that transform is refined to fit them as closely as it can.
+
+`align_pair` looks for that transform in two steps:
+1. Search: the normalised cross-correlation of the two thumbnails at COARSE_SIDE pixels over every shift at
+   which they overlap by MIN_OVERLAP of the smaller (`overlap_ncc`), b turned by each quarter turn and scaled
+   by each of SCALES against a; per turn, the scale and shift that correlate best.
+2. Refinement: those within REFINE_MARGIN of the best are refined by ECC (Evangelidis & Psarakis 2008,
+   OpenCV's findTransformECC) at REFINE_SIDE pixels, first as a rotation and shift, then as an affine map. A
+   refinement that does not converge, leaves the two overlapping by less than MIN_REFINED_OVERLAP, or bends
+   into a map far from a similarity (singular values further apart than MAX_ANISOTROPY, or a scale beyond
+   MAX_RESCALE of the search's) is dropped. That check is what tells smooth different pictures apart: an
+   affine map fitted to two unrelated gradients drifts into a degenerate one.
+The pair's signal is the best correlation ECC reaches (no hypothesis kept: the pair does not align). BORDER of
+each side of both thumbnails is left out: a yearbook's frame, a scan's edge.
+
+Measured on the tuning split only (results/find.md, "Runs (61) and (62)"): among each picture's best CNN pairs, a
+correlation of 0.95 or more held copies nearly always, the flat yearbook photos' among them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from simbench.methods.base import Method
+from simbench.threads import thread_map
+from simbench.types import ScoredPairs
+
+#: Long side, in pixels, of the thumbnails compared in the search (a flat picture has no finer detail).
+COARSE_SIDE = 32
+#: Scales of b against a searched, 26% apart (the refinement takes up the rest): from a crop of half of
+#: one picture to the whole of it, either way round.
+SCALES = tuple(float(s) for s in np.geomspace(0.4, 2.5, 9))
+#: The least overlap, as a share of the smaller picture (less its border), searched at and kept after refining.
+MIN_OVERLAP = 0.4
+MIN_REFINED_OVERLAP = 0.3
+#: Long side, in pixels, the hypotheses are refined at (the report thumbnails are 160).
+REFINE_SIDE = 96
+#: Hypotheses kept per quarter turn (the best local maxima over scale), and refined only when their search
+#: correlation is within REFINE_MARGIN of the best turn's.
+TOP_PER_TURN = 1
+REFINE_MARGIN = 0.05
+#: The band along each side of both pictures left out, as a share of the side.
+BORDER = 0.08
+#: How far the affine refinement may stray from a similarity (see the module docstring).
+MAX_ANISOTROPY = 1.25
+MAX_RESCALE = 1.33
+#: ECC's iterations per step, and the change of the map at which it stops.
+ECC_ITERATIONS = 25
+ECC_EPS = 1e-5
+
+
+def settings() -> dict:
+    """Everything above: what the signal depends on (the calibration table's key)."""
+    return {"coarse_side": COARSE_SIDE, "scales": [round(s, 4) for s in SCALES], "min_overlap": MIN_OVERLAP,
+            "min_refined_overlap": MIN_REFINED_OVERLAP, "refine_side": REFINE_SIDE, "top_per_turn": TOP_PER_TURN,
+            "refine_margin": REFINE_MARGIN, "border": BORDER, "max_anisotropy": MAX_ANISOTROPY,
+            "max_rescale": MAX_RESCALE, "ecc_iterations": ECC_ITERATIONS, "ecc_eps": ECC_EPS}
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """A pair's best refined alignment: ECC's correlation, the overlap (share of the smaller picture), b's
+    quarter turns, and the affine map from a's thumbnail (less its border) to b's turned and rescaled one."""
+
+    correlation: float
+    overlap: float
+    turns: int
+    warp: np.ndarray
+
+
+def _border_px(shape: tuple[int, ...]) -> tuple[int, int]:
+    return max(1, round(BORDER * shape[0])), max(1, round(BORDER * shape[1]))
+
+
+def resized(image: np.ndarray, factor: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    size = (max(6, round(w * factor)), max(6, round(h * factor)))
+    return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA if factor < 1 else
+                      cv2.INTER_LINEAR)
+
+
+def inner_mask(shape: tuple[int, int]) -> np.ndarray:
+    """1 inside, 0 on the band of BORDER along each side (uint8)."""
+    mask = np.zeros(shape, np.uint8)
+    (h, w), (bh, bw) = shape, _border_px(shape)
+    mask[bh:h - bh, bw:w - bw] = 1
+    return mask
+
+
+def overlap_ncc(f: np.ndarray, g: np.ndarray, min_overlap: float) -> np.ndarray:
+    """The normalised cross-correlation of grey images f and g over their overlap, for every shift d at which
+    f(p) lies over g(p - d) (at index d + g.shape - 1); -1 where they overlap by less than min_overlap of the
+    smaller. The sums over each shift's overlap, a rectangle, come from summed-area tables; only the cross
+    term needs a correlation (OpenCV's matchTemplate, over g padded with zeros)."""
+    hf, wf = f.shape
+    hg, wg = g.shape
+    f, g = f.astype(np.float64), g.astype(np.float64)
+    d0, d1 = np.arange(-(hg - 1), hf), np.arange(-(wg - 1), wf)  # shifts: f(p) pairs with g(p - d)
+    fr0, fr1 = np.maximum(0, d0), np.minimum(hf, hg + d0)  # the overlap's rows and columns in f
+    fc0, fc1 = np.maximum(0, d1), np.minimum(wf, wg + d1)
+
+    def box_sums(x, r0, r1, c0, c1):
+        table = np.zeros((x.shape[0] + 1, x.shape[1] + 1))
+        table[1:, 1:] = x.cumsum(0).cumsum(1)
+        rows = table[r1] - table[r0]
+        return rows[:, c1] - rows[:, c0]
+
+    n = (fr1 - fr0)[:, None] * (fc1 - fc0)[None, :]
+    sf, sff = box_sums(f, fr0, fr1, fc0, fc1), box_sums(f * f, fr0, fr1, fc0, fc1)
+    gr0, gr1, gc0, gc1 = fr0 - d0, fr1 - d0, fc0 - d1, fc1 - d1  # the same overlap in g
+    sg, sgg = box_sums(g, gr0, gr1, gc0, gc1), box_sums(g * g, gr0, gr1, gc0, gc1)
+    padded = cv2.copyMakeBorder(g.astype(np.float32), hf - 1, hf - 1, wf - 1, wf - 1, cv2.BORDER_CONSTANT, value=0)
+    cross = cv2.matchTemplate(padded, f.astype(np.float32), cv2.TM_CCORR)[::-1, ::-1].astype(np.float64)
+    nn = np.maximum(n, 1)
+    var_f = np.maximum(sff - sf ** 2 / nn, 1e-9)
+    var_g = np.maximum(sgg - sg ** 2 / nn, 1e-9)
+    ncc = (cross - sf * sg / nn) / np.sqrt(var_f * var_g)
+    return np.where(n >= min_overlap * min(f.size, g.size) - 1e-6, ncc, -1.0)
+
+
+def inner(image: np.ndarray) -> np.ndarray:
+    """The image less the band inner_mask leaves out."""
+    (h, w), (bh, bw) = image.shape[:2], _border_px(image.shape)
+    return image[bh:h - bh, bw:w - bw]
+
+
+def search(a: np.ndarray, b: np.ndarray) -> list[tuple[float, int, float, tuple[int, int]]]:
+    """The search's hypotheses (correlation, quarter turns of b, scale of b against a, shift in coarse pixels of
+    the whole thumbnails), TOP_PER_TURN per turn: the best local maxima over SCALES."""
+    whole = resized(a, COARSE_SIDE / max(a.shape))
+    f = inner(whole)
+    f_at = _border_px(whole.shape)
+    out = []
+    for turns in range(4):
+        turned = np.rot90(b, turns)
+        best = []
+        for s in SCALES:
+            g_whole = resized(turned, COARSE_SIDE / max(turned.shape) * s)
+            g = inner(g_whole)
+            ncc = overlap_ncc(f, g, MIN_OVERLAP)
+            at = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
+            d = (int(at[0]) - (g.shape[0] - 1), int(at[1]) - (g.shape[1] - 1))
+            g_at = _border_px(g_whole.shape)  # back to the whole thumbnails' pixels
+            best.append((float(ncc[at]), turns, s, (d[0] + f_at[0] - g_at[0], d[1] + f_at[1] - g_at[1])))
+        v = [h[0] for h in best]
+        peaks = [best[i] for i in range(len(best))
+                 if (i == 0 or v[i] >= v[i - 1]) and (i == len(best) - 1 or v[i] >= v[i + 1]) and v[i] > -1]
+        out += sorted(peaks, key=lambda h: -h[0])[:TOP_PER_TURN]
+    return out
+
+
+def refine(a: np.ndarray, b: np.ndarray, hypothesis) -> Alignment | None:
+    """ECC refinement of one search hypothesis (see the module docstring), or None where it is dropped."""
+    _, turns, s, shift = hypothesis
+    turned = np.ascontiguousarray(np.rot90(b, turns))
+    la, lb = max(a.shape), max(turned.shape)
+    top, left = _border_px(a.shape)
+    template = np.ascontiguousarray(inner(a))
+    k = lb / (la * s)  # b's pixels per a's pixel under the hypothesis: b is brought to a's scale first
+    scaled = resized(turned, 1 / k)
+    mask = inner_mask(scaled.shape)
+    step = la / COARSE_SIDE  # a's pixels per coarse pixel
+    warp = np.array([[1, 0, left - step * shift[1]], [0, 1, top - step * shift[0]]], np.float32)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, ECC_EPS)
+    try:
+        _, warp = cv2.findTransformECC(template, scaled, warp, cv2.MOTION_EUCLIDEAN, criteria, mask, 5)
+        correlation, warp = cv2.findTransformECC(template, scaled, warp, cv2.MOTION_AFFINE, criteria, mask, 3)
+    except cv2.error:  # did not converge, or the two stopped overlapping
+        return None
+    sv = np.linalg.svd(warp[:, :2].astype(np.float64), compute_uv=False)
+    if sv[0] / sv[1] > MAX_ANISOTROPY or not 1 / MAX_RESCALE < np.sqrt(sv[0] * sv[1]) < MAX_RESCALE:
+        return None
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    inside = cv2.warpAffine(mask.astype(np.float32), warp, template.shape[::-1], flags=flags)
+    inside = cv2.erode(inside, np.ones((5, 5), np.uint8))
+    overlap = float((inside > 0.5).sum()) / min(template.size, float(mask.sum()))
+    if overlap < MIN_REFINED_OVERLAP:
+        return None
+    return Alignment(float(correlation), overlap, turns, warp)
+
+
+def align_pair(a: np.ndarray, b: np.ndarray) -> Alignment | None:
+    """The best refined alignment of grey thumbnails a and b (float32), or None: no hypothesis refines."""
+    a, b = (resized(x, REFINE_SIDE / max(x.shape)) if max(x.shape) > REFINE_SIDE else x for x in (a, b))
+    best = None
+    hypotheses = search(a, b)
+    top = max((h[0] for h in hypotheses), default=-1.0)
+    for hypothesis in (h for h in hypotheses if h[0] >= top - REFINE_MARGIN):
+        found = refine(a, b, hypothesis)
+        if found is not None and (best is None or found.correlation > best.correlation):
+            best = found
+    return best
+
+
+class AlignMethod(Method):
+    """Verifies the pairs another stage proposes (simbench find's CNN: each image's `proposals` best) by
+    `align_pair` on their thumbnails (simbench.features.thumbnails); finds no pairs of its own. A pair that
+    aligns scores ECC's correlation (extra: the overlap and b's quarter turns); the others are not returned.
+
+    skip_verified: leave out the proposed pairs that a keypoint stage (keypoints, blobs) already verified:
+    they need no second look, and a table fitted on the rest is a table of what is left to verify."""
+
+    own_pairs = False  # see __init__
+    evidence_fields = ("overlap", "turns")  # per pair, kept for the report
+
+    def __init__(self, extractor, matcher=None, proposals: int = 2, threshold: float = 0.95,
+                 skip_verified: bool = True, threads: int = 0, own_pairs: bool = False):
+        if proposals < 0 or own_pairs:
+            raise ValueError(f"proposals must be >= 0 (not {proposals}), and own_pairs false: align only verifies")
+        self.extractor, self.matcher = extractor, matcher
+        self.proposals, self.threshold, self.skip_verified = int(proposals), float(threshold), bool(skip_verified)
+        self.threads = int(threads)
+
+    def params(self) -> dict:
+        return {"proposals": self.proposals, "skip_verified": self.skip_verified, **settings()}
+
+    def score_pairs(self, features) -> ScoredPairs:
+        """No pairs of its own: it only verifies (score_proposed)."""
+        empty = np.empty(0, np.int64)
+        return ScoredPairs(empty, empty, np.empty(0), {"overlap": np.empty(0), "turns": empty})
+
+    def score_proposed(self, features, a: np.ndarray, b: np.ndarray) -> ScoredPairs:
+        """The proposed pairs of thumbnails (rows a[k] < b[k]) that align, scored by their correlation (a thumbnail
+        that does not decode aligns with nothing)."""
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+
+        def one(k: int) -> Alignment | None:
+            x, y = features.grey(a[k]), features.grey(b[k])
+            return None if x is None or y is None else align_pair(x, y)
+
+        found = thread_map(one, range(len(a)), self.threads or None)
+        kept = np.array([f is not None for f in found], bool)
+        got = [f for f in found if f is not None]
+        return ScoredPairs(a[kept], b[kept], np.array([f.correlation for f in got], np.float64),
+                           {"overlap": np.array([f.overlap for f in got], np.float64),
+                            "turns": np.array([f.turns for f in got], np.int64), "proposed_pairs": len(a)})

@@ -1,0 +1,145 @@
+"""The align stage (conf/find.yaml `align`): thumbnails laid over each other. The search's correlation against
+a loop over every shift, a flat photo's turned and rescaled crop that aligns while a different flat photo does
+not, the thumbnails extractor on good and bad files, and the stage in find: off unless it has proposals, not in
+the index, its pairs and evidence where keypoints see nothing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance, ImageFilter
+
+from simbench.features.thumbnails import ThumbnailExtractor, Thumbnails
+from simbench.find import cascade
+from simbench.find.items import grey_thumbnail, thumbnail_jpeg
+from simbench.methods.align import AlignMethod, align_pair, overlap_ncc
+
+
+def _ncc_by_loops(f: np.ndarray, g: np.ndarray, min_overlap: float) -> np.ndarray:
+    """For every shift d (at index d + g.shape - 1): f(p) over g(p - d) where both exist, the cosine of the two
+    overlaps less their means; -1 where fewer than min_overlap of the smaller picture's pixels overlap."""
+    out = np.full((f.shape[0] + g.shape[0] - 1, f.shape[1] + g.shape[1] - 1), -1.0)
+    for dy in range(-g.shape[0] + 1, f.shape[0]):
+        for dx in range(-g.shape[1] + 1, f.shape[1]):
+            fs, gs = [], []
+            for y in range(max(0, dy), min(f.shape[0], dy + g.shape[0])):
+                for x in range(max(0, dx), min(f.shape[1], dx + g.shape[1])):
+                    fs.append(f[y, x])
+                    gs.append(g[y - dy, x - dx])
+            if len(fs) >= min_overlap * min(f.size, g.size) and len(fs) > 1:
+                u, v = np.array(fs) - np.mean(fs), np.array(gs) - np.mean(gs)
+                out[dy + g.shape[0] - 1, dx + g.shape[1] - 1] = u @ v / np.sqrt((u @ u) * (v @ v))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_overlap_ncc_equals_the_correlation_over_every_shift(seed):
+    rng = np.random.default_rng(seed)
+    f = rng.random(tuple(rng.integers(4, 12, 2))).astype(np.float32)
+    g = rng.random(tuple(rng.integers(4, 12, 2))).astype(np.float32)
+    assert np.allclose(overlap_ncc(f, g, 0.4), _ncc_by_loops(f, g, 0.4), atol=1e-5)
+
+
+def test_a_window_of_a_picture_correlates_exactly_where_it_was_cut():
+    f = np.random.default_rng(3).random((20, 24)).astype(np.float32)
+    window = 3 * f[5:17, 4:20] + 0.5  # contrast and brightness changed alike
+    ncc = overlap_ncc(f, window, 0.4)
+    at = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
+    assert ncc[at] == pytest.approx(1.0, abs=1e-5)
+    assert (at[0] - (window.shape[0] - 1), at[1] - (window.shape[1] - 1)) == (5, 4)  # f(p) over window(p - d)
+
+
+def _flat(image: Image.Image) -> Image.Image:
+    """As the yearbook makes a photo flat (simbench.find.yearbook._flatten)."""
+    return ImageEnhance.Contrast(image.filter(ImageFilter.GaussianBlur(0.012 * max(image.size)))).enhance(0.75)
+
+
+def _grey(image: Image.Image) -> np.ndarray:
+    return grey_thumbnail(thumbnail_jpeg(image))
+
+
+@pytest.mark.parametrize("turn", [0, 90, 270])
+def test_a_flat_photos_turned_crop_aligns_and_a_different_flat_photo_does_not(photos, turn):
+    whole = _flat(Image.fromarray(photos["astronaut"]))
+    crop = whole.crop((60, 40, 440, 380)).rotate(turn, expand=True).resize((300, 268) if turn % 180 == 0
+                                                                             else (268, 300))
+    same = align_pair(_grey(whole), _grey(crop))
+    assert same is not None and same.correlation > 0.95 and same.overlap > 0.5, same
+    assert same.turns == {0: 0, 90: 3, 270: 1}[turn]  # b turned back by np.rot90's (counter-clockwise) quarter turns
+    for other in ("coffee", "camera", "rocket"):
+        different = align_pair(_grey(whole), _grey(_flat(Image.fromarray(photos[other]))))
+        assert different is None or different.correlation < same.correlation - 0.05, (other, different)
+
+
+def test_align_method_returns_the_pairs_that_align_with_their_fields(photos):
+    pictures = [_flat(Image.fromarray(photos[name])) for name in ("astronaut", "coffee")]
+    pictures.append(pictures[0].crop((50, 50, 450, 450)))
+    thumbs = Thumbnails([thumbnail_jpeg(p) for p in pictures] + [b"not a jpeg"])
+    assert thumbs.grey(3) is None and thumbs.grey(0).dtype == np.float32
+    method = AlignMethod(ThumbnailExtractor(), proposals=2)
+    got = method.score_proposed(thumbs, np.array([0, 0, 1, 0]), np.array([1, 2, 2, 3]))
+    assert (0, 2) in set(zip(got.a.tolist(), got.b.tolist()))
+    k = list(zip(got.a.tolist(), got.b.tolist())).index((0, 2))
+    assert got.score[k] > 0.95 and got.extra["overlap"][k] > 0.5 and got.extra["turns"][k] == 0
+    assert (0, 3) not in set(zip(got.a.tolist(), got.b.tolist()))  # what does not decode aligns with nothing
+    assert got.extra["proposed_pairs"] == 4 and len(method.score_pairs(thumbs)) == 0
+    with pytest.raises(ValueError, match="own_pairs"):
+        AlignMethod(ThumbnailExtractor(), own_pairs=True)
+
+
+def test_thumbnail_extractor_reads_files_and_skips_what_does_not_decode(photos, tmp_path):
+    good = tmp_path / "a.png"
+    Image.fromarray(photos["coffee"]).save(good)
+    bad = tmp_path / "b.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    got = ThumbnailExtractor().extract([good, bad])
+    assert got.rows.tolist() == [0] and [s.path for s in got.skipped] == [str(bad)]
+    assert max(got.features.grey(0).shape) == 160 and got.features.grey(0).dtype == np.float32
+    assert ThumbnailExtractor().params() == {"side": 160}
+
+
+def test_the_align_stage_runs_only_with_proposals_and_is_keyed_by_its_settings():
+    off = cascade.build_stages(cascade.make_config("cascade", ["align.method.proposals=0"]), calibrations={},
+                               quiet=True)
+    assert "align" not in [s.name for s in off]
+    on = cascade.build_stages(cascade.make_config("cascade"), calibrations={}, quiet=True)  # 2 by default
+    align = on[-1]
+    assert align.name == "align" and not align.indexed and not align.scores_any_pair
+    params = align.settings["method_params"]
+    assert params["proposals"] == 2 and params["skip_verified"] is True and params["refine_side"] == 96
+    three = cascade.build_stages(cascade.make_config("cascade", ["align.method.proposals=3"]), calibrations={},
+                                 quiet=True)[-1]
+    assert cascade.settings_key(three.settings) != cascade.settings_key(align.settings)
+
+
+def test_find_aligns_the_proposed_pairs_that_no_keypoint_stage_verified(photos, tmp_path):
+    """A flat photo, its turned flat crop and other flat photos, the CNN proposing. The keypoint stages verify the
+    copy here, so the align stage (skip_verified, the default) leaves it out; told not to skip, it aligns it, with
+    its evidence, uncalibrated without a table and said so. The index keeps no thumbnails section."""
+    import csv
+
+    from simbench.find.pipeline import find
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    flat = _flat(Image.fromarray(photos["astronaut"]))
+    flat.save(folder / "original.png")
+    flat.crop((40, 60, 470, 420)).rotate(90, expand=True).save(folder / "copy.png")
+    for name in ("coffee", "camera", "rocket"):
+        _flat(Image.fromarray(photos[name]).convert("RGB")).save(folder / f"{name}.png")
+
+    def run(*overrides):
+        cfg = cascade.make_config(None, ["align.method.proposals=2", *overrides])
+        result = find([folder], tmp_path / "out", cfg, index=tmp_path / "index", progress=False)
+        names = [item.display.rsplit("/", 1)[-1] for item in result.items]
+        copy = tuple(sorted((names.index("original.png"), names.index("copy.png"))))
+        return result, copy, {name: set(zip(p.a.tolist(), p.b.tolist())) for name, p in result.raw.items()}
+
+    result, copy, found = run()
+    assert copy in found["keypoints"] | found["blobs"] and copy not in found["align"]
+    result, copy, found = run("align.method.skip_verified=false")
+    assert copy in found["align"]
+    assert result.evidence[copy]["align"]["correlation"] > 0.95 and result.evidence[copy]["align"]["turns"] in (1, 3)
+    with open(tmp_path / "out" / "pairs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert all(r["calibrated"] == "no" for r in rows if r["method"] == "align")
+    assert not any("thumbnails" in p.name for p in (tmp_path / "index").rglob("*"))
