@@ -95,6 +95,10 @@ def dev_set(split: str, part: str, progress: bool, seed: int = 0):
     return DevSet(split, part, seed=seed).load(progress=progress)
 
 
+#: The stages `calibrate` fits a table for (a verifying stage only when it has proposals).
+CALIBRATED_STAGES = ("keypoints", "cnn", "hash", "blobs", "align")
+
+
 def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALIBRATION_FILE,
               seeds: tuple = (), found_weights: bool = True,
               fit_layouts: tuple[int, ...] = YEARBOOK_FIT_LAYOUTS,
@@ -108,9 +112,12 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
     cascade stages the fusion is fitted on (() for all; find adds the others by noisy-OR). only: fit these
     stages' tables alone (e.g. a new stage's), the other tables and the fusion copied from the shipped file. The
     report split is never read here."""
+    unknown = set(only) - set(CALIBRATED_STAGES)
+    if unknown:
+        raise ValueError(f"--stages: no stage {sorted(unknown)} (stages: {', '.join(CALIBRATED_STAGES)})")
     collections = tuning_collections(work, progress, overrides, seeds, fit_layouts)
     tables = []
-    for name in ("keypoints", "cnn", "hash", "blobs", "align"):
+    for name in CALIBRATED_STAGES:
         _, stages = fitted_stages(name, overrides)
         if not stages:
             continue  # blobs or align off (no proposals)

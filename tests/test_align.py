@@ -143,3 +143,9 @@ def test_find_aligns_the_proposed_pairs_that_no_keypoint_stage_verified(photos, 
         rows = list(csv.DictReader(f))
     assert all(r["calibrated"] == "no" for r in rows if r["method"] == "align")
     assert not any("thumbnails" in p.name for p in (tmp_path / "index").rglob("*"))
+    from simbench.find.pipeline import stage_features
+
+    align = cascade.build_stages(cascade.make_config(), calibrations={}, quiet=True)[-1]
+    align.extractor.side = 100  # find has only the report's thumbnails to give it
+    with pytest.raises(ValueError, match="report thumbnails"):
+        stage_features(align, result.items, [], None, {}, None)

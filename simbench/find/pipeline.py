@@ -31,7 +31,7 @@ from simbench.find.cascade import FusedPairs, Stage
 from simbench.find.decisions import Decisions, match_decisions, read_decisions, write_decisions_json
 from simbench.find.index import (BATCH_IMAGES, SOURCES_KIND, FeatureStore, consistent, join_features, params_key,
                                  shard_groups, split_features)
-from simbench.find.items import Item
+from simbench.find.items import THUMB_SIDE, Item
 from simbench.find.pdf import PdfOptions
 from simbench.find.sources import SourceRecord, is_pdf, list_sources, read_sources, to_items
 from simbench.threads import thread_map
@@ -292,6 +292,8 @@ def stage_features(stage: Stage, items: list[Item], source_digests: list[str], s
     instead (simbench.distributed.keypoints, .cnn: no process holds all descriptors or embeddings). A stage
     of thumbnails (align) takes the items' own (simbench.features.thumbnails: decoded when compared)."""
     if stage.extractor.kind == "thumbnails":
+        if getattr(stage.extractor, "side", THUMB_SIDE) != THUMB_SIDE:
+            raise ValueError(f"{stage.name}.extractor.side: find compares the report thumbnails, {THUMB_SIDE} px")
         rows = np.array([k for k in range(len(items)) if k not in exclude], np.int64)
         return Thumbnails([items[k].thumb for k in rows.tolist()]), rows, dict(exclude)
     if cluster is not None and stage.extractor.kind == "keypoints":
