@@ -10,9 +10,9 @@ given) is read with:
 - its mutual rank: the worse of the two pictures' ranks of each other among their CNN pairs (0: each is the
   other's best), the rank signal results/find.md named as the next candidate after run (60);
 - its refined alignment: the align stage's signal (simbench.methods.align: the search below, cheaper, then refined
-  by ECC; added after run (60), results/find.md "Run (61)");
-- its alignment correlations: the report thumbnails at SIDE pixels, their edges (BORDER of each side: a yearbook's
-  frame) left out, one resized over SCALES relative to the other and turned by each quarter turn, the best
+  by ECC; added after run (60), results/find.md "Runs (61) and (62)");
+- its alignment correlations: the report thumbnails at SIDE pixels, their edges (align.BORDER of each side: a
+  yearbook's frame) left out, one resized over SCALES relative to the other and turned by each quarter turn, the best
   normalised cross-correlation over every shift where they overlap by MIN_OVERLAP of the smaller (masked NCC in the
   Fourier domain, Padfield 2012), of their grey levels and of their colours: does some placement of one picture over
   the other agree, which a flat copy keeps where keypoints and blobs find nothing (and a recoloured one in grey).
@@ -43,10 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.blobs_probe import kind_of  # noqa: E402
 from benchmarks.bench_find import TUNE, item_placements, school_yearbook  # noqa: E402
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
+from simbench.methods import align  # noqa: E402
 
 PROPOSALS = 5
 SIDE = 48  # thumbnail pixels the correlation is taken at: a flat photo has no finer detail
-BORDER = 0.08
 MIN_OVERLAP = 0.4
 SCALES = np.geomspace(0.4, 2.5, 17)
 RANK_FLOORS = (0, 1, 2, 4)
@@ -67,11 +67,8 @@ def resized(image: np.ndarray, factor: float) -> np.ndarray:
 
 
 def inner_mask(shape: tuple[int, int]) -> np.ndarray:
-    mask = np.zeros(shape)
-    h, w = shape
-    bh, bw = max(1, round(BORDER * h)), max(1, round(BORDER * w))
-    mask[bh:h - bh, bw:w - bw] = 1
-    return mask
+    """The align stage's mask (simbench.methods.align: BORDER of each side left out), as floats."""
+    return align.inner_mask(shape).astype(np.float64)
 
 
 def _correlate(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -13,7 +13,9 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from simbench.data.images import UnreadableImage, open_image
 from simbench.features.base import Extracted, Extractor
+from simbench.find.items import THUMB_SIDE, grey_thumbnail, thumbnail_jpeg
 from simbench.types import Skipped
 
 
@@ -29,8 +31,6 @@ class Thumbnails:
 
     def grey(self, row: int) -> np.ndarray | None:
         """Row's grey levels, float32 in [0, 1]; None when it does not decode or is too small to align."""
-        from simbench.find.items import grey_thumbnail
-
         image = grey_thumbnail(self.jpegs[row])
         return image if image is not None and min(image.shape) >= MIN_SIDE else None
 
@@ -45,8 +45,6 @@ class ThumbnailExtractor(Extractor):
     kind = "thumbnails"
 
     def __init__(self, side: int | None = None):
-        from simbench.find.items import THUMB_SIDE
-
         self.side = int(side or THUMB_SIDE)
 
     @property
@@ -57,9 +55,6 @@ class ThumbnailExtractor(Extractor):
         return {"side": self.side}
 
     def extract(self, paths: Sequence[Path], progress: bool = False) -> Extracted:
-        from simbench.data.images import UnreadableImage, open_image
-        from simbench.find.items import thumbnail_jpeg
-
         jpegs, rows, skipped = [], [], []
         for k, path in enumerate(tqdm(paths, desc="thumbnails", unit="img", disable=not progress or None)):
             try:

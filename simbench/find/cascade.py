@@ -197,13 +197,13 @@ class Stage:
 
     def raw_pairs(self, found: ScoredPairs) -> ScoredPairs:
         """Its pairs with the raw signal as the score and the extra signals kept (what fusion reads), and what
-        the evidence shows: a keypoint method's correspondences, its method's evidence_fields."""
+        the evidence shows: its method's evidence_fields (a keypoint method's correspondences, ...)."""
         missing = [e for e in self.extra_signals if e not in found.extra and len(found)]
         if missing:
             fields = sorted(k for k, v in found.extra.items() if np.ndim(v) == 1 and len(v) == len(found))
             raise ValueError(f"{self.name}.extra_signals: {missing} not per-pair fields of its method ({fields})")
         extra = {e: np.asarray(found.extra.get(e, np.zeros(len(found))), np.float64) for e in self.extra_signals}
-        for key in ("correspondences", *getattr(self.method, "evidence_fields", ())):  # what the evidence shows
+        for key in getattr(self.method, "evidence_fields", ()):
             if key in found.extra:
                 extra[key] = found.extra[key]
         return ScoredPairs(found.a, found.b, self.raw_signal(found), extra=extra)

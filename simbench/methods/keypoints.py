@@ -120,6 +120,8 @@ class KeypointMethod(Method):
         checks the CNN's best pairs with other features, with no all-pairs matching to pay for).
     """
 
+    evidence_fields = ("correspondences",)  # per pair, kept for the report's evidence (simbench.find.evidence)
+
     def __init__(self, extractor: Extractor, matcher, distance_threshold: int = 31,
                  score_threshold: float = 0.05, score: str = "min", ratio: float = 0.7,
                  verify: bool = False, ransac_threshold: float = 8.0, min_inliers: int = 8,
