@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter, ImageOps
@@ -16,8 +17,8 @@ from benchmarks.crest_probe import COPY, stamped  # noqa: E402
 from simbench.data.devset import Lattice, lattice_of, line_art  # noqa: E402
 from simbench.features.keypoints import KeypointExtractor  # noqa: E402
 from simbench.find import cascade  # noqa: E402
-from simbench.find.agreement import (OVERLAP_SIGMA, agreement, aligned_as_ordered,  # noqa: E402
-                                     overlap_agreement, with_agreement)
+from simbench.find.agreement import (DETAIL_SIGMA, OVERLAP_SIGMA, agreement, aligned_as_ordered,  # noqa: E402
+                                     gaussian_blur, overlap_agreement, with_agreement)
 from simbench.find.items import Item, grey_thumbnail, thumbnail_jpeg  # noqa: E402
 from simbench.find.pipeline import agreed_over_overlap, collect, raw_evidence  # noqa: E402
 from simbench.match.exact import ExactMatcher  # noqa: E402
@@ -307,3 +308,13 @@ def test_the_overlap_floor_keys_the_tables_only_when_on_and_needs_a_keypoint_sta
         "keypoints"].settings  # no floor, nothing it changes
     with pytest.raises(ValueError, match="overlap_border"):
         stages(["keypoints.overlap_border=0.5"])
+
+
+@pytest.mark.parametrize("shape", [(120, 160), (160, 96), (7, 160), (3, 5), (1, 9), (1, 1), (2, 40)])
+def test_gaussian_blur_is_opencvs(shape):
+    """The matrix-product blur against cv2.GaussianBlur itself: kernels from narrow to longer than the picture
+    (reflected more than once), on random grey levels."""
+    x = np.random.default_rng(sum(shape)).random(shape, np.float32)
+    for sigma in (0.7, 3.0, DETAIL_SIGMA, OVERLAP_SIGMA, 8.0):
+        expected = cv2.GaussianBlur(x, (0, 0), sigma)
+        np.testing.assert_allclose(gaussian_blur(x, sigma), expected, atol=2e-6, rtol=0)

@@ -149,3 +149,20 @@ def test_find_aligns_the_proposed_pairs_that_no_keypoint_stage_verified(photos, 
     align.extractor.side = 100  # find has only the report's thumbnails to give it
     with pytest.raises(ValueError, match="report thumbnails"):
         stage_features(align, result.items, [], None, {}, None)
+
+
+def test_worker_processes_align_as_this_process_does(photos, monkeypatch):
+    import simbench.methods.align as align
+
+    pictures = [_flat(Image.fromarray(photos[name])) for name in ("astronaut", "coffee", "cat")]
+    pictures += [pictures[0].crop((50, 50, 450, 450)), pictures[2].rotate(90, expand=True)]
+    thumbs = Thumbnails([thumbnail_jpeg(p) for p in pictures] + [b"not a jpeg"])
+    a, b = np.array([0, 0, 1, 2, 0, 3, 1]), np.array([1, 3, 2, 4, 5, 4, 4])
+    here = AlignMethod(ThumbnailExtractor(), workers=1).score_proposed(thumbs, a, b)
+    monkeypatch.setattr(align, "MIN_PAIRS_FOR_WORKERS", 1)
+    monkeypatch.setattr(align, "PAIRS_PER_TASK", 2)  # four tasks, each with its own few thumbnails
+    pooled = AlignMethod(ThumbnailExtractor(), workers=2).score_proposed(thumbs, a, b)
+    assert {(0, 3), (2, 4)} <= set(zip(here.a.tolist(), here.b.tolist()))
+    for x, y in zip((here.a, here.b, here.score, here.extra["overlap"], here.extra["turns"]),
+                    (pooled.a, pooled.b, pooled.score, pooled.extra["overlap"], pooled.extra["turns"])):
+        np.testing.assert_array_equal(x, y)

@@ -329,7 +329,7 @@ def test_workers_give_the_same_vectors_in_input_order(photo_files, monkeypatch):
     paths = [photo_files[n] for n in ("cat", "missing", "coffee", "rocket", "horse")]
     inline = tiny(batch_size=2).extract(paths)
     pooled = tiny(batch_size=2, workers=2)
-    assert pooled.loader(paths).num_workers == 2
+    assert pooled.decode_workers(len(paths)) == 2
     pooled = pooled.extract(paths)
     assert inline.rows.tolist() == pooled.rows.tolist() == [0, 2, 3, 4]
     assert pooled.skipped[0].reason == "file not found"
@@ -341,8 +341,8 @@ def test_a_few_images_are_decoded_in_this_process(photo_files):
     from simbench.features.cnn import MIN_IMAGES_FOR_WORKERS
 
     ext = tiny(batch_size=2, workers=2)
-    assert ext.loader([photo_files["cat"]] * (MIN_IMAGES_FOR_WORKERS - 1)).num_workers == 0
-    assert ext.loader([photo_files["cat"]] * MIN_IMAGES_FOR_WORKERS).num_workers == 2
+    assert ext.decode_workers(MIN_IMAGES_FOR_WORKERS - 1) == 0
+    assert ext.decode_workers(MIN_IMAGES_FOR_WORKERS) == 2
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the behaviour without a GPU")

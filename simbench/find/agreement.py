@@ -24,10 +24,12 @@ define no map, get 0: no added confidence.
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 import cv2
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from simbench.find.items import Item, grey_thumbnail
 from simbench.threads import thread_map
@@ -100,7 +102,8 @@ def pair_agreement(items: list[Item], a: np.ndarray, b: np.ndarray, alignment: n
             return 0.0
         return agreement(ga, gb, alignment[k], None if box is None else box[k], sigma, border)
 
-    out = np.array(thread_map(one, range(len(a)), threads), np.float64).reshape(len(a))
+    with threadpool_limits(1, user_api="blas"):  # the pairs use every core: BLAS threads would fight them
+        out = np.array(thread_map(one, range(len(a)), threads), np.float64).reshape(len(a))
     failed = sum(g is None for g in greys.values())
     if failed:
         log.warning("%d thumbnails could not be decoded: their keypoint pairs get agreement %g", failed, undecoded)
@@ -199,8 +202,36 @@ class _Overlap:
 
     def local_mean(self, values: np.ndarray, sigma: float) -> np.ndarray:
         if sigma not in self._norm:
-            self._norm[sigma] = np.maximum(cv2.GaussianBlur(self.weight, (0, 0), sigma), 1e-6)
-        return cv2.GaussianBlur(values * self.weight, (0, 0), sigma) / self._norm[sigma]
+            self._norm[sigma] = np.maximum(gaussian_blur(self.weight, sigma), 1e-6)
+        return gaussian_blur(values * self.weight, sigma) / self._norm[sigma]
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """cv2.GaussianBlur(image, (0, 0), sigma) of a float32 picture (the same kernel, mirrored border), as two
+    matrix products. The kernels here span most of a thumbnail, where a product runs faster than a sliding
+    filter; every pair of a keypoint stage takes several of them."""
+    h, w = image.shape
+    return _blur_matrix(h, sigma) @ image @ _blur_matrix(w, sigma).T
+
+
+@functools.lru_cache(maxsize=256)
+def _blur_matrix(n: int, sigma: float) -> np.ndarray:
+    """(n, n) float32: row i weighs the pixels of a line of n that OpenCV's Gaussian kernel (its size for
+    float pictures: 8 sigma + 1, odd) blends into pixel i, reflected at the ends without repeating the edge
+    pixel (BORDER_REFLECT_101, as often as a kernel longer than the line needs)."""
+    size = int(round(sigma * 8 + 1)) | 1
+    kernel = cv2.getGaussianKernel(size, sigma, cv2.CV_32F).ravel().astype(np.float64)
+    radius = size // 2
+    source = np.arange(n)[:, None] + np.arange(-radius, radius + 1)[None, :]
+    if n == 1:
+        source[:] = 0
+    else:
+        period = 2 * n - 2  # reflect-101 is periodic: fold into one period, then mirror its second half
+        source = np.mod(source, period)
+        source = np.where(source >= n, period - source, source)
+    matrix = np.zeros((n, n))
+    np.add.at(matrix, (np.repeat(np.arange(n), size), source.ravel()), np.tile(kernel, n))
+    return matrix.astype(np.float32)
 
 
 def _correlation(x: np.ndarray, y: np.ndarray) -> float:

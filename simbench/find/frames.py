@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -78,6 +79,7 @@ DETAIL_SIDE = 5
 STRAY = 0.06
 #: Share of the largest region of differences a region needs to count as part of the window.
 MAIN_SHARE = 0.25
+CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
 #: Share of the smaller of two windows inside the larger at and above which they are the same place.
 SAME_BOX = 0.6
 
@@ -212,13 +214,13 @@ def framed_window(full_x: np.ndarray, small_x: np.ndarray, full_y: np.ndarray,
 
 def main_part(mask: np.ndarray) -> np.ndarray:
     """The mask's connected regions (8-connected after closing one-cell gaps) holding at least MAIN_SHARE of
-    the pixels of the largest: a logo or emoji away from the window is not part of it."""
-    from scipy.ndimage import binary_dilation, label
-
-    regions, n = label(binary_dilation(mask), structure=np.ones((3, 3), bool))
-    if n <= 1:
+    the pixels of the largest: a logo or emoji away from the window is not part of it. (OpenCV's dilation
+    and labelling: they release the GIL, so the pairs' threads use every core.)"""
+    grown = cv2.dilate(mask.astype(np.uint8), CROSS)  # closing one-cell gaps: a 4-neighbour dilation
+    n, regions = cv2.connectedComponents(grown, connectivity=8)  # n counts the background, label 0
+    if n <= 2:
         return mask
-    size = np.bincount(regions[mask], minlength=n + 1)
+    size = np.bincount(regions[mask], minlength=n)
     return mask & (size >= MAIN_SHARE * size.max())[regions]
 
 

@@ -51,7 +51,7 @@ log = logging.getLogger("simbench")
 VERSION = 2
 
 #: Images per extraction batch, so per shard: what a killed run can lose, against the extractor's cost per
-#: call (the CNN starts its DataLoader worker each time, seconds) and the number of files in the index.
+#: call (a forward pass of a few images, an index shard per stage) and the number of files in the index.
 BATCH_IMAGES = 512
 
 #: Per-keypoint arrays of KeypointSets (and its subclasses' extra per-keypoint flags).

@@ -12,9 +12,7 @@ Steps:
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Sequence
 
@@ -25,6 +23,8 @@ from simbench.data.folder import (IMAGE_EXTENSIONS, NOT_UTF8, UNREADABLE, is_utf
 from simbench.data.images import UnreadableImage, open_image
 from simbench.find.items import Item, thumbnail_jpeg
 from simbench.find.pdf import PagesResult, PdfOptions, extract_pages, finish_skipped, page_count
+from simbench.processes import process_map
+from simbench.threads import available_cores
 from simbench.types import Skipped
 
 PDF_EXTENSION = ".pdf"
@@ -102,13 +102,12 @@ def read_sources(files: Sequence[Path], digests: Sequence[str], work_dir: Path, 
     records: list = [None] * len(files)
     pdf_parts: dict[int, list] = {}
     tasks = _tasks(files, digests, work_dir, options, records, pdf_parts)
-    n_workers = min(workers if workers > 0 else (os.cpu_count() or 1), len(tasks))
+    n_workers = min(workers if workers > 0 else available_cores(), len(tasks))
     use_pool = n_workers > 1 and len(tasks) >= MIN_TASKS_FOR_POOL
     bar = tqdm(total=len(tasks), desc="reading files", unit="task", disable=not progress or None)
-    # spawn, not fork: forked children can inherit locked thread pools (OpenCV, MuPDF).
-    pool = ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) if use_pool else None
+    results = process_map(_read_task, tasks, n_workers) if use_pool else map(_read_task, tasks)
     try:
-        for task, result in zip(tasks, pool.map(_read_task, tasks) if pool else map(_read_task, tasks)):
+        for task, result in zip(tasks, results):
             if task[0] == "pdf":
                 pdf_parts[task[1][0][0]][task[4]] = result
             else:
@@ -116,8 +115,6 @@ def read_sources(files: Sequence[Path], digests: Sequence[str], work_dir: Path, 
                     records[k] = record
             bar.update()
     finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
         bar.close()
     for k, parts in pdf_parts.items():
         records[k] = pdf_record(str(files[k]), parts, options)

@@ -29,7 +29,9 @@ import cv2
 import numpy as np
 
 from simbench.methods.base import Method
-from simbench.threads import thread_map
+from simbench.features.thumbnails import Thumbnails
+from simbench.processes import process_map
+from simbench.threads import available_cores
 from simbench.types import ScoredPairs
 
 #: Long side, in pixels, of the thumbnails compared in the search (a flat picture has no finer detail).
@@ -199,24 +201,49 @@ def align_pair(a: np.ndarray, b: np.ndarray) -> Alignment | None:
     return best
 
 
+#: Pairs aligned per worker task, and the fewest pairs worth sending to worker processes.
+PAIRS_PER_TASK = 32
+MIN_PAIRS_FOR_WORKERS = 64
+
+
+def align_rows(task: tuple[Thumbnails, list[int], list[int]]) -> list[Alignment | None]:
+    """(thumbnails, rows a, rows b) -> `align_pair` of each pair of rows; None where it does not align or a
+    thumbnail does not decode. A worker task."""
+    thumbs, rows_a, rows_b = task
+    out = []
+    for x, y in zip(rows_a, rows_b):
+        ga, gb = thumbs.grey(x), thumbs.grey(y)
+        out.append(None if ga is None or gb is None else align_pair(ga, gb))
+    return out
+
+
+def tasks(thumbs: Thumbnails, a: np.ndarray, b: np.ndarray, size: int):
+    """align_rows tasks of `size` pairs each, with just the thumbnails they compare."""
+    for s in range(0, len(a), size):
+        rows, local = np.unique(np.r_[a[s:s + size], b[s:s + size]], return_inverse=True)
+        n = len(a[s:s + size])
+        yield Thumbnails([thumbs.jpegs[r] for r in rows.tolist()]), local[:n].tolist(), local[n:].tolist()
+
+
 class AlignMethod(Method):
     """Verifies the pairs another stage proposes (simbench find's CNN: each image's `proposals` best) by
     `align_pair` on their thumbnails (simbench.features.thumbnails); finds no pairs of its own. A pair that
     aligns scores ECC's correlation (extra: the overlap and b's quarter turns); the others are not returned.
 
     skip_verified: leave out the proposed pairs that a keypoint stage (keypoints, blobs) already verified:
-    they need no second look, and a table fitted on the rest is a table of what is left to verify."""
+    they need no second look, and a table fitted on the rest is a table of what is left to verify.
+    workers: processes that align the pairs (simbench.processes; 0: one per core, 1: this process)."""
 
     own_pairs = False  # see __init__
     evidence_fields = ("overlap", "turns")  # per pair, kept for the report
 
     def __init__(self, extractor, matcher=None, proposals: int = 2, threshold: float = 0.95,
-                 skip_verified: bool = True, threads: int = 0, own_pairs: bool = False):
+                 skip_verified: bool = True, workers: int = 0, own_pairs: bool = False):
         if proposals < 0 or own_pairs:
             raise ValueError(f"proposals must be >= 0 (not {proposals}), and own_pairs false: align only verifies")
         self.extractor, self.matcher = extractor, matcher
         self.proposals, self.threshold, self.skip_verified = int(proposals), float(threshold), bool(skip_verified)
-        self.threads = int(threads)
+        self.workers = int(workers)
 
     def params(self) -> dict:
         return {"proposals": self.proposals, "skip_verified": self.skip_verified, **settings()}
@@ -230,12 +257,12 @@ class AlignMethod(Method):
         """The proposed pairs of thumbnails (rows a[k] < b[k]) that align, scored by their correlation (a thumbnail
         that does not decode aligns with nothing)."""
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
-
-        def one(k: int) -> Alignment | None:
-            x, y = features.grey(a[k]), features.grey(b[k])
-            return None if x is None or y is None else align_pair(x, y)
-
-        found = thread_map(one, range(len(a)), self.threads or None)
+        workers = self.workers or available_cores()
+        if workers > 1 and len(a) >= MIN_PAIRS_FOR_WORKERS:
+            parts = process_map(align_rows, tasks(features, a, b, PAIRS_PER_TASK), workers)
+            found = [f for part in parts for f in part]
+        else:
+            found = align_rows((features, a.tolist(), b.tolist()))
         kept = np.array([f is not None for f in found], bool)
         got = [f for f in found if f is not None]
         return ScoredPairs(a[kept], b[kept], np.array([f.correlation for f in got], np.float64),
