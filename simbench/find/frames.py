@@ -79,6 +79,7 @@ DETAIL_SIDE = 5
 STRAY = 0.06
 #: Share of the largest region of differences a region needs to count as part of the window.
 MAIN_SHARE = 0.25
+#: The dilation that closes one-cell gaps between differences: each cell and its four neighbours.
 CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
 #: Share of the smaller of two windows inside the larger at and above which they are the same place.
 SAME_BOX = 0.6

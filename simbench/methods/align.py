@@ -217,7 +217,7 @@ def align_rows(task: tuple[Thumbnails, list[int], list[int]]) -> list[Alignment 
     return out
 
 
-def tasks(thumbs: Thumbnails, a: np.ndarray, b: np.ndarray, size: int):
+def align_tasks(thumbs: Thumbnails, a: np.ndarray, b: np.ndarray, size: int):
     """align_rows tasks of `size` pairs each, with just the thumbnails they compare."""
     for s in range(0, len(a), size):
         rows, local = np.unique(np.r_[a[s:s + size], b[s:s + size]], return_inverse=True)
@@ -259,7 +259,7 @@ class AlignMethod(Method):
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
         workers = self.workers or available_cores()
         if workers > 1 and len(a) >= MIN_PAIRS_FOR_WORKERS:
-            parts = process_map(align_rows, tasks(features, a, b, PAIRS_PER_TASK), workers)
+            parts = process_map(align_rows, align_tasks(features, a, b, PAIRS_PER_TASK), workers)
             found = [f for part in parts for f in part]
         else:
             found = align_rows((features, a.tolist(), b.tolist()))
