@@ -8,7 +8,7 @@ embeddings. Prints Markdown tables.
     python benchmarks/bench_cnn.py --sections runtime --runtime-variants torch onnx onnx:batch_size=16
     python benchmarks/bench_cnn.py --sections throughput --backbones efficientnet_lite0 resnet50
 
-Runtime comparison (section "runtime"): whole CnnExtractor.extract calls (decode in the DataLoader worker,
+Runtime comparison (section "runtime"): whole CnnExtractor.extract calls (decode in a worker process,
 forward, normalisation) on ~200 different real photographs (JPEG, 1024 px long side, cut from the Plasma
 wallpapers in /usr/share/wallpapers when installed and from scikit-image's photographs), EfficientNet-Lite0
 with its ImageNet weights, find's default settings (batch 32, 1 decode worker) unless a variant says
@@ -22,10 +22,10 @@ sections in results/cnn.md dated before it are torch eager).
 Method (the machines are shared and noisy, so every figure is a ratio measured side by side):
 - bare forward: the model alone on a fixed float tensor batch (batch_size x 3 x 224 x 224), as many
   images as the pipeline gets; measured before and after the pipeline, and the mean is the reference;
-- pipeline: CnnExtractor's loader and embed_batch on real 1280x960 JPEGs: DataLoader workers decode
+- pipeline: CnnExtractor's loader and embed_batch on real 1280x960 JPEGs: worker processes decode
   (JPEG draft scaling), crop and resize, the main process normalises and runs the same model at the
-  same batch size; steady state from the first batch's arrival, start-up (workers created, first batch
-  decoded while the model waits) reported on its own;
+  same batch size; steady state from the first batch's arrival, start-up (first batch decoded while the
+  model waits; the worker processes started too the first time, simbench.processes) reported on its own;
 - rounds: bare, pipeline, bare, pipeline, ..., bare; each pipeline round is divided by the mean of the
   bare rounds around it and the median ratio is reported with its range;
 - torch.set_num_threads(2): the 2-core target machine. Decode workers share those 2 cores with the
