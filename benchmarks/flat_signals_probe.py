@@ -11,6 +11,9 @@ given) is read with:
   other's best), the rank signal results/find.md named as the next candidate after run (60);
 - its refined alignment: the align stage's signal (simbench.methods.align: the search below, cheaper, then refined
   by ECC; added after run (60), results/find.md "Runs (61) and (62)");
+- its refined alignment on the overlap: the same, ECC given only the part of one picture that the search lays over
+  the other (align.refine's overlap_template), one way round as the stage runs and the better of both ways round
+  (added after run (62), results/find.md "After run (62)");
 - its alignment correlations: the report thumbnails at SIDE pixels, their edges (align.BORDER of each side: a
   yearbook's frame) left out, one resized over SCALES relative to the other and turned by each quarter turn, the best
   normalised cross-correlation over every shift where they overlap by MIN_OVERLAP of the smaller (masked NCC in the
@@ -124,7 +127,7 @@ def ranks(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, 
     return rank_of(a, b), rank_of(b, a)
 
 
-def proposal_rows(result, label: Callable[[int, int], str]) -> list[tuple[str, float, int, float, float, float]]:
+def proposal_rows(result, label: Callable[[int, int], str]) -> list[tuple]:
     """(label(i, j), find's score, mutual rank, grey and colour alignment correlations) of each pair (i, j) the CNN
     scores among some picture's PROPOSALS best in a find result."""
     n = np.int64(len(result.items))
@@ -134,23 +137,28 @@ def proposal_rows(result, label: Callable[[int, int], str]) -> list[tuple[str, f
     a, b = cnn.a.astype(np.int64), cnn.b.astype(np.int64)
     rank_ab, rank_ba = ranks(a, b, cnn.score)
     thumbs = [item.thumb for item in result.items]
-    return [(label(i, j), found.get(min(i, j) * n + max(i, j), 0.0), max(r, q),
-             alignment_correlation(thumbs[i], thumbs[j]), alignment_correlation(thumbs[i], thumbs[j], colour=True),
-             refined_alignment(thumbs[i], thumbs[j]))
-            for i, j, r, q in zip(a.tolist(), b.tolist(), rank_ab.tolist(), rank_ba.tolist()) if min(r, q) < PROPOSALS]
+    out = []
+    for i, j, r, q in zip(a.tolist(), b.tolist(), rank_ab.tolist(), rank_ba.tolist()):
+        if min(r, q) < PROPOSALS:
+            on_overlap = refined_alignment(thumbs[i], thumbs[j], overlap_template=True)
+            out.append((label(i, j), found.get(min(i, j) * n + max(i, j), 0.0), max(r, q),
+                        alignment_correlation(thumbs[i], thumbs[j]),
+                        alignment_correlation(thumbs[i], thumbs[j], colour=True), refined_alignment(thumbs[i], thumbs[j]),
+                        on_overlap, max(on_overlap, refined_alignment(thumbs[j], thumbs[i], overlap_template=True))))
+    return out
 
 
-def refined_alignment(thumb_a: bytes, thumb_b: bytes) -> float:
-    """The align stage's signal (simbench.methods.align.align_pair: the search refined by ECC), -1 where the pair
-    does not align."""
+def refined_alignment(thumb_a: bytes, thumb_b: bytes, overlap_template: bool = False) -> float:
+    """The align stage's signal (simbench.methods.align.align_pair: the search refined by ECC; overlap_template: see
+    align.refine), -1 where the pair does not align."""
     from simbench.find.items import grey_thumbnail
     from simbench.methods.align import align_pair
 
-    found = align_pair(grey_thumbnail(thumb_a), grey_thumbnail(thumb_b))
+    found = align_pair(grey_thumbnail(thumb_a), grey_thumbnail(thumb_b), overlap_template)
     return -1.0 if found is None else found.correlation
 
 
-def yearbook_rows(layout: int, overrides: list[str], work: Path) -> list[tuple[str, float, int, float, float, float]]:
+def yearbook_rows(layout: int, overrides: list[str], work: Path) -> list[tuple]:
     """proposal_rows of one tuning yearbook, labelled by kind of true pair or "different photos"."""
     from simbench.find import cascade
     from simbench.find.pipeline import find
@@ -164,7 +172,7 @@ def yearbook_rows(layout: int, overrides: list[str], work: Path) -> list[tuple[s
     return proposal_rows(result, lambda i, j: kind_of(placements, where[i], where[j]))
 
 
-def devset_rows(overrides: list[str], work: Path) -> dict[str, list[tuple[str, float, int, float, float, float]]]:
+def devset_rows(overrides: list[str], work: Path) -> dict[str, list[tuple]]:
     """proposal_rows of the tuning devset's halves and seed-1 rebuilds, run as `bench_find.py tune` runs them,
     labelled "copies" or "different pictures", pooled by part (photo, lineart)."""
     from benchmarks.bench_find import dataset_index, tables_for_half, tuning_halves
@@ -189,7 +197,7 @@ def table(rows: list, kinds: tuple[str, ...], false: str, threshold: float) -> s
     """Markdown: at each floor, the true pairs scored below the threshold by kind, all true pairs, then the false
     pairs (all, and those below the threshold)."""
     kind = np.array([r[0] for r in rows], dtype=object)
-    score, rank, grey, colour, refined = (np.array([r[k] for r in rows]) for k in (1, 2, 3, 4, 5))
+    score, rank, grey, colour, refined, on_overlap, both_ways = (np.array([r[k] for r in rows]) for k in range(1, 8))
     missed, true = score < threshold, kind != false
     out = ["| signal | " + " | ".join(f"lost: {k}" for k in kinds) + f" | true pairs | {false} | of them below the "
            "threshold |", "|---" * (len(kinds) + 4) + "|"]
@@ -201,6 +209,8 @@ def table(rows: list, kinds: tuple[str, ...], false: str, threshold: float) -> s
     floors += [(f"mutual rank <= 1 and colour alignment >= {f:g}", (rank <= 1) & (colour >= f))
                for f in NCC_FLOORS[1:3]]
     floors += [(f"refined alignment (align stage) >= {f:g}", refined >= f) for f in NCC_FLOORS]
+    floors += [(f"refined alignment on the overlap >= {f:g}", on_overlap >= f) for f in NCC_FLOORS]
+    floors += [(f"refined alignment on the overlap, both ways >= {f:g}", both_ways >= f) for f in NCC_FLOORS]
     for name, kept in floors:
         counts = [int((kept & missed & (kind == k)).sum()) for k in kinds]
         counts += [int((kept & true).sum()), int((kept & ~true).sum()), int((kept & ~true & missed).sum())]

@@ -109,6 +109,13 @@ def test_the_align_stage_runs_only_with_proposals_and_is_keyed_by_its_settings()
     three = cascade.build_stages(cascade.make_config("cascade", ["align.method.proposals=3"]), calibrations={},
                                  quiet=True)[-1]
     assert cascade.settings_key(three.settings) != cascade.settings_key(align.settings)
+    assert params["overlap_template"] is True and params["both_ways"] is True  # on since run (63)
+    plain = cascade.build_stages(cascade.make_config("cascade", ["align.method.overlap_template=false",
+                                                                 "align.method.both_ways=false"]),
+                                 calibrations={}, quiet=True)[-1]
+    assert "overlap_template" not in plain.settings["method_params"]  # off: run (62)'s key, as its table has it
+    assert "both_ways" not in plain.settings["method_params"]
+    assert cascade.settings_key(plain.settings) != cascade.settings_key(align.settings)
 
 
 def test_find_aligns_the_proposed_pairs_that_no_keypoint_stage_verified(photos, tmp_path):
@@ -166,3 +173,30 @@ def test_worker_processes_align_as_this_process_does(photos, monkeypatch):
     for x, y in zip((here.a, here.b, here.score, here.extra["overlap"], here.extra["turns"]),
                     (pooled.a, pooled.b, pooled.score, pooled.extra["overlap"], pooled.extra["turns"])):
         np.testing.assert_array_equal(x, y)
+
+
+def test_two_crops_neither_holding_the_other_align_on_their_overlap(photos):
+    """A yearbook's two placements of one flat photo: each crop shows a part the other does not. Refined on the part
+    of one that the search lays over the other (overlap_template), they line up closely; a different flat photo
+    does not."""
+    photo = _flat(Image.fromarray(photos["astronaut"]))
+    left, right = photo.crop((0, 60, 380, 440)), photo.crop((130, 0, 512, 380))
+    a, b = (grey_thumbnail(thumbnail_jpeg(p)) for p in (left, right))
+    other = grey_thumbnail(thumbnail_jpeg(_flat(Image.fromarray(photos["coffee"])).crop((0, 0, 400, 400))))
+    found = align_pair(a, b, overlap_template=True)
+    assert found is not None and found.correlation > 0.95 and found.turns == 0
+    scale = np.sqrt(abs(np.linalg.det(found.warp[:, :2].astype(np.float64))))
+    assert abs(scale - 1) < 0.1  # the two crops are at one scale
+    different = align_pair(a, other, overlap_template=True)
+    assert different is None or different.correlation < found.correlation - 0.05
+
+
+def test_both_ways_keeps_the_better_of_a_over_b_and_b_over_a(photos):
+    photo = _flat(Image.fromarray(photos["astronaut"]))
+    a, b = (grey_thumbnail(thumbnail_jpeg(p)) for p in (photo.crop((0, 60, 380, 440)), photo.crop((130, 0, 512, 380))))
+    b = np.ascontiguousarray(np.rot90(b))  # b turned a quarter turn counter-clockwise
+    one, other = align_pair(a, b, overlap_template=True), align_pair(b, a, overlap_template=True)
+    both = align_pair(a, b, overlap_template=True, both_ways=True)
+    best = max((x for x in (one, other) if x is not None), key=lambda x: x.correlation)
+    assert both.correlation == best.correlation and both.swapped == (best is other)
+    assert both.turns == 3  # b turned three more quarter turns lies as a does, whichever way round it was aligned

@@ -64,10 +64,10 @@ def test_ranks_equal_a_plain_count():
 
 
 def test_table_counts_lost_true_pairs_by_kind_all_true_pairs_and_false_ones():
-    # (kind, find's score, mutual rank, grey, colour, refined): a lost flat pair, a pair of different photos, a found
-    # pair
-    rows = [("flat", 0.3, 0, 0.96, 0.99, 0.97), ("different photos", 0.2, 1, 0.97, 0.5, -1.0),
-            ("plain", 0.99, 3, 0.5, 0.5, 0.99)]
+    # (kind, find's score, mutual rank, grey, colour, refined, refined on the overlap, the same both ways): a lost flat
+    # pair, a pair of different photos, a found pair
+    rows = [("flat", 0.3, 0, 0.96, 0.99, 0.97, 0.98, 0.99), ("different photos", 0.2, 1, 0.97, 0.5, -1.0, 0.91, 0.91),
+            ("plain", 0.99, 3, 0.5, 0.5, 0.99, -1.0, 0.96)]
     lines = table(rows, ("flat", "plain"), "different photos", 0.95).splitlines()
     assert lines[0] == ("| signal | lost: flat | lost: plain | true pairs | different photos | of them below the "
                         "threshold |")
@@ -77,6 +77,8 @@ def test_table_counts_lost_true_pairs_by_kind_all_true_pairs_and_false_ones():
     assert "| colour alignment >= 0.9 | 1 | 0 | 1 | 0 | 0 |" in lines
     assert "| refined alignment (align stage) >= 0.95 | 1 | 0 | 2 | 0 | 0 |" in lines
     assert "| refined alignment (align stage) >= 0.98 | 0 | 0 | 1 | 0 | 0 |" in lines
+    assert "| refined alignment on the overlap >= 0.9 | 1 | 0 | 1 | 1 | 1 |" in lines
+    assert "| refined alignment on the overlap, both ways >= 0.95 | 1 | 0 | 2 | 0 | 0 |" in lines
     assert "| mutual rank <= 1 and grey alignment >= 0.98 | 0 | 0 | 0 | 0 | 0 |" not in lines  # floors 0.9, 0.95 only
 
 

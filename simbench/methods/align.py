@@ -53,6 +53,10 @@ BORDER = 0.08
 #: How far the affine refinement may stray from a similarity (see the module docstring).
 MAX_ANISOTROPY = 1.25
 MAX_RESCALE = 1.33
+#: refine's overlap_template: the share of the hypothesised overlap left out along each side (the search's placement
+#: is coarse), and the smallest template side (pixels) refined.
+OVERLAP_MARGIN = 0.1
+MIN_TEMPLATE_SIDE = 8
 #: ECC's iterations per step, and the change of the map at which it stops.
 ECC_ITERATIONS = 25
 ECC_EPS = 1e-5
@@ -75,6 +79,7 @@ class Alignment:
     overlap: float
     turns: int
     warp: np.ndarray
+    swapped: bool = False  # aligned b over a (align_pair's both_ways): warp maps b's thumbnail to a's instead
 
 
 def _border_px(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -158,8 +163,12 @@ def search(a: np.ndarray, b: np.ndarray) -> list[tuple[float, int, float, tuple[
     return out
 
 
-def refine(a: np.ndarray, b: np.ndarray, hypothesis) -> Alignment | None:
-    """ECC refinement of one search hypothesis (see the module docstring), or None where it is dropped."""
+def refine(a: np.ndarray, b: np.ndarray, hypothesis, overlap_template: bool = False) -> Alignment | None:
+    """ECC refinement of one search hypothesis (see the module docstring), or None where it is dropped.
+
+    overlap_template: refine on the part of a that the hypothesis lays over b (less OVERLAP_MARGIN of it on each
+    side) instead of all of a. Two crops of one picture, neither holding the other (a yearbook's placements), then
+    give ECC only pixels both show (AlignMethod's overlap_template; benchmarks/flat_signals_probe.py's rows)."""
     _, turns, s, shift = hypothesis
     turned = np.ascontiguousarray(np.rot90(b, turns))
     la, lb = max(a.shape), max(turned.shape)
@@ -170,12 +179,20 @@ def refine(a: np.ndarray, b: np.ndarray, hypothesis) -> Alignment | None:
     mask = inner_mask(scaled.shape)
     step = la / COARSE_SIDE  # a's pixels per coarse pixel
     warp = np.array([[1, 0, left - step * shift[1]], [0, 1, top - step * shift[0]]], np.float32)
+    x0, y0, x1, y1 = 0, 0, template.shape[1], template.shape[0]
+    if overlap_template:
+        x0, y0, x1, y1 = _overlap_box(template.shape, scaled.shape, warp)
+        if min(x1 - x0, y1 - y0) < MIN_TEMPLATE_SIDE:
+            return None
+    warp[:, 2] += (x0, y0)  # the refined part's pixel (0, 0) is the template's (x0, y0)
+    refined = np.ascontiguousarray(template[y0:y1, x0:x1])
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, ECC_EPS)
     try:
-        _, warp = cv2.findTransformECC(template, scaled, warp, cv2.MOTION_EUCLIDEAN, criteria, mask, 5)
-        correlation, warp = cv2.findTransformECC(template, scaled, warp, cv2.MOTION_AFFINE, criteria, mask, 3)
+        _, warp = cv2.findTransformECC(refined, scaled, warp, cv2.MOTION_EUCLIDEAN, criteria, mask, 5)
+        correlation, warp = cv2.findTransformECC(refined, scaled, warp, cv2.MOTION_AFFINE, criteria, mask, 3)
     except cv2.error:  # did not converge, or the two stopped overlapping
         return None
+    warp[:, 2] -= warp[:, :2] @ np.float32([x0, y0])  # back to the whole template's pixels
     sv = np.linalg.svd(warp[:, :2].astype(np.float64), compute_uv=False)
     if sv[0] / sv[1] > MAX_ANISOTROPY or not 1 / MAX_RESCALE < np.sqrt(sv[0] * sv[1]) < MAX_RESCALE:
         return None
@@ -188,14 +205,37 @@ def refine(a: np.ndarray, b: np.ndarray, hypothesis) -> Alignment | None:
     return Alignment(float(correlation), overlap, turns, warp)
 
 
-def align_pair(a: np.ndarray, b: np.ndarray) -> Alignment | None:
-    """The best refined alignment of grey thumbnails a and b (float32), or None: no hypothesis refines."""
+def _overlap_box(template_shape, scaled_shape, warp: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the template's pixels that the translation `warp` lays over the scaled picture's inner part
+    (inner_mask), less OVERLAP_MARGIN of the box on each side."""
+    (th, tw), (sh, sw), (bh, bw) = template_shape, scaled_shape, _border_px(scaled_shape)
+    tx, ty = float(warp[0, 2]), float(warp[1, 2])
+    x0, x1 = max(0.0, bw - tx), min(float(tw), sw - bw - tx)
+    y0, y1 = max(0.0, bh - ty), min(float(th), sh - bh - ty)
+    mx, my = OVERLAP_MARGIN * (x1 - x0), OVERLAP_MARGIN * (y1 - y0)
+    return int(np.ceil(x0 + mx)), int(np.ceil(y0 + my)), int(np.floor(x1 - mx)), int(np.floor(y1 - my))
+
+
+def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False,
+               both_ways: bool = False) -> Alignment | None:
+    """The best refined alignment of grey thumbnails a and b (float32), or None: no hypothesis refines.
+    overlap_template: see `refine`. both_ways: b laid over a as well (its search and refinement), the better
+    kept; one so aligned is `swapped` (its turns are then still b's relative to a)."""
     a, b = (resized(x, REFINE_SIDE / max(x.shape)) if max(x.shape) > REFINE_SIDE else x for x in (a, b))
+    best = _best_refined(a, b, overlap_template)
+    if both_ways:
+        other = _best_refined(b, a, overlap_template)
+        if other is not None and (best is None or other.correlation > best.correlation):
+            best = Alignment(other.correlation, other.overlap, (4 - other.turns) % 4, other.warp, swapped=True)
+    return best
+
+
+def _best_refined(a: np.ndarray, b: np.ndarray, overlap_template: bool) -> Alignment | None:
     best = None
     hypotheses = search(a, b)
     top = max((h[0] for h in hypotheses), default=-1.0)
     for hypothesis in (h for h in hypotheses if h[0] >= top - REFINE_MARGIN):
-        found = refine(a, b, hypothesis)
+        found = refine(a, b, hypothesis, overlap_template)
         if found is not None and (best is None or found.correlation > best.correlation):
             best = found
     return best
@@ -206,23 +246,23 @@ PAIRS_PER_TASK = 32
 MIN_PAIRS_FOR_WORKERS = 64
 
 
-def align_rows(task: tuple[Thumbnails, list[int], list[int]]) -> list[Alignment | None]:
-    """(thumbnails, rows a, rows b) -> `align_pair` of each pair of rows; None where it does not align or a
-    thumbnail does not decode. A worker task."""
-    thumbs, rows_a, rows_b = task
+def align_rows(task: tuple[Thumbnails, list[int], list[int], dict]) -> list[Alignment | None]:
+    """(thumbnails, rows a, rows b, align_pair's options) -> `align_pair` of each pair of rows; None where it does
+    not align or a thumbnail does not decode. A worker task."""
+    thumbs, rows_a, rows_b, options = task
     out = []
     for x, y in zip(rows_a, rows_b):
         ga, gb = thumbs.grey(x), thumbs.grey(y)
-        out.append(None if ga is None or gb is None else align_pair(ga, gb))
+        out.append(None if ga is None or gb is None else align_pair(ga, gb, **options))
     return out
 
 
-def align_tasks(thumbs: Thumbnails, a: np.ndarray, b: np.ndarray, size: int):
+def align_tasks(thumbs: Thumbnails, a: np.ndarray, b: np.ndarray, size: int, options: dict):
     """align_rows tasks of `size` pairs each, with just the thumbnails they compare."""
     for s in range(0, len(a), size):
         rows, local = np.unique(np.r_[a[s:s + size], b[s:s + size]], return_inverse=True)
         n = len(a[s:s + size])
-        yield Thumbnails([thumbs.jpegs[r] for r in rows.tolist()]), local[:n].tolist(), local[n:].tolist()
+        yield Thumbnails([thumbs.jpegs[r] for r in rows.tolist()]), local[:n].tolist(), local[n:].tolist(), options
 
 
 class AlignMethod(Method):
@@ -232,21 +272,26 @@ class AlignMethod(Method):
 
     skip_verified: leave out the proposed pairs that a keypoint stage (keypoints, blobs) already verified:
     they need no second look, and a table fitted on the rest is a table of what is left to verify.
-    workers: processes that align the pairs (simbench.processes; 0: one per core, 1: this process)."""
+    workers: processes that align the pairs (simbench.processes; 0: one per core, 1: this process).
+    overlap_template, both_ways: align_pair's options (ECC on the overlap; b over a as well)."""
 
     own_pairs = False  # see __init__
     evidence_fields = ("overlap", "turns")  # per pair, kept for the report
 
     def __init__(self, extractor, matcher=None, proposals: int = 2, threshold: float = 0.95,
-                 skip_verified: bool = True, workers: int = 0, own_pairs: bool = False):
+                 skip_verified: bool = True, workers: int = 0, own_pairs: bool = False,
+                 overlap_template: bool = False, both_ways: bool = False):
         if proposals < 0 or own_pairs:
             raise ValueError(f"proposals must be >= 0 (not {proposals}), and own_pairs false: align only verifies")
         self.extractor, self.matcher = extractor, matcher
         self.proposals, self.threshold, self.skip_verified = int(proposals), float(threshold), bool(skip_verified)
         self.workers = int(workers)
+        self.options = {"overlap_template": bool(overlap_template), "both_ways": bool(both_ways)}
 
     def params(self) -> dict:
-        return {"proposals": self.proposals, "skip_verified": self.skip_verified, **settings()}
+        # The options only when on: the tables fitted before them keep their keys.
+        return {"proposals": self.proposals, "skip_verified": self.skip_verified, **settings(),
+                **{k: True for k, on in self.options.items() if on}}
 
     def score_pairs(self, features) -> ScoredPairs:
         """No pairs of its own: it only verifies (score_proposed)."""
@@ -259,10 +304,10 @@ class AlignMethod(Method):
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
         workers = self.workers or available_cores()
         if workers > 1 and len(a) >= MIN_PAIRS_FOR_WORKERS:
-            parts = process_map(align_rows, align_tasks(features, a, b, PAIRS_PER_TASK), workers)
+            parts = process_map(align_rows, align_tasks(features, a, b, PAIRS_PER_TASK, self.options), workers)
             found = [f for part in parts for f in part]
         else:
-            found = align_rows((features, a.tolist(), b.tolist()))
+            found = align_rows((features, a.tolist(), b.tolist(), self.options))
         kept = np.array([f is not None for f in found], bool)
         got = [f for f in found if f is not None]
         return ScoredPairs(a[kept], b[kept], np.array([f.correlation for f in got], np.float64),
