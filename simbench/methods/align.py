@@ -15,6 +15,8 @@ different pictures, however smooth, do not once that transform is refined to fit
    into a map far from a similarity (singular values further apart than MAX_ANISOTROPY, or a scale beyond
    MAX_RESCALE of the search's) is dropped. That check is what tells smooth different pictures apart: an
    affine map fitted to two unrelated gradients drifts into a degenerate one.
+   As find runs it (since run 63), ECC is given only the part of a that the hypothesis lays over b (two crops of
+   one photo, neither holding the other, share only that part), and b is laid over a as well, the better kept.
 The pair's signal is the best correlation ECC reaches (no hypothesis kept: the pair does not align). BORDER of
 each side of both thumbnails is left out: a yearbook's frame, a scan's edge.
 
