@@ -19,6 +19,10 @@ from simbench.find.items import THUMB_SIDE, grey_thumbnail, thumbnail_jpeg
 from simbench.types import Skipped
 
 
+#: Thumbnails narrower than this (pixels) are not aligned: a sliver has no shape to line up.
+MIN_SIDE = 8
+
+
 @dataclass
 class Thumbnails:
     """One JPEG thumbnail per image (long side at most the extractor's side), decoded only when compared: a
@@ -33,10 +37,6 @@ class Thumbnails:
         """Row's grey levels, float32 in [0, 1]; None when it does not decode or is too small to align."""
         image = grey_thumbnail(self.jpegs[row])
         return image if image is not None and min(image.shape) >= MIN_SIDE else None
-
-
-#: Thumbnails narrower than this (pixels) are not aligned: a sliver has no shape to line up.
-MIN_SIDE = 8
 
 
 class ThumbnailExtractor(Extractor):
