@@ -10,7 +10,8 @@
     python benchmarks/bench_find.py tune [METHOD...]         the same on the tuning split's halves (for choosing);
                                                              --seeds 1,2 also on its rebuilds with other seeds
     python benchmarks/bench_find.py yearbook [METHOD...]     precision / recall on yearbook PDFs with shared logos
-                                                             (by_kind: true pairs found at the threshold by pair_kind)
+                                                             (by_kind, by_turn, flat_by_turn: true pairs found
+                                                             at the threshold by pair_kind, pair_turn)
     python benchmarks/bench_find.py yearbook-tune [METHOD...]    the same, built from the tuning split's photos;
                                                              --layouts 2,3,4,5 on four more layouts, pooled
     python benchmarks/bench_find.py throughput [METHOD...]   images/s end to end, 2,000-image folder
@@ -49,8 +50,8 @@ from simbench.find import cascade
 from simbench.find.calibration import (CALIBRATION_FILE, fit_calibration, fit_fusion, load_calibrations, load_fusions,
                                       save_calibrations, settings_key)
 from simbench.find.pipeline import collect, find, raw_evidence
-from simbench.find.yearbook import (PAIR_KINDS, SCHOOL_STYLE, build_yearbook, match_placement, pair_kind,
-                                   placement_pairs, reference_photos, true_pairs)
+from simbench.find.yearbook import (PAIR_KINDS, PAIR_TURNS, SCHOOL_STYLE, build_yearbook, match_placement, pair_kind,
+                                   pair_turn, placement_pairs, reference_photos, true_pairs)
 from simbench.methods.cnn import (SHIPPED_WHITENING, centred, embedding_sum, fit_copy_whitening, normalised_scores,
                                  vector_settings)
 from simbench.types import ScoredPairs
@@ -102,7 +103,8 @@ CALIBRATED_STAGES = ("keypoints", "cnn", "hash", "blobs", "align")
 def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALIBRATION_FILE,
               seeds: tuple = (), found_weights: bool = True,
               fit_layouts: tuple[int, ...] = YEARBOOK_FIT_LAYOUTS,
-              fusion_stages: tuple[str, ...] = FUSION_STAGES, only: tuple[str, ...] = ()) -> list:
+              fusion_stages: tuple[str, ...] = FUSION_STAGES, only: tuple[str, ...] = (),
+              refit_fusion: bool = False) -> list:
     """Fit raw -> precision for every stage on the tuning collections only: the TUNING split of the
     development set (photographs and line art; with `seeds`, also its rebuilds with those seeds),
     yearbook PDFs with shared logos built from its photos (build_yearbook seeds `fit_layouts`), and plain
@@ -110,8 +112,8 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
     simbench/find/calibration.json (or `out`: a variant's tables, for `find calibration=FILE`). found_weights:
     whether the fusion fits a weight for "the stage found this pair" (calibration.fit_fusion); fusion_stages: the
     cascade stages the fusion is fitted on (() for all; find adds the others by noisy-OR). only: fit these
-    stages' tables alone (e.g. a new stage's), the other tables and the fusion copied from the shipped file. The
-    report split is never read here."""
+    stages' tables alone (e.g. a new stage's), the other tables and (unless refit_fusion) the fusion copied from the
+    shipped file. The report split is never read here."""
     unknown = set(only) - set(CALIBRATED_STAGES)
     if unknown:
         raise ValueError(f"--stages: no stage {sorted(unknown)} (stages: {', '.join(CALIBRATED_STAGES)})")
@@ -141,7 +143,7 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
         tables.append(fit)
         print(f"{name}: {len(raw)} pairs, {int(is_true.sum())} true; {stage.signal} "
               f"{fit.raw.min():.4g}..{fit.raw.max():.4g} -> precision {fit.precision.min():.3f}..{fit.precision.max():.3f}")
-    if only:
+    if only and not refit_fusion:
         fusions = load_fusions()
     else:
         fusions = [fit_cascade_fusion(collections, tables, work, overrides, progress, found_weights, fusion_stages)]
@@ -151,11 +153,12 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
                + ("" if tuple(fusion_stages) == FUSION_STAGES
                   else f" --fusion-stages {','.join(fusion_stages) or 'all'}")
                + ("" if fit_layouts == YEARBOOK_FIT_LAYOUTS else f" --fit-layouts {','.join(map(str, fit_layouts))}")
-               + (f" --stages {','.join(only)}" if only else ""))
+               + (f" --stages {','.join(only)}" if only else "") + (" --refit-fusion" if only and refit_fusion else ""))
     about = ("isotonic raw -> precision fits on the tuning collections (devset "
              f"tune split{' and its rebuilds' if seeds else ''}, yearbooks); made by `{command}`")
     if only:
-        about += f" (its other tables and the fusion copied from the shipped file, which said: {shipped_about()})"
+        copied = "its other tables" if refit_fusion else "its other tables and the fusion"
+        about += f" ({copied} copied from the shipped file, which said: {shipped_about()})"
     save_calibrations(tables, out, about, fusions)
     print(f"wrote {out}")
     return [t.to_json() for t in tables] + [f.to_json() for f in fusions]
@@ -880,14 +883,17 @@ def _yearbook_row(method: str, split: str, layout: str, scored, threshold: float
             "placements": sum(len(placements) for placements, _ in scored), "true_pairs": at["true_pairs"],
             "threshold": threshold, "precision": at["precision"], "recall": at["recall"], "false": at["false"],
             "recall_at_p95": best["recall"], "threshold_at_p95": best["threshold"], "skipped": skipped,
-            "by_kind": by_kind_text(recall_by_kind(books, threshold))}
+            "by_kind": by_kind_text(recall_by_kind(books, threshold)),
+            "by_turn": by_kind_text(recall_by_kind(books, threshold, "turns")),
+            "flat_by_turn": by_kind_text(recall_by_kind(books, threshold, "turns", only="flat"))}
 
 
 class LabelledPairs(NamedTuple):
     """One yearbook's found pairs as (score, true pair of placements or None when false), and its every true
-    pair's pair_kind: what score_found_pairs counts, matched to the placements once."""
+    pair's pair_kind and pair_turn: what score_found_pairs counts, matched to the placements once."""
     rows: list[tuple[float, tuple[int, int] | None]]
     kinds: dict[tuple[int, int], str]
+    turns: dict[tuple[int, int], str]
 
     @property
     def n_true(self) -> int:
@@ -904,7 +910,8 @@ def labelled_pairs(placements, found: list[dict]) -> LabelledPairs:
     for row, (i, j) in zip(found, placement_pairs(placements, found)):
         pair = (min(i, j), max(i, j)) if i is not None and j is not None else None
         rows.append((float(row["score"]), pair if pair in truth else None))
-    return LabelledPairs(rows, {(i, j): pair_kind(placements[i], placements[j]) for i, j in truth})
+    return LabelledPairs(rows, {(i, j): pair_kind(placements[i], placements[j]) for i, j in truth},
+                         {(i, j): pair_turn(placements[i], placements[j]) for i, j in truth})
 
 
 def pooled_yearbook_scores(books: list[LabelledPairs], threshold: float) -> dict:
@@ -916,13 +923,17 @@ def pooled_yearbook_scores(books: list[LabelledPairs], threshold: float) -> dict
             "recall": found / n_true if n_true else 1.0, "true_pairs": n_true, "found": found, "false": false}
 
 
-def recall_by_kind(books: list[LabelledPairs], threshold: float) -> dict[str, tuple[int, int]]:
-    """Per pair_kind (PAIR_KINDS order, kinds with no true pair left out): (true pairs found at >= threshold, true
-    pairs), pooled over the yearbooks."""
-    counts = {kind: [0, 0] for kind in PAIR_KINDS}
+def recall_by_kind(books: list[LabelledPairs], threshold: float, by: str = "kinds",
+                   only: str | None = None) -> dict[str, tuple[int, int]]:
+    """Per pair_kind (by "kinds", PAIR_KINDS order) or pair_turn (by "turns", PAIR_TURNS order), classes with no true
+    pair left out: (true pairs found at >= threshold, true pairs), pooled over the yearbooks; only: of that
+    pair_kind alone."""
+    counts = {kind: [0, 0] for kind in (PAIR_KINDS if by == "kinds" else PAIR_TURNS)}
     for b in books:
         found = b.found_at(threshold)
-        for pair, kind in b.kinds.items():
+        for pair, kind in getattr(b, by).items():
+            if only is not None and b.kinds[pair] != only:
+                continue
             counts[kind][0] += pair in found
             counts[kind][1] += 1
     return {kind: (found, n) for kind, (found, n) in counts.items() if n}
@@ -1032,6 +1043,8 @@ def main(argv=None) -> None:
     parser.add_argument("--stages", default="",
                         help="calibrate: comma-separated stages to fit alone (e.g. align), the other tables and the "
                              "fusion copied from the shipped file; default: fit all")
+    parser.add_argument("--refit-fusion", action="store_true",
+                        help="calibrate with --stages: fit the fusion as well (on --fusion-stages), not copy it")
     parser.add_argument("--layouts", default="0",
                         help="yearbook, yearbook-tune: comma-separated build_yearbook seeds, one set of PDFs each, "
                              "then a pooled row (default 0)")
@@ -1052,7 +1065,7 @@ def main(argv=None) -> None:
                                        tuple(int(x) for x in args.seeds.split(",") if x), args.found_weights == "fit",
                                        tuple(int(x) for x in args.fit_layouts.split(",") if x),
                                        tuple(x for x in args.fusion_stages.split(",") if x not in ("", "all")),
-                                       tuple(x for x in args.stages.split(",") if x))
+                                       tuple(x for x in args.stages.split(",") if x), args.refit_fusion)
     elif args.what == "whiten":
         out["whiten"] = whiten(work, overrides, progress, Path(args.out or SHIPPED_WHITENING))
     elif args.what == "augment":

@@ -10,7 +10,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_find import (best_recall, by_kind_text, labelled_pairs, pooled_yearbook_scores,  # noqa: E402
                                    recall_by_kind)
-from simbench.find.yearbook import Placement, pair_kind, score_found_pairs  # noqa: E402
+from simbench.find.yearbook import Placement, pair_kind, pair_turn, score_found_pairs  # noqa: E402
 
 
 def _book(name: str, photos: list[int]) -> list[Placement]:
@@ -75,6 +75,17 @@ def test_recall_by_kind_counts_each_true_pair_once_per_yearbook():
     assert recall_by_kind([book], 0.95) == {"flat": (1, 1), "turned": (1, 2), "plain": (1, 1)}
     assert recall_by_kind([book, book], 0.965) == {"flat": (0, 2), "turned": (2, 4), "plain": (2, 2)}
     assert by_kind_text(recall_by_kind([book], 0.6)) == "flat 1/1, turned 1/2, plain 1/1"
+    # the same pairs by how they are turned: (0,1) and (2,3) upright, (0,4) and (1,4) a few degrees
+    assert recall_by_kind([book], 0.95, "turns") == {"upright": (2, 2), "few degrees": (1, 2)}
+    assert recall_by_kind([book], 0.95, "turns", only="flat") == {"upright": (1, 1)}
+    assert recall_by_kind([book], 0.965, "turns", only="turned") == {"few degrees": (1, 2)}
+
+
+def test_pair_turn_names_the_larger_turn():
+    crop, quarter = Placement("a.pdf", 1, (0, 0, 1, 1), 0, "crop"), Placement("a.pdf", 2, (0, 0, 1, 1), 0, "rotate90+clip")
+    small = Placement("a.pdf", 3, (0, 0, 1, 1), 0, "rotate_small")
+    assert [pair_turn(crop, crop), pair_turn(crop, quarter), pair_turn(quarter, small), pair_turn(small, crop)] == [
+        "upright", "right angle", "few degrees", "few degrees"]
 
 
 def test_pair_table_lists_every_true_pair_and_the_best_false_ones():

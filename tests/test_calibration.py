@@ -340,6 +340,45 @@ def test_fusion_fit_recovers_a_logistic_model_and_stays_monotone():
     assert np.all(np.diff(fused) > 0)
 
 
+def test_a_correlation_is_read_by_its_nearness_to_one_and_stays_monotone():
+    """neg_log1m (the align stage's correlation): -log(1 - x), 0 at or below 0, capped below 1; unknown names fail."""
+    from simbench.find.calibration import NEAR_ONE, fusion_feature
+    from simbench.methods.align import AlignMethod
+
+    x = np.array([-0.5, 0.0, 0.5, 0.9, 0.99, 1.0, np.nan])
+    want = [0.0, 0.0, np.log(2), np.log(10), np.log(100), -np.log(NEAR_ONE), 0.0]
+    assert fusion_feature(x, "neg_log1m") == pytest.approx(want)
+    grid = np.linspace(0, 1 - NEAR_ONE, 200)
+    assert np.all(np.diff(fusion_feature(grid, "neg_log1m")) > 0)
+    with pytest.raises(ValueError, match="no fusion transform"):
+        fusion_feature(x, "logit")
+    cfg = cascade.make_config("cascade", [])
+    align = [s for s in cascade.build_stages(cfg, calibrations={}, quiet=True) if isinstance(s.method, AlignMethod)]
+    assert align and align[0].fusion_inputs == {"align": "neg_log1m"}
+
+
+def test_find_uses_a_fusion_with_align_in_it_over_the_smaller_one(monkeypatch):
+    """calibrate --refit-fusion --fusion-stages keypoints,cnn,align: find then reads that model, which rises with the
+    correlation, and adds the stages it was not fitted on by noisy-OR."""
+    from simbench.find.calibration import Fusion
+
+    cfg = cascade.make_config("cascade")
+    stages = cascade.build_stages(cfg, quiet=True)
+    shipped = cascade.fusion_model(stages, cfg)
+    assert shipped is not None and "align" not in shipped.stages
+    names = [s.name for s in stages if s.name in ("keypoints", "cnn", "align")]
+    keys = [s.calibration.key for s in stages if s.name in names]
+    with_align = Fusion(names, keys, shipped.intercept, {**shipped.found_weight, "align": 0.0},
+                        {**shipped.weight, "align": 0.6}, {**shipped.transform, "align": "neg_log1m"})
+    monkeypatch.setattr(cascade, "load_fusions", lambda *args: [shipped, with_align])
+    assert cascade.fusion_model(stages, cfg) is with_align
+    n = 5
+    found = {"keypoints": np.zeros(n, bool), "cnn": np.ones(n, bool), "align": np.ones(n, bool)}
+    raw = {"keypoints": np.zeros(n), "keypoints/distinctiveness": np.zeros(n), "cnn": np.full(n, 0.6),
+           "align": np.array([0.5, 0.9, 0.97, 0.99, 0.999])}
+    assert np.all(np.diff(with_align(raw, found)) > 0)
+
+
 def test_fusion_without_found_weights_scores_the_evidence_only():
     """found_weights=False: no stage gets a step for having found a pair, so a found pair with no evidence
     scores as one not found, and the evidence's weight carries what the step did."""

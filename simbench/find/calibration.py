@@ -317,9 +317,22 @@ def input_stage(name: str) -> str:
     return name.split("/", 1)[0]
 
 
+#: How the fusion may read an input: as it is, counts on a log scale, and a correlation by its nearness to 1 on a log
+#: scale (-log(1 - x), 0 at or below 0): the align stage's, whose copies and look-alikes differ in the last hundredths.
+FUSION_TRANSFORMS = ("identity", "log1p", "neg_log1m")
+#: neg_log1m's cap: a correlation of 1 reads as 1 - this.
+NEAR_ONE = 1e-4
+
+
 def fusion_feature(raw: np.ndarray, transform: str) -> np.ndarray:
     raw = np.nan_to_num(np.asarray(raw, np.float64))
-    return np.log1p(np.maximum(raw, 0.0)) if transform == "log1p" else raw
+    if transform == "log1p":
+        return np.log1p(np.maximum(raw, 0.0))
+    if transform == "neg_log1m":
+        return -np.log1p(-np.clip(raw, 0.0, 1.0 - NEAR_ONE))
+    if transform != "identity":
+        raise ValueError(f"no fusion transform {transform!r} (transforms: {', '.join(FUSION_TRANSFORMS)})")
+    return raw
 
 
 def fit_logistic(x: np.ndarray, is_true: np.ndarray, lower: np.ndarray, ridge: float = 1e-2,

@@ -186,8 +186,9 @@ class Stage:
 
     @property
     def fusion_transform(self) -> str:
-        """How the fusion model reads the raw signal: counts on a log scale, scores as they are."""
-        return "identity" if self.signal == "score" else "log1p"
+        """How the fusion model reads the raw signal (calibration.FUSION_TRANSFORMS): as the method says (the align
+        stage's correlation), else counts on a log scale, scores as they are."""
+        return getattr(self.method, "fusion_transform", "identity" if self.signal == "score" else "log1p")
 
     @property
     def fusion_inputs(self) -> dict[str, str]:

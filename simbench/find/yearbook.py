@@ -579,6 +579,18 @@ def pair_kind(a: Placement, b: Placement) -> str:
     return "plain"
 
 
+#: How the two placements of a pair are turned (`pair_turn`): neither, one or both by a right angle only, or one by a
+#: few degrees (rotate_small: drawn turned, page background in the corners of its box).
+PAIR_TURNS = ("upright", "right angle", "few degrees")
+
+
+def pair_turn(a: Placement, b: Placement) -> str:
+    """The turn (PAIR_TURNS) of the pair of placements a and b."""
+    if "rotate_small" in a.how or "rotate_small" in b.how:
+        return "few degrees"
+    return "right angle" if "rotate90" in a.how or "rotate90" in b.how else "upright"
+
+
 def score_found_pairs(placements: list[Placement], rows: list[dict], threshold: float) -> dict:
     """Precision and recall of pairs.csv rows (dicts) scoring >= threshold against the true pairs.
 

@@ -279,6 +279,7 @@ class AlignMethod(Method):
 
     own_pairs = False  # see __init__
     evidence_fields = ("overlap", "turns")  # per pair, kept for the report
+    fusion_transform = "neg_log1m"  # a fusion reads the correlation's nearness to 1 (calibration.fusion_feature)
 
     def __init__(self, extractor, matcher=None, proposals: int = 2, threshold: float = 0.95,
                  skip_verified: bool = True, workers: int = 0, own_pairs: bool = False,
