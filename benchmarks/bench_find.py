@@ -178,9 +178,10 @@ def fitted_stages(name: str, overrides: list[str]):
     align) the CNN that proposes its pairs, the keypoint stages whose verified pairs align skips
     (align.method.skip_verified), and itself; no stages when it is off."""
     cfg = cascade.make_config(FITTED_IN.get(name, name), overrides)
-    stages = cascade.build_stages(cfg, calibrations={}, quiet=True)
     if name not in FITTED_IN:
-        return cfg, stages
+        return cfg, cascade.build_stages(cfg, calibrations={}, quiet=True)
+    # The shipped tables: align's skip_verified_at reads the keypoint stages' calibrated scores.
+    stages = cascade.build_stages(cfg, quiet=True)
     own = [s for s in stages if s.name == name]
     if not own:
         return cfg, []

@@ -48,9 +48,9 @@ def test_a_window_of_a_picture_correlates_exactly_where_it_was_cut():
     assert (at[0] - (window.shape[0] - 1), at[1] - (window.shape[1] - 1)) == (5, 4)  # f(p) over window(p - d)
 
 
-def _flat(image: Image.Image) -> Image.Image:
-    """As the yearbook makes a photo flat (simbench.find.yearbook._flatten)."""
-    return ImageEnhance.Contrast(image.filter(ImageFilter.GaussianBlur(0.012 * max(image.size)))).enhance(0.75)
+def _flat(image: Image.Image, blur: float = 0.012) -> Image.Image:
+    """As the yearbook makes a photo flat (simbench.find.yearbook._flatten; blur: of the long side)."""
+    return ImageEnhance.Contrast(image.filter(ImageFilter.GaussianBlur(blur * max(image.size)))).enhance(0.75)
 
 
 def _grey(image: Image.Image) -> np.ndarray:
@@ -143,6 +143,8 @@ def test_find_aligns_the_proposed_pairs_that_no_keypoint_stage_verified(photos, 
 
     result, copy, found = run()
     assert copy in found["keypoints"] | found["blobs"] and copy not in found["align"]
+    result, copy, found = run("align.method.skip_verified_at=1.0")  # no calibrated score is certain: none skipped
+    assert copy in found["keypoints"] | found["blobs"] and copy in found["align"]
     result, copy, found = run("align.method.skip_verified=false")
     assert copy in found["align"]
     assert result.evidence[copy]["align"]["correlation"] > 0.95 and result.evidence[copy]["align"]["turns"] in (1, 3)
@@ -200,3 +202,72 @@ def test_both_ways_keeps_the_better_of_a_over_b_and_b_over_a(photos):
     best = max((x for x in (one, other) if x is not None), key=lambda x: x.correlation)
     assert both.correlation == best.correlation and both.swapped == (best is other)
     assert both.turns == 3  # b turned three more quarter turns lies as a does, whichever way round it was aligned
+
+
+def test_tilts_align_a_crop_drawn_turned_by_a_few_degrees(photos):
+    """A placement drawn turned by 7 degrees (the page white in its box's corners): ECC does not get there from the
+    upright search's placement; searched at 5 degrees as well (tilts), it lines up, the tilt said. A different flat
+    picture so turned still does not."""
+    photo = _flat(Image.fromarray(photos["coins"]).convert("RGB"), 0.03)
+    width, height = photo.size
+    a = _grey(photo.crop((0, height // 10, 3 * width // 4, 17 * height // 20)))
+    turned = photo.crop((width // 4, 0, width, 3 * height // 4)).rotate(-7, expand=True, resample=Image.BICUBIC,
+                                                                       fillcolor=(255, 255, 255))
+    b = _grey(turned)
+    upright = align_pair(a, b, overlap_template=True, both_ways=True)
+    tilted = align_pair(a, b, overlap_template=True, both_ways=True, tilts=(-5.0, 5.0))
+    assert upright is not None and upright.correlation < 0.95 and upright.tilt == 0
+    assert tilted.correlation > 0.99 and abs(tilted.tilt) == 5
+    for other in ("coffee", "rocket", "cat", "camera"):
+        picture = _flat(Image.fromarray(photos[other]).convert("RGB"), 0.03).rotate(-7, expand=True, fillcolor=(255,) * 3)
+        different = align_pair(a, _grey(picture), overlap_template=True, both_ways=True, tilts=(-5.0, 5.0))
+        assert different is None or different.correlation < 0.95, (other, different)
+
+
+def test_tilts_key_the_table_only_when_set():
+    default = cascade.build_stages(cascade.make_config("cascade"), calibrations={}, quiet=True)[-1]
+    tilted = cascade.build_stages(cascade.make_config("cascade", ["align.method.tilts=[-5,5]"]), calibrations={},
+                                  quiet=True)[-1]
+    assert "tilts" not in default.settings["method_params"]
+    assert tilted.settings["method_params"]["tilts"] == [-5.0, 5.0]
+    assert cascade.settings_key(tilted.settings) != cascade.settings_key(default.settings)
+
+
+def test_an_alignment_without_a_finite_correlation_is_dropped(photos, monkeypatch):
+    """OpenCV's ECC can return inf where a part compared is blank (a drawing's white paper): no alignment, rather
+    than one that outranks every real one."""
+    import simbench.methods.align as align
+
+    photo = _flat(Image.fromarray(photos["astronaut"]))
+    a, b = (_grey(p) for p in (photo.crop((0, 60, 380, 440)), photo.crop((130, 0, 512, 380))))
+    assert align_pair(a, b, overlap_template=True) is not None
+    ecc = align.cv2.findTransformECC
+
+    def no_finite_correlation(*args):
+        _, warp = ecc(*args)
+        return float("inf"), warp
+
+    monkeypatch.setattr(align.cv2, "findTransformECC", no_finite_correlation)
+    assert align_pair(a, b, overlap_template=True, both_ways=True) is None
+
+
+def test_verified_pairs_are_the_kept_ones_scoring_at_least_the_floor(caplog):
+    """align's skip_verified_at: of a keypoint stage's found pairs, those it keeps (past its overlap agreement) with a
+    calibrated score >= the floor; every found pair without a floor, or (said in the log) without a table."""
+    import logging
+    from types import SimpleNamespace
+
+    from simbench.find.pipeline import verified_pairs
+    from simbench.types import ScoredPairs
+
+    found = ScoredPairs(np.array([0, 0, 1, 2]), np.array([1, 2, 3, 3]), np.ones(4), {"evidence": np.array([9., 1, 5, 7])})
+    kept = found.subset(np.array([0, 1, 2]))  # the agreement dropped (2, 3)
+    stage = SimpleNamespace(name="keypoints", is_calibrated=True, raw_signal=lambda p: p.extra["evidence"],
+                            calibrated=lambda raw: raw / 10)
+    assert verified_pairs(stage, found, lambda s: kept, None) is found
+    got = verified_pairs(stage, found, lambda s: kept, 0.5)
+    assert list(zip(got.a.tolist(), got.b.tolist())) == [(0, 1), (1, 3)]
+    stage.is_calibrated = False
+    with caplog.at_level(logging.WARNING, logger="simbench"):
+        assert verified_pairs(stage, found, lambda s: kept, 0.5) is found
+    assert "not calibrated" in caplog.text

@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -361,18 +361,28 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
     matched = thread_map(lambda stage: stage_pairs(stage, features[stage.name], progress, client), stages,
                          1 if client is not None else len(stages))
     found = {stage.name: pairs for stage, pairs in zip(stages, matched)}
+    agreed = {}  # a stage's pairs less those its overlap agreement drops (min_overlap_agreement), once computed
+
+    def kept(stage: Stage) -> ScoredPairs:
+        if stage.name not in agreed:
+            pairs = found[stage.name]
+            agreed[stage.name] = (agreed_over_overlap(stage, pairs, items)
+                                  if items is not None and stage.min_overlap_agreement else pairs)
+        return agreed[stage.name]
+
     for stage in stages:  # what the CNN ranks best: stages that score any pair (other stages' scales differ)
         others = [found[other.name] for other in stages if other is not stage and other.scores_any_pair]
-        verified = [found[other.name] for other in stages if other.extractor.kind == "keypoints"
-                    and other is not stage] if getattr(stage.method, "skip_verified", False) else []
+        verified = []
+        if getattr(stage.method, "skip_verified", False):
+            verified = [verified_pairs(other, found[other.name], kept, getattr(stage.method, "skip_verified_at", None))
+                        for other in stages if other.extractor.kind == "keypoints" and other is not stage]
         if getattr(stage.method, "proposals", 0) and others:
             found[stage.name] = with_proposed(stage, features[stage.name], found[stage.name], others, progress,
                                               verified)
+            agreed.pop(stage.name, None)
     out = {}
     for stage in stages:
-        pairs = found[stage.name]
-        if items is not None and stage.min_overlap_agreement:
-            pairs = agreed_over_overlap(stage, pairs, items)
+        pairs = kept(stage)
         if items is not None and stage.reads_agreement:
             pairs = agreement.with_agreement(pairs, items)
         out[stage.name] = stage.raw_pairs(pairs)
@@ -385,6 +395,22 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
             out[stage.name] = stage.raw_pairs(stage_pairs(stage, features[stage.name], progress, client))
             out = frames.drop_shared_frames(out, shared)
     return out
+
+
+def verified_pairs(stage: Stage, found: ScoredPairs, kept: Callable[[Stage], ScoredPairs],
+                   at: float | None) -> ScoredPairs:
+    """What a keypoint stage verified, for a stage that skips such pairs (align's skip_verified): every pair it found
+    (at None), or only those it keeps past its overlap agreement with a calibrated score of at least `at` (a pair
+    verified only by a few matches, or by a stamped logo that the agreement drops, still needs a look). An
+    uncalibrated stage's pairs all count as verified, as before, and the log says so."""
+    if at is None:
+        return found
+    if not stage.is_calibrated:
+        log.warning("%s is not calibrated: every pair it found counts as verified (skip_verified_at unused)",
+                    stage.name)
+        return found
+    pairs = kept(stage)
+    return pairs.subset(stage.calibrated(stage.raw_signal(pairs)) >= at)
 
 
 def agreed_over_overlap(stage: Stage, found: ScoredPairs, items: list[Item]) -> ScoredPairs:

@@ -11,12 +11,14 @@ different pictures, however smooth, do not once that transform is refined to fit
    by each of SCALES against a; per turn, the scale and shift that correlate best.
 2. Refinement: those within REFINE_MARGIN of the best are refined by ECC (Evangelidis & Psarakis 2008,
    OpenCV's findTransformECC) at REFINE_SIDE pixels, first as a rotation and shift, then as an affine map. A
-   refinement that does not converge, leaves the two overlapping by less than MIN_REFINED_OVERLAP, or bends
-   into a map far from a similarity (singular values further apart than MAX_ANISOTROPY, or a scale beyond
-   MAX_RESCALE of the search's) is dropped. That check is what tells smooth different pictures apart: an
-   affine map fitted to two unrelated gradients drifts into a degenerate one.
+   refinement that does not converge, ends with no finite correlation (a blank part compared: a drawing's white
+   paper), leaves the two overlapping by less than MIN_REFINED_OVERLAP, or bends into a map far from a similarity
+   (singular values further apart than MAX_ANISOTROPY, or a scale beyond MAX_RESCALE of the search's) is dropped.
+   That check is what tells smooth different pictures apart: an affine map fitted to two unrelated gradients
+   drifts into a degenerate one.
    As find runs it (since run 63), ECC is given only the part of a that the hypothesis lays over b (two crops of
    one photo, neither holding the other, share only that part), and b is laid over a as well, the better kept.
+   `tilts` (off by default; tried in results/find.md "Run (64)") also searches b turned by a few degrees.
 The pair's signal is the best correlation ECC reaches (no hypothesis kept: the pair does not align). BORDER of
 each side of both thumbnails is left out: a yearbook's frame, a scan's edge.
 
@@ -25,7 +27,7 @@ correlation of 0.95 or more held copies nearly always, the flat yearbook photos'
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -82,6 +84,7 @@ class Alignment:
     turns: int
     warp: np.ndarray
     swapped: bool = False  # aligned b over a (align_pair's both_ways): warp maps b's thumbnail to a's instead
+    tilt: float = 0.0  # degrees (counter-clockwise) the second picture was turned by before its quarter turns
 
 
 def _border_px(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -194,6 +197,8 @@ def refine(a: np.ndarray, b: np.ndarray, hypothesis, overlap_template: bool = Fa
         correlation, warp = cv2.findTransformECC(refined, scaled, warp, cv2.MOTION_AFFINE, criteria, mask, 3)
     except cv2.error:  # did not converge, or the two stopped overlapping
         return None
+    if not np.isfinite(correlation):  # a blank part (a drawing's white paper): no correlation to speak of
+        return None
     warp[:, 2] -= warp[:, :2] @ np.float32([x0, y0])  # back to the whole template's pixels
     sv = np.linalg.svd(warp[:, :2].astype(np.float64), compute_uv=False)
     if sv[0] / sv[1] > MAX_ANISOTROPY or not 1 / MAX_RESCALE < np.sqrt(sv[0] * sv[1]) < MAX_RESCALE:
@@ -218,21 +223,36 @@ def _overlap_box(template_shape, scaled_shape, warp: np.ndarray) -> tuple[int, i
     return int(np.ceil(x0 + mx)), int(np.ceil(y0 + my)), int(np.floor(x1 - mx)), int(np.floor(y1 - my))
 
 
-def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False,
-               both_ways: bool = False) -> Alignment | None:
+def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, both_ways: bool = False,
+               tilts: tuple[float, ...] = ()) -> Alignment | None:
     """The best refined alignment of grey thumbnails a and b (float32), or None: no hypothesis refines.
     overlap_template: see `refine`. both_ways: b laid over a as well (its search and refinement), the better
-    kept; one so aligned is `swapped` (its turns are then still b's relative to a)."""
+    kept; one so aligned is `swapped` (its turns are then still b's relative to a). tilts: angles in degrees the
+    second picture is also searched and refined at, turned by each first (`tilted`): ECC refines a small turn only
+    from near it."""
     a, b = (resized(x, REFINE_SIDE / max(x.shape)) if max(x.shape) > REFINE_SIDE else x for x in (a, b))
-    best = _best_refined(a, b, overlap_template)
-    if both_ways:
-        other = _best_refined(b, a, overlap_template)
-        if other is not None and (best is None or other.correlation > best.correlation):
-            best = Alignment(other.correlation, other.overlap, (4 - other.turns) % 4, other.warp, swapped=True)
+    best = None
+    for tilt in (0.0, *tilts):
+        found = _best_refined(a, tilted(b, tilt), overlap_template, tilt)
+        if found is not None and (best is None or found.correlation > best.correlation):
+            best = found
+        if both_ways:
+            other = _best_refined(b, tilted(a, tilt), overlap_template, tilt)
+            if other is not None and (best is None or other.correlation > best.correlation):
+                best = Alignment(other.correlation, other.overlap, (4 - other.turns) % 4, other.warp, True, tilt)
     return best
 
 
-def _best_refined(a: np.ndarray, b: np.ndarray, overlap_template: bool) -> Alignment | None:
+def tilted(image: np.ndarray, degrees: float) -> np.ndarray:
+    """The image turned counter-clockwise by `degrees` about its centre, on the same canvas (edges repeated)."""
+    if not degrees:
+        return image
+    h, w = image.shape
+    turn = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, 1.0)
+    return cv2.warpAffine(image, turn, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _best_refined(a: np.ndarray, b: np.ndarray, overlap_template: bool, tilt: float = 0.0) -> Alignment | None:
     best = None
     hypotheses = search(a, b)
     top = max((h[0] for h in hypotheses), default=-1.0)
@@ -240,7 +260,7 @@ def _best_refined(a: np.ndarray, b: np.ndarray, overlap_template: bool) -> Align
         found = refine(a, b, hypothesis, overlap_template)
         if found is not None and (best is None or found.correlation > best.correlation):
             best = found
-    return best
+    return best if best is None or not tilt else replace(best, tilt=tilt)
 
 
 #: Pairs aligned per worker task, and the fewest pairs worth sending to worker processes.
@@ -274,8 +294,12 @@ class AlignMethod(Method):
 
     skip_verified: leave out the proposed pairs that a keypoint stage (keypoints, blobs) already verified:
     they need no second look, and a table fitted on the rest is a table of what is left to verify.
+    skip_verified_at: with skip_verified, skip only the pairs a keypoint stage keeps past its overlap agreement with
+    a calibrated score of at least this (simbench.find.pipeline.verified_pairs; None: every pair it found): a pair
+    verified by a few matches, or only by a logo stamped on both, still needs a look.
     workers: processes that align the pairs (simbench.processes; 0: one per core, 1: this process).
-    overlap_template, both_ways: align_pair's options (ECC on the overlap; b over a as well)."""
+    overlap_template, both_ways, tilts: align_pair's options (ECC on the overlap; b over a as well; more angles
+    searched)."""
 
     own_pairs = False  # see __init__
     evidence_fields = ("overlap", "turns")  # per pair, kept for the report
@@ -283,18 +307,23 @@ class AlignMethod(Method):
 
     def __init__(self, extractor, matcher=None, proposals: int = 2, threshold: float = 0.95,
                  skip_verified: bool = True, workers: int = 0, own_pairs: bool = False,
-                 overlap_template: bool = False, both_ways: bool = False):
+                 overlap_template: bool = False, both_ways: bool = False, tilts=(),
+                 skip_verified_at: float | None = None):
         if proposals < 0 or own_pairs:
             raise ValueError(f"proposals must be >= 0 (not {proposals}), and own_pairs false: align only verifies")
         self.extractor, self.matcher = extractor, matcher
         self.proposals, self.threshold, self.skip_verified = int(proposals), float(threshold), bool(skip_verified)
         self.workers = int(workers)
-        self.options = {"overlap_template": bool(overlap_template), "both_ways": bool(both_ways)}
+        self.skip_verified_at = None if skip_verified_at is None else float(skip_verified_at)
+        self.options = {"overlap_template": bool(overlap_template), "both_ways": bool(both_ways),
+                        "tilts": tuple(float(t) for t in tilts)}
 
     def params(self) -> dict:
         # The options only when on: the tables fitted before them keep their keys.
-        return {"proposals": self.proposals, "skip_verified": self.skip_verified, **settings(),
-                **{k: True for k, on in self.options.items() if on}}
+        on = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items() if v}
+        if self.skip_verified_at is not None:
+            on["skip_verified_at"] = self.skip_verified_at
+        return {"proposals": self.proposals, "skip_verified": self.skip_verified, **settings(), **on}
 
     def score_pairs(self, features) -> ScoredPairs:
         """No pairs of its own: it only verifies (score_proposed)."""
