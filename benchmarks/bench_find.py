@@ -31,6 +31,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -117,6 +118,14 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
     unknown = set(only) - set(CALIBRATED_STAGES)
     if unknown:
         raise ValueError(f"--stages: no stage {sorted(unknown)} (stages: {', '.join(CALIBRATED_STAGES)})")
+    command = ("python benchmarks/bench_find.py calibrate" + "".join(f" {o}" for o in overrides)
+               + (f" --seeds {','.join(map(str, seeds))}" if seeds else "")
+               + ("" if found_weights else " --found-weights none")
+               + ("" if tuple(fusion_stages) == FUSION_STAGES
+                  else f" --fusion-stages {','.join(fusion_stages) or 'all'}")
+               + ("" if fit_layouts == YEARBOOK_FIT_LAYOUTS else f" --fit-layouts {','.join(map(str, fit_layouts))}")
+               + (f" --stages {','.join(only)}" if only else "") + (" --refit-fusion" if only and refit_fusion else ""))
+    made_by = f"made by `{command}`"  # each table and fusion fitted here says so: a file's tables may differ in it
     collections = tuning_collections(work, progress, overrides, seeds, fit_layouts)
     tables = []
     for name in CALIBRATED_STAGES:
@@ -139,29 +148,31 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
             print(f"  {name} on {c.tag}: {len(found)} pairs, {int(is_true[-1].sum())} true", flush=True)
         raw, is_true = np.concatenate(raw), np.concatenate(is_true)
         fit = fit_calibration(raw, is_true, stage.signal, stage.settings,
-                              note=f"tuning collections: {', '.join(c.tag for c in collections)}")
+                              note=f"tuning collections: {', '.join(c.tag for c in collections)}; {made_by}")
         tables.append(fit)
         print(f"{name}: {len(raw)} pairs, {int(is_true.sum())} true; {stage.signal} "
               f"{fit.raw.min():.4g}..{fit.raw.max():.4g} -> precision {fit.precision.min():.3f}..{fit.precision.max():.3f}")
     if only and not refit_fusion:
         fusions = load_fusions()
     else:
-        fusions = [fit_cascade_fusion(collections, tables, work, overrides, progress, found_weights, fusion_stages)]
-    command = ("python benchmarks/bench_find.py calibrate" + "".join(f" {o}" for o in overrides)
-               + (f" --seeds {','.join(map(str, seeds))}" if seeds else "")
-               + ("" if found_weights else " --found-weights none")
-               + ("" if tuple(fusion_stages) == FUSION_STAGES
-                  else f" --fusion-stages {','.join(fusion_stages) or 'all'}")
-               + ("" if fit_layouts == YEARBOOK_FIT_LAYOUTS else f" --fit-layouts {','.join(map(str, fit_layouts))}")
-               + (f" --stages {','.join(only)}" if only else "") + (" --refit-fusion" if only and refit_fusion else ""))
+        fusion = fit_cascade_fusion(collections, tables, work, overrides, progress, found_weights, fusion_stages)
+        fusions = [dataclasses.replace(fusion, note=f"{fusion.note}; {made_by}")]
     about = ("isotonic raw -> precision fits on the tuning collections (devset "
-             f"tune split{' and its rebuilds' if seeds else ''}, yearbooks); made by `{command}`")
+             f"tune split{' and its rebuilds' if seeds else ''}, yearbooks); {made_by}")
     if only:
         copied = "its other tables" if refit_fusion else "its other tables and the fusion"
-        about += f" ({copied} copied from the shipped file, which said: {shipped_about()})"
+        about += copied_about(copied, shipped_about())
     save_calibrations(tables, out, about, fusions)
     print(f"wrote {out}")
     return [t.to_json() for t in tables] + [f.to_json() for f in fusions]
+
+
+def copied_about(copied: str, previous_about: str) -> str:
+    """What a file fitted with --stages says of what it copied: the commands the previous file names, each once, in
+    order (a file's "about" quoted whole inside the next one's would nest with every --stages run)."""
+    commands = list(dict.fromkeys(re.findall(r"`([^`]+)`", previous_about)))
+    made = "; ".join(f"`{c}`" for c in commands) or "(not said)"
+    return f"; {copied} copied from the shipped file, itself made by: {made}"
 
 
 def shipped_about() -> str:

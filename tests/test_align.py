@@ -219,7 +219,8 @@ def test_tilts_align_a_crop_drawn_turned_by_a_few_degrees(photos):
     assert upright is not None and upright.correlation < 0.95 and upright.tilt == 0
     assert tilted.correlation > 0.99 and abs(tilted.tilt) == 5
     for other in ("coffee", "rocket", "cat", "camera"):
-        picture = _flat(Image.fromarray(photos[other]).convert("RGB"), 0.03).rotate(-7, expand=True, fillcolor=(255,) * 3)
+        picture = _flat(Image.fromarray(photos[other]).convert("RGB"), 0.03)
+        picture = picture.rotate(-7, expand=True, fillcolor=(255, 255, 255))
         different = align_pair(a, _grey(picture), overlap_template=True, both_ways=True, tilts=(-5.0, 5.0))
         assert different is None or different.correlation < 0.95, (other, different)
 
@@ -260,7 +261,8 @@ def test_verified_pairs_are_the_kept_ones_scoring_at_least_the_floor(caplog):
     from simbench.find.pipeline import verified_pairs
     from simbench.types import ScoredPairs
 
-    found = ScoredPairs(np.array([0, 0, 1, 2]), np.array([1, 2, 3, 3]), np.ones(4), {"evidence": np.array([9., 1, 5, 7])})
+    found = ScoredPairs(np.array([0, 0, 1, 2]), np.array([1, 2, 3, 3]), np.ones(4),
+                        {"evidence": np.array([9.0, 1.0, 5.0, 7.0])})
     kept = found.subset(np.array([0, 1, 2]))  # the agreement dropped (2, 3)
     stage = SimpleNamespace(name="keypoints", is_calibrated=True, raw_signal=lambda p: p.extra["evidence"],
                             calibrated=lambda raw: raw / 10)

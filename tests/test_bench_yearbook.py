@@ -82,7 +82,8 @@ def test_recall_by_kind_counts_each_true_pair_once_per_yearbook():
 
 
 def test_pair_turn_names_the_larger_turn():
-    crop, quarter = Placement("a.pdf", 1, (0, 0, 1, 1), 0, "crop"), Placement("a.pdf", 2, (0, 0, 1, 1), 0, "rotate90+clip")
+    crop = Placement("a.pdf", 1, (0, 0, 1, 1), 0, "crop")
+    quarter = Placement("a.pdf", 2, (0, 0, 1, 1), 0, "rotate90+clip")
     small = Placement("a.pdf", 3, (0, 0, 1, 1), 0, "rotate_small")
     assert [pair_turn(crop, crop), pair_turn(crop, quarter), pair_turn(quarter, small), pair_turn(small, crop)] == [
         "upright", "right angle", "few degrees", "few degrees"]

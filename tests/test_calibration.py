@@ -358,8 +358,8 @@ def test_a_correlation_is_read_by_its_nearness_to_one_and_stays_monotone():
 
 
 def test_find_uses_a_fusion_with_align_in_it_over_the_smaller_one(monkeypatch):
-    """calibrate --refit-fusion --fusion-stages keypoints,cnn,align: find then reads that model, which rises with the
-    correlation, and adds the stages it was not fitted on by noisy-OR."""
+    """calibrate --refit-fusion --fusion-stages keypoints,cnn,align: find then reads that model (the one over the most
+    stages) rather than the shipped one over keypoints and CNN, and its score rises with the correlation."""
     from simbench.find.calibration import Fusion
 
     cfg = cascade.make_config("cascade")
