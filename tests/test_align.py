@@ -11,7 +11,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from simbench.features.thumbnails import ThumbnailExtractor, Thumbnails
 from simbench.find import cascade
 from simbench.find.items import grey_thumbnail, thumbnail_jpeg
-from simbench.methods.align import AlignMethod, align_pair, overlap_ncc
+from simbench.methods.align import AlignMethod, OverlapNcc, align_pair, overlap_ncc
 
 
 def _ncc_by_loops(f: np.ndarray, g: np.ndarray, min_overlap: float) -> np.ndarray:
@@ -37,6 +37,17 @@ def test_overlap_ncc_equals_the_correlation_over_every_shift(seed):
     f = rng.random(tuple(rng.integers(4, 12, 2))).astype(np.float32)
     g = rng.random(tuple(rng.integers(4, 12, 2))).astype(np.float32)
     assert np.allclose(overlap_ncc(f, g, 0.4), _ncc_by_loops(f, g, 0.4), atol=1e-5)
+
+
+def test_one_f_against_many_g_equals_each_pair_alone():
+    """OverlapNcc keeps what depends on f and g's shape between calls (a search's turns and scales): shapes seen
+    before, new ones and a half turn of one seen all give the loops' correlation."""
+    rng = np.random.default_rng(4)
+    f = rng.random((9, 7)).astype(np.float32)
+    ncc_with = OverlapNcc(f, 0.4)
+    gs = [rng.random(tuple(rng.integers(4, 12, 2))).astype(np.float32) for _ in range(4)]
+    for g in [*gs, np.rot90(gs[0], 2), gs[1].T, *gs]:
+        assert np.allclose(ncc_with(g), _ncc_by_loops(f, g, 0.4), atol=1e-5)
 
 
 def test_a_window_of_a_picture_correlates_exactly_where_it_was_cut():

@@ -110,31 +110,55 @@ def overlap_ncc(f: np.ndarray, g: np.ndarray, min_overlap: float) -> np.ndarray:
     """The normalised cross-correlation of grey images f and g over their overlap, for every shift d at which
     f(p) lies over g(p - d) (at index d + g.shape - 1); -1 where they overlap by less than min_overlap of the
     smaller. The sums over each shift's overlap, a rectangle, come from summed-area tables; only the cross
-    term needs a correlation (OpenCV's matchTemplate, over g padded with zeros)."""
-    hf, wf = f.shape
-    hg, wg = g.shape
-    f, g = f.astype(np.float64), g.astype(np.float64)
-    d0, d1 = np.arange(-(hg - 1), hf), np.arange(-(wg - 1), wf)  # shifts: f(p) pairs with g(p - d)
-    fr0, fr1 = np.maximum(0, d0), np.minimum(hf, hg + d0)  # the overlap's rows and columns in f
-    fc0, fc1 = np.maximum(0, d1), np.minimum(wf, wg + d1)
+    term needs a correlation (OpenCV's matchTemplate, over g padded with zeros). One f against many g:
+    `OverlapNcc`."""
+    return OverlapNcc(f, min_overlap)(g)
 
-    def box_sums(x, r0, r1, c0, c1):
-        table = np.zeros((x.shape[0] + 1, x.shape[1] + 1))
-        table[1:, 1:] = x.cumsum(0).cumsum(1)
-        rows = table[r1] - table[r0]
-        return rows[:, c1] - rows[:, c0]
 
-    n = (fr1 - fr0)[:, None] * (fc1 - fc0)[None, :]
-    sf, sff = box_sums(f, fr0, fr1, fc0, fc1), box_sums(f * f, fr0, fr1, fc0, fc1)
-    gr0, gr1, gc0, gc1 = fr0 - d0, fr1 - d0, fc0 - d1, fc1 - d1  # the same overlap in g
-    sg, sgg = box_sums(g, gr0, gr1, gc0, gc1), box_sums(g * g, gr0, gr1, gc0, gc1)
-    padded = cv2.copyMakeBorder(g.astype(np.float32), hf - 1, hf - 1, wf - 1, wf - 1, cv2.BORDER_CONSTANT, value=0)
-    cross = cv2.matchTemplate(padded, f.astype(np.float32), cv2.TM_CCORR)[::-1, ::-1].astype(np.float64)
-    nn = np.maximum(n, 1)
-    var_f = np.maximum(sff - sf ** 2 / nn, 1e-9)
-    var_g = np.maximum(sgg - sg ** 2 / nn, 1e-9)
-    ncc = (cross - sf * sg / nn) / np.sqrt(var_f * var_g)
-    return np.where(n >= min_overlap * min(f.size, g.size) - 1e-6, ncc, -1.0)
+def _box_sums(table: np.ndarray, r0, r1, c0, c1) -> np.ndarray:
+    """Sums over the boxes rows [r0, r1) x columns [c0, c1) (every row box with every column box) of the image
+    whose summed-area table (OpenCV's integral: one row and column of zeros first) is `table`."""
+    rows = table[r1] - table[r0]
+    return rows[:, c1] - rows[:, c0]
+
+
+class OverlapNcc:
+    """overlap_ncc(f, g, min_overlap) for one f and many g: f's summed-area tables are built once, and what
+    depends only on f and g's shape (each shift's overlap, f's sums over it) once per shape (a search's turns
+    by a half turn share it)."""
+
+    def __init__(self, f: np.ndarray, min_overlap: float):
+        self.f = np.asarray(f, np.float64)
+        self.f32 = self.f.astype(np.float32)
+        self.min_overlap = float(min_overlap)
+        self.sums, self.squares = cv2.integral2(self.f, sdepth=cv2.CV_64F, sqdepth=cv2.CV_64F)
+        self._by_shape: dict = {}
+
+    def _f_side(self, shape: tuple[int, int]):
+        if shape not in self._by_shape:
+            (hf, wf), (hg, wg) = self.f.shape, shape
+            d0, d1 = np.arange(-(hg - 1), hf), np.arange(-(wg - 1), wf)  # shifts: f(p) pairs with g(p - d)
+            fr0, fr1 = np.maximum(0, d0), np.minimum(hf, hg + d0)  # the overlap's rows and columns in f
+            fc0, fc1 = np.maximum(0, d1), np.minimum(wf, wg + d1)
+            n = (fr1 - fr0)[:, None] * (fc1 - fc0)[None, :]
+            sf = _box_sums(self.sums, fr0, fr1, fc0, fc1)
+            var_f = np.maximum(_box_sums(self.squares, fr0, fr1, fc0, fc1) - sf ** 2 / n, 1e-9)
+            in_g = (fr0 - d0, fr1 - d0, fc0 - d1, fc1 - d1)  # the same overlap in g
+            enough = n >= self.min_overlap * min(self.f.size, hg * wg) - 1e-6
+            self._by_shape[shape] = n, sf, var_f, in_g, enough
+        return self._by_shape[shape]
+
+    def __call__(self, g: np.ndarray) -> np.ndarray:
+        n, sf, var_f, in_g, enough = self._f_side(g.shape)
+        hf, wf = self.f.shape
+        g = np.asarray(g, np.float64)
+        sums, squares = cv2.integral2(g, sdepth=cv2.CV_64F, sqdepth=cv2.CV_64F)
+        sg = _box_sums(sums, *in_g)
+        var_g = np.maximum(_box_sums(squares, *in_g) - sg ** 2 / n, 1e-9)
+        padded = cv2.copyMakeBorder(g.astype(np.float32), hf - 1, hf - 1, wf - 1, wf - 1, cv2.BORDER_CONSTANT, value=0)
+        cross = cv2.matchTemplate(padded, self.f32, cv2.TM_CCORR)[::-1, ::-1]
+        ncc = (cross - sf * sg / n) / np.sqrt(var_f * var_g)
+        return np.where(enough, ncc, -1.0)
 
 
 def inner(image: np.ndarray) -> np.ndarray:
@@ -148,6 +172,7 @@ def search(a: np.ndarray, b: np.ndarray) -> list[tuple[float, int, float, tuple[
     the whole thumbnails), TOP_PER_TURN per turn: the best local maxima over SCALES."""
     whole = resized(a, COARSE_SIDE / max(a.shape))
     f = inner(whole)
+    ncc_with = OverlapNcc(f, MIN_OVERLAP)
     f_at = _border_px(whole.shape)
     out = []
     for turns in range(4):
@@ -156,7 +181,7 @@ def search(a: np.ndarray, b: np.ndarray) -> list[tuple[float, int, float, tuple[
         for s in SCALES:
             g_whole = resized(turned, COARSE_SIDE / max(turned.shape) * s)
             g = inner(g_whole)
-            ncc = overlap_ncc(f, g, MIN_OVERLAP)
+            ncc = ncc_with(g)
             at = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
             d = (int(at[0]) - (g.shape[0] - 1), int(at[1]) - (g.shape[1] - 1))
             g_at = _border_px(g_whole.shape)  # back to the whole thumbnails' pixels
