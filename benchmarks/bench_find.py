@@ -142,7 +142,8 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
         for c in collections:
             c_cfg, c_stages = fitted_stages(name, [*overrides, *c.overrides])
             got = collect(c.inputs, c_stages, c_cfg, c.index, work, progress)
-            found = raw_evidence(c_stages, got.features, progress, None, got.items, c_cfg.drop_shared_frames)[name]
+            found = raw_evidence(c_stages, got.features, progress, None, got.items, c_cfg.drop_shared_frames,
+                                 c_cfg)[name]
             raw.append(found.score)
             is_true.append(c.label(got.items, found))
             print(f"  {name} on {c.tag}: {len(found)} pairs, {int(is_true[-1].sum())} true", flush=True)
@@ -187,16 +188,19 @@ FITTED_IN = {"blobs": "cascade", "align": "cascade"}
 def fitted_stages(name: str, overrides: list[str]):
     """(config, stages) of the run that gives stage `name`'s raw pairs, `name` last: itself alone, or (blobs,
     align) the CNN that proposes its pairs, the keypoint stages whose verified pairs align skips
-    (align.method.skip_verified), and itself; no stages when it is off."""
+    (align.method.skip_verified; with skip_held_at every stage before it), and itself; no stages when it is off."""
     cfg = cascade.make_config(FITTED_IN.get(name, name), overrides)
     if name not in FITTED_IN:
         return cfg, cascade.build_stages(cfg, calibrations={}, quiet=True)
-    # The shipped tables: align's skip_verified_at reads the keypoint stages' calibrated scores.
+    # The shipped tables: align's skip_verified_at reads the keypoint stages' calibrated scores, skip_held_at the
+    # earlier stages' fused score.
     stages = cascade.build_stages(cfg, quiet=True)
     own = [s for s in stages if s.name == name]
     if not own:
         return cfg, []
     skips = getattr(own[0].method, "skip_verified", False)
+    if skips and getattr(own[0].method, "skip_held_at", None) is not None:
+        return cfg, stages[:stages.index(own[0]) + 1]
     return cfg, [s for s in stages if s is not own[0] and (s.scores_any_pair or (
         skips and s.extractor.kind == "keypoints"))] + own
 
@@ -472,7 +476,7 @@ def fusion_signals(collection: Collection, stages, cfg, work: Path, progress: bo
     """What the fusion is fitted on, for one collection: every pair found by either stage, with each stage's
     raw signal (the CNN's for every pair) and whether it found the pair ({stage: array} twice), and is_true."""
     got = collect(collection.inputs, stages, cfg, collection.index, work, progress)
-    raw = raw_evidence(stages, got.features, progress, None, got.items, cfg.drop_shared_frames)
+    raw = raw_evidence(stages, got.features, progress, None, got.items, cfg.drop_shared_frames, cfg)
     n = len(got.items)
     union = cascade.fuse(n, {s: ScoredPairs(r.a, r.b, np.ones(len(r.a))) for s, r in raw.items()}, "max")
     values, found = cascade.stage_signals(union.a, union.b, n, stages, raw, got.features)

@@ -37,7 +37,7 @@ def layout_pairs(layout: int, overrides: list[str], work: Path) -> tuple[list[tu
     placements = school_yearbook(pdfs, TUNE, layout, False)
     cfg, stages = fitted_stages("blobs", overrides)
     got = collect([pdfs], stages, cfg, work / f"index-{layout}", work, False)
-    raw = raw_evidence(stages, got.features, False, None, got.items, bool(cfg.drop_shared_frames))
+    raw = raw_evidence(stages, got.features, False, None, got.items, bool(cfg.drop_shared_frames), cfg)
     where = item_placements(placements, got.items)
     blobs = raw["blobs"]
     rows = [(kind_of(placements, where[a], where[b]), float(evidence))

@@ -37,7 +37,7 @@ def proposed_figures(collection, proposals: int, work: Path, overrides=()) -> di
                                           "keypoints.extra_signals=[covered,proposed,inliers]", *overrides])
     stages = cascade.build_stages(cfg, calibrations={}, quiet=True)
     got = collect(collection.inputs, stages, cfg, collection.index, work, False)
-    keypoints = raw_evidence(stages, got.features, False, None, got.items, cfg.drop_shared_frames)["keypoints"]
+    keypoints = raw_evidence(stages, got.features, False, None, got.items, cfg.drop_shared_frames, cfg)["keypoints"]
     is_true = collection.label(got.items, keypoints)
     proposed = keypoints.extra["proposed"] > 0
     return {"true_pairs": collection.n_true, "own_true": int((is_true & ~proposed).sum()),

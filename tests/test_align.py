@@ -121,6 +121,7 @@ def test_the_align_stage_runs_only_with_proposals_and_is_keyed_by_its_settings()
                                  quiet=True)[-1]
     assert cascade.settings_key(three.settings) != cascade.settings_key(align.settings)
     assert params["overlap_template"] is True and params["both_ways"] is True  # on since run (63)
+    assert params["skip_held_at"] == 0.95  # since run (68)
     plain = cascade.build_stages(cascade.make_config("cascade", ["align.method.overlap_template=false",
                                                                  "align.method.both_ways=false"]),
                                  calibrations={}, quiet=True)[-1]
@@ -131,8 +132,9 @@ def test_the_align_stage_runs_only_with_proposals_and_is_keyed_by_its_settings()
 
 def test_find_aligns_the_proposed_pairs_that_no_keypoint_stage_verified(photos, tmp_path):
     """A flat photo, its turned flat crop and other flat photos, the CNN proposing. The keypoint stages verify the
-    copy here, so the align stage (skip_verified, the default) leaves it out; told not to skip, it aligns it, with
-    its evidence, uncalibrated without a table and said so. The index keeps no thumbnails section."""
+    copy here, so the align stage skipping what they found (skip_verified without skip_held_at) leaves it out, and so
+    it does with skip_held_at below the copy's score by the other stages (not at 1); told not to skip, it aligns it,
+    with its evidence, uncalibrated without a table and said so. The index keeps no thumbnails section."""
     import csv
 
     from simbench.find.pipeline import find
@@ -152,10 +154,15 @@ def test_find_aligns_the_proposed_pairs_that_no_keypoint_stage_verified(photos, 
         copy = tuple(sorted((names.index("original.png"), names.index("copy.png"))))
         return result, copy, {name: set(zip(p.a.tolist(), p.b.tolist())) for name, p in result.raw.items()}
 
-    result, copy, found = run()
+    result, copy, found = run("align.method.skip_held_at=null")  # skip what a keypoint stage found
     assert copy in found["keypoints"] | found["blobs"] and copy not in found["align"]
-    result, copy, found = run("align.method.skip_verified_at=1.0")  # no calibrated score is certain: none skipped
-    assert copy in found["keypoints"] | found["blobs"] and copy in found["align"]
+    result, copy, found = run("align.method.skip_held_at=null", "align.method.skip_verified_at=1.0")
+    assert copy in found["keypoints"] | found["blobs"] and copy in found["align"]  # no calibrated score is certain
+    result, copy, found = run("align.method.skip_held_at=0.5")  # the stages before align already hold the copy
+    assert result.pairs.score[(result.pairs.a == copy[0]) & (result.pairs.b == copy[1])][0] >= 0.5
+    assert copy not in found["align"]
+    result, copy, found = run("align.method.skip_held_at=1.0")  # none held at certainty: the copy is looked at
+    assert copy in found["align"]
     result, copy, found = run("align.method.skip_verified=false")
     assert copy in found["align"]
     assert result.evidence[copy]["align"]["correlation"] > 0.95 and result.evidence[copy]["align"]["turns"] in (1, 3)
@@ -169,6 +176,11 @@ def test_find_aligns_the_proposed_pairs_that_no_keypoint_stage_verified(photos, 
     align.extractor.side = 100  # find has only the report's thumbnails to give it
     with pytest.raises(ValueError, match="report thumbnails"):
         stage_features(align, result.items, [], None, {}, None)
+
+
+def test_two_ways_of_skipping_verified_pairs_are_not_asked_for_at_once():
+    with pytest.raises(ValueError, match="skip_verified_at or skip_held_at"):
+        AlignMethod(ThumbnailExtractor(), skip_verified_at=0.9, skip_held_at=0.95)
 
 
 def test_worker_processes_align_as_this_process_does(photos, monkeypatch):

@@ -1,12 +1,13 @@
 """bench_find.copied_about: a calibration file fitted with --stages names the commands that made what it copied,
-each once, without quoting the previous file's whole "about" (which nested one level deeper with every such run)."""
+each once, without quoting the previous file's whole "about" (which nested one level deeper with every such run).
+bench_find.fitted_stages: the run that gives the align stage's raw pairs, as find runs it with each skip option."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_find import copied_about  # noqa: E402
+from benchmarks.bench_find import copied_about, fitted_stages  # noqa: E402
 
 
 def test_copied_about_names_each_earlier_command_once_and_does_not_nest():
@@ -19,3 +20,12 @@ def test_copied_about_names_each_earlier_command_once_and_does_not_nest():
     assert said == ("; its other tables and the fusion copied from the shipped file, itself made by: "
                     "`calibrate --stages align`; `calibrate --seeds 1,2`")
     assert copied_about("its other tables", "no commands here").endswith("made by: (not said)")
+
+
+def test_align_is_fitted_after_the_stages_its_skip_option_reads():
+    names = lambda overrides: [s.name for s in fitted_stages("align", overrides)[1]]  # noqa: E731
+    assert names([]) == ["keypoints", "cnn", "blobs", "align"]  # skip_held_at: every stage before it
+    assert names(["blobs.method.proposals=0"]) == ["keypoints", "cnn", "align"]
+    assert names(["align.method.skip_held_at=null"]) == ["keypoints", "cnn", "blobs", "align"]  # keypoint stages, CNN
+    assert names(["align.method.skip_verified=false"]) == ["cnn", "align"]  # only the CNN's proposals
+    assert names(["align.method.proposals=0"]) == []

@@ -319,7 +319,7 @@ def test_a_framed_picture_is_embedded_by_its_window(tmp_path):
     names = [item.display.rsplit("/", 1)[1] for item in got.items]
     vectors, rows, _ = got.features["cnn"]
     before = dict(zip(rows.tolist(), np.array(vectors.vectors)))
-    raw_evidence(stages, got.features, False, None, got.items, cfg.drop_shared_frames)
+    raw_evidence(stages, got.features, False, None, got.items, cfg.drop_shared_frames, cfg)
     vectors, rows, _ = got.features["cnn"]
     after = dict(zip(rows.tolist(), np.array(vectors.vectors)))
     original, shot = names.index("original.jpg"), names.index("shot0.jpg")

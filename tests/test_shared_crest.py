@@ -70,7 +70,7 @@ def test_the_overlap_floor_drops_the_crest_pairs_of_flat_photos_and_keeps_the_co
         cfg = cascade.make_config("cascade", overrides)
         stages = cascade.build_stages(cfg, calibrations={}, quiet=True)
         got = collect([flat_images], stages, cfg, None, tmp_path, False)
-        found = raw_evidence(stages, got.features, False, None, got.items, cfg.drop_shared_frames)["keypoints"]
+        found = raw_evidence(stages, got.features, False, None, got.items, cfg.drop_shared_frames, cfg)["keypoints"]
         names = [Path(item.display).stem for item in got.items]
         return {tuple(sorted((names[a], names[b]))) for a, b in zip(found.a.tolist(), found.b.tolist())}
 

@@ -121,9 +121,9 @@ def test_the_stages_match_at_once_as_one_after_another(tmp_path, monkeypatch):
     cfg = cascade.make_config()
     stages = cascade.build_stages(cfg, quiet=True)
     collected = pipeline.collect([folder], stages, cfg, None, tmp_path, False)
-    at_once = pipeline.raw_evidence(stages, dict(collected.features), False, None, collected.items)
+    at_once = pipeline.raw_evidence(stages, dict(collected.features), False, None, collected.items, True, cfg)
     monkeypatch.setattr(pipeline, "thread_map", lambda fn, items, threads=None: [fn(x) for x in items])
-    in_turn = pipeline.raw_evidence(stages, dict(collected.features), False, None, collected.items)
+    in_turn = pipeline.raw_evidence(stages, dict(collected.features), False, None, collected.items, True, cfg)
     assert [s.name for s in stages] == list(at_once) == list(in_turn) == ["keypoints", "cnn", "blobs", "align"]
     assert len(at_once["keypoints"]) >= 3 and len(at_once["cnn"]) >= 3
     for name, got in at_once.items():

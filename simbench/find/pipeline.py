@@ -85,7 +85,7 @@ def find(inputs: Sequence[str | Path], out_dir: str | Path, cfg: DictConfig | No
         collected = collect(inputs, stages, cfg, index, out_dir, progress, cluster)
         t = time.perf_counter()
         raw = raw_evidence(stages, collected.features, progress, cluster.client, collected.items,
-                           bool(cfg.drop_shared_frames))
+                           bool(cfg.drop_shared_frames), cfg)
         decided = match_decisions(reviewed, [item.display for item in collected.items]) if reviewed else None
         pairs = score(collected.items, stages, raw, cfg, collected.features, collected.blank, decided)
         groups = outputs.duplicate_groups(pairs, len(collected.items), float(cfg.threshold))
@@ -344,7 +344,7 @@ def unusable(items: list[Item], features: dict, listed: set[int] = frozenset()) 
 
 
 def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=None, items: list[Item] | None = None,
-                 drop_frames: bool = True) -> dict[str, ScoredPairs]:
+                 drop_frames: bool = True, cfg: DictConfig | None = None) -> dict[str, ScoredPairs]:
     """Each stage's pairs in item indices with its raw signal as the score (what calibration maps);
     with a Dask client, matched through simbench.distributed.match_stage. A keypoint stage with proposals
     also verifies the pairs that the stages scoring any pair (the CNN) rank best (`with_proposed`).
@@ -354,7 +354,10 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
     pictures do not agree over their overlap (`agreed_over_overlap`). With drop_frames (cfg.drop_shared_frames) they also
     drop pairs of different pictures in a shared frame (simbench.find.frames) and compare each such
     picture by what its frame holds: the CNN stage's embedding of it is replaced, in `features`, by that
-    of its window (`window_views`), and the stage matched again."""
+    of its window (`window_views`), and the stage matched again.
+
+    cfg: the run's settings, for a verifying stage that skips the pairs the stages before it already hold
+    (align's skip_held_at, `held_pairs`)."""
     # The stages match at the same time, one thread each (not on a cluster: its tasks share the workers): a
     # keypoint stage's verification runs on one core, and the CNN's scoring fits beside it. Each stage's
     # pairs depend on its own features alone.
@@ -370,22 +373,33 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
                                   if items is not None and stage.min_overlap_agreement else pairs)
         return agreed[stage.name]
 
-    for stage in stages:  # what the CNN ranks best: stages that score any pair (other stages' scales differ)
+    raws = {}  # a stage's raw pairs (what calibration maps), once computed
+
+    def raw_of(stage: Stage) -> ScoredPairs:
+        if stage.name not in raws:
+            pairs = kept(stage)
+            if items is not None and stage.reads_agreement:
+                pairs = agreement.with_agreement(pairs, items)
+            raws[stage.name] = stage.raw_pairs(pairs)
+        return raws[stage.name]
+
+    # What the CNN ranks best: stages that score any pair (other stages' scales differ).
+    for k, stage in enumerate(stages):
         others = [found[other.name] for other in stages if other is not stage and other.scores_any_pair]
         verified = []
-        if getattr(stage.method, "skip_verified", False):
+        held_at = getattr(stage.method, "skip_held_at", None)
+        if getattr(stage.method, "skip_verified", False) and held_at is not None:
+            verified = [held_pairs(stages[:k], {s.name: raw_of(s) for s in stages[:k]}, features, items, cfg,
+                                   held_at)]
+        elif getattr(stage.method, "skip_verified", False):
             verified = [verified_pairs(other, found[other.name], kept, getattr(stage.method, "skip_verified_at", None))
                         for other in stages if other.extractor.kind == "keypoints" and other is not stage]
         if getattr(stage.method, "proposals", 0) and others:
             found[stage.name] = with_proposed(stage, features[stage.name], found[stage.name], others, progress,
                                               verified)
             agreed.pop(stage.name, None)
-    out = {}
-    for stage in stages:
-        pairs = kept(stage)
-        if items is not None and stage.reads_agreement:
-            pairs = agreement.with_agreement(pairs, items)
-        out[stage.name] = stage.raw_pairs(pairs)
+            raws.pop(stage.name, None)
+    out = {stage.name: raw_of(stage) for stage in stages}
     if items is None or not drop_frames:
         return out
     shared = frames.SharedFrames(items)
@@ -411,6 +425,18 @@ def verified_pairs(stage: Stage, found: ScoredPairs, kept: Callable[[Stage], Sco
         return found
     pairs = kept(stage)
     return pairs.subset(stage.calibrated(stage.raw_signal(pairs)) >= at)
+
+
+def held_pairs(stages: list[Stage], raw: dict[str, ScoredPairs], features: dict, items: list[Item] | None,
+               cfg: DictConfig | None, at: float) -> ScoredPairs:
+    """The pairs that `stages` alone (their raw pairs `raw`) already score at `at` or more, as find scores them
+    (`score`: their tables and fusion), not linked and before the shared-frame rule: what a verifying stage with
+    skip_held_at need not look at (align's: a pair the keypoints verify but the CNN doubts, a recoloured copy, is
+    looked at; one the cascade already holds is not)."""
+    if cfg is None or items is None:
+        raise ValueError("skip_held_at needs the run's items and settings (raw_evidence's items and cfg)")
+    fused = score(items, stages, raw, OmegaConf.merge(cfg, {"link": False}), features)
+    return fused.subset(np.flatnonzero(fused.score >= at)).as_scored()
 
 
 def agreed_over_overlap(stage: Stage, found: ScoredPairs, items: list[Item]) -> ScoredPairs:

@@ -322,6 +322,10 @@ class AlignMethod(Method):
     skip_verified_at: with skip_verified, skip only the pairs a keypoint stage keeps past its overlap agreement with
     a calibrated score of at least this (simbench.find.pipeline.verified_pairs; None: every pair it found): a pair
     verified by a few matches, or only by a logo stamped on both, still needs a look.
+    skip_held_at: with skip_verified, what counts as verified is instead a pair the stages before this one already
+    score at this or more (simbench.find.pipeline.held_pairs; None: what a keypoint stage found, as above): a pair
+    the keypoints verify but the CNN doubts (a recoloured copy) gets a look, one the cascade already holds does not.
+    The default since run (68) (results/find.md): on fresh tuning yearbooks more pairs found, at the same cost.
     workers: processes that align the pairs (simbench.processes; 0: one per core, 1: this process).
     overlap_template, both_ways, tilts: align_pair's options (ECC on the overlap; b over a as well; more angles
     searched)."""
@@ -333,13 +337,16 @@ class AlignMethod(Method):
     def __init__(self, extractor, matcher=None, proposals: int = 2, threshold: float = 0.95,
                  skip_verified: bool = True, workers: int = 0, own_pairs: bool = False,
                  overlap_template: bool = False, both_ways: bool = False, tilts=(),
-                 skip_verified_at: float | None = None):
+                 skip_verified_at: float | None = None, skip_held_at: float | None = None):
         if proposals < 0 or own_pairs:
             raise ValueError(f"proposals must be >= 0 (not {proposals}), and own_pairs false: align only verifies")
         self.extractor, self.matcher = extractor, matcher
         self.proposals, self.threshold, self.skip_verified = int(proposals), float(threshold), bool(skip_verified)
         self.workers = int(workers)
         self.skip_verified_at = None if skip_verified_at is None else float(skip_verified_at)
+        self.skip_held_at = None if skip_held_at is None else float(skip_held_at)
+        if self.skip_verified_at is not None and self.skip_held_at is not None:
+            raise ValueError("align: give skip_verified_at or skip_held_at, not both (two readings of 'verified')")
         self.options = {"overlap_template": bool(overlap_template), "both_ways": bool(both_ways),
                         "tilts": tuple(float(t) for t in tilts)}
 
@@ -348,6 +355,8 @@ class AlignMethod(Method):
         on = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items() if v}
         if self.skip_verified_at is not None:
             on["skip_verified_at"] = self.skip_verified_at
+        if self.skip_held_at is not None:
+            on["skip_held_at"] = self.skip_held_at
         return {"proposals": self.proposals, "skip_verified": self.skip_verified, **settings(), **on}
 
     def score_pairs(self, features) -> ScoredPairs:
