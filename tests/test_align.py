@@ -181,6 +181,33 @@ def test_find_aligns_the_proposed_pairs_that_no_keypoint_stage_verified(photos, 
 def test_two_ways_of_skipping_verified_pairs_are_not_asked_for_at_once():
     with pytest.raises(ValueError, match="skip_verified_at or skip_held_at"):
         AlignMethod(ThumbnailExtractor(), skip_verified_at=0.9, skip_held_at=0.95)
+    with pytest.raises(ValueError, match="also_found needs"):
+        AlignMethod(ThumbnailExtractor(), also_found=True)  # without skip_held_at it would add only skipped pairs
+
+
+def test_also_found_pairs_are_verified_with_the_proposals_once_and_held_ones_not():
+    """with_proposed's `also` (align's also_found): the keypoint stages' pairs join the CNN's proposals, each pair once
+    whichever way round it comes, less the pairs the stage found itself and those `verified` (held) holds."""
+    from types import SimpleNamespace
+
+    from simbench.find.pipeline import with_proposed
+    from simbench.types import ScoredPairs
+
+    asked = []
+
+    def score_proposed(features, a, b):
+        asked.extend(zip(a.tolist(), b.tolist()))
+        return ScoredPairs(a, b, np.ones(len(a)))
+
+    stage = SimpleNamespace(name="align", method=SimpleNamespace(proposals=1, score_proposed=score_proposed))
+    none = ScoredPairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+    cnn = ScoredPairs(np.array([0, 2, 1]), np.array([1, 3, 4]), np.array([0.9, 0.8, 0.1]))  # best: 0-1, 2-3, 4-1
+    keypoints = ScoredPairs(np.array([4, 0, 3]), np.array([0, 1, 5]), np.ones(3))  # 0-4 once as 4-0, 0-1 again
+    held = ScoredPairs(np.array([3]), np.array([5]), np.ones(1))
+    features = (object(), np.arange(6), None)
+    got = with_proposed(stage, features, none, [cnn], verified=[held], also=[keypoints])
+    assert sorted(asked) == [(0, 1), (0, 4), (1, 4), (2, 3)]
+    assert sorted(zip(got.a.tolist(), got.b.tolist())) == [(0, 1), (0, 4), (1, 4), (2, 3)]
 
 
 def test_worker_processes_align_as_this_process_does(photos, monkeypatch):

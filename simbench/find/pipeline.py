@@ -394,9 +394,12 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
         elif getattr(stage.method, "skip_verified", False):
             verified = [verified_pairs(other, found[other.name], kept, getattr(stage.method, "skip_verified_at", None))
                         for other in stages if other.extractor.kind == "keypoints" and other is not stage]
+        also = []  # align's also_found: the keypoint stages' pairs, those held among them skipped as verified
+        if getattr(stage.method, "also_found", False):
+            also = [found[other.name] for other in stages[:k] if other.extractor.kind == "keypoints"]
         if getattr(stage.method, "proposals", 0) and others:
             found[stage.name] = with_proposed(stage, features[stage.name], found[stage.name], others, progress,
-                                              verified)
+                                              verified, also)
             agreed.pop(stage.name, None)
             raws.pop(stage.name, None)
     out = {stage.name: raw_of(stage) for stage in stages}
@@ -473,14 +476,22 @@ def partner_ranks(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> tuple[np.n
 
 
 def with_proposed(stage: Stage, stage_features, found: ScoredPairs, others: list[ScoredPairs],
-                  progress: bool = False, verified: list[ScoredPairs] = ()) -> ScoredPairs:
+                  progress: bool = False, verified: list[ScoredPairs] = (),
+                  also: Sequence[ScoredPairs] = ()) -> ScoredPairs:
     """`found` (a verifying stage's own pairs, in item indices) and, after them, the pairs among each item's
-    stage.method.proposals best by the other stages that it did not find (nor any of `verified`), as its
-    method's `score_proposed` verifies them. Per-pair fields: those both kinds have, and `proposed` (True for
-    the latter). On a cluster the proposed pairs' keypoints are fetched from the workers (a few pairs per image)."""
+    stage.method.proposals best by the other stages, and those of `also`, that it did not find (nor any of
+    `verified`), as its method's `score_proposed` verifies them. Per-pair fields: those both kinds have, and
+    `proposed` (True for the latter). On a cluster the proposed pairs' keypoints are fetched from the workers (a few
+    pairs per image)."""
     from simbench.distributed.keypoints import KeypointChunks, local_keypoints
 
     a, b = best_pairs_per_item(others, stage.method.proposals)
+    if also:
+        a = np.concatenate([a, *(np.minimum(p.a, p.b).astype(np.int64) for p in also)])
+        b = np.concatenate([b, *(np.maximum(p.a, p.b).astype(np.int64) for p in also)])
+        m = np.int64(b.max(initial=0) + 1)
+        keys = np.unique(a * m + b)
+        a, b = keys // m, keys % m
     done = [found, *verified]
     n = np.int64(max(b.max(initial=0), *(p.b.max(initial=0) for p in done)) + 1)  # a < b: keys a * n + b differ
     new = ~np.isin(a * n + b, np.concatenate([p.a.astype(np.int64) * n + p.b for p in done]))

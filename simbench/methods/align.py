@@ -326,6 +326,8 @@ class AlignMethod(Method):
     score at this or more (simbench.find.pipeline.held_pairs; None: what a keypoint stage found, as above): a pair
     the keypoints verify but the CNN doubts (a recoloured copy) gets a look, one the cascade already holds does not.
     The default since run (68) (results/find.md): on fresh tuning yearbooks more pairs found, at the same cost.
+    also_found: with skip_held_at, also look at the pairs a keypoint stage found that are not held, whatever the CNN
+    ranks them (a recoloured copy the CNN puts far down its list).
     workers: processes that align the pairs (simbench.processes; 0: one per core, 1: this process).
     overlap_template, both_ways, tilts: align_pair's options (ECC on the overlap; b over a as well; more angles
     searched)."""
@@ -337,7 +339,7 @@ class AlignMethod(Method):
     def __init__(self, extractor, matcher=None, proposals: int = 2, threshold: float = 0.95,
                  skip_verified: bool = True, workers: int = 0, own_pairs: bool = False,
                  overlap_template: bool = False, both_ways: bool = False, tilts=(),
-                 skip_verified_at: float | None = None, skip_held_at: float | None = None):
+                 skip_verified_at: float | None = None, skip_held_at: float | None = None, also_found: bool = False):
         if proposals < 0 or own_pairs:
             raise ValueError(f"proposals must be >= 0 (not {proposals}), and own_pairs false: align only verifies")
         self.extractor, self.matcher = extractor, matcher
@@ -347,6 +349,9 @@ class AlignMethod(Method):
         self.skip_held_at = None if skip_held_at is None else float(skip_held_at)
         if self.skip_verified_at is not None and self.skip_held_at is not None:
             raise ValueError("align: give skip_verified_at or skip_held_at, not both (two readings of 'verified')")
+        self.also_found = bool(also_found)
+        if self.also_found and (self.skip_held_at is None or not self.skip_verified):
+            raise ValueError("align: also_found needs skip_verified and skip_held_at (else it adds only skipped pairs)")
         self.options = {"overlap_template": bool(overlap_template), "both_ways": bool(both_ways),
                         "tilts": tuple(float(t) for t in tilts)}
 
@@ -357,6 +362,8 @@ class AlignMethod(Method):
             on["skip_verified_at"] = self.skip_verified_at
         if self.skip_held_at is not None:
             on["skip_held_at"] = self.skip_held_at
+        if self.also_found:
+            on["also_found"] = True
         return {"proposals": self.proposals, "skip_verified": self.skip_verified, **settings(), **on}
 
     def score_pairs(self, features) -> ScoredPairs:
