@@ -327,7 +327,7 @@ class AlignMethod(Method):
     the keypoints verify but the CNN doubts (a recoloured copy) gets a look, one the cascade already holds does not.
     The default since run (68) (results/find.md): on fresh tuning yearbooks more pairs found, at the same cost.
     also_found: with skip_held_at, also look at the pairs a keypoint stage found that are not held, whatever the CNN
-    ranks them (a recoloured copy the CNN puts far down its list).
+    ranks them (a recoloured copy the CNN puts far down its list); tried in run (69), not kept.
     workers: processes that align the pairs (simbench.processes; 0: one per core, 1: this process).
     overlap_template, both_ways, tilts: align_pair's options (ECC on the overlap; b over a as well; more angles
     searched)."""
