@@ -261,3 +261,30 @@ def test_overrides_and_bad_overrides():
     assert cascade.make_config(None, ["link_score=weakest"]).link_score == "weakest"
     with pytest.raises(ValueError, match="unknown link_score 'mean'"):
         cascade.make_config(None, ["link_score=mean"])
+
+
+@pytest.mark.parametrize("degrees", [5, -7, 93])
+def test_a_placement_turned_by_a_few_degrees_renders_upright_when_asked(tmp_path, degrees):
+    """pdf.upright_below: a photo drawn turned by a few degrees from a right angle (a rotated form XObject, as
+    layout programs and the yearbook builder draw it) renders with white page corners as the reader sees it, and
+    upright without them when asked, keyed apart in the index."""
+    from simbench.find.pdf import PdfOptions, extract_pdf
+    from simbench.find.pipeline import sources_key
+    from simbench.find.yearbook import _source_page
+
+    photo = Image.new("RGB", (400, 300), (40, 90, 160))
+    doc = pymupdf.open()
+    page = doc.new_page(width=600, height=600)
+    page.show_pdf_page(pymupdf.Rect(100, 100, 500, 400), _source_page(photo), 0, rotate=degrees)
+    doc.save(tmp_path / "turned.pdf")
+
+    def corners(options):
+        placements, _ = extract_pdf(tmp_path / "turned.pdf", tmp_path / f"work{options.upright_below}", options)
+        grey = np.asarray(Image.open(placements[0].image_path).convert("L"), np.float64)
+        return grey, [grey[2, 2], grey[2, -3], grey[-3, 2], grey[-3, -3]]
+
+    seen, seen_corners = corners(PdfOptions())
+    assert max(seen_corners) > 200  # the page shows in the corners of the turned photo's box
+    up, up_corners = corners(PdfOptions(upright_below=20))
+    assert max(up_corners) < 150 and up.size < seen.size  # the photo's own box: its colour to the corners
+    assert sources_key(PdfOptions()) != sources_key(PdfOptions(upright_below=20))

@@ -23,6 +23,7 @@ page's /Rotate is applied), the same numbers `page.get_image_rects()` returns.
 """
 from __future__ import annotations
 
+import math
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ class PdfOptions:
         density, clamped to this range: small images are upsampled so that keypoints can be found).
     jpeg_quality: quality of the rendered file features are extracted from.
     thumb_side: long side of the report thumbnail.
+    upright_below: a placement its matrix turns by more than MIN_TURN and at most this many degrees from a right
+        angle is rendered upright (`upright`: the turn undone, cut to the image's own box, so no page corners);
+        0: every placement as the reader sees it. Off: not yet judged by a rule (results/find.md).
     """
 
     min_side_px: int = 32
@@ -52,6 +56,11 @@ class PdfOptions:
     max_render_side: int = 1024
     jpeg_quality: int = 92
     thumb_side: int = 160
+    upright_below: float = 0.0
+
+
+#: The least turn (degrees from a right angle) `upright` undoes: below it a placement is square to the page.
+MIN_TURN = 0.5
 
 
 @dataclass
@@ -241,6 +250,8 @@ def render_placement(doc, page, info: dict, box, page_no: int, number: int, work
         pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), clip=clip, alpha=False,
                               colorspace=pymupdf.csRGB)
         image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+        if options.upright_below:
+            image = upright(image, info, box, options.upright_below)
         image.save(name, format="JPEG", quality=options.jpeg_quality)
     except Exception:
         image = extract_embedded(doc, info, name)
@@ -248,6 +259,25 @@ def render_placement(doc, page, info: dict, box, page_no: int, number: int, work
     digest = digest.hex() if isinstance(digest, (bytes, bytearray)) else str(digest or name)
     return Placement(page_no, number, format_bbox(box), "pdf:" + digest, str(name),
                      thumbnail_jpeg(image, options.thumb_side))
+
+
+def upright(image: Image.Image, info: dict, box, below: float) -> Image.Image:
+    """The rendered placement `image` (of the visible `box`) turned back by its matrix's turn from the nearest right
+    angle when that is between MIN_TURN and `below` degrees, and cut to the image's own box around the centre
+    (where the page showed in its corners); else `image` itself."""
+    a, b, c, d = (float(v) for v in info["transform"][:4])
+    angle = math.degrees(math.atan2(b, a))
+    off = (angle + 45) % 90 - 45  # from the nearest right angle
+    if not MIN_TURN < abs(off) <= below:
+        return image
+    width_pt, height_pt = math.hypot(a, b), math.hypot(c, d)
+    if ((angle + 45) // 90) % 2:  # nearest to a quarter turn: the image's width runs down the page
+        width_pt, height_pt = height_pt, width_pt
+    zoom = image.width / max(float(box.width), 1e-6)
+    turned = image.rotate(off, resample=Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
+    w, h = min(turned.width, round(width_pt * zoom)), min(turned.height, round(height_pt * zoom))
+    x, y = (turned.width - w) // 2, (turned.height - h) // 2
+    return turned.crop((x, y, x + w, y + h))
 
 
 def render_zoom(info: dict, box, options: PdfOptions) -> float:

@@ -168,7 +168,8 @@ def list_and_hash(inputs, store: FeatureStore, progress: bool) -> tuple[list[Pat
 
 
 def sources_key(options: PdfOptions) -> str:
-    return params_key({"sources": vars(options)})
+    # upright_below only when on: indexes built before it keep their key.
+    return params_key({"sources": {k: v for k, v in vars(options).items() if k != "upright_below" or v}})
 
 
 def feature_key(stage: Stage) -> str:
