@@ -266,8 +266,8 @@ def test_overrides_and_bad_overrides():
 @pytest.mark.parametrize("degrees", [5, -7, 93])
 def test_a_placement_turned_by_a_few_degrees_renders_upright_when_asked(tmp_path, degrees):
     """pdf.upright_below: a photo drawn turned by a few degrees from a right angle (a rotated form XObject, as
-    layout programs and the yearbook builder draw it) renders with white page corners as the reader sees it, and
-    upright without them when asked, keyed apart in the index."""
+    layout programs and the yearbook builder draw it) renders with white page corners as the reader sees it (0), and
+    upright without them (the default), keyed apart in the index."""
     from simbench.find.pdf import PdfOptions, extract_pdf
     from simbench.find.pipeline import sources_key
     from simbench.find.yearbook import _source_page
@@ -283,8 +283,9 @@ def test_a_placement_turned_by_a_few_degrees_renders_upright_when_asked(tmp_path
         grey = np.asarray(Image.open(placements[0].image_path).convert("L"), np.float64)
         return grey, [grey[2, 2], grey[2, -3], grey[-3, 2], grey[-3, -3]]
 
-    seen, seen_corners = corners(PdfOptions())
+    seen, seen_corners = corners(PdfOptions(upright_below=0))
     assert max(seen_corners) > 200  # the page shows in the corners of the turned photo's box
     up, up_corners = corners(PdfOptions(upright_below=20))
     assert max(up_corners) < 150 and up.size < seen.size  # the photo's own box: its colour to the corners
-    assert sources_key(PdfOptions()) != sources_key(PdfOptions(upright_below=20))
+    assert sources_key(PdfOptions(upright_below=0)) != sources_key(PdfOptions(upright_below=20))
+    assert PdfOptions().upright_below == 20  # the default since run (70)
