@@ -263,8 +263,8 @@ def test_overrides_and_bad_overrides():
         cascade.make_config(None, ["link_score=mean"])
 
 
-@pytest.mark.parametrize("degrees", [5, -7, 93])
-def test_a_placement_turned_by_a_few_degrees_renders_upright_when_asked(tmp_path, degrees):
+@pytest.mark.parametrize("degrees, page_rotation", [(5, 0), (-7, 0), (93, 0), (5, 90)])
+def test_a_placement_turned_by_a_few_degrees_renders_upright_when_asked(tmp_path, degrees, page_rotation):
     """pdf.upright_below: a photo drawn turned by a few degrees from a right angle (a rotated form XObject, as
     layout programs and the yearbook builder draw it) renders with white page corners as the reader sees it (0), and
     upright without them (the default), keyed apart in the index."""
@@ -276,6 +276,7 @@ def test_a_placement_turned_by_a_few_degrees_renders_upright_when_asked(tmp_path
     doc = pymupdf.open()
     page = doc.new_page(width=600, height=600)
     page.show_pdf_page(pymupdf.Rect(100, 100, 500, 400), _source_page(photo), 0, rotate=degrees)
+    page.set_rotation(page_rotation)  # a page shown turned (/Rotate): the rendering is turned with it
     doc.save(tmp_path / "turned.pdf")
 
     def corners(options):

@@ -253,7 +253,7 @@ def render_placement(doc, page, info: dict, box, page_no: int, number: int, work
                               colorspace=pymupdf.csRGB)
         image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
         if options.upright_below:
-            image = upright(image, info, box, options.upright_below)
+            image = upright(image, info, box, page.rotation, options.upright_below)
         image.save(name, format="JPEG", quality=options.jpeg_quality)
     except Exception:
         image = extract_embedded(doc, info, name)
@@ -263,19 +263,20 @@ def render_placement(doc, page, info: dict, box, page_no: int, number: int, work
                      thumbnail_jpeg(image, options.thumb_side))
 
 
-def upright(image: Image.Image, info: dict, box, below: float) -> Image.Image:
-    """The rendered placement `image` (of the visible `box`) turned back by its matrix's turn from the nearest right
-    angle when that is between MIN_TURN and `below` degrees, and cut to the image's own box around the centre
-    (where the page showed in its corners); else `image` itself."""
+def upright(image: Image.Image, info: dict, box, page_rotation: int, below: float) -> Image.Image:
+    """The rendered placement `image` (of the visible `box`, on a page shown turned by `page_rotation`) turned back
+    by its matrix's turn from the nearest right angle when that is between MIN_TURN and `below` degrees, and cut to
+    the image's own box around the centre (where the page showed in its corners); else `image` itself."""
     a, b, c, d = (float(v) for v in info["transform"][:4])
     angle = math.degrees(math.atan2(b, a))
     off = (angle + 45) % 90 - 45  # from the nearest right angle
     if not MIN_TURN < abs(off) <= below:
         return image
     width_pt, height_pt = math.hypot(a, b), math.hypot(c, d)
-    if ((angle + 45) // 90) % 2:  # nearest to a quarter turn: the image's width runs down the page
+    if (((angle + 45) // 90) + page_rotation // 90) % 2:  # the image's width runs down the rendering
         width_pt, height_pt = height_pt, width_pt
-    zoom = image.width / max(float(box.width), 1e-6)
+    across = image.width if page_rotation % 180 == 0 else image.height  # the box's width, rendered
+    zoom = across / max(float(box.width), 1e-6)
     turned = image.rotate(off, resample=Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
     w, h = min(turned.width, round(width_pt * zoom)), min(turned.height, round(height_pt * zoom))
     x, y = (turned.width - w) // 2, (turned.height - h) // 2
