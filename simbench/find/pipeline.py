@@ -25,6 +25,7 @@ from tqdm import tqdm
 from simbench.data.images import UnreadableImage, open_image
 from simbench.distributed.cluster import ClusterSession
 from simbench.distributed.cnn import EmbeddingChunks
+from simbench.evaluate import pair_keys
 from simbench.features.thumbnails import Thumbnails
 from simbench.find import agreement, blank, cascade, evidence, frames, outputs, report
 from simbench.find.cascade import FusedPairs, Stage
@@ -388,13 +389,12 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
     for k, stage in enumerate(stages):
         others = [found[other.name] for other in stages if other is not stage and other.scores_any_pair]
         verified = []
-        held_at = getattr(stage.method, "skip_held_at", None)
-        if getattr(stage.method, "skip_verified", False) and held_at is not None:
-            verified = [held_pairs(stages[:k], {s.name: raw_of(s) for s in stages[:k]}, features, items, cfg,
-                                   held_at)]
-        elif getattr(stage.method, "skip_verified", False):
-            verified = [verified_pairs(other, found[other.name], kept, getattr(stage.method, "skip_verified_at", None))
-                        for other in stages if other.extractor.kind == "keypoints" and other is not stage]
+        if getattr(stage.method, "skip_verified", False):
+            held_at = getattr(stage.method, "skip_held_at", None)
+            verified = ([held_pairs(stages[:k], {s.name: raw_of(s) for s in stages[:k]}, features, items, cfg,
+                                    held_at)] if held_at is not None else
+                        [verified_pairs(other, found[other.name], kept, getattr(stage.method, "skip_verified_at", None))
+                         for other in stages if other.extractor.kind == "keypoints" and other is not stage])
         also = []  # align's also_found: the keypoint stages' pairs, those held among them skipped as verified
         if getattr(stage.method, "also_found", False):
             also = [found[other.name] for other in stages[:k] if other.extractor.kind == "keypoints"]
@@ -488,10 +488,9 @@ def with_proposed(stage: Stage, stage_features, found: ScoredPairs, others: list
 
     a, b = best_pairs_per_item(others, stage.method.proposals)
     if also:
-        a = np.concatenate([a, *(np.minimum(p.a, p.b).astype(np.int64) for p in also)])
-        b = np.concatenate([b, *(np.maximum(p.a, p.b).astype(np.int64) for p in also)])
-        m = np.int64(b.max(initial=0) + 1)
-        keys = np.unique(a * m + b)
+        a, b = np.concatenate([a, *(p.a for p in also)]), np.concatenate([b, *(p.b for p in also)])
+        m = np.int64(max(a.max(initial=0), b.max(initial=0)) + 1)
+        keys = np.unique(pair_keys(a, b, m))
         a, b = keys // m, keys % m
     done = [found, *verified]
     n = np.int64(max(b.max(initial=0), *(p.b.max(initial=0) for p in done)) + 1)  # a < b: keys a * n + b differ
