@@ -1,5 +1,5 @@
 """Which reference-copy pairs of the tuning devset a detector's own matches verify, by edit family: why the line
-art's partial copies are lost (results/find.md, "Run (72)").
+art's partial copies are lost (results/find.md, "After run (71)").
 
     python benchmarks/scale_probe.py [--part lineart] [--seeds 3] [--sizes 144,256,320]
 
