@@ -30,7 +30,8 @@ RATIO = 0.85
 
 
 def features(extractor, paths: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """[(points in original pixels, descriptors)] per path (empty arrays for an unreadable one)."""
+    """[(points in original pixels, descriptors)] per path, plain and mirrored rows alike (no points and no
+    descriptors for a file the extractor could not read)."""
     got = extractor.extract(paths)
     sets, out = got.features, [(np.zeros((0, 2), np.float32), None)] * len(paths)
     for k, row in enumerate(got.rows):
@@ -52,6 +53,7 @@ def matches(da: np.ndarray, db: np.ndarray, binary: bool, max_distance: int) -> 
 
 
 def inliers(a, b, pairs: list[tuple[int, int]], long_side: float) -> int:
+    """How many of the matches (rows of a, rows of b) a RANSAC similarity from a's points to b's keeps."""
     if len(pairs) < 3:
         return 0
     src = np.float32([a[0][i] for i, _ in pairs])
