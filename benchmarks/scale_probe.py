@@ -19,37 +19,36 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_find import TUNE, dev_set  # noqa: E402
+from simbench.methods.keypoints import distance_rows, two_nearest  # noqa: E402
 
 MIN_INLIERS = 8
 TOLERANCE = 0.02  # of the reference's long side
 RATIO = 0.85
 
 
-def features(extractor, paths: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """[(points in original pixels, descriptors)] per path, plain and mirrored rows alike (no points and no
-    descriptors for a file the extractor could not read)."""
+def features(extractor, paths: list[Path]) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """[(points in original pixels, descriptors, the picture's long side in pixels)] per path, plain and mirrored rows
+    alike (no points, no descriptors for a file the extractor could not read)."""
     got = extractor.extract(paths)
-    sets, out = got.features, [(np.zeros((0, 2), np.float32), None)] * len(paths)
+    sets, out = got.features, [(np.zeros((0, 2), np.float32), None, 0.0)] * len(paths)
     for k, row in enumerate(got.rows):
         s, e = sets.offsets[k], sets.offsets[k + 1]
-        out[row] = (sets.points[s:e], sets.descriptors[s:e])
+        out[row] = (sets.points[s:e], sets.descriptors[s:e], float(max(sets.image_sizes[k])))
     return out
 
 
 def matches(da: np.ndarray, db: np.ndarray, binary: bool, max_distance: int) -> list[tuple[int, int]]:
-    """(i, j) pairs: each row of da with its nearest row of db (binary: within max_distance bits; float: Lowe's
-    ratio test)."""
+    """(i, j) pairs: each row of da with its nearest row of db (`two_nearest`, as the stages match; binary: within
+    max_distance bits; float: Lowe's ratio test)."""
     if da is None or db is None or len(da) < 2 or len(db) < 2:
         return []
-    if binary:
-        found = cv2.BFMatcher(cv2.NORM_HAMMING).match(da, db)
-        return [(m.queryIdx, m.trainIdx) for m in found if m.distance <= max_distance]
-    found = cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=2)
-    return [(m.queryIdx, m.trainIdx) for m, n in found if m.distance < RATIO * n.distance]
+    nearest, first, second = two_nearest(da, db, binary) if binary else two_nearest(
+        distance_rows(da), distance_rows(db), False)
+    keep = first <= max_distance if binary else first < RATIO * second
+    return list(zip(np.flatnonzero(keep).tolist(), nearest[keep].tolist()))
 
 
 def inliers(a, b, pairs: list[tuple[int, int]], long_side: float) -> int:
@@ -75,10 +74,8 @@ def probe(ds, detectors: dict, distance: int) -> dict[str, Counter]:
         feats = features(extractor, ds.paths)
         verified = Counter()
         for c, r in group_ref.items():
-            with Image.open(ds.paths[r]) as im:
-                long_side = float(max(im.size))
             found = matches(feats[c][1], feats[r][1], binary, distance)
-            verified[ds.labels[c]] += inliers(feats[c], feats[r], found, long_side) >= MIN_INLIERS
+            verified[ds.labels[c]] += inliers(feats[c], feats[r], found, feats[r][2]) >= MIN_INLIERS
         out[name] = verified
     return out
 

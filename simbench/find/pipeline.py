@@ -462,7 +462,7 @@ def best_pairs_per_item(found: list[ScoredPairs], k: int) -> tuple[np.ndarray, n
                                np.concatenate([p.b for p in found] + [np.empty(0)]),
                                np.concatenate([p.score for p in found] + [np.empty(0)]))
     n = np.int64(a.max(initial=0) + 1)
-    keys = np.unique(np.minimum(a, b)[rank < k] * n + np.maximum(a, b)[rank < k])
+    keys = np.unique(pair_keys(a[rank < k], b[rank < k], n))
     return keys // n, keys % n
 
 
@@ -487,15 +487,13 @@ def with_proposed(stage: Stage, stage_features, found: ScoredPairs, others: list
     from simbench.distributed.keypoints import KeypointChunks, local_keypoints
 
     a, b = best_pairs_per_item(others, stage.method.proposals)
-    if also:
-        a, b = np.concatenate([a, *(p.a for p in also)]), np.concatenate([b, *(p.b for p in also)])
-        m = np.int64(max(a.max(initial=0), b.max(initial=0)) + 1)
-        keys = np.unique(pair_keys(a, b, m))
-        a, b = keys // m, keys % m
+    a, b = np.concatenate([a, *(p.a for p in also)]), np.concatenate([b, *(p.b for p in also)])
     done = [found, *verified]
-    n = np.int64(max(b.max(initial=0), *(p.b.max(initial=0) for p in done)) + 1)  # a < b: keys a * n + b differ
-    new = ~np.isin(a * n + b, np.concatenate([p.a.astype(np.int64) * n + p.b for p in done]))
-    a, b = a[new], b[new]
+    n = np.int64(1 + max(a.max(initial=0), b.max(initial=0), *(max(p.a.max(initial=0), p.b.max(initial=0))
+                                                                   for p in done)))
+    keys = np.unique(pair_keys(a, b, n)) if also else pair_keys(a, b, n)  # also's pairs may repeat the proposals'
+    keys = keys[~np.isin(keys, np.concatenate([pair_keys(p.a, p.b, n) for p in done]))]
+    a, b = keys // n, keys % n
     feats, rows, _ = stage_features
     if isinstance(feats, KeypointChunks):  # the workers' chunks
         feats, rows, _ = local_keypoints(stage_features, np.unique(np.r_[a, b]))
