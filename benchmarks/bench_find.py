@@ -98,7 +98,7 @@ def dev_set(split: str, part: str, progress: bool, seed: int = 0):
 
 
 #: The stages `calibrate` fits a table for (a verifying stage only when it has proposals).
-CALIBRATED_STAGES = ("keypoints", "cnn", "hash", "blobs", "align")
+CALIBRATED_STAGES = ("keypoints", "cnn", "hash", "blobs", "align", "blobs_wide")
 
 
 def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALIBRATION_FILE,
@@ -181,14 +181,14 @@ def shipped_about() -> str:
     return json.loads(CALIBRATION_FILE.read_text()).get("about", "")
 
 
-#: The method a stage's table is fitted in, when not its own: blobs and align verify the CNN's proposals.
-FITTED_IN = {"blobs": "cascade", "align": "cascade"}
+#: The method a stage's table is fitted in, when not its own: blobs, align and blobs_wide verify the CNN's proposals.
+FITTED_IN = {"blobs": "cascade", "align": "cascade", "blobs_wide": "cascade"}
 
 
 def fitted_stages(name: str, overrides: list[str]):
     """(config, stages) of the run that gives stage `name`'s raw pairs, `name` last: itself alone, or (blobs,
-    align) the CNN that proposes its pairs, the keypoint stages whose verified pairs align skips
-    (align.method.skip_verified; with skip_held_at every stage before it), and itself; no stages when it is off."""
+    align, blobs_wide) the CNN that proposes its pairs, the keypoint stages whose verified pairs it skips
+    (skip_verified; align's skip_held_at: every stage before it), and itself; no stages when it is off."""
     cfg = cascade.make_config(FITTED_IN.get(name, name), overrides)
     if name not in FITTED_IN:
         return cfg, cascade.build_stages(cfg, calibrations={}, quiet=True)

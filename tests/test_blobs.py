@@ -257,3 +257,59 @@ def test_a_stage_without_pairs_of_its_own_matches_nothing_on_a_cluster_either():
     method = KeypointMethod(KeypointExtractor("sift"), ExactMatcher(), verify=True, own_pairs=False, proposals=5)
     got = score_pairs(None, method, object())
     assert len(got) == 0 and len(got.extra["evidence"]) == 0
+
+
+def test_the_wide_look_reads_the_blobs_stage_features_and_is_keyed_apart():
+    """blobs_wide (off unless it has proposals) takes the blobs stage's extractor, overrides included, so the two
+    share one index record; its table is keyed apart (its name, the relaxed cut and floor, skip_verified)."""
+    from simbench.find.pipeline import extracting, feature_key, index_sections
+    from simbench.find.pdf import PdfOptions
+
+    assert "blobs_wide" not in [s.name for s in cascade.build_stages(cascade.make_config("cascade"), quiet=True)]
+    stages = cascade.build_stages(cascade.make_config("cascade", ["blobs_wide.method.proposals=5",
+                                                                  "blobs.extractor.max_size=192"]),
+                                  calibrations={}, quiet=True)
+    by_name = {s.name: s for s in stages}
+    assert [s.name for s in stages] == ["keypoints", "cnn", "blobs", "align", "blobs_wide"]
+    blobs, wide = by_name["blobs"], by_name["blobs_wide"]
+    assert wide.extractor.max_size == 192 and feature_key(wide) == feature_key(blobs) and wide.section == blobs.section
+    assert [s.name for s in extracting(stages)] == ["keypoints", "cnn", "blobs"]
+    sections = index_sections(stages, PdfOptions())
+    assert len(sections) == len(set(sections)) == 4  # sources, keypoints, cnn, blobs
+    params = wide.settings["method_params"]
+    assert params["skip_verified"] is True and params["proposal_max_df"] == 8 and params["proposal_min_coverage"] == 0.2
+    assert "skip_verified" not in blobs.settings["method_params"]
+    assert cascade.settings_key(wide.settings) != cascade.settings_key(blobs.settings)
+
+
+def test_the_wide_look_verifies_only_what_no_keypoint_stage_verified(tmp_path, monkeypatch):
+    """On a yearbook of flat photos: the blobs are extracted once for both blob stages; the wide look is asked for
+    exactly the CNN's proposals that neither the keypoints nor the blobs stage verified, and its pairs are among
+    them."""
+    from simbench.find.pipeline import best_pairs_per_item, collect, raw_evidence
+    from simbench.find.yearbook import SCHOOL_STYLE, build_yearbook
+    from simbench.evaluate import pair_keys
+
+    build_yearbook(tmp_path / "pdfs", n_pdfs=2, n_photos=6, n_single=2, seed=3,
+                   **{**SCHOOL_STYLE, "recolour": 0.0, "low_texture": 1.0})
+    extracted = []
+    extract = KeypointExtractor.extract
+    monkeypatch.setattr(KeypointExtractor, "extract",
+                        lambda self, paths, **kw: extracted.append(self.detector) or extract(self, paths, **kw))
+    cfg = cascade.make_config("cascade", ["blobs_wide.method.proposals=5", "align.method.proposals=0",
+                                          "keypoints.min_overlap_agreement=0"])  # raw = what it verified
+    stages = cascade.build_stages(cfg, calibrations={}, quiet=True)
+    got = collect([tmp_path / "pdfs"], stages, cfg, tmp_path / "index", tmp_path, False)
+    assert sorted(extracted) == ["brisk", "sift"] and got.features["blobs_wide"] is got.features["blobs"]
+    method, asked = stages[-1].method, []
+    score_proposed = method.score_proposed
+    monkeypatch.setattr(method, "score_proposed", lambda f, a, b: asked.append((a, b)) or score_proposed(f, a, b))
+    raw = raw_evidence(stages, got.features, False, None, got.items, False, cfg)
+    n, rows = len(got.items), got.features["blobs"][1]
+    a, b = best_pairs_per_item([raw["cnn"]], 5)
+    verified = np.concatenate([pair_keys(raw[s].a, raw[s].b, n) for s in ("keypoints", "blobs")])
+    left = np.setdiff1d(pair_keys(a, b, n), verified)
+    assert len(verified) and len(left) and len(asked) == 1
+    assert np.array_equal(np.sort(pair_keys(rows[asked[0][0]], rows[asked[0][1]], n)), left)
+    wide = raw["blobs_wide"]
+    assert np.isin(pair_keys(wide.a, wide.b, n), left).all()

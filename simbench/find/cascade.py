@@ -59,11 +59,10 @@ log = logging.getLogger("simbench")
 IDENTICAL = "identical"
 LINKED = "linked"
 
-#: Which stages each --method runs (the identical stage always runs). "blobs" and "align" run only when they
-#: have proposals to verify (blobs.method.proposals > 0, align.method.proposals > 0): they find no pairs of
-#: their own.
+#: Which stages each --method runs (the identical stage always runs). "blobs", "align" and "blobs_wide" run only
+#: when they have proposals to verify (their method.proposals > 0): they find no pairs of their own.
 METHODS = {
-    "cascade": ("keypoints", "cnn", "blobs", "align"),
+    "cascade": ("keypoints", "cnn", "blobs", "align", "blobs_wide"),
     "keypoints": ("keypoints",),
     "cnn": ("cnn",),
     "hash": ("hash",),

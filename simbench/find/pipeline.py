@@ -144,7 +144,12 @@ def collect(inputs, stages: list[Stage], cfg: DictConfig, index, work_parent: Pa
     store.save_hashes()
     items, lost = to_items(files, digests, records)
     blanks = blank.find_blanks(items)  # kept out of every stage: they would all match each other
-    features = {stage.name: stage_features(stage, items, digests_of(items), store, blanks, cluster) for stage in stages}
+    features, loaded = {}, {}  # stages with the same extractor and settings share one load, as one index record
+    for stage in stages:
+        key = (stage.section, feature_key(stage)) if stage.indexed else stage.name
+        if key not in loaded:
+            loaded[key] = stage_features(stage, items, digests_of(items), store, blanks, cluster)
+        features[stage.name] = loaded[key]
     skipped += lost + [Skipped(items[k].display, reason) for k, reason in blanks.items()]
     skipped += unusable(items, features, set(blanks))
     timing = {"read_extract_s": time.perf_counter() - t0}
@@ -180,7 +185,17 @@ def feature_key(stage: Stage) -> str:
 def index_sections(stages: list[Stage], options: PdfOptions) -> list[tuple[str, str, str]]:
     """(section, params key, kind) of each record a file needs in the index: its sources, then each stage's."""
     return [(SOURCES, sources_key(options), SOURCES_KIND)] + [(s.section, feature_key(s), s.extractor.kind)
-                                                               for s in stages if s.indexed]
+                                                               for s in extracting(stages)]
+
+
+def extracting(stages: list[Stage]) -> list[Stage]:
+    """The stages whose features are extracted into the index: one per section and settings (blobs_wide reads the
+    blobs stage's, the same extractor with the same settings)."""
+    first = {}
+    for s in stages:
+        if s.indexed:
+            first.setdefault((s.section, feature_key(s)), s)
+    return list(first.values())
 
 
 def read_new_sources(files, digests, stages: list[Stage], store: FeatureStore, options: PdfOptions,
@@ -225,9 +240,8 @@ def read_new_sources(files, digests, stages: list[Stage], store: FeatureStore, o
 def store_batch(records: list[SourceRecord], digests: list[str], stages: list[Stage], store: FeatureStore,
                 skey: str, progress: bool) -> None:
     """One batch of read files into the index: each stage's features, then the files' sources records."""
-    for stage in stages:
-        if stage.indexed:
-            extract_into_store(stage, records, digests, store, progress)
+    for stage in extracting(stages):
+        extract_into_store(stage, records, digests, store, progress)
     # Last: a file counts as indexed only once its sources record is there too.
     store.put_batch(SOURCES, skey, {d: record.for_index() for d, record in zip(digests, records)})
 

@@ -118,6 +118,9 @@ class KeypointMethod(Method):
         proposed neighbours. A picture with that many copies loses its own matches too.
     own_pairs: False: find no pairs of its own, only verify the proposed ones (a stage of `simbench find` that
         checks the CNN's best pairs with other features, with no all-pairs matching to pay for).
+    skip_verified: True: find leaves out of the proposals the pairs another keypoint stage verified (a second look,
+        with other settings, at what the first did not verify: simbench.find.pipeline.raw_evidence). Its df then
+        counts among the pairs it looks at.
     """
 
     evidence_fields = ("correspondences",)  # per pair, kept for the report's evidence (simbench.find.evidence)
@@ -130,7 +133,7 @@ class KeypointMethod(Method):
                  min_coverage: float = 0.02, coverage_extent: float = 0.0, proposals: int = 0,
                  proposal_ratio: float = 0.8, proposal_max_distance: int = 90,
                  proposal_min_coverage: float | None = None, proposal_min_inliers: int | None = None,
-                 proposal_max_df: int = 0, own_pairs: bool = True):
+                 proposal_max_df: int = 0, own_pairs: bool = True, skip_verified: bool = False):
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if transform not in TRANSFORMS:
@@ -171,6 +174,7 @@ class KeypointMethod(Method):
         self.proposal_min_inliers = self.min_inliers if proposal_min_inliers is None else int(proposal_min_inliers)
         self.proposal_max_df = int(proposal_max_df)
         self.own_pairs = bool(own_pairs)
+        self.skip_verified = bool(skip_verified)
 
     def params(self) -> dict:
         # The proposal settings only when proposals are on, the coverage extent only when not 0: without them
@@ -185,6 +189,8 @@ class KeypointMethod(Method):
             proposing["proposal_max_df"] = self.proposal_max_df
         if not self.own_pairs:
             proposing["own_pairs"] = False
+        if self.proposals and self.skip_verified:
+            proposing["skip_verified"] = True
         if self.coverage_extent:
             proposing["coverage_extent"] = self.coverage_extent
         return {"distance_threshold": self.distance_threshold, "score_threshold": self.threshold,
