@@ -199,10 +199,10 @@ def fitted_stages(name: str, overrides: list[str]):
     if not own:
         return cfg, []
     skips = getattr(own[0].method, "skip_verified", False)
+    before = stages[:stages.index(own[0])]
     if skips and getattr(own[0].method, "skip_held_at", None) is not None:
-        return cfg, stages[:stages.index(own[0]) + 1]
-    return cfg, [s for s in stages if s is not own[0] and (s.scores_any_pair or (
-        skips and s.extractor.kind == "keypoints"))] + own
+        return cfg, before + own
+    return cfg, [s for s in before if s.scores_any_pair or (skips and s.extractor.kind == "keypoints")] + own
 
 
 def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], progress: bool,

@@ -108,23 +108,25 @@ def test_thumbnail_extractor_reads_files_and_skips_what_does_not_decode(photos, 
     assert ThumbnailExtractor().params() == {"side": 160}
 
 
+def _align(overrides=()):
+    """The align stage of the cascade with these settings (uncalibrated)."""
+    stages = cascade.build_stages(cascade.make_config("cascade", list(overrides)), calibrations={}, quiet=True)
+    return next(s for s in stages if s.name == "align")
+
+
 def test_the_align_stage_runs_only_with_proposals_and_is_keyed_by_its_settings():
     off = cascade.build_stages(cascade.make_config("cascade", ["align.method.proposals=0"]), calibrations={},
                                quiet=True)
     assert "align" not in [s.name for s in off]
-    on = cascade.build_stages(cascade.make_config("cascade"), calibrations={}, quiet=True)  # 2 by default
-    align = on[-1]
+    align = _align()  # 2 proposals by default
     assert align.name == "align" and not align.indexed and not align.scores_any_pair
     params = align.settings["method_params"]
     assert params["proposals"] == 2 and params["skip_verified"] is True and params["refine_side"] == 96
-    three = cascade.build_stages(cascade.make_config("cascade", ["align.method.proposals=3"]), calibrations={},
-                                 quiet=True)[-1]
+    three = _align(["align.method.proposals=3"])
     assert cascade.settings_key(three.settings) != cascade.settings_key(align.settings)
     assert params["overlap_template"] is True and params["both_ways"] is True  # on since run (63)
     assert params["skip_held_at"] == 0.95  # since run (68)
-    plain = cascade.build_stages(cascade.make_config("cascade", ["align.method.overlap_template=false",
-                                                                 "align.method.both_ways=false"]),
-                                 calibrations={}, quiet=True)[-1]
+    plain = _align(["align.method.overlap_template=false", "align.method.both_ways=false"])
     assert "overlap_template" not in plain.settings["method_params"]  # off: run (62)'s key, as its table has it
     assert "both_ways" not in plain.settings["method_params"]
     assert cascade.settings_key(plain.settings) != cascade.settings_key(align.settings)
@@ -172,7 +174,7 @@ def test_find_aligns_the_proposed_pairs_that_no_keypoint_stage_verified(photos, 
     assert not any("thumbnails" in p.name for p in (tmp_path / "index").rglob("*"))
     from simbench.find.pipeline import stage_features
 
-    align = cascade.build_stages(cascade.make_config(), calibrations={}, quiet=True)[-1]
+    align = _align()
     align.extractor.side = 100  # find has only the report's thumbnails to give it
     with pytest.raises(ValueError, match="report thumbnails"):
         stage_features(align, result.items, [], None, {}, None)
@@ -276,9 +278,7 @@ def test_tilts_align_a_crop_drawn_turned_by_a_few_degrees(photos):
 
 
 def test_tilts_key_the_table_only_when_set():
-    default = cascade.build_stages(cascade.make_config("cascade"), calibrations={}, quiet=True)[-1]
-    tilted = cascade.build_stages(cascade.make_config("cascade", ["align.method.tilts=[-5,5]"]), calibrations={},
-                                  quiet=True)[-1]
+    default, tilted = _align(), _align(["align.method.tilts=[-5,5]"])
     assert "tilts" not in default.settings["method_params"]
     assert tilted.settings["method_params"]["tilts"] == [-5.0, 5.0]
     assert cascade.settings_key(tilted.settings) != cascade.settings_key(default.settings)

@@ -29,3 +29,11 @@ def test_align_is_fitted_after_the_stages_its_skip_option_reads():
     assert names(["align.method.skip_held_at=null"]) == ["keypoints", "cnn", "blobs", "align"]  # keypoint stages, CNN
     assert names(["align.method.skip_verified=false"]) == ["cnn", "align"]  # only the CNN's proposals
     assert names(["align.method.proposals=0"]) == []
+
+
+def test_the_wide_blobs_look_is_fitted_after_the_keypoint_stages_it_skips():
+    names = lambda overrides: [s.name for s in fitted_stages("blobs_wide", overrides)[1]]  # noqa: E731
+    assert names([]) == ["keypoints", "cnn", "blobs", "blobs_wide"]  # not align: it comes before, reads no keypoints
+    assert names(["blobs.method.proposals=0"]) == ["keypoints", "cnn", "blobs_wide"]
+    assert names(["blobs_wide.method.skip_verified=false"]) == ["cnn", "blobs_wide"]
+    assert names(["blobs_wide.method.proposals=0"]) == []

@@ -158,8 +158,8 @@ def test_the_blobs_stage_runs_only_with_proposals_and_is_keyed_by_them():
     off = cascade.build_stages(cascade.make_config("cascade", ["blobs.method.proposals=0"]), calibrations={},
                                quiet=True)
     on = cascade.build_stages(cascade.make_config("cascade"), calibrations={}, quiet=True)  # 5 by default
-    assert [s.name for s in off] == ["keypoints", "cnn", "align"]
-    assert [s.name for s in on] == ["keypoints", "cnn", "blobs", "align"]
+    assert [s.name for s in off] == ["keypoints", "cnn", "align", "blobs_wide"]
+    assert [s.name for s in on] == ["keypoints", "cnn", "blobs", "align", "blobs_wide"]
     blobs = on[2]
     assert blobs.extractor.detector == "sift" and not blobs.extractor.binary and blobs.signal == "evidence"
     params = blobs.settings["method_params"]
@@ -209,7 +209,8 @@ def test_a_stage_the_fusion_was_not_fitted_on_adds_by_noisy_or(monkeypatch):
     from simbench.find.calibration import Calibration, Fusion
     from simbench.find.cascade import FusedPairs, apply_fusion
 
-    cfg = cascade.make_config("cascade", ["blobs.method.proposals=5", "align.method.proposals=0"])
+    cfg = cascade.make_config("cascade", ["blobs.method.proposals=5", "align.method.proposals=0",
+                                          "blobs_wide.method.proposals=0"])
     stages = cascade.build_stages(cfg, quiet=True)
     blobs = stages[-1]
     blobs.calibration = Calibration(np.array([0.0, 10.0]), np.array([0.1, 0.9]), "evidence", blobs.settings)
@@ -260,14 +261,16 @@ def test_a_stage_without_pairs_of_its_own_matches_nothing_on_a_cluster_either():
 
 
 def test_the_wide_look_reads_the_blobs_stage_features_and_is_keyed_apart():
-    """blobs_wide (off unless it has proposals) takes the blobs stage's extractor, overrides included, so the two
-    share one index record; its table is keyed apart (its name, the relaxed cut and floor, skip_verified)."""
+    """blobs_wide (on by default, off without proposals) takes the blobs stage's extractor, overrides included, so
+    the two share one index record; its table is keyed apart (its name, the relaxed cut and floor, skip_verified)."""
     from simbench.find.pipeline import extracting, feature_key, index_sections
     from simbench.find.pdf import PdfOptions
 
-    assert "blobs_wide" not in [s.name for s in cascade.build_stages(cascade.make_config("cascade"), quiet=True)]
-    stages = cascade.build_stages(cascade.make_config("cascade", ["blobs_wide.method.proposals=5",
-                                                                  "blobs.extractor.max_size=192"]),
+    default = cascade.build_stages(cascade.make_config("cascade"), quiet=True)
+    assert default[-1].name == "blobs_wide" and default[-1].is_calibrated
+    off = cascade.make_config("cascade", ["blobs_wide.method.proposals=0"])
+    assert "blobs_wide" not in [s.name for s in cascade.build_stages(off, calibrations={}, quiet=True)]
+    stages = cascade.build_stages(cascade.make_config("cascade", ["blobs.extractor.max_size=192"]),
                                   calibrations={}, quiet=True)
     by_name = {s.name: s for s in stages}
     assert [s.name for s in stages] == ["keypoints", "cnn", "blobs", "align", "blobs_wide"]

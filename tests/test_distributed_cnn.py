@@ -231,7 +231,7 @@ def _tables_without_regions(path):
                                  quiet=True)
     rekey = {settings_key(a.settings): b.settings for a, b in zip(default, plain)}
     tables, fusions = rekeyed(load_calibrations(), load_fusions(), rekey)
-    assert len(tables) == len(default) == 4 and len(fusions) == 1  # keypoints, cnn, blobs, align; one fusion
+    assert len(tables) == len(default) == 5 and len(fusions) == 1  # keypoints, cnn, blobs, align, blobs_wide; one fusion
     save_calibrations(tables, path, "shipped, re-keyed for cnn.extractor.regions=0", fusions)
     return path
 

@@ -58,7 +58,8 @@ def test_defaults_are_the_calibrated_settings():
     assert (cfg.threshold, cfg.min_score, cfg.link, cfg.link_min_score, cfg.link_score) == (0.95, 0.01, True, 0.5, "product")
     assert PdfOptions(**cfg.pdf) == PdfOptions()  # the PDF options' one home
     stages = cascade.build_stages(cfg, quiet=True)
-    assert [s.name for s in stages] == ["keypoints", "cnn", "blobs", "align"] and all(s.is_calibrated for s in stages)
+    assert [s.name for s in stages] == ["keypoints", "cnn", "blobs", "align", "blobs_wide"]
+    assert all(s.is_calibrated for s in stages)
     assert cascade.fusion_model(stages, cfg) is not None
 
 

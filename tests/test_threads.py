@@ -109,7 +109,7 @@ def test_shared_frames_windows_over_threads_are_the_pairwise_rule(monkeypatch):
 
 def test_the_stages_match_at_once_as_one_after_another(tmp_path, monkeypatch):
     """raw_evidence matches the keypoint, CNN and blobs stages on a thread each: the raw pairs of one after the other
-    (the blobs and align stages, which verify the CNN's proposals after them, alike)."""
+    (the blobs, align and blobs_wide stages, which verify the CNN's proposals after them, alike)."""
     from simbench.find import cascade, pipeline
 
     folder = tmp_path / "in"
@@ -124,7 +124,8 @@ def test_the_stages_match_at_once_as_one_after_another(tmp_path, monkeypatch):
     at_once = pipeline.raw_evidence(stages, dict(collected.features), False, None, collected.items, True, cfg)
     monkeypatch.setattr(pipeline, "thread_map", lambda fn, items, threads=None: [fn(x) for x in items])
     in_turn = pipeline.raw_evidence(stages, dict(collected.features), False, None, collected.items, True, cfg)
-    assert [s.name for s in stages] == list(at_once) == list(in_turn) == ["keypoints", "cnn", "blobs", "align"]
+    assert [s.name for s in stages] == list(at_once) == list(in_turn) == ["keypoints", "cnn", "blobs", "align",
+                                                                         "blobs_wide"]
     assert len(at_once["keypoints"]) >= 3 and len(at_once["cnn"]) >= 3
     for name, got in at_once.items():
         want = in_turn[name]

@@ -408,7 +408,7 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
             verified = ([held_pairs(stages[:k], {s.name: raw_of(s) for s in stages[:k]}, features, items, cfg,
                                     held_at)] if held_at is not None else
                         [verified_pairs(other, found[other.name], kept, getattr(stage.method, "skip_verified_at", None))
-                         for other in stages if other.extractor.kind == "keypoints" and other is not stage])
+                         for other in stages[:k] if other.extractor.kind == "keypoints"])
         also = []  # align's also_found: the keypoint stages' pairs, those held among them skipped as verified
         if getattr(stage.method, "also_found", False):
             also = [found[other.name] for other in stages[:k] if other.extractor.kind == "keypoints"]
