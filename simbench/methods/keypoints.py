@@ -118,9 +118,9 @@ class KeypointMethod(Method):
         proposed neighbours. A picture with that many copies loses its own matches too.
     own_pairs: False: find no pairs of its own, only verify the proposed ones (a stage of `simbench find` that
         checks the CNN's best pairs with other features, with no all-pairs matching to pay for).
-    skip_verified: True: find leaves out of the proposals the pairs another keypoint stage verified (a second look,
-        with other settings, at what the first did not verify: simbench.find.pipeline.raw_evidence). Its df then
-        counts among the pairs it looks at.
+    skip_verified: True: find leaves out of the proposals the pairs a keypoint stage before it verified (a second
+        look, with other settings, at what the first did not verify: simbench.find.pipeline.raw_evidence). Its df
+        then counts among the pairs it looks at.
     """
 
     evidence_fields = ("correspondences",)  # per pair, kept for the report's evidence (simbench.find.evidence)
