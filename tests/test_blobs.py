@@ -316,3 +316,45 @@ def test_the_wide_look_verifies_only_what_no_keypoint_stage_verified(tmp_path, m
     assert np.array_equal(np.sort(pair_keys(rows[asked[0][0]], rows[asked[0][1]], n)), left)
     wide = raw["blobs_wide"]
     assert np.isin(pair_keys(wide.a, wide.b, n), left).all()
+
+
+def _group_and_crest(seed: int = 0) -> KeypointSets:
+    """Twelve pictures (200 x 200) of 30 blobs of their own: pictures 0-5 are copies of one drawing (its 20 blobs,
+    moved by a few px), and every picture carries the same crest (12 blobs at one place)."""
+    rng = np.random.default_rng(seed)
+    crest_desc, crest_pts = rng.uniform(0, 100, (12, WIDTH)), rng.uniform(150, 190, (12, 2))
+    drawing_desc, drawing_pts = rng.uniform(0, 100, (20, WIDTH)), rng.uniform(10, 140, (20, 2))
+    desc, pts = [], []
+    for k in range(12):
+        own = [rng.uniform(0, 100, (30, WIDTH)), crest_desc + rng.normal(0, 1, crest_desc.shape)]
+        where = [rng.uniform(0, 200, (30, 2)), crest_pts]
+        if k < 6:
+            own.append(drawing_desc + rng.normal(0, 1, drawing_desc.shape))
+            where.append(drawing_pts + rng.uniform(-4, 4, 2))
+        desc.append(np.concatenate(own))
+        pts.append(np.concatenate(where))
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in desc])]).astype(np.int64)
+    zeros = np.zeros(int(offsets[-1]), np.float32)
+    return KeypointSets(np.concatenate(desc).astype(np.float32), offsets, np.concatenate(pts).astype(np.float32),
+                        zeros, zeros, zeros, np.full((12, 2), 200), False)
+
+
+def test_the_relaxed_cut_keeps_a_group_of_copies_and_still_drops_a_crest_on_many():
+    """What the wide look's cut is for: six copies of a drawing share its blobs with five other pictures each, which
+    the blobs stage's cut at 4 drops, so no pair of them verifies; at 8 they verify, while a crest on all twelve
+    pictures (each of its blobs matched in eleven) is dropped by both, and no pair of different pictures verifies."""
+    f = _group_and_crest()
+    a, b = np.triu_indices(12, 1)
+    extractor = KeypointExtractor("sift", max_size=256)
+
+    def verified(max_df):
+        method = KeypointMethod(extractor, ExactMatcher(), verify=True, own_pairs=False, proposals=5,
+                                proposal_ratio=0.85, proposal_max_distance=1000, proposal_max_df=max_df,
+                                ransac_threshold=4.0, min_inliers=8, min_coverage=0.0)
+        got = method.score_proposed(f, a, b)
+        return set(zip(got.a.tolist(), got.b.tolist()))
+
+    copies = {(x, y) for x in range(6) for y in range(x + 1, 6)}
+    assert len(verified(0)) == 66  # without a cut the crest verifies every pair
+    assert verified(4) == set()
+    assert verified(8) == copies
