@@ -144,9 +144,9 @@ def collect(inputs, stages: list[Stage], cfg: DictConfig, index, work_parent: Pa
     store.save_hashes()
     items, lost = to_items(files, digests, records)
     blanks = blank.find_blanks(items)  # kept out of every stage: they would all match each other
-    features, loaded = {}, {}  # stages with the same extractor and settings share one load, as one index record
+    features, loaded = {}, {}  # stages with the same features share one load, as one index record
     for stage in stages:
-        key = (stage.section, feature_key(stage)) if stage.indexed else stage.name
+        key = features_of(stage) if stage.indexed else stage.name
         if key not in loaded:
             loaded[key] = stage_features(stage, items, digests_of(items), store, blanks, cluster)
         features[stage.name] = loaded[key]
@@ -188,13 +188,18 @@ def index_sections(stages: list[Stage], options: PdfOptions) -> list[tuple[str, 
                                                                for s in extracting(stages)]
 
 
+def features_of(stage: Stage) -> tuple[str, str]:
+    """What identifies a stage's features in the index (blobs_wide's are the blobs stage's: the same extractor with
+    the same settings)."""
+    return stage.section, feature_key(stage)
+
+
 def extracting(stages: list[Stage]) -> list[Stage]:
-    """The stages whose features are extracted into the index: one per section and settings (blobs_wide reads the
-    blobs stage's, the same extractor with the same settings)."""
+    """The stages whose features are extracted into the index: the first of each `features_of`."""
     first = {}
     for s in stages:
         if s.indexed:
-            first.setdefault((s.section, feature_key(s)), s)
+            first.setdefault(features_of(s), s)
     return list(first.values())
 
 
@@ -505,7 +510,7 @@ def with_proposed(stage: Stage, stage_features, found: ScoredPairs, others: list
     done = [found, *verified]
     n = np.int64(1 + max(a.max(initial=0), b.max(initial=0), *(max(p.a.max(initial=0), p.b.max(initial=0))
                                                                    for p in done)))
-    keys = np.unique(pair_keys(a, b, n)) if also else pair_keys(a, b, n)  # also's pairs may repeat the proposals'
+    keys = np.unique(pair_keys(a, b, n))  # also's pairs may repeat the proposals'
     keys = keys[~np.isin(keys, np.concatenate([pair_keys(p.a, p.b, n) for p in done]))]
     a, b = keys // n, keys % n
     feats, rows, _ = stage_features
