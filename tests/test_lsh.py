@@ -226,6 +226,19 @@ def test_self_join_by_buckets_with_one_huge_bucket(permutation):
     assert matcher.last_compared > 0
 
 
+@pytest.mark.parametrize("words", [4, 12, 17])
+def test_self_join_by_buckets_word_counts(words):
+    """The join's distances take eight words per pass and the rest one by one: fewer than eight words
+    (ORB), eight and four, two passes of eight and one, all as the oracle says."""
+    rng = np.random.default_rng(words)
+    radius = 4 * words - 1  # 4 w pieces of 16 bits: the join by buckets
+    assert choose_layout(64 * words, radius, 0).joins_by_buckets
+    db = planted(rng, 200, words, radius)
+    want = oracle_self_join(db, radius)
+    assert len(want) > 50
+    assert_same(MultiIndexHashMatcher(threads=1).self_join(db, radius), want)
+
+
 def test_tiny_hit_slots_overflow_path(brisk_words, brisk_truth):
     """Queries with more hits than their slot are rerun with exact room: force it with slot = 1."""
     matcher = MultiIndexHashMatcher()

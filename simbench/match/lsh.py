@@ -731,14 +731,17 @@ def _count_candidates(qkeys, dense, ukeys, ubegin, uend, uptr, masks, mptr, out)
 
 @njit(nogil=True, cache=True)
 def _key_column(codes, bits):
-    """The piece key of every row: bit k of the key is code bit bits[k]."""
+    """The piece key of every row: bit k of the key is code bit bits[k]. Row by row: each row is read
+    once, from one cache line (bit by bit, a pass over all codes per bit would stream them `len(bits)` times)."""
     n = codes.shape[0]
-    out = np.zeros(n, np.int64)
+    out = np.empty(n, np.int64)
+    words, shifts = bits >> 6, (bits & 63).astype(np.uint64)
     one = np.uint64(1)
-    for k in range(len(bits)):
-        word, shift = bits[k] >> 6, np.uint64(bits[k] & 63)
-        for i in range(n):
-            out[i] |= np.int64((codes[i, word] >> shift) & one) << k
+    for i in range(n):
+        key = np.int64(0)
+        for k in range(len(bits)):
+            key |= np.int64((codes[i, words[k]] >> shifts[k]) & one) << k
+        out[i] = key
     return out
 
 
@@ -765,7 +768,8 @@ def _join_piece(codes, bits, earlier, radius, n_keys):
         rows[fill[keys[i]]] = i
         fill[keys[i]] += 1
     # The current bucket's codes, one row per word: distances from row i to all later rows of the bucket
-    # are then W passes of unit-stride loops that the compiler vectorises (vpopcntq on AVX-512 machines).
+    # are then unit-stride loops that the compiler vectorises (vpopcntq on AVX-512 machines), eight words
+    # per pass.
     columns = np.empty((n_words, largest), np.uint64)
     dist = np.empty(largest, np.uint64)
     limit = np.uint64(radius)  # unsigned like the distances (a mixed comparison would go through float)
@@ -779,13 +783,21 @@ def _join_piece(codes, bits, earlier, radius, n_keys):
             continue
         compared += size * (size - 1) // 2
         for t in range(size):
+            if lo + t + LOOKAHEAD < n:  # the rows lie anywhere in codes: overlap their cache misses
+                _prefetch(codes, rows[lo + t + LOOKAHEAD], 0)
             for w in range(n_words):
                 columns[w, t] = codes[rows[lo + t], w]
         for i in range(size - 1):
             later = dist[: size - i - 1]  # later[t]: distance from row i to row i + 1 + t
             later[:] = 0
-            for w in range(n_words):
+            w = 0
+            while w + 8 <= n_words:
+                _add_popcounts8(columns, w, i, later)
+                w += 8
+            for w in range(w, n_words):
                 _add_popcounts(columns[w, i], columns[w, i + 1 : size], later)
+            if _count_within(later, limit) == 0:
+                continue  # the usual case: no branch per pair below
             for t in range(len(later)):
                 j = i + 1 + t
                 if later[t] > limit or _shares_earlier(columns, i, j, earlier):
@@ -803,6 +815,29 @@ def _add_popcounts(x, column, out):
     """out[j] += popcount(x ^ column[j]): a 0-based unit-stride loop, so that it vectorises."""
     for j in range(min(len(column), len(out))):
         out[j] += popcount64(x ^ column[j])
+
+
+@njit(inline="always")
+def _add_popcounts8(columns, w, i, out):
+    """out[t] += distance over words w to w + 7 from row i to row i + 1 + t of the bucket's columns: the
+    sum stays in registers (one pass for a 512-bit descriptor, not eight over `out`)."""
+    c0, c1, c2, c3 = columns[w, i + 1 :], columns[w + 1, i + 1 :], columns[w + 2, i + 1 :], columns[w + 3, i + 1 :]
+    c4, c5, c6, c7 = columns[w + 4, i + 1 :], columns[w + 5, i + 1 :], columns[w + 6, i + 1 :], columns[w + 7, i + 1 :]
+    q0, q1, q2, q3 = columns[w, i], columns[w + 1, i], columns[w + 2, i], columns[w + 3, i]
+    q4, q5, q6, q7 = columns[w + 4, i], columns[w + 5, i], columns[w + 6, i], columns[w + 7, i]
+    for t in range(len(out)):
+        out[t] += (popcount64(c0[t] ^ q0) + popcount64(c1[t] ^ q1) + popcount64(c2[t] ^ q2) + popcount64(c3[t] ^ q3)
+                   + popcount64(c4[t] ^ q4) + popcount64(c5[t] ^ q5) + popcount64(c6[t] ^ q6)
+                   + popcount64(c7[t] ^ q7))
+
+
+@njit(inline="always")
+def _count_within(values, limit):
+    """How many values are <= limit (a branch-free loop)."""
+    n = 0
+    for t in range(len(values)):
+        n += values[t] <= limit
+    return n
 
 
 @njit(inline="always")
