@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simbench.features.keypoints import DESCRIPTOR_SHAPE, KeypointExtractor
+from simbench.features.keypoints import DESCRIPTOR_SHAPE, KeypointExtractor, reflect
 from simbench.match.oracle import OracleMatcher
 from simbench.methods.keypoints import SCORES, KeypointMethod, bag_score
 from simbench.types import KeypointSets, Pairs
@@ -478,6 +478,20 @@ def test_mirror_rows_describe_the_reflected_keypoints(tmp_path, detector):
     assert close.mean() > 0.6
     # ...and they are not the plain rows again: a mirror-symmetric picture would be needed for that.
     assert not np.array_equal(f.descriptors[plain_a][:50], f.descriptors[mirrored_a][:50])
+
+
+def test_reflect_maps_points_and_orientations():
+    """A keypoint of the mirror image: x -> width - 1 - x, orientation a -> (180 - a) mod 360, "none" (-1) kept;
+    the rest as it was."""
+    import cv2
+
+    angles = [-1.0, 0.0, 45.0, 90.0, 180.0, 270.0, 359.5]
+    keypoints = [cv2.KeyPoint(10.5, 3.0, 7.0, a, 2.5, 1, -1) for a in angles]
+    out = reflect(keypoints, 100)
+    assert [k.pt for k in out] == [(100 - 1 - 10.5, 3.0)] * len(angles)
+    assert [k.angle for k in out] == pytest.approx([-1.0, 180.0, 135.0, 90.0, 0.0, 270.0, 180.5])
+    assert [(k.size, k.response, k.octave) for k in out] == [(7.0, 2.5, 1)] * len(angles)
+    assert reflect([], 100) == []
 
 
 def test_process_pool_gives_the_same_features(photo_set):

@@ -510,8 +510,9 @@ def _points(keypoints: list) -> np.ndarray:
 
 def reflect(keypoints: list, width: int) -> list:
     """The keypoints of the horizontally mirrored image: x -> width - 1 - x, orientation a -> 180 - a."""
-    return [cv2.KeyPoint(width - 1 - k.pt[0], k.pt[1], k.size, float(_reflect_angle(k.angle)), k.response,
-                         k.octave, k.class_id) for k in keypoints]
+    angles = _reflect_angle(np.array([k.angle for k in keypoints], np.float64)).tolist()  # one NumPy call, not one each
+    return [cv2.KeyPoint(width - 1 - k.pt[0], k.pt[1], k.size, a, k.response, k.octave, k.class_id)
+            for k, a in zip(keypoints, angles)]
 
 
 def _reflect_angle(angle):
