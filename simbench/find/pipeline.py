@@ -407,21 +407,22 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
     # What the CNN ranks best: stages that score any pair (other stages' scales differ).
     for k, stage in enumerate(stages):
         others = [found[other.name] for other in stages if other is not stage and other.scores_any_pair]
+        if not (getattr(stage.method, "proposals", 0) and others):
+            continue  # nothing to verify: what it would skip need not be worked out either
+        keypoint_stages = [other for other in stages[:k] if other.extractor.kind == "keypoints"]
         verified = []
         if getattr(stage.method, "skip_verified", False):
             held_at = getattr(stage.method, "skip_held_at", None)
             verified = ([held_pairs(stages[:k], {s.name: raw_of(s) for s in stages[:k]}, features, items, cfg,
                                     held_at)] if held_at is not None else
                         [verified_pairs(other, found[other.name], kept, getattr(stage.method, "skip_verified_at", None))
-                         for other in stages[:k] if other.extractor.kind == "keypoints"])
-        also = []  # align's also_found: the keypoint stages' pairs, those held among them skipped as verified
-        if getattr(stage.method, "also_found", False):
-            also = [found[other.name] for other in stages[:k] if other.extractor.kind == "keypoints"]
-        if getattr(stage.method, "proposals", 0) and others:
-            found[stage.name] = with_proposed(stage, features[stage.name], found[stage.name], others, progress,
-                                              verified, also)
-            agreed.pop(stage.name, None)
-            raws.pop(stage.name, None)
+                         for other in keypoint_stages])
+        # align's also_found: the keypoint stages' pairs, those held among them skipped as verified
+        also = [found[other.name] for other in keypoint_stages] if getattr(stage.method, "also_found", False) else []
+        found[stage.name] = with_proposed(stage, features[stage.name], found[stage.name], others, progress,
+                                          verified, also)
+        agreed.pop(stage.name, None)
+        raws.pop(stage.name, None)
     out = {stage.name: raw_of(stage) for stage in stages}
     if items is None or not drop_frames:
         return out
