@@ -288,3 +288,18 @@ def test_low_contrast_photos_are_not_blank(photos):
         low = (128 + (image.astype(float) - image.mean()) * 0.1).clip(0, 255).astype(np.uint8)
         assert blank_colour(thumbnail_jpeg(Image.fromarray(low))) is None, name
     assert blank_colour(thumbnail_jpeg(Image.new("RGB", (300, 200), (20, 30, 40)))) == (20, 30, 40)
+
+
+@pytest.mark.parametrize("with_broken", [False, True])
+def test_one_usable_picture_runs_the_default_method(tmp_path, photos, with_broken):
+    """One picture (and perhaps a broken file beside it): the keypoint stages have fewer than two pictures to match,
+    so their empty pairs carry none of their per-pair fields; the overlap agreement must not read them (the
+    default method crashed here: no `alignment`)."""
+    (tmp_path / "in").mkdir()
+    Image.fromarray(photos["astronaut"]).save(tmp_path / "in" / "photo.jpg")
+    if with_broken:
+        (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8 not a picture")
+    assert find_main([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-q"]) == 0
+    assert read_csv(tmp_path / "out" / "pairs.csv") == []
+    assert ("broken.jpg" in by_name({r["file"]: r["reason"] for r in read_csv(tmp_path / "out" / "skipped.csv")})
+            ) == with_broken

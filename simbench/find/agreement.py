@@ -64,6 +64,9 @@ def with_agreement(found: ScoredPairs, items: list[Item]) -> ScoredPairs:
     """A keypoint stage's pairs (item indices, with its method's alignment, inlier_box and evidence) with two
     more per-pair fields: agreement (`pair_agreement`) and agreed_evidence = evidence x agreement, the
     inliers counted as far as the pictures they join agree."""
+    if not len(found):  # a stage that found nothing may carry none of its per-pair fields
+        return ScoredPairs(found.a, found.b, found.score, {**found.extra, "agreement": np.empty(0),
+                                                           "agreed_evidence": np.empty(0)})
     score = pair_agreement(items, found.a, found.b, found.extra["alignment"], found.extra["inlier_box"])
     extra = {**found.extra, "agreement": score, "agreed_evidence": np.asarray(found.extra["evidence"]) * score}
     return ScoredPairs(found.a, found.b, found.score, extra)
@@ -79,6 +82,8 @@ def overlap_agreement(found: ScoredPairs, items: list[Item], border: float = 0.0
     box is high) but nowhere else; a copy agrees over the overlap: a crop over its part of the original,
     a picture pasted into a collage over where it was pasted. Where a flat picture's keypoints sit mostly
     on such a mark, this tells the two apart when coverage and burstiness cannot (results/find.md)."""
+    if not len(found):  # a stage that found nothing may carry none of its per-pair fields
+        return np.empty(0)
     return pair_agreement(items, found.a, found.b, found.extra["alignment"], None, OVERLAP_SIGMA, undecoded=np.nan,
                           border=border)
 
