@@ -83,7 +83,7 @@ def extract_on_cluster(cluster, files: Sequence[Path], digests: Sequence[str], s
         raise ValueError("extraction on a cluster needs an on-disk store (workers write its shards)")
     size = cluster.files_per_task or batch
     # Stages without their matchers: only what extraction needs travels to the workers.
-    shipped = [Stage(s.name, s.extractor, None, s.signal) for s in stages]
+    shipped = [Stage(s.name, s.extractor, None, s.signal) for s in stages if not s.on_demand]
     futures = [cluster.client.submit(extract_chunk, [str(f) for f in files[s:s + size]], list(digests[s:s + size]),
                                      shipped, str(store.root), options, secrets.token_hex(6), pure=False,
                                      retries=cluster.retries)

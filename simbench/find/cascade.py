@@ -146,6 +146,9 @@ class Stage:
     # along each picture's edges left out of that overlap (shares of its width and height).
     min_overlap_agreement: float = 0.0
     overlap_border: float = 0.0
+    # A stage of proposals only: its features extracted while matching, for the pictures of the pairs it verifies
+    # (simbench.find.on_demand), not for every picture as the files are read.
+    on_demand: bool = False
 
     @property
     def indexed(self) -> bool:
@@ -287,7 +290,11 @@ def build_stages(cfg: DictConfig, calibrations: dict[str, Calibration] | None = 
         stage = Stage(name, extractor, method, str(part.get("signal", "score")),
                       extra_signals=tuple(str(e) for e in part.get("extra_signals", ())),
                       min_overlap_agreement=float(part.get("min_overlap_agreement", 0.0)),
-                      overlap_border=float(part.get("overlap_border", 0.0)))
+                      overlap_border=float(part.get("overlap_border", 0.0)),
+                      on_demand=bool(part.get("on_demand", False)))
+        if stage.on_demand and (extractor.kind != "keypoints" or part.method.get("own_pairs", True)):
+            raise ValueError(f"{name}.on_demand: only a keypoint stage that verifies proposals alone (own_pairs: "
+                             "false) can extract its features while matching")
         if not 0.0 <= stage.overlap_border < 0.5:
             raise ValueError(f"{name}.overlap_border must be in [0, 0.5), not {stage.overlap_border}")
         if stage.min_overlap_agreement and extractor.kind != "keypoints":

@@ -33,6 +33,7 @@ from simbench.find.decisions import Decisions, match_decisions, read_decisions, 
 from simbench.find.index import (BATCH_IMAGES, SOURCES_KIND, FeatureStore, consistent, join_features, params_key,
                                  shard_groups, split_features)
 from simbench.find.items import THUMB_SIDE, Item
+from simbench.find.on_demand import OnDemandFeatures
 from simbench.find.pdf import PdfOptions
 from simbench.find.sources import SourceRecord, is_pdf, list_sources, read_sources, to_items
 from simbench.threads import thread_map
@@ -147,11 +148,16 @@ def collect(inputs, stages: list[Stage], cfg: DictConfig, index, work_parent: Pa
     features, loaded = {}, {}  # stages with the same features share one load, as one index record
     for stage in stages:
         key = features_of(stage) if stage.indexed else stage.name
+        if stage.on_demand:
+            features[stage.name] = OnDemandFeatures(stage.extractor, items, digests_of(items), local_positions(items),
+                                                    store, stage.section, feature_key(stage), blanks, options,
+                                                    progress)
+            continue
         if key not in loaded:
             loaded[key] = stage_features(stage, items, digests_of(items), store, blanks, cluster)
         features[stage.name] = loaded[key]
     skipped += lost + [Skipped(items[k].display, reason) for k, reason in blanks.items()]
-    skipped += unusable(items, features, set(blanks))
+    skipped += unusable(items, {s.name: features[s.name] for s in stages if not s.on_demand}, set(blanks))
     timing = {"read_extract_s": time.perf_counter() - t0}
     return Collected(items, skipped, features, len(files), sum(map(is_pdf, files)), n_new, timing, blanks)
 
@@ -179,7 +185,9 @@ def sources_key(options: PdfOptions) -> str:
 
 
 def feature_key(stage: Stage) -> str:
-    return params_key({"extractor": stage.extractor.name, "params": stage.extractor.params()})
+    # An on-demand stage's records hold only what was asked for: never one key with whole ones.
+    return params_key({"extractor": stage.extractor.name, "params": stage.extractor.params(),
+                       **({"on_demand": True} if stage.on_demand else {})})
 
 
 def index_sections(stages: list[Stage], options: PdfOptions) -> list[tuple[str, str, str]]:
@@ -195,10 +203,11 @@ def features_of(stage: Stage) -> tuple[str, str]:
 
 
 def extracting(stages: list[Stage]) -> list[Stage]:
-    """The stages whose features are extracted into the index: the first of each `features_of`."""
+    """The stages whose features are extracted into the index as files are read: the first of each
+    `features_of` (an on-demand stage's are extracted while matching, simbench.find.on_demand)."""
     first = {}
     for s in stages:
-        if s.indexed:
+        if s.indexed and not s.on_demand:
             first.setdefault(features_of(s), s)
     return list(first.values())
 
@@ -378,7 +387,10 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
     of its window (`window_views`), and the stage matched again.
 
     cfg: the run's settings, for a verifying stage that skips the pairs the stages before it already hold
-    (align's skip_held_at, `held_pairs`)."""
+    (align's skip_held_at, `held_pairs`).
+
+    An on-demand stage's features (simbench.find.on_demand) are extracted here, for the items of the pairs it
+    verifies, and replace its handle in `features` (what its evidence is drawn from)."""
     # The stages match at the same time, one thread each (not on a cluster: its tasks share the workers): a
     # keypoint stage's verification runs on one core, and the CNN's scoring fits beside it. Each stage's
     # pairs depend on its own features alone.
@@ -419,10 +431,15 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
                          for other in keypoint_stages])
         # align's also_found: the keypoint stages' pairs, those held among them skipped as verified
         also = [found[other.name] for other in keypoint_stages] if getattr(stage.method, "also_found", False) else []
-        found[stage.name] = with_proposed(stage, features[stage.name], found[stage.name], others, progress,
-                                          verified, also)
+        a, b = proposed_pairs(stage, found[stage.name], others, verified, also)
+        if isinstance(features[stage.name], OnDemandFeatures):  # now its features, of these pairs' items only
+            features[stage.name] = features[stage.name].load(np.r_[a, b])
+        found[stage.name] = verify_proposed(stage, features[stage.name], found[stage.name], a, b, progress)
         agreed.pop(stage.name, None)
         raws.pop(stage.name, None)
+    for stage in stages:  # an on-demand stage that was asked about nothing has no features
+        if isinstance(features[stage.name], OnDemandFeatures):
+            features[stage.name] = features[stage.name].load([])
     out = {stage.name: raw_of(stage) for stage in stages}
     if items is None or not drop_frames:
         return out
@@ -499,13 +516,19 @@ def partner_ranks(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> tuple[np.n
 def with_proposed(stage: Stage, stage_features, found: ScoredPairs, others: list[ScoredPairs],
                   progress: bool = False, verified: list[ScoredPairs] = (),
                   also: Sequence[ScoredPairs] = ()) -> ScoredPairs:
-    """`found` (a verifying stage's own pairs, in item indices) and, after them, the pairs among each item's
-    stage.method.proposals best by the other stages, and those of `also`, that it did not find (nor any of
-    `verified`), as its method's `score_proposed` verifies them. Per-pair fields: those both kinds have, and
-    `proposed` (True for the latter). On a cluster the proposed pairs' keypoints are fetched from the workers (a few
-    pairs per image)."""
-    from simbench.distributed.keypoints import KeypointChunks, local_keypoints
+    """`found` (a verifying stage's own pairs, in item indices) and, after them, the pairs `proposed_pairs` names,
+    as its method's `score_proposed` verifies them (`verify_proposed`)."""
+    a, b = proposed_pairs(stage, found, others, verified, also)
+    return verify_proposed(stage, stage_features, found, a, b, progress)
 
+
+def proposed_pairs(stage: Stage, found: ScoredPairs, others: list[ScoredPairs], verified: Sequence[ScoredPairs] = (),
+                   also: Sequence[ScoredPairs] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """The item pairs (a < b) among each item's stage.method.proposals best by the other stages (those they score at
+    least its proposal_min_score, where set), and those of `also`, that it did not find (nor any of `verified`)."""
+    floor = getattr(stage.method, "proposal_min_score", None)
+    if floor is not None:
+        others = [p.subset(np.flatnonzero(p.score >= floor)) for p in others]
     a, b = best_pairs_per_item(others, stage.method.proposals)
     a, b = np.concatenate([a, *(p.a for p in also)]), np.concatenate([b, *(p.b for p in also)])
     done = [found, *verified]
@@ -513,11 +536,21 @@ def with_proposed(stage: Stage, stage_features, found: ScoredPairs, others: list
                                                                    for p in done)))
     keys = np.unique(pair_keys(a, b, n))  # also's pairs may repeat the proposals'
     keys = keys[~np.isin(keys, np.concatenate([pair_keys(p.a, p.b, n) for p in done]))]
-    a, b = keys // n, keys % n
+    return keys // n, keys % n
+
+
+def verify_proposed(stage: Stage, stage_features, found: ScoredPairs, a: np.ndarray, b: np.ndarray,
+                    progress: bool = False) -> ScoredPairs:
+    """`found` and, after them, the item pairs (a, b) that verify. Per-pair fields: those both kinds have, and
+    `proposed` (True for the latter). On a cluster the proposed pairs' keypoints are fetched from the workers (a few
+    pairs per image)."""
+    from simbench.distributed.keypoints import KeypointChunks, local_keypoints
+
     feats, rows, _ = stage_features
     if isinstance(feats, KeypointChunks):  # the workers' chunks
         feats, rows, _ = local_keypoints(stage_features, np.unique(np.r_[a, b]))
-    position = np.full(int(max(n, rows.max(initial=-1) + 1)), -1)
+    n = int(max(a.max(initial=-1), b.max(initial=-1), rows.max(initial=-1))) + 1
+    position = np.full(n, -1)
     position[rows] = np.arange(len(rows))
     ok = (position[a] >= 0) & (position[b] >= 0)
     if progress:
@@ -627,6 +660,9 @@ def score(items: list[Item], stages: list[Stage], raw: dict[str, ScoredPairs], c
 
 def stage_pairs(stage: Stage, stage_features, progress: bool = False, client=None) -> ScoredPairs:
     """One stage's raw pairs (scores and extras as its method gives them), in item indices."""
+    if isinstance(stage_features, OnDemandFeatures):  # a stage of proposals only: its pairs come later
+        return ScoredPairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0),
+                           {stage.signal: np.empty(0)} if stage.signal != "score" else {})
     feats, rows, _ = stage_features
     if len(rows) < 2:
         return ScoredPairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0),

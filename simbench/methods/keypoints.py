@@ -121,6 +121,9 @@ class KeypointMethod(Method):
     skip_verified: True: find leaves out of the proposals the pairs a keypoint stage before it verified (a second
         look, with other settings, at what the first did not verify: simbench.find.pipeline.raw_evidence). Its df
         then counts among the pairs it looks at.
+    proposal_min_score: only pairs the proposing stage scores at least this (its raw signal: the CNN's normalised
+        similarity) are proposed (None: any of each image's best). A costly look (simbench.find.on_demand: features
+        extracted for the pictures proposed) then looks at the pairs worth it. Its df counts among those pairs.
     """
 
     evidence_fields = ("correspondences",)  # per pair, kept for the report's evidence (simbench.find.evidence)
@@ -133,7 +136,8 @@ class KeypointMethod(Method):
                  min_coverage: float = 0.02, coverage_extent: float = 0.0, proposals: int = 0,
                  proposal_ratio: float = 0.8, proposal_max_distance: int = 90,
                  proposal_min_coverage: float | None = None, proposal_min_inliers: int | None = None,
-                 proposal_max_df: int = 0, own_pairs: bool = True, skip_verified: bool = False):
+                 proposal_max_df: int = 0, own_pairs: bool = True, skip_verified: bool = False,
+                 proposal_min_score: float | None = None):
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if transform not in TRANSFORMS:
@@ -175,6 +179,7 @@ class KeypointMethod(Method):
         self.proposal_max_df = int(proposal_max_df)
         self.own_pairs = bool(own_pairs)
         self.skip_verified = bool(skip_verified)
+        self.proposal_min_score = None if proposal_min_score is None else float(proposal_min_score)
 
     def params(self) -> dict:
         # The proposal settings only when proposals are on, the coverage extent only when not 0: without them
@@ -191,6 +196,8 @@ class KeypointMethod(Method):
             proposing["own_pairs"] = False
         if self.proposals and self.skip_verified:
             proposing["skip_verified"] = True
+        if self.proposals and self.proposal_min_score is not None:
+            proposing["proposal_min_score"] = self.proposal_min_score
         if self.coverage_extent:
             proposing["coverage_extent"] = self.coverage_extent
         return {"distance_threshold": self.distance_threshold, "score_threshold": self.threshold,
