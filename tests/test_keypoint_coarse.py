@@ -94,3 +94,30 @@ def test_params_and_validation():
                 {"coarse_sigma": [2.0, -1.0]}):
         with pytest.raises(ValueError):
             KeypointExtractor("brisk", **bad)
+
+
+def test_the_coarse_half_at_half_size_is_the_shrunk_smoothed_pictures_keypoints_mapped_back(line_art_copies, tmp_path):
+    """Oracle (coarse_scale 0.5): the coarse rows are what the extractor without a coarse share finds on the smoothed
+    picture shrunk to half (area averaging, saved losslessly), their points and sizes mapped back to the working
+    scale; the fine rows are those of coarse_scale 1."""
+    path = line_art_copies[0][0]
+    got = KeypointExtractor(**BRISK, coarse_share=0.4, coarse_scale=0.5).extract([path]).features
+    full = KeypointExtractor(**BRISK, coarse_share=0.4).extract([path]).features
+    gray, original = decode_gray(path, BRISK["max_size"])
+    smoothed = cv2.GaussianBlur(gray, (0, 0), 2.0)
+    size = (round(smoothed.shape[1] * 0.5), round(smoothed.shape[0] * 0.5))
+    Image.fromarray(cv2.resize(smoothed, size, interpolation=cv2.INTER_AREA)).save(tmp_path / "half.png")
+    coarse = KeypointExtractor(**{**BRISK, "max_features": 120}).extract([tmp_path / "half.png"]).features
+    n_fine = len(got.descriptors) - len(coarse.descriptors)
+    assert n_fine > 0 and len(coarse.descriptors) > 0
+    np.testing.assert_array_equal(got.descriptors[:n_fine], full.descriptors[:n_fine])
+    np.testing.assert_array_equal(got.descriptors[n_fine:], coarse.descriptors)
+    factor = np.float32([smoothed.shape[1] / size[0], smoothed.shape[0] / size[1]])
+    working = (coarse.points + 0.5) * factor - 0.5
+    to_original = np.array([original[0] / gray.shape[1], original[1] / gray.shape[0]])
+    np.testing.assert_allclose(got.points[n_fine:], (working + 0.5) * to_original - 0.5, atol=1e-3)
+    np.testing.assert_allclose(got.sizes[n_fine:], coarse.sizes * factor.mean() * to_original.mean(), rtol=1e-5)
+    assert KeypointExtractor("brisk", coarse_share=0.5, coarse_scale=0.5).params()["coarse_scale"] == 0.5
+    assert "coarse_scale" not in KeypointExtractor("brisk", coarse_share=0.5).params()
+    with pytest.raises(ValueError):
+        KeypointExtractor("brisk", coarse_scale=0.0)

@@ -95,6 +95,7 @@ class _Config:
     trim_frame: bool = False
     equalise: str | None = None
     equalise_clip: float | None = None
+    coarse_scale: float = 1.0
 
 
 class KeypointExtractor(Extractor):
@@ -133,6 +134,9 @@ class KeypointExtractor(Extractor):
         Rows of every scale are appended per image. Line art's copies that change its scale (crops,
         downscales, pastes, scans) are verified far more often (results/find.md); each coarse sigma costs
         one more detection.
+    coarse_scale: the coarse scales' smoothed pictures are detected and described at this share of the working
+        size (1: as they are), their keypoints mapped back: what the smoothing took out a smaller picture does not
+        need, and its detection costs about that share squared.
     mirror: also describe the horizontally mirrored image, at the image's own keypoints reflected (no
         second detection), appended after the image's rows at the same scale (flag in
         `KeypointSets.mirrored`), so that mirrored copies match. Doubles the rows, and the descriptor
@@ -162,7 +166,8 @@ class KeypointExtractor(Extractor):
                  threshold: float | None = None, mirror: bool = False, adaptive: bool = True,
                  spread: str | None = None, coarse_share: float = 0.0,
                  coarse_sigma: float | Sequence[float] = 2.0, trim_frame: bool = False,
-                 equalise: str | None = None, equalise_clip: float | None = None, workers: int = 0):
+                 equalise: str | None = None, equalise_clip: float | None = None, workers: int = 0,
+                 coarse_scale: float = 1.0):
         if detector not in DESCRIPTOR_SHAPE:
             raise ValueError(f"unknown detector {detector!r}; choose one of {sorted(DESCRIPTOR_SHAPE)}")
         if spread is not None and spread not in SPREADS:
@@ -191,6 +196,9 @@ class KeypointExtractor(Extractor):
         self.equalise = equalise
         self.equalise_clip = None if equalise_clip is None else float(equalise_clip)
         self.workers = int(workers)
+        if not 0.0 < coarse_scale <= 1.0:
+            raise ValueError(f"coarse_scale must be in (0, 1], got {coarse_scale}")
+        self.coarse_scale = float(coarse_scale)
 
     @property
     def binary(self) -> bool:
@@ -208,6 +216,8 @@ class KeypointExtractor(Extractor):
         if self.coarse_share > 0:  # one sigma as a number, as before lists were taken
             sigmas = self.coarse_sigma
             params.update(coarse_share=self.coarse_share, coarse_sigma=sigmas[0] if len(sigmas) == 1 else list(sigmas))
+            if self.coarse_scale != 1.0:
+                params["coarse_scale"] = self.coarse_scale
         if self.trim_frame:
             params["trim_frame"] = True
         if self.equalise:
@@ -223,7 +233,7 @@ class KeypointExtractor(Extractor):
     def extract(self, paths: Sequence[Path], progress: bool = False) -> Extracted:
         config = _Config(self.detector, self.max_features, self.max_size, self.threshold, self.mirror,
                          self.adaptive, self.spread, self.coarse_share, self.coarse_sigma, self.trim_frame,
-                         self.equalise, self.equalise_clip)
+                         self.equalise, self.equalise_clip, self.coarse_scale)
         results = _map_images(paths, config, self.workers, progress)
         return _collect(paths, results, config)
 
@@ -312,16 +322,26 @@ def extract_image(path: str | Path, config: _Config) -> dict:
         image = cv2.GaussianBlur(gray, (0, 0), sigma) if sigma else gray
         if sigma and config.equalise == "coarse":
             image = equalised(image, config.equalise_clip)
+        shrunk = bool(sigma) and config.coarse_scale < 1.0 and min(image.shape) > 1
+        if shrunk:
+            size = (max(1, round(image.shape[1] * config.coarse_scale)), max(1, round(image.shape[0] * config.coarse_scale)))
+            factor = np.float32([image.shape[1] / size[0], image.shape[0] / size[1]])
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         candidates = budget * (SPREAD_CANDIDATES if config.spread else 1)  # ORB and SIFT cap theirs
         detectors = [make_detector(config.detector, candidates, t) for t in threshold_ladder(config)]
         keypoints = find_keypoints(detectors, image, budget, config.spread)
-        parts.append(describe(detectors[0], image, keypoints, mirrored=False))
+        here = [describe(detectors[0], image, keypoints, mirrored=False)]
         if config.mirror:
             # Features of the mirror image, so a flipped copy's features match these rows. Its keypoints
             # are this image's reflected (what a detector finds on a flip, up to its own repeatability),
             # which saves a second detection: most of the extraction's cost. (Spread or not: the same.)
-            parts.append(describe(detectors[0], np.ascontiguousarray(image[:, ::-1]),
-                                  reflect(keypoints, image.shape[1]), mirrored=True))
+            here.append(describe(detectors[0], np.ascontiguousarray(image[:, ::-1]),
+                                 reflect(keypoints, image.shape[1]), mirrored=True))
+        if shrunk:  # back to working-scale pixels (pixel centres map to pixel centres)
+            for part in here:
+                part["points"] = (part["points"] + np.float32(0.5)) * factor - np.float32(0.5)
+                part["sizes"] = part["sizes"] * np.float32(factor.mean())
+        parts += here
     out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     out["points"] = to_original_pixels(out["points"] + np.float32([left, top]), scale)
     out["sizes"] = out["sizes"] * np.float32((scale[0] + scale[1]) / 2)
