@@ -27,9 +27,10 @@ def runner_config(overrides: list[str]):
 def test_runner_groups_choose_the_stages_settings():
     groups = ["detector=orb", "backbone=resnet50", "matcher=exact"]
     cfg, runner = cascade.make_config("cascade", groups), runner_config(groups)
-    # find's changes: spread, half the budget on the smoothed picture (equalised, clip limit 3)
+    # find's changes: spread, half the budget on the smoothed picture (equalised, clip limit 3) at full size
     assert cfg.keypoints.extractor == {**runner.detector, "spread": "grid", "coarse_share": 0.5, "coarse_sigma": 2.0,
-                                      "trim_frame": False, "equalise": "coarse", "equalise_clip": 3.0}
+                                      "coarse_scale": 1.0, "trim_frame": False, "equalise": "coarse",
+                                      "equalise_clip": 3.0}
     # find's changes: 192 x 192 input, GeM, the blurred view (cut from the inner box), the region views
     assert cfg.cnn.extractor == {**runner.backbone, "image_size": 192, "pooling": "gem", "blurred_view": 1.5,
                                  "blurred_inset": 0.08, "regions": 3, "region_size": 0.6, "trim_frame": False,
