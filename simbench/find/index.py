@@ -502,6 +502,19 @@ def _one(features, r: int) -> dict:
     raise TypeError(f"cannot store features of type {type(features).__name__}")
 
 
+def join_entries(entries: Sequence[dict | str], kind: str) -> tuple[Any, np.ndarray, dict[int, str]]:
+    """Per-image index entries (a dict of feature arrays, or a reason string) as (their features joined, the
+    positions in `entries` that have them, {position: reason} for the others: a reason entry, or a record that
+    does not match the others' shape)."""
+    records = [None if isinstance(e, str) else e for e in entries]
+    reasons = {k: e for k, e in enumerate(entries) if isinstance(e, str)}
+    for k, problem in enumerate(consistent(records)):
+        if problem:
+            reasons[k], records[k] = problem, None
+    features, rows = join_features(records, kind)
+    return features, rows, reasons
+
+
 def join_features(records: Sequence[dict | None], template: str):
     """The features of the images with a record, as one object, and their positions (rows) in `records`.
 

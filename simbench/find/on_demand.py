@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simbench.find.index import FeatureStore, consistent, join_features, split_features
+from simbench.find.index import FeatureStore, join_entries, split_features
 from simbench.find.items import Item
 from simbench.find.pdf import PdfOptions, extract_pages
 from simbench.find.sources import is_pdf
@@ -65,14 +65,8 @@ class OnDemandFeatures:
         missing = [k for k, e in entries.items() if e is NOT_EXTRACTED]
         if missing:
             entries.update(self._extract(missing, records))
-        reasons = {k: e for k, e in entries.items() if isinstance(e, str)}
-        reasons.update((k, r) for k, r in self.exclude.items())
-        present = [None if isinstance(entries[k], str) else entries[k] for k in wanted]
-        for i, problem in enumerate(consistent(present)):
-            if problem:
-                reasons[wanted[i]], present[i] = problem, None
-        features, rows = join_features(present, kind)
-        return features, np.asarray(wanted, np.int64)[rows], reasons
+        features, rows, why = join_entries([entries[k] for k in wanted], kind)
+        return features, np.asarray(wanted, np.int64)[rows], {**self.exclude, **{wanted[i]: r for i, r in why.items()}}
 
     def _entry(self, records: dict, k: int):
         """Item k's stored entry (a dict of arrays or a reason), or NOT_EXTRACTED."""

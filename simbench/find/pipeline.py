@@ -30,7 +30,7 @@ from simbench.features.thumbnails import Thumbnails
 from simbench.find import agreement, blank, cascade, evidence, frames, outputs, report
 from simbench.find.cascade import FusedPairs, Stage
 from simbench.find.decisions import Decisions, match_decisions, read_decisions, write_decisions_json
-from simbench.find.index import (BATCH_IMAGES, SOURCES_KIND, FeatureStore, consistent, join_features, params_key,
+from simbench.find.index import (BATCH_IMAGES, SOURCES_KIND, FeatureStore, join_entries, params_key,
                                  shard_groups, split_features)
 from simbench.find.items import THUMB_SIDE, Item
 from simbench.find.on_demand import OnDemandFeatures
@@ -300,20 +300,11 @@ def load_features(stage: Stage, items: list[Item], source_digests: list[str], st
     exclude: {item: reason} of items left out (blank images) as if they had no features."""
     exclude = exclude or {}
     per_source = store.get_many(stage.section, feature_key(stage), source_digests, stage.extractor.kind)
-    records, reasons = [], {}
-    for k, (item, digest, local) in enumerate(zip(items, source_digests, local_positions(items))):
-        entries = per_source.get(digest, [])
-        entry = entries[local] if local < len(entries) else "features missing from the index"
-        entry = exclude.get(k, entry)
-        if isinstance(entry, str):
-            reasons[k] = entry
-            entry = None
-        records.append(entry)
-    for k, problem in enumerate(consistent(records)):
-        if problem:
-            reasons[k], records[k] = problem, None
-    features, rows = join_features(records, stage.extractor.kind)
-    return features, rows, reasons
+    entries = []
+    for k, (digest, local) in enumerate(zip(source_digests, local_positions(items))):
+        stored = per_source.get(digest, [])
+        entries.append(exclude.get(k, stored[local] if local < len(stored) else "features missing from the index"))
+    return join_entries(entries, stage.extractor.kind)
 
 
 def stage_features(stage: Stage, items: list[Item], source_digests: list[str], store: FeatureStore,
@@ -660,13 +651,11 @@ def score(items: list[Item], stages: list[Stage], raw: dict[str, ScoredPairs], c
 
 def stage_pairs(stage: Stage, stage_features, progress: bool = False, client=None) -> ScoredPairs:
     """One stage's raw pairs (scores and extras as its method gives them), in item indices."""
-    if isinstance(stage_features, OnDemandFeatures):  # a stage of proposals only: its pairs come later
+    # An on-demand stage verifies proposals only: its pairs come later (raw_evidence).
+    if isinstance(stage_features, OnDemandFeatures) or len(stage_features[1]) < 2:
         return ScoredPairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0),
                            {stage.signal: np.empty(0)} if stage.signal != "score" else {})
     feats, rows, _ = stage_features
-    if len(rows) < 2:
-        return ScoredPairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0),
-                           {stage.signal: np.empty(0)} if stage.signal != "score" else {})
     if progress and getattr(stage.method, "own_pairs", True):  # blobs: only the pairs proposed to it, later
         print(f"{stage.name}: matching {len(rows)} images", flush=True)
     stage.method.matcher.progress = progress
