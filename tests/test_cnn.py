@@ -960,10 +960,72 @@ def test_failed_export_falls_back_to_torch_and_says_so(photo_files, tmp_path, mo
     np.testing.assert_array_equal(v, tiny(pooling="rmac").extract([photo_files["cat"]]).features.vectors)
 
 
+def test_int8_runtime_stays_close_to_float32_and_is_made_once(photo_files, tmp_path, monkeypatch):
+    """runtime=onnx-int8 against the float32 export on real photos, edited copies the calibration never saw
+    among them (it calibrates on scikit-image's originals): close vectors, each copy still nearest its
+    original; the quantized file made once, atomically, and read back the next time."""
+    import simbench.features.cnn as cnn
+
+    monkeypatch.setenv("SIMBENCH_CACHE", str(tmp_path / "cache"))
+    names = ["astronaut", "coffee", "cat", "rocket", "horse", "astronaut_copy", "coffee_copy", "cat_copy",
+             "rocket_copy", "horse_copy"]
+    paths = [photo_files[n] for n in names]
+    kw = {"workers": 0, "batch_size": 4, "image_size": 128, "pooling": "gem", "blurred_view": 1.5}
+    fast = CnnExtractor("efficientnet_lite0", runtime="onnx-int8", **kw)
+    a = fast.extract(paths).features.vectors
+    b = CnnExtractor("efficientnet_lite0", runtime="onnx", **kw).extract(paths).features.vectors
+    assert fast.runtime == "onnx-int8" and fast.runtime_fallback is None
+    assert fast.params()["runtime"] == "onnx-int8"  # a feature cache entry of its own
+    from simbench.methods.cnn import vector_settings
+
+    assert vector_settings(fast)["precision"] == "int8"  # and a key for tables and copy whitening
+    assert "precision" not in vector_settings(CnnExtractor("efficientnet_lite0", runtime="onnx", **kw))
+    cos = np.einsum("ij,ij->i", a, b)
+    assert cos.min() >= 0.95 and cos.mean() >= 0.98, cos  # results/cnn.md: the measured differences
+    sims = a @ a.T
+    np.fill_diagonal(sims, -1)
+    assert sims[5:].argmax(axis=1).tolist() == [0, 1, 2, 3, 4]  # each copy nearest its original
+    made = sorted(f.name for f in (tmp_path / "cache" / "onnx").iterdir())
+    assert len(made) == 2 and made[0].startswith("efficientnet_lite0-gem-128-") and "-int8-" in made[0]
+    assert not [f for f in made if f.endswith(".tmp")]
+
+    def no_quantizing(*args, **kwargs):
+        raise AssertionError("quantized again instead of reading the kept file")
+
+    monkeypatch.setattr(cnn, "quantize_int8", no_quantizing)
+    again = CnnExtractor("efficientnet_lite0", runtime="onnx-int8", **kw)
+    np.testing.assert_array_equal(again.extract(paths).features.vectors, a)
+    assert again.runtime == "onnx-int8"
+
+
+@pytest.mark.parametrize("how", ["quantizing fails", "outputs disagree"])
+def test_failed_int8_runs_float32_and_says_so(how, photo_files, tmp_path, monkeypatch, caplog):
+    import simbench.features.cnn as cnn
+
+    monkeypatch.setenv("SIMBENCH_CACHE", str(tmp_path))
+    if how == "quantizing fails":
+        def broken(*args, **kwargs):
+            raise RuntimeError("no kernel for QLinearConv")
+
+        monkeypatch.setattr(cnn, "quantize_int8", broken)
+        reason = "no kernel for QLinearConv"
+    else:
+        monkeypatch.setattr(cnn, "INT8_MIN_MEAN_COSINE", 1.01)  # no quantized network agrees that well
+        reason = "agree with float32"
+    ext = tiny(runtime="onnx-int8")
+    with caplog.at_level("WARNING", logger="simbench"):
+        v = ext.extract([photo_files["cat"]]).features.vectors
+    assert ext.runtime == "onnx" and ext.params()["runtime"] == "onnx" and "precision" not in ext.params()
+    assert reason in ext.runtime_fallback and reason in caplog.text
+    np.testing.assert_array_equal(v, tiny(runtime="onnx").extract([photo_files["cat"]]).features.vectors)
+    assert not [f for f in (tmp_path / "onnx").iterdir() if "-int8-" in f.name]
+
+
 def test_onnx_runtime_on_cuda_runs_torch():
     import simbench.features.cnn as cnn
 
     assert cnn.resolve_runtime("onnx", "cuda:0")[0] == "torch"
+    assert cnn.resolve_runtime("onnx-int8", "cuda:0")[0] == "torch"
     assert cnn.resolve_runtime("torch", "cpu") == ("torch", None)
     with pytest.raises(ValueError, match="runtime"):
         tiny(runtime="tensorrt")

@@ -32,7 +32,10 @@ Jégou, "Particular object retrieval with integral max-pooling of CNN activation
 Runtime of the forward pass (``runtime``): "onnx" (the default on the CPU) exports the network once with
 ``torch.onnx.export`` into the simbench cache and runs it with ONNX Runtime (BN folded into the convolutions,
 fused kernels): about 4x the images/s of torch eager through the whole extraction on 2 CPU cores, with
-embeddings equal to torch's to 1 - cosine < 1e-10 (results/cnn.md); "torch" runs torch eager.
+embeddings equal to torch's to 1 - cosine < 1e-10 (results/cnn.md); "onnx-int8" quantizes that export once
+(int8 weights and activations, calibrated on scikit-image's sample pictures: ``quantize_int8``) for about
+half the forward time, with embeddings that differ from float32's by the amounts in results/cnn.md;
+"torch" runs torch eager.
 Without onnxruntime/onnx, on CUDA, or when the export fails, torch runs and says so (``runtime`` in
 params(), ``runtime_fallback`` holds the reason, and a warning is logged).
 """
@@ -92,7 +95,12 @@ MIN_IMAGES_FOR_WORKERS = 128
 PREFETCH_BATCHES = 4
 
 POOLINGS = ("avg", "gem", "rmac")
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+#: runtime=onnx-int8: below this mean cosine between the int8 and float32 networks' outputs on the
+#: calibration views, the quantized network is taken for broken and float32 runs instead (logged).
+INT8_MIN_MEAN_COSINE = 0.97
+#: Views per batch fed to the int8 calibration (whole batches only: onnxruntime's calibrators stack them).
+CALIBRATION_BATCH = 16
 #: ONNX opset of the export (supported by every onnxruntime >= 1.17); part of the exported file's key.
 ONNX_OPSET = 17
 
@@ -551,23 +559,25 @@ def normalise(x, prep: Preprocess, dtype):
 def resolve_runtime(runtime: str, device: str) -> tuple[str, str | None]:
     """(runtime that will run, why it is not the one asked for, or None).
 
-    runtime=onnx needs the CPU and the packages onnxruntime (to run) and onnx (torch.onnx.export writes
-    through it); otherwise torch eager runs, with a warning saying why.
+    runtime=onnx and onnx-int8 need the CPU and the packages onnxruntime (to run, and to quantize) and onnx
+    (torch.onnx.export writes through it); otherwise torch eager runs, with a warning saying why.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     if runtime == "torch":
         return "torch", None
     if device != "cpu":
-        why = f"runtime=onnx runs on the CPU only here; device {device} runs torch"
+        why = f"runtime={runtime} runs on the CPU only here; device {device} runs torch"
     else:
         try:
             import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
 
-            return "onnx", None
+            if runtime == "onnx-int8":
+                import onnxruntime.quantization  # noqa: F401
+            return runtime, None
         except Exception as exc:  # ImportError, or a broken install (missing shared library)
-            why = f"runtime=onnx needs onnxruntime and onnx ({exc}; pip install 'simbench[cnn]')"
+            why = f"runtime={runtime} needs onnxruntime and onnx ({exc}; pip install 'simbench[cnn]')"
     log.warning("%s: running torch eager instead (params()['runtime'] = 'torch')", why)
     return "torch", why
 
@@ -588,6 +598,16 @@ def onnx_file_name(backbone: str, weights_file: Path | None, image_size: int, po
            "opset": ONNX_OPSET, "torch": torch.__version__}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return f"{backbone}-{pooling}-{image_size}-{digest}.onnx"
+
+
+def _keep(path: Path, data: bytes) -> None:
+    """Write a made network into the cache atomically; a failure only means it is made again next time."""
+    from simbench.cache import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        log.warning("could not keep %s (%s); it is made again next time", path, exc)
 
 
 def file_sha256(path: Path) -> str:
@@ -626,6 +646,85 @@ def check_export(net, model, image_size: int, min_cosine: float = 0.999) -> floa
     if not worst >= min_cosine:
         raise ValueError(f"the exported model disagrees with torch (cosine {worst:.6f} < {min_cosine})")
     return worst
+
+
+def int8_file_name(float_name: str, prep: Preprocess) -> str:
+    """The quantized network's name: the float32 export's, and what else changes the int8 file (the views
+    it is calibrated on, scikit-image's version that ships their pictures, the recipe, onnxruntime's
+    version, whose tool writes it)."""
+    import onnxruntime
+    import skimage
+
+    key = {"float": float_name, "views": dataclasses.asdict(prep), "skimage": skimage.__version__,
+           "recipe": "qdq-per-channel-u8s8-minmax-ends-float", "onnxruntime": onnxruntime.__version__}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{Path(float_name).stem}-int8-{digest}.onnx"
+
+
+def calibration_views(prep: Preprocess) -> np.ndarray:
+    """float32 (N, 3, S, S): the views `prep` cuts (centre, blurred, regions) of scikit-image's sample
+    pictures, each also mirrored, normalised as the network expects. scikit-image installs with simbench,
+    so every machine calibrates on the same pixels, and none of them is in any benchmark."""
+    import skimage
+
+    folder = Path(skimage.__file__).parent / "data"
+    views = []
+    for path in sorted([*folder.glob("*.png"), *folder.glob("*.jpg")]):
+        with Image.open(path) as im:
+            if min(im.size) < 96:  # icons and tiny test images: nothing a collection holds
+                continue
+        one = load_views(path, prep)
+        views += [one, one[:, :, ::-1]]
+    x = np.concatenate(views).astype(np.float32).transpose(0, 3, 1, 2)
+    mean = np.asarray(prep.mean, np.float32).reshape(1, 3, 1, 1)
+    return np.ascontiguousarray((x - mean) / np.asarray(prep.std, np.float32).reshape(1, 3, 1, 1))
+
+
+def quantize_int8(float_model: bytes, calibration: np.ndarray) -> bytes:
+    """The network with int8 weights and activations (ONNX Runtime's static quantization, QDQ format:
+    weights per output channel, activations uint8 over the ranges `calibration` reaches). The first
+    convolution, the last one and what follows it (the pooling) stay float32: they see the raw pixels and
+    make the vector, where int8 rounding costs the most agreement with float32 for the least time."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    batches = [{"pixels": calibration[s : s + CALIBRATION_BATCH]}
+               for s in range(0, len(calibration) - CALIBRATION_BATCH + 1, CALIBRATION_BATCH)]
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.rest = iter(batches)
+
+        def get_next(self):
+            return next(self.rest, None)
+
+    with tempfile.TemporaryDirectory(prefix="simbench-int8-") as tmp:
+        source, prepared, out = (Path(tmp) / name for name in ("float.onnx", "prepared.onnx", "int8.onnx"))
+        source.write_bytes(float_model)
+        quant_pre_process(str(source), str(prepared))  # shapes inferred, graph optimised, as the tool asks
+        nodes = list(onnx.load(str(prepared)).graph.node)  # in topological order
+        convs = [i for i, node in enumerate(nodes) if node.op_type == "Conv"]
+        ends = [nodes[convs[0]].name] + [node.name for node in nodes[convs[-1]:]]
+        quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=ends)
+        return out.read_bytes()
+
+
+def output_cosines(model_a, model_b, x: np.ndarray) -> np.ndarray:
+    """Cosine between two models' outputs for each row of x (float32 NCHW), in batches."""
+    import torch
+
+    rows = []
+    for s in range(0, len(x), FORWARD_ROWS):
+        batch = torch.from_numpy(x[s : s + FORWARD_ROWS])
+        a, b = model_a(batch).numpy(), model_b(batch).numpy()
+        rows.append((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12))
+    return np.concatenate(rows)
 
 
 class OnnxModel:
@@ -749,7 +848,8 @@ class CnnExtractor(Extractor):
     decode_size: JPEG draft decoding keeps the short side >= decode_size x the resize target; 1.0 loses
         nothing, 0.9 lets a 1280x960 photo decode at 1/4 scale (240 px for a 256 target) and be upsampled.
     runtime: "onnx" (default: export once into the simbench cache, run with ONNX Runtime on the CPU, equal
-        to torch within the tolerance in results/cnn.md) or "torch" (eager). self.runtime is what runs;
+        to torch within the tolerance in results/cnn.md), "onnx-int8" (that export quantized to int8 once:
+        faster, embeddings within the differences in results/cnn.md) or "torch" (eager). self.runtime is what runs;
         self.runtime_fallback says why it differs from the one asked for (None when it does not).
     pooling: "avg" (default; the backbone's own global average), "gem" (generalised mean with exponent
         gem_p, Radenović et al. 2018) or "rmac" (Tolias et al. 2016) of the last feature map.
@@ -834,6 +934,9 @@ class CnnExtractor(Extractor):
                                    self.regions, self.region_size, self.blurred_inset, self.trim_frame,
                                    self.upright, self.grey_view)
         self._model = None
+        self._int8 = None  # runtime onnx-int8: the quantized network's file, or its bytes (_prepare_int8)
+        if self.runtime == "onnx-int8":
+            self._prepare_int8()
 
     @property
     def name(self) -> str:
@@ -853,7 +956,9 @@ class CnnExtractor(Extractor):
                 **({"regions": self.regions, "region_size": self.region_size} if self.regions else {}),
                 **({"trim_frame": True} if self.trim_frame else {}),
                 **({"upright": True} if self.upright else {}),
-                **({"grey_view": True} if self.grey_view else {})}
+                **({"grey_view": True} if self.grey_view else {}),
+                # "runtime" is not part of a table's key (torch and onnx give the same vectors); int8's differ.
+                **({"precision": "int8"} if self.runtime == "onnx-int8" else {})}
 
     def _weights_identity(self):
         """"none", or the file that will be loaded with its size and time (a new file = a new cache entry)."""
@@ -879,7 +984,7 @@ class CnnExtractor(Extractor):
         """The network, built and loaded once (lazily: a cache hit never loads it): a torch module on its
         device, or an OnnxModel (runtime onnx), both called as model(float32 NCHW tensor)."""
         if self._model is None:
-            self._model = self._onnx_model() if self.runtime == "onnx" else self._torch_model()
+            self._model = self._torch_model() if self.runtime == "torch" else self._onnx_model()
         return self._model
 
     def _torch_model(self):
@@ -895,20 +1000,31 @@ class CnnExtractor(Extractor):
         return net
 
     def _onnx_model(self):
-        """The exported network in ONNX Runtime. The export is made once and kept in onnx_cache_dir()
-        (written atomically: temp file + rename), checked against torch when made; if it fails, torch
-        runs (logged; self.runtime becomes "torch", self.runtime_fallback says why)."""
+        """The network in ONNX Runtime: runtime onnx-int8, the quantized one `_prepare_int8` made; otherwise
+        the float32 export (`_float_onnx`; torch when the export fails)."""
         import torch
 
-        from simbench.cache import atomic_write_bytes
-
         threads = torch.get_num_threads()
+        if self.runtime == "onnx-int8":
+            try:
+                return OnnxModel(self._int8, threads)
+            except Exception as exc:
+                raise RuntimeError(f"cannot load the int8 network {self._int8 if isinstance(self._int8, str) else ''}"
+                                   f" ({exc}); delete it and run again, it is made anew") from exc
+        return self._float_onnx(threads)[1]
+
+    def _float_onnx(self, threads: int):
+        """(bytes, model, cache path) of the exported float32 network. The export is made once and kept in
+        onnx_cache_dir() (written atomically: temp file + rename), checked against torch when made; if that
+        fails, (None, the torch module, path): torch runs (logged; self.runtime becomes "torch",
+        self.runtime_fallback says why)."""
         weights_file = resolve_weights(self.backbone, self.weights)
         path = onnx_cache_dir() / onnx_file_name(self.backbone, weights_file, self.image_size, self.pooling,
                                                  self.gem_p)
         if path.is_file():
             try:
-                return OnnxModel(str(path), threads)
+                data = path.read_bytes()
+                return data, OnnxModel(data, threads), path
             except Exception as exc:  # damaged or from an incompatible onnxruntime: export again
                 log.warning("could not load %s (%s); exporting again", path, exc)
         net = self._torch_model()
@@ -919,12 +1035,42 @@ class CnnExtractor(Extractor):
         except Exception as exc:
             self.runtime, self.runtime_fallback = "torch", f"ONNX export of {self.backbone} failed: {exc}"
             log.warning("%s; running torch eager instead (params()['runtime'] = 'torch')", self.runtime_fallback)
-            return net
+            return None, net, path
+        _keep(path, data)
+        return data, model, path
+
+    def _prepare_int8(self) -> None:
+        """runtime onnx-int8, when the extractor is made (so that params(), the key of its features and
+        tables, names what will run): the float32 export quantized to int8 (quantize_int8, calibrated on
+        calibration_views), made once and kept beside it, checked against float32 when made
+        (INT8_MIN_MEAN_COSINE). If the export or the quantization fails, torch or float32 runs (logged;
+        self.runtime says which, self.runtime_fallback why)."""
+        import torch
+
+        weights_file = resolve_weights(self.backbone, self.weights)
+        float_name = onnx_file_name(self.backbone, weights_file, self.image_size, self.pooling, self.gem_p)
+        path = onnx_cache_dir() / int8_file_name(float_name, self.prep)
+        if path.is_file():
+            self._int8 = str(path)
+            return
+        threads = torch.get_num_threads()
+        data, float_model, _ = self._float_onnx(threads)
+        if data is None:
+            return  # torch runs, and says so
         try:
-            atomic_write_bytes(path, data)
-        except OSError as exc:
-            log.warning("could not keep the ONNX export in %s (%s); it is made again next time", path, exc)
-        return model
+            log.info("quantizing %s to int8 (once; kept in %s)", self.backbone, path.parent)
+            calibration = calibration_views(self.prep)
+            int8 = quantize_int8(data, calibration)
+            agreement = float(output_cosines(float_model, OnnxModel(int8, threads), calibration).mean())
+            if not agreement >= INT8_MIN_MEAN_COSINE:
+                raise ValueError(f"its outputs agree with float32's at a mean cosine of {agreement:.4f} "
+                                 f"< {INT8_MIN_MEAN_COSINE} on the calibration views")
+        except Exception as exc:
+            self.runtime, self.runtime_fallback = "onnx", f"int8 quantization of {self.backbone} failed: {exc}"
+            log.warning("%s; running float32 instead (params()['runtime'] = 'onnx')", self.runtime_fallback)
+            return
+        _keep(path, int8)
+        self._int8 = int8  # the bytes: runs even where the cache cannot be written
 
     # -- extraction --------------------------------------------------------------------------------------
 
