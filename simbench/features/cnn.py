@@ -656,7 +656,7 @@ def int8_file_name(float_name: str, prep: Preprocess) -> str:
     import skimage
 
     key = {"float": float_name, "views": dataclasses.asdict(prep), "skimage": skimage.__version__,
-           "recipe": "qdq-per-channel-u8s8-minmax-ends-float", "onnxruntime": onnxruntime.__version__}
+           "recipe": "qdq-per-channel-u8s8-minmax-first-and-last-float", "onnxruntime": onnxruntime.__version__}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return f"{Path(float_name).stem}-int8-{digest}.onnx"
 
@@ -683,8 +683,9 @@ def calibration_views(prep: Preprocess) -> np.ndarray:
 def quantize_int8(float_model: bytes, calibration: np.ndarray) -> bytes:
     """The network with int8 weights and activations (ONNX Runtime's static quantization, QDQ format:
     weights per output channel, activations uint8 over the ranges `calibration` reaches). The first
-    convolution, the last one and what follows it (the pooling) stay float32: they see the raw pixels and
-    make the vector, where int8 rounding costs the most agreement with float32 for the least time."""
+    convolutions (those at the first one's resolution with no more channels than it: on EfficientNet-Lite0
+    the stem and the first block, on a ResNet the stem), the last one and what follows it (the pooling) stay
+    float32: there int8 rounding costs the most agreement with float32 for the least time (results/cnn.md)."""
     import tempfile
 
     import onnx
@@ -706,9 +707,14 @@ def quantize_int8(float_model: bytes, calibration: np.ndarray) -> bytes:
         source, prepared, out = (Path(tmp) / name for name in ("float.onnx", "prepared.onnx", "int8.onnx"))
         source.write_bytes(float_model)
         quant_pre_process(str(source), str(prepared))  # shapes inferred, graph optimised, as the tool asks
-        nodes = list(onnx.load(str(prepared)).graph.node)  # in topological order
+        graph = onnx.load(str(prepared)).graph
+        nodes = list(graph.node)  # in topological order
+        shape = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim) for v in graph.value_info}
         convs = [i for i, node in enumerate(nodes) if node.op_type == "Conv"]
-        ends = [nodes[convs[0]].name] + [node.name for node in nodes[convs[-1]:]]
+        first = shape.get(nodes[convs[0]].output[0], (0, 0))
+        early = [nodes[i].name for i in convs if (made := shape.get(nodes[i].output[0], (0, 0)))[2:] == first[2:]
+                 and made[1] <= first[1]]
+        ends = early + [node.name for node in nodes[convs[-1]:]]
         quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=ends)
