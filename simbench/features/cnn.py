@@ -33,8 +33,8 @@ Runtime of the forward pass (``runtime``): "onnx" (the default on the CPU) expor
 ``torch.onnx.export`` into the simbench cache and runs it with ONNX Runtime (BN folded into the convolutions,
 fused kernels): about 4x the images/s of torch eager through the whole extraction on 2 CPU cores, with
 embeddings equal to torch's to 1 - cosine < 1e-10 (results/cnn.md); "onnx-int8" quantizes that export once
-(int8 weights and activations, calibrated on scikit-image's sample pictures: ``quantize_int8``) for about
-half the forward time, with embeddings that differ from float32's by the amounts in results/cnn.md;
+(int8 weights and activations, calibrated on scikit-image's sample pictures: ``quantize_int8``) for a faster
+forward, with embeddings that differ from float32's by the amounts in results/cnn.md ("int8");
 "torch" runs torch eager.
 Without onnxruntime/onnx, on CUDA, or when the export fails, torch runs and says so (``runtime`` in
 params(), ``runtime_fallback`` holds the reason, and a warning is logged).
@@ -664,7 +664,7 @@ def int8_file_name(float_name: str, prep: Preprocess) -> str:
 def calibration_views(prep: Preprocess) -> np.ndarray:
     """float32 (N, 3, S, S): the views `prep` cuts (centre, blurred, regions) of scikit-image's sample
     pictures, each also mirrored, normalised as the network expects. scikit-image installs with simbench,
-    so every machine calibrates on the same pixels, and none of them is in any benchmark."""
+    so every machine calibrates on the same pixels; none of them is in the development set."""
     import skimage
 
     folder = Path(skimage.__file__).parent / "data"
@@ -1014,9 +1014,9 @@ class CnnExtractor(Extractor):
         if self.runtime == "onnx-int8":
             try:
                 return OnnxModel(self._int8, threads)
-            except Exception as exc:
-                raise RuntimeError(f"cannot load the int8 network {self._int8 if isinstance(self._int8, str) else ''}"
-                                   f" ({exc}); delete it and run again, it is made anew") from exc
+            except Exception as exc:  # a damaged cache file
+                where = self._int8 if isinstance(self._int8, str) else "(made in memory)"
+                raise RuntimeError(f"cannot load the int8 network {where} ({exc}); delete it and run again") from exc
         return self._float_onnx(threads)[1]
 
     def _float_onnx(self, threads: int):
