@@ -105,7 +105,7 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
               seeds: tuple = (), found_weights: bool = True,
               fit_layouts: tuple[int, ...] = YEARBOOK_FIT_LAYOUTS,
               fusion_stages: tuple[str, ...] = FUSION_STAGES, only: tuple[str, ...] = (),
-              refit_fusion: bool = False) -> list:
+              refit_fusion: bool = False, fusion_keep: tuple[str, ...] = ()) -> list:
     """Fit raw -> precision for every stage on the tuning collections only: the TUNING split of the
     development set (photographs and line art; with `seeds`, also its rebuilds with those seeds),
     yearbook PDFs with shared logos built from its photos (build_yearbook seeds `fit_layouts`), and plain
@@ -114,7 +114,11 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
     whether the fusion fits a weight for "the stage found this pair" (calibration.fit_fusion); fusion_stages: the
     cascade stages the fusion is fitted on (() for all; find adds the others by noisy-OR). only: fit these
     stages' tables alone (e.g. a new stage's), the other tables and (unless refit_fusion) the fusion copied from the
-    shipped file. The report split is never read here."""
+    shipped file. fusion_keep: when the fusion is fitted, these stages' weights are kept as the shipped fusion has
+    them and only the others' and the intercept fitted (a stage whose signal changed refitted alone). The report
+    split is never read here."""
+    if fusion_keep and only and not refit_fusion:
+        raise ValueError("--fusion-keep needs the fusion fitted (--refit-fusion with --stages)")
     unknown = set(only) - set(CALIBRATED_STAGES)
     if unknown:
         raise ValueError(f"--stages: no stage {sorted(unknown)} (stages: {', '.join(CALIBRATED_STAGES)})")
@@ -124,7 +128,8 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
                + ("" if tuple(fusion_stages) == FUSION_STAGES
                   else f" --fusion-stages {','.join(fusion_stages) or 'all'}")
                + ("" if fit_layouts == YEARBOOK_FIT_LAYOUTS else f" --fit-layouts {','.join(map(str, fit_layouts))}")
-               + (f" --stages {','.join(only)}" if only else "") + (" --refit-fusion" if only and refit_fusion else ""))
+               + (f" --stages {','.join(only)}" if only else "") + (" --refit-fusion" if only and refit_fusion else "")
+               + (f" --fusion-keep {','.join(fusion_keep)}" if fusion_keep else ""))
     made_by = f"made by `{command}`"  # each table and fusion fitted here says so: a file's tables may differ in it
     collections = tuning_collections(work, progress, overrides, seeds, fit_layouts)
     tables = []
@@ -156,7 +161,8 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
     if only and not refit_fusion:
         fusions = load_fusions()
     else:
-        fusion = fit_cascade_fusion(collections, tables, work, overrides, progress, found_weights, fusion_stages)
+        fusion = fit_cascade_fusion(collections, tables, work, overrides, progress, found_weights, fusion_stages,
+                                    fusion_keep)
         fusions = [dataclasses.replace(fusion, note=f"{fusion.note}; {made_by}")]
     about = ("isotonic raw -> precision fits on the tuning collections (devset "
              f"tune split{' and its rebuilds' if seeds else ''}, yearbooks); {made_by}")
@@ -206,10 +212,11 @@ def fitted_stages(name: str, overrides: list[str]):
 
 
 def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], progress: bool,
-                       found_weights: bool = True, only: tuple[str, ...] = ()):
+                       found_weights: bool = True, only: tuple[str, ...] = (), keep: tuple[str, ...] = ()):
     """The cascade's fusion model, fitted on every candidate pair of the tuning collections: each stage's
     raw signal and extra signals (the CNN's for every pair, found by either stage) and whether it found the
-    pair. only: the stages it is fitted on (default all), run alone."""
+    pair. only: the stages it is fitted on (default all), run alone. keep: stages whose weights are the shipped
+    fusion's (calibration.fit_fusion), the others' fitted given them."""
     cfg = cascade.make_config("cascade", overrides)
     stages = [s for s in cascade.build_stages(cfg, calibrations={t.key: t for t in tables}, quiet=True)
               if not only or s.name in only]
@@ -231,7 +238,8 @@ def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], pr
                         {k: np.concatenate(v) for k, v in values.items()},
                         {k: np.concatenate(v) for k, v in found.items()}, np.concatenate(is_true),
                         note=f"tuning collections, each weighted alike: {', '.join(c.tag for c in collections)}",
-                        sample_weight=np.concatenate(weight), found_weights=found_weights)
+                        sample_weight=np.concatenate(weight), found_weights=found_weights,
+                        kept=next((f for f in load_fusions() if f.stages == names), None) if keep else None, keep=keep)
     print(f"fusion of {names}: intercept {fusion.intercept:.3f}, found weights {fusion.found_weight}, "
           f"input weights {fusion.weight}")
     return fusion
@@ -1061,6 +1069,10 @@ def main(argv=None) -> None:
                              "fusion copied from the shipped file; default: fit all")
     parser.add_argument("--refit-fusion", action="store_true",
                         help="calibrate with --stages: fit the fusion as well (on --fusion-stages), not copy it")
+    parser.add_argument("--fusion-keep", default="",
+                        help="calibrate: comma-separated stages whose fusion weights are kept as shipped while the "
+                             "others' and the intercept are fitted (e.g. --stages cnn --refit-fusion --fusion-keep "
+                             "keypoints)")
     parser.add_argument("--layouts", default="0",
                         help="yearbook, yearbook-tune: comma-separated build_yearbook seeds, one set of PDFs each, "
                              "then a pooled row (default 0)")
@@ -1081,7 +1093,8 @@ def main(argv=None) -> None:
                                        tuple(int(x) for x in args.seeds.split(",") if x), args.found_weights == "fit",
                                        tuple(int(x) for x in args.fit_layouts.split(",") if x),
                                        tuple(x for x in args.fusion_stages.split(",") if x not in ("", "all")),
-                                       tuple(x for x in args.stages.split(",") if x), args.refit_fusion)
+                                       tuple(x for x in args.stages.split(",") if x), args.refit_fusion,
+                                       tuple(x for x in args.fusion_keep.split(",") if x))
     elif args.what == "whiten":
         out["whiten"] = whiten(work, overrides, progress, Path(args.out or SHIPPED_WHITENING))
     elif args.what == "augment":

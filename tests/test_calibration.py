@@ -400,6 +400,44 @@ def test_fusion_without_found_weights_scores_the_evidence_only():
     assert np.ptp(plain({"keypoints": np.zeros(2), "cnn": half}, {"keypoints": np.array([True, False]), "cnn": half > 0})) == 0
 
 
+def test_fusion_fit_keeps_a_stage_as_fitted_before_and_fits_the_rest_given_it():
+    """keep: the kept stage's weights are the earlier fusion's to the bit, and the others are the maximum
+    likelihood given them (checked against a plain fit of the same logistic model with those weights as an
+    offset column of known coefficient: no other setting of the free weights scores the data better)."""
+    from simbench.find.calibration import Fusion, fit_fusion, fit_logistic
+
+    rng = np.random.default_rng(3)
+    n = 20000
+    kp_found = rng.random(n) < 0.4
+    kp = np.where(kp_found, rng.exponential(30, n), 0.0)
+    cnn = rng.uniform(0.3, 0.7, n)
+    y = rng.random(n) < 1 / (1 + np.exp(-(-12 + 2.0 * kp_found + 0.3 * kp_found * np.log1p(kp) + 20 * cnn)))
+    args = (["keypoints", "cnn"], ["k1", "k2"], {"keypoints": "log1p", "cnn": "identity"},
+            {"keypoints": kp, "cnn": cnn}, {"keypoints": kp_found, "cnn": np.ones(n, bool)}, y)
+    before = Fusion(["keypoints", "cnn"], ["k1", "k0"], -9.0, {"keypoints": 1.5, "cnn": 0.0},
+                    {"keypoints": 0.5, "cnn": 10.0}, {"keypoints": "log1p", "cnn": "identity"})
+    kept = fit_fusion(*args, kept=before, keep=("keypoints",))
+    assert kept.found_weight["keypoints"] == 1.5 and kept.weight["keypoints"] == 0.5
+    assert kept.keys == ["k1", "k2"] and kept.weight["cnn"] != 10.0
+    # The free part (intercept, CNN weight) fitted directly with the kept part as a fixed offset.
+    offset = 1.5 * kp_found + 0.5 * kp_found * np.log1p(kp)
+    w = fit_logistic(np.stack([np.ones(n), cnn], axis=1), y, np.array([-np.inf, 0.0]), offset=offset)
+    assert kept.intercept == pytest.approx(w[0], rel=1e-9) and kept.weight["cnn"] == pytest.approx(w[1], rel=1e-9)
+
+    def loglik(intercept, w_cnn):
+        z = intercept + w_cnn * cnn + offset
+        return np.sum(y * z - np.logaddexp(0, z))
+
+    best = loglik(kept.intercept, kept.weight["cnn"])
+    assert all(best >= loglik(kept.intercept + d0, kept.weight["cnn"] + d1)
+               for d0 in (-0.05, 0, 0.05) for d1 in (-0.1, 0, 0.1))
+    with pytest.raises(ValueError, match="keep the fusion weights"):
+        fit_fusion(*args, keep=("keypoints",))
+    with pytest.raises(ValueError, match="fitted on identity"):
+        fit_fusion(*args, kept=Fusion(before.stages, before.keys, -9.0, before.found_weight, before.weight,
+                                      {"keypoints": "identity", "cnn": "identity"}), keep=("keypoints",))
+
+
 def test_fusion_lets_the_cnn_doubt_a_shared_frame():
     """Two pairs with the same keypoint evidence: the one whose pictures the CNN finds no closer than their
     background (a shared frame) scores below the one both stages agree on; identical data stays 1."""

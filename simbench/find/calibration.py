@@ -336,21 +336,22 @@ def fusion_feature(raw: np.ndarray, transform: str) -> np.ndarray:
 
 
 def fit_logistic(x: np.ndarray, is_true: np.ndarray, lower: np.ndarray, ridge: float = 1e-2,
-                 sample_weight: np.ndarray | None = None) -> np.ndarray:
-    """Weights w of P(true) = 1 / (1 + exp(-x @ w)) by maximum likelihood with a little ridge, each kept at or
-    above its bound in `lower` (-inf: free): projected Newton steps, halved until the likelihood improves.
-    sample_weight: per row (rescaled to sum to the number of rows)."""
+                 sample_weight: np.ndarray | None = None, offset: np.ndarray | float = 0.0) -> np.ndarray:
+    """Weights w of P(true) = 1 / (1 + exp(-(x @ w + offset))) by maximum likelihood with a little ridge, each
+    kept at or above its bound in `lower` (-inf: free): projected Newton steps, halved until the likelihood
+    improves. sample_weight: per row (rescaled to sum to the number of rows); offset: per row, what weights
+    not fitted here already add."""
     y = np.asarray(is_true, np.float64)
     sw = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, np.float64) * len(y) / np.sum(sample_weight)
 
     def objective(w):
-        z = x @ w
+        z = x @ w + offset
         return float(np.sum(sw * (y * z - np.logaddexp(0.0, z))) - ridge / 2 * w @ w)
 
     w = np.where(np.isfinite(lower), lower, 0.0)
     current = objective(w)
     for _ in range(200):
-        q = 1.0 / (1.0 + np.exp(-(x @ w)))
+        q = 1.0 / (1.0 + np.exp(-(x @ w + offset)))
         gradient = x.T @ (sw * (y - q)) - ridge * w
         hessian = (x * (sw * q * (1 - q))[:, None]).T @ x + ridge * np.eye(len(w))
         step = np.linalg.solve(hessian, gradient)
@@ -368,7 +369,8 @@ def fit_logistic(x: np.ndarray, is_true: np.ndarray, lower: np.ndarray, ridge: f
 
 def fit_fusion(stages: list[str], keys: list[str], transform: dict[str, str], raw: dict[str, np.ndarray],
                found: dict[str, np.ndarray], is_true: np.ndarray, ridge: float = 1e-2, note: str = "",
-               sample_weight: np.ndarray | None = None, found_weights: bool = True) -> Fusion:
+               sample_weight: np.ndarray | None = None, found_weights: bool = True,
+               kept: Fusion | None = None, keep: tuple[str, ...] = ()) -> Fusion:
     """The logistic fusion of the stages' raw signals (`fit_logistic`; every weight >= 0, input weights
     >= MIN_WEIGHT, so the score is increasing in each piece of evidence). A stage that
     found every pair (one that scores any pair) gets no found weight: it would only copy the intercept.
@@ -376,10 +378,26 @@ def fit_fusion(stages: list[str], keys: list[str], transform: dict[str, str], ra
     having been found (a step the tuning collections can teach where a stage's pairs are seldom false).
     transform and raw: keyed by input (a stage's name for its signal, "stage/field" for its extra signals);
     found: keyed by stage. sample_weight: per pair (e.g. so that every tuning collection counts alike,
-    however many pairs)."""
+    however many pairs). keep: stages whose found weight and input weights are taken from `kept` (a fusion
+    fitted before, on the same inputs) instead of fitted: only the other stages' weights and the intercept are
+    fitted, given what the kept ones add (e.g. a stage whose signal changed refitted, the others as they were)."""
+    missing = [s for s in keep if kept is None or s not in kept.stages]
+    if missing:
+        raise ValueError(f"cannot keep the fusion weights of {missing}: no fitted fusion with those stages given")
     columns, lower, slots = [np.ones(len(is_true))], [-np.inf], []
+    offset, found_weight, weight = np.zeros(len(is_true)), {s: 0.0 for s in stages}, {}
     for s in stages:
         f = found[s].astype(np.float64)
+        if s in keep:
+            found_weight[s] = kept.found_weight[s]
+            offset += kept.found_weight[s] * f
+            for name in (i for i in transform if input_stage(i) == s):
+                if kept.transform.get(name) != transform[name]:
+                    raise ValueError(f"cannot keep the fusion weight of {name}: fitted on {kept.transform.get(name)}, "
+                                     f"now {transform[name]}")
+                weight[name] = kept.weight[name]
+                offset += kept.weight[name] * f * fusion_feature(raw[name], transform[name])
+            continue
         if found_weights and not f.all():
             slots.append((s, "found", len(columns)))
             columns.append(f)
@@ -388,8 +406,7 @@ def fit_fusion(stages: list[str], keys: list[str], transform: dict[str, str], ra
             slots.append((name, "signal", len(columns)))
             columns.append(f * fusion_feature(raw[name], transform[name]))
             lower.append(MIN_WEIGHT)
-    w = fit_logistic(np.stack(columns, axis=1), is_true, np.array(lower), ridge, sample_weight)
-    found_weight, weight = {s: 0.0 for s in stages}, {}
+    w = fit_logistic(np.stack(columns, axis=1), is_true, np.array(lower), ridge, sample_weight, offset)
     for name, kind, k in slots:
         (found_weight if kind == "found" else weight)[name] = float(w[k])
     return Fusion(list(stages), list(keys), float(w[0]), found_weight, weight, dict(transform), note)
