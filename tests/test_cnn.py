@@ -965,6 +965,7 @@ def test_int8_runtime_stays_close_to_float32_and_is_made_once(photo_files, tmp_p
     among them (it calibrates on scikit-image's originals): close vectors, each copy still nearest its
     original; the quantized file made once, atomically, and read back the next time."""
     import simbench.features.cnn as cnn
+    from simbench.methods.cnn import vector_settings
 
     monkeypatch.setenv("SIMBENCH_CACHE", str(tmp_path / "cache"))
     names = ["astronaut", "coffee", "cat", "rocket", "horse", "astronaut_copy", "coffee_copy", "cat_copy",
@@ -976,8 +977,6 @@ def test_int8_runtime_stays_close_to_float32_and_is_made_once(photo_files, tmp_p
     b = CnnExtractor("efficientnet_lite0", runtime="onnx", **kw).extract(paths).features.vectors
     assert fast.runtime == "onnx-int8" and fast.runtime_fallback is None
     assert fast.params()["runtime"] == "onnx-int8"  # a feature cache entry of its own
-    from simbench.methods.cnn import vector_settings
-
     assert vector_settings(fast)["precision"] == "int8"  # and a key for tables and copy whitening
     assert "precision" not in vector_settings(CnnExtractor("efficientnet_lite0", runtime="onnx", **kw))
     cos = np.einsum("ij,ij->i", a, b)
@@ -1012,8 +1011,8 @@ def test_failed_int8_runs_float32_and_says_so(how, photo_files, tmp_path, monkey
     else:
         monkeypatch.setattr(cnn, "INT8_MIN_MEAN_COSINE", 1.01)  # no quantized network agrees that well
         reason = "agree with float32"
-    ext = tiny(runtime="onnx-int8")
     with caplog.at_level("WARNING", logger="simbench"):
+        ext = tiny(runtime="onnx-int8")  # quantized (or not) when made, so that params() names what runs
         v = ext.extract([photo_files["cat"]]).features.vectors
     assert ext.runtime == "onnx" and ext.params()["runtime"] == "onnx" and "precision" not in ext.params()
     assert reason in ext.runtime_fallback and reason in caplog.text
