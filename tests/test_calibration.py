@@ -379,19 +379,25 @@ def test_find_uses_a_fusion_with_align_in_it_over_the_smaller_one(monkeypatch):
     assert np.all(np.diff(with_align(raw, found)) > 0)
 
 
-def test_fusion_without_found_weights_scores_the_evidence_only():
-    """found_weights=False: no stage gets a step for having found a pair, so a found pair with no evidence
-    scores as one not found, and the evidence's weight carries what the step did."""
-    from simbench.find.calibration import fit_fusion
-
-    rng = np.random.default_rng(2)
+def fusion_case(seed: int) -> tuple:
+    """fit_fusion's arguments for 20,000 synthetic pairs of a known logistic model: a keypoint stage that finds
+    40% of them (its evidence log1p-transformed, a found step of 2) and a CNN that scores every one."""
+    rng = np.random.default_rng(seed)
     n = 20000
     kp_found = rng.random(n) < 0.4
     kp = np.where(kp_found, rng.exponential(30, n), 0.0)
     cnn = rng.uniform(0.3, 0.7, n)
     y = rng.random(n) < 1 / (1 + np.exp(-(-12 + 2.0 * kp_found + 0.3 * kp_found * np.log1p(kp) + 20 * cnn)))
-    args = (["keypoints", "cnn"], ["k1", "k2"], {"keypoints": "log1p", "cnn": "identity"},
+    return (["keypoints", "cnn"], ["k1", "k2"], {"keypoints": "log1p", "cnn": "identity"},
             {"keypoints": kp, "cnn": cnn}, {"keypoints": kp_found, "cnn": np.ones(n, bool)}, y)
+
+
+def test_fusion_without_found_weights_scores_the_evidence_only():
+    """found_weights=False: no stage gets a step for having found a pair, so a found pair with no evidence
+    scores as one not found, and the evidence's weight carries what the step did."""
+    from simbench.find.calibration import fit_fusion
+
+    args = fusion_case(2)
     stepped, plain = fit_fusion(*args), fit_fusion(*args, found_weights=False)
     assert stepped.found_weight["keypoints"] > 1.0
     assert plain.found_weight == {"keypoints": 0.0, "cnn": 0.0}
@@ -406,14 +412,9 @@ def test_fusion_fit_keeps_a_stage_as_fitted_before_and_fits_the_rest_given_it():
     offset column of known coefficient: no other setting of the free weights scores the data better)."""
     from simbench.find.calibration import Fusion, fit_fusion, fit_logistic
 
-    rng = np.random.default_rng(3)
-    n = 20000
-    kp_found = rng.random(n) < 0.4
-    kp = np.where(kp_found, rng.exponential(30, n), 0.0)
-    cnn = rng.uniform(0.3, 0.7, n)
-    y = rng.random(n) < 1 / (1 + np.exp(-(-12 + 2.0 * kp_found + 0.3 * kp_found * np.log1p(kp) + 20 * cnn)))
-    args = (["keypoints", "cnn"], ["k1", "k2"], {"keypoints": "log1p", "cnn": "identity"},
-            {"keypoints": kp, "cnn": cnn}, {"keypoints": kp_found, "cnn": np.ones(n, bool)}, y)
+    args = fusion_case(3)
+    _, _, _, raw, found, y = args
+    kp_found, kp, cnn, n = found["keypoints"], raw["keypoints"], raw["cnn"], len(y)
     before = Fusion(["keypoints", "cnn"], ["k1", "k0"], -9.0, {"keypoints": 1.5, "cnn": 0.0},
                     {"keypoints": 0.5, "cnn": 10.0}, {"keypoints": "log1p", "cnn": "identity"})
     kept = fit_fusion(*args, kept=before, keep=("keypoints",))
