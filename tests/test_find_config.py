@@ -31,8 +31,9 @@ def test_runner_groups_choose_the_stages_settings():
     assert cfg.keypoints.extractor == {**runner.detector, "spread": "grid", "coarse_share": 0.5, "coarse_sigma": 2.0,
                                       "coarse_scale": 1.0, "trim_frame": False, "equalise": "coarse",
                                       "equalise_clip": 3.0}
-    # find's changes: 192 x 192 input, GeM, the blurred view (cut from the inner box), the region views
-    assert cfg.cnn.extractor == {**runner.backbone, "image_size": 192, "pooling": "gem", "blurred_view": 1.5,
+    # find's changes: 192 x 192 input, int8, GeM, the blurred view (cut from the inner box), the region views
+    assert cfg.cnn.extractor == {**runner.backbone, "image_size": 192, "runtime": "onnx-int8", "pooling": "gem",
+                                 "blurred_view": 1.5,
                                  "blurred_inset": 0.08, "regions": 3, "region_size": 0.6, "trim_frame": False,
                                  "upright": False, "grey_view": False}
     assert cfg.keypoints.matcher == cfg.cnn.matcher == cfg.hash.matcher == runner.matcher
