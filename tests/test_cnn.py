@@ -996,6 +996,48 @@ def test_int8_runtime_stays_close_to_float32_and_is_made_once(photo_files, tmp_p
     np.testing.assert_array_equal(again.extract(paths).features.vectors, a)
     assert again.runtime == "onnx-int8"
 
+    # A CPU without VNNI multiplies in uint8 x uint8 (no 16-bit saturation): on one with VNNI, whose uint8 x
+    # int8 products are exact too, that must give these very vectors.
+    if cnn.cpu_has_vnni():
+        monkeypatch.setattr(cnn, "cpu_has_vnni", lambda: False)
+        exact = CnnExtractor("efficientnet_lite0", runtime="onnx-int8", **kw)
+        options = exact._onnx_model().session.get_session_options()
+        assert options.get_session_config_entry("session.x64quantprecision") == "1"
+        np.testing.assert_array_equal(exact.extract(paths).features.vectors, a)
+
+
+@pytest.mark.parametrize("machine, flags, vnni", [("aarch64", "", None), ("x86_64", "fpu avx2 fma", False),
+                                                   ("x86_64", "avx2 avx_vnni", True),
+                                                   ("AMD64", "avx2 avx512f avx512_vnni", True)])
+def test_vnni_is_read_from_the_cpu(machine, flags, vnni, tmp_path, monkeypatch):
+    import simbench.features.cnn as cnn
+
+    monkeypatch.setattr(cnn.platform, "machine", lambda: machine)
+    try:
+        from numpy._core import _multiarray_umath as umath
+    except ImportError:  # NumPy < 2
+        from numpy.core import _multiarray_umath as umath
+    monkeypatch.setattr(umath, "__cpu_features__", {**umath.__cpu_features__, "AVX512VNNI": False})
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    real_path = cnn.Path
+    monkeypatch.setattr(cnn, "Path", lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p))
+    assert cnn.cpu_has_vnni() is vnni
+
+
+def test_only_a_cpu_without_vnni_gets_the_exact_int8_products(monkeypatch):
+    import simbench.features.cnn as cnn
+
+    data = cnn.export_onnx(cnn.build_backbone("mobilenet_v3_small", None, 64), 64)  # any network: the options
+    for vnni, wanted in [(True, None), (None, None), (False, "1")]:
+        monkeypatch.setattr(cnn, "cpu_has_vnni", lambda v=vnni: v)
+        options = cnn.OnnxModel(data, 1).session.get_session_options()
+        try:
+            got = options.get_session_config_entry("session.x64quantprecision")
+        except RuntimeError:  # not set
+            got = None
+        assert got == wanted, vnni
+
 
 @pytest.mark.parametrize("how", ["quantizing fails", "outputs disagree"])
 def test_failed_int8_runs_float32_and_says_so(how, photo_files, tmp_path, monkeypatch, caplog):

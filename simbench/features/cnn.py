@@ -47,6 +47,8 @@ import io
 import json
 import logging
 import os
+import platform
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -733,11 +735,33 @@ def output_cosines(model_a, model_b, x: np.ndarray) -> np.ndarray:
     return np.concatenate(rows)
 
 
+def cpu_has_vnni() -> bool | None:
+    """Whether this x86-64 CPU has VNNI (AVX512-VNNI or AVX-VNNI): exact uint8 x int8 dot products; None
+    on other CPUs. Without it ONNX Runtime's fast uint8 x int8 kernels add products in pairs into 16 bits,
+    which saturate: an int8 network's outputs there are not those it was checked and calibrated with."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # NumPy < 2
+        from numpy.core._multiarray_umath import __cpu_features__
+    if __cpu_features__.get("AVX512VNNI"):
+        return True
+    try:
+        return re.search(r"\b(avx512_vnni|avx_vnni)\b", Path("/proc/cpuinfo").read_text()) is not None
+    except OSError:
+        return False
+
+
 class OnnxModel:
     """An exported network in an ONNX Runtime session on the CPU, called like the torch module
     (float32 (N, 3, S, S) tensor in, (N, D) tensor out), so embed_batch serves both runtimes.
 
     threads: intra-op threads (the extractor passes torch.get_num_threads(): the same cores torch uses).
+    On an x86-64 CPU without VNNI the session multiplies int8 in uint8 x uint8 (ONNX Runtime's
+    session.x64quantprecision): slower there, but without the saturation (cpu_has_vnni), so an int8
+    network gives what it gives on the CPUs it was made and calibrated on. Not set with VNNI, where it
+    would only slow the same arithmetic down; float32 networks have nothing it changes.
     """
 
     def __init__(self, model: str | bytes, threads: int):
@@ -749,6 +773,8 @@ class OnnxModel:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # fold BN, fuse conv+act
         # Idle threads sleep instead of spinning: the decoding processes need the same cores.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if cpu_has_vnni() is False:
+            opts.add_session_config_entry("session.x64quantprecision", "1")
         self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, x):
