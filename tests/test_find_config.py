@@ -33,9 +33,8 @@ def test_runner_groups_choose_the_stages_settings():
                                       "equalise_clip": 3.0}
     # find's changes: 192 x 192 input, int8, GeM, the blurred view (cut from the inner box), the region views
     assert cfg.cnn.extractor == {**runner.backbone, "image_size": 192, "runtime": "onnx-int8", "pooling": "gem",
-                                 "blurred_view": 1.5,
-                                 "blurred_inset": 0.08, "regions": 3, "region_size": 0.6, "trim_frame": False,
-                                 "upright": False, "grey_view": False}
+                                 "blurred_view": 1.5, "blurred_inset": 0.08, "regions": 3, "region_size": 0.6,
+                                 "trim_frame": False, "upright": False, "grey_view": False}
     assert cfg.keypoints.matcher == cfg.cnn.matcher == cfg.hash.matcher == runner.matcher
     stage, = cascade.build_stages(cascade.make_config("keypoints", groups), calibrations={}, quiet=True)
     assert stage.settings["extractor_params"]["detector"] == "orb"
