@@ -991,10 +991,20 @@ def test_int8_runtime_stays_close_to_float32_and_is_made_once(photo_files, tmp_p
     def no_quantizing(*args, **kwargs):
         raise AssertionError("quantized again instead of reading the kept file")
 
+    quantize = cnn.quantize_int8
     monkeypatch.setattr(cnn, "quantize_int8", no_quantizing)
     again = CnnExtractor("efficientnet_lite0", runtime="onnx-int8", **kw)
     np.testing.assert_array_equal(again.extract(paths).features.vectors, a)
     assert again.runtime == "onnx-int8"
+
+    # A kept file that does not load (a damaged disk, an edit) is made again and replaced, not a failed run.
+    monkeypatch.setattr(cnn, "quantize_int8", quantize)
+    kept = tmp_path / "cache" / "onnx" / made[0]
+    kept.write_bytes(b"not a network")
+    remade = CnnExtractor("efficientnet_lite0", runtime="onnx-int8", **kw)
+    assert remade.runtime == "onnx-int8" and remade.runtime_fallback is None
+    np.testing.assert_array_equal(remade.extract(paths).features.vectors, a)
+    assert kept.read_bytes() != b"not a network"
 
     # A CPU without VNNI multiplies in uint8 x uint8 (no 16-bit saturation): on one with VNNI, whose uint8 x
     # int8 products are exact too, that must give these very vectors.

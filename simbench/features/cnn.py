@@ -1076,17 +1076,22 @@ class CnnExtractor(Extractor):
         """runtime onnx-int8, when the extractor is made (so that params(), the key of its features and
         tables, names what will run): the float32 export quantized to int8 (quantize_int8, calibrated on
         calibration_views), made once and kept beside it, checked against float32 when made
-        (INT8_MIN_MEAN_COSINE). If the export or the quantization fails, torch or float32 runs (logged;
-        self.runtime says which, self.runtime_fallback why)."""
+        (INT8_MIN_MEAN_COSINE); a kept file that does not load is made again. If the export or the
+        quantization fails, torch or float32 runs (logged; self.runtime says which, self.runtime_fallback
+        why)."""
         import torch
 
         weights_file = resolve_weights(self.backbone, self.weights)
         float_name = onnx_file_name(self.backbone, weights_file, self.image_size, self.pooling, self.gem_p)
         path = onnx_cache_dir() / int8_file_name(float_name, self.prep)
-        if path.is_file():
-            self._int8 = str(path)
-            return
         threads = torch.get_num_threads()
+        if path.is_file():
+            try:
+                OnnxModel(str(path), threads)
+                self._int8 = str(path)
+                return
+            except Exception as exc:  # damaged: made again below, and replaced
+                log.warning("could not load %s (%s); quantizing again", path, exc)
         data, float_model, _ = self._float_onnx(threads)
         if data is None:
             return  # torch runs, and says so
