@@ -54,7 +54,7 @@ from simbench.find.pipeline import collect, find, raw_evidence
 from simbench.find.yearbook import (PAIR_KINDS, PAIR_TURNS, SCHOOL_STYLE, build_yearbook, match_placement, pair_kind,
                                    pair_turn, placement_pairs, reference_photos, true_pairs)
 from simbench.methods.cnn import (SHIPPED_WHITENING, centred, embedding_sum, fit_copy_whitening, normalised_scores,
-                                 vector_settings)
+                                 shipped_whitening_for, vector_settings)
 from simbench.types import ScoredPairs
 
 METHODS = ("hash", "cnn", "keypoints", "cascade")
@@ -169,9 +169,23 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
     if only:
         copied = "its other tables" if refit_fusion else "its other tables and the fusion"
         about += copied_about(copied, shipped_about())
+    tables, fusions, kept = with_other_settings(tables, fusions, load_calibrations(), load_fusions())
+    if kept:
+        about += f"; {kept} table(s) and fusion(s) for other settings copied from the shipped file"
     save_calibrations(tables, out, about, fusions)
     print(f"wrote {out}")
     return [t.to_json() for t in tables] + [f.to_json() for f in fusions]
+
+
+def with_other_settings(tables: list, fusions: list, shipped_tables: dict, shipped_fusions: list):
+    """(tables, fusions, how many were added): the fitted ones, then the shipped ones for settings they do not
+    cover (the float32 CNN's table and fusion beside the int8 default's): a refit for one setting keeps
+    another's."""
+    keys = {t.key for t in tables}
+    fused = {(tuple(f.stages), tuple(f.keys)) for f in fusions}
+    more_tables = [t for k, t in shipped_tables.items() if k not in keys]
+    more_fusions = [f for f in shipped_fusions if (tuple(f.stages), tuple(f.keys)) not in fused]
+    return [*tables, *more_tables], [*fusions, *more_fusions], len(more_tables) + len(more_fusions)
 
 
 def copied_about(copied: str, previous_about: str) -> str:
@@ -234,12 +248,16 @@ def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], pr
             found[name].append(ok[name])
         is_true.append(y)
         weight.append(np.full(len(y), collection.weight / max(len(y), 1)))  # every collection counts alike
-    fusion = fit_fusion(names, [s.calibration.key for s in stages], inputs,
+    keys = [s.calibration.key for s in stages]
+    # The shipped fusion of these stages whose kept stages have these settings (e.g. int8's or float32's CNN).
+    kept = next((f for f in load_fusions() if f.stages == names
+                 and all(fk == k for name, fk, k in zip(names, f.keys, keys) if name in keep)), None) if keep else None
+    fusion = fit_fusion(names, keys, inputs,
                         {k: np.concatenate(v) for k, v in values.items()},
                         {k: np.concatenate(v) for k, v in found.items()}, np.concatenate(is_true),
                         note=f"tuning collections, each weighted alike: {', '.join(c.tag for c in collections)}",
                         sample_weight=np.concatenate(weight), found_weights=found_weights,
-                        kept=next((f for f in load_fusions() if f.stages == names), None) if keep else None, keep=keep)
+                        kept=kept, keep=keep)
     print(f"fusion of {names}: intercept {fusion.intercept:.3f}, found weights {fusion.found_weight}, "
           f"input weights {fusion.weight}")
     return fusion
@@ -253,12 +271,14 @@ WHITENING_RANK = 128
 WHITENING_RANKS = (32, 64, 128, 256)
 
 
-def whiten(work: Path, overrides: list[str], progress: bool, out: Path = SHIPPED_WHITENING,
+def whiten(work: Path, overrides: list[str], progress: bool, out: Path | None = None,
            rank: int = WHITENING_RANK) -> list[dict]:
     """Fit the copy whitening on the true pairs of the development set's tuning collections (photo, line
-    art) and write it to `out`; first print the 2-fold table (`two_fold_table`) with no whitening and each
+    art) and write it to `out` (default: the shipped whitening fitted for these settings, else find's default
+    one, SHIPPED_WHITENING); first print the 2-fold table (`two_fold_table`) with no whitening and each
     rank of WHITENING_RANKS. The report split is never read here."""
     data, mean, stage = devset_embeddings(work, overrides, progress)
+    out = out or shipped_whitening_for(stage.extractor) or SHIPPED_WHITENING
     table = two_fold_table(data, mean, stage, "rank", [("none", 0, None), *((r, r, None) for r in WHITENING_RANKS)])
     fitted = fit_whitening(data, mean, stage, rank, f"{', '.join(d.tag for d in data)}; made by "
                                               "`python benchmarks/bench_find.py whiten`")
@@ -1050,7 +1070,8 @@ def main(argv=None) -> None:
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--out", default=None,
                         help="calibrate / whiten: the file to write (a variant's, to try with calibration=FILE or "
-                             f"cnn.method.copy_whitening=FILE; default {CALIBRATION_FILE.name} / {SHIPPED_WHITENING.name})")
+                             f"cnn.method.copy_whitening=FILE; default {CALIBRATION_FILE.name} / the shipped whitening fitted for "
+                             f"these settings, else {SHIPPED_WHITENING.name})")
     parser.add_argument("--seeds", default="",
                         help="tune, calibrate: comma-separated other devset seeds whose tuning collections, rebuilt, "
                              f"run (or are fitted on) beside the halves (REBUILD_SEEDS: "
@@ -1096,7 +1117,7 @@ def main(argv=None) -> None:
                                        tuple(x for x in args.stages.split(",") if x), args.refit_fusion,
                                        tuple(x for x in args.fusion_keep.split(",") if x))
     elif args.what == "whiten":
-        out["whiten"] = whiten(work, overrides, progress, Path(args.out or SHIPPED_WHITENING))
+        out["whiten"] = whiten(work, overrides, progress, Path(args.out) if args.out else None)
     elif args.what == "augment":
         out["augment"] = augment(work, overrides, progress)
     elif args.what == "regions":

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_find import copied_about, fitted_stages  # noqa: E402
+from benchmarks.bench_find import copied_about, fitted_stages, with_other_settings  # noqa: E402
+from simbench.find.calibration import Fusion, fit_calibration  # noqa: E402
 
 
 def test_copied_about_names_each_earlier_command_once_and_does_not_nest():
@@ -37,3 +38,21 @@ def test_the_wide_blobs_look_is_fitted_after_the_keypoint_stages_it_skips():
     assert names(["blobs.method.proposals=0"]) == ["keypoints", "cnn", "blobs_wide"]
     assert names(["blobs_wide.method.skip_verified=false"]) == ["cnn", "blobs_wide"]
     assert names(["blobs_wide.method.proposals=0"]) == []
+
+
+def test_a_refit_keeps_the_shipped_tables_and_fusions_of_other_settings():
+    """calibrate for one setting (the int8 CNN) keeps what ships for another (the float32 CNN), once each."""
+    def table(stage, precision):
+        return fit_calibration([0.1, 0.5, 0.9] * 10, [0, 1, 1] * 10, settings={"stage": stage, "precision": precision})
+
+    def fusion(keys):
+        return Fusion(["keypoints", "cnn"], keys, -1.0, {}, {"cnn": 1.0}, {"cnn": "identity"})
+
+    kp, cnn8, cnn32 = table("keypoints", None), table("cnn", "int8"), table("cnn", None)
+    shipped_tables = {t.key: t for t in (kp, cnn32)}
+    shipped_fusions = [fusion([kp.key, cnn32.key])]
+    tables, fusions, kept = with_other_settings([kp, cnn8], [fusion([kp.key, cnn8.key])], shipped_tables, shipped_fusions)
+    assert [t.key for t in tables] == [kp.key, cnn8.key, cnn32.key] and kept == 2
+    assert [f.keys for f in fusions] == [[kp.key, cnn8.key], [kp.key, cnn32.key]]
+    again = with_other_settings(tables, fusions, {t.key: t for t in tables}, fusions)
+    assert [t.key for t in again[0]] == [t.key for t in tables] and len(again[1]) == 2 and again[2] == 0

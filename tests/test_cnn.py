@@ -706,10 +706,10 @@ def test_copy_whitening_file_names_the_settings_it_was_fitted_for(tmp_path, capl
         CnnMethod(other, ExactMatcher(), copy_whitening=tmp_path / "w.npz")
     with pytest.raises(FileNotFoundError):
         CnnMethod(extractor, ExactMatcher(), copy_whitening=tmp_path / "missing.npz")
-    # auto: the shipped fit is for EfficientNet-Lite0 as find runs it; for other settings, none, logged.
+    # auto: the shipped fits are for EfficientNet-Lite0 as find runs it (int8, float32); other settings, none, logged.
     with caplog.at_level("WARNING"):
         assert CnnMethod(other, ExactMatcher(), copy_whitening="auto").copy_whitening is None
-    assert "fitted for other extractor settings" in caplog.text
+    assert "no shipped whitening was fitted for these extractor settings" in caplog.text and "backbone" in caplog.text
 
 
 def test_background_pictures_count_among_the_neighbours_of_the_normalisation(tmp_path):
@@ -795,6 +795,25 @@ def test_find_whitens_its_cnn_embeddings_with_the_shipped_fit():
     assert "bench_find.py whiten" in stage.method.copy_whitening.note
     assert len(stage.method.copy_whitening.background) >= 50  # the tuning split's references and distractors
     assert (stage.method.augment_k, stage.method.augment_alpha) == (5, 3.0)  # then neighbour augmentation
+
+
+def test_auto_whitening_is_the_shipped_fit_for_the_extractor_settings(caplog):
+    """find's default CNN (int8) and the float32 one each get the whitening fitted for it; other settings none."""
+    from simbench.find import cascade
+    from simbench.methods.cnn import SHIPPED_WHITENING, CopyWhitening, shipped_whitenings
+
+    def whitening(overrides):
+        return cascade.build_stages(cascade.make_config("cnn", overrides), calibrations={}, quiet=True)[0].method.copy_whitening
+
+    files = shipped_whitenings()
+    assert files[0] == SHIPPED_WHITENING and len(files) == 2
+    digests = [CopyWhitening.load(f).digest for f in files]
+    assert whitening([]).digest == digests[0]
+    assert whitening(["cnn.extractor.runtime=onnx"]).digest == digests[1]
+    assert whitening(["cnn.extractor.runtime=torch"]).digest == digests[1]  # float32 both: the same vectors
+    with caplog.at_level("WARNING", logger="simbench"):
+        assert whitening(["cnn.extractor.image_size=160"]) is None
+    assert "no shipped whitening was fitted for these extractor settings" in caplog.text and "image_size" in caplog.text
 
 
 def _compose(overrides: list[str]):

@@ -64,6 +64,21 @@ def test_defaults_are_the_calibrated_settings():
     assert cascade.fusion_model(stages, cfg) is not None
 
 
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_the_cnn_in_float32_is_calibrated_too(runtime):
+    """The CNN in float32 (runtime onnx, or torch as on a GPU) has its own shipped table, copy whitening and fusion
+    (those of before the int8 default): not int8's, and not uncalibrated."""
+    cfg = cascade.make_config("cascade", [f"cnn.extractor.runtime={runtime}"])
+    stages = cascade.build_stages(cfg, quiet=True)
+    cnn = next(s for s in stages if s.name == "cnn")
+    default = next(s for s in cascade.build_stages(cascade.make_config("cascade"), quiet=True) if s.name == "cnn")
+    assert all(s.is_calibrated for s in stages)
+    assert cnn.calibration.key != default.calibration.key
+    assert cnn.method.copy_whitening.digest != default.method.copy_whitening.digest
+    model = cascade.fusion_model(stages, cfg)
+    assert model is not None and cnn.calibration.key in model.keys
+
+
 def test_a_default_find_run_is_calibrated(tmp_path, photos):
     for name in ("astronaut", "coffee"):
         img = Image.fromarray(photos[name])

@@ -87,8 +87,15 @@ from simbench.types import Embeddings, Pairs, ScoredPairs
 
 log = logging.getLogger(__name__)
 
-#: The copy whitening shipped with simbench: `python benchmarks/bench_find.py whiten` (tuning split only).
+#: The copy whitening shipped with simbench for find's default CNN: `python benchmarks/bench_find.py whiten`
+#: (tuning split only). Others ship beside it as cnn_whitening-*.npz, each fitted for other extractor settings
+#: (float32: runtime onnx or torch, as on a GPU); "auto" takes the one fitted for the extractor's.
 SHIPPED_WHITENING = Path(__file__).with_name("cnn_whitening.npz")
+
+
+def shipped_whitenings() -> list[Path]:
+    """The shipped copy whitenings, find's default first."""
+    return sorted(SHIPPED_WHITENING.parent.glob("cnn_whitening*.npz"), key=lambda p: (p != SHIPPED_WHITENING, p.name))
 
 
 class CnnMethod(Method):
@@ -538,27 +545,39 @@ def vector_settings(extractor) -> dict:
 
 
 def whitening_for(spec, extractor) -> CopyWhitening | None:
-    """CnnMethod's copy_whitening: None, "auto" (the shipped fit, if made for these settings) or a file."""
+    """CnnMethod's copy_whitening: None, "auto" (the shipped fit made for these settings, if one is) or a file."""
     if spec is None or str(spec).lower() in ("none", "null", "false", ""):
         return None
-    auto = str(spec) == "auto"
-    path = SHIPPED_WHITENING if auto else Path(spec)
-    if not path.is_file():
-        if auto:
-            log.warning("copy_whitening=auto: no shipped whitening (%s): not whitened", path)
+    if str(spec) == "auto":
+        path = shipped_whitening_for(extractor)
+        if path is None:
+            differ = _settings_differ(CopyWhitening.load(SHIPPED_WHITENING), extractor) if SHIPPED_WHITENING.is_file() else []
+            log.warning("copy_whitening=auto: no shipped whitening was fitted for these extractor settings%s: "
+                        "not whitened", f" (the default's differs in {', '.join(differ)})" if differ else "")
             return None
+        return CopyWhitening.load(path)
+    path = Path(spec)
+    if not path.is_file():
         raise FileNotFoundError(f"copy_whitening: no such file {path}")
     whitening = CopyWhitening.load(path)
-    wanted = json.loads(json.dumps(vector_settings(extractor), sort_keys=True, default=str))
-    fitted = {k: whitening.fitted_for.get(k) for k in set(wanted) | set(whitening.fitted_for)}
-    if fitted != {k: wanted.get(k) for k in fitted}:
-        differ = sorted(k for k in fitted if fitted[k] != wanted.get(k))
-        message = f"copy whitening {path} was fitted for other extractor settings ({', '.join(differ)})"
-        if auto:
-            log.warning("%s: not whitened", message)
-            return None
-        raise ValueError(message)
+    differ = _settings_differ(whitening, extractor)
+    if differ:
+        raise ValueError(f"copy whitening {path} was fitted for other extractor settings ({', '.join(differ)})")
     return whitening
+
+
+def shipped_whitening_for(extractor) -> Path | None:
+    """The shipped copy whitening fitted for this extractor's settings (shipped_whitenings), or None."""
+    for path in shipped_whitenings():
+        if not _settings_differ(CopyWhitening.load(path), extractor):
+            return path
+    return None
+
+
+def _settings_differ(whitening: "CopyWhitening", extractor) -> list[str]:
+    """The vector settings (vector_settings) a whitening was fitted for that this extractor does not have."""
+    wanted = json.loads(json.dumps(vector_settings(extractor), sort_keys=True, default=str))
+    return sorted(k for k in set(wanted) | set(whitening.fitted_for) if whitening.fitted_for.get(k) != wanted.get(k))
 
 
 def nearest_others(matcher, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
