@@ -278,7 +278,9 @@ def whiten(work: Path, overrides: list[str], progress: bool, out: Path | None = 
     one, SHIPPED_WHITENING); first print the 2-fold table (`two_fold_table`) with no whitening and each
     rank of WHITENING_RANKS. The report split is never read here."""
     data, mean, stage = devset_embeddings(work, overrides, progress)
-    out = out or shipped_whitening_for(stage.extractor) or SHIPPED_WHITENING
+    if out is None:
+        found = shipped_whitening_for(stage.extractor)
+        out = found[0] if found else SHIPPED_WHITENING
     table = two_fold_table(data, mean, stage, "rank", [("none", 0, None), *((r, r, None) for r in WHITENING_RANKS)])
     fitted = fit_whitening(data, mean, stage, rank, f"{', '.join(d.tag for d in data)}; made by "
                                               "`python benchmarks/bench_find.py whiten`")

@@ -549,13 +549,13 @@ def whitening_for(spec, extractor) -> CopyWhitening | None:
     if spec is None or str(spec).lower() in ("none", "null", "false", ""):
         return None
     if str(spec) == "auto":
-        path = shipped_whitening_for(extractor)
-        if path is None:
+        found = shipped_whitening_for(extractor)
+        if found is None:
             differ = _settings_differ(CopyWhitening.load(SHIPPED_WHITENING), extractor) if SHIPPED_WHITENING.is_file() else []
             log.warning("copy_whitening=auto: no shipped whitening was fitted for these extractor settings%s: "
                         "not whitened", f" (the default's differs in {', '.join(differ)})" if differ else "")
             return None
-        return CopyWhitening.load(path)
+        return found[1]
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"copy_whitening: no such file {path}")
@@ -566,11 +566,13 @@ def whitening_for(spec, extractor) -> CopyWhitening | None:
     return whitening
 
 
-def shipped_whitening_for(extractor) -> Path | None:
-    """The shipped copy whitening fitted for this extractor's settings (shipped_whitenings), or None."""
+def shipped_whitening_for(extractor) -> tuple[Path, "CopyWhitening"] | None:
+    """(file, fit) of the shipped copy whitening fitted for this extractor's settings (shipped_whitenings), or
+    None."""
     for path in shipped_whitenings():
-        if not _settings_differ(CopyWhitening.load(path), extractor):
-            return path
+        whitening = CopyWhitening.load(path)
+        if not _settings_differ(whitening, extractor):
+            return path, whitening
     return None
 
 
