@@ -11,6 +11,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from simbench.features.thumbnails import ThumbnailExtractor, Thumbnails
 from simbench.find import cascade
 from simbench.find.items import grey_thumbnail, thumbnail_jpeg
+from simbench.find.yearbook import decoration, school_logo
 from simbench.methods.align import AlignMethod, OverlapNcc, align_pair, overlap_ncc
 
 
@@ -323,3 +324,53 @@ def test_verified_pairs_are_the_kept_ones_scoring_at_least_the_floor(caplog):
     with caplog.at_level(logging.WARNING, logger="simbench"):
         assert verified_pairs(stage, found, lambda s: kept, 0.5) is found
     assert "not calibrated" in caplog.text
+
+
+def _placed(photo: Image.Image, crop: tuple[int, int, int, int]) -> np.ndarray:
+    """A yearbook placement's thumbnail (simbench.find.yearbook): the crop, framed, the school's logo stamped in its
+    own bottom right corner, drawn 220 points wide."""
+    shown = photo.crop(crop).convert("RGB")
+    overlay = decoration(shown.size, shown.width / 220, school_logo(), frame=True)
+    shown.paste(overlay, (0, 0), overlay)
+    return _grey(shown)
+
+
+@pytest.mark.parametrize("name, crops", [
+    ("astronaut", ((189, 25, 460, 486), (30, 20, 491, 409))),
+    ("cat", ((138, 12, 391, 223), (41, 15, 396, 198))),
+    ("coins", ((142, 15, 345, 295), (23, 12, 368, 242)))])
+def test_trim_leaves_out_the_logo_each_placement_carries_in_its_own_corner(photos, name, crops):
+    """Two placements of one flat photo, each with the logo in its own corner: over their overlap each logo lies on
+    the other's photo and the correlation drops. Trimmed, the two line up closely; different flat photos so dressed
+    still do not."""
+    photo = _flat(Image.fromarray(photos[name]).convert("RGB"))
+    a, b = (_placed(photo, crop) for crop in crops)
+    plain = align_pair(a, b, overlap_template=True, both_ways=True)
+    trimmed = align_pair(a, b, overlap_template=True, both_ways=True, trim=True)
+    assert trimmed.correlation > 0.998 and trimmed.correlation > plain.correlation + 0.005, (plain, trimmed)
+    for other in ("coffee", "rocket", "clock", "horse"):
+        picture = _flat(Image.fromarray(photos[other]).convert("RGB"))
+        w, h = picture.size
+        different = align_pair(a, _placed(picture, (w // 5, h // 5, w, h)), overlap_template=True, both_ways=True,
+                               per_turn=3, trim=True)
+        assert different is None or different.correlation < 0.98, (other, different)
+
+
+def test_per_turn_refines_a_scale_the_search_ranks_below_its_best(photos):
+    """Two flat placements whose search puts its best correlation on a wrong placement: refining each turn's three
+    best scales finds the better alignment the search's margin left out."""
+    photo = _flat(Image.fromarray(photos["horse"]).convert("RGB"))
+    a, b = _placed(photo, (58, 22, 378, 244)), _placed(photo, (44, 61, 389, 227))
+    best_only = align_pair(a, b, overlap_template=True, both_ways=True)
+    three = align_pair(a, b, overlap_template=True, both_ways=True, per_turn=3)
+    assert three.correlation > 0.995 and three.correlation > best_only.correlation + 0.005, (best_only, three)
+    with pytest.raises(ValueError, match="per_turn"):
+        AlignMethod(ThumbnailExtractor(), per_turn=-1)
+
+
+def test_per_turn_and_trim_key_the_table_only_when_set():
+    default, new = _align(["align.method.per_turn=0", "align.method.trim=false"]), _align(
+        ["align.method.per_turn=3", "align.method.trim=true"])
+    assert not {"per_turn", "trim", "trim_sigmas"} & set(default.settings["method_params"])
+    assert new.settings["method_params"]["per_turn"] == 3 and new.settings["method_params"]["trim_sigmas"] == 3.0
+    assert cascade.settings_key(new.settings) != cascade.settings_key(default.settings)

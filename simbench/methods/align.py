@@ -19,6 +19,14 @@ different pictures, however smooth, do not once that transform is refined to fit
    As find runs it (since run 63), ECC is given only the part of a that the hypothesis lays over b (two crops of
    one photo, neither holding the other, share only that part), and b is laid over a as well, the better kept.
    `tilts` (off by default; tried in results/find.md "Run (64)") also searches b turned by a few degrees.
+   `per_turn`: refine each turn's best few local maxima over scale, whatever their search correlation. On smooth
+   pictures a small b laid inside a correlates well almost anywhere, so the search often ranks the true scale
+   below such a placement; only refinement tells them apart.
+3. Trimming (`trim`): an overlay one picture carries and the other does not (a logo stamped in each placement's
+   corner, a caption, a frame's band) disagrees wherever the two overlap, and on a flat picture it outweighs what
+   is left. The pixels whose residual (after the best linear fit of grey levels) exceeds TRIM_SIGMAS robust
+   standard deviations are left out, and ECC refines once more on the rest; where more than MAX_TRIM of the
+   overlap would go, the untrimmed alignment stands.
 The pair's signal is the best correlation ECC reaches (no hypothesis kept: the pair does not align). BORDER of
 each side of both thumbnails is left out: a yearbook's frame, a scan's edge.
 
@@ -64,6 +72,10 @@ MIN_TEMPLATE_SIDE = 8
 #: ECC's iterations per step, and the change of the map at which it stops.
 ECC_ITERATIONS = 25
 ECC_EPS = 1e-5
+#: Trimming: a pixel is an outlier past this many robust standard deviations (1.4826 MAD) of the residual (grown
+#: by a pixel each way); at most this share of the overlap is left out.
+TRIM_SIGMAS = 3.0
+MAX_TRIM = 0.25
 
 
 def settings() -> dict:
@@ -72,6 +84,11 @@ def settings() -> dict:
             "min_refined_overlap": MIN_REFINED_OVERLAP, "refine_side": REFINE_SIDE, "top_per_turn": TOP_PER_TURN,
             "refine_margin": REFINE_MARGIN, "border": BORDER, "max_anisotropy": MAX_ANISOTROPY,
             "max_rescale": MAX_RESCALE, "ecc_iterations": ECC_ITERATIONS, "ecc_eps": ECC_EPS}
+
+
+def trim_settings() -> dict:
+    """What trimming adds to the signal's settings (only when on: the tables fitted before keep their keys)."""
+    return {"trim_sigmas": TRIM_SIGMAS, "max_trim": MAX_TRIM}
 
 
 @dataclass(frozen=True)
@@ -167,9 +184,9 @@ def inner(image: np.ndarray) -> np.ndarray:
     return image[bh:h - bh, bw:w - bw]
 
 
-def search(a: np.ndarray, b: np.ndarray) -> list[tuple[float, int, float, tuple[int, int]]]:
+def search(a: np.ndarray, b: np.ndarray, per_turn: int = TOP_PER_TURN) -> list[tuple[float, int, float, tuple[int, int]]]:
     """The search's hypotheses (correlation, quarter turns of b, scale of b against a, shift in coarse pixels of
-    the whole thumbnails), TOP_PER_TURN per turn: the best local maxima over SCALES."""
+    the whole thumbnails), per_turn per turn: the best local maxima over SCALES."""
     whole = resized(a, COARSE_SIDE / max(a.shape))
     f = inner(whole)
     ncc_with = OverlapNcc(f, MIN_OVERLAP)
@@ -189,12 +206,14 @@ def search(a: np.ndarray, b: np.ndarray) -> list[tuple[float, int, float, tuple[
         v = [h[0] for h in best]
         peaks = [best[i] for i in range(len(best))
                  if (i == 0 or v[i] >= v[i - 1]) and (i == len(best) - 1 or v[i] >= v[i + 1]) and v[i] > -1]
-        out += sorted(peaks, key=lambda h: -h[0])[:TOP_PER_TURN]
+        out += sorted(peaks, key=lambda h: -h[0])[:per_turn]
     return out
 
 
-def refine(a: np.ndarray, b: np.ndarray, hypothesis, overlap_template: bool = False) -> Alignment | None:
-    """ECC refinement of one search hypothesis (see the module docstring), or None where it is dropped.
+def refine(a: np.ndarray, b: np.ndarray, hypothesis, overlap_template: bool = False,
+           trim: bool = False) -> Alignment | None:
+    """ECC refinement of one search hypothesis (see the module docstring), or None where it is dropped; trim: then
+    trimmed (`trimmed`).
 
     overlap_template: refine on the part of a that the hypothesis lays over b (less OVERLAP_MARGIN of it on each
     side) instead of all of a. Two crops of one picture, neither holding the other (a yearbook's placements), then
@@ -225,8 +244,7 @@ def refine(a: np.ndarray, b: np.ndarray, hypothesis, overlap_template: bool = Fa
     if not np.isfinite(correlation):  # a blank part (a drawing's white paper): no correlation to speak of
         return None
     warp[:, 2] -= warp[:, :2] @ np.float32([x0, y0])  # back to the whole template's pixels
-    sv = np.linalg.svd(warp[:, :2].astype(np.float64), compute_uv=False)
-    if sv[0] / sv[1] > MAX_ANISOTROPY or not 1 / MAX_RESCALE < np.sqrt(sv[0] * sv[1]) < MAX_RESCALE:
+    if not _near_similarity(warp):
         return None
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     inside = cv2.warpAffine(mask.astype(np.float32), warp, template.shape[::-1], flags=flags)
@@ -234,7 +252,43 @@ def refine(a: np.ndarray, b: np.ndarray, hypothesis, overlap_template: bool = Fa
     overlap = float((inside > 0.5).sum()) / min(template.size, float(mask.sum()))
     if overlap < MIN_REFINED_OVERLAP:
         return None
+    if trim:
+        correlation, warp = trimmed(template, scaled, mask, warp, correlation, criteria)
     return Alignment(float(correlation), overlap, turns, warp)
+
+
+def _near_similarity(warp: np.ndarray) -> bool:
+    sv = np.linalg.svd(warp[:, :2].astype(np.float64), compute_uv=False)
+    return sv[0] / sv[1] <= MAX_ANISOTROPY and 1 / MAX_RESCALE < np.sqrt(sv[0] * sv[1]) < MAX_RESCALE
+
+
+def trimmed(template: np.ndarray, scaled: np.ndarray, mask: np.ndarray, warp: np.ndarray, correlation: float,
+            criteria) -> tuple[float, np.ndarray]:
+    """(correlation, warp) refined once more by ECC on the template's pixels that `warp` lays inside `mask` less the
+    outliers of their residual (see the module docstring); the given ones where too many are outliers, too few
+    pixels are left, or that refinement fails."""
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    shape = template.shape[::-1]
+    inside = cv2.warpAffine(mask.astype(np.float32), warp, shape, flags=flags) > 0.99
+    if inside.sum() < 30:
+        return correlation, warp
+    t, w = template[inside], cv2.warpAffine(scaled, warp, shape, flags=flags)[inside]
+    fit = np.c_[w, np.ones_like(w)]
+    residual = np.zeros(template.shape, np.float32)
+    residual[inside] = np.abs(t - fit @ np.linalg.lstsq(fit, t, rcond=None)[0])
+    spread = 1.4826 * float(np.median(residual[inside])) + 1e-4
+    outliers = cv2.dilate(((residual > TRIM_SIGMAS * spread) & inside).astype(np.uint8), np.ones((3, 3), np.uint8))
+    keep = inside & (outliers == 0)
+    if keep.sum() < (1 - MAX_TRIM) * inside.sum():
+        return correlation, warp
+    try:
+        again, new_warp = cv2.findTransformECCWithMask(template, scaled, keep.astype(np.uint8) * 255, mask * 255,
+                                                       warp.copy(), cv2.MOTION_AFFINE, criteria, 3)
+    except cv2.error:
+        return correlation, warp
+    if not np.isfinite(again) or not _near_similarity(new_warp):
+        return correlation, warp
+    return float(again), new_warp
 
 
 def _overlap_box(template_shape, scaled_shape, warp: np.ndarray) -> tuple[int, int, int, int]:
@@ -249,20 +303,22 @@ def _overlap_box(template_shape, scaled_shape, warp: np.ndarray) -> tuple[int, i
 
 
 def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, both_ways: bool = False,
-               tilts: tuple[float, ...] = ()) -> Alignment | None:
+               tilts: tuple[float, ...] = (), per_turn: int = 0, trim: bool = False) -> Alignment | None:
     """The best refined alignment of grey thumbnails a and b (float32), or None: no hypothesis refines.
-    overlap_template: see `refine`. both_ways: b laid over a as well (its search and refinement), the better
+    overlap_template, trim: see `refine`. both_ways: b laid over a as well (its search and refinement), the better
     kept; one so aligned is `swapped` (its turns are then still b's relative to a). tilts: angles in degrees the
     second picture is also searched and refined at, turned by each first (`tilted`): ECC refines a small turn only
-    from near it."""
+    from near it. per_turn: refine each turn's per_turn best hypotheses (local maxima over scale), all of them; 0:
+    TOP_PER_TURN per turn, only those within REFINE_MARGIN of the best."""
     a, b = (resized(x, REFINE_SIDE / max(x.shape)) if max(x.shape) > REFINE_SIDE else x for x in (a, b))
+    options = {"overlap_template": overlap_template, "per_turn": per_turn, "trim": trim}
     best = None
     for tilt in (0.0, *tilts):
-        found = _best_refined(a, tilted(b, tilt), overlap_template, tilt)
+        found = _best_refined(a, tilted(b, tilt), tilt, **options)
         if found is not None and (best is None or found.correlation > best.correlation):
             best = found
         if both_ways:
-            other = _best_refined(b, tilted(a, tilt), overlap_template, tilt)
+            other = _best_refined(b, tilted(a, tilt), tilt, **options)
             if other is not None and (best is None or other.correlation > best.correlation):
                 best = Alignment(other.correlation, other.overlap, (4 - other.turns) % 4, other.warp, True, tilt)
     return best
@@ -277,12 +333,13 @@ def tilted(image: np.ndarray, degrees: float) -> np.ndarray:
     return cv2.warpAffine(image, turn, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def _best_refined(a: np.ndarray, b: np.ndarray, overlap_template: bool, tilt: float = 0.0) -> Alignment | None:
+def _best_refined(a: np.ndarray, b: np.ndarray, tilt: float, overlap_template: bool, per_turn: int,
+                  trim: bool) -> Alignment | None:
     best = None
-    hypotheses = search(a, b)
+    hypotheses = search(a, b, per_turn or TOP_PER_TURN)
     top = max((h[0] for h in hypotheses), default=-1.0)
-    for hypothesis in (h for h in hypotheses if h[0] >= top - REFINE_MARGIN):
-        found = refine(a, b, hypothesis, overlap_template)
+    for hypothesis in (h for h in hypotheses if per_turn or h[0] >= top - REFINE_MARGIN):
+        found = refine(a, b, hypothesis, overlap_template, trim)
         if found is not None and (best is None or found.correlation > best.correlation):
             best = found
     return best if best is None or not tilt else replace(best, tilt=tilt)
@@ -329,8 +386,8 @@ class AlignMethod(Method):
     also_found: with skip_held_at, also look at the pairs a keypoint stage found that are not held, whatever the CNN
     ranks them (a recoloured copy the CNN puts far down its list); tried in run (69), not kept.
     workers: processes that align the pairs (simbench.processes; 0: one per core, 1: this process).
-    overlap_template, both_ways, tilts: align_pair's options (ECC on the overlap; b over a as well; more angles
-    searched)."""
+    overlap_template, both_ways, tilts, per_turn, trim: align_pair's options (ECC on the overlap; b over a as well;
+    more angles searched; more hypotheses refined; overlays trimmed)."""
 
     own_pairs = False  # see __init__
     evidence_fields = ("overlap", "turns")  # per pair, kept for the report
@@ -338,8 +395,8 @@ class AlignMethod(Method):
 
     def __init__(self, extractor, matcher=None, proposals: int = 2, threshold: float = 0.95,
                  skip_verified: bool = True, workers: int = 0, own_pairs: bool = False,
-                 overlap_template: bool = False, both_ways: bool = False, tilts=(),
-                 skip_verified_at: float | None = None, skip_held_at: float | None = None, also_found: bool = False):
+                 overlap_template: bool = False, both_ways: bool = False, tilts=(), per_turn: int = 0,
+                 trim: bool = False, skip_verified_at: float | None = None, skip_held_at: float | None = None, also_found: bool = False):
         if proposals < 0 or own_pairs:
             raise ValueError(f"proposals must be >= 0 (not {proposals}), and own_pairs false: align only verifies")
         self.extractor, self.matcher = extractor, matcher
@@ -352,12 +409,16 @@ class AlignMethod(Method):
         self.also_found = bool(also_found)
         if self.also_found and (self.skip_held_at is None or not self.skip_verified):
             raise ValueError("align: also_found needs skip_verified and skip_held_at (else it adds only skipped pairs)")
+        if per_turn < 0:
+            raise ValueError(f"align: per_turn must be >= 0 (not {per_turn})")
         self.options = {"overlap_template": bool(overlap_template), "both_ways": bool(both_ways),
-                        "tilts": tuple(float(t) for t in tilts)}
+                        "tilts": tuple(float(t) for t in tilts), "per_turn": int(per_turn), "trim": bool(trim)}
 
     def params(self) -> dict:
         # The options only when on: the tables fitted before them keep their keys.
         on = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items() if v}
+        if self.options["trim"]:
+            on.update(trim_settings())
         if self.skip_verified_at is not None:
             on["skip_verified_at"] = self.skip_verified_at
         if self.skip_held_at is not None:
