@@ -374,3 +374,33 @@ def test_per_turn_and_trim_key_the_table_only_when_set():
     assert not {"per_turn", "trim", "trim_sigmas"} & set(default.settings["method_params"])
     assert new.settings["method_params"]["per_turn"] == 3 and new.settings["method_params"]["trim_sigmas"] == 3.0
     assert cascade.settings_key(new.settings) != cascade.settings_key(default.settings)
+
+
+def test_trim_keeps_the_untrimmed_alignment_where_too_much_would_be_left_out(photos, monkeypatch):
+    """With every pixel an outlier (no spread allowed) more than MAX_TRIM of the overlap would go: the alignment is
+    the untrimmed one, not one fitted on what little is left."""
+    import simbench.methods.align as align
+
+    photo = _flat(Image.fromarray(photos["astronaut"]).convert("RGB"))
+    a, b = _placed(photo, (189, 25, 460, 486)), _placed(photo, (30, 20, 491, 409))
+    plain = align_pair(a, b, overlap_template=True, both_ways=True)
+    monkeypatch.setattr(align, "TRIM_SIGMAS", -1.0)
+    everything_out = align_pair(a, b, overlap_template=True, both_ways=True, trim=True)
+    assert everything_out.correlation == plain.correlation
+    np.testing.assert_array_equal(everything_out.warp, plain.warp)
+
+
+def test_min_correlation_drops_looser_alignments_and_keys_the_table_only_when_set(photos):
+    pictures = [_flat(Image.fromarray(photos["astronaut"]))]
+    pictures.append(pictures[0].crop((50, 50, 450, 450)))
+    thumbs = Thumbnails([thumbnail_jpeg(p) for p in pictures])
+    every = AlignMethod(ThumbnailExtractor(), overlap_template=True).score_proposed(thumbs, np.array([0]), np.array([1]))
+    assert len(every) == 1
+    at = float(every.score[0])
+    kept = AlignMethod(ThumbnailExtractor(), overlap_template=True, min_correlation=at - 1e-6)
+    dropped = AlignMethod(ThumbnailExtractor(), overlap_template=True, min_correlation=np.nextafter(at, 2.0))
+    assert kept.score_proposed(thumbs, np.array([0]), np.array([1])).score.tolist() == [at]
+    none = dropped.score_proposed(thumbs, np.array([0]), np.array([1]))
+    assert len(none) == 0 and none.extra["proposed_pairs"] == 1
+    assert "min_correlation" not in _align(["align.method.min_correlation=0"]).settings["method_params"]
+    assert _align(["align.method.min_correlation=0.97"]).settings["method_params"]["min_correlation"] == 0.97

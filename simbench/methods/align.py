@@ -31,7 +31,8 @@ The pair's signal is the best correlation ECC reaches (no hypothesis kept: the p
 each side of both thumbnails is left out: a yearbook's frame, a scan's edge.
 
 Measured on the tuning split only (results/find.md, "Runs (61) and (62)"): among each picture's best CNN pairs, a
-correlation of 0.95 or more held copies nearly always, the flat yearbook photos' among them.
+correlation of 0.95 or more held copies nearly always, the flat yearbook photos' among them. per_turn and trim: "Run
+(83)" there.
 """
 from __future__ import annotations
 
@@ -387,7 +388,10 @@ class AlignMethod(Method):
     ranks them (a recoloured copy the CNN puts far down its list); tried in run (69), not kept.
     workers: processes that align the pairs (simbench.processes; 0: one per core, 1: this process).
     overlap_template, both_ways, tilts, per_turn, trim: align_pair's options (ECC on the overlap; b over a as well;
-    more angles searched; more hypotheses refined; overlays trimmed)."""
+    more angles searched; more hypotheses refined; overlays trimmed).
+    min_correlation: alignments below it are not returned (0: every one). The stage's score is added to the others'
+    by noisy-OR, so every pair it returns gains at least its table's lowest precision: a floor keeps different
+    pictures that merely line up loosely (smooth ones, a drawing's white paper) where the other stages put them."""
 
     own_pairs = False  # see __init__
     evidence_fields = ("overlap", "turns")  # per pair, kept for the report
@@ -396,7 +400,7 @@ class AlignMethod(Method):
     def __init__(self, extractor, matcher=None, proposals: int = 2, threshold: float = 0.95,
                  skip_verified: bool = True, workers: int = 0, own_pairs: bool = False,
                  overlap_template: bool = False, both_ways: bool = False, tilts=(), per_turn: int = 0,
-                 trim: bool = False, skip_verified_at: float | None = None, skip_held_at: float | None = None, also_found: bool = False):
+                 trim: bool = False, min_correlation: float = 0.0, skip_verified_at: float | None = None, skip_held_at: float | None = None, also_found: bool = False):
         if proposals < 0 or own_pairs:
             raise ValueError(f"proposals must be >= 0 (not {proposals}), and own_pairs false: align only verifies")
         self.extractor, self.matcher = extractor, matcher
@@ -411,6 +415,7 @@ class AlignMethod(Method):
             raise ValueError("align: also_found needs skip_verified and skip_held_at (else it adds only skipped pairs)")
         if per_turn < 0:
             raise ValueError(f"align: per_turn must be >= 0 (not {per_turn})")
+        self.min_correlation = float(min_correlation)
         self.options = {"overlap_template": bool(overlap_template), "both_ways": bool(both_ways),
                         "tilts": tuple(float(t) for t in tilts), "per_turn": int(per_turn), "trim": bool(trim)}
 
@@ -425,6 +430,8 @@ class AlignMethod(Method):
             on["skip_held_at"] = self.skip_held_at
         if self.also_found:
             on["also_found"] = True
+        if self.min_correlation:
+            on["min_correlation"] = self.min_correlation
         return {"proposals": self.proposals, "skip_verified": self.skip_verified, **settings(), **on}
 
     def score_pairs(self, features) -> ScoredPairs:
@@ -442,8 +449,9 @@ class AlignMethod(Method):
             found = [f for part in parts for f in part]
         else:
             found = align_rows((features, a.tolist(), b.tolist(), self.options))
-        kept = np.array([f is not None for f in found], bool)
-        got = [f for f in found if f is not None]
+        floor = self.min_correlation or -np.inf
+        kept = np.array([f is not None and f.correlation >= floor for f in found], bool)
+        got = [f for f, k in zip(found, kept) if k]
         return ScoredPairs(a[kept], b[kept], np.array([f.correlation for f in got], np.float64),
                            {"overlap": np.array([f.overlap for f in got], np.float64),
                             "turns": np.array([f.turns for f in got], np.int64), "proposed_pairs": len(a)})
