@@ -404,3 +404,11 @@ def test_min_correlation_drops_looser_alignments_and_keys_the_table_only_when_se
     assert len(none) == 0 and none.extra["proposed_pairs"] == 1
     assert "min_correlation" not in _align(["align.method.min_correlation=0"]).settings["method_params"]
     assert _align(["align.method.min_correlation=0.97"]).settings["method_params"]["min_correlation"] == 0.97
+
+
+def test_proposal_depth_keys_the_table_only_when_deeper_than_proposals():
+    assert "proposal_depth" not in AlignMethod(ThumbnailExtractor(), proposals=2).params()
+    assert "proposal_depth" not in AlignMethod(ThumbnailExtractor(), proposals=2, proposal_depth=2).params()
+    assert AlignMethod(ThumbnailExtractor(), proposals=2, proposal_depth=4).params()["proposal_depth"] == 4
+    with pytest.raises(ValueError, match="proposal_depth"):
+        AlignMethod(ThumbnailExtractor(), proposals=3, proposal_depth=2)

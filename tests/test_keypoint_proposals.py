@@ -114,6 +114,37 @@ def test_best_pairs_per_item_equal_a_loop(seed, k):
     assert got == want
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("k, depth", [(1, 0), (2, 0), (2, 2), (1, 3), (2, 4), (2, 50)])
+def test_proposed_pairs_equal_a_loop(seed, k, depth):
+    """Each item's k best pairs (by the other stages) not already found or verified, among its `depth` best (depth 0
+    or k: its k best, less those found or verified), against a plain loop; ties, found and verified pairs included."""
+    from types import SimpleNamespace
+
+    from simbench.find.pipeline import proposed_pairs
+
+    rng = np.random.default_rng(seed)
+
+    def pairs(m):
+        a, b = rng.integers(0, 12, m), rng.integers(0, 12, m)
+        keep = a < b
+        return ScoredPairs(a[keep], b[keep], rng.choice([0.1, 0.5, 0.9, rng.random()], keep.sum()))
+
+    others, found, verified = [pairs(40), pairs(40)], pairs(8), pairs(8)
+    stage = SimpleNamespace(method=SimpleNamespace(proposals=k, proposal_depth=depth))
+    got = set(zip(*(x.tolist() for x in proposed_pairs(stage, found, others, [verified]))))
+    done = {(min(x, y), max(x, y)) for p in (found, verified) for x, y in zip(p.a.tolist(), p.b.tolist())}
+    want = set()
+    for item in range(12):
+        mine = sorted((-s, (y if x == item else x), (min(x, y), max(x, y))) for p in others
+                      for x, y, s in zip(p.a.tolist(), p.b.tolist(), p.score.tolist()) if item in (x, y))
+        ranked = [pair for _, _, pair in mine][:max(k, depth)]
+        want |= set([pair for pair in ranked if pair not in done][:k] if depth > k else ranked[:k])
+    assert got == want - done
+    if depth <= k:  # the rule before proposal_depth: the k best, less those found or verified
+        assert got == {pr for pr in zip(*(x.tolist() for x in best_pairs_per_item(others, k)))} - done
+
+
 def _photo(name: str, side: int = 480) -> Image.Image:
     img = Image.fromarray(getattr(skdata, name)()).convert("RGB")
     f = side / max(img.size)

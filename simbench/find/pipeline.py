@@ -516,17 +516,31 @@ def with_proposed(stage: Stage, stage_features, found: ScoredPairs, others: list
 def proposed_pairs(stage: Stage, found: ScoredPairs, others: list[ScoredPairs], verified: Sequence[ScoredPairs] = (),
                    also: Sequence[ScoredPairs] = ()) -> tuple[np.ndarray, np.ndarray]:
     """The item pairs (a < b) among each item's stage.method.proposals best by the other stages (those they score at
-    least its proposal_min_score, where set), and those of `also`, that it did not find (nor any of `verified`)."""
+    least its proposal_min_score, where set), and those of `also`, that it did not find (nor any of `verified`).
+    With the method's proposal_depth deeper than proposals: each item's proposals best that are neither found nor
+    verified, among its proposal_depth best (an item whose best pairs are already held gets its next ones looked at)."""
     floor = getattr(stage.method, "proposal_min_score", None)
     if floor is not None:
         others = [p.subset(np.flatnonzero(p.score >= floor)) for p in others]
-    a, b = best_pairs_per_item(others, stage.method.proposals)
-    a, b = np.concatenate([a, *(p.a for p in also)]), np.concatenate([b, *(p.b for p in also)])
+    k = stage.method.proposals
+    depth = max(k, getattr(stage.method, "proposal_depth", 0) or 0)
     done = [found, *verified]
-    n = np.int64(1 + max(a.max(initial=0), b.max(initial=0), *(max(p.a.max(initial=0), p.b.max(initial=0))
-                                                                   for p in done)))
-    keys = np.unique(pair_keys(a, b, n))  # also's pairs may repeat the proposals'
-    keys = keys[~np.isin(keys, np.concatenate([pair_keys(p.a, p.b, n) for p in done]))]
+    n = np.int64(1 + max([0, *(max(p.a.max(initial=0), p.b.max(initial=0)) for p in [*others, *done, *also])]))
+    done_keys = np.concatenate([pair_keys(p.a, p.b, n) for p in done])
+    x, y, rank = partner_ranks(np.concatenate([p.a for p in others] + [np.empty(0)]),
+                               np.concatenate([p.b for p in others] + [np.empty(0)]),
+                               np.concatenate([p.score for p in others] + [np.empty(0)]))
+    x, y = x[rank < depth], y[rank < depth]
+    if depth > k:  # the k best of each item's open pairs (x stays sorted, its partners in rank order)
+        open_ = ~np.isin(pair_keys(np.minimum(x, y), np.maximum(x, y), n), done_keys)
+        x, y = x[open_], y[open_]
+        starts = np.flatnonzero(np.r_[True, x[1:] != x[:-1]]) if len(x) else np.empty(0, np.int64)
+        keep = np.arange(len(x)) - np.repeat(starts, np.diff(np.r_[starts, len(x)])) < k
+        x, y = x[keep], y[keep]
+    a = np.concatenate([np.minimum(x, y), *(p.a for p in also)]).astype(np.int64)
+    b = np.concatenate([np.maximum(x, y), *(p.b for p in also)]).astype(np.int64)
+    keys = np.unique(pair_keys(a, b, n))  # both items' lists and also's pairs may repeat a pair
+    keys = keys[~np.isin(keys, done_keys)]
     return keys // n, keys % n
 
 

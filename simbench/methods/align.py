@@ -391,7 +391,10 @@ class AlignMethod(Method):
     more angles searched; more hypotheses refined; overlays trimmed).
     min_correlation: alignments below it are not returned (0: every one). The stage's score is added to the others'
     by noisy-OR, so every pair it returns gains at least its table's lowest precision: a floor keeps different
-    pictures that merely line up loosely (smooth ones, a drawing's white paper) where the other stages put them."""
+    pictures that merely line up loosely (smooth ones, a drawing's white paper) where the other stages put them.
+    proposal_depth: look at each image's `proposals` best pairs that are not skipped, among its proposal_depth best
+    (0: its `proposals` best, less those skipped): an image whose best pairs the cascade already holds (one photo
+    placed many times) gets its next ones looked at (simbench.find.pipeline.proposed_pairs)."""
 
     own_pairs = False  # see __init__
     evidence_fields = ("overlap", "turns")  # per pair, kept for the report
@@ -400,7 +403,8 @@ class AlignMethod(Method):
     def __init__(self, extractor, matcher=None, proposals: int = 2, threshold: float = 0.95,
                  skip_verified: bool = True, workers: int = 0, own_pairs: bool = False,
                  overlap_template: bool = False, both_ways: bool = False, tilts=(), per_turn: int = 0,
-                 trim: bool = False, min_correlation: float = 0.0, skip_verified_at: float | None = None, skip_held_at: float | None = None, also_found: bool = False):
+                 trim: bool = False, min_correlation: float = 0.0, skip_verified_at: float | None = None,
+                 skip_held_at: float | None = None, also_found: bool = False, proposal_depth: int = 0):
         if proposals < 0 or own_pairs:
             raise ValueError(f"proposals must be >= 0 (not {proposals}), and own_pairs false: align only verifies")
         self.extractor, self.matcher = extractor, matcher
@@ -415,6 +419,9 @@ class AlignMethod(Method):
             raise ValueError("align: also_found needs skip_verified and skip_held_at (else it adds only skipped pairs)")
         if per_turn < 0:
             raise ValueError(f"align: per_turn must be >= 0 (not {per_turn})")
+        if proposal_depth and proposal_depth < proposals:
+            raise ValueError(f"align: proposal_depth must be 0 or >= proposals (not {proposal_depth} < {proposals})")
+        self.proposal_depth = int(proposal_depth)
         self.min_correlation = float(min_correlation)
         self.options = {"overlap_template": bool(overlap_template), "both_ways": bool(both_ways),
                         "tilts": tuple(float(t) for t in tilts), "per_turn": int(per_turn), "trim": bool(trim)}
@@ -432,6 +439,8 @@ class AlignMethod(Method):
             on["also_found"] = True
         if self.min_correlation:
             on["min_correlation"] = self.min_correlation
+        if self.proposal_depth > self.proposals:
+            on["proposal_depth"] = self.proposal_depth
         return {"proposals": self.proposals, "skip_verified": self.skip_verified, **settings(), **on}
 
     def score_pairs(self, features) -> ScoredPairs:
