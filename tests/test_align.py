@@ -412,3 +412,59 @@ def test_proposal_depth_keys_the_table_only_when_deeper_than_proposals():
     assert AlignMethod(ThumbnailExtractor(), proposals=2, proposal_depth=4).params()["proposal_depth"] == 4
     with pytest.raises(ValueError, match="proposal_depth"):
         AlignMethod(ThumbnailExtractor(), proposals=3, proposal_depth=2)
+
+
+def test_gradient_correlation_against_a_plain_computation(photos):
+    """gradient_correlation: Pearson's r of the Sobel gradient magnitudes over the template's pixels that the warp lays
+    inside the mask, less one pixel along that part's edge, as plain NumPy computes it (here a whole-pixel shift); 1
+    for a picture against itself, unchanged by a linear change of grey levels, near 0 against noise."""
+    from simbench.methods.align import gradient_correlation
+
+    a = grey_thumbnail(thumbnail_jpeg(Image.fromarray(photos["astronaut"]).resize((160, 160))))
+    b = grey_thumbnail(thumbnail_jpeg(Image.fromarray(photos["coffee"]).resize((160, 160))))
+    template = np.ascontiguousarray(a[8:-8, 8:-8])
+    mask = np.zeros(a.shape, np.uint8)
+    mask[20:130, 30:150] = 1  # part of the template falls outside it
+    warp = np.float32([[1, 0, 8], [0, 1, 8]])  # template pixel (x, y) -> (x + 8, y + 8)
+
+    def magnitude(x):  # Sobel 3 x 3, borders reflected as OpenCV's default (REFLECT_101)
+        p = np.pad(x.astype(np.float64), 1, mode="reflect")
+        gx = (p[:-2, 2:] - p[:-2, :-2]) + 2 * (p[1:-1, 2:] - p[1:-1, :-2]) + (p[2:, 2:] - p[2:, :-2])
+        gy = (p[2:, :-2] - p[:-2, :-2]) + 2 * (p[2:, 1:-1] - p[:-2, 1:-1]) + (p[2:, 2:] - p[:-2, 2:])
+        return np.sqrt(gx * gx + gy * gy)
+
+    def plain(other):
+        under = mask[8:-8, 8:-8] > 0  # the mask where the shift lays it
+        h, w = under.shape
+        inside = under.copy()
+        for y in range(h):  # 3 x 3 erosion; outside the picture counts as inside (OpenCV's default)
+            for x in range(w):
+                inside[y, x] = under[max(0, y - 1):y + 2, max(0, x - 1):x + 2].all()
+        return np.corrcoef(magnitude(template)[inside], magnitude(other[8:-8, 8:-8])[inside])[0, 1]
+
+    for other in (b, 0.6 * a + 0.3 * b):
+        assert gradient_correlation(template, other, mask, warp) == pytest.approx(plain(other), abs=1e-4)
+    assert 0.3 < plain(0.6 * a + 0.3 * b) < 0.99 and plain(b) < 0.5
+    assert gradient_correlation(template, a, mask, warp) == pytest.approx(1.0, abs=1e-5)
+    assert gradient_correlation(template, 0.5 * a + 0.2, mask, warp) == pytest.approx(1.0, abs=1e-5)
+    noise = np.random.default_rng(0).random(a.shape).astype(np.float32)
+    assert abs(gradient_correlation(template, noise, mask, warp)) < 0.1
+    tiny = np.zeros(a.shape, np.uint8)
+    tiny[40:44, 40:44] = 1
+    assert np.isnan(gradient_correlation(template, b, tiny, warp))
+
+
+def test_min_gradient_correlation_drops_alignments_below_it_and_keys_the_table_only_when_set(photos):
+    pictures = [Image.fromarray(photos["astronaut"])]
+    pictures.append(pictures[0].crop((50, 50, 450, 450)))
+    thumbs = Thumbnails([thumbnail_jpeg(p) for p in pictures])
+    found = align_pair(thumbs.grey(0), thumbs.grey(1), overlap_template=True)
+    assert found is not None and found.gradient > 0.8  # a crop of the photo: its edges line up too
+    pair = (np.array([0]), np.array([1]))
+    kept = AlignMethod(ThumbnailExtractor(), overlap_template=True, min_gradient_correlation=found.gradient - 1e-6)
+    dropped = AlignMethod(ThumbnailExtractor(), overlap_template=True,
+                          min_gradient_correlation=np.nextafter(found.gradient, 2.0))
+    assert len(kept.score_proposed(thumbs, *pair)) == 1 and len(dropped.score_proposed(thumbs, *pair)) == 0
+    assert "min_gradient_correlation" not in _align([]).settings["method_params"]
+    assert _align(["align.method.min_gradient_correlation=0.1"]).settings["method_params"][
+        "min_gradient_correlation"] == 0.1

@@ -27,7 +27,8 @@ different pictures, however smooth, do not once that transform is refined to fit
    is left. The pixels whose residual (after the best linear fit of grey levels) exceeds TRIM_SIGMAS robust
    standard deviations are left out, and ECC refines once more on the rest; where more than MAX_TRIM of the
    overlap would go, the untrimmed alignment stands.
-The pair's signal is the best correlation ECC reaches (no hypothesis kept: the pair does not align). BORDER of
+The pair's signal is the best correlation ECC reaches (no hypothesis kept: the pair does not align). Its alignment
+also carries `gradient_correlation`, that of the two pictures' edges (AlignMethod's min_gradient_correlation, off). BORDER of
 each side of both thumbnails is left out: a yearbook's frame, a scan's edge.
 
 Measured on the tuning split only (results/find.md, "Runs (61) and (62)"): among each picture's best CNN pairs, a
@@ -103,6 +104,7 @@ class Alignment:
     warp: np.ndarray
     swapped: bool = False  # aligned b over a (align_pair's both_ways): warp maps b's thumbnail to a's instead
     tilt: float = 0.0  # degrees (counter-clockwise) the second picture was turned by before its quarter turns
+    gradient: float = float("nan")  # `gradient_correlation` of the alignment (NaN: too little overlap to tell)
 
 
 def _border_px(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -255,7 +257,31 @@ def refine(a: np.ndarray, b: np.ndarray, hypothesis, overlap_template: bool = Fa
         return None
     if trim:
         correlation, warp = trimmed(template, scaled, mask, warp, correlation, criteria)
-    return Alignment(float(correlation), overlap, turns, warp)
+    return Alignment(float(correlation), overlap, turns, warp,
+                     gradient=gradient_correlation(template, scaled, mask, warp))
+
+
+def gradient_correlation(template: np.ndarray, scaled: np.ndarray, mask: np.ndarray, warp: np.ndarray) -> float:
+    """The correlation of the two pictures' gradient magnitudes (3x3 Sobel) over the template's pixels that `warp`
+    lays inside `mask` (less a pixel along the edge); NaN where fewer than 30 such pixels, or one side is flat.
+    Grey levels that agree at large (smooth different pictures laid over each other) need not agree in their
+    edges; a copy's do."""
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    shape = template.shape[::-1]
+    inside = cv2.warpAffine(mask.astype(np.float32), warp, shape, flags=flags) > 0.99
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    if inside.sum() < 30:
+        return float("nan")
+    p, q = (_gradient_magnitude(x)[inside].astype(np.float64)
+            for x in (template, cv2.warpAffine(scaled, warp, shape, flags=flags)))
+    p, q = p - p.mean(), q - q.mean()
+    norm = float(np.sqrt((p @ p) * (q @ q)))
+    return float(p @ q / norm) if norm > 0 else float("nan")
+
+
+def _gradient_magnitude(image: np.ndarray) -> np.ndarray:
+    gx, gy = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3)
+    return np.sqrt(gx * gx + gy * gy)
 
 
 def _near_similarity(warp: np.ndarray) -> bool:
@@ -321,7 +347,7 @@ def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, bot
         if both_ways:
             other = _best_refined(b, tilted(a, tilt), tilt, **options)
             if other is not None and (best is None or other.correlation > best.correlation):
-                best = Alignment(other.correlation, other.overlap, (4 - other.turns) % 4, other.warp, True, tilt)
+                best = replace(other, turns=(4 - other.turns) % 4, swapped=True, tilt=tilt)
     return best
 
 
@@ -394,7 +420,9 @@ class AlignMethod(Method):
     pictures that merely line up loosely (smooth ones, a drawing's white paper) where the other stages put them.
     proposal_depth: look at each image's `proposals` best pairs that are not skipped, among its proposal_depth best
     (0: its `proposals` best, less those skipped): an image whose best pairs the cascade already holds (one photo
-    placed many times) gets its next ones looked at (simbench.find.pipeline.proposed_pairs)."""
+    placed many times) gets its next ones looked at (simbench.find.pipeline.proposed_pairs).
+    min_gradient_correlation: alignments whose `gradient_correlation` is below it are not returned either (None: off;
+    NaN, too little overlap to tell, is kept): smooth different pictures whose grey levels line up loosely."""
 
     own_pairs = False  # see __init__
     evidence_fields = ("overlap", "turns")  # per pair, kept for the report
@@ -404,7 +432,8 @@ class AlignMethod(Method):
                  skip_verified: bool = True, workers: int = 0, own_pairs: bool = False,
                  overlap_template: bool = False, both_ways: bool = False, tilts=(), per_turn: int = 0,
                  trim: bool = False, min_correlation: float = 0.0, skip_verified_at: float | None = None,
-                 skip_held_at: float | None = None, also_found: bool = False, proposal_depth: int = 0):
+                 skip_held_at: float | None = None, also_found: bool = False, proposal_depth: int = 0,
+                 min_gradient_correlation: float | None = None):
         if proposals < 0 or own_pairs:
             raise ValueError(f"proposals must be >= 0 (not {proposals}), and own_pairs false: align only verifies")
         self.extractor, self.matcher = extractor, matcher
@@ -423,6 +452,8 @@ class AlignMethod(Method):
             raise ValueError(f"align: proposal_depth must be 0 or >= proposals (not {proposal_depth} < {proposals})")
         self.proposal_depth = int(proposal_depth)
         self.min_correlation = float(min_correlation)
+        self.min_gradient_correlation = (None if min_gradient_correlation is None
+                                         else float(min_gradient_correlation))
         self.options = {"overlap_template": bool(overlap_template), "both_ways": bool(both_ways),
                         "tilts": tuple(float(t) for t in tilts), "per_turn": int(per_turn), "trim": bool(trim)}
 
@@ -441,6 +472,8 @@ class AlignMethod(Method):
             on["min_correlation"] = self.min_correlation
         if self.proposal_depth > self.proposals:
             on["proposal_depth"] = self.proposal_depth
+        if self.min_gradient_correlation is not None:
+            on["min_gradient_correlation"] = self.min_gradient_correlation
         return {"proposals": self.proposals, "skip_verified": self.skip_verified, **settings(), **on}
 
     def score_pairs(self, features) -> ScoredPairs:
@@ -459,7 +492,8 @@ class AlignMethod(Method):
         else:
             found = align_rows((features, a.tolist(), b.tolist(), self.options))
         floor = self.min_correlation or -np.inf
-        kept = np.array([f is not None and f.correlation >= floor for f in found], bool)
+        edges = -np.inf if self.min_gradient_correlation is None else self.min_gradient_correlation
+        kept = np.array([f is not None and f.correlation >= floor and not f.gradient < edges for f in found], bool)
         got = [f for f, k in zip(found, kept) if k]
         return ScoredPairs(a[kept], b[kept], np.array([f.correlation for f in got], np.float64),
                            {"overlap": np.array([f.overlap for f in got], np.float64),
