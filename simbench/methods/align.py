@@ -28,8 +28,8 @@ different pictures, however smooth, do not once that transform is refined to fit
    standard deviations are left out, and ECC refines once more on the rest; where more than MAX_TRIM of the
    overlap would go, the untrimmed alignment stands.
 The pair's signal is the best correlation ECC reaches (no hypothesis kept: the pair does not align). Its alignment
-also carries `gradient_correlation`, that of the two pictures' edges (AlignMethod's min_gradient_correlation, off). BORDER of
-each side of both thumbnails is left out: a yearbook's frame, a scan's edge.
+also carries `gradient_correlation`, that of the two pictures' edges (AlignMethod's min_gradient_correlation).
+BORDER of each side of both thumbnails is left out: a yearbook's frame, a scan's edge.
 
 Measured on the tuning split only (results/find.md, "Runs (61) and (62)"): among each picture's best CNN pairs, a
 correlation of 0.95 or more held copies nearly always, the flat yearbook photos' among them. per_turn and trim: "Run
