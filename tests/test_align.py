@@ -468,3 +468,35 @@ def test_min_gradient_correlation_drops_alignments_below_it_and_keys_the_table_o
     assert "min_gradient_correlation" not in _align([]).settings["method_params"]
     assert _align(["align.method.min_gradient_correlation=0.1"]).settings["method_params"][
         "min_gradient_correlation"] == 0.1
+
+
+def test_equalised_against_a_plain_histogram_equalisation():
+    from simbench.methods.align import equalised
+
+    rng = np.random.default_rng(0)
+    image = (rng.beta(2, 5, (40, 60)) * 0.8).astype(np.float32)  # skewed grey levels
+    levels = np.clip(np.rint(image * 255), 0, 255).astype(int)
+    counts = np.bincount(levels.ravel(), minlength=256)
+    cdf = np.cumsum(counts)
+    first = counts[np.flatnonzero(counts)[0]]
+    lut = np.clip(np.rint((cdf - first) * 255.0 / (levels.size - first)), 0, 255)
+    assert np.abs(equalised(image) * 255 - lut[levels]).max() <= 1.0
+    # A monotone change of grey levels comes out the same, up to the 256 levels' rounding.
+    change = np.abs(equalised(np.sqrt(image)) - equalised(image))
+    assert change.max() <= 6 / 255 and change.mean() <= 1.5 / 255
+
+
+def test_equalise_aligns_a_copy_recoloured_by_a_curve_and_keys_the_table_only_when_set(photos):
+    from simbench.methods.align import equalised
+
+    original = _flat(Image.fromarray(photos["astronaut"]))
+    grey = np.asarray(original.convert("L"), np.float32) / 255
+    curved = Image.fromarray((255 * (grey ** 3)).astype(np.uint8)).crop((40, 40, 440, 460))  # darkened by a curve
+    a, b = (grey_thumbnail(thumbnail_jpeg(p)) for p in (original, curved))
+    plain = align_pair(a, b, overlap_template=True, both_ways=True)
+    even = align_pair(a, b, overlap_template=True, both_ways=True, equalise=True)
+    assert even is not None and even.correlation > 0.97
+    assert plain is None or even.correlation > plain.correlation
+    assert align_pair(equalised(a), equalised(b), overlap_template=True, both_ways=True).correlation == even.correlation
+    assert "equalise" not in _align([]).settings["method_params"]
+    assert _align(["align.method.equalise=true"]).settings["method_params"]["equalise"] is True

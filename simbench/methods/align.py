@@ -330,13 +330,17 @@ def _overlap_box(template_shape, scaled_shape, warp: np.ndarray) -> tuple[int, i
 
 
 def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, both_ways: bool = False,
-               tilts: tuple[float, ...] = (), per_turn: int = 0, trim: bool = False) -> Alignment | None:
+               tilts: tuple[float, ...] = (), per_turn: int = 0, trim: bool = False,
+               equalise: bool = False) -> Alignment | None:
     """The best refined alignment of grey thumbnails a and b (float32), or None: no hypothesis refines.
     overlap_template, trim: see `refine`. both_ways: b laid over a as well (its search and refinement), the better
     kept; one so aligned is `swapped` (its turns are then still b's relative to a). tilts: angles in degrees the
     second picture is also searched and refined at, turned by each first (`tilted`): ECC refines a small turn only
     from near it. per_turn: refine each turn's per_turn best hypotheses (local maxima over scale), all of them; 0:
-    TOP_PER_TURN per turn, only those within REFINE_MARGIN of the best."""
+    TOP_PER_TURN per turn, only those within REFINE_MARGIN of the best. equalise: both thumbnails' grey levels
+    equalised first (`equalised`)."""
+    if equalise:
+        a, b = equalised(a), equalised(b)
     a, b = (resized(x, REFINE_SIDE / max(x.shape)) if max(x.shape) > REFINE_SIDE else x for x in (a, b))
     options = {"overlap_template": overlap_template, "per_turn": per_turn, "trim": trim}
     best = None
@@ -349,6 +353,14 @@ def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, bot
             if other is not None and (best is None or other.correlation > best.correlation):
                 best = replace(other, turns=(4 - other.turns) % 4, swapped=True, tilt=tilt)
     return best
+
+
+def equalised(image: np.ndarray) -> np.ndarray:
+    """The grey thumbnail (float32 in [0, 1]) with its histogram equalised (OpenCV, on 256 levels). ECC's correlation
+    forgives a linear change of grey levels only; a recoloured copy (sepia, duotone, a tint) changes them by a
+    monotone curve, which equalising both pictures undoes, up to what the two show that the other does not."""
+    levels = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+    return cv2.equalizeHist(levels).astype(np.float32) / 255
 
 
 def tilted(image: np.ndarray, degrees: float) -> np.ndarray:
@@ -413,8 +425,8 @@ class AlignMethod(Method):
     also_found: with skip_held_at, also look at the pairs a keypoint stage found that are not held, whatever the CNN
     ranks them (a recoloured copy the CNN puts far down its list); tried in run (69), not kept.
     workers: processes that align the pairs (simbench.processes; 0: one per core, 1: this process).
-    overlap_template, both_ways, tilts, per_turn, trim: align_pair's options (ECC on the overlap; b over a as well;
-    more angles searched; more hypotheses refined; overlays trimmed).
+    overlap_template, both_ways, tilts, per_turn, trim, equalise: align_pair's options (ECC on the overlap; b over a as
+    well; more angles searched; more hypotheses refined; overlays trimmed; grey levels equalised first).
     min_correlation: alignments below it are not returned (0: every one). The stage's score is added to the others'
     by noisy-OR, so every pair it returns gains at least its table's lowest precision: a floor keeps different
     pictures that merely line up loosely (smooth ones, a drawing's white paper) where the other stages put them.
@@ -433,7 +445,7 @@ class AlignMethod(Method):
                  overlap_template: bool = False, both_ways: bool = False, tilts=(), per_turn: int = 0,
                  trim: bool = False, min_correlation: float = 0.0, skip_verified_at: float | None = None,
                  skip_held_at: float | None = None, also_found: bool = False, proposal_depth: int = 0,
-                 min_gradient_correlation: float | None = None):
+                 min_gradient_correlation: float | None = None, equalise: bool = False):
         if proposals < 0 or own_pairs:
             raise ValueError(f"proposals must be >= 0 (not {proposals}), and own_pairs false: align only verifies")
         self.extractor, self.matcher = extractor, matcher
@@ -455,7 +467,8 @@ class AlignMethod(Method):
         self.min_gradient_correlation = (None if min_gradient_correlation is None
                                          else float(min_gradient_correlation))
         self.options = {"overlap_template": bool(overlap_template), "both_ways": bool(both_ways),
-                        "tilts": tuple(float(t) for t in tilts), "per_turn": int(per_turn), "trim": bool(trim)}
+                        "tilts": tuple(float(t) for t in tilts), "per_turn": int(per_turn), "trim": bool(trim),
+                        "equalise": bool(equalise)}
 
     def params(self) -> dict:
         # The options only when on: the tables fitted before them keep their keys.
