@@ -500,8 +500,13 @@ def partner_ranks(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> tuple[np.n
     x, y = np.r_[a, b].astype(np.int64), np.r_[b, a].astype(np.int64)
     order = np.lexsort((y, -np.r_[score, score], x))
     x, y = x[order], y[order]
+    return x, y, _places_in_runs(x)
+
+
+def _places_in_runs(x: np.ndarray) -> np.ndarray:
+    """Each entry's place (0, 1, ...) within its run of equal values of the sorted x."""
     starts = np.flatnonzero(np.r_[True, x[1:] != x[:-1]]) if len(x) else np.empty(0, np.int64)
-    return x, y, np.arange(len(x)) - np.repeat(starts, np.diff(np.r_[starts, len(x)]))
+    return np.arange(len(x)) - np.repeat(starts, np.diff(np.r_[starts, len(x)]))
 
 
 def with_proposed(stage: Stage, stage_features, found: ScoredPairs, others: list[ScoredPairs],
@@ -534,8 +539,7 @@ def proposed_pairs(stage: Stage, found: ScoredPairs, others: list[ScoredPairs], 
     if depth > k:  # the k best of each item's open pairs (x stays sorted, its partners in rank order)
         open_ = ~np.isin(pair_keys(np.minimum(x, y), np.maximum(x, y), n), done_keys)
         x, y = x[open_], y[open_]
-        starts = np.flatnonzero(np.r_[True, x[1:] != x[:-1]]) if len(x) else np.empty(0, np.int64)
-        keep = np.arange(len(x)) - np.repeat(starts, np.diff(np.r_[starts, len(x)])) < k
+        keep = _places_in_runs(x) < k
         x, y = x[keep], y[keep]
     a = np.concatenate([np.minimum(x, y), *(p.a for p in also)]).astype(np.int64)
     b = np.concatenate([np.maximum(x, y), *(p.b for p in also)]).astype(np.int64)

@@ -214,9 +214,9 @@ def search(a: np.ndarray, b: np.ndarray, per_turn: int = TOP_PER_TURN) -> list[t
 
 
 def refine(a: np.ndarray, b: np.ndarray, hypothesis, overlap_template: bool = False,
-           trim: bool = False) -> Alignment | None:
+           trim: bool = False, gradient: bool = False) -> Alignment | None:
     """ECC refinement of one search hypothesis (see the module docstring), or None where it is dropped; trim: then
-    trimmed (`trimmed`).
+    trimmed (`trimmed`); gradient: its `gradient_correlation` worked out (else NaN).
 
     overlap_template: refine on the part of a that the hypothesis lays over b (less OVERLAP_MARGIN of it on each
     side) instead of all of a. Two crops of one picture, neither holding the other (a yearbook's placements), then
@@ -257,8 +257,8 @@ def refine(a: np.ndarray, b: np.ndarray, hypothesis, overlap_template: bool = Fa
         return None
     if trim:
         correlation, warp = trimmed(template, scaled, mask, warp, correlation, criteria)
-    return Alignment(float(correlation), overlap, turns, warp,
-                     gradient=gradient_correlation(template, scaled, mask, warp))
+    edges = gradient_correlation(template, scaled, mask, warp) if gradient else float("nan")
+    return Alignment(float(correlation), overlap, turns, warp, gradient=edges)
 
 
 def gradient_correlation(template: np.ndarray, scaled: np.ndarray, mask: np.ndarray, warp: np.ndarray) -> float:
@@ -268,8 +268,7 @@ def gradient_correlation(template: np.ndarray, scaled: np.ndarray, mask: np.ndar
     edges; a copy's do."""
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     shape = template.shape[::-1]
-    inside = cv2.warpAffine(mask.astype(np.float32), warp, shape, flags=flags) > 0.99
-    inside = cv2.erode(inside.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    inside = cv2.erode(_laid_inside(mask, warp, shape).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     if inside.sum() < 30:
         return float("nan")
     p, q = (_gradient_magnitude(x)[inside].astype(np.float64)
@@ -277,6 +276,11 @@ def gradient_correlation(template: np.ndarray, scaled: np.ndarray, mask: np.ndar
     p, q = p - p.mean(), q - q.mean()
     norm = float(np.sqrt((p @ p) * (q @ q)))
     return float(p @ q / norm) if norm > 0 else float("nan")
+
+
+def _laid_inside(mask: np.ndarray, warp: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The template's pixels (an image of `shape`, width first) that `warp` lays wholly inside `mask`."""
+    return cv2.warpAffine(mask.astype(np.float32), warp, shape, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP) > 0.99
 
 
 def _gradient_magnitude(image: np.ndarray) -> np.ndarray:
@@ -296,7 +300,7 @@ def trimmed(template: np.ndarray, scaled: np.ndarray, mask: np.ndarray, warp: np
     pixels are left, or that refinement fails."""
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     shape = template.shape[::-1]
-    inside = cv2.warpAffine(mask.astype(np.float32), warp, shape, flags=flags) > 0.99
+    inside = _laid_inside(mask, warp, shape)
     if inside.sum() < 30:
         return correlation, warp
     t, w = template[inside], cv2.warpAffine(scaled, warp, shape, flags=flags)[inside]
@@ -331,18 +335,18 @@ def _overlap_box(template_shape, scaled_shape, warp: np.ndarray) -> tuple[int, i
 
 def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, both_ways: bool = False,
                tilts: tuple[float, ...] = (), per_turn: int = 0, trim: bool = False,
-               equalise: bool = False) -> Alignment | None:
+               equalise: bool = False, gradient: bool = False) -> Alignment | None:
     """The best refined alignment of grey thumbnails a and b (float32), or None: no hypothesis refines.
     overlap_template, trim: see `refine`. both_ways: b laid over a as well (its search and refinement), the better
     kept; one so aligned is `swapped` (its turns are then still b's relative to a). tilts: angles in degrees the
     second picture is also searched and refined at, turned by each first (`tilted`): ECC refines a small turn only
     from near it. per_turn: refine each turn's per_turn best hypotheses (local maxima over scale), all of them; 0:
     TOP_PER_TURN per turn, only those within REFINE_MARGIN of the best. equalise: both thumbnails' grey levels
-    equalised first (`equalised`)."""
+    equalised first (`equalised`). gradient: the alignments' `gradient_correlation` worked out (else NaN)."""
     if equalise:
         a, b = equalised(a), equalised(b)
     a, b = (resized(x, REFINE_SIDE / max(x.shape)) if max(x.shape) > REFINE_SIDE else x for x in (a, b))
-    options = {"overlap_template": overlap_template, "per_turn": per_turn, "trim": trim}
+    options = {"overlap_template": overlap_template, "per_turn": per_turn, "trim": trim, "gradient": gradient}
     best = None
     for tilt in (0.0, *tilts):
         found = _best_refined(a, tilted(b, tilt), tilt, **options)
@@ -373,12 +377,12 @@ def tilted(image: np.ndarray, degrees: float) -> np.ndarray:
 
 
 def _best_refined(a: np.ndarray, b: np.ndarray, tilt: float, overlap_template: bool, per_turn: int,
-                  trim: bool) -> Alignment | None:
+                  trim: bool, gradient: bool) -> Alignment | None:
     best = None
     hypotheses = search(a, b, per_turn or TOP_PER_TURN)
     top = max((h[0] for h in hypotheses), default=-1.0)
     for hypothesis in (h for h in hypotheses if per_turn or h[0] >= top - REFINE_MARGIN):
-        found = refine(a, b, hypothesis, overlap_template, trim)
+        found = refine(a, b, hypothesis, overlap_template, trim, gradient)
         if found is not None and (best is None or found.correlation > best.correlation):
             best = found
     return best if best is None or not tilt else replace(best, tilt=tilt)
@@ -499,11 +503,12 @@ class AlignMethod(Method):
         that does not decode aligns with nothing)."""
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
         workers = self.workers or available_cores()
+        options = {**self.options, "gradient": self.min_gradient_correlation is not None}  # worked out when read
         if workers > 1 and len(a) >= MIN_PAIRS_FOR_WORKERS:
-            parts = process_map(align_rows, align_tasks(features, a, b, PAIRS_PER_TASK, self.options), workers)
+            parts = process_map(align_rows, align_tasks(features, a, b, PAIRS_PER_TASK, options), workers)
             found = [f for part in parts for f in part]
         else:
-            found = align_rows((features, a.tolist(), b.tolist(), self.options))
+            found = align_rows((features, a.tolist(), b.tolist(), options))
         floor = self.min_correlation or -np.inf
         edges = -np.inf if self.min_gradient_correlation is None else self.min_gradient_correlation
         kept = np.array([f is not None and f.correlation >= floor and not f.gradient < edges for f in found], bool)
