@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from simbench.methods.base import Method
+from simbench.features.keypoints import equalised as equalised_levels
 from simbench.features.thumbnails import Thumbnails
 from simbench.processes import process_map
 from simbench.threads import available_cores
@@ -360,11 +361,11 @@ def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, bot
 
 
 def equalised(image: np.ndarray) -> np.ndarray:
-    """The grey thumbnail (float32 in [0, 1]) with its histogram equalised (OpenCV, on 256 levels). ECC's correlation
-    forgives a linear change of grey levels only; a recoloured copy (sepia, duotone, a tint) changes them by a
-    monotone curve, which equalising both pictures undoes, up to what the two show that the other does not."""
+    """The grey thumbnail (float32 in [0, 1]) with its histogram equalised on 256 levels (the keypoints' `equalised`).
+    ECC's correlation forgives a linear change of grey levels only; a recoloured copy (sepia, duotone, a tint) changes
+    them by a monotone curve, which equalising both pictures undoes, up to what the two show that the other does not."""
     levels = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
-    return cv2.equalizeHist(levels).astype(np.float32) / 255
+    return equalised_levels(levels).astype(np.float32) / 255
 
 
 def tilted(image: np.ndarray, degrees: float) -> np.ndarray:
