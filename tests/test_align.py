@@ -414,6 +414,14 @@ def test_proposal_depth_keys_the_table_only_when_deeper_than_proposals():
         AlignMethod(ThumbnailExtractor(), proposals=3, proposal_depth=2)
 
 
+def test_unheld_proposals_key_the_table_only_when_on():
+    assert "unheld_proposals" not in AlignMethod(ThumbnailExtractor(), proposals=2).params()
+    assert AlignMethod(ThumbnailExtractor(), proposals=2, unheld_proposals=1).params()["unheld_proposals"] == 1
+    for bad in ({"unheld_proposals": -1}, {"unheld_proposals": 1, "skip_verified": False}):
+        with pytest.raises(ValueError, match="unheld_proposals"):
+            AlignMethod(ThumbnailExtractor(), proposals=2, **bad)
+
+
 def test_gradient_correlation_against_a_plain_computation(photos):
     """gradient_correlation: Pearson's r of the Sobel gradient magnitudes over the template's pixels that the warp lays
     inside the mask, less one pixel along that part's edge, as plain NumPy computes it (here a whole-pixel shift); 1

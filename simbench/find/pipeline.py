@@ -523,23 +523,28 @@ def proposed_pairs(stage: Stage, found: ScoredPairs, others: list[ScoredPairs], 
     """The item pairs (a < b) among each item's stage.method.proposals best by the other stages (those they score at
     least its proposal_min_score, where set), and those of `also`, that it did not find (nor any of `verified`).
     With the method's proposal_depth deeper than proposals: each item's proposals best that are neither found nor
-    verified, among its proposal_depth best (an item whose best pairs are already held gets its next ones looked at)."""
+    verified, among its proposal_depth best (an item whose best pairs are already held gets its next ones looked at).
+    With the method's unheld_proposals: an item in none of the found or verified pairs gets that many more (proposals
+    and proposal_depth alike): nothing holds it yet, so its copies, if any, are still to be found."""
     floor = getattr(stage.method, "proposal_min_score", None)
     if floor is not None:
         others = [p.subset(np.flatnonzero(p.score >= floor)) for p in others]
-    k = stage.method.proposals
-    depth = max(k, getattr(stage.method, "proposal_depth", 0) or 0)
     done = [found, *verified]
     n = np.int64(1 + max([0, *(max(p.a.max(initial=0), p.b.max(initial=0)) for p in [*others, *done, *also])]))
+    k = np.full(n, stage.method.proposals, np.int64)  # looks per item
+    extra = getattr(stage.method, "unheld_proposals", 0) or 0
+    if extra:
+        k[np.setdiff1d(np.arange(n), np.concatenate([np.r_[p.a, p.b] for p in done]))] += extra
+    depth = np.maximum(k, k - stage.method.proposals + (getattr(stage.method, "proposal_depth", 0) or 0))
     done_keys = np.concatenate([pair_keys(p.a, p.b, n) for p in done])
     x, y, rank = partner_ranks(np.concatenate([p.a for p in others] + [np.empty(0)]),
                                np.concatenate([p.b for p in others] + [np.empty(0)]),
                                np.concatenate([p.score for p in others] + [np.empty(0)]))
-    x, y = x[rank < depth], y[rank < depth]
-    if depth > k:  # the k best of each item's open pairs (x stays sorted, its partners in rank order)
+    x, y = x[rank < depth[x]], y[rank < depth[x]]
+    if (depth > k).any():  # the k best of each item's open pairs (x stays sorted, its partners in rank order)
         open_ = ~np.isin(pair_keys(np.minimum(x, y), np.maximum(x, y), n), done_keys)
         x, y = x[open_], y[open_]
-        keep = _places_in_runs(x) < k
+        keep = _places_in_runs(x) < k[x]
         x, y = x[keep], y[keep]
     a = np.concatenate([np.minimum(x, y), *(p.a for p in also)]).astype(np.int64)
     b = np.concatenate([np.maximum(x, y), *(p.b for p in also)]).astype(np.int64)

@@ -438,6 +438,9 @@ class AlignMethod(Method):
     proposal_depth: look at each image's `proposals` best pairs that are not skipped, among its proposal_depth best
     (0: its `proposals` best, less those skipped): an image whose best pairs the cascade already holds (one photo
     placed many times) gets its next ones looked at (simbench.find.pipeline.proposed_pairs).
+    unheld_proposals: an image in none of the pairs skipped as verified (with skip_held_at: no pair the cascade holds
+    includes it) gets this many more looks: nothing has found its copies yet (a flat photo, whose best CNN pairs are
+    other flat photos), while an image already held spends none on them.
     min_gradient_correlation: alignments whose `gradient_correlation` is below it are not returned either (None: off;
     NaN, too little overlap to tell, is kept): smooth different pictures whose grey levels line up loosely."""
 
@@ -450,7 +453,7 @@ class AlignMethod(Method):
                  overlap_template: bool = False, both_ways: bool = False, tilts=(), per_turn: int = 0,
                  trim: bool = False, min_correlation: float = 0.0, skip_verified_at: float | None = None,
                  skip_held_at: float | None = None, also_found: bool = False, proposal_depth: int = 0,
-                 min_gradient_correlation: float | None = None, equalise: bool = False):
+                 min_gradient_correlation: float | None = None, equalise: bool = False, unheld_proposals: int = 0):
         if proposals < 0 or own_pairs:
             raise ValueError(f"proposals must be >= 0 (not {proposals}), and own_pairs false: align only verifies")
         self.extractor, self.matcher = extractor, matcher
@@ -468,6 +471,9 @@ class AlignMethod(Method):
         if proposal_depth and proposal_depth < proposals:
             raise ValueError(f"align: proposal_depth must be 0 or >= proposals (not {proposal_depth} < {proposals})")
         self.proposal_depth = int(proposal_depth)
+        if unheld_proposals < 0 or (unheld_proposals and not skip_verified):
+            raise ValueError(f"align: unheld_proposals must be >= 0 (not {unheld_proposals}), and needs skip_verified")
+        self.unheld_proposals = int(unheld_proposals)
         self.min_correlation = float(min_correlation)
         self.min_gradient_correlation = (None if min_gradient_correlation is None
                                          else float(min_gradient_correlation))
@@ -492,6 +498,8 @@ class AlignMethod(Method):
             on["proposal_depth"] = self.proposal_depth
         if self.min_gradient_correlation is not None:
             on["min_gradient_correlation"] = self.min_gradient_correlation
+        if self.unheld_proposals:
+            on["unheld_proposals"] = self.unheld_proposals
         return {"proposals": self.proposals, "skip_verified": self.skip_verified, **settings(), **on}
 
     def score_pairs(self, features) -> ScoredPairs:
