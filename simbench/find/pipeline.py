@@ -531,17 +531,19 @@ def proposed_pairs(stage: Stage, found: ScoredPairs, others: list[ScoredPairs], 
         others = [p.subset(np.flatnonzero(p.score >= floor)) for p in others]
     done = [found, *verified]
     n = np.int64(1 + max([0, *(max(p.a.max(initial=0), p.b.max(initial=0)) for p in [*others, *done, *also])]))
-    k = np.full(n, stage.method.proposals, np.int64)  # looks per item
-    extra = getattr(stage.method, "unheld_proposals", 0) or 0
-    if extra:
-        k[np.setdiff1d(np.arange(n), np.concatenate([np.r_[p.a, p.b] for p in done]))] += extra
-    depth = np.maximum(k, k - stage.method.proposals + (getattr(stage.method, "proposal_depth", 0) or 0))
+    proposals = stage.method.proposals
+    deeper = max(proposals, getattr(stage.method, "proposal_depth", 0) or 0)
+    more = np.zeros(n, np.int64)  # the unheld items' extra looks
+    more[np.setdiff1d(np.arange(n), np.concatenate([np.r_[p.a, p.b] for p in done]))] = (
+        getattr(stage.method, "unheld_proposals", 0) or 0)
+    k, depth = proposals + more, deeper + more  # per item
     done_keys = np.concatenate([pair_keys(p.a, p.b, n) for p in done])
     x, y, rank = partner_ranks(np.concatenate([p.a for p in others] + [np.empty(0)]),
                                np.concatenate([p.b for p in others] + [np.empty(0)]),
                                np.concatenate([p.score for p in others] + [np.empty(0)]))
-    x, y = x[rank < depth[x]], y[rank < depth[x]]
-    if (depth > k).any():  # the k best of each item's open pairs (x stays sorted, its partners in rank order)
+    ranked = rank < depth[x]
+    x, y = x[ranked], y[ranked]
+    if deeper > proposals:  # the k best of each item's open pairs (x stays sorted, its partners in rank order)
         open_ = ~np.isin(pair_keys(np.minimum(x, y), np.maximum(x, y), n), done_keys)
         x, y = x[open_], y[open_]
         keep = _places_in_runs(x) < k[x]
