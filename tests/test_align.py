@@ -508,3 +508,11 @@ def test_equalise_aligns_a_copy_recoloured_by_a_curve_and_keys_the_table_only_wh
     assert align_pair(equalised(a), equalised(b), overlap_template=True, both_ways=True).correlation == even.correlation
     assert "equalise" not in _align([]).settings["method_params"]
     assert _align(["align.method.equalise=true"]).settings["method_params"]["equalise"] is True
+
+
+def test_one_sided_min_correlation_keys_the_table_only_when_on():
+    assert "one_sided_min_correlation" not in AlignMethod(ThumbnailExtractor(), proposals=2).params()
+    method = AlignMethod(ThumbnailExtractor(), proposals=2, one_sided_min_correlation=0.99)
+    assert method.params()["one_sided_min_correlation"] == 0.99
+    with pytest.raises(ValueError, match="one_sided_min_correlation"):
+        AlignMethod(ThumbnailExtractor(), proposals=0, one_sided_min_correlation=0.99)

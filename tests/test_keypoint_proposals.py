@@ -150,6 +150,68 @@ def test_proposed_pairs_equal_a_loop(seed, k, depth, unheld):
         assert got == {pr for pr in zip(*(x.tolist() for x in best_pairs_per_item(others, k)))} - done
 
 
+def _plain_rank(others, x, y):
+    """y's rank among x's partners by the other stages (ties to the lower partner), by a plain sort; a pair two lists
+    score takes its better place; past all of them when x does not score y."""
+    mine = sorted((-s, (v if u == x else u)) for p in others
+                  for u, v, s in zip(p.a.tolist(), p.b.tolist(), p.score.tolist()) if x in (u, v))
+    places = [k for k, (_, partner) in enumerate(mine) if partner == y]
+    return places[0] if places else None
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mutual_ranks_equal_a_loop(seed):
+    from simbench.find.pipeline import mutual_ranks
+
+    rng = np.random.default_rng(seed)
+
+    def pairs(m):
+        a, b = rng.integers(0, 12, m), rng.integers(0, 12, m)
+        keep = a < b
+        return ScoredPairs(a[keep], b[keep], rng.choice([0.1, 0.5, 0.9, rng.random()], keep.sum()))
+
+    others, asked = [pairs(30), pairs(30)], pairs(40)  # some pairs asked about are scored by neither list
+    got = mutual_ranks(asked.a, asked.b, others)
+    unscored = 0
+    for x, y, r in zip(asked.a.tolist(), asked.b.tolist(), got.tolist()):
+        ranks = [_plain_rank(others, x, y), _plain_rank(others, y, x)]
+        if None in ranks:
+            unscored += 1
+            assert r > max([k for k in ranks if k is not None], default=-1)
+            assert r >= max(len(p.a) for p in others)  # past every partner an item can have
+        else:
+            assert r == max(ranks)
+    assert 0 < unscored < len(asked.a)
+    assert len(mutual_ranks(asked.a, asked.b, [ScoredPairs(np.empty(0, int), np.empty(0, int), np.empty(0))])) == len(asked.a)
+
+
+@pytest.mark.parametrize("floor", [None, 0.5, 0.99])
+def test_one_sided_pairs_need_the_floor(floor):
+    """A verified pair whose items do not both rank each other among their `proposals` best is kept only at the
+    method's one_sided_min_correlation or more; the others, and every pair with the floor off, are kept."""
+    from types import SimpleNamespace
+
+    from simbench.find.pipeline import one_sided_dropped
+
+    rng = np.random.default_rng(7)
+    a, b = rng.integers(0, 10, 60), rng.integers(0, 10, 60)
+    keep = a < b
+    others = [ScoredPairs(a[keep], b[keep], rng.random(keep.sum()))]
+    a, b = rng.integers(0, 10, 30), rng.integers(0, 10, 30)
+    keep = a < b
+    verified = ScoredPairs(a[keep], b[keep], rng.random(keep.sum()), {"overlap": rng.random(keep.sum()), "proposed_pairs": 9})
+    stage = SimpleNamespace(method=SimpleNamespace(proposals=2, one_sided_min_correlation=floor))
+    got = one_sided_dropped(stage, verified, others)
+    want = [k for k, (x, y, s) in enumerate(zip(verified.a.tolist(), verified.b.tolist(), verified.score.tolist()))
+            if floor is None or s >= floor
+            or all(r is not None and r < 2 for r in (_plain_rank(others, x, y), _plain_rank(others, y, x)))]
+    assert got.a.tolist() == verified.a[want].tolist() and got.b.tolist() == verified.b[want].tolist()
+    assert got.extra["overlap"].tolist() == verified.extra["overlap"][want].tolist()
+    assert got.extra["proposed_pairs"] == 9
+    if floor == 0.5:  # the case exercises both kinds of pair: some dropped, some one-sided kept by their score
+        assert 0 < len(got) < len(verified)
+
+
 def _photo(name: str, side: int = 480) -> Image.Image:
     img = Image.fromarray(getattr(skdata, name)()).convert("RGB")
     f = side / max(img.size)

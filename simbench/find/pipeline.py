@@ -425,7 +425,8 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
         a, b = proposed_pairs(stage, found[stage.name], others, verified, also)
         if isinstance(features[stage.name], OnDemandFeatures):  # now its features, of these pairs' items only
             features[stage.name] = features[stage.name].load(np.r_[a, b])
-        found[stage.name] = verify_proposed(stage, features[stage.name], found[stage.name], a, b, progress)
+        found[stage.name] = one_sided_dropped(
+            stage, verify_proposed(stage, features[stage.name], found[stage.name], a, b, progress), others)
         agreed.pop(stage.name, None)
         raws.pop(stage.name, None)
     for stage in stages:  # an on-demand stage that was asked about nothing has no features
@@ -501,6 +502,43 @@ def partner_ranks(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> tuple[np.n
     order = np.lexsort((y, -np.r_[score, score], x))
     x, y = x[order], y[order]
     return x, y, _places_in_runs(x)
+
+
+def mutual_ranks(a: np.ndarray, b: np.ndarray, others: Sequence[ScoredPairs]) -> np.ndarray:
+    """Per pair (a[k], b[k]): the worse of the two ranks its items give each other among their partners by the other
+    stages (`partner_ranks`; 0: each is the other's best). A side that does not score the pair ranks it past all of
+    its partners."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    x, y, rank = partner_ranks(np.concatenate([p.a for p in others] + [np.empty(0)]),
+                               np.concatenate([p.b for p in others] + [np.empty(0)]),
+                               np.concatenate([p.score for p in others] + [np.empty(0)]))
+    n = np.int64(1 + max(x.max(initial=0), a.max(initial=0), b.max(initial=0)))
+    keys = x * n + y  # directed: y as x's partner
+    order = np.lexsort((rank, keys))  # a pair two stages score: its better rank first
+    keys, rank = keys[order], rank[order]
+    first = np.r_[True, keys[1:] != keys[:-1]] if len(keys) else np.empty(0, bool)
+    keys, rank = keys[first], rank[first]
+    unscored = np.int64(len(x) + 1)
+
+    def rank_of(u, v):
+        if not len(keys):
+            return np.full(len(u), unscored)
+        at = np.minimum(np.searchsorted(keys, u * n + v), len(keys) - 1)
+        return np.where(keys[at] == u * n + v, rank[at], unscored)
+
+    return np.maximum(rank_of(a, b), rank_of(b, a))
+
+
+def one_sided_dropped(stage: Stage, pairs: ScoredPairs, others: Sequence[ScoredPairs]) -> ScoredPairs:
+    """`pairs` (a verifying stage's, raw scores) less those whose items do not both rank each other among their
+    stage.method.proposals best by the other stages (`mutual_ranks`) and that score below the method's
+    one_sided_min_correlation (None: none dropped): a pair only one side's best partners include is more often two
+    different pictures that merely line up (a flat photo's look-alikes), so it must align better to count."""
+    floor = getattr(stage.method, "one_sided_min_correlation", None)
+    if floor is None or not len(pairs):
+        return pairs
+    mutual = mutual_ranks(pairs.a, pairs.b, others) < stage.method.proposals
+    return pairs.subset(np.flatnonzero(mutual | (pairs.score >= floor)))
 
 
 def _places_in_runs(x: np.ndarray) -> np.ndarray:

@@ -442,7 +442,10 @@ class AlignMethod(Method):
     includes it) gets this many more looks: nothing has found its copies yet (a flat photo, whose best CNN pairs are
     other flat photos), while an image already held spends none on them.
     min_gradient_correlation: alignments whose `gradient_correlation` is below it are not returned either (None: off;
-    NaN, too little overlap to tell, is kept): smooth different pictures whose grey levels line up loosely."""
+    NaN, too little overlap to tell, is kept): smooth different pictures whose grey levels line up loosely.
+    one_sided_min_correlation: a pair whose two images do not both rank each other among their `proposals` best (by
+    the CNN) must align at least this well to be returned (None: off; simbench.find.pipeline.one_sided_dropped): a
+    flat photo's look-alikes line up loosely with it, but seldom rank it among their own best."""
 
     own_pairs = False  # see __init__
     evidence_fields = ("overlap", "turns")  # per pair, kept for the report
@@ -453,7 +456,8 @@ class AlignMethod(Method):
                  overlap_template: bool = False, both_ways: bool = False, tilts=(), per_turn: int = 0,
                  trim: bool = False, min_correlation: float = 0.0, skip_verified_at: float | None = None,
                  skip_held_at: float | None = None, also_found: bool = False, proposal_depth: int = 0,
-                 min_gradient_correlation: float | None = None, equalise: bool = False, unheld_proposals: int = 0):
+                 min_gradient_correlation: float | None = None, equalise: bool = False, unheld_proposals: int = 0,
+                 one_sided_min_correlation: float | None = None):
         if proposals < 0 or own_pairs:
             raise ValueError(f"proposals must be >= 0 (not {proposals}), and own_pairs false: align only verifies")
         self.extractor, self.matcher = extractor, matcher
@@ -475,6 +479,9 @@ class AlignMethod(Method):
             raise ValueError(f"align: unheld_proposals must be >= 0 (not {unheld_proposals}), and needs skip_verified")
         self.unheld_proposals = int(unheld_proposals)
         self.min_correlation = float(min_correlation)
+        self.one_sided_min_correlation = None if one_sided_min_correlation is None else float(one_sided_min_correlation)
+        if self.one_sided_min_correlation is not None and not proposals:
+            raise ValueError("align: one_sided_min_correlation needs proposals (the ranks it reads)")
         self.min_gradient_correlation = (None if min_gradient_correlation is None
                                          else float(min_gradient_correlation))
         self.options = {"overlap_template": bool(overlap_template), "both_ways": bool(both_ways),
@@ -500,6 +507,8 @@ class AlignMethod(Method):
             on["min_gradient_correlation"] = self.min_gradient_correlation
         if self.unheld_proposals:
             on["unheld_proposals"] = self.unheld_proposals
+        if self.one_sided_min_correlation is not None:
+            on["one_sided_min_correlation"] = self.one_sided_min_correlation
         return {"proposals": self.proposals, "skip_verified": self.skip_verified, **settings(), **on}
 
     def score_pairs(self, features) -> ScoredPairs:
