@@ -520,11 +520,12 @@ def mutual_ranks(a: np.ndarray, b: np.ndarray, others: Sequence[ScoredPairs]) ->
     keys, rank = keys[first], rank[first]
     unscored = np.int64(len(x) + 1)
 
-    def rank_of(u, v):
+    def rank_of(u, v):  # v's rank as u's partner
         if not len(keys):
             return np.full(len(u), unscored)
-        at = np.minimum(np.searchsorted(keys, u * n + v), len(keys) - 1)
-        return np.where(keys[at] == u * n + v, rank[at], unscored)
+        wanted = u * n + v
+        at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        return np.where(keys[at] == wanted, rank[at], unscored)
 
     return np.maximum(rank_of(a, b), rank_of(b, a))
 
