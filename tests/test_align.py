@@ -166,6 +166,10 @@ def test_find_aligns_the_proposed_pairs_that_no_keypoint_stage_verified(photos, 
     assert copy not in found["align"]
     result, copy, found = run("align.method.skip_held_at=1.0")  # none held at certainty: the copy is looked at
     assert copy in found["align"]
+    looked = found["align"]
+    # A bar no alignment reaches for the pairs one side alone proposes: the copy, each other's best, stays.
+    result, copy, found = run("align.method.skip_held_at=1.0", "align.method.one_sided_min_correlation=1.01")
+    assert copy in found["align"] and found["align"] <= looked
     result, copy, found = run("align.method.skip_verified=false")
     assert copy in found["align"]
     assert result.evidence[copy]["align"]["correlation"] > 0.95 and result.evidence[copy]["align"]["turns"] in (1, 3)
