@@ -4,7 +4,7 @@
 
 For each tuning school yearbook (build_yearbook seeds --layouts), the default `simbench find` (with --index-root,
 the indexes a `bench_find.py yearbook-tune --work DIR` run left there, DIR/index-yearbook-tune-layoutN, are reused);
-then every pair among each picture's 2 best CNN partners (what align is proposed) that has a flat placement
+then every pair among each picture's `proposals` best CNN partners (what align is proposed) that has a flat placement
 (simbench.find.yearbook's low-texture photos) is aligned twice: by `align_pair` as the stage runs it, and by
 refining every (way round, quarter turn, scale) of the search's grid at that scale's best shift, not only each
 turn's peaks over scale. A smooth picture correlates well with a zoomed-in smooth part of itself, so the coarse
@@ -28,38 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import bench_find as bf  # noqa: E402
 from simbench.find import cascade  # noqa: E402
 from simbench.find.items import grey_thumbnail  # noqa: E402
-from simbench.find.pipeline import find  # noqa: E402
+from simbench.find.pipeline import best_pairs_per_item, find  # noqa: E402
 from simbench.find.yearbook import match_placement, true_pairs  # noqa: E402
 from simbench.methods import align  # noqa: E402
 
-#: align_pair's options as conf/find.yaml sets them for the stage.
-STAGE_OPTIONS = {"overlap_template": True, "both_ways": True, "per_turn": 3, "trim": True}
-
 
 def every_scale(a: np.ndarray, b: np.ndarray) -> float | None:
-    """The best correlation of `align.refine` over every (way round, turn, scale) of the search grid, each at its best
-    shift; None: nothing refines."""
-    a, b = (align.resized(x, align.REFINE_SIDE / max(x.shape)) if max(x.shape) > align.REFINE_SIDE else x
-            for x in (a, b))
-    best = None
-    for x, y in ((a, b), (b, a)):
-        whole = align.resized(x, align.COARSE_SIDE / max(x.shape))
-        ncc_with = align.OverlapNcc(align.inner(whole), align.MIN_OVERLAP)
-        f_at = align._border_px(whole.shape)
-        for turns in range(4):
-            turned = np.rot90(y, turns)
-            for s in align.SCALES:
-                g_whole = align.resized(turned, align.COARSE_SIDE / max(turned.shape) * s)
-                g = align.inner(g_whole)
-                ncc = ncc_with(g)
-                at = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
-                d = (int(at[0]) - (g.shape[0] - 1), int(at[1]) - (g.shape[1] - 1))
-                g_at = align._border_px(g_whole.shape)  # as align.search: back to the whole thumbnails' pixels
-                hypothesis = (float(ncc[at]), turns, s, (d[0] + f_at[0] - g_at[0], d[1] + f_at[1] - g_at[1]))
-                found = align.refine(x, y, hypothesis, overlap_template=True, trim=True)
-                if found is not None and (best is None or found.correlation > best):
-                    best = float(found.correlation)
-    return best
+    """The best correlation of `align.refine` over every (way round, turn, scale) of the search grid
+    (`align.scale_hypotheses`: each at its best shift); None: nothing refines."""
+    a, b = align.at_refine_side(a), align.at_refine_side(b)
+    refined = [align.refine(x, y, hypothesis, overlap_template=True, trim=True)
+               for x, y in ((a, b), (b, a)) for per_turn in align.scale_hypotheses(x, y) for hypothesis in per_turn]
+    return max((float(r.correlation) for r in refined if r is not None), default=None)
 
 
 def band(correlation: float | None) -> str:
@@ -70,27 +50,24 @@ def band(correlation: float | None) -> str:
 
 def layout_counts(layout: int, index_root: Path | None) -> collections.Counter:
     counts = collections.Counter()
+    cfg = cascade.make_config(None, [])
+    options = next(s for s in cascade.build_stages(cfg, calibrations={}, quiet=True)
+                   if s.name == "align").method.options  # align_pair's options as the stage runs it
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         placements = bf.school_yearbook(tmp / "pdfs", bf.TUNE, layout, False)
         truth = true_pairs(placements)
         index = (index_root / f"index-{bf.yearbook_name(bf.TUNE, layout)}") if index_root else tmp / "index"
-        result = find([tmp / "pdfs"], tmp / "out", cascade.make_config(None, []), index=index, progress=False)
+        result = find([tmp / "pdfs"], tmp / "out", cfg, index=index, progress=False)
         place = [match_placement(placements, it.source, it.page, it.bbox) if it.page else None for it in result.items]
-        partners: dict[int, list] = {}
-        cnn = result.raw["cnn"]
-        for a, b, s in zip(cnn.a.tolist(), cnn.b.tolist(), cnn.score.tolist()):
-            partners.setdefault(a, []).append((-s, b))
-            partners.setdefault(b, []).append((-s, a))
-        proposed = {(min(a, b), max(a, b)) for a, mine in partners.items() for _, b in sorted(mine)[:2]}
-        for a, b in sorted(proposed):
+        for a, b in zip(*(x.tolist() for x in best_pairs_per_item([result.raw["cnn"]], cfg.align.method.proposals))):
             pa, pb = place[a], place[b]
             if pa is None or pb is None or not (placements[pa].flat or placements[pb].flat):
                 continue
             ga, gb = grey_thumbnail(result.items[a].thumb), grey_thumbnail(result.items[b].thumb)
             if ga is None or gb is None:
                 continue
-            stage = align.align_pair(ga, gb, **STAGE_OPTIONS)
+            stage = align.align_pair(ga, gb, **options)
             stage = None if stage is None else float(stage.correlation)
             more = every_scale(ga, gb) if stage is None or stage < 0.99 else stage
             best = max((v for v in (stage, more) if v is not None), default=None)

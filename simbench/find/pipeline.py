@@ -487,12 +487,17 @@ def agreed_over_overlap(stage: Stage, found: ScoredPairs, items: list[Item]) -> 
 def best_pairs_per_item(found: list[ScoredPairs], k: int) -> tuple[np.ndarray, np.ndarray]:
     """The item pairs (a < b, ascending) among some item's k best in `found` (by score; ties to the lower
     other item)."""
-    a, b, rank = partner_ranks(np.concatenate([p.a for p in found] + [np.empty(0)]),
-                               np.concatenate([p.b for p in found] + [np.empty(0)]),
-                               np.concatenate([p.score for p in found] + [np.empty(0)]))
+    a, b, rank = ranked_partners(found)
     n = np.int64(a.max(initial=0) + 1)
     keys = np.unique(pair_keys(a[rank < k], b[rank < k], n))
     return keys // n, keys % n
+
+
+def ranked_partners(pairs: Sequence[ScoredPairs]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`partner_ranks` of all the pair lists together."""
+    return partner_ranks(np.concatenate([p.a for p in pairs] + [np.empty(0)]),
+                         np.concatenate([p.b for p in pairs] + [np.empty(0)]),
+                         np.concatenate([p.score for p in pairs] + [np.empty(0)]))
 
 
 def partner_ranks(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -509,9 +514,7 @@ def mutual_ranks(a: np.ndarray, b: np.ndarray, others: Sequence[ScoredPairs]) ->
     stages (`partner_ranks`; 0: each is the other's best). A side that does not score the pair ranks it past all of
     its partners."""
     a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
-    x, y, rank = partner_ranks(np.concatenate([p.a for p in others] + [np.empty(0)]),
-                               np.concatenate([p.b for p in others] + [np.empty(0)]),
-                               np.concatenate([p.score for p in others] + [np.empty(0)]))
+    x, y, rank = ranked_partners(others)
     n = np.int64(1 + max(x.max(initial=0), a.max(initial=0), b.max(initial=0)))
     keys = x * n + y  # directed: y as x's partner
     order = np.lexsort((rank, keys))  # a pair two stages score: its better rank first
@@ -577,9 +580,7 @@ def proposed_pairs(stage: Stage, found: ScoredPairs, others: list[ScoredPairs], 
         getattr(stage.method, "unheld_proposals", 0) or 0)
     k, depth = proposals + more, deeper + more  # per item
     done_keys = np.concatenate([pair_keys(p.a, p.b, n) for p in done])
-    x, y, rank = partner_ranks(np.concatenate([p.a for p in others] + [np.empty(0)]),
-                               np.concatenate([p.b for p in others] + [np.empty(0)]),
-                               np.concatenate([p.score for p in others] + [np.empty(0)]))
+    x, y, rank = ranked_partners(others)
     ranked = rank < depth[x]
     x, y = x[ranked], y[ranked]
     if deeper > proposals:  # the k best of each item's open pairs (x stays sorted, its partners in rank order)

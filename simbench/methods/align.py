@@ -188,9 +188,9 @@ def inner(image: np.ndarray) -> np.ndarray:
     return image[bh:h - bh, bw:w - bw]
 
 
-def search(a: np.ndarray, b: np.ndarray, per_turn: int = TOP_PER_TURN) -> list[tuple[float, int, float, tuple[int, int]]]:
-    """The search's hypotheses (correlation, quarter turns of b, scale of b against a, shift in coarse pixels of
-    the whole thumbnails), per_turn per turn: the best local maxima over SCALES."""
+def scale_hypotheses(a: np.ndarray, b: np.ndarray) -> list[list[tuple[float, int, float, tuple[int, int]]]]:
+    """Per quarter turn of b, per scale of SCALES: the best placement of b over a on the coarse grid, as a hypothesis
+    (correlation, quarter turns of b, scale of b against a, shift in coarse pixels of the whole thumbnails)."""
     whole = resized(a, COARSE_SIDE / max(a.shape))
     f = inner(whole)
     ncc_with = OverlapNcc(f, MIN_OVERLAP)
@@ -207,6 +207,14 @@ def search(a: np.ndarray, b: np.ndarray, per_turn: int = TOP_PER_TURN) -> list[t
             d = (int(at[0]) - (g.shape[0] - 1), int(at[1]) - (g.shape[1] - 1))
             g_at = _border_px(g_whole.shape)  # back to the whole thumbnails' pixels
             best.append((float(ncc[at]), turns, s, (d[0] + f_at[0] - g_at[0], d[1] + f_at[1] - g_at[1])))
+        out.append(best)
+    return out
+
+
+def search(a: np.ndarray, b: np.ndarray, per_turn: int = TOP_PER_TURN) -> list[tuple[float, int, float, tuple[int, int]]]:
+    """The search's hypotheses (`scale_hypotheses`), per_turn per turn: the best local maxima over SCALES."""
+    out = []
+    for best in scale_hypotheses(a, b):
         v = [h[0] for h in best]
         peaks = [best[i] for i in range(len(best))
                  if (i == 0 or v[i] >= v[i - 1]) and (i == len(best) - 1 or v[i] >= v[i + 1]) and v[i] > -1]
@@ -346,7 +354,7 @@ def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, bot
     equalised first (`equalised`). gradient: the alignments' `gradient_correlation` worked out (else NaN)."""
     if equalise:
         a, b = equalised(a), equalised(b)
-    a, b = (resized(x, REFINE_SIDE / max(x.shape)) if max(x.shape) > REFINE_SIDE else x for x in (a, b))
+    a, b = at_refine_side(a), at_refine_side(b)
     options = {"overlap_template": overlap_template, "per_turn": per_turn, "trim": trim, "gradient": gradient}
     best = None
     for tilt in (0.0, *tilts):
@@ -358,6 +366,11 @@ def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, bot
             if other is not None and (best is None or other.correlation > best.correlation):
                 best = replace(other, turns=(4 - other.turns) % 4, swapped=True, tilt=tilt)
     return best
+
+
+def at_refine_side(image: np.ndarray) -> np.ndarray:
+    """The thumbnail as align refines it: its long side at most REFINE_SIDE pixels."""
+    return resized(image, REFINE_SIDE / max(image.shape)) if max(image.shape) > REFINE_SIDE else image
 
 
 def equalised(image: np.ndarray) -> np.ndarray:
