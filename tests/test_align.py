@@ -12,7 +12,9 @@ from simbench.features.thumbnails import ThumbnailExtractor, Thumbnails
 from simbench.find import cascade
 from simbench.find.items import grey_thumbnail, thumbnail_jpeg
 from simbench.find.yearbook import decoration, school_logo
-from simbench.methods.align import AlignMethod, OverlapNcc, align_pair, overlap_ncc
+from simbench.methods import align
+from simbench.methods.align import (ALL_SCALES_UNTIL, AlignMethod, OverlapNcc, align_pair, at_refine_side, overlap_ncc,
+                                    refine, scale_hypotheses)
 
 
 def _ncc_by_loops(f: np.ndarray, g: np.ndarray, min_overlap: float) -> np.ndarray:
@@ -520,3 +522,74 @@ def test_one_sided_min_correlation_keys_the_table_only_when_on():
     assert method.params()["one_sided_min_correlation"] == 0.99
     with pytest.raises(ValueError, match="one_sided_min_correlation"):
         AlignMethod(ThumbnailExtractor(), proposals=0, one_sided_min_correlation=0.99)
+
+
+_AS_FIND_ALIGNS = {"overlap_template": True, "both_ways": True, "per_turn": 3, "trim": True}
+
+
+def test_all_scales_from_refines_a_loose_alignment_from_every_scale_of_its_turn(photos):
+    """Two placements of one flat photo whose search peaks over scale miss the copy's scale: the best refinement
+    correlates under 0.99, and refined again from every scale of its turn the two line up closely. With the bar above
+    that correlation nothing is refined again; a different flat photo still does not align closely."""
+    photo = _flat(Image.fromarray(photos["coins"]).convert("RGB"))
+    a, b = _placed(photo, (51, 31, 245, 251)), _placed(photo, (155, 8, 357, 248))
+    peaks = align_pair(a, b, **_AS_FIND_ALIGNS)
+    every = align_pair(a, b, **_AS_FIND_ALIGNS, all_scales_from=0.97)
+    assert 0.97 <= peaks.correlation < ALL_SCALES_UNTIL and every.correlation > 0.995, (peaks, every)
+    assert align_pair(a, b, **_AS_FIND_ALIGNS, all_scales_from=peaks.correlation + 1e-6).correlation == \
+        peaks.correlation
+    for other in ("coffee", "rocket", "clock"):
+        picture = _flat(Image.fromarray(photos[other]).convert("RGB"))
+        w, h = picture.size
+        different = align_pair(a, _placed(picture, (w // 5, h // 5, w, h)), **_AS_FIND_ALIGNS, all_scales_from=0.97)
+        assert different is None or different.correlation < 0.98, (other, different)
+
+
+def _all_scales_by_loops(a: np.ndarray, b: np.ndarray, peaks) -> float:
+    """The best correlation of `peaks` (align_pair's alignment without all_scales_from) and of `refine` from every
+    scale of the search grid at its quarter turn, b over a and a over b, written out plainly."""
+    a, b = at_refine_side(a), at_refine_side(b)
+    best = peaks.correlation
+    for x, y, turns in ((a, b, peaks.turns), (b, a, (4 - peaks.turns) % 4)):
+        for hypothesis in scale_hypotheses(x, y)[turns]:
+            if hypothesis[0] > -1:
+                found = refine(x, y, hypothesis, overlap_template=True, trim=True)
+                if found is not None and found.correlation > best:
+                    best = found.correlation
+    return best
+
+
+def test_all_scales_from_against_refining_every_scale_by_loops(photos, monkeypatch):
+    """Placements of flat photos, of one photo and of two, the second turned: with the bar at 0 and ALL_SCALES_UNTIL
+    past 1, every alignment is refined again; its correlation is the plain loop's, at the same quarter turn."""
+    monkeypatch.setattr(align, "ALL_SCALES_UNTIL", 1.01)
+    rng = np.random.default_rng(3)
+    names = ["coins", "page", "moon", "clock", "horse"]
+    pictures = {n: _flat(Image.fromarray(photos[n]).convert("RGB")) for n in names}
+    compared = 0
+    for k in range(12):  # even: two placements of one photo; odd: of two photos
+        first = names[k % len(names)]
+        second = names[(k + 2) % len(names)] if k % 2 else first
+        crops = []
+        for name in (first, second):
+            w, h = pictures[name].size
+            cw, ch = int(w * rng.uniform(0.45, 0.9)), int(h * rng.uniform(0.45, 0.9))
+            x, y = int(rng.integers(0, w - cw)), int(rng.integers(0, h - ch))
+            crops.append(_placed(pictures[name], (x, y, x + cw, y + ch)))
+        crops[1] = np.ascontiguousarray(np.rot90(crops[1], k // 2))  # each way round at each quarter turn
+        peaks = align_pair(*crops, **_AS_FIND_ALIGNS)
+        every = align_pair(*crops, **_AS_FIND_ALIGNS, all_scales_from=0.0)
+        if peaks is None:
+            assert every is None
+            continue
+        compared += 1
+        assert every.correlation == pytest.approx(_all_scales_by_loops(*crops, peaks), abs=1e-9), (first, second)
+        assert every.turns == peaks.turns
+    assert compared >= 6
+
+
+def test_all_scales_from_keys_the_table_only_when_on():
+    assert "all_scales_from" not in AlignMethod(ThumbnailExtractor(), proposals=2).params()
+    for bar in (0.0, 0.97):
+        params = AlignMethod(ThumbnailExtractor(), proposals=2, all_scales_from=bar).params()
+        assert (params["all_scales_from"], params["all_scales_until"]) == (bar, ALL_SCALES_UNTIL)

@@ -22,6 +22,10 @@ different pictures, however smooth, do not once that transform is refined to fit
    `per_turn`: refine each turn's best few local maxima over scale, whatever their search correlation. On smooth
    pictures a small b laid inside a correlates well almost anywhere, so the search often ranks the true scale
    below such a placement; only refinement tells them apart.
+   `all_scales_from` (off by default): an alignment that correlates that well but under ALL_SCALES_UNTIL is refined
+   again from every scale of its quarter turn: a smooth picture also correlates well with a zoomed-in smooth part of
+   itself, so the search's peaks over scale can sit at the ends of SCALES, far from the copy's scale
+   (benchmarks/flat_scales_probe.py).
 3. Trimming (`trim`): an overlay one picture carries and the other does not (a logo stamped in each placement's
    corner, a caption, a frame's band) disagrees wherever the two overlap, and on a flat picture it outweighs what
    is left. The pixels whose residual (after the best linear fit of grey levels) exceeds TRIM_SIGMAS robust
@@ -79,6 +83,8 @@ ECC_EPS = 1e-5
 #: by a pixel each way); at most this share of the overlap is left out.
 TRIM_SIGMAS = 3.0
 MAX_TRIM = 0.25
+#: all_scales_from: alignments correlating this well or better are not refined again (a copy's alignment mostly does).
+ALL_SCALES_UNTIL = 0.99
 
 
 def settings() -> dict:
@@ -188,15 +194,17 @@ def inner(image: np.ndarray) -> np.ndarray:
     return image[bh:h - bh, bw:w - bw]
 
 
-def scale_hypotheses(a: np.ndarray, b: np.ndarray) -> list[list[tuple[float, int, float, tuple[int, int]]]]:
-    """Per quarter turn of b, per scale of SCALES: the best placement of b over a on the coarse grid, as a hypothesis
-    (correlation, quarter turns of b, scale of b against a, shift in coarse pixels of the whole thumbnails)."""
+def scale_hypotheses(a: np.ndarray, b: np.ndarray,
+                     quarter_turns=range(4)) -> list[list[tuple[float, int, float, tuple[int, int]]]]:
+    """Per quarter turn of b (those given), per scale of SCALES: the best placement of b over a on the coarse grid,
+    as a hypothesis (correlation, quarter turns of b, scale of b against a, shift in coarse pixels of the whole
+    thumbnails)."""
     whole = resized(a, COARSE_SIDE / max(a.shape))
     f = inner(whole)
     ncc_with = OverlapNcc(f, MIN_OVERLAP)
     f_at = _border_px(whole.shape)
     out = []
-    for turns in range(4):
+    for turns in quarter_turns:
         turned = np.rot90(b, turns)
         best = []
         for s in SCALES:
@@ -344,28 +352,44 @@ def _overlap_box(template_shape, scaled_shape, warp: np.ndarray) -> tuple[int, i
 
 def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, both_ways: bool = False,
                tilts: tuple[float, ...] = (), per_turn: int = 0, trim: bool = False,
-               equalise: bool = False, gradient: bool = False) -> Alignment | None:
+               equalise: bool = False, gradient: bool = False, all_scales_from: float | None = None
+               ) -> Alignment | None:
     """The best refined alignment of grey thumbnails a and b (float32), or None: no hypothesis refines.
     overlap_template, trim: see `refine`. both_ways: b laid over a as well (its search and refinement), the better
     kept; one so aligned is `swapped` (its turns are then still b's relative to a). tilts: angles in degrees the
     second picture is also searched and refined at, turned by each first (`tilted`): ECC refines a small turn only
     from near it. per_turn: refine each turn's per_turn best hypotheses (local maxima over scale), all of them; 0:
     TOP_PER_TURN per turn, only those within REFINE_MARGIN of the best. equalise: both thumbnails' grey levels
-    equalised first (`equalised`). gradient: the alignments' `gradient_correlation` worked out (else NaN)."""
+    equalised first (`equalised`). gradient: the alignments' `gradient_correlation` worked out (else NaN).
+    all_scales_from: a best alignment correlating at least this but under ALL_SCALES_UNTIL is refined again from every
+    scale of SCALES at its quarter turn and tilt (each way round searched), the best kept (None: off)."""
     if equalise:
         a, b = equalised(a), equalised(b)
     a, b = at_refine_side(a), at_refine_side(b)
-    options = {"overlap_template": overlap_template, "per_turn": per_turn, "trim": trim, "gradient": gradient}
+    options = {"overlap_template": overlap_template, "trim": trim, "gradient": gradient}
     best = None
     for tilt in (0.0, *tilts):
-        found = _best_refined(a, tilted(b, tilt), tilt, **options)
-        if found is not None and (best is None or found.correlation > best.correlation):
-            best = found
-        if both_ways:
-            other = _best_refined(b, tilted(a, tilt), tilt, **options)
-            if other is not None and (best is None or other.correlation > best.correlation):
-                best = replace(other, turns=(4 - other.turns) % 4, swapped=True, tilt=tilt)
+        ways = ((a, tilted(b, tilt), False), (b, tilted(a, tilt), True))[:1 + both_ways]
+        for x, y, swapped in ways:
+            found = _best_refined(x, y, search(x, y, per_turn or TOP_PER_TURN), bool(per_turn), **options)
+            best = _better(best, found, swapped, tilt)
+    if best is not None and all_scales_from is not None and all_scales_from <= best.correlation < ALL_SCALES_UNTIL:
+        ways = ((a, tilted(b, best.tilt), False), (b, tilted(a, best.tilt), True))[:1 + both_ways]
+        tilt, turns = best.tilt, best.turns  # b's quarter turns over a; a's over b are the rest of a full turn
+        for x, y, swapped in ways:
+            grid = [h for h in scale_hypotheses(x, y, [(4 - turns) % 4 if swapped else turns])[0] if h[0] > -1]
+            best = _better(best, _best_refined(x, y, grid, True, **options), swapped, tilt)
     return best
+
+
+def _better(best: Alignment | None, found: Alignment | None, swapped: bool, tilt: float) -> Alignment | None:
+    """The better of align_pair's best so far and one found (swapped: b laid over a; its turns then made b's over a
+    again), marked with its tilt."""
+    if found is None or (best is not None and found.correlation <= best.correlation):
+        return best
+    if swapped:
+        found = replace(found, turns=(4 - found.turns) % 4, swapped=True)
+    return replace(found, tilt=tilt)
 
 
 def at_refine_side(image: np.ndarray) -> np.ndarray:
@@ -390,16 +414,16 @@ def tilted(image: np.ndarray, degrees: float) -> np.ndarray:
     return cv2.warpAffine(image, turn, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def _best_refined(a: np.ndarray, b: np.ndarray, tilt: float, overlap_template: bool, per_turn: int,
-                  trim: bool, gradient: bool) -> Alignment | None:
+def _best_refined(a: np.ndarray, b: np.ndarray, hypotheses, every: bool, overlap_template: bool, trim: bool,
+                  gradient: bool) -> Alignment | None:
+    """The best `refine` of the hypotheses (every: all of them, else only those within REFINE_MARGIN of the best)."""
     best = None
-    hypotheses = search(a, b, per_turn or TOP_PER_TURN)
     top = max((h[0] for h in hypotheses), default=-1.0)
-    for hypothesis in (h for h in hypotheses if per_turn or h[0] >= top - REFINE_MARGIN):
+    for hypothesis in (h for h in hypotheses if every or h[0] >= top - REFINE_MARGIN):
         found = refine(a, b, hypothesis, overlap_template, trim, gradient)
         if found is not None and (best is None or found.correlation > best.correlation):
             best = found
-    return best if best is None or not tilt else replace(best, tilt=tilt)
+    return best
 
 
 #: Pairs aligned per worker task, and the fewest pairs worth sending to worker processes.
@@ -443,8 +467,9 @@ class AlignMethod(Method):
     also_found: with skip_held_at, also look at the pairs a keypoint stage found that are not held, whatever the CNN
     ranks them (a recoloured copy the CNN puts far down its list); tried in run (69), not kept.
     workers: processes that align the pairs (simbench.processes; 0: one per core, 1: this process).
-    overlap_template, both_ways, tilts, per_turn, trim, equalise: align_pair's options (ECC on the overlap; b over a as
-    well; more angles searched; more hypotheses refined; overlays trimmed; grey levels equalised first).
+    overlap_template, both_ways, tilts, per_turn, trim, equalise, all_scales_from: align_pair's options (ECC on the
+    overlap; b over a as well; more angles searched; more hypotheses refined; overlays trimmed; grey levels equalised
+    first; a loose alignment refined again from every scale at its turn).
     min_correlation: alignments below it are not returned (0: every one). The stage's score is added to the others'
     by noisy-OR, so every pair it returns gains at least its table's lowest precision: a floor keeps different
     pictures that merely line up loosely (smooth ones, a drawing's white paper) where the other stages put them.
@@ -470,7 +495,7 @@ class AlignMethod(Method):
                  trim: bool = False, min_correlation: float = 0.0, skip_verified_at: float | None = None,
                  skip_held_at: float | None = None, also_found: bool = False, proposal_depth: int = 0,
                  min_gradient_correlation: float | None = None, equalise: bool = False, unheld_proposals: int = 0,
-                 one_sided_min_correlation: float | None = None):
+                 one_sided_min_correlation: float | None = None, all_scales_from: float | None = None):
         if proposals < 0 or own_pairs:
             raise ValueError(f"proposals must be >= 0 (not {proposals}), and own_pairs false: align only verifies")
         self.extractor, self.matcher = extractor, matcher
@@ -499,13 +524,16 @@ class AlignMethod(Method):
                                          else float(min_gradient_correlation))
         self.options = {"overlap_template": bool(overlap_template), "both_ways": bool(both_ways),
                         "tilts": tuple(float(t) for t in tilts), "per_turn": int(per_turn), "trim": bool(trim),
-                        "equalise": bool(equalise)}
+                        "equalise": bool(equalise),
+                        "all_scales_from": None if all_scales_from is None else float(all_scales_from)}
 
     def params(self) -> dict:
         # The options only when on: the tables fitted before them keep their keys.
         on = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items() if v}
         if self.options["trim"]:
             on.update(trim_settings())
+        if self.options["all_scales_from"] is not None:  # 0 is on too: every alignment under the bar refined again
+            on.update(all_scales_from=self.options["all_scales_from"], all_scales_until=ALL_SCALES_UNTIL)
         if self.skip_verified_at is not None:
             on["skip_verified_at"] = self.skip_verified_at
         if self.skip_held_at is not None:
