@@ -563,6 +563,10 @@ def test_all_scales_from_against_refining_every_scale_by_loops(photos, monkeypat
     """Placements of flat photos, of one photo and of two, the second turned: with the bar at 0 and ALL_SCALES_UNTIL
     past 1, every alignment is refined again; its correlation is the plain loop's, at the same quarter turn."""
     monkeypatch.setattr(align, "ALL_SCALES_UNTIL", 1.01)
+    grids = []  # the quarter turns each grid the rescan asks for is searched at
+    whole_grid = align.scale_hypotheses
+    monkeypatch.setattr(align, "scale_hypotheses", lambda a, b, quarter_turns=range(4): grids.append(
+        list(quarter_turns)) or whole_grid(a, b, quarter_turns))
     rng = np.random.default_rng(3)
     names = ["coins", "page", "moon", "clock", "horse"]
     pictures = {n: _flat(Image.fromarray(photos[n]).convert("RGB")) for n in names}
@@ -578,6 +582,7 @@ def test_all_scales_from_against_refining_every_scale_by_loops(photos, monkeypat
             crops.append(_placed(pictures[name], (x, y, x + cw, y + ch)))
         crops[1] = np.ascontiguousarray(np.rot90(crops[1], k // 2))  # each way round at each quarter turn
         peaks = align_pair(*crops, **_AS_FIND_ALIGNS)
+        grids.clear()
         every = align_pair(*crops, **_AS_FIND_ALIGNS, all_scales_from=0.0)
         if peaks is None:
             assert every is None
@@ -585,6 +590,7 @@ def test_all_scales_from_against_refining_every_scale_by_loops(photos, monkeypat
         compared += 1
         assert every.correlation == pytest.approx(_all_scales_by_loops(*crops, peaks), abs=1e-9), (first, second)
         assert every.turns == peaks.turns
+        assert grids[-2:] == [[peaks.turns], [(4 - peaks.turns) % 4]]  # b's turn over a, then a's over b
     assert compared >= 6
 
 
