@@ -369,17 +369,20 @@ def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, bot
     options = {"overlap_template": overlap_template, "trim": trim, "gradient": gradient}
     best = None
     for tilt in (0.0, *tilts):
-        ways = ((a, tilted(b, tilt), False), (b, tilted(a, tilt), True))[:1 + both_ways]
-        for x, y, swapped in ways:
+        for x, y, swapped in _ways(a, b, tilt, both_ways):
             found = _best_refined(x, y, search(x, y, per_turn or TOP_PER_TURN), bool(per_turn), **options)
             best = _better(best, found, swapped, tilt)
     if best is not None and all_scales_from is not None and all_scales_from <= best.correlation < ALL_SCALES_UNTIL:
-        ways = ((a, tilted(b, best.tilt), False), (b, tilted(a, best.tilt), True))[:1 + both_ways]
         tilt, turns = best.tilt, best.turns  # b's quarter turns over a; a's over b are the rest of a full turn
-        for x, y, swapped in ways:
+        for x, y, swapped in _ways(a, b, tilt, both_ways):
             grid = [h for h in scale_hypotheses(x, y, [(4 - turns) % 4 if swapped else turns])[0] if h[0] > -1]
             best = _better(best, _best_refined(x, y, grid, True, **options), swapped, tilt)
     return best
+
+
+def _ways(a: np.ndarray, b: np.ndarray, tilt: float, both_ways: bool):
+    """(first, second turned by tilt, swapped): b over a, and with both_ways a over b."""
+    return ((a, tilted(b, tilt), False), (b, tilted(a, tilt), True))[:1 + both_ways]
 
 
 def _better(best: Alignment | None, found: Alignment | None, swapped: bool, tilt: float) -> Alignment | None:
