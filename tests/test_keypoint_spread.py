@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 import skimage.data as skdata
 
 from simbench.features import keypoints as kp
-from simbench.features.keypoints import (KeypointExtractor, even_fill, find_keypoints, grid_cells, make_detector,
+from simbench.features.keypoints import (KeypointExtractor, even_fill, find_keypoints, grid_cells,
                                          spread_over_grid)
 
 W, H = 640, 480
@@ -378,57 +378,3 @@ def test_equalise_coarse_equalises_only_the_smoothed_picture(tmp_path, clip):
     with pytest.raises(ValueError, match="equalise_clip"):
         KeypointExtractor(equalise="coarse", equalise_clip=0.5)
     assert KeypointExtractor(equalise_clip=3.0).params() == KeypointExtractor().params()  # unused without equalise
-
-
-class _Thresholded:
-    """Stands in for BRISK at one threshold: the pool's keypoints whose response reaches it; counts its calls."""
-
-    def __init__(self, pool, threshold):
-        self.pool, self.threshold, self.calls = pool, threshold, 0
-
-    def detect(self, gray, mask):
-        self.calls += 1
-        return [k for k in self.pool if k.response >= self.threshold]
-
-
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("spread", [None, "grid"])
-def test_one_detection_takes_the_ladders_steps_from_its_lowest_detection(seed, spread):
-    """Oracle: where a detection at a threshold is exactly the lowest one's keypoints whose response reaches it, the
-    ladder read off one detection keeps what detecting at every step keeps, with one call of the lowest detector."""
-    rng = np.random.default_rng(seed)
-    gray = np.zeros((480, 640), np.uint8)
-    n = int(rng.integers(200, 3000))
-    points = np.vstack([_crowded(n // 2, rng), _spread(n - n // 2, rng)])
-    thresholds = [30.0, 15.0, 8.0]
-    responses = rng.uniform(8, 60, n)
-    responses[::7] = rng.choice(thresholds, len(responses[::7]))  # some exactly at a step: kept there
-    pool = [cv2.KeyPoint(float(x), float(y), 7.0, -1, float(r)) for (x, y), r in zip(points, responses)]
-    each = [_Thresholded(pool, t) for t in thresholds]
-    once = [_Thresholded(pool, t) for t in thresholds]
-    expected = find_keypoints(each, gray, 500, spread)
-    got = find_keypoints(once, gray, 500, spread, thresholds)
-    assert [(k.pt, k.response) for k in got] == [(k.pt, k.response) for k in expected]
-    assert [d.calls for d in once] == [0, 0, 1]
-
-
-def test_one_detection_on_photos_keeps_nearly_the_ladders_keypoints():
-    """On real photos BRISK's keypoints read off the detection at 8 are nearly those detected at each step (a
-    keypoint's sub-pixel place comes from neighbours' scores, which the lower threshold no longer zeroes); the
-    setting keys the features; other detectors refuse it."""
-    photos = [skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket()]
-    shared, total = 0, 0
-    for photo in photos:
-        gray = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
-        ladder = [30, 15, 8]
-        detectors = [make_detector("brisk", 500, t) for t in ladder]
-        each = find_keypoints(detectors, gray, 500, "grid")
-        once = find_keypoints(detectors, gray, 500, "grid", ladder)
-        places = lambda kps: {(round(k.pt[0], 1), round(k.pt[1], 1)) for k in kps}  # noqa: E731
-        shared += len(places(each) & places(once))
-        total += len(each)
-    assert shared >= 0.85 * total
-    assert KeypointExtractor(one_detection=True).params()["one_detection"] is True
-    assert "one_detection" not in KeypointExtractor().params()
-    with pytest.raises(ValueError, match="one_detection"):
-        KeypointExtractor(detector="orb", one_detection=True)

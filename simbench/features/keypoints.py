@@ -96,7 +96,6 @@ class _Config:
     equalise: str | None = None
     equalise_clip: float | None = None
     coarse_scale: float = 1.0
-    one_detection: bool = False
 
 
 class KeypointExtractor(Extractor):
@@ -117,14 +116,10 @@ class KeypointExtractor(Extractor):
         A keypoint's response does not depend on the threshold it was found at, so a detailed picture
         keeps (nearly) the same strongest keypoints for a fraction of the cost: at BRISK threshold 8 a
         textured 512 px picture has ~7,000 corners and detection costs ~6x what it does at 30, where
-        500 are already found. Low-contrast pictures still go down to `threshold`. With spread, the
+        500 are already found (so the steps read off one detection at `threshold` cost as much: run 95,
+        results/find.md). Low-contrast pictures still go down to `threshold`. With spread, the
         ladder also goes on down while the keypoints crowd into part of the picture (SPREAD_MIN_FILL,
         SPREAD_MIN_GAIN).
-    one_detection: the adaptive ladder's steps read off one detection at its lowest threshold (each step: the
-        keypoints whose response reaches its threshold) instead of a detection per step (BRISK only: its
-        response is the AGAST score, on its threshold's scale). Not the same keypoints, nearly: a keypoint's
-        sub-pixel place and scale come from its neighbours' scores, which a lower threshold no longer zeroes.
-        A picture that goes down the whole ladder (most do, with spread) pays one detection instead of three.
     spread: None = keep the strongest max_features by response. "grid" = keep them spread over the
         picture: a grid of square cells (SPREAD_CELLS along the long side at working scale), the
         strongest keypoint of every cell first, then the second of every cell, and so on (an even share
@@ -173,7 +168,7 @@ class KeypointExtractor(Extractor):
                  spread: str | None = None, coarse_share: float = 0.0,
                  coarse_sigma: float | Sequence[float] = 2.0, trim_frame: bool = False,
                  equalise: str | None = None, equalise_clip: float | None = None, workers: int = 0,
-                 coarse_scale: float = 1.0, one_detection: bool = False):
+                 coarse_scale: float = 1.0):
         if detector not in DESCRIPTOR_SHAPE:
             raise ValueError(f"unknown detector {detector!r}; choose one of {sorted(DESCRIPTOR_SHAPE)}")
         if spread is not None and spread not in SPREADS:
@@ -182,8 +177,6 @@ class KeypointExtractor(Extractor):
             raise ValueError(f"unknown equalise {equalise!r}; choose None or one of {list(EQUALISED[1:])}")
         if equalise_clip is not None and not equalise_clip >= 1.0:  # without equalise it is unused
             raise ValueError("equalise_clip must be None or >= 1 (times the mean count of a grey level)")
-        if one_detection and detector != "brisk":
-            raise ValueError(f"one_detection needs a response on the threshold's scale (brisk), not {detector!r}")
         if max_features < 1 or max_size < 16:
             raise ValueError("max_features must be >= 1 and max_size >= 16")
         if isinstance(coarse_sigma, str) or not isinstance(coarse_sigma, Sequence):
@@ -207,7 +200,6 @@ class KeypointExtractor(Extractor):
         if not 0.0 < coarse_scale <= 1.0:
             raise ValueError(f"coarse_scale must be in (0, 1], got {coarse_scale}")
         self.coarse_scale = float(coarse_scale)
-        self.one_detection = bool(one_detection)
 
     @property
     def binary(self) -> bool:
@@ -229,8 +221,6 @@ class KeypointExtractor(Extractor):
                 params["coarse_scale"] = self.coarse_scale
         if self.trim_frame:
             params["trim_frame"] = True
-        if self.one_detection:
-            params["one_detection"] = True
         if self.equalise:
             params["equalise"] = self.equalise
             if self.equalise_clip is not None:
@@ -244,7 +234,7 @@ class KeypointExtractor(Extractor):
     def extract(self, paths: Sequence[Path], progress: bool = False) -> Extracted:
         config = _Config(self.detector, self.max_features, self.max_size, self.threshold, self.mirror,
                          self.adaptive, self.spread, self.coarse_share, self.coarse_sigma, self.trim_frame,
-                         self.equalise, self.equalise_clip, self.coarse_scale, self.one_detection)
+                         self.equalise, self.equalise_clip, self.coarse_scale)
         results = _map_images(paths, config, self.workers, progress)
         return _collect(paths, results, config)
 
@@ -339,9 +329,8 @@ def extract_image(path: str | Path, config: _Config) -> dict:
             factor = np.float32([image.shape[1] / size[0], image.shape[0] / size[1]])
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         candidates = budget * (SPREAD_CANDIDATES if config.spread else 1)  # ORB and SIFT cap theirs
-        ladder = threshold_ladder(config)
-        detectors = [make_detector(config.detector, candidates, t) for t in ladder]
-        keypoints = find_keypoints(detectors, image, budget, config.spread, ladder if config.one_detection else None)
+        detectors = [make_detector(config.detector, candidates, t) for t in threshold_ladder(config)]
+        keypoints = find_keypoints(detectors, image, budget, config.spread)
         here = [describe(detectors[0], image, keypoints, mirrored=False)]
         if config.mirror:
             # Features of the mirror image, so a flipped copy's features match these rows. Its keypoints
@@ -444,20 +433,19 @@ def _contrib(name: str):
     return factory
 
 
-def find_keypoints(detectors: list, gray: np.ndarray, max_features: int, spread: str | None = None,
-                   thresholds: list[float] | None = None) -> list:
+def find_keypoints(detectors: list, gray: np.ndarray, max_features: int, spread: str | None = None) -> list:
     """max_features keypoints: the strongest by response, or (spread="grid") spread over the picture.
 
     detectors: tried in turn (a threshold ladder, most selective first) until one finds max_features;
         with spread, also until they fill at least SPREAD_MIN_FILL of max_features evenly (`even_fill`),
         or a step raised that share by less than SPREAD_MIN_GAIN.
-    thresholds: the detectors' thresholds, to take every step from one detection (`ladder_steps`).
     """
     keypoints = []
     # A sliver has no room for a descriptor's sampling pattern, and BRISK's pyramid fails on it.
     if min(gray.shape) >= MIN_SIDE:
         filled = -1.0
-        for keypoints in ladder_steps(detectors, gray, thresholds):
+        for detector in detectors:
+            keypoints = detector.detect(gray, None)
             if len(keypoints) < max_features:
                 continue  # too few: lower the threshold (or, at the last step, keep them all)
             if spread is None:
@@ -470,20 +458,6 @@ def find_keypoints(detectors: list, gray: np.ndarray, max_features: int, spread:
     if spread is None or len(keypoints) <= max_features:
         return sorted(keypoints, key=lambda k: -k.response)[:max_features]
     return spread_over_grid(keypoints, gray.shape, max_features)
-
-
-def ladder_steps(detectors: list, gray: np.ndarray, thresholds: list[float] | None = None):
-    """The keypoints of each step of a threshold ladder, found when asked for: each detector's detection, or (its
-    thresholds given) the last detector's alone, each step before it taking the keypoints whose response reaches
-    its threshold (KeypointExtractor's one_detection)."""
-    if thresholds is None or len(detectors) < 2:
-        yield from (detector.detect(gray, None) for detector in detectors)
-        return
-    found = detectors[-1].detect(gray, None)
-    response = np.array([k.response for k in found], np.float32)
-    for t in thresholds[:-1]:
-        yield [found[i] for i in np.flatnonzero(response >= t)]
-    yield found
 
 
 def spread_over_grid(keypoints: list, shape: tuple[int, int], max_features: int) -> list:
