@@ -26,6 +26,8 @@ from benchmarks.common import cpu_model, interleaved_ratio, load_average, ratio_
 
 #: The code before issue #11: the time bar's reference.
 BEFORE_ISSUE = "64ceccb"
+#: Where the commit's worktree and the runs' folders are kept (--work).
+WORK = Path.home() / ".cache" / "simbench" / "time_against"
 
 
 def worktree(commit: str, work: Path, repo: Path = ROOT) -> Path:
@@ -65,7 +67,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--commit", default=BEFORE_ISSUE, help="the code to compare with (default: %(default)s)")
     parser.add_argument("--pairs", type=int, default=2, help="alternating pairs of runs")
-    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "simbench" / "time_against")
+    parser.add_argument("--work", type=Path, default=WORK)
     args = parser.parse_args(argv)
     before = worktree(args.commit, args.work)
     print(f"# {cpu_model()}, load {load_average():.1f}; {args.commit} in {before} against {ROOT}", flush=True)
