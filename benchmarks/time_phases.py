@@ -8,9 +8,9 @@ time_against.py keeps) runs find from an empty index with the pipeline's steps w
 extraction (over all its batches), each stage's own pairs, each look at pairs other stages propose, the overlap
 agreement, the shared-frame windows, the scoring and the outputs; `other` is the rest of the run (listing and
 reading the files, linking). Steps the older code lacks show "-"; steps under 0.05 s in both are left out (a
-stage that proposes no pairs of its own). The CNN's own pairs are matched beside the
-keypoints' (threads), so the steps can add up to more than the whole. Seconds are the machine's of that moment:
-compare the two columns of one table, not tables of different runs.
+stage that proposes no pairs of its own). The CNN's own pairs are matched beside the keypoints' (threads), and
+64ceccb's `score` holds its stages' matching, so the steps can add up to more than the whole. Seconds are the
+machine's of that moment: compare the two columns of one table, not tables of different runs.
 """
 from __future__ import annotations
 
