@@ -599,3 +599,36 @@ def test_all_scales_from_keys_the_table_only_when_on():
     for bar in (0.0, 0.97):
         params = AlignMethod(ThumbnailExtractor(), proposals=2, all_scales_from=bar).params()
         assert (params["all_scales_from"], params["all_scales_until"]) == (bar, ALL_SCALES_UNTIL)
+
+
+def test_ecc_eps_is_the_module_stopping_step_given_per_run(photos, monkeypatch):
+    """Oracle: align_pair with ecc_eps gives what it gives with ECC_EPS itself set to that value (ECC and the trim's
+    ECC alike), over placements of one flat photo and of two; a larger step costs the alignments little here."""
+    rng = np.random.default_rng(5)
+    names = ["coins", "page", "moon", "clock"]
+    pictures = {n: _flat(Image.fromarray(photos[n]).convert("RGB")) for n in names}
+    placements = []
+    for k in range(6):
+        first, second = names[k % 4], names[(k + (k % 2)) % 4]
+        crops = []
+        for name in (first, second):
+            w, h = pictures[name].size
+            cw, ch = int(w * rng.uniform(0.5, 0.9)), int(h * rng.uniform(0.5, 0.9))
+            x, y = int(rng.integers(0, w - cw)), int(rng.integers(0, h - ch))
+            crops.append(_placed(pictures[name], (x, y, x + cw, y + ch)))
+        placements.append(crops)
+    given = [align_pair(a, b, **_AS_FIND_ALIGNS, ecc_eps=1e-3) for a, b in placements]
+    default = [align_pair(a, b, **_AS_FIND_ALIGNS) for a, b in placements]
+    monkeypatch.setattr(align, "ECC_EPS", 1e-3)
+    module = [align_pair(a, b, **_AS_FIND_ALIGNS) for a, b in placements]
+    corr = lambda found: None if found is None else (found.correlation, found.turns, found.warp.tolist())  # noqa: E731
+    assert [corr(x) for x in given] == [corr(x) for x in module]
+    assert [corr(x) for x in given] != [corr(x) for x in default]  # the step is taken: other maps
+    assert sum(x is not None for x in default) >= 3
+
+
+def test_ecc_eps_keys_the_table_only_when_set():
+    assert AlignMethod(ThumbnailExtractor(), proposals=2).params()["ecc_eps"] == align.ECC_EPS
+    assert AlignMethod(ThumbnailExtractor(), proposals=2, ecc_eps=1e-4).params()["ecc_eps"] == 1e-4
+    with pytest.raises(ValueError, match="ecc_eps"):
+        AlignMethod(ThumbnailExtractor(), proposals=2, ecc_eps=0.0)

@@ -231,9 +231,10 @@ def search(a: np.ndarray, b: np.ndarray, per_turn: int = TOP_PER_TURN) -> list[t
 
 
 def refine(a: np.ndarray, b: np.ndarray, hypothesis, overlap_template: bool = False,
-           trim: bool = False, gradient: bool = False) -> Alignment | None:
+           trim: bool = False, gradient: bool = False, ecc_eps: float | None = None) -> Alignment | None:
     """ECC refinement of one search hypothesis (see the module docstring), or None where it is dropped; trim: then
-    trimmed (`trimmed`); gradient: its `gradient_correlation` worked out (else NaN).
+    trimmed (`trimmed`); gradient: its `gradient_correlation` worked out (else NaN). ecc_eps: ECC stops once a step
+    changes the map by less than this (None: ECC_EPS).
 
     overlap_template: refine on the part of a that the hypothesis lays over b (less OVERLAP_MARGIN of it on each
     side) instead of all of a. Two crops of one picture, neither holding the other (a yearbook's placements), then
@@ -255,7 +256,8 @@ def refine(a: np.ndarray, b: np.ndarray, hypothesis, overlap_template: bool = Fa
             return None
     warp[:, 2] += (x0, y0)  # the refined part's pixel (0, 0) is the template's (x0, y0)
     refined = np.ascontiguousarray(template[y0:y1, x0:x1])
-    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, ECC_EPS)
+    eps = ECC_EPS if ecc_eps is None else ecc_eps
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, eps)
     try:
         _, warp = cv2.findTransformECC(refined, scaled, warp, cv2.MOTION_EUCLIDEAN, criteria, mask, 5)
         correlation, warp = cv2.findTransformECC(refined, scaled, warp, cv2.MOTION_AFFINE, criteria, mask, 3)
@@ -352,8 +354,8 @@ def _overlap_box(template_shape, scaled_shape, warp: np.ndarray) -> tuple[int, i
 
 def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, both_ways: bool = False,
                tilts: tuple[float, ...] = (), per_turn: int = 0, trim: bool = False,
-               equalise: bool = False, gradient: bool = False, all_scales_from: float | None = None
-               ) -> Alignment | None:
+               equalise: bool = False, gradient: bool = False, all_scales_from: float | None = None,
+               ecc_eps: float | None = None) -> Alignment | None:
     """The best refined alignment of grey thumbnails a and b (float32), or None: no hypothesis refines.
     overlap_template, trim: see `refine`. both_ways: b laid over a as well (its search and refinement), the better
     kept; one so aligned is `swapped` (its turns are then still b's relative to a). tilts: angles in degrees the
@@ -362,11 +364,12 @@ def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, bot
     TOP_PER_TURN per turn, only those within REFINE_MARGIN of the best. equalise: both thumbnails' grey levels
     equalised first (`equalised`). gradient: the alignments' `gradient_correlation` worked out (else NaN).
     all_scales_from: a best alignment correlating at least this but under ALL_SCALES_UNTIL is refined again from every
-    scale of SCALES at its quarter turn and tilt (each way round searched), the best kept (None: off)."""
+    scale of SCALES at its quarter turn and tilt (each way round searched), the best kept (None: off). ecc_eps: see
+    `refine`."""
     if equalise:
         a, b = equalised(a), equalised(b)
     a, b = at_refine_side(a), at_refine_side(b)
-    options = {"overlap_template": overlap_template, "trim": trim, "gradient": gradient}
+    options = {"overlap_template": overlap_template, "trim": trim, "gradient": gradient, "ecc_eps": ecc_eps}
     best = None
     for tilt in (0.0, *tilts):
         for x, y, swapped in _ways(a, b, tilt, both_ways):
@@ -418,12 +421,12 @@ def tilted(image: np.ndarray, degrees: float) -> np.ndarray:
 
 
 def _best_refined(a: np.ndarray, b: np.ndarray, hypotheses, every: bool, overlap_template: bool, trim: bool,
-                  gradient: bool) -> Alignment | None:
+                  gradient: bool, ecc_eps: float | None) -> Alignment | None:
     """The best `refine` of the hypotheses (every: all of them, else only those within REFINE_MARGIN of the best)."""
     best = None
     top = max((h[0] for h in hypotheses), default=-1.0)
     for hypothesis in (h for h in hypotheses if every or h[0] >= top - REFINE_MARGIN):
-        found = refine(a, b, hypothesis, overlap_template, trim, gradient)
+        found = refine(a, b, hypothesis, overlap_template, trim, gradient, ecc_eps)
         if found is not None and (best is None or found.correlation > best.correlation):
             best = found
     return best
@@ -470,9 +473,10 @@ class AlignMethod(Method):
     also_found: with skip_held_at, also look at the pairs a keypoint stage found that are not held, whatever the CNN
     ranks them (a recoloured copy the CNN puts far down its list); tried in run (69), not kept.
     workers: processes that align the pairs (simbench.processes; 0: one per core, 1: this process).
-    overlap_template, both_ways, tilts, per_turn, trim, equalise, all_scales_from: align_pair's options (ECC on the
-    overlap; b over a as well; more angles searched; more hypotheses refined; overlays trimmed; grey levels equalised
-    first; a loose alignment refined again from every scale at its turn).
+    overlap_template, both_ways, tilts, per_turn, trim, equalise, all_scales_from, ecc_eps: align_pair's options (ECC on
+    the overlap; b over a as well; more angles searched; more hypotheses refined; overlays trimmed; grey levels
+    equalised first; a loose alignment refined again from every scale at its turn; ECC's stopping step, None: ECC_EPS,
+    which ECC seldom reaches in its ECC_ITERATIONS: a larger one stops it sooner, its correlations a little other).
     min_correlation: alignments below it are not returned (0: every one). The stage's score is added to the others'
     by noisy-OR, so every pair it returns gains at least its table's lowest precision: a floor keeps different
     pictures that merely line up loosely (smooth ones, a drawing's white paper) where the other stages put them.
@@ -498,7 +502,8 @@ class AlignMethod(Method):
                  trim: bool = False, min_correlation: float = 0.0, skip_verified_at: float | None = None,
                  skip_held_at: float | None = None, also_found: bool = False, proposal_depth: int = 0,
                  min_gradient_correlation: float | None = None, equalise: bool = False, unheld_proposals: int = 0,
-                 one_sided_min_correlation: float | None = None, all_scales_from: float | None = None):
+                 one_sided_min_correlation: float | None = None, all_scales_from: float | None = None,
+                 ecc_eps: float | None = None):
         if proposals < 0 or own_pairs:
             raise ValueError(f"proposals must be >= 0 (not {proposals}), and own_pairs false: align only verifies")
         self.extractor, self.matcher = extractor, matcher
@@ -528,7 +533,10 @@ class AlignMethod(Method):
         self.options = {"overlap_template": bool(overlap_template), "both_ways": bool(both_ways),
                         "tilts": tuple(float(t) for t in tilts), "per_turn": int(per_turn), "trim": bool(trim),
                         "equalise": bool(equalise),
-                        "all_scales_from": None if all_scales_from is None else float(all_scales_from)}
+                        "all_scales_from": None if all_scales_from is None else float(all_scales_from),
+                        "ecc_eps": None if ecc_eps is None else float(ecc_eps)}
+        if ecc_eps is not None and not ecc_eps > 0:
+            raise ValueError(f"align: ecc_eps must be > 0 or None (not {ecc_eps})")
 
     def params(self) -> dict:
         # The options only when on: the tables fitted before them keep their keys.
