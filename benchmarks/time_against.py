@@ -52,15 +52,20 @@ def seconds_of(output: str) -> float:
     return float(found.group(1))
 
 
+def run_with_code(root: Path, script: str, *args: str) -> str:
+    """The stdout of `python SCRIPT ARGS` in a fresh process run in `root` with its code first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, script, *args], cwd=root, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{Path(script).name} {' '.join(args)} failed in {root}:\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
 def throughput_seconds(root: Path, work: Path) -> float:
     """One `bench_find.py throughput cascade --quiet` of the code at `root`, in a fresh process: its first run's
     seconds."""
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    done = subprocess.run([sys.executable, "benchmarks/bench_find.py", "throughput", "cascade", "--quiet", "--work",
-                           str(work)], cwd=root, env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"bench_find.py throughput failed in {root}:\n{done.stderr[-2000:]}")
-    return seconds_of(done.stdout)
+    return seconds_of(run_with_code(root, "benchmarks/bench_find.py", "throughput", "cascade", "--quiet", "--work",
+                                    str(work)))
 
 
 def main(argv=None) -> None:

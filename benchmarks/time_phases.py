@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -66,12 +64,10 @@ def child(work: Path) -> dict:
 
 def phases(root: Path, work: Path) -> dict:
     """child() of the code at `root`, in a fresh process."""
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--work", str(work)], cwd=root,
-                          env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"find failed in {root}:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    from benchmarks.time_against import run_with_code
+
+    out = run_with_code(root, str(Path(__file__).resolve()), "--child", "--work", str(work))
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def table(columns: dict[str, dict]) -> str:

@@ -559,6 +559,14 @@ def _all_scales_by_loops(a: np.ndarray, b: np.ndarray, peaks) -> float:
     return best
 
 
+def _random_placement(picture: Image.Image, rng, smallest: float) -> np.ndarray:
+    """`_placed` of a crop of the picture at a random place, each side smallest..0.9 of the picture's."""
+    w, h = picture.size
+    cw, ch = int(w * rng.uniform(smallest, 0.9)), int(h * rng.uniform(smallest, 0.9))
+    x, y = int(rng.integers(0, w - cw)), int(rng.integers(0, h - ch))
+    return _placed(picture, (x, y, x + cw, y + ch))
+
+
 def test_all_scales_from_against_refining_every_scale_by_loops(photos, monkeypatch):
     """Placements of flat photos, of one photo and of two, the second turned: with the bar at 0 and ALL_SCALES_UNTIL
     past 1, every alignment is refined again; its correlation is the plain loop's, at the same quarter turn."""
@@ -574,12 +582,7 @@ def test_all_scales_from_against_refining_every_scale_by_loops(photos, monkeypat
     for k in range(12):  # even: two placements of one photo; odd: of two photos
         first = names[k % len(names)]
         second = names[(k + 2) % len(names)] if k % 2 else first
-        crops = []
-        for name in (first, second):
-            w, h = pictures[name].size
-            cw, ch = int(w * rng.uniform(0.45, 0.9)), int(h * rng.uniform(0.45, 0.9))
-            x, y = int(rng.integers(0, w - cw)), int(rng.integers(0, h - ch))
-            crops.append(_placed(pictures[name], (x, y, x + cw, y + ch)))
+        crops = [_random_placement(pictures[name], rng, 0.45) for name in (first, second)]
         crops[1] = np.ascontiguousarray(np.rot90(crops[1], k // 2))  # each way round at each quarter turn
         peaks = align_pair(*crops, **_AS_FIND_ALIGNS)
         grids.clear()
@@ -603,20 +606,12 @@ def test_all_scales_from_keys_the_table_only_when_on():
 
 def test_ecc_eps_is_the_module_stopping_step_given_per_run(photos, monkeypatch):
     """Oracle: align_pair with ecc_eps gives what it gives with ECC_EPS itself set to that value (ECC and the trim's
-    ECC alike), over placements of one flat photo and of two; a larger step costs the alignments little here."""
+    ECC alike), over placements of one flat photo and of two."""
     rng = np.random.default_rng(5)
     names = ["coins", "page", "moon", "clock"]
     pictures = {n: _flat(Image.fromarray(photos[n]).convert("RGB")) for n in names}
-    placements = []
-    for k in range(6):
-        first, second = names[k % 4], names[(k + (k % 2)) % 4]
-        crops = []
-        for name in (first, second):
-            w, h = pictures[name].size
-            cw, ch = int(w * rng.uniform(0.5, 0.9)), int(h * rng.uniform(0.5, 0.9))
-            x, y = int(rng.integers(0, w - cw)), int(rng.integers(0, h - ch))
-            crops.append(_placed(pictures[name], (x, y, x + cw, y + ch)))
-        placements.append(crops)
+    placements = [[_random_placement(pictures[name], rng, 0.5) for name in (names[k % 4], names[(k + (k % 2)) % 4])]
+                  for k in range(6)]
     given = [align_pair(a, b, **_AS_FIND_ALIGNS, ecc_eps=1e-3) for a, b in placements]
     default = [align_pair(a, b, **_AS_FIND_ALIGNS) for a, b in placements]
     monkeypatch.setattr(align, "ECC_EPS", 1e-3)
