@@ -159,7 +159,7 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
         print(f"{name}: {len(raw)} pairs, {int(is_true.sum())} true; {stage.signal} "
               f"{fit.raw.min():.4g}..{fit.raw.max():.4g} -> precision {fit.precision.min():.3f}..{fit.precision.max():.3f}")
     if only and not refit_fusion:
-        fusions = load_fusions()
+        fusions = carried_fusions(load_fusions(), refitted_keys(tables, only, overrides), made_by)
     else:
         fusion = fit_cascade_fusion(collections, tables, work, overrides, progress, found_weights, fusion_stages,
                                     fusion_keep)
@@ -175,6 +175,28 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
     save_calibrations(tables, out, about, fusions)
     print(f"wrote {out}")
     return [t.to_json() for t in tables] + [f.to_json() for f in fusions]
+
+
+def refitted_keys(tables: list, only: tuple[str, ...], overrides: list[str]) -> dict[str, str]:
+    """{shipped settings key: refitted table's key} of the `only` stages whose settings `overrides` change."""
+    rekey = {}
+    for name in only:
+        _, shipped = fitted_stages(name, [])
+        _, refitted = fitted_stages(name, overrides)
+        if shipped and refitted:
+            old, new = settings_key(shipped[-1].settings), settings_key(refitted[-1].settings)
+            if old != new and any(t.key == new for t in tables):
+                rekey[old] = new
+    return rekey
+
+
+def carried_fusions(fusions: list, rekey: dict[str, str], made_by: str) -> list:
+    """The shipped fusions, and each one keyed by a refitted stage's shipped settings again for its new settings,
+    weights unchanged (--stages without --refit-fusion: else no fusion would match the refitted stage's settings and
+    find would fall back to noisy-OR)."""
+    carried = [dataclasses.replace(f, keys=[rekey.get(k, k) for k in f.keys], note=f"{f.note}; carried over {made_by}")
+               for f in fusions if any(k in rekey for k in f.keys)]
+    return carried + fusions
 
 
 def with_other_settings(tables: list, fusions: list, shipped_tables: dict, shipped_fusions: list):

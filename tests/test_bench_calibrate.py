@@ -1,14 +1,16 @@
 """bench_find.copied_about: a calibration file fitted with --stages names the commands that made what it copied,
 each once, without quoting the previous file's whole "about" (which nested one level deeper with every such run).
-bench_find.fitted_stages: the run that gives the align stage's raw pairs, as find runs it with each skip option."""
+bench_find.fitted_stages: the run that gives the align stage's raw pairs, as find runs it with each skip option.
+bench_find.carried_fusions: --stages without --refit-fusion keys the shipped fusion to a refitted stage's settings."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_find import copied_about, fitted_stages, with_other_settings  # noqa: E402
-from simbench.find.calibration import Fusion, fit_calibration  # noqa: E402
+from benchmarks.bench_find import (carried_fusions, copied_about, fitted_stages, refitted_keys,  # noqa: E402
+                                   with_other_settings)
+from simbench.find.calibration import Fusion, fit_calibration, settings_key  # noqa: E402
 
 
 def test_copied_about_names_each_earlier_command_once_and_does_not_nest():
@@ -56,3 +58,31 @@ def test_a_refit_keeps_the_shipped_tables_and_fusions_of_other_settings():
     assert [f.keys for f in fusions] == [[kp.key, cnn8.key], [kp.key, cnn32.key]]
     again = with_other_settings(tables, fusions, {t.key: t for t in tables}, fusions)
     assert [t.key for t in again[0]] == [t.key for t in tables] and len(again[1]) == 2 and again[2] == 0
+
+
+def test_a_stage_refitted_under_new_settings_keeps_the_shipped_fusion_keyed_to_them():
+    def fusion(keys, cnn_weight):
+        return Fusion(["keypoints", "cnn"], keys, -1.0, {"keypoints": 4.0}, {"keypoints": 0.5, "cnn": cnn_weight},
+                      {"keypoints": "log1p", "cnn": "identity"}, "fitted")
+
+    shipped = [fusion(["kp-old", "cnn8"], 20.0), fusion(["kp-old", "cnn32"], 21.0)]
+    fusions = carried_fusions(shipped, {"kp-old": "kp-new"}, "made by `x`")
+    assert [f.keys for f in fusions] == [["kp-new", "cnn8"], ["kp-new", "cnn32"],
+                                         ["kp-old", "cnn8"], ["kp-old", "cnn32"]]
+    for carried, original in zip(fusions[:2], shipped):
+        assert (carried.intercept, carried.found_weight, carried.weight, carried.transform) == (
+            original.intercept, original.found_weight, original.weight, original.transform)
+        assert carried.note == "fitted; carried over made by `x`"
+    assert carried_fusions(shipped, {}, "made by `x`") == shipped
+
+
+def test_refitted_keys_maps_a_stage_whose_settings_the_overrides_change():
+    overrides = ["keypoints.extractor.coarse_scale=0.5"]
+    settings = fitted_stages("keypoints", overrides)[1][-1].settings
+    old, new = settings_key(fitted_stages("keypoints", [])[1][-1].settings), settings_key(settings)
+    assert old != new
+    refitted = fit_calibration([0.1, 0.5, 0.9] * 10, [0, 1, 1] * 10, settings=settings)
+    assert refitted.key == new
+    assert refitted_keys([refitted], ("keypoints",), overrides) == {old: new}
+    assert refitted_keys([], ("keypoints",), overrides) == {}  # no table fitted for the new settings
+    assert refitted_keys([refitted], ("keypoints",), ["align.method.ecc_eps=1e-4"]) == {}  # keypoints unchanged
