@@ -114,7 +114,7 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
     whether the fusion fits a weight for "the stage found this pair" (calibration.fit_fusion); fusion_stages: the
     cascade stages the fusion is fitted on (() for all; find adds the others by noisy-OR). only: fit these
     stages' tables alone (e.g. a new stage's), the other tables and (unless refit_fusion) the fusion copied from the
-    shipped file. fusion_keep: when the fusion is fitted, these stages' weights are kept as the shipped fusion has
+    shipped file (the fusion carried over, weights unchanged, to a refitted stage's new settings). fusion_keep: when the fusion is fitted, these stages' weights are kept as the shipped fusion has
     them and only the others' and the intercept fitted (a stage whose signal changed refitted alone). The report
     split is never read here."""
     if fusion_keep and only and not refit_fusion:
@@ -194,7 +194,7 @@ def carried_fusions(fusions: list, rekey: dict[str, str], made_by: str) -> list:
     """The shipped fusions, and each one keyed by a refitted stage's shipped settings again for its new settings,
     weights unchanged (--stages without --refit-fusion: else no fusion would match the refitted stage's settings and
     find would fall back to noisy-OR)."""
-    carried = [dataclasses.replace(f, keys=[rekey.get(k, k) for k in f.keys], note=f"{f.note}; carried over {made_by}")
+    carried = [dataclasses.replace(f, keys=[rekey.get(k, k) for k in f.keys], note=f"{f.note}; carried over to the refitted table's settings, {made_by}")
                for f in fusions if any(k in rekey for k in f.keys)]
     return carried + fusions
 
@@ -1111,7 +1111,8 @@ def main(argv=None) -> None:
                              f"on (default {','.join(map(str, YEARBOOK_FIT_LAYOUTS))})")
     parser.add_argument("--stages", default="",
                         help="calibrate: comma-separated stages to fit alone (e.g. align), the other tables and the "
-                             "fusion copied from the shipped file; default: fit all")
+                             "fusion copied from the shipped file (carried over to a refitted stage's new settings); "
+                             "default: fit all")
     parser.add_argument("--refit-fusion", action="store_true",
                         help="calibrate with --stages: fit the fusion as well (on --fusion-stages), not copy it")
     parser.add_argument("--fusion-keep", default="",

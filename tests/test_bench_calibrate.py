@@ -72,7 +72,7 @@ def test_a_stage_refitted_under_new_settings_keeps_the_shipped_fusion_keyed_to_t
     for carried, original in zip(fusions[:2], shipped):
         assert (carried.intercept, carried.found_weight, carried.weight, carried.transform) == (
             original.intercept, original.found_weight, original.weight, original.transform)
-        assert carried.note == "fitted; carried over made by `x`"
+        assert carried.note == "fitted; carried over to the refitted table's settings, made by `x`"
     assert carried_fusions(shipped, {}, "made by `x`") == shipped
 
 
