@@ -423,9 +423,11 @@ def test_proposal_depth_keys_the_table_only_when_deeper_than_proposals():
 def test_unheld_proposals_key_the_table_only_when_on():
     assert "unheld_proposals" not in AlignMethod(ThumbnailExtractor(), proposals=2).params()
     assert AlignMethod(ThumbnailExtractor(), proposals=2, unheld_proposals=1).params()["unheld_proposals"] == 1
-    for bad in ({"unheld_proposals": -1}, {"unheld_proposals": 1, "skip_verified": False}):
-        with pytest.raises(ValueError, match="unheld_proposals"):
-            AlignMethod(ThumbnailExtractor(), proposals=2, **bad)
+    with pytest.raises(ValueError, match="unheld_proposals"):
+        AlignMethod(ThumbnailExtractor(), proposals=2, unheld_proposals=-1)
+    # Without skip_verified nothing is skipped, so no image is held: off (find's default 1 with skip_verified=false).
+    looks_at_all = AlignMethod(ThumbnailExtractor(), proposals=2, unheld_proposals=1, skip_verified=False)
+    assert looks_at_all.unheld_proposals == 0 and "unheld_proposals" not in looks_at_all.params()
 
 
 def test_gradient_correlation_against_a_plain_computation(photos):

@@ -485,7 +485,8 @@ class AlignMethod(Method):
     placed many times) gets its next ones looked at (simbench.find.pipeline.proposed_pairs).
     unheld_proposals: an image in none of the pairs skipped as verified (with skip_held_at: no pair the cascade holds
     includes it) gets this many more looks: nothing has found its copies yet (a flat photo, whose best CNN pairs are
-    other flat photos), while an image already held spends none on them.
+    other flat photos), while an image already held spends none on them. Off without skip_verified (nothing is
+    skipped then, so every image would count as unheld).
     min_gradient_correlation: alignments whose `gradient_correlation` is below it are not returned either (None: off;
     NaN, too little overlap to tell, is kept): smooth different pictures whose grey levels line up loosely.
     one_sided_min_correlation: a pair whose two images do not both rank each other among their `proposals` best (by
@@ -521,9 +522,9 @@ class AlignMethod(Method):
         if proposal_depth and proposal_depth < proposals:
             raise ValueError(f"align: proposal_depth must be 0 or >= proposals (not {proposal_depth} < {proposals})")
         self.proposal_depth = int(proposal_depth)
-        if unheld_proposals < 0 or (unheld_proposals and not skip_verified):
-            raise ValueError(f"align: unheld_proposals must be >= 0 (not {unheld_proposals}), and needs skip_verified")
-        self.unheld_proposals = int(unheld_proposals)
+        if unheld_proposals < 0:
+            raise ValueError(f"align: unheld_proposals must be >= 0 (not {unheld_proposals})")
+        self.unheld_proposals = int(unheld_proposals) if skip_verified else 0
         self.min_correlation = float(min_correlation)
         self.one_sided_min_correlation = None if one_sided_min_correlation is None else float(one_sided_min_correlation)
         if self.one_sided_min_correlation is not None and not proposals:
