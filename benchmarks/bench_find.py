@@ -114,9 +114,9 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
     whether the fusion fits a weight for "the stage found this pair" (calibration.fit_fusion); fusion_stages: the
     cascade stages the fusion is fitted on (() for all; find adds the others by noisy-OR). only: fit these
     stages' tables alone (e.g. a new stage's), the other tables and (unless refit_fusion) the fusion copied from the
-    shipped file (the fusion carried over, weights unchanged, to a refitted stage's new settings). fusion_keep: when the fusion is fitted, these stages' weights are kept as the shipped fusion has
-    them and only the others' and the intercept fitted (a stage whose signal changed refitted alone). The report
-    split is never read here."""
+    shipped file (the fusion carried over, weights unchanged, to a refitted stage's new settings). fusion_keep: when
+    the fusion is fitted, these stages' weights are kept as the shipped fusion has them and only the others' and the
+    intercept fitted (a stage whose signal changed refitted alone). The report split is never read here."""
     if fusion_keep and only and not refit_fusion:
         raise ValueError("--fusion-keep needs the fusion fitted (--refit-fusion with --stages)")
     unknown = set(only) - set(CALIBRATED_STAGES)
@@ -194,7 +194,8 @@ def carried_fusions(fusions: list, rekey: dict[str, str], made_by: str) -> list:
     """The shipped fusions, and each one keyed by a refitted stage's shipped settings again for its new settings,
     weights unchanged (--stages without --refit-fusion: else no fusion would match the refitted stage's settings and
     find would fall back to noisy-OR)."""
-    carried = [dataclasses.replace(f, keys=[rekey.get(k, k) for k in f.keys], note=f"{f.note}; carried over to the refitted table's settings, {made_by}")
+    note = f"carried over to the refitted table's settings, {made_by}"
+    carried = [dataclasses.replace(f, keys=[rekey.get(k, k) for k in f.keys], note=f"{f.note}; {note}")
                for f in fusions if any(k in rekey for k in f.keys)]
     return carried + fusions
 

@@ -20,10 +20,11 @@ The default ("cascade", chosen by the measurements in results/find.md):
    photo's corners are mostly the crest and frame it shares; its blobs are its own); then the "align" stage lays
    the thumbnails of each image's align.method.proposals best CNN pairs (2, and unheld_proposals more for an image
    no pair holds yet; 0 turns it off) that the stages before it do not already score at align.method.skip_held_at
-   (0.95) over each other (simbench.methods.align: a flat picture's copy still lines up with it); then "blobs_wide" looks again, on the blobs stage's own blobs, at each
-   image's blobs_wide.method.proposals best CNN pairs (5; 0 turns it off) that no keypoint stage verified, with
-   the shared-descriptor cut relaxed and a coverage floor (a drawing's hatching matches across a change of scale
-   in many pictures; a crest on different photos covers little);
+   (0.95) over each other (simbench.methods.align: a flat picture's copy still lines up with it); then
+   "blobs_wide" looks again, on the blobs stage's own blobs, at each image's blobs_wide.method.proposals best CNN
+   pairs (5; 0 turns it off) that no keypoint stage verified, with the shared-descriptor cut relaxed and a coverage
+   floor (a drawing's hatching matches across a change of scale in many pictures; a crest on different photos
+   covers little);
 4. each stage's raw signal -> estimated precision by a strictly increasing table keyed by the stage's
    settings (simbench.find.calibration; `calibration.json`, fitted on the tuning collections by
    `python benchmarks/bench_find.py calibrate --seeds 1,2`); a stage without a matching table is "uncalibrated";

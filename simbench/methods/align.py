@@ -420,13 +420,13 @@ def tilted(image: np.ndarray, degrees: float) -> np.ndarray:
     return cv2.warpAffine(image, turn, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def _best_refined(a: np.ndarray, b: np.ndarray, hypotheses, every: bool, overlap_template: bool, trim: bool,
-                  gradient: bool, ecc_eps: float | None) -> Alignment | None:
-    """The best `refine` of the hypotheses (every: all of them, else only those within REFINE_MARGIN of the best)."""
+def _best_refined(a: np.ndarray, b: np.ndarray, hypotheses, every: bool, **refine_options) -> Alignment | None:
+    """The best `refine` of the hypotheses with refine_options (every: all of them, else only those within
+    REFINE_MARGIN of the best)."""
     best = None
     top = max((h[0] for h in hypotheses), default=-1.0)
     for hypothesis in (h for h in hypotheses if every or h[0] >= top - REFINE_MARGIN):
-        found = refine(a, b, hypothesis, overlap_template, trim, gradient, ecc_eps)
+        found = refine(a, b, hypothesis, **refine_options)
         if found is not None and (best is None or found.correlation > best.correlation):
             best = found
     return best
