@@ -345,6 +345,31 @@ def test_a_few_images_are_decoded_in_this_process(photo_files):
     assert ext.decode_workers(MIN_IMAGES_FOR_WORKERS) == 2
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_network_gets_the_pixels_normalised_as_the_plain_formula_gives(channels_last):
+    """Oracle: what embed_batch hands the network is (pixel - mean) / std per channel, computed as
+    (x - mean) * (1 / std) in float32 over the NCHW tensor, bit for bit, in either memory layout; views
+    stay in order (image-major)."""
+    from simbench.features.cnn import embed_batch, preprocess_for
+
+    prep = preprocess_for("efficientnet_lite0", 16, None)
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 2, 16, 12, 3), dtype=np.uint8))
+    seen = []
+
+    def network(x):
+        seen.append(x.clone())
+        return x.mean(dim=(2, 3))  # (rows, 3): stands in for an embedding
+
+    embed_batch(network, pixels, prep, "cpu", False, channels_last, False)
+    got = torch.cat(seen)
+    nchw = pixels.flatten(0, 1).permute(0, 3, 1, 2).float()
+    mean = torch.tensor(prep.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    inv_std = 1.0 / torch.tensor(prep.std, dtype=torch.float32).view(1, 3, 1, 1)
+    assert got.dtype == torch.float32 and got.is_contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert torch.equal(got, (nchw - mean) * inv_std)
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="checks the behaviour without a GPU")
 def test_cuda_without_gpu_falls_back_or_raises():
     ext = tiny(device="cuda", half=True, channels_last=True)

@@ -534,6 +534,30 @@ def test_threshold_ladder():
     assert threshold_ladder(_Config("brisk", 500, 640, None, False, True)) == [None]
 
 
+@pytest.mark.parametrize("spread", [None, "grid"])
+def test_brisk_finder_gives_the_features_of_the_describing_detector(photo_set, monkeypatch, spread):
+    """Oracle: BRISK's detection-only object (make_finder: no orientations, a sparser pattern) finds the
+    corners the full BRISK object finds, so every feature is as when that object detected them too; down the
+    whole ladder, with the coarse scale and the mirror rows, on the photos and their copies (crops, turns,
+    scales: corners near the border)."""
+    from simbench.features import keypoints as kp
+
+    paths = photo_set[0]
+    assert kp.make_finder("brisk", 500, 8) is not kp.make_detector("brisk", 500, 8)
+
+    def features():
+        ex = KeypointExtractor("brisk", max_features=400, max_size=LONG_SIDE, threshold=8, mirror=True,
+                               spread=spread, coarse_share=0.5, workers=1)
+        return ex.extract(paths).features
+
+    fast = features()
+    monkeypatch.setattr(kp, "make_finder", kp.make_detector)
+    plain = features()
+    assert len(fast.descriptors) > 400 * len(paths)  # both scales, mirror rows: the ladder ran
+    for field in ("descriptors", "offsets", "points", "sizes", "angles", "responses", "mirrored"):
+        assert np.array_equal(getattr(fast, field), getattr(plain, field)), field
+
+
 def test_adaptive_threshold_keeps_the_strongest_keypoints(photo_set, tmp_path):
     """A textured photo reaches max_features at BRISK's default threshold: the ladder stops there and
     keeps (nearly) the keypoints a single detection at the low threshold keeps; a low-contrast picture

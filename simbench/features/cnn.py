@@ -519,8 +519,10 @@ def embed_batch(model, pixels, prep: Preprocess, device, half: bool, channels_la
 
     b, v = pixels.shape[:2]
     x = pixels.to(device, non_blocking=True).flatten(0, 1).permute(0, 3, 1, 2)  # NHWC memory, NCHW shape
-    x = normalise(x, prep, torch.float16 if half else torch.float32)
+    # Laid out as the model takes it while still uint8: a quarter of the bytes to move, and the arithmetic
+    # then runs over contiguous memory (several times faster on the CPU than over the permuted view).
     x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    x = normalise(x, prep, torch.float16 if half else torch.float32)
     if mirror:
         x = torch.cat([x, x.flip(-1)])  # the horizontally mirrored copy of every view, in the same forward
         v *= 2
@@ -550,7 +552,7 @@ def normalise(x, prep: Preprocess, dtype):
 
     mean = torch.tensor(prep.mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
     inv_std = 1.0 / torch.tensor(prep.std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((x.float() - mean) * inv_std).to(dtype)
+    return x.float().sub_(mean).mul_(inv_std).to(dtype)  # in place on the new float copy, in x's memory format
 
 
 # ---------------------------------------------------------------------------------------------------------

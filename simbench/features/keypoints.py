@@ -329,14 +329,16 @@ def extract_image(path: str | Path, config: _Config) -> dict:
             factor = np.float32([image.shape[1] / size[0], image.shape[0] / size[1]])
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         candidates = budget * (SPREAD_CANDIDATES if config.spread else 1)  # ORB and SIFT cap theirs
-        detectors = [make_detector(config.detector, candidates, t) for t in threshold_ladder(config)]
-        keypoints = find_keypoints(detectors, image, budget, config.spread)
-        here = [describe(detectors[0], image, keypoints, mirrored=False)]
+        ladder = threshold_ladder(config)
+        finders = [make_finder(config.detector, candidates, t) for t in ladder]
+        keypoints = find_keypoints(finders, image, budget, config.spread)
+        describer = make_detector(config.detector, candidates, ladder[0])
+        here = [describe(describer, image, keypoints, mirrored=False)]
         if config.mirror:
             # Features of the mirror image, so a flipped copy's features match these rows. Its keypoints
             # are this image's reflected (what a detector finds on a flip, up to its own repeatability),
             # which saves a second detection: most of the extraction's cost. (Spread or not: the same.)
-            here.append(describe(detectors[0], np.ascontiguousarray(image[:, ::-1]),
+            here.append(describe(describer, np.ascontiguousarray(image[:, ::-1]),
                                  reflect(keypoints, image.shape[1]), mirrored=True))
         if shrunk:  # back to working-scale pixels (pixel centres map to pixel centres)
             for part in here:
@@ -423,6 +425,27 @@ def make_detector(detector: str, max_features: int, threshold: float | None):
     if detector == "sift":
         return cv2.SIFT_create(nfeatures=max_features, contrastThreshold=float(t))
     raise ValueError(f"unknown detector {detector!r}")
+
+
+#: OpenCV's BRISK sampling pattern (Leutenegger 2011; BRISK_Impl's constructor): ring radii in pixels at keypoint
+#: scale 1 and points per ring. The outer ring sets how close to the border a keypoint may lie.
+BRISK_RADII = tuple(0.85 * r for r in (0.0, 2.9, 4.9, 7.4, 10.8))
+BRISK_POINTS = (1, 10, 14, 15, 20)
+BRISK_SHORT_PAIRS, BRISK_LONG_PAIRS = 5.85, 8.2
+
+
+@functools.lru_cache(maxsize=8)
+def make_finder(detector: str, max_features: int, threshold: float | None):
+    """The object that detects: make_detector's, except for BRISK, whose `detect` also computes every corner's
+    orientation (from the sampling pattern's long pairs), which `compute` computes again for the few kept. Its
+    finder samples only the pattern's centre and outer ring, with no long pairs: the same corners in the same
+    order (the scale space does not depend on the pattern, the border keypoints are dropped by the outer ring's
+    size), at no orientation cost. Only its `detect` is used; `describe` takes make_detector's."""
+    if detector != "brisk":
+        return make_detector(detector, max_features, threshold)
+    t = DEFAULT_THRESHOLD[detector] if threshold is None else threshold
+    return _contrib("BRISK_create")(int(round(t)), 3, [BRISK_RADII[0], BRISK_RADII[-1]],
+                                    [BRISK_POINTS[0], BRISK_POINTS[-1]], BRISK_SHORT_PAIRS, np.inf)
 
 
 def _contrib(name: str):
