@@ -427,11 +427,10 @@ def make_detector(detector: str, max_features: int, threshold: float | None):
     raise ValueError(f"unknown detector {detector!r}")
 
 
-#: OpenCV's BRISK sampling pattern (Leutenegger 2011; BRISK_Impl's constructor): ring radii in pixels at keypoint
-#: scale 1 and points per ring. The outer ring sets how close to the border a keypoint may lie.
-BRISK_RADII = tuple(0.85 * r for r in (0.0, 2.9, 4.9, 7.4, 10.8))
-BRISK_POINTS = (1, 10, 14, 15, 20)
-BRISK_SHORT_PAIRS, BRISK_LONG_PAIRS = 5.85, 8.2
+#: The outer ring of OpenCV's BRISK sampling pattern (BRISK_Impl's default: radius 0.85 x 10.8 pixels at keypoint
+#: scale 1, 20 points; its short pairs end at 5.85): it sets how close to the border a keypoint may lie.
+BRISK_OUTER_RING = (0.85 * 10.8, 20)
+BRISK_SHORT_PAIRS = 5.85
 
 
 @functools.lru_cache(maxsize=8)
@@ -444,8 +443,8 @@ def make_finder(detector: str, max_features: int, threshold: float | None):
     if detector != "brisk":
         return make_detector(detector, max_features, threshold)
     t = DEFAULT_THRESHOLD[detector] if threshold is None else threshold
-    return _contrib("BRISK_create")(int(round(t)), 3, [BRISK_RADII[0], BRISK_RADII[-1]],
-                                    [BRISK_POINTS[0], BRISK_POINTS[-1]], BRISK_SHORT_PAIRS, np.inf)
+    radius, points = BRISK_OUTER_RING
+    return _contrib("BRISK_create")(int(round(t)), 3, [0.0, radius], [1, points], BRISK_SHORT_PAIRS, np.inf)
 
 
 def _contrib(name: str):
