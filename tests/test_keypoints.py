@@ -553,7 +553,7 @@ def test_brisk_finder_gives_the_features_of_the_describing_detector(photo_set, m
     fast = features()
     monkeypatch.setattr(kp, "make_finder", kp.make_detector)
     plain = features()
-    assert len(fast.descriptors) > 400 * len(paths)  # both scales, mirror rows: the ladder ran
+    assert len(fast.descriptors) > 400 * len(paths)  # more rows than one scale gives: both scales, mirror rows
     for field in ("descriptors", "offsets", "points", "sizes", "angles", "responses", "mirrored"):
         assert np.array_equal(getattr(fast, field), getattr(plain, field)), field
 
