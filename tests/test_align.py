@@ -629,3 +629,10 @@ def test_ecc_eps_keys_the_table_only_when_set():
     assert AlignMethod(ThumbnailExtractor(), proposals=2, ecc_eps=1e-4).params()["ecc_eps"] == 1e-4
     with pytest.raises(ValueError, match="ecc_eps"):
         AlignMethod(ThumbnailExtractor(), proposals=2, ecc_eps=0.0)
+
+
+def test_proposal_min_score_keys_the_table_only_when_set():
+    assert "proposal_min_score" not in AlignMethod(ThumbnailExtractor(), proposals=2).params()
+    assert AlignMethod(ThumbnailExtractor(), proposals=2, proposal_min_score=0.52).params()["proposal_min_score"] == 0.52
+    assert "proposal_min_score" not in _align([]).settings["method_params"]  # find's default: off
+    assert _align(["align.method.proposal_min_score=0.52"]).method.proposal_min_score == 0.52

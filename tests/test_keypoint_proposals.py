@@ -117,10 +117,12 @@ def test_best_pairs_per_item_equal_a_loop(seed, k):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("k, depth", [(1, 0), (2, 0), (2, 2), (1, 3), (2, 4), (2, 50)])
 @pytest.mark.parametrize("unheld", [0, 1, 2])
-def test_proposed_pairs_equal_a_loop(seed, k, depth, unheld):
+@pytest.mark.parametrize("floor", [None, 0.5])
+def test_proposed_pairs_equal_a_loop(seed, k, depth, unheld, floor):
     """Each item's k best pairs (by the other stages) not already found or verified, among its `depth` best (depth 0
     or k: its k best, less those found or verified), against a plain loop; ties, found and verified pairs included.
-    unheld: an item in no found or verified pair gets that many more of both."""
+    unheld: an item in no found or verified pair gets that many more of both. floor (proposal_min_score): pairs the
+    other stages score below it are not proposed."""
     from types import SimpleNamespace
 
     from simbench.find.pipeline import proposed_pairs
@@ -133,7 +135,8 @@ def test_proposed_pairs_equal_a_loop(seed, k, depth, unheld):
         return ScoredPairs(a[keep], b[keep], rng.choice([0.1, 0.5, 0.9, rng.random()], keep.sum()))
 
     others, found, verified = [pairs(40), pairs(40)], pairs(8), pairs(8)
-    stage = SimpleNamespace(method=SimpleNamespace(proposals=k, proposal_depth=depth, unheld_proposals=unheld))
+    stage = SimpleNamespace(method=SimpleNamespace(proposals=k, proposal_depth=depth, unheld_proposals=unheld,
+                                                   proposal_min_score=floor))
     got = set(zip(*(x.tolist() for x in proposed_pairs(stage, found, others, [verified]))))
     done = {(min(x, y), max(x, y)) for p in (found, verified) for x, y in zip(p.a.tolist(), p.b.tolist())}
     held = {item for pair in done for item in pair}
@@ -141,11 +144,16 @@ def test_proposed_pairs_equal_a_loop(seed, k, depth, unheld):
     for item in range(12):
         more = 0 if item in held else unheld
         mine = sorted((-s, (y if x == item else x), (min(x, y), max(x, y))) for p in others
-                      for x, y, s in zip(p.a.tolist(), p.b.tolist(), p.score.tolist()) if item in (x, y))
+                      for x, y, s in zip(p.a.tolist(), p.b.tolist(), p.score.tolist())
+                      if item in (x, y) and (floor is None or s >= floor))
         ranked = [pair for _, _, pair in mine][:max(k, depth) + more]
         want |= set([pair for pair in ranked if pair not in done][:k + more] if depth > k else ranked[:k + more])
     assert got == want - done
     assert len(held) < 12  # some items are unheld: their extra looks are tested
+    if floor is not None:  # what falls below it ranks after what does not: the proposals without it, less some
+        unfloored = SimpleNamespace(method=SimpleNamespace(**{**vars(stage.method), "proposal_min_score": None}))
+        assert got <= set(zip(*(x.tolist() for x in proposed_pairs(unfloored, found, others, [verified]))))
+        return
     if depth <= k and not unheld:  # the rule before proposal_depth: the k best, less those found or verified
         assert got == {pr for pr in zip(*(x.tolist() for x in best_pairs_per_item(others, k)))} - done
 

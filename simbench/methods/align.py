@@ -491,7 +491,11 @@ class AlignMethod(Method):
     NaN, too little overlap to tell, is kept): smooth different pictures whose grey levels line up loosely.
     one_sided_min_correlation: a pair whose two images do not both rank each other among their `proposals` best (by
     the CNN) must align at least this well to be returned (None: off; simbench.find.pipeline.one_sided_dropped): a
-    flat photo's look-alikes line up loosely with it, but seldom rank it among their own best."""
+    flat photo's look-alikes line up loosely with it, but seldom rank it among their own best.
+    proposal_min_score: only the proposed pairs the proposing stage scores at least this are looked at (its raw
+    signal: the CNN's normalised similarity, 0.5 = as similar as the images' k-th neighbours; None: every one). Most
+    of a collection's images have no copy, and their best CNN pairs, a little over their neighbours, cost the
+    stage most of its time."""
 
     own_pairs = False  # see __init__
     evidence_fields = ("overlap", "turns")  # per pair, kept for the report
@@ -504,7 +508,7 @@ class AlignMethod(Method):
                  skip_held_at: float | None = None, also_found: bool = False, proposal_depth: int = 0,
                  min_gradient_correlation: float | None = None, equalise: bool = False, unheld_proposals: int = 0,
                  one_sided_min_correlation: float | None = None, all_scales_from: float | None = None,
-                 ecc_eps: float | None = None):
+                 ecc_eps: float | None = None, proposal_min_score: float | None = None):
         if proposals < 0 or own_pairs:
             raise ValueError(f"proposals must be >= 0 (not {proposals}), and own_pairs false: align only verifies")
         self.extractor, self.matcher = extractor, matcher
@@ -527,6 +531,7 @@ class AlignMethod(Method):
         self.unheld_proposals = int(unheld_proposals) if skip_verified else 0
         self.min_correlation = float(min_correlation)
         self.one_sided_min_correlation = None if one_sided_min_correlation is None else float(one_sided_min_correlation)
+        self.proposal_min_score = None if proposal_min_score is None else float(proposal_min_score)
         if self.one_sided_min_correlation is not None and not proposals:
             raise ValueError("align: one_sided_min_correlation needs proposals (the ranks it reads)")
         self.min_gradient_correlation = (None if min_gradient_correlation is None
@@ -562,6 +567,8 @@ class AlignMethod(Method):
             on["unheld_proposals"] = self.unheld_proposals
         if self.one_sided_min_correlation is not None:
             on["one_sided_min_correlation"] = self.one_sided_min_correlation
+        if self.proposal_min_score is not None:
+            on["proposal_min_score"] = self.proposal_min_score
         return {"proposals": self.proposals, "skip_verified": self.skip_verified, **settings(), **on}
 
     def score_pairs(self, features) -> ScoredPairs:
