@@ -634,5 +634,5 @@ def test_ecc_eps_keys_the_table_only_when_set():
 def test_proposal_min_score_keys_the_table_only_when_set():
     assert "proposal_min_score" not in AlignMethod(ThumbnailExtractor(), proposals=2).params()
     assert AlignMethod(ThumbnailExtractor(), proposals=2, proposal_min_score=0.52).params()["proposal_min_score"] == 0.52
-    assert "proposal_min_score" not in _align([]).settings["method_params"]  # find's default: off
-    assert _align(["align.method.proposal_min_score=0.52"]).method.proposal_min_score == 0.52
+    assert _align([]).settings["method_params"]["proposal_min_score"] == 0.52  # find's default since run (99)
+    assert "proposal_min_score" not in _align(["align.method.proposal_min_score=null"]).settings["method_params"]
