@@ -272,9 +272,13 @@ def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], pr
         is_true.append(y)
         weight.append(np.full(len(y), collection.weight / max(len(y), 1)))  # every collection counts alike
     keys = [s.calibration.key for s in stages]
-    # The shipped fusion of these stages whose kept stages have these settings (e.g. int8's or float32's CNN).
-    kept = next((f for f in load_fusions() if f.stages == names
-                 and all(fk == k for name, fk, k in zip(names, f.keys, keys) if name in keep)), None) if keep else None
+    # The shipped fusion holding the kept stages with these settings (e.g. int8's or float32's CNN): of these stages,
+    # else of fewer (a stage added to the fusion, the others' weights as shipped).
+    def holds_kept(f) -> bool:
+        return all(name in f.stages and f.keys[f.stages.index(name)] == k for name, k in zip(names, keys) if name in keep)
+
+    fusions = sorted(load_fusions(), key=lambda f: f.stages != names) if keep else []
+    kept = next((f for f in fusions if set(f.stages) <= set(names) and holds_kept(f)), None)
     fusion = fit_fusion(names, keys, inputs,
                         {k: np.concatenate(v) for k, v in values.items()},
                         {k: np.concatenate(v) for k, v in found.items()}, np.concatenate(is_true),
