@@ -5,9 +5,9 @@ count behind runs (98) and (99) of results/find.md (`align.method.proposal_min_s
     python benchmarks/align_floor_probe.py --yearbooks 1734-1797 --work DIR [--floors 0.50,0.52]
 
 On bench_find.py throughput's collection (SyntheticDataset(n_references=150, n_distractors=50, seed=0), 2,000 JPEGs)
-or its first N images (option_cost.py's: the first references and their copies): find's stages (calibrated, as
-find runs them) and raw evidence once per floor, the features from --index (extracted there on first use), then per
-verifying stage the pairs proposed to it and the seconds it took to verify them.
+or its first N images (`option_cost.py --images N`'s: the first references and their copies): find's stages
+(calibrated, as find runs them) and raw evidence once per floor, the features from --index (extracted there on first
+use), then per verifying stage the pairs proposed to it and the seconds it took to verify them.
 
 With --yearbooks (tuning layouts only: how the floor was chosen): the default find with the floor off over those
 tuning yearbooks (bench_find.py yearbook-tune's PDFs and index names in --work, so its indexes are reused), each of
@@ -69,7 +69,7 @@ def yearbook_proposals(layouts: list[int], work: Path) -> tuple[list[dict], floa
             for p in others:
                 for key, s in zip(pipeline.pair_keys(p.a, p.b, n).tolist(), p.score):
                     best[key] = max(best.get(key, -np.inf), float(s))
-            proposed.append((n, [(int(x), int(y), best.get(int(x) * n + int(y))) for x, y in zip(a, b)]))
+            proposed.append([(int(x), int(y), best.get(int(x) * n + int(y))) for x, y in zip(a, b)])
         return a, b
 
     rows = []
@@ -86,14 +86,14 @@ def yearbook_proposals(layouts: list[int], work: Path) -> tuple[list[dict], floa
             fused = {(int(a), int(b)): (float(s), str(m))
                      for a, b, s, m in zip(result.pairs.a, result.pairs.b, result.pairs.score, result.pairs.method)}
             verified = set(zip(result.raw["align"].a.tolist(), result.raw["align"].b.tolist()))
-            for _, pairs in proposed:
+            for pairs in proposed:
                 for x, y, cnn in pairs:
                     i, j = where[x], where[y]
                     score, method = fused.get((x, y), (0.0, "-"))
                     rows.append({"layout": layout, "cnn": cnn, "verified": (x, y) in verified, "score": score,
                                  "method": method, "true": i is not None and j is not None and
                                  placements[i].photo == placements[j].photo})
-            print(f"# layout {layout}: {sum(len(p) for _, p in proposed)} align proposals", flush=True)
+            print(f"# layout {layout}: {sum(map(len, proposed))} align proposals", flush=True)
     finally:
         pipeline.proposed_pairs = propose
     return rows, float(cfg.threshold)

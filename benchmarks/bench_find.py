@@ -275,7 +275,8 @@ def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], pr
     # The shipped fusion holding the kept stages with these settings (e.g. int8's or float32's CNN): of these stages,
     # else of fewer (a stage added to the fusion, the others' weights as shipped).
     def holds_kept(f) -> bool:
-        return all(name in f.stages and f.keys[f.stages.index(name)] == k for name, k in zip(names, keys) if name in keep)
+        return all(name in f.stages and f.keys[f.stages.index(name)] == k
+                   for name, k in zip(names, keys) if name in keep)
 
     fusions = sorted(load_fusions(), key=lambda f: f.stages != names) if keep else []
     kept = next((f for f in fusions if set(f.stages) <= set(names) and holds_kept(f)), None)
