@@ -272,14 +272,7 @@ def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], pr
         is_true.append(y)
         weight.append(np.full(len(y), collection.weight / max(len(y), 1)))  # every collection counts alike
     keys = [s.calibration.key for s in stages]
-    # The shipped fusion holding the kept stages with these settings (e.g. int8's or float32's CNN): of these stages,
-    # else of fewer (a stage added to the fusion, the others' weights as shipped).
-    def holds_kept(f) -> bool:
-        return all(name in f.stages and f.keys[f.stages.index(name)] == k
-                   for name, k in zip(names, keys) if name in keep)
-
-    fusions = sorted(load_fusions(), key=lambda f: f.stages != names) if keep else []
-    kept = next((f for f in fusions if set(f.stages) <= set(names) and holds_kept(f)), None)
+    kept = kept_fusion(load_fusions(), names, keys, keep) if keep else None
     fusion = fit_fusion(names, keys, inputs,
                         {k: np.concatenate(v) for k, v in values.items()},
                         {k: np.concatenate(v) for k, v in found.items()}, np.concatenate(is_true),
@@ -289,6 +282,18 @@ def fit_cascade_fusion(collections, tables, work: Path, overrides: list[str], pr
     print(f"fusion of {names}: intercept {fusion.intercept:.3f}, found weights {fusion.found_weight}, "
           f"input weights {fusion.weight}")
     return fusion
+
+
+def kept_fusion(fusions: list, names: list[str], keys: list[str], keep: tuple[str, ...]):
+    """The fusion whose weights the `keep` stages take (calibration.fit_fusion): one of these stages, else one of
+    fewer of them (a stage added to the fusion, the others' weights as shipped), in which every kept stage has
+    these settings (e.g. int8's or float32's CNN); None if there is none."""
+    def holds_kept(f) -> bool:
+        return all(name in f.stages and f.keys[f.stages.index(name)] == k
+                   for name, k in zip(names, keys) if name in keep)
+
+    ranked = sorted(fusions, key=lambda f: f.stages != names)  # stable: these stages' own first
+    return next((f for f in ranked if set(f.stages) <= set(names) and holds_kept(f)), None)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,15 +1,16 @@
 """bench_find.copied_about: a calibration file fitted with --stages names the commands that made what it copied,
 each once, without quoting the previous file's whole "about" (which nested one level deeper with every such run).
 bench_find.fitted_stages: the run that gives the align stage's raw pairs, as find runs it with each skip option.
-bench_find.carried_fusions: --stages without --refit-fusion keys the shipped fusion to a refitted stage's settings."""
+bench_find.carried_fusions: --stages without --refit-fusion keys the shipped fusion to a refitted stage's settings.
+bench_find.kept_fusion: --fusion-keep takes the kept stages' weights from a fusion of these stages, else of fewer."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_find import (carried_fusions, copied_about, fitted_stages, refitted_keys,  # noqa: E402
-                                   with_other_settings)
+from benchmarks.bench_find import (carried_fusions, copied_about, fitted_stages, kept_fusion,  # noqa: E402
+                                   refitted_keys, with_other_settings)
 from simbench.find.calibration import Fusion, fit_calibration, settings_key  # noqa: E402
 
 
@@ -86,3 +87,20 @@ def test_refitted_keys_maps_a_stage_whose_settings_the_overrides_change():
     assert refitted_keys([refitted], ("keypoints",), overrides) == {old: new}
     assert refitted_keys([], ("keypoints",), overrides) == {}  # no table fitted for the new settings
     assert refitted_keys([refitted], ("keypoints",), ["align.method.ecc_eps=1e-4"]) == {}  # keypoints unchanged
+
+
+def test_kept_weights_come_from_a_fusion_of_these_stages_else_of_fewer_with_the_kept_settings():
+    def fusion(stages, keys):
+        return Fusion(stages, keys, -1.0, {s: 0.0 for s in stages}, {s: 1.0 for s in stages},
+                      {s: "identity" for s in stages})
+
+    pair = fusion(["keypoints", "cnn"], ["k1", "c1"])
+    float_cnn = fusion(["keypoints", "cnn"], ["k1", "c2"])
+    names, keys = ["keypoints", "cnn", "align"], ["k1", "c1", "a1"]
+    assert kept_fusion([float_cnn, pair], names, keys, ("keypoints", "cnn")) is pair  # align added to it
+    assert kept_fusion([float_cnn], names, keys, ("keypoints", "cnn")) is None  # the CNN's settings differ
+    assert kept_fusion([float_cnn], names, keys, ("keypoints",)) is float_cnn  # only the keypoints' weights kept
+    three = fusion(names, ["k1", "c1", "a9"])
+    assert kept_fusion([pair, three], names, keys, ("keypoints", "cnn")) is three  # these stages' own first
+    wider = fusion(["keypoints", "cnn", "blobs"], ["k1", "c1", "b1"])
+    assert kept_fusion([wider], names, keys, ("keypoints", "cnn")) is None  # a stage the fit has not
