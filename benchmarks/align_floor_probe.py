@@ -1,13 +1,15 @@
 """How many pairs the verifying stages look at, and align's seconds, with and without align's CNN floor: the
 count behind runs (98) and (99) of results/find.md (`align.method.proposal_min_score`).
 
-    python benchmarks/align_floor_probe.py [--images N] [--index DIR] [--floors null,0.52]
-    python benchmarks/align_floor_probe.py --yearbooks 1734-1797 --work DIR [--floors 0.50,0.52]
+    python benchmarks/align_floor_probe.py [--images N] [--index DIR] [--floors null,0.52] [KEY=VALUE ...]
+    python benchmarks/align_floor_probe.py --yearbooks 1734-1797 --work DIR [--floors 0.50,0.52] [KEY=VALUE ...]
 
 On bench_find.py throughput's collection (SyntheticDataset(n_references=150, n_distractors=50, seed=0), 2,000 JPEGs)
 or its first N images (`option_cost.py --images N`'s: the first references and their copies): find's stages
 (calibrated, as find runs them) and raw evidence once per floor, the features from --index (extracted there on first
 use), then per verifying stage the pairs proposed to it and the seconds it took to verify them.
+
+KEY=VALUE settings apply to every find run (e.g. align.method.proposals=3: what a third look costs under the floor).
 
 With --yearbooks (tuning layouts only: how the floor was chosen): the default find with the floor off over those
 tuning yearbooks (bench_find.py yearbook-tune's PDFs and index names in --work, so its indexes are reused), each of
@@ -32,10 +34,11 @@ from simbench.data.synthetic import SyntheticDataset, default_cache_dir  # noqa:
 from simbench.find import cascade, pipeline  # noqa: E402
 
 
-def proposed_counts(paths: list[Path], index: Path, floor: str) -> dict[str, tuple[int, float]]:
+def proposed_counts(paths: list[Path], index: Path, floor: str, overrides: tuple[str, ...] = ()
+                    ) -> dict[str, tuple[int, float]]:
     """{verifying stage: (pairs proposed to it, seconds verifying them)} of one find over `paths`: read off each
     `verify_proposed` call's run-wide extras (the raw evidence keeps per-pair fields only)."""
-    cfg = cascade.make_config("cascade", [f"align.method.proposal_min_score={floor}"])
+    cfg = cascade.make_config("cascade", [*overrides, f"align.method.proposal_min_score={floor}"])
     stages = cascade.build_stages(cfg, quiet=True)  # calibrated: align skips what the stages before it hold at 0.95
     seen, verify = {}, pipeline.verify_proposed
 
@@ -54,11 +57,11 @@ def proposed_counts(paths: list[Path], index: Path, floor: str) -> dict[str, tup
     return seen
 
 
-def yearbook_proposals(layouts: list[int], work: Path) -> tuple[list[dict], float]:
+def yearbook_proposals(layouts: list[int], work: Path, overrides: tuple[str, ...] = ()) -> tuple[list[dict], float]:
     """Per align proposal of the default find with the floor off, over tuning yearbooks: layout, the CNN's raw
     score (None: proposed for the keypoints' sake, which the floor never drops), whether it is a true pair,
     whether align verified it, the pair's fused score and method; and find's threshold."""
-    cfg = cascade.make_config("cascade", ["align.method.proposal_min_score=null"])
+    cfg = cascade.make_config("cascade", [*overrides, "align.method.proposal_min_score=null"])
     proposed, propose = [], pipeline.proposed_pairs
 
     def recorded(stage, found, others, *args, **kwargs):
@@ -130,6 +133,9 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=None, help="the collection's first N images (default: all)")
     parser.add_argument("--index", default=str(default_cache_dir() / "align_floor_probe" / "index"))
     parser.add_argument("--floors", default="null,0.52", help="comma-separated align.method.proposal_min_score values")
+    parser.add_argument("overrides", nargs="*",
+                        help="key=value settings of every find run (default: find's own), e.g. "
+                        "align.method.proposals=3")
     parser.add_argument("--yearbooks", type=layout_list, default=None,
                         help="tuning yearbook layouts ('1734-1797'): align's proposals there labelled (see above)")
     parser.add_argument("--work", default=None, help="with --yearbooks: the PDFs, their indexes and outputs")
@@ -138,17 +144,18 @@ def main(argv=None) -> None:
         if not args.work:
             parser.error("--yearbooks needs --work")
         print(f"# {cpu_model()}, load {load_average():.1f}; tuning yearbook layouts {args.yearbooks[0]}-"
-              f"{args.yearbooks[-1]} ({len(args.yearbooks)})")
-        rows, threshold = yearbook_proposals(args.yearbooks, Path(args.work).expanduser())
+              f"{args.yearbooks[-1]} ({len(args.yearbooks)}); {' '.join(args.overrides) or 'default settings'}")
+        rows, threshold = yearbook_proposals(args.yearbooks, Path(args.work).expanduser(), args.overrides)
         yearbook_table(rows, threshold, [float(f) for f in args.floors.split(",") if f != "null"])
         return
     ds = SyntheticDataset(n_references=150, n_distractors=50, seed=0).load(progress=False)
     paths = [Path(p) for p in ds.paths][: args.images]
-    print(f"# {cpu_model()}, load {load_average():.1f}; {len(paths)} images")
+    settings = " ".join(args.overrides) or "default settings"
+    print(f"# {cpu_model()}, load {load_average():.1f}; {len(paths)} images; {settings}")
     print("| align.method.proposal_min_score | stage | pairs proposed | seconds verifying |")
     print("|---|---|---:|---:|")
     for floor in args.floors.split(","):
-        for name, (n, seconds) in proposed_counts(paths, Path(args.index).expanduser(), floor).items():
+        for name, (n, seconds) in proposed_counts(paths, Path(args.index).expanduser(), floor, args.overrides).items():
             print(f"| {floor} | {name} | {n} | {seconds:.1f} |", flush=True)
 
 
