@@ -72,7 +72,8 @@ def yearbook_proposals(layouts: list[int], work: Path, overrides: tuple[str, ...
             for p in others:
                 for key, s in zip(pipeline.pair_keys(p.a, p.b, n).tolist(), p.score):
                     best[key] = max(best.get(key, -np.inf), float(s))
-            proposed.append([(int(x), int(y), best.get(int(x) * n + int(y))) for x, y in zip(a, b)])
+            keys = pipeline.pair_keys(a, b, n).tolist()
+            proposed.append([(int(x), int(y), best.get(key)) for x, y, key in zip(a, b, keys)])
         return a, b
 
     rows = []
