@@ -121,12 +121,12 @@ def test_the_align_stage_runs_only_with_proposals_and_is_keyed_by_its_settings()
     off = cascade.build_stages(cascade.make_config("cascade", ["align.method.proposals=0"]), calibrations={},
                                quiet=True)
     assert "align" not in [s.name for s in off]
-    align = _align()  # 2 proposals by default
+    align = _align()  # 3 proposals by default (run 101)
     assert align.name == "align" and not align.indexed and not align.scores_any_pair
     params = align.settings["method_params"]
-    assert params["proposals"] == 2 and params["skip_verified"] is True and params["refine_side"] == 96
-    three = _align(["align.method.proposals=3"])
-    assert cascade.settings_key(three.settings) != cascade.settings_key(align.settings)
+    assert params["proposals"] == 3 and params["skip_verified"] is True and params["refine_side"] == 96
+    two = _align(["align.method.proposals=2"])
+    assert cascade.settings_key(two.settings) != cascade.settings_key(align.settings)
     assert params["overlap_template"] is True and params["both_ways"] is True  # on since run (63)
     assert params["skip_held_at"] == 0.95  # since run (68)
     plain = _align(["align.method.overlap_template=false", "align.method.both_ways=false"])

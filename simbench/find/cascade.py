@@ -18,7 +18,7 @@ The default ("cascade", chosen by the measurements in results/find.md):
    stage checks each image's blobs.method.proposals best CNN pairs (5; 0 turns it off) on SIFT blobs of the
    pictures at a coarse scale, a descriptor shared by many of the proposed pictures dropped before the fit (a flat
    photo's corners are mostly the crest and frame it shares; its blobs are its own); then the "align" stage lays
-   the thumbnails of each image's align.method.proposals best CNN pairs (2, and unheld_proposals more for an image
+   the thumbnails of each image's align.method.proposals best CNN pairs (3, and unheld_proposals more for an image
    no pair holds yet; 0 turns it off) that the stages before it do not already score at align.method.skip_held_at
    (0.95) over each other (simbench.methods.align: a flat picture's copy still lines up with it); then
    "blobs_wide" looks again, on the blobs stage's own blobs, at each image's blobs_wide.method.proposals best CNN
