@@ -126,7 +126,7 @@ def find_parser():
                         help="score at and above which a pair is a duplicate (groups.json; where the report's "
                              "slider starts); default 0.95. Scores are calibrated to estimate precision on our "
                              "tuning collections; on collections never tuned on, at 0.95 the default measured "
-                             "precision 0.99 on real photographs and on line art, at recall 0.94 and 0.81, "
+                             "precision 0.99 on real photographs and on line art, at recall 0.925 and 0.80, "
                              "and 1.00 on yearbook PDFs with a shared logo, at recall 0.948 (results/find.md). Fit "
                              "your own with `simbench calibrate`")
     parser.add_argument("--index", metavar="DIR", default=None,
