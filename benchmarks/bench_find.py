@@ -116,7 +116,8 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
     stages' tables alone (e.g. a new stage's), the other tables and (unless refit_fusion) the fusion copied from the
     shipped file (the fusion carried over, weights unchanged, to a refitted stage's new settings). fusion_keep: when
     the fusion is fitted, these stages' weights are kept as the shipped fusion has them and only the others' and the
-    intercept fitted (a stage whose signal changed refitted alone). The report split is never read here."""
+    intercept fitted (a stage whose signal changed refitted alone; "intercept" among them: the intercept held too).
+    The report split is never read here."""
     if fusion_keep and only and not refit_fusion:
         raise ValueError("--fusion-keep needs the fusion fitted (--refit-fusion with --stages)")
     unknown = set(only) - set(CALIBRATED_STAGES)
@@ -1129,7 +1130,7 @@ def main(argv=None) -> None:
     parser.add_argument("--fusion-keep", default="",
                         help="calibrate: comma-separated stages whose fusion weights are kept as shipped while the "
                              "others' and the intercept are fitted (e.g. --stages cnn --refit-fusion --fusion-keep "
-                             "keypoints)")
+                             "keypoints); 'intercept' among them holds the shipped intercept too")
     parser.add_argument("--layouts", default="0",
                         help="yearbook, yearbook-tune: comma-separated build_yearbook seeds, one set of PDFs each, "
                              "then a pooled row (default 0)")

@@ -98,6 +98,7 @@ def test_kept_weights_come_from_a_fusion_of_these_stages_else_of_fewer_with_the_
     float_cnn = fusion(["keypoints", "cnn"], ["k1", "c2"])
     names, keys = ["keypoints", "cnn", "align"], ["k1", "c1", "a1"]
     assert kept_fusion([float_cnn, pair], names, keys, ("keypoints", "cnn")) is pair  # align added to it
+    assert kept_fusion([float_cnn, pair], names, keys, ("keypoints", "cnn", "intercept")) is pair  # its intercept too
     assert kept_fusion([float_cnn], names, keys, ("keypoints", "cnn")) is None  # the CNN's settings differ
     assert kept_fusion([float_cnn], names, keys, ("keypoints",)) is float_cnn  # only the keypoints' weights kept
     three = fusion(names, ["k1", "c1", "a9"])

@@ -439,6 +439,30 @@ def test_fusion_fit_keeps_a_stage_as_fitted_before_and_fits_the_rest_given_it():
                                       {"keypoints": "identity", "cnn": "identity"}), keep=("keypoints",))
 
 
+def test_fusion_fit_may_hold_the_intercept_and_fits_only_the_free_weights_given_it():
+    """keep with "intercept": the earlier fusion's intercept to the bit, the kept stage's weights too, and the
+    free weight the maximum likelihood given both (a plain fit with them as an offset); with nothing left free,
+    a clear error."""
+    from simbench.find.calibration import MIN_WEIGHT, Fusion, fit_fusion, fit_logistic
+
+    args = fusion_case(3)
+    _, _, _, raw, found, y = args
+    kp_found, kp, cnn = found["keypoints"], raw["keypoints"], raw["cnn"]
+    before = Fusion(["keypoints", "cnn"], ["k1", "k0"], -9.0, {"keypoints": 1.5, "cnn": 0.0},
+                    {"keypoints": 0.5, "cnn": 10.0}, {"keypoints": "log1p", "cnn": "identity"})
+    held = fit_fusion(*args, kept=before, keep=("keypoints", "intercept"))
+    assert held.intercept == -9.0 and held.found_weight["keypoints"] == 1.5 and held.weight["keypoints"] == 0.5
+    offset = -9.0 + 1.5 * kp_found + 0.5 * kp_found * np.log1p(kp)
+    w = fit_logistic(cnn[:, None], y, np.array([MIN_WEIGHT]), offset=offset)
+    assert held.weight["cnn"] == pytest.approx(w[0], rel=1e-9)
+    free = fit_fusion(*args, kept=before, keep=("keypoints",))
+    assert free.intercept != -9.0  # without it the intercept is fitted (the test above)
+    with pytest.raises(ValueError, match="nothing left to fit"):
+        fit_fusion(*args, kept=before, keep=("keypoints", "cnn", "intercept"))
+    with pytest.raises(ValueError, match="keep the fusion weights"):
+        fit_fusion(*args, keep=("intercept",))
+
+
 def test_fusion_lets_the_cnn_doubt_a_shared_frame():
     """Two pairs with the same keypoint evidence: the one whose pictures the CNN finds no closer than their
     background (a shared frame) scores below the one both stages agree on; identical data stays 1."""

@@ -380,12 +380,16 @@ def fit_fusion(stages: list[str], keys: list[str], transform: dict[str, str], ra
     found: keyed by stage. sample_weight: per pair (e.g. so that every tuning collection counts alike,
     however many pairs). keep: stages whose found weight and input weights are taken from `kept` (a fusion
     fitted before, on the same inputs) instead of fitted: only the other stages' weights and the intercept are
-    fitted, given what the kept ones add (e.g. a stage whose signal changed refitted, the others as they were)."""
-    missing = [s for s in keep if kept is None or s not in kept.stages]
+    fitted, given what the kept ones add (e.g. a stage whose signal changed refitted, the others as they were).
+    "intercept" in keep holds `kept`'s intercept too (a stage added whose weight alone is fitted: the pairs it did
+    not find score as before)."""
+    hold_intercept = "intercept" in keep
+    missing = [s for s in keep if kept is None or (s != "intercept" and s not in kept.stages)]
     if missing:
         raise ValueError(f"cannot keep the fusion weights of {missing}: no fitted fusion with those stages given")
-    columns, lower, slots = [np.ones(len(is_true))], [-np.inf], []
-    offset, found_weight, weight = np.zeros(len(is_true)), {s: 0.0 for s in stages}, {}
+    columns, lower, slots = ([], [], []) if hold_intercept else ([np.ones(len(is_true))], [-np.inf], [])
+    offset = np.full(len(is_true), kept.intercept if hold_intercept else 0.0)
+    found_weight, weight = {s: 0.0 for s in stages}, {}
     for s in stages:
         f = found[s].astype(np.float64)
         if s in keep:
@@ -406,7 +410,10 @@ def fit_fusion(stages: list[str], keys: list[str], transform: dict[str, str], ra
             slots.append((name, "signal", len(columns)))
             columns.append(f * fusion_feature(raw[name], transform[name]))
             lower.append(MIN_WEIGHT)
+    if not columns:
+        raise ValueError(f"nothing left to fit: every stage of {stages} and the intercept kept")
     w = fit_logistic(np.stack(columns, axis=1), is_true, np.array(lower), ridge, sample_weight, offset)
     for name, kind, k in slots:
         (found_weight if kind == "found" else weight)[name] = float(w[k])
-    return Fusion(list(stages), list(keys), float(w[0]), found_weight, weight, dict(transform), note)
+    intercept = kept.intercept if hold_intercept else float(w[0])
+    return Fusion(list(stages), list(keys), intercept, found_weight, weight, dict(transform), note)
