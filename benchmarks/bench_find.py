@@ -919,11 +919,12 @@ def synthetic(methods, work: Path, overrides: list[str], progress: bool) -> list
 
 
 def yearbook(methods, work: Path, overrides: list[str], progress: bool, split: str = "report",
-             layouts: tuple[int, ...] = (0,)) -> list[dict]:
+             layouts: tuple[int, ...] = (0,), also_at: tuple[float, ...] = ()) -> list[dict]:
     """Yearbook PDFs whose every photo carries the same school logo and frame (SCHOOL_STYLE), some
     recoloured, some flat, built from the reference photographs of one split of the development set.
     layouts: build_yearbook seeds, one set of PDFs each (which photos, how often, where, which edits); with
-    more than one, a pooled row follows each method's: counts summed over the layouts, one threshold for all."""
+    more than one, a pooled row follows each method's: counts summed over the layouts, one threshold for all.
+    also_at: thresholds besides find's at which each row also gives precision, recall and false pairs (`at`)."""
     fitted = sorted(set(layouts) & set(YEARBOOK_FIT_LAYOUTS)) if split == TUNE else []
     if fitted:
         print(f"note: layouts {fitted} are tuning yearbooks that `calibrate` fits on")
@@ -947,25 +948,33 @@ def yearbook(methods, work: Path, overrides: list[str], progress: bool, split: s
             result = find([pdfs], out, cfg, index=work / f"index-{name}", progress=progress)
             with open(out / "pairs.csv", newline="") as f:
                 scored.append((placements, list(csv.DictReader(f))))
-            rows.append(_yearbook_row(method, split, str(seed), scored[-1:], threshold, len(result.skipped)))
+            rows.append(_yearbook_row(method, split, str(seed), scored[-1:], threshold, len(result.skipped), also_at))
             print(_row_text(rows[-1]), flush=True)
         if len(books) > 1:
-            rows.append(_yearbook_row(method, split, "pooled", scored, threshold, None))
+            rows.append(_yearbook_row(method, split, "pooled", scored, threshold, None, also_at))
             print(_row_text(rows[-1]), flush=True)
     return rows
 
 
-def _yearbook_row(method: str, split: str, layout: str, scored, threshold: float, skipped: int | None) -> dict:
+def _yearbook_row(method: str, split: str, layout: str, scored, threshold: float, skipped: int | None,
+                  also_at: tuple[float, ...] = ()) -> dict:
     books = [labelled_pairs(placements, found) for placements, found in scored]
     at = pooled_yearbook_scores(books, threshold)
     best = best_recall(books, TARGET_PRECISION)
+    extra = {"at": scores_at_text(books, also_at)} if also_at else {}
     return {"method": method, "split": split, "layout": layout,
             "placements": sum(len(placements) for placements, _ in scored), "true_pairs": at["true_pairs"],
             "threshold": threshold, "precision": at["precision"], "recall": at["recall"], "false": at["false"],
             "recall_at_p95": best["recall"], "threshold_at_p95": best["threshold"], "skipped": skipped,
             "by_kind": by_kind_text(recall_by_kind(books, threshold)),
             "by_turn": by_kind_text(recall_by_kind(books, threshold, "turns")),
-            "flat_by_turn": by_kind_text(recall_by_kind(books, threshold, "turns", only="flat"))}
+            "flat_by_turn": by_kind_text(recall_by_kind(books, threshold, "turns", only="flat")), **extra}
+
+
+def scores_at_text(books: list[LabelledPairs], thresholds: tuple[float, ...]) -> str:
+    """'t: precision / recall (false pairs)' at each threshold, pooled over the yearbooks; ', '-joined."""
+    return ", ".join(f"{t:g}: {s['precision']:.3f} / {s['recall']:.3f} ({s['false']})"
+                     for t in thresholds for s in [pooled_yearbook_scores(books, t)])
 
 
 class LabelledPairs(NamedTuple):
@@ -1134,6 +1143,9 @@ def main(argv=None) -> None:
     parser.add_argument("--layouts", default="0",
                         help="yearbook, yearbook-tune: comma-separated build_yearbook seeds, one set of PDFs each, "
                              "then a pooled row (default 0)")
+    parser.add_argument("--also-at", default="",
+                        help="yearbook, yearbook-tune: comma-separated thresholds at which each row also gives "
+                             "precision / recall (false pairs), besides find's threshold")
     parser.add_argument("--baselines", default=",".join(BASELINES),
                         help="dev/tune/holdout: comma-separated plain baselines to run beside the methods ('' for none)")
     args = parser.parse_intermixed_args(argv)
@@ -1167,7 +1179,8 @@ def main(argv=None) -> None:
         out["holdout"] = holdout(methods, work, overrides, progress, tuple(b for b in args.baselines.split(",") if b))
     elif args.what.startswith("yearbook"):
         out[args.what] = yearbook(methods, work, overrides, progress, split=TUNE if args.what.endswith("tune") else REPORT,
-                                  layouts=tuple(int(x) for x in args.layouts.split(",")))
+                                  layouts=tuple(int(x) for x in args.layouts.split(",")),
+                                  also_at=tuple(float(x) for x in args.also_at.split(",") if x))
     else:
         fn = {"synthetic": synthetic, "throughput": throughput, "collection": collection}
         out[args.what] = fn[args.what](methods, work, overrides, progress)

@@ -9,7 +9,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_find import (best_recall, by_kind_text, labelled_pairs, pooled_yearbook_scores,  # noqa: E402
-                                   recall_by_kind)
+                                   recall_by_kind, scores_at_text)
 from simbench.find.yearbook import Placement, pair_kind, pair_turn, score_found_pairs  # noqa: E402
 
 
@@ -43,6 +43,17 @@ def test_pooled_counts_and_best_recall():
     assert best_recall(books, 0.95) == {"recall": 2 / 5, "threshold": 0.98}
     # precision >= 0.6 first reached at the lowest score: 5 true, 2 false
     assert best_recall(books, 0.6) == {"recall": 1.0, "threshold": 0.40}
+
+
+def test_scores_at_other_thresholds_are_the_pooled_counts_there():
+    a = _book("a", [0, 0, 1, 1])         # true pairs (0,1), (2,3)
+    b = _book("b", [0, 1, 2, 2])         # true pair (2,3)
+    books = [labelled_pairs(a, [_row(a, 0, 1, 0.99), _row(a, 1, 2, 0.93), _row(a, 2, 3, 0.91)]),
+             labelled_pairs(b, [_row(b, 0, 1, 0.96), _row(b, 2, 3, 0.92)])]
+    # by hand: at 0.95 one true of three found, one false (b's 0-1); at 0.92 two true, two false; at 0.9 all three
+    assert scores_at_text(books, (0.95, 0.92, 0.9)) == ("0.95: 0.500 / 0.333 (1), 0.92: 0.500 / 0.667 (2), "
+                                                         "0.9: 0.600 / 1.000 (2)")
+    assert scores_at_text(books, ()) == ""
 
 
 def test_nothing_found_is_no_recall():
