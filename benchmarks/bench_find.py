@@ -13,7 +13,8 @@
                                                              (by_kind, by_turn, flat_by_turn: true pairs found
                                                              at the threshold by pair_kind, pair_turn)
     python benchmarks/bench_find.py yearbook-tune [METHOD...]    the same, built from the tuning split's photos;
-                                                             --layouts 2,3,4,5 on four more layouts, pooled
+                                                             --layouts 2,3,4,5 on four more layouts, pooled;
+                                                             --also-at 0.9,0.92: precision / recall there too
     python benchmarks/bench_find.py throughput [METHOD...]   images/s end to end, 2,000-image folder
     python benchmarks/bench_find.py synthetic [METHOD...]    micro-AP etc. on the synthetic set (seed 0)
     python benchmarks/bench_find.py collection [METHOD...]   the 10,000-image generated collection: time and accuracy
