@@ -6,12 +6,15 @@
     python benchmarks/bench_find.py regions                  2-fold table of the CNN's region views (TUNING)
     python benchmarks/bench_find.py calibrate --seeds 1,2    fit simbench/find/calibration.json on its TUNING split
     python benchmarks/bench_find.py dev [METHOD...]          every method + plain baselines on the REPORT split
+                                                             (with 95% intervals: bootstrap over copy groups,
+                                                             Wilson's for the edits found short)
     python benchmarks/bench_find.py holdout [METHOD...]      the same on a devset built from other packages' pictures
     python benchmarks/bench_find.py tune [METHOD...]         the same on the tuning split's halves (for choosing);
                                                              --seeds 1,2 also on its rebuilds with other seeds
     python benchmarks/bench_find.py yearbook [METHOD...]     precision / recall on yearbook PDFs with shared logos
                                                              (by_kind, by_turn, flat_by_turn: true pairs found
-                                                             at the threshold by pair_kind, pair_turn)
+                                                             at the threshold by pair_kind, pair_turn; Wilson's
+                                                             95% intervals of recall and precision there)
     python benchmarks/bench_find.py yearbook-tune [METHOD...]    the same, built from the tuning split's photos;
                                                              --layouts 2,3,4,5 on four more layouts, pooled;
                                                              --also-at 0.9,0.92: precision / recall there too
@@ -47,7 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import available_cores, cpu_model, load_average, timed  # noqa: E402
 from simbench.data.collection import CollectionDataset
 from simbench.data.synthetic import SyntheticDataset, default_cache_dir
-from simbench.evaluate import dedupe_pairs, evaluate, label_pairs, recall_at_precision
+from simbench.evaluate import (bootstrap_ci, dedupe_pairs, evaluate, label_pairs, per_transform_found,
+                               recall_at_precision, wilson_interval)
 from simbench.find import cascade
 from simbench.find.calibration import (CALIBRATION_FILE, fit_calibration, fit_fusion, load_calibrations, load_fusions,
                                       save_calibrations, settings_key)
@@ -64,6 +68,8 @@ PARTS = ("photo", "lineart")
 BASELINES = ("phash", "brisk-bags", "cnn-cosine")
 EVALUATION_SEED = 0
 TARGET_PRECISION = 0.95
+#: Resamples of the bootstrap intervals of micro-AP and recall at P0.9 (dev, tune and holdout tables).
+BOOTSTRAP_ROUNDS = 200
 #: The build_yearbook seeds of the tuning yearbooks that `calibrate` fits on (--fit-layouts): together they
 #: weigh as one collection in the fusion's fit. Layout 1 is folder yearbook-school-tune, the others
 #: yearbook-school-tune-layout<seed>. Nine since run (47): one layout gave the fit too few false keypoint pairs to
@@ -786,7 +792,10 @@ def _dev_row(name: str, split: str, part: str, ds, pairs: ScoredPairs, threshold
     row = {"method": name, "split": split, "part": part, "images": len(ds), "true_pairs": ds.n_true_pairs,
            "uap": m["uap"], "recall_at_p90": m["recall_at_p90"], "threshold_at_p90": m["threshold_at_p90"],
            "recall_at_p95": r95, "threshold_at_p95": t95,
-           "seconds": seconds, "per_transform_at_p90": m["per_transform_recall_at_p90"]}
+           "seconds": seconds, "per_transform_at_p90": m["per_transform_recall_at_p90"],
+           "per_transform_found_at_p90": per_transform_found(pairs, ds.truth, ds.labels, m["threshold_at_p90"]),
+           **{f"{k}_interval": v for k, v in bootstrap_ci(pairs, ds.truth, n_boot=BOOTSTRAP_ROUNDS,
+                                                         n_images=len(ds)).items()}}
     if threshold is not None:
         row.update(threshold=threshold, precision=m["precision"], recall=m["recall"],
                    per_transform=m["per_transform_recall"])
@@ -808,7 +817,22 @@ def dev_table(rows: list[dict]) -> str:
     for r in rows:
         out.append(f"| {r['split']}/{r['part']} | {r['method']} | " + " | ".join(
             f"{r['per_transform_at_p90'].get(e, float('nan')):.2f}" for e in edits) + " |")
+    out += ["", f"95% intervals: micro-AP and recall at P0.9 by a bootstrap over copy groups ({BOOTSTRAP_ROUNDS} "
+            "resamples, simbench.evaluate.bootstrap_ci); each edit found short of all its copies at P0.9, as found / "
+            "copies, by Wilson's interval:", "",
+            "| collection | method | micro-AP (95% interval) | recall @ P0.9 (95% interval) | edits short at P0.9 |",
+            "|---|---|---|---|---|"]
+    for r in rows:
+        short = [f"{e} {k}/{n} ({interval_text(*wilson_interval(k, n))})"
+                 for e, (k, n) in r["per_transform_found_at_p90"].items() if k < n]
+        out.append(f"| {r['split']}/{r['part']} | {r['method']} | {r['uap']:.3f} ({interval_text(*r['uap_interval'])}) | "
+                   f"{r['recall_at_p90']:.3f} ({interval_text(*r['recall_at_p90_interval'])}) | "
+                   f"{', '.join(short) or 'none'} |")
     return "\n".join(out)
+
+
+def interval_text(lo: float, hi: float) -> str:
+    return f"{lo:.3f}-{hi:.3f}"
 
 
 def means_table(rows: list[dict]) -> str:
@@ -966,6 +990,8 @@ def _yearbook_row(method: str, split: str, layout: str, scored, threshold: float
     return {"method": method, "split": split, "layout": layout,
             "placements": sum(len(placements) for placements, _ in scored), "true_pairs": at["true_pairs"],
             "threshold": threshold, "precision": at["precision"], "recall": at["recall"], "false": at["false"],
+            "found": at["found"], "recall_interval": interval_text(*wilson_interval(at["found"], at["true_pairs"])),
+            "precision_interval": interval_text(*wilson_interval(at["found"], at["found"] + at["false"])),
             "recall_at_p95": best["recall"], "threshold_at_p95": best["threshold"], "skipped": skipped,
             "by_kind": by_kind_text(recall_by_kind(books, threshold)),
             "by_turn": by_kind_text(recall_by_kind(books, threshold, "turns")),
@@ -1102,8 +1128,8 @@ def fresh_find(method: str, ds, work: Path, name: str, overrides: list[str], pro
 
 
 def _row_text(row: dict) -> str:
-    return "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                     if not isinstance(v, dict))
+    return "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={interval_text(*v)}" if isinstance(v, tuple)
+                     else f"{k}={v}" for k, v in row.items() if not isinstance(v, dict))
 
 
 def main(argv=None) -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_find import (best_recall, by_kind_text, labelled_pairs, pooled_yearbook_scores,  # noqa: E402
-                                   recall_by_kind, scores_at_text)
+from benchmarks.bench_find import (_yearbook_row, best_recall, by_kind_text, interval_text,  # noqa: E402
+                                   labelled_pairs, pooled_yearbook_scores, recall_by_kind, scores_at_text)
+from simbench.evaluate import wilson_interval  # noqa: E402
 from simbench.find.yearbook import Placement, pair_kind, pair_turn, score_found_pairs  # noqa: E402
 
 
@@ -177,3 +178,17 @@ def test_blobs_probe_kinds_pairs_of_one_photo_and_calls_the_rest_different():
     assert [kind_of(book, 0, 1), kind_of(book, 2, 3), kind_of(book, 0, 2), kind_of(book, 0, None),
             kind_of(book, None, None)] == ["flat", "recoloured", "different photos", "different photos",
                                            "different photos"]
+
+
+def test_yearbook_row_gives_the_pooled_counts_wilson_intervals():
+    a = _book("a", [0, 0, 1, 1])         # true pairs (0,1), (2,3)
+    b = _book("b", [0, 0, 0, 1])         # true pairs (0,1), (0,2), (1,2)
+    scored = [(a, [_row(a, 0, 1, 0.99), _row(a, 1, 2, 0.97), _row(a, 2, 3, 0.60)]),
+              (b, [_row(b, 0, 1, 0.98), _row(b, 0, 2, 0.96), _row(b, 1, 2, 0.40)])]
+    row = _yearbook_row("cascade", "tune", "pooled", scored, 0.95, None)
+    # at 0.95: true (0,1) of a, (0,1) and (0,2) of b found, a's (1,2) false: 3 of 5 true, 3 of 4 calls
+    assert (row["found"], row["false"], row["true_pairs"]) == (3, 1, 5)
+    assert row["recall_interval"] == interval_text(*wilson_interval(3, 5))
+    assert row["precision_interval"] == interval_text(*wilson_interval(3, 4))
+    lo, hi = (float(x) for x in row["recall_interval"].split("-"))
+    assert lo < 3 / 5 < hi

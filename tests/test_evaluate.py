@@ -14,10 +14,12 @@ from simbench.evaluate import (
     metrics_at_threshold,
     micro_ap,
     pair_keys,
+    per_transform_found,
     per_transform_recall,
     precision_recall_curve,
     recall_at_precision,
     threshold_sweep,
+    wilson_interval,
 )
 from simbench.types import ScoredPairs
 
@@ -253,6 +255,30 @@ def test_per_transform_recall():
         "rotate": 1.0,
     }
     assert per_transform_recall(pairs, truth, [], 0.5) == {}
+    # the same case's counts: (found at the threshold, true pairs) per transform
+    assert per_transform_found(pairs, truth, labels, threshold=0.5) == {"copy_pairs": (1, 1), "crop": (1, 2),
+                                                                         "rotate": (1, 2)}
+    assert per_transform_found(pairs, truth, labels, threshold=float("nan")) == {"copy_pairs": (0, 1), "crop": (0, 2),
+                                                                                  "rotate": (0, 2)}
+
+
+def test_wilson_interval_equals_scipy_and_the_formula_by_hand():
+    from scipy.stats import binomtest
+
+    for k, n in [(5, 7), (128, 135), (0, 7), (7, 7), (1, 1), (40, 100)]:
+        lo, hi = wilson_interval(k, n)
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert (lo, hi) == (pytest.approx(ci.low, abs=1e-12), pytest.approx(ci.high, abs=1e-12))
+        assert 0.0 <= lo <= k / n <= hi <= 1.0
+    # 5 of 7 by hand: z = 1.959964, centre (5/7 + z^2/14) / (1 + z^2/7), half-width z sqrt(p q / 7 + z^2 / 196) / (...)
+    z = 1.959963984540054
+    p = 5 / 7
+    centre = (p + z * z / 14) / (1 + z * z / 7)
+    half = z * math.sqrt(p * (1 - p) / 7 + z * z / 196) / (1 + z * z / 7)
+    assert wilson_interval(5, 7) == (pytest.approx(centre - half), pytest.approx(centre + half))
+    narrow, wide = wilson_interval(50, 100, level=0.8), wilson_interval(50, 100, level=0.99)
+    assert wide[0] < narrow[0] < 0.5 < narrow[1] < wide[1]
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
 
 
 # ----------------------------------------------------------------------------------- evaluate
