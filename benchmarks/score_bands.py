@@ -3,13 +3,13 @@
     python benchmarks/score_bands.py dev report [--method cascade] [--work DIR]           # after `bench_find.py dev`
     python benchmarks/score_bands.py yearbook report --layouts 0,2,3,4,5 [--work DIR]    # after `bench_find.py yearbook`
 
-(`dev tune` reads a `tune` run's halves (not its rebuilds), `yearbook tune --layouts ...` a `yearbook-tune` run.)
-A calibrated score
-estimates the precision of the pairs scoring about as much on the tuning collections (simbench.find.calibration):
-so, per band of scores, the pairs the run wrote there, how many are true, their precision with Wilson's 95%
-interval, and the band's mean score. Where precision falls well below the mean score, the scores promise more than
-they keep on that collection. Linked pairs (scored along a chain, not by their own evidence) are also counted apart.
-Nothing is run or fitted: it reads pairs.csv (bench_find.py's --work, its default unless given).
+(`dev tune` reads a `tune` run's halves, not its rebuilds; `yearbook tune --layouts ...` a `yearbook-tune` run.)
+A calibrated score estimates the precision of the pairs scoring about as much on the tuning collections
+(simbench.find.calibration): so, per band of scores, the pairs the run wrote there, how many are true, their
+precision with Wilson's 95% interval, and the band's mean score. Where precision falls well below the mean score,
+the scores promise more than they keep on that collection. Linked pairs (scored along a chain, not by their own
+evidence) are also counted apart. Nothing is run or fitted: it reads pairs.csv (bench_find.py's --work, its default
+unless given).
 """
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ import csv
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_find import (PARTS, REPORT, TUNE, dev_set, interval_text, labelled_pairs,  # noqa: E402
-                                   school_yearbook, tuning_halves, yearbook_name)
+from benchmarks.bench_find import (PARTS, REPORT, TUNE, dev_set, fold_rows, interval_text,  # noqa: E402
+                                   labelled_pairs, renumbered, school_yearbook, yearbook_name)
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
 from simbench.evaluate import label_pairs, wilson_interval  # noqa: E402
 from simbench.find.cascade import LINKED  # noqa: E402
@@ -74,6 +75,12 @@ def dev_labels(found: list[dict], ds) -> np.ndarray:
     return label_pairs(ScoredPairs(a, b, np.array([float(r["score"]) for r in found])), ds.truth)
 
 
+def tuning_half(ds, h: int) -> SimpleNamespace:
+    """Half h of a tuning collection as `tune` runs it (bench_find.tuning_halves), its image paths and truth only."""
+    keep = fold_rows(len(ds.paths), np.asarray(ds.truth), h)
+    return SimpleNamespace(paths=[ds.paths[i] for i in keep], truth=renumbered(np.asarray(ds.truth), keep))
+
+
 def _arrays(found: list[dict], is_true) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (np.array([float(r["score"]) for r in found]), np.asarray(is_true, bool),
             np.array([r["method"] == LINKED for r in found], bool))
@@ -90,7 +97,7 @@ def main(argv=None) -> None:
     work = Path(args.work).expanduser()
     if args.what == "dev":
         collections = ([(part, dev_set(REPORT, part, False)) for part in PARTS] if args.split == REPORT else
-                       [(ds.name.split(f"{TUNE}-", 1)[1], ds) for ds, _ in tuning_halves(work, [], False)])
+                       [(f"{part}-half{h}", tuning_half(dev_set(TUNE, part, False), h)) for part in PARTS for h in (0, 1)])
         for part, ds in collections:
             found = _read(work / f"out-dev-{args.split}-{part}-{args.method}" / "pairs.csv")
             print(table(f"{args.split}/{part}", band_rows(*_arrays(found, dev_labels(found, ds)))) + "\n")

@@ -31,3 +31,22 @@ def test_bands_count_pairs_true_and_linked_by_hand():
     assert lines[2] == f"| [0.5, 0.8) | 2 | 1 | 0.500 ({interval_text(*wilson_interval(1, 2))}) | 0.650 | 1 (1) |"
     assert lines[-1].startswith("| [0.99, 1] | 3 | 3 | 1.000 (")
     assert table("x", empty).splitlines()[2] == "| [0.5, 0.8) | 0 | 0 | - | - | 0 (0) |"
+
+
+def test_labels_of_a_half_read_by_file_name():
+    from types import SimpleNamespace
+
+    from benchmarks.bench_find import fold_rows
+    from benchmarks.score_bands import dev_labels, tuning_half
+
+    # two groups (0,1,2) and (3,4), and 5 alone: each half keeps whole groups
+    ds = SimpleNamespace(paths=[Path(f"/x/images/{i}.jpg") for i in range(6)], truth=[[0, 1], [0, 2], [3, 4]])
+    for h in (0, 1):
+        half = tuning_half(ds, h)
+        kept = fold_rows(6, np.asarray(ds.truth), h)
+        assert [p.name for p in half.paths] == [f"{i}.jpg" for i in kept]
+        names = [p.name for p in half.paths]
+        found = [{"a": f"/run/{a}", "b": f"/run/{b}", "score": "0.9"} for a in names for b in names if a < b]
+        truth = {tuple(sorted(p)) for p in np.asarray(ds.truth).tolist()}
+        expected = [tuple(sorted((int(Path(r["a"]).stem), int(Path(r["b"]).stem)))) in truth for r in found]
+        assert dev_labels(found, half).tolist() == expected
