@@ -71,7 +71,7 @@ outputs in DIR:
                 with the keyboard download as decisions.csv (for --decisions)
   evidence.npz  every stage's pairs with their raw signals (for `simbench calibrate`), and the best pairs'
                 evidence (simbench.find.evidence)
-  metrics.json  with --truth: micro-AP, recall at precision 0.9, recall per label
+  metrics.json  with --truth: micro-AP, recall at precision 0.9, recall per label, each with its 95% interval
   decisions.json  with --decisions: how many were applied, pairs hidden, stale rows, skipped rows
 
 methods:
@@ -209,13 +209,23 @@ def find_main(argv: list[str]) -> int:
 
 
 def metrics_text(m: dict) -> str:
+    """What `find --truth` prints: the metrics, each with its 95% interval (metrics.json's `intervals`)."""
+    from simbench.evaluate import wilson_interval
+
+    def sure(key: str, of: str = "") -> str:
+        lo, hi = m["intervals"][key]
+        return f"{m[key]:.3f} ({lo:.3f}-{hi:.3f}{of})"
+
+    found, called, true = (m["counts"][k] for k in ("true_called", "called", "true_pairs"))
     lines = [f"truth: {m['true_pairs']} true pairs ({m['unmatched_truth_rows']} rows naming unseen images); "
-             f"micro-AP {m['uap']:.3f}, recall at precision 0.9 {m['recall_at_p90']:.3f} "
-             f"(threshold {m['threshold_at_p90']:.4f}); at threshold {m['threshold']:g}: precision "
-             f"{m['precision']:.3f}, recall {m['recall']:.3f}"]
-    if m["per_label_recall_at_p90"]:
+             f"micro-AP {sure('uap')}, recall at precision 0.9 {sure('recall_at_p90')} at threshold "
+             f"{m['threshold_at_p90']:.4f}; at threshold {m['threshold']:g}: precision "
+             f"{sure('precision', f'; {found} of {called} pairs')}, recall {sure('recall', f'; {found} of {true}')}; "
+             "in brackets: 95% intervals"]
+    if m["per_label_found_at_p90"]:
         lines.append("recall at precision 0.9 by label: " + ", ".join(
-            f"{k} {v:.2f}" for k, v in m["per_label_recall_at_p90"].items()))
+            f"{k} {found}/{n} ({lo:.2f}-{hi:.2f})" for k, (found, n) in m["per_label_found_at_p90"].items()
+            for lo, hi in [wilson_interval(found, n)]))
     return "\n".join(lines)
 
 

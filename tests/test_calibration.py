@@ -236,6 +236,23 @@ def test_truth_scores_a_run(small_collection, capsys):
     assert metrics["true_pairs"] == 9 and metrics["unmatched_truth_rows"] == 1
     assert 0.5 <= metrics["uap"] <= 1.0
     assert set(metrics["per_label_recall_at_p90"]) == {"crop", "rotate"}
+    # how sure: Wilson's intervals from the counts, bootstrap intervals of micro-AP and R@P90, per-label counts
+    from simbench.evaluate import wilson_interval
+
+    counts, intervals = metrics["counts"], metrics["intervals"]
+    assert counts["true_pairs"] == 9 and counts["true_called"] <= counts["called"]
+    assert intervals["precision"] == pytest.approx(list(wilson_interval(counts["true_called"], counts["called"])))
+    assert intervals["recall"] == pytest.approx(list(wilson_interval(counts["true_called"], 9)))
+    assert metrics["recall"] == pytest.approx(counts["true_called"] / 9)
+    for key in ("uap", "recall_at_p90"):
+        assert 0 <= intervals[key][0] <= intervals[key][1] <= 1
+    assert {k: found / n for k, (found, n) in metrics["per_label_found_at_p90"].items()} == \
+        pytest.approx(metrics["per_label_recall_at_p90"])
+    from simbench.cli import metrics_text
+
+    printed = metrics_text(metrics)  # what find --truth printed
+    lo, hi = intervals["uap"]
+    assert f"micro-AP {metrics['uap']:.3f} ({lo:.3f}-{hi:.3f})" in printed and "in brackets: 95% intervals" in printed
     # No plateau in what find writes: pairs with different raw evidence have different scores.
     from simbench.find.outputs import read_evidence
 

@@ -155,6 +155,7 @@ def test_decisions_as_truth(halves):
                         np.array([float(r["score"]) for r in rows]))
     m = score_run(found, truth, 0.0)  # every found pair called a duplicate
     assert (m["precision"], m["recall"]) == (pytest.approx(2 / 3), 1.0)
+    assert m["counts"] == {"called": 3, "true_called": 2, "true_pairs": 2}
     # The same two true pairs as a complete truth.csv: every other found pair is a false one.
     complete = write_csv(root / "truth.csv", ("a", "b"), [(f"{f}/coffee.png", f"{f}/coffee-left.png"),
                                                          (f"{f}/coffee.png", f"{f}/coffee-right.png")])
@@ -318,3 +319,16 @@ def test_the_review_page_says_what_the_decisions_did(halves, tmp_path):
             browser.close()
     assert not errors
     assert "decisions applied: 1 (1 pairs hidden), 1 stale" in stats and "gone.png" in stats, stats
+
+
+def test_metrics_json_writes_nan_as_null_at_any_depth():
+    import json
+    import math
+
+    from simbench.find.pipeline import _nan_as_null
+
+    metrics = {"uap": math.nan, "intervals": {"uap": [math.nan, 0.5], "recall": (0.1, math.nan)}, "n": 3,
+               "per_label_found_at_p90": {"crop": [1, 2]}}
+    text = json.dumps(_nan_as_null(metrics), allow_nan=False)  # strict JSON: raises on any NaN left
+    assert json.loads(text) == {"uap": None, "intervals": {"uap": [None, 0.5], "recall": [0.1, None]}, "n": 3,
+                                "per_label_found_at_p90": {"crop": [1, 2]}}

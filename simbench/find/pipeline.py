@@ -757,6 +757,15 @@ def write_outputs(out_dir: Path, result: FindResult, cfg: DictConfig, stages: li
     report.write_report(out_dir / "report.html", result, cfg, stages)
 
 
+def _nan_as_null(value):
+    """value with every NaN float (nested in dicts and lists too) as None: strict JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: _nan_as_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_as_null(v) for v in value]
+    return None if isinstance(value, float) and value != value else value
+
+
 def score_against(result: FindResult, truth_csv: str | Path, out_dir: Path, threshold: float) -> dict:
     """Metrics of a run against a truth.csv (simbench.find.truth), also written to out_dir/metrics.json."""
     import json
@@ -765,7 +774,6 @@ def score_against(result: FindResult, truth_csv: str | Path, out_dir: Path, thre
     from simbench.find.truth import read_truth, score_run
 
     truth = read_truth(truth_csv, [item.display for item in result.items])
-    metrics = score_run(result.pairs.as_scored(), truth, threshold)
-    strict = {k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()}  # NaN -> null
-    atomic_write_bytes(out_dir / "metrics.json", (json.dumps(strict, indent=1) + "\n").encode())
+    metrics = score_run(result.pairs.as_scored(), truth, threshold, len(result.items))
+    atomic_write_bytes(out_dir / "metrics.json", (json.dumps(_nan_as_null(metrics), indent=1) + "\n").encode())
     return metrics

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from simbench.evaluate import evaluate, label_pairs
+from simbench.evaluate import bootstrap_ci, dedupe_pairs, evaluate, label_pairs, wilson_interval
 from simbench.types import ScoredPairs
 
 log = logging.getLogger("simbench")
@@ -119,21 +119,44 @@ def decisions_truth(path: Path, displays: Sequence[str]) -> Truth:
                  decided.not_duplicate, complete=False)
 
 
-def score_run(pairs: ScoredPairs, truth: Truth, threshold: float) -> dict:
+#: Resamples of the bootstrap intervals of micro-AP and recall at precision 0.9 (`score_run`).
+BOOTSTRAP_ROUNDS = 200
+
+
+def score_run(pairs: ScoredPairs, truth: Truth, threshold: float, n_images: int | None = None) -> dict:
     """micro-AP, recall at precision 0.9 and its threshold, precision/recall at `threshold` (ISC2021, as
-    simbench.evaluate), and recall per label at the P90 operating point and at `threshold`."""
-    pairs = truth.labelled_pairs(pairs)  # a true pair never found still counts as missed
+    simbench.evaluate), recall per label at the P90 operating point and at `threshold`, and how sure each is:
+    `intervals`, 95% intervals of micro-AP and recall at P0.9 (a bootstrap over groups of duplicates,
+    simbench.evaluate.bootstrap_ci; n_images: the run's images, each not in a group a group of its own) and of
+    precision and recall at `threshold` (Wilson's, from `counts`); per_label_found_at_p90: (found, true pairs)
+    per label. A truth of a few dozen pairs measures little: the intervals say how little."""
+    pairs = dedupe_pairs(truth.labelled_pairs(pairs))  # a true pair never found still counts as missed
     m = evaluate(pairs, truth.pairs, None, threshold)
     out = {k: m[k] for k in ("uap", "recall_at_p90", "threshold_at_p90", "precision", "recall", "f1", "threshold")}
     out["true_pairs"] = int(len(truth.pairs))
     out["unmatched_truth_rows"] = len(truth.unmatched)
     out["per_label_recall_at_p90"] = per_label_recall(pairs, truth, m["threshold_at_p90"])
     out["per_label_recall"] = per_label_recall(pairs, truth, threshold)
+    at_p90 = per_label_found(pairs, truth, m["threshold_at_p90"])
+    out["per_label_found_at_p90"] = {k: list(v) for k, v in at_p90.items()}
+    called = np.asarray(pairs.score) >= threshold
+    found = int(label_pairs(ScoredPairs(pairs.a[called], pairs.b[called], pairs.score[called]), truth.pairs).sum())
+    out["counts"] = {"called": int(called.sum()), "true_called": found, "true_pairs": int(len(truth.pairs))}
+    boot = (bootstrap_ci(pairs, truth.pairs, n_boot=BOOTSTRAP_ROUNDS, n_images=n_images) if len(truth.pairs)
+            else {"uap": (np.nan, np.nan), "recall_at_p90": (np.nan, np.nan)})
+    out["intervals"] = {**{k: [float(v) for v in boot[k]] for k in ("uap", "recall_at_p90")},
+                        "precision": list(wilson_interval(found, int(called.sum()))),
+                        "recall": list(wilson_interval(found, int(len(truth.pairs))))}
     return out
 
 
 def per_label_recall(pairs: ScoredPairs, truth: Truth, threshold: float) -> dict[str, float]:
     """Share of the true pairs of each label found with score >= threshold (a nan threshold finds none)."""
+    return {name: found / n for name, (found, n) in per_label_found(pairs, truth, threshold).items()}
+
+
+def per_label_found(pairs: ScoredPairs, truth: Truth, threshold: float) -> dict[str, tuple[int, int]]:
+    """Per label: (true pairs of that label found with score >= threshold, true pairs of that label)."""
     if not len(truth.pairs) or not any(truth.labels):
         return {}
     called = np.asarray(pairs.score) >= threshold
@@ -141,4 +164,5 @@ def per_label_recall(pairs: ScoredPairs, truth: Truth, threshold: float) -> dict
     # Which true pairs are among the called ones: label_pairs with the roles swapped.
     found = label_pairs(ScoredPairs(truth.pairs[:, 0], truth.pairs[:, 1], np.ones(len(truth.pairs))), called_pairs)
     labels = np.array(truth.labels, dtype=object)
-    return {str(name): float(found[labels == name].mean()) for name in sorted(set(truth.labels)) if name}
+    return {str(name): (int(found[labels == name].sum()), int((labels == name).sum()))
+            for name in sorted(set(truth.labels)) if name}
