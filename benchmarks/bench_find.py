@@ -825,7 +825,8 @@ def dev_table(rows: list[dict]) -> str:
     for r in rows:
         short = [f"{e} {k}/{n} ({interval_text(*wilson_interval(k, n))})"
                  for e, (k, n) in r["per_transform_found_at_p90"].items() if k < n]
-        out.append(f"| {r['split']}/{r['part']} | {r['method']} | {r['uap']:.3f} ({interval_text(*r['uap_interval'])}) | "
+        out.append(f"| {r['split']}/{r['part']} | {r['method']} | "
+                   f"{r['uap']:.3f} ({interval_text(*r['uap_interval'])}) | "
                    f"{r['recall_at_p90']:.3f} ({interval_text(*r['recall_at_p90_interval'])}) | "
                    f"{', '.join(short) or 'none'} |")
     return "\n".join(out)

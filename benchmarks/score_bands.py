@@ -1,7 +1,7 @@
 """Do find's scores keep what they promise? Precision per band of scores, in the pairs a bench_find run left.
 
-    python benchmarks/score_bands.py dev report [--method cascade] [--work DIR]           # after `bench_find.py dev`
-    python benchmarks/score_bands.py yearbook report --layouts 0,2,3,4,5 [--work DIR]    # after `bench_find.py yearbook`
+    python benchmarks/score_bands.py dev report [--method cascade] [--work DIR]         # after `bench_find.py dev`
+    python benchmarks/score_bands.py yearbook report --layouts 0,2,3,4,5 [--work DIR]  # after `bench_find.py yearbook`
 
 (`dev tune` reads a `tune` run's halves, not its rebuilds; `yearbook tune --layouts ...` a `yearbook-tune` run.)
 A calibrated score estimates the precision of the pairs scoring about as much on the tuning collections
@@ -96,8 +96,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     work = Path(args.work).expanduser()
     if args.what == "dev":
-        collections = ([(part, dev_set(REPORT, part, False)) for part in PARTS] if args.split == REPORT else
-                       [(f"{part}-half{h}", tuning_half(dev_set(TUNE, part, False), h)) for part in PARTS for h in (0, 1)])
+        if args.split == REPORT:
+            collections = [(part, dev_set(REPORT, part, False)) for part in PARTS]
+        else:
+            collections = [(f"{part}-half{h}", tuning_half(dev_set(TUNE, part, False), h)) for part in PARTS
+                           for h in (0, 1)]
         for part, ds in collections:
             found = _read(work / f"out-dev-{args.split}-{part}-{args.method}" / "pairs.csv")
             print(table(f"{args.split}/{part}", band_rows(*_arrays(found, dev_labels(found, ds)))) + "\n")

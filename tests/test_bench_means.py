@@ -1,4 +1,4 @@
-"""bench_find's tables: the tuning runs' means per method and part against a sum by hand, and the dev rows' intervals."""
+"""bench_find's tables: the tuning runs' means per method and part (against a sum by hand), the dev rows' intervals."""
 from __future__ import annotations
 
 import sys
