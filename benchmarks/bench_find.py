@@ -68,8 +68,6 @@ PARTS = ("photo", "lineart")
 BASELINES = ("phash", "brisk-bags", "cnn-cosine")
 EVALUATION_SEED = 0
 TARGET_PRECISION = 0.95
-#: Resamples of the bootstrap intervals of micro-AP and recall at P0.9 (dev, tune and holdout tables).
-BOOTSTRAP_ROUNDS = 200
 #: The build_yearbook seeds of the tuning yearbooks that `calibrate` fits on (--fit-layouts): together they
 #: weigh as one collection in the fusion's fit. Layout 1 is folder yearbook-school-tune, the others
 #: yearbook-school-tune-layout<seed>. Nine since run (47): one layout gave the fit too few false keypoint pairs to
@@ -794,8 +792,7 @@ def _dev_row(name: str, split: str, part: str, ds, pairs: ScoredPairs, threshold
            "recall_at_p95": r95, "threshold_at_p95": t95,
            "seconds": seconds, "per_transform_at_p90": m["per_transform_recall_at_p90"],
            "per_transform_found_at_p90": per_transform_found(pairs, ds.truth, ds.labels, m["threshold_at_p90"]),
-           **{f"{k}_interval": v for k, v in bootstrap_ci(pairs, ds.truth, n_boot=BOOTSTRAP_ROUNDS,
-                                                         n_images=len(ds)).items()}}
+           **{f"{k}_interval": v for k, v in bootstrap_ci(pairs, ds.truth, n_images=len(ds)).items()}}
     if threshold is not None:
         row.update(threshold=threshold, precision=m["precision"], recall=m["recall"],
                    per_transform=m["per_transform_recall"])
@@ -817,9 +814,9 @@ def dev_table(rows: list[dict]) -> str:
     for r in rows:
         out.append(f"| {r['split']}/{r['part']} | {r['method']} | " + " | ".join(
             f"{r['per_transform_at_p90'].get(e, float('nan')):.2f}" for e in edits) + " |")
-    out += ["", f"95% intervals: micro-AP and recall at P0.9 by a bootstrap over copy groups ({BOOTSTRAP_ROUNDS} "
-            "resamples, simbench.evaluate.bootstrap_ci); each edit found short of all its copies at P0.9, as found / "
-            "copies, by Wilson's interval:", "",
+    out += ["", "95% intervals: micro-AP and recall at P0.9 by a bootstrap over copy groups "
+            "(simbench.evaluate.bootstrap_ci); each edit found short of all its copies at P0.9, as found / copies, "
+            "by Wilson's interval:", "",
             "| collection | method | micro-AP (95% interval) | recall @ P0.9 (95% interval) | edits short at P0.9 |",
             "|---|---|---|---|---|"]
     for r in rows:

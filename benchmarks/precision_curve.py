@@ -18,21 +18,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_find import PARTS, dev_set  # noqa: E402
+from benchmarks.score_bands import dev_labels  # noqa: E402
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
-from simbench.evaluate import label_pairs, precision_recall_curve  # noqa: E402
-from simbench.types import ScoredPairs  # noqa: E402
+from simbench.evaluate import precision_recall_curve  # noqa: E402
 
 RECALLS = (0.70, 0.75, 0.80, 0.85, 0.90, 0.95)
 
 
 def best_precision(found: list[dict], ds, recalls=RECALLS) -> list[tuple[float, float]]:
     """[(r, the best precision at recall >= r, nan when never reached)] of found pairs (pairs.csv rows)."""
-    row = {Path(p).name: i for i, p in enumerate(ds.paths)}
-    a = np.array([row[Path(r["a"]).name] for r in found], np.int64)
-    b = np.array([row[Path(r["b"]).name] for r in found], np.int64)
     score = np.array([float(r["score"]) for r in found])
-    precision, recall = precision_recall_curve(score, label_pairs(ScoredPairs(a, b, score), ds.truth),
-                                               ds.n_true_pairs)[:2]
+    precision, recall = precision_recall_curve(score, dev_labels(found, ds), ds.n_true_pairs)[:2]
     return [(r, float(precision[recall >= r].max()) if np.any(recall >= r) else float("nan")) for r in recalls]
 
 

@@ -119,10 +119,6 @@ def decisions_truth(path: Path, displays: Sequence[str]) -> Truth:
                  decided.not_duplicate, complete=False)
 
 
-#: Resamples of the bootstrap intervals of micro-AP and recall at precision 0.9 (`score_run`).
-BOOTSTRAP_ROUNDS = 200
-
-
 def score_run(pairs: ScoredPairs, truth: Truth, threshold: float, n_images: int | None = None) -> dict:
     """micro-AP, recall at precision 0.9 and its threshold, precision/recall at `threshold` (ISC2021, as
     simbench.evaluate), recall per label at the P90 operating point and at `threshold`, and how sure each is:
@@ -135,14 +131,14 @@ def score_run(pairs: ScoredPairs, truth: Truth, threshold: float, n_images: int 
     out = {k: m[k] for k in ("uap", "recall_at_p90", "threshold_at_p90", "precision", "recall", "f1", "threshold")}
     out["true_pairs"] = int(len(truth.pairs))
     out["unmatched_truth_rows"] = len(truth.unmatched)
-    out["per_label_recall_at_p90"] = per_label_recall(pairs, truth, m["threshold_at_p90"])
-    out["per_label_recall"] = per_label_recall(pairs, truth, threshold)
     at_p90 = per_label_found(pairs, truth, m["threshold_at_p90"])
+    out["per_label_recall_at_p90"] = {k: found / n for k, (found, n) in at_p90.items()}
+    out["per_label_recall"] = per_label_recall(pairs, truth, threshold)
     out["per_label_found_at_p90"] = {k: list(v) for k, v in at_p90.items()}
     called = np.asarray(pairs.score) >= threshold
     found = int(label_pairs(ScoredPairs(pairs.a[called], pairs.b[called], pairs.score[called]), truth.pairs).sum())
     out["counts"] = {"called": int(called.sum()), "true_called": found, "true_pairs": int(len(truth.pairs))}
-    boot = (bootstrap_ci(pairs, truth.pairs, n_boot=BOOTSTRAP_ROUNDS, n_images=n_images) if len(truth.pairs)
+    boot = (bootstrap_ci(pairs, truth.pairs, n_images=n_images) if len(truth.pairs)
             else {"uap": (np.nan, np.nan), "recall_at_p90": (np.nan, np.nan)})
     out["intervals"] = {**{k: [float(v) for v in boot[k]] for k in ("uap", "recall_at_p90")},
                         "precision": list(wilson_interval(found, int(called.sum()))),
