@@ -15,6 +15,8 @@
                                                              (by_kind, by_turn, flat_by_turn: true pairs found
                                                              at the threshold by pair_kind, pair_turn; Wilson's
                                                              95% intervals of recall and precision there)
+                                                             --splits report,holdout1,holdout2: also built
+                                                             from the holdout build's photos, then all pooled
     python benchmarks/bench_find.py yearbook-tune [METHOD...]    the same, built from the tuning split's photos;
                                                              --layouts 2,3,4,5 on four more layouts, pooled;
                                                              --also-at 0.9,0.92: precision / recall there too
@@ -90,6 +92,7 @@ HOLDOUT_PACKAGES = ("mate-backgrounds", "ukui-wallpapers")
 HOLDOUT_DIRS = ("usr/share/backgrounds", "usr/share/backgrounds/mate/abstract", "usr/share/backgrounds/mate/nature")
 #: Both splits of the holdout build are reported (nothing is tuned on either), as holdout1 and holdout2.
 HOLDOUT_NAMES = {"tune": "holdout1", "report": "holdout2"}
+HOLDOUT_SPLITS = tuple(HOLDOUT_NAMES.values())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -663,8 +666,10 @@ def _labels_csv(ds) -> list[dict]:
 
 def school_yearbook(pdfs: Path, split: str, layout: int, progress: bool):
     """The school's yearbook PDFs (SCHOOL_STYLE) of one split's reference photographs, build_yearbook seed
-    `layout`, written into `pdfs`: its placements."""
-    photos = reference_photos(dev_set(split, "photo", progress))
+    `layout`, written into `pdfs`: its placements. split: tune, report, or one of the holdout build's
+    (HOLDOUT_NAMES' values)."""
+    photos = reference_photos(holdout_set(split, "photo", progress) if split in HOLDOUT_SPLITS
+                              else dev_set(split, "photo", progress))
     return build_yearbook(pdfs, n_photos=len(photos) - 4, n_single=4, photos=photos, seed=layout, **SCHOOL_STYLE)
 
 
@@ -697,12 +702,18 @@ def dev(methods, work: Path, overrides: list[str], progress: bool, split: str = 
 
 def holdout(methods, work: Path, overrides: list[str], progress: bool, baselines: tuple = BASELINES) -> list[dict]:
     """`dev` on the devset built from HOLDOUT_PACKAGES' pictures: both of its splits, photo and line art."""
-    from simbench.data.devset import SPLITS, DevSet
-
-    dirs = holdout_sources(default_cache_dir() / "holdout-sources", progress)
-    collections = [(HOLDOUT_NAMES[split], part, DevSet(split, part, source_dirs=dirs).load(progress=progress), [],
-                    work / f"index-{HOLDOUT_NAMES[split]}-{part}") for split in SPLITS for part in PARTS]
+    collections = [(name, part, holdout_set(name, part, progress), [], work / f"index-{name}-{part}")
+                   for name in HOLDOUT_SPLITS for part in PARTS]
     return scored_collections(collections, methods, work, overrides, progress, baselines)
+
+
+def holdout_set(name: str, part: str, progress: bool):
+    """One collection of the holdout build: name holdout1 or holdout2 (its tune or report split, HOLDOUT_NAMES)."""
+    from simbench.data.devset import DevSet
+
+    split = next(split for split, held in HOLDOUT_NAMES.items() if held == name)
+    dirs = holdout_sources(default_cache_dir() / "holdout-sources", progress)
+    return DevSet(split, part, source_dirs=dirs).load(progress=progress)
 
 
 def holdout_sources(tree: Path, progress: bool) -> list[str]:
@@ -941,40 +952,47 @@ def synthetic(methods, work: Path, overrides: list[str], progress: bool) -> list
 # Yearbook PDFs: recall at precision >= 0.95
 
 
-def yearbook(methods, work: Path, overrides: list[str], progress: bool, split: str = "report",
+def yearbook(methods, work: Path, overrides: list[str], progress: bool, splits: tuple[str, ...] = (REPORT,),
              layouts: tuple[int, ...] = (0,), also_at: tuple[float, ...] = ()) -> list[dict]:
     """Yearbook PDFs whose every photo carries the same school logo and frame (SCHOOL_STYLE), some
-    recoloured, some flat, built from the reference photographs of one split of the development set.
-    layouts: build_yearbook seeds, one set of PDFs each (which photos, how often, where, which edits); with
-    more than one, a pooled row follows each method's: counts summed over the layouts, one threshold for all.
+    recoloured, some flat, built from the reference photographs of each split (`school_yearbook`: tune, report,
+    holdout1, holdout2). layouts: build_yearbook seeds, one set of PDFs each per split (which photos, how often,
+    where, which edits); with more than one, a pooled row follows each split's rows: counts summed over its layouts,
+    one threshold for all; with more than one split, a last row pools every yearbook of every split.
     also_at: thresholds besides find's at which each row also gives precision, recall and false pairs (`at`)."""
-    fitted = sorted(set(layouts) & set(YEARBOOK_FIT_LAYOUTS)) if split == TUNE else []
+    fitted = sorted(set(layouts) & set(YEARBOOK_FIT_LAYOUTS)) if TUNE in splits else []
     if fitted:
         print(f"note: layouts {fitted} are tuning yearbooks that `calibrate` fits on")
     books = []
-    for seed in layouts:
-        name = yearbook_name(split, seed)
-        pdfs = work / name
-        shutil.rmtree(pdfs, ignore_errors=True)
-        placements = school_yearbook(pdfs, split, seed, progress)
-        print(f"yearbook ({split} split photos, shared logo and frame, layout {seed}): "
-              f"{len({p.pdf for p in placements})} PDFs, {len(placements)} placements of "
-              f"{len({p.photo for p in placements})} photos, {len(true_pairs(placements))} true pairs")
-        books.append((seed, name, pdfs, placements))
+    for split in splits:
+        for seed in layouts:
+            name = yearbook_name(split, seed)
+            pdfs = work / name
+            shutil.rmtree(pdfs, ignore_errors=True)
+            placements = school_yearbook(pdfs, split, seed, progress)
+            print(f"yearbook ({split} split photos, shared logo and frame, layout {seed}): "
+                  f"{len({p.pdf for p in placements})} PDFs, {len(placements)} placements of "
+                  f"{len({p.photo for p in placements})} photos, {len(true_pairs(placements))} true pairs")
+            books.append((split, seed, name, pdfs, placements))
     rows = []
     for method in methods:
         cfg = cascade.make_config(method, overrides)
         threshold = float(cfg.threshold)
-        scored = []
-        for seed, name, pdfs, placements in books:
+        scored = {split: [] for split in splits}
+        for split, seed, name, pdfs, placements in books:
             out = work / f"out-{name}-{method}"
             result = find([pdfs], out, cfg, index=work / f"index-{name}", progress=progress)
             with open(out / "pairs.csv", newline="") as f:
-                scored.append((placements, list(csv.DictReader(f))))
-            rows.append(_yearbook_row(method, split, str(seed), scored[-1:], threshold, len(result.skipped), also_at))
+                scored[split].append((placements, list(csv.DictReader(f))))
+            rows.append(_yearbook_row(method, split, str(seed), scored[split][-1:], threshold, len(result.skipped),
+                                      also_at))
             print(_row_text(rows[-1]), flush=True)
-        if len(books) > 1:
-            rows.append(_yearbook_row(method, split, "pooled", scored, threshold, None, also_at))
+            if len(layouts) > 1 and len(scored[split]) == len(layouts):
+                rows.append(_yearbook_row(method, split, "pooled", scored[split], threshold, None, also_at))
+                print(_row_text(rows[-1]), flush=True)
+        if len(splits) > 1:
+            every = [book for split in splits for book in scored[split]]
+            rows.append(_yearbook_row(method, "+".join(splits), "pooled", every, threshold, None, also_at))
             print(_row_text(rows[-1]), flush=True)
     return rows
 
@@ -1168,12 +1186,21 @@ def main(argv=None) -> None:
     parser.add_argument("--layouts", default="0",
                         help="yearbook, yearbook-tune: comma-separated build_yearbook seeds, one set of PDFs each, "
                              "then a pooled row (default 0)")
+    parser.add_argument("--splits", default=REPORT,
+                        help="yearbook: comma-separated splits whose photographs the yearbooks are built from: report, "
+                             "holdout1, holdout2 (the holdout build's, as `holdout`); with more than one, a last row "
+                             "pools them all (default report)")
     parser.add_argument("--also-at", default="",
                         help="yearbook, yearbook-tune: comma-separated thresholds at which each row also gives "
                              "precision / recall (false pairs), besides find's threshold")
     parser.add_argument("--baselines", default=",".join(BASELINES),
                         help="dev/tune/holdout: comma-separated plain baselines to run beside the methods ('' for none)")
     args = parser.parse_intermixed_args(argv)
+    splits = (TUNE,) if args.what == "yearbook-tune" else tuple(args.splits.split(","))
+    unknown = sorted(set(splits) - {REPORT, *HOLDOUT_SPLITS}) if args.what == "yearbook" else []
+    if unknown or (args.splits != REPORT and args.what != "yearbook"):
+        parser.error(f"--splits {args.splits}: for yearbook only, of {', '.join((REPORT, *HOLDOUT_SPLITS))} "
+                     "(yearbook-tune builds from the tuning split alone)")
     methods = [a for a in args.args if "=" not in a] or list(METHODS)
     methods = [] if methods == ["none"] else methods
     overrides = [a for a in args.args if "=" in a]
@@ -1203,7 +1230,7 @@ def main(argv=None) -> None:
     elif args.what == "holdout":
         out["holdout"] = holdout(methods, work, overrides, progress, tuple(b for b in args.baselines.split(",") if b))
     elif args.what.startswith("yearbook"):
-        out[args.what] = yearbook(methods, work, overrides, progress, split=TUNE if args.what.endswith("tune") else REPORT,
+        out[args.what] = yearbook(methods, work, overrides, progress, splits=splits,
                                   layouts=tuple(int(x) for x in args.layouts.split(",")),
                                   also_at=tuple(float(x) for x in args.also_at.split(",") if x))
     else:

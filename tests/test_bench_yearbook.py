@@ -192,3 +192,56 @@ def test_yearbook_row_gives_the_pooled_counts_wilson_intervals():
     assert row["precision_interval"] == interval_text(*wilson_interval(3, 4))
     lo, hi = (float(x) for x in row["recall_interval"].split("-"))
     assert lo < 3 / 5 < hi
+
+
+def test_yearbooks_of_several_splits_pool_per_split_then_all(tmp_path, monkeypatch):
+    """`yearbook --splits report,holdout2 --layouts 0,2`: a row per yearbook, a pooled row per split, then one
+    over every yearbook (faked builds and runs: what is pooled, not what find finds)."""
+    import csv
+    from types import SimpleNamespace
+
+    from benchmarks import bench_find
+
+    books = {("report", 0): _book("r0", [0, 0, 1, 1]), ("report", 2): _book("r2", [0, 0, 0]),
+             ("holdout2", 0): _book("h0", [0, 0]), ("holdout2", 2): _book("h2", [0, 1, 1])}
+    found = {"r0": [(0, 1, 0.99), (2, 3, 0.5)], "r2": [(0, 1, 0.97), (0, 2, 0.96), (1, 2, 0.2)],
+             "h0": [(0, 1, 0.99)], "h2": [(0, 1, 0.98), (1, 2, 0.3)]}
+    built = []
+
+    def fake_build(pdfs, split, layout, progress):
+        built.append((split, layout))
+        return books[split, layout]
+
+    def fake_find(sources, out, cfg, index, progress):
+        placements = books[next((s, l) for s, l in books if bench_find.yearbook_name(s, l) == sources[0].name)]
+        out.mkdir(parents=True)
+        with open(out / "pairs.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(_row(placements, 0, 1, 0.0)))
+            writer.writeheader()
+            writer.writerows(_row(placements, i, j, s) for i, j, s in found[placements[0].pdf.removesuffix(".pdf")])
+        return SimpleNamespace(skipped=[])
+
+    monkeypatch.setattr(bench_find, "school_yearbook", fake_build)
+    monkeypatch.setattr(bench_find, "find", fake_find)
+    rows = bench_find.yearbook(["cascade"], tmp_path, [], False, splits=("report", "holdout2"), layouts=(0, 2))
+    assert built == [("report", 0), ("report", 2), ("holdout2", 0), ("holdout2", 2)]
+    assert [(r["split"], r["layout"]) for r in rows] == [
+        ("report", "0"), ("report", "2"), ("report", "pooled"), ("holdout2", "0"), ("holdout2", "2"),
+        ("holdout2", "pooled"), ("report+holdout2", "pooled")]
+    counts = {(r["split"], r["layout"]): (r["found"], r["false"], r["true_pairs"]) for r in rows}
+    # by hand at 0.95: r0 finds (0,1) of its two true pairs; r2 two of three; h0 its one; h2 (0,1) is false, (1,2) missed
+    assert counts["report", "pooled"] == (3, 0, 5)
+    assert counts["holdout2", "pooled"] == (1, 1, 2)
+    assert counts["report+holdout2", "pooled"] == (4, 1, 7)
+
+
+def test_yearbook_splits_are_checked_before_anything_is_made(tmp_path):
+    import pytest
+
+    from benchmarks import bench_find
+
+    for argv in (["yearbook", "--splits", "report,tune"], ["yearbook-tune", "--splits", "holdout1"],
+                 ["dev", "--splits", "holdout1"]):
+        with pytest.raises(SystemExit):
+            bench_find.main([*argv, "--work", str(tmp_path / "work")])
+    assert not (tmp_path / "work").exists()
