@@ -59,7 +59,7 @@ from simbench.find.calibration import (CALIBRATION_FILE, fit_calibration, fit_fu
                                       save_calibrations, settings_key)
 from simbench.find.pipeline import collect, find, raw_evidence
 from simbench.find.yearbook import (PAIR_KINDS, PAIR_TURNS, SCHOOL_STYLE, build_yearbook, match_placement, pair_kind,
-                                   pair_turn, placement_pairs, reference_photos, true_pairs)
+                                   pair_turn, placement_pairs, reference_photos, scored_truth, true_pairs)
 from simbench.methods.cnn import (SHIPPED_WHITENING, centred, embedding_sum, fit_copy_whitening, normalised_scores,
                                  shipped_whitening_for, vector_settings)
 from simbench.types import ScoredPairs
@@ -953,13 +953,16 @@ def synthetic(methods, work: Path, overrides: list[str], progress: bool) -> list
 
 
 def yearbook(methods, work: Path, overrides: list[str], progress: bool, splits: tuple[str, ...] = (REPORT,),
-             layouts: tuple[int, ...] = (0,), also_at: tuple[float, ...] = ()) -> list[dict]:
+             layouts: tuple[int, ...] = (0,), also_at: tuple[float, ...] = (),
+             every_placement: bool = False) -> list[dict]:
     """Yearbook PDFs whose every photo carries the same school logo and frame (SCHOOL_STYLE), some
     recoloured, some flat, built from the reference photographs of each split (`school_yearbook`: tune, report,
     holdout1, holdout2). layouts: build_yearbook seeds, one set of PDFs each per split (which photos, how often,
     where, which edits); with more than one, a pooled row follows each split's rows: counts summed over its layouts,
     one threshold for all; with more than one split, a last row pools every yearbook of every split.
-    also_at: thresholds besides find's at which each row also gives precision, recall and false pairs (`at`)."""
+    also_at: thresholds besides find's at which each row also gives precision, recall and false pairs (`at`).
+    Pairs with a content-free placement count neither way (left_out: the true ones; simbench.find.yearbook.
+    scored_truth); every_placement: they count too."""
     fitted = sorted(set(layouts) & set(YEARBOOK_FIT_LAYOUTS)) if TUNE in splits else []
     if fitted:
         print(f"note: layouts {fitted} are tuning yearbooks that `calibrate` fits on")
@@ -970,9 +973,12 @@ def yearbook(methods, work: Path, overrides: list[str], progress: bool, splits: 
             pdfs = work / name
             shutil.rmtree(pdfs, ignore_errors=True)
             placements = school_yearbook(pdfs, split, seed, progress)
+            truth, left_out = scored_truth(placements, every_placement)
             print(f"yearbook ({split} split photos, shared logo and frame, layout {seed}): "
                   f"{len({p.pdf for p in placements})} PDFs, {len(placements)} placements of "
-                  f"{len({p.photo for p in placements})} photos, {len(true_pairs(placements))} true pairs")
+                  f"{len({p.photo for p in placements})} photos, {len(truth)} true pairs scored"
+                  + (f" ({len(true_pairs(placements)) - len(truth)} more with one of {len(left_out)} content-free "
+                     "placements, not scored)" if left_out else ""))
             books.append((split, seed, name, pdfs, placements))
     rows = []
     for method in methods:
@@ -985,27 +991,29 @@ def yearbook(methods, work: Path, overrides: list[str], progress: bool, splits: 
             with open(out / "pairs.csv", newline="") as f:
                 scored[split].append((placements, list(csv.DictReader(f))))
             rows.append(_yearbook_row(method, split, str(seed), scored[split][-1:], threshold, len(result.skipped),
-                                      also_at))
+                                      also_at, every_placement))
             print(_row_text(rows[-1]), flush=True)
             if len(layouts) > 1 and len(scored[split]) == len(layouts):
-                rows.append(_yearbook_row(method, split, "pooled", scored[split], threshold, None, also_at))
+                rows.append(_yearbook_row(method, split, "pooled", scored[split], threshold, None, also_at,
+                                          every_placement))
                 print(_row_text(rows[-1]), flush=True)
         if len(splits) > 1:
             every = [book for split in splits for book in scored[split]]
-            rows.append(_yearbook_row(method, "+".join(splits), "pooled", every, threshold, None, also_at))
+            rows.append(_yearbook_row(method, "+".join(splits), "pooled", every, threshold, None, also_at,
+                                      every_placement))
             print(_row_text(rows[-1]), flush=True)
     return rows
 
 
 def _yearbook_row(method: str, split: str, layout: str, scored, threshold: float, skipped: int | None,
-                  also_at: tuple[float, ...] = ()) -> dict:
-    books = [labelled_pairs(placements, found) for placements, found in scored]
+                  also_at: tuple[float, ...] = (), every_placement: bool = False) -> dict:
+    books = [labelled_pairs(placements, found, every_placement) for placements, found in scored]
     at = pooled_yearbook_scores(books, threshold)
     best = best_recall(books, TARGET_PRECISION)
     extra = {"at": scores_at_text(books, also_at)} if also_at else {}
     return {"method": method, "split": split, "layout": layout,
             "placements": sum(len(placements) for placements, _ in scored), "true_pairs": at["true_pairs"],
-            "threshold": threshold, "precision": at["precision"], "recall": at["recall"], "false": at["false"],
+            "left_out": at["left_out"], "threshold": threshold, "precision": at["precision"], "recall": at["recall"], "false": at["false"],
             "found": at["found"], "recall_interval": interval_text(*wilson_interval(at["found"], at["true_pairs"])),
             "precision_interval": interval_text(*wilson_interval(at["found"], at["found"] + at["false"])),
             "recall_at_p95": best["recall"], "threshold_at_p95": best["threshold"], "skipped": skipped,
@@ -1022,10 +1030,14 @@ def scores_at_text(books: list[LabelledPairs], thresholds: tuple[float, ...]) ->
 
 class LabelledPairs(NamedTuple):
     """One yearbook's found pairs as (score, true pair of placements or None when false), and its every true
-    pair's pair_kind and pair_turn: what score_found_pairs counts, matched to the placements once."""
+    pair's pair_kind and pair_turn: what score_found_pairs counts, matched to the placements once. Pairs with a
+    content-free placement (simbench.find.yearbook.scored_truth) are in neither: kept says which found rows are
+    in rows, left_out how many true pairs are not scored."""
     rows: list[tuple[float, tuple[int, int] | None]]
     kinds: dict[tuple[int, int], str]
     turns: dict[tuple[int, int], str]
+    kept: list[bool]
+    left_out: int
 
     @property
     def n_true(self) -> int:
@@ -1036,14 +1048,17 @@ class LabelledPairs(NamedTuple):
         return {pair for s, pair in self.rows if s >= threshold and pair is not None}
 
 
-def labelled_pairs(placements, found: list[dict]) -> LabelledPairs:
-    truth = true_pairs(placements)
-    rows = []
+def labelled_pairs(placements, found: list[dict], every_placement: bool = False) -> LabelledPairs:
+    truth, left_out = scored_truth(placements, every_placement)
+    rows, kept = [], []
     for row, (i, j) in zip(found, placement_pairs(placements, found)):
-        pair = (min(i, j), max(i, j)) if i is not None and j is not None else None
-        rows.append((float(row["score"]), pair if pair in truth else None))
+        kept.append(not {i, j} & left_out)
+        if kept[-1]:
+            pair = (min(i, j), max(i, j)) if i is not None and j is not None else None
+            rows.append((float(row["score"]), pair if pair in truth else None))
     return LabelledPairs(rows, {(i, j): pair_kind(placements[i], placements[j]) for i, j in truth},
-                         {(i, j): pair_turn(placements[i], placements[j]) for i, j in truth})
+                         {(i, j): pair_turn(placements[i], placements[j]) for i, j in truth}, kept,
+                         len(true_pairs(placements)) - len(truth))
 
 
 def pooled_yearbook_scores(books: list[LabelledPairs], threshold: float) -> dict:
@@ -1052,7 +1067,8 @@ def pooled_yearbook_scores(books: list[LabelledPairs], threshold: float) -> dict
     false = sum(1 for b in books for s, pair in b.rows if s >= threshold and pair is None)
     n_true = sum(b.n_true for b in books)
     return {"precision": found / (found + false) if found + false else 1.0,
-            "recall": found / n_true if n_true else 1.0, "true_pairs": n_true, "found": found, "false": false}
+            "recall": found / n_true if n_true else 1.0, "true_pairs": n_true, "found": found, "false": false,
+            "left_out": sum(b.left_out for b in books)}
 
 
 def recall_by_kind(books: list[LabelledPairs], threshold: float, by: str = "kinds",
@@ -1190,6 +1206,9 @@ def main(argv=None) -> None:
                         help="yearbook: comma-separated splits whose photographs the yearbooks are built from: report, "
                              "holdout1, holdout2 (the holdout build's, as `holdout`); with more than one, a last row "
                              "pools them all (default report)")
+    parser.add_argument("--every-placement", action="store_true",
+                        help="yearbook, yearbook-tune: score the pairs of content-free placements too (a crop that "
+                             "shows only a plain field; left out by default, simbench.find.yearbook.scored_truth)")
     parser.add_argument("--also-at", default="",
                         help="yearbook, yearbook-tune: comma-separated thresholds at which each row also gives "
                              "precision / recall (false pairs), besides find's threshold")
@@ -1232,7 +1251,8 @@ def main(argv=None) -> None:
     elif args.what.startswith("yearbook"):
         out[args.what] = yearbook(methods, work, overrides, progress, splits=splits,
                                   layouts=tuple(int(x) for x in args.layouts.split(",")),
-                                  also_at=tuple(float(x) for x in args.also_at.split(",") if x))
+                                  also_at=tuple(float(x) for x in args.also_at.split(",") if x),
+                                  every_placement=args.every_placement)
     else:
         fn = {"synthetic": synthetic, "throughput": throughput, "collection": collection}
         out[args.what] = fn[args.what](methods, work, overrides, progress)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_find import TUNE, labelled_pairs, school_yearbook, yearbook_name  # noqa: E402
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
 from simbench.find.outputs import read_evidence, read_pair_evidence  # noqa: E402
-from simbench.find.yearbook import placement_pairs, true_pairs  # noqa: E402
+from simbench.find.yearbook import content_free, placement_pairs, true_pairs  # noqa: E402
 
 
 def pair_table(placements, found: list[dict], n_false: int, evidence: list | None = None) -> str:
@@ -48,7 +48,8 @@ def pair_table(placements, found: list[dict], n_false: int, evidence: list | Non
         if k is None:
             return "(no placement)"
         p = placements[k]
-        return f"{k}: photo {p.photo}, {p.how}, {p.colour}{', flat' if p.flat else ''}"
+        return (f"{k}: photo {p.photo}, {p.how}, {p.colour}{', flat' if p.flat else ''}"
+                f"{', content-free' if content_free(p) else ''}")
 
     def keypoints(e):
         k = e.get("keypoints")
@@ -72,8 +73,9 @@ def pair_table(placements, found: list[dict], n_false: int, evidence: list | Non
 def cnn_only_counts(placements, found: list[dict], evidence: list[dict], at: float = 0.8) -> tuple[int, int]:
     """How many rows that only the CNN scored (pairs.csv method "cnn") have an own CNN score >= at: (true, false).
     What promoting such pairs would gain and cost (results/find.md, after run 41)."""
-    labels = [pair is not None for _, pair in labelled_pairs(placements, found).rows]
-    counted = [is_true for row, is_true, e in zip(found, labels, evidence)
+    book = labelled_pairs(placements, found)  # content-free placements' pairs left out, as bench_find's
+    kept = [(row, e) for row, e, k in zip(found, evidence, book.kept) if k]
+    counted = [pair is not None for (row, e), (_, pair) in zip(kept, book.rows)
                if row["method"] == "cnn" and e.get("cnn", {}).get("score", -1.0) >= at]
     return sum(counted), len(counted) - sum(counted)
 

@@ -127,7 +127,7 @@ def find_parser():
                              "slider starts); default 0.95. Scores are calibrated to estimate precision on our "
                              "tuning collections; on collections never tuned on, at 0.95 the default measured "
                              "precision 0.99 on real photographs and on line art, at recall 0.925 and 0.80, "
-                             "and 1.00 on yearbook PDFs with a shared logo, at recall 0.948 (0.84 and 0.66 on "
+                             "and 1.00 on yearbook PDFs with a shared logo, at recall 0.948 (0.91 and 0.84 on "
                              "yearbooks of other pictures; results/find.md); "
                              "below 0.95 the estimate is rough there (pairs scoring 0.9-0.95: 59-92%% true). Fit "
                              "your own with `simbench calibrate`")

@@ -61,7 +61,7 @@ def test_nothing_found_is_no_recall():
     a = _book("a", [0, 0])
     assert best_recall([labelled_pairs(a, [])], 0.95)["recall"] == 0.0
     assert pooled_yearbook_scores([labelled_pairs(a, [])], 0.95) == {"precision": 1.0, "recall": 0.0, "true_pairs": 1,
-                                                        "found": 0, "false": 0}
+                                                        "found": 0, "false": 0, "left_out": 0}
 
 
 def test_pair_kind_takes_the_first_that_applies():
@@ -245,3 +245,17 @@ def test_yearbook_splits_are_checked_before_anything_is_made(tmp_path):
         with pytest.raises(SystemExit):
             bench_find.main([*argv, "--work", str(tmp_path / "work")])
     assert not (tmp_path / "work").exists()
+
+
+def test_content_free_placements_are_left_out_of_the_pooled_counts_unless_every_placement():
+    a = [Placement("a.pdf", page, (0, 0, 100, 100), photo, "crop", detail=d)
+         for page, (photo, d) in enumerate([(0, 9.0), (0, 0.4), (0, 9.0), (1, 9.0)], 1)]
+    found = [_row(a, 0, 1, 0.99), _row(a, 1, 3, 0.98), _row(a, 0, 2, 0.60), _row(a, 2, 3, 0.97)]
+    book = labelled_pairs(a, found)
+    assert book.kept == [False, False, True, True] and book.left_out == 2  # (0,1) and (1,2) not scored
+    at = pooled_yearbook_scores([book], 0.95)
+    assert (at["found"], at["false"], at["true_pairs"], at["left_out"]) == (0, 1, 1, 2)
+    every = pooled_yearbook_scores([labelled_pairs(a, found, every_placement=True)], 0.95)
+    assert (every["found"], every["false"], every["true_pairs"], every["left_out"]) == (1, 2, 3, 0)
+    row = _yearbook_row("cascade", "report", "0", [(a, found)], 0.95, 0)
+    assert (row["true_pairs"], row["left_out"], row["recall"]) == (1, 2, 0.0)

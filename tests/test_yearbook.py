@@ -258,3 +258,43 @@ def test_find_sees_each_placement_as_placed_clips_inside_transparency_groups(sch
                     assert len(boxes) == len(mine)
                     for p in mine:
                         assert max(yb._iou(p.rect, b) for b in boxes) > 0.9, (p.how, p.rect, boxes)  # rotated: within rect
+
+
+def test_a_window_showing_only_a_plain_field_is_content_free_whatever_the_edits(tmp_path, source_photos):
+    """Each placement's detail is measured on its window of the photo as chosen: a plain photo's placements are
+    content-free, a textured photo's are not, even flattened (every photo here is: low_texture=1)."""
+    from simbench.data.devset import MIN_DETAIL, detail
+
+    photos = [*source_photos[:5], Image.new("RGB", (400, 300), (250, 250, 245))]
+    placements = yb.build_yearbook(tmp_path, n_pdfs=1, n_photos=4, n_single=2, seed=3, photos=photos,
+                                   low_texture=1.0)
+    free = {p.photo for p in placements if yb.content_free(p)}
+    assert len(free) == 1  # the plain photo, wherever the permutation put it
+    assert all(yb.content_free(p) == (p.photo in free) for p in placements)
+    assert all(p.flat for p in placements)
+    assert min(p.detail for p in placements if p.photo not in free) >= MIN_DETAIL
+    # measured on the window of the photo as passed in, not of the flattened one placed (which has less detail)
+    chosen = {p.photo: photo for p in placements for photo in photos
+              if p.photo not in free and detail(photo.crop(p.crop)) == p.detail}
+    assert len(chosen) == len({p.photo for p in placements}) - 1
+    assert all(detail(yb._flatten(chosen[p.photo]).crop(p.crop)) < p.detail for p in placements if p.photo in chosen)
+
+
+def test_pairs_with_a_content_free_placement_count_neither_way():
+    a, b, c = (yb.Placement("y.pdf", page, (0, 0, 100, 100), 0, "crop", detail=d) for page, d in ((1, 9.0), (2, 1.0),
+                                                                                               (3, 9.0)))
+    d = yb.Placement("y.pdf", 4, (0, 0, 100, 100), 1, "crop", detail=4.0)
+    placements = [a, b, c, d]
+    assert yb.scored_truth(placements) == ({(0, 2)}, {1})
+    assert yb.scored_truth(placements, every_placement=True) == (yb.true_pairs(placements), set())
+    assert yb.content_free(b) and not yb.content_free(yb.Placement("y.pdf", 5, (0, 0, 1, 1), 2, "crop"))  # NaN: counts
+
+    def row(i, j):
+        return {"a_source": "y.pdf", "a_page": i + 1, "a_bbox": "0 0 100 100",
+                "b_source": "y.pdf", "b_page": j + 1, "b_bbox": "0 0 100 100", "score": 0.99}
+
+    rows = [row(0, 1), row(0, 2), row(1, 3), row(2, 3)]  # true (left out), true, false (left out), false
+    scored = yb.score_found_pairs(placements, rows, 0.95)
+    assert (scored["found"], scored["false"], scored["true_pairs"], scored["left_out"]) == (1, 1, 1, 2)
+    every = yb.score_found_pairs(placements, rows, 0.95, every_placement=True)
+    assert (every["found"], every["false"], every["true_pairs"], every["left_out"]) == (2, 2, 3, 0)

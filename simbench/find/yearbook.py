@@ -27,6 +27,11 @@ references, e.g. one split of the development set).
 `build_yearbook` returns every placement with its page and rectangle; `true_pairs` gives the pairs of
 placements of the same photo (the logo and the frame are never a placement: they are part of each
 photo's pixels, or tiny, or vector graphics).
+
+A crop of a photo with a large plain field (a sky, a blank backdrop, a graphic design's flat ground) can show
+nothing but that field: such a placement is `content_free` and is left out of the scoring (`scored_truth`), as
+the development set leaves out flat pictures, for the same reason: to any method, and to a reader, it is the same
+picture as every other plain field, so counting it would only add label noise.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
+from simbench.data.devset import MIN_DETAIL, detail
 from simbench.data.synthetic import load_photo
 
 A4 = (595.0, 842.0)
@@ -56,6 +62,9 @@ class Placement:
     crop: tuple[int, int, int, int] = (0, 0, 0, 0)  # the window of the photo shown, in its pixels
     colour: str = "original"  # or the recolouring shown: one of RECOLOURINGS
     flat: bool = False  # the photo is a low-texture one (see _flatten)
+    #: The window's grey detail (simbench.data.devset.detail) on the photo as chosen, before it was flattened or
+    #: recoloured; NaN: not measured (a placement made by hand counts as having content).
+    detail: float = float("nan")
 
 
 #: Whole photographs; and large ones cut into parts (cols, rows) that share no pixel.
@@ -190,6 +199,7 @@ def build_yearbook(out_dir: str | Path, n_pdfs: int = 3, n_photos: int = 16, n_s
     if n_photos + n_single > len(available):
         raise ValueError(f"at most {len(available)} distinct photos, {n_photos + n_single} asked for")
     photos = [available[k] for k in rng.permutation(len(available))[: n_photos + n_single]]
+    chosen = photos  # what a placement's detail is measured on: the photo before _flatten
     uses = [int(rng.integers(2, 4)) for _ in range(n_photos)] + [1] * n_single
     slots = [p for p, n in enumerate(uses) for _ in range(n)]
     slots = _spread(slots, rng)
@@ -213,7 +223,8 @@ def build_yearbook(out_dir: str | Path, n_pdfs: int = 3, n_photos: int = 16, n_s
         for cell, p in zip(_cells(len(photos_on_page)), photos_on_page):
             dress = Dress(emblem, shared_frame, next(looks))
             rect, how, crop = _place(page, photos[p], cell, rng, dress)
-            placements.append(Placement(name, doc.page_count, rect, p, how, crop, dress.look, p in flat))
+            placements.append(Placement(name, doc.page_count, rect, p, how, crop, dress.look, p in flat,
+                                        detail(chosen[p].crop(crop))))
     for d, doc in enumerate(docs):
         doc.save(out_dir / f"yearbook-{d + 1}.pdf", garbage=3, deflate=True)
         doc.close()
@@ -226,6 +237,19 @@ def true_pairs(placements: list[Placement]) -> set[tuple[int, int]]:
     for i, p in enumerate(placements):
         by_photo.setdefault(p.photo, []).append(i)
     return {pair for group in by_photo.values() for pair in itertools.combinations(group, 2)}
+
+
+def content_free(placement: Placement) -> bool:
+    """The window shown has less detail than the development set keeps a picture for (MIN_DETAIL): a plain field."""
+    return placement.detail < MIN_DETAIL
+
+
+def scored_truth(placements: list[Placement], every_placement: bool = False) -> tuple[set[tuple[int, int]], set[int]]:
+    """(true pairs scored, placements left out): the `true_pairs` of the placements that are not `content_free`
+    (every_placement: of all of them), and the indices of those left out, whose pairs, true or false, count neither
+    way."""
+    left_out = set() if every_placement else {k for k, p in enumerate(placements) if content_free(p)}
+    return {pair for pair in true_pairs(placements) if not left_out & set(pair)}, left_out
 
 
 def _spread(slots: list[int], rng) -> list[int]:
@@ -591,16 +615,20 @@ def pair_turn(a: Placement, b: Placement) -> str:
     return "right angle" if "rotate90" in a.how or "rotate90" in b.how else "upright"
 
 
-def score_found_pairs(placements: list[Placement], rows: list[dict], threshold: float) -> dict:
+def score_found_pairs(placements: list[Placement], rows: list[dict], threshold: float,
+                      every_placement: bool = False) -> dict:
     """Precision and recall of pairs.csv rows (dicts) scoring >= threshold against the true pairs.
 
     A found pair counts as true when both its images are placements of the same photo; a pair whose
-    image matches no placement is false.
+    image matches no placement is false. Pairs with a `content_free` placement count neither way
+    (`scored_truth`; every_placement: they count too).
     """
-    truth = true_pairs(placements)
+    truth, left_out = scored_truth(placements, every_placement)
     rows = [row for row in rows if float(row["score"]) >= threshold]
     found, false = set(), 0
     for i, j in placement_pairs(placements, rows):
+        if {i, j} & left_out:
+            continue
         pair = (min(i, j), max(i, j)) if i is not None and j is not None else None
         if pair in truth:
             found.add(pair)
@@ -609,4 +637,4 @@ def score_found_pairs(placements: list[Placement], rows: list[dict], threshold: 
     n_pred = len(found) + false
     return {"precision": len(found) / n_pred if n_pred else 1.0, "recall": len(found) / len(truth) if truth else 1.0,
             "true_pairs": len(truth), "found": len(found), "false": false,
-            "missed": sorted(truth - found)}
+            "missed": sorted(truth - found), "left_out": len(true_pairs(placements)) - len(truth)}
