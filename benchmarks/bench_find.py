@@ -10,7 +10,9 @@
                                                              Wilson's for the edits found short)
     python benchmarks/bench_find.py holdout [METHOD...]      the same on a devset built from other packages' pictures
     python benchmarks/bench_find.py tune [METHOD...]         the same on the tuning split's halves (for choosing);
-                                                             --seeds 1,2 also on its rebuilds with other seeds
+                                                             --seeds 1,2 also on its rebuilds with other seeds;
+                                                             --also-at 0.9: precision / recall there too (dev,
+                                                             holdout as well)
     python benchmarks/bench_find.py yearbook [METHOD...]     precision / recall on yearbook PDFs with shared logos
                                                              (by_kind, by_turn, flat_by_turn: true pairs found
                                                              at the threshold by pair_kind, pair_turn; Wilson's
@@ -683,28 +685,31 @@ def yearbook_name(split: str, layout: int) -> str:
 
 
 def dev(methods, work: Path, overrides: list[str], progress: bool, split: str = "report",
-        baselines: tuple = BASELINES, seeds: tuple = ()) -> list[dict]:
+        baselines: tuple = BASELINES, seeds: tuple = (), also_at: tuple[float, ...] = ()) -> list[dict]:
     """Each find method and each plain baseline on the photo and line-art collections of `split`,
     scored the same way (simbench.evaluate over the dataset's truth and labels). On the tuning split, the
     two halves of each collection and its rebuilds with `seeds` (`tuning_halves`), each run with a copy
-    whitening fitted on other halves: the CNN stage's whitening never scores the pairs it was fitted on."""
+    whitening fitted on other halves: the CNN stage's whitening never scores the pairs it was fitted on.
+    also_at: thresholds besides find's at which each find row also gives precision and recall (`at`; the means
+    table their means)."""
     if split == TUNE:
         collections = tuning_halves(work, overrides, progress, seeds)
     else:
         collections = [(dev_set(split, part, progress), []) for part in PARTS]
     named = [(split, ds.name.removeprefix(f"devset-{split}-"), ds, extra, devset_index(work, ds, split))
              for ds, extra in collections]
-    rows = scored_collections(named, methods, work, overrides, progress, baselines)
+    rows = scored_collections(named, methods, work, overrides, progress, baselines, also_at)
     if split == TUNE:
         print("\n" + means_table(rows))
     return rows
 
 
-def holdout(methods, work: Path, overrides: list[str], progress: bool, baselines: tuple = BASELINES) -> list[dict]:
+def holdout(methods, work: Path, overrides: list[str], progress: bool, baselines: tuple = BASELINES,
+            also_at: tuple[float, ...] = ()) -> list[dict]:
     """`dev` on the devset built from HOLDOUT_PACKAGES' pictures: both of its splits, photo and line art."""
     collections = [(name, part, holdout_set(name, part, progress), [], work / f"index-{name}-{part}")
                    for name in HOLDOUT_SPLITS for part in PARTS]
-    return scored_collections(collections, methods, work, overrides, progress, baselines)
+    return scored_collections(collections, methods, work, overrides, progress, baselines, also_at)
 
 
 def holdout_set(name: str, part: str, progress: bool):
@@ -747,7 +752,7 @@ def holdout_sources(tree: Path, progress: bool) -> list[str]:
 
 
 def scored_collections(collections: list[tuple], methods, work: Path, overrides: list[str], progress: bool,
-                       baselines: tuple) -> list[dict]:
+                       baselines: tuple, also_at: tuple[float, ...] = ()) -> list[dict]:
     """Rows of `dev_table`: each find method and baseline on each (split, part, dataset, extra overrides,
     find's --index)."""
     rows = []
@@ -761,7 +766,7 @@ def scored_collections(collections: list[tuple], methods, work: Path, overrides:
                                                  cfg, index=index, progress=progress))
             a, b = _dataset_rows(result.items, ds, result.pairs)
             rows.append(_dev_row(f"find --method {method}", split, part, ds, ScoredPairs(a, b, result.pairs.score),
-                                 float(cfg.threshold), seconds))
+                                 float(cfg.threshold), seconds, also_at))
             print(_row_text(rows[-1]), flush=True)
         for name in baselines:
             seconds, pairs = timed(BASELINE_FUNCTIONS[name], ds, progress)
@@ -794,7 +799,8 @@ def tables_for_half(work: Path, name: str, overrides: list[str], extra: list[str
     return path
 
 
-def _dev_row(name: str, split: str, part: str, ds, pairs: ScoredPairs, threshold, seconds: float) -> dict:
+def _dev_row(name: str, split: str, part: str, ds, pairs: ScoredPairs, threshold, seconds: float,
+             also_at: tuple[float, ...] = ()) -> dict:
     m = evaluate(pairs, ds.truth, ds.labels, threshold)
     unique = dedupe_pairs(pairs)
     r95, t95 = recall_at_precision(unique.score, label_pairs(unique, ds.truth), ds.n_true_pairs, TARGET_PRECISION)
@@ -807,6 +813,10 @@ def _dev_row(name: str, split: str, part: str, ds, pairs: ScoredPairs, threshold
     if threshold is not None:
         row.update(threshold=threshold, precision=m["precision"], recall=m["recall"],
                    per_transform=m["per_transform_recall"])
+    if also_at:
+        at = {t: evaluate(pairs, ds.truth, ds.labels, t) for t in also_at}
+        row.update(at=", ".join(f"{t:g}: {at[t]['precision']:.3f} / {at[t]['recall']:.3f}" for t in also_at),
+                   precision_at={t: at[t]["precision"] for t in also_at}, recall_at={t: at[t]["recall"] for t in also_at})
     return row
 
 
@@ -850,13 +860,17 @@ def means_table(rows: list[dict]) -> str:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["method"], r["part"].split("-")[0]), []).append(r)
-    out = ["| method | part | collections | micro-AP | recall @ P0.9 | precision @ default | recall @ default |",
-           "|---|---|---|---|---|---|---|"]
+    also_at = sorted({t for r in rows for t in r.get("precision_at", {})}, reverse=True)
+    out = ["| method | part | collections | micro-AP | recall @ P0.9 | precision @ default | recall @ default |"
+           + "".join(f" precision @ {t:g} | recall @ {t:g} |" for t in also_at),
+           "|---|---|---|---|---|---|---|" + "---|---|" * len(also_at)]
     for (method, part), group in groups.items():
-        def mean(key):
-            return f"{np.mean([r[key] for r in group]):.3f}" if all(key in r for r in group) else "-"
+        def mean(key, t=None):
+            values = [r.get(key) if t is None else r.get(key, {}).get(t) for r in group]
+            return "-" if any(v is None for v in values) else f"{np.mean(values):.3f}"
         out.append(f"| {method} | {part} | {len(group)} | {mean('uap')} | {mean('recall_at_p90')} | "
-                   f"{mean('precision')} | {mean('recall')} |")
+                   f"{mean('precision')} | {mean('recall')} |"
+                   + "".join(f" {mean('precision_at', t)} | {mean('recall_at', t)} |" for t in also_at))
     return "\n".join(out)
 
 
@@ -1210,11 +1224,12 @@ def main(argv=None) -> None:
                         help="yearbook, yearbook-tune: score the pairs of content-free placements too (a crop that "
                              "shows only a plain field; left out by default, simbench.find.yearbook.scored_truth)")
     parser.add_argument("--also-at", default="",
-                        help="yearbook, yearbook-tune: comma-separated thresholds at which each row also gives "
-                             "precision / recall (false pairs), besides find's threshold")
+                        help="yearbook, yearbook-tune, dev, tune, holdout: comma-separated thresholds at which each "
+                             "row also gives precision / recall (yearbooks: and false pairs), besides find's threshold")
     parser.add_argument("--baselines", default=",".join(BASELINES),
                         help="dev/tune/holdout: comma-separated plain baselines to run beside the methods ('' for none)")
     args = parser.parse_intermixed_args(argv)
+    also_at = tuple(float(x) for x in args.also_at.split(",") if x)
     splits = (TUNE,) if args.what == "yearbook-tune" else tuple(args.splits.split(","))
     unknown = sorted(set(splits) - {REPORT, *HOLDOUT_SPLITS}) if args.what == "yearbook" else []
     if unknown or (args.splits != REPORT and args.what != "yearbook"):
@@ -1245,14 +1260,14 @@ def main(argv=None) -> None:
     elif args.what in ("dev", "tune"):
         out[args.what] = dev(methods, work, overrides, progress, split=REPORT if args.what == "dev" else TUNE,
                              baselines=tuple(b for b in args.baselines.split(",") if b),
-                             seeds=tuple(int(x) for x in args.seeds.split(",") if x))
+                             seeds=tuple(int(x) for x in args.seeds.split(",") if x), also_at=also_at)
     elif args.what == "holdout":
-        out["holdout"] = holdout(methods, work, overrides, progress, tuple(b for b in args.baselines.split(",") if b))
+        out["holdout"] = holdout(methods, work, overrides, progress, tuple(b for b in args.baselines.split(",") if b),
+                                 also_at)
     elif args.what.startswith("yearbook"):
         out[args.what] = yearbook(methods, work, overrides, progress, splits=splits,
                                   layouts=tuple(int(x) for x in args.layouts.split(",")),
-                                  also_at=tuple(float(x) for x in args.also_at.split(",") if x),
-                                  every_placement=args.every_placement)
+                                  also_at=also_at, every_placement=args.every_placement)
     else:
         fn = {"synthetic": synthetic, "throughput": throughput, "collection": collection}
         out[args.what] = fn[args.what](methods, work, overrides, progress)

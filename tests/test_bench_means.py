@@ -43,3 +43,22 @@ def test_dev_rows_intervals_and_the_edits_short_at_p90():
     last = dev_table([row]).splitlines()[-1]
     assert last.startswith(f"| report/photo | m | {row['uap']:.3f} ({interval_text(*row['uap_interval'])}) | ")
     assert last.endswith(f"| rotate 1/2 ({interval_text(*wilson_interval(1, 2))}) |")
+
+
+def test_rows_at_other_thresholds_and_their_means():
+    class Tiny(list):
+        truth = np.array([[0, 1], [0, 2], [3, 4], [3, 5]])
+        n_true_pairs = 4
+
+    ds = Tiny(["reference", "crop", "rotate", "reference", "crop", "rotate", "distractor"])
+    ds.labels = list(ds)
+    pairs = ScoredPairs(np.array([0, 0, 3, 3, 1]), np.array([1, 2, 4, 6, 6]), np.array([0.9, 0.8, 0.7, 0.6, 0.2]))
+    row = _dev_row("m", "tune", "photo-half0", ds, pairs, 0.75, 1.0, also_at=(0.65, 0.5))
+    # by hand: at 0.65 three true of three called (recall 3/4); at 0.5 also (3, 6), false: 3 of 4 called
+    assert row["precision_at"] == {0.65: 1.0, 0.5: 0.75} and row["recall_at"] == {0.65: 0.75, 0.5: 0.75}
+    assert row["at"] == "0.65: 1.000 / 0.750, 0.5: 0.750 / 0.750"
+    assert "precision_at" not in _dev_row("m", "tune", "photo-half0", ds, pairs, 0.75, 1.0)
+    other = {**row, "part": "photo-half1", "precision_at": {0.65: 0.5, 0.5: 0.25}, "recall_at": {0.65: 0.25, 0.5: 1.0}}
+    header, _, line = means_table([row, other]).splitlines()
+    assert header.endswith("| precision @ 0.65 | recall @ 0.65 | precision @ 0.5 | recall @ 0.5 |")
+    assert line.endswith("| 0.750 | 0.500 | 0.500 | 0.875 |")
