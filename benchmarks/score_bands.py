@@ -2,6 +2,8 @@
 
     python benchmarks/score_bands.py dev report [--method cascade] [--work DIR]         # after `bench_find.py dev`
     python benchmarks/score_bands.py yearbook report --layouts 0,2,3,4,5 [--work DIR]  # after `bench_find.py yearbook`
+    python benchmarks/score_bands.py dev holdout2 [--work DIR]  # after `bench_find.py holdout` (yearbook holdout2:
+                                                                # after `yearbook --splits ...,holdout2`)
 
 (`dev tune` reads a `tune` run's halves, not its rebuilds; `yearbook tune --layouts ...` a `yearbook-tune` run.)
 A calibrated score estimates the precision of the pairs scoring about as much on the tuning collections
@@ -23,8 +25,8 @@ from types import SimpleNamespace
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_find import (PARTS, REPORT, TUNE, dev_set, fold_rows, interval_text,  # noqa: E402
-                                   labelled_pairs, renumbered, school_yearbook, yearbook_name)
+from benchmarks.bench_find import (HOLDOUT_SPLITS, PARTS, REPORT, TUNE, dev_set, fold_rows, holdout_set,  # noqa: E402
+                                   interval_text, labelled_pairs, renumbered, school_yearbook, yearbook_name)
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
 from simbench.evaluate import label_pairs, wilson_interval  # noqa: E402
 from simbench.find.cascade import LINKED  # noqa: E402
@@ -89,7 +91,7 @@ def _arrays(found: list[dict], is_true) -> tuple[np.ndarray, np.ndarray, np.ndar
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("dev", "yearbook"))
-    parser.add_argument("split", choices=(TUNE, REPORT))
+    parser.add_argument("split", choices=(TUNE, REPORT, *HOLDOUT_SPLITS))
     parser.add_argument("--method", default="cascade")
     parser.add_argument("--layouts", default="0", help="yearbook: the layouts of the run, pooled")
     parser.add_argument("--work", default=str(default_cache_dir() / "bench_find"))  # bench_find.py's
@@ -98,6 +100,8 @@ def main(argv=None) -> None:
     if args.what == "dev":
         if args.split == REPORT:
             collections = [(part, dev_set(REPORT, part, False)) for part in PARTS]
+        elif args.split in HOLDOUT_SPLITS:
+            collections = [(part, holdout_set(args.split, part, False)) for part in PARTS]
         else:
             collections = [(f"{part}-half{h}", tuning_half(dev_set(TUNE, part, False), h)) for part in PARTS
                            for h in (0, 1)]
