@@ -816,7 +816,8 @@ def _dev_row(name: str, split: str, part: str, ds, pairs: ScoredPairs, threshold
     if also_at:
         at = {t: evaluate(pairs, ds.truth, ds.labels, t) for t in also_at}
         row.update(at=", ".join(f"{t:g}: {at[t]['precision']:.3f} / {at[t]['recall']:.3f}" for t in also_at),
-                   precision_at={t: at[t]["precision"] for t in also_at}, recall_at={t: at[t]["recall"] for t in also_at})
+                   precision_at={t: at[t]["precision"] for t in also_at},
+                   recall_at={t: at[t]["recall"] for t in also_at})
     return row
 
 
@@ -1027,7 +1028,8 @@ def _yearbook_row(method: str, split: str, layout: str, scored, threshold: float
     extra = {"at": scores_at_text(books, also_at)} if also_at else {}
     return {"method": method, "split": split, "layout": layout,
             "placements": sum(len(placements) for placements, _ in scored), "true_pairs": at["true_pairs"],
-            "left_out": at["left_out"], "threshold": threshold, "precision": at["precision"], "recall": at["recall"], "false": at["false"],
+            "left_out": at["left_out"], "threshold": threshold, "precision": at["precision"], "recall": at["recall"],
+            "false": at["false"],
             "found": at["found"], "recall_interval": interval_text(*wilson_interval(at["found"], at["true_pairs"])),
             "precision_interval": interval_text(*wilson_interval(at["found"], at["found"] + at["false"])),
             "recall_at_p95": best["recall"], "threshold_at_p95": best["threshold"], "skipped": skipped,

@@ -229,7 +229,8 @@ def test_yearbooks_of_several_splits_pool_per_split_then_all(tmp_path, monkeypat
         ("report", "0"), ("report", "2"), ("report", "pooled"), ("holdout2", "0"), ("holdout2", "2"),
         ("holdout2", "pooled"), ("report+holdout2", "pooled")]
     counts = {(r["split"], r["layout"]): (r["found"], r["false"], r["true_pairs"]) for r in rows}
-    # by hand at 0.95: r0 finds (0,1) of its two true pairs; r2 two of three; h0 its one; h2 (0,1) is false, (1,2) missed
+    # by hand at 0.95: r0 finds (0,1) of its two true pairs; r2 two of three; h0 its one; h2's (0,1) is false and
+    # (1,2) missed
     assert counts["report", "pooled"] == (3, 0, 5)
     assert counts["holdout2", "pooled"] == (1, 1, 2)
     assert counts["report+holdout2", "pooled"] == (4, 1, 7)
