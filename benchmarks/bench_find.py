@@ -160,9 +160,12 @@ def calibrate(work: Path, overrides: list[str], progress: bool, out: Path = CALI
             got = collect(c.inputs, c_stages, c_cfg, c.index, work, progress)
             found = raw_evidence(c_stages, got.features, progress, None, got.items, c_cfg.drop_shared_frames,
                                  c_cfg)[name]
-            raw.append(found.score)
-            is_true.append(c.label(got.items, found))
-            print(f"  {name} on {c.tag}: {len(found)} pairs, {int(is_true[-1].sum())} true", flush=True)
+            keep, labels = c.labelled(got.items, found)
+            raw.append(found.score[keep])
+            is_true.append(labels)
+            print(f"  {name} on {c.tag}: {len(found)} pairs, {int(labels.sum())} true"
+                  + (f", {int((~keep).sum())} with a content-free placement left out" if not keep.all() else ""),
+                  flush=True)
         raw, is_true = np.concatenate(raw), np.concatenate(is_true)
         fit = fit_calibration(raw, is_true, stage.signal, stage.settings,
                               note=f"tuning collections: {', '.join(c.tag for c in collections)}; {made_by}")
@@ -535,7 +538,8 @@ def fold_table(rows: list[dict], setting: str) -> str:
 class Collection(NamedTuple):
     """A tuning collection: its folder or PDFs, which found pairs are true, how many true pairs it has, its
     --index, the settings it is run with (a devset half: the copy whitening fitted on the other half), and
-    its weight in the fusion's fit (a half: 1/2, so that each devset collection counts as one)."""
+    its weight in the fusion's fit (a half: 1/2, so that each devset collection counts as one), and which found
+    pairs count at all (a yearbook: not those of a content-free placement, as its scoring; None: every one)."""
 
     tag: str
     inputs: list
@@ -544,17 +548,25 @@ class Collection(NamedTuple):
     index: Path
     overrides: tuple = ()
     weight: float = 1.0
+    scored: Callable | None = None  # (items, pairs) -> whether each pair counts
+
+    def labelled(self, items, pairs) -> tuple[np.ndarray, np.ndarray]:
+        """(which pairs count, is_true of those)."""
+        keep = np.ones(len(pairs), bool) if self.scored is None else self.scored(items, pairs)
+        return keep, self.label(items, pairs)[keep]
 
 
 def fusion_signals(collection: Collection, stages, cfg, work: Path, progress: bool):
-    """What the fusion is fitted on, for one collection: every pair found by either stage, with each stage's
-    raw signal (the CNN's for every pair) and whether it found the pair ({stage: array} twice), and is_true."""
+    """What the fusion is fitted on, for one collection: every pair found by either stage that counts
+    (Collection.scored), with each stage's raw signal (the CNN's for every pair) and whether it found the pair
+    ({stage: array} twice), and is_true."""
     got = collect(collection.inputs, stages, cfg, collection.index, work, progress)
     raw = raw_evidence(stages, got.features, progress, None, got.items, cfg.drop_shared_frames, cfg)
     n = len(got.items)
     union = cascade.fuse(n, {s: ScoredPairs(r.a, r.b, np.ones(len(r.a))) for s, r in raw.items()}, "max")
     values, found = cascade.stage_signals(union.a, union.b, n, stages, raw, got.features)
-    return values, found, collection.label(got.items, union.as_scored())
+    keep, is_true = collection.labelled(got.items, union.as_scored())
+    return {k: v[keep] for k, v in values.items()}, {k: v[keep] for k, v in found.items()}, is_true
 
 
 def tuning_collections(work: Path, progress: bool, overrides: list[str] = (), seeds: tuple = (),
@@ -579,8 +591,9 @@ def tuning_collections(work: Path, progress: bool, overrides: list[str] = (), se
         shutil.rmtree(pdfs, ignore_errors=True)
         placements = build(pdfs)
 
-        out.append(Collection(tag, [pdfs], partial(placement_labels, placements), len(true_pairs(placements)),
-                              work / f"index-calibrate-{tag}", weight=weight))
+        out.append(Collection(tag, [pdfs], partial(placement_labels, placements), len(scored_truth(placements)[0]),
+                              work / f"index-calibrate-{tag}", weight=weight,
+                              scored=partial(placement_scored, placements)))
     return out
 
 
@@ -597,6 +610,13 @@ def placement_labels(placements, items, pairs) -> np.ndarray:
     return np.array([(min(where[a], where[b]), max(where[a], where[b])) in truth
                      if where[a] is not None and where[b] is not None else False
                      for a, b in zip(pairs.a, pairs.b)], bool)
+
+
+def placement_scored(placements, items, pairs) -> np.ndarray:
+    """Per item pair of `pairs`, whether it counts: neither image a content-free placement (yearbook.scored_truth)."""
+    where = item_placements(placements, items)
+    _, left_out = scored_truth(placements)
+    return np.array([where[a] not in left_out and where[b] not in left_out for a, b in zip(pairs.a, pairs.b)], bool)
 
 
 def fit_yearbook_tag(layout: int) -> str:

@@ -105,3 +105,29 @@ def test_kept_weights_come_from_a_fusion_of_these_stages_else_of_fewer_with_the_
     assert kept_fusion([pair, three], names, keys, ("keypoints", "cnn")) is three  # these stages' own first
     wider = fusion(["keypoints", "cnn", "blobs"], ["k1", "c1", "b1"])
     assert kept_fusion([wider], names, keys, ("keypoints", "cnn")) is None  # a stage the fit has not
+
+
+def test_a_yearbook_collection_fits_only_on_pairs_without_a_content_free_placement():
+    """What calibrate and the fusion fit on matches what the yearbook scores count (yearbook.scored_truth)."""
+    from functools import partial
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from benchmarks.bench_find import Collection, placement_labels, placement_scored
+    from simbench.find.yearbook import Placement
+    from simbench.types import ScoredPairs
+
+    placements = [Placement("y.pdf", page, (0, 0, 100, 100), photo, "crop", detail=d)
+                  for page, (photo, d) in enumerate([(0, 9.0), (0, 0.5), (0, 9.0), (1, 9.0)], 1)]
+    items = [SimpleNamespace(source="y.pdf", page=page, bbox="0 0 100 100") for page in (1, 2, 3, 4)]
+    items.append(SimpleNamespace(source="other.png", page=None, bbox=""))  # an image that is no placement: counts
+    pairs = ScoredPairs(np.array([0, 0, 1, 2, 3]), np.array([1, 2, 3, 3, 4]), np.ones(5))
+    yearbook = Collection("y", [], partial(placement_labels, placements), 1, Path("."),
+                          scored=partial(placement_scored, placements))
+    keep, is_true = yearbook.labelled(items, pairs)
+    assert keep.tolist() == [False, True, False, True, True]  # the pairs of placement 1 (content-free) do not count
+    assert is_true.tolist() == [True, False, False]
+    every = Collection("d", [], partial(placement_labels, placements), 3, Path("."))  # no `scored`: every pair
+    keep, is_true = every.labelled(items, pairs)
+    assert keep.all() and is_true.tolist() == [True, True, False, False, False]
