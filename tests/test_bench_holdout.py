@@ -77,3 +77,48 @@ def test_without_debian_tools_it_says_what_is_missing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="apt-get and dpkg-deb"):
         bench_find.holdout_sources(tmp_path / "cache" / "holdout-sources", progress=False)
     assert not (tmp_path / "cache").exists()
+
+
+def test_school_yearbooks_of_a_holdout_split_are_built_from_the_holdout_build(tmp_path, monkeypatch):
+    """yearbook --splits holdout1: the photos come from the holdout build's split (holdout_set), not the devset's."""
+    from types import SimpleNamespace
+
+    from simbench.find.yearbook import yearbook_photos
+
+    photos = yearbook_photos()[:8]
+    paths = []
+    for k, photo in enumerate(photos):
+        paths.append(tmp_path / f"{k}.png")
+        photo.save(paths[-1])
+    asked = []
+
+    def fake_set(kind):
+        def load(name, part, progress):
+            asked.append((kind, name, part))
+            return SimpleNamespace(paths=paths, labels=["reference"] * len(paths))
+        return load
+
+    monkeypatch.setattr(bench_find, "holdout_set", fake_set("holdout"))
+    monkeypatch.setattr(bench_find, "dev_set", fake_set("devset"))
+    placements = bench_find.school_yearbook(tmp_path / "h1", "holdout1", 0, False)
+    assert asked == [("holdout", "holdout1", "photo")] and placements
+    bench_find.school_yearbook(tmp_path / "r", "report", 0, False)
+    assert asked[-1] == ("devset", "report", "photo")
+
+
+def test_holdout_set_names_the_holdout_builds_splits(tmp_path, monkeypatch):
+    import simbench.data.devset as devset
+
+    made = []
+
+    class FakeDevSet:
+        def __init__(self, split, part, source_dirs):
+            made.append((split, part, source_dirs))
+
+        def load(self, progress):
+            return made[-1]
+
+    monkeypatch.setattr(devset, "DevSet", FakeDevSet)
+    monkeypatch.setattr(bench_find, "holdout_sources", lambda tree, progress: ["dirs"])
+    assert bench_find.holdout_set("holdout1", "photo", False) == ("tune", "photo", ["dirs"])
+    assert bench_find.holdout_set("holdout2", "lineart", False) == ("report", "lineart", ["dirs"])
