@@ -55,7 +55,7 @@ from benchmarks.common import available_cores, cpu_model, load_average, timed  #
 from simbench.data.collection import CollectionDataset
 from simbench.data.synthetic import SyntheticDataset, default_cache_dir
 from simbench.evaluate import (bootstrap_ci, dedupe_pairs, evaluate, label_pairs, per_transform_found,
-                               recall_at_precision, wilson_interval)
+                               recall_at_precision, threshold_sweep, wilson_interval)
 from simbench.find import cascade
 from simbench.find.calibration import (CALIBRATION_FILE, fit_calibration, fit_fusion, load_calibrations, load_fusions,
                                       save_calibrations, settings_key)
@@ -834,7 +834,7 @@ def _dev_row(name: str, split: str, part: str, ds, pairs: ScoredPairs, threshold
         row.update(threshold=threshold, precision=m["precision"], recall=m["recall"],
                    per_transform=m["per_transform_recall"])
     if also_at:
-        at = {t: evaluate(pairs, ds.truth, ds.labels, t) for t in also_at}
+        at = {t: m for t, m in zip(also_at, threshold_sweep(pairs, ds.truth, also_at))}
         row.update(at=", ".join(f"{t:g}: {at[t]['precision']:.3f} / {at[t]['recall']:.3f}" for t in also_at),
                    precision_at={t: at[t]["precision"] for t in also_at},
                    recall_at={t: at[t]["recall"] for t in also_at})
@@ -1001,7 +1001,7 @@ def yearbook(methods, work: Path, overrides: list[str], progress: bool, splits: 
     fitted = sorted(set(layouts) & set(YEARBOOK_FIT_LAYOUTS)) if TUNE in splits else []
     if fitted:
         print(f"note: layouts {fitted} are tuning yearbooks that `calibrate` fits on")
-    books = []
+    books = {split: [] for split in splits}
     for split in splits:
         for seed in layouts:
             name = yearbook_name(split, seed)
@@ -1014,21 +1014,22 @@ def yearbook(methods, work: Path, overrides: list[str], progress: bool, splits: 
                   f"{len({p.photo for p in placements})} photos, {len(truth)} true pairs scored"
                   + (f" ({len(true_pairs(placements)) - len(truth)} more with one of {len(left_out)} content-free "
                      "placements, not scored)" if left_out else ""))
-            books.append((split, seed, name, pdfs, placements))
+            books[split].append((seed, name, pdfs, placements))
     rows = []
     for method in methods:
         cfg = cascade.make_config(method, overrides)
         threshold = float(cfg.threshold)
         scored = {split: [] for split in splits}
-        for split, seed, name, pdfs, placements in books:
-            out = work / f"out-{name}-{method}"
-            result = find([pdfs], out, cfg, index=work / f"index-{name}", progress=progress)
-            with open(out / "pairs.csv", newline="") as f:
-                scored[split].append((placements, list(csv.DictReader(f))))
-            rows.append(_yearbook_row(method, split, str(seed), scored[split][-1:], threshold, len(result.skipped),
-                                      also_at, every_placement))
-            print(_row_text(rows[-1]), flush=True)
-            if len(layouts) > 1 and len(scored[split]) == len(layouts):
+        for split in splits:
+            for seed, name, pdfs, placements in books[split]:
+                out = work / f"out-{name}-{method}"
+                result = find([pdfs], out, cfg, index=work / f"index-{name}", progress=progress)
+                with open(out / "pairs.csv", newline="") as f:
+                    scored[split].append((placements, list(csv.DictReader(f))))
+                rows.append(_yearbook_row(method, split, str(seed), scored[split][-1:], threshold,
+                                          len(result.skipped), also_at, every_placement))
+                print(_row_text(rows[-1]), flush=True)
+            if len(layouts) > 1:
                 rows.append(_yearbook_row(method, split, "pooled", scored[split], threshold, None, also_at,
                                           every_placement))
                 print(_row_text(rows[-1]), flush=True)
@@ -1078,6 +1079,11 @@ class LabelledPairs(NamedTuple):
     @property
     def n_true(self) -> int:
         return len(self.kinds)
+
+    def scored_rows(self, found: list) -> list:
+        """The items of `found` (one per found pair, in order: its pairs.csv rows, or anything zipped with them)
+        that `rows` holds: those without a content-free placement."""
+        return [row for row, kept in zip(found, self.kept) if kept]
 
     def found_at(self, threshold: float) -> set[tuple[int, int]]:
         """The true pairs found at >= threshold."""

@@ -116,9 +116,8 @@ def main(argv=None) -> None:
             found = _read(work / f"out-{name}-{args.method}" / "pairs.csv")
             placements = school_yearbook(Path(tmp) / name, args.split, layout, False)  # deterministic: the run's
             book = labelled_pairs(placements, found)  # content-free placements' pairs left out, as bench_find's
-            scored = [row for row, kept in zip(found, book.kept) if kept]
             for out, values in zip((scores, labels, linked),
-                                   _arrays(scored, [pair is not None for _, pair in book.rows])):
+                                   _arrays(book.scored_rows(found), [pair is not None for _, pair in book.rows])):
                 out.append(values)
     layouts = args.layouts.split(",")
     named = ",".join(layouts) if len(layouts) <= 6 else f"{layouts[0]}...{layouts[-1]} ({len(layouts)})"

@@ -74,8 +74,7 @@ def cnn_only_counts(placements, found: list[dict], evidence: list[dict], at: flo
     """How many rows that only the CNN scored (pairs.csv method "cnn") have an own CNN score >= at: (true, false).
     What promoting such pairs would gain and cost (results/find.md, after run 41)."""
     book = labelled_pairs(placements, found)  # content-free placements' pairs left out, as bench_find's
-    kept = [(row, e) for row, e, k in zip(found, evidence, book.kept) if k]
-    counted = [pair is not None for (row, e), (_, pair) in zip(kept, book.rows)
+    counted = [pair is not None for (row, e), (_, pair) in zip(book.scored_rows(list(zip(found, evidence))), book.rows)
                if row["method"] == "cnn" and e.get("cnn", {}).get("score", -1.0) >= at]
     return sum(counted), len(counted) - sum(counted)
 

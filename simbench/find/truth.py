@@ -137,12 +137,12 @@ def score_run(pairs: ScoredPairs, truth: Truth, threshold: float, n_images: int 
     out["per_label_found_at_p90"] = {k: list(v) for k, v in at_p90.items()}
     called = np.asarray(pairs.score) >= threshold
     found = int(label_pairs(ScoredPairs(pairs.a[called], pairs.b[called], pairs.score[called]), truth.pairs).sum())
-    out["counts"] = {"called": int(called.sum()), "true_called": found, "true_pairs": int(len(truth.pairs))}
+    out["counts"] = {"called": int(called.sum()), "true_called": found, "true_pairs": out["true_pairs"]}
     boot = (bootstrap_ci(pairs, truth.pairs, n_images=n_images) if len(truth.pairs)
             else {"uap": (np.nan, np.nan), "recall_at_p90": (np.nan, np.nan)})
     out["intervals"] = {**{k: [float(v) for v in boot[k]] for k in ("uap", "recall_at_p90")},
-                        "precision": list(wilson_interval(found, int(called.sum()))),
-                        "recall": list(wilson_interval(found, int(len(truth.pairs))))}
+                        "precision": list(wilson_interval(found, out["counts"]["called"])),
+                        "recall": list(wilson_interval(found, out["true_pairs"]))}
     return out
 
 
