@@ -13,16 +13,17 @@ from PIL import Image, ImageFilter, ImageOps
 import skimage.data as skdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.crest_probe import COPY, stamped  # noqa: E402
+from benchmarks.crest_probe import COPY, COPY_PAIR, crest_images, stamped  # noqa: E402
 from simbench.data.devset import Lattice, lattice_of, line_art  # noqa: E402
 from simbench.features.keypoints import KeypointExtractor  # noqa: E402
 from simbench.find import cascade  # noqa: E402
-from simbench.find.agreement import (DETAIL_SIGMA, OVERLAP_SIGMA, agreement, aligned_as_ordered,  # noqa: E402
-                                     gaussian_blur, overlap_agreement, with_agreement)
+from simbench.find.agreement import (DETAIL_SIGMA, OVERLAP_SIGMA, agreement, agreement_away,  # noqa: E402
+                                     aligned_as_ordered, away_agreement, gaussian_blur, overlap_agreement,
+                                     with_agreement)
 from simbench.find.items import Item, grey_thumbnail, thumbnail_jpeg  # noqa: E402
 from simbench.find.pipeline import agreed_over_overlap, collect, raw_evidence  # noqa: E402
 from simbench.match.exact import ExactMatcher  # noqa: E402
-from simbench.methods.keypoints import KeypointMethod, inlier_alignment, inlier_box  # noqa: E402
+from simbench.methods.keypoints import KeypointMethod, inlier_alignment, inlier_box, inlier_points  # noqa: E402
 from simbench.types import ScoredPairs  # noqa: E402
 
 
@@ -85,6 +86,11 @@ def test_a_verified_copy_carries_its_true_map(tmp_path, mirror):
     if mirror:
         want = np.array([[-1, 0, 1], [0, 1, 0]]) @ np.vstack([want, [0, 0, 1]])
     np.testing.assert_allclose(found.extra["alignment"][0], want, atol=0.01)
+    points = found.extra["inlier_points"][0].astype(np.float64)
+    points = points[np.isfinite(points).all(axis=1)]
+    u0, v0, u1, v1 = found.extra["inlier_box"][0]
+    assert len(points) == min(64, found.extra["inliers"][0])
+    assert np.all((points >= np.array([u0, v0]) - 1e-3) & (points <= np.array([u1, v1]) + 1e-3))
 
 
 def test_a_copy_agrees_and_a_different_picture_or_a_wrong_map_does_not():
@@ -126,6 +132,99 @@ def test_aligned_as_ordered_inverts_the_swapped_maps_and_moves_their_boxes():
         else:
             np.testing.assert_array_equal(got["alignment"][k], maps[k])
             np.testing.assert_array_equal(got["inlier_box"][k], boxes[k])
+
+
+def test_aligned_as_ordered_moves_the_swapped_pairs_points_by_their_maps():
+    rng = np.random.default_rng(3)
+    maps = np.concatenate([rng.normal(size=(4, 2, 2)) + 2 * np.eye(2), rng.normal(size=(4, 2, 1))], axis=2)
+    points = rng.random((4, 5, 2)).astype(np.float16)
+    points[:, 3:] = np.nan  # padding stays padding
+    swapped = np.array([True, False, True, False])
+    got = aligned_as_ordered(maps, np.tile([0.0, 0, 1, 1], (4, 1)), swapped, points)["inlier_points"]
+    for k in range(4):
+        p = points[k, :3].astype(np.float64)
+        want = p @ maps[k][:, :2].T + maps[k][:, 2] if swapped[k] else p
+        np.testing.assert_allclose(got[k, :3].astype(np.float64), want, rtol=2e-3, atol=2e-3)
+        assert np.isnan(got[k, 3:].astype(np.float64)).all()
+    assert "inlier_points" not in aligned_as_ordered(maps, np.tile([0.0, 0, 1, 1], (4, 1)), swapped)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_inlier_points_are_each_pairs_inliers_spread_as_the_report_draws_them(seed):
+    """Against a plain loop: each pair's inliers in their order, at most `most`, picked as the report picks the
+    matches it draws (np.linspace over them, rounded), NaN after."""
+    rng = np.random.default_rng(seed)
+    relative, n_pairs, most = rng.random((400, 2)), 9, 16
+    pair = rng.permutation(np.repeat(np.arange(n_pairs), [0, 1, 5, 15, 16, 17, 40, 100, 3]))
+    rows = rng.integers(0, 400, len(pair))
+    got = inlier_points(relative, pair, rows, n_pairs, most)
+    assert got.shape == (n_pairs, most, 2) and got.dtype == np.float16
+    for k in range(n_pairs):
+        mine = relative[rows[pair == k]]
+        picked = mine[np.linspace(0, len(mine) - 1, min(most, len(mine))).round().astype(int)] if len(mine) else mine
+        np.testing.assert_array_equal(got[k, :len(picked)], picked.astype(np.float16))
+        assert np.isnan(got[k, len(picked):].astype(np.float64)).all()
+
+
+def _framed_points(width: float) -> np.ndarray:
+    """Matched points along a frame `width` wide (relative coordinates): where two framed pictures' keypoints sit."""
+    t = np.linspace(0.05, 0.95, 10)
+    d = np.full_like(t, width / 2)
+    return np.concatenate([np.c_[t, d], np.c_[t, 1 - d], np.c_[d, t], np.c_[1 - d, t]])
+
+
+def test_away_from_the_matches_a_shared_frame_disagrees_and_a_copy_agrees():
+    """Two different flat photos in one frame, matched along it, agree over their whole overlap above the overlap
+    gate's default floor (0.2) but not away from their matches; a flat photo's crop, matched inside the picture,
+    and a darker copy agree away from their matches too."""
+    rocket, coffee = _grey(_framed("rocket", 0.04)), _grey(_framed("coffee", 0.04))
+    identity = np.array([[1.0, 0, 0], [0, 1, 0]])
+    frame = _framed_points(0.04)
+    assert agreement(rocket, coffee, identity, None, OVERLAP_SIGMA) > 0.2
+    assert agreement_away(rocket, coffee, identity, frame) < 0.2
+    box = (100, 60, 500, 420)
+    crop = _framed("rocket", 0.04).crop(box).resize((200, 180))
+    inside = np.random.default_rng(0).uniform([0.2, 0.2], [0.75, 0.8], (30, 2))
+    assert agreement_away(rocket, _grey(crop), _crop_map(box, (640, 480)), inside) > 0.8
+    darker = Image.fromarray((np.asarray(_framed("rocket", 0.04), np.float32) * 0.6).astype(np.uint8))
+    assert agreement_away(rocket, _grey(darker), identity, frame) > 0.9
+    # Matches everywhere: nothing left away from them to tell by.
+    everywhere = np.stack(np.meshgrid(np.linspace(0, 1, 12), np.linspace(0, 1, 12)), -1).reshape(-1, 2)
+    assert np.isnan(agreement_away(rocket, coffee, identity, everywhere))
+
+
+def test_the_away_gate_drops_pairs_below_its_floor_and_keeps_those_it_cannot_judge():
+    from types import SimpleNamespace
+
+    pictures = [thumbnail_jpeg(_framed(name, 0.04)) for name in ("rocket", "rocket", "coffee")] + [b"not a jpeg"]
+    items = [Item(None, f"/p/{k}.jpg", f"/p/{k}.jpg", None, None, str(k), thumb, f"{k}:0")
+             for k, thumb in enumerate(pictures)]
+    identity = np.broadcast_to(np.array([[1.0, 0, 0], [0, 1, 0]]), (4, 2, 3))
+    frame = np.broadcast_to(_framed_points(0.04).astype(np.float16), (4, 40, 2))
+    no_map = np.array(identity)
+    no_map[3] = np.nan
+    pairs = ScoredPairs(np.array([0, 0, 0, 0]), np.array([1, 2, 3, 1]), np.array([4.0, 3.0, 2.0, 1.0]),
+                        {"alignment": no_map, "inlier_points": frame, "evidence": np.array([4.0, 3.0, 2.0, 1.0])})
+    away = away_agreement(pairs, items)
+    assert away[0] > 0.95 and away[1] < 0.2 and np.isnan(away[2]) and away[3] == 0.0  # no map: nothing lines up
+    gate = SimpleNamespace(name="keypoints", min_overlap_agreement=0, overlap_border=0.0, min_away_agreement=0.2)
+    kept = agreed_over_overlap(gate, pairs, items)
+    assert kept.b.tolist() == [1, 3]
+    np.testing.assert_array_equal(kept.extra["evidence"], [4.0, 2.0])
+    overlap = SimpleNamespace(name="keypoints", min_overlap_agreement=0.2, overlap_border=0.0, min_away_agreement=0)
+    assert agreed_over_overlap(overlap, pairs, items).b.tolist() == [1, 2, 3]  # the overlap gate keeps the frame pair
+
+
+def test_on_real_keypoints_the_away_gate_alone_drops_the_crest_pairs_and_keeps_the_copy(tmp_path):
+    """benchmarks/crest_probe.py's flat photos, the school crest stamped on each, and a crop of one: without either
+    agreement gate the keypoints verify pairs of different photos on the crest; the away gate alone drops them
+    and keeps the copy."""
+    folder = crest_images(tmp_path / "crest", flat=True)
+    no_gate = _keypoint_pairs(folder, tmp_path, ["keypoints.min_overlap_agreement=0"])
+    away = _keypoint_pairs(folder, tmp_path, ["keypoints.min_overlap_agreement=0", "keypoints.min_away_agreement=0.2"])
+    copy = frozenset(f"{stem}.png" for stem in COPY_PAIR)
+    assert copy in no_gate and len(no_gate) > 1  # crest pairs to drop
+    assert list(away) == [copy]
 
 
 def test_agreement_is_taken_where_the_inliers_are():
@@ -269,7 +368,8 @@ def test_the_overlap_gate_leaves_out_its_stages_border():
     pairs = ScoredPairs(np.array([0]), np.array([1]), np.array([1.0]),
                         {"alignment": np.array([[[1.0, 0, 0], [0, 1, 0]]]), "evidence": np.array([1.0])})
     for border, kept in ((0.0, [1]), (0.1, [])):
-        gate = SimpleNamespace(name="keypoints", min_overlap_agreement=0.2, overlap_border=border)
+        gate = SimpleNamespace(name="keypoints", min_overlap_agreement=0.2, overlap_border=border,
+                               min_away_agreement=0)
         assert agreed_over_overlap(gate, pairs, items).b.tolist() == kept
 
 
@@ -285,7 +385,7 @@ def test_the_overlap_gate_drops_pairs_below_its_floor_and_keeps_those_it_cannot_
                         {"alignment": identity, "evidence": np.array([3.0, 2.0, 1.0])})
     overlap = overlap_agreement(pairs, items)
     assert overlap[0] > 0.95 and overlap[1] < 0.2 and np.isnan(overlap[2])
-    gate = SimpleNamespace(name="keypoints", min_overlap_agreement=0.2, overlap_border=0.0)
+    gate = SimpleNamespace(name="keypoints", min_overlap_agreement=0.2, overlap_border=0.0, min_away_agreement=0)
     kept = agreed_over_overlap(gate, pairs, items)
     assert kept.b.tolist() == [1, 3]
     np.testing.assert_array_equal(kept.extra["evidence"], [3.0, 1.0])
@@ -308,6 +408,19 @@ def test_the_overlap_floor_keys_the_tables_only_when_on_and_needs_a_keypoint_sta
         "keypoints"].settings  # no floor, nothing it changes
     with pytest.raises(ValueError, match="overlap_border"):
         stages(["keypoints.overlap_border=0.5"])
+
+
+def test_the_away_floor_keys_the_tables_only_when_on_and_needs_a_keypoint_stage():
+    def stages(overrides):
+        return {s.name: s for s in cascade.build_stages(cascade.make_config("cascade", overrides), quiet=True)}
+
+    default, away = stages([]), stages(["keypoints.min_away_agreement=0.2"])
+    assert default["keypoints"].min_away_agreement == 0 and "min_away_agreement" not in default["keypoints"].settings
+    assert away["keypoints"].settings == {**default["keypoints"].settings, "min_away_agreement": 0.2}
+    with pytest.raises(ValueError, match="only a keypoint stage"):
+        cascade.build_stages(cascade.make_config("cascade", ["+cnn.min_away_agreement=0.2"]), quiet=True)
+    with pytest.raises(ValueError, match="min_away_agreement"):
+        stages(["keypoints.min_away_agreement=1.5"])
 
 
 @pytest.mark.parametrize("shape", [(120, 160), (160, 96), (7, 160), (3, 5), (1, 9), (1, 1), (2, 40)])

@@ -56,6 +56,16 @@ MIN_OVERLAP = 100
 OVERLAP_SIGMA = 12.0
 
 
+#: `agreement_away`: the blur (thumbnail pixels) of both pictures' grey levels, the band along each picture's
+#: edges left out (a share of its width and of its height: a frame or mat), the disc around each match left out
+#: (a share of the longer side: about a keypoint's patch at thumbnail scale), and the least spread of grey levels
+#: (grey levels of 1) that a correlation is taken of. Chosen on used tuning yearbooks (results/find.md).
+AWAY_SIGMA = 2.0
+AWAY_BORDER = 0.08
+AWAY_RADIUS = 0.06
+FLAT_GREY = 1e-4
+
+
 #: The per-pair fields `with_agreement` adds to a keypoint stage's pairs (a stage's signal or extra signals).
 FIELDS = ("agreement", "agreed_evidence")
 
@@ -86,6 +96,63 @@ def overlap_agreement(found: ScoredPairs, items: list[Item], border: float = 0.0
         return np.empty(0)
     return pair_agreement(items, found.a, found.b, found.extra["alignment"], None, OVERLAP_SIGMA, undecoded=np.nan,
                           border=border)
+
+
+def away_agreement(found: ScoredPairs, items: list[Item], threads: int | None = None) -> np.ndarray:
+    """Per pair of a keypoint stage (item indices, with its method's alignment and inlier_points): how well the
+    two pictures agree AWAY from their matches (`agreement_away`), in [-1, 1]; NaN where it cannot tell (a
+    thumbnail that does not decode, too little left to correlate); 0 where the inliers define no map (as
+    `pair_agreement`: nothing lines up)."""
+    if not len(found):
+        return np.empty(0)
+    a, b = np.asarray(found.a).tolist(), np.asarray(found.b).tolist()
+    needed = list(dict.fromkeys(a + b))
+    greys = dict(zip(needed, thread_map(lambda x: grey_thumbnail(items[x].thumb), needed, threads)))
+    alignment, points = found.extra["alignment"], found.extra["inlier_points"]
+
+    def one(k: int) -> float:
+        ga, gb = greys[a[k]], greys[b[k]]
+        if ga is None or gb is None:
+            return np.nan
+        if not np.all(np.isfinite(alignment[k])):
+            return 0.0
+        return agreement_away(ga, gb, alignment[k], points[k])
+
+    with threadpool_limits(1, user_api="blas"):
+        return np.array(thread_map(one, range(len(a)), threads), np.float64).reshape(len(a))
+
+
+def agreement_away(grey_a: np.ndarray, grey_b: np.ndarray, relative_map: np.ndarray, points: np.ndarray) -> float:
+    """Pearson correlation of grey picture a and grey picture b laid over it by `relative_map` (as `agreement`),
+    both blurred at AWAY_SIGMA, over their overlap less a band of AWAY_BORDER along each picture's edges and less
+    a disc of AWAY_RADIUS (of a's longer side) around each of a's matched points `points` ((P, 2), a's relative
+    coordinates; NaN rows ignored); NaN where fewer than MIN_OVERLAP pixels are left or either side is flat there.
+
+    What the matches sit on (a crest, a logo, a frame) agrees in any pair that shares it; a copy agrees beyond
+    it as well, a flat one too, while two different pictures that share only the mark do not. Grey levels, not
+    detail (`agreement`): a flat picture has little detail, but its shapes and shading still line up."""
+    h, w = grey_a.shape
+    hb, wb = grey_b.shape
+    to_relative = np.array([[1 / w, 0, 0.5 / w], [0, 1 / h, 0.5 / h], [0, 0, 1]])
+    to_pixels = np.array([[wb, 0, -0.5], [0, hb, -0.5]])
+    m = to_pixels @ np.vstack([relative_map, [0, 0, 1]]) @ to_relative
+    blurred_b = cv2.GaussianBlur(grey_b, (0, 0), AWAY_SIGMA)
+    over = cv2.warpAffine(blurred_b, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0)
+    inside = cv2.warpAffine(_interior(grey_b, AWAY_BORDER), m, (w, h),
+                            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0) > 0
+    inside &= _interior(grey_a, AWAY_BORDER) > 0
+    holes = np.zeros((h, w), np.uint8)
+    radius = max(2, int(AWAY_RADIUS * max(h, w)))
+    for u, v in np.asarray(points, np.float64):
+        if np.isfinite(u) and np.isfinite(v):
+            cv2.circle(holes, (int(round(u * w - 0.5)), int(round(v * h - 0.5))), radius, 1, -1)
+    inside &= holes == 0
+    if np.count_nonzero(inside) < MIN_OVERLAP:
+        return np.nan
+    x, y = cv2.GaussianBlur(grey_a, (0, 0), AWAY_SIGMA)[inside], over[inside]
+    if x.std() < FLAT_GREY or y.std() < FLAT_GREY:
+        return np.nan
+    return _correlation(x.astype(np.float64), y.astype(np.float64))
 
 
 def pair_agreement(items: list[Item], a: np.ndarray, b: np.ndarray, alignment: np.ndarray,
@@ -160,9 +227,19 @@ def _interior(grey: np.ndarray, border: float) -> np.ndarray:
     return out
 
 
-def aligned_as_ordered(alignment: np.ndarray, box: np.ndarray, swapped: np.ndarray) -> dict:
-    """{"alignment", "inlier_box"} with, for the pairs whose ends were swapped, the map inverted (b's
-    picture -> a's) and the box replaced by the bounding box of its image under the map."""
+def aligned_as_ordered(alignment: np.ndarray, box: np.ndarray, swapped: np.ndarray,
+                       points: np.ndarray | None = None) -> dict:
+    """{"alignment", "inlier_box"} (and "inlier_points" when `points` are given) with, for the pairs whose ends
+    were swapped, the map inverted (b's picture -> a's), the box replaced by the bounding box of its image
+    under the map and the points by their images (where b's inliers are, up to the fit's residuals)."""
+    out = {}
+    if points is not None:
+        points = np.array(points, copy=True)
+        if swapped.any():
+            m = np.asarray(alignment, np.float64)[swapped]
+            p = points[swapped].astype(np.float64)
+            points[swapped] = np.einsum("kij,kpj->kpi", m[:, :, :2], p) + m[:, None, :, 2]
+        out["inlier_points"] = points
     box = np.array(box, np.float64, copy=True)
     if swapped.any():
         m = np.asarray(alignment, np.float64)[swapped]
@@ -171,7 +248,7 @@ def aligned_as_ordered(alignment: np.ndarray, box: np.ndarray, swapped: np.ndarr
                             for u, v in ((u0, v0), (u1, v0), (u0, v1), (u1, v1))], 1)
         mapped = np.einsum("kij,kcj->kci", m, corners)  # a NaN map stays NaN (agreement 0)
         box[swapped] = np.c_[mapped.min(axis=1), mapped.max(axis=1)]
-    return {"alignment": _inverted(alignment, swapped), "inlier_box": box}
+    return {"alignment": _inverted(alignment, swapped), "inlier_box": box, **out}
 
 
 def _inverted(alignment: np.ndarray, swapped: np.ndarray) -> np.ndarray:

@@ -147,6 +147,9 @@ class Stage:
     # along each picture's edges left out of that overlap (shares of its width and height).
     min_overlap_agreement: float = 0.0
     overlap_border: float = 0.0
+    # Keypoint stages: pairs whose pictures agree less than this away from their matches are dropped next
+    # (simbench.find.agreement.away_agreement, a correlation in [-1, 1]); 0: none.
+    min_away_agreement: float = 0.0
     # A stage of proposals only: its features extracted while matching, for the pictures of the pairs it verifies
     # (simbench.find.on_demand), not for every picture as the files are read.
     on_demand: bool = False
@@ -170,6 +173,8 @@ class Stage:
             settings["min_overlap_agreement"] = self.min_overlap_agreement
             if self.overlap_border:
                 settings["overlap_border"] = self.overlap_border
+        if self.min_away_agreement:
+            settings["min_away_agreement"] = self.min_away_agreement
         return settings
 
     @property
@@ -292,14 +297,18 @@ def build_stages(cfg: DictConfig, calibrations: dict[str, Calibration] | None = 
                       extra_signals=tuple(str(e) for e in part.get("extra_signals", ())),
                       min_overlap_agreement=float(part.get("min_overlap_agreement", 0.0)),
                       overlap_border=float(part.get("overlap_border", 0.0)),
+                      min_away_agreement=float(part.get("min_away_agreement", 0.0)),
                       on_demand=bool(part.get("on_demand", False)))
         if stage.on_demand and (extractor.kind != "keypoints" or part.method.get("own_pairs", True)):
             raise ValueError(f"{name}.on_demand: only a keypoint stage that verifies proposals alone (own_pairs: "
                              "false) can extract its features while matching")
         if not 0.0 <= stage.overlap_border < 0.5:
             raise ValueError(f"{name}.overlap_border must be in [0, 0.5), not {stage.overlap_border}")
-        if stage.min_overlap_agreement and extractor.kind != "keypoints":
-            raise ValueError(f"{name}.min_overlap_agreement: only a keypoint stage has the inliers' map it needs")
+        for gate in ("min_overlap_agreement", "min_away_agreement"):
+            if getattr(stage, gate) and extractor.kind != "keypoints":
+                raise ValueError(f"{name}.{gate}: only a keypoint stage has the inliers' map it needs")
+        if not -1.0 <= stage.min_away_agreement < 1.0:
+            raise ValueError(f"{name}.min_away_agreement must be in [-1, 1), not {stage.min_away_agreement}")
         stage.calibration = calibrations.get(settings_key(stage.settings))
         if stage.calibration is None and not quiet:
             log.warning("%s: no calibration table for these settings, so its scores are uncalibrated "

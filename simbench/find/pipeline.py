@@ -371,11 +371,11 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
     also verifies the pairs that the stages scoring any pair (the CNN) rank best (`with_proposed`).
 
     items: the run's items. Their thumbnails give a keypoint stage that reads them its pairs' `agreement`
-    and `agreed_evidence` (simbench.find.agreement), and with min_overlap_agreement drop its pairs whose
-    pictures do not agree over their overlap (`agreed_over_overlap`). With drop_frames (cfg.drop_shared_frames) they also
-    drop pairs of different pictures in a shared frame (simbench.find.frames) and compare each such
-    picture by what its frame holds: the CNN stage's embedding of it is replaced, in `features`, by that
-    of its window (`window_views`), and the stage matched again.
+    and `agreed_evidence` (simbench.find.agreement), and with min_overlap_agreement or min_away_agreement drop
+    its pairs whose pictures do not agree over their overlap, or away from their matches (`agreed_over_overlap`).
+    With drop_frames (cfg.drop_shared_frames) they also drop pairs of different pictures in a shared frame
+    (simbench.find.frames) and compare each such picture by what its frame holds: the CNN stage's embedding
+    of it is replaced, in `features`, by that of its window (`window_views`), and the stage matched again.
 
     cfg: the run's settings, for a verifying stage that skips the pairs the stages before it already hold
     (align's skip_held_at, `held_pairs`).
@@ -388,13 +388,14 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
     matched = thread_map(lambda stage: stage_pairs(stage, features[stage.name], progress, client), stages,
                          1 if client is not None else len(stages))
     found = {stage.name: pairs for stage, pairs in zip(stages, matched)}
-    agreed = {}  # a stage's pairs less those its overlap agreement drops (min_overlap_agreement), once computed
+    agreed = {}  # a stage's pairs less those its agreement gates drop (`agreed_over_overlap`), once computed
 
     def kept(stage: Stage) -> ScoredPairs:
         if stage.name not in agreed:
             pairs = found[stage.name]
             agreed[stage.name] = (agreed_over_overlap(stage, pairs, items)
-                                  if items is not None and stage.min_overlap_agreement else pairs)
+                                  if items is not None and (stage.min_overlap_agreement or stage.min_away_agreement)
+                                  else pairs)
         return agreed[stage.name]
 
     raws = {}  # a stage's raw pairs (what calibration maps), once computed
@@ -474,13 +475,23 @@ def held_pairs(stages: list[Stage], raw: dict[str, ScoredPairs], features: dict,
 
 def agreed_over_overlap(stage: Stage, found: ScoredPairs, items: list[Item]) -> ScoredPairs:
     """A keypoint stage's pairs less those whose pictures agree less than its min_overlap_agreement over
-    their whole overlap, less its overlap_border (simbench.find.agreement.overlap_agreement): content stamped
-    on different pictures (a crest, a logo, a frame) that their keypoints match. Pairs whose thumbnails do
-    not decode are kept."""
-    overlap = agreement.overlap_agreement(found, items, stage.overlap_border)
-    keep = ~(overlap < stage.min_overlap_agreement)  # NaN: not decoded, kept
-    log.info("%s: %d of %d pairs dropped: their pictures do not agree beyond what they share (overlap "
-             "agreement < %g)", stage.name, int((~keep).sum()), len(found), stage.min_overlap_agreement)
+    their whole overlap, less its overlap_border (simbench.find.agreement.overlap_agreement), and then less
+    than its min_away_agreement away from their matches (agreement.away_agreement): content stamped on
+    different pictures (a crest, a logo, a frame) that their keypoints match. Each gate is off at 0; pairs
+    that a gate cannot judge (a thumbnail that does not decode, too little left to compare) are kept."""
+    if stage.min_overlap_agreement:
+        overlap = agreement.overlap_agreement(found, items, stage.overlap_border)
+        found = _gated(stage, found, overlap, stage.min_overlap_agreement, "over their overlap")
+    if stage.min_away_agreement:
+        away = agreement.away_agreement(found, items)
+        found = _gated(stage, found, away, stage.min_away_agreement, "away from their matches")
+    return found
+
+
+def _gated(stage: Stage, found: ScoredPairs, agreed: np.ndarray, floor: float, where: str) -> ScoredPairs:
+    keep = ~(agreed < floor)  # NaN: cannot tell, kept
+    log.info("%s: %d of %d pairs dropped: their pictures agree less than %g %s", stage.name, int((~keep).sum()),
+             len(found), floor, where)
     return found.subset(np.flatnonzero(keep))
 
 
@@ -738,7 +749,8 @@ def in_items(found: ScoredPairs, rows: np.ndarray) -> ScoredPairs:
     a, b = rows[found.a], rows[found.b]
     extra = found.extra
     if "alignment" in extra:  # a's picture -> b's: inverted where the items come the other way round
-        extra = {**extra, **agreement.aligned_as_ordered(extra["alignment"], extra["inlier_box"], a > b)}
+        extra = {**extra, **agreement.aligned_as_ordered(extra["alignment"], extra["inlier_box"], a > b,
+                                                         extra.get("inlier_points"))}
     return ScoredPairs(np.minimum(a, b), np.maximum(a, b), found.score, extra)
 
 

@@ -46,8 +46,9 @@ class KeypointMethod(Method):
     with verify also bag_score, inliers, flipped (the mirrored fit won), and the shared-content fields
     weighted_inliers, distinctiveness, coverage_a, coverage_b, fill_a, fill_b, covered and evidence
     (below; `shared_content`), alignment (the inliers' affine map from a's picture to b's,
-    `inlier_alignment`) and inlier_box (where a's inliers are, `inlier_box`): simbench.find.agreement lays
-    one thumbnail over the other with them; scalars
+    `inlier_alignment`), inlier_box (where a's inliers are, `inlier_box`) and inlier_points (up to
+    INLIER_POINTS of them, `inlier_points`): simbench.find.agreement lays one thumbnail over the other with
+    them; scalars
     comparisons (descriptor distances computed), descriptor_pairs (matches between images) and, with
     verify, verified (pairs fitted) and correspondences (the kept pairs' inliers, `Correspondences`).
 
@@ -323,6 +324,7 @@ class KeypointMethod(Method):
                               self.coverage_extent)
         stats["alignment"] = inlier_alignment(relative, pair, ra, rb, len(kept))
         stats["inlier_box"] = inlier_box(relative, pair, ra, len(kept))
+        stats["inlier_points"] = inlier_points(relative, pair, ra, len(kept))
         evidence = stats["weighted_inliers"] * (stats["covered"] if self.coverage else 1.0)
         floor = self.min_coverage if min_coverage is None else min_coverage
         passed = stats["covered"] >= floor if self.coverage else np.ones(len(kept), bool)
@@ -746,6 +748,29 @@ def inlier_box(relative: np.ndarray, pair: np.ndarray, rows: np.ndarray, n_pairs
     np.minimum.at(lo, pair, relative[rows])
     np.maximum.at(hi, pair, relative[rows])
     return np.c_[lo, hi]
+
+
+#: The most inliers per pair kept where they are (`inlier_points`): as many as the report draws.
+INLIER_POINTS = 64
+
+
+def inlier_points(relative: np.ndarray, pair: np.ndarray, rows: np.ndarray, n_pairs: int,
+                  most: int = INLIER_POINTS) -> np.ndarray:
+    """Per pair k, where a's inliers `rows` (where pair == k) are, (K, most, 2) float16 relative coordinates:
+    all of them when there are at most `most`, else `most` spread evenly over them in their order (as the
+    report picks the matches it draws); NaN rows pad. float16: a thousandth of the picture is fine enough
+    for where a match is, and a run may keep many pairs."""
+    out = np.full((n_pairs, most, 2), np.nan, np.float16)
+    order = np.argsort(pair, kind="stable")
+    count = np.bincount(pair, minlength=n_pairs)
+    start = np.r_[0, np.cumsum(count)[:-1]]
+    taken = np.minimum(count, most)
+    k = np.repeat(np.arange(n_pairs), taken)  # pair and place j of each point kept
+    j = np.arange(len(k)) - np.repeat(np.cumsum(taken) - taken, taken)
+    c = count[k]
+    at = np.where(c > most, np.round(j * ((c - 1) / max(most - 1, 1))), j).astype(np.int64)  # as np.linspace
+    out[k, j] = relative[rows[order[start[k] + at]]]
+    return out
 
 
 def count_inliers(src: np.ndarray, dst: np.ndarray, transform: str, threshold: float) -> int:
