@@ -266,7 +266,7 @@ def find(paths, method: str | None = None, threshold: float | None = None, *, ou
     image; and images in memory: PIL images or numpy arrays), as `simbench find` finds them.
 
     method: cascade (default), keypoints, cnn or hash; threshold: the score from which a pair is a
-    duplicate (groups; default 0.95); out: also write every output there (pairs.csv, groups.json,
+    duplicate (groups; default 0.93, conf/find.yaml); out: also write every output there (pairs.csv, groups.json,
     skipped.csv, report.html, evidence.npz; and decisions.json); index: the feature store of later runs;
     decisions: a reviewer's decisions.csv to apply (simbench.find.decisions); calibration: tables from
     `simbench calibrate`; settings / overrides: see `configure`.

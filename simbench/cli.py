@@ -124,12 +124,13 @@ def find_parser():
                         help="what compares the images (default: cascade)")
     parser.add_argument("--threshold", "-t", type=float, default=None,
                         help="score at and above which a pair is a duplicate (groups.json; where the report's "
-                             "slider starts); default 0.95. Scores are calibrated to estimate precision on our "
-                             "tuning collections; on collections never tuned on, at 0.95 the default measured "
-                             "precision 0.99 on real photographs and on line art, at recall 0.925 and 0.80, "
-                             "and 1.00 on yearbook PDFs with a shared logo, at recall 0.948 (0.91 and 0.84 on "
+                             "slider starts); default 0.93. Scores are calibrated to estimate precision on our "
+                             "tuning collections; on collections never tuned on, at 0.93 the default measured "
+                             "precision 0.99 on real photographs and 0.98 on line art, at recall 0.948 and 0.835, "
+                             "and 1.00 on yearbook PDFs with a shared logo, at recall 0.970 (0.94 and 0.86 on "
                              "yearbooks of other pictures; results/find.md); "
-                             "below 0.95 the estimate is rough there (pairs scoring 0.9-0.95: 59-92%% true). Fit "
+                             "from 0.99 up 99.8%% of pairs were true there, below it the estimate is rough (pairs "
+                             "scoring 0.95-0.99: 88-100%% true, 0.9-0.95: 43-82%%). Fit "
                              "your own with `simbench calibrate`")
     parser.add_argument("--index", metavar="DIR", default=None,
                         help="keep features here, keyed by file content, so that a later run extracts only "

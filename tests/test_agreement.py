@@ -220,7 +220,7 @@ def test_on_real_keypoints_the_away_gate_alone_drops_the_crest_pairs_and_keeps_t
     agreement gate the keypoints verify pairs of different photos on the crest; the away gate alone drops them
     and keeps the copy."""
     folder = crest_images(tmp_path / "crest", flat=True)
-    no_gate = _keypoint_pairs(folder, tmp_path, ["keypoints.min_overlap_agreement=0"])
+    no_gate = _keypoint_pairs(folder, tmp_path, ["keypoints.min_overlap_agreement=0", "keypoints.min_away_agreement=0"])
     away = _keypoint_pairs(folder, tmp_path, ["keypoints.min_overlap_agreement=0", "keypoints.min_away_agreement=0.2"])
     copy = frozenset(f"{stem}.png" for stem in COPY_PAIR)
     assert copy in no_gate and len(no_gate) > 1  # crest pairs to drop
@@ -294,7 +294,8 @@ def test_tiles_hatched_on_one_lattice_agree_far_less_than_a_copy(tmp_path):
     of one of them. Laid over each other by their inliers, the tiles disagree and the copy agrees: in the
     inliers' box (seen without the overlap floor), and over the whole overlap (the default floor drops the tiles)."""
     _hatched_tiles_and_a_copy(tmp_path / "drawings", lambda name, k: Lattice())
-    found = _keypoint_pairs(tmp_path / "drawings", tmp_path, ["keypoints.min_overlap_agreement=0"])
+    found = _keypoint_pairs(tmp_path / "drawings", tmp_path, ["keypoints.min_overlap_agreement=0",
+                                                              "keypoints.min_away_agreement=0"])
     copy = found[frozenset(("camera2.png", "copy.png"))]
     tiles = [v for k, v in found.items() if "copy.png" not in k]
     assert len(tiles) >= 3 and max(e for e, _ in tiles) > copy[0]  # the lattice outscores the copy
@@ -414,9 +415,11 @@ def test_the_away_floor_keys_the_tables_only_when_on_and_needs_a_keypoint_stage(
     def stages(overrides):
         return {s.name: s for s in cascade.build_stages(cascade.make_config("cascade", overrides), quiet=True)}
 
-    default, away = stages([]), stages(["keypoints.min_away_agreement=0.2"])
-    assert default["keypoints"].min_away_agreement == 0 and "min_away_agreement" not in default["keypoints"].settings
-    assert away["keypoints"].settings == {**default["keypoints"].settings, "min_away_agreement": 0.2}
+    default, off = stages([]), stages(["keypoints.min_away_agreement=0"])
+    assert default["keypoints"].min_away_agreement == 0.2 and all(s.is_calibrated for s in default.values())
+    assert "min_away_agreement" not in off["keypoints"].settings  # tables fitted before it match when off
+    assert default["keypoints"].settings == {**off["keypoints"].settings, "min_away_agreement": 0.2}
+    assert off["keypoints"].is_calibrated  # the table before the gate is still shipped
     with pytest.raises(ValueError, match="only a keypoint stage"):
         cascade.build_stages(cascade.make_config("cascade", ["+cnn.min_away_agreement=0.2"]), quiet=True)
     with pytest.raises(ValueError, match="min_away_agreement"):

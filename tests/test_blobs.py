@@ -300,7 +300,8 @@ def test_the_wide_look_verifies_only_what_no_keypoint_stage_verified(tmp_path, m
     monkeypatch.setattr(KeypointExtractor, "extract",
                         lambda self, paths, **kw: extracted.append(self.detector) or extract(self, paths, **kw))
     cfg = cascade.make_config("cascade", ["blobs_wide.method.proposals=5", "align.method.proposals=0",
-                                          "keypoints.min_overlap_agreement=0"])  # raw = what it verified
+                                          "keypoints.min_overlap_agreement=0",
+                                          "keypoints.min_away_agreement=0"])  # raw = what it verified
     stages = cascade.build_stages(cfg, calibrations={}, quiet=True)
     got = collect([tmp_path / "pdfs"], stages, cfg, tmp_path / "index", tmp_path, False)
     assert sorted(extracted) == ["brisk", "sift"] and got.features["blobs_wide"] is got.features["blobs"]

@@ -56,7 +56,7 @@ def test_overrides_and_method_keep_their_meaning():
 def test_defaults_are_the_calibrated_settings():
     """The composed defaults give the settings keys of the shipped tables, and the fitted fusion."""
     cfg = cascade.make_config("cascade")
-    assert (cfg.threshold, cfg.min_score, cfg.link, cfg.link_min_score, cfg.link_score) == (0.95, 0.01, True, 0.5, "product")
+    assert (cfg.threshold, cfg.min_score, cfg.link, cfg.link_min_score, cfg.link_score) == (0.93, 0.01, True, 0.5, "product")
     assert PdfOptions(**cfg.pdf) == PdfOptions()  # the PDF options' one home
     stages = cascade.build_stages(cfg, quiet=True)
     assert [s.name for s in stages] == ["keypoints", "cnn", "blobs", "align", "blobs_wide"]

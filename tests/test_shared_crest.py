@@ -74,6 +74,7 @@ def test_the_overlap_floor_drops_the_crest_pairs_of_flat_photos_and_keeps_the_co
         names = [Path(item.display).stem for item in got.items]
         return {tuple(sorted((names[a], names[b]))) for a, b in zip(found.a.tolist(), found.b.tolist())}
 
-    before = keypoint_pairs(["keypoints.min_overlap_agreement=0"])
+    before = keypoint_pairs(["keypoints.min_overlap_agreement=0", "keypoints.min_away_agreement=0"])
     assert COPY_PAIR in before and before - {COPY_PAIR}
-    assert keypoint_pairs(["keypoints.min_overlap_agreement=0.2"]) == keypoint_pairs([]) == {COPY_PAIR}
+    assert keypoint_pairs(["keypoints.min_overlap_agreement=0.2", "keypoints.min_away_agreement=0"]) == {COPY_PAIR}
+    assert keypoint_pairs([]) == {COPY_PAIR}

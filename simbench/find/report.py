@@ -293,7 +293,7 @@ TEMPLATE = r"""<!DOCTYPE html>
   <h1>Duplicate review</h1>
   <div class="stats" id="stats"></div>
   <div class="controls">
-    <label title="Scores estimate the precision of a pair (the share of pairs scoring this high that were true duplicates in calibration; from the default 0.95 up they held on collections never tuned on, below it they are rough); the same threshold means the same for every method">Threshold <input type="range" id="threshold" step="0.01"> <span id="threshold-value"></span></label>
+    <label title="Scores estimate the precision of a pair (the share of pairs scoring this high that were true duplicates in calibration; from 0.99 up they held on collections never tuned on, below it they are rough); the same threshold means the same for every method">Threshold <input type="range" id="threshold" step="0.01"> <span id="threshold-value"></span></label>
     <label title="Group by the evidence of one method only, or by the best of all">Method <select id="method"></select></label>
     <label>Find <input type="search" id="search" placeholder="file name"></label>
     <span id="status"></span>
