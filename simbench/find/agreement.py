@@ -21,6 +21,11 @@ leans on agreement and lets them go lets such pairs through: run (21)'s did, on 
 fusion as an extra signal (`keypoints.extra_signals`) and, times the keypoint evidence, as the signal
 `agreed_evidence`; the shipped settings read neither. Pairs whose thumbnails do not decode, or whose inliers
 define no map, get 0: no added confidence.
+
+Two gates drop a keypoint stage's pairs (simbench.find.pipeline.agreed_over_overlap): `overlap_agreement`, detail
+correlated over the whole overlap, and `away_agreement`, grey levels correlated AWAY from the matches (less a disc
+around each and a band along the edges). A crest and frame stamped on two different flat photos agree where they are,
+and so over much of the overlap; away from them, only a copy still lines up.
 """
 from __future__ import annotations
 

@@ -489,6 +489,7 @@ def agreed_over_overlap(stage: Stage, found: ScoredPairs, items: list[Item]) -> 
 
 
 def _gated(stage: Stage, found: ScoredPairs, agreed: np.ndarray, floor: float, where: str) -> ScoredPairs:
+    """`found` less the pairs whose agreement is below `floor` (NaN: kept), logged."""
     keep = ~(agreed < floor)  # NaN: cannot tell, kept
     log.info("%s: %d of %d pairs dropped: their pictures agree less than %g %s", stage.name, int((~keep).sum()),
              len(found), floor, where)
