@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_find import (TUNE, placement_labels, placement_scored, school_yearbook,  # noqa: E402
                                    tuning_collections, yearbook_name)
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
-from simbench.find import agreement, cascade  # noqa: E402
-from simbench.find.pipeline import agreed_over_overlap, collect, stage_pairs  # noqa: E402
+from benchmarks.overlap_probe import keypoint_stage_pairs  # noqa: E402
+from simbench.find import agreement  # noqa: E402
+from simbench.find.pipeline import agreed_over_overlap  # noqa: E402
 
 FLOORS = (-0.1, 0.0, 0.1, 0.2, 0.3)
 STRONG = 1.0
@@ -35,14 +36,9 @@ STRONG = 1.0
 
 def keypoint_pairs(inputs, index, work: Path, overrides=()) -> tuple:
     """(the run's items, find's keypoint-stage pairs in item indices past its overlap gate, their away agreement)."""
-    cfg = cascade.make_config("cascade", [*overrides, "keypoints.min_away_agreement=0"])
-    stages = cascade.build_stages(cfg, calibrations={}, quiet=True)
-    got = collect(inputs, stages, cfg, index, work, False)
-    stage = next(s for s in stages if s.name == "keypoints")
-    found = stage_pairs(stage, got.features[stage.name])
-    if stage.min_overlap_agreement:
-        found = agreed_over_overlap(stage, found, got.items)
-    return got.items, found, agreement.away_agreement(found, got.items)
+    items, stage, found = keypoint_stage_pairs(inputs, index, work, [*overrides, "keypoints.min_away_agreement=0"])
+    found = agreed_over_overlap(stage, found, items)  # the shipped overlap gate (the away gate is off here)
+    return items, found, agreement.away_agreement(found, items)
 
 
 def main(argv=None) -> None:

@@ -33,14 +33,20 @@ from simbench.find.yearbook import true_pairs  # noqa: E402
 FLOORS = (0.1, 0.15, 0.2, 0.25, 0.3)
 
 
-def keypoint_pairs(inputs, index, work: Path, overrides=()) -> tuple:
-    """(the run's items, find's keypoint-stage pairs in item indices, their overlap agreement)."""
-    cfg = cascade.make_config("cascade", [*overrides, "keypoints.min_overlap_agreement=0"])
+def keypoint_stage_pairs(inputs, index, work: Path, overrides=()) -> tuple:
+    """(the run's items, find's keypoint stage, the pairs it verifies on its own in item indices, before its
+    gates), with `overrides` (no calibration, no proposals of other stages)."""
+    cfg = cascade.make_config("cascade", list(overrides))
     stages = cascade.build_stages(cfg, calibrations={}, quiet=True)
     got = collect(inputs, stages, cfg, index, work, False)
     stage = next(s for s in stages if s.name == "keypoints")
-    found = stage_pairs(stage, got.features[stage.name])
-    return got.items, found, agreement.overlap_agreement(found, got.items, stage.overlap_border)
+    return got.items, stage, stage_pairs(stage, got.features[stage.name])
+
+
+def keypoint_pairs(inputs, index, work: Path, overrides=()) -> tuple:
+    """(the run's items, find's keypoint-stage pairs in item indices, their overlap agreement)."""
+    items, stage, found = keypoint_stage_pairs(inputs, index, work, [*overrides, "keypoints.min_overlap_agreement=0"])
+    return items, found, agreement.overlap_agreement(found, items, stage.overlap_border)
 
 
 def main(argv=None) -> None:

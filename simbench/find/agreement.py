@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -110,21 +111,9 @@ def away_agreement(found: ScoredPairs, items: list[Item], threads: int | None = 
     `pair_agreement`: nothing lines up)."""
     if not len(found):
         return np.empty(0)
-    a, b = np.asarray(found.a).tolist(), np.asarray(found.b).tolist()
-    needed = list(dict.fromkeys(a + b))
-    greys = dict(zip(needed, thread_map(lambda x: grey_thumbnail(items[x].thumb), needed, threads)))
-    alignment, points = found.extra["alignment"], found.extra["inlier_points"]
-
-    def one(k: int) -> float:
-        ga, gb = greys[a[k]], greys[b[k]]
-        if ga is None or gb is None:
-            return np.nan
-        if not np.all(np.isfinite(alignment[k])):
-            return 0.0
-        return agreement_away(ga, gb, alignment[k], points[k])
-
-    with threadpool_limits(1, user_api="blas"):
-        return np.array(thread_map(one, range(len(a)), threads), np.float64).reshape(len(a))
+    points = found.extra["inlier_points"]
+    return _per_pair(items, found.a, found.b, found.extra["alignment"], np.nan, threads,
+                     lambda k, ga, gb, relative_map: agreement_away(ga, gb, relative_map, points[k]))
 
 
 def agreement_away(grey_a: np.ndarray, grey_b: np.ndarray, relative_map: np.ndarray, points: np.ndarray) -> float:
@@ -137,10 +126,7 @@ def agreement_away(grey_a: np.ndarray, grey_b: np.ndarray, relative_map: np.ndar
     it as well, a flat one too, while two different pictures that share only the mark do not. Grey levels, not
     detail (`agreement`): a flat picture has little detail, but its shapes and shading still line up."""
     h, w = grey_a.shape
-    hb, wb = grey_b.shape
-    to_relative = np.array([[1 / w, 0, 0.5 / w], [0, 1 / h, 0.5 / h], [0, 0, 1]])
-    to_pixels = np.array([[wb, 0, -0.5], [0, hb, -0.5]])
-    m = to_pixels @ np.vstack([relative_map, [0, 0, 1]]) @ to_relative
+    m = _pixel_map(grey_a.shape, grey_b.shape, relative_map)
     blurred_b = cv2.GaussianBlur(grey_b, (0, 0), AWAY_SIGMA)
     over = cv2.warpAffine(blurred_b, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0)
     inside = cv2.warpAffine(_interior(grey_b, AWAY_BORDER), m, (w, h),
@@ -167,6 +153,16 @@ def pair_agreement(items: list[Item], a: np.ndarray, b: np.ndarray, alignment: n
     coordinates -> b's, see simbench.methods.keypoints.inlier_alignment), within box[k] (a's inliers,
     (K, 4); None: the whole overlap), in [0, 1], detail taken at `sigma`, each picture's `border` left out;
     `undecoded` where a thumbnail does not decode. Pairs over `threads` threads (simbench.threads)."""
+    return _per_pair(items, a, b, alignment, undecoded, threads,
+                     lambda k, ga, gb, relative_map: agreement(ga, gb, relative_map, None if box is None else box[k],
+                                                               sigma, border))
+
+
+def _per_pair(items: list[Item], a, b, alignment: np.ndarray, undecoded: float, threads: int | None,
+              score: Callable[[int, np.ndarray, np.ndarray, np.ndarray], float]) -> np.ndarray:
+    """score(k, grey a, grey b, alignment[k]) of item pairs (a[k], b[k]), each thumbnail decoded once, over
+    `threads` threads; `undecoded` where a thumbnail does not decode, 0 where the inliers define no map
+    (nothing lines up)."""
     a, b = np.asarray(a).tolist(), np.asarray(b).tolist()
     needed = list(dict.fromkeys(a + b))
     greys = dict(zip(needed, thread_map(lambda x: grey_thumbnail(items[x].thumb), needed, threads)))
@@ -175,9 +171,9 @@ def pair_agreement(items: list[Item], a: np.ndarray, b: np.ndarray, alignment: n
         ga, gb = greys[a[k]], greys[b[k]]
         if ga is None or gb is None:
             return float(undecoded)
-        if not np.all(np.isfinite(alignment[k])):  # no map: nothing lines up, agreement 0
+        if not np.all(np.isfinite(alignment[k])):
             return 0.0
-        return agreement(ga, gb, alignment[k], None if box is None else box[k], sigma, border)
+        return score(k, ga, gb, alignment[k])
 
     with threadpool_limits(1, user_api="blas"):  # the pairs use every core: BLAS threads would fight them
         out = np.array(thread_map(one, range(len(a)), threads), np.float64).reshape(len(a))
@@ -196,11 +192,7 @@ def agreement(grey_a: np.ndarray, grey_b: np.ndarray, relative_map: np.ndarray,
     the picture's width on its left and right, of its height at its top and bottom) is left out of each.
     A frame, mat or ruler that many pictures carry along their edges agrees in every pair of them."""
     h, w = grey_a.shape
-    hb, wb = grey_b.shape
-    # a's pixels -> b's pixels (pixel centres at +0.5), for warpAffine's inverse map.
-    to_relative = np.array([[1 / w, 0, 0.5 / w], [0, 1 / h, 0.5 / h], [0, 0, 1]])
-    to_pixels = np.array([[wb, 0, -0.5], [0, hb, -0.5]])
-    m = to_pixels @ np.vstack([relative_map, [0, 0, 1]]) @ to_relative
+    m = _pixel_map(grey_a.shape, grey_b.shape, relative_map)
     over = cv2.warpAffine(grey_b, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0)
     inside = cv2.warpAffine(_interior(grey_b, border), m, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                             borderValue=0)
@@ -222,6 +214,15 @@ def agreement(grey_a: np.ndarray, grey_b: np.ndarray, relative_map: np.ndarray,
                                  _balanced(_detail(over, overlap, sigma), overlap)[inside]))
 
 
+def _pixel_map(shape_a: tuple, shape_b: tuple, relative_map: np.ndarray) -> np.ndarray:
+    """A relative map (a's coordinates as fractions of its width and height -> b's) as a's pixels -> b's pixels
+    (pixel centres at +0.5), for warpAffine's inverse map."""
+    (h, w), (hb, wb) = shape_a, shape_b
+    to_relative = np.array([[1 / w, 0, 0.5 / w], [0, 1 / h, 0.5 / h], [0, 0, 1]])
+    to_pixels = np.array([[wb, 0, -0.5], [0, hb, -0.5]])
+    return to_pixels @ np.vstack([relative_map, [0, 0, 1]]) @ to_relative
+
+
 def _interior(grey: np.ndarray, border: float) -> np.ndarray:
     """1 over the picture less a band of `border` (shares of its height and width) along its edges, else 0."""
     out = np.ones_like(grey)
@@ -237,15 +238,8 @@ def aligned_as_ordered(alignment: np.ndarray, box: np.ndarray, swapped: np.ndarr
     """{"alignment", "inlier_box"} (and "inlier_points" when `points` are given) with, for the pairs whose ends
     were swapped, the map inverted (b's picture -> a's), the box replaced by the bounding box of its image
     under the map and the points by their images (where b's inliers are, up to the fit's residuals)."""
-    out = {}
-    if points is not None:
-        points = np.array(points, copy=True)
-        if swapped.any():
-            m = np.asarray(alignment, np.float64)[swapped]
-            p = points[swapped].astype(np.float64)
-            points[swapped] = np.einsum("kij,kpj->kpi", m[:, :, :2], p) + m[:, None, :, 2]
-        out["inlier_points"] = points
     box = np.array(box, np.float64, copy=True)
+    points = None if points is None else np.array(points, copy=True)
     if swapped.any():
         m = np.asarray(alignment, np.float64)[swapped]
         u0, v0, u1, v1 = box[swapped].T
@@ -253,7 +247,11 @@ def aligned_as_ordered(alignment: np.ndarray, box: np.ndarray, swapped: np.ndarr
                             for u, v in ((u0, v0), (u1, v0), (u0, v1), (u1, v1))], 1)
         mapped = np.einsum("kij,kcj->kci", m, corners)  # a NaN map stays NaN (agreement 0)
         box[swapped] = np.c_[mapped.min(axis=1), mapped.max(axis=1)]
-    return {"alignment": _inverted(alignment, swapped), "inlier_box": box, **out}
+        if points is not None:
+            points[swapped] = np.einsum("kij,kpj->kpi", m[:, :, :2], points[swapped].astype(np.float64)) \
+                + m[:, None, :, 2]
+    out = {"alignment": _inverted(alignment, swapped), "inlier_box": box}
+    return out if points is None else {**out, "inlier_points": points}
 
 
 def _inverted(alignment: np.ndarray, swapped: np.ndarray) -> np.ndarray:

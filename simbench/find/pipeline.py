@@ -393,9 +393,7 @@ def raw_evidence(stages: list[Stage], features: dict, progress: bool, client=Non
     def kept(stage: Stage) -> ScoredPairs:
         if stage.name not in agreed:
             pairs = found[stage.name]
-            agreed[stage.name] = (agreed_over_overlap(stage, pairs, items)
-                                  if items is not None and (stage.min_overlap_agreement or stage.min_away_agreement)
-                                  else pairs)
+            agreed[stage.name] = agreed_over_overlap(stage, pairs, items) if items is not None else pairs
         return agreed[stage.name]
 
     raws = {}  # a stage's raw pairs (what calibration maps), once computed
