@@ -228,10 +228,11 @@ def test_verification_keeps_copies_and_removes_a_shared_texture_pair(shared_text
     assert np.all(verified.extra["inliers"] >= 8)
 
 
-def test_homography_verification_keeps_copies(shared_texture_set, matcher):
+@pytest.mark.parametrize("transform", ["affine", "homography"])
+def test_other_transforms_keep_copies(shared_texture_set, matcher, transform):
     extractor = KeypointExtractor("orb", max_features=300, max_size=512, mirror=True, workers=1)
     features = extractor.extract(shared_texture_set).features
-    verified = KeypointMethod(extractor, matcher, verify=True, transform="homography").score_pairs(features)
+    verified = KeypointMethod(extractor, matcher, verify=True, transform=transform).score_pairs(features)
     pairs = set(zip(verified.a.tolist(), verified.b.tolist()))
     assert {(0, 2), (0, 3), (0, 4)} <= pairs and (0, 1) not in pairs
 

@@ -21,7 +21,7 @@ from simbench.features.keypoints import KeypointExtractor
 from simbench.match.oracle import OracleMatcher
 from simbench.methods.keypoints import (KeypointMethod, bag_score, between_images, burstiness_weights,
                                         count_inliers, covered_share, image_frequency, inlier_coverage,
-                                        ransac_inliers, verify_pairs)
+                                        plausible, ransac_inliers, verify_pairs)
 from simbench.types import bytes_to_words
 
 #: As `simbench find` runs the keypoint stage (simbench/find/cascade.py) and conf/method/keypoints.yaml
@@ -368,6 +368,31 @@ def test_ransac_inliers_mark_the_planted_correspondences():
     assert np.array_equal(mask, ~outliers)
     assert count_inliers(src, dst, "similarity", 3.0) == int(mask.sum())
     assert not ransac_inliers(src[:1], dst[:1], "similarity", 3.0).any()
+
+
+def test_affine_model_keeps_a_squashed_copys_correspondences():
+    # A copy squashed to 0.65 of its width (simbench.data.edits.aspect) and turned: no similarity maps it, so the
+    # similarity fit keeps a band of it; the affine fit keeps every planted correspondence and no outlier.
+    rng = np.random.default_rng(5)
+    src = rng.random((120, 2)).astype(np.float32) * 500
+    angle = 0.2
+    turn = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    linear = turn @ np.diag([0.65, 1.0])
+    dst = (src @ linear.T + np.array([30.0, 10.0])).astype(np.float32)
+    outliers = rng.random(120) < 0.25
+    dst[outliers] = rng.random((int(outliers.sum()), 2)).astype(np.float32) * 500
+    affine = ransac_inliers(src, dst, "affine", 3.0)
+    assert np.array_equal(affine, ~outliers)
+    assert ransac_inliers(src, dst, "similarity", 3.0).sum() < 0.6 * (~outliers).sum()
+    assert not ransac_inliers(src[:2], dst[:2], "affine", 3.0).any()  # three points make an affine map
+
+
+def test_plausible_maps_neither_collapse_nor_fold_the_picture():
+    assert plausible(np.eye(2)) and plausible(np.diag([0.625, 1.0]))  # a 1.6x squash is a copy
+    assert plausible(np.diag([-1.0, -1.0]))  # a half turn keeps the orientation
+    assert not plausible(np.diag([1 / 20, 1 / 20])) and not plausible(np.diag([20.0, 20.0]))
+    assert not plausible(np.diag([0.2, 1.0]))  # one axis 5x the other: chance matches folded onto a line
+    assert not plausible(np.array([[np.nan, 0.0], [0.0, 1.0]]))
 
 
 # ---------------------------------------------------------------------------------------------------

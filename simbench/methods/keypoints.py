@@ -32,10 +32,14 @@ from simbench.methods.base import Method
 from simbench.types import KeypointSets, Pairs, ScoredPairs, bytes_to_words
 
 SCORES = ("min", "max", "mean", "union", "query")
-TRANSFORMS = ("similarity", "homography")
+TRANSFORMS = ("similarity", "affine", "homography")
 
 #: A fitted transform that shrinks or grows by more than this (linear factor) is degenerate, not a copy.
 MAX_SCALE_CHANGE = 16.0
+#: Nor is one that scales one axis more than this many times the other: a copy squashed or stretched to another
+#: aspect ratio is 1.6 at most (simbench.data.edits.aspect), while an affine map has the freedom to fold a few
+#: chance matches onto a line.
+MAX_ANISOTROPY = 3.0
 
 
 class KeypointMethod(Method):
@@ -82,8 +86,9 @@ class KeypointMethod(Method):
     ransac_threshold: RANSAC reprojection threshold in pixels at the detector's working scale
         (long side `extractor.max_size`), so that it means the same for small and large originals.
     min_inliers: verified pairs with fewer inliers score 0 (they are not returned).
-    transform: "similarity" (rotation, uniform scale, translation: cv2.estimateAffinePartial2D) or
-        "homography" (cv2.findHomography; also perspective, e.g. photographed prints).
+    transform: "similarity" (rotation, uniform scale, translation: cv2.estimateAffinePartial2D),
+        "affine" (also one axis scaled more than the other, as a copy squashed or stretched:
+        cv2.estimateAffine2D) or "homography" (cv2.findHomography; also perspective, e.g. photographed prints).
     max_pairs_verified: verify at most this many candidate pairs, best bag score first.
     verify_min_score: candidate pairs for verification need at least this bag score (a low pre-threshold)
         and at least min_inliers matched features.
@@ -782,12 +787,12 @@ def ransac_inliers(src: np.ndarray, dst: np.ndarray, transform: str, threshold: 
     """Which correspondences src[i] -> dst[i] are inliers of a RANSAC fit, (n,) bool; none when too few
     points or the fit is degenerate (see `plausible`)."""
     none = np.zeros(len(src), bool)
-    if transform == "similarity":
-        if len(src) < 2:
+    if transform in ("similarity", "affine"):
+        if len(src) < (2 if transform == "similarity" else 3):
             return none
-        model, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
-                                                  ransacReprojThreshold=threshold, maxIters=2000,
-                                                  confidence=0.995, refineIters=10)
+        fit = cv2.estimateAffinePartial2D if transform == "similarity" else cv2.estimateAffine2D
+        model, mask = fit(src, dst, method=cv2.RANSAC, ransacReprojThreshold=threshold, maxIters=2000,
+                          confidence=0.995, refineIters=10)
         linear = None if model is None else model[:, :2]
     else:
         if len(src) < 4:
@@ -800,14 +805,18 @@ def ransac_inliers(src: np.ndarray, dst: np.ndarray, transform: str, threshold: 
 
 
 def plausible(linear: np.ndarray) -> bool:
-    """An orientation-preserving map that neither collapses nor explodes the picture.
+    """An orientation-preserving map that neither collapses nor explodes the picture, nor flattens it along one
+    axis (MAX_ANISOTROPY).
 
     All points mapped onto a few pixels (scale near 0) fit any cluster of matches: not a copy.
     """
     if not np.all(np.isfinite(linear)):
         return False
     det = float(np.linalg.det(linear))
-    return 1.0 / MAX_SCALE_CHANGE ** 2 <= det <= MAX_SCALE_CHANGE ** 2
+    if not 1.0 / MAX_SCALE_CHANGE ** 2 <= det <= MAX_SCALE_CHANGE ** 2:
+        return False
+    big, small = np.linalg.svd(linear, compute_uv=False)
+    return big <= MAX_ANISOTROPY * small
 
 
 # ---------------------------------------------------------------------------------------------------
