@@ -12,9 +12,9 @@ reference-copy pairs labelled by the family, the copy-copy pairs `copy_pairs` (a
 
 Then `simbench find` (with the key=value overrides) runs on the collection and the script prints micro-AP, recall at
 precision 0.9, precision and recall at the threshold, the reference-copy pairs' recall at the threshold and at
-precision 0.9, and per chain member the reference-copy pairs found at the threshold. No split and no distractors:
-a probe for development and for judging a candidate on copies never made before (a new --seed), not a benchmark
-to report.
+precision 0.9, and per chain member the reference-copy pairs found at the threshold and those the keypoint stage kept
+(verified and past its gates, at any score). No split and no distractors: a probe for development and for judging a
+candidate on copies never made before (a new --seed), not a benchmark to report.
 """
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def sources(work: Path) -> list[Path]:
 
 
 def build(pictures: list[Path], out: Path, family: str, copies: int, seed: int) -> None:
-    """images/, labels.csv (path, label, source, members) and truth.csv (a, b, label) under out, once."""
+    """images/, labels.csv (path, label, source, members) and truth.csv (a, b, label) under out, once. members: a
+    chain's members, else the family, and `logo` when stamped."""
     if (out / "truth.csv").exists():
         return
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -81,7 +82,8 @@ def build(pictures: list[Path], out: Path, family: str, copies: int, seed: int) 
                 copy = apply_logo(copy, logo_params(rng))
             name = f"images/r{i:03d}_{k}_{family}.jpg"
             copy.save(out / name, quality=JPEG_QUALITY)
-            rows.append((name, family, path.name, "+".join([*record.get("members", []), *(["logo"] if stamp else [])])))
+            members = [*record.get("members", [family]), *(["logo"] if stamp else [])]
+            rows.append((name, family, path.name, "+".join(members)))
             group.append(name)
         truth += [(a, b, family if a == ref else "copy_pairs") for a, b in itertools.combinations(group, 2)]
     with open(out / "labels.csv", "w", newline="") as f:
@@ -90,22 +92,25 @@ def build(pictures: list[Path], out: Path, family: str, copies: int, seed: int) 
         csv.writer(f).writerows([("a", "b", "label"), *truth])
 
 
-def member_table(out: Path, result, family: str, threshold: float) -> list[tuple[str, int, int]]:
-    """Per chain member (and `logo`): (member, reference-copy pairs found at the threshold, such pairs)."""
+def member_table(out: Path, result, family: str, threshold: float) -> list[tuple[str, int, int, int]]:
+    """Per chain member (and `logo`): (member, reference-copy pairs found at the threshold, of them those the
+    keypoint stage kept (verified and past its gates, whatever their score), such pairs)."""
     position = {Path(item.display).resolve(): k for k, item in enumerate(result.items)}
     pairs = result.pairs.as_scored()
     score = {(int(a), int(b)): float(s) for a, b, s in zip(pairs.a, pairs.b, pairs.score)}
-    found: dict[str, list[int]] = {}
+    kept = result.raw.get("keypoints")
+    verified = set() if kept is None else {(int(a), int(b)) for a, b in zip(kept.a, kept.b)}
+    found: dict[str, list[tuple[bool, bool]]] = {}
     with open(out / "labels.csv") as f:
         for row in csv.DictReader(f):
             if row["label"] != family:
                 continue
             copy = position[(out / row["path"]).resolve()]
             ref = position[(out / (row["path"].split("_")[0] + "_reference.jpg")).resolve()]
-            hit = score.get((min(copy, ref), max(copy, ref)), 0.0) >= threshold
-            for member in row["members"].split("+") if row["members"] else [family]:
-                found.setdefault(member, []).append(hit)
-    return [(m, sum(v), len(v)) for m, v in sorted(found.items())]
+            pair = (min(copy, ref), max(copy, ref))
+            for member in row["members"].split("+"):
+                found.setdefault(member, []).append((score.get(pair, 0.0) >= threshold, pair in verified))
+    return [(m, sum(h for h, _ in v), sum(k for _, k in v), len(v)) for m, v in sorted(found.items())]
 
 
 def main(argv=None) -> None:
@@ -135,9 +140,9 @@ def main(argv=None) -> None:
           f"{m['recall_at_p90']:.3f}; at {threshold:g}: precision {m['precision']:.3f}, recall {m['recall']:.3f}")
     print(f"{args.family} (reference-copy pairs): recall at {threshold:g} {m['per_label_recall'][args.family]:.3f}, "
           f"at P0.9 {fam_found}/{fam_total}")
-    print(f"\n| member | found at {threshold:g} | copies | recall |\n|---|---|---|---|")
-    for member, hit, n in member_table(out, result, args.family, threshold):
-        print(f"| {member} | {hit} | {n} | {hit / n:.2f} |")
+    print(f"\n| member | copies | found at {threshold:g} | recall | kept by the keypoint stage |\n|---|---|---|---|---|")
+    for member, hit, kept, n in member_table(out, result, args.family, threshold):
+        print(f"| {member} | {n} | {hit} | {hit / n:.2f} | {kept} |")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ def test_build_makes_groups_of_a_reference_and_its_seeded_copies(tmp_path):
     assert len(truth) == 12 and sum(r["label"] == "chain2" for r in truth) == 6
     assert all(r["a"].split("_")[0] == r["b"].split("_")[0] for r in truth)
     assert all(r["a"].endswith("_reference.jpg") == (r["label"] == "chain2") for r in truth)
+    build(pictures, tmp_path / "crop", "crop", 1, seed=7)
+    assert [r["members"] for r in _rows(tmp_path / "crop" / "labels.csv")][1] in ("crop", "crop+logo")
     build(pictures, tmp_path / "b", "chain2", 3, seed=7)  # the same seed makes the same copies
     assert _rows(tmp_path / "b" / "labels.csv") == labels
     assert all(np.array_equal(np.asarray(Image.open(tmp_path / "a" / r["path"])),
@@ -59,8 +61,9 @@ def test_member_table_counts_reference_copy_pairs_at_the_threshold(tmp_path):
                                  ("images/" + names[4], "chain2", "y", "blur+jpeg")])
     items = [SimpleNamespace(display=str(out / "images" / n)) for n in names]
     # Found: r000 with its copy 0 at 0.95, with copy 1 at 0.5 (below), r001's copy not at all; a copy-copy pair and a
-    # cross pair do not count.
+    # cross pair do not count. The keypoint stage kept both of r000's reference-copy pairs.
     pairs = ScoredPairs(np.array([0, 0, 1, 0]), np.array([1, 2, 2, 4]), np.array([0.95, 0.5, 0.99, 0.99]))
-    result = SimpleNamespace(items=items, pairs=SimpleNamespace(as_scored=lambda: pairs))
-    assert member_table(out, result, "chain2", 0.93) == [("blur", 0, 2), ("crop", 1, 2), ("jpeg", 1, 2),
-                                                         ("logo", 0, 1)]
+    kept = ScoredPairs(np.array([0, 0]), np.array([1, 2]), np.array([3.0, 0.2]))
+    result = SimpleNamespace(items=items, pairs=SimpleNamespace(as_scored=lambda: pairs), raw={"keypoints": kept})
+    assert member_table(out, result, "chain2", 0.93) == [("blur", 0, 1, 2), ("crop", 1, 2, 2), ("jpeg", 1, 1, 2),
+                                                         ("logo", 0, 1, 1)]
