@@ -52,6 +52,8 @@ def sources(work: Path) -> list[Path]:
         debs = work / "debs"
         debs.mkdir(parents=True, exist_ok=True)
         if not any(debs.glob("*.deb")):
+            if not shutil.which("apt-get"):
+                sys.exit(f"chain_probe needs apt-get to fetch {' and '.join(PACKAGES)}, or their .deb files in {debs}")
             subprocess.run(["apt-get", "download", *PACKAGES], cwd=debs, check=True)
         shutil.rmtree(unpacked, ignore_errors=True)
         for deb in sorted(debs.glob("*.deb")):
@@ -140,7 +142,8 @@ def main(argv=None) -> None:
           f"{m['recall_at_p90']:.3f}; at {threshold:g}: precision {m['precision']:.3f}, recall {m['recall']:.3f}")
     print(f"{args.family} (reference-copy pairs): recall at {threshold:g} {m['per_label_recall'][args.family]:.3f}, "
           f"at P0.9 {fam_found}/{fam_total}")
-    print(f"\n| member | copies | found at {threshold:g} | recall | kept by the keypoint stage |\n|---|---|---|---|---|")
+    print(f"\n| member | copies | found at {threshold:g} | recall | kept by the keypoint stage |")
+    print("|---|---|---|---|---|")
     for member, hit, kept, n in member_table(out, result, args.family, threshold):
         print(f"| {member} | {n} | {hit} | {hit / n:.2f} | {kept} |")
 
