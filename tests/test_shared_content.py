@@ -19,9 +19,9 @@ import skimage.data as skdata
 
 from simbench.features.keypoints import KeypointExtractor
 from simbench.match.oracle import OracleMatcher
-from simbench.methods.keypoints import (KeypointMethod, bag_score, between_images, burstiness_weights,
-                                        count_inliers, covered_share, image_frequency, inlier_coverage,
-                                        plausible, ransac_inliers, verify_pairs)
+from simbench.methods.keypoints import (MAX_ANISOTROPY, MAX_SCALE_CHANGE, KeypointMethod, bag_score, between_images,
+                                        burstiness_weights, count_inliers, covered_share, image_frequency,
+                                        inlier_coverage, plausible, ransac_inliers, verify_pairs)
 from simbench.types import bytes_to_words
 
 #: As `simbench find` runs the keypoint stage (simbench/find/cascade.py) and conf/method/keypoints.yaml
@@ -393,6 +393,13 @@ def test_plausible_maps_neither_collapse_nor_fold_the_picture():
     assert not plausible(np.diag([1 / 20, 1 / 20])) and not plausible(np.diag([20.0, 20.0]))
     assert not plausible(np.diag([0.2, 1.0]))  # one axis 5x the other: chance matches folded onto a line
     assert not plausible(np.array([[np.nan, 0.0], [0.0, 1.0]]))
+    # Against the singular values themselves, on random maps of every shape.
+    rng = np.random.default_rng(6)
+    for linear in rng.normal(size=(2000, 2, 2)) * rng.uniform(0.1, 4, size=(2000, 1, 1)):
+        big, small = np.linalg.svd(linear, compute_uv=False)
+        det = np.linalg.det(linear)
+        scale_ok = MAX_SCALE_CHANGE ** -2 <= det <= MAX_SCALE_CHANGE ** 2
+        assert plausible(linear) == (scale_ok and big <= MAX_ANISOTROPY * small)
 
 
 # ---------------------------------------------------------------------------------------------------
