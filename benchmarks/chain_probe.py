@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from simbench.data.edits import apply_logo, logo_params, make_copy  # noqa: E402
+from simbench.data.edits import EDITS, apply_logo, logo_params, make_copy  # noqa: E402
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
 
 PACKAGES = ("mate-backgrounds", "ukui-wallpapers")
@@ -95,8 +95,8 @@ def build(pictures: list[Path], out: Path, family: str, copies: int, seed: int) 
 
 
 def member_table(out: Path, result, family: str, threshold: float) -> list[tuple[str, int, int, int]]:
-    """Per chain member (and `logo`): (member, reference-copy pairs found at the threshold, of them those the
-    keypoint stage kept (verified and past its gates, whatever their score), such pairs)."""
+    """Per chain member (and `logo`): (member, its reference-copy pairs found at the threshold, those the keypoint
+    stage kept (verified and past its gates, whatever their score), all of them)."""
     position = {Path(item.display).resolve(): k for k, item in enumerate(result.items)}
     pairs = result.pairs.as_scored()
     score = {(int(a), int(b)): float(s) for a, b, s in zip(pairs.a, pairs.b, pairs.score)}
@@ -123,7 +123,6 @@ def main(argv=None) -> None:
     parser.add_argument("--work", default=str(default_cache_dir() / "chain_probe"))
     parser.add_argument("overrides", nargs="*", help="key=value find settings")
     args = parser.parse_args(argv)
-    from simbench.data.edits import EDITS
     from simbench.find import cascade
     from simbench.find.pipeline import find, score_against
 
