@@ -33,16 +33,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from simbench.data.devset import JPEG_QUALITY, LOGO_SHARE  # noqa: E402
 from simbench.data.edits import EDITS, apply_logo, logo_params, make_copy  # noqa: E402
 from simbench.data.synthetic import default_cache_dir  # noqa: E402
 
 PACKAGES = ("mate-backgrounds", "ukui-wallpapers")
 #: Where each package's pictures are, inside it: mate's photographs, ukui's wallpapers (its top folder only).
 PICTURES = (("usr/share/backgrounds/mate/nature", "*.jpg"), ("usr/share/backgrounds", "*"))
+#: The references' long side, as the devset's (its `long_side`); their JPEG quality and the share of copies that
+#: also get the logo are the devset's own (JPEG_QUALITY, LOGO_SHARE).
 LONG_SIDE = 1024
-JPEG_QUALITY = 90
-#: As the devset: the share of copies that also get the logo.
-LOGO_SHARE = 0.25
 
 
 def sources(work: Path) -> list[Path]:
