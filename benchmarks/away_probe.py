@@ -7,10 +7,9 @@ keypoints.min_away_agreement (run (105) of results/find.md). Tuning data only.
 On each collection `bench_find.py calibrate` fits on (with --seeds, its rebuilds too; --collections none: none)
 and, with --yearbook-layouts, on those tuning yearbooks (`bench_find.py yearbook-tune --layouts`, in its --work:
 --yearbook-work), the pairs find's keypoint stage verifies on its own and keeps past its overlap gate (the shipped
-min_overlap_agreement), then how many of them,
-true / false, agree away from their matches less than each of FLOORS (simbench.find.agreement.away_agreement: the
-two report thumbnails laid over each other by the inliers' map, a disc around each match and a band along the edges
-left out), i.e. what that floor would drop; "n/a": pairs it cannot judge (kept). Pairs with a content-free yearbook
+min_overlap_agreement), then how many of them, true / false, agree away from their matches less than each of FLOORS
+(simbench.find.agreement.away_agreement: the two report thumbnails laid over each other by the inliers' map, a disc
+around each match and a band along the edges left out), i.e. what that floor would drop; "n/a": pairs it cannot judge (kept). Pairs with a content-free yearbook
 placement are left out, as the yearbook scoring leaves them out. In brackets the strong pairs (evidence at least
 STRONG), by which a false pair gets called.
 """
@@ -25,8 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_find import (TUNE, placement_labels, placement_scored, school_yearbook,  # noqa: E402
                                    tuning_collections, yearbook_name)
-from simbench.data.synthetic import default_cache_dir  # noqa: E402
 from benchmarks.overlap_probe import keypoint_stage_pairs  # noqa: E402
+from simbench.data.synthetic import default_cache_dir  # noqa: E402
 from simbench.find import agreement  # noqa: E402
 from simbench.find.pipeline import agreed_over_overlap  # noqa: E402
 
