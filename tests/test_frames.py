@@ -12,8 +12,8 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 import skimage.data as skdata
 
 from simbench.find import cascade
-from simbench.find.frames import (MAIN_SHARE, SharedFrames, central_box, drop_shared_frames, main_part,
-                                  same_box)
+from simbench.find.frames import (FILL, MAIN_SHARE, TOL, SharedFrames, central_box, drop_shared_frames,
+                                  main_part, same_box, three_pictures)
 from simbench.find.items import Item, thumbnail_jpeg
 from simbench.find.pipeline import find
 from simbench.types import ScoredPairs
@@ -177,6 +177,66 @@ def test_captioned_copies_of_one_picture_are_not_framed():
     items = [_item(k, im) for k, im in enumerate(images)]
     a, b = _all_pairs(len(items))
     assert not SharedFrames(items).pairs_in_frames(a, b).any()
+
+
+def _sticker(image: Image.Image, centre: tuple[int, int], colour: tuple[int, int, int]) -> Image.Image:
+    """A round sticker (a face, 120 px across) stuck on the picture at `centre`, as an emoji overlay is."""
+    out = image.copy()
+    d = ImageDraw.Draw(out)
+    x, y = centre
+    d.ellipse((x - 60, y - 60, x + 60, y + 60), fill=colour, outline=(0, 0, 0), width=6)
+    d.ellipse((x - 30, y - 20, x - 14, y - 4), fill=(0, 0, 0))
+    d.ellipse((x + 14, y - 20, x + 30, y - 4), fill=(0, 0, 0))
+    d.arc((x - 35, y - 10, x + 35, y + 40), 20, 160, fill=(0, 0, 0), width=6)
+    return out
+
+
+def test_copies_marked_side_by_side_are_not_framed():
+    """Three copies of one photo, each with a sticker, the stickers side by side: the outer two differ in a box
+    that the middle one differs from both in too (rules 1 and 2 find that window, the same for all three), yet
+    no copy differs from the other two all over it: one picture, marked in three places (rule 3's FILL)."""
+    photo = _photo("astronaut", 480, 360)
+    images = [photo] + [_sticker(photo, (x, 180), colour)
+                        for x, colour in ((120, (250, 200, 30)), (240, (230, 60, 60)), (360, (60, 160, 230)))]
+    items = [_item(k, im) for k, im in enumerate(images)]
+    shared = SharedFrames(items)
+    outer = shared.window(1, 3)
+    assert outer is not None and same_box(shared.window(1, 2), outer) and same_box(shared.window(2, 3), outer)
+    a, b = _all_pairs(len(items))
+    assert not shared.pairs_in_frames(a, b).any()
+
+
+def test_three_pictures_against_a_plain_count():
+    """three_pictures on random grey levels: three different pictures fill the box; copies of one picture with
+    a mark each differ from both others where their own mark is (and where the other two marks overlap), and
+    count as three pictures when those boxes fill FILL of the window, as a plain count over the pixels' coordinates says."""
+    rng = np.random.default_rng(0)
+    box = (4, 6, 28, 40)
+    pictures = rng.uniform(0, 1, (3, 32, 48)).astype(np.float32)
+    assert three_pictures(*pictures, box)
+    photo = pictures[0]
+    outcomes = []
+    for trial in range(100):
+        marked = []
+        for _ in range(3):
+            copy = photo.copy()
+            h, w = rng.integers(4, 24), rng.integers(4, 34)
+            t, lf = rng.integers(box[0], box[2] - h + 1), rng.integers(box[1], box[3] - w + 1)
+            copy[t:t + h, lf:lf + w] = rng.uniform(0, 1, (h, w))
+            marked.append(copy)
+        x, y, c = (m[box[0]:box[2], box[1]:box[3]] for m in marked)
+        fills = []
+        for own, o1, o2 in ((x, y, c), (y, x, c)):
+            rows, cols = np.nonzero((np.abs(own - o1) > TOL) & (np.abs(own - o2) > TOL))
+            if len(rows) < 8:
+                fills.append(0.0)
+                continue
+            lo, hi = int(0.01 * len(rows)), len(rows) - 1 - int(0.01 * len(rows))  # central_box's 98%
+            rows, cols = np.sort(rows), np.sort(cols)
+            fills.append((rows[hi] - rows[lo] + 1) * (cols[hi] - cols[lo] + 1) / x.size)
+        outcomes.append(three_pictures(*marked, box))
+        assert outcomes[-1] == (min(fills) >= FILL), trial
+    assert 0 < sum(outcomes) < len(outcomes)  # large marks over most of the box count as different pictures
 
 
 def test_pasted_cropped_and_plain_copies_are_not_framed():

@@ -17,9 +17,12 @@ item already has (so images from the index need no decoding), pair (a, b) is "in
    blurred copy inside the frame correlates in both and still pairs; two different landscapes, bright
    sky over dark ground, can correlate in grey levels but not in detail;
 3. a third item c, found paired with a or b by a stage, differs from both inside the same window (the
-   smaller of two boxes at least SAME_BOX inside the other, and at least half its size): three different
-   pictures in one frame. A copy with an emoji differs from its original in a window too, but every other
-   copy of that picture agrees with the original there.
+   smaller of two boxes at least SAME_BOX inside the other, and at least half its size), and a and b each
+   differ from both others all over it (`three_pictures`: the box of the pixels where each differs from the
+   other two fills at least FILL of the window): three different pictures in one frame. A copy with an
+   emoji differs from its original in a window too, but every other copy of that picture agrees with the
+   original there; copies of one picture marked in different places (an emoji or a caption on each) differ
+   from one another in a window, but each from both others only about its own mark.
 
 A logo or emoji that one picture carries outside the window stretches the box of its differences over
 the frame. So when that box fails rule 1, the box of the main regions of differences is tried
@@ -33,8 +36,8 @@ the run logs how many. `SharedFrames.windows` gives what each framed picture sho
 the CNN stage then embeds instead of the whole picture (simbench.find.pipeline.window_views). A picture
 pasted into another, a crop or a padded copy never qualifies: their pixels do not line up with the
 original's outside a window. What the rules cannot tell from a frame: three or
-more copies of one picture that differ only inside one box of more than a tenth of it away from its sides
-(three different captions in one large box in the middle); they pair through a copy without the box.
+more copies of one picture marked in about the same place, each mark most of the box the marks cover (three
+captions over one another in the middle); they pair through a copy without a mark there, if any.
 Nor sparse drawings letterboxed inside one frame: they differ in too few pixels to draw a window.
 """
 from __future__ import annotations
@@ -83,6 +86,11 @@ MAIN_SHARE = 0.25
 CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
 #: Share of the smaller of two windows inside the larger at and above which they are the same place.
 SAME_BOX = 0.6
+#: Share of the window that the box of each picture's own differences (where it differs from both others)
+#: fills, at the least, in three different pictures in one frame: near all of it, less where letterboxed
+#: pictures of different shapes share bars (at 0.6 every framed distractor of the tuning split stays framed).
+#: Copies of one picture marked in different places fill a part of it each.
+FILL = 0.6
 
 
 class SharedFrames:
@@ -114,7 +122,8 @@ class SharedFrames:
         for k, box in windows.items():
             x, y = int(a[k]), int(b[k])
             for c in sorted((partners[x] | partners[y]) - {x, y}):
-                if same_box(self.window(x, c), box) and same_box(self.window(y, c), box):
+                if (same_box(self.window(x, c), box) and same_box(self.window(y, c), box)
+                        and three_pictures(self.grey(x)[1], self.grey(y)[1], self.grey(c)[1], box)):
                     out[k] = True
                     self._add(x, y, box)
                     break
@@ -279,6 +288,19 @@ def correlation(x: np.ndarray, y: np.ndarray) -> float:
     x, y = x - x.mean(), y - y.mean()
     norm = float(np.sqrt((x * x).sum() * (y * y).sum()))
     return float((x * y).sum() / norm) if norm > 1e-12 else 0.0
+
+
+def three_pictures(x: np.ndarray, y: np.ndarray, c: np.ndarray, box: tuple[int, int, int, int]) -> bool:
+    """Whether x and y (SIDE-pixel grey thumbnails of one size, like c) each differ from both others all over
+    `box`: the box of the pixels where each differs from the other two fills at least FILL of it."""
+    t, lf, b, r = box
+    x, y, c = x[t:b, lf:r], y[t:b, lf:r], c[t:b, lf:r]
+    xy = np.abs(x - y) > TOL
+    for own in (xy & (np.abs(x - c) > TOL), xy & (np.abs(y - c) > TOL)):
+        part = central_box(own)
+        if part is None or (part[2] - part[0]) * (part[3] - part[1]) < FILL * (b - t) * (r - lf):
+            return False
+    return True
 
 
 def same_box(p, q) -> bool:
