@@ -209,7 +209,8 @@ def test_copies_marked_side_by_side_are_not_framed():
 def test_three_pictures_against_a_plain_count():
     """three_pictures on random grey levels: three different pictures fill the box; copies of one picture with
     a mark each differ from both others where their own mark is (and where the other two marks overlap), and
-    count as three pictures when those boxes fill FILL of the window, as a plain count over the pixels' coordinates says."""
+    count as three pictures when those boxes fill FILL of the window, as a plain count over the sorted
+    coordinates of those pixels says."""
     rng = np.random.default_rng(0)
     box = (4, 6, 28, 40)
     pictures = rng.uniform(0, 1, (3, 32, 48)).astype(np.float32)
