@@ -4,14 +4,14 @@ keypoints.min_away_agreement (run (105) of results/find.md). Tuning data only.
     python benchmarks/away_probe.py [--work DIR] [--seeds 1,2] [--yearbook-layouts 1990,...,2053
                                     --yearbook-work DIR] [key=value...]
 
-On each collection `bench_find.py calibrate` fits on (with --seeds, its rebuilds too; --collections none: none)
-and, with --yearbook-layouts, on those tuning yearbooks (`bench_find.py yearbook-tune --layouts`, in its --work:
+On each collection `bench_find.py calibrate` fits on (with --seeds, its rebuilds too; --collections none: none) and,
+with --yearbook-layouts, on those tuning yearbooks (`bench_find.py yearbook-tune --layouts`, in its --work:
 --yearbook-work), the pairs find's keypoint stage verifies on its own and keeps past its overlap gate (the shipped
 min_overlap_agreement), then how many of them, true / false, agree away from their matches less than each of FLOORS
 (simbench.find.agreement.away_agreement: the two report thumbnails laid over each other by the inliers' map, a disc
-around each match and a band along the edges left out), i.e. what that floor would drop; "n/a": pairs it cannot judge (kept). Pairs with a content-free yearbook
-placement are left out, as the yearbook scoring leaves them out. In brackets the strong pairs (evidence at least
-STRONG), by which a false pair gets called.
+around each match and a band along the edges left out), i.e. what that floor would drop; "n/a": pairs it cannot judge
+(kept). Pairs with a content-free yearbook placement are left out, as the yearbook scoring leaves them out. In
+brackets the strong pairs (evidence at least STRONG), by which a false pair gets called.
 """
 from __future__ import annotations
 
