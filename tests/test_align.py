@@ -13,8 +13,8 @@ from simbench.find import cascade
 from simbench.find.items import grey_thumbnail, thumbnail_jpeg
 from simbench.find.yearbook import decoration, school_logo
 from simbench.methods import align
-from simbench.methods.align import (ALL_SCALES_UNTIL, AlignMethod, OverlapNcc, align_pair, at_refine_side, overlap_ncc,
-                                    refine, scale_hypotheses)
+from simbench.methods.align import (ALL_SCALES_UNTIL, STRETCH_RANGE, AlignMethod, OverlapNcc, align_pair, at_refine_side,
+                                    overlap_ncc, refine, scale_hypotheses, stretch_factors, stretched)
 
 
 def _ncc_by_loops(f: np.ndarray, g: np.ndarray, min_overlap: float) -> np.ndarray:
@@ -636,3 +636,52 @@ def test_proposal_min_score_keys_the_table_only_when_set():
     assert AlignMethod(ThumbnailExtractor(), proposals=2, proposal_min_score=0.52).params()["proposal_min_score"] == 0.52
     assert _align([]).settings["method_params"]["proposal_min_score"] == 0.52  # find's default since run (99)
     assert "proposal_min_score" not in _align(["align.method.proposal_min_score=null"]).settings["method_params"]
+
+
+def test_stretch_factors_bring_one_aspect_ratio_to_the_others_within_the_range():
+    """Oracle: for random shapes, each factor stretches one side only (by more than 1), and b then has a's aspect ratio
+    or a's turned a quarter; every such ratio within STRETCH_RANGE is found, and none outside it."""
+    rng = np.random.default_rng(3)
+    low, high = STRETCH_RANGE
+    for _ in range(500):
+        a, b = tuple(int(v) for v in rng.integers(20, 200, 2)), tuple(int(v) for v in rng.integers(20, 200, 2))
+        got = stretch_factors(a, b)
+        wanted = {round(t, 9) for t in (a[1] / a[0], a[0] / a[1])
+                  if low <= max(t / (b[1] / b[0]), (b[1] / b[0]) / t) <= high}
+        assert {round(b[1] * fx / (b[0] * fy), 9) for fx, fy in got} == wanted, (a, b, got)
+        assert all(min(f) == 1.0 and max(f) > 1.0 for f in got)
+    assert stretch_factors((60, 100), (80, 80)) == [(1.0, pytest.approx(100 / 60)), (pytest.approx(100 / 60), 1.0)]
+    assert stretch_factors((80, 80), (80, 80)) == [] and stretch_factors((40, 100), (80, 80)) == []  # 1 and 2.5 apart
+    assert stretched(np.zeros((60, 80), np.float32), (1.5, 1.0)).shape == (60, 120)
+
+
+@pytest.mark.parametrize("factor", [0.65, 1.5])
+def test_stretch_below_aligns_a_copy_made_at_the_wrong_aspect_ratio_and_not_different_pictures(photos, factor):
+    """A photo squashed or stretched along one side (a thumbnail made at the wrong aspect ratio) lines up with its
+    original only once stretched back; different photos squashed alike still do not."""
+    def squashed(name):
+        picture = Image.fromarray(photos[name]).convert("RGB")
+        return _grey(picture.resize((round(picture.width * factor), picture.height), Image.Resampling.LANCZOS))
+
+    original = _grey(Image.fromarray(photos["astronaut"]).convert("RGB"))
+    copy = squashed("astronaut")
+    plain = align_pair(original, copy, **_AS_FIND_ALIGNS)
+    assert plain is None or plain.correlation < 0.97, plain
+    got = align_pair(original, copy, **_AS_FIND_ALIGNS, stretch_below=0.99)
+    assert got is not None and got.correlation >= 0.99 and got.overlap > 0.8, got
+    assert np.allclose(got.stretch, (1 / factor, 1.0) if factor < 1 else (1.0, factor), rtol=0.02), got.stretch
+    for other in ("coffee", "camera", "rocket"):
+        different = align_pair(original, squashed(other), **_AS_FIND_ALIGNS, stretch_below=0.99)
+        assert different is None or different.correlation < 0.97, (other, different)
+    crop = _grey(Image.fromarray(photos["astronaut"]).convert("RGB").crop((0, 60, 512, 440)))  # 1.35 apart, as it is
+    plain = align_pair(original, crop, **_AS_FIND_ALIGNS)
+    held = align_pair(original, crop, **_AS_FIND_ALIGNS, stretch_below=plain.correlation)
+    assert stretch_factors(original.shape, crop.shape) and plain.correlation >= 0.99
+    assert (held.correlation, held.stretch, held.warp.tolist()) == (plain.correlation, (1.0, 1.0), plain.warp.tolist())
+
+
+def test_stretch_below_keys_the_table_only_when_set():
+    assert "stretch_below" not in AlignMethod(ThumbnailExtractor(), proposals=2).params()
+    assert "stretch_below" not in _align([]).settings["method_params"]  # off in find's default
+    params = AlignMethod(ThumbnailExtractor(), proposals=2, stretch_below=0.99).params()
+    assert (params["stretch_below"], params["stretch_range"]) == (0.99, list(STRETCH_RANGE))

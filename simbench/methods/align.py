@@ -31,6 +31,11 @@ different pictures, however smooth, do not once that transform is refined to fit
    is left. The pixels whose residual (after the best linear fit of grey levels) exceeds TRIM_SIGMAS robust
    standard deviations are left out, and ECC refines once more on the rest; where more than MAX_TRIM of the
    overlap would go, the untrimmed alignment stands.
+4. Stretching (`stretch_below`, off by default): a pair that does not line up so well and whose thumbnails' aspect
+   ratios (either way round) differ by a factor within STRETCH_RANGE is aligned again with the second stretched along
+   one side to the first's aspect ratio (`stretch_factors`), the better kept: a copy squashed or stretched (a
+   thumbnail made at the wrong aspect ratio) lines up with its original only so, as the refinement bounds the
+   anisotropy it may take up (MAX_ANISOTROPY), which is what keeps smooth different pictures apart.
 The pair's signal is the best correlation ECC reaches (no hypothesis kept: the pair does not align). Its alignment
 also carries `gradient_correlation`, that of the two pictures' edges (AlignMethod's min_gradient_correlation).
 BORDER of each side of both thumbnails is left out: a yearbook's frame, a scan's edge.
@@ -85,6 +90,10 @@ TRIM_SIGMAS = 3.0
 MAX_TRIM = 0.25
 #: all_scales_from: alignments correlating this well or better are not refined again (a copy's alignment mostly does).
 ALL_SCALES_UNTIL = 0.99
+#: stretch_below: the factors by which two thumbnails' aspect ratios may differ for the second to be stretched to the
+#: first's: past what MAX_ANISOTROPY takes up, and up to a little past the development set's squashed copies (0.6-0.8,
+#: 1.25-1.6 along one side).
+STRETCH_RANGE = (1.15, 1.8)
 
 
 def settings() -> dict:
@@ -112,6 +121,7 @@ class Alignment:
     swapped: bool = False  # aligned b over a (align_pair's both_ways): warp maps b's thumbnail to a's instead
     tilt: float = 0.0  # degrees (counter-clockwise) the second picture was turned by before its quarter turns
     gradient: float = float("nan")  # `gradient_correlation` of the alignment (NaN: too little overlap to tell)
+    stretch: tuple[float, float] = (1.0, 1.0)  # factors b's thumbnail was stretched by along x and y before all else
 
 
 def _border_px(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -355,7 +365,7 @@ def _overlap_box(template_shape, scaled_shape, warp: np.ndarray) -> tuple[int, i
 def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, both_ways: bool = False,
                tilts: tuple[float, ...] = (), per_turn: int = 0, trim: bool = False,
                equalise: bool = False, gradient: bool = False, all_scales_from: float | None = None,
-               ecc_eps: float | None = None) -> Alignment | None:
+               ecc_eps: float | None = None, stretch_below: float | None = None) -> Alignment | None:
     """The best refined alignment of grey thumbnails a and b (float32), or None: no hypothesis refines.
     overlap_template, trim: see `refine`. both_ways: b laid over a as well (its search and refinement), the better
     kept; one so aligned is `swapped` (its turns are then still b's relative to a). tilts: angles in degrees the
@@ -365,9 +375,45 @@ def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, bot
     equalised first (`equalised`). gradient: the alignments' `gradient_correlation` worked out (else NaN).
     all_scales_from: a best alignment correlating at least this but under ALL_SCALES_UNTIL is refined again from every
     scale of SCALES at its quarter turn and tilt (each way round searched), the best kept (None: off). ecc_eps: see
-    `refine`."""
+    `refine`. stretch_below: a best alignment under this (or none) is sought again with b stretched to a's aspect
+    ratio by each of `stretch_factors`, the best kept, marked with its `stretch` (None: off)."""
     if equalise:
         a, b = equalised(a), equalised(b)
+    options = {"overlap_template": overlap_template, "both_ways": both_ways, "tilts": tilts, "per_turn": per_turn,
+               "trim": trim, "gradient": gradient, "all_scales_from": all_scales_from, "ecc_eps": ecc_eps}
+    best = _align(a, b, **options)
+    if stretch_below is not None and (best is None or best.correlation < stretch_below):
+        for factors in stretch_factors(a.shape, b.shape):
+            found = _align(a, stretched(b, factors), **options)
+            if found is not None and (best is None or found.correlation > best.correlation):
+                best = replace(found, stretch=factors)
+    return best
+
+
+def stretch_factors(a_shape: tuple[int, int], b_shape: tuple[int, int]) -> list[tuple[float, float]]:
+    """The (x, y) factors that stretch a picture of shape b_shape to the aspect ratio of one of a_shape, or of one
+    of a_shape turned a quarter (a copy may be turned too), where they differ by a factor within STRETCH_RANGE; one
+    side grows, the other stays."""
+    (ha, wa), (hb, wb) = a_shape[:2], b_shape[:2]
+    out = []
+    for target in sorted({wa / ha, ha / wa}):
+        f = target / (wb / hb)
+        if STRETCH_RANGE[0] <= max(f, 1 / f) <= STRETCH_RANGE[1]:
+            out.append((f, 1.0) if f > 1 else (1.0, 1 / f))
+    return out
+
+
+def stretched(image: np.ndarray, factors: tuple[float, float]) -> np.ndarray:
+    """The image resized by (x, y) factors."""
+    h, w = image.shape[:2]
+    size = (max(1, round(w * factors[0])), max(1, round(h * factors[1])))
+    return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_LINEAR)
+
+
+def _align(a: np.ndarray, b: np.ndarray, overlap_template: bool, both_ways: bool, tilts: tuple[float, ...],
+           per_turn: int, trim: bool, gradient: bool, all_scales_from: float | None,
+           ecc_eps: float | None) -> Alignment | None:
+    """align_pair's search and refinement of a and b as they are (their grey levels equalised or not)."""
     a, b = at_refine_side(a), at_refine_side(b)
     options = {"overlap_template": overlap_template, "trim": trim, "gradient": gradient, "ecc_eps": ecc_eps}
     best = None
@@ -477,6 +523,8 @@ class AlignMethod(Method):
     the overlap; b over a as well; more angles searched; more hypotheses refined; overlays trimmed; grey levels
     equalised first; a loose alignment refined again from every scale at its turn; ECC's stopping step, None: ECC_EPS,
     which ECC seldom reaches in its ECC_ITERATIONS: a larger one stops it sooner, its correlations a little other).
+    stretch_below: a pair aligning under this, or not at all, whose thumbnails' aspect ratios differ within
+    STRETCH_RANGE is aligned again with the second stretched to the first's aspect ratio (align_pair; None: off).
     min_correlation: alignments below it are not returned (0: every one). The stage's score is added to the others'
     by noisy-OR, so every pair it returns gains at least its table's lowest precision: a floor keeps different
     pictures that merely line up loosely (smooth ones, a drawing's white paper) where the other stages put them.
@@ -508,7 +556,8 @@ class AlignMethod(Method):
                  skip_held_at: float | None = None, also_found: bool = False, proposal_depth: int = 0,
                  min_gradient_correlation: float | None = None, equalise: bool = False, unheld_proposals: int = 0,
                  one_sided_min_correlation: float | None = None, all_scales_from: float | None = None,
-                 ecc_eps: float | None = None, proposal_min_score: float | None = None):
+                 ecc_eps: float | None = None, proposal_min_score: float | None = None,
+                 stretch_below: float | None = None):
         if proposals < 0 or own_pairs:
             raise ValueError(f"proposals must be >= 0 (not {proposals}), and own_pairs false: align only verifies")
         self.extractor, self.matcher = extractor, matcher
@@ -540,7 +589,8 @@ class AlignMethod(Method):
                         "tilts": tuple(float(t) for t in tilts), "per_turn": int(per_turn), "trim": bool(trim),
                         "equalise": bool(equalise),
                         "all_scales_from": None if all_scales_from is None else float(all_scales_from),
-                        "ecc_eps": None if ecc_eps is None else float(ecc_eps)}
+                        "ecc_eps": None if ecc_eps is None else float(ecc_eps),
+                        "stretch_below": None if stretch_below is None else float(stretch_below)}
         if ecc_eps is not None and not ecc_eps > 0:
             raise ValueError(f"align: ecc_eps must be > 0 or None (not {ecc_eps})")
 
@@ -551,6 +601,8 @@ class AlignMethod(Method):
             on.update(trim_settings())
         if self.options["all_scales_from"] is not None:  # 0 is on too: every alignment under the bar refined again
             on.update(all_scales_from=self.options["all_scales_from"], all_scales_until=ALL_SCALES_UNTIL)
+        if self.options["stretch_below"] is not None:
+            on.update(stretch_below=self.options["stretch_below"], stretch_range=list(STRETCH_RANGE))
         if self.skip_verified_at is not None:
             on["skip_verified_at"] = self.skip_verified_at
         if self.skip_held_at is not None:
