@@ -684,4 +684,18 @@ def test_stretch_below_keys_the_table_only_when_set():
     assert "stretch_below" not in AlignMethod(ThumbnailExtractor(), proposals=2).params()
     assert "stretch_below" not in _align([]).settings["method_params"]  # off in find's default
     params = AlignMethod(ThumbnailExtractor(), proposals=2, stretch_below=0.99).params()
-    assert (params["stretch_below"], params["stretch_range"]) == (0.99, list(STRETCH_RANGE))
+    assert (params["stretch_below"], params["stretch_range"], params["stretch_min_overlap"]) == (
+        0.99, list(STRETCH_RANGE), align.STRETCH_MIN_OVERLAP)
+
+
+def test_a_stretched_alignment_overlapping_less_than_the_floor_is_not_kept(photos, monkeypatch):
+    picture = Image.fromarray(photos["astronaut"]).convert("RGB")
+    original = _grey(picture)
+    copy = _grey(picture.resize((333, 512), Image.Resampling.LANCZOS))
+    got = align_pair(original, copy, **_AS_FIND_ALIGNS, stretch_below=0.99)
+    assert got is not None and got.stretch != (1.0, 1.0) and got.correlation >= 0.97, got
+    monkeypatch.setattr(align, "STRETCH_MIN_OVERLAP", got.overlap + 0.01)
+    plain = align_pair(original, copy, **_AS_FIND_ALIGNS)
+    again = align_pair(original, copy, **_AS_FIND_ALIGNS, stretch_below=0.99)
+    assert (None if again is None else (again.correlation, again.stretch)) == (
+        None if plain is None else (plain.correlation, (1.0, 1.0)))

@@ -33,9 +33,10 @@ different pictures, however smooth, do not once that transform is refined to fit
    overlap would go, the untrimmed alignment stands.
 4. Stretching (`stretch_below`, off by default): a pair that does not line up so well and whose thumbnails' aspect
    ratios (either way round) differ by a factor within STRETCH_RANGE is aligned again with the second stretched along
-   one side to the first's aspect ratio (`stretch_factors`), the better kept: a copy squashed or stretched (a
-   thumbnail made at the wrong aspect ratio) lines up with its original only so, as the refinement bounds the
-   anisotropy it may take up (MAX_ANISOTROPY), which is what keeps smooth different pictures apart.
+   one side to the first's aspect ratio (`stretch_factors`), the better kept if it overlaps STRETCH_MIN_OVERLAP of
+   the smaller picture: a copy squashed or stretched (a thumbnail made at the wrong aspect ratio) lines up with its
+   original only so, as the refinement bounds the anisotropy it may take up (MAX_ANISOTROPY), which is what keeps
+   smooth different pictures apart.
 The pair's signal is the best correlation ECC reaches (no hypothesis kept: the pair does not align). Its alignment
 also carries `gradient_correlation`, that of the two pictures' edges (AlignMethod's min_gradient_correlation).
 BORDER of each side of both thumbnails is left out: a yearbook's frame, a scan's edge.
@@ -94,6 +95,10 @@ ALL_SCALES_UNTIL = 0.99
 #: first's: past what MAX_ANISOTROPY takes up, and up to a little past the development set's squashed copies (0.6-0.8,
 #: 1.25-1.6 along one side).
 STRETCH_RANGE = (1.15, 1.8)
+#: ...and the least overlap (share of the smaller picture, as MIN_REFINED_OVERLAP) a stretched alignment must reach: a
+#: copy made at another aspect ratio is the whole picture, stretched back it lies over most of the other; a stretched
+#: look at a part of a picture is one more degree of freedom for smooth different pictures to line up by.
+STRETCH_MIN_OVERLAP = 0.8
 
 
 def settings() -> dict:
@@ -376,7 +381,8 @@ def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, bot
     all_scales_from: a best alignment correlating at least this but under ALL_SCALES_UNTIL is refined again from every
     scale of SCALES at its quarter turn and tilt (each way round searched), the best kept (None: off). ecc_eps: see
     `refine`. stretch_below: a best alignment under this (or none) is sought again with b stretched to a's aspect
-    ratio by each of `stretch_factors`, the best kept, marked with its `stretch` (None: off)."""
+    ratio by each of `stretch_factors`, the best overlapping at least STRETCH_MIN_OVERLAP kept, marked with its
+    `stretch` (None: off)."""
     if equalise:
         a, b = equalised(a), equalised(b)
     options = {"overlap_template": overlap_template, "both_ways": both_ways, "tilts": tilts, "per_turn": per_turn,
@@ -385,7 +391,8 @@ def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, bot
     if stretch_below is not None and (best is None or best.correlation < stretch_below):
         for factors in stretch_factors(a.shape, b.shape):
             found = _align(a, stretched(b, factors), **options)
-            if found is not None and (best is None or found.correlation > best.correlation):
+            if (found is not None and found.overlap >= STRETCH_MIN_OVERLAP
+                    and (best is None or found.correlation > best.correlation)):
                 best = replace(found, stretch=factors)
     return best
 
@@ -602,7 +609,8 @@ class AlignMethod(Method):
         if self.options["all_scales_from"] is not None:  # 0 is on too: every alignment under the bar refined again
             on.update(all_scales_from=self.options["all_scales_from"], all_scales_until=ALL_SCALES_UNTIL)
         if self.options["stretch_below"] is not None:
-            on.update(stretch_below=self.options["stretch_below"], stretch_range=list(STRETCH_RANGE))
+            on.update(stretch_below=self.options["stretch_below"], stretch_range=list(STRETCH_RANGE),
+                      stretch_min_overlap=STRETCH_MIN_OVERLAP)
         if self.skip_verified_at is not None:
             on["skip_verified_at"] = self.skip_verified_at
         if self.skip_held_at is not None:
