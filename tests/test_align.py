@@ -682,7 +682,8 @@ def test_stretch_below_aligns_a_copy_made_at_the_wrong_aspect_ratio_and_not_diff
 
 def test_stretch_below_keys_the_table_only_when_set():
     assert "stretch_below" not in AlignMethod(ThumbnailExtractor(), proposals=2).params()
-    assert "stretch_below" not in _align([]).settings["method_params"]  # off in find's default
+    assert _align([]).settings["method_params"]["stretch_below"] == 0.99  # find's default since run (110)
+    assert "stretch_below" not in _align(["align.method.stretch_below=null"]).settings["method_params"]
     params = AlignMethod(ThumbnailExtractor(), proposals=2, stretch_below=0.99).params()
     assert (params["stretch_below"], params["stretch_range"], params["stretch_min_overlap"]) == (
         0.99, list(STRETCH_RANGE), align.STRETCH_MIN_OVERLAP)
