@@ -5,8 +5,9 @@
 The pictures: the nature photographs of Debian's mate-backgrounds and the wallpapers of ukui-wallpapers (13 + 11),
 neither of them a devset source, but both among the pictures of `bench_find.py holdout`'s build: a candidate judged
 on this probe has been chosen on some of the held-out pictures, so the held-out figures after it are no longer of
-pictures nothing was chosen on (results/find.md says which runs). Their .deb files are fetched with `apt-get download` and unpacked into the work
-folder, not installed: installed, ukui's would land in /usr/share/backgrounds, where the devset takes its sources.
+pictures nothing was chosen on (results/find.md says which runs). Their .deb files are fetched with `apt-get
+download` and unpacked into the work folder, not installed: installed, ukui's would land in /usr/share/backgrounds,
+where the devset takes its sources.
 Each picture (long side 1024, JPEG quality 90) gets `--copies` copies of `--family` (simbench.data.edits; a chain's
 members drawn as the devset draws them), a quarter of them also stamped with the devset's logo, seeded by (seed,
 picture, copy), so a seed's copies are the same on every machine. Truth: every pair inside a picture's group, the

@@ -126,11 +126,11 @@ def find_parser():
                         help="score at and above which a pair is a duplicate (groups.json; where the report's "
                              "slider starts); default 0.93. Scores are calibrated to estimate precision on our "
                              "tuning collections; on collections never tuned on, at 0.93 the default measured "
-                             "precision 0.99 on real photographs and 0.98 on line art, at recall 0.948 and 0.835, "
+                             "precision 0.99 on real photographs and 0.98 on line art, at recall 0.961 and 0.881, "
                              "and 1.00 on yearbook PDFs with a shared logo, at recall 0.970 (0.94 and 0.86 on "
                              "yearbooks of other pictures; results/find.md); "
                              "from 0.99 up 99.8%% of pairs were true there, below it the estimate is rough (pairs "
-                             "scoring 0.95-0.99: 88-100%% true, 0.9-0.95: 43-82%%). Fit "
+                             "scoring 0.95-0.99: 85-100%% true, 0.9-0.95: 33-81%%). Fit "
                              "your own with `simbench calibrate`")
     parser.add_argument("--index", metavar="DIR", default=None,
                         help="keep features here, keyed by file content, so that a later run extracts only "

@@ -13,8 +13,8 @@ from simbench.find import cascade
 from simbench.find.items import grey_thumbnail, thumbnail_jpeg
 from simbench.find.yearbook import decoration, school_logo
 from simbench.methods import align
-from simbench.methods.align import (ALL_SCALES_UNTIL, STRETCH_RANGE, AlignMethod, OverlapNcc, align_pair, at_refine_side,
-                                    overlap_ncc, refine, scale_hypotheses, stretch_factors, stretched)
+from simbench.methods.align import (ALL_SCALES_UNTIL, STRETCH_RANGE, AlignMethod, OverlapNcc, align_pair,
+                                    at_refine_side, overlap_ncc, refine, scale_hypotheses, stretch_factors, stretched)
 
 
 def _ncc_by_loops(f: np.ndarray, g: np.ndarray, min_overlap: float) -> np.ndarray:
@@ -690,6 +690,8 @@ def test_stretch_below_keys_the_table_only_when_set():
 
 
 def test_a_stretched_alignment_overlapping_less_than_the_floor_is_not_kept(photos, monkeypatch):
+    """With STRETCH_MIN_OVERLAP just above a squashed copy's stretched alignment, stretch_below gives what the plain
+    alignment gives."""
     picture = Image.fromarray(photos["astronaut"]).convert("RGB")
     original = _grey(picture)
     copy = _grey(picture.resize((333, 512), Image.Resampling.LANCZOS))

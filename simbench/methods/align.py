@@ -31,7 +31,7 @@ different pictures, however smooth, do not once that transform is refined to fit
    is left. The pixels whose residual (after the best linear fit of grey levels) exceeds TRIM_SIGMAS robust
    standard deviations are left out, and ECC refines once more on the rest; where more than MAX_TRIM of the
    overlap would go, the untrimmed alignment stands.
-4. Stretching (`stretch_below`, off by default): a pair that does not line up so well and whose thumbnails' aspect
+4. Stretching (`stretch_below`; on as find runs it, since run 110): a pair that does not line up so well and whose thumbnails' aspect
    ratios (either way round) differ by a factor within STRETCH_RANGE is aligned again with the second stretched along
    one side to the first's aspect ratio (`stretch_factors`), the better kept if it overlaps STRETCH_MIN_OVERLAP of
    the smaller picture: a copy squashed or stretched (a thumbnail made at the wrong aspect ratio) lines up with its
@@ -126,7 +126,7 @@ class Alignment:
     swapped: bool = False  # aligned b over a (align_pair's both_ways): warp maps b's thumbnail to a's instead
     tilt: float = 0.0  # degrees (counter-clockwise) the second picture was turned by before its quarter turns
     gradient: float = float("nan")  # `gradient_correlation` of the alignment (NaN: too little overlap to tell)
-    stretch: tuple[float, float] = (1.0, 1.0)  # factors b's thumbnail was stretched by along x and y before all else
+    stretch: tuple[float, float] = (1.0, 1.0)  # factors b's thumbnail was stretched by along x and y (stretch_below)
 
 
 def _border_px(shape: tuple[int, ...]) -> tuple[int, int]:
