@@ -14,7 +14,7 @@ from simbench.find.items import grey_thumbnail, thumbnail_jpeg
 from simbench.find.yearbook import decoration, school_logo
 from simbench.methods import align
 from simbench.methods.align import (ALL_SCALES_UNTIL, STRETCH_RANGE, AlignMethod, OverlapNcc, align_pair,
-                                    at_refine_side, overlap_ncc, refine, scale_hypotheses, stretch_factors, stretched)
+                                    at_refine_side, overlap_ncc, refine, resized, scale_hypotheses, stretch_factors)
 
 
 def _ncc_by_loops(f: np.ndarray, g: np.ndarray, min_overlap: float) -> np.ndarray:
@@ -652,7 +652,7 @@ def test_stretch_factors_bring_one_aspect_ratio_to_the_others_within_the_range()
         assert all(min(f) == 1.0 and max(f) > 1.0 for f in got)
     assert stretch_factors((60, 100), (80, 80)) == [(1.0, pytest.approx(100 / 60)), (pytest.approx(100 / 60), 1.0)]
     assert stretch_factors((80, 80), (80, 80)) == [] and stretch_factors((40, 100), (80, 80)) == []  # 1 and 2.5 apart
-    assert stretched(np.zeros((60, 80), np.float32), (1.5, 1.0)).shape == (60, 120)
+    assert resized(np.zeros((60, 80), np.float32), 1.5, 1.0).shape == (60, 120)
 
 
 @pytest.mark.parametrize("factor", [0.65, 1.5])

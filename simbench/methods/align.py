@@ -133,10 +133,12 @@ def _border_px(shape: tuple[int, ...]) -> tuple[int, int]:
     return max(1, round(BORDER * shape[0])), max(1, round(BORDER * shape[1]))
 
 
-def resized(image: np.ndarray, factor: float) -> np.ndarray:
+def resized(image: np.ndarray, factor: float, factor_y: float | None = None) -> np.ndarray:
+    """The image scaled by factor (along y by factor_y, where given: stretched), at least 6 pixels a side."""
     h, w = image.shape[:2]
-    size = (max(6, round(w * factor)), max(6, round(h * factor)))
-    return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA if factor < 1 else
+    fy = factor if factor_y is None else factor_y
+    size = (max(6, round(w * factor)), max(6, round(h * fy)))
+    return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA if min(factor, fy) < 1 else
                       cv2.INTER_LINEAR)
 
 
@@ -390,7 +392,7 @@ def align_pair(a: np.ndarray, b: np.ndarray, overlap_template: bool = False, bot
     best = _align(a, b, **options)
     if stretch_below is not None and (best is None or best.correlation < stretch_below):
         for factors in stretch_factors(a.shape, b.shape):
-            found = _align(a, stretched(b, factors), **options)
+            found = _align(a, resized(b, *factors), **options)
             if (found is not None and found.overlap >= STRETCH_MIN_OVERLAP
                     and (best is None or found.correlation > best.correlation)):
                 best = replace(found, stretch=factors)
@@ -408,13 +410,6 @@ def stretch_factors(a_shape: tuple[int, int], b_shape: tuple[int, int]) -> list[
         if STRETCH_RANGE[0] <= max(f, 1 / f) <= STRETCH_RANGE[1]:
             out.append((f, 1.0) if f > 1 else (1.0, 1 / f))
     return out
-
-
-def stretched(image: np.ndarray, factors: tuple[float, float]) -> np.ndarray:
-    """The image resized by (x, y) factors."""
-    h, w = image.shape[:2]
-    size = (max(1, round(w * factors[0])), max(1, round(h * factors[1])))
-    return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_LINEAR)
 
 
 def _align(a: np.ndarray, b: np.ndarray, overlap_template: bool, both_ways: bool, tilts: tuple[float, ...],
